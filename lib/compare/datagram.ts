@@ -1,0 +1,73 @@
+/**
+ * DatagramComparator: UDP, ICMP and other datagram flows, compared one
+ * datagram at a time in the order each replica sent them. What is compared
+ * is the normalized content (see normalize/datagram.ts): IP ID, TTL and
+ * checksums never count.
+ *
+ * In:  `append(side, content)` per datagram.
+ * Out: `matched`, how many datagrams of the primary have an equal backup
+ *      datagram; `mismatch` on the first difference (then input is ignored
+ *      until `reset`).
+ */
+import { SlabCopier } from '../packet';
+import { Mismatch, Side } from './tcp-stream';
+
+export const EXCERPT_BYTES = 16;
+
+export class DatagramComparator {
+  /** Datagrams both sides sent identically, counted from the last reset. */
+  matched = 0;
+  matchedBytes = 0;
+  mismatch: Mismatch | null = null;
+  /** Count of datagrams each side sent since the last reset. */
+  readonly sent = [0, 0];
+  private leader: Side | -1 = -1;
+  private pending: Buffer[] = [];
+  pendingBytes = 0;
+
+  constructor(private readonly copier: SlabCopier) {}
+
+  reset(): void {
+    this.matched = 0;
+    this.sent[0] = this.sent[1] = 0;
+    this.mismatch = null;
+    this.leader = -1;
+    this.pending = [];
+    this.pendingBytes = 0;
+  }
+
+  /** Returns true when this datagram revealed the first mismatch. */
+  append(side: Side, content: Buffer): boolean {
+    if (this.mismatch) return false;
+    this.sent[side]++;
+    if (this.leader === -1 || this.leader === side) {
+      this.leader = side;
+      const kept = side === 1 ? this.copier.copy(content) : content;
+      this.pending.push(kept);
+      this.pendingBytes += kept.length;
+      return false;
+    }
+    const theirs = this.pending.shift()!;
+    this.pendingBytes -= theirs.length;
+    if (this.pending.length === 0) this.leader = -1;
+    if (!theirs.equals(content)) {
+      let at = 0;
+      while (at < theirs.length && at < content.length && theirs[at] === content[at]) at++;
+      const show = (b: Buffer) => JSON.stringify(b.subarray(at, at + EXCERPT_BYTES).toString('latin1'));
+      this.mismatch = {
+        kind: 'datagram',
+        position: this.matched,
+        offset: at,
+        primary: show(side === 0 ? content : theirs),
+        backup: show(side === 0 ? theirs : content),
+      };
+      this.pending = [];
+      this.pendingBytes = 0;
+      this.leader = -1;
+      return true;
+    }
+    this.matched++;
+    this.matchedBytes += content.length;
+    return false;
+  }
+}

@@ -1,0 +1,96 @@
+/**
+ * Flow keys. A flow is named by (VLAN, protocol, remote endpoint, VM
+ * endpoint): the port a frame arrived on says which side is the VM, so the
+ * two directions give the same key without sorting addresses.
+ */
+import { DecodedFrame, IpProto, formatIpv4, formatIpv6 } from '../packet';
+
+export type FlowProtocol = 'tcp' | 'udp' | 'icmp' | 'icmpv6' | 'ip';
+/** Which way a frame travels: from the client side toward the VMs, or from a VM. */
+export type Direction = 'ingress' | 'egress';
+
+const scratch = Buffer.alloc(48);
+
+function l4Ports(f: DecodedFrame, dir: Direction): [remote: number, vm: number] {
+  switch (f.l4) {
+    case 'tcp': {
+      const s = f.tcp.srcPort, d = f.tcp.dstPort;
+      return dir === 'ingress' ? [s, d] : [d, s];
+    }
+    case 'udp': {
+      const s = f.udp.srcPort, d = f.udp.dstPort;
+      return dir === 'ingress' ? [s, d] : [d, s];
+    }
+    case 'icmp':
+    case 'icmpv6': {
+      const t = f.icmp.type;
+      // Echo request and reply share one flow, told apart by identifier (RFC 792, RFC 4443 §4).
+      const echo = f.l4 === 'icmp' ? t === 0 || t === 8 : t === 128 || t === 129;
+      return echo ? [f.icmp.echoId, 0] : [t, 0];
+    }
+    default:
+      return [0, 0];
+  }
+}
+
+export function flowProtocolOf(f: DecodedFrame): FlowProtocol {
+  switch (f.l4) {
+    case 'tcp': return f.fragment ? 'ip' : 'tcp';
+    case 'udp': return f.fragment ? 'ip' : 'udp';
+    case 'icmp': return 'icmp';
+    case 'icmpv6': return 'icmpv6';
+    default: return 'ip';
+  }
+}
+
+/**
+ * The key of a decoded IPv4/IPv6 frame (callers check `f.l3` first). A
+ * latin1 string of the raw key bytes: cheap to build, exact to compare.
+ */
+export function flowKeyOf(f: DecodedFrame, dir: Direction): string {
+  const buf = f.buf;
+  const proto = flowProtocolOf(f);
+  let n = 0;
+  const vlan = f.vlanKey;
+  scratch[n++] = vlan >>> 16; scratch[n++] = (vlan >>> 8) & 0xff; scratch[n++] = vlan & 0xff;
+  scratch[n++] = proto === 'ip' ? 0 : f.ipProto;
+  let srcOff: number, addrLen: number;
+  if (f.l3 === 'ipv4') { srcOff = f.l3Offset + 12; addrLen = 4; }
+  else { srcOff = f.l3Offset + 8; addrLen = 16; }
+  const remoteOff = dir === 'ingress' ? srcOff : srcOff + addrLen;
+  const vmOff = dir === 'ingress' ? srcOff + addrLen : srcOff;
+  buf.copy(scratch, n, remoteOff, remoteOff + addrLen); n += addrLen;
+  buf.copy(scratch, n, vmOff, vmOff + addrLen); n += addrLen;
+  if (proto !== 'ip') {
+    const [remotePort, vmPort] = l4Ports(f, dir);
+    scratch[n++] = remotePort >> 8; scratch[n++] = remotePort & 0xff;
+    scratch[n++] = vmPort >> 8; scratch[n++] = vmPort & 0xff;
+  } else {
+    scratch[n++] = f.ipProto;
+  }
+  return scratch.toString('latin1', 0, n);
+}
+
+/** "tcp 10.0.0.1:40000 > 10.0.0.2:80" — remote (client side) first, VM second. */
+export function describeFlow(f: DecodedFrame, dir: Direction): string {
+  const buf = f.buf;
+  const proto = flowProtocolOf(f);
+  const v4 = f.l3 === 'ipv4';
+  const srcOff = v4 ? f.l3Offset + 12 : f.l3Offset + 8;
+  const len = v4 ? 4 : 16;
+  const fmt = (o: number) => (v4 ? formatIpv4(buf, o) : `[${formatIpv6(buf, o)}]`);
+  const remote = fmt(dir === 'ingress' ? srcOff : srcOff + len);
+  const vm = fmt(dir === 'ingress' ? srcOff + len : srcOff);
+  const vlan = f.vlanCount ? ` vlan ${f.outerVlan}${f.vlanCount > 1 ? `.${f.innerVlan}` : ''}` : '';
+  if (proto === 'tcp' || proto === 'udp') {
+    const [rp, vp] = l4Ports(f, dir);
+    return `${proto} ${remote}:${rp} > ${vm}:${vp}${vlan}`;
+  }
+  if (proto === 'icmp' || proto === 'icmpv6') {
+    const [id] = l4Ports(f, dir);
+    return `${proto} ${remote} > ${vm} id/type ${id}${vlan}`;
+  }
+  return `ip proto ${f.ipProto} ${remote} > ${vm}${f.fragment ? ' (fragments)' : ''}${vlan}`;
+}
+
+export { IpProto };

@@ -1,0 +1,54 @@
+/**
+ * Running system commands for the lab (`ip`, `ethtool`, `sysctl` …).
+ *
+ * In:  a command and its arguments, optionally a network namespace.
+ * Out: the command's stdout, or a LabCommandError that names the command,
+ *      its exit status and its stderr, so a failed lab build says what broke.
+ */
+import { execFileSync } from 'node:child_process';
+
+export class LabCommandError extends Error {
+  constructor(
+    readonly command: readonly string[],
+    readonly status: number | null,
+    readonly stderr: string,
+  ) {
+    super(`lab command failed (exit ${status ?? 'signal'}): ${command.join(' ')}${stderr ? `\n${stderr.trim()}` : ''}`);
+    this.name = 'LabCommandError';
+  }
+}
+
+/** Runs a command, returns its stdout; throws LabCommandError on a non-zero exit. */
+export function run(cmd: string, args: readonly string[], timeoutMs = 20_000): string {
+  try {
+    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: timeoutMs });
+  } catch (err) {
+    const e = err as { status?: number | null; stderr?: string | Buffer; message?: string };
+    const stderr = e.stderr ? e.stderr.toString() : (e.message ?? '');
+    throw new LabCommandError([cmd, ...args], e.status ?? null, stderr);
+  }
+}
+
+/** Runs a command inside a network namespace (`ip netns exec`). */
+export function runIn(netns: string, cmd: string, args: readonly string[], timeoutMs?: number): string {
+  return run('ip', ['netns', 'exec', netns, cmd, ...args], timeoutMs);
+}
+
+/**
+ * Teardown runs every step even when earlier ones fail: this collects the
+ * failures instead of throwing, so one missing link does not leave a
+ * namespace behind.
+ */
+export function runQuietly(cmd: string, args: readonly string[], failures?: string[]): boolean {
+  try {
+    run(cmd, args);
+    return true;
+  } catch (err) {
+    failures?.push((err as Error).message);
+    return false;
+  }
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

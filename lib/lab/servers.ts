@@ -1,0 +1,246 @@
+/**
+ * Real servers from Debian, started with identical configuration and content
+ * inside the primary and the backup namespace: nginx (HTTP on 0.0.0.0:80 and
+ * [::]:80), vsftpd (anonymous, read-only, passive mode on port 21) and
+ * dnsmasq (DNS over UDP on port 53, answering `svc.lab`).
+ *
+ * Each replica has its own runtime directory under the lab's run directory
+ * (`<runDir>/<role>/`): configs, pid files, logs, temp dirs and the content
+ * root. Every server runs as a process-group leader registered in
+ * `lab.processes`, so `teardownLab` kills it with all its children.
+ */
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { ContentDivergence, writeLabContent } from './content';
+import { runIn, sleep } from './exec';
+import { Lab, LabNode, LabProcess } from './netns';
+
+export type LabService = 'nginx' | 'vsftpd' | 'dnsmasq';
+export const LAB_SERVICES: readonly LabService[] = ['nginx', 'vsftpd', 'dnsmasq'];
+
+/** The name dnsmasq answers for (A → service IPv4, AAAA → service IPv6, TXT). */
+export const LAB_DNS_NAME = 'svc.lab';
+export const LAB_DNS_TXT = 'shadowvm lab service';
+/** Wide enough that primary and backup pick different passive ports. */
+export const LAB_FTP_PASV_PORTS = { min: 30000, max: 31000 } as const;
+
+export interface LabServerOptions {
+  /** Default: all of LAB_SERVICES. */
+  services?: readonly LabService[];
+  /** Makes one byte of one file differ in the backup's content (primary keeps the original). */
+  backupDivergence?: ContentDivergence;
+  readyTimeoutMs?: number;
+}
+
+export interface LabReplicaRuntime {
+  readonly node: LabNode;
+  /** Runtime directory of this replica's servers. */
+  readonly dir: string;
+  /** Document root of nginx and anonymous root of vsftpd. */
+  readonly contentRoot: string;
+}
+
+export interface LabServers {
+  readonly services: readonly LabService[];
+  readonly primary: LabReplicaRuntime;
+  readonly backup: LabReplicaRuntime;
+}
+
+export class LabServerError extends Error {
+  constructor(readonly service: LabService, readonly netns: string, message: string) {
+    super(`${service} in ${netns}: ${message}`);
+    this.name = 'LabServerError';
+  }
+}
+
+function nginxConfig(dir: string, contentRoot: string): string {
+  return `# shadowvm lab: identical on primary and backup
+user root;
+worker_processes 1;
+daemon off;
+master_process on;
+pid ${dir}/nginx/nginx.pid;
+error_log ${dir}/nginx/error.log notice;
+events { worker_connections 256; }
+http {
+  include /etc/nginx/mime.types;
+  default_type application/octet-stream;
+  access_log ${dir}/nginx/access.log;
+  client_body_temp_path ${dir}/nginx/tmp/body;
+  proxy_temp_path ${dir}/nginx/tmp/proxy;
+  fastcgi_temp_path ${dir}/nginx/tmp/fastcgi;
+  uwsgi_temp_path ${dir}/nginx/tmp/uwsgi;
+  scgi_temp_path ${dir}/nginx/tmp/scgi;
+  sendfile on;
+  keepalive_timeout 65;
+  keepalive_requests 1000;
+  server {
+    listen 0.0.0.0:80;
+    listen [::]:80 ipv6only=on;
+    server_name svc.lab;
+    root ${contentRoot};
+    autoindex on;
+  }
+}
+`;
+}
+
+function vsftpdConfig(dir: string, contentRoot: string): string {
+  return `# shadowvm lab: identical on primary and backup
+listen=YES
+listen_ipv6=NO
+listen_port=21
+background=NO
+anonymous_enable=YES
+local_enable=NO
+write_enable=NO
+anon_upload_enable=NO
+anon_mkdir_write_enable=NO
+anon_other_write_enable=NO
+no_anon_password=YES
+anon_root=${contentRoot}
+hide_ids=YES
+pasv_enable=YES
+pasv_min_port=${LAB_FTP_PASV_PORTS.min}
+pasv_max_port=${LAB_FTP_PASV_PORTS.max}
+port_enable=YES
+connect_from_port_20=NO
+dirmessage_enable=NO
+ftpd_banner=shadowvm lab FTP
+use_localtime=NO
+xferlog_enable=YES
+vsftpd_log_file=${dir}/vsftpd/vsftpd.log
+secure_chroot_dir=${dir}/vsftpd/empty
+isolate=NO
+isolate_network=NO
+seccomp_sandbox=NO
+tcp_wrappers=NO
+`;
+}
+
+function dnsmasqArgs(dir: string, node: LabNode): string[] {
+  return [
+    '--keep-in-foreground',
+    '--conf-file=/dev/null',
+    '--no-resolv',
+    '--no-hosts',
+    '--port=53',
+    '--bind-interfaces',
+    `--interface=${node.nsIf}`,
+    `--address=/${LAB_DNS_NAME}/${node.ipv4}`,
+    `--address=/${LAB_DNS_NAME}/${node.ipv6}`,
+    `--txt-record=${LAB_DNS_NAME},${LAB_DNS_TXT}`,
+    `--pid-file=${dir}/dnsmasq/dnsmasq.pid`,
+    `--log-facility=${dir}/dnsmasq/dnsmasq.log`,
+    '--log-queries',
+    '--user=root',
+    '--group=root',
+  ];
+}
+
+function spawnInNetns(lab: Lab, node: LabNode, name: string, logFile: string, argv: string[]): LabProcess {
+  const log = fs.openSync(logFile, 'a');
+  try {
+    // detached: the server leads its own process group, so teardown can
+    // kill the group (vsftpd and nginx fork per session / worker).
+    const child = spawn('ip', ['netns', 'exec', node.netns, ...argv], { detached: true, stdio: ['ignore', log, log] });
+    if (child.pid === undefined) throw new LabServerError(name as LabService, node.netns, `could not spawn ${argv[0]}`);
+    child.unref();
+    const proc: LabProcess = { name, netns: node.netns, pid: child.pid, logFile };
+    lab.processes.push(proc);
+    return proc;
+  } finally {
+    fs.closeSync(log);
+  }
+}
+
+interface ListenCheck {
+  proto: 'tcp' | 'udp';
+  /** Every one of these local addresses must be bound. */
+  addresses: string[];
+}
+
+function listening(netns: string, check: ListenCheck): boolean {
+  const out = runIn(netns, 'ss', ['-Hn', check.proto === 'tcp' ? '-lt' : '-lu']);
+  const bound = new Set(out.split('\n').map((line) => line.trim().split(/\s+/)[3]).filter(Boolean));
+  return check.addresses.every((addr) => bound.has(addr));
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function logTail(file: string): string {
+  try {
+    return fs.readFileSync(file, 'utf8').split('\n').slice(-10).join('\n');
+  } catch {
+    return '(no log)';
+  }
+}
+
+async function waitListening(service: LabService, proc: LabProcess, check: ListenCheck, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (listening(proc.netns, check)) return;
+    if (!processAlive(proc.pid)) {
+      throw new LabServerError(service, proc.netns, `exited before listening; log ${proc.logFile}:\n${logTail(proc.logFile)}`);
+    }
+    if (Date.now() > deadline) {
+      throw new LabServerError(service, proc.netns, `not listening on ${check.proto} ${check.addresses.join(', ')} after ${timeoutMs} ms; log ${proc.logFile}:\n${logTail(proc.logFile)}`);
+    }
+    await sleep(50);
+  }
+}
+
+function prepareReplica(lab: Lab, node: LabNode, divergence: ContentDivergence | undefined): LabReplicaRuntime {
+  const dir = path.join(lab.runDir, node.role);
+  const contentRoot = path.join(dir, 'www');
+  for (const sub of ['nginx/tmp', 'vsftpd/empty', 'dnsmasq']) fs.mkdirSync(path.join(dir, sub), { recursive: true, mode: 0o755 });
+  // vsftpd refuses a secure_chroot_dir that is writable by anyone but root.
+  fs.chmodSync(path.join(dir, 'vsftpd/empty'), 0o755);
+  fs.chmodSync(dir, 0o755);
+  writeLabContent(contentRoot, divergence);
+  fs.writeFileSync(path.join(dir, 'nginx/nginx.conf'), nginxConfig(dir, contentRoot));
+  fs.writeFileSync(path.join(dir, 'vsftpd/vsftpd.conf'), vsftpdConfig(dir, contentRoot), { mode: 0o600 });
+  return { node, dir, contentRoot };
+}
+
+async function startReplica(lab: Lab, replica: LabReplicaRuntime, services: readonly LabService[], timeoutMs: number): Promise<void> {
+  const { node, dir } = replica;
+  const waits: Promise<void>[] = [];
+  if (services.includes('nginx')) {
+    const proc = spawnInNetns(lab, node, 'nginx', path.join(dir, 'nginx/stderr.log'), [
+      'nginx', '-p', `${dir}/nginx/`, '-c', `${dir}/nginx/nginx.conf`, '-e', `${dir}/nginx/error.log`,
+    ]);
+    waits.push(waitListening('nginx', proc, { proto: 'tcp', addresses: ['0.0.0.0:80', '[::]:80'] }, timeoutMs));
+  }
+  if (services.includes('vsftpd')) {
+    const proc = spawnInNetns(lab, node, 'vsftpd', path.join(dir, 'vsftpd/stderr.log'), ['vsftpd', `${dir}/vsftpd/vsftpd.conf`]);
+    waits.push(waitListening('vsftpd', proc, { proto: 'tcp', addresses: ['0.0.0.0:21'] }, timeoutMs));
+  }
+  if (services.includes('dnsmasq')) {
+    const proc = spawnInNetns(lab, node, 'dnsmasq', path.join(dir, 'dnsmasq/stderr.log'), ['dnsmasq', ...dnsmasqArgs(dir, node)]);
+    waits.push(waitListening('dnsmasq', proc, { proto: 'udp', addresses: [`${node.ipv4}:53`, `[${node.ipv6}]:53`] }, timeoutMs));
+  }
+  await Promise.all(waits);
+}
+
+/**
+ * Writes content and configs for both replicas and starts the servers;
+ * resolves once every server listens. On failure the already started
+ * servers stay registered in `lab.processes` for `teardownLab` to kill.
+ */
+export async function startLabServers(lab: Lab, options: LabServerOptions = {}): Promise<LabServers> {
+  const services = options.services ?? LAB_SERVICES;
+  const timeoutMs = options.readyTimeoutMs ?? 10_000;
+  const primary = prepareReplica(lab, lab.primary, undefined);
+  const backup = prepareReplica(lab, lab.backup, options.backupDivergence);
+  await Promise.all([startReplica(lab, primary, services, timeoutMs), startReplica(lab, backup, services, timeoutMs)]);
+  return { services, primary, backup };
+}

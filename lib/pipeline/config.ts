@@ -1,0 +1,100 @@
+/** Settings of the data path, with the defaults a production bridge starts from. */
+import { ReplicatorConfig, DEFAULT_REPLICATOR_CONFIG } from '../replicate';
+
+/** What happens to a class of frames the comparator does not handle as a flow. */
+export type FrameAction = 'forward-primary' | 'compare' | 'drop';
+
+export interface FramePolicy {
+  /** ARP from the VMs. Clones answer alike; the primary's goes out at once. */
+  arp: FrameAction;
+  /** Ethertypes other than IPv4, IPv6 and ARP (LLDP, …). */
+  otherEtherTypes: FrameAction;
+  /** Frames from a VM that cannot be decoded. */
+  malformedFromVm: 'drop' | 'forward-primary';
+  /** Frames from the client side that cannot be decoded: the VMs judge them, as they would without us. */
+  malformedFromClient: 'forward' | 'drop';
+}
+
+export interface QueueLimits {
+  bytes: number;
+  frames: number;
+}
+
+export interface PipelineConfig {
+  maxFlows: number;
+  /** A primary frame unmatched for longer than this asks for a checkpoint (reason `timeout`). */
+  maxUnmatchedAgeMs: number;
+  /** High-water marks for held output, per flow and in total (reason `queue`). */
+  flowHighWater: QueueLimits;
+  totalHighWater: QueueLimits;
+  /** Client frames held while a checkpoint runs; beyond this the newest are dropped (TCP retransmits them). */
+  ingressHold: QueueLimits;
+  /** Idle time after which a flow is forgotten: closed TCP, open TCP, others. */
+  closedTcpLingerMs: number;
+  tcpIdleMs: number;
+  datagramIdleMs: number;
+  policy: FramePolicy;
+  replicator: ReplicatorConfig;
+  /**
+   * What a finished checkpoint means for each flow's backup side. `copy`:
+   * the backup is an exact copy of the primary (live agents): its sequence
+   * space becomes the primary's. `align`: the backup's recorded output goes
+   * on in its own space (replay of captures): comparison restarts from where
+   * each side stands.
+   */
+  resync: 'copy' | 'align';
+  /** Keep the last frames of each side per flow, to write one pcap per mismatch. */
+  captureDivergence: boolean;
+}
+
+export const DEFAULT_PIPELINE_CONFIG: PipelineConfig = {
+  maxFlows: 65536,
+  maxUnmatchedAgeMs: 100,
+  flowHighWater: { bytes: 8 << 20, frames: 8192 },
+  totalHighWater: { bytes: 128 << 20, frames: 131072 },
+  ingressHold: { bytes: 32 << 20, frames: 32768 },
+  closedTcpLingerMs: 10_000,
+  tcpIdleMs: 2 * 3600_000,
+  datagramIdleMs: 300_000,
+  policy: { arp: 'forward-primary', otherEtherTypes: 'drop', malformedFromVm: 'drop', malformedFromClient: 'forward' },
+  replicator: DEFAULT_REPLICATOR_CONFIG,
+  resync: 'copy',
+  captureDivergence: false,
+};
+
+export class ConfigError extends Error {
+  constructor(readonly setting: string, detail: string) {
+    super(`invalid setting ${setting}: ${detail}`);
+    this.name = 'ConfigError';
+  }
+}
+
+/** Merges a partial config over the defaults and checks every number. */
+export function makePipelineConfig(partial: Partial<PipelineConfig> = {}): PipelineConfig {
+  const c: PipelineConfig = {
+    ...DEFAULT_PIPELINE_CONFIG,
+    ...partial,
+    policy: { ...DEFAULT_PIPELINE_CONFIG.policy, ...partial.policy },
+    replicator: { ...DEFAULT_PIPELINE_CONFIG.replicator, ...partial.replicator },
+  };
+  const positive: [string, number][] = [
+    ['maxFlows', c.maxFlows],
+    ['maxUnmatchedAgeMs', c.maxUnmatchedAgeMs],
+    ['flowHighWater.bytes', c.flowHighWater.bytes],
+    ['flowHighWater.frames', c.flowHighWater.frames],
+    ['totalHighWater.bytes', c.totalHighWater.bytes],
+    ['totalHighWater.frames', c.totalHighWater.frames],
+    ['ingressHold.bytes', c.ingressHold.bytes],
+    ['ingressHold.frames', c.ingressHold.frames],
+    ['replicator.checkpointTimeoutMs', c.replicator.checkpointTimeoutMs],
+  ];
+  for (const [name, v] of positive) {
+    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) throw new ConfigError(name, `must be a positive number, got ${String(v)}`);
+  }
+  if (!(c.replicator.maxIntervalMs >= 0)) throw new ConfigError('replicator.maxIntervalMs', 'must be 0 (off) or positive');
+  const actions = ['forward-primary', 'compare', 'drop'];
+  if (!actions.includes(c.policy.arp)) throw new ConfigError('policy.arp', `must be one of ${actions.join(', ')}`);
+  if (!actions.includes(c.policy.otherEtherTypes)) throw new ConfigError('policy.otherEtherTypes', `must be one of ${actions.join(', ')}`);
+  if (!['copy', 'align'].includes(c.resync)) throw new ConfigError('resync', 'must be copy or align');
+  return c;
+}

@@ -1,0 +1,130 @@
+/**
+ * ShadowFlow: everything the pipeline knows about one flow, joined from the
+ * stages that own each part: flow state (flow/), the comparator (compare/),
+ * the held output (release/), and the report counters.
+ */
+import { FlowProtocol, TcpConnectionState } from '../flow';
+import { DatagramComparator, Mismatch, TcpStreamComparator, PRIMARY, BACKUP } from '../compare';
+import { FlowHeldQueue, HeldQueues, ReleaseGate } from '../release';
+import { SlabCopier } from '../packet';
+
+export interface FlowReport {
+  /** "tcp 10.0.0.1:40000 > 10.0.0.2:80": client side first, VM second. */
+  key: string;
+  protocol: FlowProtocol | 'arp' | 'ethertype';
+  releasedFrames: number;
+  /** Payload bytes of the primary's frames released to the client. */
+  releasedBytes: number;
+  /** Bytes (TCP) or datagram content bytes both replicas said alike. */
+  matchedBytes: number;
+  mismatches: number;
+  /** The mismatches, first ones first (at most MAX_REPORTED_MISMATCHES). */
+  mismatchList: (Mismatch & { timeUs: number })[];
+}
+
+export const MAX_REPORTED_MISMATCHES = 16;
+export const DIVERGENCE_FRAMES_PER_SIDE = 8;
+
+export interface RecentFrame {
+  side: 0 | 1;
+  frame: Buffer;
+  timeUs: number;
+}
+
+export class ShadowFlow implements ReleaseGate {
+  readonly tcp: TcpConnectionState | null;
+  readonly stream: TcpStreamComparator | null;
+  readonly datagrams: DatagramComparator | null;
+  readonly held: FlowHeldQueue;
+  /** Client frames waiting until the backup's sequence delta is known. */
+  ingressHeld: Buffer[] = [];
+  /** Whether each side has ended its half (FIN) or reset: for idle expiry. */
+  readonly closed = [false, false];
+  /** Recent frames of each side, kept only when divergence capture is on. */
+  recent: RecentFrame[] | null;
+  readonly report: FlowReport;
+
+  constructor(name: string, protocol: FlowReport['protocol'], queues: HeldQueues, copier: SlabCopier, keepRecent: boolean) {
+    const stream = protocol === 'tcp';
+    this.tcp = stream ? new TcpConnectionState() : null;
+    this.stream = stream ? new TcpStreamComparator(copier) : null;
+    this.datagrams = stream ? null : new DatagramComparator(copier);
+    this.held = new FlowHeldQueue(queues, name);
+    this.recent = keepRecent ? [] : null;
+    this.report = { key: name, protocol, releasedFrames: 0, releasedBytes: 0, matchedBytes: 0, mismatches: 0, mismatchList: [] };
+  }
+
+  get name(): string {
+    return this.report.key;
+  }
+
+  // ReleaseGate
+  get isStream(): boolean { return this.stream !== null; }
+  get matchedEnd(): number {
+    return this.stream ? this.stream.matched : this.datagrams!.matched;
+  }
+  get rstAgreed(): boolean {
+    return this.stream ? this.stream.rstAgreed : false;
+  }
+  get backupAck(): number | null {
+    const b = this.tcp?.replicas[BACKUP];
+    return b && b.ackSeen ? b.maxAck : null;
+  }
+
+  get mismatch(): Mismatch | null {
+    return this.stream ? this.stream.mismatch : this.datagrams!.mismatch;
+  }
+
+  /** Bytes the leading side has said that the other has not (yet). */
+  get unmatchedBytes(): number {
+    return this.stream ? this.stream.pendingBytes : this.datagrams!.pendingBytes;
+  }
+
+  noteMismatch(m: Mismatch, timeUs: number): void {
+    this.report.mismatches++;
+    if (this.report.mismatchList.length < MAX_REPORTED_MISMATCHES) this.report.mismatchList.push({ ...m, timeUs });
+  }
+
+  syncReport(): void {
+    const r = this.report;
+    r.releasedFrames = this.held.releasedFrames;
+    r.releasedBytes = this.held.releasedPayloadBytes;
+    r.matchedBytes = this.stream ? this.stream.matchedBytes : this.datagrams!.matchedBytes;
+  }
+
+  remember(side: 0 | 1, frame: Buffer, timeUs: number): void {
+    const recent = this.recent!;
+    recent.push({ side, frame, timeUs });
+    let count = 0;
+    for (const r of recent) if (r.side === side) count++;
+    if (count > DIVERGENCE_FRAMES_PER_SIDE) recent.splice(recent.findIndex((r) => r.side === side), 1);
+  }
+
+  /**
+   * After a checkpoint: comparison starts again from a clean slate. `copy`:
+   * the backup is now an exact copy of the primary, so its sequence and TS
+   * bases become the primary's. `align`: the backup goes on in its own space
+   * from where it stands.
+   */
+  resync(mode: 'copy' | 'align'): void {
+    this.held.clear();
+    this.closed[0] = this.closed[1] = false;
+    if (this.datagrams) {
+      this.datagrams.reset();
+      return;
+    }
+    const tcp = this.tcp!;
+    const stream = this.stream!;
+    const [p, b] = tcp.replicas;
+    if (mode === 'copy') {
+      b.seqBase = p.seqBase;
+      b.tsBase = p.tsBase;
+      b.tsSeen = p.tsSeen;
+    } else {
+      b.seqBase = (b.seqBase + stream.end[BACKUP] - stream.end[PRIMARY]) >>> 0;
+    }
+    b.synSeen = p.synSeen;
+    if (p.ackSeen) b.noteAck(p.maxAck);
+    if (stream.started) stream.reset(stream.end[PRIMARY]);
+  }
+}

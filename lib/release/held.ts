@@ -1,0 +1,165 @@
+/**
+ * Held primary output. Every frame the primary sends is held (copied out of
+ * the I/O ring) until the comparison says the backup said the same; then it
+ * is released to the client, per flow in the order the primary sent it.
+ *
+ * In:  `hold` for each primary frame; `releaseReady` after each comparison
+ *      step; `releaseAll` after a checkpoint or in DEGRADED.
+ * Out: frames to the `release` callback; the age of the oldest held frame
+ *      and queue sizes for the checkpoint triggers.
+ *
+ * Bounded by the checkpoint triggers (queue high-water marks), not by
+ * dropping: a held frame is either released or made obsolete by a
+ * checkpoint that releases it.
+ */
+import { seqLe } from '../packet';
+
+export interface HeldFrame {
+  frame: Buffer;
+  /** Stream: first relative position after this frame. Datagrams: 1 + its index. */
+  end: number;
+  /** Carries an RST: released only once both replicas reset. */
+  rst: boolean;
+  /** Carries an ACK (client sequence space) that must not run ahead of the backup's. */
+  hasAck: boolean;
+  ack: number;
+  /** Payload bytes (what `releasedBytes` counts). */
+  payloadBytes: number;
+  heldAtUs: number;
+  released: boolean;
+  queue: FlowHeldQueue;
+}
+
+/** What the release predicate needs from a flow's comparison. */
+export interface ReleaseGate {
+  /** TCP: position matched so far; datagrams: count matched. */
+  readonly matchedEnd: number;
+  readonly isStream: boolean;
+  readonly rstAgreed: boolean;
+  /** Highest ACK the backup sent on this flow; `null` if none yet. */
+  readonly backupAck: number | null;
+}
+
+export class FlowHeldQueue {
+  private frames: HeldFrame[] = [];
+  private head = 0;
+  bytes = 0;
+  releasedFrames = 0;
+  releasedBytes = 0;
+  releasedPayloadBytes = 0;
+
+  constructor(readonly owner: HeldQueues, readonly flowName: string) {}
+
+  get length(): number {
+    return this.frames.length - this.head;
+  }
+
+  hold(frame: Buffer, end: number, rst: boolean, hasAck: boolean, ack: number, payloadBytes: number, nowUs: number): HeldFrame {
+    const h: HeldFrame = { frame, end, rst, hasAck, ack, payloadBytes, heldAtUs: nowUs, released: false, queue: this };
+    this.frames.push(h);
+    this.bytes += frame.length;
+    this.owner.noteHeld(h);
+    return h;
+  }
+
+  /** Releases frames from the head while the gate allows. Returns how many. */
+  releaseReady(gate: ReleaseGate): number {
+    let n = 0;
+    while (this.head < this.frames.length) {
+      const h = this.frames[this.head];
+      if (!h.released) {
+        if (!releasable(h, gate)) break;
+        this.owner.release(h);
+      }
+      this.head++;
+      n++;
+    }
+    this.compact();
+    return n;
+  }
+
+  /** Forget frames already released elsewhere (by `HeldQueues.releaseAll`). */
+  clear(): void {
+    this.frames = [];
+    this.head = 0;
+    this.bytes = 0;
+  }
+
+  noteReleased(h: HeldFrame): void {
+    this.bytes -= h.frame.length;
+    this.releasedFrames++;
+    this.releasedBytes += h.frame.length;
+    this.releasedPayloadBytes += h.payloadBytes;
+  }
+
+  private compact(): void {
+    if (this.head > 64 && this.head * 2 > this.frames.length) {
+      this.frames = this.frames.slice(this.head);
+      this.head = 0;
+    }
+  }
+}
+
+function releasable(h: HeldFrame, gate: ReleaseGate): boolean {
+  if (gate.isStream) {
+    if (!seqLe(h.end, gate.matchedEnd)) return false;
+    if (h.rst && !gate.rstAgreed) return false;
+    // ACK gating: never acknowledge client data the backup has not acknowledged.
+    if (h.hasAck && (gate.backupAck === null || !seqLe(h.ack, gate.backupAck))) return false;
+    return true;
+  }
+  return h.end <= gate.matchedEnd;
+}
+
+/**
+ * All held frames of all flows, in arrival order: the oldest unreleased one
+ * is the head (for the age trigger), totals for the queue triggers.
+ */
+export class HeldQueues {
+  private all: HeldFrame[] = [];
+  private head = 0;
+  frames = 0;
+  bytes = 0;
+  releasedFrames = 0;
+  releasedBytes = 0;
+
+  constructor(private readonly sink: (frame: Buffer) => void) {}
+
+  noteHeld(h: HeldFrame): void {
+    this.all.push(h);
+    this.frames++;
+    this.bytes += h.frame.length;
+  }
+
+  release(h: HeldFrame): void {
+    h.released = true;
+    this.frames--;
+    this.bytes -= h.frame.length;
+    this.releasedFrames++;
+    this.releasedBytes += h.frame.length;
+    h.queue.noteReleased(h);
+    this.sink(h.frame);
+  }
+
+  /** The oldest frame still held, or null. */
+  oldest(): HeldFrame | null {
+    while (this.head < this.all.length && this.all[this.head].released) this.head++;
+    if (this.head > 1024 && this.head * 2 > this.all.length) {
+      this.all = this.all.slice(this.head);
+      this.head = 0;
+    }
+    return this.head < this.all.length ? this.all[this.head] : null;
+  }
+
+  /** Releases every held frame, oldest first (after a checkpoint, or when comparison is off). */
+  releaseAll(): number {
+    let n = 0;
+    for (let i = this.head; i < this.all.length; i++) {
+      const h = this.all[i];
+      if (!h.released) { this.release(h); n++; }
+    }
+    this.all = [];
+    this.head = 0;
+    return n;
+  }
+}

@@ -1,0 +1,6 @@
+/**
+ * replicate/: the replication state machine, checkpoint triggers and their
+ * coalescing. (The agent client over the UNIX socket joins it with the live
+ * bridge.)
+ */
+export * from './replicator';
