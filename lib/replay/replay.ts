@@ -20,6 +20,9 @@ export interface ReplayOptions {
   client: string;
   primary: string;
   backup: string;
+}
+
+export interface ReplaySettings {
   outPath?: string;
   divergenceDir?: string;
   /** `instant`: checkpoints succeed after `checkpointMs`; `none`: no agent (DEGRADED throughout). */
@@ -47,8 +50,12 @@ export interface ReplayReport {
 
 type Source = 0 | 1 | 2; // client, primary, backup
 
-export function runReplay(opts: ReplayOptions): ReplayReport {
-  const inputs = [readPcapFile(opts.client), readPcapFile(opts.primary), readPcapFile(opts.backup)];
+export function runReplay(opts: ReplayOptions & ReplaySettings): ReplayReport {
+  return replayCaptures([readPcapFile(opts.client), readPcapFile(opts.primary), readPcapFile(opts.backup)], opts);
+}
+
+/** The replay on captures already in memory: [client, primary, backup]. */
+export function replayCaptures(inputs: PcapRecord[][], opts: ReplaySettings = {}): ReplayReport {
   const config = makePipelineConfig({ resync: 'align', captureDivergence: !!opts.divergenceDir, ...opts.config });
   const agentMode = opts.agent ?? 'instant';
   const checkpointUs = (opts.checkpointMs ?? 0) * 1000;

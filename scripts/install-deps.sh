@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs what shadowvm needs on a Debian host: Debian packages (only the
+# missing ones, with apt-get) and the npm packages. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# binary-or-file → Debian package
+need=(
+  "/usr/include/pcap/pcap.h:libpcap-dev"     # native build of the libpcap port (npm cap)
+  "/usr/bin/make:make"
+  "/usr/bin/g++:g++"
+  "/usr/bin/python3:python3"                  # node-gyp
+  "/usr/sbin/ip:iproute2"
+  "/usr/sbin/ethtool:ethtool"
+  "/usr/bin/tcpdump:tcpdump"
+  "/usr/bin/tshark:tshark"
+  "/usr/bin/curl:curl"
+  "/usr/sbin/nginx:nginx-light"
+  "/usr/sbin/vsftpd:vsftpd"
+  "/usr/bin/lftp:lftp"
+  "/usr/sbin/dnsmasq:dnsmasq-base"
+  "/usr/bin/dig:bind9-dnsutils"
+)
+missing=()
+for entry in "${need[@]}"; do
+  path=${entry%%:*}; pkg=${entry#*:}
+  [ -e "$path" ] || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "install-deps: installing Debian packages: ${missing[*]}"
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null; then sudo="sudo"; else
+      echo "install-deps: not root and no sudo: install these packages first: ${missing[*]}" >&2; exit 1
+    fi
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  # tshark asks whether non-root users may capture; the default (no) is fine.
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "install-deps: installing npm packages"
+  npm ci --no-audit --no-fund --foreground-scripts >/dev/null
+fi
