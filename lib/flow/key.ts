@@ -10,6 +10,8 @@ export type FlowProtocol = 'tcp' | 'udp' | 'icmp' | 'icmpv6' | 'ip';
 export type Direction = 'ingress' | 'egress';
 
 const scratch = Buffer.alloc(48);
+/** Second "port" of a non-echo ICMP flow key (echo flows have 0 there). */
+const ICMP_NOT_ECHO = 1;
 
 function l4Ports(f: DecodedFrame, dir: Direction): [remote: number, vm: number] {
   switch (f.l4) {
@@ -25,8 +27,9 @@ function l4Ports(f: DecodedFrame, dir: Direction): [remote: number, vm: number] 
     case 'icmpv6': {
       const t = f.icmp.type;
       // Echo request and reply share one flow, told apart by identifier (RFC 792, RFC 4443 §4).
+      // Other messages are grouped by type, marked so that type n never shares echo identifier n's flow.
       const echo = f.l4 === 'icmp' ? t === 0 || t === 8 : t === 128 || t === 129;
-      return echo ? [f.icmp.echoId, 0] : [t, 0];
+      return echo ? [f.icmp.echoId, 0] : [t, ICMP_NOT_ECHO];
     }
     default:
       return [0, 0];

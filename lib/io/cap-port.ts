@@ -38,6 +38,15 @@ export class CapPortError extends Error {
 /** cap's snaplen is fixed at 65535; one spare byte shows truncation plainly. */
 const RECEIVE_BUFFER_BYTES = 65536;
 
+/**
+ * Closed handles, kept reachable for the life of the process. cap 0.2.1's
+ * native destructor (run when V8 collects a closed `Cap`) calls
+ * node::EmitAsyncDestroy from inside the GC and crashes the process with
+ * SIGSEGV (seen both mid-run and at exit, Node 20). A closed handle is small;
+ * never letting one be collected is the only fix short of patching cap.
+ */
+const retiredCaps: Cap[] = [];
+
 export class CapPort implements PacketPort {
   readonly name: string;
   private readonly cap = new Cap();
@@ -57,10 +66,12 @@ export class CapPort implements PacketPort {
     try {
       linkType = this.cap.open(device, options.filter ?? '', options.bufferBytes ?? 8 * 1024 * 1024, this.receiveBuffer);
     } catch (err) {
+      retiredCaps.push(this.cap);
       throw new CapPortError(device, `cannot open: ${(err as Error).message}`);
     }
     if (linkType !== 'ETHERNET') {
       this.cap.close();
+      retiredCaps.push(this.cap);
       throw new CapPortError(device, `link type ${linkType}, expected ETHERNET`);
     }
     this.cap.on('packet', (nbytes, truncated) => this.receive(nbytes, truncated));
@@ -118,5 +129,7 @@ export class CapPort implements PacketPort {
     this.closed = true;
     this.receiver = undefined;
     this.cap.close();
+    this.cap.removeAllListeners();
+    retiredCaps.push(this.cap);
   }
 }

@@ -184,7 +184,8 @@ function decodeIpv6(f: DecodedFrame, off: number, len: number): DecodedFrame {
         if (next === IpProto.Fragment) {
           size = 8;
           const fragField = dv.getUint16(p + 2);
-          f.fragment = true;
+          // Offset 0 with M clear is an atomic fragment: a whole packet (RFC 6946 §4).
+          if ((fragField & 0xfff9) !== 0) f.fragment = true;
           if ((fragField & 0xfff8) !== 0) {
             f.ipProto = following;
             f.l4 = 'fragment';

@@ -65,5 +65,17 @@ export function rewriteTcp32(f: DecodedFrame, fieldOffset: number, value: number
   const old = f.dv.getUint32(fieldOffset);
   if (old === (value >>> 0)) return;
   f.dv.setUint32(fieldOffset, value >>> 0);
-  if (!checksumIsPartial) f.tcp.checksum = updateChecksum32(f.tcp.checksum, old, value >>> 0);
+  if (checksumIsPartial) return;
+  // Options need no alignment (RFC 9293 §3.1), so a field can start at an odd
+  // offset, where its bytes straddle the 16-bit words of the sum. RFC 1071
+  // §2(B): such bytes add up as their byte-swapped, aligned counterparts.
+  const odd = ((fieldOffset - f.tcp.offset) & 1) !== 0;
+  const from = odd ? swapBytesOfWords(old) : old;
+  const to = odd ? swapBytesOfWords(value >>> 0) : value >>> 0;
+  f.tcp.checksum = updateChecksum32(f.tcp.checksum, from, to);
+}
+
+/** Swaps the two bytes inside each 16-bit half of a 32-bit value. */
+function swapBytesOfWords(v: number): number {
+  return (((v & 0x00ff00ff) << 8) | ((v >>> 8) & 0x00ff00ff)) >>> 0;
 }

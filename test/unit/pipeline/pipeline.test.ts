@@ -1,0 +1,219 @@
+import { ShadowPipeline, makePipelineConfig, PipelineConfig } from '../../../lib/pipeline';
+import { BACKUP, PRIMARY } from '../../../lib/compare';
+import { CheckpointRequest } from '../../../lib/replicate';
+import { arpFrame, l4ChecksumIsValid, tcpFrame, udpFrame, TcpSpec, macBytes, VM_MAC } from '../../support/frames';
+
+const C = 1000; // client ISN
+const P = 5000; // primary ISN
+const B = 900_000; // backup ISN
+const SYN_OPTS = { mss: 1460, ws: 7, sackOk: true, ts: [111, 0] as [number, number] };
+
+function harness(partial: Partial<PipelineConfig> = {}, agent = true) {
+  const out = { primary: [] as Buffer[], backup: [] as Buffer[], client: [] as Buffer[], checkpoints: [] as CheckpointRequest[] };
+  const logs: string[] = [];
+  const p = new ShadowPipeline(makePipelineConfig(partial), {
+    toPrimary: (f) => out.primary.push(Buffer.from(f)),
+    toBackup: (f) => out.backup.push(Buffer.from(f)),
+    toClient: (f) => out.client.push(Buffer.from(f)),
+    sendCheckpoint: (r) => out.checkpoints.push(r),
+    log: (_l, event) => logs.push(event),
+  }, 0, agent);
+  return { p, out, logs };
+}
+
+const fromClient = (s: TcpSpec) => tcpFrame({ from: 'client', ...s });
+const fromVm = (s: TcpSpec) => tcpFrame({ from: 'vm', ...s });
+const ackOf = (f: Buffer) => f.readUInt32BE(14 + 20 + 8);
+const seqOf = (f: Buffer) => f.readUInt32BE(14 + 20 + 4);
+
+/** Client SYN, both SYN-ACKs, client ACK: an established connection. */
+function handshake(h: ReturnType<typeof harness>, t = 1) {
+  h.p.fromClient(fromClient({ seq: C, flags: 'S', options: SYN_OPTS }), t);
+  h.p.fromVm(PRIMARY, fromVm({ seq: P, ack: C + 1, flags: 'SA', options: { ...SYN_OPTS, ts: [7000, 111] } }), t + 1);
+  h.p.fromVm(BACKUP, fromVm({ seq: B, ack: C + 1, flags: 'SA', options: { ...SYN_OPTS, ts: [99000, 111] } }), t + 2);
+  h.p.fromClient(fromClient({ seq: C + 1, ack: P + 1, flags: 'A' }), t + 3);
+}
+
+describe('ShadowPipeline', () => {
+  it('releases the primary SYN-ACK only after the backup answered the same SYN', () => {
+    const h = harness();
+    h.p.fromClient(fromClient({ seq: C, flags: 'S', options: SYN_OPTS }), 1);
+    expect(h.out.primary).toHaveLength(1);
+    expect(h.out.backup).toHaveLength(1);
+    h.p.fromVm(PRIMARY, fromVm({ seq: P, ack: C + 1, flags: 'SA', options: SYN_OPTS }), 2);
+    expect(h.out.client).toHaveLength(0);
+    h.p.fromVm(BACKUP, fromVm({ seq: B, ack: C + 1, flags: 'SA', options: SYN_OPTS }), 3);
+    expect(h.out.client).toHaveLength(1);
+    expect(seqOf(h.out.client[0])).toBe(P); // the primary's frame, untouched
+  });
+
+  it('translates client ACKs, SACK blocks and TS echoes into the backup sequence space', () => {
+    const h = harness();
+    handshake(h);
+    const ack = h.out.backup[1];
+    expect(ackOf(h.out.primary[1])).toBe(P + 1);
+    expect(ackOf(ack)).toBe(B + 1);
+    expect(l4ChecksumIsValid(ack)).toBe(true);
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 1, options: { sack: [[P + 101, P + 201]], ts: [222, 7005] } }), 10);
+    const sackFrame = h.out.backup[2];
+    expect(l4ChecksumIsValid(sackFrame)).toBe(true);
+    expect(sackFrame.includes(Buffer.from([(B + 101) >>> 24, ((B + 101) >>> 16) & 0xff, ((B + 101) >>> 8) & 0xff, (B + 101) & 0xff]))).toBe(true);
+    const tsEcr = 99000 + 5; // 7005 in the primary's TS space is 99005 in the backup's
+    const ecr = Buffer.alloc(4);
+    ecr.writeUInt32BE(tsEcr);
+    expect(sackFrame.includes(ecr)).toBe(true);
+  });
+
+  it('holds client ACKs until the backup SYN-ACK gives the backup ISN, then sends them translated', () => {
+    const h = harness();
+    h.p.fromClient(fromClient({ seq: C, flags: 'S', options: SYN_OPTS }), 1);
+    h.p.fromVm(PRIMARY, fromVm({ seq: P, ack: C + 1, flags: 'SA', options: SYN_OPTS }), 2);
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 1 }), 3);
+    expect(h.out.backup).toHaveLength(1); // only the SYN
+    h.p.fromVm(BACKUP, fromVm({ seq: B, ack: C + 1, flags: 'SA', options: SYN_OPTS }), 4);
+    expect(h.out.backup).toHaveLength(2);
+    expect(ackOf(h.out.backup[1])).toBe(B + 1);
+  });
+
+  it('releases primary bytes only after the backup has sent the same bytes, whatever the segmentation', () => {
+    const h = harness();
+    handshake(h);
+    const released = h.out.client.length;
+    h.p.fromVm(PRIMARY, fromVm({ seq: P + 1, ack: C + 1, flags: 'PA', payload: 'HTTP/1.1 200 OK\r\n' }), 10);
+    expect(h.out.client).toHaveLength(released);
+    h.p.fromVm(BACKUP, fromVm({ seq: B + 1, ack: C + 1, flags: 'A', payload: 'HTTP/1.1 ' }), 11);
+    expect(h.out.client).toHaveLength(released);
+    h.p.fromVm(BACKUP, fromVm({ seq: B + 10, ack: C + 1, flags: 'PA', payload: '200 OK\r\n' }), 12);
+    expect(h.out.client).toHaveLength(released + 1);
+    expect(h.out.client[released].toString('latin1')).toContain('HTTP/1.1 200 OK');
+  });
+
+  it('never releases a primary ACK ahead of what the backup has acknowledged', () => {
+    const h = harness();
+    handshake(h);
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 1, flags: 'PA', payload: 'GET / HTTP/1.1\r\n\r\n' }), 5);
+    const n = h.out.client.length;
+    // The primary acknowledges the request; the backup has not yet.
+    h.p.fromVm(PRIMARY, fromVm({ seq: P + 1, ack: C + 19, flags: 'A' }), 6);
+    h.p.fromVm(BACKUP, fromVm({ seq: B + 1, ack: C + 1, flags: 'A' }), 7);
+    expect(h.out.client).toHaveLength(n);
+    h.p.fromVm(BACKUP, fromVm({ seq: B + 1, ack: C + 19, flags: 'A' }), 8);
+    expect(h.out.client).toHaveLength(n + 1);
+    expect(ackOf(h.out.client[n])).toBe(C + 19);
+  });
+
+  it('never lets a backup frame reach the client', () => {
+    const h = harness();
+    handshake(h);
+    h.p.fromVm(BACKUP, fromVm({ seq: B + 1, ack: C + 1, flags: 'PA', payload: 'only the backup says this' }), 10);
+    h.p.fromVm(BACKUP, udpFrame({ from: 'vm', sport: 53, dport: 5353, payload: 'dns' }), 11);
+    for (const f of h.out.client) expect(seqOf(f) === B + 1).toBe(false);
+    expect(h.out.client.every((f) => !f.includes(Buffer.from('only the backup')))).toBe(true);
+    expect(h.p.backupFramesSuppressed).toBeGreaterThanOrEqual(2);
+  });
+
+  it('asks for a checkpoint on a mismatch, holds client ingress until it is done, then releases and compares afresh', () => {
+    const h = harness({ resync: 'copy' });
+    handshake(h);
+    h.p.fromVm(PRIMARY, fromVm({ seq: P + 1, ack: C + 1, flags: 'PA', payload: 'port 30001' }), 10);
+    h.p.fromVm(BACKUP, fromVm({ seq: B + 1, ack: C + 1, flags: 'PA', payload: 'port 30777' }), 11);
+    expect(h.out.checkpoints).toEqual([expect.objectContaining({ reason: 'mismatch', flow: 'tcp 10.77.0.1:40000 > 10.77.0.2:80' })]);
+    expect(h.p.state).toBe('CHECKPOINTING');
+    const [released, toPrimary, toBackup] = [h.out.client.length, h.out.primary.length, h.out.backup.length];
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 11, flags: 'A' }), 12);
+    expect([h.out.primary.length, h.out.backup.length]).toEqual([toPrimary, toBackup]); // held
+    h.p.checkpointDone(h.out.checkpoints[0].epoch, 20);
+    expect(h.p.state).toBe('COMPARING');
+    expect(h.out.client.length).toBe(released + 1); // the held primary output
+    // The backup is now a copy of the primary: same sequence space, client ACKs pass as they are.
+    expect(ackOf(h.out.backup[h.out.backup.length - 1])).toBe(P + 11);
+    h.p.fromVm(PRIMARY, fromVm({ seq: P + 11, ack: C + 1, flags: 'PA', payload: 'next' }), 21);
+    h.p.fromVm(BACKUP, fromVm({ seq: P + 11, ack: C + 1, flags: 'PA', payload: 'next' }), 22);
+    expect(h.out.client.length).toBe(released + 2);
+    expect(h.p.reports[0].mismatches).toBe(1);
+  });
+
+  it('asks for a checkpoint with reason timeout when a primary byte stays unmatched too long', () => {
+    const h = harness({ maxUnmatchedAgeMs: 100 });
+    handshake(h);
+    h.p.fromVm(PRIMARY, fromVm({ seq: P + 1, ack: C + 1, flags: 'PA', payload: 'x' }), 1000);
+    h.p.tick(100_000);
+    expect(h.out.checkpoints).toHaveLength(0);
+    h.p.tick(101_001);
+    expect(h.out.checkpoints).toEqual([expect.objectContaining({ reason: 'timeout', flow: 'tcp 10.77.0.1:40000 > 10.77.0.2:80' })]);
+  });
+
+  it('asks for a checkpoint with reason queue when a flow holds more than its high-water mark', () => {
+    const h = harness({ flowHighWater: { bytes: 1 << 20, frames: 3 } });
+    handshake(h);
+    for (let i = 0; i < 4; i++) h.p.fromVm(PRIMARY, fromVm({ seq: P + 1 + i, ack: C + 1, flags: 'PA', payload: 'y' }), 10 + i);
+    expect(h.out.checkpoints.map((c) => c.reason)).toEqual(['queue']);
+  });
+
+  it('lets the primary output flow unchecked when no agent is connected, and says so', () => {
+    const h = harness({}, false);
+    expect(h.p.state).toBe('DEGRADED');
+    expect(h.logs).toContain('degraded');
+    h.p.fromVm(PRIMARY, fromVm({ seq: P + 1, ack: C + 1, flags: 'PA', payload: 'unchecked' }), 1);
+    h.p.fromVm(BACKUP, fromVm({ seq: B + 1, ack: C + 1, flags: 'PA', payload: 'stale' }), 2);
+    expect(h.out.client).toHaveLength(1);
+    expect(h.p.policyActions['degraded/forward-primary']).toBe(1);
+  });
+
+  it('compares UDP datagrams one by one, ignoring IP ID and TTL', () => {
+    const h = harness();
+    h.p.fromVm(PRIMARY, udpFrame({ from: 'vm', sport: 53, dport: 5353, payload: 'answer-1', ipId: 1, ttl: 64 }), 1);
+    h.p.fromVm(BACKUP, udpFrame({ from: 'vm', sport: 53, dport: 5353, payload: 'answer-1', ipId: 999, ttl: 63 }), 2);
+    expect(h.out.client).toHaveLength(1);
+    h.p.fromVm(PRIMARY, udpFrame({ from: 'vm', sport: 53, dport: 5353, payload: 'answer-2' }), 3);
+    h.p.fromVm(BACKUP, udpFrame({ from: 'vm', sport: 53, dport: 5353, payload: 'answer-X' }), 4);
+    expect(h.out.client).toHaveLength(1);
+    expect(h.out.checkpoints.map((c) => c.reason)).toEqual(['mismatch']);
+    expect(h.p.reports[0].mismatchList[0]).toMatchObject({ kind: 'datagram', offset: 7 });
+  });
+
+  it('applies the ARP policy and counts what it did', () => {
+    const arp = arpFrame({ srcMac: VM_MAC });
+    const fwd = harness({ policy: { arp: 'forward-primary' } as PipelineConfig['policy'] });
+    fwd.p.fromVm(PRIMARY, arp, 1);
+    fwd.p.fromVm(BACKUP, arp, 2);
+    expect(fwd.out.client).toHaveLength(1);
+    expect(fwd.p.policyActions['arp/forward-primary']).toBe(2);
+
+    const drop = harness({ policy: { arp: 'drop' } as PipelineConfig['policy'] });
+    drop.p.fromVm(PRIMARY, arp, 1);
+    expect(drop.out.client).toHaveLength(0);
+    expect(drop.p.policyActions['arp/drop']).toBe(1);
+
+    const cmp = harness({ policy: { arp: 'compare' } as PipelineConfig['policy'] });
+    cmp.p.fromVm(PRIMARY, arp, 1);
+    expect(cmp.out.client).toHaveLength(0);
+    cmp.p.fromVm(BACKUP, arp, 2);
+    expect(cmp.out.client).toHaveLength(1);
+    expect(macBytes(VM_MAC).equals(cmp.out.client[0].subarray(6, 12))).toBe(true);
+  });
+
+  it('counts malformed VM frames by reason and side, drops them and keeps going', () => {
+    const h = harness();
+    const good = fromVm({ seq: P, ack: C + 1, flags: 'SA', options: SYN_OPTS });
+    h.p.fromVm(PRIMARY, good.subarray(0, 30), 1);
+    h.p.fromVm(BACKUP, good.subarray(0, 13), 2);
+    expect(h.p.malformed['truncated-ipv4']).toEqual({ client: 0, primary: 1, backup: 0 });
+    expect(h.p.malformed['truncated-ethernet']).toEqual({ client: 0, primary: 0, backup: 1 });
+    expect(h.out.client).toHaveLength(0);
+    handshake(h, 10);
+    expect(h.out.client.length).toBeGreaterThan(0);
+  });
+
+  it('learns the ISNs of a connection the VM opened and translates the remote SYN-ACK for the backup', () => {
+    const h = harness();
+    // The VM connects out (FTP active mode): port 20 → client port 50000.
+    const vmSyn = (isn: number) => fromVm({ sport: 20, dport: 50000, seq: isn, flags: 'S', options: SYN_OPTS });
+    h.p.fromVm(PRIMARY, vmSyn(P), 1);
+    h.p.fromVm(BACKUP, vmSyn(B), 2);
+    expect(h.out.client).toHaveLength(1);
+    h.p.fromClient(fromClient({ sport: 50000, dport: 20, seq: C, ack: P + 1, flags: 'SA', options: SYN_OPTS }), 3);
+    expect(ackOf(h.out.primary[0])).toBe(P + 1);
+    expect(ackOf(h.out.backup[0])).toBe(B + 1);
+  });
+});
