@@ -229,6 +229,7 @@ async function recordOnce(scenario: Scenario, prefix: string, stagingDir: string
   const lab = buildLab({ prefix });
   live.lab = lab;
   const ports: CapPort[] = [];
+  let relay: LabRelay | undefined;
   try {
     await startLabServers(lab, { services: scenario.services, backupDivergence: scenario.backupDivergence });
     const client = new CapPort(lab.client.hostIf);
@@ -238,7 +239,7 @@ async function recordOnce(scenario: Scenario, prefix: string, stagingDir: string
     const backup = new CapPort(lab.backup.hostIf);
     ports.push(backup);
     const translator = new BackupIngressTranslator();
-    const relay = new LabRelay({ client, primary, backup }, translator);
+    relay = new LabRelay({ client, primary, backup }, translator);
     relay.start();
     await waitUntilQuiet(lab);
 
@@ -260,6 +261,7 @@ async function recordOnce(scenario: Scenario, prefix: string, stagingDir: string
   } finally {
     for (const rec of live.recorders) rec.child.kill('SIGKILL');
     live.recorders = [];
+    relay?.stop();
     for (const port of ports) await port.close();
     const report = teardownLab(lab);
     live.lab = undefined;
