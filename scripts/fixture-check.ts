@@ -275,7 +275,8 @@ export interface FixtureReport {
 
 function lineAround(stream: Buffer, offset: number): string {
   if (offset >= stream.length) return '(end of stream)';
-  const from = Math.max(stream.lastIndexOf(0x0a, offset - 1) + 1, offset - 60);
+  // lastIndexOf with a negative start would search from the end.
+  const from = offset === 0 ? 0 : Math.max(stream.lastIndexOf(0x0a, offset - 1) + 1, offset - 60);
   let to = stream.indexOf(0x0a, offset);
   to = to < 0 ? Math.min(stream.length, offset + 60) : Math.min(to + 1, offset + 60);
   return stream.subarray(from, to).toString('latin1').replace(/[^\x20-\x7e]/g, (c) => (c === '\n' ? '\\n' : c === '\r' ? '\\r' : '.'));

@@ -292,8 +292,8 @@ function readme(scenario: Scenario, recording: Recording, report: FixtureReport,
     .map((role) => `${role}.pcap: ${report.otherFrames[role].length ? report.otherFrames[role].join('; ') : 'none'}`).join(', ');
   const flows = report.flows.map((f) => `- ${f.flow.proto} port ${f.flow.vmPort} ↔ client port ${f.flow.clientPort}: `
     + `primary sent ${f.primaryBytes} bytes, backup ${f.backupBytes}${f.httpHeaderLength !== undefined ? ` (HTTP header ${f.httpHeaderLength} bytes)` : ''}`).join('\n');
-  const mismatches = report.mismatches.length === 0 ? 'none' : report.mismatches.slice(0, 5).map((m) =>
-    `\n- ${m.kind} on ${m.flow.proto} port ${m.flow.vmPort} at ${m.offset}: primary \`${m.primaryContext}\`, backup \`${m.backupContext}\``).join('');
+  const mismatches = report.mismatches.length === 0 ? ' none.' : `\n${report.mismatches.slice(0, 5).map((m) =>
+    `\n- ${m.kind} on ${m.flow.proto} port ${m.flow.vmPort} at ${m.offset}: primary \`${m.primaryContext}\`, backup \`${m.backupContext}\``).join('')}`;
   return `# ${scenario.name}
 
 ${scenario.description}
@@ -312,8 +312,9 @@ ${output || '(none)'}
 
 ## Files
 
-Recorded with \`tcpdump -s 0 -U -Q in -w\` on the host ends of the lab's veth pairs: each file holds the frames
-one namespace *sent* (classic pcap, microseconds, Ethernet).
+Recorded with \`tcpdump -i <host end> -s 0 -B 16384 -U -Q in -nn -Z root -w <role>.pcap\` on the host ends of the
+lab's veth pairs: each file holds the frames one namespace *sent* (classic pcap, microseconds, Ethernet, complete
+checksums: checksum offload is off in the namespaces).
 
 | file | frames sent by | frames |
 |---|---|---|
@@ -323,8 +324,11 @@ one namespace *sent* (classic pcap, microseconds, Ethernet).
 
 Frames other than the scenario's TCP/UDP: ${others}.
 
-The backup received the client's frames translated by \`BackupIngressTranslator\` (lib/rewrite/backup-ingress.ts):
-${recording.translator.translated ?? '?'} frames translated, ${recording.translator.heldDropped ?? '?'} held frames dropped.
+Between the namespaces ran \`LabRelay\` (lib/lab/relay.ts): client frames to the primary unchanged and to the
+backup translated by \`BackupIngressTranslator\` (lib/rewrite/backup-ingress.ts: ${recording.translator.translated ?? '?'}
+frames translated, ${recording.translator.heldDropped ?? '?'} held frames dropped); primary frames to the client once
+the backup had sent as far in the same flow (${recording.relay.gated} frames waited, ${recording.relay.gateTimeouts}
+flows timed out and passed ungated); backup frames nowhere.
 
 ## Expected verdict
 
@@ -336,7 +340,7 @@ What scripts/fixture-check.ts saw at recording time:
 
 ${flows || '- no flows'}
 
-Mismatches: ${mismatches}
+Mismatches (in the primary's time order):${mismatches}
 
 ## Re-record
 

@@ -63,7 +63,7 @@ export async function main(argv: string[]): Promise<number> {
     .help()
     .version(false)
     .fail((msg, err) => {
-      throw err ?? new UsageError(msg);
+      throw err ?? new UsageError(msg.replace(/\s*\n\s*/g, ' '));
     });
   try {
     await parser.parseAsync();

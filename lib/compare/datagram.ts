@@ -10,9 +10,7 @@
  *      until `reset`).
  */
 import { SlabCopier } from '../packet';
-import { Mismatch, Side } from './tcp-stream';
-
-export const EXCERPT_BYTES = 16;
+import { EXCERPT_AFTER, EXCERPT_BEFORE, Mismatch, Side } from './tcp-stream';
 
 export class DatagramComparator {
   /** Datagrams both sides sent identically, counted from the last reset. */
@@ -53,11 +51,13 @@ export class DatagramComparator {
     if (!theirs.equals(content)) {
       let at = 0;
       while (at < theirs.length && at < content.length && theirs[at] === content[at]) at++;
-      const show = (b: Buffer) => JSON.stringify(b.subarray(at, at + EXCERPT_BYTES).toString('latin1'));
+      const from = Math.max(0, at - EXCERPT_BEFORE);
+      const show = (b: Buffer) => JSON.stringify(b.subarray(from, at + EXCERPT_AFTER).toString('latin1'));
       this.mismatch = {
         kind: 'datagram',
         position: this.matched,
         offset: at,
+        excerptOffset: from,
         primary: show(side === 0 ? content : theirs),
         backup: show(side === 0 ? theirs : content),
       };

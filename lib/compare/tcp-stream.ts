@@ -28,9 +28,15 @@ export interface Mismatch {
   position: number;
   /** Offset in the data stream (bytes since the first data byte), for reports. */
   offset: number;
-  /** Up to 16 bytes (or a unit name) each side said at that position. */
+  /**
+   * What each side said there (JSON-quoted bytes, or a unit name): up to
+   * EXCERPT_BEFORE bytes of context before the difference and EXCERPT_AFTER
+   * from it on.
+   */
   primary: string;
   backup: string;
+  /** Stream offset of the first byte of the excerpts. */
+  excerptOffset: number;
 }
 
 export interface StreamSegment {
@@ -56,16 +62,17 @@ interface Chunk {
 
 const EMPTY = Buffer.alloc(0);
 export const MAX_OUT_OF_ORDER_SEGMENTS = 64;
-const EXCERPT = 16;
+export const EXCERPT_BEFORE = 48;
+export const EXCERPT_AFTER = 16;
 
 function chunkLength(c: Chunk): number {
   return c.unit === Unit.Data ? c.bytes.length : 1;
 }
 
-function describeUnit(c: Chunk, skip = 0): string {
+function describeUnit(c: Chunk, at = 0, before = 0): string {
   if (c.unit === Unit.Syn) return `SYN ${c.signature}`;
   if (c.unit === Unit.Fin) return 'FIN';
-  return JSON.stringify(c.bytes.subarray(skip, skip + EXCERPT).toString('latin1'));
+  return JSON.stringify(c.bytes.subarray(at - before, at + EXCERPT_AFTER).toString('latin1'));
 }
 
 export class TcpStreamComparator {
@@ -215,7 +222,9 @@ export class TcpStreamComparator {
           const at = seqAdd(mine.position, i);
           this.matched = at;
           this.matchedBytes += i;
-          this.fail('data', at, side, describeUnit(mine, i), describeUnit(theirs, i));
+          // Context: what precedes the difference in both chunks (they agree there).
+          const before = Math.min(i, EXCERPT_BEFORE);
+          this.fail('data', at, side, describeUnit(mine, i, before), describeUnit(theirs, i, before), before);
           return;
         }
       }
@@ -259,11 +268,12 @@ export class TcpStreamComparator {
     return seqDiff(this.origin, position);
   }
 
-  private fail(kind: MismatchKind, position: number, side: Side, mine: string, theirs: string): void {
+  private fail(kind: MismatchKind, position: number, side: Side, mine: string, theirs: string, context = 0): void {
     this.mismatch = {
       kind,
       position,
       offset: this.offsetOf(position),
+      excerptOffset: this.offsetOf(position) - context,
       primary: side === PRIMARY ? mine : theirs,
       backup: side === PRIMARY ? theirs : mine,
     };

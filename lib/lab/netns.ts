@@ -228,10 +228,16 @@ function pidsInNamespace(netns: string): number[] {
   }
 }
 
-function pidAlive(pid: number): boolean {
+/**
+ * Whether a process still runs. A killed server that this Node process
+ * spawned stays a zombie until the event loop reaps it, so `kill(pid, 0)`
+ * alone would call it alive.
+ */
+export function processRunning(pid: number): boolean {
   try {
-    process.kill(pid, 0);
-    return true;
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The state follows the parenthesised command name, which may itself hold ") ".
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
   } catch {
     return false;
   }
@@ -291,7 +297,7 @@ export function teardownLab(labOrPrefix: Lab | string = LAB_DEFAULT_PREFIX): Tea
     }
   }
   const deadline = Date.now() + 3000;
-  while ([...victims].some(pidAlive) && Date.now() < deadline) sleepSync(20);
+  while ([...victims].some(processRunning) && Date.now() < deadline) sleepSync(20);
 
   for (const netns of Object.values(names.namespaces)) {
     if (present.has(netns)) runQuietly('ip', ['netns', 'del', netns], failures);

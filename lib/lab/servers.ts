@@ -14,7 +14,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ContentDivergence, writeLabContent } from './content';
 import { runIn, sleep } from './exec';
-import { Lab, LabNode, LabProcess } from './netns';
+import { Lab, LabNode, LabProcess, processRunning } from './netns';
 
 export type LabService = 'nginx' | 'vsftpd' | 'dnsmasq';
 export const LAB_SERVICES: readonly LabService[] = ['nginx', 'vsftpd', 'dnsmasq'];
@@ -167,15 +167,6 @@ function listening(netns: string, check: ListenCheck): boolean {
   return check.addresses.every((addr) => bound.has(addr));
 }
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 function logTail(file: string): string {
   try {
     return fs.readFileSync(file, 'utf8').split('\n').slice(-10).join('\n');
@@ -188,7 +179,7 @@ async function waitListening(service: LabService, proc: LabProcess, check: Liste
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (listening(proc.netns, check)) return;
-    if (!processAlive(proc.pid)) {
+    if (!processRunning(proc.pid)) {
       throw new LabServerError(service, proc.netns, `exited before listening; log ${proc.logFile}:\n${logTail(proc.logFile)}`);
     }
     if (Date.now() > deadline) {

@@ -6,7 +6,7 @@
 import { FlowProtocol, TcpConnectionState } from '../flow';
 import { DatagramComparator, Mismatch, TcpStreamComparator, PRIMARY, BACKUP } from '../compare';
 import { FlowHeldQueue, HeldQueues, ReleaseGate } from '../release';
-import { SlabCopier } from '../packet';
+import { SlabCopier, seqMax } from '../packet';
 
 export interface FlowReport {
   /** "tcp 10.0.0.1:40000 > 10.0.0.2:80": client side first, VM second. */
@@ -103,8 +103,11 @@ export class ShadowFlow implements ReleaseGate {
   /**
    * After a checkpoint: comparison starts again from a clean slate. `copy`:
    * the backup is now an exact copy of the primary, so its sequence and TS
-   * bases become the primary's. `align`: the backup goes on in its own space
-   * from where it stands.
+   * bases become the primary's and both stand where the primary stood.
+   * `align` (recorded backups, which never received the primary's state):
+   * each side keeps its own positions and comparison restarts from the
+   * furthest point either has reached; what the other side says below it
+   * was already settled by the checkpoint.
    */
   resync(mode: 'copy' | 'align'): void {
     this.held.clear();
@@ -116,15 +119,16 @@ export class ShadowFlow implements ReleaseGate {
     const tcp = this.tcp!;
     const stream = this.stream!;
     const [p, b] = tcp.replicas;
+    if (p.ackSeen) b.noteAck(p.maxAck);
+    if (!stream.started) return;
     if (mode === 'copy') {
       b.seqBase = p.seqBase;
       b.tsBase = p.tsBase;
       b.tsSeen = p.tsSeen;
+      b.synSeen = p.synSeen;
+      stream.reset(stream.end[PRIMARY]);
     } else {
-      b.seqBase = (b.seqBase + stream.end[BACKUP] - stream.end[PRIMARY]) >>> 0;
+      stream.reset(seqMax(stream.end[PRIMARY], stream.end[BACKUP]));
     }
-    b.synSeen = p.synSeen;
-    if (p.ackSeen) b.noteAck(p.maxAck);
-    if (stream.started) stream.reset(stream.end[PRIMARY]);
   }
 }
