@@ -324,11 +324,13 @@ checksums: checksum offload is off in the namespaces).
 
 Frames other than the scenario's TCP/UDP: ${others}.
 
-Between the namespaces ran \`LabRelay\` (lib/lab/relay.ts): client frames to the primary unchanged and to the
-backup translated by \`BackupIngressTranslator\` (lib/rewrite/backup-ingress.ts: ${recording.translator.translated ?? '?'}
-frames translated, ${recording.translator.heldDropped ?? '?'} held frames dropped); primary frames to the client once
-the backup had sent as far in the same flow (${recording.relay.gated} frames waited, ${recording.relay.gateTimeouts}
-flows timed out and passed ungated); backup frames nowhere.
+Between the namespaces ran \`LabRelay\` (lib/lab/relay.ts):
+
+- client frames to the primary unchanged, and to the backup translated by \`BackupIngressTranslator\`
+  (lib/rewrite/backup-ingress.ts): ${recording.translator.translated ?? '?'} frames translated, ${recording.translator.heldDropped ?? '?'} held frames dropped;
+- primary frames to the client once the backup had sent as far in the same flow: ${recording.relay.gated} frames waited,
+  ${recording.relay.gateTimeouts} flows timed out (backup silent or shorter) and passed ungated from then on;
+- backup frames nowhere.
 
 ## Expected verdict
 
