@@ -92,7 +92,8 @@ export function replayCaptures(inputs: PcapRecord[][], opts: ReplaySettings = {}
       if (source === 0) pipeline.fromClient(rec.frame, nowUs);
       else pipeline.fromVm(source === 1 ? PRIMARY : BACKUP, rec.frame, nowUs);
     }
-    answerDue(Infinity);
+    // The replay ends with the captures: a checkpoint not answered by then stays pending.
+    answerDue(nowUs);
   } finally {
     writer?.close();
   }
