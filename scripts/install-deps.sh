@@ -42,5 +42,12 @@ fi
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "install-deps: installing npm packages"
-  npm ci --no-audit --no-fund --foreground-scripts >/dev/null
+  log=$(mktemp)
+  if ! npm ci --no-audit --no-fund >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "install-deps: npm ci failed. The libpcap port (npm 'cap') is built from source:" \
+         "it needs the Debian packages libpcap-dev, g++, make and python3." >&2
+    rm -f "$log"; exit 1
+  fi
+  rm -f "$log"
 fi

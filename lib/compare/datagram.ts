@@ -9,7 +9,7 @@
  *      datagram; `mismatch` on the first difference (then input is ignored
  *      until `reset`).
  */
-import { SlabCopier } from '../packet';
+import { SlabCopier } from '../packet/slab';
 import { EXCERPT_AFTER, EXCERPT_BEFORE, Mismatch, Side } from './tcp-stream';
 
 export class DatagramComparator {

@@ -13,7 +13,8 @@
  * primary's as views into its held frames, the backup's copied), plus a
  * bounded list of out-of-order segments per side.
  */
-import { SlabCopier, seqAdd, seqDiff, seqGe, seqGt, seqLe, seqLt } from '../packet';
+import { seqAdd, seqDiff, seqGe, seqGt, seqLe, seqLt } from '../packet/seq';
+import { SlabCopier } from '../packet/slab';
 
 export type Replica = 'primary' | 'backup';
 export const PRIMARY = 0;

@@ -3,7 +3,9 @@
  * endpoint): the port a frame arrived on says which side is the VM, so the
  * two directions give the same key without sorting addresses.
  */
-import { DecodedFrame, IpProto, formatIpv4, formatIpv6 } from '../packet';
+import { IpProto } from '../packet/constants';
+import { formatIpv4, formatIpv6 } from '../packet/format';
+import { DecodedFrame } from '../packet/frame';
 
 export type FlowProtocol = 'tcp' | 'udp' | 'icmp' | 'icmpv6' | 'ip';
 /** Which way a frame travels: from the client side toward the VMs, or from a VM. */

@@ -5,7 +5,7 @@
  * middle counts from zero, which is right after a checkpoint (the backup is
  * then an exact copy of the primary).
  */
-import { seqGt } from '../packet';
+import { seqGt } from '../packet/seq';
 
 export class TcpEndpointState {
   /** Sequence number of this endpoint's SYN; relative positions count from it. */

@@ -4,7 +4,7 @@
  * fragments and other protocols: fragment position and the IP payload.
  * IP ID, TTL/hop limit and checksums never count.
  */
-import { DecodedFrame } from '../packet';
+import { DecodedFrame } from '../packet/frame';
 
 export function datagramContent(f: DecodedFrame): Buffer {
   switch (f.l4) {

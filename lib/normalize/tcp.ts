@@ -8,9 +8,12 @@
  * Out: the segment (reusing `out`), and the endpoint state updated (SYN
  *      base, TS base, highest ACK).
  */
-import { DecodedFrame, TcpFlag, TcpOptions, readTcpOptions, seqDiff } from '../packet';
-import { TcpEndpointState } from '../flow';
-import { StreamSegment } from '../compare';
+import { TcpFlag } from '../packet/constants';
+import { DecodedFrame } from '../packet/frame';
+import { seqDiff } from '../packet/seq';
+import { TcpOptions, readTcpOptions } from '../packet/tcp-options';
+import { TcpEndpointState } from '../flow/tcp-replica';
+import { StreamSegment } from '../compare/tcp-stream';
 
 export function newStreamSegment(): StreamSegment {
   return { position: 0, syn: false, synSignature: '', payload: Buffer.alloc(0), fin: false, rst: false };

@@ -1,5 +1,5 @@
 /** Settings of the data path, with the defaults a production bridge starts from. */
-import { ReplicatorConfig, DEFAULT_REPLICATOR_CONFIG } from '../replicate';
+import { ReplicatorConfig, DEFAULT_REPLICATOR_CONFIG } from '../replicate/replicator';
 
 /** What happens to a class of frames the comparator does not handle as a flow. */
 export type FrameAction = 'forward-primary' | 'compare' | 'drop';

@@ -10,15 +10,18 @@
  * Counters for everything that is not a plain pass: malformed input by
  * reason and side, policy actions, held and dropped ingress, evictions.
  */
-import {
-  DecodedFrame, EtherType, MALFORMED_REASONS, MalformedReason, SlabCopier, TcpFlag, TcpOptions, decodeFrame,
-} from '../packet';
-import { FlowEntry, FlowTable, describeFlow, flowKeyOf, flowProtocolOf } from '../flow';
-import { BACKUP, PRIMARY, Side, StreamSegment } from '../compare';
-import { datagramContent, learnFromSyn, newStreamSegment, normalizeTcp, segmentEnd } from '../normalize';
-import { refersToVmSpace, translateForBackup } from '../rewrite';
-import { HeldQueues } from '../release';
-import { CheckpointReason, CheckpointRecord, CheckpointRequest, ReplicationState, Replicator } from '../replicate';
+import { EtherType, MALFORMED_REASONS, MalformedReason, TcpFlag } from '../packet/constants';
+import { DecodedFrame, decodeFrame } from '../packet/frame';
+import { SlabCopier } from '../packet/slab';
+import { TcpOptions } from '../packet/tcp-options';
+import { FlowEntry, FlowTable } from '../flow/flow-table';
+import { describeFlow, flowKeyOf, flowProtocolOf } from '../flow/key';
+import { BACKUP, PRIMARY, Side, StreamSegment } from '../compare/tcp-stream';
+import { datagramContent } from '../normalize/datagram';
+import { learnFromSyn, newStreamSegment, normalizeTcp, segmentEnd } from '../normalize/tcp';
+import { refersToVmSpace, translateForBackup } from '../rewrite/ingress';
+import { HeldQueues } from '../release/held';
+import { CheckpointReason, CheckpointRecord, CheckpointRequest, ReplicationState, Replicator } from '../replicate/replicator';
 import { FrameAction, PipelineConfig } from './config';
 import { FlowReport, RecentFrame, ShadowFlow } from './shadow-flow';
 

@@ -3,10 +3,13 @@
  * stages that own each part: flow state (flow/), the comparator (compare/),
  * the held output (release/), and the report counters.
  */
-import { FlowProtocol, TcpConnectionState } from '../flow';
-import { DatagramComparator, Mismatch, TcpStreamComparator, PRIMARY, BACKUP } from '../compare';
-import { FlowHeldQueue, HeldQueues, ReleaseGate } from '../release';
-import { SlabCopier, seqMax } from '../packet';
+import { FlowProtocol } from '../flow/key';
+import { TcpConnectionState } from '../flow/tcp-replica';
+import { DatagramComparator } from '../compare/datagram';
+import { Mismatch, TcpStreamComparator, PRIMARY, BACKUP } from '../compare/tcp-stream';
+import { FlowHeldQueue, HeldQueues, ReleaseGate } from '../release/held';
+import { seqMax } from '../packet/seq';
+import { SlabCopier } from '../packet/slab';
 
 export interface FlowReport {
   /** "tcp 10.0.0.1:40000 > 10.0.0.2:80": client side first, VM second. */

@@ -12,7 +12,7 @@
  * dropping: a held frame is either released or made obsolete by a
  * checkpoint that releases it.
  */
-import { seqLe } from '../packet';
+import { seqLe } from '../packet/seq';
 
 export interface HeldFrame {
   frame: Buffer;

@@ -48,73 +48,107 @@ export interface ReplayReport {
   divergenceFiles: string[];
 }
 
-type Source = 0 | 1 | 2; // client, primary, backup
-
 export function runReplay(opts: ReplayOptions & ReplaySettings): ReplayReport {
   return replayCaptures([readPcapFile(opts.client), readPcapFile(opts.primary), readPcapFile(opts.backup)], opts);
 }
 
 /** The replay on captures already in memory: [client, primary, backup]. */
 export function replayCaptures(inputs: PcapRecord[][], opts: ReplaySettings = {}): ReplayReport {
-  const config = makePipelineConfig({ resync: 'align', captureDivergence: !!opts.divergenceDir, ...opts.config });
-  const agentMode = opts.agent ?? 'instant';
-  const checkpointUs = (opts.checkpointMs ?? 0) * 1000;
-  const writer = opts.outPath ? new PcapWriter(opts.outPath) : null;
-  const due: { atUs: number; epoch: number }[] = [];
-  let nowUs = firstTime(inputs);
-  let releasedFrames = 0;
-  let releasedBytes = 0;
-
-  const pipeline = new ShadowPipeline(config, {
-    toPrimary: () => {},
-    toBackup: () => {},
-    toClient: (frame) => {
-      releasedFrames++;
-      releasedBytes += frame.length;
-      writer?.write(frame, nowUs);
-    },
-    sendCheckpoint: (req: CheckpointRequest) => due.push({ atUs: req.timeUs + checkpointUs, epoch: req.epoch }),
-    log: opts.log ?? (() => {}),
-  }, nowUs, agentMode === 'instant');
-
-  const answerDue = (t: number) => {
-    while (due.length > 0 && due[0].atUs <= t) {
-      const d = due.shift()!;
-      pipeline.checkpointDone(d.epoch, Math.max(d.atUs, nowUs));
-    }
-  };
-
+  const replayer = new Replayer(firstTime(inputs), opts);
   try {
-    for (const [source, rec] of mergeByTime(inputs)) {
-      answerDue(rec.timeUs);
-      nowUs = Math.max(nowUs, rec.timeUs);
-      pipeline.tick(nowUs);
-      if (source === 0) pipeline.fromClient(rec.frame, nowUs);
-      else pipeline.fromVm(source === 1 ? PRIMARY : BACKUP, rec.frame, nowUs);
-    }
-    // The replay ends with the captures: a checkpoint not answered by then stays pending.
-    answerDue(nowUs);
+    for (const [source, rec] of interleaveCaptures(inputs)) replayer.feed(source, rec.frame, rec.timeUs);
   } finally {
-    writer?.close();
+    replayer.close();
+  }
+  const report = replayer.report();
+  report.inputs = { client: inputs[0].length, primary: inputs[1].length, backup: inputs[2].length };
+  return report;
+}
+
+/** 0: the client side, 1: the primary, 2: the backup. */
+export type CaptureSource = 0 | 1 | 2;
+
+/**
+ * One pipeline with a simulated agent, fed frame by frame in time order.
+ * `replayCaptures` uses it for one fixture; the benchmark for long runs.
+ */
+export class Replayer {
+  readonly pipeline: ShadowPipeline;
+  private readonly writer: PcapWriter | null;
+  private readonly due: { atUs: number; epoch: number }[] = [];
+  private readonly checkpointUs: number;
+  private readonly counts = { client: 0, primary: 0, backup: 0 };
+  private nowUs: number;
+  private releasedFrames = 0;
+  private releasedBytes = 0;
+
+  constructor(startUs: number, private readonly opts: ReplaySettings = {}) {
+    const config = makePipelineConfig({ resync: 'align', captureDivergence: !!opts.divergenceDir, ...opts.config });
+    this.checkpointUs = (opts.checkpointMs ?? 0) * 1000;
+    this.writer = opts.outPath ? new PcapWriter(opts.outPath) : null;
+    this.nowUs = startUs;
+    this.pipeline = new ShadowPipeline(config, {
+      toPrimary: () => {},
+      toBackup: () => {},
+      toClient: (frame) => {
+        this.releasedFrames++;
+        this.releasedBytes += frame.length;
+        this.writer?.write(frame, this.nowUs);
+      },
+      sendCheckpoint: (req: CheckpointRequest) => this.due.push({ atUs: req.timeUs + this.checkpointUs, epoch: req.epoch }),
+      log: opts.log ?? (() => {}),
+    }, startUs, (opts.agent ?? 'instant') === 'instant');
   }
 
-  const divergenceFiles = opts.divergenceDir ? writeDivergences(pipeline, opts.divergenceDir) : [];
-  pipeline.syncReports();
-  return {
-    inputs: { client: inputs[0].length, primary: inputs[1].length, backup: inputs[2].length },
-    state: pipeline.state,
-    flows: pipeline.reports.map((r) => ({ ...r, firstMismatch: r.mismatchList[0] ?? null })),
-    checkpoints: pipeline.replicator.history.map((c) => ({
-      epoch: c.epoch, reason: c.reason, flow: c.flow ?? null, coalesced: c.coalesced, outcome: c.outcome, timeUs: c.timeUs,
-    })),
-    released: { frames: releasedFrames, bytes: releasedBytes },
-    heldAtEnd: { frames: pipeline.held.frames, bytes: pipeline.held.bytes },
-    backupFramesSuppressed: pipeline.backupFramesSuppressed,
-    errors: pipeline.malformed,
-    policy: pipeline.policyActions,
-    badTcpOptions: pipeline.badTcpOptions,
-    divergenceFiles,
-  };
+  feed(source: CaptureSource, frame: Buffer, timeUs: number): void {
+    this.answerDue(timeUs);
+    this.nowUs = Math.max(this.nowUs, timeUs);
+    this.pipeline.tick(this.nowUs);
+    if (source === 0) {
+      this.counts.client++;
+      this.pipeline.fromClient(frame, this.nowUs);
+    } else if (source === 1) {
+      this.counts.primary++;
+      this.pipeline.fromVm(PRIMARY, frame, this.nowUs);
+    } else {
+      this.counts.backup++;
+      this.pipeline.fromVm(BACKUP, frame, this.nowUs);
+    }
+  }
+
+  /** The replay ends with the captures: a checkpoint not answered by then stays pending. */
+  close(): void {
+    this.answerDue(this.nowUs);
+    this.writer?.close();
+  }
+
+  report(): ReplayReport {
+    const pipeline = this.pipeline;
+    const divergenceFiles = this.opts.divergenceDir ? writeDivergences(pipeline, this.opts.divergenceDir) : [];
+    pipeline.syncReports();
+    return {
+      inputs: { ...this.counts },
+      state: pipeline.state,
+      flows: pipeline.reports.map((r) => ({ ...r, firstMismatch: r.mismatchList[0] ?? null })),
+      checkpoints: pipeline.replicator.history.map((c) => ({
+        epoch: c.epoch, reason: c.reason, flow: c.flow ?? null, coalesced: c.coalesced, outcome: c.outcome, timeUs: c.timeUs,
+      })),
+      released: { frames: this.releasedFrames, bytes: this.releasedBytes },
+      heldAtEnd: { frames: pipeline.held.frames, bytes: pipeline.held.bytes },
+      backupFramesSuppressed: pipeline.backupFramesSuppressed,
+      errors: pipeline.malformed,
+      policy: pipeline.policyActions,
+      badTcpOptions: pipeline.badTcpOptions,
+      divergenceFiles,
+    };
+  }
+
+  private answerDue(t: number): void {
+    while (this.due.length > 0 && this.due[0].atUs <= t) {
+      const d = this.due.shift()!;
+      this.pipeline.checkpointDone(d.epoch, Math.max(d.atUs, this.nowUs));
+    }
+  }
 }
 
 function firstTime(inputs: PcapRecord[][]): number {
@@ -123,11 +157,11 @@ function firstTime(inputs: PcapRecord[][]): number {
   return Number.isFinite(t) ? t : 0;
 }
 
-/** Yields records of the three captures in time order; on equal times client first, then primary, then backup. */
-function* mergeByTime(inputs: PcapRecord[][]): Generator<[Source, PcapRecord]> {
+/** The records of the three captures in time order; on equal times client first, then primary, then backup. */
+export function* interleaveCaptures(inputs: PcapRecord[][]): Generator<[CaptureSource, PcapRecord]> {
   const at = [0, 0, 0];
   for (;;) {
-    let best: Source | -1 = -1;
+    let best: CaptureSource | -1 = -1;
     for (const s of [0, 1, 2] as const) {
       if (at[s] >= inputs[s].length) continue;
       if (best === -1 || inputs[s][at[s]].timeUs < inputs[best][at[best]].timeUs) best = s;

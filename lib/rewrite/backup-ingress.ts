@@ -10,9 +10,13 @@
  *      not known yet are held (at most MAX_HELD_PER_FLOW, oldest dropped and
  *      counted) and come out of `observeVmFrame` once it is.
  */
-import { DecodedFrame, TcpFlag, TcpOptions, decodeFrame } from '../packet';
-import { FlowTable, TcpConnectionState, flowKeyOf, TcpEndpointState } from '../flow';
-import { learnFromSyn } from '../normalize';
+import { TcpFlag } from '../packet/constants';
+import { DecodedFrame, decodeFrame } from '../packet/frame';
+import { TcpOptions } from '../packet/tcp-options';
+import { FlowTable } from '../flow/flow-table';
+import { flowKeyOf } from '../flow/key';
+import { TcpConnectionState, TcpEndpointState } from '../flow/tcp-replica';
+import { learnFromSyn } from '../normalize/tcp';
 import { refersToVmSpace, translateForBackup } from './ingress';
 
 export const MAX_HELD_PER_FLOW = 64;

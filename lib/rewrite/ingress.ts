@@ -8,7 +8,10 @@
  * In:  a decoded client TCP frame, the deltas, a copy to write into.
  * Out: the copy, translated, checksum patched incrementally (RFC 1624).
  */
-import { DecodedFrame, TcpFlag, TcpOptions, readTcpOptions, rewriteTcp32 } from '../packet';
+import { TcpFlag } from '../packet/constants';
+import { DecodedFrame } from '../packet/frame';
+import { rewriteTcp32 } from '../packet/l4-checksum';
+import { TcpOptions, readTcpOptions } from '../packet/tcp-options';
 
 /** True when a client frame carries anything in the VM's sequence or TS space. */
 export function refersToVmSpace(f: DecodedFrame): boolean {
