@@ -19,7 +19,7 @@ const FIXTURES = join(__dirname, '..', '..', 'fixtures');
 const TARGET_NS = 1000;
 /** Copies of each fixture, each on its own client port: one long-lived pipeline sees many flows. */
 const VARIANTS = 256;
-const RUNS = 5;
+const RUNS = 15;
 
 interface Step { source: CaptureSource; frame: Buffer; timeUs: number }
 
@@ -40,8 +40,8 @@ function variants(inputs: PcapRecord[][]): Step[] {
       decodeFrame(frame, f);
       if (!f.error && (f.l4 === 'tcp' || f.l4 === 'udp') && !f.fragment) {
         // The client's port: source port on the client side, destination port from the VMs.
-        const at = f.l4Offset + (source === 0 ? 0 : 2);
-        const csumAt = f.l4Offset + (f.l4 === 'tcp' ? 16 : 6);
+        const at = f.l4Offset - f.base + (source === 0 ? 0 : 2);
+        const csumAt = f.l4Offset - f.base + (f.l4 === 'tcp' ? 16 : 6);
         const old = frame.readUInt16BE(at);
         const port = ((old + k) % 64511) + 1024;
         frame.writeUInt16BE(port, at);

@@ -92,7 +92,10 @@ export class TcpStreamComparator {
   outOfOrderDropped = 0;
 
   private leader: Side | -1 = -1;
+  /** The leading side's units beyond `matched`, from `pendingHead` on; `headSkip` bytes of the head are consumed. */
   private pending: Chunk[] = [];
+  private pendingHead = 0;
+  private headSkip = 0;
   private readonly outOfOrder: Chunk[][] = [[], []];
 
   constructor(private readonly copier: SlabCopier) {}
@@ -113,6 +116,8 @@ export class TcpStreamComparator {
     this.mismatch = null;
     this.leader = -1;
     this.pending = [];
+    this.pendingHead = 0;
+    this.headSkip = 0;
     this.pendingBytes = 0;
     this.outOfOrder[0] = [];
     this.outOfOrder[1] = [];
@@ -124,36 +129,36 @@ export class TcpStreamComparator {
     if (!this.started) this.reset(seg.position, seg.syn);
     let pos = seg.position;
     if (seg.syn) {
-      this.accept(side, { position: pos, unit: Unit.Syn, bytes: EMPTY, signature: seg.synSignature });
+      this.accept(side, pos, Unit.Syn, EMPTY, seg.synSignature);
       pos = seqAdd(pos, 1);
     }
     if (seg.payload.length > 0 && !this.mismatch) {
-      this.accept(side, { position: pos, unit: Unit.Data, bytes: seg.payload, signature: '' });
+      this.accept(side, pos, Unit.Data, seg.payload, '');
       pos = seqAdd(pos, seg.payload.length);
     }
     if (seg.fin && !this.mismatch) {
-      this.accept(side, { position: pos, unit: Unit.Fin, bytes: EMPTY, signature: '' });
+      this.accept(side, pos, Unit.Fin, EMPTY, '');
       pos = seqAdd(pos, 1);
     }
     if (seg.rst && !this.mismatch) this.acceptRst(side, pos);
     return this.mismatch !== null;
   }
 
-  private accept(side: Side, c: Chunk): void {
+  private accept(side: Side, position: number, unit: Unit, bytes: Buffer, signature: string): void {
     const end = this.end[side];
-    const chunkEnd = seqAdd(c.position, chunkLength(c));
-    if (seqLe(chunkEnd, end)) return; // retransmission of what this side already said
-    if (seqLt(c.position, end)) {
+    const length = unit === Unit.Data ? bytes.length : 1;
+    if (seqLe(seqAdd(position, length), end)) return; // retransmission of what this side already said
+    if (seqLt(position, end)) {
       // Partly retransmitted: keep the new tail (only data can straddle).
-      const skip = seqDiff(c.position, end);
-      c = { position: end, unit: c.unit, bytes: c.bytes.subarray(skip), signature: c.signature };
+      bytes = bytes.subarray(seqDiff(position, end));
+      position = end;
     }
-    if (seqGt(c.position, end)) {
-      this.holdOutOfOrder(side, c);
+    if (seqGt(position, end)) {
+      this.holdOutOfOrder(side, { position, unit, bytes, signature });
       return;
     }
-    this.feed(side, c);
-    this.drainOutOfOrder(side);
+    this.feed(side, position, unit, bytes, signature);
+    if (this.outOfOrder[side].length > 0) this.drainOutOfOrder(side);
   }
 
   private holdOutOfOrder(side: Side, c: Chunk): void {
@@ -162,18 +167,19 @@ export class TcpStreamComparator {
       this.outOfOrderDropped++;
       return;
     }
-    list.push({ ...c, bytes: side === BACKUP ? this.copier.copy(c.bytes) : c.bytes });
+    if (side === BACKUP && c.unit === Unit.Data) c.bytes = this.copier.copy(c.bytes);
+    list.push(c);
   }
 
   private drainOutOfOrder(side: Side): void {
     const list = this.outOfOrder[side];
-    let progressed = list.length > 0;
+    let progressed = true;
     while (progressed && !this.mismatch) {
       progressed = false;
       for (let i = 0; i < list.length; i++) {
         if (seqLe(list[i].position, this.end[side])) {
           const [c] = list.splice(i, 1);
-          this.accept(side, c);
+          this.accept(side, c.position, c.unit, c.bytes, c.signature);
           progressed = true;
           break;
         }
@@ -181,73 +187,89 @@ export class TcpStreamComparator {
     }
   }
 
-  /** `c` starts exactly at this side's end. */
-  private feed(side: Side, c: Chunk): void {
+  /** A unit run that starts exactly at this side's end. */
+  private feed(side: Side, position: number, unit: Unit, bytes: Buffer, signature: string): void {
     const other = (1 - side) as Side;
     const otherRst = this.rst[other];
-    if (otherRst !== null && seqGe(c.position, otherRst)) {
-      this.fail('rst', c.position, side, describeUnit(c), 'RST');
+    if (otherRst !== null && seqGe(position, otherRst)) {
+      this.fail('rst', position, side, describeUnit({ position, unit, bytes, signature }), 'RST');
       return;
     }
-    this.end[side] = seqAdd(c.position, chunkLength(c));
+    const length = unit === Unit.Data ? bytes.length : 1;
+    this.end[side] = seqAdd(position, length);
     if (this.leader !== other) {
       this.leader = side;
-      this.pushPending(side, c);
+      this.pushPending(side, position, unit, bytes, signature);
       return;
     }
-    // The other side is ahead: compare against what it said.
-    let mine = c;
-    while (this.pending.length > 0) {
-      const theirs = this.pending[0];
-      if (theirs.unit !== mine.unit) {
-        const kind: MismatchKind = theirs.unit === Unit.Syn || mine.unit === Unit.Syn ? 'syn' : 'fin';
-        this.fail(kind, mine.position, side, describeUnit(mine), describeUnit(theirs));
+    // The other side is ahead: compare against what it said, from the head of `pending`.
+    const pending = this.pending;
+    let done = 0; // units of this run already compared
+    while (done < length && this.pendingHead < pending.length) {
+      const theirs = pending[this.pendingHead];
+      if (theirs.unit !== unit) {
+        const kind: MismatchKind = theirs.unit === Unit.Syn || unit === Unit.Syn ? 'syn' : 'fin';
+        this.fail(kind, seqAdd(position, done), side, describeUnit({ position, unit, bytes, signature }, done), describeUnit(theirs, this.headSkip));
         return;
       }
-      if (mine.unit !== Unit.Data) {
-        if (mine.signature !== theirs.signature) {
-          this.fail('syn-options', mine.position, side, describeUnit(mine), describeUnit(theirs));
+      if (unit !== Unit.Data) {
+        if (signature !== theirs.signature) {
+          this.fail('syn-options', position, side, describeUnit({ position, unit, bytes, signature }), describeUnit(theirs));
           return;
         }
-        this.pending.shift();
+        this.shiftPending();
         this.matched = seqAdd(this.matched, 1);
-        mine = { ...mine, unit: Unit.Data, bytes: EMPTY };
+        done = 1;
         break;
       }
-      const n = Math.min(mine.bytes.length, theirs.bytes.length);
-      const a = mine.bytes, b = theirs.bytes;
+      const skip = this.headSkip;
+      const n = Math.min(length - done, theirs.bytes.length - skip);
+      const a = bytes, b = theirs.bytes;
       // Native compare for long runs; the byte loop only finds where they differ.
-      const same = n > 64 ? a.compare(b, 0, n, 0, n) === 0 : false;
+      const same = n > 32 ? a.compare(b, skip, skip + n, done, done + n) === 0 : false;
       for (let i = 0; !same && i < n; i++) {
-        if (a[i] !== b[i]) {
-          const at = seqAdd(mine.position, i);
+        if (a[done + i] !== b[skip + i]) {
+          const at = seqAdd(position, done + i);
           this.matched = at;
           this.matchedBytes += i;
           // Context: what precedes the difference in both chunks (they agree there).
-          const before = Math.min(i, EXCERPT_BEFORE);
-          this.fail('data', at, side, describeUnit(mine, i, before), describeUnit(theirs, i, before), before);
+          const before = Math.min(done + i, skip + i, EXCERPT_BEFORE);
+          const mine = describeUnit({ position, unit, bytes, signature }, done + i, before);
+          this.fail('data', at, side, mine, describeUnit(theirs, skip + i, before), before);
           return;
         }
       }
       this.matched = seqAdd(this.matched, n);
       this.matchedBytes += n;
       this.pendingBytes -= n;
-      if (n === theirs.bytes.length) this.pending.shift();
-      else this.pending[0] = { ...theirs, position: seqAdd(theirs.position, n), bytes: theirs.bytes.subarray(n) };
-      if (n === mine.bytes.length) { mine = { ...mine, bytes: EMPTY }; break; }
-      mine = { ...mine, position: seqAdd(mine.position, n), bytes: mine.bytes.subarray(n) };
+      done += n;
+      if (skip + n === theirs.bytes.length) this.shiftPending();
+      else this.headSkip = skip + n;
     }
-    if (this.pending.length === 0) this.leader = -1;
-    if (mine.unit === Unit.Data && mine.bytes.length === 0) return;
+    if (this.pendingHead === pending.length) {
+      this.leader = -1;
+      this.pending = [];
+      this.pendingHead = 0;
+    }
+    if (done === length) return;
     // This side outran the other: its remainder becomes the pending lead.
     this.leader = side;
-    this.pushPending(side, mine);
+    this.pushPending(side, seqAdd(position, done), unit, done === 0 ? bytes : bytes.subarray(done), signature);
   }
 
-  private pushPending(side: Side, c: Chunk): void {
-    const bytes = side === BACKUP && c.unit === Unit.Data ? this.copier.copy(c.bytes) : c.bytes;
-    this.pending.push(bytes === c.bytes ? c : { ...c, bytes });
-    this.pendingBytes += bytes.length;
+  private shiftPending(): void {
+    this.pendingHead++;
+    this.headSkip = 0;
+    if (this.pendingHead > 32 && this.pendingHead * 2 > this.pending.length) {
+      this.pending = this.pending.slice(this.pendingHead);
+      this.pendingHead = 0;
+    }
+  }
+
+  private pushPending(side: Side, position: number, unit: Unit, bytes: Buffer, signature: string): void {
+    if (side === BACKUP && unit === Unit.Data) bytes = this.copier.copy(bytes);
+    this.pending.push({ position, unit, bytes, signature });
+    if (unit === Unit.Data) this.pendingBytes += bytes.length;
   }
 
   private acceptRst(side: Side, position: number): void {
@@ -260,7 +282,7 @@ export class TcpStreamComparator {
       return;
     }
     if (seqGt(this.end[other], position)) {
-      const ahead = this.pending.find((p) => seqGe(seqAdd(p.position, chunkLength(p)), position));
+      const ahead = this.pending.slice(this.pendingHead).find((p) => seqGe(seqAdd(p.position, chunkLength(p)), position));
       this.fail('rst', position, side, 'RST', ahead ? describeUnit(ahead) : 'more data');
     }
   }
@@ -279,6 +301,8 @@ export class TcpStreamComparator {
       backup: side === PRIMARY ? theirs : mine,
     };
     this.pending = [];
+    this.pendingHead = 0;
+    this.headSkip = 0;
     this.pendingBytes = 0;
     this.leader = -1;
   }

@@ -64,8 +64,9 @@ export function flowKeyOf(f: DecodedFrame, dir: Direction): string {
   else { srcOff = f.l3Offset + 8; addrLen = 16; }
   const remoteOff = dir === 'ingress' ? srcOff : srcOff + addrLen;
   const vmOff = dir === 'ingress' ? srcOff + addrLen : srcOff;
-  buf.copy(scratch, n, remoteOff, remoteOff + addrLen); n += addrLen;
-  buf.copy(scratch, n, vmOff, vmOff + addrLen); n += addrLen;
+  // Byte loops: for 4 or 16 bytes they beat Buffer#copy's native call.
+  for (let i = 0; i < addrLen; i++) scratch[n++] = buf[remoteOff + i];
+  for (let i = 0; i < addrLen; i++) scratch[n++] = buf[vmOff + i];
   if (proto !== 'ip') {
     const [remotePort, vmPort] = l4Ports(f, dir);
     scratch[n++] = remotePort >> 8; scratch[n++] = remotePort & 0xff;

@@ -18,8 +18,16 @@ export const MAX_IPV6_EXTENSION_HEADERS = 8;
 export const MAX_VLAN_TAGS = 2;
 const ETH_HEADER = 14;
 
+/**
+ * Offsets in a DecodedFrame (and in its views, and in TcpOptions) index
+ * `buf` and `dv`, which span the whole ArrayBuffer the frame lives in (an
+ * I/O ring, a slab, a capture file): one DataView per ArrayBuffer instead of
+ * one per frame. `base` is where the frame starts; `frame` is the frame itself.
+ */
 export class DecodedFrame {
-  buf: Buffer = Buffer.alloc(0);
+  frame: Buffer = EMPTY;
+  base = 0;
+  buf: Buffer = EMPTY;
   dv: DataView = new DataView(new ArrayBuffer(0));
   error: MalformedReason | null = null;
 
@@ -56,14 +64,22 @@ export class DecodedFrame {
   }
 
   /**
-   * Points this decoded frame at a byte-identical copy (same offsets), so a
-   * copy can be rewritten without decoding it again.
+   * Points this decoded frame at a byte-identical copy, so the copy can be
+   * rewritten without decoding it again. Call it before reading options.
    */
   rebind(copy: Buffer): void {
-    const dv = new DataView(copy.buffer, copy.byteOffset, copy.byteLength);
-    this.buf = copy;
-    this.dv = dv;
-    this.arp.dv = this.ipv4.dv = this.ipv6.dv = this.tcp.dv = this.udp.dv = this.icmp.dv = dv;
+    const delta = copy.byteOffset - this.base;
+    attach(this, copy);
+    this.l3Offset += delta;
+    this.l3End += delta;
+    this.l4Offset += delta;
+    this.payloadOffset += delta;
+    this.arp.offset += delta;
+    this.ipv4.offset += delta;
+    this.ipv6.offset += delta;
+    this.tcp.offset += delta;
+    this.udp.offset += delta;
+    this.icmp.offset += delta;
   }
 
   /** The VLAN a flow lives in: inner and outer tag combined, 0 when untagged. */
@@ -72,16 +88,44 @@ export class DecodedFrame {
   }
 }
 
+const EMPTY = Buffer.alloc(0);
+
+/** The whole-ArrayBuffer Buffer and DataView of the last few ArrayBuffers seen (ring, slab, file). */
+const CACHE_SIZE = 4;
+const cachedArrays: (ArrayBufferLike | null)[] = new Array(CACHE_SIZE).fill(null);
+const cachedBufs: Buffer[] = new Array(CACHE_SIZE).fill(EMPTY);
+const cachedViews: DataView[] = new Array(CACHE_SIZE).fill(new DataView(new ArrayBuffer(0)));
+let cacheNext = 0;
+
+function attach(f: DecodedFrame, frame: Buffer): void {
+  const ab = frame.buffer;
+  let i = 0;
+  while (i < CACHE_SIZE && cachedArrays[i] !== ab) i++;
+  if (i === CACHE_SIZE) {
+    i = cacheNext;
+    cacheNext = (cacheNext + 1) % CACHE_SIZE;
+    cachedArrays[i] = ab;
+    cachedBufs[i] = Buffer.from(ab as ArrayBuffer, 0, ab.byteLength);
+    cachedViews[i] = new DataView(ab as ArrayBuffer, 0, ab.byteLength);
+  }
+  f.frame = frame;
+  f.base = frame.byteOffset;
+  if (f.dv !== cachedViews[i]) {
+    const dv = cachedViews[i];
+    f.buf = cachedBufs[i];
+    f.dv = dv;
+    f.arp.dv = f.ipv4.dv = f.ipv6.dv = f.tcp.dv = f.udp.dv = f.icmp.dv = dv;
+  }
+}
+
 function fail(f: DecodedFrame, reason: MalformedReason): DecodedFrame {
   f.error = reason;
   return f;
 }
 
-export function decodeFrame(buf: Buffer, f: DecodedFrame = new DecodedFrame()): DecodedFrame {
-  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-  f.buf = buf;
-  f.dv = dv;
-  f.arp.dv = f.ipv4.dv = f.ipv6.dv = f.tcp.dv = f.udp.dv = f.icmp.dv = dv;
+export function decodeFrame(frame: Buffer, f: DecodedFrame = new DecodedFrame()): DecodedFrame {
+  attach(f, frame);
+  const dv = f.dv;
   f.error = null;
   f.vlanCount = 0;
   f.outerVlan = 0;
@@ -92,10 +136,12 @@ export function decodeFrame(buf: Buffer, f: DecodedFrame = new DecodedFrame()): 
   f.fragment = false;
   f.payloadOffset = 0;
   f.payloadLength = 0;
-  const len = buf.length;
-  if (len < ETH_HEADER) return fail(f, 'truncated-ethernet');
+  const base = f.base;
+  const len = base + frame.length; // end of the frame in `buf`
+  f.l3Offset = f.l3End = f.l4Offset = base;
+  if (frame.length < ETH_HEADER) return fail(f, 'truncated-ethernet');
 
-  let off = 12;
+  let off = base + 12;
   let etherType = dv.getUint16(off);
   while (etherType === EtherType.VLAN || etherType === EtherType.QinQ) {
     if (f.vlanCount === MAX_VLAN_TAGS) return fail(f, 'vlan-stack-too-deep');

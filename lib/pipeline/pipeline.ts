@@ -12,7 +12,7 @@
  */
 import { EtherType, MALFORMED_REASONS, MalformedReason, TcpFlag } from '../packet/constants';
 import { DecodedFrame, decodeFrame } from '../packet/frame';
-import { SlabCopier } from '../packet/slab';
+import { SlabCopier, SlabPool } from '../packet/slab';
 import { TcpOptions } from '../packet/tcp-options';
 import { FlowEntry, FlowTable } from '../flow/flow-table';
 import { describeFlow, flowKeyOf, flowProtocolOf } from '../flow/key';
@@ -70,11 +70,16 @@ export class ShadowPipeline {
   private readonly frame = new DecodedFrame();
   private readonly opts = new TcpOptions();
   private readonly segment: StreamSegment = newStreamSegment();
+  /** Copies nobody releases explicitly (backup bytes a comparator keeps, held ingress). */
   private readonly copier = new SlabCopier();
+  /** Copies of held primary frames: reused once released and flushed (see `endBreath`). */
+  private readonly heldPool: SlabPool;
   private readonly nonIpFlows = new Map<string, ShadowFlow>();
   private ingressHold: Buffer[] = [];
   private ingressHoldBytes = 0;
   private nextExpiryUs = 0;
+  /** Checkpoints completed: a flow whose `epoch` is behind is resynchronized before its next frame. */
+  private checkpointEpoch = 0;
   private nowUs = 0;
 
   constructor(
@@ -84,7 +89,9 @@ export class ShadowPipeline {
     agentConnected: boolean,
     private readonly reportLimit = 100_000,
   ) {
-    this.held = new HeldQueues((frame) => outputs.toClient(frame));
+    // Divergence capture keeps frames beyond their release: no slab reuse then.
+    this.heldPool = new SlabPool(!config.captureDivergence);
+    this.held = new HeldQueues((frame) => outputs.toClient(frame), this.heldPool);
     this.flows = new FlowTable<ShadowFlow>(config.maxFlows, (e, why) => this.onEvict(e, why));
     this.replicator = new Replicator(config.replicator, {
       sendCheckpoint: (req) => outputs.sendCheckpoint(req),
@@ -144,7 +151,7 @@ export class ShadowPipeline {
       this.outputs.toBackup(frame);
       return;
     }
-    const flow = entry.state;
+    const flow = this.settle(entry.state);
     const tcp = flow.tcp;
     if (!tcp) {
       this.outputs.toBackup(frame);
@@ -209,7 +216,7 @@ export class ShadowPipeline {
     }
     if (f.l3 === 'ipv4' || f.l3 === 'ipv6') {
       const key = flowKeyOf(f, 'egress');
-      const flow = this.flows.getOrCreate(key, nowUs, () => this.newFlow(f, 'egress')).state;
+      const flow = this.settle(this.flows.getOrCreate(key, nowUs, () => this.newFlow(f, 'egress')).state);
       if (flow.stream) this.egressTcp(side, f, frame, flow, nowUs);
       else this.egressDatagram(side, f, frame, flow, nowUs);
       return;
@@ -218,7 +225,7 @@ export class ShadowPipeline {
     const action: FrameAction = f.l3 === 'arp' ? this.config.policy.arp : this.config.policy.otherEtherTypes;
     this.countPolicy(cls === 'arp' ? 'arp' : `ethertype-0x${f.etherType.toString(16).padStart(4, '0')}`, action);
     if (action === 'compare') {
-      const flow = this.nonIpFlow(f, cls);
+      const flow = this.settle(this.nonIpFlow(f, cls));
       this.egressDatagram(side, f, frame, flow, nowUs);
       return;
     }
@@ -235,7 +242,7 @@ export class ShadowPipeline {
     }
     let bytes = frame;
     if (side === PRIMARY) {
-      bytes = this.copier.copy(frame);
+      bytes = this.heldPool.copy(frame);
       f.rebind(bytes);
     }
     const seg = this.segment;
@@ -244,7 +251,7 @@ export class ShadowPipeline {
     if (flow.recent) flow.remember(side, side === PRIMARY ? bytes : this.copier.copy(frame), nowUs);
     if (side === PRIMARY) {
       const hasAck = (f.tcp.flags & TcpFlag.ACK) !== 0;
-      flow.held.hold(bytes, segmentEnd(seg), seg.rst, hasAck, f.tcp.ack, seg.payload.length, nowUs);
+      flow.held.hold(bytes, this.heldPool.lastSlab, segmentEnd(seg), seg.rst, hasAck, f.tcp.ack, seg.payload.length, nowUs);
     } else {
       this.backupFramesSuppressed++;
     }
@@ -258,13 +265,13 @@ export class ShadowPipeline {
     const cmp = flow.datagrams!;
     let bytes = frame;
     if (side === PRIMARY) {
-      bytes = this.copier.copy(frame);
+      bytes = this.heldPool.copy(frame);
       f.rebind(bytes);
     }
-    const content = f.l3 === 'ipv4' || f.l3 === 'ipv6' ? datagramContent(f) : bytes.subarray(f.l3Offset, f.l3End);
+    const content = f.l3 === 'ipv4' || f.l3 === 'ipv6' ? datagramContent(f) : f.buf.subarray(f.l3Offset, f.l3End);
     if (flow.recent) flow.remember(side, side === PRIMARY ? bytes : this.copier.copy(frame), nowUs);
     if (side === PRIMARY) {
-      flow.held.hold(bytes, cmp.sent[PRIMARY] + 1, false, false, 0, content.length, nowUs);
+      flow.held.hold(bytes, this.heldPool.lastSlab, cmp.sent[PRIMARY] + 1, false, false, 0, content.length, nowUs);
     } else {
       this.backupFramesSuppressed++;
     }
@@ -319,6 +326,14 @@ export class ShadowPipeline {
     }
   }
 
+  /**
+   * The end of one breath: the driver has flushed every port, so no send
+   * queue still points at a released frame and its memory may be reused.
+   */
+  endBreath(): void {
+    this.heldPool.endBreath();
+  }
+
   /** Ask for a checkpoint (triggers and the control socket). */
   request(reason: CheckpointReason, flow: string | undefined, nowUs: number): boolean {
     return this.replicator.request(reason, flow, nowUs);
@@ -342,9 +357,8 @@ export class ShadowPipeline {
   private onCheckpointDone(rec: CheckpointRecord): void {
     // The backup now holds the state that produced the primary's output: let it all go.
     this.held.releaseAll();
-    const mode = this.config.resync;
-    for (const e of this.flows.entries()) e.state.resync(mode);
-    for (const flow of this.nonIpFlows.values()) flow.resync(mode);
+    // Every flow restarts comparison; each does so lazily, on its next frame (see `settle`).
+    this.checkpointEpoch++;
     this.outputs.log('info', 'checkpoint-done', { epoch: rec.epoch, reason: rec.reason, ms: rec.ms, coalesced: rec.coalesced });
     this.flushIngressHold();
   }
@@ -361,17 +375,25 @@ export class ShadowPipeline {
     if (to === 'DEGRADED') {
       // Primary output flows unchecked while degraded; what was held goes now, in order.
       this.held.releaseAll();
-      for (const e of this.flows.entries()) e.state.held.clear();
-      for (const flow of this.nonIpFlows.values()) flow.held.clear();
       this.flushIngressHold();
     }
   }
 
   // ───────────────────────── flows ─────────────────────────
 
+  /** Brings a flow up to the last checkpoint before it handles a frame. */
+  private settle(flow: ShadowFlow): ShadowFlow {
+    if (flow.epoch !== this.checkpointEpoch) {
+      flow.epoch = this.checkpointEpoch;
+      flow.resync(this.config.resync);
+    }
+    return flow;
+  }
+
   private newFlow(f: DecodedFrame, dir: 'ingress' | 'egress'): ShadowFlow {
     this.flowsCreated++;
     const flow = new ShadowFlow(describeFlow(f, dir), flowProtocolOf(f), this.held, this.copier, this.config.captureDivergence);
+    flow.epoch = this.checkpointEpoch;
     this.addReport(flow.report);
     return flow;
   }
@@ -381,6 +403,7 @@ export class ShadowPipeline {
     let flow = this.nonIpFlows.get(name);
     if (!flow) {
       flow = new ShadowFlow(name, cls, this.held, this.copier, this.config.captureDivergence);
+      flow.epoch = this.checkpointEpoch;
       this.nonIpFlows.set(name, flow);
       this.addReport(flow.report);
     }

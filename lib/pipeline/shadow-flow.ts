@@ -43,6 +43,8 @@ export class ShadowFlow implements ReleaseGate {
   ingressHeld: Buffer[] = [];
   /** Whether each side has ended its half (FIN) or reset: for idle expiry. */
   readonly closed = [false, false];
+  /** The last checkpoint this flow has been resynchronized to (done lazily, on its next frame). */
+  epoch = 0;
   /** Recent frames of each side, kept only when divergence capture is on. */
   recent: RecentFrame[] | null;
   readonly report: FlowReport;
@@ -113,7 +115,6 @@ export class ShadowFlow implements ReleaseGate {
    * was already settled by the checkpoint.
    */
   resync(mode: 'copy' | 'align'): void {
-    this.held.clear();
     this.closed[0] = this.closed[1] = false;
     if (this.datagrams) {
       this.datagrams.reset();

@@ -13,6 +13,7 @@
  * checkpoint that releases it.
  */
 import { seqLe } from '../packet/seq';
+import { Slab, SlabPool } from '../packet/slab';
 
 export interface HeldFrame {
   frame: Buffer;
@@ -28,6 +29,8 @@ export interface HeldFrame {
   heldAtUs: number;
   released: boolean;
   queue: FlowHeldQueue;
+  /** Where `frame` was copied to; released with it. */
+  slab: Slab | null;
 }
 
 /** What the release predicate needs from a flow's comparison. */
@@ -43,6 +46,8 @@ export interface ReleaseGate {
 export class FlowHeldQueue {
   private frames: HeldFrame[] = [];
   private head = 0;
+  /** Frames and bytes held and not yet released (released ones may still sit in `frames`). */
+  count = 0;
   bytes = 0;
   releasedFrames = 0;
   releasedBytes = 0;
@@ -51,12 +56,13 @@ export class FlowHeldQueue {
   constructor(readonly owner: HeldQueues, readonly flowName: string) {}
 
   get length(): number {
-    return this.frames.length - this.head;
+    return this.count;
   }
 
-  hold(frame: Buffer, end: number, rst: boolean, hasAck: boolean, ack: number, payloadBytes: number, nowUs: number): HeldFrame {
-    const h: HeldFrame = { frame, end, rst, hasAck, ack, payloadBytes, heldAtUs: nowUs, released: false, queue: this };
+  hold(frame: Buffer, slab: Slab | null, end: number, rst: boolean, hasAck: boolean, ack: number, payloadBytes: number, nowUs: number): HeldFrame {
+    const h: HeldFrame = { frame, end, rst, hasAck, ack, payloadBytes, heldAtUs: nowUs, released: false, queue: this, slab };
     this.frames.push(h);
+    this.count++;
     this.bytes += frame.length;
     this.owner.noteHeld(h);
     return h;
@@ -78,14 +84,8 @@ export class FlowHeldQueue {
     return n;
   }
 
-  /** Forget frames already released elsewhere (by `HeldQueues.releaseAll`). */
-  clear(): void {
-    this.frames = [];
-    this.head = 0;
-    this.bytes = 0;
-  }
-
   noteReleased(h: HeldFrame): void {
+    this.count--;
     this.bytes -= h.frame.length;
     this.releasedFrames++;
     this.releasedBytes += h.frame.length;
@@ -123,7 +123,7 @@ export class HeldQueues {
   releasedFrames = 0;
   releasedBytes = 0;
 
-  constructor(private readonly sink: (frame: Buffer) => void) {}
+  constructor(private readonly sink: (frame: Buffer) => void, private readonly pool: SlabPool | null = null) {}
 
   noteHeld(h: HeldFrame): void {
     this.all.push(h);
@@ -139,6 +139,7 @@ export class HeldQueues {
     this.releasedBytes += h.frame.length;
     h.queue.noteReleased(h);
     this.sink(h.frame);
+    this.pool?.release(h.slab);
   }
 
   /** The oldest frame still held, or null. */

@@ -65,6 +65,9 @@ export function replayCaptures(inputs: PcapRecord[][], opts: ReplaySettings = {}
   return report;
 }
 
+/** How often the replay advances the pipeline's timers (capture time). */
+const TICK_US = 1000;
+
 /** 0: the client side, 1: the primary, 2: the backup. */
 export type CaptureSource = 0 | 1 | 2;
 
@@ -81,6 +84,7 @@ export class Replayer {
   private nowUs: number;
   private releasedFrames = 0;
   private releasedBytes = 0;
+  private lastTickUs = -Infinity;
 
   constructor(startUs: number, private readonly opts: ReplaySettings = {}) {
     const config = makePipelineConfig({ resync: 'align', captureDivergence: !!opts.divergenceDir, ...opts.config });
@@ -103,7 +107,11 @@ export class Replayer {
   feed(source: CaptureSource, frame: Buffer, timeUs: number): void {
     this.answerDue(timeUs);
     this.nowUs = Math.max(this.nowUs, timeUs);
-    this.pipeline.tick(this.nowUs);
+    // Timers work in milliseconds: tick as the live bridge does, not per frame.
+    if (this.nowUs - this.lastTickUs >= TICK_US) {
+      this.lastTickUs = this.nowUs;
+      this.pipeline.tick(this.nowUs);
+    }
     if (source === 0) {
       this.counts.client++;
       this.pipeline.fromClient(frame, this.nowUs);
@@ -114,10 +122,13 @@ export class Replayer {
       this.counts.backup++;
       this.pipeline.fromVm(BACKUP, frame, this.nowUs);
     }
+    // Released frames were written (copied) at once: a breath per frame.
+    this.pipeline.endBreath();
   }
 
   /** The replay ends with the captures: a checkpoint not answered by then stays pending. */
   close(): void {
+    this.pipeline.tick(this.nowUs);
     this.answerDue(this.nowUs);
     this.writer?.close();
   }

@@ -34,14 +34,14 @@ describe('full L4 checksums', () => {
     const bad = Buffer.from(frame);
     const f = decodeFrame(bad);
     const at = l4ChecksumOffset(f);
-    bad.writeUInt16BE((bad.readUInt16BE(at) + 1) & 0xffff, at);
+    f.buf.writeUInt16BE((f.buf.readUInt16BE(at) + 1) & 0xffff, at);
     expect(verifyL4Checksum(f)).toBe(false);
   });
 
   it.each(framesByKind)('rejects a %s with one payload bit flipped', (_kind, frame) => {
     const bad = Buffer.from(frame);
     const f = decodeFrame(bad);
-    bad[f.l3End - 1] ^= 0x10;
+    f.buf[f.l3End - 1] ^= 0x10;
     expect(verifyL4Checksum(f)).toBe(false);
   });
 

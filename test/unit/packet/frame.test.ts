@@ -23,7 +23,7 @@ describe('decodeFrame: Ethernet and VLAN tags', () => {
     expect(f.vlanKey).toBe(0);
     expect(f.etherType).toBe(ETHERTYPE.IPv4);
     expect(f.l3).toBe('ipv4');
-    expect(f.l3Offset).toBe(ETH);
+    expect(f.l3Offset - f.base).toBe(ETH);
   });
 
   it('reads one 802.1Q tag and starts the IP header four bytes later', () => {
@@ -33,7 +33,7 @@ describe('decodeFrame: Ethernet and VLAN tags', () => {
     expect(f.outerVlan).toBe(100);
     expect(f.innerVlan).toBe(0);
     expect(f.vlanKey).toBe(100 * 4096);
-    expect(f.l3Offset).toBe(ETH + 4);
+    expect(f.l3Offset - f.base).toBe(ETH + 4);
     expect(f.l4).toBe('tcp');
   });
 
@@ -46,7 +46,7 @@ describe('decodeFrame: Ethernet and VLAN tags', () => {
     expect(f.outerVlan).toBe(300);
     expect(f.innerVlan).toBe(42);
     expect(f.vlanKey).toBe(300 * 4096 + 42);
-    expect(f.l3Offset).toBe(ETH + 8);
+    expect(f.l3Offset - f.base).toBe(ETH + 8);
     expect(f.etherType).toBe(ETHERTYPE.IPv4);
   });
 
@@ -89,8 +89,8 @@ describe('decodeFrame: ARP', () => {
     const f = decodeFrame(frame);
     expect(f.error).toBeNull();
     expect(f.l3).toBe('arp');
-    expect(f.l3Offset).toBe(ETH);
-    expect(f.l3End).toBe(ETH + 28);
+    expect(f.l3Offset - f.base).toBe(ETH);
+    expect(f.l3End - f.base).toBe(ETH + 28);
     expect(f.arp.operation).toBe(1);
     expect(f.arp.senderIp).toBe(ipv4Bytes(CLIENT_IP).readUInt32BE(0));
     expect(f.arp.targetIp).toBe(ipv4Bytes(VM_IP).readUInt32BE(0));
@@ -100,7 +100,7 @@ describe('decodeFrame: ARP', () => {
     const f = decodeFrame(arpFrame({ op: 'reply', vlan: [9] }));
     expect(f.error).toBeNull();
     expect(f.arp.operation).toBe(2);
-    expect(f.arp.offset).toBe(ETH + 4);
+    expect(f.arp.offset - f.base).toBe(ETH + 4);
     expect(f.outerVlan).toBe(9);
   });
 
@@ -119,8 +119,8 @@ describe('decodeFrame: IPv4', () => {
     const f = decodeFrame(frame);
     expect(f.error).toBeNull();
     expect(f.ipv4.headerLength).toBe(32);
-    expect(f.l4Offset).toBe(ETH + 32);
-    expect(f.tcp.offset).toBe(ETH + 32);
+    expect(f.l4Offset - f.base).toBe(ETH + 32);
+    expect(f.tcp.offset - f.base).toBe(ETH + 32);
     expect(f.payload().toString()).toBe('abc');
   });
 
@@ -141,8 +141,8 @@ describe('decodeFrame: IPv4', () => {
     expect(frame.length).toBe(60);
     const f = decodeFrame(frame);
     expect(f.error).toBeNull();
-    expect(f.l3End).toBe(ETH + IPV4_HEADER_LENGTH + TCP_HEADER_LENGTH);
-    expect(f.payloadOffset).toBe(f.l3End);
+    expect(f.l3End - f.base).toBe(ETH + IPV4_HEADER_LENGTH + TCP_HEADER_LENGTH);
+    expect(f.payloadOffset).toBe(f.l3End);;
     expect(f.payloadLength).toBe(0);
   });
 
@@ -161,7 +161,7 @@ describe('decodeFrame: IPv4', () => {
     expect(f.ipv4.moreFragments).toBe(true);
     expect(f.l4).toBe('udp');
     expect(f.udp.srcPort).toBe(5353);
-    expect(f.payloadOffset).toBe(ETH + IPV4_HEADER_LENGTH + UDP_HEADER_LENGTH);
+    expect(f.payloadOffset - f.base).toBe(ETH + IPV4_HEADER_LENGTH + UDP_HEADER_LENGTH);
     expect(f.payloadLength).toBe(40);
   });
 
@@ -174,7 +174,7 @@ describe('decodeFrame: IPv4', () => {
     expect(f.l4).toBe('fragment');
     expect(f.ipProto).toBe(PROTO.UDP);
     expect(f.ipv4.fragmentOffset).toBe(48);
-    expect(f.l4Offset).toBe(ETH + IPV4_HEADER_LENGTH);
+    expect(f.l4Offset - f.base).toBe(ETH + IPV4_HEADER_LENGTH);
   });
 
   it('refuses a version other than 4 under the IPv4 EtherType', () => {
@@ -214,7 +214,7 @@ describe('decodeFrame: IPv4', () => {
     frame.writeUInt16BE(0, ETH + 2);
     const f = decodeFrame(frame);
     expect(f.error).toBeNull();
-    expect(f.l3End).toBe(frame.length);
+    expect(f.l3End - f.base).toBe(frame.length);
     expect(f.payload().toString()).toBe('big');
   });
 });
@@ -227,7 +227,7 @@ describe('decodeFrame: IPv6 and its extension headers', () => {
     expect(f.etherType).toBe(ETHERTYPE.IPv6);
     expect(f.ipv6.nextHeader).toBe(PROTO.TCP);
     expect(f.ipv6.payloadLength).toBe(TCP_HEADER_LENGTH + 2);
-    expect(f.l4Offset).toBe(ETH + IPV6_HEADER_LENGTH);
+    expect(f.l4Offset - f.base).toBe(ETH + IPV6_HEADER_LENGTH);
     expect(f.payload().toString()).toBe('v6');
   });
 
@@ -244,7 +244,7 @@ describe('decodeFrame: IPv6 and its extension headers', () => {
     expect(f.ipv6.nextHeader).toBe(PROTO.HopByHop);
     expect(f.ipProto).toBe(PROTO.TCP);
     expect(f.l4).toBe('tcp');
-    expect(f.l4Offset).toBe(ETH + IPV6_HEADER_LENGTH + 8 + 16 + 40 + 8);
+    expect(f.l4Offset - f.base).toBe(ETH + IPV6_HEADER_LENGTH + 8 + 16 + 40 + 8);
     expect(f.tcp.srcPort).toBe(1234);
     expect(f.tcp.dstPort).toBe(443);
     expect(f.fragment).toBe(true);
@@ -256,7 +256,7 @@ describe('decodeFrame: IPv6 and its extension headers', () => {
     const f = decodeFrame(frame);
     expect(f.error).toBeNull();
     expect(f.l4).toBe('udp');
-    expect(f.l4Offset).toBe(ETH + IPV6_HEADER_LENGTH + 24);
+    expect(f.l4Offset - f.base).toBe(ETH + IPV6_HEADER_LENGTH + 24);
     expect(f.payload().toString()).toBe('ah');
   });
 
@@ -267,7 +267,7 @@ describe('decodeFrame: IPv6 and its extension headers', () => {
     expect(f.fragment).toBe(true);
     expect(f.l4).toBe('fragment');
     expect(f.ipProto).toBe(PROTO.TCP);
-    expect(f.l4Offset).toBe(ETH + IPV6_HEADER_LENGTH + 8 + 8);
+    expect(f.l4Offset - f.base).toBe(ETH + IPV6_HEADER_LENGTH + 8 + 8);
   });
 
   it('treats an atomic fragment (offset 0, no more fragments) as a whole packet (RFC 6946)', () => {
@@ -318,7 +318,7 @@ describe('decodeFrame: IPv6 and its extension headers', () => {
     frame.writeUInt16BE(0, ETH + 4);
     const f = decodeFrame(frame);
     expect(f.error).toBeNull();
-    expect(f.l3End).toBe(frame.length);
+    expect(f.l3End - f.base).toBe(frame.length);
     expect(f.payload().toString()).toBe('jumbo');
   });
 
@@ -326,7 +326,7 @@ describe('decodeFrame: IPv6 and its extension headers', () => {
     const frame = udpFrame({ v6: true, payload: 'p' });
     const padded = Buffer.concat([frame, Buffer.alloc(10)]);
     const f = decodeFrame(padded);
-    expect(f.l3End).toBe(frame.length);
+    expect(f.l3End - f.base).toBe(frame.length);
     expect(f.payload().toString()).toBe('p');
   });
 });
@@ -346,7 +346,7 @@ describe('decodeFrame: TCP, UDP, ICMP', () => {
     expect(f.tcp.flags).toBe(0x18);
     expect(f.tcp.window).toBe(501);
     expect(f.tcp.dataOffset).toBe(TCP_HEADER_LENGTH + 12 + 12);
-    expect(f.payloadOffset).toBe(f.l4Offset + f.tcp.dataOffset);
+    expect(f.payloadOffset).toBe(f.l4Offset + f.tcp.dataOffset);;
     expect(f.payloadLength).toBe(16);
     expect(f.payload().toString()).toBe('GET / HTTP/1.1\r\n');
   });
@@ -355,7 +355,7 @@ describe('decodeFrame: TCP, UDP, ICMP', () => {
     const frame = tcpFrame({ payload: 'zero-copy' });
     const f = decodeFrame(frame);
     f.payload()[0] = 0x5a;
-    expect(frame[f.payloadOffset]).toBe(0x5a);
+    expect(frame[f.payloadOffset - f.base]).toBe(0x5a);
   });
 
   it('refuses a TCP data offset below 5 words', () => {
@@ -406,7 +406,7 @@ describe('decodeFrame: TCP, UDP, ICMP', () => {
     expect(f.icmp.type).toBe(8);
     expect(f.icmp.code).toBe(0);
     expect(f.icmp.echoId).toBe(0x1a2b);
-    expect(f.payloadOffset).toBe(f.l4Offset + 4);
+    expect(f.payloadOffset).toBe(f.l4Offset + 4);;
     expect(f.payloadLength).toBe(4 + 4);
   });
 
@@ -431,7 +431,7 @@ describe('decodeFrame: TCP, UDP, ICMP', () => {
     expect(f.error).toBeNull();
     expect(f.l4).toBe('opaque');
     expect(f.ipProto).toBe(47);
-    expect(f.payloadOffset).toBe(f.l4Offset);
+    expect(f.payloadOffset).toBe(f.l4Offset);;
     expect(f.payloadLength).toBe(24);
   });
 
@@ -504,7 +504,7 @@ describe('decodeFrame: malformed input never throws', () => {
         const f = decodeFrame(frame);
         expect(f.error === null || (MALFORMED_REASONS as readonly string[]).includes(f.error)).toBe(true);
         if (f.error === null && (f.l4 === 'tcp' || f.l4 === 'udp')) {
-          expect(f.payloadOffset + f.payloadLength).toBeLessThanOrEqual(frame.length);
+          expect(f.payloadOffset - f.base + f.payloadLength).toBeLessThanOrEqual(frame.length);
           expect(f.payloadLength).toBeGreaterThanOrEqual(0);
         }
       }),
@@ -557,8 +557,8 @@ describe('decodeFrame: malformed input never throws', () => {
     const copy = Buffer.from(original);
     f.rebind(copy);
     f.tcp.seq = 100;
-    expect(original.readUInt32BE(f.l4Offset + 4)).toBe(99);
-    expect(copy.readUInt32BE(f.l4Offset + 4)).toBe(100);
+    expect(original.readUInt32BE(f.l4Offset - f.base + 4)).toBe(99);
+    expect(copy.readUInt32BE(f.l4Offset - f.base + 4)).toBe(100);
     expect(f.payload().buffer).toBe(copy.buffer);
   });
 

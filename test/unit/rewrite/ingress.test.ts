@@ -127,7 +127,7 @@ describe('translateForBackup', () => {
     expect(f.tcp.ack).toBe(0x10000000 + 5000);
     // Everything but the checksum is what a full translation writes.
     const expected = expectedFor(spec, 5000, 77);
-    expected.writeUInt16BE(0x4321, f.tcp.offset + 16);
+    expected.writeUInt16BE(0x4321, f.tcp.offset - f.base + 16);
     expect(copy).toEqual(expected);
   });
 

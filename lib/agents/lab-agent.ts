@@ -1,0 +1,280 @@
+/**
+ * The lab agent: a sync agent that moves no state. It speaks protocol v1 to
+ * the bridge so the bridge's checkpoint path can run for real in the netns
+ * lab and in tests, where primary and backup are processes that answer alike
+ * without help.
+ *
+ *   bridge ──checkpoint──► lab agent ──(after delayMs)──► checkpoint-done / checkpoint-failed
+ *                          lab agent ──every heartbeatMs──► heartbeat (primary, backup)
+ *
+ * Connects to the bridge's agent socket and reconnects with back-off
+ * (doubling from `reconnectInitialMs` to `reconnectMaxMs`) whenever the
+ * bridge is absent or goes away. Answers malformed lines with `error`.
+ */
+import { connect, Socket } from 'node:net';
+import { LogFn, noLog } from '../control/logger';
+import {
+  AGENT_PROTOCOL_VERSION,
+  AgentMessage,
+  AgentProtocolError,
+  CheckpointMessage,
+  encodeAgentMessage,
+  errorReplyFor,
+  LineSplitter,
+  parseAgentMessage,
+  VmLiveness,
+} from '../replicate/agent-protocol';
+
+export interface LabAgentOptions {
+  /** The bridge's agent socket. */
+  socketPath: string;
+  /** Sent in `hello`; default "lab-agent". */
+  name?: string;
+  /** How long a checkpoint "takes"; default 0. */
+  delayMs?: number;
+  /** Fraction of checkpoints answered with `checkpoint-failed` (0: none, 1: all, the `--fail` mode). Default 0. */
+  failFraction?: number;
+  /** The `error` text of a failed checkpoint. */
+  failError?: string;
+  /** `bytes` reported in `checkpoint-done`; default 0 (nothing moves). */
+  bytesPerCheckpoint?: number;
+  /** Heartbeat period; default 1000 ms. */
+  heartbeatMs?: number;
+  /** First reconnect delay; default 100 ms, doubling up to `reconnectMaxMs` (default 5000 ms). */
+  reconnectInitialMs?: number;
+  reconnectMaxMs?: number;
+  /** In [0, 1): decides which checkpoints fail; default Math.random. */
+  random?: () => number;
+  log?: LogFn;
+}
+
+export interface LabAgentStats {
+  /** Sessions in which the bridge said hello. */
+  sessions: number;
+  connectAttempts: number;
+  checkpoints: number;
+  done: number;
+  failed: number;
+  heartbeats: number;
+  protocolErrors: number;
+  /** `error` messages the bridge sent us. */
+  errorsFromBridge: number;
+}
+
+export interface LabAgentHandle {
+  readonly stats: LabAgentStats;
+  /** Whether the bridge has said hello on the current connection. */
+  readonly connected: boolean;
+  /** What heartbeats report from now on (the netns lab uses it to simulate a dead VM). */
+  setLiveness(primary: VmLiveness, backup: VmLiveness): void;
+  /** Sends `primary-down` or `backup-down` now; false if not connected. */
+  reportDown(which: 'primary' | 'backup', reason: string): boolean;
+  /** Disconnects and stops reconnecting. */
+  stop(): Promise<void>;
+}
+
+class LabAgent implements LabAgentHandle {
+  readonly stats: LabAgentStats = { sessions: 0, connectAttempts: 0, checkpoints: 0, done: 0, failed: 0, heartbeats: 0, protocolErrors: 0, errorsFromBridge: 0 };
+  private socket: Socket | null = null;
+  private bridgeSaidHello = false;
+  private stopped = false;
+  private reconnectDelayMs: number;
+  private reconnectTimer: NodeJS.Timeout | null = null;
+  private heartbeatTimer: NodeJS.Timeout | null = null;
+  /** Checkpoints being "made" on the current connection. */
+  private readonly answers = new Set<NodeJS.Timeout>();
+  private liveness: { primary: VmLiveness; backup: VmLiveness } = { primary: 'up', backup: 'up' };
+  private readonly log: LogFn;
+  private closedSocket: Promise<void> = Promise.resolve();
+
+  constructor(private readonly o: Required<Omit<LabAgentOptions, 'log'>> & { log: LogFn }) {
+    this.log = o.log;
+    this.reconnectDelayMs = o.reconnectInitialMs;
+    this.connect();
+  }
+
+  get connected(): boolean {
+    return this.socket !== null && this.bridgeSaidHello;
+  }
+
+  setLiveness(primary: VmLiveness, backup: VmLiveness): void {
+    this.liveness = { primary, backup };
+  }
+
+  reportDown(which: 'primary' | 'backup', reason: string): boolean {
+    if (!this.connected) return false;
+    this.send(which === 'primary' ? { type: 'primary-down', reason } : { type: 'backup-down', reason });
+    return true;
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = null;
+    const closed = this.closedSocket;
+    this.socket?.end();
+    this.socket?.destroy();
+    await closed;
+  }
+
+  private connect(): void {
+    if (this.stopped) return;
+    this.stats.connectAttempts++;
+    const socket = connect(this.o.socketPath);
+    this.socket = socket;
+    this.closedSocket = new Promise((resolve) => socket.once('close', () => resolve()));
+    const splitter = new LineSplitter();
+    socket.on('connect', () => {
+      this.log('info', 'lab-agent-connected', { path: this.o.socketPath });
+      this.send({ type: 'hello', version: AGENT_PROTOCOL_VERSION, role: 'agent', name: this.o.name });
+      this.heartbeatTimer = setInterval(() => this.heartbeat(), this.o.heartbeatMs);
+    });
+    socket.on('data', (chunk: Buffer) => {
+      for (const piece of splitter.push(chunk)) {
+        if (piece.kind === 'overlong') {
+          this.reject(new AgentProtocolError('line-too-long', 'line too long; skipped', piece.excerpt));
+          continue;
+        }
+        try {
+          this.receive(parseAgentMessage(piece.line));
+        } catch (e) {
+          if (!(e instanceof AgentProtocolError)) throw e;
+          this.reject(e);
+          if (e.kind === 'bad-version') socket.destroy();
+        }
+      }
+    });
+    socket.on('error', (e: NodeJS.ErrnoException) => {
+      // ENOENT / ECONNREFUSED: the bridge is not (yet) there; the back-off handles it.
+      this.log(this.bridgeSaidHello ? 'warn' : 'debug', 'lab-agent-socket-error', { path: this.o.socketPath, code: e.code, error: e });
+    });
+    socket.on('close', () => this.onClose(socket));
+  }
+
+  private onClose(socket: Socket): void {
+    if (this.socket !== socket) return;
+    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
+    this.heartbeatTimer = null;
+    for (const t of this.answers) clearTimeout(t);
+    this.answers.clear();
+    const hadSession = this.bridgeSaidHello;
+    this.socket = null;
+    this.bridgeSaidHello = false;
+    if (this.stopped) return;
+    if (hadSession) {
+      this.log('warn', 'lab-agent-disconnected', { path: this.o.socketPath });
+      this.reconnectDelayMs = this.o.reconnectInitialMs;
+    }
+    const delay = this.reconnectDelayMs;
+    this.reconnectDelayMs = Math.min(this.reconnectDelayMs * 2, this.o.reconnectMaxMs);
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = null;
+      this.connect();
+    }, delay);
+  }
+
+  private receive(msg: ReturnType<typeof parseAgentMessage>): void {
+    switch (msg.type) {
+      case 'hello':
+        if (msg.role !== 'bridge') {
+          this.reject(new AgentProtocolError('bad-field', `hello: expected role "bridge", got "${msg.role}"`, JSON.stringify(msg)));
+          this.socket?.destroy();
+          return;
+        }
+        this.bridgeSaidHello = true;
+        this.stats.sessions++;
+        this.log('info', 'lab-agent-session', { bridge: msg.name });
+        this.heartbeat();
+        return;
+      case 'checkpoint':
+        this.checkpoint(msg);
+        return;
+      case 'failover':
+      case 'reprotect':
+        // Nothing to do in the lab: both "VMs" are always there.
+        this.log('info', `lab-agent-${msg.type}`, { epoch: msg.epoch });
+        return;
+      case 'error':
+        this.stats.errorsFromBridge++;
+        this.log('warn', 'lab-agent-bridge-error', { error: msg.error, line: msg.line });
+        return;
+      case 'unknown':
+        this.log('info', 'lab-agent-unknown-message', { type: msg.unknownType });
+        return;
+      default:
+        this.reject(new AgentProtocolError('bad-field', `${msg.type} goes from the agent to the bridge, not the other way`, JSON.stringify(msg)));
+    }
+  }
+
+  private checkpoint(msg: CheckpointMessage): void {
+    this.stats.checkpoints++;
+    const started = performance.now();
+    const fail = this.o.failFraction > 0 && this.o.random() < this.o.failFraction;
+    const timer = setTimeout(() => {
+      this.answers.delete(timer);
+      const ms = Math.round((performance.now() - started) * 1000) / 1000;
+      if (fail) {
+        this.stats.failed++;
+        this.send({ type: 'checkpoint-failed', epoch: msg.epoch, error: this.o.failError });
+      } else {
+        this.stats.done++;
+        this.send({ type: 'checkpoint-done', epoch: msg.epoch, ms, bytes: this.o.bytesPerCheckpoint });
+      }
+    }, this.o.delayMs);
+    this.answers.add(timer);
+  }
+
+  private heartbeat(): void {
+    if (!this.connected) return;
+    this.stats.heartbeats++;
+    this.send({ type: 'heartbeat', primary: this.liveness.primary, backup: this.liveness.backup });
+  }
+
+  private reject(e: AgentProtocolError): void {
+    this.stats.protocolErrors++;
+    this.log('warn', 'lab-agent-protocol-error', { kind: e.kind, why: e.why, line: e.excerpt });
+    this.send(errorReplyFor(e));
+  }
+
+  private send(msg: AgentMessage): void {
+    const s = this.socket;
+    if (!s || s.destroyed || !s.writable) return;
+    s.write(encodeAgentMessage(msg));
+  }
+}
+
+/** Option values a CLI or test may pass in wrong: a typed complaint. */
+export class LabAgentOptionError extends Error {
+  constructor(readonly option: string, readonly detail: string) {
+    super(`lab agent: ${option} ${detail}`);
+    this.name = 'LabAgentOptionError';
+  }
+}
+
+export const DEFAULT_LAB_AGENT_OPTIONS = {
+  name: 'lab-agent',
+  delayMs: 0,
+  failFraction: 0,
+  failError: 'lab agent: failure requested (--fail)',
+  bytesPerCheckpoint: 0,
+  heartbeatMs: 1000,
+  reconnectInitialMs: 100,
+  reconnectMaxMs: 5000,
+} as const;
+
+/** Starts the lab agent; it keeps (re)connecting to the bridge until `stop()`. */
+export function runLabAgent(options: LabAgentOptions): LabAgentHandle {
+  const o = { ...DEFAULT_LAB_AGENT_OPTIONS, random: Math.random, log: noLog, ...stripUndefined(options) };
+  if (!(o.delayMs >= 0)) throw new LabAgentOptionError('delayMs', 'must be zero or positive');
+  if (!(o.failFraction >= 0 && o.failFraction <= 1)) throw new LabAgentOptionError('failFraction', 'must be between 0 and 1');
+  if (!(o.heartbeatMs > 0)) throw new LabAgentOptionError('heartbeatMs', 'must be positive');
+  if (!(o.reconnectInitialMs > 0 && o.reconnectMaxMs >= o.reconnectInitialMs)) {
+    throw new LabAgentOptionError('reconnectInitialMs', 'must be positive and no larger than reconnectMaxMs');
+  }
+  if (!(Number.isSafeInteger(o.bytesPerCheckpoint) && o.bytesPerCheckpoint >= 0)) throw new LabAgentOptionError('bytesPerCheckpoint', 'must be a non-negative integer');
+  return new LabAgent(o);
+}
+
+function stripUndefined<T extends object>(o: T): T {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as T;
+}

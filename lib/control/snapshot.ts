@@ -1,0 +1,126 @@
+/**
+ * BridgeSnapshot: every counter of a running bridge as one plain object, the
+ * single source for `/metrics`, `shadowvm status` and the control socket's
+ * `status` reply.
+ *
+ * In:  the pipeline, the ports' stats, the agent link's counters.
+ * Out: a JSON-safe object (numbers and strings only), taken in one go.
+ */
+import { PortStats } from '../io/port';
+import { CHECKPOINT_REASONS, CheckpointReason, ReplicationState } from '../replicate/replicator';
+import { ShadowPipeline } from '../pipeline/pipeline';
+
+export type PortRole = 'uplink' | 'primary' | 'backup';
+export const PORT_ROLES: readonly PortRole[] = ['uplink', 'primary', 'backup'];
+export const REPLICATION_STATES: readonly ReplicationState[] = ['COMPARING', 'CHECKPOINTING', 'DEGRADED', 'FAILED_OVER'];
+
+export interface PortSnapshot extends PortStats {
+  role: PortRole;
+  /** Interface or capture name. */
+  name: string;
+}
+
+export type FrameSide = 'client' | 'primary' | 'backup';
+
+export interface CheckpointSnapshot {
+  /** Epoch of the last checkpoint asked for. */
+  epoch: number;
+  requested: Record<CheckpointReason, number>;
+  done: number;
+  failed: number;
+  /** Triggers folded into an outstanding checkpoint. */
+  coalesced: number;
+  /** An answer is awaited. */
+  pending: boolean;
+  /** Duration of the last successful checkpoint. */
+  lastMs?: number;
+}
+
+export interface AgentSnapshot {
+  connected: boolean;
+  name?: string;
+  messagesIn: number;
+  messagesOut: number;
+  protocolErrors: number;
+  heartbeatTimeouts: number;
+}
+
+export interface BridgeSnapshot {
+  /** The bridge's name (the one in its socket paths). */
+  name: string;
+  uptimeSeconds: number;
+  state: ReplicationState;
+  ports: PortSnapshot[];
+  flows: { active: number; created: number; evicted: number };
+  /** Bytes both replicas said alike. */
+  bytesMatched: number;
+  /** Payload bytes of the primary released to the client after comparison. */
+  bytesReleased: number;
+  mismatches: number;
+  checkpoints: CheckpointSnapshot;
+  /** Primary output waiting for the backup now. */
+  heldOutput: { frames: number; bytes: number };
+  /** Client frames held during checkpoints (since start), and those dropped because the hold was full. */
+  ingress: { heldFrames: number; holdDropped: number };
+  /** Malformed frames by reason, then by the side that sent them. */
+  malformed: Record<string, Record<FrameSide, number>>;
+  /** Policy actions by "class/action", e.g. "arp/forward-primary". */
+  policyActions: Record<string, number>;
+  agent: AgentSnapshot;
+}
+
+export function emptyAgentSnapshot(): AgentSnapshot {
+  return { connected: false, messagesIn: 0, messagesOut: 0, protocolErrors: 0, heartbeatTimeouts: 0 };
+}
+
+/** What `snapshotOf` needs besides the pipeline. */
+export interface SnapshotSources {
+  name: string;
+  startedMs: number;
+  nowMs: number;
+  ports: PortSnapshot[];
+  agent: AgentSnapshot;
+}
+
+/**
+ * Reads a pipeline's counters into a snapshot. Sums the flow reports, so it
+ * costs one pass over them (up to the pipeline's report limit): fine for a
+ * scrape every few seconds, not for every frame.
+ */
+export function snapshotOf(pipeline: ShadowPipeline, src: SnapshotSources): BridgeSnapshot {
+  pipeline.syncReports();
+  let bytesMatched = 0, bytesReleased = 0, mismatches = 0;
+  for (const r of pipeline.reports) {
+    bytesMatched += r.matchedBytes;
+    bytesReleased += r.releasedBytes;
+    mismatches += r.mismatches;
+  }
+  const rep = pipeline.replicator;
+  let lastMs: number | undefined;
+  for (let i = rep.history.length - 1; i >= 0; i--) {
+    if (rep.history[i].outcome === 'done') {
+      lastMs = rep.history[i].ms;
+      break;
+    }
+  }
+  const requested = {} as Record<CheckpointReason, number>;
+  for (const reason of CHECKPOINT_REASONS) requested[reason] = rep.requested[reason];
+  const malformed: BridgeSnapshot['malformed'] = {};
+  for (const [reason, c] of Object.entries(pipeline.malformed)) malformed[reason] = { client: c.client, primary: c.primary, backup: c.backup };
+  return {
+    name: src.name,
+    uptimeSeconds: Math.max(0, (src.nowMs - src.startedMs) / 1000),
+    state: rep.state,
+    ports: src.ports.map((p) => ({ ...p })),
+    flows: { active: pipeline.flows.size, created: pipeline.flowsCreated, evicted: pipeline.flows.evictions },
+    bytesMatched,
+    bytesReleased,
+    mismatches,
+    checkpoints: { epoch: rep.epoch, requested, done: rep.completed, failed: rep.failures, coalesced: rep.coalesced, pending: rep.pending !== null, lastMs },
+    heldOutput: { frames: pipeline.held.frames, bytes: pipeline.held.bytes },
+    ingress: { heldFrames: pipeline.ingressHeldFrames, holdDropped: pipeline.ingressHoldDropped },
+    malformed,
+    policyActions: { ...pipeline.policyActions },
+    agent: { ...src.agent },
+  };
+}

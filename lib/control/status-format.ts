@@ -1,0 +1,81 @@
+/** A BridgeSnapshot as text for a terminal (`shadowvm status`). */
+import { CHECKPOINT_REASONS } from '../replicate/replicator';
+import { FlowReport } from '../pipeline/shadow-flow';
+import { BridgeSnapshot } from './snapshot';
+
+/** 1536 → "1.5 KiB"; below 1 KiB the exact count. */
+export function formatBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n;
+  let u = 0;
+  while (Math.abs(v) >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return u === 0 ? `${n} B` : `${v.toFixed(1)} ${units[u]}`;
+}
+
+/** Seconds as "3d 4h 05m 06s", dropping leading zero units. */
+export function formatDuration(seconds: number): string {
+  let s = Math.floor(seconds);
+  const d = Math.floor(s / 86400); s -= d * 86400;
+  const h = Math.floor(s / 3600); s -= h * 3600;
+  const m = Math.floor(s / 60); s -= m * 60;
+  const pad = (x: number) => String(x).padStart(2, '0');
+  if (d) return `${d}d ${h}h ${pad(m)}m ${pad(s)}s`;
+  if (h) return `${h}h ${pad(m)}m ${pad(s)}s`;
+  if (m) return `${m}m ${pad(s)}s`;
+  return `${s}s`;
+}
+
+/** Columns: the first left-aligned, the rest right-aligned, two spaces apart. */
+export function formatTable(header: string[], rows: string[][]): string[] {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]) => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ').trimEnd();
+  return [line(header), ...rows.map(line)];
+}
+
+export function formatStatus(s: BridgeSnapshot): string {
+  const out: string[] = [];
+  const agent = s.agent.connected ? `connected${s.agent.name ? ` (${s.agent.name})` : ''}` : 'not connected';
+  out.push(`bridge ${s.name}: ${s.state}, up ${formatDuration(s.uptimeSeconds)}, sync agent ${agent}`);
+  out.push('');
+  if (s.ports.length === 0) {
+    out.push('ports: none');
+  } else {
+    out.push(...formatTable(
+      ['port', 'interface', 'rx frames', 'rx bytes', 'tx frames', 'tx bytes', 'rx drops', 'tx errors'],
+      s.ports.map((p) => [p.role, p.name, String(p.rxFrames), formatBytes(p.rxBytes), String(p.txFrames), formatBytes(p.txBytes), String(p.rxDrops), String(p.txErrors)]),
+    ));
+  }
+  out.push('');
+  out.push(`flows: ${s.flows.active} active, ${s.flows.created} created, ${s.flows.evicted} evicted`);
+  out.push(`compared: ${formatBytes(s.bytesMatched)} matched, ${formatBytes(s.bytesReleased)} released, ${s.mismatches} mismatch${s.mismatches === 1 ? '' : 'es'}`);
+  out.push(`held: ${s.heldOutput.frames} primary frames (${formatBytes(s.heldOutput.bytes)}) awaiting the backup; ingress held ${s.ingress.heldFrames} frames during checkpoints, ${s.ingress.holdDropped} dropped`);
+  const c = s.checkpoints;
+  const last = c.lastMs !== undefined ? `, last took ${c.lastMs.toFixed(1)} ms` : '';
+  out.push(`checkpoints: ${c.done} done, ${c.failed} failed, ${c.coalesced} coalesced${c.pending ? `, #${c.epoch} pending` : ''}${last}`);
+  out.push(...formatTable(['  reason', 'requested'], CHECKPOINT_REASONS.map((r) => [`  ${r}`, String(c.requested[r] ?? 0)])));
+  const malformed = Object.entries(s.malformed);
+  if (malformed.length) {
+    out.push('');
+    out.push(...formatTable(['malformed', 'client', 'primary', 'backup'], malformed.map(([reason, m]) => [reason, String(m.client), String(m.primary), String(m.backup)])));
+  }
+  const policy = Object.entries(s.policyActions);
+  if (policy.length) {
+    out.push('');
+    out.push(`policy: ${policy.map(([k, n]) => `${k} ${n}`).join(', ')}`);
+  }
+  out.push('');
+  out.push(`agent link: ${s.agent.messagesIn} messages in, ${s.agent.messagesOut} out, ${s.agent.protocolErrors} protocol errors, ${s.agent.heartbeatTimeouts} heartbeat timeouts`);
+  return out.join('\n');
+}
+
+/** The `flows` reply as a table, most recent last. */
+export function formatFlows(flows: readonly FlowReport[]): string {
+  if (flows.length === 0) return 'no flows';
+  return formatTable(
+    ['flow', 'matched', 'released', 'mismatches'],
+    flows.map((f) => [f.key, formatBytes(f.matchedBytes), formatBytes(f.releasedBytes), String(f.mismatches)]),
+  ).join('\n');
+}
