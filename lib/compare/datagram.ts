@@ -9,7 +9,7 @@
  *      datagram; `mismatch` on the first difference (then input is ignored
  *      until `reset`).
  */
-import { SlabCopier } from '../packet/slab';
+import { Slab, SlabPool } from '../packet/slab';
 import { EXCERPT_AFTER, EXCERPT_BEFORE, Mismatch, Side } from './tcp-stream';
 
 export class DatagramComparator {
@@ -21,16 +21,24 @@ export class DatagramComparator {
   readonly sent = [0, 0];
   private leader: Side | -1 = -1;
   private pending: Buffer[] = [];
+  /** Slabs of the backup copies in `pending` (null for the primary's, which live in held frames). */
+  private pendingSlabs: (Slab | null)[] = [];
   pendingBytes = 0;
 
-  constructor(private readonly copier: SlabCopier) {}
+  constructor(private readonly copies: SlabPool) {}
 
   reset(): void {
     this.matched = 0;
     this.sent[0] = this.sent[1] = 0;
     this.mismatch = null;
+    this.dropPending();
+  }
+
+  private dropPending(): void {
+    for (const slab of this.pendingSlabs) this.copies.release(slab);
     this.leader = -1;
     this.pending = [];
+    this.pendingSlabs = [];
     this.pendingBytes = 0;
   }
 
@@ -40,12 +48,14 @@ export class DatagramComparator {
     this.sent[side]++;
     if (this.leader === -1 || this.leader === side) {
       this.leader = side;
-      const kept = side === 1 ? this.copier.copy(content) : content;
+      const kept = side === 1 ? this.copies.copy(content) : content;
       this.pending.push(kept);
+      this.pendingSlabs.push(side === 1 ? this.copies.lastSlab : null);
       this.pendingBytes += kept.length;
       return false;
     }
     const theirs = this.pending.shift()!;
+    const theirSlab = this.pendingSlabs.shift()!;
     this.pendingBytes -= theirs.length;
     if (this.pending.length === 0) this.leader = -1;
     if (!theirs.equals(content)) {
@@ -61,11 +71,11 @@ export class DatagramComparator {
         primary: show(side === 0 ? content : theirs),
         backup: show(side === 0 ? theirs : content),
       };
-      this.pending = [];
-      this.pendingBytes = 0;
-      this.leader = -1;
+      this.copies.release(theirSlab);
+      this.dropPending();
       return true;
     }
+    this.copies.release(theirSlab);
     this.matched++;
     this.matchedBytes += content.length;
     return false;

@@ -14,7 +14,7 @@
  * bounded list of out-of-order segments per side.
  */
 import { seqAdd, seqDiff, seqGe, seqGt, seqLe, seqLt } from '../packet/seq';
-import { SlabCopier } from '../packet/slab';
+import { Slab, SlabPool } from '../packet/slab';
 
 export type Replica = 'primary' | 'backup';
 export const PRIMARY = 0;
@@ -59,6 +59,8 @@ interface Chunk {
   /** Data bytes (Unit.Data), else empty. */
   bytes: Buffer;
   signature: string;
+  /** The slab of a copy this comparator made (backup bytes), released when the chunk is dropped. */
+  slab?: Slab | null;
 }
 
 const EMPTY = Buffer.alloc(0);
@@ -98,7 +100,8 @@ export class TcpStreamComparator {
   private headSkip = 0;
   private readonly outOfOrder: Chunk[][] = [[], []];
 
-  constructor(private readonly copier: SlabCopier) {}
+  /** `copies`: where the backup's bytes are copied to (they outlive the I/O ring); released when consumed. */
+  constructor(private readonly copies: SlabPool) {}
 
   /** Leading side's units beyond `matched` (how far the other side is behind). */
   get leading(): Side | -1 { return this.leader; }
@@ -114,11 +117,7 @@ export class TcpStreamComparator {
     this.rst[0] = this.rst[1] = null;
     this.rstAgreed = false;
     this.mismatch = null;
-    this.leader = -1;
-    this.pending = [];
-    this.pendingHead = 0;
-    this.headSkip = 0;
-    this.pendingBytes = 0;
+    this.dropPending();
     this.outOfOrder[0] = [];
     this.outOfOrder[1] = [];
   }
@@ -167,7 +166,10 @@ export class TcpStreamComparator {
       this.outOfOrderDropped++;
       return;
     }
-    if (side === BACKUP && c.unit === Unit.Data) c.bytes = this.copier.copy(c.bytes);
+    if (side === BACKUP && c.unit === Unit.Data) {
+      c.bytes = this.copies.copy(c.bytes);
+      c.slab = this.copies.lastSlab;
+    }
     list.push(c);
   }
 
@@ -180,6 +182,7 @@ export class TcpStreamComparator {
         if (seqLe(list[i].position, this.end[side])) {
           const [c] = list.splice(i, 1);
           this.accept(side, c.position, c.unit, c.bytes, c.signature);
+          this.copies.release(c.slab ?? null);
           progressed = true;
           break;
         }
@@ -258,6 +261,7 @@ export class TcpStreamComparator {
   }
 
   private shiftPending(): void {
+    this.copies.release(this.pending[this.pendingHead].slab ?? null);
     this.pendingHead++;
     this.headSkip = 0;
     if (this.pendingHead > 32 && this.pendingHead * 2 > this.pending.length) {
@@ -267,8 +271,12 @@ export class TcpStreamComparator {
   }
 
   private pushPending(side: Side, position: number, unit: Unit, bytes: Buffer, signature: string): void {
-    if (side === BACKUP && unit === Unit.Data) bytes = this.copier.copy(bytes);
-    this.pending.push({ position, unit, bytes, signature });
+    let slab: Slab | null = null;
+    if (side === BACKUP && unit === Unit.Data) {
+      bytes = this.copies.copy(bytes);
+      slab = this.copies.lastSlab;
+    }
+    this.pending.push({ position, unit, bytes, signature, slab });
     if (unit === Unit.Data) this.pendingBytes += bytes.length;
   }
 
@@ -300,6 +308,16 @@ export class TcpStreamComparator {
       primary: side === PRIMARY ? mine : theirs,
       backup: side === PRIMARY ? theirs : mine,
     };
+    this.dropPending();
+  }
+
+  /** Forgets what the leading side said beyond `matched` (and out-of-order pieces), releasing copies. */
+  private dropPending(): void {
+    for (let i = this.pendingHead; i < this.pending.length; i++) this.copies.release(this.pending[i].slab ?? null);
+    for (const list of this.outOfOrder) {
+      for (const c of list) this.copies.release(c.slab ?? null);
+      list.length = 0;
+    }
     this.pending = [];
     this.pendingHead = 0;
     this.headSkip = 0;

@@ -50,24 +50,40 @@ export class SlabPool {
   /** The slab the last `copy` came from (null for a large copy with its own buffer). */
   lastSlab: Slab | null = null;
   slabsAllocated = 1;
-  private current = new Slab(SLAB_BYTES);
+  private current: Slab;
   private readonly free: Slab[] = [];
   private emptiedThisBreath: Slab[] = [];
 
-  /** `recycle` false: never reuse a slab (copies may be kept by code that does not release them). */
-  constructor(private readonly recycle = true, private readonly maxFreeSlabs = 64) {}
+  /**
+   * `recycle` false: never reuse a slab (copies may be kept by code that
+   * does not release them). `waitForBreath` false: the copies are never
+   * handed to a port, so an emptied slab is reusable at once.
+   */
+  constructor(
+    private readonly recycle = true,
+    private readonly waitForBreath = true,
+    private readonly maxFreeSlabs = 64,
+    /** Slab size; small ones only in tests, to make reuse happen. */
+    private readonly slabBytes = SLAB_BYTES,
+  ) {
+    this.current = new Slab(slabBytes);
+  }
 
   copy(src: Uint8Array): Buffer {
     const n = src.length;
-    if (n > LARGE_COPY) {
+    if (n > this.slabBytes / 4) {
       this.lastSlab = null;
       return Buffer.from(src);
     }
     let slab = this.current;
-    if (slab.used + n > SLAB_BYTES) {
+    if (slab.used + n > this.slabBytes) {
       slab.full = true;
-      if (slab.live === 0 && this.recycle) this.emptiedThisBreath.push(slab);
+      const emptied = slab;
       slab = this.current = this.free.pop() ?? this.allocate();
+      if (emptied.live === 0 && this.recycle) {
+        if (this.waitForBreath) this.emptiedThisBreath.push(emptied);
+        else this.reuse(emptied);
+      }
     }
     const out = slab.bytes.subarray(slab.used, slab.used + n);
     out.set(src);
@@ -79,23 +95,28 @@ export class SlabPool {
 
   release(slab: Slab | null): void {
     if (slab === null) return;
-    if (--slab.live === 0 && slab.full && this.recycle) this.emptiedThisBreath.push(slab);
+    if (--slab.live === 0 && slab.full && this.recycle) {
+      if (this.waitForBreath) this.emptiedThisBreath.push(slab);
+      else this.reuse(slab);
+    }
   }
 
   /** Everything released so far has left the process (ports flushed): its slabs may be reused. */
   endBreath(): void {
     if (this.emptiedThisBreath.length === 0) return;
-    for (const slab of this.emptiedThisBreath) {
-      if (slab.live !== 0 || this.free.length >= this.maxFreeSlabs) continue;
-      slab.used = 0;
-      slab.full = false;
-      this.free.push(slab);
-    }
+    for (const slab of this.emptiedThisBreath) this.reuse(slab);
     this.emptiedThisBreath = [];
+  }
+
+  private reuse(slab: Slab): void {
+    if (slab.live !== 0 || slab === this.current || this.free.length >= this.maxFreeSlabs) return;
+    slab.used = 0;
+    slab.full = false;
+    this.free.push(slab);
   }
 
   private allocate(): Slab {
     this.slabsAllocated++;
-    return new Slab(SLAB_BYTES);
+    return new Slab(this.slabBytes);
   }
 }

@@ -70,8 +70,12 @@ export class ShadowPipeline {
   private readonly frame = new DecodedFrame();
   private readonly opts = new TcpOptions();
   private readonly segment: StreamSegment = newStreamSegment();
-  /** Copies nobody releases explicitly (backup bytes a comparator keeps, held ingress). */
+  /** Copies nobody releases explicitly (held ingress, divergence captures). */
   private readonly copier = new SlabCopier();
+  /** The backup's bytes comparators keep until the primary catches up; never sent anywhere. */
+  private readonly backupCopies: SlabPool;
+  /** Translated client frames for the backup: they only have to last until the ports are flushed. */
+  private readonly ingressCopies = new SlabPool(true, true);
   /** Copies of held primary frames: reused once released and flushed (see `endBreath`). */
   private readonly heldPool: SlabPool;
   private readonly nonIpFlows = new Map<string, ShadowFlow>();
@@ -91,6 +95,7 @@ export class ShadowPipeline {
   ) {
     // Divergence capture keeps frames beyond their release: no slab reuse then.
     this.heldPool = new SlabPool(!config.captureDivergence);
+    this.backupCopies = new SlabPool(true, false);
     this.held = new HeldQueues((frame) => outputs.toClient(frame), this.heldPool);
     this.flows = new FlowTable<ShadowFlow>(config.maxFlows, (e, why) => this.onEvict(e, why));
     this.replicator = new Replicator(config.replicator, {
@@ -176,10 +181,12 @@ export class ShadowPipeline {
       this.outputs.toBackup(frame);
       return;
     }
-    const copy = this.copier.copy(frame);
+    const copy = this.ingressCopies.copy(frame);
+    const slab = this.ingressCopies.lastSlab;
     f.rebind(copy);
     if (!translateForBackup(f, seqDelta, tsDelta, this.opts)) this.badTcpOptions++;
     this.outputs.toBackup(copy);
+    this.ingressCopies.release(slab); // reusable after the next flush (`endBreath`)
   }
 
   private flushFlowIngress(flow: ShadowFlow): void {
@@ -332,6 +339,7 @@ export class ShadowPipeline {
    */
   endBreath(): void {
     this.heldPool.endBreath();
+    this.ingressCopies.endBreath();
   }
 
   /** Ask for a checkpoint (triggers and the control socket). */
@@ -392,7 +400,7 @@ export class ShadowPipeline {
 
   private newFlow(f: DecodedFrame, dir: 'ingress' | 'egress'): ShadowFlow {
     this.flowsCreated++;
-    const flow = new ShadowFlow(describeFlow(f, dir), flowProtocolOf(f), this.held, this.copier, this.config.captureDivergence);
+    const flow = new ShadowFlow(describeFlow(f, dir), flowProtocolOf(f), this.held, this.backupCopies, this.config.captureDivergence);
     flow.epoch = this.checkpointEpoch;
     this.addReport(flow.report);
     return flow;
@@ -402,7 +410,7 @@ export class ShadowPipeline {
     const name = cls === 'arp' ? `arp vlan ${f.vlanKey}` : `ethertype 0x${f.etherType.toString(16).padStart(4, '0')} vlan ${f.vlanKey}`;
     let flow = this.nonIpFlows.get(name);
     if (!flow) {
-      flow = new ShadowFlow(name, cls, this.held, this.copier, this.config.captureDivergence);
+      flow = new ShadowFlow(name, cls, this.held, this.backupCopies, this.config.captureDivergence);
       flow.epoch = this.checkpointEpoch;
       this.nonIpFlows.set(name, flow);
       this.addReport(flow.report);

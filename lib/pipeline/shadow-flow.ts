@@ -9,7 +9,7 @@ import { DatagramComparator } from '../compare/datagram';
 import { Mismatch, TcpStreamComparator, PRIMARY, BACKUP } from '../compare/tcp-stream';
 import { FlowHeldQueue, HeldQueues, ReleaseGate } from '../release/held';
 import { seqMax } from '../packet/seq';
-import { SlabCopier } from '../packet/slab';
+import { SlabPool } from '../packet/slab';
 
 export interface FlowReport {
   /** "tcp 10.0.0.1:40000 > 10.0.0.2:80": client side first, VM second. */
@@ -49,11 +49,11 @@ export class ShadowFlow implements ReleaseGate {
   recent: RecentFrame[] | null;
   readonly report: FlowReport;
 
-  constructor(name: string, protocol: FlowReport['protocol'], queues: HeldQueues, copier: SlabCopier, keepRecent: boolean) {
+  constructor(name: string, protocol: FlowReport['protocol'], queues: HeldQueues, backupCopies: SlabPool, keepRecent: boolean) {
     const stream = protocol === 'tcp';
     this.tcp = stream ? new TcpConnectionState() : null;
-    this.stream = stream ? new TcpStreamComparator(copier) : null;
-    this.datagrams = stream ? null : new DatagramComparator(copier);
+    this.stream = stream ? new TcpStreamComparator(backupCopies) : null;
+    this.datagrams = stream ? null : new DatagramComparator(backupCopies);
     this.held = new FlowHeldQueue(queues, name);
     this.recent = keepRecent ? [] : null;
     this.report = { key: name, protocol, releasedFrames: 0, releasedBytes: 0, matchedBytes: 0, mismatches: 0, mismatchList: [] };

@@ -1,6 +1,9 @@
 import fc from 'fast-check';
 import { BACKUP, PRIMARY, Side, StreamSegment, TcpStreamComparator } from '../../../lib/compare';
-import { SlabCopier } from '../../../lib/packet';
+import { SlabPool } from '../../../lib/packet';
+
+/** Tiny slabs: copies are reused as soon as released, so a use after release shows up as wrong bytes. */
+const pool = () => new SlabPool(true, false, 4, 2048);
 
 function seg(position: number, payload: Buffer | string, extra: Partial<StreamSegment> = {}): StreamSegment {
   return { position, syn: false, synSignature: '', payload: Buffer.from(payload), fin: false, rst: false, ...extra };
@@ -30,7 +33,7 @@ function interleave(p: StreamSegment[], b: StreamSegment[], schedule: boolean[])
 
 describe('TcpStreamComparator', () => {
   it('matches the same bytes sent in different segment sizes by each replica', () => {
-    const c = new TcpStreamComparator(new SlabCopier());
+    const c = new TcpStreamComparator(pool());
     c.append(PRIMARY, syn());
     c.append(BACKUP, syn());
     c.append(PRIMARY, seg(1, 'hello world'));
@@ -43,7 +46,7 @@ describe('TcpStreamComparator', () => {
   });
 
   it('reports a data mismatch at the offset of the first differing byte', () => {
-    const c = new TcpStreamComparator(new SlabCopier());
+    const c = new TcpStreamComparator(pool());
     c.append(PRIMARY, syn());
     c.append(BACKUP, syn());
     c.append(PRIMARY, seg(1, 'HTTP/1.1 200 OK\r\nContent: A'));
@@ -54,7 +57,7 @@ describe('TcpStreamComparator', () => {
   });
 
   it('ignores retransmissions, including partial overlaps', () => {
-    const c = new TcpStreamComparator(new SlabCopier());
+    const c = new TcpStreamComparator(pool());
     c.append(PRIMARY, seg(100, 'abcdef'));
     c.append(PRIMARY, seg(100, 'abcdef'));
     c.append(PRIMARY, seg(103, 'defghi'));
@@ -64,7 +67,7 @@ describe('TcpStreamComparator', () => {
   });
 
   it('reassembles out-of-order segments of one side before comparing', () => {
-    const c = new TcpStreamComparator(new SlabCopier());
+    const c = new TcpStreamComparator(pool());
     c.append(PRIMARY, seg(1, 'abc'));
     c.append(BACKUP, seg(1, 'abc'));
     c.append(BACKUP, seg(7, 'ghi'));
@@ -76,21 +79,21 @@ describe('TcpStreamComparator', () => {
   });
 
   it('compares SYN options and reports different ones as syn-options', () => {
-    const c = new TcpStreamComparator(new SlabCopier());
+    const c = new TcpStreamComparator(pool());
     c.append(PRIMARY, syn('mss=1460 ws=7 sack=1 ts=1'));
     c.append(BACKUP, syn('mss=1460 ws=9 sack=1 ts=1'));
     expect(c.mismatch?.kind).toBe('syn-options');
   });
 
   it('treats a FIN where the other side sent data as a fin mismatch', () => {
-    const c = new TcpStreamComparator(new SlabCopier());
+    const c = new TcpStreamComparator(pool());
     c.append(PRIMARY, seg(1, 'abc', { fin: true }));
     c.append(BACKUP, seg(1, 'abcd'));
     expect(c.mismatch).toMatchObject({ kind: 'fin', offset: 3 });
   });
 
   it('agrees on FINs at the same position and counts them in sequence space', () => {
-    const c = new TcpStreamComparator(new SlabCopier());
+    const c = new TcpStreamComparator(pool());
     c.append(PRIMARY, seg(1, 'abc', { fin: true }));
     c.append(BACKUP, seg(1, 'abc'));
     c.append(BACKUP, seg(4, '', { fin: true }));
@@ -99,7 +102,7 @@ describe('TcpStreamComparator', () => {
   });
 
   it('agrees when both replicas reset at the same position', () => {
-    const c = new TcpStreamComparator(new SlabCopier());
+    const c = new TcpStreamComparator(pool());
     c.append(PRIMARY, seg(1, 'ab'));
     c.append(PRIMARY, seg(3, '', { rst: true }));
     expect(c.rstAgreed).toBe(false);
@@ -110,21 +113,21 @@ describe('TcpStreamComparator', () => {
   });
 
   it('reports an rst mismatch when one replica answers a SYN with RST and the other accepts', () => {
-    const c = new TcpStreamComparator(new SlabCopier());
+    const c = new TcpStreamComparator(pool());
     c.append(PRIMARY, syn());
     c.append(BACKUP, seg(0, '', { rst: true }));
     expect(c.mismatch?.kind).toBe('rst');
   });
 
   it('reports an rst mismatch when a replica keeps talking after the other reset', () => {
-    const c = new TcpStreamComparator(new SlabCopier());
+    const c = new TcpStreamComparator(pool());
     c.append(BACKUP, seg(1, '', { rst: true }));
     c.append(PRIMARY, seg(1, 'more'));
     expect(c.mismatch?.kind).toBe('rst');
   });
 
   it('restarts cleanly after reset and keeps the offset origin', () => {
-    const c = new TcpStreamComparator(new SlabCopier());
+    const c = new TcpStreamComparator(pool());
     c.append(PRIMARY, syn());
     c.append(BACKUP, syn());
     c.append(PRIMARY, seg(1, 'aaaa'));
@@ -138,7 +141,7 @@ describe('TcpStreamComparator', () => {
   });
 
   it('keeps its own copy of the backup bytes it holds (the I/O ring is reused)', () => {
-    const c = new TcpStreamComparator(new SlabCopier());
+    const c = new TcpStreamComparator(pool());
     const ring = Buffer.from('abcdef');
     c.append(BACKUP, seg(1, ring));
     ring.fill(0x7a); // the ring slot is overwritten by the next frame
@@ -148,7 +151,7 @@ describe('TcpStreamComparator', () => {
   });
 
   it('works across the 2^32 sequence wrap', () => {
-    const c = new TcpStreamComparator(new SlabCopier());
+    const c = new TcpStreamComparator(pool());
     const start = 0xfffffff0;
     const data = Buffer.alloc(64, 7);
     for (const s of segmentize(data, start, [0.1, 0.5])) c.append(PRIMARY, s);
@@ -165,7 +168,7 @@ describe('TcpStreamComparator', () => {
     it('gives no mismatch for the same bytes under any segmentation and interleaving', () => {
       fc.assert(fc.property(streamArb, cutsArb, cutsArb, fc.array(fc.boolean(), { maxLength: 20 }), startArb,
         (data, pc, bc, schedule, start) => {
-          const c = new TcpStreamComparator(new SlabCopier());
+          const c = new TcpStreamComparator(pool());
           c.reset(start);
           for (const [side, s] of interleave(segmentize(data, start, pc), segmentize(data, start, bc), schedule)) c.append(side, s);
           return c.mismatch === null && c.matched === ((start + data.length) >>> 0) && c.matchedBytes === data.length;
@@ -178,7 +181,7 @@ describe('TcpStreamComparator', () => {
           const at = where % data.length;
           const changed = Buffer.from(data);
           changed[at] = (changed[at] + delta) & 0xff;
-          const c = new TcpStreamComparator(new SlabCopier());
+          const c = new TcpStreamComparator(pool());
           c.reset(start);
           for (const [side, s] of interleave(segmentize(data, start, pc), segmentize(changed, start, bc), schedule)) c.append(side, s);
           return c.mismatch !== null && c.mismatch.kind === 'data' && c.mismatch.offset === at
@@ -191,7 +194,7 @@ describe('TcpStreamComparator', () => {
         const p = segmentize(data, 1, pc);
         const b = segmentize(data, 1, bc);
         for (const d of dups) p.splice(Math.min(p.length, (d % p.length) + 1), 0, p[d % p.length]);
-        const c = new TcpStreamComparator(new SlabCopier());
+        const c = new TcpStreamComparator(pool());
         c.reset(1);
         for (const [side, s] of interleave(p, b, [true, false, false])) c.append(side, s);
         return c.mismatch === null && c.matched === 1 + data.length;
