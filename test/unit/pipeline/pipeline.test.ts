@@ -217,3 +217,31 @@ describe('ShadowPipeline', () => {
     expect(ackOf(h.out.backup[0])).toBe(B + 1);
   });
 });
+
+describe('ShadowPipeline with offloads', () => {
+  it('compares a 64 KiB GSO super-frame from the primary with the backup\'s MSS-sized segments', () => {
+    const h = harness();
+    handshake(h);
+    const body = Buffer.alloc(65000);
+    for (let i = 0; i < body.length; i++) body[i] = (i * 7 + 3) & 0xff;
+    h.p.fromVm(PRIMARY, fromVm({ seq: P + 1, ack: C + 1, flags: 'PA', payload: body }), 10);
+    const n = h.out.client.length;
+    for (let off = 0; off < body.length; off += 1448) {
+      h.p.fromVm(BACKUP, fromVm({ seq: B + 1 + off, ack: C + 1, flags: 'A', payload: body.subarray(off, off + 1448) }), 11);
+      if (off + 1448 < body.length) expect(h.out.client.length).toBe(n);
+    }
+    expect(h.out.client.length).toBe(n + 1);
+    expect(h.out.client[n].length).toBeGreaterThan(65000);
+    h.p.syncReports();
+    expect(h.p.reports[0]).toMatchObject({ mismatches: 0, matchedBytes: 65000 });
+  });
+
+  it('asks for a checkpoint with reason queue when all flows together hold more than the total high-water mark', () => {
+    const h = harness({ totalHighWater: { bytes: 1 << 30, frames: 5 } });
+    for (let port = 1; port <= 3; port++) {
+      h.p.fromVm(PRIMARY, fromVm({ sport: 80, dport: 40000 + port, seq: P, ack: C + 1, flags: 'SA', options: SYN_OPTS }), port);
+      h.p.fromVm(PRIMARY, fromVm({ sport: 80, dport: 40000 + port, seq: P + 1, ack: C + 1, flags: 'PA', payload: 'z' }), port);
+    }
+    expect(h.out.checkpoints.map((c) => c.reason)).toEqual(['queue']);
+  });
+});

@@ -1,0 +1,309 @@
+/**
+ * AfPacketPort on real veth pairs (root). Frames go in at one end of a pair
+ * and must come out of the other byte for byte, in order, tags included.
+ * The pairs have IPv6 off and no addresses, so the only frames on them are
+ * the ones a test sends.
+ */
+import { execFileSync } from 'node:child_process';
+import { join } from 'node:path';
+import {
+  AfPacketFrame, AfPacketInterfaceDownError, AfPacketNoSuchInterfaceError, AfPacketPermissionError, AfPacketPort,
+  VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4, completePartialChecksum, toAfPacketPortError,
+} from '../../lib/io/afpacket-port';
+import { run, runQuietly } from '../../lib/lab/exec';
+import { ETHERTYPE, layoutOf, tcpFrame, udpFrame } from '../support/frames';
+
+const tag = `svmt${process.pid.toString(36)}`;
+const PAIR = { a: `${tag}a`, b: `${tag}b` };
+const JUMBO = { a: `${tag}ja`, b: `${tag}jb` };
+const DOWN = `${tag}d`;
+
+function makePair(a: string, b: string, mtu = 1500): void {
+  run('ip', ['link', 'add', a, 'mtu', String(mtu), 'type', 'veth', 'peer', 'name', b, 'mtu', String(mtu)]);
+  for (const ifname of [a, b]) {
+    // No IPv6 on the pair: no MLD or router solicitations, nothing the test did not send.
+    run('sysctl', ['-q', '-w', `net.ipv6.conf.${ifname}.disable_ipv6=1`]);
+    run('ip', ['link', 'set', 'dev', ifname, 'up']);
+  }
+}
+
+function removeLinks(): string[] {
+  const failures: string[] = [];
+  for (const ifname of [PAIR.a, JUMBO.a, DOWN]) {
+    if (runQuietly('ip', ['link', 'show', 'dev', ifname])) runQuietly('ip', ['link', 'del', 'dev', ifname], failures);
+  }
+  return failures;
+}
+
+/** Copies every frame delivered to `port` (ring views are only valid during the callback). */
+class Collector {
+  readonly frames: AfPacketFrame[] = [];
+  batches = 0;
+  constructor(port: AfPacketPort) {
+    port.onBatch((batch) => {
+      this.batches++;
+      for (const f of batch as readonly AfPacketFrame[]) this.frames.push({ ...f, frame: Buffer.from(f.frame) });
+    });
+  }
+  get buffers(): Buffer[] {
+    return this.frames.map((f) => f.frame);
+  }
+}
+
+async function waitFor(what: string, done: () => boolean, timeoutMs = 3000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (!done()) {
+    if (Date.now() > until) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+const settle = (ms = 100): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A UDP frame whose payload says which test and which position it is. */
+function marked(label: string, i: number, spec: Parameters<typeof udpFrame>[0] = {}): Buffer {
+  return udpFrame({ ...spec, payload: `${label} #${i} ${'.'.repeat(i % 37)}` });
+}
+
+describe('AfPacketPort on a veth pair', () => {
+  const open: AfPacketPort[] = [];
+  const port = (ifname: string, options?: ConstructorParameters<typeof AfPacketPort>[1]): AfPacketPort => {
+    const p = new AfPacketPort(ifname, options);
+    open.push(p);
+    return p;
+  };
+
+  beforeAll(() => {
+    if (process.getuid?.() !== 0) {
+      throw new Error('the AF_PACKET port integration tests need root (veth pairs, packet sockets): run jest as root');
+    }
+    removeLinks();
+    makePair(PAIR.a, PAIR.b);
+    makePair(JUMBO.a, JUMBO.b, 9000);
+  });
+
+  afterEach(async () => {
+    await Promise.all(open.splice(0).map((p) => p.close()));
+  });
+
+  afterAll(() => {
+    const failures = removeLinks();
+    expect(failures).toEqual([]);
+  });
+
+  test('delivers frames byte for byte and in order, and never echoes the sender its own frames', async () => {
+    const a = port(PAIR.a);
+    const b = port(PAIR.b);
+    const atA = new Collector(a);
+    const atB = new Collector(b);
+    const sent = [
+      marked('order', 0),
+      tcpFrame({ flags: 'S', options: { mss: 1460, ws: 7, sackOk: true, ts: [1, 0] } }),
+      marked('order', 1, { v6: true }),
+      tcpFrame({ flags: 'PA', seq: 5000, payload: 'x'.repeat(1400) }),
+      marked('order', 2, { padTo: 60 }),
+    ];
+    for (const f of sent) a.send(f);
+    a.flush();
+    await waitFor('5 frames at b', () => atB.frames.length >= sent.length);
+    await settle();
+    expect(atB.buffers).toEqual(sent);
+    expect(atA.frames).toEqual([]);
+    expect(a.stats()).toMatchObject({ txFrames: 5, txBytes: sent.reduce((n, f) => n + f.length, 0), txErrors: 0, rxFrames: 0 });
+    expect(b.stats()).toMatchObject({ rxFrames: 5, rxBytes: sent.reduce((n, f) => n + f.length, 0), rxDrops: 0 });
+  });
+
+  test('stamps frames with the kernel receive time', async () => {
+    const a = port(PAIR.a);
+    const atB = new Collector(port(PAIR.b));
+    const before = Date.now() * 1000;
+    a.send(marked('time', 0));
+    a.flush();
+    await waitFor('the frame', () => atB.frames.length === 1);
+    expect(atB.frames[0].timeUs).toBeGreaterThanOrEqual(before - 1000);
+    expect(atB.frames[0].timeUs).toBeLessThanOrEqual(Date.now() * 1000);
+  });
+
+  test('keeps the first frame sent right after the port is opened', async () => {
+    const b = port(PAIR.b);
+    const a = port(PAIR.a);
+    const first = marked('first', 0);
+    a.send(first);
+    a.flush();
+    // The receiver comes later: the frame waited in the ring.
+    await settle(50);
+    const atB = new Collector(b);
+    await waitFor('the first frame', () => atB.frames.length === 1);
+    expect(atB.buffers).toEqual([first]);
+  });
+
+  test('a batch of 1000 frames sent with one flush all arrive, in order, or are counted as drops', async () => {
+    const a = port(PAIR.a);
+    const b = port(PAIR.b);
+    const atB = new Collector(b);
+    const sent = Array.from({ length: 1000 }, (_, i) => marked('batch', i));
+    for (const f of sent) a.send(f);
+    a.flush();
+    expect(a.stats()).toMatchObject({ txFrames: 1000, txErrors: 0 });
+    await waitFor('1000 frames received or dropped', () => atB.frames.length + b.stats().rxDrops >= 1000);
+    const { rxDrops, rxFrames } = b.stats();
+    expect(rxFrames + rxDrops).toBe(1000);
+    const received = atB.buffers;
+    // What arrived is in order: each frame is the next one sent after the previous one.
+    let at = 0;
+    for (const f of received) {
+      while (at < sent.length && !sent[at].equals(f)) at++;
+      expect(at).toBeLessThan(sent.length);
+      at++;
+    }
+    expect(rxDrops).toBe(0); // the default ring (4096 slots) holds them all
+    expect(atB.batches).toBeLessThan(1000);
+  });
+
+  test('puts back the VLAN tags the kernel takes out: 802.1Q, 802.1Q with priority, and 802.1ad over 802.1Q', async () => {
+    const a = port(PAIR.a);
+    const atB = new Collector(port(PAIR.b));
+    const sent = [
+      marked('vlan', 0, { vlan: [42] }),
+      marked('vlan', 1, { vlan: [4094], vlanPcp: [5] }),
+      tcpFrame({ vlan: [100, 200], flags: 'PA', payload: 'qinq' }),
+      marked('vlan', 3, { vlan: [7], v6: true, padTo: 64 }),
+    ];
+    for (const f of sent) a.send(f);
+    a.flush();
+    await waitFor('4 tagged frames', () => atB.frames.length >= 4);
+    expect(atB.buffers).toEqual(sent);
+    expect(atB.buffers[2].readUInt16BE(12)).toBe(ETHERTYPE.QinQ);
+  });
+
+  test('carries a 9000-byte frame on an MTU-9000 pair, tagged or not', async () => {
+    const a = port(JUMBO.a);
+    const b = port(JUMBO.b);
+    const atB = new Collector(b);
+    expect(b.mtu).toBe(9000);
+    expect(b.ring.maxFrameLength).toBeGreaterThanOrEqual(9018);
+    const payload = 9000 - 20 - 8;
+    const jumbo = udpFrame({ payload: Buffer.alloc(payload, 0x5a) });
+    const tagged = udpFrame({ vlan: [9], payload: Buffer.alloc(payload, 0xa5) });
+    expect(jumbo.length).toBe(9014);
+    a.send(jumbo);
+    a.send(tagged);
+    a.flush();
+    await waitFor('2 jumbo frames', () => atB.frames.length >= 2);
+    expect(atB.buffers).toEqual([jumbo, tagged]);
+    expect(b.stats().rxDrops).toBe(0);
+  });
+
+  test('counts a frame the interface refuses as a send error and sends the rest of the batch', async () => {
+    const a = port(PAIR.a);
+    const atB = new Collector(port(PAIR.b));
+    const tooBig = udpFrame({ payload: Buffer.alloc(3000) });
+    const fine = [marked('refused', 0), marked('refused', 1)];
+    a.send(fine[0]);
+    a.send(tooBig);
+    a.send(fine[1]);
+    a.flush();
+    await waitFor('2 frames', () => atB.frames.length >= 2);
+    expect(atB.buffers).toEqual(fine);
+    expect(a.stats()).toMatchObject({ txFrames: 2, txErrors: 1, lastTxError: 'EMSGSIZE' });
+  });
+
+  test('with vnetHdr, a partial checksum travels with its virtio-net header and can be completed', async () => {
+    const a = port(PAIR.a, { vnetHdr: true });
+    const atB = new Collector(port(PAIR.b, { vnetHdr: true }));
+    const cases = [udpFrame({ payload: 'partial checksum' }), udpFrame({ vlan: [12], payload: 'tagged partial' })];
+    const partials = cases.map((full) => {
+      // What a sender with checksum offload puts on the wire: the pseudo-header sum only.
+      const l = layoutOf(full);
+      const partial = Buffer.from(full);
+      const pseudo = Buffer.concat([l.src, l.dst, Buffer.from([0, 17]), Buffer.from([(l.l3End - l.l4Offset) >> 8, (l.l3End - l.l4Offset) & 0xff])]);
+      let sum = 0;
+      for (let i = 0; i < pseudo.length; i += 2) sum += pseudo.readUInt16BE(i);
+      while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+      partial.writeUInt16BE(sum, l.l4Offset + 6);
+      return { full, partial, csumStart: l.l4Offset };
+    });
+    for (const p of partials) {
+      a.send(p.partial, { flags: VIRTIO_NET_HDR_F_NEEDS_CSUM, gsoType: VIRTIO_NET_HDR_GSO_NONE, hdrLen: 0, gsoSize: 0, csumStart: p.csumStart, csumOffset: 6 });
+    }
+    a.flush();
+    await waitFor('2 frames', () => atB.frames.length >= 2);
+    atB.frames.forEach((got, i) => {
+      const p = partials[i];
+      expect(got.frame).toEqual(p.partial);
+      // The tag was re-inserted in front of the IP header: csumStart moved with it.
+      expect(got.vnet).toMatchObject({ flags: VIRTIO_NET_HDR_F_NEEDS_CSUM, csumStart: p.csumStart, csumOffset: 6 });
+      expect(completePartialChecksum(got.frame, got.vnet!)).toBe(true);
+      expect(got.frame).toEqual(p.full);
+    });
+    expect(a.stats().txErrors).toBe(0);
+  });
+
+  test('with vnetHdr, a GSO super-frame larger than the MTU is sent and received whole', async () => {
+    const a = port(PAIR.a, { vnetHdr: true });
+    const b = port(PAIR.b, { vnetHdr: true });
+    const atB = new Collector(b);
+    expect(b.ring.maxFrameLength).toBeGreaterThanOrEqual(65535);
+    const superFrame = tcpFrame({ flags: 'PA', seq: 1, payload: Buffer.alloc(3 * 1448, 7), options: { ts: [1, 2] } });
+    const l = layoutOf(superFrame);
+    const hdrLen = l.l4Offset + 32;
+    a.send(superFrame, { flags: VIRTIO_NET_HDR_F_NEEDS_CSUM, gsoType: VIRTIO_NET_HDR_GSO_TCPV4, hdrLen, gsoSize: 1448, csumStart: l.l4Offset, csumOffset: 16 });
+    a.flush();
+    await waitFor('the super-frame', () => atB.frames.length >= 1);
+    expect(a.stats()).toMatchObject({ txFrames: 1, txErrors: 0 });
+    expect(atB.frames).toHaveLength(1);
+    expect(atB.frames[0].frame.length).toBe(superFrame.length);
+    expect(atB.frames[0].vnet).toMatchObject({ gsoType: VIRTIO_NET_HDR_GSO_TCPV4, gsoSize: 1448, csumStart: l.l4Offset, csumOffset: 16 });
+    // Everything but the (partial) checksum field is what was sent.
+    const masked = (f: Buffer): Buffer => { const c = Buffer.from(f); c.writeUInt16BE(0, l.l4Offset + 16); return c; };
+    expect(masked(atB.frames[0].frame)).toEqual(masked(superFrame));
+  });
+
+  test('a frame kept past close reads as empty instead of touching the unmapped ring', async () => {
+    const a = port(PAIR.a);
+    const b = port(PAIR.b);
+    let kept: Buffer | undefined;
+    b.onBatch((batch) => { kept = batch[0].frame; });
+    a.send(marked('kept', 0));
+    a.flush();
+    await waitFor('the frame', () => kept !== undefined);
+    expect(kept!.length).toBeGreaterThan(0);
+    await b.close();
+    expect(kept!.length).toBe(0);
+  });
+
+  test('a port closed inside its own callback delivers nothing more', async () => {
+    const a = port(PAIR.a);
+    const b = port(PAIR.b);
+    let batches = 0;
+    b.onBatch(() => { batches++; void b.close(); });
+    a.send(marked('close', 0));
+    a.flush();
+    await waitFor('one batch', () => batches === 1);
+    a.send(marked('close', 1));
+    a.flush();
+    await settle();
+    expect(batches).toBe(1);
+  });
+
+  test('names the interface and the errno in typed errors: unknown interface, interface down', () => {
+    expect(() => port(`${tag}none`)).toThrow(AfPacketNoSuchInterfaceError);
+    expect(() => port(`${tag}none`)).toThrow(new RegExp(`${tag}none: no such interface \\(ioctl\\(SIOCGIFINDEX\\): ENODEV, No such device\\)`));
+    run('ip', ['link', 'add', DOWN, 'type', 'dummy']);
+    expect(() => port(DOWN)).toThrow(AfPacketInterfaceDownError);
+    expect(() => port(DOWN)).toThrow(new RegExp(`${DOWN}: interface is down`));
+  });
+
+  test('without CAP_NET_RAW, opening a port is a permission error naming the interface', () => {
+    // A child without CAP_NET_RAW opens the socket through the addon and reports the raw error.
+    const addon = join(__dirname, '..', '..', 'build', 'Release', 'shadowvm_afpacket.node');
+    const script = `try { new (require(${JSON.stringify(addon)}).Socket)(${JSON.stringify(PAIR.a)}, {}, () => {}); console.log('{}') }
+      catch (e) { console.log(JSON.stringify({ message: e.message, code: e.code, syscall: e.syscall, errnoText: e.errnoText })) }`;
+    const out = execFileSync('setpriv', ['--inh-caps=-all', '--bounding-set=-net_raw,-net_admin', process.execPath, '-e', script], { encoding: 'utf8' });
+    const raw = JSON.parse(out) as { message: string; code: string; syscall: string; errnoText: string };
+    expect(raw.code).toBe('EPERM');
+    const err = toAfPacketPortError(PAIR.a, Object.assign(new Error(raw.message), raw));
+    expect(err).toBeInstanceOf(AfPacketPermissionError);
+    expect(err.message).toBe(`AF_PACKET port ${PAIR.a}: opening a packet socket needs root or CAP_NET_RAW (socket(AF_PACKET): EPERM, Operation not permitted)`);
+  });
+});
