@@ -21,6 +21,7 @@ import {
   encodeAgentMessage,
   errorReplyFor,
   LineSplitter,
+  ParsedAgentMessage,
   parseAgentMessage,
   VmLiveness,
 } from '../replicate/agent-protocol';
@@ -61,7 +62,7 @@ export interface LabAgentStats {
   errorsFromBridge: number;
 }
 
-export interface LabAgentHandle {
+export interface LabAgent {
   readonly stats: LabAgentStats;
   /** Whether the bridge has said hello on the current connection. */
   readonly connected: boolean;
@@ -73,7 +74,7 @@ export interface LabAgentHandle {
   stop(): Promise<void>;
 }
 
-class LabAgent implements LabAgentHandle {
+class SocketLabAgent implements LabAgent {
   readonly stats: LabAgentStats = { sessions: 0, connectAttempts: 0, checkpoints: 0, done: 0, failed: 0, heartbeats: 0, protocolErrors: 0, errorsFromBridge: 0 };
   private socket: Socket | null = null;
   private bridgeSaidHello = false;
@@ -173,7 +174,7 @@ class LabAgent implements LabAgentHandle {
     }, delay);
   }
 
-  private receive(msg: ReturnType<typeof parseAgentMessage>): void {
+  private receive(msg: ParsedAgentMessage): void {
     switch (msg.type) {
       case 'hello':
         if (msg.role !== 'bridge') {
@@ -263,7 +264,7 @@ export const DEFAULT_LAB_AGENT_OPTIONS = {
 } as const;
 
 /** Starts the lab agent; it keeps (re)connecting to the bridge until `stop()`. */
-export function runLabAgent(options: LabAgentOptions): LabAgentHandle {
+export function runLabAgent(options: LabAgentOptions): LabAgent {
   const o = { ...DEFAULT_LAB_AGENT_OPTIONS, random: Math.random, log: noLog, ...stripUndefined(options) };
   if (!(o.delayMs >= 0)) throw new LabAgentOptionError('delayMs', 'must be zero or positive');
   if (!(o.failFraction >= 0 && o.failFraction <= 1)) throw new LabAgentOptionError('failFraction', 'must be between 0 and 1');
@@ -272,7 +273,7 @@ export function runLabAgent(options: LabAgentOptions): LabAgentHandle {
     throw new LabAgentOptionError('reconnectInitialMs', 'must be positive and no larger than reconnectMaxMs');
   }
   if (!(Number.isSafeInteger(o.bytesPerCheckpoint) && o.bytesPerCheckpoint >= 0)) throw new LabAgentOptionError('bytesPerCheckpoint', 'must be a non-negative integer');
-  return new LabAgent(o);
+  return new SocketLabAgent(o);
 }
 
 function stripUndefined<T extends object>(o: T): T {

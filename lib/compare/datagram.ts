@@ -10,7 +10,7 @@
  *      until `reset`).
  */
 import { Slab, SlabPool } from '../packet/slab';
-import { EXCERPT_AFTER, EXCERPT_BEFORE, Mismatch, Side } from './tcp-stream';
+import { EXCERPT_AFTER, EXCERPT_BEFORE, MatchTotals, Mismatch, Side } from './tcp-stream';
 
 export class DatagramComparator {
   /** Datagrams both sides sent identically, counted from the last reset. */
@@ -25,7 +25,7 @@ export class DatagramComparator {
   private pendingSlabs: (Slab | null)[] = [];
   pendingBytes = 0;
 
-  constructor(private readonly copies: SlabPool) {}
+  constructor(private readonly copies: SlabPool, private readonly totals: MatchTotals = { matchedBytes: 0 }) {}
 
   reset(): void {
     this.matched = 0;
@@ -78,6 +78,7 @@ export class DatagramComparator {
     this.copies.release(theirSlab);
     this.matched++;
     this.matchedBytes += content.length;
+    this.totals.matchedBytes += content.length;
     return false;
   }
 }

@@ -40,6 +40,11 @@ export interface Mismatch {
   excerptOffset: number;
 }
 
+/** Running totals shared by every comparator of a pipeline (monotonic, for metrics). */
+export interface MatchTotals {
+  matchedBytes: number;
+}
+
 export interface StreamSegment {
   /** Relative position of the first unit (the SYN when `syn`). */
   position: number;
@@ -101,7 +106,7 @@ export class TcpStreamComparator {
   private readonly outOfOrder: Chunk[][] = [[], []];
 
   /** `copies`: where the backup's bytes are copied to (they outlive the I/O ring); released when consumed. */
-  constructor(private readonly copies: SlabPool) {}
+  constructor(private readonly copies: SlabPool, private readonly totals: MatchTotals = { matchedBytes: 0 }) {}
 
   /** Leading side's units beyond `matched` (how far the other side is behind). */
   get leading(): Side | -1 { return this.leader; }
@@ -235,6 +240,7 @@ export class TcpStreamComparator {
           const at = seqAdd(position, done + i);
           this.matched = at;
           this.matchedBytes += i;
+          this.totals.matchedBytes += i;
           // Context: what precedes the difference in both chunks (they agree there).
           const before = Math.min(done + i, skip + i, EXCERPT_BEFORE);
           const mine = describeUnit({ position, unit, bytes, signature }, done + i, before);
@@ -244,6 +250,7 @@ export class TcpStreamComparator {
       }
       this.matched = seqAdd(this.matched, n);
       this.matchedBytes += n;
+      this.totals.matchedBytes += n;
       this.pendingBytes -= n;
       done += n;
       if (skip + n === theirs.bytes.length) this.shiftPending();

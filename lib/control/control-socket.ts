@@ -12,7 +12,7 @@
  * reply. Garbage never closes the socket or the bridge.
  */
 import { connect, createServer, Server, Socket } from 'node:net';
-import { FlowReport } from '../pipeline/shadow-flow';
+import type { FlowReport } from '../pipeline/shadow-flow';
 import { ReplicationState } from '../replicate/replicator';
 import { excerptOf, LineSplitter } from '../replicate/agent-protocol';
 import { LogFn, noLog } from './logger';

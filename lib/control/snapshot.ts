@@ -6,9 +6,9 @@
  * In:  the pipeline, the ports' stats, the agent link's counters.
  * Out: a JSON-safe object (numbers and strings only), taken in one go.
  */
-import { PortStats } from '../io/port';
+import type { PortStats } from '../io/port';
 import { CHECKPOINT_REASONS, CheckpointReason, ReplicationState } from '../replicate/replicator';
-import { ShadowPipeline } from '../pipeline/pipeline';
+import type { ShadowPipeline } from '../pipeline/pipeline';
 
 export type PortRole = 'uplink' | 'primary' | 'backup';
 export const PORT_ROLES: readonly PortRole[] = ['uplink', 'primary', 'backup'];
@@ -83,18 +83,13 @@ export interface SnapshotSources {
 }
 
 /**
- * Reads a pipeline's counters into a snapshot. Sums the flow reports, so it
- * costs one pass over them (up to the pipeline's report limit): fine for a
- * scrape every few seconds, not for every frame.
+ * Reads a pipeline's counters into a snapshot: running totals only, no pass
+ * over the flows.
  */
 export function snapshotOf(pipeline: ShadowPipeline, src: SnapshotSources): BridgeSnapshot {
-  pipeline.syncReports();
-  let bytesMatched = 0, bytesReleased = 0, mismatches = 0;
-  for (const r of pipeline.reports) {
-    bytesMatched += r.matchedBytes;
-    bytesReleased += r.releasedBytes;
-    mismatches += r.mismatches;
-  }
+  const bytesMatched = pipeline.totals.matchedBytes;
+  const bytesReleased = pipeline.held.releasedPayloadBytes;
+  const mismatches = pipeline.totals.mismatches;
   const rep = pipeline.replicator;
   let lastMs: number | undefined;
   for (let i = rep.history.length - 1; i >= 0; i--) {

@@ -1,6 +1,6 @@
 /** A BridgeSnapshot as text for a terminal (`shadowvm status`). */
 import { CHECKPOINT_REASONS } from '../replicate/replicator';
-import { FlowReport } from '../pipeline/shadow-flow';
+import type { FlowReport } from '../pipeline/shadow-flow';
 import { BridgeSnapshot } from './snapshot';
 
 /** 1536 → "1.5 KiB"; below 1 KiB the exact count. */

@@ -61,6 +61,8 @@ export class ShadowPipeline {
   readonly malformed: Record<string, Counts> = {};
   /** Policy actions taken, by "class/action", e.g. "arp/forward-primary". */
   readonly policyActions: Record<string, number> = {};
+  /** Running totals since start (monotonic, unlike sums over `reports`, which is bounded). */
+  readonly totals = { matchedBytes: 0, mismatches: 0 };
   backupFramesSuppressed = 0;
   badTcpOptions = 0;
   ingressHeldFrames = 0;
@@ -302,6 +304,7 @@ export class ShadowPipeline {
   private onMismatch(flow: ShadowFlow, nowUs: number): void {
     const m = flow.mismatch!;
     flow.noteMismatch(m, nowUs);
+    this.totals.mismatches++;
     this.outputs.log('warn', 'mismatch', { flow: flow.name, kind: m.kind, offset: m.offset, primary: m.primary, backup: m.backup });
     if (flow.recent && this.divergences.length < MAX_DIVERGENCES) {
       this.divergences.push({ flow: flow.name, mismatch: flow.report.mismatchList[flow.report.mismatchList.length - 1] ?? { ...m, timeUs: nowUs }, frames: [...flow.recent] });
@@ -400,7 +403,7 @@ export class ShadowPipeline {
 
   private newFlow(f: DecodedFrame, dir: 'ingress' | 'egress'): ShadowFlow {
     this.flowsCreated++;
-    const flow = new ShadowFlow(describeFlow(f, dir), flowProtocolOf(f), this.held, this.backupCopies, this.config.captureDivergence);
+    const flow = new ShadowFlow(describeFlow(f, dir), flowProtocolOf(f), this.held, this.backupCopies, this.totals, this.config.captureDivergence);
     flow.epoch = this.checkpointEpoch;
     this.addReport(flow.report);
     return flow;
@@ -410,7 +413,7 @@ export class ShadowPipeline {
     const name = cls === 'arp' ? `arp vlan ${f.vlanKey}` : `ethertype 0x${f.etherType.toString(16).padStart(4, '0')} vlan ${f.vlanKey}`;
     let flow = this.nonIpFlows.get(name);
     if (!flow) {
-      flow = new ShadowFlow(name, cls, this.held, this.backupCopies, this.config.captureDivergence);
+      flow = new ShadowFlow(name, cls, this.held, this.backupCopies, this.totals, this.config.captureDivergence);
       flow.epoch = this.checkpointEpoch;
       this.nonIpFlows.set(name, flow);
       this.addReport(flow.report);

@@ -6,7 +6,7 @@
 import { FlowProtocol } from '../flow/key';
 import { TcpConnectionState } from '../flow/tcp-replica';
 import { DatagramComparator } from '../compare/datagram';
-import { Mismatch, TcpStreamComparator, PRIMARY, BACKUP } from '../compare/tcp-stream';
+import { MatchTotals, Mismatch, TcpStreamComparator, PRIMARY, BACKUP } from '../compare/tcp-stream';
 import { FlowHeldQueue, HeldQueues, ReleaseGate } from '../release/held';
 import { seqMax } from '../packet/seq';
 import { SlabPool } from '../packet/slab';
@@ -49,11 +49,11 @@ export class ShadowFlow implements ReleaseGate {
   recent: RecentFrame[] | null;
   readonly report: FlowReport;
 
-  constructor(name: string, protocol: FlowReport['protocol'], queues: HeldQueues, backupCopies: SlabPool, keepRecent: boolean) {
+  constructor(name: string, protocol: FlowReport['protocol'], queues: HeldQueues, backupCopies: SlabPool, totals: MatchTotals, keepRecent: boolean) {
     const stream = protocol === 'tcp';
     this.tcp = stream ? new TcpConnectionState() : null;
-    this.stream = stream ? new TcpStreamComparator(backupCopies) : null;
-    this.datagrams = stream ? null : new DatagramComparator(backupCopies);
+    this.stream = stream ? new TcpStreamComparator(backupCopies, totals) : null;
+    this.datagrams = stream ? null : new DatagramComparator(backupCopies, totals);
     this.held = new FlowHeldQueue(queues, name);
     this.recent = keepRecent ? [] : null;
     this.report = { key: name, protocol, releasedFrames: 0, releasedBytes: 0, matchedBytes: 0, mismatches: 0, mismatchList: [] };

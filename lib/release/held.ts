@@ -122,6 +122,7 @@ export class HeldQueues {
   bytes = 0;
   releasedFrames = 0;
   releasedBytes = 0;
+  releasedPayloadBytes = 0;
 
   constructor(private readonly sink: (frame: Buffer) => void, private readonly pool: SlabPool | null = null) {}
 
@@ -137,6 +138,7 @@ export class HeldQueues {
     this.bytes -= h.frame.length;
     this.releasedFrames++;
     this.releasedBytes += h.frame.length;
+    this.releasedPayloadBytes += h.payloadBytes;
     h.queue.noteReleased(h);
     this.sink(h.frame);
     this.pool?.release(h.slab);

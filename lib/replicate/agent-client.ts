@@ -116,6 +116,8 @@ export class AgentLink {
   private readonly heartbeatTimeoutMs: number;
   private readonly maxLineBytes: number;
   private session: AgentSession | null = null;
+  /** Connections refused as second agents, until they are gone. */
+  private readonly refused = new Set<Socket>();
   private identity: UnixSocketIdentity | null = null;
   private nextSessionId = 1;
   private closing = false;
@@ -170,6 +172,7 @@ export class AgentLink {
     if (this.closing) return;
     this.closing = true;
     if (this.session) this.endSession(this.session, 'bridge closing');
+    for (const socket of this.refused) socket.destroy();
     await closeServer(this.server);
     if (this.identity) removeSocketFile(this.identity);
     this.identity = null;
@@ -220,8 +223,14 @@ export class AgentLink {
       socket.on('error', () => {});
       socket.end(encodeAgentMessage({ type: 'error', error: `${current} is already connected to this bridge; one agent at a time` }));
       this.counters.messagesOut++;
-      // Do not wait for the peer to read: it may never do.
-      setTimeout(() => socket.destroy(), 1000).unref();
+      // Read and drop what it says, so its close is seen; do not wait long for a peer that never closes.
+      socket.resume();
+      this.refused.add(socket);
+      const timer = setTimeout(() => socket.destroy(), 1000);
+      socket.on('close', () => {
+        clearTimeout(timer);
+        this.refused.delete(socket);
+      });
       return;
     }
     this.counters.connectionsAccepted++;

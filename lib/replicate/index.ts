@@ -4,3 +4,5 @@
  * bridge.)
  */
 export * from './replicator';
+export * from './agent-protocol';
+export * from './agent-client';

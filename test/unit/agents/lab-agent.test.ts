@@ -1,6 +1,6 @@
 import { createServer, Server, Socket } from 'node:net';
 import { join } from 'node:path';
-import { LabAgentHandle, LabAgentOptionError, runLabAgent } from '../../../lib/agents/lab-agent';
+import { LabAgent, LabAgentOptionError, runLabAgent } from '../../../lib/agents/lab-agent';
 import { AgentLink } from '../../../lib/replicate/agent-client';
 import { sleep, tempDir, waitFor } from './socket-helpers';
 
@@ -46,7 +46,7 @@ class FakeBridge {
 
 let tmp: ReturnType<typeof tempDir>;
 let path: string;
-let agent: LabAgentHandle | null;
+let agent: LabAgent | null;
 let bridge: FakeBridge | null;
 
 beforeEach(() => {

@@ -1,7 +1,7 @@
 import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { SocketInUseError, SocketPathError } from '../../../lib/control/unix-socket';
-import { runLabAgent, LabAgentHandle } from '../../../lib/agents/lab-agent';
+import { runLabAgent, LabAgent } from '../../../lib/agents/lab-agent';
 import { AgentLink, AgentLinkListener } from '../../../lib/replicate/agent-client';
 import { CheckpointDoneMessage, CheckpointFailedMessage, HeartbeatMessage, HelloMessage } from '../../../lib/replicate/agent-protocol';
 import { DEFAULT_REPLICATOR_CONFIG, ReplicationState, Replicator } from '../../../lib/replicate/replicator';
@@ -34,7 +34,7 @@ const HELLO = { type: 'hello', version: 1, role: 'agent', name: 'raw' };
 let tmp: ReturnType<typeof tempDir>;
 let path: string;
 let link: AgentLink | null;
-let agents: LabAgentHandle[];
+let agents: LabAgent[];
 let clients: LineClient[];
 
 beforeEach(() => {
@@ -67,7 +67,7 @@ async function rawClient(sayHello = true): Promise<LineClient> {
   return c;
 }
 
-function labAgent(opts: Partial<Parameters<typeof runLabAgent>[0]> = {}): LabAgentHandle {
+function labAgent(opts: Partial<Parameters<typeof runLabAgent>[0]> = {}): LabAgent {
   const a = runLabAgent({ socketPath: path, name: 'lab', heartbeatMs: 50, reconnectInitialMs: 20, reconnectMaxMs: 100, ...opts });
   agents.push(a);
   return a;
