@@ -1,64 +1,37 @@
 /**
  * The shadowvm command line. `bin/shadowvm` only calls `main(argv)`.
- * Usage errors and unreadable inputs: one line on stderr, exit code 2.
+ * Usage errors, unreadable inputs, unknown interfaces, sockets in use: one
+ * line on stderr, exit code 2.
  */
 import yargs from 'yargs';
-import { accessSync, constants } from 'node:fs';
-import { runReplay, formatReplayReport } from '../replay';
-import { PcapFormatError } from '../io';
-import { ConfigError } from '../pipeline';
+import { PcapFormatError } from '../io/pcap-reader';
+import { ConfigError } from '../pipeline/config';
+import { UsageError } from './errors';
+import { replayCommand } from './commands/replay';
+import { runCommand } from './commands/run';
+import { statusCommand } from './commands/status';
+import { agentCommand } from './commands/agent';
 
-export class UsageError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'UsageError';
-  }
-}
+export { UsageError };
 
-function readable(path: string, what: string): string {
-  try {
-    accessSync(path, constants.R_OK);
-  } catch {
-    throw new UsageError(`cannot read ${what} capture ${path}`);
-  }
-  return path;
+/** Errors that describe a user's mistake or the machine's state: shown as one line. */
+const ONE_LINE_ERRORS = new Set([
+  'UsageError', 'PcapFormatError', 'UnsupportedLinkTypeError', 'ConfigError',
+  'AfPacketPortError', 'AfPacketNoSuchInterfaceError', 'AfPacketPermissionError', 'AfPacketInterfaceDownError', 'AfPacketAddonError',
+  'CapPortError', 'SocketInUseError', 'SocketPathError', 'MetricsBindError', 'ControlSocketError', 'LabAgentOptionError',
+  'SetupError', 'LabCommandError',
+]);
+
+function isOneLine(err: unknown): err is Error {
+  return err instanceof UsageError || err instanceof PcapFormatError || err instanceof ConfigError
+    || (err instanceof Error && ONE_LINE_ERRORS.has(err.name));
 }
 
 export async function main(argv: string[]): Promise<number> {
-  let exitCode = 0;
-  const parser = yargs(argv)
-    .scriptName('shadowvm')
-    .usage('$0 <command> [options]')
-    .command(
-      'replay',
-      'run the comparison pipeline on three captures (client, primary, backup) and report the verdicts',
-      (y) => y
-        .option('client', { type: 'string', demandOption: true, describe: 'frames the client side sent (pcap or pcapng)' })
-        .option('primary', { type: 'string', demandOption: true, describe: 'frames the primary VM sent' })
-        .option('backup', { type: 'string', demandOption: true, describe: 'frames the backup VM sent' })
-        .option('json', { type: 'boolean', default: false, describe: 'print one JSON object' })
-        .option('out', { type: 'string', describe: 'write what the client would have received to this pcap' })
-        .option('divergence', { type: 'string', describe: 'write one pcapng per mismatch (both sides) into this directory' })
-        .option('max-age-ms', { type: 'number', default: 100, describe: 'checkpoint when a primary byte stays unmatched this long' })
-        .option('checkpoint-ms', { type: 'number', default: 0, describe: 'simulated agent: how long a checkpoint takes' })
-        .option('agent', { choices: ['instant', 'none'] as const, default: 'instant' as const, describe: 'simulated sync agent' }),
-      (args) => {
-        if (!(args['max-age-ms'] > 0)) throw new UsageError('--max-age-ms must be a positive number');
-        if (!(args['checkpoint-ms'] >= 0)) throw new UsageError('--checkpoint-ms must be zero or positive');
-        const report = runReplay({
-          client: readable(args.client, 'client'),
-          primary: readable(args.primary, 'primary'),
-          backup: readable(args.backup, 'backup'),
-          outPath: args.out,
-          divergenceDir: args.divergence,
-          agent: args.agent,
-          checkpointMs: args['checkpoint-ms'],
-          config: { maxUnmatchedAgeMs: args['max-age-ms'] },
-        });
-        process.stdout.write(args.json ? `${JSON.stringify(report, null, 2)}\n` : `${formatReplayReport(report)}\n`);
-      },
-    )
-    .demandCommand(1, 'name a command: replay')
+  let y = yargs(argv).scriptName('shadowvm').usage('$0 <command> [options]');
+  for (const add of [replayCommand, runCommand, statusCommand, agentCommand]) y = add(y);
+  const parser = y
+    .demandCommand(1, 'name a command (see --help)')
     .strict()
     .help()
     .version(false)
@@ -68,12 +41,11 @@ export async function main(argv: string[]): Promise<number> {
   try {
     await parser.parseAsync();
   } catch (err) {
-    if (err instanceof UsageError || err instanceof PcapFormatError || err instanceof ConfigError) {
-      process.stderr.write(`shadowvm: ${err.message}\n`);
-      exitCode = 2;
-    } else {
-      throw err;
+    if (isOneLine(err)) {
+      process.stderr.write(`shadowvm: ${err.message.replace(/\s*\n\s*/g, ' ')}\n`);
+      return 2;
     }
+    throw err;
   }
-  return exitCode;
+  return 0;
 }

@@ -5,7 +5,7 @@
  * Out: the command's stdout, or a LabCommandError that names the command,
  *      its exit status and its stderr, so a failed lab build says what broke.
  */
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 
 export class LabCommandError extends Error {
   constructor(
@@ -51,4 +51,25 @@ export function runQuietly(cmd: string, args: readonly string[], failures?: stri
 
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/**
+ * The same, without blocking the event loop: for clients run while a bridge
+ * in this process forwards their frames (a synchronous exec would stall it).
+ */
+export function runAsync(cmd: string, args: readonly string[], timeoutMs = 60_000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile(cmd, args, { encoding: 'utf8', timeout: timeoutMs, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
+      if (err) {
+        const e = err as { code?: number | string | null };
+        reject(new LabCommandError([cmd, ...args], typeof e.code === 'number' ? e.code : null, stderr || err.message));
+      } else {
+        resolve(stdout);
+      }
+    });
+  });
+}
+
+export function runInAsync(netns: string, cmd: string, args: readonly string[], timeoutMs?: number): Promise<string> {
+  return runAsync('ip', ['netns', 'exec', netns, cmd, ...args], timeoutMs);
 }

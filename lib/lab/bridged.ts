@@ -1,0 +1,89 @@
+/**
+ * The netns lab with shadowvm in the middle: the lab's namespaces and real
+ * servers (netns.ts, servers.ts), a Bridge on the host ends of the veths,
+ * and the lab sync agent. A namespace's state cannot be copied, so the lab
+ * agent only answers checkpoints and the bridge resyncs by aligning
+ * (`resync: 'align'`); the QEMU lab does real state sync.
+ *
+ *   client ns ── <p>c ─┐                 ┌─ <p>p ── primary ns (nginx, vsftpd, dnsmasq)
+ *                      └── shadowvm ─────┤
+ *                                        └─ <p>b ── backup ns  (same IP and MAC)
+ */
+import { join } from 'node:path';
+import { Bridge } from '../bridge';
+import { makePipelineConfig, PipelineConfig } from '../pipeline/config';
+import { runLabAgent, LabAgent } from '../agents/lab-agent';
+import { LogFn, noLog } from '../control/logger';
+import { IoBackend, openPorts } from '../cli/ports';
+import { Lab, buildLab, teardownLab, waitUntilQuiet } from './netns';
+import { LabServers, startLabServers } from './servers';
+
+export interface BridgedLabOptions {
+  prefix?: string;
+  io?: IoBackend;
+  /** How long the lab agent's checkpoints take. */
+  checkpointMs?: number;
+  config?: Partial<PipelineConfig>;
+  log?: LogFn;
+}
+
+export interface BridgedLab {
+  readonly lab: Lab;
+  readonly servers: LabServers;
+  readonly bridge: Bridge;
+  readonly agent: LabAgent;
+  readonly agentSocket: string;
+  readonly controlSocket: string;
+  /** Stops agent and bridge and removes every namespace, veth and server. Idempotent. */
+  stop(): Promise<void>;
+}
+
+/** Waits until `test()` holds, polling; false on timeout. */
+export async function waitFor(test: () => boolean, timeoutMs: number, everyMs = 10): Promise<boolean> {
+  const until = Date.now() + timeoutMs;
+  while (!test()) {
+    if (Date.now() > until) return false;
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+  return true;
+}
+
+export async function startBridgedLab(options: BridgedLabOptions = {}): Promise<BridgedLab> {
+  const log = options.log ?? noLog;
+  const lab = buildLab({ prefix: options.prefix });
+  let bridge: Bridge | null = null;
+  let agent: LabAgent | null = null;
+  let stopped = false;
+  const stop = async () => {
+    if (stopped) return;
+    stopped = true;
+    await agent?.stop();
+    await bridge?.stop();
+    teardownLab(lab);
+  };
+  try {
+    const servers = await startLabServers(lab);
+    await waitUntilQuiet(lab);
+    const agentSocket = join(lab.runDir, 'agent.sock');
+    const controlSocket = join(lab.runDir, 'control.sock');
+    const ports = openPorts(options.io ?? 'afpacket', { uplink: lab.client.hostIf, primary: lab.primary.hostIf, backup: lab.backup.hostIf });
+    bridge = new Bridge(ports, {
+      name: lab.prefix,
+      config: makePipelineConfig({ resync: 'align', ...options.config }),
+      agentSocket,
+      controlSocket,
+      log,
+    });
+    await bridge.start();
+    agent = runLabAgent({ socketPath: agentSocket, name: `${lab.prefix}-lab-agent`, delayMs: options.checkpointMs ?? 5, reconnectInitialMs: 20, log });
+    const b = bridge;
+    // The first checkpoint (asked for as soon as the agent connects) takes the bridge out of DEGRADED.
+    if (!(await waitFor(() => b.pipeline.state === 'COMPARING', 10_000))) {
+      throw new Error(`lab bridge did not reach COMPARING (state ${b.pipeline.state}): is the lab agent connected to ${agentSocket}?`);
+    }
+    return { lab, servers, bridge, agent, agentSocket, controlSocket, stop };
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+}
