@@ -20,13 +20,13 @@ typecheck: deps
 test: build
 	@npx jest --ci --json --outputFile=test-results.json
 
-# Replays recorded captures of real servers through the pipeline and prints the verdicts.
+# The main job on the built-in lab (root): real servers behind the bridge, a divergence, a checkpoint.
 demo: build
-	@echo "== nginx over one keep-alive connection: primary and backup agree"
-	@$(BIN) replay --client $(FIX)/http-keepalive/client.pcap --primary $(FIX)/http-keepalive/primary.pcap --backup $(FIX)/http-keepalive/backup.pcap
+	@if [ "$$(id -u)" -ne 0 ]; then echo "make demo builds network namespaces: run it as root (sudo make demo)"; exit 1; fi
+	@$(BIN) lab demo --kind netns --log-level error
 	@echo
-	@echo "== the same file differs between primary and backup: mismatch at the byte that differs"
-	@$(BIN) replay --client $(FIX)/http-diverge/client.pcap --primary $(FIX)/http-diverge/primary.pcap --backup $(FIX)/http-diverge/backup.pcap
+	@echo "== the same pipeline offline: replay of captures recorded from vsftpd in passive mode"
+	@$(BIN) replay --client $(FIX)/ftp-pasv/client.pcap --primary $(FIX)/ftp-pasv/primary.pcap --backup $(FIX)/ftp-pasv/backup.pcap
 
 bench: build
 	@node dist/bench/pipeline.js

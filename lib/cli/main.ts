@@ -11,6 +11,7 @@ import { replayCommand } from './commands/replay';
 import { runCommand } from './commands/run';
 import { statusCommand } from './commands/status';
 import { agentCommand } from './commands/agent';
+import { labCommand } from './commands/lab';
 
 export { UsageError };
 
@@ -29,7 +30,7 @@ function isOneLine(err: unknown): err is Error {
 
 export async function main(argv: string[]): Promise<number> {
   let y = yargs(argv).scriptName('shadowvm').usage('$0 <command> [options]');
-  for (const add of [replayCommand, runCommand, statusCommand, agentCommand]) y = add(y);
+  for (const add of [replayCommand, runCommand, statusCommand, agentCommand, labCommand]) y = add(y);
   const parser = y
     .demandCommand(1, 'name a command (see --help)')
     .strict()

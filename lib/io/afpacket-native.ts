@@ -1,0 +1,123 @@
+/**
+ * Loads the AF_PACKET addon (native/afpacket.c, built by node-gyp from the
+ * repository's binding.gyp into build/Release/shadowvm_afpacket.node; npm
+ * builds it during `npm ci`).
+ *
+ * In:  nothing; the addon is looked for once, on first use, so importing
+ *      this module never fails on a machine where it is not built.
+ * Out: the addon's typed face, or an AfPacketAddonNotBuiltError that says
+ *      what to install and what to run.
+ */
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+
+/** Where the addon's words sit in its shared typed arrays (given by the addon itself). */
+export interface AfPacketLayout {
+  readonly descStride: number;
+  readonly desc: {
+    readonly offset: number; readonly length: number; readonly flags: number;
+    readonly vnetLength: number; readonly vnetChecksum: number; readonly sec: number; readonly nsec: number;
+  };
+  readonly flags: {
+    readonly checksumPartial: number; readonly checksumValid: number; readonly vlanInserted: number;
+    readonly vnetShift: number; readonly gsoShift: number;
+  };
+  readonly counters: {
+    readonly rxFrames: number; readonly rxBytes: number; readonly txFrames: number; readonly txBytes: number;
+    readonly rxDrops: number; readonly txErrors: number; readonly rxTruncated: number; readonly lastTxErrno: number;
+    readonly breaths: number; readonly socketErrors: number; readonly lastSocketErrno: number;
+    readonly rxVlanInserted: number; readonly spinBreaths: number; readonly count: number;
+  };
+}
+
+export interface AfPacketSocketOptions {
+  /** Ring slots; 0 or absent: 8 MiB worth. Rounded up to whole ring blocks. */
+  ringFrames?: number;
+  /** Bytes per slot (multiple of 16); 0 or absent: room for the MTU (or a 64 KiB GSO frame with vnetHdr). */
+  frameSize?: number;
+  vnetHdr?: boolean;
+  /** After each breath, keep looking at every open port's ring for this long (µs) before sleeping. */
+  busyPollUs?: number;
+  /** SO_BUSY_POLL on the socket (µs). Only helps where the device has NAPI busy polling. */
+  socketBusyPollUs?: number;
+  /** PACKET_QDISC_BYPASS: send straight to the driver, past the qdisc. */
+  qdiscBypass?: boolean;
+}
+
+/** One AF_PACKET socket bound to one interface (see native/afpacket.c). */
+export interface AfPacketSocket {
+  /** The mmapped TPACKET_V2 receive ring; detached (empty) after close(). */
+  readonly ring: ArrayBuffer;
+  /** Per delivered frame, `layout.descStride` words; valid for the current batch. */
+  readonly descriptors: Uint32Array;
+  /** Counters the addon keeps (indices: `layout.counters`). */
+  readonly counters: Float64Array;
+  readonly ifindex: number;
+  readonly mtu: number;
+  readonly frameSize: number;
+  readonly ringFrames: number;
+  readonly blockSize: number;
+  /** 10 with vnetHdr, else 0. */
+  readonly vnetHdrLength: number;
+  /** The largest frame a slot holds whole. */
+  readonly maxFrameLength: number;
+  readonly fd: number;
+  /** Deliver breaths from the event loop: onFrames(count) is called with `this` the socket. */
+  start(): void;
+  stop(): void;
+  /** Not started: give the previous batch back, take every waiting frame; returns the batch size. */
+  poll(): number;
+  /** sendmmsg of `frames[0..count)`; with vnetHdr, `vnetHdrs` holds count × 10 bytes (absent: zero headers). Returns frames sent. */
+  send(frames: readonly Uint8Array[], count: number, vnetHdrs?: Uint8Array | null): number;
+  /** Folds PACKET_STATISTICS drops into counters. */
+  updateStats(): void;
+  close(): void;
+}
+
+export interface AfPacketAddon {
+  readonly Socket: new (ifname: string, options: AfPacketSocketOptions, onFrames: (this: AfPacketSocket, count: number) => void) => AfPacketSocket;
+  readonly layout: AfPacketLayout;
+  readonly vnetHdrLength: number;
+}
+
+/** The addon could not be loaded: not built, built for another Node, or not Linux. */
+export class AfPacketAddonNotBuiltError extends Error {
+  constructor(readonly searched: readonly string[], override readonly cause: unknown) {
+    super(
+      'the AF_PACKET addon is not built (or was built for another Node): install g++, make and python3 ' +
+        '(Debian: apt-get install g++ make python3; the kernel headers come with libc6-dev) and run `npm rebuild` ' +
+        `in the repository. Looked for: ${searched.join(', ')}. Cause: ${(cause as Error)?.message ?? String(cause)}`,
+    );
+    this.name = 'AfPacketAddonNotBuiltError';
+  }
+}
+
+const ADDON_FILE = join('build', 'Release', 'shadowvm_afpacket.node');
+
+/** The repository root holds binding.gyp; this file runs from lib/io or from dist/lib/io. */
+function candidatePaths(): string[] {
+  const found: string[] = [];
+  for (let dir = __dirname, i = 0; i < 5; i++, dir = dirname(dir)) {
+    if (existsSync(join(dir, 'binding.gyp')) || existsSync(join(dir, ADDON_FILE))) found.push(join(dir, ADDON_FILE));
+  }
+  return found.length ? found : [join(__dirname, '..', '..', ADDON_FILE)];
+}
+
+let loaded: AfPacketAddon | undefined;
+
+export function loadAfPacketAddon(): AfPacketAddon {
+  if (loaded) return loaded;
+  const paths = candidatePaths();
+  let cause: unknown = new Error('no such file');
+  for (const path of paths) {
+    if (!existsSync(path)) continue;
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-var-requires
+      loaded = require(path) as AfPacketAddon;
+      return loaded;
+    } catch (err) {
+      cause = err;
+    }
+  }
+  throw new AfPacketAddonNotBuiltError(paths, cause);
+}

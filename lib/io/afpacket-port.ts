@@ -1,0 +1,348 @@
+/**
+ * AfPacketPort: a PacketPort on a live interface through one AF_PACKET
+ * socket (the native addon in native/afpacket.c). The live bridge's default.
+ *
+ *            ┌──────────────────────────── AfPacketPort ───────────────────────────┐
+ *   wire ──► │ TPACKET_V2 ring (mmapped) ─► breath: one batch of ring views ─► onBatch │
+ *   wire ◄── │ sendmmsg ◄── flush ◄── send queue (references, + vnet headers)          │
+ *            └──────────────────────────────────────────────────────────────────────┘
+ *
+ * In:  every frame that arrives on the interface, never the frames sent on it
+ *      (PACKET_IGNORE_OUTGOING: not ours, not the host's). The socket is bound
+ *      before the constructor returns, so the first frame after it is kept;
+ *      frames wait in the ring until `onBatch` is called. A breath is one wake-up
+ *      of the event loop (libuv poll on the socket): every frame in the ring is
+ *      delivered as one batch. VLAN tags the kernel moved to the ring's aux
+ *      fields are put back into the frame. A frame larger than a ring slot is
+ *      not delivered: it is counted in `rxDrops` (and `rxTruncated`).
+ * Out: frames queued by `send` go out in one sendmmsg() on `flush`, when
+ *      `maxQueuedFrames` are queued, and at the end of every breath of any
+ *      AfPacketPort (so a frame forwarded from a ring leaves before its slot
+ *      goes back to the kernel). `send` keeps a reference, not a copy: the
+ *      frame must not change before it is flushed.
+ *
+ * Zero-copy contract: `frame` is a view of the ring. It is valid only during
+ * the onBatch callback (the slots go back to the kernel when it returns); a
+ * stage that keeps a frame copies it.
+ *
+ * vnetHdr: the socket exchanges a virtio-net header with each frame, so
+ * offloads can stay on. Received frames then carry `vnet`: GSO super-frames
+ * (up to 64 KiB, `gsoType`/`gsoSize`) and frames whose checksum is partial
+ * (`flags & VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum field holds only the
+ * pseudo-header sum; `completePartialChecksum` finishes it). Pass the header
+ * back to `send(frame, vnet)` and the kernel segments and checksums on the
+ * way out. Without a header, a zero header (nothing to do) is sent.
+ *
+ * Counters: rxFrames/rxBytes (delivered), rxDrops (ring full:
+ * PACKET_STATISTICS, plus truncated), txFrames/txBytes, txErrors (refused by
+ * the kernel, or queue full after a short wait, or sent after close).
+ */
+import { constants } from 'node:os';
+import { finishChecksum, onesSum } from '../packet/checksum';
+import { AfPacketAddon, AfPacketSocket, loadAfPacketAddon } from './afpacket-native';
+import { BatchReceiver, PacketPort, PortStats, ReceivedFrame } from './port';
+
+export const VIRTIO_NET_HDR_F_NEEDS_CSUM = 1;
+export const VIRTIO_NET_HDR_F_DATA_VALID = 2;
+export const VIRTIO_NET_HDR_GSO_NONE = 0;
+export const VIRTIO_NET_HDR_GSO_TCPV4 = 1;
+export const VIRTIO_NET_HDR_GSO_UDP = 3;
+export const VIRTIO_NET_HDR_GSO_TCPV6 = 4;
+export const VIRTIO_NET_HDR_GSO_UDP_L4 = 5;
+export const VIRTIO_NET_HDR_GSO_ECN = 0x80;
+
+/** struct virtio_net_hdr (without num_buffers). Offsets count from the Ethernet header. */
+export interface VirtioNetHeader {
+  readonly flags: number;
+  readonly gsoType: number;
+  readonly hdrLen: number;
+  readonly gsoSize: number;
+  readonly csumStart: number;
+  readonly csumOffset: number;
+}
+
+export interface AfPacketFrame extends ReceivedFrame {
+  /** Present when the port was opened with `vnetHdr`. */
+  readonly vnet?: VirtioNetHeader;
+}
+
+export interface AfPacketPortOptions {
+  /** Receive ring slots. Default: 8 MiB worth of slots (rounded up to whole ring blocks). */
+  ringFrames?: number;
+  /** Bytes per ring slot. Default: room for an MTU-sized frame (a 64 KiB GSO frame with `vnetHdr`). */
+  frameSize?: number;
+  /** Exchange a virtio-net header with every frame (PACKET_VNET_HDR). Default false. */
+  vnetHdr?: boolean;
+  /**
+   * After each breath, keep polling every open AfPacketPort's ring for this
+   * many µs before sleeping in epoll (blocks the event loop that long).
+   * The largest value among open ports applies. Default 0.
+   */
+  busyPollUs?: number;
+  /** PACKET_QDISC_BYPASS on sends. Default false. */
+  qdiscBypass?: boolean;
+  /** SO_BUSY_POLL (µs); only devices with NAPI busy polling honour it. Default 0. */
+  socketBusyPollUs?: number;
+  /** Frames queued by `send` before a flush is forced. Default 1024. */
+  maxQueuedFrames?: number;
+}
+
+export interface AfPacketPortStats extends PortStats {
+  /** Frames larger than a ring slot (also in rxDrops). */
+  rxTruncated: number;
+  /** Breaths (onBatch calls) so far, and how many of them the busy-poll spin found. */
+  breaths: number;
+  spinBreaths: number;
+  /** Socket errors reported by the kernel (e.g. ENETDOWN when the interface goes down). */
+  socketErrors: number;
+  /** errno text of the last send failure / socket error, '' if none. */
+  lastTxError: string;
+  lastSocketError: string;
+}
+
+/** Why an AF_PACKET port could not be opened; names the interface and the errno text. */
+export class AfPacketPortError extends Error {
+  constructor(
+    readonly ifname: string,
+    /** errno name (ENODEV, EPERM, ENETDOWN…), '' if none. */
+    readonly code: string,
+    readonly errnoText: string,
+    readonly syscall: string,
+    detail: string,
+  ) {
+    super(`AF_PACKET port ${ifname}: ${detail}${syscall ? ` (${syscall}: ${code ? `${code}, ` : ''}${errnoText})` : ''}`);
+    this.name = 'AfPacketPortError';
+  }
+}
+
+export class AfPacketNoSuchInterfaceError extends AfPacketPortError {
+  constructor(ifname: string, code: string, errnoText: string, syscall: string) {
+    super(ifname, code, errnoText, syscall, 'no such interface');
+    this.name = 'AfPacketNoSuchInterfaceError';
+  }
+}
+
+export class AfPacketPermissionError extends AfPacketPortError {
+  constructor(ifname: string, code: string, errnoText: string, syscall: string) {
+    super(ifname, code, errnoText, syscall, 'opening a packet socket needs root or CAP_NET_RAW');
+    this.name = 'AfPacketPermissionError';
+  }
+}
+
+export class AfPacketInterfaceDownError extends AfPacketPortError {
+  constructor(ifname: string, code: string, errnoText: string, syscall: string) {
+    super(ifname, code, errnoText, syscall, `interface is down (ip link set dev ${ifname} up)`);
+    this.name = 'AfPacketInterfaceDownError';
+  }
+}
+
+interface NativeError extends Error { code?: string; errnoText?: string; syscall?: string }
+
+/** Maps an error thrown by the addon (with errno name, syscall and errno text) to its typed error. */
+export function toAfPacketPortError(ifname: string, err: unknown): Error {
+  const e = err as NativeError;
+  // Not instanceof Error: the addon's errors come from the main realm (jest runs tests in another).
+  if (typeof e !== 'object' || e === null || typeof e.syscall !== 'string') return err as Error;
+  const code = e.code ?? '';
+  const text = e.errnoText ?? '';
+  if (code === 'ENODEV' || code === 'ENXIO') return new AfPacketNoSuchInterfaceError(ifname, code, text, e.syscall);
+  if (code === 'EPERM' || code === 'EACCES') return new AfPacketPermissionError(ifname, code, text, e.syscall);
+  if (code === 'ENETDOWN') return new AfPacketInterfaceDownError(ifname, code, text, e.syscall);
+  const detail = e.message.startsWith(`${ifname}: `) ? e.message.slice(ifname.length + 2) : e.message;
+  return new AfPacketPortError(ifname, code, text, e.syscall, detail);
+}
+
+/**
+ * Finishes a checksum left partial by offload (VIRTIO_NET_HDR_F_NEEDS_CSUM):
+ * the field at csumStart + csumOffset holds the pseudo-header sum; the
+ * checksum is the complement of the sum from csumStart to the end. For a
+ * frame that is not a GSO super-frame (those are checksummed per segment by
+ * whoever segments them). Returns false if there was nothing it could do.
+ */
+export function completePartialChecksum(frame: Buffer, vnet: VirtioNetHeader): boolean {
+  if (!(vnet.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) || vnet.gsoType !== VIRTIO_NET_HDR_GSO_NONE) return false;
+  const at = vnet.csumStart + vnet.csumOffset;
+  if (at + 2 > frame.length) return false;
+  const checksum = finishChecksum(onesSum(frame, vnet.csumStart, frame.length - vnet.csumStart));
+  // RFC 768: a UDP checksum that computes to 0 is sent as 0xffff (0 means "none"); same for TCP in one's complement.
+  frame.writeUInt16BE(checksum === 0 ? 0xffff : checksum, at);
+  return true;
+}
+
+/** Ports with queued sends: all flushed at the end of every breath, before ring slots go back. */
+const portsWithQueuedSends = new Set<AfPacketPort>();
+
+function flushQueuedSends(): void {
+  for (const port of portsWithQueuedSends) port.flush();
+}
+
+const ZERO_VNET: VirtioNetHeader = { flags: 0, gsoType: 0, hdrLen: 0, gsoSize: 0, csumStart: 0, csumOffset: 0 };
+
+export class AfPacketPort implements PacketPort {
+  readonly name: string;
+  /** What the socket was opened with (after defaults and rounding). */
+  readonly ring: { readonly frames: number; readonly frameSize: number; readonly blockSize: number; readonly maxFrameLength: number };
+  readonly mtu: number;
+  readonly vnetHdr: boolean;
+  private readonly addon: AfPacketAddon;
+  private readonly socket: AfPacketSocket;
+  private readonly ringView: Buffer;
+  private readonly descriptors: Uint32Array;
+  private readonly counters: Float64Array;
+  private readonly sendQueue: Buffer[] = [];
+  private readonly maxQueuedFrames: number;
+  /** count × 10 bytes of virtio-net headers, one per queued frame (vnetHdr only). */
+  private readonly sendVnet: Uint8Array | undefined;
+  private readonly sendVnetView: DataView | undefined;
+  private receiver: BatchReceiver | undefined;
+  private closed = false;
+  private sentAfterClose = 0;
+
+  constructor(ifname: string, options: AfPacketPortOptions = {}) {
+    this.name = ifname;
+    this.addon = loadAfPacketAddon();
+    this.vnetHdr = options.vnetHdr ?? false;
+    this.maxQueuedFrames = Math.max(1, options.maxQueuedFrames ?? 1024);
+    try {
+      this.socket = new this.addon.Socket(
+        ifname,
+        {
+          ringFrames: options.ringFrames ?? 0,
+          frameSize: options.frameSize ?? 0,
+          vnetHdr: this.vnetHdr,
+          busyPollUs: options.busyPollUs ?? 0,
+          qdiscBypass: options.qdiscBypass ?? false,
+          socketBusyPollUs: options.socketBusyPollUs ?? 0,
+        },
+        (count) => this.deliver(count),
+      );
+    } catch (err) {
+      throw toAfPacketPortError(ifname, err);
+    }
+    this.ringView = Buffer.from(this.socket.ring);
+    this.descriptors = this.socket.descriptors;
+    this.counters = this.socket.counters;
+    this.mtu = this.socket.mtu;
+    this.ring = {
+      frames: this.socket.ringFrames,
+      frameSize: this.socket.frameSize,
+      blockSize: this.socket.blockSize,
+      maxFrameLength: this.socket.maxFrameLength,
+    };
+    if (this.vnetHdr) {
+      this.sendVnet = new Uint8Array(this.maxQueuedFrames * this.addon.vnetHdrLength);
+      this.sendVnetView = new DataView(this.sendVnet.buffer);
+    }
+  }
+
+  /** One breath of this port: `count` descriptors are filled; the slots go back when this returns. */
+  private deliver(count: number): void {
+    const { descStride, desc, flags: f } = this.addon.layout;
+    const d = this.descriptors;
+    const ring = this.ringView;
+    const frames: AfPacketFrame[] = new Array(count);
+    for (let i = 0, at = 0; i < count; i++, at += descStride) {
+      const offset = d[at + desc.offset];
+      const frame = ring.subarray(offset, offset + d[at + desc.length]);
+      const timeUs = d[at + desc.sec] * 1_000_000 + Math.floor(d[at + desc.nsec] / 1000);
+      if (this.vnetHdr) {
+        const flags = d[at + desc.flags];
+        const lengths = d[at + desc.vnetLength];
+        const checksum = d[at + desc.vnetChecksum];
+        const vnet: VirtioNetHeader = {
+          flags: (flags >>> f.vnetShift) & 0xff,
+          gsoType: (flags >>> f.gsoShift) & 0xff,
+          hdrLen: lengths & 0xffff,
+          gsoSize: lengths >>> 16,
+          csumStart: checksum & 0xffff,
+          csumOffset: checksum >>> 16,
+        };
+        frames[i] = { frame, timeUs, vnet };
+      } else {
+        frames[i] = { frame, timeUs };
+      }
+    }
+    try {
+      this.receiver?.(frames);
+    } finally {
+      flushQueuedSends();
+    }
+  }
+
+  onBatch(receiver: BatchReceiver): void {
+    this.receiver = receiver;
+    if (!this.closed) this.socket.start();
+  }
+
+  /**
+   * Queues `frame` (by reference). With vnetHdr, `vnet` is the header to send
+   * with it (typically the one it was received with); absent: no offload.
+   */
+  send(frame: Buffer, vnet?: VirtioNetHeader): void {
+    if (this.closed) {
+      this.sentAfterClose++;
+      return;
+    }
+    const i = this.sendQueue.length;
+    this.sendQueue.push(frame);
+    if (this.sendVnetView) {
+      const h = vnet ?? ZERO_VNET;
+      const at = i * 10;
+      const v = this.sendVnetView;
+      // struct virtio_net_hdr, little-endian (what PACKET_VNET_HDR uses on little-endian hosts).
+      v.setUint8(at, h.flags);
+      v.setUint8(at + 1, h.gsoType);
+      v.setUint16(at + 2, h.hdrLen, true);
+      v.setUint16(at + 4, h.gsoSize, true);
+      v.setUint16(at + 6, h.csumStart, true);
+      v.setUint16(at + 8, h.csumOffset, true);
+    }
+    if (i === 0) portsWithQueuedSends.add(this);
+    if (this.sendQueue.length >= this.maxQueuedFrames) this.flush();
+  }
+
+  flush(): void {
+    portsWithQueuedSends.delete(this);
+    const count = this.sendQueue.length;
+    if (count === 0) return;
+    try {
+      this.socket.send(this.sendQueue, count, this.sendVnet);
+    } finally {
+      this.sendQueue.length = 0;
+    }
+  }
+
+  stats(): AfPacketPortStats {
+    if (!this.closed) this.socket.updateStats();
+    const c = this.counters;
+    const i = this.addon.layout.counters;
+    return {
+      rxFrames: c[i.rxFrames],
+      rxBytes: c[i.rxBytes],
+      txFrames: c[i.txFrames],
+      txBytes: c[i.txBytes],
+      rxDrops: c[i.rxDrops] + c[i.rxTruncated],
+      txErrors: c[i.txErrors] + this.sentAfterClose,
+      rxTruncated: c[i.rxTruncated],
+      breaths: c[i.breaths],
+      spinBreaths: c[i.spinBreaths],
+      socketErrors: c[i.socketErrors],
+      lastTxError: errnoName(c[i.lastTxErrno]),
+      lastSocketError: errnoName(c[i.lastSocketErrno]),
+    };
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.flush();
+    this.closed = true;
+    this.receiver = undefined;
+    this.socket.close();
+  }
+}
+
+function errnoName(errno: number): string {
+  if (!errno) return '';
+  const table = constants.errno as Record<string, number>;
+  return Object.keys(table).find((k) => table[k] === errno) ?? `errno ${errno}`;
+}
