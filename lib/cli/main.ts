@@ -12,6 +12,7 @@ import { runCommand } from './commands/run';
 import { statusCommand } from './commands/status';
 import { agentCommand } from './commands/agent';
 import { labCommand } from './commands/lab';
+import { setupCommands } from './commands/setup';
 
 export { UsageError };
 
@@ -20,7 +21,7 @@ const ONE_LINE_ERRORS = new Set([
   'UsageError', 'PcapFormatError', 'UnsupportedLinkTypeError', 'ConfigError',
   'AfPacketPortError', 'AfPacketNoSuchInterfaceError', 'AfPacketPermissionError', 'AfPacketInterfaceDownError', 'AfPacketAddonError',
   'CapPortError', 'SocketInUseError', 'SocketPathError', 'MetricsBindError', 'ControlSocketError', 'LabAgentOptionError',
-  'SetupError', 'LabCommandError',
+  'SetupConfigError', 'SetupPermissionError', 'TeardownIncompleteError', 'LabCommandError', 'LabConfigError',
 ]);
 
 function isOneLine(err: unknown): err is Error {
@@ -30,7 +31,7 @@ function isOneLine(err: unknown): err is Error {
 
 export async function main(argv: string[]): Promise<number> {
   let y = yargs(argv).scriptName('shadowvm').usage('$0 <command> [options]');
-  for (const add of [replayCommand, runCommand, statusCommand, agentCommand, labCommand]) y = add(y);
+  for (const add of [setupCommands, runCommand, statusCommand, agentCommand, labCommand, replayCommand]) y = add(y);
   const parser = y
     .demandCommand(1, 'name a command (see --help)')
     .strict()

@@ -133,7 +133,10 @@ function checkTap(link: LinkState | undefined, names: PairNames, host: HostSnaps
       && (link.tap.group === owner.resolvedGroup?.name || link.tap.group === String(owner.resolvedGroup?.id) || link.tap.group === owner.group));
     // A persistent tap's owner is set only when it is created (`ip tuntap add` refuses an existing one).
     if (!userOk || !groupOk) {
-      foreignState(link.name, names, `is owned by ${link.tap.user ?? 'root'}${link.tap.group ? `:${link.tap.group}` : ''}, not ${owner.user}${owner.group ? `:${owner.group}` : ''}`);
+      const now = link.tap.user === undefined && link.tap.group === undefined
+        ? 'has no owner (only CAP_NET_ADMIN may open it)'
+        : `is owned by ${link.tap.user ?? '-'}${link.tap.group ? `:${link.tap.group}` : ''}`;
+      foreignState(link.name, names, `${now}, not ${owner.user}${owner.group ? `:${owner.group}` : ''}`);
     }
   }
 }
@@ -307,7 +310,7 @@ function offloadSteps(target: Target, offloads: OffloadState | undefined, notes:
   return steps;
 }
 
-/** Steps for one interface after it exists: IPv6, addresses, ARP, MTU, offloads, promiscuity. */
+/** Steps for one interface after it exists: addresses, IPv6, ARP, MTU, offloads, promiscuity. */
 function configureSteps(target: Target, opts: SetupOptions, host: HostSnapshot, notes: string[]): Step[] {
   const steps: Step[] = [];
   const existing = target.existing;
@@ -315,20 +318,9 @@ function configureSteps(target: Target, opts: SetupOptions, host: HostSnapshot, 
   const undoable = (undo: string[]): string[] | undefined => (existing ? undo : undefined);
   const dev = target.ifname;
 
-  let ipv6Step = false;
-  if (host.ipv6 && !ipv6Disabled(host, target)) {
-    ipv6Step = true;
-    const key = disableIpv6Key(dev);
-    steps.push({
-      why: `${dev}: IPv6 off, so the kernel sends no ND, MLD or router solicitations of its own into the protected path`,
-      argv: ['sysctl', '-qw', `${key}=1`],
-      undo: undoable(['sysctl', '-qw', `${key}=${host.sysctls.get(key) ?? '0'}`]),
-    });
-  }
+  // Addresses go first, IPv6 off second: undone in reverse, IPv6 is back before its addresses return.
   if (existing && target.removeAddresses) {
-    for (const a of host.addresses.get(dev) ?? []) {
-      // disable_ipv6 removes every IPv6 address itself.
-      if (a.family === 'inet6' && (ipv6Step || a.scope === 'link')) continue;
+    for (const a of configuredAddresses(host.addresses.get(dev))) {
       const cidr = `${a.local}/${a.prefixlen}`;
       steps.push({
         why: `${dev}: remove address ${cidr}; shadowvm's interfaces carry none, so the host stays out of the path`,
@@ -336,6 +328,14 @@ function configureSteps(target: Target, opts: SetupOptions, host: HostSnapshot, 
         undo: ['ip', 'addr', 'add', cidr, 'dev', dev],
       });
     }
+  }
+  if (host.ipv6 && !ipv6Disabled(host, target)) {
+    const key = disableIpv6Key(dev);
+    steps.push({
+      why: `${dev}: IPv6 off, so the kernel sends no ND, MLD or router solicitations of its own into the protected path`,
+      argv: ['sysctl', '-qw', `${key}=1`],
+      undo: undoable(['sysctl', '-qw', `${key}=${host.sysctls.get(key) ?? '0'}`]),
+    });
   }
   if (target.noArp && !flags.has('NOARP')) {
     steps.push({
