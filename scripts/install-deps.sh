@@ -51,3 +51,9 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
   fi
   rm -f "$log"
 fi
+
+# An existing checkout whose node_modules predates the addon: build it once.
+if [ ! -f build/Release/afpacket.node ]; then
+  echo "install-deps: building the AF_PACKET addon (native/)"
+  npm rebuild --foreground-scripts=false >/dev/null 2>&1 || npx --no-install node-gyp rebuild >/dev/null
+fi

@@ -112,7 +112,6 @@ export function loadAfPacketAddon(): AfPacketAddon {
   for (const path of paths) {
     if (!existsSync(path)) continue;
     try {
-      // eslint-disable-next-line @typescript-eslint/no-var-requires
       loaded = require(path) as AfPacketAddon;
       return loaded;
     } catch (err) {

@@ -2,10 +2,10 @@
  * AfPacketPort: a PacketPort on a live interface through one AF_PACKET
  * socket (the native addon in native/afpacket.c). The live bridge's default.
  *
- *            ┌──────────────────────────── AfPacketPort ───────────────────────────┐
- *   wire ──► │ TPACKET_V2 ring (mmapped) ─► breath: one batch of ring views ─► onBatch │
- *   wire ◄── │ sendmmsg ◄── flush ◄── send queue (references, + vnet headers)          │
- *            └──────────────────────────────────────────────────────────────────────┘
+ *            ┌───────────────────────── AfPacketPort ──────────────────────────┐
+ *   wire ──► │ TPACKET_V2 ring (mmapped) ─► one batch of ring views per breath │ ──► onBatch
+ *   wire ◄── │ sendmmsg ◄── flush ◄── send queue (references + vnet headers)   │ ◄── send
+ *            └─────────────────────────────────────────────────────────────────┘
  *
  * In:  every frame that arrives on the interface, never the frames sent on it
  *      (PACKET_IGNORE_OUTGOING: not ours, not the host's). The socket is bound
@@ -31,7 +31,10 @@
  * (`flags & VIRTIO_NET_HDR_F_NEEDS_CSUM`: the checksum field holds only the
  * pseudo-header sum; `completePartialChecksum` finishes it). Pass the header
  * back to `send(frame, vnet)` and the kernel segments and checksums on the
- * way out. Without a header, a zero header (nothing to do) is sent.
+ * way out. Without a header, a zero header (nothing to do) is sent. Ports
+ * that forward to each other should agree on vnetHdr: a super-frame or a
+ * partial checksum handed to a port without it is refused (EMSGSIZE) or
+ * leaves with a broken checksum.
  *
  * Counters: rxFrames/rxBytes (delivered), rxDrops (ring full:
  * PACKET_STATISTICS, plus truncated), txFrames/txBytes, txErrors (refused by

@@ -19,6 +19,8 @@ export interface DemoOptions {
   /** Where the demo's narration goes. */
   print: (line: string) => void;
   log?: LogFn;
+  /** Called once the lab is up (the demo handles Ctrl-C itself from then on). */
+  onUp?: () => void;
 }
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
@@ -37,6 +39,7 @@ export async function runLabDemo(o: DemoOptions): Promise<{ mismatches: number; 
   p('building the netns lab: client, primary and backup namespaces (primary and backup share IP and MAC),');
   p('nginx, vsftpd and dnsmasq in both replicas, shadowvm bridging the host ends of the veths, the lab sync agent');
   const l = await startBridgedLab({ prefix: o.prefix, io: o.io, log: o.log });
+  o.onUp?.();
   let cleanup: (() => void) | null = null;
   const interrupted = new Promise<never>((_, reject) => {
     const onSignal = (sig: string) => reject(new Error(`interrupted by ${sig}: lab torn down`));

@@ -160,6 +160,39 @@ describe('AfPacketPort on a veth pair', () => {
     expect(atB.batches).toBeLessThan(1000);
   });
 
+  test('counts the frames a full ring could not take as drops', async () => {
+    const a = port(PAIR.a);
+    const b = port(PAIR.b, { ringFrames: 64 });
+    const atB = new Collector(b);
+    expect(b.ring.frames).toBe(64);
+    // One sendmmsg of 1000 frames runs to its end before the event loop can drain the ring.
+    for (let i = 0; i < 1000; i++) a.send(marked('overflow', i));
+    a.flush();
+    await waitFor('1000 frames received or dropped', () => atB.frames.length + b.stats().rxDrops >= 1000);
+    await settle();
+    const { rxFrames, rxDrops } = b.stats();
+    expect(rxFrames).toBe(atB.frames.length);
+    expect(rxFrames + rxDrops).toBe(1000);
+    expect(rxDrops).toBeGreaterThan(0);
+  });
+
+  test('keeps receiving after its interface goes down and up, and counts the socket error', async () => {
+    const a = port(PAIR.a);
+    const b = port(PAIR.b);
+    const atB = new Collector(b);
+    run('ip', ['link', 'set', 'dev', PAIR.b, 'down']);
+    run('ip', ['link', 'set', 'dev', PAIR.b, 'up']);
+    await waitFor('the socket error', () => b.stats().socketErrors > 0);
+    expect(b.stats().lastSocketError).toBe('ENETDOWN');
+    // A veth end needs its peer up and itself up: wait for the carrier before sending.
+    await waitFor('carrier', () => run('cat', [`/sys/class/net/${PAIR.b}/carrier`]).trim() === '1');
+    const after = marked('after-down', 0);
+    a.send(after);
+    a.flush();
+    await waitFor('a frame after the interface came back', () => atB.frames.length === 1);
+    expect(atB.buffers).toEqual([after]);
+  });
+
   test('puts back the VLAN tags the kernel takes out: 802.1Q, 802.1Q with priority, and 802.1ad over 802.1Q', async () => {
     const a = port(PAIR.a);
     const atB = new Collector(port(PAIR.b));
@@ -289,7 +322,7 @@ describe('AfPacketPort on a veth pair', () => {
   test('names the interface and the errno in typed errors: unknown interface, interface down', () => {
     expect(() => port(`${tag}none`)).toThrow(AfPacketNoSuchInterfaceError);
     expect(() => port(`${tag}none`)).toThrow(new RegExp(`${tag}none: no such interface \\(ioctl\\(SIOCGIFINDEX\\): ENODEV, No such device\\)`));
-    run('ip', ['link', 'add', DOWN, 'type', 'dummy']);
+    run('ip', ['link', 'add', DOWN, 'type', 'veth', 'peer', 'name', `${DOWN}p`]); // created down
     expect(() => port(DOWN)).toThrow(AfPacketInterfaceDownError);
     expect(() => port(DOWN)).toThrow(new RegExp(`${DOWN}: interface is down`));
   });

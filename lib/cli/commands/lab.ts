@@ -22,6 +22,17 @@ export function labCommand(y: Argv): Argv {
       if (process.getuid && process.getuid() !== 0) throw new UsageError('the lab builds network namespaces: run it as root');
       const logger = new Logger({ level: args['log-level'], fields: { lab: args.prefix } });
       const print = (line: string) => process.stdout.write(`${line}\n`);
+      // Ctrl-C while the lab is being built: tear down what exists, synchronously, and leave.
+      const prefix = args.prefix;
+      const early = () => {
+        teardownLab(prefix);
+        process.stderr.write(`shadowvm: interrupted while building lab ${prefix}: torn down\n`);
+        process.exit(130);
+      };
+      const untilUp = () => {
+        process.off('SIGINT', early);
+        process.off('SIGTERM', early);
+      };
       try {
         if (args.action === 'down') {
           const left = findLabLeftovers(args.prefix);
@@ -29,11 +40,14 @@ export function labCommand(y: Argv): Argv {
           print(`lab ${args.prefix}: removed ${left.namespaces.length} namespaces and ${left.links.length} host interfaces${report.failures.length ? `; failures: ${report.failures.join('; ')}` : ''}`);
           return;
         }
+        process.on('SIGINT', early);
+        process.on('SIGTERM', early);
         if (args.action === 'demo') {
-          await runLabDemo({ prefix: args.prefix, io: args.io as IoBackend, print, log: logger.log });
+          await runLabDemo({ prefix: args.prefix, io: args.io as IoBackend, print, log: logger.log, onUp: untilUp });
           return;
         }
         const l = await startBridgedLab({ prefix: args.prefix, io: args.io as IoBackend, log: logger.log });
+        untilUp();
         print(`lab ${args.prefix} is up; try:`);
         print(`  ip netns exec ${l.lab.client.netns} curl http://${l.lab.serviceIpv4}/hello.txt`);
         print(`  ip netns exec ${l.lab.client.netns} curl 'http://[${l.lab.serviceIpv6}]/hello.txt'`);
@@ -47,6 +61,7 @@ export function labCommand(y: Argv): Argv {
         await l.stop();
         print('lab torn down');
       } finally {
+        untilUp();
         logger.close();
       }
     },

@@ -1,0 +1,181 @@
+/**
+ * What the lab bench adds to a lab built by lib/lab: the benchmark objects
+ * in both replicas' nginx roots, iperf3 servers in both replica namespaces,
+ * the kernel-bridge baseline on the host ends, and a record of the offload
+ * settings the run was measured with.
+ *
+ *   kernel baseline:  <p>c ──┐
+ *                            <p>br (Linux bridge, STP off)      <p>b: left out (backup unreachable)
+ *                     <p>p ──┘
+ *
+ * Everything started here is registered in `lab.processes` (killed by
+ * teardownLab); the Linux bridge is not in a namespace, so `removeKernelBridge`
+ * must run too (idempotent, synchronous: usable from signal handlers).
+ */
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { run, runIn, runQuietly } from '../../lib/lab/exec';
+import { LAB_CONTENT_MTIME, fixedSeedBytes } from '../../lib/lab/content';
+import type { Lab, LabNode } from '../../lib/lab/netns';
+import { processRunning } from '../../lib/lab/netns';
+import type { LabServers } from '../../lib/lab/servers';
+
+export const BENCH_OBJECTS = {
+  small: { file: 'bench-1k.bin', bytes: 1024, seed: 0x1b1b1b1 },
+  large: { file: 'bench-100k.bin', bytes: 100 * 1024, seed: 0x100b100 },
+} as const;
+
+/** Writes both objects into both content roots: same bytes, same mtime (same Last-Modified and ETag). */
+export function writeBenchObjects(servers: LabServers): void {
+  for (const root of [servers.primary.contentRoot, servers.backup.contentRoot]) {
+    for (const o of Object.values(BENCH_OBJECTS)) {
+      const file = path.join(root, o.file);
+      fs.writeFileSync(file, fixedSeedBytes(o.bytes, o.seed), { mode: 0o644 });
+      fs.utimesSync(file, LAB_CONTENT_MTIME, LAB_CONTENT_MTIME);
+    }
+    // Writing a file changed the directory's mtime; keep the tree as the lab left it.
+    fs.utimesSync(root, LAB_CONTENT_MTIME, LAB_CONTENT_MTIME);
+  }
+}
+
+export const IPERF_PORT = 5201;
+
+export function iperfLogFile(lab: Lab, node: LabNode): string {
+  return path.join(lab.runDir, node.role, 'iperf3.log');
+}
+
+function listeningOn(netns: string, port: number): boolean {
+  const out = runIn(netns, 'ss', ['-Hltn']);
+  return out.split('\n').some((line) => line.trim().split(/\s+/)[3]?.endsWith(`:${port}`));
+}
+
+/** Starts `iperf3 -s` in the primary and the backup namespace; resolves once both listen. */
+export async function startIperfServers(lab: Lab, timeoutMs = 5000): Promise<void> {
+  const started: { node: LabNode; pid: number; log: string }[] = [];
+  for (const node of [lab.primary, lab.backup]) {
+    const logFile = iperfLogFile(lab, node);
+    const log = fs.openSync(logFile, 'a');
+    try {
+      const child = spawn('ip', ['netns', 'exec', node.netns, 'iperf3', '-s', '-p', String(IPERF_PORT), '--forceflush'], { detached: true, stdio: ['ignore', log, log] });
+      if (child.pid === undefined) throw new Error(`iperf3 in ${node.netns}: could not spawn`);
+      child.unref();
+      lab.processes.push({ name: 'iperf3', netns: node.netns, pid: child.pid, logFile });
+      started.push({ node, pid: child.pid, log: logFile });
+    } finally {
+      fs.closeSync(log);
+    }
+  }
+  const deadline = Date.now() + timeoutMs;
+  for (const s of started) {
+    while (!listeningOn(s.node.netns, IPERF_PORT)) {
+      if (!processRunning(s.pid) || Date.now() > deadline) {
+        throw new Error(`iperf3 in ${s.node.netns} is not listening on ${IPERF_PORT}; log ${s.log}:\n${readTail(s.log)}`);
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+}
+
+export function readTail(file: string, bytes = 4000): string {
+  try {
+    const text = fs.readFileSync(file, 'utf8');
+    return text.slice(-bytes);
+  } catch {
+    return '';
+  }
+}
+
+// ------------------------------------------------------------------ kernel bridge
+
+export function kernelBridgeName(prefix: string): string {
+  return `${prefix}br`;
+}
+
+/**
+ * Enslaves the host ends of the client and the primary veth to a Linux
+ * bridge (STP off: ports forward at once). The backup's veth stays out.
+ */
+export function addKernelBridge(lab: Lab): string {
+  const br = kernelBridgeName(lab.prefix);
+  removeKernelBridge(lab.prefix);
+  run('ip', ['link', 'add', br, 'type', 'bridge', 'stp_state', '0']);
+  // As the lab's host ends: no IPv6 on the host side (no MLD, no link-local noise).
+  run('sysctl', ['-qw', `net.ipv6.conf.${br}.disable_ipv6=1`]);
+  run('ip', ['link', 'set', lab.client.hostIf, 'master', br]);
+  run('ip', ['link', 'set', lab.primary.hostIf, 'master', br]);
+  run('ip', ['link', 'set', br, 'up']);
+  return br;
+}
+
+/** Deletes the kernel bridge of this prefix if it exists. Never throws. */
+export function removeKernelBridge(prefix: string): boolean {
+  const br = kernelBridgeName(prefix);
+  try {
+    run('ip', ['link', 'show', 'dev', br]);
+  } catch {
+    return true;
+  }
+  return runQuietly('ip', ['link', 'del', br]);
+}
+
+export function linkExists(name: string): boolean {
+  try {
+    run('ip', ['link', 'show', 'dev', name]);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+// ------------------------------------------------------------------ offloads and host facts
+
+const OFFLOAD_KEYS: Record<string, string> = {
+  'tx-checksumming': 'tx-csum',
+  'tx-tcp-segmentation': 'tso',
+  'generic-segmentation-offload': 'gso',
+  'generic-receive-offload': 'gro',
+};
+
+function parseOffloads(out: string): Record<string, string> {
+  const r: Record<string, string> = {};
+  for (const line of out.split('\n')) {
+    const m = /^([a-z-]+): (on|off)/.exec(line.trim());
+    if (m && OFFLOAD_KEYS[m[1]]) r[OFFLOAD_KEYS[m[1]]] = m[2];
+  }
+  return r;
+}
+
+/** Offload state of every veth end of the lab (namespace ends and host ends). Synchronous: call before a bridge runs. */
+export function readOffloads(lab: Lab): Record<string, Record<string, string>> {
+  const r: Record<string, Record<string, string>> = {};
+  for (const node of lab.nodes) {
+    try { r[`${node.netns}:${node.nsIf}`] = parseOffloads(runIn(node.netns, 'ethtool', ['-k', node.nsIf])); } catch { /* reported as absent */ }
+    try { r[node.hostIf] = parseOffloads(run('ethtool', ['-k', node.hostIf])); } catch { /* reported as absent */ }
+  }
+  return r;
+}
+
+/** Short text: e.g. "namespace ends: tx-csum off, tso off, gso on, gro on; host ends: … gro off". */
+export function describeOffloads(offloads: Record<string, Record<string, string>>): string {
+  const group = (keys: string[]) => {
+    const seen = new Map<string, Set<string>>();
+    for (const k of keys) for (const [f, v] of Object.entries(offloads[k] ?? {})) (seen.get(f) ?? seen.set(f, new Set()).get(f)!).add(v);
+    return [...seen].map(([f, v]) => `${f} ${[...v].join('/')}`).join(', ');
+  };
+  const keys = Object.keys(offloads);
+  return `namespace ends: ${group(keys.filter((k) => k.includes(':')))}; host ends: ${group(keys.filter((k) => !k.includes(':')))}`;
+}
+
+/** Host-wide settings that shape the kernel baseline (read only, never changed). */
+export function hostFacts(): Record<string, string> {
+  const read = (f: string) => { try { return fs.readFileSync(f, 'utf8').trim(); } catch { return 'absent'; } };
+  return {
+    kernel: read('/proc/sys/kernel/osrelease'),
+    cpus: String(os.cpus().length),
+    'bridge-nf-call-iptables': read('/proc/sys/net/bridge/bridge-nf-call-iptables'),
+    'bridge-nf-call-ip6tables': read('/proc/sys/net/bridge/bridge-nf-call-ip6tables'),
+    loadavg: read('/proc/loadavg'),
+  };
+}

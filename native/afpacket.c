@@ -1,0 +1,1016 @@
+/*
+ * shadowvm_afpacket: one AF_PACKET socket per interface, for the live bridge.
+ *
+ * In:  frames arriving on an interface (never the frames sent on it:
+ *      PACKET_IGNORE_OUTGOING), written by the kernel into a TPACKET_V2
+ *      receive ring that is mmapped and handed to JS as an ArrayBuffer.
+ * Out: frames from JS, sent in one sendmmsg() per flush.
+ *
+ * A "breath" (libuv poll callback on the socket): take every frame the
+ * kernel has handed over, describe them in a small Uint32Array (offset,
+ * length, flags, virtio-net header fields, timestamp), call JS once with the
+ * count, then give the slots back to the kernel. Frames are views of the ring:
+ * valid until the callback returns (or, with the explicit poll() API, until
+ * the next poll()).
+ *
+ * VLAN: the kernel moves an 802.1Q/802.1ad tag out of the frame into
+ * tp_vlan_tci. We put it back in place, in the ring slot: PACKET_RESERVE
+ * guarantees 4 free bytes before the MAC header (or before the virtio-net
+ * header), so the addresses (and the virtio-net header) move 4 bytes down and
+ * the tag goes where it was. No copy of the frame body.
+ *
+ * Plain C N-API (node_api.h ships with Node's headers) and libuv (uv.h,
+ * likewise): no npm dependency.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <endian.h>
+#include <arpa/inet.h>
+#include <net/if.h>
+#include <net/if_arp.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <linux/virtio_net.h>
+
+#ifndef NAPI_VERSION
+#define NAPI_VERSION 8
+#endif
+#include <node_api.h>
+#include <uv.h>
+
+/* ------------------------------------------------------------------ layout shared with JS */
+
+/* One descriptor per delivered frame, DESC_STRIDE uint32 words. */
+#define DESC_STRIDE 8
+enum {
+  D_OFFSET = 0,   /* byte offset of the Ethernet header in the ring */
+  D_LENGTH,       /* frame length (VLAN tag re-inserted) */
+  D_FLAGS,        /* F_* bits | vnet flags << 8 | vnet gso_type << 16 */
+  D_VNET_LEN,     /* vnet hdr_len | gso_size << 16 */
+  D_VNET_CSUM,    /* vnet csum_start | csum_offset << 16 */
+  D_SEC,          /* kernel timestamp, seconds */
+  D_NSEC,         /* and nanoseconds */
+};
+#define F_CSUM_PARTIAL 0x1u   /* TP_STATUS_CSUMNOTREADY: checksum not computed (offload) */
+#define F_CSUM_VALID 0x2u     /* TP_STATUS_CSUM_VALID: checksum verified by the kernel/NIC */
+#define F_VLAN_INSERTED 0x4u  /* the tag was in tp_vlan_tci; we re-inserted it */
+#define F_VNET_SHIFT 8
+#define F_GSO_SHIFT 16
+
+/* Counters, a Float64Array JS reads without a call. */
+enum {
+  C_RX_FRAMES = 0,
+  C_RX_BYTES,
+  C_TX_FRAMES,
+  C_TX_BYTES,
+  C_RX_DROPS,          /* PACKET_STATISTICS tp_drops, accumulated by updateStats() */
+  C_TX_ERRORS,
+  C_RX_TRUNCATED,      /* larger than a ring slot: not delivered (also counted in rx drops by JS) */
+  C_LAST_TX_ERRNO,
+  C_BREATHS,
+  C_SOCKET_ERRORS,     /* POLLERR: sk_err was set (ENETDOWN when the interface goes down, ...) */
+  C_LAST_SOCKET_ERRNO,
+  C_RX_VLAN_INSERTED,
+  C_SPIN_BREATHS,      /* breaths found by the busy-poll spin rather than by epoll */
+  C_COUNT
+};
+
+#define VLAN_HLEN 4
+#define VNET_HDR_LEN ((uint32_t)sizeof(struct virtio_net_hdr))
+#define TX_WAIT_MS 2
+#define MAX_BLOCK_BYTES (4u << 20)
+
+/* ------------------------------------------------------------------ state */
+
+typedef struct port port_t;
+
+typedef struct {
+  port_t **ports;     /* open ports of this env; NULL holes while spinning */
+  uint32_t count, cap;
+  int spinning;
+} env_state_t;
+
+struct port {
+  env_state_t *state;
+  napi_env env;
+  int fd;
+  int ifindex;
+  char ifname[IFNAMSIZ];
+  uint32_t mtu;
+  uint32_t vnet;                 /* VNET_HDR_LEN or 0 */
+  uint8_t *ring;
+  size_t ring_bytes;
+  uint32_t frame_size, frame_nr, block_size, block_nr, frames_per_block;
+  uint32_t head;                 /* next slot to look at */
+  uint32_t held;                 /* slots taken, not yet given back (they end just before head) */
+  uint32_t *desc;                /* frame_nr * DESC_STRIDE */
+  double *counters;
+  uint64_t busy_ns;
+  int started, closed, in_breath, finalized, poll_inited, poll_closed;
+  uv_poll_t poll;
+  napi_ref self_ref, on_frames_ref, ring_ref, desc_ref, counters_ref;
+  napi_async_context async;
+  struct mmsghdr *msgs;
+  struct iovec *iovs;
+  uint32_t tx_cap;
+  uint8_t zero_vnet[sizeof(struct virtio_net_hdr)];
+};
+
+typedef struct {
+  void *addr;
+  size_t len;
+} mapping_t;
+
+static uint64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
+/* ------------------------------------------------------------------ errors */
+
+static void throw_sys(napi_env env, const char *ifname, const char *syscall, int err, const char *detail) {
+  char msg[512];
+  const char *code = uv_err_name(uv_translate_sys_error(err));
+  if (detail)
+    snprintf(msg, sizeof msg, "%s: %s", ifname, detail);
+  else
+    snprintf(msg, sizeof msg, "%s: %s failed: %s", ifname, syscall, strerror(err));
+  napi_value m, c, e, v;
+  napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &m);
+  napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &c);
+  napi_create_error(env, c, m, &e);
+  napi_create_int32(env, err, &v);
+  napi_set_named_property(env, e, "errno", v);
+  napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &v);
+  napi_set_named_property(env, e, "syscall", v);
+  napi_create_string_utf8(env, ifname, NAPI_AUTO_LENGTH, &v);
+  napi_set_named_property(env, e, "ifname", v);
+  napi_create_string_utf8(env, strerror(err), NAPI_AUTO_LENGTH, &v);
+  napi_set_named_property(env, e, "errnoText", v);
+  napi_throw(env, e);
+}
+
+static void throw_usage(napi_env env, const char *msg) {
+  napi_throw_type_error(env, "ERR_INVALID_ARG", msg);
+}
+
+#define NAPI_OK(call)                                           \
+  do {                                                          \
+    if ((call) != napi_ok) {                                    \
+      bool pending_ = false;                                    \
+      napi_is_exception_pending(env, &pending_);                \
+      if (!pending_) napi_throw_error(env, NULL, #call " failed"); \
+      return NULL;                                              \
+    }                                                           \
+  } while (0)
+
+/* ------------------------------------------------------------------ env state */
+
+static void state_add(env_state_t *s, port_t *p) {
+  for (uint32_t i = 0; i < s->count; i++)
+    if (!s->ports[i]) { s->ports[i] = p; return; }
+  if (s->count == s->cap) {
+    uint32_t cap = s->cap ? s->cap * 2 : 8;
+    port_t **n = realloc(s->ports, cap * sizeof *n);
+    if (!n) abort();
+    s->ports = n;
+    s->cap = cap;
+  }
+  s->ports[s->count++] = p;
+}
+
+static void state_remove(env_state_t *s, port_t *p) {
+  for (uint32_t i = 0; i < s->count; i++)
+    if (s->ports[i] == p) s->ports[i] = NULL;
+  if (!s->spinning)
+    while (s->count && !s->ports[s->count - 1]) s->count--;
+}
+
+/* ------------------------------------------------------------------ ring */
+
+static inline uint32_t slot_offset(const port_t *p, uint32_t i) {
+  return (i / p->frames_per_block) * p->block_size + (i % p->frames_per_block) * p->frame_size;
+}
+
+static inline struct tpacket2_hdr *slot_hdr(const port_t *p, uint32_t i) {
+  return (struct tpacket2_hdr *)(p->ring + slot_offset(p, i));
+}
+
+static inline int slot_ready(const port_t *p) {
+  return p->held < p->frame_nr &&
+         (__atomic_load_n(&slot_hdr(p, p->head)->tp_status, __ATOMIC_ACQUIRE) & TP_STATUS_USER);
+}
+
+/* Takes every frame the kernel has handed over; describes the deliverable ones. */
+static uint32_t collect(port_t *p) {
+  uint32_t n = 0;
+  double *c = p->counters;
+  while (p->held < p->frame_nr) {
+    uint32_t off = slot_offset(p, p->head);
+    uint8_t *slot = p->ring + off;
+    struct tpacket2_hdr *h = (struct tpacket2_hdr *)slot;
+    uint32_t status = __atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE);
+    if (!(status & TP_STATUS_USER)) break;
+    p->head = p->head + 1 == p->frame_nr ? 0 : p->head + 1;
+    p->held++;
+
+    uint32_t mac = h->tp_mac, snap = h->tp_snaplen;
+    if (snap < h->tp_len) {
+      c[C_RX_TRUNCATED]++;
+      continue;
+    }
+    uint32_t flags = 0;
+    if (status & TP_STATUS_CSUMNOTREADY) flags |= F_CSUM_PARTIAL;
+    if (status & TP_STATUS_CSUM_VALID) flags |= F_CSUM_VALID;
+    if (status & TP_STATUS_VLAN_VALID) {
+      uint16_t tpid = (status & TP_STATUS_VLAN_TPID_VALID) && h->tp_vlan_tpid ? h->tp_vlan_tpid : ETH_P_8021Q;
+      uint16_t tci = h->tp_vlan_tci;
+      uint32_t from = mac - p->vnet; /* start of [vnet header] + MAC addresses */
+      if (from < TPACKET_ALIGN(sizeof(struct tpacket2_hdr)) + VLAN_HLEN) {
+        c[C_RX_TRUNCATED]++; /* cannot happen with PACKET_RESERVE; never write over the slot header */
+        continue;
+      }
+      memmove(slot + from - VLAN_HLEN, slot + from, p->vnet + 2 * ETH_ALEN);
+      mac -= VLAN_HLEN;
+      uint8_t *tag = slot + mac + 2 * ETH_ALEN;
+      tag[0] = tpid >> 8;
+      tag[1] = tpid & 0xff;
+      tag[2] = tci >> 8;
+      tag[3] = tci & 0xff;
+      snap += VLAN_HLEN;
+      flags |= F_VLAN_INSERTED;
+      c[C_RX_VLAN_INSERTED]++;
+      if (p->vnet) {
+        /* csum_start and hdr_len count from the MAC header: the tag moved what follows it. */
+        struct virtio_net_hdr *vh = (struct virtio_net_hdr *)(slot + mac - p->vnet);
+        if (vh->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) vh->csum_start = htole16(le16toh(vh->csum_start) + VLAN_HLEN);
+        if (vh->gso_type != VIRTIO_NET_HDR_GSO_NONE && vh->hdr_len) vh->hdr_len = htole16(le16toh(vh->hdr_len) + VLAN_HLEN);
+      }
+    }
+    uint32_t *d = p->desc + (size_t)n * DESC_STRIDE;
+    d[D_OFFSET] = off + mac;
+    d[D_LENGTH] = snap;
+    if (p->vnet) {
+      const struct virtio_net_hdr *vh = (const struct virtio_net_hdr *)(slot + mac - p->vnet);
+      flags |= (uint32_t)vh->flags << F_VNET_SHIFT | (uint32_t)vh->gso_type << F_GSO_SHIFT;
+      d[D_VNET_LEN] = le16toh(vh->hdr_len) | (uint32_t)le16toh(vh->gso_size) << 16;
+      d[D_VNET_CSUM] = le16toh(vh->csum_start) | (uint32_t)le16toh(vh->csum_offset) << 16;
+    } else {
+      d[D_VNET_LEN] = 0;
+      d[D_VNET_CSUM] = 0;
+    }
+    d[D_FLAGS] = flags;
+    d[D_SEC] = h->tp_sec;
+    d[D_NSEC] = h->tp_nsec;
+    c[C_RX_FRAMES]++;
+    c[C_RX_BYTES] += snap;
+    n++;
+  }
+  return n;
+}
+
+/* Gives the taken slots back to the kernel. */
+static void release(port_t *p) {
+  uint32_t i = (p->head + p->frame_nr - p->held) % p->frame_nr;
+  for (uint32_t k = 0; k < p->held; k++) {
+    __atomic_store_n(&slot_hdr(p, i)->tp_status, TP_STATUS_KERNEL, __ATOMIC_RELEASE);
+    i = i + 1 == p->frame_nr ? 0 : i + 1;
+  }
+  p->held = 0;
+}
+
+/* ------------------------------------------------------------------ teardown */
+
+static void free_port(port_t *p) {
+  free(p->msgs);
+  free(p->iovs);
+  free(p);
+}
+
+static void on_poll_closed(uv_handle_t *h) {
+  port_t *p = h->data;
+  p->poll_closed = 1;
+  if (p->finalized) free_port(p);
+}
+
+/* The OS side: stop polling, stop receiving, close. Safe without a JS context. */
+static void teardown_os(port_t *p) {
+  if (p->fd < 0) return;
+  if (p->poll_inited) {
+    if (p->started) uv_poll_stop(&p->poll);
+    uv_close((uv_handle_t *)&p->poll, on_poll_closed);
+  }
+  p->started = 0;
+  /* Binding to protocol 0 unhooks the socket at once: the mapping (owned by the
+   * ring ArrayBuffer, unmapped when it is collected) keeps the socket alive. */
+  struct sockaddr_ll sll = {.sll_family = AF_PACKET, .sll_protocol = 0, .sll_ifindex = p->ifindex};
+  bind(p->fd, (struct sockaddr *)&sll, sizeof sll);
+  close(p->fd);
+  p->fd = -1;
+  if (p->state) state_remove(p->state, p);
+}
+
+static void delete_ref(napi_env env, napi_ref *r) {
+  if (*r) {
+    napi_delete_reference(env, *r);
+    *r = NULL;
+  }
+}
+
+/* Called with a JS context (close(), or the end of a breath that closed). */
+static void teardown(port_t *p) {
+  napi_env env = p->env;
+  p->closed = 1;
+  teardown_os(p);
+  if (p->ring_ref) {
+    napi_value ab;
+    if (napi_get_reference_value(env, p->ring_ref, &ab) == napi_ok && ab) {
+      bool detached = true;
+      /* Views of the ring read as empty from now on instead of touching unmapped memory. */
+      if (napi_is_detached_arraybuffer(env, ab, &detached) == napi_ok && !detached)
+        napi_detach_arraybuffer(env, ab);
+    }
+  }
+  p->ring = NULL;
+  p->desc = NULL;
+  p->counters = NULL;
+  delete_ref(env, &p->ring_ref);
+  delete_ref(env, &p->desc_ref);
+  delete_ref(env, &p->counters_ref);
+  delete_ref(env, &p->on_frames_ref);
+  delete_ref(env, &p->self_ref);
+  if (p->async) {
+    napi_async_destroy(env, p->async);
+    p->async = NULL;
+  }
+}
+
+static void finalize_port(napi_env env, void *data, void *hint) {
+  (void)hint;
+  port_t *p = data;
+  p->finalized = 1;
+  teardown_os(p);
+  /* Never started (a started port is held by self_ref until close), so no async context.
+   * Dropping the ring reference lets V8 collect the ring and unmap it. */
+  delete_ref(env, &p->ring_ref);
+  delete_ref(env, &p->desc_ref);
+  delete_ref(env, &p->counters_ref);
+  delete_ref(env, &p->on_frames_ref);
+  delete_ref(env, &p->self_ref);
+  if (!p->poll_inited || p->poll_closed) free_port(p);
+}
+
+static void finalize_ring(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)data;
+  mapping_t *m = hint;
+  munmap(m->addr, m->len);
+  free(m);
+}
+
+/* ------------------------------------------------------------------ breath */
+
+static void call_js(port_t *p, uint32_t n) {
+  napi_env env = p->env;
+  napi_value fn, recv, argv[1], result;
+  napi_get_reference_value(env, p->on_frames_ref, &fn);
+  napi_get_reference_value(env, p->self_ref, &recv);
+  napi_create_uint32(env, n, &argv[0]);
+  napi_status st = napi_make_callback(env, p->async, recv, fn, 1, argv, &result);
+  if (st != napi_ok) {
+    bool pending = false;
+    napi_is_exception_pending(env, &pending);
+    if (pending) {
+      napi_value exc;
+      napi_get_and_clear_last_exception(env, &exc);
+      napi_fatal_exception(env, exc);
+    }
+  }
+}
+
+/* One breath: drain the ring, one JS call, slots back to the kernel. Returns frames delivered. */
+static uint32_t breath(port_t *p) {
+  uint32_t n = collect(p);
+  if (n) {
+    p->counters[C_BREATHS]++;
+    p->in_breath = 1;
+    call_js(p, n);
+    p->in_breath = 0;
+    if (p->closed) {
+      if (p->ring) teardown(p); /* close() was called inside the callback */
+      return n;
+    }
+  }
+  release(p);
+  return n;
+}
+
+/*
+ * Busy poll: after a breath, look at every open port's ring for up to the
+ * largest busyPollUs, so the next frame (often the answer to the one just
+ * forwarded, arriving on another port) is taken without going back to
+ * epoll and being woken. Blocks the event loop for that long.
+ */
+static void spin(env_state_t *s) {
+  uint64_t budget = 0;
+  for (uint32_t i = 0; i < s->count; i++)
+    if (s->ports[i] && s->ports[i]->started && s->ports[i]->busy_ns > budget) budget = s->ports[i]->busy_ns;
+  if (!budget) return;
+  s->spinning = 1;
+  uint64_t last = now_ns();
+  for (;;) {
+    int any = 0;
+    for (uint32_t i = 0; i < s->count; i++) {
+      port_t *p = s->ports[i];
+      if (p && p->started && !p->closed && slot_ready(p)) {
+        p->counters[C_SPIN_BREATHS]++;
+        breath(p);
+        any = 1;
+      }
+    }
+    uint64_t t = now_ns();
+    if (any) last = t;
+    else if (t - last >= budget) break;
+    else cpu_relax();
+  }
+  s->spinning = 0;
+  while (s->count && !s->ports[s->count - 1]) s->count--;
+}
+
+static void on_readable(uv_poll_t *h, int status, int events) {
+  (void)events;
+  port_t *p = h->data;
+  if (p->closed || !p->started) return;
+  if (status < 0) {
+    /* libuv stops the handle on POLLERR: read (and clear) sk_err, then poll again. */
+    int err = 0;
+    socklen_t len = sizeof err;
+    getsockopt(p->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+    p->counters[C_SOCKET_ERRORS]++;
+    p->counters[C_LAST_SOCKET_ERRNO] = err;
+    uv_poll_start(&p->poll, UV_READABLE, on_readable);
+  }
+  napi_handle_scope scope;
+  napi_open_handle_scope(p->env, &scope);
+  breath(p);
+  if (p->state && !p->state->spinning) spin(p->state);
+  napi_close_handle_scope(p->env, scope);
+}
+
+/* ------------------------------------------------------------------ helpers */
+
+static port_t *unwrap(napi_env env, napi_callback_info info, size_t *argc, napi_value *argv) {
+  napi_value self;
+  void *data;
+  if (napi_get_cb_info(env, info, argc, argv, &self, NULL) != napi_ok) return NULL;
+  if (napi_unwrap(env, self, &data) != napi_ok) return NULL;
+  return data;
+}
+
+static int get_opt_u32(napi_env env, napi_value obj, const char *name, uint32_t *out) {
+  bool has = false;
+  napi_value v;
+  napi_valuetype t;
+  if (napi_has_named_property(env, obj, name, &has) != napi_ok || !has) return 0;
+  napi_get_named_property(env, obj, name, &v);
+  napi_typeof(env, v, &t);
+  if (t == napi_undefined) return 0;
+  if (t != napi_number) return -1;
+  double d;
+  napi_get_value_double(env, v, &d);
+  if (!(d >= 0 && d <= 4294967295.0) || d != (double)(uint32_t)d) return -1;
+  *out = (uint32_t)d;
+  return 1;
+}
+
+static int get_opt_bool(napi_env env, napi_value obj, const char *name, int *out) {
+  bool has = false, b = false;
+  napi_value v;
+  napi_valuetype t;
+  if (napi_has_named_property(env, obj, name, &has) != napi_ok || !has) return 0;
+  napi_get_named_property(env, obj, name, &v);
+  napi_typeof(env, v, &t);
+  if (t == napi_undefined) return 0;
+  if (t != napi_boolean) return -1;
+  napi_get_value_bool(env, v, &b);
+  *out = b;
+  return 1;
+}
+
+static void set_u32(napi_env env, napi_value obj, const char *name, uint32_t v) {
+  napi_value x;
+  napi_create_uint32(env, v, &x);
+  napi_set_named_property(env, obj, name, x);
+}
+
+static uint32_t read_sys_u32(const char *ifname, const char *attr, uint32_t fallback) {
+  char path[128];
+  snprintf(path, sizeof path, "/sys/class/net/%s/%s", ifname, attr);
+  FILE *f = fopen(path, "r");
+  if (!f) return fallback;
+  unsigned long v = 0;
+  int ok = fscanf(f, "%lu", &v) == 1;
+  fclose(f);
+  return ok && v > 0 && v < (1u << 24) ? (uint32_t)v : fallback;
+}
+
+/* Smallest power-of-two block (>= a page, >= the frame) wasting the least of itself. */
+static uint32_t choose_block(uint32_t frame_size) {
+  uint32_t page = (uint32_t)sysconf(_SC_PAGESIZE), best = 0;
+  double best_waste = 2;
+  for (uint32_t b = page; b <= MAX_BLOCK_BYTES; b <<= 1) {
+    if (b < frame_size) continue;
+    double waste = (double)(b % frame_size) / b;
+    if (waste < best_waste - 1e-9) {
+      best_waste = waste;
+      best = b;
+    }
+    if (waste < 1.0 / 32) break;
+  }
+  return best;
+}
+
+/* ------------------------------------------------------------------ constructor */
+
+/* new Socket(ifname, options, onFrames) */
+static napi_value js_socket_new(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3], self;
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, &self, NULL));
+  char ifname[64];
+  size_t ifname_len = 0;
+  napi_valuetype t0, t1, t2;
+  napi_typeof(env, argv[0], &t0);
+  napi_typeof(env, argv[1], &t1);
+  napi_typeof(env, argv[2], &t2);
+  if (argc < 3 || t0 != napi_string || t1 != napi_object || t2 != napi_function) {
+    throw_usage(env, "Socket(ifname: string, options: object, onFrames: function)");
+    return NULL;
+  }
+  NAPI_OK(napi_get_value_string_utf8(env, argv[0], ifname, sizeof ifname, &ifname_len));
+  if (ifname_len == 0 || ifname_len >= IFNAMSIZ) {
+    throw_sys(env, ifname, "if_nametoindex", EINVAL, "not a valid interface name (1 to 15 bytes)");
+    return NULL;
+  }
+
+  uint32_t ring_frames = 0, frame_size = 0, busy_us = 0, so_busy_us = 0;
+  int vnet = 0, bypass = 0;
+  if (get_opt_u32(env, argv[1], "ringFrames", &ring_frames) < 0 || get_opt_u32(env, argv[1], "frameSize", &frame_size) < 0 ||
+      get_opt_u32(env, argv[1], "busyPollUs", &busy_us) < 0 || get_opt_u32(env, argv[1], "socketBusyPollUs", &so_busy_us) < 0 ||
+      get_opt_bool(env, argv[1], "vnetHdr", &vnet) < 0 || get_opt_bool(env, argv[1], "qdiscBypass", &bypass) < 0) {
+    throw_usage(env, "Socket options: ringFrames, frameSize, busyPollUs, socketBusyPollUs are unsigned integers; vnetHdr, qdiscBypass booleans");
+    return NULL;
+  }
+
+  /* socket first: without CAP_NET_RAW this is where EPERM comes from. Protocol 0:
+   * nothing is received until bind() names the interface and ETH_P_ALL. */
+  int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    throw_sys(env, ifname, "socket(AF_PACKET)", errno, NULL);
+    return NULL;
+  }
+#define FAIL(syscall, err, detail)                \
+  do {                                            \
+    int e_ = (err);                               \
+    close(fd);                                    \
+    throw_sys(env, ifname, syscall, e_, detail);  \
+    return NULL;                                  \
+  } while (0)
+
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  memcpy(ifr.ifr_name, ifname, ifname_len);
+  if (ioctl(fd, SIOCGIFINDEX, &ifr) < 0) FAIL("ioctl(SIOCGIFINDEX)", errno, errno == ENODEV ? "no such interface" : NULL);
+  int ifindex = ifr.ifr_ifindex;
+  if (ioctl(fd, SIOCGIFFLAGS, &ifr) < 0) FAIL("ioctl(SIOCGIFFLAGS)", errno, NULL);
+  if (!(ifr.ifr_flags & IFF_UP)) FAIL("ioctl(SIOCGIFFLAGS)", ENETDOWN, "interface is down (ip link set dev <name> up)");
+  if (ioctl(fd, SIOCGIFHWADDR, &ifr) < 0) FAIL("ioctl(SIOCGIFHWADDR)", errno, NULL);
+  if (ifr.ifr_hwaddr.sa_family != ARPHRD_ETHER) FAIL("ioctl(SIOCGIFHWADDR)", EPROTONOSUPPORT, "not an Ethernet interface");
+  if (ioctl(fd, SIOCGIFMTU, &ifr) < 0) FAIL("ioctl(SIOCGIFMTU)", errno, NULL);
+  uint32_t mtu = (uint32_t)ifr.ifr_mtu;
+
+  int one = 1, version = TPACKET_V2, reserve = VLAN_HLEN;
+  if (setsockopt(fd, SOL_PACKET, PACKET_VERSION, &version, sizeof version) < 0) FAIL("setsockopt(PACKET_VERSION)", errno, NULL);
+  if (vnet && setsockopt(fd, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof one) < 0) FAIL("setsockopt(PACKET_VNET_HDR)", errno, NULL);
+  if (setsockopt(fd, SOL_PACKET, PACKET_RESERVE, &reserve, sizeof reserve) < 0) FAIL("setsockopt(PACKET_RESERVE)", errno, NULL);
+  if (setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof one) < 0) FAIL("setsockopt(PACKET_IGNORE_OUTGOING)", errno, NULL);
+  if (bypass && setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof one) < 0) FAIL("setsockopt(PACKET_QDISC_BYPASS)", errno, NULL);
+  if (so_busy_us) {
+    int v = (int)so_busy_us;
+    if (setsockopt(fd, SOL_SOCKET, SO_BUSY_POLL, &v, sizeof v) < 0) FAIL("setsockopt(SO_BUSY_POLL)", errno, NULL);
+  }
+
+  /* The MAC header starts at most this far into a slot: tpacket2_hdr + sockaddr_ll,
+   * aligned, + the reserve + the virtio-net header (tpacket_rcv's macoff). */
+  uint32_t vnet_len = vnet ? VNET_HDR_LEN : 0;
+  uint32_t head_room = TPACKET_ALIGN(TPACKET2_HDRLEN + 16) + VLAN_HLEN + vnet_len;
+  uint32_t largest = mtu + ETH_HLEN + 2 * VLAN_HLEN;
+  if (vnet) {
+    /* GSO/GRO super-frames: as large as the device lets them be. */
+    uint32_t gso = read_sys_u32(ifname, "gso_max_size", 65536), gro = read_sys_u32(ifname, "gro_max_size", 65536);
+    uint32_t super = gso > gro ? gso : gro;
+    if (super > largest) largest = super;
+  }
+  uint32_t min_frame = TPACKET_ALIGN(head_room + largest);
+  if (!frame_size) {
+    frame_size = min_frame;
+    if (frame_size <= 2048) frame_size = 2048; /* two per page */
+  }
+  frame_size = TPACKET_ALIGN(frame_size);
+  if (frame_size < TPACKET_ALIGN(head_room + 64) || frame_size > MAX_BLOCK_BYTES)
+    FAIL("setsockopt(PACKET_RX_RING)", EINVAL, "frameSize out of range (about 160 bytes to 4 MiB)");
+  uint32_t block = choose_block(frame_size);
+  uint32_t fpb = block / frame_size;
+  if (!ring_frames) {
+    uint32_t target = 8u << 20; /* 8 MiB of ring by default */
+    ring_frames = target / frame_size;
+    if (ring_frames < 64) ring_frames = 64;
+  }
+  uint32_t block_nr = (ring_frames + fpb - 1) / fpb;
+  struct tpacket_req req = {
+      .tp_block_size = block, .tp_block_nr = block_nr, .tp_frame_size = frame_size, .tp_frame_nr = block_nr * fpb};
+  if (setsockopt(fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof req) < 0) FAIL("setsockopt(PACKET_RX_RING)", errno, NULL);
+  size_t ring_bytes = (size_t)block * block_nr;
+  void *ring = mmap(NULL, ring_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (ring == MAP_FAILED) FAIL("mmap", errno, NULL);
+
+  /* Bound before the port is returned: the first frame after open is in the ring. */
+  struct sockaddr_ll sll = {.sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_ALL), .sll_ifindex = ifindex};
+  if (bind(fd, (struct sockaddr *)&sll, sizeof sll) < 0) {
+    int e = errno;
+    munmap(ring, ring_bytes);
+    FAIL("bind", e, NULL);
+  }
+  int soerr = 0;
+  socklen_t soerr_len = sizeof soerr;
+  getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &soerr_len);
+  if (soerr) {
+    munmap(ring, ring_bytes);
+    FAIL("bind", soerr, soerr == ENETDOWN ? "interface is down" : NULL);
+  }
+#undef FAIL
+
+  port_t *p = calloc(1, sizeof *p);
+  if (!p) abort();
+  p->env = env;
+  p->fd = fd;
+  p->ifindex = ifindex;
+  memcpy(p->ifname, ifname, ifname_len + 1);
+  p->mtu = mtu;
+  p->vnet = vnet_len;
+  p->ring = ring;
+  p->ring_bytes = ring_bytes;
+  p->frame_size = frame_size;
+  p->frame_nr = req.tp_frame_nr;
+  p->block_size = block;
+  p->block_nr = block_nr;
+  p->frames_per_block = fpb;
+  p->busy_ns = (uint64_t)busy_us * 1000;
+  p->poll.data = p;
+  napi_get_instance_data(env, (void **)&p->state);
+
+  /* The ring ArrayBuffer owns the mapping: it is unmapped when V8 frees the buffer. */
+  mapping_t *m = malloc(sizeof *m);
+  if (!m) abort();
+  m->addr = ring;
+  m->len = ring_bytes;
+  napi_value ring_ab, desc_ab, desc_arr, counters_ab, counters_arr;
+  void *desc_data, *counters_data;
+  if (napi_create_external_arraybuffer(env, ring, ring_bytes, finalize_ring, m, &ring_ab) != napi_ok) {
+    munmap(ring, ring_bytes);
+    free(m);
+    close(fd);
+    free(p);
+    throw_sys(env, ifname, "napi_create_external_arraybuffer", ENOTSUP, "this Node cannot wrap the ring (external ArrayBuffers disabled)");
+    return NULL;
+  }
+  if (napi_wrap(env, self, p, finalize_port, NULL, NULL) != napi_ok) {
+    close(fd);
+    free(p);
+    napi_throw_error(env, NULL, "napi_wrap failed");
+    return NULL;
+  }
+  state_add(p->state, p);
+  NAPI_OK(napi_create_arraybuffer(env, (size_t)p->frame_nr * DESC_STRIDE * 4, &desc_data, &desc_ab));
+  NAPI_OK(napi_create_typedarray(env, napi_uint32_array, (size_t)p->frame_nr * DESC_STRIDE, desc_ab, 0, &desc_arr));
+  NAPI_OK(napi_create_arraybuffer(env, C_COUNT * sizeof(double), &counters_data, &counters_ab));
+  memset(counters_data, 0, C_COUNT * sizeof(double));
+  NAPI_OK(napi_create_typedarray(env, napi_float64_array, C_COUNT, counters_ab, 0, &counters_arr));
+  p->desc = desc_data;
+  p->counters = counters_data;
+  NAPI_OK(napi_create_reference(env, ring_ab, 1, &p->ring_ref));
+  NAPI_OK(napi_create_reference(env, desc_arr, 1, &p->desc_ref));
+  NAPI_OK(napi_create_reference(env, counters_arr, 1, &p->counters_ref));
+  NAPI_OK(napi_create_reference(env, argv[2], 1, &p->on_frames_ref));
+
+  NAPI_OK(napi_set_named_property(env, self, "ring", ring_ab));
+  NAPI_OK(napi_set_named_property(env, self, "descriptors", desc_arr));
+  NAPI_OK(napi_set_named_property(env, self, "counters", counters_arr));
+  set_u32(env, self, "ifindex", (uint32_t)ifindex);
+  set_u32(env, self, "mtu", mtu);
+  set_u32(env, self, "frameSize", frame_size);
+  set_u32(env, self, "ringFrames", p->frame_nr);
+  set_u32(env, self, "blockSize", block);
+  set_u32(env, self, "vnetHdrLength", vnet_len);
+  set_u32(env, self, "maxFrameLength", frame_size - head_room);
+  set_u32(env, self, "fd", (uint32_t)fd);
+  return self;
+}
+
+/* ------------------------------------------------------------------ methods */
+
+/* start(): deliver breaths from the event loop. */
+static napi_value js_start(napi_env env, napi_callback_info info) {
+  size_t argc = 0;
+  port_t *p = unwrap(env, info, &argc, NULL);
+  if (!p || p->closed) {
+    throw_usage(env, "start() on a closed socket");
+    return NULL;
+  }
+  if (p->started) return NULL;
+  if (!p->poll_inited) {
+    uv_loop_t *loop;
+    NAPI_OK(napi_get_uv_event_loop(env, &loop));
+    int r = uv_poll_init(loop, &p->poll, p->fd);
+    if (r < 0) {
+      throw_sys(env, p->ifname, "uv_poll_init", -r, NULL);
+      return NULL;
+    }
+    p->poll_inited = 1;
+  }
+  release(p);
+  int r = uv_poll_start(&p->poll, UV_READABLE, on_readable);
+  if (r < 0) {
+    throw_sys(env, p->ifname, "uv_poll_start", -r, NULL);
+    return NULL;
+  }
+  p->started = 1;
+  /* While started, the event loop holds the JS object (and through it the port). */
+  napi_value self;
+  napi_get_cb_info(env, info, &argc, NULL, &self, NULL);
+  if (!p->self_ref) NAPI_OK(napi_create_reference(env, self, 1, &p->self_ref));
+  if (!p->async) {
+    napi_value name;
+    NAPI_OK(napi_create_string_utf8(env, "shadowvm:afpacket", NAPI_AUTO_LENGTH, &name));
+    NAPI_OK(napi_async_init(env, self, name, &p->async));
+  }
+  return NULL;
+}
+
+static napi_value js_stop(napi_env env, napi_callback_info info) {
+  size_t argc = 0;
+  port_t *p = unwrap(env, info, &argc, NULL);
+  if (!p || p->closed || !p->started) return NULL;
+  uv_poll_stop(&p->poll);
+  p->started = 0;
+  delete_ref(env, &p->self_ref);
+  return NULL;
+}
+
+/* poll(): without start(): give back the previous batch, take a new one; returns its size. */
+static napi_value js_poll(napi_env env, napi_callback_info info) {
+  size_t argc = 0;
+  port_t *p = unwrap(env, info, &argc, NULL);
+  if (!p || p->closed) {
+    throw_usage(env, "poll() on a closed socket");
+    return NULL;
+  }
+  if (p->started || p->in_breath) {
+    throw_usage(env, "poll() is for sockets not driven by the event loop (call stop() first)");
+    return NULL;
+  }
+  release(p);
+  napi_value r;
+  napi_create_uint32(env, collect(p), &r);
+  return r;
+}
+
+/* send(frames: ArrayBufferView[], count: number, vnetHdrs?: Uint8Array): frames sent */
+static napi_value js_send(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  port_t *p = unwrap(env, info, &argc, argv);
+  if (!p) return NULL;
+  uint32_t n = 0;
+  if (argc < 2 || napi_get_value_uint32(env, argv[1], &n) != napi_ok) {
+    throw_usage(env, "send(frames, count, vnetHdrs?)");
+    return NULL;
+  }
+  napi_value result;
+  if (p->closed) {
+    napi_create_uint32(env, 0, &result);
+    return result;
+  }
+  if (n > p->tx_cap) {
+    struct mmsghdr *msgs = realloc(p->msgs, n * sizeof *msgs);
+    struct iovec *iovs = realloc(p->iovs, 2 * (size_t)n * sizeof *iovs);
+    if (!msgs || !iovs) abort();
+    p->msgs = msgs;
+    p->iovs = iovs;
+    p->tx_cap = n;
+  }
+  uint8_t *vnet_hdrs = NULL;
+  if (p->vnet && argc >= 3) {
+    napi_valuetype t;
+    napi_typeof(env, argv[2], &t);
+    if (t == napi_object) {
+      napi_typedarray_type tt;
+      size_t len;
+      void *data;
+      if (napi_get_typedarray_info(env, argv[2], &tt, &len, &data, NULL, NULL) != napi_ok || tt != napi_uint8_array ||
+          len < (size_t)n * p->vnet) {
+        throw_usage(env, "send: vnetHdrs must be a Uint8Array of count * 10 bytes");
+        return NULL;
+      }
+      vnet_hdrs = data;
+    }
+  }
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value v;
+    napi_typedarray_type tt;
+    size_t len;
+    void *data;
+    if (napi_get_element(env, argv[0], i, &v) != napi_ok ||
+        napi_get_typedarray_info(env, v, &tt, &len, &data, NULL, NULL) != napi_ok || tt != napi_uint8_array) {
+      throw_usage(env, "send: every frame must be a Buffer or Uint8Array");
+      return NULL;
+    }
+    struct iovec *iov = p->iovs + 2 * (size_t)i;
+    struct msghdr *mh = &p->msgs[i].msg_hdr;
+    memset(mh, 0, sizeof *mh);
+    mh->msg_iov = iov;
+    if (p->vnet) {
+      iov[0].iov_base = vnet_hdrs ? vnet_hdrs + (size_t)i * p->vnet : p->zero_vnet;
+      iov[0].iov_len = p->vnet;
+      iov[1].iov_base = data;
+      iov[1].iov_len = len;
+      mh->msg_iovlen = 2;
+    } else {
+      iov[0].iov_base = data;
+      iov[0].iov_len = len;
+      mh->msg_iovlen = 1;
+    }
+  }
+  /* A bound SOCK_RAW packet socket sends to its interface with no address. */
+  double *c = p->counters;
+  uint32_t done = 0, sent = 0;
+  int waited = 0;
+  while (done < n) {
+    int r = sendmmsg(p->fd, p->msgs + done, n - done, MSG_DONTWAIT);
+    if (r > 0) {
+      for (uint32_t k = done; k < done + (uint32_t)r; k++) c[C_TX_BYTES] += p->iovs[2 * (size_t)k + (p->vnet ? 1 : 0)].iov_len;
+      c[C_TX_FRAMES] += r;
+      sent += r;
+      done += r;
+      continue;
+    }
+    int e = errno;
+    if (e == EINTR) continue;
+    c[C_LAST_TX_ERRNO] = e;
+    if ((e == EAGAIN || e == ENOBUFS) && !waited) {
+      /* Full socket or device queue: wait a little once per flush, then count the rest as errors. */
+      struct pollfd pfd = {.fd = p->fd, .events = POLLOUT};
+      poll(&pfd, 1, TX_WAIT_MS);
+      waited = 1;
+      continue;
+    }
+    if (e == EAGAIN || e == ENOBUFS) {
+      c[C_TX_ERRORS] += n - done;
+      break;
+    }
+    c[C_TX_ERRORS]++; /* this frame was refused (EMSGSIZE, EINVAL, ENETDOWN...): skip it */
+    done++;
+  }
+  napi_create_uint32(env, sent, &result);
+  return result;
+}
+
+/* updateStats(): folds PACKET_STATISTICS (which resets on read) into the counters. */
+static napi_value js_update_stats(napi_env env, napi_callback_info info) {
+  size_t argc = 0;
+  port_t *p = unwrap(env, info, &argc, NULL);
+  if (!p || p->closed) return NULL;
+  struct tpacket_stats st;
+  socklen_t len = sizeof st;
+  if (getsockopt(p->fd, SOL_PACKET, PACKET_STATISTICS, &st, &len) == 0) p->counters[C_RX_DROPS] += st.tp_drops;
+  return NULL;
+}
+
+static napi_value js_close(napi_env env, napi_callback_info info) {
+  size_t argc = 0;
+  port_t *p = unwrap(env, info, &argc, NULL);
+  if (!p || p->closed) return NULL;
+  struct tpacket_stats st;
+  socklen_t len = sizeof st;
+  if (getsockopt(p->fd, SOL_PACKET, PACKET_STATISTICS, &st, &len) == 0) p->counters[C_RX_DROPS] += st.tp_drops;
+  if (p->in_breath) {
+    /* Inside this port's own callback: the ring is still being read; finish after it returns. */
+    p->closed = 1;
+    teardown_os(p);
+    return NULL;
+  }
+  teardown(p);
+  return NULL;
+}
+
+/* ------------------------------------------------------------------ module */
+
+static void cleanup_env(void *arg) {
+  env_state_t *s = arg;
+  for (uint32_t i = 0; i < s->count; i++)
+    if (s->ports[i]) {
+      port_t *p = s->ports[i];
+      p->state = NULL;
+      p->closed = 1;
+      teardown_os(p);
+    }
+  s->count = 0;
+}
+
+static void finalize_state(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  env_state_t *s = data;
+  free(s->ports);
+  free(s);
+}
+
+static napi_value layout_object(napi_env env) {
+  napi_value o, d, c, f;
+  napi_create_object(env, &o);
+  set_u32(env, o, "descStride", DESC_STRIDE);
+  napi_create_object(env, &d);
+  set_u32(env, d, "offset", D_OFFSET);
+  set_u32(env, d, "length", D_LENGTH);
+  set_u32(env, d, "flags", D_FLAGS);
+  set_u32(env, d, "vnetLength", D_VNET_LEN);
+  set_u32(env, d, "vnetChecksum", D_VNET_CSUM);
+  set_u32(env, d, "sec", D_SEC);
+  set_u32(env, d, "nsec", D_NSEC);
+  napi_set_named_property(env, o, "desc", d);
+  napi_create_object(env, &f);
+  set_u32(env, f, "checksumPartial", F_CSUM_PARTIAL);
+  set_u32(env, f, "checksumValid", F_CSUM_VALID);
+  set_u32(env, f, "vlanInserted", F_VLAN_INSERTED);
+  set_u32(env, f, "vnetShift", F_VNET_SHIFT);
+  set_u32(env, f, "gsoShift", F_GSO_SHIFT);
+  napi_set_named_property(env, o, "flags", f);
+  napi_create_object(env, &c);
+  set_u32(env, c, "rxFrames", C_RX_FRAMES);
+  set_u32(env, c, "rxBytes", C_RX_BYTES);
+  set_u32(env, c, "txFrames", C_TX_FRAMES);
+  set_u32(env, c, "txBytes", C_TX_BYTES);
+  set_u32(env, c, "rxDrops", C_RX_DROPS);
+  set_u32(env, c, "txErrors", C_TX_ERRORS);
+  set_u32(env, c, "rxTruncated", C_RX_TRUNCATED);
+  set_u32(env, c, "lastTxErrno", C_LAST_TX_ERRNO);
+  set_u32(env, c, "breaths", C_BREATHS);
+  set_u32(env, c, "socketErrors", C_SOCKET_ERRORS);
+  set_u32(env, c, "lastSocketErrno", C_LAST_SOCKET_ERRNO);
+  set_u32(env, c, "rxVlanInserted", C_RX_VLAN_INSERTED);
+  set_u32(env, c, "spinBreaths", C_SPIN_BREATHS);
+  set_u32(env, c, "count", C_COUNT);
+  napi_set_named_property(env, o, "counters", c);
+  return o;
+}
+
+NAPI_MODULE_INIT() {
+  env_state_t *s = calloc(1, sizeof *s);
+  if (!s) abort();
+  napi_set_instance_data(env, s, finalize_state, NULL);
+  napi_add_env_cleanup_hook(env, cleanup_env, s);
+
+  napi_property_descriptor methods[] = {
+      {"start", NULL, js_start, NULL, NULL, NULL, napi_default_method, NULL},
+      {"stop", NULL, js_stop, NULL, NULL, NULL, napi_default_method, NULL},
+      {"poll", NULL, js_poll, NULL, NULL, NULL, napi_default_method, NULL},
+      {"send", NULL, js_send, NULL, NULL, NULL, napi_default_method, NULL},
+      {"updateStats", NULL, js_update_stats, NULL, NULL, NULL, napi_default_method, NULL},
+      {"close", NULL, js_close, NULL, NULL, NULL, napi_default_method, NULL},
+  };
+  napi_value cls;
+  napi_define_class(env, "Socket", NAPI_AUTO_LENGTH, js_socket_new, NULL, sizeof methods / sizeof methods[0], methods, &cls);
+  napi_set_named_property(env, exports, "Socket", cls);
+  napi_set_named_property(env, exports, "layout", layout_object(env));
+  set_u32(env, exports, "vnetHdrLength", VNET_HDR_LEN);
+  return exports;
+}

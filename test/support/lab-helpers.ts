@@ -1,0 +1,222 @@
+/**
+ * Shared helpers of the lab integration tests (test/integration/lab-*.test.ts):
+ * the root check, captures with tcpdump, hashing, the bridge's flow reports,
+ * and the built `shadowvm` CLI as a child process.
+ *
+ * Everything here that runs while a bridge forwards frames in this process
+ * is asynchronous: a synchronous exec would stall the bridge and with it the
+ * client being waited for.
+ */
+import { ChildProcess, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Bridge } from '../../lib/bridge';
+import type { LogFn, LogLevel } from '../../lib/control/logger';
+import type { LabLeftovers } from '../../lib/lab/netns';
+import type { FlowReport } from '../../lib/pipeline/shadow-flow';
+
+export const REPO_ROOT = join(__dirname, '..', '..');
+export const SHADOWVM_BIN = join(REPO_ROOT, 'bin', 'shadowvm');
+const BUILT_CLI = join(REPO_ROOT, 'dist', 'lib', 'cli', 'main.js');
+
+/** What `findLabLeftovers` returns after a clean teardown. */
+export const NO_LEFTOVERS: LabLeftovers = { namespaces: [], links: [], processes: [], runDirExists: false };
+
+/** Fails (never skips) when not root: the lab builds namespaces, veths and servers. */
+export function requireRoot(what: string): void {
+  if (process.getuid?.() !== 0) {
+    throw new Error(`${what} builds network namespaces, veth pairs and servers: run jest as root (uid is ${process.getuid?.()})`);
+  }
+}
+
+/** Fails when `bin/shadowvm` has nothing to run. */
+export function requireBuiltCli(): void {
+  if (!existsSync(BUILT_CLI)) {
+    throw new Error(`${BUILT_CLI} is missing: build first (npx tsc -p tsconfig.json, or make build)`);
+  }
+}
+
+export function sha256(bytes: Buffer): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
+export function sha256File(path: string): string {
+  return sha256(readFileSync(path));
+}
+
+export function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** A LogFn that keeps warnings and errors, for failure messages. */
+export interface RecordedLog {
+  readonly log: LogFn;
+  readonly events: { level: LogLevel; event: string; fields?: Record<string, unknown> }[];
+}
+
+export function recordingLog(): RecordedLog {
+  const events: RecordedLog['events'] = [];
+  return {
+    events,
+    log: (level, event, fields) => {
+      if ((level === 'warn' || level === 'error') && events.length < 1000) events.push({ level, event, fields });
+    },
+  };
+}
+
+/** The bridge's per-flow reports, brought up to date. */
+export function flowReports(bridge: Bridge): FlowReport[] {
+  bridge.pipeline.syncReports();
+  return bridge.pipeline.reports;
+}
+
+/** The VM-side port of a report key such as "tcp 10.77.0.1:40000 > 10.77.0.2:80" or "tcp [fd77::1]:40000 > [fd77::2]:80". */
+export function serverPort(report: FlowReport): number | null {
+  const m = /:(\d+)$/.exec(report.key);
+  return m ? Number(m[1]) : null;
+}
+
+/** The client-side port of a report key (the client side comes first). */
+export function clientPort(report: FlowReport): number | null {
+  const m = /^\S+ \S*:(\d+) > /.exec(report.key);
+  return m ? Number(m[1]) : null;
+}
+
+// ───────────────────────────── captures ─────────────────────────────
+
+export interface CaptureOptions {
+  /** Interface to capture on. */
+  iface: string;
+  /** Network namespace of the interface; the host's when absent. */
+  netns?: string;
+  /** `-Q`: which direction, seen from the interface. Default `in`: what it received. */
+  direction?: 'in' | 'out' | 'inout';
+  /** pcap file to write. */
+  file: string;
+}
+
+export interface CaptureSummary {
+  file: string;
+  /** "N packets captured" */
+  captured: number;
+  /** "N packets dropped by kernel": a capture that dropped cannot prove anything. */
+  droppedByKernel: number;
+  stderr: string;
+}
+
+export interface Capture {
+  readonly file: string;
+  /** SIGINT, then waits for tcpdump to write its summary and exit. */
+  stop(): Promise<CaptureSummary>;
+}
+
+/**
+ * Starts tcpdump (`-U -s0 -w`, immediate mode, no name resolution) and resolves once it says
+ * "listening on": from then on every frame on the interface is kept.
+ */
+export function startCapture(o: CaptureOptions, readyTimeoutMs = 10_000): Promise<Capture> {
+  // --immediate-mode: with TPACKET_V3, frames otherwise wait in a ring block
+  // until it fills or its timeout (1 s) expires, and a SIGINT before that loses them.
+  // -B: a 32 MiB ring, so a loaded host (parallel jest workers) does not make the kernel drop.
+  const tcpdump = ['tcpdump', '-i', o.iface, '-Q', o.direction ?? 'in', '-n', '-U', '--immediate-mode', '-B', '32768', '-s0', '-Z', 'root', '-w', o.file];
+  const argv = o.netns ? ['ip', 'netns', 'exec', o.netns, ...tcpdump] : tcpdump;
+  const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
+  child.stderr!.setEncoding('utf8');
+  return new Promise<Capture>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`tcpdump on ${o.iface}${o.netns ? ` in ${o.netns}` : ''} did not start listening within ${readyTimeoutMs} ms: ${stderr}`));
+    }, readyTimeoutMs);
+    child.stderr!.on('data', (chunk: string) => {
+      const wasListening = /listening on/.test(stderr);
+      stderr += chunk;
+      if (!wasListening && /listening on/.test(stderr)) {
+        clearTimeout(timer);
+        resolve({
+          file: o.file,
+          stop: async () => {
+            if (child.exitCode === null && child.signalCode === null) child.kill('SIGINT');
+            const code = await exited;
+            const count = (what: string) => Number(new RegExp(`(\\d+) packets? ${what}`).exec(stderr)?.[1] ?? NaN);
+            if (code !== 0) throw new Error(`tcpdump on ${o.iface} exited with ${code}: ${stderr}`);
+            return { file: o.file, captured: count('captured'), droppedByKernel: count('dropped by kernel'), stderr };
+          },
+        });
+      }
+    });
+    void exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`tcpdump on ${o.iface}${o.netns ? ` in ${o.netns}` : ''} exited (${code}) before listening: ${stderr}`));
+    });
+  });
+}
+
+// ───────────────────────────── the CLI ─────────────────────────────
+
+/** A `shadowvm` child process whose stdout and stderr are collected. */
+export interface CliProcess {
+  readonly child: ChildProcess;
+  /** Everything written so far. */
+  output(): string;
+  /** Resolves when stdout or stderr holds `pattern`; rejects on exit or timeout, with the output. */
+  waitFor(pattern: RegExp, timeoutMs: number): Promise<void>;
+  /** Resolves with the exit code (or signal name) once the process has exited. */
+  exited: Promise<number | string>;
+}
+
+export function spawnShadowvm(args: readonly string[]): CliProcess {
+  const child = spawn(process.execPath, [SHADOWVM_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  const listeners = new Set<() => void>();
+  const onData = (chunk: Buffer) => {
+    out += chunk.toString('utf8');
+    for (const l of [...listeners]) l();
+  };
+  child.stdout!.on('data', onData);
+  child.stderr!.on('data', onData);
+  const exited = new Promise<number | string>((resolve) => child.once('close', (code, signal) => resolve(code ?? signal ?? 'unknown')));
+  return {
+    child,
+    exited,
+    output: () => out,
+    waitFor: (pattern, timeoutMs) => new Promise<void>((resolve, reject) => {
+      let timer: NodeJS.Timeout | undefined;
+      const check = () => {
+        if (!pattern.test(out)) return;
+        finish();
+        resolve();
+      };
+      const finish = () => {
+        listeners.delete(check);
+        if (timer) clearTimeout(timer);
+      };
+      timer = setTimeout(() => {
+        finish();
+        reject(new Error(`shadowvm ${args.join(' ')}: no ${pattern} within ${timeoutMs} ms; output:\n${out}`));
+      }, timeoutMs);
+      listeners.add(check);
+      void exited.then((code) => {
+        if (!listeners.has(check)) return;
+        finish();
+        if (pattern.test(out)) resolve();
+        else reject(new Error(`shadowvm ${args.join(' ')} exited (${code}) before printing ${pattern}; output:\n${out}`));
+      });
+      check();
+    }),
+  };
+}
+
+/** Runs `shadowvm` to the end; resolves with its exit code and output. */
+export async function runShadowvm(args: readonly string[], timeoutMs = 30_000): Promise<{ code: number | string; output: string }> {
+  const p = spawnShadowvm(args);
+  const timer = setTimeout(() => p.child.kill('SIGKILL'), timeoutMs);
+  try {
+    const code = await p.exited;
+    return { code, output: p.output() };
+  } finally {
+    clearTimeout(timer);
+  }
+}
