@@ -53,7 +53,7 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
 fi
 
 # An existing checkout whose node_modules predates the addon: build it once.
-if [ ! -f build/Release/afpacket.node ]; then
+if [ ! -f build/Release/shadowvm_afpacket.node ]; then
   echo "install-deps: building the AF_PACKET addon (native/)"
   npm rebuild --foreground-scripts=false >/dev/null 2>&1 || npx --no-install node-gyp rebuild >/dev/null
 fi
