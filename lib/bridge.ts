@@ -58,9 +58,9 @@ export class Bridge {
     this.clockUs = options.clockUs ?? (() => Date.now() * 1000);
     const { uplink, primary, backup } = ports;
     this.pipeline = new ShadowPipeline(options.config, {
-      toPrimary: (f) => primary.send(f),
-      toBackup: (f) => backup.send(f),
-      toClient: (f) => uplink.send(f),
+      toPrimary: (f, vnet) => primary.send(f, vnet),
+      toBackup: (f, vnet) => backup.send(f, vnet),
+      toClient: (f, vnet) => uplink.send(f, vnet),
       sendCheckpoint: (req) => {
         if (!this.agent?.sendCheckpoint(req)) this.log('warn', 'checkpoint-not-sent', { epoch: req.epoch, why: 'no agent connected' });
       },
@@ -113,9 +113,9 @@ export class Bridge {
       throw e;
     }
     const { uplink, primary, backup } = this.ports;
-    uplink.onBatch((frames) => this.breath(frames, (f) => this.pipeline.fromClient(f.frame, f.timeUs)));
-    primary.onBatch((frames) => this.breath(frames, (f) => this.pipeline.fromVm(PRIMARY, f.frame, f.timeUs)));
-    backup.onBatch((frames) => this.breath(frames, (f) => this.pipeline.fromVm(BACKUP, f.frame, f.timeUs)));
+    uplink.onBatch((frames) => this.breath(frames, (f) => this.pipeline.fromClient(f.frame, f.timeUs, f.vnet)));
+    primary.onBatch((frames) => this.breath(frames, (f) => this.pipeline.fromVm(PRIMARY, f.frame, f.timeUs, f.vnet)));
+    backup.onBatch((frames) => this.breath(frames, (f) => this.pipeline.fromVm(BACKUP, f.frame, f.timeUs, f.vnet)));
     this.timer = setInterval(() => this.afterEvent(() => this.pipeline.tick(this.clockUs())), TICK_MS);
     this.timer.unref?.();
     this.log('info', 'started', { name: o.name, uplink: uplink.name, primary: primary.name, backup: backup.name, agentSocket: o.agentSocket ?? null });

@@ -43,9 +43,11 @@
 import { constants } from 'node:os';
 import { finishChecksum, onesSum } from '../packet/checksum';
 import { AfPacketAddon, AfPacketSocket, loadAfPacketAddon } from './afpacket-native';
-import { BatchReceiver, PacketPort, PortStats, ReceivedFrame } from './port';
+import { BatchReceiver, PacketPort, PortStats, ReceivedFrame, VIRTIO_NET_HDR_F_NEEDS_CSUM, VirtioNetHeader } from './port';
 
-export const VIRTIO_NET_HDR_F_NEEDS_CSUM = 1;
+export { VIRTIO_NET_HDR_F_NEEDS_CSUM };
+export type { VirtioNetHeader };
+
 export const VIRTIO_NET_HDR_F_DATA_VALID = 2;
 export const VIRTIO_NET_HDR_GSO_NONE = 0;
 export const VIRTIO_NET_HDR_GSO_TCPV4 = 1;
@@ -54,15 +56,6 @@ export const VIRTIO_NET_HDR_GSO_TCPV6 = 4;
 export const VIRTIO_NET_HDR_GSO_UDP_L4 = 5;
 export const VIRTIO_NET_HDR_GSO_ECN = 0x80;
 
-/** struct virtio_net_hdr (without num_buffers). Offsets count from the Ethernet header. */
-export interface VirtioNetHeader {
-  readonly flags: number;
-  readonly gsoType: number;
-  readonly hdrLen: number;
-  readonly gsoSize: number;
-  readonly csumStart: number;
-  readonly csumOffset: number;
-}
 
 export interface AfPacketFrame extends ReceivedFrame {
   /** Present when the port was opened with `vnetHdr`. */

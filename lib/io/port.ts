@@ -10,11 +10,31 @@
  * A frame handed to a receiver is only valid during the callback: a stage
  * that keeps it must copy it.
  */
+/**
+ * struct virtio_net_hdr (without num_buffers), for ports opened with
+ * PACKET_VNET_HDR: what the sender left for the NIC to do (segment a GSO
+ * super-frame, finish a partial checksum). Offsets count from the Ethernet
+ * header.
+ */
+export interface VirtioNetHeader {
+  readonly flags: number;
+  readonly gsoType: number;
+  readonly hdrLen: number;
+  readonly gsoSize: number;
+  readonly csumStart: number;
+  readonly csumOffset: number;
+}
+
+/** flags: the checksum field holds only the pseudo-header sum; the rest is left to the device. */
+export const VIRTIO_NET_HDR_F_NEEDS_CSUM = 1;
+
 export interface ReceivedFrame {
   /** The frame bytes, starting at the Ethernet destination address. */
   readonly frame: Buffer;
   /** Capture or arrival time, microseconds since the Unix epoch. */
   readonly timeUs: number;
+  /** The virtio-net header it came with, on ports that exchange them. */
+  readonly vnet?: VirtioNetHeader;
 }
 
 export type BatchReceiver = (frames: readonly ReceivedFrame[]) => void;
@@ -33,7 +53,8 @@ export interface PortStats {
 export interface PacketPort {
   readonly name: string;
   onBatch(receiver: BatchReceiver): void;
-  send(frame: Buffer): void;
+  /** Queues a frame (by reference: it must not change before `flush`), with its virtio-net header if any. */
+  send(frame: Buffer, vnet?: VirtioNetHeader): void;
   flush(): void;
   stats(): PortStats;
   close(): Promise<void>;

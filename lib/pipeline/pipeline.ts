@@ -23,12 +23,14 @@ import { refersToVmSpace, translateForBackup } from '../rewrite/ingress';
 import { HeldQueues } from '../release/held';
 import { CheckpointReason, CheckpointRecord, CheckpointRequest, ReplicationState, Replicator } from '../replicate/replicator';
 import { FrameAction, PipelineConfig } from './config';
+import { VIRTIO_NET_HDR_F_NEEDS_CSUM, VirtioNetHeader } from '../io/port';
 import { FlowReport, RecentFrame, ShadowFlow } from './shadow-flow';
 
+/** Outputs take the frame's virtio-net header along (GSO, partial checksum), when it came with one. */
 export interface PipelineOutputs {
-  toPrimary(frame: Buffer): void;
-  toBackup(frame: Buffer): void;
-  toClient(frame: Buffer): void;
+  toPrimary(frame: Buffer, vnet?: VirtioNetHeader): void;
+  toBackup(frame: Buffer, vnet?: VirtioNetHeader): void;
+  toClient(frame: Buffer, vnet?: VirtioNetHeader): void;
   /** Ask the sync agent for a checkpoint (protocol v1 `checkpoint`). */
   sendCheckpoint(req: CheckpointRequest): void;
   log(level: 'info' | 'warn', event: string, fields: Record<string, unknown>): void;
@@ -47,6 +49,12 @@ const MAX_INGRESS_HELD_PER_FLOW = 256;
 const EXPIRY_INTERVAL_US = 1_000_000;
 
 type Counts = Record<Origin, number>;
+
+/** A client frame kept for later (during a checkpoint, or until a flow's backup delta is known). */
+export interface HeldIngress {
+  frame: Buffer;
+  vnet: VirtioNetHeader | undefined;
+}
 const zeroCounts = (): Counts => ({ client: 0, primary: 0, backup: 0 });
 
 export class ShadowPipeline {
@@ -81,7 +89,7 @@ export class ShadowPipeline {
   /** Copies of held primary frames: reused once released and flushed (see `endBreath`). */
   private readonly heldPool: SlabPool;
   private readonly nonIpFlows = new Map<string, ShadowFlow>();
-  private ingressHold: Buffer[] = [];
+  private ingressHold: HeldIngress[] = [];
   private ingressHoldBytes = 0;
   private nextExpiryUs = 0;
   /** Checkpoints completed: a flow whose `epoch` is behind is resynchronized before its next frame. */
@@ -98,7 +106,7 @@ export class ShadowPipeline {
     // Divergence capture keeps frames beyond their release: no slab reuse then.
     this.heldPool = new SlabPool(!config.captureDivergence);
     this.backupCopies = new SlabPool(true, false);
-    this.held = new HeldQueues((frame) => outputs.toClient(frame), this.heldPool);
+    this.held = new HeldQueues((frame, vnet) => outputs.toClient(frame, vnet), this.heldPool);
     this.flows = new FlowTable<ShadowFlow>(config.maxFlows, (e, why) => this.onEvict(e, why));
     this.replicator = new Replicator(config.replicator, {
       sendCheckpoint: (req) => outputs.sendCheckpoint(req),
@@ -115,39 +123,39 @@ export class ShadowPipeline {
 
   // ───────────────────────── ingress ─────────────────────────
 
-  fromClient(frame: Buffer, nowUs: number): void {
+  fromClient(frame: Buffer, nowUs: number, vnet?: VirtioNetHeader): void {
     this.nowUs = nowUs;
     this.frames.client++;
     if (this.replicator.holdingIngress) {
-      this.holdIngress(frame);
+      this.holdIngress(frame, vnet);
       return;
     }
-    this.forwardIngress(frame, nowUs);
+    this.forwardIngress(frame, nowUs, vnet);
   }
 
-  private holdIngress(frame: Buffer): void {
+  private holdIngress(frame: Buffer, vnet: VirtioNetHeader | undefined): void {
     const limit = this.config.ingressHold;
     if (this.ingressHold.length >= limit.frames || this.ingressHoldBytes + frame.length > limit.bytes) {
       this.ingressHoldDropped++;
       return;
     }
-    this.ingressHold.push(this.copier.copy(frame));
+    this.ingressHold.push({ frame: this.copier.copy(frame), vnet });
     this.ingressHoldBytes += frame.length;
     this.ingressHeldFrames++;
   }
 
-  private forwardIngress(frame: Buffer, nowUs: number): void {
+  private forwardIngress(frame: Buffer, nowUs: number, vnet: VirtioNetHeader | undefined): void {
     const f = decodeFrame(frame, this.frame);
     if (f.error) {
       this.countMalformed(f.error, 'client');
       if (this.config.policy.malformedFromClient === 'drop') return;
-      this.outputs.toPrimary(frame);
-      this.outputs.toBackup(frame);
+      this.outputs.toPrimary(frame, vnet);
+      this.outputs.toBackup(frame, vnet);
       return;
     }
-    this.outputs.toPrimary(frame);
+    this.outputs.toPrimary(frame, vnet);
     if (f.l4 !== 'tcp' || f.fragment) {
-      this.outputs.toBackup(frame);
+      this.outputs.toBackup(frame, vnet);
       return;
     }
     const key = flowKeyOf(f, 'ingress');
@@ -155,13 +163,13 @@ export class ShadowPipeline {
     const entry = isSyn ? this.flows.getOrCreate(key, nowUs, () => this.newFlow(f, 'ingress')) : this.flows.get(key, nowUs);
     if (!entry) {
       // A flow no VM has spoken in: nothing to translate (the delta is zero).
-      this.outputs.toBackup(frame);
+      this.outputs.toBackup(frame, vnet);
       return;
     }
     const flow = this.settle(entry.state);
     const tcp = flow.tcp;
     if (!tcp) {
-      this.outputs.toBackup(frame);
+      this.outputs.toBackup(frame, vnet);
       return;
     }
     if (isSyn && !(f.tcp.flags & TcpFlag.ACK)) learnFromSyn(f, tcp.client, this.opts);
@@ -170,46 +178,48 @@ export class ShadowPipeline {
         flow.ingressHeld.shift();
         this.ingressHoldDropped++;
       }
-      flow.ingressHeld.push(this.copier.copy(frame));
+      flow.ingressHeld.push({ frame: this.copier.copy(frame), vnet });
       return;
     }
-    this.sendToBackup(f, frame, flow);
+    this.sendToBackup(f, frame, flow, vnet);
   }
 
-  private sendToBackup(f: DecodedFrame, frame: Buffer, flow: ShadowFlow): void {
+  private sendToBackup(f: DecodedFrame, frame: Buffer, flow: ShadowFlow, vnet: VirtioNetHeader | undefined): void {
     const tcp = flow.tcp!;
     const seqDelta = tcp.seqDelta, tsDelta = tcp.tsDelta;
     if ((seqDelta === 0 && tsDelta === 0) || !(f.tcp.flags & TcpFlag.ACK)) {
-      this.outputs.toBackup(frame);
+      this.outputs.toBackup(frame, vnet);
       return;
     }
     const copy = this.ingressCopies.copy(frame);
     const slab = this.ingressCopies.lastSlab;
     f.rebind(copy);
-    if (!translateForBackup(f, seqDelta, tsDelta, this.opts)) this.badTcpOptions++;
-    this.outputs.toBackup(copy);
+    // A partial checksum (left for the device) does not cover the fields we change: leave it.
+    const partial = vnet !== undefined && (vnet.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0;
+    if (!translateForBackup(f, seqDelta, tsDelta, this.opts, partial)) this.badTcpOptions++;
+    this.outputs.toBackup(copy, vnet);
     this.ingressCopies.release(slab); // reusable after the next flush (`endBreath`)
   }
 
   private flushFlowIngress(flow: ShadowFlow): void {
     const waiting = flow.ingressHeld;
     flow.ingressHeld = [];
-    for (const frame of waiting) {
-      const f = decodeFrame(frame, this.frame);
-      this.sendToBackup(f, frame, flow);
+    for (const held of waiting) {
+      const f = decodeFrame(held.frame, this.frame);
+      this.sendToBackup(f, held.frame, flow, held.vnet);
     }
   }
 
   // ───────────────────────── VM output ─────────────────────────
 
-  fromVm(side: Side, frame: Buffer, nowUs: number): void {
+  fromVm(side: Side, frame: Buffer, nowUs: number, vnet?: VirtioNetHeader): void {
     this.nowUs = nowUs;
     const origin: Origin = side === PRIMARY ? 'primary' : 'backup';
     this.frames[origin]++;
     const f = decodeFrame(frame, this.frame);
     if (f.error) {
       this.countMalformed(f.error, origin);
-      if (side === PRIMARY && this.config.policy.malformedFromVm === 'forward-primary') this.outputs.toClient(frame);
+      if (side === PRIMARY && this.config.policy.malformedFromVm === 'forward-primary') this.outputs.toClient(frame, vnet);
       else if (side === BACKUP) this.backupFramesSuppressed++;
       return;
     }
@@ -217,7 +227,7 @@ export class ShadowPipeline {
       // DEGRADED: the backup is stale; the primary's output flows unchecked (counted).
       if (side === PRIMARY) {
         this.countPolicy('degraded', 'forward-primary');
-        this.outputs.toClient(frame);
+        this.outputs.toClient(frame, vnet);
       } else {
         this.backupFramesSuppressed++;
       }
@@ -226,8 +236,8 @@ export class ShadowPipeline {
     if (f.l3 === 'ipv4' || f.l3 === 'ipv6') {
       const key = flowKeyOf(f, 'egress');
       const flow = this.settle(this.flows.getOrCreate(key, nowUs, () => this.newFlow(f, 'egress')).state);
-      if (flow.stream) this.egressTcp(side, f, frame, flow, nowUs);
-      else this.egressDatagram(side, f, frame, flow, nowUs);
+      if (flow.stream) this.egressTcp(side, f, frame, flow, nowUs, vnet);
+      else this.egressDatagram(side, f, frame, flow, nowUs, vnet);
       return;
     }
     const cls = f.l3 === 'arp' ? 'arp' : 'ethertype';
@@ -235,14 +245,14 @@ export class ShadowPipeline {
     this.countPolicy(cls === 'arp' ? 'arp' : `ethertype-0x${f.etherType.toString(16).padStart(4, '0')}`, action);
     if (action === 'compare') {
       const flow = this.settle(this.nonIpFlow(f, cls));
-      this.egressDatagram(side, f, frame, flow, nowUs);
+      this.egressDatagram(side, f, frame, flow, nowUs, vnet);
       return;
     }
     if (side === BACKUP) this.backupFramesSuppressed++;
-    else if (action === 'forward-primary') this.outputs.toClient(frame);
+    else if (action === 'forward-primary') this.outputs.toClient(frame, vnet);
   }
 
-  private egressTcp(side: Side, f: DecodedFrame, frame: Buffer, flow: ShadowFlow, nowUs: number): void {
+  private egressTcp(side: Side, f: DecodedFrame, frame: Buffer, flow: ShadowFlow, nowUs: number, vnet: VirtioNetHeader | undefined): void {
     const tcp = flow.tcp!;
     const stream = flow.stream!;
     const ep = tcp.replicas[side];
@@ -260,7 +270,7 @@ export class ShadowPipeline {
     if (flow.recent) flow.remember(side, side === PRIMARY ? bytes : this.copier.copy(frame), nowUs);
     if (side === PRIMARY) {
       const hasAck = (f.tcp.flags & TcpFlag.ACK) !== 0;
-      flow.held.hold(bytes, this.heldPool.lastSlab, segmentEnd(seg), seg.rst, hasAck, f.tcp.ack, seg.payload.length, nowUs);
+      flow.held.hold(bytes, this.heldPool.lastSlab, segmentEnd(seg), seg.rst, hasAck, f.tcp.ack, seg.payload.length, nowUs, vnet);
     } else {
       this.backupFramesSuppressed++;
     }
@@ -270,7 +280,7 @@ export class ShadowPipeline {
     this.afterCompare(flow, nowUs);
   }
 
-  private egressDatagram(side: Side, f: DecodedFrame, frame: Buffer, flow: ShadowFlow, nowUs: number): void {
+  private egressDatagram(side: Side, f: DecodedFrame, frame: Buffer, flow: ShadowFlow, nowUs: number, vnet: VirtioNetHeader | undefined): void {
     const cmp = flow.datagrams!;
     let bytes = frame;
     if (side === PRIMARY) {
@@ -280,7 +290,7 @@ export class ShadowPipeline {
     const content = f.l3 === 'ipv4' || f.l3 === 'ipv6' ? datagramContent(f) : f.buf.subarray(f.l3Offset, f.l3End);
     if (flow.recent) flow.remember(side, side === PRIMARY ? bytes : this.copier.copy(frame), nowUs);
     if (side === PRIMARY) {
-      flow.held.hold(bytes, this.heldPool.lastSlab, cmp.sent[PRIMARY] + 1, false, false, 0, content.length, nowUs);
+      flow.held.hold(bytes, this.heldPool.lastSlab, cmp.sent[PRIMARY] + 1, false, false, 0, content.length, nowUs, vnet);
     } else {
       this.backupFramesSuppressed++;
     }
@@ -378,7 +388,7 @@ export class ShadowPipeline {
     const held = this.ingressHold;
     this.ingressHold = [];
     this.ingressHoldBytes = 0;
-    for (const frame of held) this.forwardIngress(frame, this.nowUs);
+    for (const h of held) this.forwardIngress(h.frame, this.nowUs, h.vnet);
   }
 
   private onStateChanged(from: ReplicationState, to: ReplicationState, why: string): void {

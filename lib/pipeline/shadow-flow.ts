@@ -10,6 +10,7 @@ import { MatchTotals, Mismatch, TcpStreamComparator, PRIMARY, BACKUP } from '../
 import { FlowHeldQueue, HeldQueues, ReleaseGate } from '../release/held';
 import { seqMax } from '../packet/seq';
 import { SlabPool } from '../packet/slab';
+import type { VirtioNetHeader } from '../io/port';
 
 export interface FlowReport {
   /** "tcp 10.0.0.1:40000 > 10.0.0.2:80": client side first, VM second. */
@@ -40,7 +41,7 @@ export class ShadowFlow implements ReleaseGate {
   readonly datagrams: DatagramComparator | null;
   readonly held: FlowHeldQueue;
   /** Client frames waiting until the backup's sequence delta is known. */
-  ingressHeld: Buffer[] = [];
+  ingressHeld: { frame: Buffer; vnet: VirtioNetHeader | undefined }[] = [];
   /** Whether each side has ended its half (FIN) or reset: for idle expiry. */
   readonly closed = [false, false];
   /** The last checkpoint this flow has been resynchronized to (done lazily, on its next frame). */

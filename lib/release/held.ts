@@ -14,6 +14,7 @@
  */
 import { seqLe } from '../packet/seq';
 import { Slab, SlabPool } from '../packet/slab';
+import type { VirtioNetHeader } from '../io/port';
 
 export interface HeldFrame {
   frame: Buffer;
@@ -31,6 +32,8 @@ export interface HeldFrame {
   queue: FlowHeldQueue;
   /** Where `frame` was copied to; released with it. */
   slab: Slab | null;
+  /** The virtio-net header it came with (GSO, partial checksum): it leaves with it. */
+  vnet: VirtioNetHeader | undefined;
 }
 
 /** What the release predicate needs from a flow's comparison. */
@@ -59,8 +62,11 @@ export class FlowHeldQueue {
     return this.count;
   }
 
-  hold(frame: Buffer, slab: Slab | null, end: number, rst: boolean, hasAck: boolean, ack: number, payloadBytes: number, nowUs: number): HeldFrame {
-    const h: HeldFrame = { frame, end, rst, hasAck, ack, payloadBytes, heldAtUs: nowUs, released: false, queue: this, slab };
+  hold(
+    frame: Buffer, slab: Slab | null, end: number, rst: boolean, hasAck: boolean, ack: number, payloadBytes: number, nowUs: number,
+    vnet?: VirtioNetHeader,
+  ): HeldFrame {
+    const h: HeldFrame = { frame, end, rst, hasAck, ack, payloadBytes, heldAtUs: nowUs, released: false, queue: this, slab, vnet };
     this.frames.push(h);
     this.count++;
     this.bytes += frame.length;
@@ -124,7 +130,7 @@ export class HeldQueues {
   releasedBytes = 0;
   releasedPayloadBytes = 0;
 
-  constructor(private readonly sink: (frame: Buffer) => void, private readonly pool: SlabPool | null = null) {}
+  constructor(private readonly sink: (frame: Buffer, vnet?: VirtioNetHeader) => void, private readonly pool: SlabPool | null = null) {}
 
   noteHeld(h: HeldFrame): void {
     this.all.push(h);
@@ -140,7 +146,7 @@ export class HeldQueues {
     this.releasedBytes += h.frame.length;
     this.releasedPayloadBytes += h.payloadBytes;
     h.queue.noteReleased(h);
-    this.sink(h.frame);
+    this.sink(h.frame, h.vnet);
     this.pool?.release(h.slab);
   }
 

@@ -47,6 +47,7 @@ export function runCommand(y: Argv): Argv {
       .option('metrics', { type: 'string', describe: 'serve Prometheus metrics on HOST:PORT (loopback only)' })
       .option('config', { type: 'string', describe: 'JSON file with pipeline settings (see README)' })
       .option('io', { choices: ['afpacket', 'cap'] as const, default: 'afpacket' as const, describe: 'packet I/O back-end' })
+      .option('vnet-hdr', { type: 'boolean', default: true, describe: 'afpacket: exchange virtio-net headers (GSO super-frames and partial checksums pass intact)' })
       .option('resync', { choices: ['copy', 'align'] as const, describe: 'after a checkpoint: copy (a real agent copied the state) or align (lab agents that cannot)' })
       .option('log-level', { choices: ['debug', 'info', 'warn', 'error'] as const, default: 'info' as const }),
     async (args) => {
@@ -56,7 +57,7 @@ export function runCommand(y: Argv): Argv {
       const config = makePipelineConfig({ ...fileConfig, ...(args.resync ? { resync: args.resync } : {}) });
       const metrics = args.metrics ? parseHostPort(args.metrics) : undefined;
       const logger = new Logger({ level: args['log-level'], fields: { bridge: name } });
-      const ports = openPorts(args.io as IoBackend, { uplink: args.uplink, primary: args.primary, backup: args.backup });
+      const ports = openPorts(args.io as IoBackend, { uplink: args.uplink, primary: args.primary, backup: args.backup }, { vnetHdr: args['vnet-hdr'] });
       const bridge = new Bridge(ports, {
         name,
         config,

@@ -245,3 +245,35 @@ describe('ShadowPipeline with offloads', () => {
     expect(h.out.checkpoints.map((c) => c.reason)).toEqual(['queue']);
   });
 });
+
+describe('ShadowPipeline with virtio-net headers', () => {
+  const partial = { flags: 1, gsoType: 0, hdrLen: 0, gsoSize: 0, csumStart: 34, csumOffset: 16 };
+
+  it('leaves a partial checksum alone when it translates a client frame, and passes the header on', () => {
+    const sent: { frame: Buffer; vnet: unknown }[] = [];
+    const p = new ShadowPipeline(makePipelineConfig(), {
+      toPrimary: () => {}, toBackup: (f, vnet) => sent.push({ frame: Buffer.from(f), vnet }), toClient: () => {},
+      sendCheckpoint: () => {}, log: () => {},
+    }, 0, true);
+    p.fromClient(fromClient({ seq: C, flags: 'S', options: SYN_OPTS }), 1);
+    p.fromVm(PRIMARY, fromVm({ seq: P, ack: C + 1, flags: 'SA', options: SYN_OPTS }), 2);
+    p.fromVm(BACKUP, fromVm({ seq: B, ack: C + 1, flags: 'SA', options: SYN_OPTS }), 3);
+    p.fromClient(fromClient({ seq: C + 1, ack: P + 1, flags: 'A', checksum: 0x1234 }), 4, partial);
+    const last = sent[sent.length - 1];
+    expect(ackOf(last.frame)).toBe(B + 1);
+    expect(last.frame.readUInt16BE(14 + 20 + 16)).toBe(0x1234); // only the pseudo-header sum: untouched
+    expect(last.vnet).toBe(partial);
+  });
+
+  it('releases a held primary frame with the header it came with', () => {
+    const released: unknown[] = [];
+    const p = new ShadowPipeline(makePipelineConfig(), {
+      toPrimary: () => {}, toBackup: () => {}, toClient: (_f, vnet) => released.push(vnet),
+      sendCheckpoint: () => {}, log: () => {},
+    }, 0, true);
+    const gso = { flags: 1, gsoType: 1, hdrLen: 66, gsoSize: 1448, csumStart: 34, csumOffset: 16 };
+    p.fromVm(PRIMARY, fromVm({ seq: P, ack: C + 1, flags: 'SA', options: SYN_OPTS }), 1, gso);
+    p.fromVm(BACKUP, fromVm({ seq: B, ack: C + 1, flags: 'SA', options: SYN_OPTS }), 2);
+    expect(released).toEqual([gso]);
+  });
+});
