@@ -14,6 +14,9 @@ export interface PortOptions {
   vnetHdr?: boolean;
 }
 
+/** Ring slots per port with virtio-net headers: 512 × 64 KiB = 32 MiB of kernel memory per port. */
+export const VNET_RING_FRAMES = 512;
+
 function openOne(io: IoBackend, ifname: string, options: PortOptions): PacketPort {
   // Required lazily: each back-end loads native code only when chosen.
   if (io === 'cap') {
@@ -23,7 +26,10 @@ function openOne(io: IoBackend, ifname: string, options: PortOptions): PacketPor
   }
   // eslint-disable-next-line @typescript-eslint/no-var-requires
   const { AfPacketPort } = require('../io/afpacket-port') as typeof import('../io/afpacket-port');
-  return new AfPacketPort(ifname, { vnetHdr: options.vnetHdr ?? true });
+  const vnetHdr = options.vnetHdr ?? true;
+  // With virtio-net headers a slot must hold a 64 KiB GSO super-frame: without
+  // more slots than the 8 MiB default gives (about 150), bursts overflow the ring.
+  return new AfPacketPort(ifname, { vnetHdr, ...(vnetHdr ? { ringFrames: VNET_RING_FRAMES } : {}) });
 }
 
 export function openPorts(io: IoBackend, names: PortNames, options: PortOptions = {}): { uplink: PacketPort; primary: PacketPort; backup: PacketPort } {

@@ -127,6 +127,17 @@ export class TcpStreamComparator {
     this.outOfOrder[1] = [];
   }
 
+  /**
+   * Notes how far a side has spoken without comparing (while a checkpoint
+   * runs: what is said then is settled by the checkpoint), so that
+   * comparison can restart past it.
+   */
+  noteExtent(side: Side, seg: StreamSegment): void {
+    const segEnd = seqAdd(seg.position, (seg.syn ? 1 : 0) + seg.payload.length + (seg.fin ? 1 : 0));
+    if (!this.started) this.reset(seg.position, seg.syn);
+    if (seqGt(segEnd, this.end[side])) this.end[side] = segEnd;
+  }
+
   /** Appends a side's segment. Returns true when this segment revealed the first mismatch. */
   append(side: Side, seg: StreamSegment): boolean {
     if (this.mismatch) return false;
@@ -211,10 +222,10 @@ export class TcpStreamComparator {
       return;
     }
     // The other side is ahead: compare against what it said, from the head of `pending`.
-    const pending = this.pending;
+    // `this.pending` is re-read on every step: shiftPending() may compact it into a new array.
     let done = 0; // units of this run already compared
-    while (done < length && this.pendingHead < pending.length) {
-      const theirs = pending[this.pendingHead];
+    while (done < length && this.pendingHead < this.pending.length) {
+      const theirs = this.pending[this.pendingHead];
       if (theirs.unit !== unit) {
         const kind: MismatchKind = theirs.unit === Unit.Syn || unit === Unit.Syn ? 'syn' : 'fin';
         this.fail(kind, seqAdd(position, done), side, describeUnit({ position, unit, bytes, signature }, done), describeUnit(theirs, this.headSkip));
@@ -256,7 +267,7 @@ export class TcpStreamComparator {
       if (skip + n === theirs.bytes.length) this.shiftPending();
       else this.headSkip = skip + n;
     }
-    if (this.pendingHead === pending.length) {
+    if (this.pendingHead === this.pending.length) {
       this.leader = -1;
       this.pending = [];
       this.pendingHead = 0;

@@ -21,6 +21,12 @@ import { LabServers, startLabServers } from './servers';
 export interface BridgedLabOptions {
   prefix?: string;
   io?: IoBackend;
+  /**
+   * AF_PACKET virtio-net headers. Off by default here: the lab turns checksum
+   * offload off in its namespaces, so no frame needs one, and slots sized for
+   * MTU frames give a ring of thousands of them.
+   */
+  vnetHdr?: boolean;
   /** How long the lab agent's checkpoints take. */
   checkpointMs?: number;
   config?: Partial<PipelineConfig>;
@@ -66,7 +72,7 @@ export async function startBridgedLab(options: BridgedLabOptions = {}): Promise<
     await waitUntilQuiet(lab);
     const agentSocket = join(lab.runDir, 'agent.sock');
     const controlSocket = join(lab.runDir, 'control.sock');
-    const ports = openPorts(options.io ?? 'afpacket', { uplink: lab.client.hostIf, primary: lab.primary.hostIf, backup: lab.backup.hostIf });
+    const ports = openPorts(options.io ?? 'afpacket', { uplink: lab.client.hostIf, primary: lab.primary.hostIf, backup: lab.backup.hostIf }, { vnetHdr: options.vnetHdr ?? false });
     bridge = new Bridge(ports, {
       name: lab.prefix,
       config: makePipelineConfig({ resync: 'align', ...options.config }),

@@ -274,7 +274,11 @@ export class ShadowPipeline {
     } else {
       this.backupFramesSuppressed++;
     }
-    if (this.replicator.state !== 'COMPARING') return; // checkpointing: all held output goes when it is done
+    if (this.replicator.state !== 'COMPARING') {
+      // Checkpointing: all held output goes when it is done; comparison restarts past what is said meanwhile.
+      stream.noteExtent(side, seg);
+      return;
+    }
     if (stream.append(side, seg)) this.onMismatch(flow, nowUs);
     if (side === BACKUP && flow.ingressHeld.length > 0 && tcp.backupDeltaKnown) this.flushFlowIngress(flow);
     this.afterCompare(flow, nowUs);

@@ -133,6 +133,23 @@ describe('ShadowPipeline', () => {
     expect(h.p.reports[0].mismatches).toBe(1);
   });
 
+  it.each(['copy', 'align'] as const)('goes on comparing a connection that kept talking during a checkpoint (resync %s)', (resync) => {
+    const h = harness({ resync });
+    handshake(h);
+    h.p.request('manual', undefined, 5);
+    // Both replicas answer a request while the checkpoint runs (nothing pauses them in a lab).
+    h.p.fromVm(PRIMARY, fromVm({ seq: P + 1, ack: C + 1, flags: 'PA', payload: 'during' }), 6);
+    h.p.fromVm(BACKUP, fromVm({ seq: resync === 'copy' ? P + 1 : B + 1, ack: C + 1, flags: 'PA', payload: 'during' }), 7);
+    h.p.checkpointDone(h.out.checkpoints[0].epoch, 8);
+    const n = h.out.client.length;
+    const bseq = resync === 'copy' ? P + 7 : B + 7;
+    h.p.fromVm(PRIMARY, fromVm({ seq: P + 7, ack: C + 1, flags: 'PA', payload: 'after' }), 9);
+    h.p.fromVm(BACKUP, fromVm({ seq: bseq, ack: C + 1, flags: 'PA', payload: 'after' }), 10);
+    expect(h.out.client.length).toBe(n + 1);
+    h.p.tick(1_000_000);
+    expect(h.out.checkpoints.map((c) => c.reason)).toEqual(['manual']);
+  });
+
   it('asks for a checkpoint with reason timeout when a primary byte stays unmatched too long', () => {
     const h = harness({ maxUnmatchedAgeMs: 100 });
     handshake(h);
