@@ -28,7 +28,11 @@ demo: build
 	@echo "== the same pipeline offline: replay of captures recorded from vsftpd in passive mode"
 	@$(BIN) replay --client $(FIX)/ftp-pasv/client.pcap --primary $(FIX)/ftp-pasv/primary.pcap --backup $(FIX)/ftp-pasv/backup.pcap
 
+# Side by side on the netns lab (root): kernel bridge, shadowvm with AF_PACKET, shadowvm with libpcap;
+# then the pipeline's own cost per frame. Reports, not tests; JSON under bench/results/.
 bench: build
+	@if [ "$$(id -u)" -ne 0 ]; then echo "make bench builds network namespaces: run it as root (sudo make bench)"; exit 1; fi
+	@node dist/bench/lab-bench.js
 	@node dist/bench/pipeline.js
 
 # Re-records the fixtures from real servers in network namespaces (root).

@@ -15,14 +15,15 @@
  * run asynchronously so the in-process bridge keeps its event loop.
  *
  * Per mode: sanity fetch of both objects, 1 s wrk warm-up, idle ping, wrk
- * 1 KiB, wrk 100 KiB, iperf3. Bridge counters and process.cpuUsage() are
- * read around each phase. Results: a table on stdout and
+ * 1 KiB, wrk 100 KiB, iperf3. Bridge counters, process.cpuUsage() and
+ * /proc/stat are read around each phase; during the ping a LatencyProbe
+ * (bench/lib) says where the added round trip goes. Results: a table on stdout and
  * bench/results/lab-<timestamp>.json. The lab is always torn down (finally,
  * SIGINT/SIGTERM, uncaught errors).
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Bridge } from '../lib/bridge';
+import { Bridge, TICK_MS } from '../lib/bridge';
 import type { IoBackend } from '../lib/cli/ports';
 import type { LogFn } from '../lib/control/logger';
 import type { BridgeSnapshot } from '../lib/control/snapshot';
@@ -30,12 +31,13 @@ import { BridgedLab, startBridgedLab } from '../lib/lab/bridged';
 import { Lab, buildLab, findLabLeftovers, teardownLab, waitUntilQuiet } from '../lib/lab/netns';
 import { LabServers, startLabServers } from '../lib/lab/servers';
 import {
-  BENCH_OBJECTS, addKernelBridge, describeOffloads, hostFacts, iperfLogFile, kernelBridgeName, linkExists,
+  BENCH_OBJECTS, addKernelBridge, describeOffloads, hostCpuBusyPercent, hostFacts, readHostCpu, iperfLogFile, kernelBridgeName, linkExists,
   readOffloads, readTail, removeKernelBridge, startIperfServers, writeBenchObjects,
 } from './lib/lab-setup';
 import {
   IperfResult, PingResult, WrkOptions, WrkResult, fetchStatus, iperfServerSummary, runIperf, runPing, runWrk,
 } from './lib/load-tools';
+import { LatencyProbe, LatencyProbeReport } from './lib/latency-probe';
 import { Row, formatTable, ratioOf } from './lib/report';
 
 type Mode = 'kernel' | 'afpacket' | 'cap';
@@ -79,6 +81,8 @@ interface BridgePhase {
   wallMs: number;
   /** process.cpuUsage() of this process (bridge, lab agent, idle orchestration): user + system. */
   cpuUs: number;
+  /** Of which in the kernel (sendmmsg/poll, and the receiving namespaces' softirq work run in this process's context). */
+  cpuSystemUs: number;
   cpuPercentOfOneCore: number;
   /** Frames received on the three ports (uplink + primary + backup): what the bridge handled. */
   rxFrames: number;
@@ -88,6 +92,8 @@ interface BridgePhase {
   breaths?: number;
   framesPerBreath?: number;
   rxDrops: number;
+  /** Per port role (uplink, primary, backup): ring full or truncated. */
+  rxDropsByPort: Record<string, number>;
   txErrors: number;
   mismatches: number;
   checkpointsRequested: Record<string, number>;
@@ -131,12 +137,14 @@ function phaseOf(before: Counters, after: Counters, samples: string[]): BridgePh
   return {
     wallMs,
     cpuUs,
+    cpuSystemUs: after.cpu.system - before.cpu.system,
     cpuPercentOfOneCore: (cpuUs / 1000 / wallMs) * 100,
     rxFrames,
     txFrames: sumPorts(a, 'txFrames') - sumPorts(b, 'txFrames'),
     cpuUsPerFrame: rxFrames > 0 ? cpuUs / rxFrames : NaN,
     ...(breaths !== undefined ? { breaths, framesPerBreath: breaths > 0 ? rxFrames / breaths : NaN } : {}),
     rxDrops: sumPorts(a, 'rxDrops') - sumPorts(b, 'rxDrops'),
+    rxDropsByPort: Object.fromEntries(a.ports.map((p, i) => [p.role, p.rxDrops - b.ports[i].rxDrops])),
     txErrors: sumPorts(a, 'txErrors') - sumPorts(b, 'txErrors'),
     mismatches: a.mismatches - b.mismatches,
     checkpointsRequested: requested,
@@ -175,6 +183,30 @@ class EventTap {
   }
 }
 
+// ------------------------------------------------------------------ ports
+
+interface PortInfo { role: string; name: string; kind: string; vnetHdr?: boolean; ringSlots?: number; slotBytes?: number }
+
+/** What startBridgedLab opened: back-end, virtio-net headers, ring geometry. Reads the Bridge's private `ports`; changes nothing. */
+function describePorts(bridge: Bridge): PortInfo[] {
+  const ports = (bridge as unknown as { ports?: Record<string, { name: string; vnetHdr?: boolean; ring?: { frames: number; frameSize: number } }> }).ports ?? {};
+  return Object.entries(ports).map(([role, port]) => ({
+    role,
+    name: port.name,
+    kind: port.constructor?.name ?? 'unknown',
+    ...(port.vnetHdr !== undefined ? { vnetHdr: port.vnetHdr } : {}),
+    ...(port.ring ? { ringSlots: port.ring.frames, slotBytes: port.ring.frameSize } : {}),
+  }));
+}
+
+function portsLine(ports: PortInfo[] | undefined): string {
+  if (!ports?.length) return '';
+  const p = ports[0];
+  const same = ports.every((q) => q.kind === p.kind && q.vnetHdr === p.vnetHdr && q.ringSlots === p.ringSlots && q.slotBytes === p.slotBytes);
+  const one = (q: PortInfo) => `${q.kind}${q.vnetHdr !== undefined ? `, vnetHdr ${q.vnetHdr ? 'on' : 'off'}` : ''}${q.ringSlots ? `, receive ring ${q.ringSlots} slots × ${q.slotBytes} B` : ''}`;
+  return same ? `    ports: ${one(p)} (each of ${ports.map((q) => q.role).join(', ')})` : `    ports: ${ports.map((q) => `${q.role} ${one(q)}`).join('; ')}`;
+}
+
 // ------------------------------------------------------------------ one mode
 
 interface ModeResult {
@@ -186,11 +218,16 @@ interface ModeResult {
   offloads: Record<string, Record<string, string>>;
   offloadSummary: string;
   sanity: Record<string, { ok: boolean; status: number; bytes: number; error?: string }>;
-  ping?: PingResult & { bridge?: BridgePhase };
-  wrkSmall?: WrkResult & { bridge?: BridgePhase };
-  wrkLarge?: WrkResult & { bridge?: BridgePhase };
-  iperf?: IperfResult & { bridge?: BridgePhase; primaryServer: string; backupServer: string };
+  ping?: PingResult & { bridge?: BridgePhase; hostCpuBusyPercent: number; probe?: LatencyProbeReport };
+  wrkSmall?: WrkResult & { bridge?: BridgePhase; hostCpuBusyPercent: number };
+  wrkLarge?: WrkResult & { bridge?: BridgePhase; hostCpuBusyPercent: number };
+  iperf?: IperfResult & {
+    bridge?: BridgePhase; hostCpuBusyPercent: number;
+    primaryServer: string; backupServer: string; primaryServerLogTail: string; backupServerLogTail: string;
+  };
   bridgeWarnings?: Record<string, number>;
+  /** The bridge's ports as opened by startBridgedLab (read from the running Bridge, for the report). */
+  ports?: PortInfo[];
   teardown: { namespaces: string[]; links: string[]; processes: number[]; kernelBridgeLeft: boolean };
 }
 
@@ -219,29 +256,42 @@ async function measureMode(ctx: MeasureContext, o: Options, r: ModeResult, say: 
     if (!s.ok || s.bytes !== obj.bytes) throw new Error(`sanity fetch of ${url(obj.file)} through ${r.label} failed: ${s.error ?? `status ${s.status}, ${s.bytes} bytes (want ${obj.bytes})`}`);
   }
 
-  const phase = async <T extends object>(name: string, fn: () => Promise<T>): Promise<T & { bridge?: BridgePhase }> => {
+  type Measured<T> = T & { bridge?: BridgePhase; hostCpuBusyPercent: number };
+  const phase = async <T extends object>(name: string, fn: () => Promise<T>): Promise<Measured<T>> => {
     say(`  ${name}…`);
-    if (!ctx.bridge) return { ...(await fn()) };
-    ctx.tap!.phase = name;
-    const before = readCounters(ctx.bridge);
+    if (ctx.tap) ctx.tap.phase = name;
+    const before = ctx.bridge ? readCounters(ctx.bridge) : null;
+    const hostBefore = readHostCpu();
     const value = await fn();
+    const hostCpu = hostCpuBusyPercent(hostBefore, readHostCpu());
+    if (!ctx.bridge || !before) return { ...value, hostCpuBusyPercent: hostCpu };
     const after = readCounters(ctx.bridge);
-    return { ...value, bridge: phaseOf(before, after, ctx.tap!.take(name)) };
+    return { ...value, hostCpuBusyPercent: hostCpu, bridge: phaseOf(before, after, ctx.tap!.take(name)) };
   };
 
   // Warm-up: JIT of the bridge's hot path, nginx's caches, the flow table; not reported.
   await phase('warm-up', () => runWrk(ns, url(BENCH_OBJECTS.small.file), { ...o.wrk, seconds: 1 }));
   await sleep(1000);
-  r.ping = await phase('ping idle', () => runPing(ns, lab.serviceIpv4, o.pingCount, o.pingIntervalS));
+  const probe = ctx.bridge ? new LatencyProbe(ctx.bridge.pipeline, r.mode === 'afpacket') : null;
+  try {
+    r.ping = await phase('ping idle', () => runPing(ns, lab.serviceIpv4, o.pingCount, o.pingIntervalS));
+  } finally {
+    const report = probe?.stop();
+    if (r.ping && report) r.ping.probe = report;
+  }
   r.wrkSmall = await phase('wrk 1 KiB', () => runWrk(ns, url(BENCH_OBJECTS.small.file), o.wrk));
   r.wrkLarge = await phase('wrk 100 KiB', () => runWrk(ns, url(BENCH_OBJECTS.large.file), o.wrk));
   const iperf = await phase('iperf3', () => runIperf(ns, lab.serviceIpv4, o.seconds));
   // The servers flush their logs (--forceflush); give them a moment to finish the test's summary.
-  await sleep(300);
+  await sleep(1000);
+  const primaryLog = readTail(iperfLogFile(lab, lab.primary));
+  const backupLog = readTail(iperfLogFile(lab, lab.backup));
   r.iperf = {
     ...iperf,
-    primaryServer: iperfServerSummary(readTail(iperfLogFile(lab, lab.primary))),
-    backupServer: iperfServerSummary(readTail(iperfLogFile(lab, lab.backup))),
+    primaryServer: iperfServerSummary(primaryLog),
+    backupServer: iperfServerSummary(backupLog),
+    primaryServerLogTail: primaryLog.slice(-1500),
+    backupServerLogTail: backupLog.slice(-1500),
   };
 }
 
@@ -290,6 +340,7 @@ async function runShadowMode(mode: 'afpacket' | 'cap', o: Options, say: (s: stri
   try {
     bridged = await startBridgedLab({ prefix: o.prefix, io: mode as IoBackend, log: tap.log });
     current.bridged = bridged;
+    r.ports = describePorts(bridged.bridge);
     writeBenchObjects(bridged.servers);
     await startIperfServers(bridged.lab);
     r.offloads = readOffloads(bridged.lab);
@@ -373,6 +424,8 @@ function rowsOf(results: ModeResult[]): Row[] {
     { metric: 'bridge CPU µs/frame (wrk 1 KiB)', values: by((r) => r.wrkSmall?.bridge?.cpuUsPerFrame), digits: 2, ratio: false },
     { metric: 'bridge CPU µs/frame (wrk 100 KiB)', values: by((r) => r.wrkLarge?.bridge?.cpuUsPerFrame), digits: 2, ratio: false },
     { metric: 'bridge CPU % of a core (wrk 1 KiB)', values: by((r) => r.wrkSmall?.bridge?.cpuPercentOfOneCore), digits: 0, ratio: false },
+    { metric: 'host CPU busy % (wrk 1 KiB, all CPUs)', values: by((r) => r.wrkSmall?.hostCpuBusyPercent), digits: 0, ratio: false },
+    { metric: 'host CPU busy % (wrk 100 KiB)', values: by((r) => r.wrkLarge?.hostCpuBusyPercent), digits: 0, ratio: false },
     { metric: 'wrk latency p99 ms (1 KiB, loaded)', values: by((r) => (r.wrkSmall?.ok ? r.wrkSmall.latencyP99Ms : NaN)), digits: 2, ratio: true },
   ];
 }
@@ -382,11 +435,12 @@ function describePhase(name: string, p: BridgePhase | undefined): string {
   const reasons = Object.entries(p.checkpointsRequested).map(([k, n]) => `${k} ${n}`).join(', ') || 'none';
   const parts = [
     `${p.rxFrames} frames in (${p.txFrames} out)`,
+    `CPU ${p.cpuUsPerFrame.toFixed(1)} µs/frame (${p.cpuUs > 0 ? ((p.cpuSystemUs / p.cpuUs) * 100).toFixed(0) : '—'}% system), ${p.cpuPercentOfOneCore.toFixed(0)}% of a core`,
     p.framesPerBreath !== undefined ? `${p.framesPerBreath.toFixed(1)} frames/wake-up` : '',
     `mismatches ${p.mismatches}`,
     `checkpoints asked ${reasons}, done ${p.checkpointsDone}, failed ${p.checkpointsFailed}`,
     p.ingressHeldFrames ? `ingress held ${p.ingressHeldFrames} (dropped ${p.ingressHoldDropped})` : '',
-    p.rxDrops || p.txErrors ? `rx drops ${p.rxDrops}, tx errors ${p.txErrors}` : '',
+    p.rxDrops || p.txErrors ? `rx drops ${Object.entries(p.rxDropsByPort).map(([k, n]) => `${k} ${n}`).join(' ')}, tx errors ${p.txErrors}` : '',
     p.malformed ? `malformed ${p.malformed}` : '',
     `state after ${p.stateAfter}`,
   ].filter(Boolean);
@@ -418,6 +472,7 @@ function report(results: ModeResult[], o: Options, facts: Record<string, string>
   for (const r of results) {
     out.push('');
     out.push(`${r.label}: ${r.ok ? 'ok' : `FAILED: ${r.error}`} (setup ${r.setupMs} ms)`);
+    if (r.ports) out.push(portsLine(r.ports));
     if (r.ping && r.ping.error) out.push(`    ping: ${r.ping.error}`);
     for (const l of [loadLine('wrk 1 KiB', r.wrkSmall), loadLine('wrk 100 KiB', r.wrkLarge)]) if (l) out.push(l);
     if (r.iperf) {
@@ -428,6 +483,13 @@ function report(results: ModeResult[], o: Options, facts: Record<string, string>
     if (r.mode !== 'kernel') {
       out.push('    bridge counters per phase:');
       out.push(describePhase('ping idle', r.ping?.bridge));
+      const pr = r.ping?.probe;
+      if (pr) {
+        const us = (v: number) => (Number.isFinite(v) ? v.toFixed(0) : '—');
+        out.push(`      where the idle RTT goes: kernel timestamp → JS ${pr.kernelToJsUs ? `p50 ${us(pr.kernelToJsUs.p50)} µs, p99 ${us(pr.kernelToJsUs.p99)} µs, max ${us(pr.kernelToJsUs.max)} µs` : 'n/a (cap stamps frames in JS)'};`
+          + ` backup reply later than primary's: p50 ${us(pr.backupLagUs.p50)} µs, p99 ${us(pr.backupLagUs.p99)} µs (${pr.backupLagUs.replies} replies);`
+          + ` ${pr.tick.calls} ticks (timer ${TICK_MS} ms), mean ${pr.tick.meanUs.toFixed(1)} µs, max ${us(pr.tick.maxUs)} µs`);
+      }
       out.push(describePhase('wrk 1 KiB', r.wrkSmall?.bridge));
       out.push(describePhase('wrk 100 KiB', r.wrkLarge?.bridge));
       out.push(describePhase('iperf3', r.iperf?.bridge));

@@ -179,3 +179,20 @@ export function hostFacts(): Record<string, string> {
     loadavg: read('/proc/loadavg'),
   };
 }
+
+/** Host-wide CPU time from /proc/stat (jiffies): busy (everything but idle and iowait) and total. */
+export function readHostCpu(): { busy: number; total: number } {
+  try {
+    const fields = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1, 9).map(Number);
+    const total = fields.reduce((n, v) => n + v, 0);
+    return { busy: total - fields[3] - fields[4], total };
+  } catch {
+    return { busy: NaN, total: NaN };
+  }
+}
+
+/** Busy share of all CPUs between two readings, percent (100: every CPU busy all the time). */
+export function hostCpuBusyPercent(before: { busy: number; total: number }, after: { busy: number; total: number }): number {
+  const total = after.total - before.total;
+  return total > 0 ? ((after.busy - before.busy) / total) * 100 : NaN;
+}
