@@ -1,0 +1,127 @@
+/**
+ * `shadowvm run` as an administrator starts it (root): on real interfaces,
+ * with its sockets; and how it refuses bad input with one line and leaves
+ * nothing half set up.
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { get } from 'node:http';
+import { requireBuiltCli, requireRoot, runShadowvm, spawnShadowvm } from '../support/lab-helpers';
+
+jest.setTimeout(60_000);
+
+const tag = `r${process.pid % 10000}`;
+const ifs = { uplink: `svm${tag}u`, primary: `svm${tag}p`, backup: `svm${tag}b` };
+const peers = Object.values(ifs).map((i) => `${i}x`);
+
+function ip(...args: string[]): void {
+  execFileSync('ip', args, { stdio: 'ignore' });
+}
+
+function httpGet(url: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    get(url, (res) => {
+      let body = '';
+      res.on('data', (c) => { body += c; });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    }).on('error', reject);
+  });
+}
+
+describe('shadowvm run (root, on veth pairs)', () => {
+  let dir: string;
+  beforeAll(() => {
+    requireRoot('run-cli.test.ts');
+    requireBuiltCli();
+    dir = mkdtempSync(join(tmpdir(), 'svm-run-'));
+    Object.values(ifs).forEach((name, i) => {
+      ip('link', 'add', name, 'type', 'veth', 'peer', 'name', peers[i]);
+      ip('link', 'set', name, 'up');
+      ip('link', 'set', peers[i], 'up');
+    });
+  });
+  afterAll(() => {
+    for (const name of Object.values(ifs)) {
+      try { ip('link', 'del', name); } catch { /* already gone */ }
+    }
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const base = () => ['run', '--name', tag, '--uplink', ifs.uplink, '--primary', ifs.primary, '--backup', ifs.backup,
+    '--agent', join(dir, 'agent.sock'), '--control', join(dir, 'control.sock')];
+
+  it('runs, answers status on its control socket and metrics on loopback, refuses a second bridge on the same sockets, and stops cleanly', async () => {
+    const bridge = spawnShadowvm([...base(), '--metrics', '127.0.0.1:0']);
+    try {
+      await bridge.waitFor(/"event":"started"/, 15_000);
+      const status = await runShadowvm(['status', '--control', join(dir, 'control.sock'), '--json']);
+      expect(status.code).toBe(0);
+      const snap = JSON.parse(status.output);
+      expect(snap.state).toBe('DEGRADED'); // no agent yet: the primary's output flows unchecked, and it says so
+      expect(snap.ports.map((p: { name: string }) => p.name)).toEqual([ifs.uplink, ifs.primary, ifs.backup]);
+      expect(bridge.output()).toContain('"event":"degraded"');
+
+      const second = await runShadowvm(base());
+      expect(second.code).toBe(2);
+      const lines = second.output.trim().split('\n').filter((l) => l.startsWith('shadowvm:'));
+      expect(lines).toHaveLength(1);
+      expect(lines[0]).toMatch(/in use/);
+      expect(existsSync(join(dir, 'control.sock'))).toBe(true); // the first bridge's socket survived
+    } finally {
+      bridge.child.kill('SIGTERM');
+    }
+    expect(await bridge.exited).toBe(0);
+    expect(existsSync(join(dir, 'control.sock'))).toBe(false);
+    expect(existsSync(join(dir, 'agent.sock'))).toBe(false);
+  });
+
+  it('serves Prometheus text at /metrics', async () => {
+    const port = 19000 + (process.pid % 1000);
+    const bridge = spawnShadowvm([...base(), '--metrics', `127.0.0.1:${port}`]);
+    try {
+      await bridge.waitFor(/"event":"started"/, 15_000);
+      const res = await httpGet(`http://127.0.0.1:${port}/metrics`);
+      expect(res.status).toBe(200);
+      expect(res.body).toMatch(/^# TYPE shadowvm_\w+ (counter|gauge)$/m);
+      expect(res.body).toMatch(/^shadowvm_replication_state\{state="DEGRADED"\} 1$/m);
+    } finally {
+      bridge.child.kill('SIGTERM');
+      await bridge.exited;
+    }
+  });
+
+  it.each([
+    ['an unknown interface', ['--uplink', 'nosuchif0'], /nosuchif0/],
+    ['a bad --metrics', ['--metrics', 'localhost'], /--metrics wants HOST:PORT/],
+    ['a remote --metrics address', ['--metrics', '10.1.2.3:9464'], /not a loopback address/],
+    ['a bad --name', ['--name', 'a/b'], /--name/],
+  ])('exits 2 with one line for %s and leaves no socket behind', async (_what, extra, message) => {
+    const args = [...base()];
+    for (let i = 0; i < extra.length; i += 2) {
+      const at = args.indexOf(extra[i]);
+      if (at >= 0) args[at + 1] = extra[i + 1];
+      else args.push(extra[i], extra[i + 1]);
+    }
+    const r = await runShadowvm(args);
+    expect(r.code).toBe(2);
+    const lines = r.output.trim().split('\n').filter((l) => l.startsWith('shadowvm:'));
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(message);
+    expect(existsSync(join(dir, 'control.sock'))).toBe(false);
+    expect(existsSync(join(dir, 'agent.sock'))).toBe(false);
+  });
+
+  it('exits 2 with one line for an invalid config file', async () => {
+    const bad = join(dir, 'bad.json');
+    writeFileSync(bad, '{"maxUnmatchedAgeMs": -1}');
+    const r = await runShadowvm([...base(), '--config', bad]);
+    expect(r.code).toBe(2);
+    expect(r.output).toMatch(/^shadowvm: invalid setting maxUnmatchedAgeMs: must be a positive number, got -1$/m);
+    writeFileSync(bad, 'not json');
+    const r2 = await runShadowvm([...base(), '--config', bad]);
+    expect(r2.code).toBe(2);
+    expect(r2.output).toMatch(/^shadowvm: config file .* is not valid/m);
+  });
+});
