@@ -20,6 +20,11 @@ need=(
   "/usr/bin/lftp:lftp"
   "/usr/sbin/dnsmasq:dnsmasq-base"
   "/usr/bin/dig:bind9-dnsutils"
+  "/usr/bin/wrk:wrk"                         # load in the lab tests and the bench
+  "/usr/bin/iperf3:iperf3"                   # the bench
+  "/usr/bin/ping:iputils-ping"               # the bench
+  "/usr/bin/pgrep:procps"                    # lab teardown checks
+  "/usr/bin/setpriv:util-linux"              # the no-privilege checks of the port tests
 )
 missing=()
 for entry in "${need[@]}"; do
