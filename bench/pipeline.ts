@@ -34,9 +34,15 @@ function variants(inputs: PcapRecord[][]): Step[] {
   const span = base[base.length - 1][1].timeUs - base[0][1].timeUs + 1_000_000;
   const f = new DecodedFrame();
   const steps: Step[] = [];
+  // All copies live in one ArrayBuffer, as frames in a capture file or an I/O ring do.
+  const total = base.reduce((n, [, rec]) => n + rec.frame.length, 0) * VARIANTS;
+  const arena = Buffer.alloc(total);
+  let used = 0;
   for (let k = 0; k < VARIANTS; k++) {
     for (const [source, rec] of base) {
-      const frame = Buffer.from(rec.frame);
+      const frame = arena.subarray(used, used + rec.frame.length);
+      rec.frame.copy(frame);
+      used += rec.frame.length;
       decodeFrame(frame, f);
       if (!f.error && (f.l4 === 'tcp' || f.l4 === 'udp') && !f.fragment) {
         // The client's port: source port on the client side, destination port from the VMs.

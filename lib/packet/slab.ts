@@ -12,7 +12,7 @@
  * ports, so no send queue still points into the slab). Fresh memory costs a
  * page fault per 4 KiB on first touch; reused slabs do not.
  */
-const SLAB_BYTES = 1 << 20;
+const SLAB_BYTES = 1 << 18;
 const LARGE_COPY = SLAB_BYTES / 4;
 
 export class SlabCopier {
@@ -71,7 +71,7 @@ export class SlabPool {
 
   copy(src: Uint8Array): Buffer {
     const n = src.length;
-    if (n > this.slabBytes / 4) {
+    if (n > this.slabBytes / 2) {
       this.lastSlab = null;
       return Buffer.from(src);
     }
