@@ -7,6 +7,8 @@ export interface FlowEntry<S> {
   readonly key: string;
   state: S;
   lastSeenUs: number;
+  /** Set when the entry leaves the table (evicted or deleted). */
+  removed: boolean;
   /** LRU links: `newer` toward the head (most recent). */
   newer: FlowEntry<S> | null;
   older: FlowEntry<S> | null;
@@ -42,7 +44,7 @@ export class FlowTable<S> {
     const found = this.get(key, nowUs);
     if (found) return found;
     if (this.map.size >= this.maxFlows && this.oldest) this.evict(this.oldest, 'lru');
-    const e: FlowEntry<S> = { key, state: create(), lastSeenUs: nowUs, newer: null, older: this.newest };
+    const e: FlowEntry<S> = { key, state: create(), lastSeenUs: nowUs, removed: false, newer: null, older: this.newest };
     if (this.newest) this.newest.newer = e;
     this.newest = e;
     if (!this.oldest) this.oldest = e;
@@ -75,7 +77,8 @@ export class FlowTable<S> {
     yield* this.map.values();
   }
 
-  private touch(e: FlowEntry<S>, nowUs: number): void {
+  /** Marks an entry (found without a key lookup) as just used. */
+  touch(e: FlowEntry<S>, nowUs: number): void {
     e.lastSeenUs = nowUs;
     if (e === this.newest) return;
     // unlink
@@ -97,6 +100,7 @@ export class FlowTable<S> {
 
   private unlink(e: FlowEntry<S>): void {
     this.map.delete(e.key);
+    e.removed = true;
     if (e.newer) e.newer.older = e.older;
     else this.newest = e.older;
     if (e.older) e.older.newer = e.newer;

@@ -6,3 +6,4 @@
 export * from './key';
 export * from './flow-table';
 export * from './tcp-replica';
+export * from './key-cache';

@@ -15,7 +15,8 @@ import { DecodedFrame, decodeFrame } from '../packet/frame';
 import { SlabCopier, SlabPool } from '../packet/slab';
 import { TcpOptions } from '../packet/tcp-options';
 import { FlowEntry, FlowTable } from '../flow/flow-table';
-import { describeFlow, flowKeyOf, flowProtocolOf } from '../flow/key';
+import { describeFlow, flowProtocolOf } from '../flow/key';
+import { FlowLookup } from '../flow/key-cache';
 import { BACKUP, PRIMARY, Side, StreamSegment } from '../compare/tcp-stream';
 import { datagramContent } from '../normalize/datagram';
 import { learnFromSyn, newStreamSegment, normalizeTcp, segmentEnd } from '../normalize/tcp';
@@ -78,6 +79,9 @@ export class ShadowPipeline {
   flowsCreated = 0;
 
   private readonly frame = new DecodedFrame();
+  /** Lookups that remember their last flow: one per direction and side. */
+  private readonly ingressLookup: FlowLookup<ShadowFlow>;
+  private readonly egressLookup: [FlowLookup<ShadowFlow>, FlowLookup<ShadowFlow>];
   private readonly opts = new TcpOptions();
   private readonly segment: StreamSegment = newStreamSegment();
   /** Copies nobody releases explicitly (held ingress, divergence captures). */
@@ -108,6 +112,8 @@ export class ShadowPipeline {
     this.backupCopies = new SlabPool(true, false);
     this.held = new HeldQueues((frame, vnet) => outputs.toClient(frame, vnet), this.heldPool);
     this.flows = new FlowTable<ShadowFlow>(config.maxFlows, (e, why) => this.onEvict(e, why));
+    this.ingressLookup = new FlowLookup(this.flows, 'ingress');
+    this.egressLookup = [new FlowLookup(this.flows, 'egress'), new FlowLookup(this.flows, 'egress')];
     this.replicator = new Replicator(config.replicator, {
       sendCheckpoint: (req) => outputs.sendCheckpoint(req),
       checkpointDone: (rec) => this.onCheckpointDone(rec),
@@ -158,9 +164,8 @@ export class ShadowPipeline {
       this.outputs.toBackup(frame, vnet);
       return;
     }
-    const key = flowKeyOf(f, 'ingress');
     const isSyn = (f.tcp.flags & TcpFlag.SYN) !== 0;
-    const entry = isSyn ? this.flows.getOrCreate(key, nowUs, () => this.newFlow(f, 'ingress')) : this.flows.get(key, nowUs);
+    const entry = this.ingressLookup.find(f, nowUs, isSyn ? () => this.newFlow(f, 'ingress') : undefined);
     if (!entry) {
       // A flow no VM has spoken in: nothing to translate (the delta is zero).
       this.outputs.toBackup(frame, vnet);
@@ -234,8 +239,7 @@ export class ShadowPipeline {
       return;
     }
     if (f.l3 === 'ipv4' || f.l3 === 'ipv6') {
-      const key = flowKeyOf(f, 'egress');
-      const flow = this.settle(this.flows.getOrCreate(key, nowUs, () => this.newFlow(f, 'egress')).state);
+      const flow = this.settle(this.egressLookup[side].find(f, nowUs, () => this.newFlow(f, 'egress'))!.state);
       if (flow.stream) this.egressTcp(side, f, frame, flow, nowUs, vnet);
       else this.egressDatagram(side, f, frame, flow, nowUs, vnet);
       return;
