@@ -9,8 +9,7 @@ import { join } from 'node:path';
 import { BridgedLab, startBridgedLab, waitFor } from '../../lib/lab/bridged';
 import { LAB_FILES } from '../../lib/lab/content';
 import { runInAsync } from '../../lib/lab/exec';
-import { findLabLeftovers, teardownLab } from '../../lib/lab/netns';
-import { NO_LEFTOVERS, flowReports, recordingLog, requireRoot, serverPort, sha256File } from '../support/lab-helpers';
+import { stopLabAfterAll, flowReports, recordingLog, requireRoot, serverPort, sha256File } from '../support/lab-helpers';
 
 const PREFIX = 'svmi3';
 jest.setTimeout(40_000);
@@ -29,14 +28,7 @@ describe('FTP passive mode through the bridge', () => {
     l = await startBridgedLab({ prefix: PREFIX, log: recorded.log });
   }, 30_000);
 
-  afterAll(async () => {
-    try {
-      await l?.stop();
-    } finally {
-      teardownLab(PREFIX);
-    }
-    expect(findLabLeftovers(PREFIX)).toEqual(NO_LEFTOVERS);
-  }, 20_000);
+  stopLabAfterAll(PREFIX, () => l);
 
   test('an lftp passive-mode session fetches files byte-identical to the served ones', async () => {
     const { lab, servers } = bridged();

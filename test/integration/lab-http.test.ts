@@ -8,8 +8,7 @@ import { join } from 'node:path';
 import { BridgedLab, startBridgedLab, waitFor } from '../../lib/lab/bridged';
 import { LAB_BLOB_BYTES, LAB_FILES } from '../../lib/lab/content';
 import { runInAsync } from '../../lib/lab/exec';
-import { findLabLeftovers, teardownLab } from '../../lib/lab/netns';
-import { NO_LEFTOVERS, flowReports, recordingLog, requireRoot, clientPort, serverPort, sha256File } from '../support/lab-helpers';
+import { stopLabAfterAll, flowReports, recordingLog, requireRoot, clientPort, serverPort, sha256File } from '../support/lab-helpers';
 
 const PREFIX = 'svmi1';
 jest.setTimeout(40_000);
@@ -56,14 +55,7 @@ describe('HTTP through the bridge', () => {
     l = await startBridgedLab({ prefix: PREFIX, log: recorded.log });
   }, 30_000);
 
-  afterAll(async () => {
-    try {
-      await l?.stop();
-    } finally {
-      teardownLab(PREFIX);
-    }
-    expect(findLabLeftovers(PREFIX)).toEqual(NO_LEFTOVERS);
-  }, 20_000);
+  stopLabAfterAll(PREFIX, () => l);
 
   test('downloads the 100 KiB blob over IPv4 byte-identical to the served file', async () => {
     const { lab } = bridged();

@@ -18,8 +18,7 @@ import { readPcapFile } from '../../lib/io';
 import { BridgedLab, startBridgedLab } from '../../lib/lab/bridged';
 import { LAB_FILES } from '../../lib/lab/content';
 import { runInAsync } from '../../lib/lab/exec';
-import { findLabLeftovers, teardownLab } from '../../lib/lab/netns';
-import { Capture, CaptureSummary, NO_LEFTOVERS, delay, requireRoot, sha256File, startCapture } from '../support/lab-helpers';
+import { Capture, CaptureSummary, delay, requireRoot, sha256File, startCapture, stopLabAfterAll } from '../support/lab-helpers';
 
 const PREFIX = 'svmi4';
 jest.setTimeout(50_000);
@@ -87,14 +86,7 @@ describe('isolation of the backup', () => {
     }
   }, 45_000);
 
-  afterAll(async () => {
-    try {
-      await l?.stop();
-    } finally {
-      teardownLab(PREFIX);
-    }
-    expect(findLabLeftovers(PREFIX)).toEqual(NO_LEFTOVERS);
-  }, 20_000);
+  stopLabAfterAll(PREFIX, () => l);
 
   const captured = () => {
     if (!summaries) throw new Error('the captures did not complete (see beforeAll)');

@@ -11,8 +11,7 @@
 import { BridgedLab, startBridgedLab } from '../../lib/lab/bridged';
 import { LAB_FILES } from '../../lib/lab/content';
 import { runInAsync } from '../../lib/lab/exec';
-import { findLabLeftovers, teardownLab } from '../../lib/lab/netns';
-import { NO_LEFTOVERS, requireRoot } from '../support/lab-helpers';
+import { stopLabAfterAll, requireRoot } from '../support/lab-helpers';
 
 const PREFIX = 'svmi2';
 const WRK_SECONDS = 3;
@@ -52,14 +51,7 @@ describe('wrk through the bridge', () => {
     l = await startBridgedLab({ prefix: PREFIX });
   }, 30_000);
 
-  afterAll(async () => {
-    try {
-      await l?.stop();
-    } finally {
-      teardownLab(PREFIX);
-    }
-    expect(findLabLeftovers(PREFIX)).toEqual(NO_LEFTOVERS);
-  }, 20_000);
+  stopLabAfterAll(PREFIX, () => l);
 
   test('answers every request of a wrk run without a socket error', async () => {
     if (!l) throw new Error('the bridged lab did not start (see beforeAll)');

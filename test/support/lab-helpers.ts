@@ -7,6 +7,7 @@
  * is asynchronous: a synchronous exec would stall the bridge and with it the
  * client being waited for.
  */
+import { findLabLeftovers, teardownLab } from '../../lib/lab/netns';
 import { ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
@@ -219,4 +220,20 @@ export async function runShadowvm(args: readonly string[], timeoutMs = 30_000): 
   } finally {
     clearTimeout(timer);
   }
+}
+
+/**
+ * Registers the afterAll every lab test file needs: stop the bridged lab
+ * (if it started), tear down by prefix whatever is left, and check that
+ * nothing is.
+ */
+export function stopLabAfterAll(prefix: string, lab: () => { stop(): Promise<void> } | undefined): void {
+  afterAll(async () => {
+    try {
+      await lab()?.stop();
+    } finally {
+      teardownLab(prefix);
+    }
+    expect(findLabLeftovers(prefix)).toEqual(NO_LEFTOVERS);
+  }, 20_000);
 }
