@@ -12,6 +12,8 @@ export interface PortNames {
 export interface PortOptions {
   /** AF_PACKET only: exchange virtio-net headers, so offloads (GSO, partial checksums) can stay on. */
   vnetHdr?: boolean;
+  /** AF_PACKET only: after each breath, poll the rings this long before sleeping (µs; blocks the event loop). */
+  busyPollUs?: number;
 }
 
 /** Ring slots per port with virtio-net headers: 512 × 64 KiB = 32 MiB of kernel memory per port. */
@@ -29,7 +31,7 @@ function openOne(io: IoBackend, ifname: string, options: PortOptions): PacketPor
   const vnetHdr = options.vnetHdr ?? true;
   // With virtio-net headers a slot must hold a 64 KiB GSO super-frame: without
   // more slots than the 8 MiB default gives (about 150), bursts overflow the ring.
-  return new AfPacketPort(ifname, { vnetHdr, ...(vnetHdr ? { ringFrames: VNET_RING_FRAMES } : {}) });
+  return new AfPacketPort(ifname, { vnetHdr, busyPollUs: options.busyPollUs ?? 0, ...(vnetHdr ? { ringFrames: VNET_RING_FRAMES } : {}) });
 }
 
 export function openPorts(io: IoBackend, names: PortNames, options: PortOptions = {}): { uplink: PacketPort; primary: PacketPort; backup: PacketPort } {

@@ -27,6 +27,8 @@ export interface BridgedLabOptions {
    * MTU frames give a ring of thousands of them.
    */
   vnetHdr?: boolean;
+  /** AF_PACKET: poll the rings this long after each breath before sleeping (µs). */
+  busyPollUs?: number;
   /** How long the lab agent's checkpoints take. */
   checkpointMs?: number;
   config?: Partial<PipelineConfig>;
@@ -72,7 +74,7 @@ export async function startBridgedLab(options: BridgedLabOptions = {}): Promise<
     await waitUntilQuiet(lab);
     const agentSocket = join(lab.runDir, 'agent.sock');
     const controlSocket = join(lab.runDir, 'control.sock');
-    const ports = openPorts(options.io ?? 'afpacket', { uplink: lab.client.hostIf, primary: lab.primary.hostIf, backup: lab.backup.hostIf }, { vnetHdr: options.vnetHdr ?? false });
+    const ports = openPorts(options.io ?? 'afpacket', { uplink: lab.client.hostIf, primary: lab.primary.hostIf, backup: lab.backup.hostIf }, { vnetHdr: options.vnetHdr ?? false, busyPollUs: options.busyPollUs });
     bridge = new Bridge(ports, {
       name: lab.prefix,
       config: makePipelineConfig({ resync: 'align', ...options.config }),

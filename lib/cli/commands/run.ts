@@ -48,16 +48,18 @@ export function runCommand(y: Argv): Argv {
       .option('config', { type: 'string', describe: 'JSON file with pipeline settings (see README)' })
       .option('io', { choices: ['afpacket', 'cap'] as const, default: 'afpacket' as const, describe: 'packet I/O back-end' })
       .option('vnet-hdr', { type: 'boolean', default: true, describe: 'afpacket: exchange virtio-net headers (GSO super-frames and partial checksums pass intact)' })
+      .option('busy-poll-us', { type: 'number', default: 0, describe: 'afpacket: poll the rings this many µs after each wake-up before sleeping (lower latency, more CPU)' })
       .option('resync', { choices: ['copy', 'align'] as const, describe: 'after a checkpoint: copy (a real agent copied the state) or align (lab agents that cannot)' })
       .option('log-level', { choices: ['debug', 'info', 'warn', 'error'] as const, default: 'info' as const }),
     async (args) => {
       const name = args.name;
+      if (!(args['busy-poll-us'] >= 0 && args['busy-poll-us'] <= 10_000)) throw new UsageError('--busy-poll-us must be between 0 and 10000');
       if (!/^[A-Za-z0-9_.-]{1,32}$/.test(name)) throw new UsageError(`--name must be 1-32 letters, digits, '.', '_' or '-', got ${JSON.stringify(name)}`);
       const fileConfig = args.config ? readConfigFile(args.config) : {};
       const config = makePipelineConfig({ ...fileConfig, ...(args.resync ? { resync: args.resync } : {}) });
       const metrics = args.metrics ? parseHostPort(args.metrics) : undefined;
       const logger = new Logger({ level: args['log-level'], fields: { bridge: name } });
-      const ports = openPorts(args.io as IoBackend, { uplink: args.uplink, primary: args.primary, backup: args.backup }, { vnetHdr: args['vnet-hdr'] });
+      const ports = openPorts(args.io as IoBackend, { uplink: args.uplink, primary: args.primary, backup: args.backup }, { vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'] });
       const bridge = new Bridge(ports, {
         name,
         config,
