@@ -10,7 +10,7 @@
  * Counters for everything that is not a plain pass: malformed input by
  * reason and side, policy actions, held and dropped ingress, evictions.
  */
-import { EtherType, MALFORMED_REASONS, MalformedReason, TcpFlag } from '../packet/constants';
+import { MalformedReason, TcpFlag } from '../packet/constants';
 import { DecodedFrame, decodeFrame } from '../packet/frame';
 import { SlabCopier, SlabPool } from '../packet/slab';
 import { TcpOptions } from '../packet/tcp-options';
@@ -481,4 +481,3 @@ export class ShadowPipeline {
   }
 }
 
-export { MALFORMED_REASONS, EtherType };
