@@ -58,8 +58,7 @@ export class Bridge {
     this.clockUs = options.clockUs ?? (() => Date.now() * 1000);
     const { uplink, primary, backup } = ports;
     this.pipeline = new ShadowPipeline(options.config, {
-      toPrimary: (f, vnet) => primary.send(f, vnet),
-      toBackup: (f, vnet) => backup.send(f, vnet),
+      toReplica: (slot, f, vnet) => (slot === 0 ? primary : backup).send(f, vnet),
       toClient: (f, vnet) => uplink.send(f, vnet),
       sendCheckpoint: (req) => {
         if (!this.agent?.sendCheckpoint(req)) this.log('warn', 'checkpoint-not-sent', { epoch: req.epoch, why: 'no agent connected' });

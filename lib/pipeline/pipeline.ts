@@ -4,15 +4,23 @@
  * no sockets, no clock of its own (the live bridge and the replay both
  * drive it).
  *
- *   client frame ──► ingress: to the primary as is, to the backup translated
+ *   client frame ──► ingress: to the active replica as is, to the standby translated
  *   VM frame ──► decode ─► flow ─► normalize ─► compare ─► release ─► client
+ *
+ * Which port slot is primary, backup, promoted or dead is data (ReplicaSet):
+ * a frame comes in from a slot and is compared on the side that slot's role
+ * gives it. Failover (`failover`) is a role change plus one routing change;
+ * every live flow is then carried over: the dead primary's unconfirmed output
+ * is dropped, the promoted replica's backlog beyond what the client received
+ * goes out at once, and its later output is translated into the sequence and
+ * timestamp spaces the client knows.
  *
  * Counters for everything that is not a plain pass: malformed input by
  * reason and side, policy actions, held and dropped ingress, evictions.
  */
 import { MalformedReason, TcpFlag } from '../packet/constants';
 import { DecodedFrame, decodeFrame } from '../packet/frame';
-import { SlabCopier, SlabPool } from '../packet/slab';
+import { Slab, SlabCopier, SlabPool } from '../packet/slab';
 import { TcpOptions } from '../packet/tcp-options';
 import { FlowEntry, FlowTable } from '../flow/flow-table';
 import { describeFlow, flowProtocolOf } from '../flow/key';
@@ -21,7 +29,11 @@ import { BACKUP, PRIMARY, Side, StreamSegment } from '../compare/tcp-stream';
 import { datagramContent } from '../normalize/datagram';
 import { learnFromSyn, newStreamSegment, normalizeTcp, segmentEnd } from '../normalize/tcp';
 import { refersToVmSpace, translateForBackup } from '../rewrite/ingress';
+import { translateForClient, trimmedTcpCopy } from '../rewrite/egress';
 import { HeldQueues } from '../release/held';
+import { StandbyFrame } from '../release/standby-log';
+import { seqLe, seqLt, seqDiff } from '../packet/seq';
+import { ReplicaSet, SlotId, STANDBY_SIDE } from '../failover/roles';
 import { CheckpointReason, CheckpointRecord, CheckpointRequest, ReplicationState, Replicator } from '../replicate/replicator';
 import { FrameAction, PipelineConfig } from './config';
 import { VIRTIO_NET_HDR_F_NEEDS_CSUM, VirtioNetHeader } from '../io/port';
@@ -29,13 +41,45 @@ import { FlowReport, RecentFrame, ShadowFlow } from './shadow-flow';
 
 /** Outputs take the frame's virtio-net header along (GSO, partial checksum), when it came with one. */
 export interface PipelineOutputs {
-  toPrimary(frame: Buffer, vnet?: VirtioNetHeader): void;
-  toBackup(frame: Buffer, vnet?: VirtioNetHeader): void;
+  /** To the VM in this port slot. */
+  toReplica(slot: SlotId, frame: Buffer, vnet?: VirtioNetHeader): void;
   toClient(frame: Buffer, vnet?: VirtioNetHeader): void;
   /** Ask the sync agent for a checkpoint (protocol v1 `checkpoint`). */
   sendCheckpoint(req: CheckpointRequest): void;
+  /** Ask the sync agent to build a new backup (protocol v1 `reprotect`). */
+  sendReprotect?(req: CheckpointRequest, slot: SlotId): void;
+  /** Every stage event, after the stages have handled it (the bridge tells the agent about failovers). */
+  event?(ev: StageEvent): void;
   log(level: 'info' | 'warn', event: string, fields: Record<string, unknown>): void;
 }
+
+/** Why the primary is taken for dead. */
+export type FailoverCause = 'agent' | 'carrier' | 'silence' | 'manual';
+
+/** One failover, as status, metrics and logs show it. */
+export interface FailoverRecord {
+  epoch: number;
+  cause: FailoverCause;
+  /** Free text: the agent's reason, the interface, the silence measured. */
+  detail: string;
+  /** When the cause was first seen, and when the backup was promoted (pipeline clock, µs). */
+  detectedUs: number;
+  promotedUs: number;
+  survivor: string;
+  flowsCarried: number;
+  flowsLost: number;
+  /** The promoted replica's frames sent at once (its backlog beyond what the client had). */
+  backlogFrames: number;
+  /** The dead primary's frames that were held and are never sent. */
+  discardedFrames: number;
+}
+
+export type StageEvent =
+  | { type: 'checkpoint-begin'; epoch: number }
+  | { type: 'checkpoint-done'; epoch: number }
+  | { type: 'failover'; epoch: number; survivor: SlotId; record: FailoverRecord }
+  | { type: 'backup-lost'; slot: SlotId; cause: string }
+  | { type: 'reprotect'; epoch: number; slot: SlotId };
 
 export type Origin = 'client' | 'primary' | 'backup';
 
@@ -58,13 +102,37 @@ export interface HeldIngress {
 }
 const zeroCounts = (): Counts => ({ client: 0, primary: 0, backup: 0 });
 
+export const MAX_FAILOVER_HISTORY = 100;
+
+export interface FailoverCounters {
+  failovers: number;
+  /** Failovers asked for but not made: no backup, or a stale one. */
+  refused: number;
+  backupsLost: number;
+  flowsCarried: number;
+  flowsLost: number;
+  /** Flows that continue without a replica (born while there was no backup, or whose backup died). */
+  flowsUnprotected: number;
+  backlogFrames: number;
+  discardedFrames: number;
+  /** Promoted-replica frames the client had already received from the old primary (dropped). */
+  duplicatesDropped: number;
+  /** Promoted-replica frames cut down to the part the client had not received. */
+  trimmed: number;
+  translatedFrames: number;
+  /** Frames from a dead slot (dropped). */
+  deadSlotFrames: number;
+}
+
 export class ShadowPipeline {
   readonly replicator: Replicator;
+  readonly replicas: ReplicaSet;
   readonly flows: FlowTable<ShadowFlow>;
   readonly held: HeldQueues;
   /** Every flow seen, for reports (most recent `reportLimit`). */
   readonly reports: FlowReport[] = [];
   readonly divergences: Divergence[] = [];
+  readonly failoverHistory: FailoverRecord[] = [];
 
   readonly frames: Counts = zeroCounts();
   readonly malformed: Record<string, Counts> = {};
@@ -72,6 +140,10 @@ export class ShadowPipeline {
   readonly policyActions: Record<string, number> = {};
   /** Running totals since start (monotonic, unlike sums over `reports`, which is bounded). */
   readonly totals = { matchedBytes: 0, mismatches: 0 };
+  readonly failover: FailoverCounters = {
+    failovers: 0, refused: 0, backupsLost: 0, flowsCarried: 0, flowsLost: 0, flowsUnprotected: 0,
+    backlogFrames: 0, discardedFrames: 0, duplicatesDropped: 0, trimmed: 0, translatedFrames: 0, deadSlotFrames: 0,
+  };
   backupFramesSuppressed = 0;
   badTcpOptions = 0;
   ingressHeldFrames = 0;
@@ -79,6 +151,7 @@ export class ShadowPipeline {
   flowsCreated = 0;
 
   private readonly frame = new DecodedFrame();
+  private readonly trimScratch = new DecodedFrame();
   /** Lookups that remember their last flow: one per direction and side. */
   private readonly ingressLookup: FlowLookup<ShadowFlow>;
   private readonly egressLookup: [FlowLookup<ShadowFlow>, FlowLookup<ShadowFlow>];
@@ -88,16 +161,20 @@ export class ShadowPipeline {
   private readonly copier = new SlabCopier();
   /** The backup's bytes comparators keep until the primary catches up; never sent anywhere. */
   private readonly backupCopies: SlabPool;
-  /** Translated client frames for the backup: they only have to last until the ports are flushed. */
+  /** Translated client frames for the standby and translated output of a promoted replica: they only have to last until the ports are flushed. */
   private readonly ingressCopies = new SlabPool(true, true);
   /** Copies of held primary frames: reused once released and flushed (see `endBreath`). */
   private readonly heldPool: SlabPool;
+  /** Copies of the standby's frames kept for failover (see StandbyLog). */
+  private readonly standbyCopies = new SlabPool(true, true);
   private readonly nonIpFlows = new Map<string, ShadowFlow>();
   private ingressHold: HeldIngress[] = [];
   private ingressHoldBytes = 0;
   private nextExpiryUs = 0;
   /** Checkpoints completed: a flow whose `epoch` is behind is resynchronized before its next frame. */
   private checkpointEpoch = 0;
+  /** Carried-over flows alive: while there are none, the unchecked path needs no flow lookup. */
+  private carriedFlows = 0;
   private nowUs = 0;
 
   constructor(
@@ -106,18 +183,31 @@ export class ShadowPipeline {
     startUs: number,
     agentConnected: boolean,
     private readonly reportLimit = 100_000,
+    slotNames: [string, string] = ['primary', 'backup'],
   ) {
     // Divergence capture keeps frames beyond their release: no slab reuse then.
     this.heldPool = new SlabPool(!config.captureDivergence);
     this.backupCopies = new SlabPool(true, false);
+    this.replicas = new ReplicaSet(slotNames);
     this.held = new HeldQueues((frame, vnet) => outputs.toClient(frame, vnet), this.heldPool);
     this.flows = new FlowTable<ShadowFlow>(config.maxFlows, (e, why) => this.onEvict(e, why));
     this.ingressLookup = new FlowLookup(this.flows, 'ingress');
     this.egressLookup = [new FlowLookup(this.flows, 'egress'), new FlowLookup(this.flows, 'egress')];
     this.replicator = new Replicator(config.replicator, {
-      sendCheckpoint: (req) => outputs.sendCheckpoint(req),
-      checkpointDone: (rec) => this.onCheckpointDone(rec),
+      sendCheckpoint: (req) => {
+        this.dispatch({ type: 'checkpoint-begin', epoch: req.epoch });
+        outputs.sendCheckpoint(req);
+      },
+      checkpointDone: (rec) => this.dispatch({ type: 'checkpoint-done', epoch: rec.epoch }),
       stateChanged: (from, to, why) => this.onStateChanged(from, to, why),
+      sendReprotect: (req) => {
+        const dead = this.replicas.dead;
+        if (dead) outputs.sendReprotect?.(req, dead.id);
+      },
+      reprotected: (rec) => {
+        const dead = this.replicas.dead;
+        if (dead) this.dispatch({ type: 'reprotect', epoch: rec.epoch, slot: dead.id });
+      },
     }, startUs, agentConnected);
     this.nowUs = startUs;
     if (!agentConnected) this.outputs.log('warn', 'degraded', { why: 'no sync agent connected: primary output flows unchecked' });
@@ -151,30 +241,38 @@ export class ShadowPipeline {
   }
 
   private forwardIngress(frame: Buffer, nowUs: number, vnet: VirtioNetHeader | undefined): void {
+    const active = this.replicas.active.id;
+    const standby = this.replicas.standby;
     const f = decodeFrame(frame, this.frame);
     if (f.error) {
       this.countMalformed(f.error, 'client');
       if (this.config.policy.malformedFromClient === 'drop') return;
-      this.outputs.toPrimary(frame, vnet);
-      this.outputs.toBackup(frame, vnet);
+      this.outputs.toReplica(active, frame, vnet);
+      if (standby) this.outputs.toReplica(standby.id, frame, vnet);
       return;
     }
-    this.outputs.toPrimary(frame, vnet);
     if (f.l4 !== 'tcp' || f.fragment) {
-      this.outputs.toBackup(frame, vnet);
+      this.outputs.toReplica(active, frame, vnet);
+      if (standby) this.outputs.toReplica(standby.id, frame, vnet);
       return;
     }
     const isSyn = (f.tcp.flags & TcpFlag.SYN) !== 0;
     const entry = this.ingressLookup.find(f, nowUs, isSyn ? () => this.newFlow(f, 'ingress') : undefined);
     if (!entry) {
       // A flow no VM has spoken in: nothing to translate (the delta is zero).
-      this.outputs.toBackup(frame, vnet);
+      this.outputs.toReplica(active, frame, vnet);
+      if (standby) this.outputs.toReplica(standby.id, frame, vnet);
       return;
     }
     const flow = this.settle(entry.state);
+    if (flow.mode === 'carried') {
+      this.toCarried(f, frame, flow, vnet);
+      return;
+    }
+    this.outputs.toReplica(active, frame, vnet);
     const tcp = flow.tcp;
-    if (!tcp) {
-      this.outputs.toBackup(frame, vnet);
+    if (flow.mode === 'solo' || !standby || !tcp) {
+      if (standby && !tcp) this.outputs.toReplica(standby.id, frame, vnet);
       return;
     }
     if (isSyn && !(f.tcp.flags & TcpFlag.ACK)) learnFromSyn(f, tcp.client, this.opts);
@@ -186,14 +284,18 @@ export class ShadowPipeline {
       flow.ingressHeld.push({ frame: this.copier.copy(frame), vnet });
       return;
     }
-    this.sendToBackup(f, frame, flow, vnet);
+    this.sendTranslated(f, frame, standby.id, tcp.seqDelta, tcp.tsDelta, vnet);
   }
 
-  private sendToBackup(f: DecodedFrame, frame: Buffer, flow: ShadowFlow, vnet: VirtioNetHeader | undefined): void {
-    const tcp = flow.tcp!;
-    const seqDelta = tcp.seqDelta, tsDelta = tcp.tsDelta;
+  /** A client frame of a carried-over flow: to the promoted replica, in its space. */
+  private toCarried(f: DecodedFrame, frame: Buffer, flow: ShadowFlow, vnet: VirtioNetHeader | undefined): void {
+    const c = flow.carried!;
+    this.sendTranslated(f, frame, c.slot, c.seqDelta, c.tsDelta, vnet);
+  }
+
+  private sendTranslated(f: DecodedFrame, frame: Buffer, slot: SlotId, seqDelta: number, tsDelta: number, vnet: VirtioNetHeader | undefined): void {
     if ((seqDelta === 0 && tsDelta === 0) || !(f.tcp.flags & TcpFlag.ACK)) {
-      this.outputs.toBackup(frame, vnet);
+      this.outputs.toReplica(slot, frame, vnet);
       return;
     }
     const copy = this.ingressCopies.copy(frame);
@@ -202,7 +304,7 @@ export class ShadowPipeline {
     // A partial checksum (left for the device) does not cover the fields we change: leave it.
     const partial = vnet !== undefined && (vnet.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0;
     if (!translateForBackup(f, seqDelta, tsDelta, this.opts, partial)) this.badTcpOptions++;
-    this.outputs.toBackup(copy, vnet);
+    this.outputs.toReplica(slot, copy, vnet);
     this.ingressCopies.release(slab); // reusable after the next flush (`endBreath`)
   }
 
@@ -211,14 +313,25 @@ export class ShadowPipeline {
     flow.ingressHeld = [];
     for (const held of waiting) {
       const f = decodeFrame(held.frame, this.frame);
-      this.sendToBackup(f, held.frame, flow, held.vnet);
+      if (flow.mode === 'carried') {
+        this.toCarried(f, held.frame, flow, held.vnet);
+        continue;
+      }
+      const standby = this.replicas.standby;
+      if (standby && flow.tcp) this.sendTranslated(f, held.frame, standby.id, flow.tcp.seqDelta, flow.tcp.tsDelta, held.vnet);
     }
   }
 
   // ───────────────────────── VM output ─────────────────────────
 
-  fromVm(side: Side, frame: Buffer, nowUs: number, vnet?: VirtioNetHeader): void {
+  /** A frame from the VM in port slot `slot`; its role decides what happens to it. */
+  fromVm(slot: SlotId, frame: Buffer, nowUs: number, vnet?: VirtioNetHeader): void {
     this.nowUs = nowUs;
+    const side = this.replicas.sideOf(slot);
+    if (side === -1) {
+      this.failover.deadSlotFrames++;
+      return;
+    }
     const origin: Origin = side === PRIMARY ? 'primary' : 'backup';
     this.frames[origin]++;
     const f = decodeFrame(frame, this.frame);
@@ -228,18 +341,33 @@ export class ShadowPipeline {
       else if (side === BACKUP) this.backupFramesSuppressed++;
       return;
     }
+    const ip = f.l3 === 'ipv4' || f.l3 === 'ipv6';
     if (!this.replicator.comparing) {
-      // DEGRADED: the backup is stale; the primary's output flows unchecked (counted).
-      if (side === PRIMARY) {
-        this.countPolicy('degraded', 'forward-primary');
-        this.outputs.toClient(frame, vnet);
-      } else {
+      // DEGRADED or FAILED_OVER: the active replica's output flows unchecked (counted),
+      // translated on flows carried over from before a failover.
+      if (side !== PRIMARY) {
         this.backupFramesSuppressed++;
+        return;
       }
+      if (this.carriedFlows > 0 && ip) {
+        const entry = this.egressLookup[PRIMARY].find(f, nowUs);
+        if (entry && entry.state.mode === 'carried') {
+          this.fromCarried(f, frame, entry.state, vnet);
+          return;
+        }
+      }
+      this.countPolicy(this.replicator.state === 'FAILED_OVER' ? 'failed-over' : 'degraded', 'forward-primary');
+      this.outputs.toClient(frame, vnet);
       return;
     }
-    if (f.l3 === 'ipv4' || f.l3 === 'ipv6') {
+    if (ip) {
       const flow = this.settle(this.egressLookup[side].find(f, nowUs, () => this.newFlow(f, 'egress'))!.state);
+      if (flow.mode !== 'compare') {
+        if (side !== PRIMARY) this.backupFramesSuppressed++;
+        else if (flow.mode === 'carried') this.fromCarried(f, frame, flow, vnet);
+        else this.outputs.toClient(frame, vnet);
+        return;
+      }
       if (flow.stream) this.egressTcp(side, f, frame, flow, nowUs, vnet);
       else this.egressDatagram(side, f, frame, flow, nowUs, vnet);
       return;
@@ -278,14 +406,24 @@ export class ShadowPipeline {
     } else {
       this.backupFramesSuppressed++;
     }
+    const start = seg.position;
+    const end = segmentEnd(seg);
     if (this.replicator.state !== 'COMPARING') {
       // Checkpointing: all held output goes when it is done; comparison restarts past what is said meanwhile.
       stream.noteExtent(side, seg);
-      return;
+    } else {
+      if (stream.append(side, seg)) this.onMismatch(flow, nowUs);
+      if (side === BACKUP && flow.ingressHeld.length > 0 && tcp.backupDeltaKnown) this.flushFlowIngress(flow);
+      this.afterCompare(flow, nowUs);
     }
-    if (stream.append(side, seg)) this.onMismatch(flow, nowUs);
-    if (side === BACKUP && flow.ingressHeld.length > 0 && tcp.backupDeltaKnown) this.flushFlowIngress(flow);
-    this.afterCompare(flow, nowUs);
+    if (side === BACKUP && end !== start) this.logStandby(flow, frame, start, end, vnet);
+  }
+
+  /** Keeps a standby frame the client has not received in any form, for failover. */
+  private logStandby(flow: ShadowFlow, frame: Buffer, start: number, end: number, vnet: VirtioNetHeader | undefined): void {
+    const released = flow.held.releasedEnd;
+    if (released !== null && (flow.stream ? seqLe(end, released) : end <= released)) return;
+    flow.standbyLog.add(frame, start, end, vnet);
   }
 
   private egressDatagram(side: Side, f: DecodedFrame, frame: Buffer, flow: ShadowFlow, nowUs: number, vnet: VirtioNetHeader | undefined): void {
@@ -305,11 +443,16 @@ export class ShadowPipeline {
     if (this.replicator.state !== 'COMPARING') return;
     if (cmp.append(side, content)) this.onMismatch(flow, nowUs);
     this.afterCompare(flow, nowUs);
+    if (side === BACKUP && flow.report.protocol !== 'arp' && flow.report.protocol !== 'ethertype') {
+      this.logStandby(flow, frame, cmp.sent[BACKUP] - 1, cmp.sent[BACKUP], vnet);
+    }
   }
 
   private afterCompare(flow: ShadowFlow, nowUs: number): void {
     if (flow.mismatch) return; // held until the checkpoint answers
     flow.held.releaseReady(flow);
+    const released = flow.held.releasedEnd;
+    if (released !== null && flow.standbyLog.length > 0) flow.standbyLog.prune(released);
     const hw = this.config.flowHighWater;
     if (flow.held.bytes > hw.bytes || flow.held.length > hw.frames || flow.unmatchedBytes > hw.bytes) {
       this.replicator.request('queue', flow.name, nowUs);
@@ -328,6 +471,171 @@ export class ShadowPipeline {
       this.divergences.push({ flow: flow.name, mismatch: flow.report.mismatchList[flow.report.mismatchList.length - 1] ?? { ...m, timeUs: nowUs }, frames: [...flow.recent] });
     }
     this.request('mismatch', flow.name, nowUs);
+  }
+
+  // ───────────────────────── after failover ─────────────────────────
+
+  /**
+   * A frame of a carried-over flow from the promoted replica: what the client
+   * already received from the old primary is not sent again; the rest goes
+   * out in the client's space.
+   */
+  private fromCarried(f: DecodedFrame, frame: Buffer, flow: ShadowFlow, vnet: VirtioNetHeader | undefined): void {
+    const c = flow.carried!;
+    if (!flow.stream) {
+      c.datagramsSeen++;
+      if (c.releasedEnd !== null && c.datagramsSeen <= c.releasedEnd) {
+        this.failover.duplicatesDropped++;
+        return;
+      }
+      this.outputs.toClient(frame, vnet);
+      return;
+    }
+    const seg = this.segment;
+    const ep = flow.tcp!.replicas[c.side];
+    if (!normalizeTcp(f, ep, this.opts, seg)) this.badTcpOptions++;
+    const start = seg.position;
+    const end = segmentEnd(seg);
+    let out: Buffer;
+    if (c.releasedEnd !== null && end !== start && seqLt(start, c.releasedEnd)) {
+      if (seqLe(end, c.releasedEnd)) {
+        this.failover.duplicatesDropped++;
+        return;
+      }
+      // Part of it reached the client from the old primary: send the rest only.
+      const synUnit = seg.syn ? 1 : 0;
+      const skip = Math.min(seqDiff(start, c.releasedEnd) - synUnit, f.payloadLength);
+      out = trimmedTcpCopy(f, Math.max(0, skip), seg.syn ? TcpFlag.SYN : 0, this.trimScratch);
+      this.failover.trimmed++;
+      decodeFrame(out, this.trimScratch);
+      this.translateOut(this.trimScratch, out, c, vnet, null);
+      return;
+    }
+    out = this.ingressCopies.copy(frame);
+    const slab = this.ingressCopies.lastSlab;
+    f.rebind(out);
+    this.translateOut(f, out, c, vnet, slab);
+  }
+
+  private translateOut(f: DecodedFrame, out: Buffer, c: NonNullable<ShadowFlow['carried']>, vnet: VirtioNetHeader | undefined, slab: Slab | null): void {
+    const partial = vnet !== undefined && (vnet.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0;
+    if (!translateForClient(f, c.seqDelta, c.tsDelta, this.opts, partial)) this.badTcpOptions++;
+    this.failover.translatedFrames++;
+    this.outputs.toClient(out, vnet);
+    if (slab) this.ingressCopies.release(slab);
+  }
+
+  /**
+   * The primary is dead: promote the backup. Refused (false) when there is
+   * no backup, or when it is stale (DEGRADED: it missed a checkpoint, so it
+   * may not have said what the clients received).
+   */
+  failoverNow(cause: FailoverCause, detail: string, nowUs: number, detectedUs = nowUs): boolean {
+    this.nowUs = nowUs;
+    const standby = this.replicas.standby;
+    const why = !standby ? 'no backup' : !this.replicator.comparing ? `the backup is stale (state ${this.replicator.state})` : null;
+    if (why) {
+      this.failover.refused++;
+      this.outputs.log('warn', 'failover-refused', { cause, detail, why });
+      return false;
+    }
+    const dead = this.replicas.active;
+    const survivor = this.replicas.promote();
+    const record: FailoverRecord = {
+      epoch: this.replicas.generation, cause, detail, detectedUs, promotedUs: nowUs, survivor: survivor.name,
+      flowsCarried: 0, flowsLost: 0, backlogFrames: 0, discardedFrames: 0,
+    };
+    const wasHolding = this.replicator.holdingIngress;
+    this.replicator.failedOver(nowUs, `${cause}: ${detail}`);
+    // The dead primary's unconfirmed output never reaches a client.
+    record.discardedFrames = this.held.discardAll();
+    for (const e of this.flows.entries()) this.carry(e.state, survivor.id, record);
+    for (const flow of this.nonIpFlows.values()) flow.mode = 'solo';
+    this.failover.failovers++;
+    this.failover.discardedFrames += record.discardedFrames;
+    this.failover.flowsCarried += record.flowsCarried;
+    this.failover.flowsLost += record.flowsLost;
+    this.failover.backlogFrames += record.backlogFrames;
+    this.failoverHistory.push(record);
+    if (this.failoverHistory.length > MAX_FAILOVER_HISTORY) this.failoverHistory.shift();
+    // Client frames held by a checkpoint in progress go to the survivor (carried flows translated).
+    if (wasHolding || this.ingressHold.length > 0) this.flushIngressHold();
+    this.outputs.log('warn', 'failover', {
+      cause, detail, dead: dead.name, survivor: survivor.name, detectionMs: (nowUs - detectedUs) / 1000,
+      flowsCarried: record.flowsCarried, flowsLost: record.flowsLost, backlogFrames: record.backlogFrames, discardedFrames: record.discardedFrames,
+    });
+    this.outputs.event?.({ type: 'failover', epoch: record.epoch, survivor: survivor.id, record });
+    return true;
+  }
+
+  /** Turns a compared flow into one the survivor serves alone, translated; sends its backlog. */
+  private carry(flow: ShadowFlow, survivor: SlotId, record: FailoverRecord): void {
+    if (flow.mode !== 'compare') {
+      if (flow.mode === 'carried') this.carriedFlows--;
+      // Only the dead replica had it.
+      flow.mode = 'solo';
+      record.flowsLost++;
+      return;
+    }
+    this.settle(flow);
+    const releasedEnd = flow.held.releasedEnd;
+    let seqDelta = 0, tsDelta = 0, seen = 0;
+    if (flow.tcp) {
+      // Nothing released: the client never saw the primary's ISN or TSvals, so none to translate into.
+      if (releasedEnd !== null) {
+        seqDelta = flow.tcp.seqDelta;
+        tsDelta = flow.tcp.tsDelta;
+      }
+    } else {
+      seen = flow.datagrams!.sent[STANDBY_SIDE];
+    }
+    flow.carried = { slot: survivor, side: STANDBY_SIDE, seqDelta, tsDelta, releasedEnd, datagramsSeen: seen };
+    flow.mode = 'carried';
+    this.carriedFlows++;
+    record.flowsCarried++;
+    const backlog = flow.standbyLog.drain();
+    for (const b of backlog) this.sendBacklog(flow, b);
+    record.backlogFrames += backlog.length;
+    flow.standbyLog.forget(backlog);
+    if (flow.ingressHeld.length > 0) this.flushFlowIngress(flow);
+  }
+
+  private sendBacklog(flow: ShadowFlow, b: StandbyFrame): void {
+    if (!flow.stream) {
+      const c = flow.carried!;
+      if (c.releasedEnd === null || b.end > c.releasedEnd) this.outputs.toClient(b.frame, b.vnet);
+      return;
+    }
+    const f = decodeFrame(b.frame, this.frame);
+    if (f.error || f.l4 !== 'tcp') return;
+    // Its copy is ours: translated in place (fromCarried copies again; backlogs are short).
+    this.fromCarried(f, b.frame, flow, b.vnet);
+  }
+
+  /**
+   * The backup is dead: the primary's output is released unchecked from now
+   * on, and every flow continues unprotected until a new backup is built.
+   */
+  backupLost(cause: string, nowUs: number): boolean {
+    this.nowUs = nowUs;
+    const lost = this.replicas.loseStandby();
+    if (!lost) return false;
+    this.failover.backupsLost++;
+    for (const e of this.flows.entries()) this.makeSolo(e.state);
+    for (const flow of this.nonIpFlows.values()) this.makeSolo(flow);
+    this.replicator.backupLost(nowUs, `backup lost: ${cause}`);
+    this.held.releaseAll();
+    this.flushIngressHold();
+    this.outputs.log('warn', 'backup-lost', { slot: lost.name, cause, flowsUnprotected: this.failover.flowsUnprotected });
+    this.outputs.event?.({ type: 'backup-lost', slot: lost.id, cause });
+    return true;
+  }
+
+  private makeSolo(flow: ShadowFlow): void {
+    if (flow.mode !== 'compare') return;
+    flow.mode = 'solo';
+    flow.standbyLog.clear();
+    this.failover.flowsUnprotected++;
   }
 
   // ───────────────────────── time and checkpoints ─────────────────────────
@@ -361,6 +669,7 @@ export class ShadowPipeline {
   endBreath(): void {
     this.heldPool.endBreath();
     this.ingressCopies.endBreath();
+    this.standbyCopies.endBreath();
   }
 
   /** Ask for a checkpoint (triggers and the control socket). */
@@ -383,13 +692,32 @@ export class ShadowPipeline {
     this.replicator.agentConnected(up, nowUs);
   }
 
-  private onCheckpointDone(rec: CheckpointRecord): void {
-    // The backup now holds the state that produced the primary's output: let it all go.
-    this.held.releaseAll();
-    // Every flow restarts comparison; each does so lazily, on its next frame (see `settle`).
-    this.checkpointEpoch++;
-    this.outputs.log('info', 'checkpoint-done', { epoch: rec.epoch, reason: rec.reason, ms: rec.ms, coalesced: rec.coalesced });
-    this.flushIngressHold();
+  /**
+   * Every stage event goes through here, to each stage's own handling, in
+   * data-path order, then to the driver.
+   */
+  private dispatch(ev: StageEvent): void {
+    switch (ev.type) {
+      case 'checkpoint-begin':
+        // Ingress is held from now on (Replicator.holdingIngress); nothing else changes yet.
+        break;
+      case 'checkpoint-done':
+        // The backup now holds the state that produced the primary's output: let it all go.
+        this.held.releaseAll();
+        // Every flow restarts comparison; each does so lazily, on its next frame (see `settle`).
+        this.checkpointEpoch++;
+        this.outputs.log('info', 'checkpoint-done', { epoch: ev.epoch });
+        this.flushIngressHold();
+        break;
+      case 'reprotect': {
+        const slot = this.replicas.makeBackup(ev.slot);
+        this.outputs.log('info', 'reprotected', { epoch: ev.epoch, backup: slot.name, roles: this.replicas.describe(), note: 'flows born before stay unprotected; new flows are compared' });
+        break;
+      }
+      default:
+        break;
+    }
+    this.outputs.event?.(ev);
   }
 
   private flushIngressHold(): void {
@@ -400,7 +728,7 @@ export class ShadowPipeline {
   }
 
   private onStateChanged(from: ReplicationState, to: ReplicationState, why: string): void {
-    this.outputs.log(to === 'DEGRADED' ? 'warn' : 'info', 'state', { from, to, why });
+    this.outputs.log(to === 'DEGRADED' || to === 'FAILED_OVER' ? 'warn' : 'info', 'state', { from, to, why });
     if (to === 'DEGRADED') {
       // Primary output flows unchecked while degraded; what was held goes now, in order.
       this.held.releaseAll();
@@ -414,15 +742,19 @@ export class ShadowPipeline {
   private settle(flow: ShadowFlow): ShadowFlow {
     if (flow.epoch !== this.checkpointEpoch) {
       flow.epoch = this.checkpointEpoch;
-      flow.resync(this.config.resync);
+      if (flow.mode === 'compare') flow.resync(this.config.resync);
     }
     return flow;
   }
 
   private newFlow(f: DecodedFrame, dir: 'ingress' | 'egress'): ShadowFlow {
     this.flowsCreated++;
-    const flow = new ShadowFlow(describeFlow(f, dir), flowProtocolOf(f), this.held, this.backupCopies, this.totals, this.config.captureDivergence);
+    const flow = new ShadowFlow(describeFlow(f, dir), flowProtocolOf(f), this.held, this.backupCopies, this.totals, this.config.captureDivergence, this.standbyCopies);
     flow.epoch = this.checkpointEpoch;
+    if (!this.replicas.standby) {
+      flow.mode = 'solo';
+      this.failover.flowsUnprotected++;
+    }
     this.addReport(flow.report);
     return flow;
   }
@@ -431,11 +763,12 @@ export class ShadowPipeline {
     const name = cls === 'arp' ? `arp vlan ${f.vlanKey}` : `ethertype 0x${f.etherType.toString(16).padStart(4, '0')} vlan ${f.vlanKey}`;
     let flow = this.nonIpFlows.get(name);
     if (!flow) {
-      flow = new ShadowFlow(name, cls, this.held, this.backupCopies, this.totals, this.config.captureDivergence);
+      flow = new ShadowFlow(name, cls, this.held, this.backupCopies, this.totals, this.config.captureDivergence, this.standbyCopies);
       flow.epoch = this.checkpointEpoch;
       this.nonIpFlows.set(name, flow);
       this.addReport(flow.report);
     }
+    if (flow.mode !== 'compare' && this.replicas.standby) flow.mode = 'compare';
     return flow;
   }
 
@@ -457,6 +790,8 @@ export class ShadowPipeline {
   private onEvict(e: FlowEntry<ShadowFlow>, why: 'lru' | 'idle'): void {
     const flow = e.state;
     flow.syncReport();
+    if (flow.mode === 'carried') this.carriedFlows--;
+    flow.standbyLog.clear();
     if (flow.held.length > 0) {
       // Its held output stays in the global queue; a checkpoint releases it.
       this.outputs.log('warn', 'flow-evicted-with-held-output', { flow: flow.name, why, frames: flow.held.length });
@@ -480,4 +815,3 @@ export class ShadowPipeline {
     for (const flow of this.nonIpFlows.values()) flow.syncReport();
   }
 }
-

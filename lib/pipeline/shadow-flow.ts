@@ -8,6 +8,8 @@ import { TcpConnectionState } from '../flow/tcp-replica';
 import { DatagramComparator } from '../compare/datagram';
 import { MatchTotals, Mismatch, TcpStreamComparator, PRIMARY, BACKUP } from '../compare/tcp-stream';
 import { FlowHeldQueue, HeldQueues, ReleaseGate } from '../release/held';
+import { StandbyLog } from '../release/standby-log';
+import type { SlotId } from '../failover/roles';
 import { seqMax } from '../packet/seq';
 import { SlabPool } from '../packet/slab';
 import type { VirtioNetHeader } from '../io/port';
@@ -35,6 +37,29 @@ export interface RecentFrame {
   timeUs: number;
 }
 
+/**
+ * What a flow is to the bridge now. `compare`: both replicas serve it and
+ * the primary's output waits for the backup's. `carried`: born before a
+ * failover, served by the promoted replica alone, translated into the space
+ * the client knows. `solo`: only one replica has it (born while there was
+ * no backup, or its backup died): output passes unchecked, counted as
+ * unprotected.
+ */
+export type FlowMode = 'compare' | 'carried' | 'solo';
+
+/** A carried-over flow's translation: promoted-replica value = client-known value + delta. */
+export interface CarriedFlow {
+  slot: SlotId;
+  /** The index of the survivor's state in this flow's per-replica state (its comparison side at birth). */
+  side: 0 | 1;
+  seqDelta: number;
+  tsDelta: number;
+  /** What the client received before failover (stream position or datagram count); null: nothing. */
+  releasedEnd: number | null;
+  /** Datagrams the survivor has sent on this flow since the last checkpoint. */
+  datagramsSeen: number;
+}
+
 export class ShadowFlow implements ReleaseGate {
   readonly tcp: TcpConnectionState | null;
   readonly stream: TcpStreamComparator | null;
@@ -49,13 +74,20 @@ export class ShadowFlow implements ReleaseGate {
   /** Recent frames of each side, kept only when divergence capture is on. */
   recent: RecentFrame[] | null;
   readonly report: FlowReport;
+  mode: FlowMode = 'compare';
+  carried: CarriedFlow | null = null;
+  /** The backup's frames the client has not received in any form: sent at failover. */
+  readonly standbyLog: StandbyLog;
+  /** A mismatch was settled by aligning (replicas that cannot be copied): the backup's bytes differ from what was released. */
+  diverged = false;
 
-  constructor(name: string, protocol: FlowReport['protocol'], queues: HeldQueues, backupCopies: SlabPool, totals: MatchTotals, keepRecent: boolean) {
+  constructor(name: string, protocol: FlowReport['protocol'], queues: HeldQueues, backupCopies: SlabPool, totals: MatchTotals, keepRecent: boolean, standbyCopies: SlabPool) {
     const stream = protocol === 'tcp';
     this.tcp = stream ? new TcpConnectionState() : null;
     this.stream = stream ? new TcpStreamComparator(backupCopies, totals) : null;
     this.datagrams = stream ? null : new DatagramComparator(backupCopies, totals);
-    this.held = new FlowHeldQueue(queues, name);
+    this.held = new FlowHeldQueue(queues, name, stream);
+    this.standbyLog = new StandbyLog(standbyCopies, stream);
     this.recent = keepRecent ? [] : null;
     this.report = { key: name, protocol, releasedFrames: 0, releasedBytes: 0, matchedBytes: 0, mismatches: 0, mismatchList: [] };
   }
@@ -117,8 +149,12 @@ export class ShadowFlow implements ReleaseGate {
    */
   resync(mode: 'copy' | 'align'): void {
     this.closed[0] = this.closed[1] = false;
+    // A copy replaces the standby's state: what it said before no longer stands. Datagram counts restart.
+    if (mode === 'copy' || this.datagrams) this.standbyLog.clear();
+    if (this.mismatch && mode === 'align') this.diverged = true;
     if (this.datagrams) {
       this.datagrams.reset();
+      this.held.restartCount();
       return;
     }
     const tcp = this.tcp!;

@@ -12,7 +12,7 @@
  * dropping: a held frame is either released or made obsolete by a
  * checkpoint that releases it.
  */
-import { seqLe } from '../packet/seq';
+import { seqGt, seqLe } from '../packet/seq';
 import { Slab, SlabPool } from '../packet/slab';
 import type { VirtioNetHeader } from '../io/port';
 
@@ -55,8 +55,15 @@ export class FlowHeldQueue {
   releasedFrames = 0;
   releasedBytes = 0;
   releasedPayloadBytes = 0;
+  /**
+   * The furthest end released to the client (stream position or datagram
+   * count), null while nothing was: what the client has received.
+   */
+  releasedEnd: number | null = null;
+  /** Frames of a dead primary that were never released (failover). */
+  discardedFrames = 0;
 
-  constructor(readonly owner: HeldQueues, readonly flowName: string) {}
+  constructor(readonly owner: HeldQueues, readonly flowName: string, private readonly isStream = true) {}
 
   get length(): number {
     return this.count;
@@ -96,6 +103,19 @@ export class FlowHeldQueue {
     this.releasedFrames++;
     this.releasedBytes += h.frame.length;
     this.releasedPayloadBytes += h.payloadBytes;
+    const e = this.releasedEnd;
+    if (e === null || (this.isStream ? seqGt(h.end, e) : h.end > e)) this.releasedEnd = h.end;
+  }
+
+  noteDiscarded(h: HeldFrame): void {
+    this.count--;
+    this.bytes -= h.frame.length;
+    this.discardedFrames++;
+  }
+
+  /** Datagram counts restart after a checkpoint. */
+  restartCount(): void {
+    if (!this.isStream) this.releasedEnd = null;
   }
 
   private compact(): void {
@@ -129,6 +149,7 @@ export class HeldQueues {
   releasedFrames = 0;
   releasedBytes = 0;
   releasedPayloadBytes = 0;
+  discardedFrames = 0;
 
   constructor(private readonly sink: (frame: Buffer, vnet?: VirtioNetHeader) => void, private readonly pool: SlabPool | null = null) {}
 
@@ -166,6 +187,29 @@ export class HeldQueues {
     for (let i = this.head; i < this.all.length; i++) {
       const h = this.all[i];
       if (!h.released) { this.release(h); n++; }
+    }
+    this.all = [];
+    this.head = 0;
+    return n;
+  }
+
+  /**
+   * Forgets every held frame without sending it: the replica that produced
+   * them is dead, and what it said that the backup had not confirmed must
+   * never reach a client (failover).
+   */
+  discardAll(): number {
+    let n = 0;
+    for (let i = this.head; i < this.all.length; i++) {
+      const h = this.all[i];
+      if (h.released) continue;
+      h.released = true;
+      this.frames--;
+      this.bytes -= h.frame.length;
+      this.discardedFrames++;
+      h.queue.noteDiscarded(h);
+      this.pool?.release(h.slab);
+      n++;
     }
     this.all = [];
     this.head = 0;

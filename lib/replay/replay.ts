@@ -92,8 +92,7 @@ export class Replayer {
     this.writer = opts.outPath ? new PcapWriter(opts.outPath) : null;
     this.nowUs = startUs;
     this.pipeline = new ShadowPipeline(config, {
-      toPrimary: () => {},
-      toBackup: () => {},
+      toReplica: () => {},
       toClient: (frame) => {
         this.releasedFrames++;
         this.releasedBytes += frame.length;

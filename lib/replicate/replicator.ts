@@ -5,6 +5,14 @@
  *       ▲                      │ failed / timeout
  *       └──── done ◄── DEGRADED ◄┘   (retries with back-off)
  *
+ *   any ──failedOver──► FAILED_OVER ──reprotect done──► COMPARING
+ *   any ──backupLost──► DEGRADED (no backup) ──reprotect done──► COMPARING
+ *
+ * After a failover or the backup's death there is no backup: checkpoints
+ * are refused and a re-protection (protocol v1 `reprotect`, answered by
+ * `checkpoint-done`/`checkpoint-failed` for its epoch) is asked for as soon
+ * as an agent is connected, retried with back-off.
+ *
  * In:  trigger calls from the stages (`request`), agent answers (`done`,
  *      `failed`, `agentConnected`), the clock (`tick`).
  * Out: checkpoint requests to the agent link (coalesced: at most one
@@ -22,10 +30,15 @@ export interface CheckpointRequest {
   timeUs: number;
 }
 
+/** What an outstanding request asks of the agent. */
+export type AgentRequestKind = 'checkpoint' | 'reprotect';
+
 export interface CheckpointRecord extends CheckpointRequest {
+  kind: AgentRequestKind;
   /** Further triggers folded into this checkpoint while it was outstanding. */
   coalesced: number;
-  outcome: 'pending' | 'done' | 'failed';
+  /** `abandoned`: a failover or the backup's death made the answer moot. */
+  outcome: 'pending' | 'done' | 'failed' | 'abandoned';
   ms?: number;
   error?: string;
 }
@@ -38,6 +51,8 @@ export interface ReplicatorConfig {
   /** First retry delay in DEGRADED; doubles up to `retryMaxMs`. */
   retryInitialMs: number;
   retryMaxMs: number;
+  /** How long building a new backup may take (re-protection). */
+  reprotectTimeoutMs: number;
 }
 
 export const DEFAULT_REPLICATOR_CONFIG: ReplicatorConfig = {
@@ -45,6 +60,7 @@ export const DEFAULT_REPLICATOR_CONFIG: ReplicatorConfig = {
   maxIntervalMs: 0,
   retryInitialMs: 1000,
   retryMaxMs: 30000,
+  reprotectTimeoutMs: 30000,
 };
 
 export interface ReplicatorEvents {
@@ -53,6 +69,10 @@ export interface ReplicatorEvents {
   /** The checkpoint finished: the backup is a copy of the primary. */
   checkpointDone(rec: CheckpointRecord): void;
   stateChanged(from: ReplicationState, to: ReplicationState, why: string): void;
+  /** Ask the agent to build a new backup from the active replica. */
+  sendReprotect?(req: CheckpointRequest): void;
+  /** The new backup is ready: comparison can start again. */
+  reprotected?(rec: CheckpointRecord): void;
 }
 
 export class Replicator {
@@ -62,6 +82,10 @@ export class Replicator {
   coalesced = 0;
   completed = 0;
   failures = 0;
+  reprotects = 0;
+  reprotectFailures = 0;
+  /** No backup (failover or backup death): re-protection is needed before any checkpoint. */
+  needsReprotect = false;
   /** Every checkpoint, most recent last (bounded: the oldest are dropped past `historyLimit`). */
   readonly history: CheckpointRecord[] = [];
   private outstanding: CheckpointRecord | null = null;
@@ -107,10 +131,10 @@ export class Replicator {
       this.coalesced++;
       return false;
     }
-    if (this.state === 'FAILED_OVER') return false;
+    if (this.needsReprotect || this.state === 'FAILED_OVER') return false;
     if (this.state === 'DEGRADED' && (!this.agentUp || nowUs < this.retryAtUs)) return false;
     this.requested[reason]++;
-    const rec: CheckpointRecord = { epoch: ++this.epoch, reason, flow, timeUs: nowUs, coalesced: 0, outcome: 'pending' };
+    const rec: CheckpointRecord = { kind: 'checkpoint', epoch: ++this.epoch, reason, flow, timeUs: nowUs, coalesced: 0, outcome: 'pending' };
     this.outstanding = rec;
     this.history.push(rec);
     if (this.history.length > this.historyLimit) this.history.shift();
@@ -125,6 +149,15 @@ export class Replicator {
     this.outstanding = null;
     rec.outcome = 'done';
     rec.ms = ms ?? (nowUs - rec.timeUs) / 1000;
+    if (rec.kind === 'reprotect') {
+      this.reprotects++;
+      this.needsReprotect = false;
+      this.lastCheckpointUs = nowUs;
+      this.retryDelayMs = this.config.retryInitialMs;
+      this.events.reprotected?.(rec);
+      this.setState('COMPARING', `new backup ready (reprotect ${epoch})`);
+      return;
+    }
     this.completed++;
     this.lastCheckpointUs = nowUs;
     this.retryDelayMs = this.config.retryInitialMs;
@@ -138,6 +171,13 @@ export class Replicator {
     this.outstanding = null;
     rec.outcome = 'failed';
     rec.error = error;
+    if (rec.kind === 'reprotect') {
+      this.reprotectFailures++;
+      this.retryAtUs = nowUs + this.retryDelayMs * 1000;
+      this.retryDelayMs = Math.min(this.retryDelayMs * 2, this.config.retryMaxMs);
+      this.events.stateChanged(this.state, this.state, `reprotect ${epoch} failed: ${error}; retry in ${(this.retryAtUs - nowUs) / 1000} ms`);
+      return;
+    }
     this.failures++;
     this.retryReason = rec.reason;
     this.retryFlow = rec.flow;
@@ -146,8 +186,54 @@ export class Replicator {
     this.setState('DEGRADED', `checkpoint ${epoch} failed: ${error}`);
   }
 
+  /** The backup was promoted: no backup now; comparison stops until a new one is built. */
+  failedOver(nowUs: number, why: string): void {
+    this.abandonOutstanding(why);
+    this.needsReprotect = true;
+    this.retryAtUs = nowUs;
+    this.retryDelayMs = this.config.retryInitialMs;
+    this.setState('FAILED_OVER', why);
+    this.tryReprotect(nowUs);
+  }
+
+  /** The backup died: the primary's output flows unchecked until a new backup is built. */
+  backupLost(nowUs: number, why: string): void {
+    this.abandonOutstanding(why);
+    this.needsReprotect = true;
+    this.retryAtUs = nowUs;
+    this.retryDelayMs = this.config.retryInitialMs;
+    this.setState('DEGRADED', why);
+    this.tryReprotect(nowUs);
+  }
+
+  private abandonOutstanding(why: string): void {
+    const rec = this.outstanding;
+    if (!rec) return;
+    this.outstanding = null;
+    rec.outcome = 'abandoned';
+    rec.error = why;
+  }
+
+  private tryReprotect(nowUs: number): boolean {
+    if (!this.needsReprotect || this.outstanding || !this.agentUp || nowUs < this.retryAtUs) return false;
+    const rec: CheckpointRecord = { kind: 'reprotect', epoch: ++this.epoch, reason: 'manual', timeUs: nowUs, coalesced: 0, outcome: 'pending' };
+    this.outstanding = rec;
+    this.history.push(rec);
+    if (this.history.length > this.historyLimit) this.history.shift();
+    this.events.sendReprotect?.({ epoch: rec.epoch, reason: rec.reason, timeUs: nowUs });
+    return true;
+  }
+
   agentConnected(up: boolean, nowUs: number): void {
     this.agentUp = up;
+    if (this.needsReprotect) {
+      if (!up && this.outstanding) this.failed(this.outstanding.epoch, 'agent disconnected', nowUs);
+      if (up) {
+        this.retryAtUs = nowUs;
+        this.tryReprotect(nowUs);
+      }
+      return;
+    }
     if (!up) {
       if (this.outstanding) this.failed(this.outstanding.epoch, 'agent disconnected', nowUs);
       else if (this.state === 'COMPARING') this.setState('DEGRADED', 'no sync agent connected');
@@ -160,8 +246,13 @@ export class Replicator {
 
   tick(nowUs: number): void {
     const rec = this.outstanding;
-    if (rec && nowUs - rec.timeUs > this.config.checkpointTimeoutMs * 1000) {
-      this.failed(rec.epoch, `no answer within ${this.config.checkpointTimeoutMs} ms`, nowUs);
+    const timeoutMs = rec?.kind === 'reprotect' ? this.config.reprotectTimeoutMs : this.config.checkpointTimeoutMs;
+    if (rec && nowUs - rec.timeUs > timeoutMs * 1000) {
+      this.failed(rec.epoch, `no answer within ${timeoutMs} ms`, nowUs);
+      return;
+    }
+    if (this.needsReprotect) {
+      this.tryReprotect(nowUs);
       return;
     }
     if (this.state === 'DEGRADED' && this.agentUp && nowUs >= this.retryAtUs) {

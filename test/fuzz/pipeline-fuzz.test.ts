@@ -60,7 +60,7 @@ describe('pipeline fuzz (needs the recorded fixtures)', () => {
     const outstanding: number[] = [];
     let released = 0;
     const pipeline = new ShadowPipeline(config, {
-      toPrimary: () => {}, toBackup: () => {}, toClient: () => { released++; },
+      toReplica: () => {}, toClient: () => { released++; },
       sendCheckpoint: (req) => outstanding.push(req.epoch),
       log: () => {},
     }, 0, true);

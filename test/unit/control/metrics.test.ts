@@ -152,7 +152,7 @@ describe('snapshotOf', () => {
   it('reads the counters of a live pipeline', () => {
     const sent: number[] = [];
     const outputs: PipelineOutputs = {
-      toPrimary: () => {}, toBackup: () => {}, toClient: () => {},
+      toReplica: () => {}, toClient: () => {},
       sendCheckpoint: (req) => sent.push(req.epoch),
       log: () => {},
     };

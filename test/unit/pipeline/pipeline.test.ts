@@ -12,8 +12,7 @@ function harness(partial: Partial<PipelineConfig> = {}, agent = true) {
   const out = { primary: [] as Buffer[], backup: [] as Buffer[], client: [] as Buffer[], checkpoints: [] as CheckpointRequest[] };
   const logs: string[] = [];
   const p = new ShadowPipeline(makePipelineConfig(partial), {
-    toPrimary: (f) => out.primary.push(Buffer.from(f)),
-    toBackup: (f) => out.backup.push(Buffer.from(f)),
+    toReplica: (slot, f) => (slot === 0 ? out.primary : out.backup).push(Buffer.from(f)),
     toClient: (f) => out.client.push(Buffer.from(f)),
     sendCheckpoint: (r) => out.checkpoints.push(r),
     log: (_l, event) => logs.push(event),
@@ -269,7 +268,7 @@ describe('ShadowPipeline with virtio-net headers', () => {
   it('leaves a partial checksum alone when it translates a client frame, and passes the header on', () => {
     const sent: { frame: Buffer; vnet: unknown }[] = [];
     const p = new ShadowPipeline(makePipelineConfig(), {
-      toPrimary: () => {}, toBackup: (f, vnet) => sent.push({ frame: Buffer.from(f), vnet }), toClient: () => {},
+      toReplica: (slot, f, vnet) => { if (slot === 1) sent.push({ frame: Buffer.from(f), vnet }); }, toClient: () => {},
       sendCheckpoint: () => {}, log: () => {},
     }, 0, true);
     p.fromClient(fromClient({ seq: C, flags: 'S', options: SYN_OPTS }), 1);
@@ -285,7 +284,7 @@ describe('ShadowPipeline with virtio-net headers', () => {
   it('releases a held primary frame with the header it came with', () => {
     const released: unknown[] = [];
     const p = new ShadowPipeline(makePipelineConfig(), {
-      toPrimary: () => {}, toBackup: () => {}, toClient: (_f, vnet) => released.push(vnet),
+      toReplica: () => {}, toClient: (_f, vnet) => released.push(vnet),
       sendCheckpoint: () => {}, log: () => {},
     }, 0, true);
     const gso = { flags: 1, gsoType: 1, hdrLen: 66, gsoSize: 1448, csumStart: 34, csumOffset: 16 };

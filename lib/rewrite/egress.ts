@@ -1,0 +1,61 @@
+/**
+ * Egress translation after failover. The clients of a carried-over flow
+ * know the old primary's sequence and timestamp spaces; the promoted backup
+ * speaks its own. Its output is shifted back: seq and TSval (RFC 7323) go
+ * down by the backup's deltas. The ACK, SACK blocks (RFC 2018) and TSecr it
+ * sends refer to the client's own spaces, which both replicas share: they
+ * stay. (Client frames to the promoted replica go through `translateForBackup`
+ * with the same deltas, as they did while it was the backup.)
+ *
+ * In:  a decoded TCP frame from the promoted replica (a copy we may write),
+ *      the flow's deltas.
+ * Out: the frame in the client's space, checksum patched (RFC 1624); or a
+ *      new frame with the first bytes of its payload cut off (`trimmedTcpCopy`),
+ *      for a segment that overlaps bytes the client already received from
+ *      the old primary.
+ */
+import { TcpFlag } from '../packet/constants';
+import { DecodedFrame, decodeFrame } from '../packet/frame';
+import { computeL4Checksum, ipv4HeaderChecksum, rewriteTcp32 } from '../packet/l4-checksum';
+import { TcpOptions, readTcpOptions } from '../packet/tcp-options';
+
+/**
+ * Translates `f` in place from the promoted replica's space into the client's.
+ * `seqDelta`, `tsDelta`: backup value = client-known value + delta (mod 2^32).
+ * Returns false when the options are malformed (seq is translated regardless).
+ */
+export function translateForClient(f: DecodedFrame, seqDelta: number, tsDelta: number, opts: TcpOptions, checksumIsPartial = false): boolean {
+  const tcp = f.tcp;
+  if (seqDelta !== 0) rewriteTcp32(f, tcp.offset + 4, (tcp.seq - seqDelta) >>> 0, checksumIsPartial);
+  if (tsDelta === 0 || f.payloadOffset === tcp.offset + 20) return true;
+  if (!readTcpOptions(f, opts)) return false;
+  if (opts.tsOffset >= 0) rewriteTcp32(f, opts.tsOffset, (f.dv.getUint32(opts.tsOffset) - tsDelta) >>> 0, checksumIsPartial);
+  return true;
+}
+
+/**
+ * A new frame: `f` without the first `skip` payload bytes (its sequence
+ * number advanced by as many), and with `clearFlags` removed (e.g. SYN when
+ * the SYN was already delivered). Lengths and checksums are recomputed in
+ * full. `skip` equal to the payload length gives a pure ACK.
+ */
+export function trimmedTcpCopy(f: DecodedFrame, skip: number, clearFlags = 0, scratch = new DecodedFrame()): Buffer {
+  const headerLength = f.payloadOffset - f.base;
+  const keep = f.payloadLength - skip;
+  const out = Buffer.alloc(headerLength + keep);
+  f.buf.copy(out, 0, f.base, f.payloadOffset);
+  f.buf.copy(out, headerLength, f.payloadOffset + skip, f.payloadOffset + f.payloadLength);
+  const dv = new DataView(out.buffer, out.byteOffset, out.length);
+  const l3 = f.l3Offset - f.base;
+  if (f.l3 === 'ipv4') dv.setUint16(l3 + 2, out.length - l3);
+  else dv.setUint16(l3 + 4, out.length - l3 - 40);
+  const tcpAt = f.l4Offset - f.base;
+  // A SYN already delivered and cut off moves the sequence number past it.
+  const synCut = (f.tcp.flags & clearFlags & TcpFlag.SYN) !== 0 ? 1 : 0;
+  dv.setUint32(tcpAt + 4, (f.tcp.seq + skip + synCut) >>> 0);
+  dv.setUint8(tcpAt + 13, f.tcp.flags & ~clearFlags & 0xff);
+  const d = decodeFrame(out, scratch);
+  if (d.l3 === 'ipv4') d.ipv4.checksum = ipv4HeaderChecksum(d);
+  d.tcp.checksum = computeL4Checksum(d);
+  return out;
+}

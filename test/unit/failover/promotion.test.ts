@@ -1,0 +1,280 @@
+/**
+ * Failover in the pipeline: roles change, the dead primary's unconfirmed
+ * output is dropped, the promoted backup's backlog goes out at once and its
+ * output is translated into the spaces the client knows.
+ */
+import { ShadowPipeline, makePipelineConfig, PipelineConfig, StageEvent } from '../../../lib/pipeline';
+import { CheckpointRequest } from '../../../lib/replicate';
+import { decodeFrame } from '../../../lib/packet/frame';
+import { readTcpOptions, TcpOptions } from '../../../lib/packet/tcp-options';
+import { l4ChecksumIsValid, tcpFrame, udpFrame, TcpSpec } from '../../support/frames';
+
+const C = 1000; // client ISN
+const P = 5000; // primary ISN
+const B = 900_000; // backup ISN
+const SYN_OPTS = { mss: 1460, ws: 7, sackOk: true };
+const A = 0, Bk = 1; // port slots: a starts as primary, b as backup
+
+function harness(partial: Partial<PipelineConfig> = {}) {
+  const out = { a: [] as Buffer[], b: [] as Buffer[], client: [] as Buffer[], checkpoints: [] as CheckpointRequest[], reprotects: [] as CheckpointRequest[], events: [] as StageEvent[] };
+  const logs: { event: string; fields: Record<string, unknown> }[] = [];
+  const p = new ShadowPipeline(makePipelineConfig({ resync: 'align', ...partial }), {
+    toReplica: (slot, f) => (slot === A ? out.a : out.b).push(Buffer.from(f)),
+    toClient: (f) => out.client.push(Buffer.from(f)),
+    sendCheckpoint: (r) => out.checkpoints.push(r),
+    sendReprotect: (r) => out.reprotects.push(r),
+    event: (ev) => out.events.push(ev),
+    log: (_l, event, fields) => logs.push({ event, fields }),
+  }, 0, true, 100_000, ['a', 'b']);
+  return { p, out, logs };
+}
+
+const fromClient = (s: TcpSpec) => tcpFrame({ from: 'client', ...s });
+const fromVm = (s: TcpSpec) => tcpFrame({ from: 'vm', ...s });
+const seqOf = (f: Buffer) => f.readUInt32BE(14 + 20 + 4);
+const ackOf = (f: Buffer) => f.readUInt32BE(14 + 20 + 8);
+const flagsOf = (f: Buffer) => f[14 + 20 + 13];
+const payloadOf = (f: Buffer) => { const d = decodeFrame(f); return Buffer.from(d.payload()); };
+const tsvalOf = (f: Buffer) => {
+  const d = decodeFrame(f);
+  const o = new TcpOptions();
+  readTcpOptions(d, o);
+  return o.tsOffset >= 0 ? d.dv.getUint32(o.tsOffset) : -1;
+};
+const bytes = (n: number, fill: string) => Buffer.alloc(n, fill);
+
+/** An established connection; primary TS base 7000, backup 99000. */
+function handshake(h: ReturnType<typeof harness>, sport = 40000, t = 1) {
+  h.p.fromClient(fromClient({ sport, seq: C, flags: 'S', options: { ...SYN_OPTS, ts: [111, 0] } }), t);
+  h.p.fromVm(A, fromVm({ dport: sport, seq: P, ack: C + 1, flags: 'SA', options: { ...SYN_OPTS, ts: [7000, 111] } }), t + 1);
+  h.p.fromVm(Bk, fromVm({ dport: sport, seq: B, ack: C + 1, flags: 'SA', options: { ...SYN_OPTS, ts: [99000, 111] } }), t + 2);
+  h.p.fromClient(fromClient({ sport, seq: C + 1, ack: P + 1, flags: 'A', options: { ts: [112, 7000] } }), t + 3);
+}
+
+describe('failover', () => {
+  it('sends the promoted backup\'s backlog beyond the released point at once, in the client\'s sequence and timestamp spaces', () => {
+    const h = harness();
+    handshake(h);
+    h.p.fromVm(A, fromVm({ seq: P + 1, ack: C + 1, payload: bytes(1000, 'x'), options: { ts: [7010, 112] } }), 10);
+    h.p.fromVm(Bk, fromVm({ seq: B + 1, ack: C + 1, payload: bytes(1000, 'x'), options: { ts: [99010, 112] } }), 11);
+    // The backup runs ahead of the primary by 1000 bytes, then the primary dies.
+    h.p.fromVm(Bk, fromVm({ seq: B + 1001, ack: C + 1, payload: bytes(1000, 'y'), options: { ts: [99011, 112] } }), 12);
+    const before = h.out.client.length;
+    expect(h.p.failoverNow('agent', 'test', 20, 15)).toBe(true);
+    expect(h.p.state).toBe('FAILED_OVER');
+    const sent = h.out.client.slice(before);
+    expect(sent).toHaveLength(1);
+    expect(seqOf(sent[0])).toBe(P + 1001);
+    expect(tsvalOf(sent[0])).toBe(7011);
+    expect(payloadOf(sent[0]).equals(bytes(1000, 'y'))).toBe(true);
+    expect(l4ChecksumIsValid(sent[0])).toBe(true);
+    expect(h.p.replicas.describe()).toBe('a=dead b=promoted');
+    expect(h.p.failoverHistory[0]).toMatchObject({ cause: 'agent', survivor: 'b', flowsCarried: 1, backlogFrames: 1, detectedUs: 15, promotedUs: 20 });
+  });
+
+  it('never sends again a byte the client received from the old primary: an overlapping segment is cut', () => {
+    const h = harness();
+    handshake(h);
+    h.p.fromVm(Bk, fromVm({ seq: B + 1, ack: C + 1, payload: Buffer.concat([bytes(500, 'a'), bytes(500, 'b')]) }), 10);
+    h.p.fromVm(A, fromVm({ seq: P + 1, ack: C + 1, payload: bytes(500, 'a') }), 11); // released: the backup said it
+    const before = h.out.client.length;
+    expect(before).toBe(2); // SYN-ACK and the first 500 bytes
+    h.p.failoverNow('carrier', 'test', 20);
+    const sent = h.out.client.slice(before);
+    expect(sent).toHaveLength(1);
+    expect(seqOf(sent[0])).toBe(P + 501);
+    expect(payloadOf(sent[0]).equals(bytes(500, 'b'))).toBe(true);
+    expect(l4ChecksumIsValid(sent[0])).toBe(true);
+    // The survivor's retransmission of what the client has is dropped; the rest is cut and translated.
+    h.p.fromVm(Bk, fromVm({ seq: B + 1, ack: C + 1, payload: bytes(500, 'a') }), 30);
+    expect(h.out.client).toHaveLength(before + 1);
+    expect(h.p.failover.duplicatesDropped).toBe(1);
+    h.p.fromVm(Bk, fromVm({ seq: B + 1, ack: C + 1, payload: Buffer.concat([bytes(500, 'a'), bytes(500, 'b'), bytes(10, 'c')]) }), 31);
+    const last = h.out.client[h.out.client.length - 1];
+    expect(seqOf(last)).toBe(P + 501);
+    expect(payloadOf(last).toString()).toBe('b'.repeat(500) + 'c'.repeat(10));
+  });
+
+  it('drops what the dead primary said that the backup never confirmed, and releases the backup\'s own answer later', () => {
+    const h = harness();
+    handshake(h);
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 1, flags: 'PA', payload: 'GET / HTTP/1.1\r\n\r\n' }), 5);
+    h.p.fromVm(A, fromVm({ seq: P + 1, ack: C + 19, flags: 'PA', payload: 'primary only' }), 10);
+    const before = h.out.client.length;
+    h.p.failoverNow('silence', 'test', 20);
+    expect(h.out.client).toHaveLength(before);
+    expect(h.p.failover.discardedFrames).toBe(1);
+    h.p.fromVm(Bk, fromVm({ seq: B + 1, ack: C + 19, flags: 'PA', payload: 'backup says' }), 30);
+    expect(h.out.client).toHaveLength(before + 1);
+    const f = h.out.client[before];
+    expect(seqOf(f)).toBe(P + 1);
+    expect(ackOf(f)).toBe(C + 19);
+    expect(payloadOf(f).toString()).toBe('backup says');
+  });
+
+  it('sends client frames only to the promoted replica, translated, and leaves new flows untranslated', () => {
+    const h = harness();
+    handshake(h);
+    h.p.failoverNow('agent', 'test', 20);
+    const [a, b] = [h.out.a.length, h.out.b.length];
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 1, flags: 'PA', payload: 'more' }), 21);
+    expect(h.out.a).toHaveLength(a);
+    expect(h.out.b).toHaveLength(b + 1);
+    expect(ackOf(h.out.b[b])).toBe(B + 1);
+    expect(l4ChecksumIsValid(h.out.b[b])).toBe(true);
+    // A new connection after promotion: nothing to translate either way.
+    h.p.fromClient(fromClient({ sport: 41000, seq: 7, flags: 'S', options: SYN_OPTS }), 22);
+    expect(h.out.a).toHaveLength(a);
+    h.p.fromVm(Bk, fromVm({ dport: 41000, seq: 123, ack: 8, flags: 'SA', options: SYN_OPTS }), 23);
+    expect(seqOf(h.out.client[h.out.client.length - 1])).toBe(123);
+    h.p.fromClient(fromClient({ sport: 41000, seq: 8, ack: 124 }), 24);
+    expect(ackOf(h.out.b[h.out.b.length - 1])).toBe(124);
+    // The dead slot's frames go nowhere.
+    h.p.fromVm(A, fromVm({ seq: P + 1, ack: C + 1, payload: 'zombie' }), 25);
+    expect(h.out.client.some((f) => f.includes(Buffer.from('zombie')))).toBe(false);
+    expect(h.p.failover.deadSlotFrames).toBe(1);
+  });
+
+  it('carries a flow that was mid-FIN: the backup\'s FIN beyond the released point goes out alone', () => {
+    const h = harness();
+    handshake(h);
+    h.p.fromVm(A, fromVm({ seq: P + 1, ack: C + 1, payload: 'last words' }), 10);
+    h.p.fromVm(Bk, fromVm({ seq: B + 1, ack: C + 1, flags: 'FA', payload: 'last words' }), 11);
+    const before = h.out.client.length;
+    expect(payloadOf(h.out.client[before - 1]).toString()).toBe('last words');
+    h.p.failoverNow('agent', 'test', 20);
+    const fin = h.out.client[before];
+    expect(h.out.client).toHaveLength(before + 1);
+    expect(flagsOf(fin) & 0x01).toBe(0x01);
+    expect(payloadOf(fin)).toHaveLength(0);
+    expect(seqOf(fin)).toBe(P + 11);
+    expect(l4ChecksumIsValid(fin)).toBe(true);
+  });
+
+  it('promotes a backup whose SYN-ACK the client has not seen yet without translating it', () => {
+    const h = harness();
+    h.p.fromClient(fromClient({ seq: C, flags: 'S', options: SYN_OPTS }), 1);
+    h.p.fromVm(A, fromVm({ seq: P, ack: C + 1, flags: 'SA', options: SYN_OPTS }), 2); // held: the backup has not answered
+    h.p.failoverNow('agent', 'test', 3);
+    h.p.fromVm(Bk, fromVm({ seq: B, ack: C + 1, flags: 'SA', options: SYN_OPTS }), 4);
+    const synAck = h.out.client[h.out.client.length - 1];
+    expect(seqOf(synAck)).toBe(B);
+    h.p.fromClient(fromClient({ seq: C + 1, ack: B + 1 }), 5);
+    expect(ackOf(h.out.b[h.out.b.length - 1])).toBe(B + 1);
+  });
+
+  it('releases from the backup the UDP replies the primary had not released', () => {
+    const h = harness();
+    const q = udpFrame({ from: 'client', sport: 5353, dport: 53, payload: 'query' });
+    h.p.fromClient(q, 1);
+    h.p.fromVm(A, udpFrame({ from: 'vm', sport: 53, dport: 5353, payload: 'answer 1' }), 2);
+    h.p.fromVm(Bk, udpFrame({ from: 'vm', sport: 53, dport: 5353, payload: 'answer 1' }), 3);
+    h.p.fromVm(Bk, udpFrame({ from: 'vm', sport: 53, dport: 5353, payload: 'answer 2' }), 4);
+    const before = h.out.client.length;
+    expect(before).toBe(1);
+    h.p.failoverNow('agent', 'test', 5);
+    expect(h.out.client.slice(before).map((f) => payloadOf(f).toString())).toEqual(['answer 2']);
+    // The survivor repeating an answer the client already had is not sent twice... (datagram 1 was released)
+    h.p.fromVm(Bk, udpFrame({ from: 'vm', sport: 53, dport: 5353, payload: 'answer 3' }), 6);
+    expect(payloadOf(h.out.client[h.out.client.length - 1]).toString()).toBe('answer 3');
+  });
+
+  it('promotes the backup as it was before a checkpoint that was running, and sends it the client frames held meanwhile', () => {
+    const h = harness();
+    handshake(h);
+    h.p.request('manual', undefined, 5);
+    expect(h.p.state).toBe('CHECKPOINTING');
+    const b = h.out.b.length;
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 1, flags: 'PA', payload: 'during' }), 6);
+    h.p.fromVm(A, fromVm({ seq: P + 1, ack: C + 1, payload: 'primary, unconfirmed' }), 7);
+    h.p.fromVm(Bk, fromVm({ seq: B + 1, ack: C + 1, payload: 'backup says' }), 8);
+    expect(h.out.b).toHaveLength(b); // held
+    const before = h.out.client.length;
+    h.p.failoverNow('agent', 'primary crashed during checkpoint', 9);
+    expect(h.out.b).toHaveLength(b + 1);
+    expect(ackOf(h.out.b[b])).toBe(B + 1);
+    expect(h.out.client.slice(before).map((f) => payloadOf(f).toString())).toEqual(['backup says']);
+    expect(h.p.replicator.history[0].outcome).toBe('abandoned');
+    // The late answer to the abandoned checkpoint changes nothing.
+    h.p.checkpointDone(h.out.checkpoints[0].epoch, 10);
+    expect(h.p.state).toBe('FAILED_OVER');
+  });
+
+  it('refuses to promote a stale backup (DEGRADED) and says why', () => {
+    const h = harness();
+    handshake(h);
+    h.p.agentConnected(false, 5);
+    expect(h.p.state).toBe('DEGRADED');
+    expect(h.p.failoverNow('carrier', 'test', 6)).toBe(false);
+    expect(h.p.failover.refused).toBe(1);
+    expect(h.logs.find((l) => l.event === 'failover-refused')?.fields.why).toMatch(/stale/);
+    expect(h.p.replicas.describe()).toBe('a=primary b=backup');
+  });
+
+  it('releases the primary\'s output unchecked when the backup dies, and sends client frames to the primary only', () => {
+    const h = harness();
+    handshake(h);
+    h.p.fromVm(A, fromVm({ seq: P + 1, ack: C + 1, payload: 'held' }), 10);
+    const before = h.out.client.length;
+    expect(h.p.backupLost('carrier lost on b', 11)).toBe(true);
+    expect(h.p.state).toBe('DEGRADED');
+    expect(h.out.client).toHaveLength(before + 1);
+    h.p.fromVm(A, fromVm({ seq: P + 5, ack: C + 1, payload: 'more' }), 12);
+    expect(h.out.client).toHaveLength(before + 2);
+    const b = h.out.b.length;
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 9 }), 13);
+    expect(h.out.b).toHaveLength(b);
+    expect(h.p.failoverNow('agent', 'test', 14)).toBe(false);
+    expect(h.out.reprotects).toHaveLength(1);
+  });
+
+  it('asks for re-protection after a failover; once done, new flows are compared with roles swapped and old ones stay carried', () => {
+    const h = harness();
+    handshake(h);
+    h.p.failoverNow('agent', 'test', 20);
+    expect(h.out.reprotects).toHaveLength(1);
+    h.p.checkpointDone(h.out.reprotects[0].epoch, 30);
+    expect(h.p.state).toBe('COMPARING');
+    expect(h.p.replicas.describe()).toBe('a=backup b=primary');
+    // The old flow: client frames to b only, translated; b's output translated.
+    const a = h.out.a.length;
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 1, flags: 'PA', payload: 'old' }), 31);
+    expect(h.out.a).toHaveLength(a);
+    h.p.fromVm(Bk, fromVm({ seq: B + 1, ack: C + 4, payload: 'reply' }), 32);
+    expect(seqOf(h.out.client[h.out.client.length - 1])).toBe(P + 1);
+    // A new flow: b is its primary, a its backup; b's answer waits for a's.
+    h.p.fromClient(fromClient({ sport: 42000, seq: 50, flags: 'S', options: SYN_OPTS }), 33);
+    expect(h.out.a).toHaveLength(a + 1);
+    const n = h.out.client.length;
+    h.p.fromVm(Bk, fromVm({ dport: 42000, seq: 7777, ack: 51, flags: 'SA', options: SYN_OPTS }), 34);
+    expect(h.out.client).toHaveLength(n);
+    h.p.fromVm(A, fromVm({ dport: 42000, seq: 3333, ack: 51, flags: 'SA', options: SYN_OPTS }), 35);
+    expect(h.out.client).toHaveLength(n + 1);
+    expect(seqOf(h.out.client[n])).toBe(7777);
+  });
+
+  it('fails over back and forth: A→B→A→B, each time keeping a connection born after the last re-protection', () => {
+    const h = harness();
+    let t = 1;
+    for (let round = 0; round < 4; round++) {
+      const sport = 43000 + round;
+      const [act, stb] = round % 2 === 0 ? [A, Bk] : [Bk, A];
+      const [actIsn, stbIsn] = [10_000 * (round + 1), 500_000 * (round + 1)];
+      h.p.fromClient(fromClient({ sport, seq: C, flags: 'S', options: SYN_OPTS }), t++);
+      h.p.fromVm(act as 0 | 1, fromVm({ dport: sport, seq: actIsn, ack: C + 1, flags: 'SA', options: SYN_OPTS }), t++);
+      h.p.fromVm(stb as 0 | 1, fromVm({ dport: sport, seq: stbIsn, ack: C + 1, flags: 'SA', options: SYN_OPTS }), t++);
+      h.p.fromVm(act as 0 | 1, fromVm({ dport: sport, seq: actIsn + 1, ack: C + 1, payload: 'abc' }), t++);
+      h.p.fromVm(stb as 0 | 1, fromVm({ dport: sport, seq: stbIsn + 1, ack: C + 1, payload: 'abcdef' }), t++);
+      const n = h.out.client.length;
+      expect(h.p.failoverNow('agent', `round ${round}`, t++)).toBe(true);
+      const last = h.out.client[n];
+      expect(seqOf(last)).toBe(actIsn + 4);
+      expect(payloadOf(last).toString()).toBe('def');
+      h.p.checkpointDone(h.out.reprotects[round].epoch, t++);
+      expect(h.p.state).toBe('COMPARING');
+    }
+    expect(h.p.failover.failovers).toBe(4);
+    expect(h.p.replicas.describe()).toBe('a=primary b=backup');
+    expect(h.out.events.filter((e) => e.type === 'failover')).toHaveLength(4);
+  });
+});
