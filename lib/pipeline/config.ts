@@ -20,6 +20,20 @@ export interface QueueLimits {
   frames: number;
 }
 
+/** How the death of a replica is detected and what a promotion announces. */
+export interface FailoverConfig {
+  /** The primary silent this long while the backup answers the same flows: suspected dead (0: off). */
+  silenceMs: number;
+  /** Then an ICMP echo probe to the primary alone; no frame from it this long: dead (0: no probe). */
+  probeTimeoutMs: number;
+  /** Backup frames needed to call the primary silent. */
+  minStandbyFrames: number;
+  /** A port whose carrier goes down counts as dead once it has stayed down this long (flaps are ignored). */
+  carrierHoldMs: number;
+  /** After a promotion, send a gratuitous ARP and an unsolicited neighbour advertisement for the VM's addresses. */
+  announce: boolean;
+}
+
 export interface PipelineConfig {
   maxFlows: number;
   /** A primary frame unmatched for longer than this asks for a checkpoint (reason `timeout`). */
@@ -35,6 +49,7 @@ export interface PipelineConfig {
   datagramIdleMs: number;
   policy: FramePolicy;
   replicator: ReplicatorConfig;
+  failover: FailoverConfig;
   /**
    * What a finished checkpoint means for each flow's backup side. `copy`:
    * the backup is an exact copy of the primary (live agents): its sequence
@@ -58,6 +73,7 @@ export const DEFAULT_PIPELINE_CONFIG: PipelineConfig = {
   datagramIdleMs: 300_000,
   policy: { arp: 'forward-primary', otherEtherTypes: 'drop', malformedFromVm: 'drop', malformedFromClient: 'forward' },
   replicator: DEFAULT_REPLICATOR_CONFIG,
+  failover: { silenceMs: 20, probeTimeoutMs: 10, minStandbyFrames: 2, carrierHoldMs: 6, announce: false },
   resync: 'copy',
   captureDivergence: false,
 };
@@ -76,6 +92,7 @@ export function makePipelineConfig(partial: Partial<PipelineConfig> = {}): Pipel
     ...partial,
     policy: { ...DEFAULT_PIPELINE_CONFIG.policy, ...partial.policy },
     replicator: { ...DEFAULT_PIPELINE_CONFIG.replicator, ...partial.replicator },
+    failover: { ...DEFAULT_PIPELINE_CONFIG.failover, ...partial.failover },
   };
   const positive: [string, number][] = [
     ['maxFlows', c.maxFlows],
@@ -91,6 +108,17 @@ export function makePipelineConfig(partial: Partial<PipelineConfig> = {}): Pipel
   for (const [name, v] of positive) {
     if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) throw new ConfigError(name, `must be a positive number, got ${String(v)}`);
   }
+  const nonNegative: [string, number][] = [
+    ['failover.silenceMs', c.failover.silenceMs],
+    ['failover.probeTimeoutMs', c.failover.probeTimeoutMs],
+    ['failover.carrierHoldMs', c.failover.carrierHoldMs],
+    ['failover.minStandbyFrames', c.failover.minStandbyFrames],
+    ['replicator.reprotectTimeoutMs', c.replicator.reprotectTimeoutMs],
+  ];
+  for (const [name, v] of nonNegative) {
+    if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw new ConfigError(name, `must be zero or a positive number, got ${String(v)}`);
+  }
+  if (typeof c.failover.announce !== 'boolean') throw new ConfigError('failover.announce', 'must be true or false');
   if (!(c.replicator.maxIntervalMs >= 0)) throw new ConfigError('replicator.maxIntervalMs', 'must be 0 (off) or positive');
   const actions = ['forward-primary', 'compare', 'drop'];
   if (!actions.includes(c.policy.arp)) throw new ConfigError('policy.arp', `must be one of ${actions.join(', ')}`);

@@ -34,6 +34,8 @@ import { HeldQueues } from '../release/held';
 import { StandbyFrame } from '../release/standby-log';
 import { seqLe, seqLt, seqDiff } from '../packet/seq';
 import { ReplicaSet, SlotId, STANDBY_SIDE } from '../failover/roles';
+import { SilenceDetector } from '../failover/liveness';
+import { buildAnnouncement, buildEchoProbe, isProbeReply } from '../failover/frames';
 import { CheckpointReason, CheckpointRecord, CheckpointRequest, ReplicationState, Replicator } from '../replicate/replicator';
 import { FrameAction, PipelineConfig } from './config';
 import { VIRTIO_NET_HDR_F_NEEDS_CSUM, VirtioNetHeader } from '../io/port';
@@ -122,7 +124,15 @@ export interface FailoverCounters {
   translatedFrames: number;
   /** Frames from a dead slot (dropped). */
   deadSlotFrames: number;
+  probesSent: number;
+  probeReplies: number;
+  /** Silences that ended because the primary spoke after all (no failover). */
+  silenceFalseAlarms: number;
+  announcements: number;
 }
+
+/** How often the VM frames kept as templates for probes and announcements are renewed. */
+const TEMPLATE_REFRESH_US = 1_000_000;
 
 export class ShadowPipeline {
   readonly replicator: Replicator;
@@ -143,7 +153,11 @@ export class ShadowPipeline {
   readonly failover: FailoverCounters = {
     failovers: 0, refused: 0, backupsLost: 0, flowsCarried: 0, flowsLost: 0, flowsUnprotected: 0,
     backlogFrames: 0, discardedFrames: 0, duplicatesDropped: 0, trimmed: 0, translatedFrames: 0, deadSlotFrames: 0,
+    probesSent: 0, probeReplies: 0, silenceFalseAlarms: 0, announcements: 0,
   };
+  readonly silence: SilenceDetector;
+  /** Recent standby frames (VM → client) per IP version: addresses and MACs for probes and announcements. */
+  private readonly vmTemplates: { v4: Buffer | null; v6: Buffer | null; atUs: number } = { v4: null, v6: null, atUs: -Infinity };
   backupFramesSuppressed = 0;
   badTcpOptions = 0;
   ingressHeldFrames = 0;
@@ -189,6 +203,7 @@ export class ShadowPipeline {
     this.heldPool = new SlabPool(!config.captureDivergence);
     this.backupCopies = new SlabPool(true, false);
     this.replicas = new ReplicaSet(slotNames);
+    this.silence = new SilenceDetector(config.failover);
     this.held = new HeldQueues((frame, vnet) => outputs.toClient(frame, vnet), this.heldPool);
     this.flows = new FlowTable<ShadowFlow>(config.maxFlows, (e, why) => this.onEvict(e, why));
     this.ingressLookup = new FlowLookup(this.flows, 'ingress');
@@ -334,6 +349,7 @@ export class ShadowPipeline {
     }
     const origin: Origin = side === PRIMARY ? 'primary' : 'backup';
     this.frames[origin]++;
+    if (side === PRIMARY) this.silence.noteActive(nowUs);
     const f = decodeFrame(frame, this.frame);
     if (f.error) {
       this.countMalformed(f.error, origin);
@@ -342,6 +358,10 @@ export class ShadowPipeline {
       return;
     }
     const ip = f.l3 === 'ipv4' || f.l3 === 'ipv6';
+    if (side === PRIMARY && (f.l4 === 'icmp' || f.l4 === 'icmpv6') && isProbeReply(f)) {
+      this.failover.probeReplies++;
+      return;
+    }
     if (!this.replicator.comparing) {
       // DEGRADED or FAILED_OVER: the active replica's output flows unchecked (counted),
       // translated on flows carried over from before a failover.
@@ -416,7 +436,18 @@ export class ShadowPipeline {
       if (side === BACKUP && flow.ingressHeld.length > 0 && tcp.backupDeltaKnown) this.flushFlowIngress(flow);
       this.afterCompare(flow, nowUs);
     }
-    if (side === BACKUP && end !== start) this.logStandby(flow, frame, start, end, vnet);
+    if (side === BACKUP && end !== start) {
+      this.logStandby(flow, frame, start, end, vnet);
+      this.silence.noteStandby(nowUs);
+      if (nowUs - this.vmTemplates.atUs > TEMPLATE_REFRESH_US) this.keepTemplate(f, frame, nowUs);
+    }
+  }
+
+  private keepTemplate(f: DecodedFrame, frame: Buffer, nowUs: number): void {
+    // Whole frames (decodable), once a second at most.
+    if (f.l3 === 'ipv4') this.vmTemplates.v4 = Buffer.from(frame);
+    else this.vmTemplates.v6 = Buffer.from(frame);
+    this.vmTemplates.atUs = nowUs;
   }
 
   /** Keeps a standby frame the client has not received in any form, for failover. */
@@ -445,6 +476,7 @@ export class ShadowPipeline {
     this.afterCompare(flow, nowUs);
     if (side === BACKUP && flow.report.protocol !== 'arp' && flow.report.protocol !== 'ethertype') {
       this.logStandby(flow, frame, cmp.sent[BACKUP] - 1, cmp.sent[BACKUP], vnet);
+      this.silence.noteStandby(nowUs);
     }
   }
 
@@ -560,6 +592,8 @@ export class ShadowPipeline {
     if (this.failoverHistory.length > MAX_FAILOVER_HISTORY) this.failoverHistory.shift();
     // Client frames held by a checkpoint in progress go to the survivor (carried flows translated).
     if (wasHolding || this.ingressHold.length > 0) this.flushIngressHold();
+    this.silence.reset(nowUs);
+    if (this.config.failover.announce) this.announce();
     this.outputs.log('warn', 'failover', {
       cause, detail, dead: dead.name, survivor: survivor.name, detectionMs: (nowUs - detectedUs) / 1000,
       flowsCarried: record.flowsCarried, flowsLost: record.flowsLost, backlogFrames: record.backlogFrames, discardedFrames: record.discardedFrames,
@@ -631,6 +665,17 @@ export class ShadowPipeline {
     return true;
   }
 
+  /** Tells the client side where the VM's addresses are now (the survivor's MAC). */
+  private announce(): void {
+    for (const t of [this.vmTemplates.v4, this.vmTemplates.v6]) {
+      const frame = t && buildAnnouncement(t);
+      if (frame) {
+        this.outputs.toClient(frame);
+        this.failover.announcements++;
+      }
+    }
+  }
+
   private makeSolo(flow: ShadowFlow): void {
     if (flow.mode !== 'compare') return;
     flow.mode = 'solo';
@@ -644,6 +689,7 @@ export class ShadowPipeline {
   tick(nowUs: number): void {
     this.nowUs = nowUs;
     this.replicator.tick(nowUs);
+    if (this.replicator.comparing && this.replicas.standby) this.checkSilence(nowUs);
     if (this.replicator.state === 'COMPARING') {
       const oldest = this.held.oldest();
       if (oldest && nowUs - oldest.heldAtUs > this.config.maxUnmatchedAgeMs * 1000) {
@@ -659,6 +705,22 @@ export class ShadowPipeline {
         if (!flow.stream) return c.datagramIdleMs * 1000;
         return (flow.closed[0] && flow.closed[1]) || flow.stream.rstAgreed ? c.closedTcpLingerMs * 1000 : c.tcpIdleMs * 1000;
       }, shortest);
+    }
+  }
+
+  private checkSilence(nowUs: number): void {
+    const template = this.vmTemplates.v4 ?? this.vmTemplates.v6;
+    const verdict = this.silence.tick(nowUs, template !== null);
+    this.failover.silenceFalseAlarms = this.silence.falseAlarms;
+    if (verdict === 'probe') {
+      const probe = buildEchoProbe(template!, this.failover.probesSent++);
+      if (probe) this.outputs.toReplica(this.replicas.active.id, probe);
+      return;
+    }
+    if (verdict === 'dead') {
+      const since = this.silence.silentSinceUs;
+      const ms = ((nowUs - since) / 1000).toFixed(1);
+      this.failoverNow('silence', `primary ${this.replicas.active.name} silent for ${ms} ms while the backup answered${this.failover.probesSent ? '; probe unanswered' : ''}`, nowUs, since);
     }
   }
 

@@ -1,0 +1,123 @@
+/**
+ * Frames the failover stage sends itself:
+ *
+ * - a liveness probe: an ICMP (or ICMPv6) echo request to the active
+ *   replica alone, from a client's address, built from a frame the standby
+ *   sent (VM → client), so MACs, VLAN tags and addresses are ones the VM
+ *   already uses. Its reply is recognized by the identifier and never
+ *   reaches a client.
+ * - neighbour announcements after a promotion, for setups where the path
+ *   to the VM's address moves: a gratuitous ARP reply (RFC 5227 §3) and an
+ *   unsolicited neighbour advertisement (RFC 4861 §7.2.6).
+ */
+import { DecodedFrame, decodeFrame } from '../packet/frame';
+import { computeL4Checksum, ipv4HeaderChecksum } from '../packet/l4-checksum';
+
+/** "SV": the echo identifier of shadowvm's probes. */
+export const PROBE_ECHO_ID = 0x5356;
+const PROBE_PAYLOAD = Buffer.from('shadowvm liveness probe ');
+const ETHERTYPE_IPV4 = 0x0800;
+const ETHERTYPE_IPV6 = 0x86dd;
+
+/** The echo request, or null when the template is not an IP frame from a VM. */
+export function buildEchoProbe(template: Buffer, sequence: number): Buffer | null {
+  const t = decodeFrame(template);
+  if (t.error || (t.l3 !== 'ipv4' && t.l3 !== 'ipv6')) return null;
+  const l2 = t.l3Offset - t.base;
+  const v6 = t.l3 === 'ipv6';
+  const l3Length = v6 ? 40 : 20;
+  const icmpLength = 8 + PROBE_PAYLOAD.length;
+  const out = Buffer.alloc(l2 + l3Length + icmpLength);
+  // Ethernet (and VLAN tags): to the VM from the client.
+  t.buf.copy(out, 0, t.base, t.base + l2);
+  t.buf.copy(out, 0, t.base + 6, t.base + 12);
+  t.buf.copy(out, 6, t.base, t.base + 6);
+  out.writeUInt16BE(v6 ? ETHERTYPE_IPV6 : ETHERTYPE_IPV4, l2 - 2);
+  if (v6) {
+    out.writeUInt32BE(0x60000000, l2);
+    out.writeUInt16BE(icmpLength, l2 + 4);
+    out[l2 + 6] = 58;
+    out[l2 + 7] = 64;
+    t.buf.copy(out, l2 + 8, t.l3Offset + 24, t.l3Offset + 40);
+    t.buf.copy(out, l2 + 24, t.l3Offset + 8, t.l3Offset + 24);
+  } else {
+    out[l2] = 0x45;
+    out.writeUInt16BE(l3Length + icmpLength, l2 + 2);
+    out[l2 + 8] = 64;
+    out[l2 + 9] = 1;
+    t.buf.copy(out, l2 + 12, t.l3Offset + 16, t.l3Offset + 20);
+    t.buf.copy(out, l2 + 16, t.l3Offset + 12, t.l3Offset + 16);
+  }
+  const icmp = l2 + l3Length;
+  out[icmp] = v6 ? 128 : 8;
+  out.writeUInt16BE(PROBE_ECHO_ID, icmp + 4);
+  out.writeUInt16BE(sequence & 0xffff, icmp + 6);
+  PROBE_PAYLOAD.copy(out, icmp + 8);
+  const d = decodeFrame(out);
+  if (d.l3 === 'ipv4') d.ipv4.checksum = ipv4HeaderChecksum(d);
+  d.icmp.checksum = computeL4Checksum(d);
+  return out;
+}
+
+/** Whether a VM frame is the reply to one of our probes. */
+export function isProbeReply(f: DecodedFrame): boolean {
+  if (f.l4 === 'icmp') return f.icmp.type === 0 && f.icmp.echoId === PROBE_ECHO_ID;
+  if (f.l4 === 'icmpv6') return f.icmp.type === 129 && f.icmp.echoId === PROBE_ECHO_ID;
+  return false;
+}
+
+/**
+ * Announcements of the VM's addresses after a promotion, built from a frame
+ * the VM sent (its MAC, VLAN tags and address): a gratuitous ARP for IPv4,
+ * an unsolicited neighbour advertisement (override flag set) for IPv6.
+ */
+export function buildAnnouncement(vmFrame: Buffer): Buffer | null {
+  const t = decodeFrame(vmFrame);
+  if (t.error) return null;
+  const l2 = t.l3Offset - t.base;
+  const vmMac = t.buf.subarray(t.base + 6, t.base + 12);
+  if (t.l3 === 'ipv4') {
+    const out = Buffer.alloc(Math.max(60, l2 + 28));
+    t.buf.copy(out, 0, t.base, t.base + l2);
+    out.fill(0xff, 0, 6);
+    out.writeUInt16BE(0x0806, l2 - 2);
+    const a = l2;
+    out.writeUInt16BE(1, a); // Ethernet
+    out.writeUInt16BE(ETHERTYPE_IPV4, a + 2);
+    out[a + 4] = 6;
+    out[a + 5] = 4;
+    out.writeUInt16BE(2, a + 6); // reply: RFC 5227 allows either; replies update more caches
+    vmMac.copy(out, a + 8);
+    t.buf.copy(out, a + 14, t.l3Offset + 12, t.l3Offset + 16);
+    out.fill(0xff, a + 18, a + 24);
+    t.buf.copy(out, a + 24, t.l3Offset + 12, t.l3Offset + 16);
+    return out;
+  }
+  if (t.l3 === 'ipv6') {
+    const icmpLength = 24 + 8; // NA + target link-layer address option
+    const out = Buffer.alloc(l2 + 40 + icmpLength);
+    t.buf.copy(out, 0, t.base, t.base + l2);
+    // All-nodes multicast 33:33:00:00:00:01 / ff02::1.
+    Buffer.from([0x33, 0x33, 0, 0, 0, 1]).copy(out, 0);
+    out.writeUInt16BE(ETHERTYPE_IPV6, l2 - 2);
+    out.writeUInt32BE(0x60000000, l2);
+    out.writeUInt16BE(icmpLength, l2 + 4);
+    out[l2 + 6] = 58;
+    out[l2 + 7] = 255; // RFC 4861 §7.1.2: hop limit 255
+    t.buf.copy(out, l2 + 8, t.l3Offset + 8, t.l3Offset + 24);
+    Buffer.from('ff020000000000000000000000000001', 'hex').copy(out, l2 + 24);
+    const icmp = l2 + 40;
+    out[icmp] = 136;
+    out[icmp + 4] = 0x20; // override
+    t.buf.copy(out, icmp + 8, t.l3Offset + 8, t.l3Offset + 24);
+    out[icmp + 24] = 2; // target link-layer address
+    out[icmp + 25] = 1;
+    vmMac.copy(out, icmp + 26);
+    const d = decodeFrame(out);
+    d.icmp.checksum = computeL4Checksum(d);
+    return out;
+  }
+  return null;
+}
+
+export type { DecodedFrame };

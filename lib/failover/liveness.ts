@@ -1,0 +1,127 @@
+/**
+ * Liveness of the replicas, from what the bridge itself can see. Pure: the
+ * pipeline and the bridge feed it frames, link events and time; it answers
+ * with what to do.
+ *
+ * SilenceDetector — the active replica says nothing while the standby keeps
+ * answering the same (compared) flows. Suspicion starts when the standby has
+ * sent `minStandbyFrames` frames since the active replica's last frame, and
+ * the first of them is `silenceMs` old. Then, if a probe target is known, an
+ * ICMP echo goes to the active replica alone: any frame from it within
+ * `probeTimeoutMs` (the echo reply included) clears it. One lost frame, a
+ * slow guest that still has a kernel, or a flow that only the standby
+ * answers (a divergence: the checkpoint triggers handle that) do not fail
+ * over: the probe is answered.
+ *
+ * CarrierDebouncer — a port's carrier went down. Failover waits `holdMs`
+ * for the carrier to come back, so a short link flap (a bond renegotiating,
+ * a tap re-opened) is counted and ignored. Deletion of the interface is
+ * final at once.
+ */
+export type SilenceVerdict = 'quiet' | 'probe' | 'dead';
+
+export interface SilenceConfig {
+  /** How long the active replica may stay silent while the standby talks. 0: off. */
+  silenceMs: number;
+  /** How long an echo probe may take; 0: no probe (silence alone decides). */
+  probeTimeoutMs: number;
+  minStandbyFrames: number;
+}
+
+export class SilenceDetector {
+  private lastActiveUs = 0;
+  private standbyFrames = 0;
+  private firstStandbyUs = 0;
+  private probeSentUs = -1;
+  probesSent = 0;
+  /** Suspicions cleared by the active replica speaking (a probe reply or any frame). */
+  falseAlarms = 0;
+
+  constructor(private readonly config: SilenceConfig) {}
+
+  /** Any frame from the active replica. */
+  noteActive(nowUs: number): void {
+    this.lastActiveUs = nowUs;
+    if (this.standbyFrames !== 0) {
+      this.standbyFrames = 0;
+      if (this.probeSentUs >= 0) {
+        this.falseAlarms++;
+        this.probeSentUs = -1;
+      }
+    }
+  }
+
+  /** A frame from the standby that says something on a compared flow. */
+  noteStandby(nowUs: number): void {
+    if (this.standbyFrames++ === 0) this.firstStandbyUs = nowUs;
+  }
+
+  /** How long the active replica has been silent while the standby talked (µs), 0 if it has not. */
+  silentForUs(nowUs: number): number {
+    return this.standbyFrames >= this.config.minStandbyFrames ? nowUs - this.firstStandbyUs : 0;
+  }
+
+  /** Since when the silence counts (for the failover record). */
+  get silentSinceUs(): number {
+    return this.firstStandbyUs;
+  }
+
+  tick(nowUs: number, canProbe: boolean): SilenceVerdict {
+    if (this.config.silenceMs <= 0) return 'quiet';
+    if (this.probeSentUs >= 0) {
+      return nowUs - this.probeSentUs >= this.config.probeTimeoutMs * 1000 ? 'dead' : 'quiet';
+    }
+    if (this.silentForUs(nowUs) < this.config.silenceMs * 1000) return 'quiet';
+    if (this.config.probeTimeoutMs > 0 && canProbe) {
+      this.probeSentUs = nowUs;
+      this.probesSent++;
+      return 'probe';
+    }
+    return 'dead';
+  }
+
+  /** Roles changed (failover, re-protection): start afresh. */
+  reset(nowUs: number): void {
+    this.lastActiveUs = nowUs;
+    this.standbyFrames = 0;
+    this.probeSentUs = -1;
+  }
+}
+
+export class CarrierDebouncer {
+  private downSinceUs = -1;
+  flaps = 0;
+
+  constructor(readonly holdMs: number) {}
+
+  get isDown(): boolean {
+    return this.downSinceUs >= 0;
+  }
+
+  get downSince(): number {
+    return this.downSinceUs;
+  }
+
+  /** Carrier lost at `atUs`. Returns the time at which it counts as dead unless it comes back. */
+  down(atUs: number): number {
+    if (this.downSinceUs < 0) this.downSinceUs = atUs;
+    return this.downSinceUs + this.holdMs * 1000;
+  }
+
+  /** Carrier back: a flap if it had been down. */
+  up(): boolean {
+    if (this.downSinceUs < 0) return false;
+    this.downSinceUs = -1;
+    this.flaps++;
+    return true;
+  }
+
+  /** Whether the carrier has been down for the whole hold time. */
+  expired(nowUs: number): boolean {
+    return this.downSinceUs >= 0 && nowUs >= this.downSinceUs + this.holdMs * 1000;
+  }
+
+  reset(): void {
+    this.downSinceUs = -1;
+  }
+}

@@ -1,0 +1,146 @@
+/**
+ * Detection from what the bridge sees: the primary silent while the backup
+ * answers (with an echo probe to rule out one lost frame or a slow guest),
+ * carrier loss held for a moment so that a flap does not fail over.
+ */
+import { ShadowPipeline, makePipelineConfig, PipelineConfig } from '../../../lib/pipeline';
+import { CarrierDebouncer, SilenceDetector } from '../../../lib/failover/liveness';
+import { buildAnnouncement, buildEchoProbe, isProbeReply, PROBE_ECHO_ID } from '../../../lib/failover/frames';
+import { decodeFrame } from '../../../lib/packet/frame';
+import { CLIENT_IP, VM_IP, icmpEcho, l4ChecksumIsValid, ipv4HeaderChecksumIsValid, tcpFrame, TcpSpec } from '../../support/frames';
+
+const C = 1000, P = 5000, B = 900_000;
+const SYN_OPTS = { mss: 1460, ws: 7, sackOk: true };
+const ms = (n: number) => n * 1000;
+
+function harness(partial: Partial<PipelineConfig> = {}) {
+  const out = { a: [] as Buffer[], b: [] as Buffer[], client: [] as Buffer[] };
+  const p = new ShadowPipeline(makePipelineConfig({ resync: 'align', ...partial }), {
+    toReplica: (slot, f) => (slot === 0 ? out.a : out.b).push(Buffer.from(f)),
+    toClient: (f) => out.client.push(Buffer.from(f)),
+    sendCheckpoint: () => {},
+    log: () => {},
+  }, 0, true);
+  return { p, out };
+}
+const fromClient = (s: TcpSpec) => tcpFrame({ from: 'client', ...s });
+const fromVm = (s: TcpSpec) => tcpFrame({ from: 'vm', ...s });
+
+function established(h: ReturnType<typeof harness>) {
+  h.p.fromClient(fromClient({ seq: C, flags: 'S', options: SYN_OPTS }), ms(1));
+  h.p.fromVm(0, fromVm({ seq: P, ack: C + 1, flags: 'SA', options: SYN_OPTS }), ms(2));
+  h.p.fromVm(1, fromVm({ seq: B, ack: C + 1, flags: 'SA', options: SYN_OPTS }), ms(2));
+  h.p.fromClient(fromClient({ seq: C + 1, ack: P + 1, flags: 'PA', payload: 'GET /' }), ms(3));
+  h.p.fromVm(0, fromVm({ seq: P + 1, ack: C + 6 }), ms(5)); // the primary acknowledges the request, then dies
+}
+
+describe('silence detection', () => {
+  it('probes a primary that stays silent while the backup answers, and fails over when the probe goes unanswered', () => {
+    const h = harness({ failover: { silenceMs: 20, probeTimeoutMs: 10, minStandbyFrames: 2, carrierHoldMs: 6, announce: false } });
+    established(h);
+    h.p.fromVm(1, fromVm({ seq: B + 1, ack: C + 6, payload: 'part 1' }), ms(10));
+    h.p.fromVm(1, fromVm({ seq: B + 7, ack: C + 6, payload: 'part 2' }), ms(11));
+    h.p.tick(ms(25));
+    expect(h.p.replicas.describe()).toBe('primary=primary backup=backup');
+    h.p.tick(ms(31));
+    const probe = h.out.a[h.out.a.length - 1];
+    const d = decodeFrame(probe);
+    expect(d.l4).toBe('icmp');
+    expect(d.icmp.type).toBe(8);
+    expect(d.icmp.echoId).toBe(PROBE_ECHO_ID);
+    expect(l4ChecksumIsValid(probe) && ipv4HeaderChecksumIsValid(probe)).toBe(true);
+    expect(h.out.b.some((f) => decodeFrame(f).l4 === 'icmp')).toBe(false); // to the primary only
+    h.p.tick(ms(38));
+    expect(h.p.state).toBe('COMPARING');
+    h.p.tick(ms(42));
+    expect(h.p.state).toBe('FAILED_OVER');
+    expect(h.p.failoverHistory[0]).toMatchObject({ cause: 'silence', detectedUs: ms(10) });
+    // The backlog (both parts) went out translated.
+    expect(h.out.client.slice(-2).map((f) => decodeFrame(f).payload().toString())).toEqual(['part 1', 'part 2']);
+  });
+
+  it('does not fail over when the primary answers the probe (one lost frame, a slow guest)', () => {
+    const h = harness();
+    established(h);
+    h.p.fromVm(1, fromVm({ seq: B + 1, ack: C + 6, payload: 'part 1' }), ms(10));
+    h.p.fromVm(1, fromVm({ seq: B + 7, ack: C + 6, payload: 'part 2' }), ms(11));
+    h.p.tick(ms(31));
+    expect(h.p.failover.probesSent).toBe(1);
+    const n = h.out.client.length;
+    h.p.fromVm(0, icmpEcho({ from: 'vm', reply: true, id: PROBE_ECHO_ID, seq: 0, payload: 'shadowvm liveness probe ' }), ms(33));
+    expect(h.out.client).toHaveLength(n); // the reply is ours, not a client's
+    h.p.tick(ms(60));
+    expect(h.p.state).toBe('COMPARING');
+    expect(h.p.failover.probeReplies).toBe(1);
+    expect(h.p.failover.silenceFalseAlarms).toBe(1);
+  });
+
+  it('does not call a quiet service silent: without backup output nothing is suspected', () => {
+    const h = harness();
+    established(h);
+    h.p.fromVm(1, fromVm({ seq: B + 1, ack: C + 6 }), ms(6));
+    h.p.tick(ms(500));
+    h.p.tick(ms(1000));
+    expect(h.p.failover.probesSent).toBe(0);
+    expect(h.p.state).toBe('COMPARING');
+  });
+});
+
+describe('SilenceDetector', () => {
+  it('counts silence from the first backup frame the primary did not follow, and forgets it when the primary speaks', () => {
+    const s = new SilenceDetector({ silenceMs: 20, probeTimeoutMs: 0, minStandbyFrames: 2 });
+    s.noteStandby(ms(1));
+    expect(s.tick(ms(100), true)).toBe('quiet'); // one frame is not enough
+    s.noteStandby(ms(2));
+    expect(s.silentForUs(ms(21))).toBe(ms(20));
+    s.noteActive(ms(21));
+    expect(s.tick(ms(50), true)).toBe('quiet');
+    s.noteStandby(ms(60));
+    s.noteStandby(ms(61));
+    expect(s.tick(ms(80), true)).toBe('dead'); // no probe configured
+  });
+});
+
+describe('CarrierDebouncer', () => {
+  it('ignores a flap shorter than the hold time and counts it', () => {
+    const c = new CarrierDebouncer(6);
+    expect(c.down(ms(100))).toBe(ms(106));
+    expect(c.expired(ms(105))).toBe(false);
+    expect(c.up()).toBe(true);
+    expect(c.expired(ms(110))).toBe(false);
+    expect(c.flaps).toBe(1);
+  });
+
+  it('declares a port dead once its carrier stayed down for the hold time', () => {
+    const c = new CarrierDebouncer(6);
+    c.down(ms(100));
+    c.down(ms(103)); // a repeated down does not restart the clock
+    expect(c.expired(ms(106))).toBe(true);
+  });
+});
+
+describe('probe and announcement frames', () => {
+  const vmFrame = tcpFrame({ from: 'vm', seq: 1, ack: 1, payload: 'x' });
+  it('builds an echo request from the client to the VM out of a VM frame, and recognizes its reply', () => {
+    const probe = buildEchoProbe(vmFrame, 7)!;
+    const d = decodeFrame(probe);
+    expect(d.ipv4.src).toBe(Buffer.from(CLIENT_IP.split('.').map(Number)).readUInt32BE());
+    expect(d.ipv4.dst).toBe(Buffer.from(VM_IP.split('.').map(Number)).readUInt32BE());
+    expect(probe.subarray(0, 6).equals(vmFrame.subarray(6, 12))).toBe(true);
+    expect(isProbeReply(decodeFrame(icmpEcho({ from: 'vm', reply: true, id: PROBE_ECHO_ID })))).toBe(true);
+    expect(isProbeReply(decodeFrame(icmpEcho({ from: 'vm', reply: true, id: 0x4242 })))).toBe(false);
+    const v6 = buildEchoProbe(tcpFrame({ from: 'vm', v6: true, seq: 1 }), 1)!;
+    expect(l4ChecksumIsValid(v6)).toBe(true);
+  });
+
+  it('announces the VM address with a gratuitous ARP and an unsolicited NA', () => {
+    const arp = buildAnnouncement(vmFrame)!;
+    expect(arp.readUInt16BE(12)).toBe(0x0806);
+    expect(arp.subarray(0, 6).equals(Buffer.alloc(6, 0xff))).toBe(true);
+    const na = buildAnnouncement(tcpFrame({ from: 'vm', v6: true, seq: 1 }))!;
+    const d = decodeFrame(na);
+    expect(d.l4).toBe('icmpv6');
+    expect(d.icmp.type).toBe(136);
+    expect(l4ChecksumIsValid(na)).toBe(true);
+  });
+});
