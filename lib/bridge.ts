@@ -6,6 +6,12 @@
  *   primary ──► pipeline.fromVm ─────► uplink (when agreed)
  *   backup  ──► pipeline.fromVm ─────► (never the uplink)
  *   agent   ◄── checkpoint requests;  checkpoint-done/-failed ──► pipeline
+ *   agent   ──► primary-down / backup-down ──► pipeline.failoverNow / backupLost
+ *   netlink ──► carrier of each VM port (held `carrierHoldMs`) ──► failoverNow / backupLost
+ *
+ * The two VM ports are replica slots; which one is primary is the
+ * pipeline's ReplicaSet's business, so after a failover nothing here changes
+ * but the roles.
  *
  * One breath: a port delivers a batch, every frame goes through the
  * pipeline, then all ports are flushed once and the pipeline may reuse the
@@ -13,7 +19,6 @@
  * flow expiry) run every TICK_MS.
  */
 import { PacketPort, ReceivedFrame } from './io/port';
-import { PRIMARY, BACKUP } from './compare/tcp-stream';
 import { PipelineConfig } from './pipeline/config';
 import { ShadowPipeline } from './pipeline/pipeline';
 import { AgentLink } from './replicate/agent-client';
@@ -21,6 +26,18 @@ import { ControlSocket } from './control/control-socket';
 import { MetricsServer, startMetricsServer } from './control/metrics';
 import { BridgeSnapshot, PortRole, emptyAgentSnapshot, snapshotOf } from './control/snapshot';
 import { LogFn, noLog } from './control/logger';
+import { CarrierDebouncer } from './failover/liveness';
+import { SlotId, SLOT_IDS } from './failover/roles';
+
+/** Carrier changes of interfaces (netlink RTNLGRP_LINK, see io/link-watch). */
+export interface LinkEventSource {
+  on(ifname: string, listener: (ev: { carrier: boolean; deleted: boolean; monoUs: number }) => void): () => void;
+}
+
+/** The one clock of the data path: monotonic microseconds (frames, timers, failover records). */
+export function monotonicClockUs(): number {
+  return performance.timeOrigin * 1000 + performance.now() * 1000;
+}
 
 export interface BridgePorts {
   uplink: PacketPort;
@@ -36,8 +53,10 @@ export interface BridgeOptions {
   controlSocket?: string;
   metrics?: { host: string; port: number; allowRemote?: boolean };
   log?: LogFn;
-  /** Microseconds since the epoch (tests may drive time). */
+  /** The data path's clock, µs (tests may drive time); default monotonic. */
   clockUs?: () => number;
+  /** Carrier events of the VM ports: a lost carrier counts as a dead replica. */
+  links?: LinkEventSource;
 }
 
 export const TICK_MS = 10;
@@ -52,19 +71,33 @@ export class Bridge {
   private metrics: MetricsServer | null = null;
   private timer: NodeJS.Timeout | null = null;
   private stopped = false;
+  /** The VM ports by replica slot (slot 0 starts as the primary). */
+  private readonly slotPorts: [PacketPort, PacketPort];
+  private readonly carrier: [CarrierDebouncer, CarrierDebouncer];
+  private readonly carrierTimers: (NodeJS.Timeout | null)[] = [null, null];
+  private readonly unsubscribeLinks: (() => void)[] = [];
 
   constructor(private readonly ports: BridgePorts, private readonly options: BridgeOptions) {
     this.log = options.log ?? noLog;
-    this.clockUs = options.clockUs ?? (() => Date.now() * 1000);
+    this.clockUs = options.clockUs ?? monotonicClockUs;
     const { uplink, primary, backup } = ports;
+    this.slotPorts = [primary, backup];
+    const hold = options.config.failover.carrierHoldMs;
+    this.carrier = [new CarrierDebouncer(hold), new CarrierDebouncer(hold)];
     this.pipeline = new ShadowPipeline(options.config, {
-      toReplica: (slot, f, vnet) => (slot === 0 ? primary : backup).send(f, vnet),
+      toReplica: (slot, f, vnet) => this.slotPorts[slot].send(f, vnet),
       toClient: (f, vnet) => uplink.send(f, vnet),
       sendCheckpoint: (req) => {
         if (!this.agent?.sendCheckpoint(req)) this.log('warn', 'checkpoint-not-sent', { epoch: req.epoch, why: 'no agent connected' });
       },
+      sendReprotect: (req, slot) => {
+        if (!this.agent?.sendReprotect(req.epoch, this.slotPorts[slot].name)) this.log('warn', 'reprotect-not-sent', { epoch: req.epoch, why: 'no agent connected' });
+      },
+      event: (ev) => {
+        if (ev.type === 'failover') this.agent?.sendFailover(ev.epoch, this.slotPorts[ev.survivor].name);
+      },
       log: (level, event, fields) => this.log(level, event, fields),
-    }, this.clockUs(), false);
+    }, this.clockUs(), false, undefined, [primary.name, backup.name]);
   }
 
   /** Opens the sockets and starts moving frames. Nothing is left open if it fails. */
@@ -83,6 +116,10 @@ export class Bridge {
           },
           checkpointDone: (m) => this.afterEvent(() => this.pipeline.checkpointDone(m.epoch, this.clockUs(), m.ms)),
           checkpointFailed: (m) => this.afterEvent(() => this.pipeline.checkpointFailed(m.epoch, m.error, this.clockUs())),
+          heartbeat: () => {},
+          // The agent watches the VMs themselves (QEMU's state, its process): its word is final, no hold.
+          primaryDown: (m) => this.afterEvent(() => this.pipeline.failoverNow('agent', `agent: ${m.reason}`, this.clockUs())),
+          backupDown: (m) => this.afterEvent(() => this.pipeline.backupLost(`agent: ${m.reason}`, this.clockUs())),
         });
         await this.agent.listen();
       }
@@ -112,9 +149,15 @@ export class Bridge {
       throw e;
     }
     const { uplink, primary, backup } = this.ports;
-    uplink.onBatch((frames) => this.breath(frames, (f) => this.pipeline.fromClient(f.frame, f.timeUs, f.vnet)));
-    primary.onBatch((frames) => this.breath(frames, (f) => this.pipeline.fromVm(PRIMARY, f.frame, f.timeUs, f.vnet)));
-    backup.onBatch((frames) => this.breath(frames, (f) => this.pipeline.fromVm(BACKUP, f.frame, f.timeUs, f.vnet)));
+    // One clock: a breath's frames are stamped with the time they reach us, like every timer.
+    uplink.onBatch((frames) => this.breath(frames, (f, now) => this.pipeline.fromClient(f.frame, now, f.vnet)));
+    primary.onBatch((frames) => this.breath(frames, (f, now) => this.pipeline.fromVm(0, f.frame, now, f.vnet)));
+    backup.onBatch((frames) => this.breath(frames, (f, now) => this.pipeline.fromVm(1, f.frame, now, f.vnet)));
+    if (o.links) {
+      for (const slot of SLOT_IDS) {
+        this.unsubscribeLinks.push(o.links.on(this.slotPorts[slot].name, (ev) => this.onLink(slot, ev)));
+      }
+    }
     this.timer = setInterval(() => this.afterEvent(() => this.pipeline.tick(this.clockUs())), TICK_MS);
     this.timer.unref?.();
     this.log('info', 'started', { name: o.name, uplink: uplink.name, primary: primary.name, backup: backup.name, agentSocket: o.agentSocket ?? null });
@@ -125,6 +168,8 @@ export class Bridge {
     if (this.stopped) return;
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
+    for (const t of this.carrierTimers) if (t) clearTimeout(t);
+    for (const off of this.unsubscribeLinks) off();
     await Promise.allSettled([this.agent?.close(), this.control?.close(), this.metrics?.close()]);
     await Promise.allSettled([this.ports.uplink.close(), this.ports.primary.close(), this.ports.backup.close()]);
     this.log('info', 'stopped', { name: this.options.name });
@@ -141,9 +186,55 @@ export class Bridge {
     });
   }
 
-  private breath(frames: readonly ReceivedFrame[], each: (f: ReceivedFrame) => void): void {
-    for (let i = 0; i < frames.length; i++) each(frames[i]);
+  private breath(frames: readonly ReceivedFrame[], each: (f: ReceivedFrame, nowUs: number) => void): void {
+    const now = this.clockUs();
+    for (let i = 0; i < frames.length; i++) each(frames[i], now);
     this.flushAll();
+  }
+
+  /**
+   * A VM port's carrier changed. Down: the replica in that slot counts as
+   * dead once the carrier has stayed down `carrierHoldMs` (a flap is logged
+   * and ignored); a deleted interface is dead at once.
+   */
+  private onLink(slot: SlotId, ev: { carrier: boolean; deleted: boolean; monoUs: number }): void {
+    const deb = this.carrier[slot];
+    const name = this.slotPorts[slot].name;
+    if (ev.carrier && !ev.deleted) {
+      if (deb.isDown) {
+        const downMs = (ev.monoUs - deb.downSince) / 1000;
+        deb.up();
+        const t = this.carrierTimers[slot];
+        if (t) clearTimeout(t);
+        this.carrierTimers[slot] = null;
+        this.log('warn', 'link-flap', { port: name, downMs, note: 'carrier came back within the hold time: no failover' });
+      }
+      return;
+    }
+    if (this.pipeline.replicas.sideOf(slot) === -1) return; // already dead
+    const since = ev.monoUs;
+    deb.down(since);
+    this.log('warn', 'carrier-lost', { port: name, holdMs: deb.holdMs, deleted: ev.deleted });
+    if (ev.deleted) {
+      this.replicaDead(slot, 'carrier', `${name} deleted`, since);
+      return;
+    }
+    if (this.carrierTimers[slot]) return;
+    this.carrierTimers[slot] = setTimeout(() => {
+      this.carrierTimers[slot] = null;
+      if (deb.isDown) this.replicaDead(slot, 'carrier', `${name} lost carrier`, deb.downSince);
+    }, deb.holdMs);
+  }
+
+  /** The replica in `slot` is dead: promote the other one if it was the active one, else run without a backup. */
+  private replicaDead(slot: SlotId, cause: 'carrier', detail: string, sinceUs: number): void {
+    this.afterEvent(() => {
+      const side = this.pipeline.replicas.sideOf(slot);
+      const now = this.clockUs();
+      if (side === 0) this.pipeline.failoverNow(cause, detail, now, sinceUs);
+      else if (side === 1) this.pipeline.backupLost(detail, now);
+      this.carrier[slot].reset();
+    });
   }
 
   /** Anything that may release frames outside a breath (timers, agent answers) flushes afterwards. */

@@ -18,6 +18,7 @@ import {
   AgentMessage,
   AgentProtocolError,
   CheckpointMessage,
+  ReprotectMessage,
   encodeAgentMessage,
   errorReplyFor,
   LineSplitter,
@@ -44,6 +45,14 @@ export interface LabAgentOptions {
   /** First reconnect delay; default 100 ms, doubling up to `reconnectMaxMs` (default 5000 ms). */
   reconnectInitialMs?: number;
   reconnectMaxMs?: number;
+  /**
+   * Re-protection: builds a new backup in the dead replica's place (`port`:
+   * the bridge port of the dead replica, when the bridge says it). The agent
+   * answers the `reprotect` with `checkpoint-done` once it resolves, with
+   * `checkpoint-failed` if it rejects. Absent: answered at once (nothing to
+   * rebuild when nothing died for real).
+   */
+  rebuildBackup?: (port: string | undefined) => Promise<void>;
   /** In [0, 1): decides which checkpoints fail; default Math.random. */
   random?: () => number;
   log?: LogFn;
@@ -57,6 +66,7 @@ export interface LabAgentStats {
   done: number;
   failed: number;
   heartbeats: number;
+  reprotects: number;
   protocolErrors: number;
   /** `error` messages the bridge sent us. */
   errorsFromBridge: number;
@@ -75,7 +85,7 @@ export interface LabAgent {
 }
 
 class SocketLabAgent implements LabAgent {
-  readonly stats: LabAgentStats = { sessions: 0, connectAttempts: 0, checkpoints: 0, done: 0, failed: 0, heartbeats: 0, protocolErrors: 0, errorsFromBridge: 0 };
+  readonly stats: LabAgentStats = { sessions: 0, connectAttempts: 0, checkpoints: 0, done: 0, failed: 0, heartbeats: 0, reprotects: 0, protocolErrors: 0, errorsFromBridge: 0 };
   private socket: Socket | null = null;
   private bridgeSaidHello = false;
   private stopped = false;
@@ -88,7 +98,7 @@ class SocketLabAgent implements LabAgent {
   private readonly log: LogFn;
   private closedSocket: Promise<void> = Promise.resolve();
 
-  constructor(private readonly o: Required<Omit<LabAgentOptions, 'log'>> & { log: LogFn }) {
+  constructor(private readonly o: Required<Omit<LabAgentOptions, 'log' | 'rebuildBackup'>> & Pick<LabAgentOptions, 'rebuildBackup'> & { log: LogFn }) {
     this.log = o.log;
     this.reconnectDelayMs = o.reconnectInitialMs;
     this.connect();
@@ -191,9 +201,10 @@ class SocketLabAgent implements LabAgent {
         this.checkpoint(msg);
         return;
       case 'failover':
+        this.log('info', 'lab-agent-failover', { epoch: msg.epoch, survivor: msg.survivor });
+        return;
       case 'reprotect':
-        // Nothing to do in the lab: both "VMs" are always there.
-        this.log('info', `lab-agent-${msg.type}`, { epoch: msg.epoch });
+        this.reprotect(msg);
         return;
       case 'error':
         this.stats.errorsFromBridge++;
@@ -205,6 +216,23 @@ class SocketLabAgent implements LabAgent {
       default:
         this.reject(new AgentProtocolError('bad-field', `${msg.type} goes from the agent to the bridge, not the other way`, JSON.stringify(msg)));
     }
+  }
+
+  private reprotect(msg: ReprotectMessage): void {
+    const started = performance.now();
+    this.log('info', 'lab-agent-reprotect', { epoch: msg.epoch, backup: msg.backup });
+    const rebuild = this.o.rebuildBackup ? this.o.rebuildBackup(msg.backup) : Promise.resolve();
+    rebuild.then(
+      () => {
+        this.stats.reprotects++;
+        this.send({ type: 'checkpoint-done', epoch: msg.epoch, ms: Math.round((performance.now() - started) * 1000) / 1000, bytes: 0 });
+      },
+      (e: Error) => {
+        this.stats.failed++;
+        this.log('warn', 'lab-agent-reprotect-failed', { epoch: msg.epoch, error: e.message });
+        this.send({ type: 'checkpoint-failed', epoch: msg.epoch, error: `rebuilding the backup failed: ${e.message}` });
+      },
+    );
   }
 
   private checkpoint(msg: CheckpointMessage): void {

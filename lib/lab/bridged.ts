@@ -10,13 +10,15 @@
  *                                        └─ <p>b ── backup ns  (same IP and MAC)
  */
 import { join } from 'node:path';
-import { Bridge } from '../bridge';
+import { Bridge, LinkEventSource } from '../bridge';
 import { makePipelineConfig, PipelineConfig } from '../pipeline/config';
 import { runLabAgent, LabAgent } from '../agents/lab-agent';
 import { LogFn, noLog } from '../control/logger';
 import { IoBackend, openPorts } from '../cli/ports';
 import { Lab, buildLab, teardownLab, waitUntilQuiet } from './netns';
+import { Lab as LabT, LabNode } from './netns';
 import { LabServers, startLabServers } from './servers';
+import { DeathMode, killReplica, replicaOfPort, reviveReplica } from './faults';
 
 export interface BridgedLabOptions {
   prefix?: string;
@@ -33,6 +35,12 @@ export interface BridgedLabOptions {
   checkpointMs?: number;
   config?: Partial<PipelineConfig>;
   log?: LogFn;
+  /** Carrier events for the VM ports (a LinkWatcher); without them only the agent and silence detect deaths. */
+  links?: LinkEventSource;
+  /** vsftpd's passive ports (see LabServerOptions). */
+  ftpPassivePorts?: { min: number; max: number };
+  /** Re-protect after a failover by restarting the dead namespace's servers (default true). */
+  reprotect?: boolean;
 }
 
 export interface BridgedLab {
@@ -42,8 +50,18 @@ export interface BridgedLab {
   readonly agent: LabAgent;
   readonly agentSocket: string;
   readonly controlSocket: string;
+  /** The namespace whose output the client receives now. */
+  activeNode(): LabNode;
+  /** The namespace compared against it, if any. */
+  standbyNode(): LabNode | null;
+  /** Kills the replica in `node` (abrupt: link down; silent: stopped and blackholed). */
+  kill(node: LabNode, mode: DeathMode): void;
   /** Stops agent and bridge and removes every namespace, veth and server. Idempotent. */
   stop(): Promise<void>;
+}
+
+function nodeOfPort(lab: LabT, port: string): LabNode {
+  return port === lab.primary.hostIf ? lab.primary : lab.backup;
 }
 
 /** Waits until `test()` holds, polling; false on timeout. */
@@ -70,7 +88,7 @@ export async function startBridgedLab(options: BridgedLabOptions = {}): Promise<
     teardownLab(lab);
   };
   try {
-    const servers = await startLabServers(lab);
+    const servers = await startLabServers(lab, { ftpPassivePorts: options.ftpPassivePorts });
     await waitUntilQuiet(lab);
     const agentSocket = join(lab.runDir, 'agent.sock');
     const controlSocket = join(lab.runDir, 'control.sock');
@@ -81,15 +99,31 @@ export async function startBridgedLab(options: BridgedLabOptions = {}): Promise<
       agentSocket,
       controlSocket,
       log,
+      links: options.links,
     });
     await bridge.start();
-    agent = runLabAgent({ socketPath: agentSocket, name: `${lab.prefix}-lab-agent`, delayMs: options.checkpointMs ?? 5, reconnectInitialMs: 20, log });
+    const reprotect = options.reprotect ?? true;
+    agent = runLabAgent({
+      socketPath: agentSocket, name: `${lab.prefix}-lab-agent`, delayMs: options.checkpointMs ?? 5, reconnectInitialMs: 20, log,
+      rebuildBackup: async (port) => {
+        if (!reprotect) throw new Error('re-protection is off in this lab');
+        const replica = replicaOfPort(lab, servers, port);
+        if (!replica) throw new Error(`no lab replica behind port ${String(port)}`);
+        await reviveReplica(lab, replica);
+      },
+    });
     const b = bridge;
     // The first checkpoint (asked for as soon as the agent connects) takes the bridge out of DEGRADED.
     if (!(await waitFor(() => b.pipeline.state === 'COMPARING', 10_000))) {
       throw new Error(`lab bridge did not reach COMPARING (state ${b.pipeline.state}): is the lab agent connected to ${agentSocket}?`);
     }
-    return { lab, servers, bridge, agent, agentSocket, controlSocket, stop };
+    const replicas = b.pipeline.replicas;
+    return {
+      lab, servers, bridge, agent, agentSocket, controlSocket, stop,
+      activeNode: () => nodeOfPort(lab, replicas.active.name),
+      standbyNode: () => (replicas.standby ? nodeOfPort(lab, replicas.standby.name) : null),
+      kill: (node, mode) => killReplica(lab, node, mode),
+    };
   } catch (e) {
     await stop();
     throw e;

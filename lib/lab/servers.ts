@@ -13,7 +13,7 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ContentDivergence, writeLabContent } from './content';
-import { runIn, sleep } from './exec';
+import { run, runIn, sleep } from './exec';
 import { Lab, LabNode, LabProcess, processRunning } from './netns';
 
 export type LabService = 'nginx' | 'vsftpd' | 'dnsmasq';
@@ -31,6 +31,12 @@ export interface LabServerOptions {
   /** Makes one byte of one file differ in the backup's content (primary keeps the original). */
   backupDivergence?: ContentDivergence;
   readyTimeoutMs?: number;
+  /**
+   * vsftpd's passive port range. The default is wide, so the replicas pick
+   * different ports (the `227` divergence the demo shows); one port makes
+   * them agree, so an FTP data connection is a replica on both sides.
+   */
+  ftpPassivePorts?: { min: number; max: number };
 }
 
 export interface LabReplicaRuntime {
@@ -86,7 +92,7 @@ http {
 `;
 }
 
-function vsftpdConfig(dir: string, contentRoot: string): string {
+function vsftpdConfig(dir: string, contentRoot: string, pasv: { min: number; max: number } = LAB_FTP_PASV_PORTS): string {
   return `# shadowvm lab: identical on primary and backup
 listen=YES
 listen_ipv6=NO
@@ -102,8 +108,8 @@ no_anon_password=YES
 anon_root=${contentRoot}
 hide_ids=YES
 pasv_enable=YES
-pasv_min_port=${LAB_FTP_PASV_PORTS.min}
-pasv_max_port=${LAB_FTP_PASV_PORTS.max}
+pasv_min_port=${pasv.min}
+pasv_max_port=${pasv.max}
 port_enable=YES
 connect_from_port_20=NO
 dirmessage_enable=NO
@@ -189,7 +195,7 @@ async function waitListening(service: LabService, proc: LabProcess, check: Liste
   }
 }
 
-function prepareReplica(lab: Lab, node: LabNode, divergence: ContentDivergence | undefined): LabReplicaRuntime {
+function prepareReplica(lab: Lab, node: LabNode, divergence: ContentDivergence | undefined, pasv?: { min: number; max: number }): LabReplicaRuntime {
   const dir = path.join(lab.runDir, node.role);
   const contentRoot = path.join(dir, 'www');
   for (const sub of ['nginx/tmp', 'vsftpd/empty', 'dnsmasq']) fs.mkdirSync(path.join(dir, sub), { recursive: true, mode: 0o755 });
@@ -198,7 +204,7 @@ function prepareReplica(lab: Lab, node: LabNode, divergence: ContentDivergence |
   fs.chmodSync(dir, 0o755);
   writeLabContent(contentRoot, divergence);
   fs.writeFileSync(path.join(dir, 'nginx/nginx.conf'), nginxConfig(dir, contentRoot));
-  fs.writeFileSync(path.join(dir, 'vsftpd/vsftpd.conf'), vsftpdConfig(dir, contentRoot), { mode: 0o600 });
+  fs.writeFileSync(path.join(dir, 'vsftpd/vsftpd.conf'), vsftpdConfig(dir, contentRoot, pasv), { mode: 0o600 });
   return { node, dir, contentRoot };
 }
 
@@ -230,8 +236,37 @@ async function startReplica(lab: Lab, replica: LabReplicaRuntime, services: read
 export async function startLabServers(lab: Lab, options: LabServerOptions = {}): Promise<LabServers> {
   const services = options.services ?? LAB_SERVICES;
   const timeoutMs = options.readyTimeoutMs ?? 10_000;
-  const primary = prepareReplica(lab, lab.primary, undefined);
-  const backup = prepareReplica(lab, lab.backup, options.backupDivergence);
+  const primary = prepareReplica(lab, lab.primary, undefined, options.ftpPassivePorts);
+  const backup = prepareReplica(lab, lab.backup, options.backupDivergence, options.ftpPassivePorts);
   await Promise.all([startReplica(lab, primary, services, timeoutMs), startReplica(lab, backup, services, timeoutMs)]);
   return { services, primary, backup };
+}
+
+/**
+ * Starts a replica's servers afresh in its namespace (re-protection in the
+ * netns lab): every process still in the namespace is killed first (stopped
+ * ones included), then the same configs and content serve again.
+ */
+export async function restartReplicaServers(lab: Lab, replica: LabReplicaRuntime, services: readonly LabService[] = LAB_SERVICES, timeoutMs = 10_000): Promise<void> {
+  const netns = replica.node.netns;
+  const victims = lab.processes.filter((p) => p.netns === netns);
+  for (const p of victims) {
+    try { process.kill(-p.pid, 'SIGKILL'); } catch { /* already gone */ }
+  }
+  const inside = pidsIn(netns);
+  for (const pid of inside) {
+    try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ }
+  }
+  const deadline = Date.now() + 3000;
+  while ([...victims.map((p) => p.pid), ...inside].some(processRunning) && Date.now() < deadline) await sleep(10);
+  for (const p of victims) lab.processes.splice(lab.processes.indexOf(p), 1);
+  await startReplica(lab, replica, services, timeoutMs);
+}
+
+function pidsIn(netns: string): number[] {
+  try {
+    return run('ip', ['netns', 'pids', netns]).split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
 }

@@ -185,12 +185,12 @@ export class AgentLink {
     return this.sendToAgent(msg);
   }
 
-  sendFailover(epoch: number): boolean {
-    return this.sendToAgent({ type: 'failover', epoch });
+  sendFailover(epoch: number, survivor?: string): boolean {
+    return this.sendToAgent(survivor === undefined ? { type: 'failover', epoch } : { type: 'failover', epoch, survivor });
   }
 
-  sendReprotect(epoch: number): boolean {
-    return this.sendToAgent({ type: 'reprotect', epoch });
+  sendReprotect(epoch: number, backup?: string): boolean {
+    return this.sendToAgent(backup === undefined ? { type: 'reprotect', epoch } : { type: 'reprotect', epoch, backup });
   }
 
   private sendToAgent(msg: AgentMessage): boolean {

@@ -78,12 +78,20 @@ export interface BackupDownMessage {
 export interface FailoverMessage {
   type: 'failover';
   epoch: number;
+  /** The port (tap) of the promoted replica. */
+  survivor?: string;
 }
 
 /** Bridge → agent: build a new backup from the (new) primary. */
 export interface ReprotectMessage {
   type: 'reprotect';
   epoch: number;
+  /**
+   * The port (tap) of the dead replica, where the new backup goes. The agent
+   * answers `checkpoint-done` (or `checkpoint-failed`) with this epoch once
+   * the new backup runs.
+   */
+  backup?: string;
 }
 
 /**
@@ -237,9 +245,18 @@ export function parseAgentMessage(line: string): ParsedAgentMessage {
     case 'primary-down':
     case 'backup-down':
       return { type, reason: f.string('reason') };
-    case 'failover':
-    case 'reprotect':
-      return { type, epoch: f.count('epoch') };
+    case 'failover': {
+      const msg: FailoverMessage = { type, epoch: f.count('epoch') };
+      const survivor = f.optionalString('survivor');
+      if (survivor !== undefined) msg.survivor = survivor;
+      return msg;
+    }
+    case 'reprotect': {
+      const msg: ReprotectMessage = { type, epoch: f.count('epoch') };
+      const backup = f.optionalString('backup');
+      if (backup !== undefined) msg.backup = backup;
+      return msg;
+    }
     case 'error': {
       const msg: ErrorMessage = { type, error: f.string('error') };
       const excerpt = f.optionalString('line');

@@ -1,0 +1,71 @@
+/**
+ * Deaths and rebirths of a replica in the netns lab, the two ways a VM can
+ * die as the bridge sees it:
+ *
+ * - abrupt: its link goes down (QEMU gone: the tap loses its carrier);
+ * - silent: it stops talking with no carrier change: its processes are
+ *   stopped and its IP output to the client is dropped by blackhole routes
+ *   inside its namespace (tc actions and netem do not load on these
+ *   machines; see MACHINE-NOTES).
+ *
+ * `reviveReplica` undoes either and starts its servers afresh: the netns
+ * lab's re-protection (a namespace cannot be copied, so the new backup is
+ * the same namespace with fresh servers and no connections).
+ */
+import { Lab, LabNode, processRunning } from './netns';
+import { run, runQuietly } from './exec';
+import { LabReplicaRuntime, LabServers, restartReplicaServers } from './servers';
+
+export type DeathMode = 'abrupt' | 'silent';
+export const DEATH_MODES: readonly DeathMode[] = ['abrupt', 'silent'];
+
+function pids(netns: string): number[] {
+  try {
+    return run('ip', ['netns', 'pids', netns]).split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+/** Kills a replica the way `mode` says. Returns once the death is in place. */
+export function killReplica(lab: Lab, node: LabNode, mode: DeathMode): void {
+  if (mode === 'abrupt') {
+    run('ip', ['-n', node.netns, 'link', 'set', node.nsIf, 'down']);
+    return;
+  }
+  run('ip', ['-n', node.netns, 'route', 'add', 'blackhole', `${lab.client.ipv4}/32`]);
+  run('ip', ['-n', node.netns, '-6', 'route', 'add', 'blackhole', `${lab.client.ipv6}/128`]);
+  for (const pid of pids(node.netns)) {
+    try { process.kill(pid, 'SIGSTOP'); } catch { /* gone */ }
+  }
+}
+
+/** Brings a dead replica's network back as the lab built it (link, static neighbours, no blackholes). */
+export function restoreReplicaNetwork(lab: Lab, node: LabNode): void {
+  runQuietly('ip', ['-n', node.netns, 'route', 'del', 'blackhole', `${lab.client.ipv4}/32`]);
+  runQuietly('ip', ['-n', node.netns, '-6', 'route', 'del', 'blackhole', `${lab.client.ipv6}/128`]);
+  run('ip', ['-n', node.netns, 'link', 'set', node.nsIf, 'up']);
+  // A link going down flushes even permanent neighbour entries.
+  for (const addr of [lab.client.ipv4, lab.client.ipv6]) {
+    run('ip', ['-n', node.netns, 'neigh', 'replace', addr, 'lladdr', lab.client.mac, 'dev', node.nsIf, 'nud', 'permanent']);
+  }
+}
+
+/** The replica runtime (servers) of the namespace behind a bridge port name. */
+export function replicaOfPort(lab: Lab, servers: LabServers, port: string | undefined): LabReplicaRuntime | null {
+  if (port === lab.primary.hostIf) return servers.primary;
+  if (port === lab.backup.hostIf) return servers.backup;
+  return null;
+}
+
+/** Re-protection in the netns lab: a dead replica's namespace gets its network back and fresh servers. */
+export async function reviveReplica(lab: Lab, replica: LabReplicaRuntime): Promise<void> {
+  // Stopped processes must die before the link comes back, or they would wake and speak.
+  for (const pid of pids(replica.node.netns)) {
+    try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+  }
+  const deadline = Date.now() + 3000;
+  while (pids(replica.node.netns).some(processRunning) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  restoreReplicaNetwork(lab, replica.node);
+  await restartReplicaServers(lab, replica);
+}
