@@ -18,6 +18,13 @@
       "sources": ["native/afpacket.c"],
       "cflags": ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
       "defines": ["NAPI_VERSION=8"]
+    },
+    {
+      "target_name": "shadowvm_linkwatch",
+      "dependencies": ["afpacket_build_deps"],
+      "sources": ["native/linkwatch.c"],
+      "cflags": ["-std=gnu11", "-O2", "-Wall", "-Wextra"],
+      "defines": ["NAPI_VERSION=8"]
     }
   ]
 }

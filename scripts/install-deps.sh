@@ -57,8 +57,8 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
   rm -f "$log"
 fi
 
-# An existing checkout whose node_modules predates the addon: build it once.
-if [ ! -f build/Release/shadowvm_afpacket.node ]; then
-  echo "install-deps: building the AF_PACKET addon (native/)"
+# An existing checkout whose node_modules predates an addon: build them once.
+if [ ! -f build/Release/shadowvm_afpacket.node ] || [ ! -f build/Release/shadowvm_linkwatch.node ]; then
+  echo "install-deps: building the native addons (native/: AF_PACKET, link watch)"
   npm rebuild --foreground-scripts=false >/dev/null 2>&1 || npx --no-install node-gyp rebuild >/dev/null
 fi
