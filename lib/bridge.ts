@@ -27,6 +27,7 @@ import { MetricsServer, startMetricsServer } from './control/metrics';
 import { BridgeSnapshot, PortRole, emptyAgentSnapshot, snapshotOf } from './control/snapshot';
 import { LogFn, noLog } from './control/logger';
 import { CarrierDebouncer } from './failover/liveness';
+import { monotonicUs } from './clock';
 import { SlotId, SLOT_IDS } from './failover/roles';
 
 /** Carrier changes of interfaces (netlink RTNLGRP_LINK, see io/link-watch). */
@@ -34,10 +35,6 @@ export interface LinkEventSource {
   on(ifname: string, listener: (ev: { carrier: boolean; deleted: boolean; monoUs: number }) => void): () => void;
 }
 
-/** The one clock of the data path: monotonic microseconds (frames, timers, failover records). */
-export function monotonicClockUs(): number {
-  return performance.timeOrigin * 1000 + performance.now() * 1000;
-}
 
 export interface BridgePorts {
   uplink: PacketPort;
@@ -79,7 +76,8 @@ export class Bridge {
 
   constructor(private readonly ports: BridgePorts, private readonly options: BridgeOptions) {
     this.log = options.log ?? noLog;
-    this.clockUs = options.clockUs ?? monotonicClockUs;
+    // One clock for frames, timers and link events: monotonic µs (lib/clock.ts).
+    this.clockUs = options.clockUs ?? monotonicUs;
     const { uplink, primary, backup } = ports;
     this.slotPorts = [primary, backup];
     const hold = options.config.failover.carrierHoldMs;

@@ -45,7 +45,9 @@ export function restoreReplicaNetwork(lab: Lab, node: LabNode): void {
   runQuietly('ip', ['-n', node.netns, 'route', 'del', 'blackhole', `${lab.client.ipv4}/32`]);
   runQuietly('ip', ['-n', node.netns, '-6', 'route', 'del', 'blackhole', `${lab.client.ipv6}/128`]);
   run('ip', ['-n', node.netns, 'link', 'set', node.nsIf, 'up']);
-  // A link going down flushes even permanent neighbour entries.
+  // A link going down removes IPv6 addresses (keep_addr_on_down is 0 by default) and flushes even permanent neighbour entries.
+  run('ip', ['-n', node.netns, 'addr', 'replace', `${node.ipv4}/${lab.ipv4PrefixLength}`, 'dev', node.nsIf]);
+  run('ip', ['-n', node.netns, 'addr', 'replace', `${node.ipv6}/${lab.ipv6PrefixLength}`, 'dev', node.nsIf, 'nodad']);
   for (const addr of [lab.client.ipv4, lab.client.ipv6]) {
     run('ip', ['-n', node.netns, 'neigh', 'replace', addr, 'lladdr', lab.client.mac, 'dev', node.nsIf, 'nud', 'permanent']);
   }

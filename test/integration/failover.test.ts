@@ -16,7 +16,7 @@ import { runInAsync } from '../../lib/lab/exec';
 import { DeathMode } from '../../lib/lab/faults';
 import { LinkWatcher } from '../../lib/io/link-watch';
 import { delay, requireRoot, sha256, stopLabAfterAll } from '../support/lab-helpers';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 
 const PREFIX = 'svmfo';
 jest.setTimeout(120_000);
@@ -100,8 +100,11 @@ describe('failover in the netns lab', () => {
         const out = join(lab.runDir, `big-${mode}`);
         const curl = runInAsync(lab.client.netns, 'curl', ['-sS', '--fail', '--max-time', '60', '--limit-rate', '40M', '-o', out, `http://${lab.serviceIpv4}/${BIG}`], 70_000);
         await delay(1000);
+        const atDeath = existsSync(out) ? statSync(out).size : 0;
         await killActiveAndRecover(mode);
         await curl;
+        console.log(`${mode}: 100 MiB download, ${atDeath} bytes received when the primary died`);
+        expect(atDeath).toBeLessThan(BIG_BYTES);
         const got = readFileSync(out);
         expect(got.length).toBe(BIG_BYTES);
         expect(sha256(got)).toBe(sha256(big));
@@ -112,11 +115,14 @@ describe('failover in the netns lab', () => {
         const lab = l!.lab;
         const out = join(lab.runDir, `ftp-${mode}`);
         const lftp = runInAsync(lab.client.netns, 'lftp', ['-e',
-          `set ftp:passive-mode on; set ftp:prefer-epsv no; set net:max-retries 1; set net:timeout 20; set net:limit-rate 4M; get ${FTP_FILE} -o ${out}; quit`,
+          `set ftp:passive-mode on; set ftp:prefer-epsv no; set net:max-retries 1; set net:timeout 20; set net:limit-rate 2M; get ${FTP_FILE} -o ${out}; quit`,
           `ftp://${lab.serviceIpv4}`], 60_000);
         await delay(800);
+        const atDeath = existsSync(out) ? statSync(out).size : 0;
         await killActiveAndRecover(mode);
         await lftp;
+        console.log(`${mode}: lftp get, ${atDeath} of ${FTP_BYTES} bytes received when the primary died`);
+        expect(atDeath).toBeLessThan(FTP_BYTES);
         expect(sha256(readFileSync(out))).toBe(sha256(fixedSeedBytes(FTP_BYTES, 78)));
         await reprotected();
       });
