@@ -18,6 +18,7 @@
  * memory of what was released. Timers (checkpoint timeouts, unmatched age,
  * flow expiry) run every TICK_MS.
  */
+import { readFileSync } from 'node:fs';
 import { PacketPort, ReceivedFrame } from './io/port';
 import { PipelineConfig } from './pipeline/config';
 import { ShadowPipeline } from './pipeline/pipeline';
@@ -29,6 +30,15 @@ import { LogFn, noLog } from './control/logger';
 import { CarrierDebouncer } from './failover/liveness';
 import { monotonicUs } from './clock';
 import { SlotId, SLOT_IDS } from './failover/roles';
+
+/** The carrier of an interface as the kernel has it now (sysfs); null when unknown (no such interface, no sysfs). */
+function carrierNow(ifname: string): boolean | null {
+  try {
+    return readFileSync(`/sys/class/net/${ifname}/carrier`, 'utf8').trim() === '1';
+  } catch {
+    return null;
+  }
+}
 
 /** Carrier changes of interfaces (netlink RTNLGRP_LINK, see io/link-watch). */
 export interface LinkEventSource {
@@ -220,7 +230,14 @@ export class Bridge {
     if (this.carrierTimers[slot]) return;
     this.carrierTimers[slot] = setTimeout(() => {
       this.carrierTimers[slot] = null;
-      if (deb.isDown) this.replicaDead(slot, 'carrier', `${name} lost carrier`, deb.downSince);
+      if (!deb.isDown) return;
+      // The carrier may be back with its event still queued behind this timer: ask the kernel.
+      if (carrierNow(name) === true) {
+        deb.up();
+        this.log('warn', 'link-flap', { port: name, downMs: (this.clockUs() - deb.downSince) / 1000, note: 'carrier back at the end of the hold time: no failover' });
+        return;
+      }
+      this.replicaDead(slot, 'carrier', `${name} lost carrier`, deb.downSince);
     }, deb.holdMs);
   }
 

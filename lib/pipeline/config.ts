@@ -73,7 +73,7 @@ export const DEFAULT_PIPELINE_CONFIG: PipelineConfig = {
   datagramIdleMs: 300_000,
   policy: { arp: 'forward-primary', otherEtherTypes: 'drop', malformedFromVm: 'drop', malformedFromClient: 'forward' },
   replicator: DEFAULT_REPLICATOR_CONFIG,
-  failover: { silenceMs: 20, probeTimeoutMs: 10, minStandbyFrames: 2, carrierHoldMs: 6, announce: false },
+  failover: { silenceMs: 20, probeTimeoutMs: 10, minStandbyFrames: 2, carrierHoldMs: 7, announce: false },
   resync: 'copy',
   captureDivergence: false,
 };

@@ -1,0 +1,173 @@
+/**
+ * The failover oracle (root): a download across a failover at a random
+ * moment must give the client exactly the bytes of a download with no
+ * failover. 50 random moments per run, alternating A→B→A→B with
+ * re-protection in between; the seed is printed (set SHADOWVM_SEED to
+ * replay one). Then what must not fail over (a 5 ms link flap), what must
+ * degrade instead (the backup's death), and a death during a checkpoint.
+ */
+import { spawn } from 'node:child_process';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { BridgedLab, startBridgedLab, waitFor } from '../../lib/lab/bridged';
+import { fixedSeedBytes, LAB_FILES } from '../../lib/lab/content';
+import { runInAsync } from '../../lib/lab/exec';
+import { DeathMode } from '../../lib/lab/faults';
+import { LinkWatcher } from '../../lib/io/link-watch';
+import { delay, requireRoot, sha256, stopLabAfterAll } from '../support/lab-helpers';
+
+const PREFIX = 'svmor';
+const MOMENTS = 50;
+const OBJECT = 'oracle.bin';
+const OBJECT_BYTES = 4 << 20;
+jest.setTimeout(300_000);
+
+/** mulberry32: a small seeded generator, so a failing run can be replayed. */
+function seeded(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+describe('failover oracle and edge cases in the netns lab', () => {
+  let l: BridgedLab | undefined;
+  let links: LinkWatcher | undefined;
+  /** The bridge's log events this file looks for (the lab's whole log would be long). */
+  const log = { events: [] as { event: string; fields: Record<string, unknown> }[] };
+  const watched = new Set(['link-flap', 'backup-lost', 'failover', 'carrier-lost']);
+
+  beforeAll(async () => {
+    requireRoot('failover-oracle.test.ts');
+    links = LinkWatcher.open();
+    // Checkpoints that take 200 ms leave room to kill the primary in the middle of one.
+    l = await startBridgedLab({
+      prefix: PREFIX, links, checkpointMs: 200,
+      log: (_level, event, fields) => { if (watched.has(event)) log.events.push({ event, fields: fields ?? {} }); },
+    });
+    const object = fixedSeedBytes(OBJECT_BYTES, 99);
+    for (const root of [l.servers.primary.contentRoot, l.servers.backup.contentRoot]) writeFileSync(join(root, OBJECT), object);
+  }, 60_000);
+
+  stopLabAfterAll(PREFIX, () => l);
+  afterAll(() => links?.close());
+
+  async function download(name: string, rate = '8M'): Promise<Buffer> {
+    const lab = l!.lab;
+    const out = join(lab.runDir, name);
+    rmSync(out, { force: true });
+    await runInAsync(lab.client.netns, 'curl', ['-sS', '--fail', '--max-time', '30', '--limit-rate', rate, '-o', out, `http://${lab.serviceIpv4}/${OBJECT}`], 40_000);
+    return readFileSync(out);
+  }
+
+  async function protectedAgain(): Promise<void> {
+    const p = l!.bridge.pipeline;
+    if (!(await waitFor(() => p.state === 'COMPARING' && p.replicas.standby !== null, 20_000))) {
+      throw new Error(`not protected again within 20 s (state ${p.state}, roles ${p.replicas.describe()})`);
+    }
+  }
+
+  test(`the client receives exactly the bytes of a run with no failover, at ${MOMENTS} random moments`, async () => {
+    const seed = Number(process.env.SHADOWVM_SEED ?? Math.floor(Math.random() * 2 ** 31));
+    console.log(`failover oracle seed ${seed} (replay with SHADOWVM_SEED=${seed})`);
+    const random = seeded(seed);
+    const reference = await download('reference');
+    expect(sha256(reference)).toBe(sha256(fixedSeedBytes(OBJECT_BYTES, 99)));
+    const lab = l!;
+    const p = lab.bridge.pipeline;
+    const detections: number[] = [];
+    const roles: string[] = [];
+    for (let i = 0; i < MOMENTS; i++) {
+      const mode: DeathMode = random() < 0.5 ? 'abrupt' : 'silent';
+      const atMs = Math.floor(20 + random() * 300);
+      const before = p.failover.failovers;
+      const dead = lab.activeNode();
+      const got = download(`run-${i}`);
+      await delay(atMs);
+      lab.kill(dead, mode);
+      // A silent death is seen only while the backup has something to say; a download that already ended gives it nothing.
+      if (!(await waitFor(() => p.failover.failovers > before, 3000, 2))) {
+        await runInAsync(lab.lab.client.netns, 'curl', ['-sS', '--max-time', '5', '-o', '/dev/null', `http://${lab.lab.serviceIpv4}/${LAB_FILES.hello}`], 10_000).catch(() => '');
+      }
+      expect(await waitFor(() => p.failover.failovers > before, 5000, 2)).toBe(true);
+      const bytes = await got;
+      const rec = p.failoverHistory.at(-1)!;
+      detections.push((rec.promotedUs - rec.detectedUs) / 1000);
+      roles.push(rec.survivor);
+      if (!bytes.equals(reference)) {
+        throw new Error(`moment ${i} (seed ${seed}, ${mode} death of ${dead.netns} after ${atMs} ms): ${bytes.length} bytes received, ` +
+          `${bytes.length === reference.length ? 'same length, different content' : `expected ${reference.length}`}`);
+      }
+      await protectedAgain();
+    }
+    detections.sort((a, b) => a - b);
+    console.log(`oracle: ${MOMENTS} failovers, detection→promotion p50 ${detections[MOMENTS >> 1].toFixed(1)} ms, max ${detections[MOMENTS - 1].toFixed(1)} ms; survivors ${roles.slice(0, 10).join(' ')} …`);
+    expect(p.failover.failovers).toBeGreaterThanOrEqual(MOMENTS);
+    // Every failover promoted the other port: A→B→A→B.
+    for (let i = 1; i < roles.length; i++) expect(roles[i]).not.toBe(roles[i - 1]);
+  });
+
+  test('a 5 ms link flap of the primary does not fail over', async () => {
+    const lab = l!;
+    const p = lab.bridge.pipeline;
+    const node = lab.activeNode();
+    const before = p.failover.failovers;
+    const flapsBefore = log.events.filter((e) => e.event === 'link-flap').length;
+    // One long-lived `ip -batch`: each command runs as soon as its line arrives (a fresh `ip` takes 5-10 ms to start).
+    const ip = spawn('ip', ['-n', node.netns, '-batch', '-'], { stdio: ['pipe', 'ignore', 'inherit'] });
+    await delay(200);
+    ip.stdin.write(`link set ${node.nsIf} down\n`);
+    await delay(5);
+    ip.stdin.write(`link set ${node.nsIf} up\n`);
+    ip.stdin.end();
+    await new Promise((r) => ip.once('exit', r));
+    await delay(300);
+    const flap = log.events.filter((e) => e.event === 'link-flap').slice(flapsBefore);
+    console.log(`link flap: ${JSON.stringify(flap.map((e) => e.fields.downMs))} ms down as the bridge saw it`);
+    expect(flap.length).toBeGreaterThanOrEqual(1);
+    expect(p.failover.failovers).toBe(before);
+    expect(p.replicas.standby).not.toBeNull();
+    // The link coming back flushed the namespace's neighbours: put them back as the lab had them.
+    const { restoreReplicaNetwork } = await import('../../lib/lab/faults');
+    restoreReplicaNetwork(lab.lab, node);
+    const body = await download('after-flap', '100M');
+    expect(body.length).toBe(OBJECT_BYTES);
+  });
+
+  test('the backup\'s death degrades to unchecked primary output, then a new backup is built', async () => {
+    const lab = l!;
+    const p = lab.bridge.pipeline;
+    const lost = p.failover.backupsLost;
+    const got = download('backup-death');
+    await delay(100);
+    lab.kill(lab.standbyNode()!, 'abrupt');
+    expect(await waitFor(() => p.failover.backupsLost > lost, 3000, 2)).toBe(true);
+    expect(lab.bridge.snapshot().state).not.toBe('FAILED_OVER');
+    const bytes = await got;
+    expect(sha256(bytes)).toBe(sha256(fixedSeedBytes(OBJECT_BYTES, 99)));
+    expect(log.events.some((e) => e.event === 'backup-lost')).toBe(true);
+    await protectedAgain();
+  });
+
+  test('a primary that dies during a checkpoint leaves the backup as it was before it, promoted', async () => {
+    const lab = l!;
+    const p = lab.bridge.pipeline;
+    const before = p.failover.failovers;
+    const got = download('during-checkpoint');
+    await delay(150);
+    expect(p.request('manual', undefined, (await import('../../lib/clock')).monotonicUs())).toBe(true);
+    expect(p.state).toBe('CHECKPOINTING');
+    await delay(50);
+    lab.kill(lab.activeNode(), 'abrupt');
+    expect(await waitFor(() => p.failover.failovers > before, 3000, 2)).toBe(true);
+    expect(p.replicator.history.filter((r) => r.kind === 'checkpoint').at(-1)!.outcome).toBe('abandoned');
+    const bytes = await got;
+    expect(sha256(bytes)).toBe(sha256(fixedSeedBytes(OBJECT_BYTES, 99)));
+    await protectedAgain();
+    expect(existsSync(lab.lab.runDir)).toBe(true);
+  });
+});
