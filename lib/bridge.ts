@@ -189,6 +189,7 @@ export class Bridge {
       name: this.options.name,
       startedMs: this.startedMs,
       nowMs: Date.now(),
+      nowUs: this.clockUs(),
       ports: roles.map(([role, port]) => ({ role, name: port.name, ...port.stats() })),
       agent: this.agent ? this.agent.snapshot() : emptyAgentSnapshot(),
     });

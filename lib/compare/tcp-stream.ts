@@ -43,6 +43,8 @@ export interface Mismatch {
 /** Running totals shared by every comparator of a pipeline (monotonic, for metrics). */
 export interface MatchTotals {
   matchedBytes: number;
+  /** Segments beyond the out-of-order limit, dropped (the sender retransmits them). */
+  outOfOrderDropped?: number;
 }
 
 export interface StreamSegment {
@@ -180,6 +182,7 @@ export class TcpStreamComparator {
     const list = this.outOfOrder[side];
     if (list.length >= MAX_OUT_OF_ORDER_SEGMENTS) {
       this.outOfOrderDropped++;
+      this.totals.outOfOrderDropped = (this.totals.outOfOrderDropped ?? 0) + 1;
       return;
     }
     if (side === BACKUP && c.unit === Unit.Data) {

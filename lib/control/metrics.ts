@@ -99,6 +99,21 @@ export function renderMetrics(s: BridgeSnapshot): string {
     t.one('shadowvm_checkpoint_last_duration_seconds', 'gauge', 'Duration of the last successful checkpoint.', s.checkpoints.lastMs / 1000);
   }
 
+  t.family('shadowvm_replica_role', 'gauge', 'Role of the replica behind each VM port: 1 for its current role.',
+    s.replicas.flatMap((r) => ['primary', 'backup', 'promoted', 'dead'].map((role): Sample => [{ port: r.port, role }, r.role === role ? 1 : 0])));
+  t.one('shadowvm_failovers_total', 'counter', 'Backups promoted because the primary died.', s.failover.count);
+  t.one('shadowvm_failovers_refused_total', 'counter', 'Failovers not made: no backup, or a stale one.', s.failover.refused);
+  t.one('shadowvm_backups_lost_total', 'counter', 'Backups that died (the primary then runs unchecked until re-protection).', s.failover.backupsLost);
+  t.one('shadowvm_flows_carried_total', 'counter', 'Flows carried over to a promoted backup.', s.failover.flowsCarried);
+  t.one('shadowvm_flows_unprotected_total', 'counter', 'Flows left with one replica (born without a backup, or whose backup died).', s.failover.flowsUnprotected);
+  if (s.failover.last) {
+    t.one('shadowvm_failover_last_promotion_seconds', 'gauge', 'Time from detecting the primary\'s death to promoting the backup, last failover.', s.failover.last.detectionToPromotionMs / 1000);
+  }
+  const stageSamples: Sample[] = [];
+  for (const [stage, counters] of Object.entries(s.stages)) {
+    for (const [counter, value] of Object.entries(counters)) stageSamples.push([{ stage, counter }, value]);
+  }
+  t.family('shadowvm_stage_events_total', 'counter', 'Every counter each data-path stage keeps, in one shape.', stageSamples);
   t.family('shadowvm_replication_state', 'gauge', 'Replication state: 1 for the current one.',
     REPLICATION_STATES.map((state) => [{ state }, state === s.state ? 1 : 0]));
   t.one('shadowvm_held_output_frames', 'gauge', 'Primary frames held until the backup says the same.', s.heldOutput.frames);

@@ -67,6 +67,20 @@ export interface BridgeSnapshot {
   /** Policy actions by "class/action", e.g. "arp/forward-primary". */
   policyActions: Record<string, number>;
   agent: AgentSnapshot;
+  /** Each VM port and the role of the replica behind it now. */
+  replicas: { port: string; role: string }[];
+  failover: {
+    count: number;
+    refused: number;
+    backupsLost: number;
+    flowsCarried: number;
+    flowsLost: number;
+    flowsUnprotected: number;
+    /** The last failover, if any. */
+    last?: { cause: string; detail: string; survivor: string; detectionToPromotionMs: number; agoSeconds: number; flowsCarried: number; backlogFrames: number; discardedFrames: number };
+  };
+  /** Every stage's counters, one shape (stage → counter → value). */
+  stages: Record<string, Record<string, number>>;
 }
 
 export function emptyAgentSnapshot(): AgentSnapshot {
@@ -78,6 +92,8 @@ export interface SnapshotSources {
   name: string;
   startedMs: number;
   nowMs: number;
+  /** The pipeline clock now (µs), to age the last failover. */
+  nowUs?: number;
   ports: PortSnapshot[];
   agent: AgentSnapshot;
 }
@@ -117,5 +133,29 @@ export function snapshotOf(pipeline: ShadowPipeline, src: SnapshotSources): Brid
     malformed,
     policyActions: { ...pipeline.policyActions },
     agent: { ...src.agent },
+    replicas: pipeline.replicas.slots.map((slot) => ({ port: slot.name, role: slot.role })),
+    failover: failoverSnapshot(pipeline, src.nowUs),
+    stages: pipeline.stageCounters(),
+  };
+}
+
+function failoverSnapshot(pipeline: ShadowPipeline, nowUs: number | undefined): BridgeSnapshot['failover'] {
+  const f = pipeline.failover;
+  const rec = pipeline.failoverHistory[pipeline.failoverHistory.length - 1];
+  return {
+    count: f.failovers,
+    refused: f.refused,
+    backupsLost: f.backupsLost,
+    flowsCarried: f.flowsCarried,
+    flowsLost: f.flowsLost,
+    flowsUnprotected: f.flowsUnprotected,
+    ...(rec ? {
+      last: {
+        cause: rec.cause, detail: rec.detail, survivor: rec.survivor,
+        detectionToPromotionMs: (rec.promotedUs - rec.detectedUs) / 1000,
+        agoSeconds: nowUs !== undefined ? Math.max(0, (nowUs - rec.promotedUs) / 1e6) : 0,
+        flowsCarried: rec.flowsCarried, backlogFrames: rec.backlogFrames, discardedFrames: rec.discardedFrames,
+      },
+    } : {}),
   };
 }

@@ -39,6 +39,12 @@ export function formatStatus(s: BridgeSnapshot): string {
   const out: string[] = [];
   const agent = s.agent.connected ? `connected${s.agent.name ? ` (${s.agent.name})` : ''}` : 'not connected';
   out.push(`bridge ${s.name}: ${s.state}, up ${formatDuration(s.uptimeSeconds)}, sync agent ${agent}`);
+  if (s.replicas) out.push(`replicas: ${s.replicas.map((r) => `${r.port} ${r.role}`).join(', ')}`);
+  const fo = s.failover;
+  if (fo && (fo.count || fo.backupsLost || fo.refused)) {
+    const last = fo.last ? `; last: ${fo.last.cause} (${fo.last.detail}), ${fo.last.survivor} promoted ${fo.last.detectionToPromotionMs.toFixed(1)} ms after detection, ${fo.last.flowsCarried} flows carried, ${formatDuration(fo.last.agoSeconds)} ago` : '';
+    out.push(`failovers: ${fo.count} (${fo.refused} refused), backups lost ${fo.backupsLost}, flows unprotected ${fo.flowsUnprotected}${last}`);
+  }
   out.push('');
   if (s.ports.length === 0) {
     out.push('ports: none');

@@ -149,7 +149,7 @@ export class ShadowPipeline {
   /** Policy actions taken, by "class/action", e.g. "arp/forward-primary". */
   readonly policyActions: Record<string, number> = {};
   /** Running totals since start (monotonic, unlike sums over `reports`, which is bounded). */
-  readonly totals = { matchedBytes: 0, mismatches: 0 };
+  readonly totals = { matchedBytes: 0, mismatches: 0, outOfOrderDropped: 0 };
   readonly failover: FailoverCounters = {
     failovers: 0, refused: 0, backupsLost: 0, flowsCarried: 0, flowsLost: 0, flowsUnprotected: 0,
     backlogFrames: 0, discardedFrames: 0, duplicatesDropped: 0, trimmed: 0, translatedFrames: 0, deadSlotFrames: 0,
@@ -869,6 +869,45 @@ export class ShadowPipeline {
   private countPolicy(cls: string, action: string): void {
     const k = `${cls}/${action}`;
     this.policyActions[k] = (this.policyActions[k] ?? 0) + 1;
+  }
+
+  /**
+   * Every stage's counters in one shape (stage → counter → value), for
+   * status and metrics: nothing reads a stage's fields directly.
+   */
+  stageCounters(): Record<string, Record<string, number>> {
+    const r = this.replicator;
+    return {
+      ingress: {
+        client_frames: this.frames.client,
+        held_during_checkpoint: this.ingressHeldFrames,
+        hold_dropped: this.ingressHoldDropped,
+      },
+      compare: {
+        primary_frames: this.frames.primary,
+        backup_frames: this.frames.backup,
+        matched_bytes: this.totals.matchedBytes,
+        mismatches: this.totals.mismatches,
+        out_of_order_dropped: this.totals.outOfOrderDropped,
+        bad_tcp_options: this.badTcpOptions,
+        flows_created: this.flowsCreated,
+        flows_evicted: this.flows.evictions,
+      },
+      release: {
+        released_frames: this.held.releasedFrames,
+        released_payload_bytes: this.held.releasedPayloadBytes,
+        backup_frames_suppressed: this.backupFramesSuppressed,
+        discarded_frames: this.held.discardedFrames,
+      },
+      replicate: {
+        checkpoints_done: r.completed,
+        checkpoints_failed: r.failures,
+        checkpoints_coalesced: r.coalesced,
+        reprotects_done: r.reprotects,
+        reprotects_failed: r.reprotectFailures,
+      },
+      failover: { ...this.failover },
+    };
   }
 
   /** Brings every flow's report up to date (call before reading `reports`). */
