@@ -102,7 +102,7 @@ export class Bridge {
         if (!this.agent?.sendReprotect(req.epoch, this.slotPorts[slot].name)) this.log('warn', 'reprotect-not-sent', { epoch: req.epoch, why: 'no agent connected' });
       },
       event: (ev) => {
-        if (ev.type === 'failover') this.agent?.sendFailover(ev.epoch, this.slotPorts[ev.survivor].name);
+        if (ev.type === 'failover') this.agent?.sendFailover(ev.record.epoch, this.slotPorts[ev.survivor].name);
       },
       log: (level, event, fields) => this.log(level, event, fields),
     }, this.clockUs(), false, undefined, [primary.name, backup.name]);

@@ -130,6 +130,16 @@ export class ShadowFlow implements ReleaseGate {
     r.matchedBytes = this.stream ? this.stream.matchedBytes : this.datagrams!.matchedBytes;
   }
 
+  /** A new connection on the 4-tuple of a closed one (port reuse): start its state afresh. */
+  restartConnection(): void {
+    const tcp = this.tcp!;
+    for (const ep of [tcp.replicas[0], tcp.replicas[1], tcp.client]) {
+      ep.synSeen = false; ep.tsSeen = false; ep.ackSeen = false; ep.seqBase = 0; ep.tsBase = 0;
+    }
+    this.stream!.started = false;
+    this.closed[0] = this.closed[1] = false;
+  }
+
   remember(side: 0 | 1, frame: Buffer, timeUs: number): void {
     const recent = this.recent!;
     recent.push({ side, frame, timeUs });

@@ -15,6 +15,7 @@
 import { seqGt, seqLe } from '../packet/seq';
 import { Slab, SlabPool } from '../packet/slab';
 import type { VirtioNetHeader } from '../io/port';
+import type { Stage, StageEvent } from '../pipeline/events';
 
 export interface HeldFrame {
   frame: Buffer;
@@ -141,7 +142,8 @@ function releasable(h: HeldFrame, gate: ReleaseGate): boolean {
  * All held frames of all flows, in arrival order: the oldest unreleased one
  * is the head (for the age trigger), totals for the queue triggers.
  */
-export class HeldQueues {
+export class HeldQueues implements Stage {
+  readonly stageName = 'release';
   private all: HeldFrame[] = [];
   private head = 0;
   frames = 0;
@@ -152,6 +154,38 @@ export class HeldQueues {
   discardedFrames = 0;
 
   constructor(private readonly sink: (frame: Buffer, vnet?: VirtioNetHeader) => void, private readonly pool: SlabPool | null = null) {}
+
+  /**
+   * checkpoint-done: the backup holds the state that produced the primary's
+   * output, so all of it goes. degraded, backup-lost: comparison is off, what
+   * was held goes now, in order. failover: the dead primary's unconfirmed
+   * output never reaches a client (the record counts it).
+   */
+  handleEvent(ev: StageEvent): void {
+    switch (ev.type) {
+      case 'checkpoint-done':
+      case 'degraded':
+      case 'backup-lost':
+        this.releaseAll();
+        break;
+      case 'failover':
+        ev.record.discardedFrames += this.discardAll();
+        break;
+      default:
+        break;
+    }
+  }
+
+  counters(): Record<string, number> {
+    return {
+      released_frames: this.releasedFrames,
+      released_bytes: this.releasedBytes,
+      released_payload_bytes: this.releasedPayloadBytes,
+      discarded_frames: this.discardedFrames,
+      held_frames: this.frames,
+      held_bytes: this.bytes,
+    };
+  }
 
   noteHeld(h: HeldFrame): void {
     this.all.push(h);

@@ -18,6 +18,8 @@
  * Out: checkpoint requests to the agent link (coalesced: at most one
  *      outstanding), state changes to the listener, counters.
  */
+import type { Stage, StageEvent } from '../pipeline/events';
+
 export type CheckpointReason = 'mismatch' | 'timeout' | 'queue' | 'periodic' | 'manual';
 export const CHECKPOINT_REASONS: readonly CheckpointReason[] = ['mismatch', 'timeout', 'queue', 'periodic', 'manual'];
 export type ReplicationState = 'COMPARING' | 'CHECKPOINTING' | 'DEGRADED' | 'FAILED_OVER';
@@ -75,7 +77,8 @@ export interface ReplicatorEvents {
   reprotected?(rec: CheckpointRecord): void;
 }
 
-export class Replicator {
+export class Replicator implements Stage {
+  readonly stageName = 'replicate';
   state: ReplicationState;
   epoch = 0;
   readonly requested: Record<CheckpointReason, number> = { mismatch: 0, timeout: 0, queue: 0, periodic: 0, manual: 0 };
@@ -108,6 +111,24 @@ export class Replicator {
     this.state = agentConnected ? 'COMPARING' : 'DEGRADED';
     this.lastCheckpointUs = nowUs;
     this.retryDelayMs = config.retryInitialMs;
+  }
+
+  /** The pair lost a replica: no backup until re-protection. (Checkpoint events start here, nothing to do.) */
+  handleEvent(ev: StageEvent, nowUs: number): void {
+    if (ev.type === 'failover') this.failedOver(nowUs, `${ev.record.cause}: ${ev.record.detail}`);
+    else if (ev.type === 'backup-lost') this.backupLost(nowUs, `backup lost: ${ev.cause}`);
+  }
+
+  counters(): Record<string, number> {
+    const c: Record<string, number> = {
+      checkpoints_done: this.completed,
+      checkpoints_failed: this.failures,
+      checkpoints_coalesced: this.coalesced,
+      reprotects_done: this.reprotects,
+      reprotects_failed: this.reprotectFailures,
+    };
+    for (const reason of CHECKPOINT_REASONS) c[`requested_${reason}`] = this.requested[reason];
+    return c;
   }
 
   /** Whether the bridge must hold client ingress now. */

@@ -1,0 +1,393 @@
+/**
+ * EgressStage: what the VMs say, compared.
+ *
+ *   VM frame ─► decode ─► role of its slot ─► flow ─► normalize ─► compare ─► held (release stage) ─► client
+ *                                                   └─ standby: copy kept in the flow's StandbyLog for failover
+ *   carried-over flow (promoted replica) ─► trim what the client has ─► seq/TSval into the client's space ─► client
+ *
+ * Events: failover carries every compared flow over to the survivor (its
+ * backlog beyond the released point goes out at once, translated; flows only
+ * the dead replica had are lost and counted); backup-lost leaves every flow
+ * with one replica (`solo`). Checkpoints need nothing here: flows resync
+ * lazily (FlowRegistry).
+ */
+import { MalformedReason, TcpFlag } from '../packet/constants';
+import { DecodedFrame, decodeFrame } from '../packet/frame';
+import { Slab, SlabCopier, SlabPool } from '../packet/slab';
+import { TcpOptions } from '../packet/tcp-options';
+import { seqDiff, seqLe, seqLt } from '../packet/seq';
+import { BACKUP, PRIMARY, Side, StreamSegment } from '../compare/tcp-stream';
+import { datagramContent } from '../normalize/datagram';
+import { newStreamSegment, normalizeTcp, segmentEnd } from '../normalize/tcp';
+import { translateForClient, trimmedTcpCopy } from '../rewrite/egress';
+import { HeldQueues } from '../release/held';
+import { StandbyFrame } from '../release/standby-log';
+import { ReplicaSet, SlotId, STANDBY_SIDE } from '../failover/roles';
+import { isProbeReply } from '../failover/frames';
+import type { Replicator } from '../replicate/replicator';
+import { VIRTIO_NET_HDR_F_NEEDS_CSUM, VirtioNetHeader } from '../io/port';
+import { FrameAction, PipelineConfig } from './config';
+import { FailoverRecord, Stage, StageEvent } from './events';
+import { FlowRegistry } from './flows';
+import { FrameCounts, Origin } from './frame-counts';
+import { FlowReport, RecentFrame, ShadowFlow } from './shadow-flow';
+
+export interface Divergence {
+  flow: string;
+  mismatch: FlowReport['mismatchList'][number];
+  frames: RecentFrame[];
+}
+
+export const MAX_DIVERGENCES = 256;
+
+/** What the failover stage learns from the VMs' frames (liveness, addresses). */
+export interface LivenessTap {
+  noteActive(nowUs: number): void;
+  noteStandby(nowUs: number, f: DecodedFrame, frame: Buffer): void;
+  probeAnswered(): void;
+}
+
+export interface EgressDeps {
+  config: PipelineConfig;
+  replicas: ReplicaSet;
+  replicator: Replicator;
+  flows: FlowRegistry;
+  held: HeldQueues;
+  counts: FrameCounts;
+  totals: { matchedBytes: number; mismatches: number; outOfOrderDropped: number };
+  /** Copies of held primary frames (released by the release stage). */
+  heldPool: SlabPool;
+  liveness: LivenessTap;
+  toClient(frame: Buffer, vnet?: VirtioNetHeader): void;
+  /** A flow's backup delta just became known: its waiting client frames can go. */
+  backupDeltaKnown(flow: ShadowFlow): void;
+  log(level: 'info' | 'warn', event: string, fields: Record<string, unknown>): void;
+}
+
+export class EgressStage implements Stage {
+  readonly stageName = 'compare';
+  readonly frames = { primary: 0, backup: 0 };
+  readonly divergences: Divergence[] = [];
+  backupFramesSuppressed = 0;
+  badTcpOptions = 0;
+  deadSlotFrames = 0;
+  probeReplies = 0;
+  /** After failover: promoted-replica frames the client had already received from the old primary (dropped). */
+  duplicatesDropped = 0;
+  /** … cut down to the part the client had not received. */
+  trimmed = 0;
+  translatedFrames = 0;
+  flowsCarried = 0;
+  flowsLost = 0;
+  backlogFrames = 0;
+  private readonly frame = new DecodedFrame();
+  private readonly trimScratch = new DecodedFrame();
+  private readonly opts = new TcpOptions();
+  private readonly segment: StreamSegment = newStreamSegment();
+  /** Copies nobody releases explicitly (divergence captures). */
+  private readonly copier = new SlabCopier();
+  /** Translated output of a promoted replica: it only has to last until the ports are flushed. */
+  private readonly outCopies = new SlabPool(true, true);
+
+  constructor(private readonly d: EgressDeps) {}
+
+  counters(): Record<string, number> {
+    return {
+      primary_frames: this.frames.primary,
+      backup_frames: this.frames.backup,
+      matched_bytes: this.d.totals.matchedBytes,
+      mismatches: this.d.totals.mismatches,
+      out_of_order_dropped: this.d.totals.outOfOrderDropped,
+      bad_tcp_options: this.badTcpOptions,
+      backup_frames_suppressed: this.backupFramesSuppressed,
+      dead_slot_frames: this.deadSlotFrames,
+      probe_replies: this.probeReplies,
+      carried_translated: this.translatedFrames,
+      carried_duplicates_dropped: this.duplicatesDropped,
+      carried_trimmed: this.trimmed,
+      flows_carried: this.flowsCarried,
+      flows_lost: this.flowsLost,
+      backlog_frames: this.backlogFrames,
+    };
+  }
+
+  endBreath(): void {
+    this.outCopies.endBreath();
+  }
+
+  handleEvent(ev: StageEvent, nowUs: number): void {
+    if (ev.type === 'failover') this.carryAll(ev.survivor, ev.record, nowUs);
+    else if (ev.type === 'backup-lost') for (const flow of this.d.flows.all()) this.makeSolo(flow);
+  }
+
+  /** A frame from the VM in port slot `slot`; its role decides what happens to it. */
+  fromVm(slot: SlotId, frame: Buffer, nowUs: number, vnet?: VirtioNetHeader): void {
+    const d = this.d;
+    const side = d.replicas.sideOf(slot);
+    if (side === -1) {
+      this.deadSlotFrames++;
+      return;
+    }
+    const origin: Origin = side === PRIMARY ? 'primary' : 'backup';
+    this.frames[origin === 'primary' ? 'primary' : 'backup']++;
+    if (side === PRIMARY) d.liveness.noteActive(nowUs);
+    const f = decodeFrame(frame, this.frame);
+    if (f.error) {
+      d.counts.malformed(f.error as MalformedReason, origin);
+      if (side === PRIMARY && d.config.policy.malformedFromVm === 'forward-primary') d.toClient(frame, vnet);
+      else if (side === BACKUP) this.backupFramesSuppressed++;
+      return;
+    }
+    const ip = f.l3 === 'ipv4' || f.l3 === 'ipv6';
+    if (side === PRIMARY && (f.l4 === 'icmp' || f.l4 === 'icmpv6') && isProbeReply(f)) {
+      this.probeReplies++;
+      d.liveness.probeAnswered();
+      return;
+    }
+    if (!d.replicator.comparing) {
+      // DEGRADED or FAILED_OVER: the active replica's output flows unchecked (counted),
+      // translated on flows carried over from before a failover.
+      if (side !== PRIMARY) {
+        this.backupFramesSuppressed++;
+        return;
+      }
+      if (d.flows.carried > 0 && ip) {
+        const entry = d.flows.egressLookup[PRIMARY].find(f, nowUs);
+        if (entry && entry.state.mode === 'carried') {
+          this.fromCarried(f, frame, entry.state, vnet);
+          return;
+        }
+      }
+      d.counts.policy(d.replicator.state === 'FAILED_OVER' ? 'failed-over' : 'degraded', 'forward-primary');
+      d.toClient(frame, vnet);
+      return;
+    }
+    if (ip) {
+      const flows = d.flows;
+      const flow = flows.settle(flows.egressLookup[side].find(f, nowUs, () => flows.newFlow(f, 'egress'))!.state);
+      if (flow.mode !== 'compare') {
+        if (side !== PRIMARY) this.backupFramesSuppressed++;
+        else if (flow.mode === 'carried') this.fromCarried(f, frame, flow, vnet);
+        else d.toClient(frame, vnet);
+        return;
+      }
+      if (flow.stream) this.egressTcp(side, f, frame, flow, nowUs, vnet);
+      else this.egressDatagram(side, f, frame, flow, nowUs, vnet);
+      return;
+    }
+    const cls = f.l3 === 'arp' ? 'arp' : 'ethertype';
+    const action: FrameAction = f.l3 === 'arp' ? d.config.policy.arp : d.config.policy.otherEtherTypes;
+    d.counts.policy(cls === 'arp' ? 'arp' : `ethertype-0x${f.etherType.toString(16).padStart(4, '0')}`, action);
+    if (action === 'compare') {
+      this.egressDatagram(side, f, frame, d.flows.nonIpFlow(f, cls), nowUs, vnet);
+      return;
+    }
+    if (side === BACKUP) this.backupFramesSuppressed++;
+    else if (action === 'forward-primary') d.toClient(frame, vnet);
+  }
+
+  private egressTcp(side: Side, f: DecodedFrame, frame: Buffer, flow: ShadowFlow, nowUs: number, vnet: VirtioNetHeader | undefined): void {
+    const d = this.d;
+    const tcp = flow.tcp!;
+    const stream = flow.stream!;
+    const ep = tcp.replicas[side];
+    if ((f.tcp.flags & TcpFlag.SYN) && ep.synSeen && ep.seqBase !== f.tcp.seq && (flow.closed[0] || flow.closed[1])) {
+      flow.restartConnection();
+    }
+    let bytes = frame;
+    if (side === PRIMARY) {
+      bytes = d.heldPool.copy(frame);
+      f.rebind(bytes);
+    }
+    const seg = this.segment;
+    if (!normalizeTcp(f, ep, this.opts, seg)) this.badTcpOptions++;
+    if (seg.fin || seg.rst) flow.closed[side] = true;
+    if (flow.recent) flow.remember(side, side === PRIMARY ? bytes : this.copier.copy(frame), nowUs);
+    if (side === PRIMARY) {
+      const hasAck = (f.tcp.flags & TcpFlag.ACK) !== 0;
+      flow.held.hold(bytes, d.heldPool.lastSlab, segmentEnd(seg), seg.rst, hasAck, f.tcp.ack, seg.payload.length, nowUs, vnet);
+    } else {
+      this.backupFramesSuppressed++;
+    }
+    const start = seg.position;
+    const end = segmentEnd(seg);
+    if (d.replicator.state !== 'COMPARING') {
+      // Checkpointing: all held output goes when it is done; comparison restarts past what is said meanwhile.
+      stream.noteExtent(side, seg);
+    } else {
+      if (stream.append(side, seg)) this.onMismatch(flow, nowUs);
+      if (side === BACKUP && flow.ingressHeld.length > 0 && tcp.backupDeltaKnown) d.backupDeltaKnown(flow);
+      this.afterCompare(flow, nowUs);
+    }
+    if (side === BACKUP && end !== start) {
+      this.logStandby(flow, frame, start, end, vnet);
+      d.liveness.noteStandby(nowUs, f, frame);
+    }
+  }
+
+  private egressDatagram(side: Side, f: DecodedFrame, frame: Buffer, flow: ShadowFlow, nowUs: number, vnet: VirtioNetHeader | undefined): void {
+    const d = this.d;
+    const cmp = flow.datagrams!;
+    let bytes = frame;
+    if (side === PRIMARY) {
+      bytes = d.heldPool.copy(frame);
+      f.rebind(bytes);
+    }
+    const content = f.l3 === 'ipv4' || f.l3 === 'ipv6' ? datagramContent(f) : f.buf.subarray(f.l3Offset, f.l3End);
+    if (flow.recent) flow.remember(side, side === PRIMARY ? bytes : this.copier.copy(frame), nowUs);
+    if (side === PRIMARY) {
+      flow.held.hold(bytes, d.heldPool.lastSlab, cmp.sent[PRIMARY] + 1, false, false, 0, content.length, nowUs, vnet);
+    } else {
+      this.backupFramesSuppressed++;
+    }
+    if (d.replicator.state !== 'COMPARING') return;
+    if (cmp.append(side, content)) this.onMismatch(flow, nowUs);
+    this.afterCompare(flow, nowUs);
+    if (side === BACKUP && flow.report.protocol !== 'arp' && flow.report.protocol !== 'ethertype') {
+      this.logStandby(flow, frame, cmp.sent[BACKUP] - 1, cmp.sent[BACKUP], vnet);
+      d.liveness.noteStandby(nowUs, f, frame);
+    }
+  }
+
+  /** Keeps a standby frame the client has not received in any form, for failover. */
+  private logStandby(flow: ShadowFlow, frame: Buffer, start: number, end: number, vnet: VirtioNetHeader | undefined): void {
+    const released = flow.held.releasedEnd;
+    if (released !== null && (flow.stream ? seqLe(end, released) : end <= released)) return;
+    flow.standbyLog.add(frame, start, end, vnet);
+  }
+
+  private afterCompare(flow: ShadowFlow, nowUs: number): void {
+    if (flow.mismatch) return; // held until the checkpoint answers
+    const d = this.d;
+    flow.held.releaseReady(flow);
+    const released = flow.held.releasedEnd;
+    if (released !== null && flow.standbyLog.length > 0) flow.standbyLog.prune(released);
+    const hw = d.config.flowHighWater;
+    if (flow.held.bytes > hw.bytes || flow.held.length > hw.frames || flow.unmatchedBytes > hw.bytes) {
+      d.replicator.request('queue', flow.name, nowUs);
+      return;
+    }
+    const total = d.config.totalHighWater;
+    if (d.held.bytes > total.bytes || d.held.frames > total.frames) d.replicator.request('queue', flow.name, nowUs);
+  }
+
+  private onMismatch(flow: ShadowFlow, nowUs: number): void {
+    const m = flow.mismatch!;
+    flow.noteMismatch(m, nowUs);
+    this.d.totals.mismatches++;
+    this.d.log('warn', 'mismatch', { flow: flow.name, kind: m.kind, offset: m.offset, primary: m.primary, backup: m.backup });
+    if (flow.recent && this.divergences.length < MAX_DIVERGENCES) {
+      this.divergences.push({ flow: flow.name, mismatch: flow.report.mismatchList[flow.report.mismatchList.length - 1] ?? { ...m, timeUs: nowUs }, frames: [...flow.recent] });
+    }
+    this.d.replicator.request('mismatch', flow.name, nowUs);
+  }
+
+  // ───────────────────────── after failover ─────────────────────────
+
+  /**
+   * A frame of a carried-over flow from the promoted replica: what the client
+   * already received from the old primary is not sent again; the rest goes
+   * out in the client's space.
+   */
+  private fromCarried(f: DecodedFrame, frame: Buffer, flow: ShadowFlow, vnet: VirtioNetHeader | undefined): void {
+    const c = flow.carried!;
+    if (!flow.stream) {
+      c.datagramsSeen++;
+      if (c.releasedEnd !== null && c.datagramsSeen <= c.releasedEnd) {
+        this.duplicatesDropped++;
+        return;
+      }
+      this.d.toClient(frame, vnet);
+      return;
+    }
+    const seg = this.segment;
+    const ep = flow.tcp!.replicas[c.side];
+    if (!normalizeTcp(f, ep, this.opts, seg)) this.badTcpOptions++;
+    const start = seg.position;
+    const end = segmentEnd(seg);
+    if (c.releasedEnd !== null && end !== start && seqLt(start, c.releasedEnd)) {
+      if (seqLe(end, c.releasedEnd)) {
+        this.duplicatesDropped++;
+        return;
+      }
+      // Part of it reached the client from the old primary: send the rest only.
+      const synUnit = seg.syn ? 1 : 0;
+      const skip = Math.min(seqDiff(start, c.releasedEnd) - synUnit, f.payloadLength);
+      const out = trimmedTcpCopy(f, Math.max(0, skip), seg.syn ? TcpFlag.SYN : 0, this.trimScratch);
+      this.trimmed++;
+      decodeFrame(out, this.trimScratch);
+      this.translateOut(this.trimScratch, out, flow, vnet, null);
+      return;
+    }
+    const out = this.outCopies.copy(frame);
+    const slab = this.outCopies.lastSlab;
+    f.rebind(out);
+    this.translateOut(f, out, flow, vnet, slab);
+  }
+
+  private translateOut(f: DecodedFrame, out: Buffer, flow: ShadowFlow, vnet: VirtioNetHeader | undefined, slab: Slab | null): void {
+    const c = flow.carried!;
+    const partial = vnet !== undefined && (vnet.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0;
+    if (!translateForClient(f, c.seqDelta, c.tsDelta, this.opts, partial)) this.badTcpOptions++;
+    this.translatedFrames++;
+    this.d.toClient(out, vnet);
+    if (slab) this.outCopies.release(slab);
+  }
+
+  private carryAll(survivor: SlotId, record: FailoverRecord, nowUs: number): void {
+    for (const e of this.d.flows.table.entries()) this.carry(e.state, survivor, record);
+    for (const flow of this.d.flows.nonIp.values()) this.d.flows.setMode(flow, 'solo');
+    this.flowsCarried += record.flowsCarried;
+    this.flowsLost += record.flowsLost;
+    this.backlogFrames += record.backlogFrames;
+    void nowUs;
+  }
+
+  /** Turns a compared flow into one the survivor serves alone, translated; sends its backlog. */
+  private carry(flow: ShadowFlow, survivor: SlotId, record: FailoverRecord): void {
+    const flows = this.d.flows;
+    if (flow.mode !== 'compare') {
+      // Only the dead replica had it.
+      flows.setMode(flow, 'solo');
+      record.flowsLost++;
+      return;
+    }
+    flows.settle(flow);
+    const releasedEnd = flow.held.releasedEnd;
+    let seqDelta = 0, tsDelta = 0, seen = 0;
+    if (flow.tcp) {
+      // Nothing released: the client never saw the primary's ISN or TSvals, so none to translate into.
+      if (releasedEnd !== null) {
+        seqDelta = flow.tcp.seqDelta;
+        tsDelta = flow.tcp.tsDelta;
+      }
+    } else {
+      seen = flow.datagrams!.sent[STANDBY_SIDE];
+    }
+    flow.carried = { slot: survivor, side: STANDBY_SIDE, seqDelta, tsDelta, releasedEnd, datagramsSeen: seen };
+    flows.setMode(flow, 'carried');
+    record.flowsCarried++;
+    const backlog = flow.standbyLog.drain();
+    for (const b of backlog) this.sendBacklog(flow, b);
+    record.backlogFrames += backlog.length;
+    flow.standbyLog.forget(backlog);
+    if (flow.ingressHeld.length > 0) this.d.backupDeltaKnown(flow);
+  }
+
+  private sendBacklog(flow: ShadowFlow, b: StandbyFrame): void {
+    if (!flow.stream) {
+      const c = flow.carried!;
+      if (c.releasedEnd === null || b.end > c.releasedEnd) this.d.toClient(b.frame, b.vnet);
+      return;
+    }
+    const f = decodeFrame(b.frame, this.frame);
+    if (f.error || f.l4 !== 'tcp') return;
+    this.fromCarried(f, b.frame, flow, b.vnet);
+  }
+
+  private makeSolo(flow: ShadowFlow): void {
+    if (flow.mode !== 'compare') return;
+    this.d.flows.setMode(flow, 'solo');
+    flow.standbyLog.clear();
+  }
+}

@@ -1,0 +1,157 @@
+/**
+ * FlowRegistry: the flow stage. One bounded table of ShadowFlows shared by
+ * the ingress and egress stages (both look flows up; either may create one:
+ * a client SYN or a VM's first frame), the per-flow reports, and the lazy
+ * resynchronization after a checkpoint.
+ *
+ * In:  decoded frames to look up (per direction and side), stage events.
+ * Out: flow entries; counters (created, evicted, active, carried).
+ *
+ * A flow is born `compare` when a backup exists, `solo` otherwise (see
+ * FlowMode). Events change modes through the stages that own the meaning
+ * (the egress stage carries flows over at failover); this stage only keeps
+ * the count of carried flows so the unchecked path knows whether it must
+ * look flows up at all.
+ */
+import { DecodedFrame } from '../packet/frame';
+import { SlabPool } from '../packet/slab';
+import { FlowEntry, FlowTable } from '../flow/flow-table';
+import { describeFlow, flowProtocolOf } from '../flow/key';
+import { FlowLookup } from '../flow/key-cache';
+import { HeldQueues } from '../release/held';
+import type { ReplicaSet } from '../failover/roles';
+import { PipelineConfig } from './config';
+import { Stage, StageEvent } from './events';
+import { FlowMode, FlowReport, ShadowFlow } from './shadow-flow';
+
+export interface FlowRegistryDeps {
+  config: PipelineConfig;
+  replicas: ReplicaSet;
+  held: HeldQueues;
+  /** Copies of the backup's bytes that comparators keep. */
+  backupCopies: SlabPool;
+  /** Copies of standby frames kept for failover. */
+  standbyCopies: SlabPool;
+  totals: { matchedBytes: number; outOfOrderDropped?: number };
+  reportLimit: number;
+  /** An evicted flow still had held output: the owner asks for a checkpoint to settle it. */
+  evictedWithHeldOutput(flow: ShadowFlow, why: 'lru' | 'idle'): void;
+}
+
+const EXPIRY_INTERVAL_US = 1_000_000;
+
+export class FlowRegistry implements Stage {
+  readonly stageName = 'flow';
+  readonly table: FlowTable<ShadowFlow>;
+  readonly ingressLookup: FlowLookup<ShadowFlow>;
+  /** One lookup per comparison side: each remembers its last flow. */
+  readonly egressLookup: [FlowLookup<ShadowFlow>, FlowLookup<ShadowFlow>];
+  /** Every flow seen, for reports (most recent `reportLimit`). */
+  readonly reports: FlowReport[] = [];
+  /** ARP and other ethertypes compared as datagrams, by class and VLAN. */
+  readonly nonIp = new Map<string, ShadowFlow>();
+  created = 0;
+  /** Carried-over flows alive: while there are none, the unchecked path needs no flow lookup. */
+  carried = 0;
+  /** Flows left with one replica: born while there was no backup, or whose backup died. */
+  unprotected = 0;
+  /** Checkpoints completed: a flow whose `epoch` is behind is resynchronized before its next frame. */
+  private checkpointEpoch = 0;
+  private nextExpiryUs = 0;
+
+  constructor(private readonly d: FlowRegistryDeps) {
+    this.table = new FlowTable<ShadowFlow>(d.config.maxFlows, (e, why) => this.onEvict(e, why));
+    this.ingressLookup = new FlowLookup(this.table, 'ingress');
+    this.egressLookup = [new FlowLookup(this.table, 'egress'), new FlowLookup(this.table, 'egress')];
+  }
+
+  handleEvent(ev: StageEvent): void {
+    // Every flow restarts comparison after a checkpoint; each does so lazily, on its next frame (`settle`).
+    if (ev.type === 'checkpoint-done') this.checkpointEpoch++;
+  }
+
+  counters(): Record<string, number> {
+    return { created: this.created, evicted: this.table.evictions, active: this.table.size, carried: this.carried, unprotected: this.unprotected };
+  }
+
+  /** Brings a flow up to the last checkpoint before it handles a frame. */
+  settle(flow: ShadowFlow): ShadowFlow {
+    if (flow.epoch !== this.checkpointEpoch) {
+      flow.epoch = this.checkpointEpoch;
+      if (flow.mode === 'compare') flow.resync(this.d.config.resync);
+    }
+    return flow;
+  }
+
+  newFlow(f: DecodedFrame, dir: 'ingress' | 'egress'): ShadowFlow {
+    this.created++;
+    const d = this.d;
+    const flow = new ShadowFlow(describeFlow(f, dir), flowProtocolOf(f), d.held, d.backupCopies, d.totals, d.config.captureDivergence, d.standbyCopies);
+    flow.epoch = this.checkpointEpoch;
+    if (!d.replicas.standby) {
+      flow.mode = 'solo';
+      this.unprotected++;
+    }
+    this.addReport(flow.report);
+    return flow;
+  }
+
+  nonIpFlow(f: DecodedFrame, cls: 'arp' | 'ethertype'): ShadowFlow {
+    const name = cls === 'arp' ? `arp vlan ${f.vlanKey}` : `ethertype 0x${f.etherType.toString(16).padStart(4, '0')} vlan ${f.vlanKey}`;
+    let flow = this.nonIp.get(name);
+    const d = this.d;
+    if (!flow) {
+      flow = new ShadowFlow(name, cls, d.held, d.backupCopies, d.totals, d.config.captureDivergence, d.standbyCopies);
+      flow.epoch = this.checkpointEpoch;
+      this.nonIp.set(name, flow);
+      this.addReport(flow.report);
+    }
+    // Neighbour traffic has no connection to lose: it is compared again as soon as there is a backup.
+    if (flow.mode !== 'compare' && d.replicas.standby) flow.mode = 'compare';
+    return this.settle(flow);
+  }
+
+  /** Changes a flow's mode, keeping the carried count. */
+  setMode(flow: ShadowFlow, mode: FlowMode): void {
+    if (flow.mode === 'carried') this.carried--;
+    if (mode === 'carried') this.carried++;
+    if (mode === 'solo' && flow.mode === 'compare' && flow.report.protocol !== 'arp' && flow.report.protocol !== 'ethertype') this.unprotected++;
+    flow.mode = mode;
+  }
+
+  *all(): IterableIterator<ShadowFlow> {
+    for (const e of this.table.entries()) yield e.state;
+    yield* this.nonIp.values();
+  }
+
+  /** Forgets idle flows (at most once a second). */
+  expire(nowUs: number): void {
+    if (nowUs < this.nextExpiryUs) return;
+    this.nextExpiryUs = nowUs + EXPIRY_INTERVAL_US;
+    const c = this.d.config;
+    const shortest = Math.min(c.closedTcpLingerMs, c.datagramIdleMs, c.tcpIdleMs) * 1000;
+    this.table.expire(nowUs, (flow) => {
+      if (flow.held.length > 0) return Infinity;
+      if (!flow.stream) return c.datagramIdleMs * 1000;
+      return (flow.closed[0] && flow.closed[1]) || flow.stream.rstAgreed ? c.closedTcpLingerMs * 1000 : c.tcpIdleMs * 1000;
+    }, shortest);
+  }
+
+  /** Brings every flow's report up to date (call before reading `reports`). */
+  syncReports(): void {
+    for (const flow of this.all()) flow.syncReport();
+  }
+
+  private addReport(r: FlowReport): void {
+    this.reports.push(r);
+    if (this.reports.length > this.d.reportLimit) this.reports.shift();
+  }
+
+  private onEvict(e: FlowEntry<ShadowFlow>, why: 'lru' | 'idle'): void {
+    const flow = e.state;
+    flow.syncReport();
+    if (flow.mode === 'carried') this.carried--;
+    flow.standbyLog.clear();
+    if (flow.held.length > 0) this.d.evictedWithHeldOutput(flow, why);
+  }
+}

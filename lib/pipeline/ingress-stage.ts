@@ -1,0 +1,196 @@
+/**
+ * IngressStage: client frames to the replicas.
+ *
+ *   client frame ──► [held while a checkpoint runs] ──► active replica: as is
+ *                                                   └─► standby: ACK, SACK, TSecr in its space
+ *   carried-over flow (after failover) ──────────────► promoted replica, in its space
+ *
+ * Where each goes is read from the ReplicaSet at the moment it goes, so a
+ * role change needs nothing here. Events: checkpoint-begin starts holding
+ * (bounded: beyond the limit the newest are dropped and counted; TCP
+ * retransmits them); checkpoint-done, degraded, failover and backup-lost
+ * send what was held to whoever should get it now.
+ */
+import { TcpFlag } from '../packet/constants';
+import { DecodedFrame, decodeFrame } from '../packet/frame';
+import { SlabCopier, SlabPool } from '../packet/slab';
+import { TcpOptions } from '../packet/tcp-options';
+import { learnFromSyn } from '../normalize/tcp';
+import { refersToVmSpace, translateForBackup } from '../rewrite/ingress';
+import type { ReplicaSet, SlotId } from '../failover/roles';
+import type { Replicator } from '../replicate/replicator';
+import { VIRTIO_NET_HDR_F_NEEDS_CSUM, VirtioNetHeader } from '../io/port';
+import { PipelineConfig } from './config';
+import { Stage, StageEvent } from './events';
+import { FlowRegistry } from './flows';
+import { ShadowFlow } from './shadow-flow';
+import type { FrameCounts } from './frame-counts';
+
+/** A client frame kept for later (during a checkpoint, or until a flow's backup delta is known). */
+export interface HeldIngress {
+  frame: Buffer;
+  vnet: VirtioNetHeader | undefined;
+}
+
+const MAX_INGRESS_HELD_PER_FLOW = 256;
+
+export interface IngressDeps {
+  config: PipelineConfig;
+  replicas: ReplicaSet;
+  replicator: Replicator;
+  flows: FlowRegistry;
+  counts: FrameCounts;
+  toReplica(slot: SlotId, frame: Buffer, vnet?: VirtioNetHeader): void;
+}
+
+export class IngressStage implements Stage {
+  readonly stageName = 'ingress';
+  frames = 0;
+  heldFrames = 0;
+  holdDropped = 0;
+  translated = 0;
+  badTcpOptions = 0;
+  private readonly frame = new DecodedFrame();
+  private readonly opts = new TcpOptions();
+  /** Copies nobody releases explicitly (held ingress). */
+  private readonly copier = new SlabCopier();
+  /** Translated copies: they only have to last until the ports are flushed. */
+  private readonly copies = new SlabPool(true, true);
+  private hold: HeldIngress[] = [];
+  private holdBytes = 0;
+  private nowUs = 0;
+
+  constructor(private readonly d: IngressDeps) {}
+
+  fromClient(frame: Buffer, nowUs: number, vnet?: VirtioNetHeader): void {
+    this.nowUs = nowUs;
+    this.frames++;
+    if (this.d.replicator.holdingIngress) {
+      this.holdFrame(frame, vnet);
+      return;
+    }
+    this.forward(frame, nowUs, vnet);
+  }
+
+  handleEvent(ev: StageEvent, nowUs: number): void {
+    this.nowUs = nowUs;
+    switch (ev.type) {
+      case 'checkpoint-begin':
+        break; // holding follows the replicator's state (holdingIngress)
+      case 'checkpoint-done':
+      case 'degraded':
+      case 'failover':
+      case 'backup-lost':
+        this.flushHold();
+        break;
+      default:
+        break;
+    }
+  }
+
+  counters(): Record<string, number> {
+    return { frames: this.frames, held: this.heldFrames, hold_dropped: this.holdDropped, translated: this.translated, bad_tcp_options: this.badTcpOptions, holding: this.hold.length };
+  }
+
+  /** The memory of translated copies may be reused (the ports were flushed). */
+  endBreath(): void {
+    this.copies.endBreath();
+  }
+
+  /** Sends a flow's client frames that waited for its backup delta (or for a failover). */
+  flushFlow(flow: ShadowFlow): void {
+    const waiting = flow.ingressHeld;
+    flow.ingressHeld = [];
+    for (const held of waiting) {
+      const f = decodeFrame(held.frame, this.frame);
+      if (flow.mode === 'carried') {
+        const c = flow.carried!;
+        this.sendTranslated(f, held.frame, c.slot, c.seqDelta, c.tsDelta, held.vnet);
+        continue;
+      }
+      const standby = this.d.replicas.standby;
+      if (standby && flow.tcp) this.sendTranslated(f, held.frame, standby.id, flow.tcp.seqDelta, flow.tcp.tsDelta, held.vnet);
+    }
+  }
+
+  private holdFrame(frame: Buffer, vnet: VirtioNetHeader | undefined): void {
+    const limit = this.d.config.ingressHold;
+    if (this.hold.length >= limit.frames || this.holdBytes + frame.length > limit.bytes) {
+      this.holdDropped++;
+      return;
+    }
+    this.hold.push({ frame: this.copier.copy(frame), vnet });
+    this.holdBytes += frame.length;
+    this.heldFrames++;
+  }
+
+  private flushHold(): void {
+    const held = this.hold;
+    this.hold = [];
+    this.holdBytes = 0;
+    for (const h of held) this.forward(h.frame, this.nowUs, h.vnet);
+  }
+
+  private forward(frame: Buffer, nowUs: number, vnet: VirtioNetHeader | undefined): void {
+    const d = this.d;
+    const active = d.replicas.active.id;
+    const standby = d.replicas.standby;
+    const f = decodeFrame(frame, this.frame);
+    if (f.error) {
+      d.counts.malformed(f.error, 'client');
+      if (d.config.policy.malformedFromClient === 'drop') return;
+      d.toReplica(active, frame, vnet);
+      if (standby) d.toReplica(standby.id, frame, vnet);
+      return;
+    }
+    if (f.l4 !== 'tcp' || f.fragment) {
+      d.toReplica(active, frame, vnet);
+      if (standby) d.toReplica(standby.id, frame, vnet);
+      return;
+    }
+    const isSyn = (f.tcp.flags & TcpFlag.SYN) !== 0;
+    const flows = d.flows;
+    const entry = flows.ingressLookup.find(f, nowUs, isSyn ? () => flows.newFlow(f, 'ingress') : undefined);
+    if (!entry) {
+      // A flow no VM has spoken in: nothing to translate (the delta is zero).
+      d.toReplica(active, frame, vnet);
+      if (standby) d.toReplica(standby.id, frame, vnet);
+      return;
+    }
+    const flow = flows.settle(entry.state);
+    if (flow.mode === 'carried') {
+      const c = flow.carried!;
+      this.sendTranslated(f, frame, c.slot, c.seqDelta, c.tsDelta, vnet);
+      return;
+    }
+    d.toReplica(active, frame, vnet);
+    const tcp = flow.tcp;
+    if (flow.mode === 'solo' || !standby || !tcp) return;
+    if (isSyn && !(f.tcp.flags & TcpFlag.ACK)) learnFromSyn(f, tcp.client, this.opts);
+    if (refersToVmSpace(f) && (!tcp.backupDeltaKnown || flow.ingressHeld.length > 0)) {
+      if (flow.ingressHeld.length >= MAX_INGRESS_HELD_PER_FLOW) {
+        flow.ingressHeld.shift();
+        this.holdDropped++;
+      }
+      flow.ingressHeld.push({ frame: this.copier.copy(frame), vnet });
+      return;
+    }
+    this.sendTranslated(f, frame, standby.id, tcp.seqDelta, tcp.tsDelta, vnet);
+  }
+
+  private sendTranslated(f: DecodedFrame, frame: Buffer, slot: SlotId, seqDelta: number, tsDelta: number, vnet: VirtioNetHeader | undefined): void {
+    if ((seqDelta === 0 && tsDelta === 0) || !(f.tcp.flags & TcpFlag.ACK)) {
+      this.d.toReplica(slot, frame, vnet);
+      return;
+    }
+    const copy = this.copies.copy(frame);
+    const slab = this.copies.lastSlab;
+    f.rebind(copy);
+    // A partial checksum (left for the device) does not cover the fields we change: leave it.
+    const partial = vnet !== undefined && (vnet.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0;
+    if (!translateForBackup(f, seqDelta, tsDelta, this.opts, partial)) this.badTcpOptions++;
+    this.translated++;
+    this.d.toReplica(slot, copy, vnet);
+    this.copies.release(slab); // reusable after the next flush (`endBreath`)
+  }
+}
