@@ -11,6 +11,7 @@
  */
 import { join } from 'node:path';
 import { Bridge, LinkEventSource } from '../bridge';
+import { LinkWatcher } from '../io/link-watch';
 import { makePipelineConfig, PipelineConfig } from '../pipeline/config';
 import { runLabAgent, LabAgent } from '../agents/lab-agent';
 import { LogFn, noLog } from '../control/logger';
@@ -35,8 +36,12 @@ export interface BridgedLabOptions {
   checkpointMs?: number;
   config?: Partial<PipelineConfig>;
   log?: LogFn;
-  /** Carrier events for the VM ports (a LinkWatcher); without them only the agent and silence detect deaths. */
-  links?: LinkEventSource;
+  /**
+   * Carrier events for the VM ports. Default: the lab opens its own netlink
+   * LinkWatcher (closed by `stop`); 'none': only the agent and the silence
+   * detector see deaths.
+   */
+  links?: LinkEventSource | 'none';
   /** vsftpd's passive ports (see LabServerOptions). */
   ftpPassivePorts?: { min: number; max: number };
   /** Re-protect after a failover by restarting the dead namespace's servers (default true). */
@@ -79,12 +84,14 @@ export async function startBridgedLab(options: BridgedLabOptions = {}): Promise<
   const lab = buildLab({ prefix: options.prefix });
   let bridge: Bridge | null = null;
   let agent: LabAgent | null = null;
+  let ownLinks: LinkWatcher | null = null;
   let stopped = false;
   const stop = async () => {
     if (stopped) return;
     stopped = true;
     await agent?.stop();
     await bridge?.stop();
+    ownLinks?.close();
     teardownLab(lab);
   };
   try {
@@ -99,7 +106,7 @@ export async function startBridgedLab(options: BridgedLabOptions = {}): Promise<
       agentSocket,
       controlSocket,
       log,
-      links: options.links,
+      links: options.links === 'none' ? undefined : options.links ?? (ownLinks = LinkWatcher.open()),
     });
     await bridge.start();
     const reprotect = options.reprotect ?? true;

@@ -4,12 +4,12 @@
  * purpose and what the bridge does about it.
  */
 import { createHash } from 'node:crypto';
-import { readFileSync, utimesSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { formatStatus } from '../control/status-format';
 import { LogFn } from '../control/logger';
 import { BridgedLab, startBridgedLab, waitFor } from './bridged';
-import { LAB_CONTENT_MTIME, LAB_FILES } from './content';
+import { LAB_CONTENT_MTIME, LAB_FILES, fixedSeedBytes } from './content';
 import { runInAsync } from './exec';
 import { IoBackend } from '../cli/ports';
 
@@ -34,7 +34,7 @@ async function fetch(l: BridgedLab, url: string): Promise<Buffer> {
   return readFileSync(out);
 }
 
-export async function runLabDemo(o: DemoOptions): Promise<{ mismatches: number; checkpoints: number }> {
+export async function runLabDemo(o: DemoOptions): Promise<{ mismatches: number; checkpoints: number; failovers: number }> {
   const p = o.print;
   p('building the netns lab: client, primary and backup namespaces (primary and backup share IP and MAC),');
   p('nginx, vsftpd and dnsmasq in both replicas, shadowvm bridging the host ends of the veths, the lab sync agent');
@@ -58,7 +58,7 @@ export async function runLabDemo(o: DemoOptions): Promise<{ mismatches: number; 
   }
 }
 
-async function demoSteps(l: BridgedLab, p: (line: string) => void): Promise<{ mismatches: number; checkpoints: number }> {
+async function demoSteps(l: BridgedLab, p: (line: string) => void): Promise<{ mismatches: number; checkpoints: number; failovers: number }> {
   const { lab, servers, bridge } = l;
   p(`bridge ${lab.prefix}: uplink ${lab.client.hostIf}, primary ${lab.primary.hostIf}, backup ${lab.backup.hostIf}; state ${bridge.pipeline.state}`);
   p('');
@@ -107,9 +107,47 @@ async function demoSteps(l: BridgedLab, p: (line: string) => void): Promise<{ mi
   p('   where both replicas stand. The backup still serves the old byte: every later fetch of this file mismatches');
   p('   again. The QEMU lab copies the primary\'s memory into the backup instead.');
   p('');
-  p('4. counters at the end');
-  p(indent(formatStatus(after)));
-  return { mismatches: after.mismatches, checkpoints: after.checkpoints.done };
+  await failoverStep(l, p);
+  p('');
+  const end = bridge.snapshot();
+  p('5. counters at the end');
+  p(indent(formatStatus(end)));
+  return { mismatches: end.mismatches, checkpoints: end.checkpoints.done, failovers: end.failover.count };
+}
+
+const FAILOVER_FILE = 'failover-demo.bin';
+const FAILOVER_BYTES = 64 << 20;
+
+/** The primary dies (its link goes down) in the middle of a download; the client does not notice. */
+async function failoverStep(l: BridgedLab, p: (line: string) => void): Promise<void> {
+  const { lab, servers, bridge } = l;
+  const pipeline = bridge.pipeline;
+  const content = fixedSeedBytes(FAILOVER_BYTES, 4242);
+  for (const root of [servers.primary.contentRoot, servers.backup.contentRoot]) writeFileSync(join(root, FAILOVER_FILE), content);
+  const out = join(lab.runDir, 'failover-download');
+  const dead = l.activeNode();
+  p(`4. the primary (${dead.netns}) dies in the middle of a ${FAILOVER_BYTES >> 20} MiB download: its link goes down`);
+  const started = Date.now();
+  const curl = runInAsync(lab.client.netns, 'curl', ['-sS', '--fail', '--max-time', '60', '--limit-rate', '32M', '-o', out, `http://${lab.serviceIpv4}/${FAILOVER_FILE}`], 70_000);
+  await new Promise((r) => setTimeout(r, 700));
+  const received = existsSync(out) ? statSync(out).size : 0;
+  l.kill(dead, 'abrupt');
+  const promoted = await waitFor(() => pipeline.failover.failovers > 0, 5000, 1);
+  await curl;
+  const body = readFileSync(out);
+  const rec = pipeline.failoverHistory[pipeline.failoverHistory.length - 1];
+  p(`   ${(received / 1048576).toFixed(1)} MiB had arrived when the link went down (${((Date.now() - started) / 1000).toFixed(1)} s download in all)`);
+  if (promoted && rec) {
+    p(`   failover: ${rec.cause} (${rec.detail}); ${rec.survivor} promoted ${((rec.promotedUs - rec.detectedUs) / 1000).toFixed(1)} ms after the carrier went down`);
+    p(`   ${rec.flowsCarried} connection${rec.flowsCarried === 1 ? '' : 's'} carried over, ${rec.backlogFrames} frames of the backup's backlog sent at once, ${rec.discardedFrames} unconfirmed primary frames dropped`);
+  } else {
+    p('   NO failover happened');
+  }
+  p(`   the client received ${body.length} bytes, ${sha256(body) === sha256(content) ? 'identical to the file' : 'NOT identical to the file'}: same TCP connection, no byte lost or repeated`);
+  const again = await waitFor(() => pipeline.state === 'COMPARING' && pipeline.replicas.standby !== null, 20_000);
+  p(`   re-protection: ${again ? `${dead.netns} restarted its servers and is the backup now (${pipeline.replicas.describe()})` : `not done yet (state ${pipeline.state})`}`);
+  const next = await fetch(l, `http://${lab.serviceIpv4}/${LAB_FILES.blob}`);
+  p(`   a new download after it: ${next.length} bytes, compared again (state ${pipeline.state})`);
 }
 
 function indent(text: string): string {
