@@ -71,6 +71,9 @@ export class PrometheusText {
 }
 
 /** The `/metrics` body for one snapshot. */
+/** Stage report entries that are levels (they go up and down), exported as gauges. */
+export const STAGE_LEVELS: ReadonlySet<string> = new Set(['active', 'carried', 'held_frames', 'held_bytes', 'holding']);
+
 export function renderMetrics(s: BridgeSnapshot): string {
   const t = new PrometheusText();
   const port = (p: BridgeSnapshot['ports'][number]): Labels => ({ port: p.role, interface: p.name });
@@ -110,10 +113,15 @@ export function renderMetrics(s: BridgeSnapshot): string {
     t.one('shadowvm_failover_last_promotion_seconds', 'gauge', 'Time from detecting the primary\'s death to promoting the backup, last failover.', s.failover.last.detectionToPromotionMs / 1000);
   }
   const stageSamples: Sample[] = [];
+  const stageLevels: Sample[] = [];
   for (const [stage, counters] of Object.entries(s.stages)) {
-    for (const [counter, value] of Object.entries(counters)) stageSamples.push([{ stage, counter }, value]);
+    for (const [counter, value] of Object.entries(counters)) {
+      if (STAGE_LEVELS.has(counter)) stageLevels.push([{ stage, level: counter }, value]);
+      else stageSamples.push([{ stage, counter }, value]);
+    }
   }
   t.family('shadowvm_stage_events_total', 'counter', 'Every counter each data-path stage keeps, in one shape.', stageSamples);
+  t.family('shadowvm_stage_level', 'gauge', 'What each data-path stage holds now (flows, frames, bytes).', stageLevels);
   t.family('shadowvm_replication_state', 'gauge', 'Replication state: 1 for the current one.',
     REPLICATION_STATES.map((state) => [{ state }, state === s.state ? 1 : 0]));
   t.one('shadowvm_held_output_frames', 'gauge', 'Primary frames held until the backup says the same.', s.heldOutput.frames);

@@ -99,23 +99,23 @@ export interface SnapshotSources {
 }
 
 /**
- * Reads a pipeline's counters into a snapshot: running totals only, no pass
- * over the flows.
+ * Reads a pipeline into a snapshot: every number comes from the stages'
+ * counter reports (`stageCounters`), plus the replicator's state and history
+ * (what it is doing, not what it counted). No pass over the flows.
  */
 export function snapshotOf(pipeline: ShadowPipeline, src: SnapshotSources): BridgeSnapshot {
-  const bytesMatched = pipeline.totals.matchedBytes;
-  const bytesReleased = pipeline.held.releasedPayloadBytes;
-  const mismatches = pipeline.totals.mismatches;
+  const st = pipeline.stageCounters();
+  const n = (stage: string, counter: string): number => st[stage]?.[counter] ?? 0;
   const rep = pipeline.replicator;
   let lastMs: number | undefined;
   for (let i = rep.history.length - 1; i >= 0; i--) {
-    if (rep.history[i].outcome === 'done') {
+    if (rep.history[i].outcome === 'done' && rep.history[i].kind === 'checkpoint') {
       lastMs = rep.history[i].ms;
       break;
     }
   }
   const requested = {} as Record<CheckpointReason, number>;
-  for (const reason of CHECKPOINT_REASONS) requested[reason] = rep.requested[reason];
+  for (const reason of CHECKPOINT_REASONS) requested[reason] = n('replicate', `requested_${reason}`);
   const malformed: BridgeSnapshot['malformed'] = {};
   for (const [reason, c] of Object.entries(pipeline.malformed)) malformed[reason] = { client: c.client, primary: c.primary, backup: c.backup };
   return {
@@ -123,32 +123,35 @@ export function snapshotOf(pipeline: ShadowPipeline, src: SnapshotSources): Brid
     uptimeSeconds: Math.max(0, (src.nowMs - src.startedMs) / 1000),
     state: rep.state,
     ports: src.ports.map((p) => ({ ...p })),
-    flows: { active: pipeline.flows.size, created: pipeline.flowsCreated, evicted: pipeline.flows.evictions },
-    bytesMatched,
-    bytesReleased,
-    mismatches,
-    checkpoints: { epoch: rep.epoch, requested, done: rep.completed, failed: rep.failures, coalesced: rep.coalesced, pending: rep.pending !== null, lastMs },
-    heldOutput: { frames: pipeline.held.frames, bytes: pipeline.held.bytes },
-    ingress: { heldFrames: pipeline.ingressHeldFrames, holdDropped: pipeline.ingressHoldDropped },
+    flows: { active: n('flow', 'active'), created: n('flow', 'created'), evicted: n('flow', 'evicted') },
+    bytesMatched: n('compare', 'matched_bytes'),
+    bytesReleased: n('release', 'released_payload_bytes'),
+    mismatches: n('compare', 'mismatches'),
+    checkpoints: {
+      epoch: rep.epoch, requested, done: n('replicate', 'checkpoints_done'), failed: n('replicate', 'checkpoints_failed'),
+      coalesced: n('replicate', 'checkpoints_coalesced'), pending: rep.pending !== null, lastMs,
+    },
+    heldOutput: { frames: n('release', 'held_frames'), bytes: n('release', 'held_bytes') },
+    ingress: { heldFrames: n('ingress', 'held'), holdDropped: n('ingress', 'hold_dropped') },
     malformed,
     policyActions: { ...pipeline.policyActions },
     agent: { ...src.agent },
     replicas: pipeline.replicas.slots.map((slot) => ({ port: slot.name, role: slot.role })),
-    failover: failoverSnapshot(pipeline, src.nowUs),
-    stages: pipeline.stageCounters(),
+    failover: failoverSnapshot(pipeline, st, src.nowUs),
+    stages: st,
   };
 }
 
-function failoverSnapshot(pipeline: ShadowPipeline, nowUs: number | undefined): BridgeSnapshot['failover'] {
-  const f = pipeline.failover;
+function failoverSnapshot(pipeline: ShadowPipeline, st: Record<string, Record<string, number>>, nowUs: number | undefined): BridgeSnapshot['failover'] {
   const rec = pipeline.failoverHistory[pipeline.failoverHistory.length - 1];
+  const n = (stage: string, counter: string): number => st[stage]?.[counter] ?? 0;
   return {
-    count: f.failovers,
-    refused: f.refused,
-    backupsLost: f.backupsLost,
-    flowsCarried: f.flowsCarried,
-    flowsLost: f.flowsLost,
-    flowsUnprotected: f.flowsUnprotected,
+    count: n('failover', 'failovers'),
+    refused: n('failover', 'refused'),
+    backupsLost: n('failover', 'backups_lost'),
+    flowsCarried: n('compare', 'flows_carried'),
+    flowsLost: n('compare', 'flows_lost'),
+    flowsUnprotected: n('flow', 'unprotected'),
     ...(rec ? {
       last: {
         cause: rec.cause, detail: rec.detail, survivor: rec.survivor,

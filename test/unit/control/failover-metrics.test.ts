@@ -1,4 +1,4 @@
-import { renderMetrics } from '../../../lib/control/metrics';
+import { renderMetrics, STAGE_LEVELS } from '../../../lib/control/metrics';
 import { formatStatus } from '../../../lib/control/status-format';
 import { sampleSnapshot } from './sample-snapshot';
 
@@ -17,5 +17,29 @@ describe('failover in metrics and status', () => {
     const text = formatStatus(sampleSnapshot());
     expect(text).toContain('replicas: tap-a dead, tap-b promoted');
     expect(text).toMatch(/failovers: 1 \(0 refused\).*last: carrier \(tap-a lost carrier\), tap-b promoted 7\.2 ms after detection, 12 flows carried/);
+  });
+});
+
+describe('stage counters', () => {
+  it('every counter every stage keeps reaches /metrics and the status snapshot', () => {
+    const { ShadowPipeline, makePipelineConfig } = require('../../../lib/pipeline');
+    const { snapshotOf, emptyAgentSnapshot } = require('../../../lib/control/snapshot');
+    const { tcpFrame } = require('../../support/frames');
+    const p = new ShadowPipeline(makePipelineConfig(), { toReplica: () => {}, toClient: () => {}, sendCheckpoint: () => {}, log: () => {} }, 0, true);
+    p.fromClient(tcpFrame({ from: 'client', seq: 1, flags: 'S' }), 1);
+    p.fromVm(0, tcpFrame({ from: 'vm', seq: 9, ack: 2, flags: 'SA' }), 2);
+    p.fromVm(1, tcpFrame({ from: 'vm', seq: 99, ack: 2, flags: 'SA' }), 3);
+    const snap = snapshotOf(p, { name: 't', startedMs: 0, nowMs: 1000, ports: [], agent: emptyAgentSnapshot() });
+    const text = renderMetrics(snap);
+    const stages = p.stageCounters();
+    expect(Object.keys(stages).sort()).toEqual(['compare', 'failover', 'flow', 'ingress', 'release', 'replicate']);
+    for (const [stage, counters] of Object.entries(stages)) {
+      for (const [counter, value] of Object.entries(counters as Record<string, number>)) {
+        const level = STAGE_LEVELS.has(counter);
+        expect(text).toContain(level ? `shadowvm_stage_level{stage="${stage}",level="${counter}"} ${value}` : `shadowvm_stage_events_total{stage="${stage}",counter="${counter}"} ${value}`);
+      }
+    }
+    expect(snap.stages.release.released_frames).toBe(1);
+    expect(snap.flows.created).toBe(1);
   });
 });
