@@ -6,22 +6,20 @@
  *
  * In:  role changes (promote, markDead, makeBackup).
  * Out: which slot's output reaches the client (`active`), which slot is
- *      compared against it (`standby`), and the comparison side of a slot:
- *      ACTIVE_SIDE (0) for the replica whose output is released, STANDBY_SIDE
- *      (1) for the one compared against it.
+ *      compared against it (`standby`), and the comparison side of a slot
+ *      (compare/'s PRIMARY for the replica whose output is released, BACKUP
+ *      for the one compared against it).
  *
  *   start:        slot a primary, slot b backup
  *   failover:     a dead,         b promoted     (b's output is translated)
  *   re-protect:   a backup,       b promoted     (new flows compared again)
  *   failover:     a promoted,     b dead
  */
+import { BACKUP, PRIMARY } from '../compare/tcp-stream';
+
 export type ReplicaRole = 'primary' | 'backup' | 'promoted' | 'dead';
 export type SlotId = 0 | 1;
 export const SLOT_IDS: readonly SlotId[] = [0, 1];
-
-/** Comparison sides: the released replica and the one checked against it. */
-export const ACTIVE_SIDE = 0;
-export const STANDBY_SIDE = 1;
 
 export interface ReplicaSlot {
   readonly id: SlotId;
@@ -67,14 +65,14 @@ export class ReplicaSet {
   /** 0 for the active slot, 1 for the standby, -1 for a dead slot. */
   sideOf(id: SlotId): 0 | 1 | -1 {
     const role = this.slots[id].role;
-    if (role === 'primary' || role === 'promoted') return ACTIVE_SIDE;
-    if (role === 'backup') return STANDBY_SIDE;
+    if (role === 'primary' || role === 'promoted') return PRIMARY;
+    if (role === 'backup') return BACKUP;
     return -1;
   }
 
   /** The slot that plays comparison side `side` now. */
   slotOfSide(side: 0 | 1): ReplicaSlot | null {
-    return side === ACTIVE_SIDE ? this.active : this.standby;
+    return side === PRIMARY ? this.active : this.standby;
   }
 
   /** The standby takes over; the old active slot is dead. Returns the survivor. */

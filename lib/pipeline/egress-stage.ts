@@ -22,7 +22,7 @@ import { newStreamSegment, normalizeTcp, segmentEnd } from '../normalize/tcp';
 import { translateForClient, trimmedTcpCopy } from '../rewrite/egress';
 import { HeldQueues } from '../release/held';
 import { StandbyFrame } from '../release/standby-log';
-import { ReplicaSet, SlotId, STANDBY_SIDE } from '../failover/roles';
+import { ReplicaSet, SlotId } from '../failover/roles';
 import { isProbeReply } from '../failover/frames';
 import type { Replicator } from '../replicate/replicator';
 import { VIRTIO_NET_HDR_F_NEEDS_CSUM, VirtioNetHeader } from '../io/port';
@@ -362,9 +362,9 @@ export class EgressStage implements Stage {
         tsDelta = flow.tcp.tsDelta;
       }
     } else {
-      seen = flow.datagrams!.sent[STANDBY_SIDE];
+      seen = flow.datagrams!.sent[BACKUP];
     }
-    flow.carried = { slot: survivor, side: STANDBY_SIDE, seqDelta, tsDelta, releasedEnd, datagramsSeen: seen };
+    flow.carried = { slot: survivor, side: BACKUP, seqDelta, tsDelta, releasedEnd, datagramsSeen: seen };
     flows.setMode(flow, 'carried');
     record.flowsCarried++;
     const backlog = flow.standbyLog.drain();

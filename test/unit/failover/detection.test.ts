@@ -86,6 +86,21 @@ describe('silence detection', () => {
   });
 });
 
+describe('what must not fail over', () => {
+  it('a slow or vanished agent degrades the bridge but never promotes the backup: only its explicit primary-down does', () => {
+    const h = harness({ replicator: { checkpointTimeoutMs: 50, maxIntervalMs: 0, retryInitialMs: 1000, retryMaxMs: 30000, reprotectTimeoutMs: 30000 } });
+    established(h);
+    h.p.fromVm(1, fromVm({ seq: B + 1, ack: C + 6 }), ms(6));
+    h.p.request('manual', undefined, ms(10));
+    h.p.tick(ms(100)); // the agent did not answer in time
+    expect(h.p.state).toBe('DEGRADED');
+    h.p.agentConnected(false, ms(110));
+    h.p.tick(ms(500));
+    expect(h.p.failover.failovers).toBe(0);
+    expect(h.p.replicas.describe()).toBe('primary=primary backup=backup');
+  });
+});
+
 describe('SilenceDetector', () => {
   it('counts silence from the first backup frame the primary did not follow, and forgets it when the primary speaks', () => {
     const s = new SilenceDetector({ silenceMs: 20, probeTimeoutMs: 0, minStandbyFrames: 2 });
