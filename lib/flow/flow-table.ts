@@ -14,15 +14,25 @@ export interface FlowEntry<S> {
   older: FlowEntry<S> | null;
 }
 
+/** How many of the least recently used flows are looked at for a preferred victim. */
+export const EVICTION_SCAN = 64;
+
 export class FlowTable<S> {
   private readonly map = new Map<string, FlowEntry<S>>();
   private newest: FlowEntry<S> | null = null;
   private oldest: FlowEntry<S> | null = null;
   evictions = 0;
 
+  /**
+   * `evictFirst`: when the table is full, a flow for which it is true is
+   * evicted before any older one for which it is false, looking at the
+   * `EVICTION_SCAN` least recently used flows (a SYN flood then replaces its
+   * own half-open flows, not an idle established connection).
+   */
   constructor(
     readonly maxFlows: number,
     private readonly onEvict: (entry: FlowEntry<S>, why: 'lru' | 'idle') => void = () => {},
+    private readonly evictFirst?: (state: S) => boolean,
   ) {
     if (!(maxFlows >= 1)) throw new RangeError(`maxFlows must be at least 1, got ${maxFlows}`);
   }
@@ -43,7 +53,7 @@ export class FlowTable<S> {
   getOrCreate(key: string, nowUs: number, create: () => S): FlowEntry<S> {
     const found = this.get(key, nowUs);
     if (found) return found;
-    if (this.map.size >= this.maxFlows && this.oldest) this.evict(this.oldest, 'lru');
+    if (this.map.size >= this.maxFlows && this.oldest) this.evict(this.victim(), 'lru');
     const e: FlowEntry<S> = { key, state: create(), lastSeenUs: nowUs, removed: false, newer: null, older: this.newest };
     if (this.newest) this.newest.newer = e;
     this.newest = e;
@@ -90,6 +100,16 @@ export class FlowTable<S> {
     e.newer = null;
     if (this.newest) this.newest.newer = e;
     this.newest = e;
+  }
+
+  private victim(): FlowEntry<S> {
+    const oldest = this.oldest!;
+    if (!this.evictFirst) return oldest;
+    let e: FlowEntry<S> | null = oldest;
+    for (let i = 0; e && i < EVICTION_SCAN; i++, e = e.newer) {
+      if (this.evictFirst(e.state)) return e;
+    }
+    return oldest;
   }
 
   private evict(e: FlowEntry<S>, why: 'lru' | 'idle'): void {

@@ -60,7 +60,8 @@ export class FlowRegistry implements Stage {
   private nextExpiryUs = 0;
 
   constructor(private readonly d: FlowRegistryDeps) {
-    this.table = new FlowTable<ShadowFlow>(d.config.maxFlows, (e, why) => this.onEvict(e, why));
+    // Half-open connections (a client SYN and nothing after) go first when the table is full.
+    this.table = new FlowTable<ShadowFlow>(d.config.maxFlows, (e, why) => this.onEvict(e, why), (flow) => flow.halfOpen);
     this.ingressLookup = new FlowLookup(this.table, 'ingress');
     this.egressLookup = [new FlowLookup(this.table, 'egress'), new FlowLookup(this.table, 'egress')];
   }

@@ -158,6 +158,8 @@ export class IngressStage implements Stage {
       return;
     }
     const flow = flows.settle(entry.state);
+    // The client acknowledged something: no longer a half-open flow that a SYN flood may push out.
+    if (flow.tcp && !flow.tcp.client.ackSeen && (f.tcp.flags & TcpFlag.ACK)) flow.tcp.client.ackSeen = true;
     if (flow.mode === 'carried') {
       const c = flow.carried!;
       this.sendTranslated(f, frame, c.slot, c.seqDelta, c.tsDelta, vnet);

@@ -109,6 +109,11 @@ export class ShadowFlow implements ReleaseGate {
     return b && b.ackSeen ? b.maxAck : null;
   }
 
+  /** A TCP flow whose client has not acknowledged anything yet (a SYN, maybe spoofed, and nothing after). */
+  get halfOpen(): boolean {
+    return this.tcp !== null && !this.tcp.client.ackSeen && this.held.length === 0;
+  }
+
   get mismatch(): Mismatch | null {
     return this.stream ? this.stream.mismatch : this.datagrams!.mismatch;
   }

@@ -159,3 +159,14 @@ describe('probe and announcement frames', () => {
     expect(l4ChecksumIsValid(na)).toBe(true);
   });
 });
+
+describe('policy counters', () => {
+  it('a VM sending random ethertypes cannot grow the policy classes (and metric series) without bound', () => {
+    const h = harness();
+    const { ethernet } = require('../../support/frames');
+    for (let t = 0x9000; t < 0x9000 + 500; t++) h.p.fromVm(0, ethernet({}, t, Buffer.alloc(46)), ms(1));
+    const classes = Object.keys(h.p.policyActions);
+    expect(classes.length).toBeLessThanOrEqual(33);
+    expect(h.p.policyActions['ethertype-other/drop']).toBeGreaterThan(400);
+  });
+});
