@@ -15,7 +15,7 @@ import { MalformedReason, TcpFlag } from '../packet/constants';
 import { DecodedFrame, decodeFrame } from '../packet/frame';
 import { Slab, SlabCopier, SlabPool } from '../packet/slab';
 import { TcpOptions } from '../packet/tcp-options';
-import { seqDiff, seqLe, seqLt } from '../packet/seq';
+import { seqDiff, seqGt, seqLe, seqLt } from '../packet/seq';
 import { BACKUP, PRIMARY, Side, StreamSegment } from '../compare/tcp-stream';
 import { datagramContent } from '../normalize/datagram';
 import { newStreamSegment, normalizeTcp, segmentEnd } from '../normalize/tcp';
@@ -222,6 +222,9 @@ export class EgressStage implements Stage {
     if (side === BACKUP && end !== start) {
       this.logStandby(flow, frame, start, end, vnet);
       d.liveness.noteStandby(nowUs, f, frame);
+    } else if (side === BACKUP && (f.tcp.flags & TcpFlag.ACK) && !seg.rst) {
+      const told = flow.held.releasedMaxAck;
+      if (told === null || seqGt(f.tcp.ack, told)) flow.standbyAck = { frame: Buffer.from(frame), vnet };
     }
   }
 
@@ -371,6 +374,16 @@ export class EgressStage implements Stage {
     for (const b of backlog) this.sendBacklog(flow, b);
     record.backlogFrames += backlog.length;
     flow.standbyLog.forget(backlog);
+    const ack = flow.standbyAck;
+    flow.standbyAck = null;
+    if (ack && flow.stream) {
+      const f = decodeFrame(ack.frame, this.frame);
+      const told = flow.held.releasedMaxAck;
+      if (!f.error && f.l4 === 'tcp' && (told === null || seqGt(f.tcp.ack, told))) {
+        this.fromCarried(f, ack.frame, flow, ack.vnet);
+        record.backlogFrames++;
+      }
+    }
     if (flow.ingressHeld.length > 0) this.d.backupDeltaKnown(flow);
   }
 

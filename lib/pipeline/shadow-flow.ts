@@ -78,6 +78,12 @@ export class ShadowFlow implements ReleaseGate {
   carried: CarriedFlow | null = null;
   /** The backup's frames the client has not received in any form: sent at failover. */
   readonly standbyLog: StandbyLog;
+  /**
+   * The standby's latest pure ACK that acknowledges more than the client has
+   * been told: at failover it tells the client what the survivor has (else a
+   * client with unacknowledged data waits for its retransmission timeout).
+   */
+  standbyAck: { frame: Buffer; vnet: VirtioNetHeader | undefined } | null = null;
   /** A mismatch was settled by aligning (replicas that cannot be copied): the backup's bytes differ from what was released. */
   diverged = false;
 
@@ -166,6 +172,7 @@ export class ShadowFlow implements ReleaseGate {
     this.closed[0] = this.closed[1] = false;
     // A copy replaces the standby's state: what it said before no longer stands. Datagram counts restart.
     if (mode === 'copy' || this.datagrams) this.standbyLog.clear();
+    if (mode === 'copy') this.standbyAck = null;
     if (this.mismatch && mode === 'align') this.diverged = true;
     if (this.datagrams) {
       this.datagrams.reset();

@@ -61,6 +61,8 @@ export class FlowHeldQueue {
    * count), null while nothing was: what the client has received.
    */
   releasedEnd: number | null = null;
+  /** The highest ACK released to the client on this flow (client sequence space), null while none was. */
+  releasedMaxAck: number | null = null;
   /** Frames of a dead primary that were never released (failover). */
   discardedFrames = 0;
 
@@ -106,6 +108,7 @@ export class FlowHeldQueue {
     this.releasedPayloadBytes += h.payloadBytes;
     const e = this.releasedEnd;
     if (e === null || (this.isStream ? seqGt(h.end, e) : h.end > e)) this.releasedEnd = h.end;
+    if (h.hasAck && (this.releasedMaxAck === null || seqGt(h.ack, this.releasedMaxAck))) this.releasedMaxAck = h.ack;
   }
 
   noteDiscarded(h: HeldFrame): void {

@@ -278,3 +278,31 @@ describe('failover', () => {
     expect(h.out.events.filter((e) => e.type === 'failover')).toHaveLength(4);
   });
 });
+
+describe('failover with client data in flight', () => {
+  it('tells the client at once what the promoted backup has acknowledged, so an upload does not wait for its retransmission timeout', () => {
+    const h = harness();
+    handshake(h);
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 1, flags: 'PA', payload: bytes(1000, 'u') }), 10);
+    h.p.fromVm(Bk, fromVm({ seq: B + 1, ack: C + 1001, flags: 'A', options: { ts: [99020, 112] } }), 11); // the backup acknowledges the upload
+    const n = h.out.client.length;
+    h.p.failoverNow('carrier', 'test', 12); // the primary died before its ACK
+    const ack = h.out.client.slice(n).find((f) => ackOf(f) === C + 1001);
+    expect(ack).toBeDefined();
+    expect(seqOf(ack!)).toBe(P + 1);
+    expect(tsvalOf(ack!)).toBe(7020);
+    expect(l4ChecksumIsValid(ack!)).toBe(true);
+  });
+
+  it('sends no extra ACK when the client already heard as much from the primary', () => {
+    const h = harness();
+    handshake(h);
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 1, flags: 'PA', payload: bytes(10, 'u') }), 10);
+    h.p.fromVm(A, fromVm({ seq: P + 1, ack: C + 11, flags: 'A' }), 11);
+    h.p.fromVm(Bk, fromVm({ seq: B + 1, ack: C + 11, flags: 'A' }), 12);
+    const n = h.out.client.length;
+    expect(ackOf(h.out.client[n - 1])).toBe(C + 11); // released: the backup agreed
+    h.p.failoverNow('carrier', 'test', 13);
+    expect(h.out.client).toHaveLength(n);
+  });
+});
