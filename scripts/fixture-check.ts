@@ -5,15 +5,20 @@
  * replay engine (lib/replay) and shares no code with it, so a bug in one does
  * not hide the same bug in the other.
  *
- * In:  a fixture folder.
+ * In:  a fixture folder (and `client-rx.pcap` when the scenario recorded
+ *      what the client received).
  * Out: frame counts per file, frames that are not the scenario's traffic,
  *      and a verdict: per VM flow, the primary's and the backup's byte
  *      streams (TCP: by offset from the ISN, retransmissions collapsed;
  *      SYN/FIN/RST as events) or datagrams (UDP) compared; the first
- *      mismatch in the primary's time order.
+ *      mismatch in the primary's time order. With `client-rx.pcap`, the
+ *      server → client streams the client received, for failover fixtures:
+ *      the primary's stream stops at its death, the backup's goes on, and
+ *      what the client got must be the backup's whole stream.
  *
  * Usage: node dist/scripts/fixture-check.js fixtures/<name> [...]
  */
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
@@ -246,7 +251,12 @@ function contiguous(stream: VmTcpStream): Buffer {
 
 export interface Mismatch {
   readonly flow: FlowKeyParts;
-  readonly kind: 'bytes' | 'length' | 'fin' | 'rst' | 'backup-silent' | 'datagram' | 'datagram-count';
+  /**
+   * `primary-stopped`: the primary's stream is a proper prefix of the
+   * backup's and the primary never closed it (no FIN, no RST): it went
+   * silent mid-stream, which is what a primary's death looks like.
+   */
+  readonly kind: 'bytes' | 'length' | 'primary-stopped' | 'fin' | 'rst' | 'backup-silent' | 'datagram' | 'datagram-count';
   /** TCP: offset in the server → client stream (0 = first byte after the SYN). UDP: datagram index. */
   readonly offset: number;
   /** The primary's bytes around the mismatch, as text (the line holding it for text protocols). */
@@ -271,6 +281,22 @@ export interface FixtureReport {
   readonly otherFrames: Record<'client' | 'primary' | 'backup', string[]>;
   readonly flows: FlowSummary[];
   readonly mismatches: Mismatch[];
+  /** From `client-rx.pcap` (what the client received), when the fixture has one; else absent. */
+  readonly clientReceived?: ReceivedStream[];
+}
+
+/** The server → client stream of one TCP flow as the client received it. */
+export interface ReceivedStream {
+  readonly flow: FlowKeyParts;
+  /** Contiguous bytes from offset 0 (relative to the SYN-ACK the client received). */
+  readonly bytes: number;
+  readonly sha256: string;
+  /** Whether a FIN closed it right after those bytes. */
+  readonly fin: boolean;
+  /** Whether it equals, byte for byte, the backup's whole stream of the same flow. */
+  readonly equalsBackupStream: boolean;
+  /** Whether the primary's stream of the same flow is a prefix of it. */
+  readonly primaryIsPrefix: boolean;
 }
 
 function lineAround(stream: Buffer, offset: number): string {
@@ -305,7 +331,8 @@ function compareTcp(key: string, primary: VmTcpStream, backup: VmTcpStream | und
       return summary;
     }
   }
-  if (p.length !== b.length) push('length', common);
+  if (p.length < b.length && primary.finOffset === undefined && primary.rstOffset === undefined) push('primary-stopped', common);
+  else if (p.length !== b.length) push('length', common);
   else if (primary.finOffset !== backup.finOffset) push('fin', common);
   else if ((primary.rstOffset === undefined) !== (backup.rstOffset === undefined)) push('rst', common);
   return summary;
@@ -339,6 +366,43 @@ function describeOther(frame: Buffer): string | undefined {
   return `${seg.src} > ${seg.dst} ${seg.label}`;
 }
 
+/**
+ * The server → client TCP streams in a capture of what the client received
+ * (`client-rx.pcap`), by flow, each as contiguous bytes from offset 0.
+ */
+export function receivedTcpStreams(frames: readonly CapturedFrame[]): Map<string, { bytes: Buffer; fin: boolean }> {
+  const out = new Map<string, { bytes: Buffer; fin: boolean }>();
+  for (const [key, stream] of collectVmOutput(frames).tcp) {
+    if (stream.isn === undefined) continue;
+    const bytes = contiguous(stream);
+    out.set(key, { bytes, fin: stream.finOffset === bytes.length });
+  }
+  return out;
+}
+
+function sha256Hex(bytes: Buffer): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
+function checkReceived(rxFile: string, p: VmOutput, b: VmOutput): ReceivedStream[] {
+  const received: ReceivedStream[] = [];
+  for (const [key, rx] of receivedTcpStreams(readPcapFile(rxFile))) {
+    const backup = b.tcp.get(key);
+    const primary = p.tcp.get(key);
+    const backupBytes = backup ? contiguous(backup) : Buffer.alloc(0);
+    const primaryBytes = primary ? contiguous(primary) : Buffer.alloc(0);
+    received.push({
+      flow: parseKey(key),
+      bytes: rx.bytes.length,
+      sha256: sha256Hex(rx.bytes),
+      fin: rx.fin,
+      equalsBackupStream: backupBytes.equals(rx.bytes),
+      primaryIsPrefix: primaryBytes.length <= rx.bytes.length && primaryBytes.equals(rx.bytes.subarray(0, primaryBytes.length)),
+    });
+  }
+  return received;
+}
+
 export function checkFixture(dir: string): FixtureReport {
   const read = (role: string): CapturedFrame[] => readPcapFile(path.join(dir, `${role}.pcap`));
   const client = read('client');
@@ -353,12 +417,14 @@ export function checkFixture(dir: string): FixtureReport {
   for (const [key, datagrams] of p.udp) flows.push(compareUdp(key, datagrams, b.udp.get(key), mismatches));
   // Backup-only flows cannot be compared with anything the primary said; they are reported, not judged.
   mismatches.sort((x, y) => x.timeUs - y.timeUs);
+  const rxFile = path.join(dir, 'client-rx.pcap');
   return {
     dir,
     frameCounts: { client: client.length, primary: primary.length, backup: backup.length },
     otherFrames: { client: others(client), primary: others(primary), backup: others(backup) },
     flows,
     mismatches,
+    ...(fs.existsSync(rxFile) ? { clientReceived: checkReceived(rxFile, p, b) } : {}),
   };
 }
 
@@ -366,15 +432,25 @@ export function checkFixture(dir: string): FixtureReport {
 export interface ExpectedVerdict {
   mismatches: 0 | '>=1';
   firstMismatch?: { flowPort: number; contains?: string; streamOffset?: number };
+  /** Failovers the replay makes (the primary died during the recording). */
+  failovers?: number;
+  /** Why the replay takes the primary for dead (lib/pipeline FailoverCause). */
+  failoverCause?: 'agent' | 'carrier' | 'silence' | 'manual';
+  /** The server → client stream of one flow as the client received it (`client-rx.pcap`). */
+  clientReceived?: { flowPort: number; bytes: number; sha256: string };
 }
 
 /** Why a report does not show the expected verdict; empty when it does. */
 export function verdictProblems(report: FixtureReport, expected: ExpectedVerdict): string[] {
   const problems: string[] = [];
+  const died = (expected.failovers ?? 0) > 0;
   if (expected.mismatches === 0) {
     for (const m of report.mismatches) {
+      // A primary that died mid-stream is what a failover fixture shows; it says nothing false.
+      if (died && m.kind === 'primary-stopped') continue;
       problems.push(`unexpected ${m.kind} mismatch on ${m.flow.proto} port ${m.flow.vmPort} (client port ${m.flow.clientPort}) at ${m.offset}: primary "${m.primaryContext}" backup "${m.backupContext}"`);
     }
+    problems.push(...deathProblems(report, expected));
     return problems;
   }
   const first = report.mismatches[0];
@@ -391,6 +467,34 @@ export function verdictProblems(report: FixtureReport, expected: ExpectedVerdict
   return problems;
 }
 
+/**
+ * What a failover fixture must show in its captures: the primary stopped
+ * mid-stream on the expected flow, and the client received the backup's
+ * whole stream of it (the primary's part first), with the expected length
+ * and hash.
+ */
+function deathProblems(report: FixtureReport, expected: ExpectedVerdict): string[] {
+  const want = expected.clientReceived;
+  if (!(expected.failovers ?? 0) && !want) return [];
+  const problems: string[] = [];
+  if ((expected.failovers ?? 0) > 0) {
+    const port = want?.flowPort;
+    const stops = report.mismatches.filter((m) => m.kind === 'primary-stopped' && (port === undefined || m.flow.vmPort === port));
+    if (stops.length === 0) problems.push(`expected the primary to stop mid-stream${port !== undefined ? ` on port ${port}` : ''}; it did not`);
+  }
+  if (!want) return problems;
+  if (!report.clientReceived) return [...problems, 'expected client-rx.pcap (what the client received); the fixture has none'];
+  const rx = report.clientReceived.filter((r) => r.flow.vmPort === want.flowPort);
+  if (rx.length !== 1) return [...problems, `expected one flow on port ${want.flowPort} in client-rx.pcap, found ${rx.length}`];
+  const r = rx[0];
+  if (r.bytes !== want.bytes) problems.push(`client received ${r.bytes} bytes on port ${want.flowPort}, expected ${want.bytes}`);
+  if (r.sha256 !== want.sha256) problems.push(`client received a stream with sha256 ${r.sha256}, expected ${want.sha256}`);
+  if (!r.fin) problems.push('the stream the client received did not end with a FIN');
+  if (!r.equalsBackupStream) problems.push('the stream the client received is not the backup\'s whole stream');
+  if (!r.primaryIsPrefix) problems.push('the primary\'s stream is not a prefix of what the client received');
+  return problems;
+}
+
 export function formatReport(report: FixtureReport): string {
   const lines = [`${report.dir}: frames client ${report.frameCounts.client}, primary ${report.frameCounts.primary}, backup ${report.frameCounts.backup}`];
   for (const role of ['client', 'primary', 'backup'] as const) {
@@ -402,6 +506,10 @@ export function formatReport(report: FixtureReport): string {
   if (report.mismatches.length === 0) lines.push('  no mismatch');
   for (const m of report.mismatches) {
     lines.push(`  mismatch (${m.kind}) ${m.flow.proto} port ${m.flow.vmPort} at ${m.offset}: primary "${m.primaryContext}" | backup "${m.backupContext}"`);
+  }
+  for (const r of report.clientReceived ?? []) {
+    lines.push(`  client received on ${r.flow.proto} port ${r.flow.vmPort} ↔ ${r.flow.client}:${r.flow.clientPort}: ${r.bytes} B${r.fin ? ' + FIN' : ''}, sha256 ${r.sha256}; `
+      + `${r.equalsBackupStream ? '=' : '≠'} the backup's stream, primary's stream ${r.primaryIsPrefix ? 'a prefix of it' : 'NOT a prefix of it'}`);
   }
   return lines.join('\n');
 }

@@ -1,6 +1,6 @@
 /**
  * lib/lab: the netns lab (three namespaces, cloned primary and backup, real
- * Debian servers) and the LabRelay used to record fixtures between them.
+ * Debian servers); the bridged lab (shadowvm between them) is in bridged.ts.
  * Everything here needs root and touches the host; nothing in the data path
  * imports it.
  */
@@ -14,5 +14,3 @@ export { LAB_BLOB_BYTES, LAB_CONTENT_MTIME, LAB_FILES, fixedSeedBytes, labConten
 export type { ContentDivergence } from './content';
 export { LAB_DNS_NAME, LAB_DNS_TXT, LAB_FTP_PASV_PORTS, LAB_SERVICES, LabServerError, startLabServers } from './servers';
 export type { LabReplicaRuntime, LabServerOptions, LabServers, LabService } from './servers';
-export { LabRelay } from './relay';
-export type { BackupTranslator, LabRelayCounters, LabRelayOptions, LabRelayPorts } from './relay';

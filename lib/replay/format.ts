@@ -22,7 +22,16 @@ export function formatReplayReport(r: ReplayReport): string {
   lines.push('');
   lines.push(`checkpoints: ${r.checkpoints.length}`);
   for (const c of r.checkpoints) {
-    lines.push(`  #${c.epoch} ${c.reason}${c.flow ? ` (${c.flow})` : ''}: ${c.outcome}${c.coalesced ? `, ${c.coalesced} coalesced` : ''}`);
+    const what = c.kind === 'reprotect' ? 're-protection (nothing in a replay builds a new backup)' : c.reason;
+    lines.push(`  #${c.epoch} ${what}${c.flow ? ` (${c.flow})` : ''}: ${c.outcome}${c.coalesced ? `, ${c.coalesced} coalesced` : ''}`);
+  }
+  lines.push('');
+  lines.push(`failovers: ${r.failovers.length}${r.failovers.length ? ` (roles at the end: ${r.roles})` : ''}`);
+  for (const f of r.failovers) {
+    const ms = ((f.promotedUs - f.detectedUs) / 1000).toFixed(1);
+    lines.push(`  #${f.epoch} ${f.cause}: ${f.detail}`);
+    lines.push(`    ${f.survivor} promoted ${ms} ms after the cause was first seen; ${f.flowsCarried} flow${f.flowsCarried === 1 ? '' : 's'} carried, `
+      + `${f.flowsLost} lost, ${f.backlogFrames} backlog frames sent at once, ${f.discardedFrames} held frames of the dead primary discarded`);
   }
   lines.push('');
   lines.push(`released to the client: ${r.released.frames} frames, ${r.released.bytes} bytes`);

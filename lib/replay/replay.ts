@@ -5,6 +5,13 @@
  * since recorded backups never really get the primary's state, each flow's
  * comparison restarts from where both sides stand (`resync: 'align'`).
  *
+ * A primary that died during the recording dies in the replay too: its
+ * capture stops while the backup's goes on, so the pipeline's silence
+ * detector sees it, its probe goes nowhere and is never answered, and the
+ * backup is promoted; what the backup sent from then on is released,
+ * translated, as the live bridge released it. The simulated agent does not
+ * re-protect (nothing in the captures could become a new backup).
+ *
  * In:  three pcap/pcapng files, pipeline settings.
  * Out: a ReplayReport; optionally what the client would have received
  *      (`outPath`) and one pcapng per mismatch (`divergenceDir`).
@@ -13,8 +20,8 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { PcapRecord, PcapWriter, readPcapFile, writePcapngFile } from '../io';
 import { PRIMARY, BACKUP, Mismatch } from '../compare';
-import { CheckpointReason, CheckpointRequest, ReplicationState } from '../replicate';
-import { PipelineConfig, ShadowPipeline, makePipelineConfig, FlowReport } from '../pipeline';
+import { AgentRequestKind, CheckpointReason, CheckpointRequest, ReplicationState } from '../replicate';
+import { PipelineConfig, ShadowPipeline, makePipelineConfig, FlowReport, FailoverRecord } from '../pipeline';
 
 export interface ReplayOptions {
   client: string;
@@ -36,7 +43,8 @@ export interface ReplayReport {
   inputs: { client: number; primary: number; backup: number };
   state: ReplicationState;
   flows: (FlowReport & { firstMismatch: Mismatch | null })[];
-  checkpoints: { epoch: number; reason: CheckpointReason; flow: string | null; coalesced: number; outcome: string; timeUs: number }[];
+  /** Requests to the simulated agent: checkpoints, and after a failover the re-protection (which no replay answers). */
+  checkpoints: { epoch: number; kind: AgentRequestKind; reason: CheckpointReason; flow: string | null; coalesced: number; outcome: string; timeUs: number }[];
   released: { frames: number; bytes: number };
   /** Primary output still held when the captures ended (never agreed). */
   heldAtEnd: { frames: number; bytes: number };
@@ -46,6 +54,15 @@ export interface ReplayReport {
   policy: Record<string, number>;
   badTcpOptions: number;
   divergenceFiles: string[];
+  /**
+   * Every promotion of the backup, in order (`pipeline.failoverHistory`):
+   * cause, detail, survivor, detection and promotion time (capture clock,
+   * µs), flows carried over, backlog frames sent at once, frames of the dead
+   * primary discarded.
+   */
+  failovers: FailoverRecord[];
+  /** Each capture slot's role at the end, e.g. `primary=dead backup=promoted`. */
+  roles: string;
 }
 
 export function runReplay(opts: ReplayOptions & ReplaySettings): ReplayReport {
@@ -141,7 +158,7 @@ export class Replayer {
       state: pipeline.state,
       flows: pipeline.reports.map((r) => ({ ...r, firstMismatch: r.mismatchList[0] ?? null })),
       checkpoints: pipeline.replicator.history.map((c) => ({
-        epoch: c.epoch, reason: c.reason, flow: c.flow ?? null, coalesced: c.coalesced, outcome: c.outcome, timeUs: c.timeUs,
+        epoch: c.epoch, kind: c.kind, reason: c.reason, flow: c.flow ?? null, coalesced: c.coalesced, outcome: c.outcome, timeUs: c.timeUs,
       })),
       released: { frames: this.releasedFrames, bytes: this.releasedBytes },
       heldAtEnd: { frames: pipeline.held.frames, bytes: pipeline.held.bytes },
@@ -150,6 +167,8 @@ export class Replayer {
       policy: pipeline.policyActions,
       badTcpOptions: pipeline.badTcpOptions,
       divergenceFiles,
+      failovers: pipeline.failoverHistory.map((f) => ({ ...f })),
+      roles: pipeline.replicas.describe(),
     };
   }
 

@@ -7,7 +7,9 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { readPcapFile } from '../../lib/io';
+import { PcapRecord, readPcapFile } from '../../lib/io';
+import { decodeFrame } from '../../lib/packet/frame';
+import { isProbeReply } from '../../lib/failover/frames';
 import { runReplay, ReplayReport } from '../../lib/replay';
 import { checkFixture, ExpectedVerdict } from '../../scripts/fixture-check';
 import { FIXTURES_DIR, expectedVerdicts, fixtureFiles, fixtureNames } from '../support/fixtures';
@@ -21,6 +23,14 @@ function firstMismatch(report: ReplayReport) {
 }
 
 const vmPortOf = (key: string) => Number(/:(\d+)(?: vlan.*)?$/.exec(key)![1]);
+
+/**
+ * What the primary sent minus its answers to the live bridge's liveness
+ * probes (recorded through the bridge, a fixture may hold some: the bridge
+ * probes the primary when the backup spoke last and the primary stayed
+ * quiet). No bridge, live or replayed, forwards those to a client.
+ */
+const primaryOutput = (records: PcapRecord[]) => records.filter((r) => !isProbeReply(decodeFrame(r.frame)));
 
 describe('replay of the recorded fixtures', () => {
   let tmp: string;
@@ -45,7 +55,9 @@ describe('replay of the recorded fixtures', () => {
       });
     });
 
-    if (want.mismatches === 0) {
+    if (want.failovers) {
+      // Recorded across a primary's death: test/replay/failover-fixture.test.ts judges it.
+    } else if (want.mismatches === 0) {
       it('finds no mismatch and releases every primary frame, unchanged and in order, without a checkpoint', () => {
         const out = join(tmp, `${name}.pcap`);
         const report = runReplay({ ...files, outPath: out });
@@ -53,7 +65,7 @@ describe('replay of the recorded fixtures', () => {
         expect(report.checkpoints).toEqual([]);
         expect(report.heldAtEnd.frames).toBe(0);
         const released = readPcapFile(out).map((r) => r.frame.toString('hex'));
-        const primary = readPcapFile(files.primary).map((r) => r.frame.toString('hex'));
+        const primary = primaryOutput(readPcapFile(files.primary)).map((r) => r.frame.toString('hex'));
         expect(released).toEqual(primary);
         expect(oracle.mismatches).toEqual([]);
       });
@@ -89,7 +101,7 @@ describe('replay of the recorded fixtures', () => {
         expect(held.heldAtEnd.frames).toBeGreaterThan(0);
         const degraded = runReplay({ ...files, agent: 'none' });
         expect(degraded.state).toBe('DEGRADED');
-        expect(degraded.released.frames).toBe(readPcapFile(files.primary).length);
+        expect(degraded.released.frames).toBe(primaryOutput(readPcapFile(files.primary)).length);
       });
     }
   });
