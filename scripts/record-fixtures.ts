@@ -251,7 +251,7 @@ async function downloadAcrossDeath(l: BridgedLab, argvs: string[][]): Promise<Dr
   const victim = l.activeNode();
   const releasedAtDeath = releasedPayloadBytes(l) - released0;
   const killUs = monotonicUs();
-  l.kill(victim, 'silent');
+  await l.kill(victim, 'silent');
   const killDoneUs = monotonicUs();
   const promoted = await waitFor(() => pipeline.failover.failovers > failovers0, 5000, 1);
   if (!promoted) problems.push(`no failover within 5 s of the silent death of ${victim.netns} (state ${pipeline.state}, roles ${pipeline.replicas.describe()})`);

@@ -27,6 +27,11 @@ export class DatagramComparator {
 
   constructor(private readonly copies: SlabPool, private readonly totals: MatchTotals = { matchedBytes: 0 }) {}
 
+  /** The side whose datagrams wait for the other's, -1 when neither. */
+  get leading(): Side | -1 {
+    return this.leader;
+  }
+
   reset(): void {
     this.matched = 0;
     this.sent[0] = this.sent[1] = 0;

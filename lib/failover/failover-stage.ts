@@ -112,7 +112,7 @@ export class FailoverStage implements Stage {
       const since = this.silence.silentSinceUs;
       const ms = ((nowUs - since) / 1000).toFixed(1);
       const probed = this.d.config.probeTimeoutMs > 0 && template !== null;
-      this.d.declareDead(`primary ${this.d.replicas.active.name} silent for ${ms} ms while the backup answered${probed ? ', echo probe unanswered' : ''}`, since);
+      this.d.declareDead(`${this.d.replicas.active.name} (primary) silent for ${ms} ms while the backup answered ahead of it${probed ? ', echo probe unanswered' : ''}`, since);
     }
   }
 

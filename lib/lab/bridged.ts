@@ -59,8 +59,8 @@ export interface BridgedLab {
   activeNode(): LabNode;
   /** The namespace compared against it, if any. */
   standbyNode(): LabNode | null;
-  /** Kills the replica in `node` (abrupt: link down; silent: stopped and blackholed). */
-  kill(node: LabNode, mode: DeathMode): void;
+  /** Kills the replica in `node` (abrupt: link down; silent: stopped and blackholed); resolves once it is dead. */
+  kill(node: LabNode, mode: DeathMode): Promise<void>;
   /** Stops agent and bridge and removes every namespace, veth and server. Idempotent. */
   stop(): Promise<void>;
 }

@@ -131,7 +131,7 @@ async function failoverStep(l: BridgedLab, p: (line: string) => void): Promise<v
   const curl = runInAsync(lab.client.netns, 'curl', ['-sS', '--fail', '--max-time', '60', '--limit-rate', '32M', '-o', out, `http://${lab.serviceIpv4}/${FAILOVER_FILE}`], 70_000);
   await new Promise((r) => setTimeout(r, 700));
   const received = existsSync(out) ? statSync(out).size : 0;
-  l.kill(dead, 'abrupt');
+  await l.kill(dead, 'abrupt');
   const promoted = await waitFor(() => pipeline.failover.failovers > 0, 5000, 1);
   await curl;
   const body = readFileSync(out);

@@ -57,9 +57,9 @@ export function sleep(ms: number): Promise<void> {
  * The same, without blocking the event loop: for clients run while a bridge
  * in this process forwards their frames (a synchronous exec would stall it).
  */
-export function runAsync(cmd: string, args: readonly string[], timeoutMs = 60_000): Promise<string> {
+export function runAsync(cmd: string, args: readonly string[], timeoutMs = 60_000, stdin?: string): Promise<string> {
   return new Promise((resolve, reject) => {
-    execFile(cmd, args, { encoding: 'utf8', timeout: timeoutMs, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
+    const child = execFile(cmd, args, { encoding: 'utf8', timeout: timeoutMs, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
       if (err) {
         const e = err as { code?: number | string | null };
         reject(new LabCommandError([cmd, ...args], typeof e.code === 'number' ? e.code : null, stderr || err.message));
@@ -67,6 +67,7 @@ export function runAsync(cmd: string, args: readonly string[], timeoutMs = 60_00
         resolve(stdout);
       }
     });
+    if (stdin !== undefined) child.stdin?.end(stdin);
   });
 }
 

@@ -13,7 +13,7 @@
  * the same namespace with fresh servers and no connections).
  */
 import { Lab, LabNode, processRunning } from './netns';
-import { run, runQuietly } from './exec';
+import { run, runAsync, runQuietly } from './exec';
 import { LabReplicaRuntime, LabServers, restartReplicaServers } from './servers';
 
 export type DeathMode = 'abrupt' | 'silent';
@@ -27,14 +27,18 @@ function pids(netns: string): number[] {
   }
 }
 
-/** Kills a replica the way `mode` says. Returns once the death is in place. */
-export function killReplica(lab: Lab, node: LabNode, mode: DeathMode): void {
+/**
+ * Kills a replica the way `mode` says; resolves once the death is in place.
+ * Asynchronous: the bridge usually runs in this same process and must go on
+ * seeing frames while the `ip` commands run.
+ */
+export async function killReplica(lab: Lab, node: LabNode, mode: DeathMode): Promise<void> {
   if (mode === 'abrupt') {
-    run('ip', ['-n', node.netns, 'link', 'set', node.nsIf, 'down']);
+    await runAsync('ip', ['-n', node.netns, 'link', 'set', node.nsIf, 'down']);
     return;
   }
-  run('ip', ['-n', node.netns, 'route', 'add', 'blackhole', `${lab.client.ipv4}/32`]);
-  run('ip', ['-n', node.netns, '-6', 'route', 'add', 'blackhole', `${lab.client.ipv6}/128`]);
+  // One `ip -batch` for both routes: the output stops within a single command's start-up.
+  await runAsync('ip', ['-n', node.netns, '-batch', '-'], 10_000, `route add blackhole ${lab.client.ipv4}/32\n-6 route add blackhole ${lab.client.ipv6}/128\n`);
   for (const pid of pids(node.netns)) {
     try { process.kill(pid, 'SIGSTOP'); } catch { /* gone */ }
   }

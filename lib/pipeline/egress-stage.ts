@@ -221,7 +221,8 @@ export class EgressStage implements Stage {
     }
     if (side === BACKUP && end !== start) {
       this.logStandby(flow, frame, start, end, vnet);
-      d.liveness.noteStandby(nowUs, f, frame);
+      // Silence counts only what the backup said *ahead* of the primary; trailing it is normal.
+      if (stream.leading === BACKUP || seqGt(stream.end[BACKUP], stream.end[PRIMARY])) d.liveness.noteStandby(nowUs, f, frame);
     } else if (side === BACKUP && (f.tcp.flags & TcpFlag.ACK) && !seg.rst) {
       const told = flow.held.releasedMaxAck;
       if (told === null || seqGt(f.tcp.ack, told)) flow.standbyAck = { frame: Buffer.from(frame), vnet };
@@ -248,7 +249,7 @@ export class EgressStage implements Stage {
     this.afterCompare(flow, nowUs);
     if (side === BACKUP && flow.report.protocol !== 'arp' && flow.report.protocol !== 'ethertype') {
       this.logStandby(flow, frame, cmp.sent[BACKUP] - 1, cmp.sent[BACKUP], vnet);
-      d.liveness.noteStandby(nowUs, f, frame);
+      if (cmp.leading === BACKUP) d.liveness.noteStandby(nowUs, f, frame);
     }
   }
 

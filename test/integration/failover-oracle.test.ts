@@ -88,7 +88,7 @@ describe('failover oracle and edge cases in the netns lab', () => {
       const dead = lab.activeNode();
       const got = download(`run-${i}`);
       await delay(atMs);
-      lab.kill(dead, mode);
+      await lab.kill(dead, mode);
       // A silent death is seen only while the backup has something to say; a download that already ended gives it nothing.
       if (!(await waitFor(() => p.failover.failovers > before, 3000, 2))) {
         await runInAsync(lab.lab.client.netns, 'curl', ['-sS', '--max-time', '5', '-o', '/dev/null', `http://${lab.lab.serviceIpv4}/${LAB_FILES.hello}`], 10_000).catch(() => '');
@@ -144,7 +144,7 @@ describe('failover oracle and edge cases in the netns lab', () => {
     const lost = p.failover.backupsLost;
     const got = download('backup-death');
     await delay(100);
-    lab.kill(lab.standbyNode()!, 'abrupt');
+    await lab.kill(lab.standbyNode()!, 'abrupt');
     expect(await waitFor(() => p.failover.backupsLost > lost, 3000, 2)).toBe(true);
     expect(lab.bridge.snapshot().state).not.toBe('FAILED_OVER');
     const bytes = await got;
@@ -162,7 +162,7 @@ describe('failover oracle and edge cases in the netns lab', () => {
     expect(p.request('manual', undefined, (await import('../../lib/clock')).monotonicUs())).toBe(true);
     expect(p.state).toBe('CHECKPOINTING');
     await delay(50);
-    lab.kill(lab.activeNode(), 'abrupt');
+    await lab.kill(lab.activeNode(), 'abrupt');
     expect(await waitFor(() => p.failover.failovers > before, 3000, 2)).toBe(true);
     expect(p.replicator.history.filter((r) => r.kind === 'checkpoint').at(-1)!.outcome).toBe('abandoned');
     const bytes = await got;

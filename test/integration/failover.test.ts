@@ -63,7 +63,7 @@ describe('failover in the netns lab', () => {
     const before = lab.bridge.pipeline.failover.failovers;
     const dead = lab.activeNode();
     const survivor = lab.standbyNode()!;
-    lab.kill(dead, mode);
+    await lab.kill(dead, mode);
     if (!(await waitFor(() => lab.bridge.pipeline.failover.failovers > before, 5000, 2))) {
       throw new Error(`no failover within 5 s after a ${mode} death of ${dead.netns} (state ${lab.bridge.pipeline.state})`);
     }

@@ -170,3 +170,18 @@ describe('policy counters', () => {
     expect(h.p.policyActions['ethertype-other/drop']).toBeGreaterThan(400);
   });
 });
+
+describe('silence and a backup that trails', () => {
+  it('does not suspect the primary when the backup only repeats, later, what the primary already said', () => {
+    const quiet = harness();
+    established(quiet);
+    quiet.p.fromVm(0, fromVm({ seq: P + 1, ack: C + 6, flags: 'PA', payload: 'reply' }), ms(7));
+    quiet.p.fromVm(1, fromVm({ seq: B + 1, ack: C + 6, flags: 'PA', payload: 'reply' }), ms(8));
+    quiet.p.fromVm(0, fromVm({ seq: P + 6, ack: C + 6, flags: 'PA', payload: 'more' }), ms(9));
+    quiet.p.fromVm(1, fromVm({ seq: B + 6, ack: C + 6, flags: 'PA', payload: 'more' }), ms(10));
+    quiet.p.tick(ms(100));
+    quiet.p.tick(ms(200));
+    expect(quiet.p.failover.probesSent).toBe(0);
+    expect(quiet.out.client).toHaveLength(4); // SYN-ACK, the ACK of the request and both replies, released
+  });
+});
