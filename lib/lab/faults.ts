@@ -13,15 +13,15 @@
  * the same namespace with fresh servers and no connections).
  */
 import { Lab, LabNode, processRunning } from './netns';
-import { run, runAsync, runQuietly } from './exec';
+import { runAsync } from './exec';
 import { LabReplicaRuntime, LabServers, restartReplicaServers } from './servers';
 
 export type DeathMode = 'abrupt' | 'silent';
 export const DEATH_MODES: readonly DeathMode[] = ['abrupt', 'silent'];
 
-function pids(netns: string): number[] {
+async function pids(netns: string): Promise<number[]> {
   try {
-    return run('ip', ['netns', 'pids', netns]).split(/\s+/).filter(Boolean).map(Number);
+    return (await runAsync('ip', ['netns', 'pids', netns], 10_000)).split(/\s+/).filter(Boolean).map(Number);
   } catch {
     return [];
   }
@@ -38,23 +38,32 @@ export async function killReplica(lab: Lab, node: LabNode, mode: DeathMode): Pro
     return;
   }
   // One `ip -batch` for both routes: the output stops within a single command's start-up.
-  await runAsync('ip', ['-n', node.netns, '-batch', '-'], 10_000, `route add blackhole ${lab.client.ipv4}/32\n-6 route add blackhole ${lab.client.ipv6}/128\n`);
-  for (const pid of pids(node.netns)) {
+  await runAsync('ip', ['-n', node.netns, '-batch', '-'], 10_000, `route add blackhole ${lab.client.ipv4}/32\nroute add blackhole ${lab.client.ipv6}/128\n`);
+  for (const pid of await pids(node.netns)) {
     try { process.kill(pid, 'SIGSTOP'); } catch { /* gone */ }
   }
 }
 
-/** Brings a dead replica's network back as the lab built it (link, static neighbours, no blackholes). */
-export function restoreReplicaNetwork(lab: Lab, node: LabNode): void {
-  runQuietly('ip', ['-n', node.netns, 'route', 'del', 'blackhole', `${lab.client.ipv4}/32`]);
-  runQuietly('ip', ['-n', node.netns, '-6', 'route', 'del', 'blackhole', `${lab.client.ipv6}/128`]);
-  run('ip', ['-n', node.netns, 'link', 'set', node.nsIf, 'up']);
-  // A link going down removes IPv6 addresses (keep_addr_on_down is 0 by default) and flushes even permanent neighbour entries.
-  run('ip', ['-n', node.netns, 'addr', 'replace', `${node.ipv4}/${lab.ipv4PrefixLength}`, 'dev', node.nsIf]);
-  run('ip', ['-n', node.netns, 'addr', 'replace', `${node.ipv6}/${lab.ipv6PrefixLength}`, 'dev', node.nsIf, 'nodad']);
-  for (const addr of [lab.client.ipv4, lab.client.ipv6]) {
-    run('ip', ['-n', node.netns, 'neigh', 'replace', addr, 'lladdr', lab.client.mac, 'dev', node.nsIf, 'nud', 'permanent']);
-  }
+/**
+ * Brings a dead replica's network back as the lab built it (link, addresses,
+ * static neighbours, no blackholes), in one `ip -batch` run asynchronously.
+ */
+export async function restoreReplicaNetwork(lab: Lab, node: LabNode): Promise<void> {
+  const ns = node.nsIf;
+  // `-force`: the blackhole routes exist only after a silent death; a missing one is not an error.
+  await runAsync('ip', ['-force', '-n', node.netns, '-batch', '-'], 10_000, [
+    `route del blackhole ${lab.client.ipv4}/32`,
+    `route del blackhole ${lab.client.ipv6}/128`,
+    `link set ${ns} up`,
+    // A link going down removes IPv6 addresses (keep_addr_on_down is 0 by default) and flushes even permanent neighbour entries.
+    `addr replace ${node.ipv4}/${lab.ipv4PrefixLength} dev ${ns}`,
+    `addr replace ${node.ipv6}/${lab.ipv6PrefixLength} dev ${ns} nodad`,
+    `neigh replace ${lab.client.ipv4} lladdr ${lab.client.mac} dev ${ns} nud permanent`,
+    `neigh replace ${lab.client.ipv6} lladdr ${lab.client.mac} dev ${ns} nud permanent`,
+  ].join('\n') + '\n').catch((e: Error) => {
+    // -force goes on after a failed line and reports it at the end; only the blackhole deletions may fail.
+    if (!/blackhole|No such process|Cannot find device/.test(e.message)) throw e;
+  });
 }
 
 /** The replica runtime (servers) of the namespace behind a bridge port name. */
@@ -67,11 +76,11 @@ export function replicaOfPort(lab: Lab, servers: LabServers, port: string | unde
 /** Re-protection in the netns lab: a dead replica's namespace gets its network back and fresh servers. */
 export async function reviveReplica(lab: Lab, replica: LabReplicaRuntime): Promise<void> {
   // Stopped processes must die before the link comes back, or they would wake and speak.
-  for (const pid of pids(replica.node.netns)) {
+  for (const pid of await pids(replica.node.netns)) {
     try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
   }
   const deadline = Date.now() + 3000;
-  while (pids(replica.node.netns).some(processRunning) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
-  restoreReplicaNetwork(lab, replica.node);
+  while ((await pids(replica.node.netns)).some(processRunning) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  await restoreReplicaNetwork(lab, replica.node);
   await restartReplicaServers(lab, replica);
 }

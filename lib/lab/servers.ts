@@ -13,7 +13,7 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ContentDivergence, writeLabContent } from './content';
-import { run, runIn, sleep } from './exec';
+import { runAsync, runInAsync, sleep } from './exec';
 import { Lab, LabNode, LabProcess, processRunning } from './netns';
 
 export type LabService = 'nginx' | 'vsftpd' | 'dnsmasq';
@@ -167,8 +167,9 @@ interface ListenCheck {
   addresses: string[];
 }
 
-function listening(netns: string, check: ListenCheck): boolean {
-  const out = runIn(netns, 'ss', ['-Hn', check.proto === 'tcp' ? '-lt' : '-lu']);
+/** Asynchronous: a bridge in this process keeps forwarding while servers start (re-protection). */
+async function listening(netns: string, check: ListenCheck): Promise<boolean> {
+  const out = await runInAsync(netns, 'ss', ['-Hn', check.proto === 'tcp' ? '-lt' : '-lu'], 10_000);
   const bound = new Set(out.split('\n').map((line) => line.trim().split(/\s+/)[3]).filter(Boolean));
   return check.addresses.every((addr) => bound.has(addr));
 }
@@ -184,7 +185,7 @@ function logTail(file: string): string {
 async function waitListening(service: LabService, proc: LabProcess, check: ListenCheck, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    if (listening(proc.netns, check)) return;
+    if (await listening(proc.netns, check)) return;
     if (!processRunning(proc.pid)) {
       throw new LabServerError(service, proc.netns, `exited before listening; log ${proc.logFile}:\n${logTail(proc.logFile)}`);
     }
@@ -253,7 +254,7 @@ export async function restartReplicaServers(lab: Lab, replica: LabReplicaRuntime
   for (const p of victims) {
     try { process.kill(-p.pid, 'SIGKILL'); } catch { /* already gone */ }
   }
-  const inside = pidsIn(netns);
+  const inside = await pidsIn(netns);
   for (const pid of inside) {
     try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ }
   }
@@ -263,9 +264,9 @@ export async function restartReplicaServers(lab: Lab, replica: LabReplicaRuntime
   await startReplica(lab, replica, services, timeoutMs);
 }
 
-function pidsIn(netns: string): number[] {
+async function pidsIn(netns: string): Promise<number[]> {
   try {
-    return run('ip', ['netns', 'pids', netns]).split(/\s+/).filter(Boolean).map(Number);
+    return (await runAsync('ip', ['netns', 'pids', netns], 10_000)).split(/\s+/).filter(Boolean).map(Number);
   } catch {
     return [];
   }
