@@ -20,9 +20,10 @@
  * while tcpdump in the client namespace records the headers of what
  * the client received; `--kill-at-ms` after curl starts, the active replica
  * is killed (`none`: the same moment is only marked). The death time is the
- * monotonic clock just BEFORE the kill() call (kill() is synchronous: it
- * runs `ip` and blocks this process, bridge included, until the death is in
- * place; its duration is reported), put on the wall clock of the capture's
+ * monotonic clock just BEFORE the kill() call (kill() runs `ip`
+ * asynchronously, so the bridge goes on forwarding; the death takes effect
+ * somewhere inside the call, whose duration is reported, and the figure
+ * "from kill() return" bounds it from the other side), put on the wall clock of the capture's
  * kernel timestamps with bench/lib/wallclock. From the capture
  * (bench/lib/segments): death → first data segment from the survivor (told
  * apart by its IPv4 ID sequence), the largest gap between new-data segments
@@ -182,7 +183,7 @@ class EventTap {
 interface DeathRecord {
   dead: string;
   survivor: string;
-  /** kill() duration (it blocks this process), ms. */
+  /** kill() duration (the `ip` commands; the bridge keeps running meanwhile), ms. */
   killMs: number;
   cause: string;
   detail: string;
@@ -233,11 +234,11 @@ async function waitProtected(l: BridgedLab, timeoutMs = 20_000): Promise<boolean
  * Kills the active replica (or, for `none`, only marks the moment).
  * Returns the monotonic times around the call and who died.
  */
-function killActive(l: BridgedLab, mode: Mode): { t0: number; t1: number; dead: string; survivor: string } {
+async function killActive(l: BridgedLab, mode: Mode): Promise<{ t0: number; t1: number; dead: string; survivor: string }> {
   const dead = l.activeNode();
   const survivor = l.standbyNode();
   const t0 = monotonicUs();
-  if (mode !== 'none') l.kill(dead, mode);
+  if (mode !== 'none') await l.kill(dead, mode);
   const t1 = monotonicUs();
   return { t0, t1, dead: dead.netns, survivor: survivor?.netns ?? '—' };
 }
@@ -355,7 +356,7 @@ async function downloadRun(ctx: Ctx, mode: Mode, index: number, round: number): 
   // The transfer must be in flight when the death comes.
   for (let i = 0; i < 50 && fileSize(out) === 0; i++) await sleep(20);
   r.bytesAtMark = fileSize(out);
-  const k = killActive(l, mode);
+  const k = await killActive(l, mode);
   let rec: FailoverRecord | undefined;
   let curlResult: Awaited<typeof curl> | undefined;
   const awaitCurl = async () => { curlResult ??= await curl; };
@@ -449,7 +450,7 @@ async function wrkRun(ctx: Ctx, mode: Mode, index: number, round: number): Promi
     : null;
   const wrk = runWrk(l.lab.client.netns, url, o.wrk);
   await sleep((o.wrk.seconds * 1000) / 2);
-  const k = killActive(l, mode);
+  const k = await killActive(l, mode);
   let result: WrkResult | undefined;
   const awaitWrk = async () => { result ??= await wrk; };
   if (mode !== 'none') {
@@ -540,7 +541,7 @@ function metricsOf(downloads: DownloadRun[], wrks: WrkRun[]): Metric[] {
   return [
     { key: 'death_to_first_byte_ms', label: 'death → first survivor data at client ms', digits: 1, values: dl((r) => r.timing?.firstSurvivorDataMs, deaths) },
     { key: 'death_to_first_byte_after_kill_ms', label: '  same, from kill() return ms', digits: 1, values: dl((r) => r.firstSurvivorDataAfterKillMs, deaths) },
-    { key: 'kill_call_ms', label: '  kill() call (blocks the bridge) ms', digits: 1, values: dl((r) => r.death?.killMs, deaths) },
+    { key: 'kill_call_ms', label: '  kill() call (ip commands) ms', digits: 1, values: dl((r) => r.death?.killMs, deaths) },
     { key: 'death_to_next_segment_ms', label: 'death/mark → next data segment (any) ms', digits: 2, values: dl((r) => r.timing?.nextDataMs) },
     { key: 'dead_replica_kib_after_death', label: 'dead replica KiB released after death', digits: 1, values: dl((r) => (r.timing ? r.timing.deadBytesAfterMark / 1024 : NaN), deaths) },
     { key: 'detect_to_promote_ms', label: 'bridge detection → promotion ms', digits: 1, values: dl((r) => r.death?.detectToPromoteMs, deaths) },
@@ -708,7 +709,7 @@ async function main(): Promise<number> {
   out.push(`failover bench: what the client sees when the active replica dies (node ${process.version}, kernel ${facts.kernel}, ${facts.cpus} CPUs)`);
   out.push(`  one lab (prefix ${o.prefix}), roles alternate; downloads: curl --limit-rate ${o.rate} of ${o.fileMiB} MiB (client tcp_rmem ${clientRmem}), death ${o.killAtMs} ms after curl starts, stall window −${o.windowBeforeMs}/+${o.windowAfterMs} ms;`);
   out.push(`  wrk -t${o.wrk.threads} -c${o.wrk.connections} -d${o.wrk.seconds}s --latency on ${BENCH_OBJECTS.small.file}, death half way; loadavg before ${facts.loadavg.split(' ').slice(0, 3).join(' ')}, after ${factsAfter.loadavg.split(' ').slice(0, 3).join(' ')}`);
-  out.push('  death time = monotonic clock just before kill() (synchronous: blocks this process, bridge included), put on the capture\'s wall clock;');
+  out.push('  death time = monotonic clock just before kill() (asynchronous `ip`: the death lands inside the call), put on the capture\'s wall clock;');
   out.push('  survivor segments told apart by their IPv4 ID sequence; timings in ms; figures over the runs that passed (n per mode; wrk: all rounds).');
   out.push('');
   out.push(...formatStats(metrics, counts));
