@@ -83,6 +83,8 @@ export class Bridge {
   private readonly carrier: [CarrierDebouncer, CarrierDebouncer];
   private readonly carrierTimers: (NodeJS.Timeout | null)[] = [null, null];
   private readonly unsubscribeLinks: (() => void)[] = [];
+  private silenceTimer: NodeJS.Timeout | null = null;
+  private silenceDeadlineUs: number | null = null;
 
   constructor(private readonly ports: BridgePorts, private readonly options: BridgeOptions) {
     this.log = options.log ?? noLog;
@@ -177,6 +179,7 @@ export class Bridge {
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
     for (const t of this.carrierTimers) if (t) clearTimeout(t);
+    if (this.silenceTimer) clearTimeout(this.silenceTimer);
     for (const off of this.unsubscribeLinks) off();
     await Promise.allSettled([this.agent?.close(), this.control?.close(), this.metrics?.close()]);
     await Promise.allSettled([this.ports.uplink.close(), this.ports.primary.close(), this.ports.backup.close()]);
@@ -199,6 +202,25 @@ export class Bridge {
     const now = this.clockUs();
     for (let i = 0; i < frames.length; i++) each(frames[i], now);
     this.flushAll();
+    this.armSilenceTimer(now);
+  }
+
+  /**
+   * The silence detector decides at a known moment (silence long enough, or
+   * the probe's time up): a one-shot timer for it, rather than waiting for
+   * the next regular tick (up to TICK_MS later).
+   */
+  private armSilenceTimer(nowUs: number): void {
+    const at = this.pipeline.silenceDeadlineUs();
+    if (at === null || at === this.silenceDeadlineUs || this.stopped) return;
+    if (this.silenceTimer) clearTimeout(this.silenceTimer);
+    this.silenceDeadlineUs = at;
+    this.silenceTimer = setTimeout(() => {
+      this.silenceTimer = null;
+      this.silenceDeadlineUs = null;
+      this.afterEvent(() => this.pipeline.tick(this.clockUs()));
+      this.armSilenceTimer(this.clockUs());
+    }, Math.max(0, (at - nowUs) / 1000));
   }
 
   /**

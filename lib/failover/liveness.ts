@@ -61,6 +61,14 @@ export class SilenceDetector {
     return this.standbyFrames >= this.config.minStandbyFrames ? nowUs - this.firstStandbyUs : 0;
   }
 
+  /** When `tick` will next have something to decide (a probe to send or a verdict), or null. */
+  deadlineUs(): number | null {
+    if (this.config.silenceMs <= 0) return null;
+    if (this.probeSentUs >= 0) return this.probeSentUs + this.config.probeTimeoutMs * 1000;
+    if (this.standbyFrames >= this.config.minStandbyFrames) return this.firstStandbyUs + this.config.silenceMs * 1000;
+    return null;
+  }
+
   /** Since when the silence counts (for the failover record). */
   get silentSinceUs(): number {
     return this.firstStandbyUs;

@@ -12,20 +12,12 @@
  * lab's re-protection (a namespace cannot be copied, so the new backup is
  * the same namespace with fresh servers and no connections).
  */
-import { Lab, LabNode, processRunning } from './netns';
+import { Lab, LabNode, pidsInNamespace, processRunning } from './netns';
 import { runAsync } from './exec';
 import { LabReplicaRuntime, LabServers, restartReplicaServers } from './servers';
 
 export type DeathMode = 'abrupt' | 'silent';
 export const DEATH_MODES: readonly DeathMode[] = ['abrupt', 'silent'];
-
-async function pids(netns: string): Promise<number[]> {
-  try {
-    return (await runAsync('ip', ['netns', 'pids', netns], 10_000)).split(/\s+/).filter(Boolean).map(Number);
-  } catch {
-    return [];
-  }
-}
 
 /**
  * Kills a replica the way `mode` says; resolves once the death is in place.
@@ -39,7 +31,7 @@ export async function killReplica(lab: Lab, node: LabNode, mode: DeathMode): Pro
   }
   // One `ip -batch` for both routes: the output stops within a single command's start-up.
   await runAsync('ip', ['-n', node.netns, '-batch', '-'], 10_000, `route add blackhole ${lab.client.ipv4}/32\nroute add blackhole ${lab.client.ipv6}/128\n`);
-  for (const pid of await pids(node.netns)) {
+  for (const pid of pidsInNamespace(node.netns)) {
     try { process.kill(pid, 'SIGSTOP'); } catch { /* gone */ }
   }
 }
@@ -76,11 +68,11 @@ export function replicaOfPort(lab: Lab, servers: LabServers, port: string | unde
 /** Re-protection in the netns lab: a dead replica's namespace gets its network back and fresh servers. */
 export async function reviveReplica(lab: Lab, replica: LabReplicaRuntime): Promise<void> {
   // Stopped processes must die before the link comes back, or they would wake and speak.
-  for (const pid of await pids(replica.node.netns)) {
+  for (const pid of pidsInNamespace(replica.node.netns)) {
     try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
   }
   const deadline = Date.now() + 3000;
-  while ((await pids(replica.node.netns)).some(processRunning) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  while (pidsInNamespace(replica.node.netns).some(processRunning) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
   await restoreReplicaNetwork(lab, replica.node);
   await restartReplicaServers(lab, replica);
 }

@@ -220,12 +220,28 @@ function existingLinks(): string[] {
     .filter((name): name is string => Boolean(name));
 }
 
-function pidsInNamespace(netns: string): number[] {
+/**
+ * The processes inside a named network namespace, as `ip netns pids` finds
+ * them (their /proc/PID/ns/net is the same namespace as /run/netns/NAME), but
+ * without starting a process: a fork of this one would stall a bridge running
+ * in it for milliseconds.
+ */
+export function pidsInNamespace(netns: string): number[] {
+  let target: fs.Stats;
   try {
-    return run('ip', ['netns', 'pids', netns]).split(/\s+/).filter(Boolean).map(Number);
+    target = fs.statSync(path.join('/run/netns', netns));
   } catch {
     return [];
   }
+  const out: number[] = [];
+  for (const name of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const ns = fs.statSync(`/proc/${name}/ns/net`);
+      if (ns.ino === target.ino && ns.dev === target.dev) out.push(Number(name));
+    } catch { /* gone, or a kernel thread */ }
+  }
+  return out;
 }
 
 /**

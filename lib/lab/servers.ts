@@ -13,8 +13,8 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ContentDivergence, writeLabContent } from './content';
-import { runAsync, runInAsync, sleep } from './exec';
-import { Lab, LabNode, LabProcess, processRunning } from './netns';
+import { sleep } from './exec';
+import { Lab, LabNode, LabProcess, pidsInNamespace, processRunning } from './netns';
 
 export type LabService = 'nginx' | 'vsftpd' | 'dnsmasq';
 export const LAB_SERVICES: readonly LabService[] = ['nginx', 'vsftpd', 'dnsmasq'];
@@ -167,11 +167,51 @@ interface ListenCheck {
   addresses: string[];
 }
 
-/** Asynchronous: a bridge in this process keeps forwarding while servers start (re-protection). */
-async function listening(netns: string, check: ListenCheck): Promise<boolean> {
-  const out = await runInAsync(netns, 'ss', ['-Hn', check.proto === 'tcp' ? '-lt' : '-lu'], 10_000);
-  const bound = new Set(out.split('\n').map((line) => line.trim().split(/\s+/)[3]).filter(Boolean));
-  return check.addresses.every((addr) => bound.has(addr));
+/**
+ * Whether the server bound every address: read from /proc/PID/net/{tcp,udp}{,6}
+ * of a process in the namespace (they list that namespace's sockets), not
+ * with `ss`: starting a process would stall a bridge running in this one
+ * (re-protection restarts servers while the bridge forwards).
+ */
+function listening(pid: number, check: ListenCheck): boolean {
+  const bound = new Set<string>();
+  for (const v6 of [false, true]) {
+    let text: string;
+    try {
+      text = fs.readFileSync(`/proc/${pid}/net/${check.proto}${v6 ? '6' : ''}`, 'utf8');
+    } catch {
+      return false;
+    }
+    for (const line of text.split('\n').slice(1)) {
+      const cols = line.trim().split(/\s+/);
+      if (cols.length < 4) continue;
+      // TCP: LISTEN (0A); UDP: an unconnected socket (07).
+      if (cols[3] !== (check.proto === 'tcp' ? '0A' : '07')) continue;
+      const [addrHex, portHex] = cols[1].split(':');
+      bound.add(`${procAddress(addrHex)}:${parseInt(portHex, 16)}`);
+    }
+  }
+  return check.addresses.every((addr) => bound.has(canonicalAddress(addr)));
+}
+
+/** /proc/net address: 32-bit words in host (little-endian) order → 8 or 32 hex digits in network order. */
+function procAddress(hex: string): string {
+  let out = '';
+  for (let w = 0; w < hex.length; w += 8) out += hex.slice(w, w + 8).match(/../g)!.reverse().join('');
+  return out.toLowerCase();
+}
+
+/** "10.77.0.2:53" / "[fd77::2]:53" → the same form as procAddress, then the port. */
+function canonicalAddress(text: string): string {
+  const m = /^\[(.*)\]:(\d+)$/.exec(text) ?? /^([^:]*):(\d+)$/.exec(text);
+  if (!m) return text;
+  const [, host, port] = m;
+  if (!host.includes(':')) return `${host.split('.').map((b) => Number(b).toString(16).padStart(2, '0')).join('')}:${port}`;
+  const [head, tail] = host.includes('::') ? host.split('::') : [host, ''];
+  const h = head ? head.split(':') : [];
+  const t = tail ? tail.split(':') : [];
+  const groups = [...h, ...new Array(8 - h.length - t.length).fill('0'), ...t];
+  return `${groups.map((g) => g.padStart(4, '0')).join('').toLowerCase()}:${port}`;
 }
 
 function logTail(file: string): string {
@@ -185,7 +225,7 @@ function logTail(file: string): string {
 async function waitListening(service: LabService, proc: LabProcess, check: ListenCheck, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    if (await listening(proc.netns, check)) return;
+    if (listening(proc.pid, check)) return;
     if (!processRunning(proc.pid)) {
       throw new LabServerError(service, proc.netns, `exited before listening; log ${proc.logFile}:\n${logTail(proc.logFile)}`);
     }
@@ -254,7 +294,7 @@ export async function restartReplicaServers(lab: Lab, replica: LabReplicaRuntime
   for (const p of victims) {
     try { process.kill(-p.pid, 'SIGKILL'); } catch { /* already gone */ }
   }
-  const inside = await pidsIn(netns);
+  const inside = pidsInNamespace(netns);
   for (const pid of inside) {
     try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ }
   }
@@ -262,12 +302,4 @@ export async function restartReplicaServers(lab: Lab, replica: LabReplicaRuntime
   while ([...victims.map((p) => p.pid), ...inside].some(processRunning) && Date.now() < deadline) await sleep(10);
   for (const p of victims) lab.processes.splice(lab.processes.indexOf(p), 1);
   await startReplica(lab, replica, services, timeoutMs);
-}
-
-async function pidsIn(netns: string): Promise<number[]> {
-  try {
-    return (await runAsync('ip', ['netns', 'pids', netns], 10_000)).split(/\s+/).filter(Boolean).map(Number);
-  } catch {
-    return [];
-  }
 }

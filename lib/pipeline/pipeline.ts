@@ -164,6 +164,11 @@ export class ShadowPipeline {
     this.flowRegistry.expire(nowUs);
   }
 
+  /** When `tick` must run next for the silence detector to decide on time (null: the regular tick will do). */
+  silenceDeadlineUs(): number | null {
+    return this.replicator.comparing && this.replicas.standby ? this.failoverStage.silence.deadlineUs() : null;
+  }
+
   /**
    * The end of one breath: the driver has flushed every port, so no send
    * queue still points at a released frame and its memory may be reused.
