@@ -19,7 +19,7 @@ import { IoBackend, openPorts } from '../cli/ports';
 import { Lab, buildLab, teardownLab, waitUntilQuiet } from './netns';
 import { Lab as LabT, LabNode } from './netns';
 import { LabServers, startLabServers } from './servers';
-import { DeathMode, killReplica, replicaOfPort, reviveReplica } from './faults';
+import { DeathMode, killReplica, replicaOfPort, reviveReplicaElsewhere } from './faults';
 
 export interface BridgedLabOptions {
   prefix?: string;
@@ -116,7 +116,7 @@ export async function startBridgedLab(options: BridgedLabOptions = {}): Promise<
         if (!reprotect) throw new Error('re-protection is off in this lab');
         const replica = replicaOfPort(lab, servers, port);
         if (!replica) throw new Error(`no lab replica behind port ${String(port)}`);
-        await reviveReplica(lab, replica);
+        await reviveReplicaElsewhere(lab, replica);
       },
     });
     const b = bridge;

@@ -13,6 +13,8 @@
  * the same namespace with fresh servers and no connections).
  */
 import { Lab, LabNode, pidsInNamespace, processRunning } from './netns';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { runAsync } from './exec';
 import { LabReplicaRuntime, LabServers, restartReplicaServers } from './servers';
 
@@ -63,6 +65,22 @@ export function replicaOfPort(lab: Lab, servers: LabServers, port: string | unde
   if (port === lab.primary.hostIf) return servers.primary;
   if (port === lab.backup.hostIf) return servers.backup;
   return null;
+}
+
+/**
+ * `reviveReplica` in a process of its own (lib/lab/revive-main.js): every
+ * `ip` and server start forks, and a fork of a process holding a bridge
+ * stalls its forwarding for about 10 ms each (more with a larger heap), so
+ * the bridge pays for one fork instead of five. Falls back to doing it here
+ * when the compiled script is not there (`make build` writes it).
+ */
+export async function reviveReplicaElsewhere(lab: Lab, replica: LabReplicaRuntime): Promise<void> {
+  const script = [join(__dirname, 'revive-main.js'), join(__dirname, '..', '..', 'dist', 'lib', 'lab', 'revive-main.js')].find((p) => existsSync(p));
+  if (!script) {
+    await reviveReplica(lab, replica);
+    return;
+  }
+  await runAsync(process.execPath, [script, lab.prefix, replica.node.role], 60_000);
 }
 
 /** Re-protection in the netns lab: a dead replica's namespace gets its network back and fresh servers. */

@@ -181,6 +181,13 @@ export function buildLab(options: LabOptions = {}): Lab {
     teardownLab(prefix);
     throw err;
   }
+  return describeLab(prefix);
+}
+
+/** The description of a lab with this prefix (names, addresses), built or not: what another process needs to act on it. */
+export function describeLab(prefix: string = LAB_DEFAULT_PREFIX): Lab {
+  const names = labNames(prefix);
+  const [client, primary, backup] = describeNodes(prefix);
   return {
     prefix,
     runDir: names.runDir,

@@ -236,6 +236,12 @@ async function waitListening(service: LabService, proc: LabProcess, check: Liste
   }
 }
 
+/** Where a replica's servers keep their configs and content (as `startLabServers` wrote them). */
+export function replicaRuntime(lab: Lab, node: LabNode): LabReplicaRuntime {
+  const dir = path.join(lab.runDir, node.role);
+  return { node, dir, contentRoot: path.join(dir, 'www') };
+}
+
 function prepareReplica(lab: Lab, node: LabNode, divergence: ContentDivergence | undefined, pasv?: { min: number; max: number }): LabReplicaRuntime {
   const dir = path.join(lab.runDir, node.role);
   const contentRoot = path.join(dir, 'www');
