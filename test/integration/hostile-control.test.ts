@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { get } from 'node:http';
 import { CliProcess, requireBuiltCli, requireRoot, runShadowvm } from '../support/lab-helpers';
-import { delay, makeVeths, rssMiBOf, runArgs, spawnAsNobody, spawnCli, StatusProber, Veths } from './hostile-helpers';
+import { delay, exitWithin, makeVeths, rssMiBOf, runArgs, spawnAsNobody, spawnCli, StatusProber, Veths } from './hostile-helpers';
 
 jest.setTimeout(90_000);
 
@@ -63,11 +63,13 @@ describe('shadowvm run under control-plane floods (root bridge, non-root attacke
   });
 
   afterAll(async () => {
-    agent?.child.kill('SIGTERM');
-    bridge?.child.kill('SIGTERM');
-    await Promise.all([agent?.exited, bridge?.exited]);
-    veths?.remove();
-    rmSync(dir, { recursive: true, force: true });
+    try {
+      for (const p of [agent, bridge]) p?.child.kill('SIGTERM');
+      await Promise.all([agent, bridge].filter((p) => p).map((p) => exitWithin(p, 10_000)));
+    } finally {
+      veths?.remove();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   const agentDrops = () => (bridge.output().match(/"event":"agent-disconnected"/g) ?? []).length;
