@@ -49,5 +49,6 @@ export async function main(argv: string[]): Promise<number> {
     }
     throw err;
   }
-  return 0;
+  // A command that finished but failed (e.g. `run` whose stop hit its deadline) says so here.
+  return typeof process.exitCode === 'number' ? process.exitCode : 0;
 }

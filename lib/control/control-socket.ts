@@ -1,6 +1,7 @@
 /**
  * The control socket: newline-delimited JSON requests over a UNIX stream
- * socket (mode 0600), one reply line per request, in order.
+ * socket (mode 0600, see unix-socket.ts), one reply line per request, in
+ * order.
  *
  *   {"cmd":"status"}            → {"ok":true,"status":BridgeSnapshot}
  *   {"cmd":"checkpoint"}        → {"ok":true,"checkpoint":{requested,epoch,state}}
@@ -10,14 +11,33 @@
  * A request may carry an `id` (string or number); its reply repeats it.
  * The handlers come from the bridge; a handler that throws becomes an error
  * reply. Garbage never closes the socket or the bridge.
+ *
+ * The bridge's event loop also moves frames, so no client may hold it:
+ * - one request per connection at a time, and one request started per
+ *   event-loop turn across all connections; a `flows` reply is written in
+ *   pieces of `FLOWS_PER_WRITE` flows, one piece per turn;
+ * - `flows` returns at most `MAX_FLOWS_LIMIT` (1000) flows, the most recent
+ *   ones; a larger `limit` is cut to it;
+ * - reading stops while a request waits or a reply is not drained, so a
+ *   pipelining client is held back by its own socket buffer; more than
+ *   `maxQueuedRequests` requests already read and waiting on one
+ *   connection close it (counted in `closedAbusive`, one log line);
+ * - a reply the client does not read within `replyTimeoutMs` closes the
+ *   connection (`closedSlow`); a connection silent for `idleTimeoutMs`
+ *   is closed (`closedIdle`);
+ * - at `maxConnections`, a new connection is admitted by closing the least
+ *   recently active one, idle ones first (`evicted`): idle connections can
+ *   never lock `shadowvm status` out;
+ * - `close()` destroys every connection, so stopping never waits for a
+ *   client.
  */
 import { connect, createServer, Server, Socket } from 'node:net';
 import type { FlowReport } from '../pipeline/shadow-flow';
 import { ReplicationState } from '../replicate/replicator';
-import { excerptOf, LineSplitter } from '../replicate/agent-protocol';
+import { excerptOf, LineSplitter, SplitLine } from '../replicate/agent-protocol';
 import { LogFn, noLog } from './logger';
 import { BridgeSnapshot } from './snapshot';
-import { closeServer, listenUnixSocket, removeSocketFile, UnixSocketIdentity } from './unix-socket';
+import { closeServer, listenUnixSocket, removeSocketFile, untrustedSocketReason, UnixSocketIdentity } from './unix-socket';
 
 export type ControlRequest =
   | { cmd: 'status'; id?: string | number }
@@ -51,9 +71,19 @@ type ReplyFor<C extends ControlCommand> =
   (C extends 'status' ? StatusReply : C extends 'checkpoint' ? CheckpointReply : FlowsReply) | ControlErrorReply;
 
 export const DEFAULT_FLOWS_LIMIT = 100;
-export const MAX_FLOWS_LIMIT = 100_000;
+/** The most flows one `flows` reply carries (a bigger `limit` is cut to this): a reply stays around a megabyte or less. */
+export const MAX_FLOWS_LIMIT = 1000;
+/** Flows serialized per write (and per event-loop turn) of a `flows` reply. */
+export const FLOWS_PER_WRITE = 100;
 const MAX_REQUEST_BYTES = 64 * 1024;
-const MAX_CONNECTIONS = 32;
+
+/** Defaults of the per-connection bounds (see the header). */
+export const CONTROL_SOCKET_LIMITS = {
+  maxConnections: 32,
+  maxQueuedRequests: 32,
+  idleTimeoutMs: 30_000,
+  replyTimeoutMs: 10_000,
+} as const;
 
 /** Where the control socket of the bridge named `name` lives by default (beside the agent socket). */
 export function defaultControlSocketPath(name: string): string {
@@ -108,6 +138,14 @@ export interface ControlSocketOptions {
   path: string;
   handlers: ControlHandlers;
   log?: LogFn;
+  /** Connections at once; a new one beyond this closes the least recently active one. Default 32. */
+  maxConnections?: number;
+  /** Requests read and waiting on one connection; one more closes it. Default 32. */
+  maxQueuedRequests?: number;
+  /** A connection with no traffic for this long is closed. Default 30 s. */
+  idleTimeoutMs?: number;
+  /** A reply not drained to the client within this long closes the connection. Default 10 s. */
+  replyTimeoutMs?: number;
 }
 
 export interface ControlSocketCounters {
@@ -115,30 +153,82 @@ export interface ControlSocketCounters {
   requests: number;
   /** Requests answered with `ok: false`. */
   errors: number;
+  /** Closed for queueing more than `maxQueuedRequests` requests. */
+  closedAbusive: number;
+  /** Closed because a reply was not read within `replyTimeoutMs`. */
+  closedSlow: number;
+  /** Closed after `idleTimeoutMs` without traffic. */
+  closedIdle: number;
+  /** Closed to admit a new connection at `maxConnections`. */
+  evicted: number;
+}
+
+/** One accepted client. */
+class ControlConnection {
+  readonly splitter = new LineSplitter(MAX_REQUEST_BYTES);
+  /** Requests read and not yet started. */
+  readonly queue: SplitLine[] = [];
+  /** A request is being answered (handler or reply write). */
+  busy = false;
+  /** Waiting in the server's ready list. */
+  ready = false;
+  closed = false;
+  /** The client has finished sending (half close): answer what it sent, then end. */
+  peerEnded = false;
+  lastActiveMs: number;
+
+  constructor(readonly socket: Socket, readonly id: number, nowMs: number) {
+    this.lastActiveMs = nowMs;
+  }
+
+  get idle(): boolean {
+    return !this.busy && this.queue.length === 0;
+  }
 }
 
 export class ControlSocket {
-  readonly counters: ControlSocketCounters = { connections: 0, requests: 0, errors: 0 };
+  readonly counters: ControlSocketCounters = { connections: 0, requests: 0, errors: 0, closedAbusive: 0, closedSlow: 0, closedIdle: 0, evicted: 0 };
   private readonly server: Server;
   private readonly log: LogFn;
-  private readonly open = new Set<Socket>();
+  private readonly open = new Set<ControlConnection>();
+  /** Connections with a request to start, in turn order. */
+  private readonly readyList: ControlConnection[] = [];
+  private turnScheduled = false;
   private identity: UnixSocketIdentity | null = null;
+  private closing = false;
+  private nextId = 1;
+  private readonly limits: { maxConnections: number; maxQueuedRequests: number; idleTimeoutMs: number; replyTimeoutMs: number };
 
   constructor(readonly options: ControlSocketOptions) {
     this.log = options.log ?? noLog;
-    this.server = createServer((socket) => this.accept(socket));
+    this.limits = {
+      maxConnections: options.maxConnections ?? CONTROL_SOCKET_LIMITS.maxConnections,
+      maxQueuedRequests: options.maxQueuedRequests ?? CONTROL_SOCKET_LIMITS.maxQueuedRequests,
+      idleTimeoutMs: options.idleTimeoutMs ?? CONTROL_SOCKET_LIMITS.idleTimeoutMs,
+      replyTimeoutMs: options.replyTimeoutMs ?? CONTROL_SOCKET_LIMITS.replyTimeoutMs,
+    };
+    // Half-open: a client may send its requests and close its side; it still gets every reply.
+    this.server = createServer({ allowHalfOpen: true }, (socket) => this.accept(socket));
     this.server.on('error', (e) => this.log('error', 'control-socket-error', { path: options.path, error: e }));
   }
 
-  /** Starts listening; `SocketInUseError` if another bridge answers on the path. */
+  /** Open connections now. */
+  get connectionCount(): number {
+    return this.open.size;
+  }
+
+  /** Starts listening; `SocketInUseError` if another process answers on the path, `SocketPathError` for an unsafe path. */
   async listen(): Promise<void> {
     if (this.identity) return;
     this.identity = await listenUnixSocket(this.server, this.options.path, { what: 'control socket' });
     this.log('info', 'control-socket-listening', { path: this.options.path });
   }
 
+  /** Stops listening, destroys every connection (nobody can hold the stop up) and removes the socket file if it is still ours. */
   async close(): Promise<void> {
-    for (const s of this.open) s.destroy();
+    this.closing = true;
+    for (const c of [...this.open]) this.drop(c);
+    this.readyList.length = 0;
     await closeServer(this.server);
     if (this.identity) removeSocketFile(this.identity);
     this.identity = null;
@@ -146,28 +236,163 @@ export class ControlSocket {
 
   private accept(socket: Socket): void {
     socket.on('error', () => {});
-    if (this.open.size >= MAX_CONNECTIONS) {
-      socket.end(`${JSON.stringify({ ok: false, error: 'too many control connections' })}\n`);
+    if (this.closing) {
+      socket.destroy();
       return;
     }
+    if (this.open.size >= this.limits.maxConnections) this.evictOne();
     this.counters.connections++;
-    this.open.add(socket);
-    socket.on('close', () => this.open.delete(socket));
-    const splitter = new LineSplitter(MAX_REQUEST_BYTES);
-    // Replies go out in request order even when a handler is asynchronous.
-    let queue: Promise<void> = Promise.resolve();
-    socket.on('data', (chunk: Buffer) => {
-      for (const piece of splitter.push(chunk)) {
-        const job = piece.kind === 'overlong'
-          ? () => Promise.resolve<ControlReply>({ ok: false, error: `request longer than ${MAX_REQUEST_BYTES} bytes` })
-          : () => this.answer(piece.line);
-        queue = queue.then(job).then((reply) => {
-          this.counters.requests++;
-          if (!reply.ok) this.counters.errors++;
-          if (!socket.destroyed) socket.write(`${JSON.stringify(reply)}\n`);
-        });
-      }
+    const c = new ControlConnection(socket, this.nextId++, Date.now());
+    this.open.add(c);
+    socket.setTimeout(this.limits.idleTimeoutMs);
+    socket.on('timeout', () => {
+      if (c.busy) return; // a reply in flight has its own deadline
+      this.counters.closedIdle++;
+      this.closeFor(c, 'control-connection-idle', { idleMs: this.limits.idleTimeoutMs });
     });
+    socket.on('close', () => this.forget(c));
+    socket.on('end', () => {
+      c.peerEnded = true;
+      if (c.idle) socket.end();
+    });
+    socket.on('data', (chunk: Buffer) => this.onData(c, chunk));
+  }
+
+  /** Makes room: the least recently active connection goes, preferring one with nothing to do. */
+  private evictOne(): void {
+    let victim: ControlConnection | null = null;
+    for (const c of this.open) {
+      if (!victim || (c.idle && !victim.idle) || (c.idle === victim.idle && c.lastActiveMs < victim.lastActiveMs)) victim = c;
+    }
+    if (!victim) return;
+    this.counters.evicted++;
+    this.closeFor(victim, 'control-connection-evicted', { why: `${this.limits.maxConnections} connections open`, idle: victim.idle });
+  }
+
+  private onData(c: ControlConnection, chunk: Buffer): void {
+    if (c.closed) return;
+    c.lastActiveMs = Date.now();
+    for (const piece of c.splitter.push(chunk)) c.queue.push(piece);
+    if (c.queue.length > this.limits.maxQueuedRequests) {
+      this.counters.closedAbusive++;
+      this.closeFor(c, 'control-connection-abusive', { why: `more than ${this.limits.maxQueuedRequests} requests waiting on one connection`, queued: c.queue.length });
+      return;
+    }
+    if (c.queue.length > 0) {
+      // Read no more until this connection's requests are answered: the kernel buffer holds the rest back.
+      c.socket.pause();
+      this.markReady(c);
+    }
+  }
+
+  private markReady(c: ControlConnection): void {
+    if (c.ready || c.busy || c.closed || c.queue.length === 0) return;
+    c.ready = true;
+    this.readyList.push(c);
+    this.scheduleTurn();
+  }
+
+  private scheduleTurn(): void {
+    if (this.turnScheduled || this.readyList.length === 0) return;
+    this.turnScheduled = true;
+    setImmediate(() => {
+      this.turnScheduled = false;
+      this.startOne();
+      this.scheduleTurn();
+    });
+  }
+
+  /** Starts the next waiting request of the next ready connection: one per event-loop turn. */
+  private startOne(): void {
+    for (;;) {
+      const c = this.readyList.shift();
+      if (!c) return;
+      c.ready = false;
+      if (c.closed || c.busy) continue;
+      const piece = c.queue.shift();
+      if (!piece) continue;
+      c.busy = true;
+      void this.serve(c, piece).then(() => {
+        c.busy = false;
+        if (c.closed) return;
+        c.lastActiveMs = Date.now();
+        if (c.queue.length > 0) this.markReady(c);
+        else if (c.peerEnded) c.socket.end();
+        else c.socket.resume();
+      });
+      return;
+    }
+  }
+
+  private async serve(c: ControlConnection, piece: SplitLine): Promise<void> {
+    const reply: ControlReply = piece.kind === 'overlong'
+      ? { ok: false, error: `request longer than ${MAX_REQUEST_BYTES} bytes` }
+      : await this.answer(piece.line);
+    this.counters.requests++;
+    if (!reply.ok) this.counters.errors++;
+    if (c.closed) return;
+    if ('flows' in reply) await this.writeFlows(c, reply);
+    else await this.write(c, `${JSON.stringify(reply)}\n`);
+  }
+
+  /** A flows reply, a piece per event-loop turn, each piece drained before the next is made. */
+  private async writeFlows(c: ControlConnection, reply: FlowsReply): Promise<void> {
+    const { flows, ...head } = reply;
+    const empty = JSON.stringify({ ...head, flows: [] });
+    const opening = empty.slice(0, -2); // `…"flows":[`
+    let text = opening;
+    for (let i = 0; i < flows.length; i += FLOWS_PER_WRITE) {
+      const part = flows.slice(i, i + FLOWS_PER_WRITE).map((f) => JSON.stringify(f)).join(',');
+      text += i === 0 ? part : `,${part}`;
+      if (!(await this.write(c, text))) return;
+      text = '';
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      if (c.closed) return;
+    }
+    await this.write(c, `${text}]}\n`);
+  }
+
+  /** Writes and waits until the socket has taken it; false if the connection is gone (or was closed for not reading). */
+  private write(c: ControlConnection, text: string): Promise<boolean> {
+    if (c.closed) return Promise.resolve(false);
+    if (c.socket.write(text)) return Promise.resolve(true);
+    return new Promise<boolean>((resolve) => {
+      const done = (ok: boolean) => {
+        clearTimeout(timer);
+        c.socket.off('drain', onDrain);
+        c.socket.off('close', onClose);
+        resolve(ok);
+      };
+      const onDrain = () => done(true);
+      const onClose = () => done(false);
+      const timer = setTimeout(() => {
+        this.counters.closedSlow++;
+        this.closeFor(c, 'control-connection-slow', { why: `reply not read within ${this.limits.replyTimeoutMs} ms`, unsentBytes: c.socket.writableLength });
+        done(false);
+      }, this.limits.replyTimeoutMs);
+      timer.unref();
+      c.socket.on('drain', onDrain);
+      c.socket.on('close', onClose);
+    });
+  }
+
+  private closeFor(c: ControlConnection, event: string, fields: Record<string, unknown>): void {
+    if (c.closed) return;
+    this.log('warn', event, { connection: c.id, path: this.options.path, ...fields });
+    this.drop(c);
+  }
+
+  private drop(c: ControlConnection): void {
+    this.forget(c);
+    c.socket.destroy();
+  }
+
+  private forget(c: ControlConnection): void {
+    if (c.closed) return;
+    c.closed = true;
+    c.queue.length = 0;
+    c.splitter.reset();
+    this.open.delete(c);
   }
 
   private async answer(line: string): Promise<ControlReply> {
@@ -189,7 +414,8 @@ export class ControlSocket {
           return { ok: true, ...id, checkpoint: await h.checkpoint() };
         case 'flows': {
           const limit = Math.min(req.limit ?? DEFAULT_FLOWS_LIMIT, MAX_FLOWS_LIMIT);
-          return { ok: true, ...id, flows: [...(await h.flows(limit))].slice(-limit) };
+          const flows = await h.flows(limit);
+          return { ok: true, ...id, flows: flows.length > limit ? flows.slice(-limit) : [...flows] };
         }
       }
     } catch (e) {
@@ -212,10 +438,18 @@ export class ControlSocketError extends Error {
 /**
  * Sends one request and resolves with its reply (an `ok: false` reply is a
  * reply, not an exception). Throws `ControlSocketError` when nobody listens,
- * on timeout, or when the answer is not a reply.
+ * on timeout, when the answer is not a reply, and, before connecting, when
+ * the socket or a directory on its path is owned or writable by a user other
+ * than root and the caller.
  */
 export function queryControlSocket<R extends ControlRequest>(path: string, request: R, timeoutMs = 5000): Promise<ReplyFor<R['cmd']>> {
   return new Promise((resolve, reject) => {
+    // Whoever owns or can write the socket or a directory on its path could be serving fake figures.
+    const untrusted = untrustedSocketReason(path);
+    if (untrusted) {
+      reject(new ControlSocketError(path, `refusing to talk to it: ${untrusted}`));
+      return;
+    }
     const socket = connect(path);
     const splitter = new LineSplitter(16 << 20);
     let settled = false;

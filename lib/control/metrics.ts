@@ -2,16 +2,17 @@
  * Prometheus text exposition (format 0.0.4) of a BridgeSnapshot, and a tiny
  * HTTP server for it.
  *
- * In:  a snapshot function, called once per scrape.
+ * In:  a snapshot function, called at most once per `cacheMs`.
  * Out: `GET /metrics` → `text/plain; version=0.0.4`; anything else 404 (405
  *      for other methods on /metrics).
  *
  * The server binds to loopback only, unless `allowRemote` says otherwise:
  * the counters name flows and interfaces.
  */
-import { createServer, IncomingMessage, Server, ServerResponse } from 'node:http';
-import { isIP } from 'node:net';
+import { createServer, isIP, Server, Socket } from 'node:net';
+import { performance } from 'node:perf_hooks';
 import { CHECKPOINT_REASONS } from '../replicate/replicator';
+import { LogFn, noLog } from './logger';
 import { BridgeSnapshot, REPLICATION_STATES } from './snapshot';
 
 export const METRICS_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8';
@@ -177,6 +178,30 @@ export function isLoopbackHost(host: string): boolean {
 export interface MetricsServerOptions {
   /** Allow a non-loopback address. */
   allowRemote?: boolean;
+  /** The text is rendered at most once per this many ms; scrapes in between get the same text. Default 1000. */
+  cacheMs?: number;
+  /** Connections at once; a new one beyond this closes the least recently active one. Default 16. */
+  maxConnections?: number;
+  /** Request bytes read ahead of the request being answered (pipelining); more closes the connection. Default 16 KiB. */
+  maxPendingInputBytes?: number;
+  /** A connection without progress (no request read, no response byte taken by the client) for this long is closed. Default 10 s. */
+  idleTimeoutMs?: number;
+  /** Where dropped clients are reported. */
+  log?: LogFn;
+}
+
+export interface MetricsServerCounters {
+  connections: number;
+  /** Responses with status 200. */
+  scrapes: number;
+  /** Times the text was rendered (at most once per `cacheMs`). */
+  renders: number;
+  /** Connections closed for sending more than `maxPendingInputBytes` ahead, or an unreadable request. */
+  closedAbusive: number;
+  /** Connections closed after `idleTimeoutMs` without progress (idle, or not reading their responses). */
+  closedIdle: number;
+  /** Connections closed to admit a new one at `maxConnections`. */
+  evicted: number;
 }
 
 export interface MetricsServer {
@@ -184,39 +209,280 @@ export interface MetricsServer {
   /** The bound port (the ephemeral one if 0 was asked). */
   readonly port: number;
   readonly scrapes: number;
+  readonly counters: MetricsServerCounters;
   close(): Promise<void>;
 }
 
 export type SnapshotFn = () => BridgeSnapshot | Promise<BridgeSnapshot>;
 
-/** Serves `GET /metrics` on host:port. Throws `MetricsBindError` for a non-loopback host without `allowRemote`. */
+/** Defaults of the scrape bounds (see `MetricsServerOptions`). */
+export const METRICS_SERVER_LIMITS = {
+  cacheMs: 1000,
+  maxConnections: 16,
+  maxPendingInputBytes: 16 * 1024,
+  idleTimeoutMs: 10_000,
+} as const;
+
+/** A request head longer than this is refused (431) and the connection closed. */
+const MAX_HEAD_BYTES = 8 * 1024;
+const HEAD_END = Buffer.from('\r\n\r\n');
+const EMPTY = Buffer.alloc(0);
+const STATUS_TEXT: Record<number, string> = {
+  200: 'OK', 400: 'Bad Request', 404: 'Not Found', 405: 'Method Not Allowed', 413: 'Content Too Large',
+  431: 'Request Header Fields Too Large', 500: 'Internal Server Error', 505: 'HTTP Version Not Supported',
+};
+
+/** One request head, as much of it as the server needs. */
+export interface ScrapeRequest {
+  method: string;
+  /** The path, without the query string. */
+  path: string;
+  /** Whether the client wants the connection kept open after the response. */
+  keepAlive: boolean;
+  /** The request announces a body (which this server never reads). */
+  hasBody: boolean;
+}
+
+/** Reads a request head (without its final CRLF CRLF); null if it is not HTTP/1.x. */
+export function parseRequestHead(head: string): ScrapeRequest | null {
+  const lines = head.split('\r\n');
+  const m = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+) (\S+) HTTP\/1\.([01])$/.exec(lines[0]);
+  if (!m) return null;
+  let connection = '';
+  let hasBody = false;
+  for (let i = 1; i < lines.length; i++) {
+    const colon = lines[i].indexOf(':');
+    if (colon <= 0) return null;
+    const name = lines[i].slice(0, colon).trim().toLowerCase();
+    const value = lines[i].slice(colon + 1).trim().toLowerCase();
+    if (name === 'connection') connection = value;
+    else if (name === 'transfer-encoding') hasBody = true;
+    else if (name === 'content-length' && value !== '0') hasBody = true;
+  }
+  const http11 = m[3] === '1';
+  const keepAlive = http11 ? !/\bclose\b/.test(connection) : /\bkeep-alive\b/.test(connection);
+  return { method: m[1], path: m[2].split('?')[0], keepAlive, hasBody };
+}
+
+interface ScrapeConnection {
+  readonly socket: Socket;
+  readonly id: number;
+  /** Bytes read and not yet parsed: the rest of a pipelined burst. */
+  input: Buffer;
+  /** A response is being produced or written. */
+  busy: boolean;
+  closed: boolean;
+  /** The client has finished sending (half close): answer what is complete, then close. */
+  peerEnded: boolean;
+  lastActiveMs: number;
+}
+
+/**
+ * Serves `GET /metrics` on host:port. Throws `MetricsBindError` for a
+ * non-loopback host without `allowRemote`.
+ *
+ * Scraping must never cost the data path (same event loop), so this is a
+ * deliberately small HTTP/1.1 server on `net` rather than `node:http`
+ * (whose parser turns a whole pipelined burst into requests at once):
+ * - the text is rendered at most once per `cacheMs` and every response
+ *   shares that one Buffer;
+ * - one request per connection at a time: nothing more is read until the
+ *   response has been taken by the kernel, and the next pipelined request
+ *   waits for the next event-loop turn; more than `maxPendingInputBytes`
+ *   read ahead closes the connection;
+ * - a client that does not read its responses stops making progress and is
+ *   closed after `idleTimeoutMs`, as is an idle one;
+ * - requests with a body, or heads over 8 KiB, are answered and the
+ *   connection closed;
+ * - at `maxConnections`, the least recently active connection (an idle one
+ *   first) makes room for a new one.
+ */
 export async function startMetricsServer(host: string, port: number, snapshotFn: SnapshotFn, options: MetricsServerOptions = {}): Promise<MetricsServer> {
   if (!options.allowRemote && !isLoopbackHost(host)) throw new MetricsBindError(host);
-  let scrapes = 0;
-  const server: Server = createServer((req, res) => {
-    void serve(req, res);
-  });
+  const log = options.log ?? noLog;
+  const cacheMs = options.cacheMs ?? METRICS_SERVER_LIMITS.cacheMs;
+  const maxConnections = options.maxConnections ?? METRICS_SERVER_LIMITS.maxConnections;
+  const maxPendingInputBytes = options.maxPendingInputBytes ?? METRICS_SERVER_LIMITS.maxPendingInputBytes;
+  const idleTimeoutMs = options.idleTimeoutMs ?? METRICS_SERVER_LIMITS.idleTimeoutMs;
+  const counters: MetricsServerCounters = { connections: 0, scrapes: 0, renders: 0, closedAbusive: 0, closedIdle: 0, evicted: 0 };
+  const open = new Set<ScrapeConnection>();
+  let nextId = 1;
+  let closing = false;
 
-  async function serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const path = (req.url ?? '/').split('?')[0];
-    if (path !== '/metrics') {
-      res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8' }).end('not found: metrics are at /metrics\n');
+  let cached: { body: Buffer; atMs: number } | null = null;
+  let rendering: Promise<Buffer> | null = null;
+  /** The text, from the cache while it is fresh; concurrent scrapes share one render. */
+  const body = (): Buffer | Promise<Buffer> => {
+    if (cached && performance.now() - cached.atMs < cacheMs) return cached.body;
+    if (!rendering) {
+      rendering = (async () => {
+        try {
+          const text = Buffer.from(renderMetrics(await snapshotFn()), 'utf8');
+          counters.renders++;
+          cached = { body: text, atMs: performance.now() };
+          return text;
+        } finally {
+          rendering = null;
+        }
+      })();
+    }
+    return rendering;
+  };
+
+  const server: Server = createServer({ allowHalfOpen: true }, (socket) => accept(socket));
+  server.on('error', (e) => log('error', 'metrics-server-error', { error: e }));
+
+  function accept(socket: Socket): void {
+    socket.on('error', () => {});
+    if (closing) {
+      socket.destroy();
+      return;
+    }
+    if (open.size >= maxConnections) evictOne();
+    counters.connections++;
+    const c: ScrapeConnection = { socket, id: nextId++, input: EMPTY, busy: false, closed: false, peerEnded: false, lastActiveMs: Date.now() };
+    open.add(c);
+    socket.setNoDelay(true);
+    socket.setTimeout(idleTimeoutMs);
+    socket.on('timeout', () => {
+      counters.closedIdle++;
+      const quiet = !c.busy && c.input.length === 0;
+      drop(c, 'metrics-client-idle', { idleMs: idleTimeoutMs, why: quiet ? 'idle' : 'responses not read' }, quiet ? 'debug' : 'warn');
+    });
+    socket.on('close', () => forget(c));
+    socket.on('end', () => {
+      // The client is done sending (allowHalfOpen): answer what it sent, then close.
+      c.peerEnded = true;
+      next(c);
+    });
+    socket.on('data', (chunk: Buffer) => {
+      if (c.closed) return;
+      c.lastActiveMs = Date.now();
+      c.input = c.input.length === 0 ? chunk : Buffer.concat([c.input, chunk]);
+      if (c.busy && tooMuchAhead(c)) return;
+      next(c);
+    });
+  }
+
+  /** More requests sent ahead than a scraper ever would: a pipelining flood. Drops the connection. */
+  function tooMuchAhead(c: ScrapeConnection): boolean {
+    if (c.input.length <= maxPendingInputBytes) return false;
+    counters.closedAbusive++;
+    drop(c, 'metrics-client-dropped', { why: `more than ${maxPendingInputBytes} bytes of requests sent ahead of their responses` });
+    return true;
+  }
+
+  /** Answers the next complete request of `c`, if it is not already answering one. */
+  function next(c: ScrapeConnection): void {
+    if (c.closed || c.busy) return;
+    const end = c.input.indexOf(HEAD_END);
+    if (end < 0) {
+      if (c.peerEnded) {
+        c.socket.end();
+        return;
+      }
+      if (c.input.length > MAX_HEAD_BYTES) {
+        counters.closedAbusive++;
+        respond(c, 431, 'request head too long\n', null, false);
+        return;
+      }
+      c.socket.resume();
+      return;
+    }
+    // Read nothing more until this request is answered: the client's own buffers hold the rest back.
+    c.socket.pause();
+    if (end > MAX_HEAD_BYTES) {
+      counters.closedAbusive++;
+      respond(c, 431, 'request head too long\n', null, false);
+      return;
+    }
+    const head = c.input.subarray(0, end).toString('latin1');
+    c.input = c.input.length === end + HEAD_END.length ? EMPTY : c.input.subarray(end + HEAD_END.length);
+    if (tooMuchAhead(c)) return;
+    const req = parseRequestHead(head);
+    if (!req) {
+      counters.closedAbusive++;
+      respond(c, 400, 'bad request\n', null, false);
+      return;
+    }
+    // A body is never read: answer, then close, so its bytes are not taken for the next request.
+    const keepAlive = req.keepAlive && !req.hasBody;
+    if (req.path !== '/metrics') {
+      respond(c, 404, 'not found: metrics are at /metrics\n', null, keepAlive, req.method === 'HEAD');
       return;
     }
     if (req.method !== 'GET' && req.method !== 'HEAD') {
-      res.writeHead(405, { allow: 'GET, HEAD', 'content-type': 'text/plain; charset=utf-8' }).end('method not allowed\n');
+      respond(c, 405, 'method not allowed\n', 'Allow: GET, HEAD\r\n', keepAlive);
       return;
     }
-    let body: string;
+    c.busy = true;
+    const answer = (text: Buffer) => {
+      c.busy = false;
+      if (c.closed) return;
+      counters.scrapes++;
+      respond(c, 200, text, null, keepAlive, req.method === 'HEAD', METRICS_CONTENT_TYPE);
+    };
+    const fail = (e: unknown) => {
+      c.busy = false;
+      if (!c.closed) respond(c, 500, `metrics unavailable: ${(e as Error)?.message ?? String(e)}\n`, null, keepAlive);
+    };
     try {
-      body = renderMetrics(await snapshotFn());
+      const b = body();
+      if (Buffer.isBuffer(b)) answer(b);
+      else b.then(answer, fail);
     } catch (e) {
-      res.writeHead(500, { 'content-type': 'text/plain; charset=utf-8' }).end(`metrics unavailable: ${(e as Error).message}\n`);
-      return;
+      fail(e);
     }
-    scrapes++;
-    res.writeHead(200, { 'content-type': METRICS_CONTENT_TYPE, 'content-length': Buffer.byteLength(body) });
-    res.end(req.method === 'HEAD' ? undefined : body);
+  }
+
+  function respond(c: ScrapeConnection, status: number, content: string | Buffer, extraHeaders: string | null, keepAlive: boolean,
+    headOnly = false, contentType = 'text/plain; charset=utf-8'): void {
+    const bytes = typeof content === 'string' ? Buffer.from(content, 'utf8') : content;
+    const head = `HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? ''}\r\nContent-Type: ${contentType}\r\nContent-Length: ${bytes.length}\r\n`
+      + `${extraHeaders ?? ''}Connection: ${keepAlive ? 'keep-alive' : 'close'}\r\n\r\n`;
+    c.busy = true;
+    const s = c.socket;
+    s.cork();
+    s.write(head, 'latin1');
+    const written = () => {
+      c.busy = false;
+      if (c.closed) return;
+      c.lastActiveMs = Date.now();
+      if (!keepAlive) {
+        s.end();
+        return;
+      }
+      // The next pipelined request, if any, on the next turn: one request per connection per turn.
+      setImmediate(() => next(c));
+    };
+    if (headOnly) s.write(EMPTY, written);
+    else s.write(bytes, written);
+    s.uncork();
+  }
+
+  function evictOne(): void {
+    let victim: ScrapeConnection | null = null;
+    for (const c of open) {
+      const idle = !c.busy && c.input.length === 0;
+      const victimIdle = victim !== null && !victim.busy && victim.input.length === 0;
+      if (!victim || (idle && !victimIdle) || (idle === victimIdle && c.lastActiveMs < victim.lastActiveMs)) victim = c;
+    }
+    if (!victim) return;
+    counters.evicted++;
+    drop(victim, 'metrics-client-evicted', { why: `${maxConnections} connections open` }, 'info');
+  }
+
+  function drop(c: ScrapeConnection, event: string, fields: Record<string, unknown>, level: 'debug' | 'info' | 'warn' = 'warn'): void {
+    if (c.closed) return;
+    log(level, event, { connection: c.id, ...fields });
+    forget(c);
+    c.socket.destroy();
+  }
+
+  function forget(c: ScrapeConnection): void {
+    c.closed = true;
+    c.input = EMPTY;
+    open.delete(c);
   }
 
   await new Promise<void>((resolve, reject) => {
@@ -231,10 +497,19 @@ export async function startMetricsServer(host: string, port: number, snapshotFn:
   return {
     host,
     port: boundPort,
-    get scrapes() { return scrapes; },
+    get scrapes() { return counters.scrapes; },
+    counters,
     close: () => new Promise<void>((resolve) => {
+      closing = true;
+      for (const c of [...open]) {
+        forget(c);
+        c.socket.destroy();
+      }
+      if (!server.listening) {
+        resolve();
+        return;
+      }
       server.close(() => resolve());
-      server.closeAllConnections();
     }),
   };
 }

@@ -1,13 +1,40 @@
 /**
  * Listening on a UNIX stream socket path the way both shadowvm sockets (the
- * agent socket and the control socket) need it: parent directory created
- * 0700, the socket itself 0600, a stale socket file left by a crashed
- * bridge replaced, and a live one (another bridge with the same name)
- * refused rather than stolen.
+ * agent socket and the control socket) need it, with no window for another
+ * local user:
+ *
+ * - Every directory on the path must be trustworthy: owned by root or by
+ *   us, and not writable by other users unless the sticky bit stops them
+ *   from renaming or deleting our entries (/tmp). Symbolic links on the way
+ *   must be owned by root or by us, and lead to trustworthy directories. A
+ *   directory that fails this is a `SocketPathError` (one line, exit 2):
+ *   another user who owns or can write a directory on the path can replace
+ *   the socket or read what we send.
+ * - Missing directories are created one at a time with mode 0700 and
+ *   checked again with `lstat` after creation (one that appeared in the
+ *   meantime is judged like any existing one).
+ * - The socket is born with its final mode: it is bound under umask 077 at
+ *   a random hidden name in the same directory and then hard-linked to its
+ *   path, so nobody can connect through a 0777 socket before a `chmod`, and
+ *   the link fails instead of replacing a socket someone else put there.
+ * - A socket file at the path that answers is another live process:
+ *   `SocketInUseError`, left alone. One that does not answer (a crashed
+ *   bridge) is removed, and only if it is still the same inode after the
+ *   probe.
+ * - At close, only the socket file this process made is removed (same
+ *   device and inode as recorded at listen). libuv unlinks a pipe's bind
+ *   path when the server closes; since that is the hidden temporary name,
+ *   already gone, it can never delete another process's socket at the path.
+ *
+ * Peer credentials: Node cannot read SO_PEERCRED, so who may connect is
+ * decided by the file system alone: the socket is 0600 and owned by the
+ * bridge's user (root), in directories nobody else can write. A process
+ * that can connect is therefore root or the bridge's own user.
  */
-import { chmodSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, linkSync, lstatSync, mkdirSync, realpathSync, Stats, unlinkSync } from 'node:fs';
 import { connect, Server } from 'node:net';
-import { dirname } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 
 /** Another process is listening on the socket path. */
 export class SocketInUseError extends Error {
@@ -17,7 +44,7 @@ export class SocketInUseError extends Error {
   }
 }
 
-/** The socket path cannot be used: it is not a socket, or the directory cannot be made. */
+/** The socket path cannot be used: it is not a socket, a directory on it is not safe, or it cannot be made. */
 export class SocketPathError extends Error {
   constructor(readonly path: string, readonly what: string, readonly detail: string) {
     super(`${what} ${path}: ${detail}`);
@@ -46,6 +73,151 @@ export function probeUnixSocket(path: string, timeoutMs = 1000): Promise<boolean
   });
 }
 
+// ───────────────────────── who may own what ─────────────────────────
+
+function effectiveUid(): number {
+  return process.geteuid?.() ?? 0;
+}
+
+/** Root, or the user this process runs as. */
+function isTrustedOwner(uid: number): boolean {
+  return uid === 0 || uid === effectiveUid();
+}
+
+function octal(mode: number): string {
+  return (mode & 0o7777).toString(8).padStart(4, '0');
+}
+
+function ownerWords(): string {
+  const euid = effectiveUid();
+  return euid === 0 ? 'root' : `root or uid ${euid}`;
+}
+
+/** Why directory `p` (already known not to be a symbolic link) cannot hold our sockets, or null. */
+function directoryProblem(p: string, st: Stats): string | null {
+  if (!st.isDirectory()) return `${p} is not a directory`;
+  if (!isTrustedOwner(st.uid)) return `directory ${p} is owned by uid ${st.uid}, not by ${ownerWords()}; refusing to use it`;
+  const sticky = (st.mode & 0o1000) !== 0;
+  if (!sticky && (st.mode & 0o002) !== 0) {
+    return `directory ${p} is writable by every user (mode ${octal(st.mode)}, no sticky bit); refusing to use it`;
+  }
+  if (!sticky && (st.mode & 0o020) !== 0 && st.gid !== 0) {
+    return `directory ${p} is writable by group ${st.gid} (mode ${octal(st.mode)}, no sticky bit); refusing to use it`;
+  }
+  return null;
+}
+
+class UntrustedPath extends Error {}
+
+/**
+ * Walks absolute path `abs` from `/`: every existing component must be a
+ * trustworthy directory (or a symbolic link owned by a trusted user to
+ * one). Returns the real path of the deepest existing directory and the
+ * names still missing below it. Throws `UntrustedPath`.
+ */
+function walkDirectories(abs: string, depth = 0): { existing: string; missing: string[] } {
+  if (depth > 8) throw new UntrustedPath(`too many levels of symbolic links under ${abs}`);
+  const parts = abs.split('/').filter((p) => p.length > 0);
+  let cur = '/';
+  const rootProblem = directoryProblem('/', lstatSync('/'));
+  if (rootProblem) throw new UntrustedPath(rootProblem);
+  for (let i = 0; i < parts.length; i++) {
+    const next = cur === '/' ? `/${parts[i]}` : `${cur}/${parts[i]}`;
+    let st: Stats;
+    try {
+      st = lstatSync(next);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { existing: cur, missing: parts.slice(i) };
+      throw new UntrustedPath(`cannot inspect ${next}: ${(e as Error).message}`);
+    }
+    if (st.isSymbolicLink()) {
+      if (!isTrustedOwner(st.uid)) throw new UntrustedPath(`${next} is a symbolic link owned by uid ${st.uid}; refusing to follow it`);
+      let target: string;
+      try {
+        target = realpathSync(next);
+      } catch {
+        throw new UntrustedPath(`${next} is a symbolic link to nowhere`);
+      }
+      const sub = walkDirectories(target, depth + 1);
+      if (sub.missing.length > 0) throw new UntrustedPath(`${next} is a symbolic link to nowhere`);
+      cur = sub.existing;
+      continue;
+    }
+    const problem = directoryProblem(next, st);
+    if (problem) throw new UntrustedPath(problem);
+    cur = next;
+  }
+  return { existing: cur, missing: [] };
+}
+
+/**
+ * Makes sure directory `dir` exists and can hold our sockets: checks every
+ * existing directory on the way and creates the missing ones (mode
+ * `dirMode`, umask 077), checking each again after creation.
+ */
+export function preparePrivateDirectory(dir: string, what: string, socketPath: string, dirMode = 0o700): void {
+  const fail = (detail: string) => new SocketPathError(socketPath, what, detail);
+  let walked: { existing: string; missing: string[] };
+  try {
+    walked = walkDirectories(resolve(dir));
+  } catch (e) {
+    if (e instanceof UntrustedPath) throw fail(e.message);
+    throw fail(`cannot inspect its directory: ${(e as Error).message}`);
+  }
+  let cur = walked.existing;
+  for (const name of walked.missing) {
+    cur = join(cur, name);
+    const oldMask = process.umask(0o077);
+    try {
+      mkdirSync(cur, { mode: dirMode });
+      chmodSync(cur, dirMode);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw fail(`cannot create its directory: ${(e as Error).message}`);
+    } finally {
+      process.umask(oldMask);
+    }
+    // Created by us, or by someone else in the meantime: judged the same way. Never followed if it is a link.
+    const st = lstatSync(cur);
+    if (st.isSymbolicLink()) throw fail(`${cur} appeared as a symbolic link while it was being created; refusing to use it`);
+    const problem = directoryProblem(cur, st);
+    if (problem) throw fail(problem);
+  }
+}
+
+/**
+ * Why a client should not talk to the socket at `path`, or null: the socket
+ * or a directory on the way to it is owned by or writable by another user
+ * (who could have put a fake bridge there). A missing socket is not a
+ * problem here: connecting says so.
+ */
+export function untrustedSocketReason(path: string): string | null {
+  const abs = resolve(path);
+  let st: Stats;
+  try {
+    st = lstatSync(abs);
+  } catch {
+    return null;
+  }
+  if (st.isSymbolicLink()) {
+    if (!isTrustedOwner(st.uid)) return `${abs} is a symbolic link owned by uid ${st.uid}`;
+    try {
+      return untrustedSocketReason(realpathSync(abs));
+    } catch {
+      return null;
+    }
+  }
+  if (!st.isSocket()) return `${abs} is not a socket`;
+  if (!isTrustedOwner(st.uid)) return `${abs} is owned by uid ${st.uid}, not by ${ownerWords()}`;
+  try {
+    walkDirectories(dirname(abs));
+  } catch (e) {
+    return (e as Error).message;
+  }
+  return null;
+}
+
+// ───────────────────────── listen / close ─────────────────────────
+
 function listenOnce(server: Server, path: string): Promise<void> {
   return new Promise((resolve, reject) => {
     const onError = (e: Error) => {
@@ -58,7 +230,13 @@ function listenOnce(server: Server, path: string): Promise<void> {
     };
     server.once('error', onError);
     server.once('listening', onListening);
-    server.listen(path);
+    // The pipe is bound inside listen(), synchronously: the umask only has to cover this call.
+    const oldMask = process.umask(0o077);
+    try {
+      server.listen(path);
+    } finally {
+      process.umask(oldMask);
+    }
   });
 }
 
@@ -78,64 +256,92 @@ export interface UnixSocketIdentity {
   dev: number;
 }
 
+function errnoOf(e: unknown): string | undefined {
+  return (e as NodeJS.ErrnoException).code;
+}
+
+/** Removes a socket file nobody answers on; a live one is `SocketInUseError`, anything else `SocketPathError`. */
+async function clearStaleSocket(path: string, what: string): Promise<void> {
+  let before: Stats;
+  try {
+    before = lstatSync(path);
+  } catch (e) {
+    if (errnoOf(e) === 'ENOENT') return;
+    throw new SocketPathError(path, what, `cannot inspect it: ${(e as Error).message}`);
+  }
+  if (!before.isSocket()) throw new SocketPathError(path, what, 'exists and is not a socket; refusing to replace it');
+  if (await probeUnixSocket(path)) throw new SocketInUseError(path, what);
+  let after: Stats;
+  try {
+    after = lstatSync(path);
+  } catch (e) {
+    if (errnoOf(e) === 'ENOENT') return;
+    throw new SocketPathError(path, what, `cannot inspect it: ${(e as Error).message}`);
+  }
+  // Replaced while we probed: whoever did it is alive.
+  if (after.ino !== before.ino || after.dev !== before.dev) throw new SocketInUseError(path, what);
+  try {
+    unlinkSync(path);
+  } catch (e) {
+    if (errnoOf(e) !== 'ENOENT') throw new SocketPathError(path, what, `cannot remove the stale socket: ${(e as Error).message}`);
+  }
+}
+
 /**
- * Makes `server` listen on `path`. A socket file nobody answers on is
- * removed first; a live one is a `SocketInUseError`; a file that is not a
- * socket is a `SocketPathError` (never deleted).
+ * Makes `server` listen on `path` (see the header for how). Throws
+ * `SocketInUseError` when another process answers there and
+ * `SocketPathError` for anything else that makes the path unusable.
  */
 export async function listenUnixSocket(server: Server, path: string, options: UnixListenOptions): Promise<UnixSocketIdentity> {
   const { what } = options;
-  try {
-    mkdirSync(dirname(path), { recursive: true, mode: options.dirMode ?? 0o700 });
-  } catch (e) {
-    throw new SocketPathError(path, what, `cannot create its directory: ${(e as Error).message}`);
-  }
-  try {
-    await listenOnce(server, path);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'EADDRINUSE') {
+  const abs = resolve(path);
+  const dir = dirname(abs);
+  preparePrivateDirectory(dir, what, path, options.dirMode ?? 0o700);
+  await clearStaleSocket(abs, what);
+
+  let temp = '';
+  for (let attempt = 0; ; attempt++) {
+    temp = join(dir, `.${randomBytes(5).toString('hex')}.sock`);
+    try {
+      await listenOnce(server, temp);
+      break;
+    } catch (e) {
+      if (errnoOf(e) === 'EADDRINUSE' && attempt < 3) continue;
       throw new SocketPathError(path, what, `cannot listen: ${(e as Error).message}`);
     }
-    let isSocket = false;
-    try {
-      isSocket = lstatSync(path).isSocket();
-    } catch {
-      // Gone in the meantime: just try again below.
-      isSocket = true;
-    }
-    if (!isSocket) throw new SocketPathError(path, what, 'exists and is not a socket; refusing to replace it');
-    if (await probeUnixSocket(path)) throw new SocketInUseError(path, what);
-    try {
-      unlinkSync(path);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
-        throw new SocketPathError(path, what, `cannot remove the stale socket: ${(err as Error).message}`);
-      }
-    }
-    try {
-      await listenOnce(server, path);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'EADDRINUSE') throw new SocketInUseError(path, what);
-      throw new SocketPathError(path, what, `cannot listen: ${(err as Error).message}`);
-    }
   }
-  // The socket exists with the umask's mode until this chmod; the 0700 directory keeps others out meanwhile.
-  chmodSync(path, options.mode ?? 0o600);
-  const st = lstatSync(path);
-  return { path, ino: st.ino, dev: st.dev };
+  let linked = false;
+  try {
+    chmodSync(temp, options.mode ?? 0o600);
+    linkSync(temp, abs);
+    linked = true;
+  } catch (e) {
+    // EEXIST: a socket appeared at the path after the stale check; whoever made it is alive.
+    if (errnoOf(e) === 'EEXIST') throw new SocketInUseError(path, what);
+    throw new SocketPathError(path, what, `cannot create the socket: ${(e as Error).message}`);
+  } finally {
+    try {
+      unlinkSync(temp);
+    } catch {
+      // Gone already.
+    }
+    if (!linked) await closeServer(server);
+  }
+  const st = lstatSync(abs);
+  return { path: abs, ino: st.ino, dev: st.dev };
 }
 
-/** Removes the socket file if it is still the one we created (another bridge may have replaced it). */
+/** Removes the socket file if it is still the one we created (another process may have replaced it). */
 export function removeSocketFile(id: UnixSocketIdentity): void {
   try {
     const st = lstatSync(id.path);
     if (st.isSocket() && st.ino === id.ino && st.dev === id.dev) unlinkSync(id.path);
   } catch {
-    // Already gone (libuv unlinks a pipe's path when the server closes).
+    // Already gone.
   }
 }
 
-/** Closes a server, resolving once it no longer listens. */
+/** Closes a server, resolving once it no longer listens. Open connections must be destroyed first, or this waits for them. */
 export function closeServer(server: Server): Promise<void> {
   return new Promise((resolve) => {
     if (!server.listening) {
@@ -145,3 +351,4 @@ export function closeServer(server: Server): Promise<void> {
     server.close(() => resolve());
   });
 }
+

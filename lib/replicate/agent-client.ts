@@ -5,16 +5,31 @@
  *   listener   ◄──connected, checkpointDone, heartbeat, …── AgentLink ◄── agent
  *
  * The bridge listens and the agent connects, so either can restart without
- * the other (DESIGN: default `/run/shadowvm/<name>/agent.sock`, mode 0600).
- * One agent at a time: a second connection gets an `error` message and is
- * closed. An agent counts as connected from its `hello` until its socket
- * closes or it stays silent for `heartbeatTimeoutMs`.
+ * the other (DESIGN: default `/run/shadowvm/<name>/agent.sock`, mode 0600,
+ * in a directory only root can write: see unix-socket.ts for why that is
+ * the peer check).
  *
- * Malformed lines get an `error` reply and are counted; the link stays up.
- * An `error` message is never answered (two peers must not ping-pong).
+ * Who is the agent:
+ * - Only a connection that has said a valid `hello` is the agent; one that
+ *   has not is *pending*. Pending connections never block anyone: up to
+ *   `maxPendingConnections` wait side by side (a new one beyond that closes
+ *   the oldest pending), each must say hello within `helloTimeoutMs`
+ *   (default 1 s, not extended by other lines) or is closed, and the first
+ *   to say hello becomes the agent (the other pending ones are closed).
+ * - While an agent is connected, a new connection gets an `error` message
+ *   and is closed: one agent at a time. The agent keeps the slot only while
+ *   it talks: silent for `heartbeatTimeoutMs`, it counts as gone and the
+ *   slot is free for the next one.
+ * - An agent (or pending peer) that leaves more than `maxOutputBytes` of
+ *   our messages unread is closed.
+ *
+ * Malformed lines get an `error` reply and are counted; the link stays up
+ * (a pending peer is closed after `MAX_PENDING_ERRORS` of them). An `error`
+ * message is never answered (two peers must not ping-pong).
  *
  * Counts: messages in/out, protocol errors, unknown types, connections
- * accepted and refused, heartbeat timeouts.
+ * accepted and refused, hello and heartbeat timeouts, pending connections
+ * evicted.
  */
 import { createServer, Server, Socket } from 'node:net';
 import { closeServer, listenUnixSocket, removeSocketFile, UnixSocketIdentity } from '../control/unix-socket';
@@ -47,6 +62,12 @@ export interface AgentLinkOptions {
   name: string;
   /** No message for this long: the agent counts as gone. Default 3000 ms. */
   heartbeatTimeoutMs?: number;
+  /** A connection that has not said hello this long after connecting is closed. Default 1000 ms. */
+  helloTimeoutMs?: number;
+  /** Connections waiting for their hello at once; one more closes the oldest. Default 4. */
+  maxPendingConnections?: number;
+  /** Our messages left unread by a peer beyond which it is closed. Default 1 MiB. */
+  maxOutputBytes?: number;
   maxLineBytes?: number;
   log?: LogFn;
 }
@@ -73,6 +94,10 @@ export interface AgentLinkCounters {
   connectionsAccepted: number;
   connectionsRefused: number;
   heartbeatTimeouts: number;
+  /** Connections closed for not saying hello within `helloTimeoutMs`. */
+  helloTimeouts: number;
+  /** Pending connections closed to make room for a newer one. */
+  pendingEvicted: number;
 }
 
 /** The link is used before `listen()` or after `close()`. */
@@ -84,13 +109,20 @@ export class AgentLinkStateError extends Error {
 }
 
 const DEFAULT_HEARTBEAT_TIMEOUT_MS = 3000;
+const DEFAULT_HELLO_TIMEOUT_MS = 1000;
+const DEFAULT_MAX_PENDING = 4;
+const DEFAULT_MAX_OUTPUT_BYTES = 1 << 20;
+/** Protocol errors a peer may make before its hello; one more closes it. */
+export const MAX_PENDING_ERRORS = 4;
 
-/** One accepted connection: the agent, once it has said hello. */
+/** One accepted connection: pending until it says hello, then the agent. */
 class AgentSession {
   readonly splitter: LineSplitter;
   hello: HelloMessage | null = null;
   closed = false;
+  /** Before hello: the hello deadline (fixed). After: the heartbeat timeout (refreshed by every message). */
   timer: NodeJS.Timeout | null = null;
+  errorsBeforeHello = 0;
 
   constructor(readonly socket: Socket, readonly id: number, maxLineBytes: number) {
     this.splitter = new LineSplitter(maxLineBytes);
@@ -106,6 +138,8 @@ export class AgentLink {
     connectionsAccepted: 0,
     connectionsRefused: 0,
     heartbeatTimeouts: 0,
+    helloTimeouts: 0,
+    pendingEvicted: 0,
   };
   /** The last heartbeat of the connected agent. */
   lastHeartbeat: HeartbeatMessage | null = null;
@@ -114,8 +148,14 @@ export class AgentLink {
   private readonly listener: Partial<AgentLinkListener>;
   private readonly log: LogFn;
   private readonly heartbeatTimeoutMs: number;
+  private readonly helloTimeoutMs: number;
+  private readonly maxPending: number;
+  private readonly maxOutputBytes: number;
   private readonly maxLineBytes: number;
+  /** The agent: a connection that said hello. */
   private session: AgentSession | null = null;
+  /** Connections that have not said hello yet, oldest first. */
+  private readonly pending = new Set<AgentSession>();
   /** Connections refused as second agents, until they are gone. */
   private readonly refused = new Set<Socket>();
   private identity: UnixSocketIdentity | null = null;
@@ -126,6 +166,9 @@ export class AgentLink {
     this.listener = listener;
     this.log = options.log ?? noLog;
     this.heartbeatTimeoutMs = options.heartbeatTimeoutMs ?? DEFAULT_HEARTBEAT_TIMEOUT_MS;
+    this.helloTimeoutMs = options.helloTimeoutMs ?? DEFAULT_HELLO_TIMEOUT_MS;
+    this.maxPending = options.maxPendingConnections ?? DEFAULT_MAX_PENDING;
+    this.maxOutputBytes = options.maxOutputBytes ?? DEFAULT_MAX_OUTPUT_BYTES;
     this.maxLineBytes = options.maxLineBytes ?? MAX_AGENT_LINE_BYTES;
     this.server = createServer((socket) => this.accept(socket));
     this.server.on('error', (e) => this.log('error', 'agent-socket-error', { path: options.socketPath, error: e }));
@@ -167,11 +210,12 @@ export class AgentLink {
     this.log('info', 'agent-socket-listening', { path: this.socketPath });
   }
 
-  /** Stops listening, drops the agent (a `disconnected` event if one was connected) and removes the socket file. */
+  /** Stops listening, drops the agent (a `disconnected` event if one was connected) and every other connection, and removes the socket file if it is still ours. */
   async close(): Promise<void> {
     if (this.closing) return;
     this.closing = true;
     if (this.session) this.endSession(this.session, 'bridge closing');
+    for (const s of [...this.pending]) this.endSession(s, 'bridge closing');
     for (const socket of this.refused) socket.destroy();
     await closeServer(this.server);
     if (this.identity) removeSocketFile(this.identity);
@@ -200,11 +244,15 @@ export class AgentLink {
       return false;
     }
     this.send(s, msg);
-    return true;
+    return !s.closed;
   }
 
   private send(s: AgentSession, msg: AgentMessage): void {
     if (s.closed || s.socket.destroyed) return;
+    if (s.socket.writableLength > this.maxOutputBytes) {
+      this.endSession(s, `more than ${this.maxOutputBytes} bytes of our messages unread`);
+      return;
+    }
     s.socket.write(encodeAgentMessage(msg));
     this.counters.messagesOut++;
   }
@@ -233,16 +281,28 @@ export class AgentLink {
       });
       return;
     }
+    if (this.pending.size >= this.maxPending) {
+      const oldest = this.pending.values().next().value as AgentSession;
+      this.counters.pendingEvicted++;
+      this.endSession(oldest, `closed to make room: ${this.maxPending} connections were waiting for their hello`);
+    }
     this.counters.connectionsAccepted++;
     const s = new AgentSession(socket, this.nextSessionId++, this.maxLineBytes);
-    this.session = s;
+    this.pending.add(s);
     socket.setNoDelay?.(true);
     socket.on('data', (chunk: Buffer) => this.onData(s, chunk));
     socket.on('error', (e) => this.log('warn', 'agent-socket-error', { session: s.id, error: e }));
     socket.on('close', () => this.endSession(s, 'agent closed the connection'));
-    s.timer = setTimeout(() => this.onSilence(s), this.heartbeatTimeoutMs);
+    s.timer = setTimeout(() => this.onNoHello(s), this.helloTimeoutMs);
     s.timer.unref();
     this.send(s, { type: 'hello', version: AGENT_PROTOCOL_VERSION, role: 'bridge', name: this.options.name });
+  }
+
+  private onNoHello(s: AgentSession): void {
+    if (s.closed || s.hello) return;
+    this.counters.helloTimeouts++;
+    this.log('warn', 'agent-hello-timeout', { session: s.id, helloTimeoutMs: this.helloTimeoutMs });
+    this.endSession(s, `no hello within ${this.helloTimeoutMs} ms`);
   }
 
   private onSilence(s: AgentSession): void {
@@ -257,6 +317,7 @@ export class AgentLink {
     if (s.timer) clearTimeout(s.timer);
     s.splitter.reset();
     s.socket.destroy();
+    this.pending.delete(s);
     if (this.session === s) this.session = null;
     if (s.hello) {
       this.lastHeartbeat = null;
@@ -265,6 +326,30 @@ export class AgentLink {
     } else {
       this.log('info', 'agent-connection-closed', { session: s.id, why });
     }
+  }
+
+  /** A pending connection said hello: it becomes the agent, unless another one did first. */
+  private promote(s: AgentSession, hello: HelloMessage): void {
+    if (this.session) {
+      const current = this.session.hello ? `agent "${this.session.hello.name}"` : 'another agent';
+      this.counters.connectionsRefused++;
+      this.send(s, { type: 'error', error: `${current} is already connected to this bridge; one agent at a time` });
+      this.endSession(s, `${current} is already connected`);
+      return;
+    }
+    this.pending.delete(s);
+    this.session = s;
+    s.hello = hello;
+    if (s.timer) clearTimeout(s.timer);
+    s.timer = setTimeout(() => this.onSilence(s), this.heartbeatTimeoutMs);
+    s.timer.unref();
+    this.log('info', 'agent-connected', { agent: hello.name, session: s.id });
+    for (const other of [...this.pending]) {
+      this.counters.connectionsRefused++;
+      this.send(other, { type: 'error', error: `agent "${hello.name}" said hello first; one agent at a time` });
+      this.endSession(other, `agent "${hello.name}" said hello first`);
+    }
+    this.emit('connected', hello);
   }
 
   /** A throwing listener is a bug in the bridge; it must not take the link (and the other lines of this read) down with it. */
@@ -299,7 +384,8 @@ export class AgentLink {
         continue;
       }
       this.counters.messagesIn++;
-      s.timer?.refresh();
+      // Only the agent's messages keep it alive; a pending peer's deadline does not move.
+      if (s.hello) s.timer?.refresh();
       this.dispatch(s, msg, piece.line);
     }
   }
@@ -308,6 +394,7 @@ export class AgentLink {
     this.counters.protocolErrors++;
     this.log('warn', 'agent-protocol-error', { kind: e.kind, why: e.why, line: e.excerpt });
     this.send(s, errorReplyFor(e));
+    if (!s.hello && ++s.errorsBeforeHello > MAX_PENDING_ERRORS) this.endSession(s, `${s.errorsBeforeHello} protocol errors before hello`);
   }
 
   private dispatch(s: AgentSession, msg: ParsedAgentMessage, line: string): void {
@@ -330,9 +417,7 @@ export class AgentLink {
         this.log('info', 'agent-repeated-hello', { agent: msg.name });
         return;
       }
-      s.hello = msg;
-      this.log('info', 'agent-connected', { agent: msg.name });
-      this.emit('connected', msg);
+      this.promote(s, msg);
       return;
     }
     if (!s.hello) {

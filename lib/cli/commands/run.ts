@@ -4,6 +4,7 @@ import type { Argv } from 'yargs';
 import { Bridge } from '../../bridge';
 import { makePipelineConfig, PipelineConfig } from '../../pipeline/config';
 import { Logger } from '../../control/logger';
+import { BridgeSignals } from '../../control/signals';
 import { defaultAgentSocketPath } from '../../replicate/agent-protocol';
 import { defaultControlSocketPath } from '../../control/control-socket';
 import { IoBackend, openPorts } from '../ports';
@@ -68,15 +69,27 @@ export function runCommand(y: Argv): Argv {
         metrics,
         log: logger.log,
       });
-      await bridge.start();
-      await new Promise<void>((resolve) => {
-        const stop = (signal: string) => {
-          logger.info('signal', { signal });
-          void bridge.stop().then(() => { logger.close(); resolve(); });
-        };
-        process.once('SIGINT', () => stop('SIGINT'));
-        process.once('SIGTERM', () => stop('SIGTERM'));
+      // Listening before start: a SIGHUP or SIGTERM while the sockets open must not kill the process silently.
+      const started = bridge.start();
+      const signals = new BridgeSignals({
+        log: logger.log,
+        stop: async () => {
+          await started.catch(() => {});
+          await bridge.stop();
+        },
       });
+      try {
+        await started;
+      } catch (e) {
+        signals.dispose();
+        logger.close();
+        throw e;
+      }
+      const outcome = await signals.outcome;
+      signals.dispose();
+      logger.close();
+      // Anything but a clean stop exits non-zero (bin/shadowvm exits even if handles are left open).
+      if (outcome !== 'stopped') process.exitCode = 1;
     },
   );
 }
