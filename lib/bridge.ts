@@ -145,6 +145,17 @@ export class Bridge {
               const r = this.pipeline.replicator;
               return { requested, epoch: r.epoch, state: r.state, ...(requested ? {} : { note: `not sent: state ${r.state}` }) };
             },
+            failover: () => {
+              const before = this.pipeline.failover.refused;
+              let promoted = false;
+              this.afterEvent(() => { promoted = this.pipeline.failoverNow('manual', 'asked for over the control socket', this.clockUs()); });
+              const roles = this.pipeline.replicas.slots.map((s) => ({ port: s.name, role: s.role }));
+              if (promoted) return { promoted, survivor: this.pipeline.replicas.active.name, roles };
+              const why = this.pipeline.failover.refused > before
+                ? (this.pipeline.replicas.standby ? `the backup is stale (state ${this.pipeline.state})` : 'no backup')
+                : 'not promoted';
+              return { promoted, why, roles };
+            },
             flows: (limit) => {
               this.pipeline.syncReports();
               return this.pipeline.reports.slice(-limit);
@@ -153,7 +164,7 @@ export class Bridge {
         });
         await this.control.listen();
       }
-      if (o.metrics) this.metrics = await startMetricsServer(o.metrics.host, o.metrics.port, () => this.snapshot(), { allowRemote: o.metrics.allowRemote });
+      if (o.metrics) this.metrics = await startMetricsServer(o.metrics.host, o.metrics.port, () => this.snapshot(), { allowRemote: o.metrics.allowRemote, log: this.log });
     } catch (e) {
       await this.stop();
       throw e;
@@ -181,8 +192,11 @@ export class Bridge {
     for (const t of this.carrierTimers) if (t) clearTimeout(t);
     if (this.silenceTimer) clearTimeout(this.silenceTimer);
     for (const off of this.unsubscribeLinks) off();
-    await Promise.allSettled([this.agent?.close(), this.control?.close(), this.metrics?.close()]);
-    await Promise.allSettled([this.ports.uplink.close(), this.ports.primary.close(), this.ports.backup.close()]);
+    // Ports and sockets together: a slow socket close must never leave frames forwarded meanwhile.
+    await Promise.allSettled([
+      this.ports.uplink.close(), this.ports.primary.close(), this.ports.backup.close(),
+      this.agent?.close(), this.control?.close(), this.metrics?.close(),
+    ]);
     this.log('info', 'stopped', { name: this.options.name });
   }
 
@@ -195,6 +209,11 @@ export class Bridge {
       nowUs: this.clockUs(),
       ports: roles.map(([role, port]) => ({ role, name: port.name, ...port.stats() })),
       agent: this.agent ? this.agent.snapshot() : emptyAgentSnapshot(),
+      components: {
+        ...(this.agent ? { agent_link: { ...this.agent.counters } } : {}),
+        ...(this.control ? { control_socket: { ...this.control.counters } } : {}),
+        ...(this.metrics ? { metrics_server: { ...this.metrics.counters } } : {}),
+      },
     });
   }
 

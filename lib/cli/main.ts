@@ -10,6 +10,7 @@ import { UsageError } from './errors';
 import { replayCommand } from './commands/replay';
 import { runCommand } from './commands/run';
 import { statusCommand } from './commands/status';
+import { failoverCommand } from './commands/failover';
 import { agentCommand } from './commands/agent';
 import { labCommand } from './commands/lab';
 import { setupCommands } from './commands/setup';
@@ -31,7 +32,7 @@ function isOneLine(err: unknown): err is Error {
 
 export async function main(argv: string[]): Promise<number> {
   let y = yargs(argv).scriptName('shadowvm').usage('$0 <command> [options]');
-  for (const add of [setupCommands, runCommand, statusCommand, agentCommand, labCommand, replayCommand]) y = add(y);
+  for (const add of [setupCommands, runCommand, statusCommand, failoverCommand, agentCommand, labCommand, replayCommand]) y = add(y);
   const parser = y
     .demandCommand(1, 'name a command (see --help)')
     .strict()

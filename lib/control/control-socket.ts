@@ -5,6 +5,7 @@
  *
  *   {"cmd":"status"}            → {"ok":true,"status":BridgeSnapshot}
  *   {"cmd":"checkpoint"}        → {"ok":true,"checkpoint":{requested,epoch,state}}
+ *   {"cmd":"failover"}          → {"ok":true,"failover":{promoted,survivor?,why?,roles}}
  *   {"cmd":"flows","limit":N}   → {"ok":true,"flows":[FlowReport…]}
  *   anything else               → {"ok":false,"error":"…"}
  *
@@ -42,6 +43,7 @@ import { closeServer, listenUnixSocket, removeSocketFile, untrustedSocketReason,
 export type ControlRequest =
   | { cmd: 'status'; id?: string | number }
   | { cmd: 'checkpoint'; id?: string | number }
+  | { cmd: 'failover'; id?: string | number }
   | { cmd: 'flows'; limit?: number; id?: string | number };
 export type ControlCommand = ControlRequest['cmd'];
 
@@ -53,9 +55,22 @@ export interface ManualCheckpointResult {
   note?: string;
 }
 
+/** A failover asked for by an administrator (planned switchover, or a primary the detectors did not see die). */
+export interface ManualFailoverResult {
+  promoted: boolean;
+  /** Port of the promoted replica, when promoted. */
+  survivor?: string;
+  /** Why not, when refused (no backup, stale backup). */
+  why?: string;
+  /** Each port and its role afterwards. */
+  roles: { port: string; role: string }[];
+}
+
 export interface ControlHandlers {
   status(): BridgeSnapshot | Promise<BridgeSnapshot>;
   checkpoint(): ManualCheckpointResult | Promise<ManualCheckpointResult>;
+  /** Absent: the bridge does not take failover requests (the command is answered with an error). */
+  failover?(): ManualFailoverResult | Promise<ManualFailoverResult>;
   /** The most recent `limit` flows. */
   flows(limit: number): readonly FlowReport[] | Promise<readonly FlowReport[]>;
 }
@@ -64,11 +79,12 @@ interface ReplyId { id?: string | number }
 export interface StatusReply extends ReplyId { ok: true; status: BridgeSnapshot }
 export interface CheckpointReply extends ReplyId { ok: true; checkpoint: ManualCheckpointResult }
 export interface FlowsReply extends ReplyId { ok: true; flows: FlowReport[] }
+export interface FailoverReply extends ReplyId { ok: true; failover: ManualFailoverResult }
 export interface ControlErrorReply extends ReplyId { ok: false; error: string }
-export type ControlReply = StatusReply | CheckpointReply | FlowsReply | ControlErrorReply;
+export type ControlReply = StatusReply | CheckpointReply | FailoverReply | FlowsReply | ControlErrorReply;
 
 type ReplyFor<C extends ControlCommand> =
-  (C extends 'status' ? StatusReply : C extends 'checkpoint' ? CheckpointReply : FlowsReply) | ControlErrorReply;
+  (C extends 'status' ? StatusReply : C extends 'checkpoint' ? CheckpointReply : C extends 'failover' ? FailoverReply : FlowsReply) | ControlErrorReply;
 
 export const DEFAULT_FLOWS_LIMIT = 100;
 /** The most flows one `flows` reply carries (a bigger `limit` is cut to this): a reply stays around a megabyte or less. */
@@ -118,6 +134,7 @@ export function parseControlRequest(line: string): ControlRequest {
   switch (obj.cmd) {
     case 'status':
     case 'checkpoint':
+    case 'failover':
       return withId({ cmd: obj.cmd });
     case 'flows': {
       const limit = obj.limit;
@@ -128,9 +145,9 @@ export function parseControlRequest(line: string): ControlRequest {
       return withId({ cmd: 'flows' as const, limit });
     }
     case undefined:
-      throw new ControlRequestError('missing "cmd" (one of status, checkpoint, flows)', excerptOf(line));
+      throw new ControlRequestError('missing "cmd" (one of status, checkpoint, failover, flows)', excerptOf(line));
     default:
-      throw new ControlRequestError(`unknown cmd ${JSON.stringify(obj.cmd)} (one of status, checkpoint, flows)`, excerptOf(line));
+      throw new ControlRequestError(`unknown cmd ${JSON.stringify(obj.cmd)} (one of status, checkpoint, failover, flows)`, excerptOf(line));
   }
 }
 
@@ -412,6 +429,9 @@ export class ControlSocket {
           return { ok: true, ...id, status: await h.status() };
         case 'checkpoint':
           return { ok: true, ...id, checkpoint: await h.checkpoint() };
+        case 'failover':
+          if (!h.failover) return { ok: false, ...id, error: 'this bridge does not take failover requests' };
+          return { ok: true, ...id, failover: await h.failover() };
         case 'flows': {
           const limit = Math.min(req.limit ?? DEFAULT_FLOWS_LIMIT, MAX_FLOWS_LIMIT);
           const flows = await h.flows(limit);

@@ -123,6 +123,11 @@ export function renderMetrics(s: BridgeSnapshot): string {
   }
   t.family('shadowvm_stage_events_total', 'counter', 'Every counter each data-path stage keeps, in one shape.', stageSamples);
   t.family('shadowvm_stage_level', 'gauge', 'What each data-path stage holds now (flows, frames, bytes).', stageLevels);
+  const componentSamples: Sample[] = [];
+  for (const [component, counters] of Object.entries(s.components ?? {})) {
+    for (const [counter, value] of Object.entries(counters)) componentSamples.push([{ component, counter }, value]);
+  }
+  t.family('shadowvm_component_events_total', 'counter', 'Counters of the control plane (agent link, control socket, metrics server): connections, requests, connections closed for abuse, idleness or slowness.', componentSamples);
   t.family('shadowvm_replication_state', 'gauge', 'Replication state: 1 for the current one.',
     REPLICATION_STATES.map((state) => [{ state }, state === s.state ? 1 : 0]));
   t.one('shadowvm_held_output_frames', 'gauge', 'Primary frames held until the backup says the same.', s.heldOutput.frames);

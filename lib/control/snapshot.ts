@@ -81,6 +81,8 @@ export interface BridgeSnapshot {
   };
   /** Every stage's counters, one shape (stage → counter → value). */
   stages: Record<string, Record<string, number>>;
+  /** The control plane's counters in the same shape: agent link, control socket, metrics server. */
+  components: Record<string, Record<string, number>>;
 }
 
 export function emptyAgentSnapshot(): AgentSnapshot {
@@ -96,6 +98,7 @@ export interface SnapshotSources {
   nowUs?: number;
   ports: PortSnapshot[];
   agent: AgentSnapshot;
+  components?: Record<string, Record<string, number>>;
 }
 
 /**
@@ -139,6 +142,7 @@ export function snapshotOf(pipeline: ShadowPipeline, src: SnapshotSources): Brid
     replicas: pipeline.replicas.slots.map((slot) => ({ port: slot.name, role: slot.role })),
     failover: failoverSnapshot(pipeline, st, src.nowUs),
     stages: st,
+    components: src.components ?? {},
   };
 }
 

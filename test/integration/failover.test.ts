@@ -15,7 +15,7 @@ import { fixedSeedBytes, LAB_FILES } from '../../lib/lab/content';
 import { runInAsync } from '../../lib/lab/exec';
 import { DeathMode } from '../../lib/lab/faults';
 import { LinkWatcher } from '../../lib/io/link-watch';
-import { delay, requireRoot, sha256, stopLabAfterAll } from '../support/lab-helpers';
+import { delay, requireBuiltCli, requireRoot, runShadowvm, sha256, stopLabAfterAll } from '../support/lab-helpers';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 
 const PREFIX = 'svmfo';
@@ -128,4 +128,26 @@ describe('failover in the netns lab', () => {
       });
     });
   }
+
+  describe('asked for', () => {
+    test('`shadowvm failover` promotes the backup on request (a planned switchover) while a download runs', async () => {
+      requireBuiltCli();
+      const lab = l!;
+      const p = lab.bridge.pipeline;
+      const before = p.failover.failovers;
+      const survivor = lab.standbyNode()!;
+      const out = join(lab.lab.runDir, 'big-manual');
+      const curl = runInAsync(lab.lab.client.netns, 'curl', ['-sS', '--fail', '--max-time', '60', '--limit-rate', '40M', '-o', out, `http://${lab.lab.serviceIpv4}/${BIG}`], 70_000);
+      await delay(800);
+      const cli = await runShadowvm(['failover', '--control', lab.controlSocket]);
+      expect(cli.code).toBe(0);
+      expect(cli.output).toContain(`promoted ${survivor.hostIf}`);
+      expect(p.failover.failovers).toBe(before + 1);
+      expect(p.failoverHistory.at(-1)!.cause).toBe('manual');
+      await curl;
+      expect(sha256(readFileSync(out))).toBe(sha256(big));
+      // The old primary was alive: re-protection rebuilds it as the backup all the same.
+      await reprotected();
+    });
+  });
 });

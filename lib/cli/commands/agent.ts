@@ -3,6 +3,7 @@ import type { Argv } from 'yargs';
 import { runLabAgent } from '../../agents/lab-agent';
 import { defaultAgentSocketPath } from '../../replicate/agent-protocol';
 import { Logger } from '../../control/logger';
+import { BridgeSignals } from '../../control/signals';
 
 export function agentCommand(y: Argv): Argv {
   return y.command('agent <kind>', 'run a sync agent', (a) => a
@@ -20,10 +21,11 @@ export function agentCommand(y: Argv): Argv {
       failFraction: args['fail-fraction'],
       log: logger.log,
     });
-    await new Promise<void>((resolve) => {
-      const stop = () => { void agent.stop().then(() => { logger.close(); resolve(); }); };
-      process.once('SIGINT', stop);
-      process.once('SIGTERM', stop);
-    });
+    // SIGTERM/SIGINT stop it (with a deadline); SIGHUP, SIGUSR1, SIGUSR2 are logged and ignored.
+    const signals = new BridgeSignals({ log: logger.log, stop: () => agent.stop() });
+    const outcome = await signals.outcome;
+    signals.dispose();
+    logger.close();
+    if (outcome !== 'stopped') process.exitCode = 1;
   });
 }

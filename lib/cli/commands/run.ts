@@ -9,6 +9,7 @@ import { defaultAgentSocketPath } from '../../replicate/agent-protocol';
 import { defaultControlSocketPath } from '../../control/control-socket';
 import { IoBackend, openPorts } from '../ports';
 import { UsageError } from '../errors';
+import { LinkWatcher } from '../../io/link-watch';
 
 export function parseHostPort(text: string): { host: string; port: number } {
   const m = /^(\[[^\]]+\]|[^:]+):(\d{1,5})$/.exec(text);
@@ -50,6 +51,7 @@ export function runCommand(y: Argv): Argv {
       .option('io', { choices: ['afpacket', 'cap'] as const, default: 'afpacket' as const, describe: 'packet I/O back-end' })
       .option('vnet-hdr', { type: 'boolean', default: true, describe: 'afpacket: exchange virtio-net headers (GSO super-frames and partial checksums pass intact)' })
       .option('busy-poll-us', { type: 'number', default: 0, describe: 'afpacket: poll the rings this many µs after each wake-up before sleeping (lower latency, more CPU)' })
+      .option('carrier-watch', { type: 'boolean', default: true, describe: 'promote the backup when the primary\'s port loses carrier (netlink); --no-carrier-watch turns it off' })
       .option('resync', { choices: ['copy', 'align'] as const, describe: 'after a checkpoint: copy (a real agent copied the state) or align (lab agents that cannot)' })
       .option('log-level', { choices: ['debug', 'info', 'warn', 'error'] as const, default: 'info' as const }),
     async (args) => {
@@ -60,7 +62,22 @@ export function runCommand(y: Argv): Argv {
       const config = makePipelineConfig({ ...fileConfig, ...(args.resync ? { resync: args.resync } : {}) });
       const metrics = args.metrics ? parseHostPort(args.metrics) : undefined;
       const logger = new Logger({ level: args['log-level'], fields: { bridge: name } });
-      const ports = openPorts(args.io as IoBackend, { uplink: args.uplink, primary: args.primary, backup: args.backup }, { vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'] });
+      // Carrier loss of a VM port is a replica's death (netlink link events; see README, Failover).
+      let links: LinkWatcher | undefined;
+      if (args['carrier-watch']) {
+        try {
+          links = LinkWatcher.open();
+        } catch (e) {
+          throw new UsageError(`cannot watch link carriers: ${(e as Error).message} (or run with --no-carrier-watch: deaths are then seen only by the agent and the silence detector)`);
+        }
+      }
+      let ports;
+      try {
+        ports = openPorts(args.io as IoBackend, { uplink: args.uplink, primary: args.primary, backup: args.backup }, { vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'] });
+      } catch (e) {
+        links?.close();
+        throw e;
+      }
       const bridge = new Bridge(ports, {
         name,
         config,
@@ -68,6 +85,7 @@ export function runCommand(y: Argv): Argv {
         controlSocket: args.control ?? defaultControlSocketPath(name),
         metrics,
         log: logger.log,
+        links,
       });
       // Listening before start: a SIGHUP or SIGTERM while the sockets open must not kill the process silently.
       const started = bridge.start();
@@ -82,11 +100,13 @@ export function runCommand(y: Argv): Argv {
         await started;
       } catch (e) {
         signals.dispose();
+        links?.close();
         logger.close();
         throw e;
       }
       const outcome = await signals.outcome;
       signals.dispose();
+      links?.close();
       logger.close();
       // Anything but a clean stop exits non-zero (bin/shadowvm exits even if handles are left open).
       if (outcome !== 'stopped') process.exitCode = 1;

@@ -11,6 +11,8 @@ describe('failover in metrics and status', () => {
     expect(text).toContain('shadowvm_failover_last_promotion_seconds 0.0072');
     expect(text).toContain('shadowvm_stage_events_total{stage="compare",counter="out_of_order_dropped"} 5');
     expect(text).toContain('shadowvm_stage_events_total{stage="failover",counter="duplicatesDropped"} 2');
+    expect(text).toContain('shadowvm_component_events_total{component="control_socket",counter="closedAbusive"} 1');
+    expect(text).toContain('shadowvm_component_events_total{component="agent_link",counter="helloTimeouts"} 2');
   });
 
   it('says in status which port is which replica and what the last failover was', () => {

@@ -38,5 +38,6 @@ export function sampleSnapshot(): BridgeSnapshot {
       last: { cause: 'carrier', detail: 'tap-a lost carrier', survivor: 'tap-b', detectionToPromotionMs: 7.2, agoSeconds: 30, flowsCarried: 12, backlogFrames: 4, discardedFrames: 2 },
     },
     stages: { compare: { out_of_order_dropped: 5, bad_tcp_options: 1 }, failover: { duplicatesDropped: 2 } },
+    components: { control_socket: { connections: 4, closedAbusive: 1 }, agent_link: { helloTimeouts: 2 } },
   };
 }
