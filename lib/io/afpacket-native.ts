@@ -8,8 +8,7 @@
  * Out: the addon's typed face, or an AfPacketAddonNotBuiltError that says
  *      what to install and what to run.
  */
-import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { loadNativeAddon } from './native-addon';
 
 /** Where the addon's words sit in its shared typed arrays (given by the addon itself). */
 export interface AfPacketLayout {
@@ -92,31 +91,6 @@ export class AfPacketAddonNotBuiltError extends Error {
   }
 }
 
-const ADDON_FILE = join('build', 'Release', 'shadowvm_afpacket.node');
-
-/** The repository root holds binding.gyp; this file runs from lib/io or from dist/lib/io. */
-function candidatePaths(): string[] {
-  const found: string[] = [];
-  for (let dir = __dirname, i = 0; i < 5; i++, dir = dirname(dir)) {
-    if (existsSync(join(dir, 'binding.gyp')) || existsSync(join(dir, ADDON_FILE))) found.push(join(dir, ADDON_FILE));
-  }
-  return found.length ? found : [join(__dirname, '..', '..', ADDON_FILE)];
-}
-
-let loaded: AfPacketAddon | undefined;
-
 export function loadAfPacketAddon(): AfPacketAddon {
-  if (loaded) return loaded;
-  const paths = candidatePaths();
-  let cause: unknown = new Error('no such file');
-  for (const path of paths) {
-    if (!existsSync(path)) continue;
-    try {
-      loaded = require(path) as AfPacketAddon;
-      return loaded;
-    } catch (err) {
-      cause = err;
-    }
-  }
-  throw new AfPacketAddonNotBuiltError(paths, cause);
+  return loadNativeAddon<AfPacketAddon>('shadowvm_afpacket.node', (searched, cause) => new AfPacketAddonNotBuiltError(searched, cause));
 }

@@ -20,8 +20,7 @@
  * The addon is looked for on first use, like the AF_PACKET one
  * (afpacket-native.ts): importing this module never fails where it is not built.
  */
-import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { loadNativeAddon } from './native-addon';
 import { clockOffsetUs } from '../clock';
 
 export interface LinkEvent {
@@ -103,33 +102,8 @@ export class LinkWatchAddonNotBuiltError extends Error {
   }
 }
 
-const ADDON_FILE = join('build', 'Release', 'shadowvm_linkwatch.node');
-
-/** The repository root holds binding.gyp; this file runs from lib/io or from dist/lib/io. */
-function candidatePaths(): string[] {
-  const found: string[] = [];
-  for (let dir = __dirname, i = 0; i < 5; i++, dir = dirname(dir)) {
-    if (existsSync(join(dir, 'binding.gyp')) || existsSync(join(dir, ADDON_FILE))) found.push(join(dir, ADDON_FILE));
-  }
-  return found.length ? found : [join(__dirname, '..', '..', ADDON_FILE)];
-}
-
-let loaded: LinkWatchAddon | undefined;
-
 export function loadLinkWatchAddon(): LinkWatchAddon {
-  if (loaded) return loaded;
-  const paths = candidatePaths();
-  let cause: unknown = new Error('no such file');
-  for (const path of paths) {
-    if (!existsSync(path)) continue;
-    try {
-      loaded = require(path) as LinkWatchAddon;
-      return loaded;
-    } catch (err) {
-      cause = err;
-    }
-  }
-  throw new LinkWatchAddonNotBuiltError(paths, cause);
+  return loadNativeAddon<LinkWatchAddon>('shadowvm_linkwatch.node', (searched, cause) => new LinkWatchAddonNotBuiltError(searched, cause));
 }
 
 let offsetToMonotonicUs: number | undefined;

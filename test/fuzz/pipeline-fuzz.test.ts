@@ -7,19 +7,11 @@
 import { ShadowPipeline, makePipelineConfig } from '../../lib/pipeline';
 import { BACKUP, PRIMARY } from '../../lib/compare';
 import { fixtureNames, loadFixture } from '../support/fixtures';
+import { seededRandom } from '../support/random';
 
 const MUTATED_FRAMES = 120_000;
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const mulberry32 = seededRandom;
 
 function mutate(src: Buffer, other: Buffer, rnd: () => number): Buffer {
   const kind = Math.floor(rnd() * 6);

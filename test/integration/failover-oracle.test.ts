@@ -15,6 +15,7 @@ import { runInAsync } from '../../lib/lab/exec';
 import { DeathMode } from '../../lib/lab/faults';
 import { LinkWatcher } from '../../lib/io/link-watch';
 import { delay, requireRoot, sha256, stopLabAfterAll } from '../support/lab-helpers';
+import { seededRandom } from '../support/random';
 
 const PREFIX = 'svmor';
 const MOMENTS = 50;
@@ -22,17 +23,6 @@ const OBJECT = 'oracle.bin';
 const OBJECT_BYTES = 4 << 20;
 jest.setTimeout(300_000);
 
-/** mulberry32: a small seeded generator, so a failing run can be replayed. */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe('failover oracle and edge cases in the netns lab', () => {
   let l: BridgedLab | undefined;
@@ -74,7 +64,7 @@ describe('failover oracle and edge cases in the netns lab', () => {
   test(`the client receives exactly the bytes of a run with no failover, at ${MOMENTS} random moments`, async () => {
     const seed = Number(process.env.SHADOWVM_SEED ?? Math.floor(Math.random() * 2 ** 31));
     console.log(`failover oracle seed ${seed} (replay with SHADOWVM_SEED=${seed})`);
-    const random = seeded(seed);
+    const random = seededRandom(seed);
     const reference = await download('reference');
     expect(sha256(reference)).toBe(sha256(fixedSeedBytes(OBJECT_BYTES, 99)));
     const lab = l!;
