@@ -82,7 +82,7 @@ describe('ControlSocket', () => {
     c.send('[1]\n');
     expect(await c.next()).toMatchObject({ ok: false, error: expect.stringContaining('JSON object') });
     c.send({ cmd: 'reboot' });
-    expect(await c.next()).toMatchObject({ ok: false, error: 'unknown cmd "reboot" (one of status, checkpoint, flows)' });
+    expect(await c.next()).toMatchObject({ ok: false, error: 'unknown cmd "reboot" (one of status, checkpoint, failover, flows)' });
     c.send({ cmd: 'flows', limit: -2 });
     expect(await c.next()).toMatchObject({ ok: false, error: expect.stringContaining('positive integer') });
     c.send(`{"cmd":"status","pad":"${'x'.repeat(70_000)}"}\n`);
