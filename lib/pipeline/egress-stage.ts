@@ -317,7 +317,8 @@ export class EgressStage implements Stage {
       // Part of it reached the client from the old primary: send the rest only.
       const synUnit = seg.syn ? 1 : 0;
       const skip = Math.min(seqDiff(start, c.releasedEnd) - synUnit, f.payloadLength);
-      const out = trimmedTcpCopy(f, Math.max(0, skip), seg.syn ? TcpFlag.SYN : 0, this.trimScratch);
+      const partial = vnet !== undefined && (vnet.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0;
+      const out = trimmedTcpCopy(f, Math.max(0, skip), seg.syn ? TcpFlag.SYN : 0, this.trimScratch, partial);
       this.trimmed++;
       decodeFrame(out, this.trimScratch);
       this.translateOut(this.trimScratch, out, flow, vnet, null);

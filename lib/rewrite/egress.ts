@@ -16,7 +16,8 @@
  */
 import { TcpFlag } from '../packet/constants';
 import { DecodedFrame, decodeFrame } from '../packet/frame';
-import { computeL4Checksum, ipv4HeaderChecksum, rewriteTcp32 } from '../packet/l4-checksum';
+import { computeL4Checksum, ipv4HeaderChecksum, pseudoHeaderSum, rewriteTcp32 } from '../packet/l4-checksum';
+import { foldSum } from '../packet/checksum';
 import { TcpOptions, readTcpOptions } from '../packet/tcp-options';
 
 /**
@@ -39,7 +40,7 @@ export function translateForClient(f: DecodedFrame, seqDelta: number, tsDelta: n
  * the SYN was already delivered). Lengths and checksums are recomputed in
  * full. `skip` equal to the payload length gives a pure ACK.
  */
-export function trimmedTcpCopy(f: DecodedFrame, skip: number, clearFlags = 0, scratch = new DecodedFrame()): Buffer {
+export function trimmedTcpCopy(f: DecodedFrame, skip: number, clearFlags = 0, scratch = new DecodedFrame(), checksumIsPartial = false): Buffer {
   const headerLength = f.payloadOffset - f.base;
   const keep = f.payloadLength - skip;
   const out = Buffer.alloc(headerLength + keep);
@@ -56,6 +57,7 @@ export function trimmedTcpCopy(f: DecodedFrame, skip: number, clearFlags = 0, sc
   dv.setUint8(tcpAt + 13, f.tcp.flags & ~clearFlags & 0xff);
   const d = decodeFrame(out, scratch);
   if (d.l3 === 'ipv4') d.ipv4.checksum = ipv4HeaderChecksum(d);
-  d.tcp.checksum = computeL4Checksum(d);
+  // A partial checksum (VIRTIO_NET_HDR_F_NEEDS_CSUM) holds only the pseudo-header sum, for the device to finish.
+  d.tcp.checksum = checksumIsPartial ? foldSum(pseudoHeaderSum(d)) : computeL4Checksum(d);
   return out;
 }

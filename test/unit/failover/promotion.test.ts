@@ -306,3 +306,19 @@ describe('failover with client data in flight', () => {
     expect(h.out.client).toHaveLength(n);
   });
 });
+
+describe('cutting a segment with a partial checksum', () => {
+  it('leaves the pseudo-header sum for the device to finish, as the frame came', () => {
+    const { trimmedTcpCopy } = require('../../../lib/rewrite/egress');
+    const { pseudoHeaderSum } = require('../../../lib/packet/l4-checksum');
+    const { foldSum } = require('../../../lib/packet/checksum');
+    const f = decodeFrame(fromVm({ seq: 100, ack: 1, payload: bytes(300, 'p') }));
+    const out: Buffer = trimmedTcpCopy(f, 100, 0, undefined, true);
+    const d = decodeFrame(out);
+    expect(d.payloadLength).toBe(200);
+    expect(d.tcp.seq).toBe(200);
+    expect(d.tcp.checksum).toBe(foldSum(pseudoHeaderSum(d)));
+    const full: Buffer = trimmedTcpCopy(decodeFrame(fromVm({ seq: 100, ack: 1, payload: bytes(300, 'p') })), 100);
+    expect(l4ChecksumIsValid(full)).toBe(true);
+  });
+});
