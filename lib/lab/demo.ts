@@ -139,7 +139,7 @@ async function failoverStep(l: BridgedLab, p: (line: string) => void): Promise<v
   p(`   ${(received / 1048576).toFixed(1)} MiB had arrived when the link went down (${((Date.now() - started) / 1000).toFixed(1)} s download in all)`);
   if (promoted && rec) {
     p(`   failover: ${rec.cause} (${rec.detail}); ${rec.survivor} promoted ${((rec.promotedUs - rec.detectedUs) / 1000).toFixed(1)} ms after the carrier went down`);
-    p(`   ${rec.flowsCarried} connection${rec.flowsCarried === 1 ? '' : 's'} carried over, ${rec.backlogFrames} frames of the backup's backlog sent at once, ${rec.discardedFrames} unconfirmed primary frames dropped`);
+    p(`   ${rec.flowsCarried} connection${rec.flowsCarried === 1 ? '' : 's'} carried over, ${rec.backlogFrames} frame${rec.backlogFrames === 1 ? '' : 's'} of the backup's backlog sent at once, ${rec.discardedFrames} unconfirmed primary frame${rec.discardedFrames === 1 ? '' : 's'} dropped`);
   } else {
     p('   NO failover happened');
   }
