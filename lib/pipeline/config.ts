@@ -1,5 +1,6 @@
 /** Settings of the data path, with the defaults a production bridge starts from. */
 import { ReplicatorConfig, DEFAULT_REPLICATOR_CONFIG } from '../replicate/replicator';
+import type { CheckpointBudgetConfig } from '../replicate/budget';
 
 /** What happens to a class of frames the comparator does not handle as a flow. */
 export type FrameAction = 'forward-primary' | 'compare' | 'drop';
@@ -50,6 +51,8 @@ export interface PipelineConfig {
   policy: FramePolicy;
   replicator: ReplicatorConfig;
   failover: FailoverConfig;
+  /** Checkpoints the flows of one client source may cause per window; beyond it they go on unprotected. */
+  checkpointBudget: CheckpointBudgetConfig;
   /**
    * What a finished checkpoint means for each flow's backup side. `copy`:
    * the backup is an exact copy of the primary (live agents): its sequence
@@ -74,6 +77,7 @@ export const DEFAULT_PIPELINE_CONFIG: PipelineConfig = {
   policy: { arp: 'forward-primary', otherEtherTypes: 'drop', malformedFromVm: 'drop', malformedFromClient: 'forward' },
   replicator: DEFAULT_REPLICATOR_CONFIG,
   failover: { silenceMs: 20, probeTimeoutMs: 10, minStandbyFrames: 2, carrierHoldMs: 7, announce: false },
+  checkpointBudget: { perSource: 20, windowMs: 10_000 },
   resync: 'copy',
   captureDivergence: false,
 };
@@ -93,6 +97,7 @@ export function makePipelineConfig(partial: Partial<PipelineConfig> = {}): Pipel
     policy: { ...DEFAULT_PIPELINE_CONFIG.policy, ...partial.policy },
     replicator: { ...DEFAULT_PIPELINE_CONFIG.replicator, ...partial.replicator },
     failover: { ...DEFAULT_PIPELINE_CONFIG.failover, ...partial.failover },
+    checkpointBudget: { ...DEFAULT_PIPELINE_CONFIG.checkpointBudget, ...partial.checkpointBudget },
   };
   const positive: [string, number][] = [
     ['maxFlows', c.maxFlows],
@@ -114,6 +119,8 @@ export function makePipelineConfig(partial: Partial<PipelineConfig> = {}): Pipel
     ['failover.carrierHoldMs', c.failover.carrierHoldMs],
     ['failover.minStandbyFrames', c.failover.minStandbyFrames],
     ['replicator.reprotectTimeoutMs', c.replicator.reprotectTimeoutMs],
+    ['checkpointBudget.perSource', c.checkpointBudget.perSource],
+    ['checkpointBudget.windowMs', c.checkpointBudget.windowMs],
   ];
   for (const [name, v] of nonNegative) {
     if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw new ConfigError(name, `must be zero or a positive number, got ${String(v)}`);

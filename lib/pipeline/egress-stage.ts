@@ -24,7 +24,7 @@ import { HeldQueues } from '../release/held';
 import { StandbyFrame } from '../release/standby-log';
 import { ReplicaSet, SlotId } from '../failover/roles';
 import { isProbeReply } from '../failover/frames';
-import type { Replicator } from '../replicate/replicator';
+import type { CheckpointReason, Replicator } from '../replicate/replicator';
 import { VIRTIO_NET_HDR_F_NEEDS_CSUM, VirtioNetHeader } from '../io/port';
 import { FrameAction, PipelineConfig } from './config';
 import { FailoverRecord, Stage, StageEvent } from './events';
@@ -80,6 +80,8 @@ export class EgressStage implements Stage {
   flowsCarried = 0;
   flowsLost = 0;
   backlogFrames = 0;
+  /** Flows left unprotected because their client's checkpoint budget was spent. */
+  overBudget = 0;
   private readonly frame = new DecodedFrame();
   private readonly trimScratch = new DecodedFrame();
   private readonly opts = new TcpOptions();
@@ -108,6 +110,7 @@ export class EgressStage implements Stage {
       flows_carried: this.flowsCarried,
       flows_lost: this.flowsLost,
       backlog_frames: this.backlogFrames,
+      flows_over_checkpoint_budget: this.overBudget,
     };
   }
 
@@ -268,11 +271,11 @@ export class EgressStage implements Stage {
     if (released !== null && flow.standbyLog.length > 0) flow.standbyLog.prune(released);
     const hw = d.config.flowHighWater;
     if (flow.held.bytes > hw.bytes || flow.held.length > hw.frames || flow.unmatchedBytes > hw.bytes) {
-      d.replicator.request('queue', flow.name, nowUs);
+      this.checkpointFor(flow, 'queue', nowUs);
       return;
     }
     const total = d.config.totalHighWater;
-    if (d.held.bytes > total.bytes || d.held.frames > total.frames) d.replicator.request('queue', flow.name, nowUs);
+    if (d.held.bytes > total.bytes || d.held.frames > total.frames) this.checkpointFor(flow, 'queue', nowUs);
   }
 
   private onMismatch(flow: ShadowFlow, nowUs: number): void {
@@ -283,7 +286,21 @@ export class EgressStage implements Stage {
     if (flow.recent && this.divergences.length < MAX_DIVERGENCES) {
       this.divergences.push({ flow: flow.name, mismatch: flow.report.mismatchList[flow.report.mismatchList.length - 1] ?? { ...m, timeUs: nowUs }, frames: [...flow.recent] });
     }
-    this.d.replicator.request('mismatch', flow.name, nowUs);
+    this.checkpointFor(flow, 'mismatch', nowUs);
+  }
+
+  /**
+   * A checkpoint for this flow's sake, within its client's budget. Over the
+   * budget, the flow goes on unprotected instead: its held output is released
+   * as the primary said it, and the pair stays protected for everyone else.
+   */
+  checkpointFor(flow: ShadowFlow, reason: CheckpointReason, nowUs: number): void {
+    if (this.d.replicator.requestForFlow(reason, flow.name, flow.source, nowUs) !== 'over-budget') return;
+    this.overBudget++;
+    this.d.log('warn', 'checkpoint-budget-exceeded', { flow: flow.name, source: flow.source, reason, note: 'the flow goes on unprotected: its output is released unchecked' });
+    this.d.flows.setMode(flow, 'solo');
+    flow.held.releaseAll();
+    flow.standbyLog.clear();
   }
 
   // ───────────────────────── after failover ─────────────────────────

@@ -104,7 +104,7 @@ export class ShadowPipeline {
         log('info', 'reprotected', { epoch: rec.epoch, backup: slot.name, roles: this.replicas.describe(), note: 'flows born before stay unprotected; new flows are compared' });
         this.dispatch({ type: 'reprotect', epoch: rec.epoch, slot: slot.id });
       },
-    }, startUs, agentConnected);
+    }, startUs, agentConnected, undefined, config.checkpointBudget);
     this.flowRegistry = new FlowRegistry({
       config, replicas: this.replicas, held: this.held, backupCopies: new SlabPool(true, false), standbyCopies: this.standbyCopies,
       totals: this.totals, reportLimit,
@@ -158,7 +158,9 @@ export class ShadowPipeline {
     if (this.replicator.state === 'COMPARING') {
       const oldest = this.held.oldest();
       if (oldest && nowUs - oldest.heldAtUs > this.config.maxUnmatchedAgeMs * 1000) {
-        this.request('timeout', oldest.queue.flowName, nowUs);
+        const flow = oldest.queue.flow as ShadowFlow | null;
+        if (flow) this.egress.checkpointFor(flow, 'timeout', nowUs);
+        else this.request('timeout', oldest.queue.flowName, nowUs);
       }
     }
     this.flowRegistry.expire(nowUs);

@@ -10,6 +10,7 @@ import { MatchTotals, Mismatch, TcpStreamComparator, PRIMARY, BACKUP } from '../
 import { FlowHeldQueue, HeldQueues, ReleaseGate } from '../release/held';
 import { StandbyLog } from '../release/standby-log';
 import type { SlotId } from '../failover/roles';
+import { flowSource } from '../replicate/budget';
 import { seqMax } from '../packet/seq';
 import { SlabPool } from '../packet/slab';
 import type { VirtioNetHeader } from '../io/port';
@@ -93,6 +94,7 @@ export class ShadowFlow implements ReleaseGate {
     this.stream = stream ? new TcpStreamComparator(backupCopies, totals) : null;
     this.datagrams = stream ? null : new DatagramComparator(backupCopies, totals);
     this.held = new FlowHeldQueue(queues, name, stream);
+    this.held.flow = this;
     this.standbyLog = new StandbyLog(standbyCopies, stream);
     this.recent = keepRecent ? [] : null;
     this.report = { key: name, protocol, releasedFrames: 0, releasedBytes: 0, matchedBytes: 0, mismatches: 0, mismatchList: [] };
@@ -100,6 +102,11 @@ export class ShadowFlow implements ReleaseGate {
 
   get name(): string {
     return this.report.key;
+  }
+
+  /** The client-side address: whose budget this flow's checkpoints count against. */
+  get source(): string {
+    return flowSource(this.report.key);
   }
 
   // ReleaseGate

@@ -63,6 +63,8 @@ export class FlowHeldQueue {
   releasedEnd: number | null = null;
   /** The highest ACK released to the client on this flow (client sequence space), null while none was. */
   releasedMaxAck: number | null = null;
+  /** The flow this queue belongs to (set by its owner; the release stage does not look into it). */
+  flow: unknown = null;
   /** Frames of a dead primary that were never released (failover). */
   discardedFrames = 0;
 
@@ -115,6 +117,21 @@ export class FlowHeldQueue {
     this.count--;
     this.bytes -= h.frame.length;
     this.discardedFrames++;
+  }
+
+  /** Releases this flow's held frames as they are, in order (the flow goes on unprotected). */
+  releaseAll(): number {
+    let n = 0;
+    for (let i = this.head; i < this.frames.length; i++) {
+      const h = this.frames[i];
+      if (!h.released) {
+        this.owner.release(h);
+        n++;
+      }
+    }
+    this.frames = [];
+    this.head = 0;
+    return n;
   }
 
   /** Datagram counts restart after a checkpoint. */

@@ -19,6 +19,7 @@
  *      outstanding), state changes to the listener, counters.
  */
 import type { Stage, StageEvent } from '../pipeline/events';
+import { CheckpointBudget, CheckpointBudgetConfig } from './budget';
 
 export type CheckpointReason = 'mismatch' | 'timeout' | 'queue' | 'periodic' | 'manual';
 export const CHECKPOINT_REASONS: readonly CheckpointReason[] = ['mismatch', 'timeout', 'queue', 'periodic', 'manual'];
@@ -100,13 +101,17 @@ export class Replicator implements Stage {
   private retryReason: CheckpointReason = 'manual';
   private retryFlow: string | undefined;
 
+  private readonly budget: CheckpointBudget;
+
   constructor(
     private readonly config: ReplicatorConfig,
     private readonly events: ReplicatorEvents,
     nowUs: number,
     agentConnected: boolean,
     private readonly historyLimit = 10000,
+    budget: CheckpointBudgetConfig = { perSource: 0, windowMs: 10_000 },
   ) {
+    this.budget = new CheckpointBudget(budget);
     this.agentUp = agentConnected;
     this.state = agentConnected ? 'COMPARING' : 'DEGRADED';
     this.lastCheckpointUs = nowUs;
@@ -126,6 +131,8 @@ export class Replicator implements Stage {
       checkpoints_coalesced: this.coalesced,
       reprotects_done: this.reprotects,
       reprotects_failed: this.reprotectFailures,
+      budget_allowed: this.budget.allowed,
+      budget_denied: this.budget.denied,
     };
     for (const reason of CHECKPOINT_REASONS) c[`requested_${reason}`] = this.requested[reason];
     return c;
@@ -143,6 +150,23 @@ export class Replicator implements Stage {
 
   get pending(): CheckpointRecord | null {
     return this.outstanding;
+  }
+
+  /**
+   * A flow's trigger fired (mismatch, timeout, queue). Like `request`, but a
+   * new checkpoint counts against the budget of the flow's client source:
+   * `over-budget` means none was asked for, and the caller lets the flow go
+   * on unprotected.
+   */
+  requestForFlow(reason: CheckpointReason, flow: string, source: string, nowUs: number): 'sent' | 'coalesced' | 'refused' | 'over-budget' {
+    if (this.state === 'CHECKPOINTING' && this.outstanding) {
+      this.request(reason, flow, nowUs);
+      return 'coalesced';
+    }
+    if (this.needsReprotect || this.state === 'FAILED_OVER') return 'refused';
+    if (this.state === 'DEGRADED' && (!this.agentUp || nowUs < this.retryAtUs)) return 'refused';
+    if (!this.budget.allow(source, nowUs)) return 'over-budget';
+    return this.request(reason, flow, nowUs) ? 'sent' : 'refused';
   }
 
   /** A trigger fired. Returns true if a new checkpoint was sent, false if coalesced or refused. */
