@@ -16,7 +16,8 @@
 import { DecodedFrame } from '../packet/frame';
 import { SlabPool } from '../packet/slab';
 import { FlowEntry, FlowTable } from '../flow/flow-table';
-import { describeFlow, flowProtocolOf } from '../flow/key';
+import { describeFlow, flowKeyOf, flowProtocolOf } from '../flow/key';
+import { TcpFlag } from '../packet/constants';
 import { FlowLookup } from '../flow/key-cache';
 import { HeldQueues } from '../release/held';
 import type { ReplicaSet } from '../failover/roles';
@@ -36,7 +37,12 @@ export interface FlowRegistryDeps {
   reportLimit: number;
   /** An evicted flow still had held output: the owner asks for a checkpoint to settle it. */
   evictedWithHeldOutput(flow: ShadowFlow, why: 'lru' | 'idle'): void;
+  /** An evicted open connection came back and goes on unprotected. */
+  evictedResumed?(flow: ShadowFlow): void;
 }
+
+/** How many evicted open connections are remembered, to recognize them if they speak again. */
+export const MAX_EVICTED_KEYS = 65536;
 
 const EXPIRY_INTERVAL_US = 1_000_000;
 
@@ -55,6 +61,12 @@ export class FlowRegistry implements Stage {
   carried = 0;
   /** Flows left with one replica: born while there was no backup, or whose backup died. */
   unprotected = 0;
+  /** Open TCP connections pushed out of a full table. */
+  evictedOpen = 0;
+  /** Of those, the ones that came back: their replicas' offsets were lost with them, so they go on unprotected. */
+  resumedUnprotected = 0;
+  /** Keys of open TCP connections evicted from the table (bounded, oldest forgotten first). */
+  private readonly evictedKeys = new Map<string, true>();
   /** Checkpoints completed: a flow whose `epoch` is behind is resynchronized before its next frame. */
   private checkpointEpoch = 0;
   private nextExpiryUs = 0;
@@ -72,7 +84,10 @@ export class FlowRegistry implements Stage {
   }
 
   counters(): Record<string, number> {
-    return { created: this.created, evicted: this.table.evictions, active: this.table.size, carried: this.carried, unprotected: this.unprotected };
+    return {
+      created: this.created, evicted: this.table.evictions, active: this.table.size, carried: this.carried, unprotected: this.unprotected,
+      evicted_open: this.evictedOpen, evicted_resumed_unprotected: this.resumedUnprotected,
+    };
   }
 
   /** Brings a flow up to the last checkpoint before it handles a frame. */
@@ -92,6 +107,15 @@ export class FlowRegistry implements Stage {
     if (!d.replicas.standby) {
       flow.mode = 'solo';
       this.unprotected++;
+    } else if (this.evictedKeys.size > 0 && f.l4 === 'tcp' && !(f.tcp.flags & TcpFlag.SYN)) {
+      // An evicted connection speaking again: never compared from raw sequence numbers, never passed silently.
+      const key = flowKeyOf(f, dir);
+      if (this.evictedKeys.delete(key)) {
+        flow.mode = 'solo';
+        this.unprotected++;
+        this.resumedUnprotected++;
+        d.evictedResumed?.(flow);
+      }
     }
     this.addReport(flow.report);
     return flow;
@@ -153,6 +177,11 @@ export class FlowRegistry implements Stage {
     flow.syncReport();
     if (flow.mode === 'carried') this.carried--;
     flow.standbyLog.clear();
+    if (flow.tcp && flow.mode === 'compare' && !(flow.closed[0] && flow.closed[1]) && !flow.halfOpen) {
+      this.evictedOpen++;
+      if (this.evictedKeys.size >= MAX_EVICTED_KEYS) this.evictedKeys.delete(this.evictedKeys.keys().next().value as string);
+      this.evictedKeys.set(e.key, true);
+    }
     if (flow.held.length > 0) this.d.evictedWithHeldOutput(flow, why);
   }
 }

@@ -25,3 +25,27 @@ describe('eviction under a SYN flood', () => {
     expect([...p.flows.entries()].some((e) => e.state.name.includes(':40000 '))).toBe(true);
   });
 });
+
+describe('an open connection evicted from a full table', () => {
+  it('goes on unprotected when it speaks again: counted, logged, never compared from raw sequence numbers', () => {
+    const released: Buffer[] = [];
+    const logs: string[] = [];
+    const p = new ShadowPipeline(makePipelineConfig({ maxFlows: 4 }), { toReplica: () => {}, toClient: (f) => released.push(Buffer.from(f)), sendCheckpoint: () => {}, log: (_l, e) => logs.push(e) }, 0, true);
+    const open = (sport: number, t: number) => {
+      p.fromClient(tcpFrame({ from: 'client', sport, seq: 1, flags: 'S' }), t);
+      p.fromVm(0, tcpFrame({ from: 'vm', dport: sport, seq: 9, ack: 2, flags: 'SA' }), t + 1);
+      p.fromVm(1, tcpFrame({ from: 'vm', dport: sport, seq: 99, ack: 2, flags: 'SA' }), t + 2);
+      p.fromClient(tcpFrame({ from: 'client', sport, seq: 2, ack: 10, flags: 'A' }), t + 3);
+    };
+    open(40000, 10);
+    for (let i = 1; i <= 4; i++) open(40000 + i, 100 * i);
+    expect([...p.flows.entries()].some((e) => e.state.name.includes(':40000 '))).toBe(false);
+    const n = released.length;
+    p.fromVm(0, tcpFrame({ from: 'vm', dport: 40000, seq: 10, ack: 2, payload: 'resumed' }), 1000);
+    expect(released).toHaveLength(n + 1); // released as it is, not held for a comparison that cannot work
+    const c = p.stageCounters().flow;
+    expect(c.evicted_open).toBeGreaterThanOrEqual(1);
+    expect(c.evicted_resumed_unprotected).toBe(1);
+    expect(logs).toContain('flow-unprotected');
+  });
+});
