@@ -20,6 +20,13 @@
       "defines": ["NAPI_VERSION=8"]
     },
     {
+      "target_name": "shadowvm_peercred",
+      "dependencies": ["afpacket_build_deps"],
+      "sources": ["native/peercred.c"],
+      "cflags": ["-std=gnu11", "-O2", "-Wall", "-Wextra"],
+      "defines": ["NAPI_VERSION=8"]
+    },
+    {
       "target_name": "shadowvm_linkwatch",
       "dependencies": ["afpacket_build_deps"],
       "sources": ["native/linkwatch.c"],

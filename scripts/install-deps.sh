@@ -58,7 +58,7 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
 fi
 
 # An existing checkout whose node_modules predates an addon: build them once.
-if [ ! -f build/Release/shadowvm_afpacket.node ] || [ ! -f build/Release/shadowvm_linkwatch.node ]; then
+if [ ! -f build/Release/shadowvm_afpacket.node ] || [ ! -f build/Release/shadowvm_linkwatch.node ] || [ ! -f build/Release/shadowvm_peercred.node ]; then
   echo "install-deps: building the native addons (native/: AF_PACKET, link watch)"
   npm rebuild --foreground-scripts=false >/dev/null 2>&1 || npx --no-install node-gyp rebuild >/dev/null
 fi

@@ -37,6 +37,7 @@ import type { FlowReport } from '../pipeline/shadow-flow';
 import { ReplicationState } from '../replicate/replicator';
 import { excerptOf, LineSplitter, SplitLine } from '../replicate/agent-protocol';
 import { LogFn, noLog } from './logger';
+import { refusePeer } from './peer';
 import { BridgeSnapshot } from './snapshot';
 import { closeServer, listenUnixSocket, removeSocketFile, untrustedSocketReason, UnixSocketIdentity } from './unix-socket';
 
@@ -178,6 +179,8 @@ export interface ControlSocketCounters {
   closedIdle: number;
   /** Closed to admit a new connection at `maxConnections`. */
   evicted: number;
+  /** Refused at once: the peer (SO_PEERCRED) is neither root nor the bridge's user. */
+  refusedPeer: number;
 }
 
 /** One accepted client. */
@@ -204,7 +207,7 @@ class ControlConnection {
 }
 
 export class ControlSocket {
-  readonly counters: ControlSocketCounters = { connections: 0, requests: 0, errors: 0, closedAbusive: 0, closedSlow: 0, closedIdle: 0, evicted: 0 };
+  readonly counters: ControlSocketCounters = { connections: 0, requests: 0, errors: 0, closedAbusive: 0, closedSlow: 0, closedIdle: 0, evicted: 0, refusedPeer: 0 };
   private readonly server: Server;
   private readonly log: LogFn;
   private readonly open = new Set<ControlConnection>();
@@ -254,6 +257,13 @@ export class ControlSocket {
   private accept(socket: Socket): void {
     socket.on('error', () => {});
     if (this.closing) {
+      socket.destroy();
+      return;
+    }
+    const refused = refusePeer(socket);
+    if (refused) {
+      this.counters.refusedPeer++;
+      this.log('warn', 'control-peer-refused', { why: refused });
       socket.destroy();
       return;
     }

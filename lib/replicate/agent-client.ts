@@ -34,6 +34,7 @@
 import { createServer, Server, Socket } from 'node:net';
 import { closeServer, listenUnixSocket, removeSocketFile, UnixSocketIdentity } from '../control/unix-socket';
 import { LogFn, noLog } from '../control/logger';
+import { refusePeer } from '../control/peer';
 import type { AgentSnapshot } from '../control/snapshot';
 import {
   AGENT_PROTOCOL_VERSION,
@@ -98,6 +99,8 @@ export interface AgentLinkCounters {
   helloTimeouts: number;
   /** Pending connections closed to make room for a newer one. */
   pendingEvicted: number;
+  /** Refused at once: the peer (SO_PEERCRED) is neither root nor the bridge's user. */
+  refusedPeer: number;
 }
 
 /** The link is used before `listen()` or after `close()`. */
@@ -140,6 +143,7 @@ export class AgentLink {
     heartbeatTimeouts: 0,
     helloTimeouts: 0,
     pendingEvicted: 0,
+    refusedPeer: 0,
   };
   /** The last heartbeat of the connected agent. */
   lastHeartbeat: HeartbeatMessage | null = null;
@@ -261,6 +265,14 @@ export class AgentLink {
 
   private accept(socket: Socket): void {
     if (this.closing) {
+      socket.destroy();
+      return;
+    }
+    const refusedPeer = refusePeer(socket);
+    if (refusedPeer) {
+      this.counters.refusedPeer++;
+      this.log('warn', 'agent-peer-refused', { why: refusedPeer });
+      socket.on('error', () => {});
       socket.destroy();
       return;
     }
