@@ -70,11 +70,6 @@ export class ReplicaSet {
     return -1;
   }
 
-  /** The slot that plays comparison side `side` now. */
-  slotOfSide(side: 0 | 1): ReplicaSlot | null {
-    return side === PRIMARY ? this.active : this.standby;
-  }
-
   /** The standby takes over; the old active slot is dead. Returns the survivor. */
   promote(): ReplicaSlot {
     const survivor = this.standby;

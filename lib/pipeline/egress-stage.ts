@@ -29,7 +29,7 @@ import { VIRTIO_NET_HDR_F_NEEDS_CSUM, VirtioNetHeader } from '../io/port';
 import { FrameAction, PipelineConfig } from './config';
 import { FailoverRecord, Stage, StageEvent } from './events';
 import { FlowRegistry } from './flows';
-import { FrameCounts, Origin } from './frame-counts';
+import { FrameCounts } from './frame-counts';
 import { FlowReport, RecentFrame, ShadowFlow } from './shadow-flow';
 
 export interface Divergence {
@@ -118,8 +118,8 @@ export class EgressStage implements Stage {
     this.outCopies.endBreath();
   }
 
-  handleEvent(ev: StageEvent, nowUs: number): void {
-    if (ev.type === 'failover') this.carryAll(ev.survivor, ev.record, nowUs);
+  handleEvent(ev: StageEvent): void {
+    if (ev.type === 'failover') this.carryAll(ev.survivor, ev.record);
     else if (ev.type === 'backup-lost') for (const flow of this.d.flows.all()) this.makeSolo(flow);
   }
 
@@ -131,8 +131,8 @@ export class EgressStage implements Stage {
       this.deadSlotFrames++;
       return;
     }
-    const origin: Origin = side === PRIMARY ? 'primary' : 'backup';
-    this.frames[origin === 'primary' ? 'primary' : 'backup']++;
+    const origin = side === PRIMARY ? 'primary' : 'backup';
+    this.frames[origin]++;
     if (side === PRIMARY) d.liveness.noteActive(nowUs);
     const f = decodeFrame(frame, this.frame);
     if (f.error) {
@@ -206,14 +206,14 @@ export class EgressStage implements Stage {
     if (!normalizeTcp(f, ep, this.opts, seg)) this.badTcpOptions++;
     if (seg.fin || seg.rst) flow.closed[side] = true;
     if (flow.recent) flow.remember(side, side === PRIMARY ? bytes : this.copier.copy(frame), nowUs);
+    const start = seg.position;
+    const end = segmentEnd(seg);
     if (side === PRIMARY) {
       const hasAck = (f.tcp.flags & TcpFlag.ACK) !== 0;
-      flow.held.hold(bytes, d.heldPool.lastSlab, segmentEnd(seg), seg.rst, hasAck, f.tcp.ack, seg.payload.length, nowUs, vnet);
+      flow.held.hold(bytes, d.heldPool.lastSlab, end, seg.rst, hasAck, f.tcp.ack, seg.payload.length, nowUs, vnet);
     } else {
       this.backupFramesSuppressed++;
     }
-    const start = seg.position;
-    const end = segmentEnd(seg);
     if (d.replicator.state !== 'COMPARING') {
       // Checkpointing: all held output goes when it is done; comparison restarts past what is said meanwhile.
       stream.noteExtent(side, seg);
@@ -356,13 +356,12 @@ export class EgressStage implements Stage {
     if (slab) this.outCopies.release(slab);
   }
 
-  private carryAll(survivor: SlotId, record: FailoverRecord, nowUs: number): void {
+  private carryAll(survivor: SlotId, record: FailoverRecord): void {
     for (const e of this.d.flows.table.entries()) this.carry(e.state, survivor, record);
     for (const flow of this.d.flows.nonIp.values()) this.d.flows.setMode(flow, 'solo');
     this.flowsCarried += record.flowsCarried;
     this.flowsLost += record.flowsLost;
     this.backlogFrames += record.backlogFrames;
-    void nowUs;
   }
 
   /** Turns a compared flow into one the survivor serves alone, translated; sends its backlog. */

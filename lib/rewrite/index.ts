@@ -1,7 +1,7 @@
 /**
  * rewrite/: translation of frames between sequence spaces. Ingress: client
- * frames made to fit the backup. (Egress translation after failover comes
- * with the failover stage.)
+ * frames made to fit the backup. Egress: a promoted backup's frames made to
+ * fit what the client knows.
  */
 export * from './ingress';
-export * from './backup-ingress';
+export * from './egress';

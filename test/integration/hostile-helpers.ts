@@ -4,11 +4,11 @@
  * through setpriv), the bridge's memory, and a prober that keeps asking
  * the bridge for its status to see whether its event loop stalls.
  */
-import { ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { queryControlSocket } from '../../lib/control/control-socket';
-import { CliProcess, SHADOWVM_BIN } from '../support/lab-helpers';
+import { CliProcess, SHADOWVM_BIN, watchChild } from '../support/lab-helpers';
 
 /** The unprivileged user attacks run as (Debian's nobody/nogroup). */
 export const NOBODY = 65534;
@@ -64,42 +64,6 @@ export function spawnAsNobody(script: string, args: readonly string[] = []): Cli
 /** A node script run as this (root) process's user. */
 export function spawnScript(script: string, args: readonly string[] = []): CliProcess {
   return watchChild(spawn(process.execPath, ['-e', script, '--', ...args], { stdio: ['ignore', 'pipe', 'pipe'] }), 'script');
-}
-
-function watchChild(child: ChildProcess, what: string): CliProcess {
-  let out = '';
-  const listeners = new Set<() => void>();
-  const onData = (chunk: Buffer) => {
-    out += chunk.toString('utf8');
-    for (const l of [...listeners]) l();
-  };
-  child.stdout!.on('data', onData);
-  child.stderr!.on('data', onData);
-  const exited = new Promise<number | string>((resolve) => child.once('close', (code, signal) => resolve(code ?? signal ?? 'unknown')));
-  return {
-    child,
-    exited,
-    output: () => out,
-    waitFor: (pattern, timeoutMs) => new Promise<void>((resolve, reject) => {
-      let done = false;
-      const finish = (err?: Error) => {
-        if (done) return;
-        done = true;
-        listeners.delete(check);
-        clearTimeout(timer);
-        if (err) reject(err);
-        else resolve();
-      };
-      const check = () => { if (pattern.test(out)) finish(); };
-      const timer = setTimeout(() => finish(new Error(`${what}: no ${pattern} within ${timeoutMs} ms; output:\n${out}`)), timeoutMs);
-      listeners.add(check);
-      void exited.then((code) => {
-        if (pattern.test(out)) finish();
-        else finish(new Error(`${what} exited (${code}) before printing ${pattern}; output:\n${out}`));
-      });
-      check();
-    }),
-  };
 }
 
 /** Resolves with the exit code, or 'still running' after `timeoutMs` (the process is then killed). */

@@ -169,7 +169,11 @@ export interface CliProcess {
 }
 
 export function spawnShadowvm(args: readonly string[]): CliProcess {
-  const child = spawn(process.execPath, [SHADOWVM_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  return watchChild(spawn(process.execPath, [SHADOWVM_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] }), `shadowvm ${args.join(' ')}`);
+}
+
+/** A started child's output, exit, and a wait for a pattern in its output (`what` names it in errors). */
+export function watchChild(child: ChildProcess, what: string): CliProcess {
   let out = '';
   const listeners = new Set<() => void>();
   const onData = (chunk: Buffer) => {
@@ -184,26 +188,21 @@ export function spawnShadowvm(args: readonly string[]): CliProcess {
     exited,
     output: () => out,
     waitFor: (pattern, timeoutMs) => new Promise<void>((resolve, reject) => {
-      let timer: NodeJS.Timeout | undefined;
-      const check = () => {
-        if (!pattern.test(out)) return;
-        finish();
-        resolve();
-      };
-      const finish = () => {
+      let done = false;
+      const finish = (err?: Error) => {
+        if (done) return;
+        done = true;
         listeners.delete(check);
-        if (timer) clearTimeout(timer);
+        clearTimeout(timer);
+        if (err) reject(err);
+        else resolve();
       };
-      timer = setTimeout(() => {
-        finish();
-        reject(new Error(`shadowvm ${args.join(' ')}: no ${pattern} within ${timeoutMs} ms; output:\n${out}`));
-      }, timeoutMs);
+      const check = () => { if (pattern.test(out)) finish(); };
+      const timer = setTimeout(() => finish(new Error(`${what}: no ${pattern} within ${timeoutMs} ms; output:\n${out}`)), timeoutMs);
       listeners.add(check);
       void exited.then((code) => {
-        if (!listeners.has(check)) return;
-        finish();
-        if (pattern.test(out)) resolve();
-        else reject(new Error(`shadowvm ${args.join(' ')} exited (${code}) before printing ${pattern}; output:\n${out}`));
+        if (pattern.test(out)) finish();
+        else finish(new Error(`${what} exited (${code}) before printing ${pattern}; output:\n${out}`));
       });
       check();
     }),

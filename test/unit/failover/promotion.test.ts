@@ -322,3 +322,29 @@ describe('cutting a segment with a partial checksum', () => {
     expect(l4ChecksumIsValid(full)).toBe(true);
   });
 });
+
+describe('re-protection when things die in the middle of it', () => {
+  it('asks again when the agent dies during a re-protection, and stays unprotected until a new backup is done', () => {
+    const h = harness();
+    handshake(h);
+    h.p.failoverNow('agent', 'test', 20);
+    expect(h.out.reprotects).toHaveLength(1);
+    h.p.agentConnected(false, 30); // the agent dies while building the new backup
+    expect(h.p.state).toBe('FAILED_OVER');
+    h.p.checkpointDone(h.out.reprotects[0].epoch, 31); // a late answer from the dead agent changes nothing
+    expect(h.p.replicas.describe()).toBe('a=dead b=promoted');
+    h.p.agentConnected(true, 40);
+    expect(h.out.reprotects).toHaveLength(2);
+    h.p.checkpointDone(h.out.reprotects[1].epoch, 50);
+    expect(h.p.state).toBe('COMPARING');
+    expect(h.p.replicas.describe()).toBe('a=backup b=primary');
+  });
+
+  it('refuses a second failover while the survivor runs alone: there is nothing to promote', () => {
+    const h = harness();
+    handshake(h);
+    h.p.failoverNow('agent', 'first', 20);
+    expect(h.p.failoverNow('carrier', 'the survivor dies too', 21)).toBe(false);
+    expect(h.logs.find((l) => l.event === 'failover-refused')?.fields.why).toBe('no backup');
+  });
+});
