@@ -14,6 +14,23 @@ export interface FramePolicy {
   malformedFromVm: 'drop' | 'forward-primary';
   /** Frames from the client side that cannot be decoded: the VMs judge them, as they would without us. */
   malformedFromClient: 'forward' | 'drop';
+  /**
+   * Client TCP segments that no live connection of the replicas would accept.
+   * `primary-only` (default): a sequence number far outside the window goes
+   * to the primary alone (both would only answer with a challenge ACK, but
+   * at different moments of their streams they may answer differently), and
+   * an ACK of bytes the primary never sent is dropped (a backup ahead of the
+   * primary, or a primary ahead of what the bridge has seen, would take it
+   * and any junk it carries). `both` sends them to both, as without the
+   * bridge; `drop` sends them to nobody.
+   */
+  strayFromClient: 'primary-only' | 'both' | 'drop';
+  /**
+   * Client TCP segments whose flags no TCP accepts (SYN with FIN or RST; no
+   * ACK, SYN or RST at all, as in NULL, FIN and Xmas scans): dropped, as
+   * Linux's conntrack calls them INVALID. `forward` sends them to both.
+   */
+  badTcpFlagsFromClient: 'drop' | 'forward';
 }
 
 export interface QueueLimits {
@@ -74,7 +91,7 @@ export const DEFAULT_PIPELINE_CONFIG: PipelineConfig = {
   closedTcpLingerMs: 10_000,
   tcpIdleMs: 2 * 3600_000,
   datagramIdleMs: 300_000,
-  policy: { arp: 'forward-primary', otherEtherTypes: 'drop', malformedFromVm: 'drop', malformedFromClient: 'forward' },
+  policy: { arp: 'forward-primary', otherEtherTypes: 'drop', malformedFromVm: 'drop', malformedFromClient: 'forward', strayFromClient: 'primary-only', badTcpFlagsFromClient: 'drop' },
   replicator: DEFAULT_REPLICATOR_CONFIG,
   failover: { silenceMs: 20, probeTimeoutMs: 10, minStandbyFrames: 2, carrierHoldMs: 7, announce: false },
   checkpointBudget: { perSource: 20, windowMs: 10_000 },
@@ -130,6 +147,13 @@ export function makePipelineConfig(partial: Partial<PipelineConfig> = {}): Pipel
   const actions = ['forward-primary', 'compare', 'drop'];
   if (!actions.includes(c.policy.arp)) throw new ConfigError('policy.arp', `must be one of ${actions.join(', ')}`);
   if (!actions.includes(c.policy.otherEtherTypes)) throw new ConfigError('policy.otherEtherTypes', `must be one of ${actions.join(', ')}`);
+  const choice = (name: string, v: string, allowed: string[]) => {
+    if (!allowed.includes(v)) throw new ConfigError(name, `must be one of ${allowed.join(', ')}`);
+  };
+  choice('policy.malformedFromVm', c.policy.malformedFromVm, ['drop', 'forward-primary']);
+  choice('policy.malformedFromClient', c.policy.malformedFromClient, ['forward', 'drop']);
+  choice('policy.strayFromClient', c.policy.strayFromClient, ['primary-only', 'both', 'drop']);
+  choice('policy.badTcpFlagsFromClient', c.policy.badTcpFlagsFromClient, ['drop', 'forward']);
   if (!['copy', 'align'].includes(c.resync)) throw new ConfigError('resync', 'must be copy or align');
   return c;
 }

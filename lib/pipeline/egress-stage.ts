@@ -78,6 +78,8 @@ export class EgressStage implements Stage {
   trimmed = 0;
   translatedFrames = 0;
   flowsCarried = 0;
+  /** Resets of no connection (answers to stray segments), released from the primary uncompared. */
+  statelessResets = 0;
   flowsLost = 0;
   backlogFrames = 0;
   /** Flows left unprotected because their client's checkpoint budget was spent. */
@@ -111,6 +113,7 @@ export class EgressStage implements Stage {
       flows_lost: this.flowsLost,
       backlog_frames: this.backlogFrames,
       flows_over_checkpoint_budget: this.overBudget,
+      stateless_resets: this.statelessResets,
     };
   }
 
@@ -167,6 +170,7 @@ export class EgressStage implements Stage {
     }
     if (ip) {
       const flows = d.flows;
+      if (f.l4 === 'tcp' && (f.tcp.flags & TcpFlag.RST) && this.statelessReset(side, f, nowUs, frame, vnet)) return;
       const flow = flows.settle(flows.egressLookup[side].find(f, nowUs, () => flows.newFlow(f, 'egress'))!.state);
       if (flow.mode !== 'compare') {
         if (side !== PRIMARY) this.backupFramesSuppressed++;
@@ -187,6 +191,40 @@ export class EgressStage implements Stage {
     }
     if (side === BACKUP) this.backupFramesSuppressed++;
     else if (action === 'forward-primary') d.toClient(frame, vnet);
+  }
+
+  /**
+   * A reset that answers a stray segment rather than ends this side's
+   * stream: one on no connection this side has opened (a closed port), or
+   * one whose sequence number is not where this side's stream stands (the
+   * answer to an unacceptable ACK, RFC 9293 3.10.7: its sequence number is
+   * the client's ACK). It changes no state and the replicas derive it from
+   * the client's segment alone, so the primary's goes out at once and the
+   * backup's is dropped, neither compared: a client that sends strays on
+   * one 4-tuple, or sends them to the primary alone, cannot make the
+   * replicas differ with them. Returns false for a reset at the stream's
+   * end (an abort), which is compared as an event.
+   */
+  private statelessReset(side: Side, f: DecodedFrame, nowUs: number, frame: Buffer, vnet: VirtioNetHeader | undefined): boolean {
+    const entry = this.d.flows.egressLookup[side].find(f, nowUs);
+    if (entry) {
+      const flow = entry.state;
+      if (flow.mode !== 'compare' || !flow.tcp || f.payloadLength > 0) return false;
+      const ep = flow.tcp.replicas[side];
+      const stream = flow.stream!;
+      if (ep.synSeen || stream.started) {
+        if (!stream.started || ((f.tcp.seq - ep.seqBase) >>> 0) === stream.end[side]) return false;
+      } else {
+        flow.closed[side] = true; // e.g. a SYN to a closed port: the flow lingers as a closed one
+      }
+    }
+    if (side === PRIMARY) {
+      this.statelessResets++;
+      this.d.toClient(frame, vnet);
+    } else {
+      this.backupFramesSuppressed++;
+    }
+    return true;
   }
 
   private egressTcp(side: Side, f: DecodedFrame, frame: Buffer, flow: ShadowFlow, nowUs: number, vnet: VirtioNetHeader | undefined): void {

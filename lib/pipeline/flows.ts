@@ -69,6 +69,12 @@ export class FlowRegistry implements Stage {
   private readonly evictedKeys = new Map<string, true>();
   /** Checkpoints completed: a flow whose `epoch` is behind is resynchronized before its next frame. */
   private checkpointEpoch = 0;
+  /**
+   * Flows born before this checkpoint epoch had output the bridge did not
+   * follow (it was DEGRADED or failed over): how far their primary has sent
+   * is not known, so their clients' ACKs are not judged.
+   */
+  private untrackedUntilEpoch = 0;
   private nextExpiryUs = 0;
 
   constructor(private readonly d: FlowRegistryDeps) {
@@ -81,6 +87,17 @@ export class FlowRegistry implements Stage {
   handleEvent(ev: StageEvent): void {
     // Every flow restarts comparison after a checkpoint; each does so lazily, on its next frame (`settle`).
     if (ev.type === 'checkpoint-done') this.checkpointEpoch++;
+    else if (ev.type === 'degraded' || ev.type === 'failover') this.untracked();
+  }
+
+  /** The primary's output now goes unfollowed: flows alive until the next checkpoint lose track of it. */
+  untracked(): void {
+    this.untrackedUntilEpoch = this.checkpointEpoch + 1;
+  }
+
+  /** Whether everything the primary sent on this flow went through the comparator (its stream end is where the primary stands). */
+  followed(flow: ShadowFlow): boolean {
+    return flow.bornEpoch >= this.untrackedUntilEpoch;
   }
 
   counters(): Record<string, number> {
@@ -103,7 +120,7 @@ export class FlowRegistry implements Stage {
     this.created++;
     const d = this.d;
     const flow = new ShadowFlow(describeFlow(f, dir), flowProtocolOf(f), d.held, d.backupCopies, d.totals, d.config.captureDivergence, d.standbyCopies);
-    flow.epoch = this.checkpointEpoch;
+    flow.epoch = flow.bornEpoch = this.checkpointEpoch;
     if (!d.replicas.standby) {
       flow.mode = 'solo';
       this.unprotected++;

@@ -10,8 +10,27 @@
  * (bounded: beyond the limit the newest are dropped and counted; TCP
  * retransmits them); checkpoint-done, degraded, failover and backup-lost
  * send what was held to whoever should get it now.
+ *
+ * Client TCP segments that no connection accepts are not a reason to make
+ * the replicas differ (`policy.strayFromClient`, `policy.badTcpFlagsFromClient`):
+ *   - flags no TCP accepts (SYN+FIN, SYN+RST, none of ACK/SYN/RST): dropped;
+ *   - on a compared connection, a sequence number more than STRAY_WINDOW away
+ *     from what the primary acknowledged: to the primary alone (it answers
+ *     with a challenge ACK, which goes out as any pure ACK does; the backup
+ *     never hears of it);
+ *   - an ACK of bytes the primary never sent (no client can acknowledge what
+ *     it never received): dropped, as the primary may have sent more than
+ *     the bridge has seen yet and would take it, with any junk it carries;
+ *   - no flow and no SYN: to both, unchanged (a connection the bridge has
+ *     not seen, e.g. from before it started, or a closed port: both answer
+ *     with the same reset, which the egress stage releases from the primary
+ *     without comparing, as it carries no state).
+ * Each is counted by reason (policy actions `client-<reason>/<action>`) and
+ * logged the first time.
  */
 import { TcpFlag } from '../packet/constants';
+import { seqDiff, seqGt } from '../packet/seq';
+import { PRIMARY } from '../compare/tcp-stream';
 import { DecodedFrame, decodeFrame } from '../packet/frame';
 import { SlabCopier, SlabPool } from '../packet/slab';
 import { TcpOptions } from '../packet/tcp-options';
@@ -34,6 +53,21 @@ export interface HeldIngress {
 
 const MAX_INGRESS_HELD_PER_FLOW = 256;
 
+/**
+ * How far (bytes, either way) a client's sequence number may stand from what
+ * the primary acknowledged and still be taken as its own: far above any
+ * receive window Linux opens by default (a few MiB), far below 2^31.
+ */
+export const STRAY_WINDOW = 64 << 20;
+
+export type StrayReason = 'bad-flags' | 'out-of-window' | 'ack-unsent' | 'no-flow';
+
+/** Whether no TCP would take a segment with these flags, whatever its state. */
+export function badTcpFlags(flags: number): boolean {
+  if (flags & TcpFlag.SYN) return (flags & (TcpFlag.FIN | TcpFlag.RST)) !== 0;
+  return (flags & (TcpFlag.ACK | TcpFlag.RST)) === 0;
+}
+
 export interface IngressDeps {
   config: PipelineConfig;
   replicas: ReplicaSet;
@@ -41,6 +75,7 @@ export interface IngressDeps {
   flows: FlowRegistry;
   counts: FrameCounts;
   toReplica(slot: SlotId, frame: Buffer, vnet?: VirtioNetHeader): void;
+  log?(level: 'info' | 'warn', event: string, fields: Record<string, unknown>): void;
 }
 
 export class IngressStage implements Stage {
@@ -50,6 +85,8 @@ export class IngressStage implements Stage {
   holdDropped = 0;
   translated = 0;
   badTcpOptions = 0;
+  /** Client TCP segments no connection accepts, by reason. */
+  readonly strays: Record<StrayReason, number> = { 'bad-flags': 0, 'out-of-window': 0, 'ack-unsent': 0, 'no-flow': 0 };
   private readonly frame = new DecodedFrame();
   private readonly opts = new TcpOptions();
   /** Copies nobody releases explicitly (held ingress). */
@@ -89,7 +126,11 @@ export class IngressStage implements Stage {
   }
 
   counters(): Record<string, number> {
-    return { frames: this.frames, held: this.heldFrames, hold_dropped: this.holdDropped, translated: this.translated, bad_tcp_options: this.badTcpOptions, holding: this.hold.length };
+    const st = this.strays;
+    return {
+      frames: this.frames, held: this.heldFrames, hold_dropped: this.holdDropped, translated: this.translated, bad_tcp_options: this.badTcpOptions, holding: this.hold.length,
+      stray_bad_flags: st['bad-flags'], stray_out_of_window: st['out-of-window'], stray_ack_unsent: st['ack-unsent'], stray_no_flow: st['no-flow'],
+    };
   }
 
   /** The memory of translated copies may be reused (the ports were flushed). */
@@ -148,16 +189,40 @@ export class IngressStage implements Stage {
       if (standby) d.toReplica(standby.id, frame, vnet);
       return;
     }
-    const isSyn = (f.tcp.flags & TcpFlag.SYN) !== 0;
+    const flags = f.tcp.flags;
+    if (badTcpFlags(flags)) {
+      const action = d.config.policy.badTcpFlagsFromClient;
+      this.stray('bad-flags', action === 'drop' ? 'drop' : 'forward-both');
+      if (action === 'drop') return;
+      d.toReplica(active, frame, vnet);
+      if (standby) d.toReplica(standby.id, frame, vnet);
+      return;
+    }
+    const isSyn = (flags & TcpFlag.SYN) !== 0;
     const flows = d.flows;
     const entry = flows.ingressLookup.find(f, nowUs, isSyn ? () => flows.newFlow(f, 'ingress') : undefined);
     if (!entry) {
       // A flow no VM has spoken in: nothing to translate (the delta is zero).
+      this.stray('no-flow', 'forward-both');
       d.toReplica(active, frame, vnet);
       if (standby) d.toReplica(standby.id, frame, vnet);
       return;
     }
     const flow = flows.settle(entry.state);
+    if (flow.mode === 'compare' && standby && !isSyn && d.replicator.comparing) {
+      const reason = this.unaccepted(flow, f.tcp.seq, f.tcp.ack, (flags & TcpFlag.ACK) !== 0);
+      if (reason) {
+        const policy = d.config.policy.strayFromClient;
+        // The primary may have sent more than the bridge has seen yet, so it might take an ACK of unsent bytes, and the junk with it.
+        const action = policy === 'both' ? 'forward-both' : policy === 'drop' || reason === 'ack-unsent' ? 'drop' : 'forward-primary';
+        this.stray(reason, action);
+        if (action === 'drop') return;
+        if (action === 'forward-primary') {
+          d.toReplica(active, frame, vnet);
+          return;
+        }
+      }
+    }
     // The client acknowledged something: no longer a half-open flow that a SYN flood may push out.
     if (flow.tcp && !flow.tcp.client.ackSeen && (f.tcp.flags & TcpFlag.ACK)) flow.tcp.client.ackSeen = true;
     if (flow.mode === 'carried') {
@@ -178,6 +243,29 @@ export class IngressStage implements Stage {
       return;
     }
     this.sendTranslated(f, frame, standby.id, tcp.seqDelta, tcp.tsDelta, vnet);
+  }
+
+  /**
+   * Why the primary would not take this segment as part of the connection
+   * (null: it would). Judged only once the primary has acknowledged
+   * something and, for the ACK, once its stream has a known origin.
+   */
+  private unaccepted(flow: ShadowFlow, seq: number, ack: number, hasAck: boolean): StrayReason | null {
+    const tcp = flow.tcp;
+    if (!tcp) return null;
+    const p = tcp.replicas[PRIMARY];
+    if (p.ackSeen && Math.abs(seqDiff(seq, p.maxAck)) > STRAY_WINDOW) return 'out-of-window';
+    const stream = flow.stream!;
+    // The primary's stream end counts from its SYN; an ACK past it acknowledges bytes never sent.
+    if (hasAck && p.synSeen && stream.started && this.d.flows.followed(flow) && seqGt((ack - p.seqBase) >>> 0, stream.end[PRIMARY])) return 'ack-unsent';
+    return null;
+  }
+
+  private stray(reason: StrayReason, action: string): void {
+    if (this.strays[reason]++ === 0) {
+      this.d.log?.('warn', 'stray-client-segment', { reason, action, note: 'first of its kind; further ones are counted (policy actions client-' + reason + ')' });
+    }
+    this.d.counts.policy(`client-${reason}`, action);
   }
 
   private sendTranslated(f: DecodedFrame, frame: Buffer, slot: SlotId, seqDelta: number, tsDelta: number, vnet: VirtioNetHeader | undefined): void {

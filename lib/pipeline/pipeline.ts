@@ -116,7 +116,7 @@ export class ShadowPipeline {
       evictedResumed: (flow) => log('warn', 'flow-unprotected', { flow: flow.name, why: 'evicted from a full flow table while open, now speaking again: its replicas\' offsets are lost' }),
     });
     const toReplica = (slot: SlotId, frame: Buffer, vnet?: VirtioNetHeader) => outputs.toReplica(slot, frame, vnet);
-    this.ingress = new IngressStage({ config, replicas: this.replicas, replicator: this.replicator, flows: this.flowRegistry, counts: this.counts, toReplica });
+    this.ingress = new IngressStage({ config, replicas: this.replicas, replicator: this.replicator, flows: this.flowRegistry, counts: this.counts, toReplica, log });
     this.failoverStage = new FailoverStage({
       config: config.failover, replicas: this.replicas, toReplica,
       toClient: (frame) => outputs.toClient(frame),
@@ -133,6 +133,7 @@ export class ShadowPipeline {
     });
     this.stages = [this.held, this.flowRegistry, this.egress, this.ingress, this.failoverStage, this.replicator];
     this.nowUs = startUs;
+    if (!this.replicator.comparing) this.flowRegistry.untracked();
     if (!agentConnected) log('warn', 'degraded', { why: 'no sync agent connected: primary output flows unchecked' });
   }
 

@@ -72,6 +72,8 @@ export class ShadowFlow implements ReleaseGate {
   readonly closed = [false, false];
   /** The last checkpoint this flow has been resynchronized to (done lazily, on its next frame). */
   epoch = 0;
+  /** The checkpoint epoch the flow was born in. */
+  bornEpoch = 0;
   /** Recent frames of each side, kept only when divergence capture is on. */
   recent: RecentFrame[] | null;
   readonly report: FlowReport;

@@ -48,7 +48,7 @@ describe('pipeline fuzz (needs the recorded fixtures)', () => {
     }
     expect(pool.length).toBeGreaterThan(100);
     const rnd = mulberry32(0x5eed);
-    const config = makePipelineConfig({ maxFlows: 512, policy: { arp: 'compare', otherEtherTypes: 'compare', malformedFromVm: 'drop', malformedFromClient: 'forward' } });
+    const config = makePipelineConfig({ maxFlows: 512, policy: { arp: 'compare', otherEtherTypes: 'compare', malformedFromVm: 'drop', malformedFromClient: 'forward', strayFromClient: 'primary-only', badTcpFlagsFromClient: 'drop' } });
     const outstanding: number[] = [];
     let released = 0;
     const pipeline = new ShadowPipeline(config, {

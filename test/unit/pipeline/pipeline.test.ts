@@ -1,37 +1,7 @@
 import { ShadowPipeline, makePipelineConfig, PipelineConfig } from '../../../lib/pipeline';
 import { BACKUP, PRIMARY } from '../../../lib/compare';
-import { CheckpointRequest } from '../../../lib/replicate';
-import { arpFrame, l4ChecksumIsValid, tcpFrame, udpFrame, TcpSpec, macBytes, VM_MAC } from '../../support/frames';
-
-const C = 1000; // client ISN
-const P = 5000; // primary ISN
-const B = 900_000; // backup ISN
-const SYN_OPTS = { mss: 1460, ws: 7, sackOk: true, ts: [111, 0] as [number, number] };
-
-function harness(partial: Partial<PipelineConfig> = {}, agent = true) {
-  const out = { primary: [] as Buffer[], backup: [] as Buffer[], client: [] as Buffer[], checkpoints: [] as CheckpointRequest[] };
-  const logs: string[] = [];
-  const p = new ShadowPipeline(makePipelineConfig(partial), {
-    toReplica: (slot, f) => (slot === 0 ? out.primary : out.backup).push(Buffer.from(f)),
-    toClient: (f) => out.client.push(Buffer.from(f)),
-    sendCheckpoint: (r) => out.checkpoints.push(r),
-    log: (_l, event) => logs.push(event),
-  }, 0, agent);
-  return { p, out, logs };
-}
-
-const fromClient = (s: TcpSpec) => tcpFrame({ from: 'client', ...s });
-const fromVm = (s: TcpSpec) => tcpFrame({ from: 'vm', ...s });
-const ackOf = (f: Buffer) => f.readUInt32BE(14 + 20 + 8);
-const seqOf = (f: Buffer) => f.readUInt32BE(14 + 20 + 4);
-
-/** Client SYN, both SYN-ACKs, client ACK: an established connection. */
-function handshake(h: ReturnType<typeof harness>, t = 1) {
-  h.p.fromClient(fromClient({ seq: C, flags: 'S', options: SYN_OPTS }), t);
-  h.p.fromVm(PRIMARY, fromVm({ seq: P, ack: C + 1, flags: 'SA', options: { ...SYN_OPTS, ts: [7000, 111] } }), t + 1);
-  h.p.fromVm(BACKUP, fromVm({ seq: B, ack: C + 1, flags: 'SA', options: { ...SYN_OPTS, ts: [99000, 111] } }), t + 2);
-  h.p.fromClient(fromClient({ seq: C + 1, ack: P + 1, flags: 'A' }), t + 3);
-}
+import { arpFrame, l4ChecksumIsValid, udpFrame, macBytes, VM_MAC } from '../../support/frames';
+import { B, C, P, SYN_OPTS, ackOf, fromClient, fromVm, handshake, harness, seqOf } from '../../support/pipeline-harness';
 
 describe('ShadowPipeline', () => {
   it('releases the primary SYN-ACK only after the backup answered the same SYN', () => {

@@ -1,0 +1,137 @@
+/**
+ * Client TCP segments that no connection accepts must not make the replicas
+ * differ: a hostile client would otherwise force checkpoints at will.
+ */
+import { BACKUP, PRIMARY } from '../../../lib/compare';
+import { badTcpFlags, STRAY_WINDOW } from '../../../lib/pipeline/ingress-stage';
+import { makePipelineConfig } from '../../../lib/pipeline';
+import { tcpFlags } from '../../support/frames';
+import { B, C, P, ackOf, fromClient, fromVm, handshake, harness, seqOf } from '../../support/pipeline-harness';
+
+const ingress = (h: ReturnType<typeof harness>) => h.p.stageCounters().ingress;
+const compare = (h: ReturnType<typeof harness>) => h.p.stageCounters().compare;
+
+describe('badTcpFlags', () => {
+  it.each(['SF', 'SR', 'SRA', 'SFA', '', 'F', 'P', 'FPU', 'U'])('calls %j a combination no TCP accepts', (f) => {
+    expect(badTcpFlags(tcpFlags(f === '' ? 0 : f))).toBe(true);
+  });
+  it.each(['S', 'SA', 'A', 'PA', 'FA', 'R', 'RA', 'SEC'])('lets %j through', (f) => {
+    expect(badTcpFlags(tcpFlags(f))).toBe(false);
+  });
+});
+
+describe('stray client segments', () => {
+  it('sends a segment far outside the window to the primary alone, and its challenge ACK out without a checkpoint', () => {
+    const h = harness();
+    handshake(h);
+    const [np, nb, nc] = [h.out.primary.length, h.out.backup.length, h.out.client.length];
+    h.p.fromClient(fromClient({ seq: C + 1 + STRAY_WINDOW + 4096, ack: P + 1, flags: 'PA', payload: 'junk' }), 10);
+    expect(h.out.primary).toHaveLength(np + 1);
+    expect(h.out.backup).toHaveLength(nb);
+    h.p.fromVm(PRIMARY, fromVm({ seq: P + 1, ack: C + 1, flags: 'A' }), 11);
+    expect(h.out.client).toHaveLength(nc + 1);
+    expect(ackOf(h.out.client[nc])).toBe(C + 1);
+    expect(h.out.checkpoints).toHaveLength(0);
+    expect(ingress(h).stray_out_of_window).toBe(1);
+    expect(h.logs.filter((e) => e === 'stray-client-segment')).toHaveLength(1);
+  });
+
+  it('drops an ACK of bytes the primary never sent (a backup ahead, or a primary ahead of the bridge, would take it)', () => {
+    const h = harness();
+    handshake(h);
+    h.p.fromVm(PRIMARY, fromVm({ seq: P + 1, ack: C + 1, flags: 'PA', payload: 'hello' }), 5);
+    h.p.fromVm(BACKUP, fromVm({ seq: B + 1, ack: C + 1, flags: 'PA', payload: 'hello world' }), 6);
+    const [np, nb] = [h.out.primary.length, h.out.backup.length];
+    // The backup has sent 11 bytes, the primary 5: an ACK of 11 is one no real client can send yet.
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 12, flags: 'PA', payload: 'junk' }), 7);
+    expect(h.out.backup).toHaveLength(nb);
+    expect(h.out.primary).toHaveLength(np);
+    expect(ingress(h).stray_ack_unsent).toBe(1);
+    // An ACK of what the primary did send is the client's own: both get it, the backup's translated.
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 6, flags: 'A' }), 8);
+    expect(h.out.backup).toHaveLength(nb + 1);
+    expect(ackOf(h.out.backup[nb])).toBe(B + 6);
+    expect(h.out.checkpoints).toHaveLength(0);
+  });
+
+  it('does not judge ACKs on a connection whose output went unfollowed while the bridge was DEGRADED', () => {
+    const h = harness({ resync: 'copy' });
+    handshake(h);
+    h.p.agentConnected(false, 100);
+    expect(h.p.state).toBe('DEGRADED');
+    // The primary's 1,000 bytes go out unchecked; the bridge does not follow them.
+    h.p.fromVm(PRIMARY, fromVm({ seq: P + 1, ack: C + 1, flags: 'PA', payload: 'x'.repeat(1000) }), 200);
+    h.p.agentConnected(true, 300);
+    const cp = h.out.checkpoints[h.out.checkpoints.length - 1];
+    h.p.checkpointDone(cp.epoch, 400, 5);
+    expect(h.p.state).toBe('COMPARING');
+    const np = h.out.primary.length;
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 1001, flags: 'A' }), 500);
+    expect(h.out.primary).toHaveLength(np + 1);
+    expect(ingress(h).stray_ack_unsent).toBe(0);
+  });
+
+  it('drops segments with flags no TCP accepts, in a connection or not, and logs the first', () => {
+    const h = harness();
+    handshake(h);
+    const [np, nb] = [h.out.primary.length, h.out.backup.length];
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 1, flags: 'SF' }), 10);
+    h.p.fromClient(fromClient({ seq: C + 1, ack: 0, flags: 0 }), 11);
+    h.p.fromClient(fromClient({ sport: 55555, seq: 7, flags: 'FPU' }), 12);
+    expect(h.out.primary).toHaveLength(np);
+    expect(h.out.backup).toHaveLength(nb);
+    expect(ingress(h).stray_bad_flags).toBe(3);
+    expect(h.logs.filter((e) => e === 'stray-client-segment')).toHaveLength(1);
+    expect(h.p.policyActions['client-bad-flags/drop']).toBe(3);
+  });
+
+  it('releases the resets that answer strays on an unknown 4-tuple from the primary, uncompared, however many', () => {
+    const h = harness();
+    for (const [i, seq] of [[0, 77], [1, 123_456]] as const) {
+      h.p.fromClient(fromClient({ sport: 60001, seq, ack: 999 + i, flags: 'A' }), 10 + i);
+      // No connection: each replica answers with a reset derived from the client's segment.
+      h.p.fromVm(PRIMARY, fromVm({ dport: 60001, seq: 999 + i, flags: 'R' }), 20 + i);
+      h.p.fromVm(BACKUP, fromVm({ dport: 60001, seq: 999 + i, flags: 'R' }), 21 + i);
+    }
+    expect(h.out.primary).toHaveLength(2);
+    expect(h.out.backup).toHaveLength(2);
+    expect(h.out.client.map(seqOf)).toEqual([999, 1000]);
+    expect(h.out.checkpoints).toHaveLength(0);
+    expect(ingress(h).stray_no_flow).toBe(2);
+    expect(compare(h).stateless_resets).toBe(2);
+    expect(h.p.flows.size).toBe(0);
+  });
+
+  it('releases the primary\'s reset to a SYN for a closed port at once', () => {
+    const h = harness();
+    h.p.fromClient(fromClient({ dport: 81, seq: C, flags: 'S' }), 1);
+    h.p.fromVm(PRIMARY, fromVm({ sport: 81, seq: 0, ack: C + 1, flags: 'RA' }), 2);
+    expect(h.out.client).toHaveLength(1);
+    h.p.fromVm(BACKUP, fromVm({ sport: 81, seq: 0, ack: C + 1, flags: 'RA' }), 3);
+    expect(h.out.client).toHaveLength(1);
+    expect(h.out.checkpoints).toHaveLength(0);
+  });
+
+  it('still compares a reset on a connection both replicas opened', () => {
+    const h = harness();
+    handshake(h);
+    const nc = h.out.client.length;
+    h.p.fromVm(PRIMARY, fromVm({ seq: P + 1, ack: C + 1, flags: 'RA' }), 10);
+    expect(h.out.client).toHaveLength(nc);
+    h.p.fromVm(BACKUP, fromVm({ seq: B + 1, ack: C + 1, flags: 'RA' }), 11);
+    expect(h.out.client).toHaveLength(nc + 1);
+    expect(compare(h).stateless_resets).toBe(0);
+  });
+
+  it('sends strays to both under policy both, and to nobody under drop', () => {
+    for (const [strayFromClient, toBackup, toPrimary] of [['both', 1, 1], ['drop', 0, 0]] as const) {
+      const h = harness({ policy: { ...makePipelineConfig().policy, strayFromClient } });
+      handshake(h);
+      const [np, nb] = [h.out.primary.length, h.out.backup.length];
+      h.p.fromClient(fromClient({ seq: C + 1 - STRAY_WINDOW - 10, ack: P + 1, flags: 'A' }), 10);
+      expect(h.out.primary.length - np).toBe(toPrimary);
+      expect(h.out.backup.length - nb).toBe(toBackup);
+      expect(ingress(h).stray_out_of_window).toBe(1);
+    }
+  });
+});
