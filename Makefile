@@ -29,13 +29,15 @@ demo: build
 	@$(BIN) replay --client $(FIX)/ftp-pasv/client.pcap --primary $(FIX)/ftp-pasv/primary.pcap --backup $(FIX)/ftp-pasv/backup.pcap
 
 # Side by side on the netns lab (root): kernel bridge, shadowvm with AF_PACKET, shadowvm with libpcap;
-# then failover as the client sees it (abrupt and silent deaths); then the pipeline's own cost per frame.
+# then failover as the client sees it (abrupt and silent deaths); then the pipeline's own cost per frame;
+# then the hostile-input soak (issue 7's attacks one after another while downloads run).
 # Reports, not tests; JSON under bench/results/.
 bench: build
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make bench builds network namespaces: run it as root (sudo make bench)"; exit 1; fi
 	@node dist/bench/lab-bench.js
 	@node dist/bench/failover.js
 	@node dist/bench/pipeline.js
+	@node dist/bench/soak.js
 
 # Re-records the fixtures from real servers in network namespaces (root).
 fixtures: build

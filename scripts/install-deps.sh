@@ -25,6 +25,7 @@ need=(
   "/usr/bin/ping:iputils-ping"               # the bench
   "/usr/bin/pgrep:procps"                    # lab teardown checks
   "/usr/bin/setpriv:util-linux"              # the no-privilege checks of the port tests
+  "/usr/bin/promtool:prometheus"             # `promtool check metrics` on /metrics (hostile-metrics test); the daemon is kept off
 )
 missing=()
 for entry in "${need[@]}"; do
@@ -41,8 +42,27 @@ if ((${#missing[@]})); then
   fi
   export DEBIAN_FRONTEND=noninteractive
   # tshark asks whether non-root users may capture; the default (no) is fine.
+  # Packages with a daemon (prometheus: we want only its promtool) must not start one: without a
+  # policy-rc.d that says so (Docker images have one), invoke-rc.d and deb-systemd-invoke would.
+  policy=/usr/sbin/policy-rc.d
+  own_policy=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# install-deps.sh: no service starts while it installs packages.\nexit 101\n' | $sudo tee "$policy" >/dev/null
+    $sudo chmod 755 "$policy"
+    own_policy=1
+    trap '$sudo rm -f "$policy"' EXIT
+  fi
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ -n "$own_policy" ]; then $sudo rm -f "$policy"; trap - EXIT; fi
+  # Nor at the next boot: prometheus was installed for promtool only.
+  if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+    if [ -d /run/systemd/system ]; then
+      $sudo systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+    elif command -v update-rc.d >/dev/null; then
+      $sudo update-rc.d prometheus disable >/dev/null 2>&1 || true
+    fi
+  fi
 fi
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then

@@ -46,6 +46,8 @@ export interface BridgedLabOptions {
   ftpPassivePorts?: { min: number; max: number };
   /** Re-protect after a failover by restarting the dead namespace's servers (default true). */
   reprotect?: boolean;
+  /** Serve Prometheus metrics here (loopback), as `shadowvm run --metrics` does. */
+  metrics?: { host: string; port: number };
 }
 
 export interface BridgedLab {
@@ -107,6 +109,7 @@ export async function startBridgedLab(options: BridgedLabOptions = {}): Promise<
       controlSocket,
       log,
       links: options.links === 'none' ? undefined : options.links ?? (ownLinks = LinkWatcher.open()),
+      metrics: options.metrics,
     });
     await bridge.start();
     const reprotect = options.reprotect ?? true;

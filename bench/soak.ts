@@ -1,0 +1,540 @@
+/**
+ * bench/soak: issue 7's whole attack set, one attack after another, against
+ * a live netns-lab bridge while downloads run the whole time. A report, not
+ * a test; needs root.
+ * Run: `npx tsc -p tsconfig.json && node dist/bench/soak.js` (`--prefix hs`, `--cpu-prof`).
+ *
+ *   client ns ── <p>c ── `shadowvm run` (its own process) ─┬─ <p>p ── primary ns (nginx, UDP echo)
+ *   curl ×3 (looping, sha256)                               └─ <p>b ── backup ns  (nginx, UDP echo)
+ *   UDP probe every 1 ms          `shadowvm agent lab` (its own process)
+ *
+ * The bridge runs as a child process, so its RSS (VmRSS, VmHWM) is its own
+ * and nothing the bench does can stall it except through the machine.
+ *
+ * Per attack: the worst data-path stall (a UDP echo probe from the client
+ * namespace to the service address every 1 ms, each datagram carrying its
+ * send time, echoed by a server in both replicas and so compared by the
+ * bridge: the largest round-trip time and the largest gap between two
+ * replies), probes lost, the bridge's RSS at its peak (sampled every 50 ms)
+ * and at the end, the checkpoints asked for during the attack, the state
+ * afterwards, and whether the control socket still answered. The
+ * downloads' sha256 are checked throughout.
+ *
+ * Results: a table on stdout, bench/results/soak-<timestamp>.json. The lab
+ * and the children are always removed.
+ */
+import { ChildProcess, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { connect, Socket } from 'node:net';
+import { mkdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { queryControlSocket } from '../lib/control/control-socket';
+import type { BridgeSnapshot } from '../lib/control/snapshot';
+import { LAB_CONTENT_MTIME, fixedSeedBytes } from '../lib/lab/content';
+import { runInAsync } from '../lib/lab/exec';
+import { Lab, LabNode, buildLab, teardownLab, waitUntilQuiet } from '../lib/lab/netns';
+import { startLabServers } from '../lib/lab/servers';
+import type { InjectSpec, InjectResult } from '../test/support/frame-injector';
+
+const ROOT = join(__dirname, '..', '..');
+const SHADOWVM = join(ROOT, 'bin', 'shadowvm');
+const INJECTOR = join(ROOT, 'dist', 'test', 'support', 'frame-injector.js');
+const NOBODY = 65534;
+const ECHO_PORT = 7777;
+const BIG_FILE = 'soak-big.bin';
+const BIG_BYTES = 16 << 20;
+const BIG_SEED = 0x50a4;
+const DOWNLOADERS = 3;
+const DOWNLOAD_RATE = '4M';
+const PROBE_EVERY_MS = 1;
+
+interface Options { prefix: string; cpuProf: boolean; metricsPort: number }
+
+function parseArgs(argv: string[]): Options {
+  const o: Options = { prefix: 'hs', cpuProf: false, metricsPort: 29900 };
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === '--prefix') o.prefix = argv[++i];
+    else if (argv[i] === '--cpu-prof') o.cpuProf = true;
+    else if (argv[i] === '--metrics-port') o.metricsPort = Number(argv[++i]);
+    else if (argv[i] === '--help') {
+      process.stdout.write('node dist/bench/soak.js [--prefix hs] [--cpu-prof] [--metrics-port 29900]\n');
+      process.exit(0);
+    } else throw new Error(`unknown option ${argv[i]}`);
+  }
+  return o;
+}
+
+const delay = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+// ───────────────────────── children ─────────────────────────
+
+interface Child { readonly child: ChildProcess; output: string; readonly exited: Promise<number | null> }
+
+function start(argv: string[], what: string, stdin: 'ignore' | 'pipe' = 'ignore'): Child {
+  const child = spawn(argv[0], argv.slice(1), { stdio: [stdin, 'pipe', 'pipe'] });
+  const c: Child = { child, output: '', exited: new Promise((r) => child.once('close', (code) => r(code))) };
+  const keep = (chunk: Buffer) => {
+    c.output += chunk.toString();
+    if (c.output.length > 1 << 20) c.output = c.output.slice(-(1 << 19));
+  };
+  child.stdout!.on('data', keep);
+  child.stderr!.on('data', keep);
+  child.on('error', (e) => { c.output += `\n${what}: ${e.message}`; });
+  return c;
+}
+
+function inNs(netns: string, argv: string[]): string[] {
+  return ['ip', 'netns', 'exec', netns, ...argv];
+}
+
+/** A node script run as user nobody, with no capabilities, on the host. */
+function asNobody(script: string, args: string[]): Child {
+  return start(['setpriv', `--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', '--inh-caps=-all', process.execPath, '-e', script, '--', ...args], 'nobody script');
+}
+
+async function injectIn(netns: string, spec: Omit<InjectSpec, 'iface'>): Promise<InjectResult> {
+  const out = await runInAsync(netns, process.execPath, [INJECTOR, JSON.stringify({ iface: 'eth0', ...spec })], 180_000);
+  return JSON.parse(out.trim().split('\n').pop()!) as InjectResult;
+}
+
+// ───────────────────────── the data-path probe ─────────────────────────
+
+const ECHO_SERVER = `
+const s = require('node:dgram').createSocket('udp4');
+s.on('message', (m, r) => s.send(m, r.port, r.address));
+s.bind(Number(process.argv[1]));
+`;
+
+/** Sends a timestamped datagram every N ms; on "mark" prints the figures since the last mark and starts over. */
+const PROBE = `
+const { performance } = require('node:perf_hooks');
+const [host, port, everyMs] = process.argv.slice(1).map((v, i) => (i ? Number(v) : v));
+const s = require('node:dgram').createSocket('udp4');
+let w;
+const reset = () => { w = { sent: 0, received: 0, maxRttMs: 0, maxGapMs: 0, rtts: [], lastAt: performance.now() }; };
+reset();
+s.on('message', (m) => {
+  const now = performance.now();
+  const rtt = now - m.readDoubleBE(0);
+  w.received++;
+  w.maxRttMs = Math.max(w.maxRttMs, rtt);
+  w.maxGapMs = Math.max(w.maxGapMs, now - w.lastAt);
+  w.lastAt = now;
+  if (w.rtts.length < 200000) w.rtts.push(rtt);
+});
+setInterval(() => { const b = Buffer.alloc(32); b.writeDoubleBE(performance.now(), 0); s.send(b, port, host); w.sent++; }, everyMs);
+let line = '';
+process.stdin.on('data', (c) => {
+  line += c;
+  if (!line.includes('\\n')) return;
+  line = '';
+  const now = performance.now();
+  const r = w.rtts.sort((a, b) => a - b);
+  const p = (q) => (r.length ? r[Math.min(r.length - 1, Math.floor(q * r.length))] : NaN);
+  process.stdout.write(JSON.stringify({ sent: w.sent, received: w.received, maxRttMs: w.maxRttMs, maxGapMs: Math.max(w.maxGapMs, now - w.lastAt), p50RttMs: p(0.5), p99RttMs: p(0.99) }) + '\\n');
+  reset();
+});
+`;
+
+interface ProbeWindow { sent: number; received: number; maxRttMs: number; maxGapMs: number; p50RttMs: number; p99RttMs: number }
+
+class Probe {
+  private readonly c: Child;
+  private pending: ((w: ProbeWindow) => void) | null = null;
+  private buffered = '';
+
+  constructor(lab: Lab) {
+    this.c = start(inNs(lab.client.netns, [process.execPath, '-e', PROBE, lab.serviceIpv4, String(ECHO_PORT), String(PROBE_EVERY_MS)]), 'probe', 'pipe');
+    this.c.child.stdout!.on('data', (chunk: Buffer) => {
+      this.buffered += chunk.toString();
+      const nl = this.buffered.indexOf('\n');
+      if (nl < 0) return;
+      const w = JSON.parse(this.buffered.slice(0, nl)) as ProbeWindow;
+      this.buffered = this.buffered.slice(nl + 1);
+      this.pending?.(w);
+      this.pending = null;
+    });
+  }
+
+  /** The figures since the last mark. */
+  mark(): Promise<ProbeWindow> {
+    return new Promise((resolve) => {
+      this.pending = resolve;
+      this.c.child.stdin!.write('mark\n');
+    });
+  }
+
+  stop(): void { this.c.child.kill('SIGKILL'); }
+}
+
+// ───────────────────────── downloads ─────────────────────────
+
+class Downloads {
+  ok = 0;
+  bad: string[] = [];
+  bytes = 0;
+  private stopped = false;
+  private readonly loops: Promise<void>[] = [];
+
+  constructor(private readonly lab: Lab, private readonly expected: string) {
+    for (let i = 0; i < DOWNLOADERS; i++) this.loops.push(this.loop(i));
+  }
+
+  private async loop(i: number): Promise<void> {
+    const file = join(this.lab.runDir, `soak-download-${i}`);
+    while (!this.stopped) {
+      try {
+        await runInAsync(this.lab.client.netns, 'curl', ['-sS', '--fail', '--limit-rate', DOWNLOAD_RATE, '--max-time', '120', '-o', file, `http://${this.lab.serviceIpv4}/${BIG_FILE}`], 130_000);
+        const got = createHash('sha256').update(readFileSync(file)).digest('hex');
+        if (got === this.expected) {
+          this.ok++;
+          this.bytes += BIG_BYTES;
+        } else this.bad.push(`downloader ${i}: sha256 ${got}`);
+      } catch (e) {
+        this.bad.push(`downloader ${i}: ${(e as Error).message.split('\n')[0]}`);
+      } finally {
+        rmSync(file, { force: true });
+      }
+    }
+  }
+
+  /** Lets every download in progress finish (so each one is checked whole), then stops. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await Promise.all(this.loops);
+  }
+}
+
+// ───────────────────────── the bridge ─────────────────────────
+
+interface BridgeUnderTest { readonly proc: Child; readonly agent: Child; readonly controlSocket: string; readonly agentSocket: string; readonly metricsPort: number }
+
+function memoryOf(pid: number): { rssMiB: number; hwmMiB: number } {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const kb = (field: string) => Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(status)?.[1] ?? NaN);
+    return { rssMiB: kb('VmRSS') / 1024, hwmMiB: kb('VmHWM') / 1024 };
+  } catch {
+    return { rssMiB: NaN, hwmMiB: NaN };
+  }
+}
+
+async function status(b: BridgeUnderTest, timeoutMs = 5000): Promise<BridgeSnapshot | null> {
+  try {
+    const reply = await queryControlSocket(b.controlSocket, { cmd: 'status' }, timeoutMs);
+    return reply.ok ? reply.status : null;
+  } catch {
+    return null;
+  }
+}
+
+const checkpointsAsked = (s: BridgeSnapshot | null): number => (s ? Object.values(s.checkpoints.requested).reduce((a, n) => a + n, 0) : NaN);
+
+async function startBridge(lab: Lab, o: Options, profDir: string): Promise<BridgeUnderTest> {
+  const controlSocket = join(lab.runDir, 'run', 'control.sock');
+  const agentSocket = join(lab.runDir, 'run', 'agent.sock');
+  const node = [process.execPath, ...(o.cpuProf ? ['--cpu-prof', '--cpu-prof-dir', profDir] : []), SHADOWVM];
+  const proc = start([...node, 'run', '--name', o.prefix, '--uplink', lab.client.hostIf, '--primary', lab.primary.hostIf, '--backup', lab.backup.hostIf,
+    '--agent', agentSocket, '--control', controlSocket, '--metrics', `127.0.0.1:${o.metricsPort}`, '--resync', 'align', '--no-vnet-hdr', '--log-level', 'warn'], 'shadowvm run');
+  const b: BridgeUnderTest = { proc, agent: null as unknown as Child, controlSocket, agentSocket, metricsPort: o.metricsPort };
+  for (let i = 0; i < 200 && !(await status(b, 500)); i++) {
+    if (proc.child.exitCode !== null) throw new Error(`shadowvm run exited: ${proc.output}`);
+    await delay(50);
+  }
+  const agent = start([process.execPath, SHADOWVM, 'agent', 'lab', '--name', o.prefix, '--socket', agentSocket, '--delay-ms', '5'], 'shadowvm agent');
+  const withAgent = { ...b, agent };
+  for (let i = 0; i < 200; i++) {
+    if ((await status(withAgent))?.state === 'COMPARING') return withAgent;
+    await delay(50);
+  }
+  throw new Error(`the bridge did not reach COMPARING: ${proc.output.slice(-2000)} ${agent.output.slice(-2000)}`);
+}
+
+// ───────────────────────── attacks ─────────────────────────
+
+interface AttackContext { lab: Lab; bridge: BridgeUnderTest }
+interface Attack { name: string; what: string; run(c: AttackContext): Promise<string> }
+
+/** Opens a connection and writes `payload`, never reading; resolves with the socket once written (or refused). */
+function floodConnection(path: string | { host: string; port: number }, payload: string): Promise<Socket> {
+  return new Promise((resolve) => {
+    const s = typeof path === 'string' ? connect(path) : connect(path.port, path.host);
+    s.on('error', () => resolve(s));
+    s.on('connect', () => s.write(payload, () => resolve(s)));
+    s.pause();
+  });
+}
+
+/** As nobody: `connections` connections each pipelining `requests` scrapes, never reading, held `holdMs`. */
+const NOBODY_SCRAPER = `
+const net = require('node:net');
+const [port, connections, requests, holdMs] = process.argv.slice(1).map(Number);
+const req = 'GET /metrics HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\n\\r\\n'.repeat(requests);
+const socks = [];
+let closed = 0;
+for (let i = 0; i < connections; i++) {
+  const s = net.connect(port, '127.0.0.1', () => s.write(req));
+  s.pause();
+  s.on('error', () => {});
+  s.on('close', () => closed++);
+  socks.push(s);
+}
+setTimeout(() => { console.log(JSON.stringify({ closedByServer: closed })); socks.forEach((s) => s.destroy()); }, holdMs);
+`;
+
+const ATTACKS: Attack[] = [
+  {
+    name: 'metrics-unread',
+    what: '4 connections × 500 pipelined GET /metrics, never read, by user nobody, held 4 s',
+    run: async ({ bridge }) => {
+      const c = asNobody(NOBODY_SCRAPER, [String(bridge.metricsPort), '4', '500', '4000']);
+      await c.exited;
+      return c.output.trim();
+    },
+  },
+  {
+    name: 'status-pipelined',
+    what: '1,000 pipelined status requests on one control connection, read slowly',
+    run: async ({ bridge }) => {
+      const s = await floodConnection(bridge.controlSocket, '{"cmd":"status"}\n'.repeat(1000));
+      let replies = 0;
+      s.on('data', (d: Buffer) => { for (const b of d) if (b === 10) replies++; });
+      // Take the replies at a crawl: one read every 100 ms for 3 s.
+      for (let i = 0; i < 30 && !s.destroyed; i++) {
+        s.resume();
+        await delay(1);
+        s.pause();
+        await delay(100);
+      }
+      const closed = s.destroyed;
+      s.destroy();
+      return `${replies} replies read${closed ? ', closed by the bridge' : ''}`;
+    },
+  },
+  {
+    name: 'flows-unread',
+    what: '300 pipelined {"cmd":"flows","limit":100000}, never read, held 4 s',
+    run: async ({ bridge }) => {
+      const s = await floodConnection(bridge.controlSocket, '{"cmd":"flows","limit":100000}\n'.repeat(300));
+      let closedAt = NaN;
+      const t0 = performance.now();
+      s.once('close', () => { closedAt = performance.now() - t0; });
+      await delay(4000);
+      s.destroy();
+      return Number.isFinite(closedAt) ? `closed by the bridge after ${closedAt.toFixed(0)} ms` : 'still open after 4 s';
+    },
+  },
+  {
+    name: 'idle-control-x40',
+    what: '40 idle control connections held 4 s; status asked meanwhile',
+    run: async ({ bridge }) => {
+      const socks = await Promise.all(Array.from({ length: 40 }, () => floodConnection(bridge.controlSocket, '')));
+      await delay(500);
+      const answered = (await status(bridge, 3000)) !== null;
+      await delay(3500);
+      const open = socks.filter((s) => !s.destroyed).length;
+      socks.forEach((s) => s.destroy());
+      return `status ${answered ? 'answered' : 'NOT answered'} while held; ${open} of 40 still open after 4 s`;
+    },
+  },
+  {
+    name: 'signals',
+    what: 'SIGUSR1, SIGHUP, SIGUSR2 to the bridge, 1 s apart; then port 9229',
+    run: async ({ bridge }) => {
+      const pid = bridge.proc.child.pid!;
+      for (const sig of ['SIGUSR1', 'SIGHUP', 'SIGUSR2'] as const) {
+        process.kill(pid, sig);
+        await delay(1000);
+      }
+      const inspector = await new Promise<boolean>((resolve) => {
+        const s = connect(9229, '127.0.0.1');
+        s.on('connect', () => { s.destroy(); resolve(true); });
+        s.on('error', () => resolve(false));
+      });
+      return `bridge ${bridge.proc.child.exitCode === null ? 'alive' : `EXITED ${bridge.proc.child.exitCode}`}; 9229 ${inspector ? 'OPEN' : 'closed'}`;
+    },
+  },
+  {
+    name: 'agent-impostor',
+    what: 'a silent client on the agent socket, reconnecting every 1 s for 6 s',
+    run: async ({ bridge }) => {
+      let held = 0;
+      for (let i = 0; i < 6; i++) {
+        const s = await floodConnection(bridge.agentSocket, '');
+        await delay(1000);
+        if (!s.destroyed) held++;
+        s.destroy();
+      }
+      const snap = await status(bridge);
+      return `${held}/6 impostor connections outlived 1 s; agent ${snap?.agent.connected ? `connected (${snap.agent.name ?? '?'})` : 'NOT connected'}`;
+    },
+  },
+  {
+    name: 'garbage-tcp',
+    what: '20,000 TCP segments with random flags/seq/ack from the client address to port 80 and random ports',
+    run: async ({ lab }) => JSON.stringify(await injectIn(lab.client.netns, { kind: 'garbage-tcp', count: 20_000, seed: 21, perMs: 10 })),
+  },
+  {
+    name: 'ethertypes',
+    what: '5,000 frames with random ethertypes from the primary VM',
+    run: async ({ lab }) => JSON.stringify(await injectIn(lab.primary.netns, { kind: 'ethertypes', count: 5000, seed: 22, perMs: 5 })),
+  },
+  {
+    name: 'syn-flood',
+    what: '70,000 SYNs from spoofed sources (198.18.0.0/15) to port 80',
+    run: async ({ lab }) => JSON.stringify(await injectIn(lab.client.netns, { kind: 'syn-flood', count: 70_000, seed: 23, perMs: 20 })),
+  },
+  {
+    name: 'malformed',
+    what: '3 × 10,000 malformed frames, from the client, the primary and the backup at once',
+    run: async ({ lab }) => {
+      const nodes: LabNode[] = [lab.client, lab.primary, lab.backup];
+      const r = await Promise.all(nodes.map((n, i) => injectIn(n.netns, { kind: 'malformed', count: 10_000, seed: 30 + i, perMs: 5 })));
+      return r.map((x, i) => `${nodes[i].role} ${x.sent}`).join(', ');
+    },
+  },
+];
+
+// ───────────────────────── run ─────────────────────────
+
+interface Row {
+  attack: string;
+  what: string;
+  probe: ProbeWindow;
+  stallMs: number;
+  rssPeakMiB: number;
+  rssEndMiB: number;
+  hwmMiB: number;
+  checkpointsForced: number;
+  checkpointsByReason: Record<string, number>;
+  stateAfter: string;
+  statusAnswered: boolean;
+  durationMs: number;
+  note: string;
+}
+
+async function measure(name: string, what: string, b: BridgeUnderTest, probe: Probe, body: () => Promise<string>): Promise<Row> {
+  const pid = b.proc.child.pid!;
+  const before = await status(b);
+  await probe.mark();
+  let peak = memoryOf(pid).rssMiB;
+  const sampler = setInterval(() => { peak = Math.max(peak, memoryOf(pid).rssMiB); }, 50);
+  const t0 = performance.now();
+  let note: string;
+  try {
+    note = await body();
+  } catch (e) {
+    note = `attack failed: ${(e as Error).message.split('\n')[0]}`;
+  }
+  // Let the bridge work off what the attack left queued before the window closes.
+  await delay(1000);
+  const durationMs = performance.now() - t0;
+  const window = await probe.mark();
+  clearInterval(sampler);
+  const mem = memoryOf(pid);
+  const after = await status(b);
+  const byReason: Record<string, number> = {};
+  if (before && after) for (const [r, n] of Object.entries(after.checkpoints.requested)) if (n - before.checkpoints.requested[r as keyof typeof before.checkpoints.requested] > 0) byReason[r] = n - before.checkpoints.requested[r as keyof typeof before.checkpoints.requested];
+  return {
+    attack: name, what, probe: window, stallMs: Math.max(window.maxRttMs, window.maxGapMs),
+    rssPeakMiB: Math.max(peak, mem.rssMiB), rssEndMiB: mem.rssMiB, hwmMiB: mem.hwmMiB,
+    checkpointsForced: checkpointsAsked(after) - checkpointsAsked(before), checkpointsByReason: byReason,
+    stateAfter: after?.state ?? 'no answer', statusAnswered: after !== null, durationMs, note,
+  };
+}
+
+function table(rows: Row[]): string[] {
+  const header = ['attack', 'stall ms', 'rtt p99', 'lost', 'RSS peak', 'RSS end', 'ckpts', 'state after', 'note'];
+  const body = rows.map((r) => [
+    r.attack, r.stallMs.toFixed(1), r.probe.p99RttMs.toFixed(2), String(Math.max(0, r.probe.sent - r.probe.received)),
+    `${r.rssPeakMiB.toFixed(0)} MiB`, `${r.rssEndMiB.toFixed(0)} MiB`,
+    `${r.checkpointsForced}${Object.keys(r.checkpointsByReason).length ? ` (${Object.entries(r.checkpointsByReason).map(([k, n]) => `${k} ${n}`).join(', ')})` : ''}`,
+    r.stateAfter, r.note.length > 90 ? `${r.note.slice(0, 87)}...` : r.note,
+  ]);
+  const all = [header, ...body];
+  const widths = header.map((_, i) => Math.max(...all.map((c) => c[i].length)));
+  const line = (cells: string[]) => cells.map((c, i) => (i === 0 || i >= 7 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ').trimEnd();
+  return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...body.map(line)];
+}
+
+async function main(): Promise<void> {
+  const o = parseArgs(process.argv.slice(2));
+  if (process.getuid?.() !== 0) throw new Error('the soak builds network namespaces: run it as root');
+  const startedAt = new Date();
+  const outDir = join(ROOT, 'bench', 'results');
+  const profDir = join(outDir, `soak-prof-${startedAt.toISOString().replace(/[:.]/g, '-')}`);
+  const lab = buildLab({ prefix: o.prefix });
+  const children: Child[] = [];
+  let probe: Probe | null = null;
+  let downloads: Downloads | null = null;
+  let bridge: BridgeUnderTest | null = null;
+  const cleanup = () => {
+    probe?.stop();
+    for (const c of children) if (c.child.exitCode === null) c.child.kill('SIGKILL');
+    teardownLab(lab);
+  };
+  process.once('SIGINT', () => { cleanup(); process.exit(130); });
+  try {
+    const servers = await startLabServers(lab);
+    const big = fixedSeedBytes(BIG_BYTES, BIG_SEED);
+    for (const root of [servers.primary.contentRoot, servers.backup.contentRoot]) {
+      writeFileSync(join(root, BIG_FILE), big, { mode: 0o644 });
+      utimesSync(join(root, BIG_FILE), LAB_CONTENT_MTIME, LAB_CONTENT_MTIME);
+    }
+    for (const node of [lab.primary, lab.backup]) children.push(start(inNs(node.netns, [process.execPath, '-e', ECHO_SERVER, String(ECHO_PORT)]), 'udp echo'));
+    await waitUntilQuiet(lab);
+    bridge = await startBridge(lab, o, profDir);
+    children.push(bridge.proc, bridge.agent);
+    probe = new Probe(lab);
+    await delay(1000);
+    await probe.mark();
+    const rows: Row[] = [];
+    // The probe alone, then with the downloads: the baselines.
+    rows.push(await measure('baseline (probe only)', 'no attack, no downloads', bridge, probe, async () => { await delay(4000); return ''; }));
+    downloads = new Downloads(lab, createHash('sha256').update(big).digest('hex'));
+    await delay(1000);
+    rows.push(await measure('baseline (downloads)', `no attack; ${DOWNLOADERS} curl --limit-rate ${DOWNLOAD_RATE} of ${BIG_BYTES >> 20} MiB, looping`, bridge, probe, async () => { await delay(4000); return ''; }));
+    for (const attack of ATTACKS) {
+      process.stderr.write(`soak: ${attack.name}\n`);
+      const b = bridge;
+      rows.push(await measure(attack.name, attack.what, bridge, probe, () => attack.run({ lab, bridge: b })));
+    }
+    rows.push(await measure('after (downloads)', 'no attack, after the set', bridge, probe, async () => { await delay(4000); return ''; }));
+    await downloads.stop();
+    const finalStatus = await status(bridge);
+    const mem = memoryOf(bridge.proc.child.pid!);
+    bridge.proc.child.kill('SIGTERM');
+    bridge.agent.child.kill('SIGTERM');
+    const exitCode = await Promise.race([bridge.proc.exited, delay(10_000).then(() => 'no exit within 10 s')]);
+
+    const lines = [
+      `soak ${startedAt.toISOString()}  node ${process.version}  loadavg ${readFileSync('/proc/loadavg', 'utf8').trim()}`,
+      `probe: UDP echo every ${PROBE_EVERY_MS} ms through the bridge; stall = max(largest RTT, largest gap between replies); goal ≤ 10 ms`,
+      '',
+      ...table(rows),
+      '',
+      `downloads: ${downloads.ok} complete and sha256-identical (${(downloads.bytes / 2 ** 20).toFixed(0)} MiB), ${downloads.bad.length} failed${downloads.bad.length ? `: ${downloads.bad.slice(0, 5).join('; ')}` : ''}`,
+      `bridge: VmHWM ${mem.hwmMiB.toFixed(0)} MiB, VmRSS at the end ${mem.rssMiB.toFixed(0)} MiB, state ${finalStatus?.state ?? '?'}, exit after SIGTERM: ${String(exitCode)}`,
+      `worst stall under attack: ${(() => { const w = rows.slice(2, -1).reduce((a, r) => (r.stallMs > a.stallMs ? r : a)); return `${w.stallMs.toFixed(1)} ms (${w.attack})`; })()}`,
+      ...(o.cpuProf ? [`cpu profile of the bridge: ${profDir}`] : []),
+    ];
+    process.stdout.write(`${lines.join('\n')}\n`);
+    mkdirSync(outDir, { recursive: true });
+    const file = join(outDir, `soak-${startedAt.toISOString().replace(/[:.]/g, '-')}.json`);
+    writeFileSync(file, `${JSON.stringify({
+      bench: 'soak', startedAt: startedAt.toISOString(), node: process.version, options: o, probeEveryMs: PROBE_EVERY_MS,
+      downloads: { workers: DOWNLOADERS, rate: DOWNLOAD_RATE, fileBytes: BIG_BYTES, ok: downloads.ok, failed: downloads.bad },
+      rows, final: { status: finalStatus, memory: mem, exitAfterSigterm: exitCode }, table: lines,
+    }, null, 1)}\n`);
+    process.stdout.write(`results: ${file}\n`);
+    if (downloads.bad.length || exitCode !== 0) process.exitCode = 1;
+  } finally {
+    cleanup();
+  }
+}
+
+main().catch((e) => {
+  process.stderr.write(`soak: ${(e as Error).stack ?? String(e)}\n`);
+  process.exitCode = 1;
+});
