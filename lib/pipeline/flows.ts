@@ -46,6 +46,9 @@ export const MAX_EVICTED_KEYS = 65536;
 
 const EXPIRY_INTERVAL_US = 1_000_000;
 
+/** Distinct non-IP classes (ARP and ethertypes, per VLAN) compared as flows of their own. */
+export const MAX_NON_IP_FLOWS = 256;
+
 export class FlowRegistry implements Stage {
   readonly stageName = 'flow';
   readonly table: FlowTable<ShadowFlow>;
@@ -139,7 +142,9 @@ export class FlowRegistry implements Stage {
   }
 
   nonIpFlow(f: DecodedFrame, cls: 'arp' | 'ethertype'): ShadowFlow {
-    const name = cls === 'arp' ? `arp vlan ${f.vlanKey}` : `ethertype 0x${f.etherType.toString(16).padStart(4, '0')} vlan ${f.vlanKey}`;
+    let name = cls === 'arp' ? `arp vlan ${f.vlanKey}` : `ethertype 0x${f.etherType.toString(16).padStart(4, '0')} vlan ${f.vlanKey}`;
+    // A VM that sends random ethertypes or VLANs must not grow this map: beyond the bound they share one flow.
+    if (this.nonIp.size >= MAX_NON_IP_FLOWS && !this.nonIp.has(name)) name = 'non-ip other';
     let flow = this.nonIp.get(name);
     const d = this.d;
     if (!flow) {

@@ -4,6 +4,7 @@
  */
 import { BACKUP, PRIMARY } from '../../../lib/compare';
 import { badTcpFlags, STRAY_WINDOW } from '../../../lib/pipeline/ingress-stage';
+import { MAX_NON_IP_FLOWS } from '../../../lib/pipeline/flows';
 import { makePipelineConfig } from '../../../lib/pipeline';
 import { tcpFlags } from '../../support/frames';
 import { B, C, P, ackOf, fromClient, fromVm, handshake, harness, seqOf } from '../../support/pipeline-harness';
@@ -133,5 +134,20 @@ describe('stray client segments', () => {
       expect(h.out.backup.length - nb).toBe(toBackup);
       expect(ingress(h).stray_out_of_window).toBe(1);
     }
+  });
+});
+
+describe('non-IP frames compared as flows', () => {
+  it('keeps at most MAX_NON_IP_FLOWS of them, however many ethertypes a VM invents', () => {
+    const h = harness({ policy: { ...makePipelineConfig().policy, otherEtherTypes: 'compare' } });
+    for (let t = 0; t < 2000; t++) {
+      const frame = Buffer.alloc(60);
+      frame.writeUInt16BE(0x9000 + t, 12);
+      h.p.fromVm(PRIMARY, frame, 10 + t);
+      h.p.fromVm(BACKUP, frame, 10 + t);
+    }
+    expect(h.p.flowRegistry.nonIp.size).toBe(MAX_NON_IP_FLOWS + 1);
+    expect(h.p.flowRegistry.nonIp.has('non-ip other')).toBe(true);
+    expect(h.out.checkpoints).toHaveLength(0);
   });
 });
