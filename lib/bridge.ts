@@ -64,6 +64,12 @@ export interface BridgeOptions {
   clockUs?: () => number;
   /** Carrier events of the VM ports: a lost carrier counts as a dead replica. */
   links?: LinkEventSource;
+  /**
+   * Opens a port on another interface, for agents that put each new backup
+   * behind a fresh one (`checkpoint-done` with `port`, protocol v2). Without
+   * it such a checkpoint fails.
+   */
+  openPort?: (ifname: string) => PacketPort;
 }
 
 export const TICK_MS = 10;
@@ -83,6 +89,8 @@ export class Bridge {
   private readonly carrier: [CarrierDebouncer, CarrierDebouncer];
   private readonly carrierTimers: (NodeJS.Timeout | null)[] = [null, null];
   private readonly unsubscribeLinks: (() => void)[] = [];
+  /** Per slot: stop listening to its interface's carrier. */
+  private readonly slotLinks: ((() => void) | null)[] = [null, null];
   private silenceTimer: NodeJS.Timeout | null = null;
   private silenceDeadlineUs: number | null = null;
 
@@ -124,7 +132,17 @@ export class Bridge {
             this.log('warn', 'agent-disconnected', { why });
             this.afterEvent(() => this.pipeline.agentConnected(false, this.clockUs()));
           },
-          checkpointDone: (m) => this.afterEvent(() => this.pipeline.checkpointDone(m.epoch, this.clockUs(), m.ms)),
+          checkpointDone: (m) => this.afterEvent(() => {
+            // The epoch fence: the backup moved to a fresh interface; nothing queued on the old one is ever read.
+            if (m.port !== undefined) {
+              const error = this.moveStandbySlot(m.port, m.epoch);
+              if (error) {
+                this.pipeline.checkpointFailed(m.epoch, error, this.clockUs());
+                return;
+              }
+            }
+            this.pipeline.checkpointDone(m.epoch, this.clockUs(), m.ms);
+          }),
           checkpointFailed: (m) => this.afterEvent(() => this.pipeline.checkpointFailed(m.epoch, m.error, this.clockUs())),
           heartbeat: () => {},
           // The agent watches the VMs themselves (QEMU's state, its process): its word is final, no hold.
@@ -172,13 +190,7 @@ export class Bridge {
     const { uplink, primary, backup } = this.ports;
     // One clock: a breath's frames are stamped with the time they reach us, like every timer.
     uplink.onBatch((frames) => this.breath(frames, (f, now) => this.pipeline.fromClient(f.frame, now, f.vnet)));
-    primary.onBatch((frames) => this.breath(frames, (f, now) => this.pipeline.fromVm(0, f.frame, now, f.vnet)));
-    backup.onBatch((frames) => this.breath(frames, (f, now) => this.pipeline.fromVm(1, f.frame, now, f.vnet)));
-    if (o.links) {
-      for (const slot of SLOT_IDS) {
-        this.unsubscribeLinks.push(o.links.on(this.slotPorts[slot].name, (ev) => this.onLink(slot, ev)));
-      }
-    }
+    for (const slot of SLOT_IDS) this.listenToSlot(slot);
     this.timer = setInterval(() => this.afterEvent(() => this.pipeline.tick(this.clockUs())), TICK_MS);
     this.timer.unref?.();
     this.log('info', 'started', { name: o.name, uplink: uplink.name, primary: primary.name, backup: backup.name, agentSocket: o.agentSocket ?? null });
@@ -192,16 +204,17 @@ export class Bridge {
     for (const t of this.carrierTimers) if (t) clearTimeout(t);
     if (this.silenceTimer) clearTimeout(this.silenceTimer);
     for (const off of this.unsubscribeLinks) off();
+    for (const off of this.slotLinks) off?.();
     // Ports and sockets together: a slow socket close must never leave frames forwarded meanwhile.
     await Promise.allSettled([
-      this.ports.uplink.close(), this.ports.primary.close(), this.ports.backup.close(),
+      this.ports.uplink.close(), this.slotPorts[0].close(), this.slotPorts[1].close(),
       this.agent?.close(), this.control?.close(), this.metrics?.close(),
     ]);
     this.log('info', 'stopped', { name: this.options.name });
   }
 
   snapshot(): BridgeSnapshot {
-    const roles: [PortRole, PacketPort][] = [['uplink', this.ports.uplink], ['primary', this.ports.primary], ['backup', this.ports.backup]];
+    const roles: [PortRole, PacketPort][] = [['uplink', this.ports.uplink], ['primary', this.slotPorts[0]], ['backup', this.slotPorts[1]]];
     return snapshotOf(this.pipeline, {
       name: this.options.name,
       startedMs: this.startedMs,
@@ -294,6 +307,46 @@ export class Bridge {
     });
   }
 
+  /** Frames and carrier of the port in `slot` go to the pipeline as that slot's. */
+  private listenToSlot(slot: SlotId): void {
+    const port = this.slotPorts[slot];
+    port.onBatch((frames) => {
+      if (this.slotPorts[slot] !== port) return; // a port being closed after a move
+      this.breath(frames, (f, now) => this.pipeline.fromVm(slot, f.frame, now, f.vnet));
+    });
+    this.slotLinks[slot]?.();
+    this.slotLinks[slot] = this.options.links ? this.options.links.on(port.name, (ev) => this.onLink(slot, ev)) : null;
+  }
+
+  /**
+   * Puts the slot that is not the active replica's on interface `ifname`
+   * (the agent made the new backup behind it). The old port is closed with
+   * whatever the old backup left queued on it, unread. Returns why it could
+   * not, or null.
+   */
+  private moveStandbySlot(ifname: string, epoch: number): string | null {
+    const slot: SlotId = this.pipeline.replicas.active.id === 0 ? 1 : 0;
+    const old = this.slotPorts[slot];
+    if (old.name === ifname) return null;
+    if (!this.options.openPort) return `the agent moved the backup to ${ifname}, but this bridge cannot open ports`;
+    let port: PacketPort;
+    try {
+      port = this.options.openPort(ifname);
+    } catch (e) {
+      return `cannot open the new backup's port ${ifname}: ${(e as Error).message}`;
+    }
+    this.slotPorts[slot] = port;
+    this.pipeline.replicas.slots[slot].name = ifname;
+    this.carrier[slot].reset();
+    const t = this.carrierTimers[slot];
+    if (t) clearTimeout(t);
+    this.carrierTimers[slot] = null;
+    this.listenToSlot(slot);
+    old.close().catch((e: Error) => this.log('warn', 'port-close-failed', { port: old.name, error: e.message }));
+    this.log('info', 'backup-port-moved', { epoch, from: old.name, to: ifname, note: 'frames left on the old port are discarded unread (epoch fence)' });
+    return null;
+  }
+
   /** Anything that may release frames outside a breath (timers, agent answers) flushes afterwards. */
   private afterEvent(fn: () => void): void {
     fn();
@@ -302,8 +355,8 @@ export class Bridge {
 
   private flushAll(): void {
     this.ports.uplink.flush();
-    this.ports.primary.flush();
-    this.ports.backup.flush();
+    this.slotPorts[0].flush();
+    this.slotPorts[1].flush();
     this.pipeline.endBreath();
   }
 }

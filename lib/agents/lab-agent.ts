@@ -14,7 +14,6 @@
 import { connect, Socket } from 'node:net';
 import { LogFn, noLog } from '../control/logger';
 import {
-  AGENT_PROTOCOL_VERSION,
   AgentMessage,
   AgentProtocolError,
   CheckpointMessage,
@@ -137,7 +136,8 @@ class SocketLabAgent implements LabAgent {
     const splitter = new LineSplitter();
     socket.on('connect', () => {
       this.log('info', 'lab-agent-connected', { path: this.o.socketPath });
-      this.send({ type: 'hello', version: AGENT_PROTOCOL_VERSION, role: 'agent', name: this.o.name });
+      // A v1 agent: it never moves the backup, so it has nothing of v2 to say.
+      this.send({ type: 'hello', version: 1, role: 'agent', name: this.o.name });
       this.heartbeatTimer = setInterval(() => this.heartbeat(), this.o.heartbeatMs);
     });
     socket.on('data', (chunk: Buffer) => {

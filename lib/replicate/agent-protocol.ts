@@ -13,7 +13,14 @@
  */
 import { CHECKPOINT_REASONS, CheckpointReason } from './replicator';
 
-export const AGENT_PROTOCOL_VERSION = 1;
+/**
+ * The version this side speaks. 2 adds `port` to `checkpoint-done` (the
+ * epoch fence of agents that make each new backup on a fresh interface).
+ * Version 1 peers (the lab agent) are still accepted: nothing a v1 peer
+ * sends or is sent changed meaning.
+ */
+export const AGENT_PROTOCOL_VERSION = 2;
+export const SUPPORTED_AGENT_PROTOCOL_VERSIONS: readonly number[] = [1, 2];
 /** Longest line either side accepts, without its newline. */
 export const MAX_AGENT_LINE_BYTES = 64 * 1024;
 
@@ -26,7 +33,8 @@ export const VM_LIVENESS: readonly VmLiveness[] = ['up', 'down', 'paused'];
 /** Both directions, first message on a connection. */
 export interface HelloMessage {
   type: 'hello';
-  version: typeof AGENT_PROTOCOL_VERSION;
+  /** One of SUPPORTED_AGENT_PROTOCOL_VERSIONS. */
+  version: number;
   role: AgentRole;
   name: string;
 }
@@ -48,6 +56,14 @@ export interface CheckpointDoneMessage {
   /** State moved, in bytes. */
   bytes: number;
   pages?: number;
+  /**
+   * (v2) The interface the backup now runs behind, when the agent made the
+   * new backup on a fresh one (a full copy into a new VM). The bridge moves
+   * the backup's slot to it before it applies the checkpoint: frames the
+   * old backup sent, still queued on the old interface, are never read, so
+   * they can never be compared against the new backup's stream.
+   */
+  port?: string;
 }
 
 /** Agent → bridge: the checkpoint `epoch` could not be made. */
@@ -221,10 +237,10 @@ export function parseAgentMessage(line: string): ParsedAgentMessage {
     case 'hello': {
       const version = obj.version;
       if (version === undefined) throw new AgentProtocolError('missing-field', 'hello: missing field "version"', line);
-      if (version !== AGENT_PROTOCOL_VERSION) {
-        throw new AgentProtocolError('bad-version', `hello: protocol version ${JSON.stringify(version)} is not supported (this side speaks ${AGENT_PROTOCOL_VERSION})`, line);
+      if (typeof version !== 'number' || !SUPPORTED_AGENT_PROTOCOL_VERSIONS.includes(version)) {
+        throw new AgentProtocolError('bad-version', `hello: protocol version ${JSON.stringify(version)} is not supported (this side speaks ${SUPPORTED_AGENT_PROTOCOL_VERSIONS.join(' and ')})`, line);
       }
-      return { type, version: AGENT_PROTOCOL_VERSION, role: f.oneOf('role', AGENT_ROLES), name: f.string('name') };
+      return { type, version, role: f.oneOf('role', AGENT_ROLES), name: f.string('name') };
     }
     case 'checkpoint': {
       const msg: CheckpointMessage = { type, epoch: f.count('epoch'), reason: f.oneOf('reason', CHECKPOINT_REASONS) };
@@ -236,6 +252,11 @@ export function parseAgentMessage(line: string): ParsedAgentMessage {
       const msg: CheckpointDoneMessage = { type, epoch: f.count('epoch'), ms: f.amount('ms'), bytes: f.count('bytes') };
       const pages = f.optionalCount('pages');
       if (pages !== undefined) msg.pages = pages;
+      const port = f.optionalString('port');
+      if (port !== undefined) {
+        if (!/^[A-Za-z0-9_.:-]{1,15}$/.test(port)) throw new AgentProtocolError('bad-field', `checkpoint-done: field "port" must be an interface name, got ${JSON.stringify(port)}`, line);
+        msg.port = port;
+      }
       return msg;
     }
     case 'checkpoint-failed':

@@ -23,6 +23,8 @@ const lines = (out: SplitLine[]) => out.map((p) => (p.kind === 'line' ? p.line :
 describe('parseAgentMessage', () => {
   it('reads every message type of protocol v1 with its fields', () => {
     expect(parseAgentMessage('{"type":"hello","version":1,"role":"agent","name":"qemu"}')).toEqual({ type: 'hello', version: 1, role: 'agent', name: 'qemu' });
+    expect(parseAgentMessage('{"type":"hello","version":2,"role":"agent","name":"qemu"}')).toEqual({ type: 'hello', version: 2, role: 'agent', name: 'qemu' });
+    expect(parseAgentMessage('{"type":"checkpoint-done","epoch":4,"ms":61.5,"bytes":9,"pages":2,"port":"svms3"}')).toEqual({ type: 'checkpoint-done', epoch: 4, ms: 61.5, bytes: 9, pages: 2, port: 'svms3' });
     expect(parseAgentMessage('{"type":"checkpoint","epoch":3,"reason":"mismatch","flow":"tcp a > b"}')).toEqual({ type: 'checkpoint', epoch: 3, reason: 'mismatch', flow: 'tcp a > b' });
     expect(parseAgentMessage('{"type":"checkpoint","epoch":4,"reason":"manual"}')).toEqual({ type: 'checkpoint', epoch: 4, reason: 'manual' });
     expect(parseAgentMessage('{"type":"checkpoint-done","epoch":3,"ms":12.5,"bytes":4096,"pages":1}')).toEqual({ type: 'checkpoint-done', epoch: 3, ms: 12.5, bytes: 4096, pages: 1 });
@@ -60,7 +62,8 @@ describe('parseAgentMessage', () => {
     ['no type', '{"epoch":1}', 'missing-field'],
     ['a numeric type', '{"type":7}', 'bad-field'],
     ['hello without version', '{"type":"hello","role":"agent","name":"a"}', 'missing-field'],
-    ['hello of version 2', '{"type":"hello","version":2,"role":"agent","name":"a"}', 'bad-version'],
+    ['hello of version 3', '{"type":"hello","version":3,"role":"agent","name":"a"}', 'bad-version'],
+    ['checkpoint-done with a port that is no interface name', '{"type":"checkpoint-done","epoch":1,"ms":1,"bytes":1,"port":"eth0; rm -rf /"}', 'bad-field'],
     ['hello with version "1"', '{"type":"hello","version":"1","role":"agent","name":"a"}', 'bad-version'],
     ['hello with an unknown role', '{"type":"hello","version":1,"role":"boss","name":"a"}', 'bad-field'],
     ['hello without name', '{"type":"hello","version":1,"role":"agent"}', 'missing-field'],

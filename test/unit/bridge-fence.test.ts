@@ -1,0 +1,97 @@
+/**
+ * The epoch fence (protocol v2): an agent that makes each new backup on a
+ * fresh interface says so in `checkpoint-done`; the bridge moves the backup
+ * slot there before it applies the checkpoint, and nothing queued on the old
+ * interface is ever read.
+ */
+import { join } from 'node:path';
+import { Bridge } from '../../lib/bridge';
+import { MemoryPort } from '../../lib/io/memory';
+import { makePipelineConfig } from '../../lib/pipeline';
+import { udpFrame } from '../support/frames';
+import { LineClient, tempDir, waitFor } from './agents/socket-helpers';
+
+interface Rig {
+  bridge: Bridge;
+  uplink: MemoryPort;
+  primary: MemoryPort;
+  oldBackup: MemoryPort;
+  opened: MemoryPort[];
+  agent: LineClient;
+  close(): Promise<void>;
+}
+
+async function rig(canOpen = true): Promise<Rig> {
+  const tmp = tempDir('fence');
+  const uplink = new MemoryPort('up0');
+  const primary = new MemoryPort('p0');
+  const oldBackup = new MemoryPort('b0');
+  const opened: MemoryPort[] = [];
+  const bridge = new Bridge({ uplink, primary, backup: oldBackup }, {
+    name: 'fence',
+    config: makePipelineConfig({ resync: 'copy' }),
+    agentSocket: join(tmp.dir, 'agent.sock'),
+    ...(canOpen ? { openPort: (ifname: string) => { const p = new MemoryPort(ifname); opened.push(p); return p; } } : {}),
+  });
+  await bridge.start();
+  const agent = await LineClient.connect(join(tmp.dir, 'agent.sock'));
+  expect(await agent.next()).toMatchObject({ type: 'hello', version: 2 });
+  agent.send({ type: 'hello', version: 2, role: 'agent', name: 'fence-agent' });
+  // The bridge asks for a checkpoint as soon as an agent is there.
+  const first = await agent.next() as { type: string; epoch: number };
+  expect(first.type).toBe('checkpoint');
+  agent.send({ type: 'checkpoint-done', epoch: first.epoch, ms: 1, bytes: 0 });
+  await waitFor('COMPARING', () => bridge.pipeline.state === 'COMPARING', 3000);
+  return {
+    bridge, uplink, primary, oldBackup, opened, agent,
+    close: async () => { agent.close(); await bridge.stop(); tmp.remove(); },
+  };
+}
+
+const request = udpFrame({ from: 'client', payload: 'query' });
+const answer = (text: string) => udpFrame({ from: 'vm', payload: text });
+
+describe('the epoch fence', () => {
+  it('moves the backup slot to the interface checkpoint-done names and never reads the old one again', async () => {
+    const r = await rig();
+    try {
+      expect(r.bridge.pipeline.request('manual', undefined, 1)).toBe(true);
+      const cp = await r.agent.next() as { type: string; epoch: number };
+      expect(cp.type).toBe('checkpoint');
+      r.agent.send({ type: 'checkpoint-done', epoch: cp.epoch, ms: 40, bytes: 1 << 20, port: 'b1' });
+      await waitFor('back to COMPARING', () => r.bridge.pipeline.state === 'COMPARING' && r.opened.length === 1, 3000);
+      const [fresh] = r.opened;
+      expect(fresh.name).toBe('b1');
+      // The old interface is closed: what the retired backup had queued there can never reach the comparator.
+      expect(() => r.oldBackup.inject([answer('stale, from the old backup')])).toThrow(/after close/);
+      // Client frames now go to the new backup, and its answer is what the primary's is compared with.
+      r.uplink.inject([request]);
+      expect(fresh.sent).toHaveLength(1);
+      expect(r.oldBackup.sent.every((f) => !f.equals(request))).toBe(true);
+      r.primary.inject([answer('42')]);
+      expect(r.uplink.sent).toHaveLength(0);
+      fresh.inject([answer('42')]);
+      expect(r.uplink.sent).toHaveLength(1);
+      const snap = r.bridge.snapshot();
+      expect(snap.ports.find((p) => p.role === 'backup')?.name).toBe('b1');
+      expect(snap.mismatches).toBe(0);
+    } finally {
+      await r.close();
+    }
+  });
+
+  it('fails the checkpoint, and leaves the old backup attached, when the new port cannot be opened', async () => {
+    const r = await rig(false);
+    try {
+      r.bridge.pipeline.request('manual', undefined, 1);
+      const cp = await r.agent.next() as { epoch: number };
+      r.agent.send({ type: 'checkpoint-done', epoch: cp.epoch, ms: 40, bytes: 1, port: 'b1' });
+      await waitFor('DEGRADED', () => r.bridge.pipeline.state === 'DEGRADED', 3000);
+      expect(r.bridge.pipeline.replicator.counters().checkpoints_failed).toBe(1);
+      r.uplink.inject([request]);
+      expect(r.oldBackup.sent.length + r.oldBackup.pending.length).toBeGreaterThan(0);
+    } finally {
+      await r.close();
+    }
+  });
+});
