@@ -40,6 +40,8 @@ export interface ColoProbeOptions {
   append?: string;
   /** With a kernel: wait for this on the primary's console before starting COLO (e.g. a line the init prints). */
   readyPattern?: RegExp;
+  /** With a kernel: after the checkpoints, the secondary's console must print this again (fresh output). */
+  alivePattern?: RegExp;
   /** Console text that makes the probe fail; default kernel oops/panic/GPF/BUG lines. */
   failPattern?: RegExp;
   /** Checkpoints to trigger; default 3. */
@@ -177,7 +179,13 @@ export async function probeColo(options: ColoProbeOptions): Promise<ColoProbeRes
     }
 
     // The secondary must have come through the checkpoints alive and running, its guest unharmed.
-    await sleep(Math.min(options.kernel ? 1000 : 100, left()));
+    if (options.kernel && options.alivePattern) {
+      const seen = secondary.console().length;
+      await waitFor(() => options.alivePattern!.test(secondary.console().slice(seen)), Math.min(left(), 6000),
+        'the secondary guest printed nothing healthy after the checkpoints');
+    } else {
+      await sleep(Math.min(100, left()));
+    }
     for (const vm of vms) {
       if (vm.exited) return result(false, `the ${vm.role} QEMU exited after the checkpoints: ${vm.stderrTail()}`);
       const s = await vm.qmp!.execute('query-status', undefined, Math.min(left(), 3000));
