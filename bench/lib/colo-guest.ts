@@ -7,6 +7,7 @@
  *
  *   SVM-READY                 once, before the loop
  *   SVM-OK <n> / SVM-BAD <n>  each pass: `dirtyMiB` rewritten in tmpfs, then its md5 checked
+ *                             (and the original's; busy mode, the default) or once a second (idle)
  *
  * A checkpoint that loses dirty pages shows as SVM-BAD or a kernel oops in the secondary.
  */
@@ -43,8 +44,13 @@ function isStatic(path: string): boolean {
   }
 }
 
-export function buildColoGuest(opts: { dirtyMiB?: number; kernelDeb?: string } = {}): ColoGuest {
+/**
+ * `busy` (default): the loop above. `idle`: the same check once a second with no rewriting
+ * in between (only what the kernel and a `sleep 1` dirty).
+ */
+export function buildColoGuest(opts: { dirtyMiB?: number; kernelDeb?: string; mode?: 'busy' | 'idle' } = {}): ColoGuest {
   const dirtyMiB = opts.dirtyMiB ?? 8;
+  const idle = opts.mode === 'idle';
   const dir = mkdtempSync(join(tmpdir(), 'svm-colo-guest-'));
   try {
     const deb = join(dir, 'deb');
@@ -71,7 +77,8 @@ export function buildColoGuest(opts: { dirtyMiB?: number; kernelDeb?: string } =
       'n=0',
       'while true; do',
       '  n=$((n + 1))',
-      '  cat /mnt/ref > /mnt/copy',
+      idle ? '  sleep 1' : '  cat /mnt/ref > /mnt/copy',
+      idle ? '  [ $n -gt 1 ] || cat /mnt/ref > /mnt/copy' : '  :',
       '  if [ "$(md5sum < /mnt/copy)" = "$want" ] && [ "$(md5sum < /mnt/ref)" = "$want" ]; then echo SVM-OK $n; else echo SVM-BAD $n; fi',
       'done',
       '',

@@ -60,8 +60,10 @@ export interface ColoProbeResult {
   /** True only when every checkpoint finished in time and the secondary is healthy afterwards. */
   colo: boolean;
   reason: string;
-  /** Trigger → primary RESUME, per finished checkpoint. */
+  /** Trigger (QMP call) → primary RESUME, per finished checkpoint. */
   checkpointMs: number[];
+  /** Primary STOP → RESUME (the pause the guest sees), per finished checkpoint. */
+  pauseMs: number[];
   accel: 'tcg' | 'kvm';
   guest: 'seabios' | 'kernel';
   /** First line of `qemu --version`, when known. */
@@ -111,9 +113,10 @@ export async function probeColo(options: ColoProbeOptions): Promise<ColoProbeRes
   const deadline = started + budgetMs;
   const log = options.log ?? (() => undefined);
   const checkpointMs: number[] = [];
+  const pauseMs: number[] = [];
   const version = qemuVersion(options.qemu);
   const result = (colo: boolean, reason: string): ColoProbeResult => ({
-    colo, reason, checkpointMs, accel, guest, version, durationMs: Date.now() - started,
+    colo, reason, checkpointMs, pauseMs, accel, guest, version, durationMs: Date.now() - started,
   });
   if (!version) return result(false, `${options.qemu} does not run (--version failed)`);
 
@@ -175,6 +178,7 @@ export async function probeColo(options: ColoProbeOptions): Promise<ColoProbeRes
       if (resume.event === 'COLO_EXIT') return result(false, `checkpoint ${i}: primary left COLO (${JSON.stringify(resume.data)})`);
       const ms = resume.t - t0;
       checkpointMs.push(Math.round(ms * 10) / 10);
+      pauseMs.push(Math.round((resume.t - stop.t) * 10) / 10);
       log(`checkpoint ${i}: ${ms.toFixed(1)} ms`);
     }
 
