@@ -7,6 +7,7 @@
 #   SHADOWVM_QEMU_COLO_CACHE=DIR    cache root (work tree, ccache, logs); default /var/cache/shadowvm/qemu-colo
 #   SHADOWVM_QEMU_SRC_VERSION=V     Debian source version (default: the qemu-system-x86 candidate's source)
 #   SHADOWVM_QEMU_COLO_JOBS=N       parallel compile jobs (default 2, never more than the cores)
+#   SHADOWVM_QEMU_COLO_PATCHES=DIR  take the patches from DIR (e.g. a subset, to check what each fixes)
 #
 # <hash> covers the patches, the configure flags and the source version, so a changed
 # patch builds into a new directory. A second run with the output present does nothing.
@@ -14,7 +15,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PATCH_DIR="$ROOT/qemu-colo/patches"
+PATCH_DIR="${SHADOWVM_QEMU_COLO_PATCHES:-$ROOT/qemu-colo/patches}"
 CACHE_ROOT="${SHADOWVM_QEMU_COLO_CACHE:-/var/cache/shadowvm/qemu-colo}"
 JOBS="${SHADOWVM_QEMU_COLO_JOBS:-2}"
 CORES="$(nproc)"
@@ -77,6 +78,16 @@ fi
 [ "${#PATCHES[@]}" -gt 0 ] || die "no patches in $PATCH_DIR"
 
 mkdir -p "$CACHE_ROOT"
+# One build at a time: they share the work tree.
+exec 9>"$CACHE_ROOT/.lock"
+if ! flock -n 9; then
+  say "another build is running (lock $CACHE_ROOT/.lock); waiting for it"
+  flock 9
+fi
+if [ -x "$OUT/bin/qemu-system-x86_64" ] && [ -f "$OUT/BUILD-INFO" ]; then
+  say "built meanwhile by the other run, nothing to do: $OUT/bin/qemu-system-x86_64"
+  exit 0
+fi
 LOG="$CACHE_ROOT/build-$UPSTREAM_VERSION-$HASH.log"
 : >"$LOG"
 STEP=""

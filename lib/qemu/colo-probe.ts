@@ -73,7 +73,8 @@ export interface ColoProbeResult {
 
 /**
  * The patched build from `make qemu-colo`: `$SHADOWVM_QEMU_COLO_DIR/bin/qemu-system-x86_64`
- * when that is set, otherwise the most recently built `<cacheDir>/<version>-<hash>/`.
+ * when that is set, otherwise the most recently built `<cacheDir>/<version>-<hash>/` (other
+ * directories there, such as diagnostic builds with a subset of the patches, are ignored).
  * Undefined when there is none.
  */
 export function findColoQemu(cacheDir: string = DEFAULT_COLO_CACHE_DIR): string | undefined {
@@ -93,7 +94,7 @@ export function findColoQemu(cacheDir: string = DEFAULT_COLO_CACHE_DIR): string 
 function listDirs(dir: string): string[] {
   try {
     return readdirSync(dir, { withFileTypes: true })
-      .filter((d) => d.isDirectory() && !d.name.includes('.tmp.'))
+      .filter((d) => d.isDirectory() && /^\d[\w.+~-]*-[0-9a-f]{12}$/.test(d.name)) // <version>-<hash>, not staging or other dirs
       .map((d) => join(dir, d.name));
   } catch {
     return [];
