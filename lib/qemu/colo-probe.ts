@@ -181,6 +181,10 @@ export async function probeColo(options: ColoProbeOptions): Promise<ColoProbeRes
       checkpointMs.push(Math.round(ms * 10) / 10);
       pauseMs.push(Math.round((resume.t - stop.t) * 10) / 10);
       log(`checkpoint ${i}: ${ms.toFixed(1)} ms`);
+      for (const vm of vms) {
+        const bad = (options.failPattern ?? DEFAULT_FAIL).exec(vm.console());
+        if (bad) return result(false, `the ${vm.role} guest failed after checkpoint ${i}: "${lineAround(vm.console(), bad.index)}"`);
+      }
     }
 
     // The secondary must have come through the checkpoints alive and running, its guest unharmed.
@@ -203,6 +207,7 @@ export async function probeColo(options: ColoProbeOptions): Promise<ColoProbeRes
     const what = guest === 'kernel' ? 'with a guest kernel' : 'SeaBIOS guest only: dirty tracking not exercised';
     return result(true, `${n} checkpoints finished (${accel}, ${what})`);
   } catch (err) {
+    if (!vms.some((vm) => vm.exited)) await sleep(100); // a closed QMP socket often means QEMU is exiting
     const exited = vms.find((vm) => vm.exited);
     const why = err instanceof Error ? err.message : String(err);
     return result(false, exited ? `${why}; the ${exited.role} QEMU exited: ${exited.stderrTail()}` : why);

@@ -50,17 +50,17 @@ describe('COLO capability probe (way 2)', () => {
   }, 60000);
 
   itPatchedGuest(PATCHED ? (coloGuestAvailable()
-    ? 'patched QEMU with a guest kernel rewriting memory: 5 checkpoints, the secondary stays healthy'
+    ? 'patched QEMU with a guest kernel rewriting memory: 8 checkpoints, the secondary stays healthy'
     : `SKIPPED: ${NO_GUEST}`) : `SKIPPED: ${NOT_BUILT} (guest kernel case)`, async () => {
     guest = buildColoGuest({ dirtyMiB: 8 });
     const r = await probeColo({
       qemu: PATCHED!, accel: 'tcg', kernel: guest.kernel, initrd: guest.initrd, append: guest.append,
       readyPattern: guest.readyPattern, alivePattern: guest.alivePattern, failPattern: guest.failPattern,
-      checkpoints: 5, checkpointTimeoutMs: 5000, budgetMs: 60000,
+      checkpoints: 8, checkpointTimeoutMs: 5000, budgetMs: 60000,
     });
     console.log(`patched QEMU, kernel guest: colo=${r.colo} (${r.reason}) checkpoints ${r.checkpointMs.join(', ')} ms`);
     expect(r.reason).toMatch(/checkpoints finished/);
     expect(r.colo).toBe(true);
-    expect(r.checkpointMs).toHaveLength(5);
+    expect(r.checkpointMs).toHaveLength(8);
   }, 120000);
 });
