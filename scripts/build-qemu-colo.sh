@@ -153,7 +153,7 @@ if [ ! -f "$DSC" ]; then
 fi
 rm -rf "$SRC"
 dpkg-source -x "$DSC" "$SRC" >>"$LOG" 2>&1
-step "patches: ${#PATCHES[@]} from qemu-colo/patches"
+step "patches: ${#PATCHES[@]} from $PATCH_DIR"
 for p in "${PATCHES[@]}"; do
   echo "--- applying $(basename "$p")" >>"$LOG"
   patch -d "$SRC" -p1 --forward --batch <"$p" >>"$LOG" 2>&1 || die "patch $(basename "$p") does not apply to qemu $SRC_VERSION"
