@@ -27,6 +27,10 @@ function quantile(xs: number[], q: number): number {
   return s[Math.min(s.length - 1, Math.ceil(q * s.length) - 1)];
 }
 
+function f1(v: number): string {
+  return Number.isFinite(v) ? v.toFixed(1) : '—';
+}
+
 async function main(): Promise<void> {
   const qemu = arg('qemu') ?? findColoQemu();
   const stock = arg('stock', '/usr/bin/qemu-system-x86_64')!;
@@ -71,8 +75,8 @@ async function main(): Promise<void> {
     const c = r.checkpointMs;
     const p = r.pauseMs;
     console.log(`${scenario.padEnd(34)}${String(r.colo).padEnd(6)}${String(c.length).padEnd(4)}` +
-      `${[quantile(c, 0.5), quantile(c, 0.99), (c.length ? Math.max(...c) : NaN)].map((v) => v.toFixed(1)).join(' / ').padEnd(36)}` +
-      `${[quantile(p, 0.5), (p.length ? Math.max(...p) : NaN)].map((v) => v.toFixed(1)).join(' / ')}`);
+      `${[quantile(c, 0.5), quantile(c, 0.99), (c.length ? Math.max(...c) : NaN)].map(f1).join(' / ').padEnd(36)}` +
+      `${[quantile(p, 0.5), (p.length ? Math.max(...p) : NaN)].map(f1).join(' / ')}`);
     if (!r.colo) console.log(`    ${r.reason}`);
   }
   const outDir = join(__dirname, '..', '..', 'bench', 'results');
