@@ -169,7 +169,7 @@ export async function probeColo(options: ColoProbeOptions): Promise<ColoProbeRes
       await pq.execute('migrate-set-parameters', { 'x-checkpoint-delay': 3600000 }, Math.min(left(), timeout));
       const stop = await pq.waitEvent((e) => e.event === 'STOP' || e.event === 'COLO_EXIT', mark, Math.min(left(), timeout));
       if (stop?.event === 'COLO_EXIT') return result(false, `checkpoint ${i}: primary left COLO (${JSON.stringify(stop.data)})`);
-      const resume = stop && await pq.waitEvent((e) => e.event === 'RESUME' || e.event === 'COLO_EXIT', mark,
+      const resume = stop && await pq.waitEvent((e) => e.event === 'RESUME' || e.event === 'COLO_EXIT', pq.events.indexOf(stop) + 1,
         Math.max(1, Math.min(left(), timeout - (performance.now() - t0))));
       if (!stop || !resume) {
         const what = stop ? 'the primary paused (STOP) and never resumed' : 'the primary never paused';
