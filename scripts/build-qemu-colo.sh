@@ -166,7 +166,7 @@ fi
 step "configure: ${CONFIGURE_FLAGS[*]}"
 mkdir -p "$SRC/build"
 (cd "$SRC/build" && nice -n 19 ../configure "${CONFIGURE_FLAGS[@]}") >>"$LOG" 2>&1
-step "build: nice -n 19 ninja -j$JOBS qemu-system-x86_64 (about 11 minutes on 2 idle cores)"
+step "build: nice -n 19 ninja -j$JOBS qemu-system-x86_64 (11-13 min on 2 cores; less with ccache warm)"
 (cd "$SRC/build" && nice -n 19 ninja -j"$JOBS" qemu-system-x86_64) >>"$LOG" 2>&1
 
 # 5. Install: the binary, plus share/qemu pointing at the system's firmware directory (the
