@@ -9,6 +9,8 @@
 
 /** Printed on the serial console once httpd and vsftpd listen. */
 export const GUEST_READY_MARKER = 'SHADOWVM-GUEST-READY';
+/** Printed by /init when booted with `svm.probe=1`, which then powers off at once. */
+export const GUEST_PROBE_MARKER = 'SHADOWVM-GUEST-PROBE';
 export const GUEST_HOSTNAME = 'shadowvm-guest';
 /** vsftpd's passive ports in the guest: a fixed, narrow range, identical in both replicas. */
 export const GUEST_FTP_PASV_PORTS = { min: 30000, max: 30009 } as const;
@@ -41,6 +43,10 @@ mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /tmp /var/lib/svm/session /var/empty-vsftpd
 mount -t devpts devpts /dev/pts
 hostname ${GUEST_HOSTNAME}
+# The accelerator probe (lib/qemu/accel.ts): reaching user space is the proof.
+case " $(cat /proc/cmdline) " in
+  *" svm.probe=1 "*) echo "${GUEST_PROBE_MARKER}" > /dev/ttyS0; poweroff -f ;;
+esac
 
 svm_ip4=10.77.0.2/24
 svm_peer4=10.77.0.1

@@ -97,7 +97,7 @@ describe('QmpClient', () => {
 
   test('rejects an error answer with the command, the class and the description', async () => {
     const c = await start((cmd, s) => s.write(`{"error": {"class": "GenericError", "desc": "Migration is not finalized yet"}, "id": "${cmd.id}"}\n`));
-    const err = await c.execute('cont').catch((e) => e);
+    const err = (await c.execute('cont').catch((e: unknown) => e)) as Error;
     expect(err).toBeInstanceOf(QmpCommandError);
     expect(err.message).toMatch(/QMP cont on .*qmp\.sock failed: GenericError: Migration is not finalized yet/);
     expect(c.counters.errors).toBe(1);
@@ -128,7 +128,7 @@ describe('QmpClient', () => {
       if (cmd.execute !== 'hang') s.write(`{"return": 7, "id": "${cmd.id}"}\n`);
     });
     const started = Date.now();
-    const err = await c.execute('hang', undefined, { timeoutMs: 100 }).catch((e) => e);
+    const err = (await c.execute('hang', undefined, { timeoutMs: 100 }).catch((e: unknown) => e)) as Error;
     expect(err).toBeInstanceOf(QmpTimeoutError);
     expect(err.message).toMatch(/QMP hang on .*: no answer within 100 ms/);
     expect(Date.now() - started).toBeLessThan(1000);
