@@ -70,6 +70,8 @@ export function qemuArgs(o: QemuLaunchOptions): string[] {
     '-kernel', o.boot.kernel, '-initrd', o.boot.initrd, '-append', o.boot.cmdline,
     '-serial', `file:${file('serial.log')}`,
     '-qmp', `unix:${file('qmp')},server=on,wait=off`,
+    // A second monitor for a sync agent in another process (a QMP socket serves one client at a time).
+    '-qmp', `unix:${file('agent.qmp')},server=on,wait=off`,
     '-pidfile', file('pid'),
   ];
   if (o.tap) {
@@ -107,6 +109,8 @@ export class QemuProcess {
   get accel(): Accel { return this.options.accel; }
   get memMiB(): number { return this.options.memMiB; }
   get qmpSocket(): string { return path.join(this.options.runDir, `${this.options.name}.qmp`); }
+  /** The second QMP socket, free for a sync agent. */
+  get agentQmpSocket(): string { return path.join(this.options.runDir, `${this.options.name}.agent.qmp`); }
   get serialLog(): string { return path.join(this.options.runDir, `${this.options.name}.serial.log`); }
   get stderrLog(): string { return path.join(this.options.runDir, `${this.options.name}.stderr.log`); }
   get pidFile(): string { return path.join(this.options.runDir, `${this.options.name}.pid`); }
@@ -118,7 +122,7 @@ export class QemuProcess {
     if (!/^[a-z0-9][a-z0-9-]*$/.test(options.name)) throw new QemuLaunchError(options.name, 'name must be [a-z0-9-]');
     fs.mkdirSync(options.runDir, { recursive: true });
     const base = path.join(options.runDir, options.name);
-    for (const ext of ['qmp', 'pid', 'serial.log']) fs.rmSync(`${base}.${ext}`, { force: true });
+    for (const ext of ['qmp', 'agent.qmp', 'pid', 'serial.log']) fs.rmSync(`${base}.${ext}`, { force: true });
     const stderrFile = `${base}.stderr.log`;
     const err = fs.openSync(stderrFile, 'w');
     let child: ChildProcess;
