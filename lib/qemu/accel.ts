@@ -75,7 +75,10 @@ async function probeKvm(o: AccelProbeOptions, log: LogFn): Promise<{ ok: boolean
     await vm.waitForSerial(o.marker, o.timeoutMs ?? 4000);
     return { ok: true, reason: 'a guest booted to user space under KVM' };
   } catch (e) {
-    return { ok: false, reason: `KVM probe failed: ${(e as Error).message.replace(/^QEMU accel-probe: /, '')}` };
+    // QEMU's own last word (an assertion, an MSR it could not set) says more than our path to it.
+    const message = (e as Error).message;
+    const stderr = /stderr: (.*)$/.exec(message)?.[1];
+    return { ok: false, reason: `KVM probe failed: ${stderr ?? message.replace(/^QEMU accel-probe: /, '')}` };
   } finally {
     await vm?.kill();
     fs.rmSync(runDir, { recursive: true, force: true });
