@@ -12,7 +12,11 @@ export const GUEST_READY_MARKER = 'SHADOWVM-GUEST-READY';
 /** Printed by /init when booted with `svm.probe=1`, which then powers off at once. */
 export const GUEST_PROBE_MARKER = 'SHADOWVM-GUEST-PROBE';
 export const GUEST_HOSTNAME = 'shadowvm-guest';
-/** vsftpd's passive ports in the guest: a fixed, narrow range, identical in both replicas. */
+/**
+ * vsftpd's default passive ports in the guest: a fixed, narrow range. vsftpd
+ * picks a port at random, so the replicas' `227` replies differ (the
+ * thesis's FTP case); `svm.pasv=N-N` on the command line makes them agree.
+ */
 export const GUEST_FTP_PASV_PORTS = { min: 30000, max: 30009 } as const;
 /** Where the HTTP document root and the anonymous FTP root live in the guest. */
 export const GUEST_WWW = '/www';
@@ -51,11 +55,13 @@ esac
 svm_ip4=10.77.0.2/24
 svm_peer4=10.77.0.1
 svm_peermac=02:77:00:00:00:01
+svm_pasv=${GUEST_FTP_PASV_PORTS.min}-${GUEST_FTP_PASV_PORTS.max}
 for word in $(cat /proc/cmdline); do
   case "$word" in
     svm.ip4=*) svm_ip4=\${word#*=} ;;
     svm.peer4=*) svm_peer4=\${word#*=} ;;
     svm.peermac=*) svm_peermac=\${word#*=} ;;
+    svm.pasv=*) svm_pasv=\${word#*=} ;;
   esac
 done
 
@@ -74,6 +80,7 @@ ip addr add "$svm_ip4" dev eth0
 ip link set eth0 up
 arp -i eth0 -s "$svm_peer4" "$svm_peermac"
 
+sed -i "s/^pasv_min_port=.*/pasv_min_port=\${svm_pasv%-*}/; s/^pasv_max_port=.*/pasv_max_port=\${svm_pasv#*-}/" /etc/vsftpd.conf
 httpd -f -p 80 -h ${GUEST_WWW} &
 vsftpd /etc/vsftpd.conf &
 n=0

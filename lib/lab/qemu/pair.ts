@@ -79,6 +79,9 @@ interface MigrateStatus {
   ram?: { transferred: number; normal: number; duplicate: number; 'dirty-sync-count': number };
 }
 
+/** The QEMU lab's `maxUnmatchedAgeMs` under TCG. */
+export const TCG_MAX_UNMATCHED_AGE_MS = 1000;
+
 const CLONE_MAX_BANDWIDTH = 10 * 1024 * 1024 * 1024;
 
 /**
@@ -183,6 +186,8 @@ export interface QemuLabOptions {
   agent?: QemuLabAgentFactory;
   /** Carrier events for the taps; default: an own LinkWatcher; 'none': none. */
   links?: LinkEventSource | 'none';
+  /** vsftpd's passive ports in the guests (default: a 10-port range, so the replicas' 227 replies differ). */
+  ftpPassivePorts?: { min: number; max: number };
   /** Boot the bzImage instead of the PVH vmlinux. */
   bootBzImage?: boolean;
   /** Guest cache root (default $SHADOWVM_GUEST_CACHE or /var/cache/shadowvm/guest). */
@@ -277,7 +282,7 @@ export async function startQemuLab(options: QemuLabOptions = {}): Promise<QemuLa
     createTap(taps.primary);
     createTap(taps.backup);
 
-    const cmdline = guestCmdline({ ipv4: LAB_VM_IPV4, prefixLength: described.ipv4PrefixLength, peerIpv4: LAB_CLIENT_IPV4, peerMac: LAB_CLIENT_MAC });
+    const cmdline = guestCmdline({ ipv4: LAB_VM_IPV4, prefixLength: described.ipv4PrefixLength, peerIpv4: LAB_CLIENT_IPV4, peerMac: LAB_CLIENT_MAC, ftpPassivePorts: options.ftpPassivePorts });
     let vmCount = 0;
     let standbyTaps = 0;
     const launchVm = async (o: QemuLabVmOptions & { accel?: Accel } = {}): Promise<QemuProcess> => {
@@ -309,7 +314,9 @@ export async function startQemuLab(options: QemuLabOptions = {}): Promise<QemuLa
     const ports = openPorts(options.io ?? 'afpacket', { uplink: client.hostIf, primary: taps.primary, backup: taps.backup }, { vnetHdr: false });
     bridge = new Bridge(ports, {
       name: prefix,
-      config: makePipelineConfig({ resync: 'copy', ...options.config }),
+      // TCG guests on a shared CPU answer up to several hundred ms apart: the
+      // default unmatched age (100 ms) would call that a timeout.
+      config: makePipelineConfig({ resync: 'copy', ...(accel.accel === 'tcg' ? { maxUnmatchedAgeMs: TCG_MAX_UNMATCHED_AGE_MS } : {}), ...options.config }),
       agentSocket,
       controlSocket,
       log,
