@@ -4,6 +4,7 @@
  * into a second live VM, shadowvm between them. Needs root (taps, a network
  * namespace, AF_PACKET). Uses its own prefix so it can run beside other labs.
  */
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -11,7 +12,7 @@ import { LogFn } from '../../lib/control/logger';
 import { runInAsync } from '../../lib/lab/exec';
 import { findLabLeftovers, processRunning, teardownLab } from '../../lib/lab/netns';
 import { GUEST_BIG_FILE, buildGuest, guestContent } from '../../lib/lab/qemu/guest';
-import { QemuLab, startQemuLab } from '../../lib/lab/qemu/pair';
+import { QemuLab, cloneInto, startQemuLab } from '../../lib/lab/qemu/pair';
 
 const PREFIX = 'qt';
 const content = guestContent();
@@ -108,11 +109,41 @@ describe('QEMU lab', () => {
     expect(l.clone.pages + l.clone.zeroPages).toBeGreaterThan(0);
   });
 
+  test('cloneInto copies the running first VM into a fresh standby on a fresh tap; both run and the first still serves', async () => {
+    const l = lab as QemuLab;
+    const before = Number((await fetchBytes('cgi-bin/counter')).toString().trim());
+    const standby = await l.launchVm();
+    expect(standby.tap).toBe(`${PREFIX}s1`);
+    const report = await cloneInto(l.vms.primary, standby);
+    expect(report.bytes).toBeGreaterThan(1 << 20);
+    expect(await standby.qmp.execute('query-status')).toMatchObject({ status: 'running' });
+    expect(await l.vms.primary.qmp.execute('query-status')).toMatchObject({ status: 'running' });
+    expect(Number((await fetchBytes('cgi-bin/counter')).toString().trim())).toBe(before + 1);
+    // A standby nobody stops is the lab's to remove (next test).
+  }, 120_000);
+
   test('teardown leaves no QEMU process, tap, namespace or run directory', async () => {
     const l = lab as QemuLab;
-    const pids = [l.vms.primary.pid, l.vms.backup.pid];
+    const pids = findLabLeftovers(PREFIX).processes;
+    expect(pids.length).toBe(3);
     await l.stop();
     expect(pids.filter(processRunning)).toEqual([]);
     expect(findLabLeftovers(PREFIX)).toEqual({ namespaces: [], links: [], processes: [], runDirExists: false });
   }, 60_000);
+
+  test('teardownLab(prefix), with no handle to it, finds and kills a QEMU of the lab by its run directory', async () => {
+    const l = lab as QemuLab;
+    fs.mkdirSync(l.runDir, { recursive: true });
+    const orphan = spawn('qemu-system-x86_64', [
+      '-nodefaults', '-display', 'none', '-machine', 'none', '-S', '-pidfile', path.join(l.runDir, 'orphan.pid'),
+    ], { detached: true, stdio: 'ignore' });
+    orphan.unref();
+    const until = Date.now() + 10_000;
+    while (!findLabLeftovers(PREFIX).processes.includes(orphan.pid as number) && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+    expect(findLabLeftovers(PREFIX).processes).toContain(orphan.pid);
+    const report = teardownLab(PREFIX);
+    expect(report.failures).toEqual([]);
+    expect(processRunning(orphan.pid as number)).toBe(false);
+    expect(findLabLeftovers(PREFIX)).toEqual({ namespaces: [], links: [], processes: [], runDirExists: false });
+  }, 30_000);
 });
