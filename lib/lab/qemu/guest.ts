@@ -121,16 +121,20 @@ async function findKernelDeb(root: string, options: GuestBuildOptions, log: LogF
   const found = newestCloudKernelDeb(debDir) ?? newestCloudKernelDeb('/var/cache/apt/archives');
   if (found) return found;
   fs.mkdirSync(debDir, { recursive: true });
-  let pkg: string | undefined;
-  try {
-    const deps = await runAsync('apt-cache', ['depends', 'linux-image-cloud-amd64']);
-    pkg = /Depends: (linux-image-\S+-cloud-amd64)/.exec(deps)?.[1];
-  } catch (e) {
-    throw new GuestBuildError(`no cloud kernel package found and apt-cache failed: ${(e as Error).message.split('\n')[0]}`);
+  const cloudKernel = async (): Promise<string | undefined> => {
+    const deps = await runAsync('apt-cache', ['depends', 'linux-image-cloud-amd64']).catch(() => '');
+    return /Depends: (linux-image-\S+-cloud-amd64)/.exec(deps)?.[1];
+  };
+  let pkg = await cloudKernel();
+  if (!pkg) {
+    // A fresh machine may have no package lists yet.
+    log('info', 'guest-apt-update', { why: 'apt-cache knows no linux-image-cloud-amd64' });
+    await runAsync('apt-get', ['update', '-qq'], 300_000).catch((e: Error) => log('warn', 'guest-apt-update-failed', { error: e.message.split('\n')[0] }));
+    pkg = await cloudKernel();
   }
-  if (!pkg) throw new GuestBuildError('apt-cache knows no linux-image-*-cloud-amd64 package: run apt-get update');
+  if (!pkg) throw new GuestBuildError('apt knows no linux-image-*-cloud-amd64 package (tried apt-get update): is a Debian mirror reachable?');
   log('info', 'guest-kernel-download', { package: pkg, dir: debDir });
-  await runAsync('sh', ['-c', `cd '${debDir}' && apt-get download -q '${pkg}'`], 300_000);
+  await runAsync('sh', ['-c', `cd '${debDir}' && apt-get -o APT::Sandbox::User=root download -q '${pkg}'`], 300_000);
   const got = newestCloudKernelDeb(debDir);
   if (!got) throw new GuestBuildError(`apt-get download ${pkg} left no .deb in ${debDir}`);
   return got;
