@@ -13,5 +13,5 @@ export {
   CloneError, QEMU_LAB_MEM_SIZES, QemuLabError, TCG_MAX_UNMATCHED_AGE_MS, answeringAgent, cloneInto, startQemuLab,
 } from './pair';
 export type {
-  CloneReport, QemuLab, QemuLabAgent, QemuLabAgentContext, QemuLabAgentFactory, QemuLabMem, QemuLabOptions, QemuLabVmOptions,
+  CloneOptions, CloneReport, QemuLab, QemuLabAgent, QemuLabAgentContext, QemuLabAgentFactory, QemuLabMem, QemuLabOptions, QemuLabVmOptions,
 } from './pair';

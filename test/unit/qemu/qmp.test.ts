@@ -151,6 +151,17 @@ describe('QmpClient', () => {
     await expect(c.waitForEvent('STOP', 1000)).rejects.toBeInstanceOf(QmpClosedError);
   });
 
+  test('ends the event iterator when QEMU goes away, after the events it sent', async () => {
+    const c = await start((cmd, s) => s.end(event('SHUTDOWN', { guest: true })));
+    const seen: string[] = [];
+    const reading = (async () => {
+      for await (const ev of c.events()) seen.push(ev.event);
+    })();
+    await expect(c.execute('quit')).rejects.toBeInstanceOf(QmpClosedError);
+    await reading;
+    expect(seen).toEqual(['SHUTDOWN']);
+  });
+
   test('skips a garbage line and still matches the answer after it', async () => {
     const c = await start((cmd, s) => s.write(`this is not json\n[1,2]\n{"return": "ok", "id": "${cmd.id}"}\n`));
     expect(await c.execute('query-status')).toBe('ok');
