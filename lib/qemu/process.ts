@@ -13,6 +13,7 @@
  */
 import { ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
+import { connect } from 'node:net';
 import * as path from 'node:path';
 import { LogFn, noLog } from '../control/logger';
 import { QmpClient } from './qmp';
@@ -68,7 +69,9 @@ export function qemuArgs(o: QemuLaunchOptions): string[] {
     '-cpu', o.accel === 'kvm' ? 'host' : 'max',
     '-smp', '1', '-m', String(o.memMiB),
     '-kernel', o.boot.kernel, '-initrd', o.boot.initrd, '-append', o.boot.cmdline,
-    '-serial', `file:${file('serial.log')}`,
+    // The serial console: a socket for commands (consoleCommand), everything it prints also in the log.
+    '-chardev', `socket,id=serial0,path=${file('console')},server=on,wait=off,logfile=${file('serial.log')}`,
+    '-serial', 'chardev:serial0',
     '-qmp', `unix:${file('qmp')},server=on,wait=off`,
     // A second monitor for a sync agent in another process (a QMP socket serves one client at a time).
     '-qmp', `unix:${file('agent.qmp')},server=on,wait=off`,
@@ -122,7 +125,7 @@ export class QemuProcess {
     if (!/^[a-z0-9][a-z0-9-]*$/.test(options.name)) throw new QemuLaunchError(options.name, 'name must be [a-z0-9-]');
     fs.mkdirSync(options.runDir, { recursive: true });
     const base = path.join(options.runDir, options.name);
-    for (const ext of ['qmp', 'agent.qmp', 'pid', 'serial.log']) fs.rmSync(`${base}.${ext}`, { force: true });
+    for (const ext of ['qmp', 'agent.qmp', 'console', 'pid', 'serial.log']) fs.rmSync(`${base}.${ext}`, { force: true });
     const stderrFile = `${base}.stderr.log`;
     const err = fs.openSync(stderrFile, 'w');
     let child: ChildProcess;
@@ -161,6 +164,34 @@ export class QemuProcess {
       if (Date.now() > until) throw new QemuLaunchError(this.name, `no "${marker}" on the serial console within ${timeoutMs} ms (see ${this.serialLog})`);
       await new Promise((r) => setTimeout(r, 25));
     }
+  }
+
+  /**
+   * Runs a shell command in the guest through the serial console (the lab
+   * guest runs a shell there) and resolves with its output and exit status.
+   * For tests that must change one replica only; one command at a time.
+   */
+  consoleCommand(command: string, timeoutMs = 10_000): Promise<{ output: string; status: number }> {
+    const socketPath = path.join(this.options.runDir, `${this.options.name}.console`);
+    // The marker is split in the command, whole only in the output.
+    const marker = '@@svm-console-done@@';
+    return new Promise((resolve, reject) => {
+      const socket = connect(socketPath);
+      let text = '';
+      const finish = (err: Error | null, result?: { output: string; status: number }) => {
+        clearTimeout(timer);
+        socket.destroy();
+        if (err) reject(err); else resolve(result as { output: string; status: number });
+      };
+      const timer = setTimeout(() => finish(new QemuLaunchError(this.name, `console command got no answer within ${timeoutMs} ms: ${command}`)), timeoutMs);
+      socket.on('error', (e) => finish(new QemuLaunchError(this.name, `console ${socketPath}: ${e.message}`)));
+      socket.on('data', (chunk: Buffer) => {
+        text += chunk.toString('utf8');
+        const m = new RegExp(`([\\s\\S]*?)${marker} (\\d+)\\n`).exec(text);
+        if (m) finish(null, { output: m[1], status: Number(m[2]) });
+      });
+      socket.on('connect', () => socket.write(`${command}\necho "${marker.slice(0, 6)}""${marker.slice(6)}" $?\n`));
+    });
   }
 
   /** SIGKILLs the process group and waits for the exit (default); closes QMP. Idempotent. */

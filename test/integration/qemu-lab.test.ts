@@ -87,6 +87,15 @@ describe('QEMU lab', () => {
     expect(fs.readFileSync(file).equals(content.get('blob.bin') as Buffer)).toBe(true);
   }, 150_000);
 
+  test('state changed through one VM\'s console makes the next counter answer differ: the bridge sees a mismatch', async () => {
+    const l = lab as QemuLab;
+    const before = l.bridge.snapshot().mismatches;
+    expect(await l.vms.primary.consoleCommand('echo 100 > /var/lib/svm/counter')).toMatchObject({ status: 0 });
+    expect((await l.vms.backup.consoleCommand('cat /var/lib/svm/counter')).output).not.toMatch(/^100$/m);
+    expect((await fetchBytes('cgi-bin/counter')).toString()).toBe('101\n');
+    expect(l.bridge.snapshot().mismatches).toBeGreaterThan(before);
+  }, 60_000);
+
   test('both VMs run and the bridge has frames from both replicas', async () => {
     const l = lab as QemuLab;
     for (const vm of [l.vms.primary, l.vms.backup]) {
@@ -99,6 +108,8 @@ describe('QEMU lab', () => {
     expect(port('backup')?.rxFrames).toBeGreaterThan(0);
     expect(snap.replicas.map((r) => r.port).sort()).toEqual([l.taps.backup, l.taps.primary].sort());
     expect(snap.state).toBe('COMPARING');
+    // A slow TCG primary is not a dead one.
+    expect(snap.failover.count).toBe(0);
     expect(problems).toEqual([]);
   });
 

@@ -89,6 +89,10 @@ while [ $n -lt 500 ]; do
   usleep 10000; n=$((n+1))
 done
 echo "${GUEST_READY_MARKER} $(uname -r) $(hostname)" > /dev/ttyS0
+# A shell on the serial console: lets a test change one replica's state
+# (QemuProcess.consoleCommand). No echo, no CR: the reader sees only output.
+stty -F /dev/ttyS0 -echo -onlcr 2>/dev/null
+( while :; do sh </dev/ttyS0 >/dev/ttyS0 2>&1; sleep 1; done ) &
 while :; do sleep 3600 & wait $!; done
 `;
 }

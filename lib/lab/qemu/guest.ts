@@ -25,7 +25,7 @@ import { runAsync } from '../exec';
 import { GUEST_ETC, GUEST_MODULES, GUEST_WWW, counterCgi, initScript, sessionCgi } from './guest-files';
 
 /** Changes whenever the builder's way of building changes (part of the key). */
-const BUILDER_VERSION = 'guest-builder-4';
+const BUILDER_VERSION = 'guest-builder-5';
 export const DEFAULT_GUEST_CACHE = '/var/cache/shadowvm/guest';
 export const GUEST_BIG_FILE = 'big.bin';
 export const GUEST_BIG_BYTES = 4 * 1024 * 1024;

@@ -24,7 +24,7 @@ import { IoBackend, openPorts } from '../../cli/ports';
 import { LogFn, noLog } from '../../control/logger';
 import { LinkWatcher } from '../../io/link-watch';
 import { PacketPort } from '../../io/port';
-import { PipelineConfig, makePipelineConfig } from '../../pipeline/config';
+import { DEFAULT_PIPELINE_CONFIG, PipelineConfig, makePipelineConfig } from '../../pipeline/config';
 import { AccelChoice, chooseAccel } from '../../qemu/accel';
 import { Accel, QemuProcess } from '../../qemu/process';
 import { QmpCommandError } from '../../qemu/qmp';
@@ -79,8 +79,30 @@ interface MigrateStatus {
   ram?: { transferred: number; normal: number; duplicate: number; 'dirty-sync-count': number };
 }
 
-/** The QEMU lab's `maxUnmatchedAgeMs` under TCG. */
+/**
+ * The QEMU lab's timing under TCG. Emulated guests on a shared CPU answer up
+ * to several hundred ms apart and stall for tens of ms: the defaults (100 ms
+ * unmatched age; 20 ms silence + 10 ms probe) would call that a timeout, or
+ * promote the backup of a primary that is only slow (seen here).
+ */
 export const TCG_MAX_UNMATCHED_AGE_MS = 1000;
+export const TCG_FAILOVER_SILENCE_MS = 1000;
+export const TCG_FAILOVER_PROBE_TIMEOUT_MS = 500;
+
+/** The pipeline settings of the QEMU lab: `resync: 'copy'`, TCG timing when TCG runs, then the caller's. */
+export function qemuLabConfig(accel: Accel, config: Partial<PipelineConfig> = {}): Partial<PipelineConfig> {
+  const tcg = accel === 'tcg';
+  return {
+    resync: 'copy',
+    ...(tcg ? { maxUnmatchedAgeMs: TCG_MAX_UNMATCHED_AGE_MS } : {}),
+    ...config,
+    failover: {
+      ...DEFAULT_PIPELINE_CONFIG.failover,
+      ...(tcg ? { silenceMs: TCG_FAILOVER_SILENCE_MS, probeTimeoutMs: TCG_FAILOVER_PROBE_TIMEOUT_MS } : {}),
+      ...config.failover,
+    },
+  };
+}
 
 const CLONE_MAX_BANDWIDTH = 10 * 1024 * 1024 * 1024;
 
@@ -337,9 +359,7 @@ export async function startQemuLab(options: QemuLabOptions = {}): Promise<QemuLa
     const ports = openPorts(options.io ?? 'afpacket', { uplink: client.hostIf, primary: taps.primary, backup: taps.backup }, { vnetHdr: false });
     bridge = new Bridge(ports, {
       name: prefix,
-      // TCG guests on a shared CPU answer up to several hundred ms apart: the
-      // default unmatched age (100 ms) would call that a timeout.
-      config: makePipelineConfig({ resync: 'copy', ...(accel.accel === 'tcg' ? { maxUnmatchedAgeMs: TCG_MAX_UNMATCHED_AGE_MS } : {}), ...options.config }),
+      config: makePipelineConfig(qemuLabConfig(accel.accel, options.config)),
       agentSocket,
       controlSocket,
       log,
