@@ -30,7 +30,7 @@ describe('QEMU lab', () => {
       throw new Error('the QEMU lab integration tests need root (taps, a network namespace, AF_PACKET, QEMU): run jest as root');
     }
     out = fs.mkdtempSync(path.join(os.tmpdir(), 'svm-qt-'));
-    lab = await startQemuLab({ prefix: PREFIX, memMiB: 128, log });
+    lab = await startQemuLab({ prefix: PREFIX, memMiB: 128, ipv6: true, log });
   }, 300_000);
 
   afterAll(async () => {
@@ -46,6 +46,13 @@ describe('QEMU lab', () => {
     await runInAsync(l.client.netns, 'curl', ['-sS', '--fail', '-m', '60', '-o', file, `http://${l.serviceIpv4}/${urlPath}`], 90_000);
     return fs.readFileSync(file);
   }
+
+  test('the lab is quiet once up: no ARP, RARP or announcements reach the bridge unasked', async () => {
+    await new Promise((r) => setTimeout(r, 1000));
+    const snap = (lab as QemuLab).bridge.snapshot();
+    expect(snap.policyActions).toEqual({});
+    expect(snap.mismatches).toBe(0);
+  });
 
   test('the guest image comes from the cache the second time, under the same key', async () => {
     const again = await buildGuest();
@@ -67,6 +74,12 @@ describe('QEMU lab', () => {
     expect(big.length).toBe((content.get(GUEST_BIG_FILE) as Buffer).length);
     expect(big.equals(content.get(GUEST_BIG_FILE) as Buffer)).toBe(true);
   }, 180_000);
+
+  test('answers over IPv6 through the bridge too', async () => {
+    const l = lab as QemuLab;
+    const body = await runInAsync(l.client.netns, 'curl', ['-sS', '--fail', '-m', '30', `http://[${l.serviceIpv6 as string}]/hello.txt`], 60_000);
+    expect(body).toBe((content.get('hello.txt') as Buffer).toString());
+  }, 90_000);
 
   test('the CGI counter counts in guest memory and the session store keeps a value', async () => {
     const first = Number((await fetchBytes('cgi-bin/counter')).toString().trim());

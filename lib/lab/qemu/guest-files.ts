@@ -56,12 +56,14 @@ svm_ip4=10.77.0.2/24
 svm_peer4=10.77.0.1
 svm_peermac=02:77:00:00:00:01
 svm_pasv=${GUEST_FTP_PASV_PORTS.min}-${GUEST_FTP_PASV_PORTS.max}
+svm_ip6=
 for word in $(cat /proc/cmdline); do
   case "$word" in
     svm.ip4=*) svm_ip4=\${word#*=} ;;
     svm.peer4=*) svm_peer4=\${word#*=} ;;
     svm.peermac=*) svm_peermac=\${word#*=} ;;
     svm.pasv=*) svm_pasv=\${word#*=} ;;
+    svm.ip6=*) svm_ip6=\${word#*=} ;;
   esac
 done
 
@@ -71,12 +73,26 @@ done
 n=0
 while [ ! -e /sys/class/net/eth0 ] && [ $n -lt 500 ]; do usleep 10000; n=$((n+1)); done
 
-# IPv4 only, every neighbour static: once up, the guest says nothing unasked.
+# Every IPv4 neighbour static: once up, the guest says nothing unasked.
+# IPv6 only when svm.ip6 is given: no RS, no RA, no DAD, no link-local
+# address (busybox cannot add a static IPv6 neighbour: the guest asks by ND).
 for scope in all default eth0 lo; do
-  echo 1 > /proc/sys/net/ipv6/conf/$scope/disable_ipv6 2>/dev/null
+  for kv in router_solicitations=0 accept_ra=0 accept_dad=0 dad_transmits=0 addr_gen_mode=1; do
+    echo \${kv#*=} > /proc/sys/net/ipv6/conf/$scope/\${kv%%=*} 2>/dev/null
+  done
+  [ -n "$svm_ip6" ] || echo 1 > /proc/sys/net/ipv6/conf/$scope/disable_ipv6 2>/dev/null
 done
 ip link set lo up
 ip addr add "$svm_ip4" dev eth0
+if [ -n "$svm_ip6" ]; then
+  # MLD reports go out (and repeat) within a millisecond of link-up, before
+  # the clone, instead of at random times later; a learnt neighbour stays
+  # reachable for an hour instead of being re-probed every 30 s.
+  echo 1 > /proc/sys/net/ipv6/conf/eth0/mldv1_unsolicited_report_interval
+  echo 1 > /proc/sys/net/ipv6/conf/eth0/mldv2_unsolicited_report_interval
+  echo 3600000 > /proc/sys/net/ipv6/neigh/eth0/base_reachable_time_ms
+  ip -6 addr add "$svm_ip6" dev eth0
+fi
 ip link set eth0 up
 arp -i eth0 -s "$svm_peer4" "$svm_peermac"
 

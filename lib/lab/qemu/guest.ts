@@ -25,7 +25,7 @@ import { runAsync } from '../exec';
 import { GUEST_ETC, GUEST_MODULES, GUEST_WWW, counterCgi, initScript, sessionCgi } from './guest-files';
 
 /** Changes whenever the builder's way of building changes (part of the key). */
-const BUILDER_VERSION = 'guest-builder-5';
+const BUILDER_VERSION = 'guest-builder-7';
 export const DEFAULT_GUEST_CACHE = '/var/cache/shadowvm/guest';
 export const GUEST_BIG_FILE = 'big.bin';
 export const GUEST_BIG_BYTES = 4 * 1024 * 1024;
@@ -69,6 +69,8 @@ export interface GuestNet {
   prefixLength: number;
   peerIpv4: string;
   peerMac: string;
+  /** The guest's IPv6 address (`fd77::2/64`); absent: IPv6 off in the guest. */
+  ipv6?: string;
   /** vsftpd's passive port range; default GUEST_FTP_PASV_PORTS. One port makes both replicas' 227 replies agree. */
   ftpPassivePorts?: { min: number; max: number };
 }
@@ -86,6 +88,7 @@ export function guestCmdline(net: GuestNet): string {
     'console=ttyS0', 'quiet', 'loglevel=3', 'panic=-1', 'rdinit=/init', 'mitigations=off',
     'nokaslr', // the same layout on every boot: nothing about the guest depends on chance
     `svm.ip4=${net.ipv4}/${net.prefixLength}`, `svm.peer4=${net.peerIpv4}`, `svm.peermac=${net.peerMac}`,
+    ...(net.ipv6 ? [`svm.ip6=${net.ipv6}`] : []),
     ...(net.ftpPassivePorts ? [`svm.pasv=${net.ftpPassivePorts.min}-${net.ftpPassivePorts.max}`] : []),
   ].join(' ');
 }

@@ -31,7 +31,7 @@ import { QmpCommandError } from '../../qemu/qmp';
 import { waitFor } from '../bridged';
 import { run, runQuietly } from '../exec';
 import {
-  LAB_CLIENT_IPV4, LAB_CLIENT_MAC, LAB_DEFAULT_PREFIX, LAB_VM_IPV4, LAB_VM_MAC, LabNode,
+  LAB_CLIENT_IPV4, LAB_CLIENT_MAC, LAB_DEFAULT_PREFIX, LAB_VM_IPV4, LAB_VM_IPV6, LAB_VM_MAC, LabNode,
   describeLab, labNames, setUpNode, teardownLab, waitUntilQuiet,
 } from '../netns';
 import { GuestImage, buildGuest, guestCacheRoot, guestCmdline } from './guest';
@@ -122,6 +122,12 @@ export interface CloneOptions {
    * 128 MiB locally, against 53–66 ms for one).
    */
   channels?: number;
+  /**
+   * Let the copy announce itself after the migration (QEMU's RARP rounds and
+   * the guest's gratuitous ARP/NA via VIRTIO_NET_F_GUEST_ANNOUNCE). Default
+   * false: the bridge is the only switch here, and captures stay quiet.
+   */
+  announce?: boolean;
   log?: LogFn;
 }
 
@@ -139,6 +145,7 @@ export async function cloneInto(source: QemuProcess, target: QemuProcess, option
     await target.qmp.execute('migrate-set-parameters', { 'multifd-channels': channels });
     await source.qmp.execute('migrate-set-parameters', { 'multifd-channels': channels });
   }
+  if (!options.announce) await target.qmp.execute('migrate-set-parameters', { 'announce-rounds': 0 });
   await target.qmp.execute('migrate-incoming', { uri });
   await source.qmp.execute('migrate-set-parameters', { 'max-bandwidth': CLONE_MAX_BANDWIDTH });
   const before = await source.qmp.execute<{ status: string; running: boolean }>('query-status');
@@ -229,6 +236,8 @@ export interface QemuLabOptions {
   agent?: QemuLabAgentFactory;
   /** Carrier events for the taps; default: an own LinkWatcher; 'none': none. */
   links?: LinkEventSource | 'none';
+  /** Give the guests IPv6 (fd77::2/64) too; default off (the guest then asks for the client's MAC by ND). */
+  ipv6?: boolean;
   /** vsftpd's passive ports in the guests (default: a 10-port range, so the replicas' 227 replies differ). */
   ftpPassivePorts?: { min: number; max: number };
   /** Migration channels of the copy that makes the second VM (see CloneOptions.channels). */
@@ -258,6 +267,8 @@ export interface QemuLab {
   /** The client namespace and its veth (host end `<prefix>c` is the bridge's uplink). */
   readonly client: LabNode;
   readonly serviceIpv4: string;
+  /** The service's IPv6 address, when the lab was started with `ipv6: true`. */
+  readonly serviceIpv6: string | null;
   readonly serviceMac: string;
   readonly taps: { readonly primary: string; readonly backup: string };
   /** The VM behind the primary tap and the one behind the backup tap, as started. */
@@ -327,7 +338,9 @@ export async function startQemuLab(options: QemuLabOptions = {}): Promise<QemuLa
     createTap(taps.primary);
     createTap(taps.backup);
 
-    const cmdline = guestCmdline({ ipv4: LAB_VM_IPV4, prefixLength: described.ipv4PrefixLength, peerIpv4: LAB_CLIENT_IPV4, peerMac: LAB_CLIENT_MAC, ftpPassivePorts: options.ftpPassivePorts });
+    const cmdline = guestCmdline({ ipv4: LAB_VM_IPV4, prefixLength: described.ipv4PrefixLength, peerIpv4: LAB_CLIENT_IPV4, peerMac: LAB_CLIENT_MAC,
+      ftpPassivePorts: options.ftpPassivePorts, ...(options.ipv6 ? { ipv6: `${LAB_VM_IPV6}/${described.ipv6PrefixLength}` } : {}),
+    });
     let vmCount = 0;
     let standbyTaps = 0;
     const launchVm = async (o: QemuLabVmOptions & { accel?: Accel } = {}): Promise<QemuProcess> => {
@@ -368,7 +381,7 @@ export async function startQemuLab(options: QemuLabOptions = {}): Promise<QemuLa
     await bridge.start();
     const lab: QemuLab = {
       prefix, runDir: names.runDir, memMiB, accel, guest, client,
-      serviceIpv4: LAB_VM_IPV4, serviceMac: LAB_VM_MAC, taps,
+      serviceIpv4: LAB_VM_IPV4, serviceIpv6: options.ipv6 ? LAB_VM_IPV6 : null, serviceMac: LAB_VM_MAC, taps,
       vms: { primary: first, backup: second },
       bridge, ports, agentSocket, controlSocket, bootMs, clone,
       get agent(): QemuLabAgent {
