@@ -114,6 +114,8 @@ export class QemuProcess {
   get qmpSocket(): string { return path.join(this.options.runDir, `${this.options.name}.qmp`); }
   /** The second QMP socket, free for a sync agent. */
   get agentQmpSocket(): string { return path.join(this.options.runDir, `${this.options.name}.agent.qmp`); }
+  /** The serial console's socket (a shell in the lab guest; see consoleCommand). */
+  get consoleSocket(): string { return path.join(this.options.runDir, `${this.options.name}.console`); }
   get serialLog(): string { return path.join(this.options.runDir, `${this.options.name}.serial.log`); }
   get stderrLog(): string { return path.join(this.options.runDir, `${this.options.name}.stderr.log`); }
   get pidFile(): string { return path.join(this.options.runDir, `${this.options.name}.pid`); }
@@ -172,7 +174,7 @@ export class QemuProcess {
    * For tests that must change one replica only; one command at a time.
    */
   consoleCommand(command: string, timeoutMs = 10_000): Promise<{ output: string; status: number }> {
-    const socketPath = path.join(this.options.runDir, `${this.options.name}.console`);
+    const socketPath = this.consoleSocket;
     // The marker is split in the command, whole only in the output.
     const marker = '@@svm-console-done@@';
     return new Promise((resolve, reject) => {

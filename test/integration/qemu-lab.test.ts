@@ -13,6 +13,7 @@ import { runInAsync } from '../../lib/lab/exec';
 import { findLabLeftovers, processRunning, teardownLab } from '../../lib/lab/netns';
 import { GUEST_BIG_FILE, buildGuest, guestContent } from '../../lib/lab/qemu/guest';
 import { QemuLab, cloneInto, startQemuLab } from '../../lib/lab/qemu/pair';
+import { QmpClient } from '../../lib/qemu/qmp';
 
 const PREFIX = 'qt';
 const content = guestContent();
@@ -125,6 +126,21 @@ describe('QEMU lab', () => {
     expect(snap.failover.count).toBe(0);
     expect(problems).toEqual([]);
   });
+
+  test('an agent in another process finds both VMs in lab.json and gets its own QMP connection to each', async () => {
+    const l = lab as QemuLab;
+    const described = JSON.parse(fs.readFileSync(l.descriptionFile, 'utf8'));
+    expect(described.vms.primary.tap).toBe(l.taps.primary);
+    expect(described.vmTemplate.memMiB).toBe(128);
+    for (const role of ['primary', 'backup']) {
+      const qmp = await QmpClient.connect(described.vms[role].agentQmpSocket, { timeoutMs: 5000 });
+      try {
+        expect(await qmp.execute('query-status')).toMatchObject({ running: true });
+      } finally {
+        qmp.close();
+      }
+    }
+  }, 30_000);
 
   test('the second VM was made by copying the first: bytes moved and a measured pause', () => {
     const l = lab as QemuLab;

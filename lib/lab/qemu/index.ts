@@ -11,8 +11,8 @@ export type { GuestBuildOptions, GuestImage, GuestNet } from './guest';
 export { GUEST_FTP_PASV_PORTS, GUEST_HOSTNAME, GUEST_PROBE_MARKER, GUEST_READY_MARKER } from './guest-files';
 export {
   CloneError, QEMU_LAB_MEM_SIZES, QemuLabError, TCG_FAILOVER_PROBE_TIMEOUT_MS, TCG_FAILOVER_SILENCE_MS, TCG_MAX_UNMATCHED_AGE_MS,
-  answeringAgent, cloneInto, qemuLabConfig, startQemuLab,
+  answeringAgent, cloneInto, describeQemuLab, qemuLabConfig, startQemuLab,
 } from './pair';
 export type {
-  CloneOptions, CloneReport, QemuLab, QemuLabAgent, QemuLabAgentContext, QemuLabAgentFactory, QemuLabMem, QemuLabOptions, QemuLabVmOptions,
+  CloneOptions, CloneReport, QemuLab, QemuLabAgent, QemuLabAgentContext, QemuLabAgentFactory, QemuLabMem, QemuLabOptions, QemuLabVmOptions, QemuVmTemplate,
 } from './pair';

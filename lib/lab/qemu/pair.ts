@@ -26,7 +26,7 @@ import { LinkWatcher } from '../../io/link-watch';
 import { PacketPort } from '../../io/port';
 import { DEFAULT_PIPELINE_CONFIG, PipelineConfig, makePipelineConfig } from '../../pipeline/config';
 import { AccelChoice, chooseAccel } from '../../qemu/accel';
-import { Accel, QemuProcess } from '../../qemu/process';
+import { Accel, QemuLaunchOptions, QemuProcess } from '../../qemu/process';
 import { QmpCommandError } from '../../qemu/qmp';
 import { waitFor } from '../bridged';
 import { run, runQuietly } from '../exec';
@@ -282,10 +282,32 @@ export interface QemuLab {
   readonly bootMs: number;
   /** The copy that made the second VM. */
   readonly clone: CloneReport;
+  /** What every VM of this lab is launched with, apart from its name, tap and `incoming` (for an agent that launches its own). */
+  readonly vmTemplate: QemuVmTemplate;
+  /** `<runDir>/lab.json`: `describeQemuLab` as written when the lab came up (for an agent in another process). */
+  readonly descriptionFile: string;
   /** Starts another VM of this lab (same guest, memory, MAC; a fresh tap unless given), by default waiting for a migration. */
   launchVm(options?: QemuLabVmOptions): Promise<QemuProcess>;
   /** Stops agent and bridge, kills every VM, removes taps, namespace and run directory. Idempotent. */
   stop(): Promise<void>;
+}
+
+export type QemuVmTemplate = Omit<QemuLaunchOptions, 'name' | 'tap' | 'incoming' | 'log' | 'qmpTimeoutMs'> & { mac: string };
+
+/** The lab as JSON: paths, addresses and VMs, for a sync agent that runs in another process. */
+export function describeQemuLab(lab: QemuLab): Record<string, unknown> {
+  const vm = (v: QemuProcess) => ({
+    name: v.name, pid: v.pid, tap: v.tap, running: v.running,
+    qmpSocket: v.qmpSocket, agentQmpSocket: v.agentQmpSocket, consoleSocket: v.consoleSocket, serialLog: v.serialLog,
+  });
+  return {
+    prefix: lab.prefix, runDir: lab.runDir, memMiB: lab.memMiB, accel: lab.accel.accel,
+    service: { ipv4: lab.serviceIpv4, ipv6: lab.serviceIpv6, mac: lab.serviceMac },
+    client: { netns: lab.client.netns, hostIf: lab.client.hostIf },
+    taps: lab.taps, agentSocket: lab.agentSocket, controlSocket: lab.controlSocket,
+    vms: { primary: vm(lab.vms.primary), backup: vm(lab.vms.backup) },
+    vmTemplate: lab.vmTemplate,
+  };
 }
 
 function createTap(name: string): void {
@@ -341,6 +363,10 @@ export async function startQemuLab(options: QemuLabOptions = {}): Promise<QemuLa
     const cmdline = guestCmdline({ ipv4: LAB_VM_IPV4, prefixLength: described.ipv4PrefixLength, peerIpv4: LAB_CLIENT_IPV4, peerMac: LAB_CLIENT_MAC,
       ftpPassivePorts: options.ftpPassivePorts, ...(options.ipv6 ? { ipv6: `${LAB_VM_IPV6}/${described.ipv6PrefixLength}` } : {}),
     });
+    const vmTemplate: QemuVmTemplate = {
+      runDir: names.runDir, memMiB, accel: accel.accel, mac: LAB_VM_MAC,
+      boot: { kernel: options.bootBzImage ? guest.bzImage : guest.vmlinux, initrd: guest.initrd, cmdline },
+    };
     let vmCount = 0;
     let standbyTaps = 0;
     const launchVm = async (o: QemuLabVmOptions & { accel?: Accel } = {}): Promise<QemuProcess> => {
@@ -350,9 +376,7 @@ export async function startQemuLab(options: QemuLabOptions = {}): Promise<QemuLa
         createTap(tap);
       }
       const vm = await QemuProcess.launch({
-        name: `${prefix}-vm${++vmCount}`, runDir: names.runDir, memMiB, accel: o.accel ?? accel.accel, tap, mac: LAB_VM_MAC,
-        boot: { kernel: options.bootBzImage ? guest.bzImage : guest.vmlinux, initrd: guest.initrd, cmdline },
-        incoming: o.incoming ?? true, log,
+        ...vmTemplate, name: `${prefix}-vm${++vmCount}`, accel: o.accel ?? accel.accel, tap, incoming: o.incoming ?? true, log,
       });
       vms.push(vm);
       return vm;
@@ -388,9 +412,11 @@ export async function startQemuLab(options: QemuLabOptions = {}): Promise<QemuLa
         if (!agent) throw new QemuLabError('the QEMU lab agent is not running yet');
         return agent;
       },
+      vmTemplate, descriptionFile: path.join(names.runDir, 'lab.json'),
       launchVm: (o) => launchVm(o),
       stop,
     };
+    fs.writeFileSync(lab.descriptionFile, `${JSON.stringify(describeQemuLab(lab), null, 2)}\n`);
     agent = await (options.agent ?? answeringAgent)({ agentSocket, name: `${prefix}-qemu-lab-agent`, lab, log });
     const b = bridge;
     // The first checkpoint (asked for as soon as an agent connects) takes the bridge out of DEGRADED.
