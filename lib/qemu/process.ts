@@ -136,14 +136,19 @@ export class QemuProcess {
     } finally {
       fs.closeSync(err);
     }
+    const gaveUp = new AbortController();
     const spawnFailed = new Promise<never>((_, reject) => {
-      child.once('error', (e) => reject(new QemuLaunchError(options.name, `cannot start ${QEMU_BINARY}: ${e.message} (install qemu-system-x86)`)));
-      child.once('exit', (code, signal) => reject(new QemuLaunchError(options.name, `exited during start-up (${signal ?? `exit ${code}`}): ${lastLine(stderrFile)}`)));
+      const fail = (err: QemuLaunchError) => {
+        gaveUp.abort(err.message);
+        reject(err);
+      };
+      child.once('error', (e) => fail(new QemuLaunchError(options.name, `cannot start ${QEMU_BINARY}: ${e.message} (install qemu-system-x86)`)));
+      child.once('exit', (code, signal) => fail(new QemuLaunchError(options.name, `exited during start-up (${signal ?? `exit ${code}`}): ${lastLine(stderrFile)}`)));
     });
     spawnFailed.catch(() => {});
     try {
       const qmp = await Promise.race([
-        QmpClient.connect(`${base}.qmp`, { timeoutMs: options.qmpTimeoutMs ?? 10_000, name: options.name, log }),
+        QmpClient.connect(`${base}.qmp`, { timeoutMs: options.qmpTimeoutMs ?? 10_000, name: options.name, log, signal: gaveUp.signal }),
         spawnFailed,
       ]);
       child.removeAllListeners('exit');

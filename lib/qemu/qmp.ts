@@ -56,6 +56,8 @@ export interface QmpConnectOptions {
   retry?: boolean;
   /** Default timeout of execute(); default 10000 ms. */
   commandTimeoutMs?: number;
+  /** Stops the retrying (QEMU died during start-up): connect rejects at once. */
+  signal?: AbortSignal;
   /** Named in log lines. */
   name?: string;
   log?: LogFn;
@@ -114,6 +116,7 @@ export class QmpClient extends EventEmitter {
     const name = options.name ?? socketPath;
     let lastError = 'not tried';
     for (;;) {
+      if (options.signal?.aborted) throw new QmpClosedError('connect', socketPath, `abandoned: ${String(options.signal.reason ?? 'aborted')}`);
       const remaining = deadline - Date.now();
       if (remaining <= 0) throw new QmpClosedError('connect', socketPath, `no QMP greeting within ${timeoutMs} ms: ${lastError}`);
       try {

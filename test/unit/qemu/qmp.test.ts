@@ -178,6 +178,17 @@ describe('QmpClient', () => {
     expect(client.greeting.capabilities).toEqual(['oob']);
   });
 
+  test('connect stops retrying at once when its signal is aborted (QEMU died during start-up)', async () => {
+    server = new FakeQmp(join(tmp.dir, 'unused.sock'), () => {});
+    await server.listen();
+    const gaveUp = new AbortController();
+    const started = Date.now();
+    const connecting = QmpClient.connect(join(tmp.dir, 'never.sock'), { timeoutMs: 5000, signal: gaveUp.signal });
+    setTimeout(() => gaveUp.abort('QEMU exited'), 100);
+    await expect(connecting).rejects.toThrow(/abandoned: QEMU exited/);
+    expect(Date.now() - started).toBeLessThan(1000);
+  });
+
   test('connect fails with a clear error when the peer does not speak QMP', async () => {
     server = new FakeQmp(join(tmp.dir, 'qmp.sock'), () => {}, 'SSH-2.0-OpenSSH\n');
     await server.listen();
