@@ -26,6 +26,14 @@ need=(
   "/usr/bin/pgrep:procps"                    # lab teardown checks
   "/usr/bin/setpriv:util-linux"              # the no-privilege checks of the port tests
   "/usr/bin/promtool:prometheus"             # `promtool check metrics` on /metrics (hostile-metrics test); the daemon is kept off
+  # The QEMU lab (lib/lab/qemu): QEMU without recommends (no GUI, no ovmf);
+  # seabios and ipxe-qemu come as its dependencies (BIOS, pvh.bin option ROM).
+  "/usr/bin/qemu-system-x86_64:qemu-system-x86"
+  "/usr/share/seabios/bios-256k.bin:seabios"
+  "/var/lib/dpkg/info/busybox-static.list:busybox-static"   # the guest's sh, httpd, CGI (replaces a dynamic busybox)
+  "/usr/bin/cpio:cpio"                       # the guest's initramfs
+  "/usr/bin/lz4:lz4"                         # Debian's cloud kernel is LZ4-compressed (vmlinux for PVH boot)
+  "/usr/bin/xz:xz-utils"                     # other Debian kernel flavours are XZ-compressed
 )
 missing=()
 for entry in "${need[@]}"; do
@@ -65,7 +73,28 @@ if ((${#missing[@]})); then
   fi
 fi
 
-if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+# The QEMU lab's guest kernel: Debian's cloud kernel package, downloaded
+# into the guest cache and unpacked there by the guest builder; never
+# installed on the host. (The builder downloads it itself when missing.)
+guest_debs="${SHADOWVM_GUEST_CACHE:-/var/cache/shadowvm/guest}/debs"
+if ! ls "$guest_debs"/linux-image-*-cloud-amd64_*.deb /var/cache/apt/archives/linux-image-*-cloud-amd64_*.deb >/dev/null 2>&1; then
+  cloud_kernel() { apt-cache depends linux-image-cloud-amd64 2>/dev/null | sed -n 's/.*Depends: \(linux-image-.*-cloud-amd64\)$/\1/p' | head -n1; }
+  kpkg=$(cloud_kernel)
+  if [ -z "$kpkg" ] && [ "$(id -u)" -eq 0 ]; then apt-get update -qq; kpkg=$(cloud_kernel); fi
+  if [ -n "$kpkg" ] && [ "$(id -u)" -eq 0 ]; then
+    echo "install-deps: downloading the QEMU lab's guest kernel $kpkg into $guest_debs"
+    mkdir -p "$guest_debs"
+    (cd "$guest_debs" && apt-get -o APT::Sandbox::User=root download -qq "$kpkg")
+  else
+    echo "install-deps: the QEMU lab's guest kernel is not cached; 'shadowvm lab up --kind qemu' (root) downloads it" >&2
+  fi
+fi
+
+if [ -L node_modules ] && [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  # A worktree sharing another checkout's node_modules: npm ci would empty
+  # the shared directory through the link. Install in that checkout instead.
+  echo "install-deps: node_modules is a link to $(readlink node_modules): not reinstalling npm packages here"
+elif [ ! -L node_modules ] && { [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; }; then
   echo "install-deps: installing npm packages"
   log=$(mktemp)
   if ! npm ci --no-audit --no-fund >"$log" 2>&1; then

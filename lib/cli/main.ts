@@ -23,6 +23,7 @@ const ONE_LINE_ERRORS = new Set([
   'AfPacketPortError', 'AfPacketNoSuchInterfaceError', 'AfPacketPermissionError', 'AfPacketInterfaceDownError', 'AfPacketAddonError',
   'CapPortError', 'SocketInUseError', 'SocketPathError', 'MetricsBindError', 'ControlSocketError', 'LabAgentOptionError',
   'SetupConfigError', 'SetupPermissionError', 'TeardownIncompleteError', 'LabCommandError', 'LabConfigError',
+  'GuestBuildError', 'QemuLabError', 'QemuLaunchError', 'CloneError',
 ]);
 
 function isOneLine(err: unknown): err is Error {

@@ -16,6 +16,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { findQemuProcesses } from '../qemu/process';
 import { run, runIn, runQuietly } from './exec';
 
 export type LabRole = 'client' | 'primary' | 'backup';
@@ -131,7 +132,8 @@ const QUIET_IPV6_SYSCTLS: ReadonlyArray<[string, string]> = [
   ['addr_gen_mode', '1'],
 ];
 
-function setUpNode(node: LabNode, peer: LabNode): void {
+/** One namespace joined to the host by a veth pair, addressed, quiet, with a static neighbour entry for `peer`. */
+export function setUpNode(node: LabNode, peer: LabNode): void {
   run('ip', ['netns', 'add', node.netns]);
   run('ip', ['link', 'add', node.hostIf, 'type', 'veth', 'peer', 'name', node.nsIf, 'netns', node.netns]);
 
@@ -270,16 +272,26 @@ function sleepSync(ms: number): void {
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 
+/** The QEMU lab's standby taps (`<prefix>s<N>`, a fresh tap per new backup). */
+export function labStandbyTapName(prefix: string, n: number): string {
+  return `${prefix}s${n}`;
+}
+
+function isLabLink(prefix: string, link: string): boolean {
+  const names = labNames(prefix);
+  return Object.values(names.hostIfs).includes(link) || (link.startsWith(`${prefix}s`) && /^\d+$/.test(link.slice(prefix.length + 1)));
+}
+
 /** What is left of a lab with this prefix (empty lists after a clean teardown). */
 export function findLabLeftovers(prefix: string = LAB_DEFAULT_PREFIX): LabLeftovers {
   const names = labNames(prefix);
   const ours = new Set(Object.values(names.namespaces));
   const namespaces = existingNamespaces().filter((ns) => ours.has(ns));
-  const hostIfs = new Set(Object.values(names.hostIfs));
   return {
     namespaces,
-    links: existingLinks().filter((link) => hostIfs.has(link)),
-    processes: namespaces.flatMap(pidsInNamespace),
+    links: existingLinks().filter((link) => isLabLink(prefix, link)),
+    // The QEMU lab's VMs run in the host namespace; their command lines name the run directory.
+    processes: [...namespaces.flatMap(pidsInNamespace), ...findQemuProcesses(names.runDir)],
     runDirExists: fs.existsSync(names.runDir),
   };
 }
@@ -292,7 +304,7 @@ export interface TeardownReport {
 
 /**
  * Removes everything a lab with this prefix may have left: its servers (and
- * every other process inside its namespaces), the namespaces, the host veth
+ * every other process inside its namespaces), the QEMU lab's VMs, the namespaces, the host veth
  * ends and the run directory. Idempotent, synchronous (usable from exit
  * handlers), never throws: what it could not remove is in the report.
  */
@@ -309,6 +321,11 @@ export function teardownLab(labOrPrefix: Lab | string = LAB_DEFAULT_PREFIX): Tea
       victims.add(proc.pid);
     }
     labOrPrefix.processes.length = 0;
+  }
+  for (const pid of findQemuProcesses(names.runDir)) {
+    // QEMU runs as a process-group leader (lib/qemu/process.ts).
+    try { process.kill(-pid, 'SIGKILL'); } catch { try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ } }
+    victims.add(pid);
   }
   const present = new Set(existingNamespaces());
   for (const netns of Object.values(names.namespaces)) {
@@ -327,9 +344,7 @@ export function teardownLab(labOrPrefix: Lab | string = LAB_DEFAULT_PREFIX): Tea
   }
   // Deleting a namespace deletes its veth ends and with them the host peers,
   // asynchronously; delete any host end still there ourselves.
-  const links = new Set(existingLinks());
-  for (const hostIf of Object.values(names.hostIfs)) {
-    if (!links.has(hostIf)) continue;
+  for (const hostIf of existingLinks().filter((link) => isLabLink(prefix, link))) {
     const linkFailures: string[] = [];
     if (!runQuietly('ip', ['link', 'del', hostIf], linkFailures) && existingLinks().includes(hostIf)) {
       failures.push(...linkFailures);
