@@ -7,24 +7,12 @@
  *   bridge ──checkpoint──► lab agent ──(after delayMs)──► checkpoint-done / checkpoint-failed
  *                          lab agent ──every heartbeatMs──► heartbeat (primary, backup)
  *
- * Connects to the bridge's agent socket and reconnects with back-off
- * (doubling from `reconnectInitialMs` to `reconnectMaxMs`) whenever the
- * bridge is absent or goes away. Answers malformed lines with `error`.
+ * The connection (reconnects, hello, heartbeats, malformed lines) is the
+ * shared AgentSession's.
  */
-import { connect, Socket } from 'node:net';
 import { LogFn, noLog } from '../control/logger';
-import {
-  AgentMessage,
-  AgentProtocolError,
-  CheckpointMessage,
-  ReprotectMessage,
-  encodeAgentMessage,
-  errorReplyFor,
-  LineSplitter,
-  ParsedAgentMessage,
-  parseAgentMessage,
-  VmLiveness,
-} from '../replicate/agent-protocol';
+import { CheckpointMessage, ParsedAgentMessage, ReprotectMessage, VmLiveness } from '../replicate/agent-protocol';
+import { AgentSession } from './agent-session';
 
 export interface LabAgentOptions {
   /** The bridge's agent socket. */
@@ -84,27 +72,35 @@ export interface LabAgent {
 }
 
 class SocketLabAgent implements LabAgent {
-  readonly stats: LabAgentStats = { sessions: 0, connectAttempts: 0, checkpoints: 0, done: 0, failed: 0, heartbeats: 0, reprotects: 0, protocolErrors: 0, errorsFromBridge: 0 };
-  private socket: Socket | null = null;
-  private bridgeSaidHello = false;
-  private stopped = false;
-  private reconnectDelayMs: number;
-  private reconnectTimer: NodeJS.Timeout | null = null;
-  private heartbeatTimer: NodeJS.Timeout | null = null;
+  private readonly counts = { checkpoints: 0, done: 0, failed: 0, reprotects: 0 };
+  private readonly session: AgentSession;
   /** Checkpoints being "made" on the current connection. */
   private readonly answers = new Set<NodeJS.Timeout>();
   private liveness: { primary: VmLiveness; backup: VmLiveness } = { primary: 'up', backup: 'up' };
   private readonly log: LogFn;
-  private closedSocket: Promise<void> = Promise.resolve();
 
   constructor(private readonly o: Required<Omit<LabAgentOptions, 'log' | 'rebuildBackup'>> & Pick<LabAgentOptions, 'rebuildBackup'> & { log: LogFn }) {
     this.log = o.log;
-    this.reconnectDelayMs = o.reconnectInitialMs;
-    this.connect();
+    // A v1 agent: it never moves the backup, so it has nothing of v2 to say.
+    this.session = new AgentSession({
+      socketPath: o.socketPath, name: o.name, version: 1, heartbeatMs: o.heartbeatMs,
+      reconnectInitialMs: o.reconnectInitialMs, reconnectMaxMs: o.reconnectMaxMs, logPrefix: 'lab-agent', log: o.log,
+    }, {
+      message: (msg) => this.receive(msg),
+      liveness: () => this.liveness,
+      sessionEnded: () => {
+        for (const t of this.answers) clearTimeout(t);
+        this.answers.clear();
+      },
+    });
+  }
+
+  get stats(): LabAgentStats {
+    return { ...this.session.stats, ...this.counts };
   }
 
   get connected(): boolean {
-    return this.socket !== null && this.bridgeSaidHello;
+    return this.session.connected;
   }
 
   setLiveness(primary: VmLiveness, backup: VmLiveness): void {
@@ -113,90 +109,16 @@ class SocketLabAgent implements LabAgent {
 
   reportDown(which: 'primary' | 'backup', reason: string): boolean {
     if (!this.connected) return false;
-    this.send(which === 'primary' ? { type: 'primary-down', reason } : { type: 'backup-down', reason });
+    this.session.send(which === 'primary' ? { type: 'primary-down', reason } : { type: 'backup-down', reason });
     return true;
   }
 
-  async stop(): Promise<void> {
-    this.stopped = true;
-    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
-    this.reconnectTimer = null;
-    const closed = this.closedSocket;
-    this.socket?.end();
-    this.socket?.destroy();
-    await closed;
-  }
-
-  private connect(): void {
-    if (this.stopped) return;
-    this.stats.connectAttempts++;
-    const socket = connect(this.o.socketPath);
-    this.socket = socket;
-    this.closedSocket = new Promise((resolve) => socket.once('close', () => resolve()));
-    const splitter = new LineSplitter();
-    socket.on('connect', () => {
-      this.log('info', 'lab-agent-connected', { path: this.o.socketPath });
-      // A v1 agent: it never moves the backup, so it has nothing of v2 to say.
-      this.send({ type: 'hello', version: 1, role: 'agent', name: this.o.name });
-      this.heartbeatTimer = setInterval(() => this.heartbeat(), this.o.heartbeatMs);
-    });
-    socket.on('data', (chunk: Buffer) => {
-      for (const piece of splitter.push(chunk)) {
-        if (piece.kind === 'overlong') {
-          this.reject(new AgentProtocolError('line-too-long', 'line too long; skipped', piece.excerpt));
-          continue;
-        }
-        try {
-          this.receive(parseAgentMessage(piece.line));
-        } catch (e) {
-          if (!(e instanceof AgentProtocolError)) throw e;
-          this.reject(e);
-          if (e.kind === 'bad-version') socket.destroy();
-        }
-      }
-    });
-    socket.on('error', (e: NodeJS.ErrnoException) => {
-      // ENOENT / ECONNREFUSED: the bridge is not (yet) there; the back-off handles it.
-      this.log(this.bridgeSaidHello ? 'warn' : 'debug', 'lab-agent-socket-error', { path: this.o.socketPath, code: e.code, error: e });
-    });
-    socket.on('close', () => this.onClose(socket));
-  }
-
-  private onClose(socket: Socket): void {
-    if (this.socket !== socket) return;
-    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
-    this.heartbeatTimer = null;
-    for (const t of this.answers) clearTimeout(t);
-    this.answers.clear();
-    const hadSession = this.bridgeSaidHello;
-    this.socket = null;
-    this.bridgeSaidHello = false;
-    if (this.stopped) return;
-    if (hadSession) {
-      this.log('warn', 'lab-agent-disconnected', { path: this.o.socketPath });
-      this.reconnectDelayMs = this.o.reconnectInitialMs;
-    }
-    const delay = this.reconnectDelayMs;
-    this.reconnectDelayMs = Math.min(this.reconnectDelayMs * 2, this.o.reconnectMaxMs);
-    this.reconnectTimer = setTimeout(() => {
-      this.reconnectTimer = null;
-      this.connect();
-    }, delay);
+  stop(): Promise<void> {
+    return this.session.stop();
   }
 
   private receive(msg: ParsedAgentMessage): void {
     switch (msg.type) {
-      case 'hello':
-        if (msg.role !== 'bridge') {
-          this.reject(new AgentProtocolError('bad-field', `hello: expected role "bridge", got "${msg.role}"`, JSON.stringify(msg)));
-          this.socket?.destroy();
-          return;
-        }
-        this.bridgeSaidHello = true;
-        this.stats.sessions++;
-        this.log('info', 'lab-agent-session', { bridge: msg.name });
-        this.heartbeat();
-        return;
       case 'checkpoint':
         this.checkpoint(msg);
         return;
@@ -206,15 +128,8 @@ class SocketLabAgent implements LabAgent {
       case 'reprotect':
         this.reprotect(msg);
         return;
-      case 'error':
-        this.stats.errorsFromBridge++;
-        this.log('warn', 'lab-agent-bridge-error', { error: msg.error, line: msg.line });
-        return;
-      case 'unknown':
-        this.log('info', 'lab-agent-unknown-message', { type: msg.unknownType });
-        return;
       default:
-        this.reject(new AgentProtocolError('bad-field', `${msg.type} goes from the agent to the bridge, not the other way`, JSON.stringify(msg)));
+        return;
     }
   }
 
@@ -224,51 +139,33 @@ class SocketLabAgent implements LabAgent {
     const rebuild = this.o.rebuildBackup ? this.o.rebuildBackup(msg.backup) : Promise.resolve();
     rebuild.then(
       () => {
-        this.stats.reprotects++;
-        this.send({ type: 'checkpoint-done', epoch: msg.epoch, ms: Math.round((performance.now() - started) * 1000) / 1000, bytes: 0 });
+        this.counts.reprotects++;
+        this.session.send({ type: 'checkpoint-done', epoch: msg.epoch, ms: Math.round((performance.now() - started) * 1000) / 1000, bytes: 0 });
       },
       (e: Error) => {
-        this.stats.failed++;
+        this.counts.failed++;
         this.log('warn', 'lab-agent-reprotect-failed', { epoch: msg.epoch, error: e.message });
-        this.send({ type: 'checkpoint-failed', epoch: msg.epoch, error: `rebuilding the backup failed: ${e.message}` });
+        this.session.send({ type: 'checkpoint-failed', epoch: msg.epoch, error: `rebuilding the backup failed: ${e.message}` });
       },
     );
   }
 
   private checkpoint(msg: CheckpointMessage): void {
-    this.stats.checkpoints++;
+    this.counts.checkpoints++;
     const started = performance.now();
     const fail = this.o.failFraction > 0 && this.o.random() < this.o.failFraction;
     const timer = setTimeout(() => {
       this.answers.delete(timer);
       const ms = Math.round((performance.now() - started) * 1000) / 1000;
       if (fail) {
-        this.stats.failed++;
-        this.send({ type: 'checkpoint-failed', epoch: msg.epoch, error: this.o.failError });
+        this.counts.failed++;
+        this.session.send({ type: 'checkpoint-failed', epoch: msg.epoch, error: this.o.failError });
       } else {
-        this.stats.done++;
-        this.send({ type: 'checkpoint-done', epoch: msg.epoch, ms, bytes: this.o.bytesPerCheckpoint });
+        this.counts.done++;
+        this.session.send({ type: 'checkpoint-done', epoch: msg.epoch, ms, bytes: this.o.bytesPerCheckpoint });
       }
     }, this.o.delayMs);
     this.answers.add(timer);
-  }
-
-  private heartbeat(): void {
-    if (!this.connected) return;
-    this.stats.heartbeats++;
-    this.send({ type: 'heartbeat', primary: this.liveness.primary, backup: this.liveness.backup });
-  }
-
-  private reject(e: AgentProtocolError): void {
-    this.stats.protocolErrors++;
-    this.log('warn', 'lab-agent-protocol-error', { kind: e.kind, why: e.why, line: e.excerpt });
-    this.send(errorReplyFor(e));
-  }
-
-  private send(msg: AgentMessage): void {
-    const s = this.socket;
-    if (!s || s.destroyed || !s.writable) return;
-    s.write(encodeAgentMessage(msg));
   }
 }
 

@@ -19,7 +19,7 @@ export interface PortOptions {
 /** Ring slots per port with virtio-net headers: 512 × 64 KiB = 32 MiB of kernel memory per port. */
 export const VNET_RING_FRAMES = 512;
 
-function openOne(io: IoBackend, ifname: string, options: PortOptions): PacketPort {
+export function openOne(io: IoBackend, ifname: string, options: PortOptions): PacketPort {
   // Required lazily: each back-end loads native code only when chosen.
   if (io === 'cap') {
     // eslint-disable-next-line @typescript-eslint/no-var-requires

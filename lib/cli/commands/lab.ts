@@ -4,6 +4,7 @@ import { Logger } from '../../control/logger';
 import { formatStatus } from '../../control/status-format';
 import { startBridgedLab } from '../../lab/bridged';
 import { QEMU_LAB_MEM_SIZES, QemuLabMem, startQemuLab } from '../../lab/qemu/pair';
+import { qemuSyncAgent } from '../../lab/qemu/agent';
 import { runLabDemo } from '../../lab/demo';
 import { LAB_DEFAULT_PREFIX, findLabLeftovers, teardownLab } from '../../lab/netns';
 import { IoBackend } from '../ports';
@@ -50,7 +51,7 @@ export function labCommand(y: Argv): Argv {
           return;
         }
         if (args.kind === 'qemu') {
-          const q = await startQemuLab({ prefix: args.prefix, memMiB: Number(args.mem) as QemuLabMem, io: args.io as IoBackend, log: logger.log });
+          const q = await startQemuLab({ prefix: args.prefix, memMiB: Number(args.mem) as QemuLabMem, io: args.io as IoBackend, log: logger.log, agent: qemuSyncAgent() });
           untilUp();
           print(`QEMU lab ${args.prefix} is up: ${q.memMiB} MiB guests under ${q.accel.accel.toUpperCase()} (${q.accel.reason})`);
           print(`  first VM booted in ${q.bootMs} ms; copied into the second in ${q.clone.ms} ms (${(q.clone.bytes / 1e6).toFixed(1)} MB)`);

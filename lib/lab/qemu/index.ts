@@ -16,3 +16,5 @@ export {
 export type {
   CloneOptions, CloneReport, QemuLab, QemuLabAgent, QemuLabAgentContext, QemuLabAgentFactory, QemuLabMem, QemuLabOptions, QemuLabVmOptions, QemuVmTemplate,
 } from './pair';
+export { qemuSyncAgent } from './agent';
+export type { QemuLabSyncAgentOptions } from './agent';

@@ -1,0 +1,321 @@
+/**
+ * The QEMU sync agent (way 1, full copy): speaks protocol v2 to the bridge
+ * and QMP to the VMs, and makes the backup an exact copy of the primary.
+ *
+ *   checkpoint ──► pause primary ─► stop-and-copy into a standby QEMU (-incoming, fresh tap)
+ *                  ─► both run ─► checkpoint-done {ms, bytes, pages, port: standby's tap}
+ *                  ─► the old backup is retired (killed, its tap removed)
+ *   failover   ──► the backup is the primary now; the old primary is killed
+ *   reprotect  ──► a new backup copied from the primary, announced the same way
+ *   QEMU exits / QMP closes ──► primary-down / backup-down at once
+ *
+ * Each new backup runs behind a fresh tap and `checkpoint-done` names it: the
+ * bridge moves the backup's port there before it applies the checkpoint, so
+ * nothing the old backup sent can be compared with the new one's stream
+ * (the epoch fence). The old backup is never touched before the new copy is
+ * complete: a primary that dies in the middle of a checkpoint leaves the old
+ * backup, intact and running, for the failover. A copy that fails answers
+ * `checkpoint-failed` with the cause and leaves both VMs running (the copy
+ * resumes the primary on every path).
+ *
+ * A standby QEMU is kept ready (started with `-incoming defer`) so that a
+ * checkpoint does not wait for a QEMU to start.
+ */
+import { LogFn, noLog } from '../control/logger';
+import { CheckpointMessage, FailoverMessage, ParsedAgentMessage, ReprotectMessage, VmLiveness } from '../replicate/agent-protocol';
+import { QmpClient, QmpEvent } from '../qemu/qmp';
+import { AgentSession } from './agent-session';
+
+/** A VM as the agent needs it. `QemuProcess` is one. */
+export interface AgentVm {
+  readonly name: string;
+  readonly tap: string | undefined;
+  readonly qmp: QmpClient;
+  readonly running: boolean;
+  readonly exited: Promise<unknown>;
+  kill(): Promise<unknown>;
+}
+
+/** What a copy moved and how long the primary was paused (see lab/qemu/pair.ts cloneInto). */
+export interface CopyReport {
+  ms: number;
+  bytes: number;
+  pages: number;
+}
+
+/** Where new backups come from and where old ones go. */
+export interface VmFactory {
+  /** A new VM on a fresh tap, paused and waiting for an incoming migration. */
+  standby(): Promise<AgentVm>;
+  /** Stop-and-copy `source` into `target`; both run afterwards (or `source` runs and the copy failed). */
+  copy(source: AgentVm, target: AgentVm): Promise<CopyReport>;
+  /** A VM that is dead (or was just killed): remove what it leaves behind (its tap). */
+  retire(vm: AgentVm): Promise<void>;
+}
+
+export interface QemuAgentOptions {
+  socketPath: string;
+  name?: string;
+  primary: AgentVm;
+  backup: AgentVm;
+  factory: VmFactory;
+  /** Keep a standby QEMU started ahead of the next checkpoint (default true). */
+  warmStandby?: boolean;
+  /** How long after `checkpoint-done` the old backup is killed (default 200 ms: the bridge has closed its port by then). */
+  retireDelayMs?: number;
+  heartbeatMs?: number;
+  reconnectInitialMs?: number;
+  reconnectMaxMs?: number;
+  log?: LogFn;
+}
+
+export interface QemuAgentStats {
+  checkpoints: number;
+  done: number;
+  failed: number;
+  reprotects: number;
+  failovers: number;
+  retired: number;
+  /** Pause of the primary per successful copy, ms (last 1,000). */
+  copyMs: number[];
+  copyBytes: number[];
+}
+
+export interface QemuAgent {
+  readonly stats: QemuAgentStats;
+  readonly connected: boolean;
+  /** The VMs in their roles now. */
+  readonly vms: { primary: AgentVm | null; backup: AgentVm | null };
+  stop(): Promise<void>;
+}
+
+const MAX_SAMPLES = 1000;
+
+class QmpQemuAgent implements QemuAgent {
+  readonly stats: QemuAgentStats = { checkpoints: 0, done: 0, failed: 0, reprotects: 0, failovers: 0, retired: 0, copyMs: [], copyBytes: [] };
+  private readonly session: AgentSession;
+  private readonly log: LogFn;
+  private primary: AgentVm | null;
+  private backup: AgentVm | null;
+  private warm: Promise<AgentVm> | null = null;
+  /** One copy at a time; requests queue behind it. */
+  private work: Promise<void> = Promise.resolve();
+  private stopped = false;
+  /** VMs whose death we caused (retired, failed standbys): not reported. */
+  private readonly expectedDeaths = new Set<AgentVm>();
+  private readonly paused = new Set<AgentVm>();
+
+  constructor(private readonly o: QemuAgentOptions) {
+    this.log = o.log ?? noLog;
+    this.primary = o.primary;
+    this.backup = o.backup;
+    this.watch(o.primary);
+    this.watch(o.backup);
+    this.session = new AgentSession({
+      socketPath: o.socketPath, name: o.name ?? 'qemu-agent', version: 2, heartbeatMs: o.heartbeatMs ?? 1000,
+      reconnectInitialMs: o.reconnectInitialMs ?? 100, reconnectMaxMs: o.reconnectMaxMs ?? 5000, logPrefix: 'qemu-agent', log: this.log,
+    }, {
+      message: (msg) => this.receive(msg),
+      liveness: () => ({ primary: this.livenessOf(this.primary), backup: this.livenessOf(this.backup) }),
+    });
+    this.prepareStandby();
+  }
+
+  get connected(): boolean {
+    return this.session.connected;
+  }
+
+  get vms(): { primary: AgentVm | null; backup: AgentVm | null } {
+    return { primary: this.primary, backup: this.backup };
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await this.session.stop();
+    await this.work.catch(() => {});
+    const warm = this.warm;
+    this.warm = null;
+    if (warm) {
+      const vm = await warm.catch(() => null);
+      if (vm) await this.discard(vm);
+    }
+  }
+
+  private receive(msg: ParsedAgentMessage): void {
+    switch (msg.type) {
+      case 'checkpoint':
+        this.serially(() => this.checkpoint(msg));
+        return;
+      case 'reprotect':
+        this.serially(() => this.reprotect(msg));
+        return;
+      case 'failover':
+        this.failover(msg);
+        return;
+      default:
+        return;
+    }
+  }
+
+  private serially(task: () => Promise<void>): void {
+    this.work = this.work.then(task, task);
+  }
+
+  // ───────────────────────── checkpoints ─────────────────────────
+
+  private async checkpoint(msg: CheckpointMessage): Promise<void> {
+    this.stats.checkpoints++;
+    const primary = this.primary;
+    if (!primary || !primary.running) {
+      this.fail(msg.epoch, 'no running primary');
+      return;
+    }
+    const made = await this.copyPrimary(primary, msg.epoch, 'checkpoint');
+    if (!made) return;
+    const old = this.backup;
+    this.backup = made.vm;
+    this.watch(made.vm);
+    this.stats.done++;
+    this.answer(msg.epoch, made.vm, made.report);
+    if (old && old !== made.vm) this.retireLater(old, 'replaced by a fresh copy');
+  }
+
+  private async reprotect(msg: ReprotectMessage): Promise<void> {
+    const primary = this.primary;
+    if (!primary || !primary.running) {
+      this.fail(msg.epoch, 'no running primary to copy');
+      return;
+    }
+    const made = await this.copyPrimary(primary, msg.epoch, 'reprotect');
+    if (!made) return;
+    const old = this.backup;
+    this.backup = made.vm;
+    this.watch(made.vm);
+    this.stats.reprotects++;
+    this.answer(msg.epoch, made.vm, made.report);
+    if (old && old !== made.vm) this.retireLater(old, 'replaced by a new backup');
+  }
+
+  /** A standby, the copy into it; null (and checkpoint-failed sent) when either fails. */
+  private async copyPrimary(primary: AgentVm, epoch: number, what: string): Promise<{ vm: AgentVm; report: CopyReport } | null> {
+    let standby: AgentVm;
+    try {
+      standby = await this.takeStandby();
+    } catch (e) {
+      this.fail(epoch, `no standby QEMU for the copy: ${(e as Error).message}`);
+      return null;
+    }
+    this.paused.add(primary);
+    try {
+      const report = await this.o.factory.copy(primary, standby);
+      if (!primary.running) throw new Error('the primary died during the copy');
+      this.stats.copyMs.push(report.ms);
+      this.stats.copyBytes.push(report.bytes);
+      if (this.stats.copyMs.length > MAX_SAMPLES) { this.stats.copyMs.shift(); this.stats.copyBytes.shift(); }
+      this.log('info', `qemu-agent-${what}`, { epoch, primary: primary.name, copy: standby.name, tap: standby.tap, ms: report.ms, bytes: report.bytes, pages: report.pages });
+      this.prepareStandby();
+      return { vm: standby, report };
+    } catch (e) {
+      this.fail(epoch, `copy of ${primary.name} failed: ${(e as Error).message}`);
+      await this.discard(standby);
+      this.prepareStandby();
+      return null;
+    } finally {
+      this.paused.delete(primary);
+    }
+  }
+
+  private answer(epoch: number, vm: AgentVm, r: CopyReport): void {
+    const sent = this.session.send({ type: 'checkpoint-done', epoch, ms: r.ms, bytes: r.bytes, pages: r.pages, ...(vm.tap ? { port: vm.tap } : {}) });
+    if (!sent) this.log('warn', 'qemu-agent-answer-lost', { epoch, why: 'the bridge is not connected; it will time the checkpoint out and ask again' });
+  }
+
+  private fail(epoch: number, error: string): void {
+    this.stats.failed++;
+    this.log('warn', 'qemu-agent-checkpoint-failed', { epoch, error });
+    this.session.send({ type: 'checkpoint-failed', epoch, error });
+  }
+
+  // ───────────────────────── failover ─────────────────────────
+
+  private failover(msg: FailoverMessage): void {
+    this.stats.failovers++;
+    const dead = this.primary;
+    const survivor = this.backup;
+    if (survivor && msg.survivor && survivor.tap && survivor.tap !== msg.survivor) {
+      this.log('warn', 'qemu-agent-failover-mismatch', { survivor: msg.survivor, backup: survivor.tap, note: 'the bridge promoted a port that is not our backup; following the bridge' });
+    }
+    this.primary = survivor;
+    this.backup = null;
+    this.log('warn', 'qemu-agent-failover', { epoch: msg.epoch, primary: survivor?.name ?? null, dead: dead?.name ?? null });
+    // A primary the bridge gave up on may still run (a silent death): it must never speak again.
+    if (dead) this.retireLater(dead, 'the bridge failed over from it', 0);
+  }
+
+  // ───────────────────────── VMs ─────────────────────────
+
+  private prepareStandby(): void {
+    if (this.stopped || this.warm || this.o.warmStandby === false) return;
+    const p = this.o.factory.standby();
+    p.catch((e: Error) => {
+      this.log('warn', 'qemu-agent-standby-failed', { error: e.message, note: 'the next checkpoint starts one itself' });
+      if (this.warm === p) this.warm = null;
+    });
+    this.warm = p;
+  }
+
+  private async takeStandby(): Promise<AgentVm> {
+    const warm = this.warm;
+    this.warm = null;
+    if (warm) {
+      const vm = await warm.catch(() => null);
+      if (vm && vm.running) return vm;
+    }
+    return this.o.factory.standby();
+  }
+
+  private retireLater(vm: AgentVm, why: string, delayMs = this.o.retireDelayMs ?? 200): void {
+    this.expectedDeaths.add(vm);
+    setTimeout(() => {
+      this.log('info', 'qemu-agent-retire', { vm: vm.name, tap: vm.tap, why });
+      this.discard(vm).then(() => { this.stats.retired++; });
+    }, delayMs).unref?.();
+  }
+
+  private async discard(vm: AgentVm): Promise<void> {
+    this.expectedDeaths.add(vm);
+    await vm.kill().catch(() => {});
+    await this.o.factory.retire(vm).catch((e: Error) => this.log('warn', 'qemu-agent-retire-failed', { vm: vm.name, error: e.message }));
+  }
+
+  /** Reports a VM's death in its role at the moment it dies. */
+  private watch(vm: AgentVm): void {
+    const onEvent = (ev: QmpEvent) => {
+      if (ev.event === 'STOP' || ev.event === 'RESUME') this.session.heartbeat();
+    };
+    vm.qmp.on('event', onEvent);
+    vm.exited.then(() => {
+      vm.qmp.off('event', onEvent);
+      if (this.stopped || this.expectedDeaths.has(vm)) return;
+      if (vm === this.primary) {
+        this.log('error', 'qemu-agent-primary-down', { vm: vm.name });
+        this.session.send({ type: 'primary-down', reason: `QEMU ${vm.name} exited` });
+      } else if (vm === this.backup) {
+        this.log('error', 'qemu-agent-backup-down', { vm: vm.name });
+        this.backup = null;
+        this.session.send({ type: 'backup-down', reason: `QEMU ${vm.name} exited` });
+        this.discard(vm).catch(() => {});
+      }
+    });
+  }
+
+  private livenessOf(vm: AgentVm | null): VmLiveness {
+    if (!vm || !vm.running) return 'down';
+    return this.paused.has(vm) ? 'paused' : 'up';
+  }
+}
+
+/** Starts the QEMU agent; it keeps (re)connecting to the bridge until `stop()`. */
+export function runQemuAgent(options: QemuAgentOptions): QemuAgent {
+  return new QmpQemuAgent(options);
+}
