@@ -104,6 +104,8 @@ class QmpQemuAgent implements QemuAgent {
   /** VMs whose death we caused (retired, failed standbys): not reported. */
   private readonly expectedDeaths = new Set<AgentVm>();
   private readonly paused = new Set<AgentVm>();
+  /** VMs whose death was reported to the bridge. */
+  private readonly reported = new Set<AgentVm>();
 
   constructor(private readonly o: QemuAgentOptions) {
     this.log = o.log ?? noLog;
@@ -216,7 +218,15 @@ class QmpQemuAgent implements QemuAgent {
       this.prepareStandby();
       return { vm: standby, report };
     } catch (e) {
-      this.fail(epoch, `copy of ${primary.name} failed: ${(e as Error).message}`);
+      // A primary that died under the copy: say so before anything else. A checkpoint-failed
+      // first would leave the bridge DEGRADED (backup stale) and refusing the failover it needs;
+      // the old backup is untouched and agreed with everything released.
+      if (await this.diedWithin(primary, 1000)) {
+        this.log('error', 'qemu-agent-primary-died-during-copy', { epoch, primary: primary.name, error: (e as Error).message, note: 'the old backup is intact: failover, not a failed checkpoint' });
+        this.reportDown(primary);
+      } else {
+        this.fail(epoch, `copy of ${primary.name} failed: ${(e as Error).message}`);
+      }
       await this.discard(standby);
       this.prepareStandby();
       return null;
@@ -296,17 +306,34 @@ class QmpQemuAgent implements QemuAgent {
     vm.qmp.on('event', onEvent);
     vm.exited.then(() => {
       vm.qmp.off('event', onEvent);
-      if (this.stopped || this.expectedDeaths.has(vm)) return;
-      if (vm === this.primary) {
-        this.log('error', 'qemu-agent-primary-down', { vm: vm.name });
-        this.session.send({ type: 'primary-down', reason: `QEMU ${vm.name} exited` });
-      } else if (vm === this.backup) {
-        this.log('error', 'qemu-agent-backup-down', { vm: vm.name });
-        this.backup = null;
-        this.session.send({ type: 'backup-down', reason: `QEMU ${vm.name} exited` });
-        this.discard(vm).catch(() => {});
-      }
+      this.reportDown(vm);
     });
+  }
+
+  /** primary-down or backup-down for a VM in its role, once. */
+  private reportDown(vm: AgentVm): void {
+    if (this.stopped || this.expectedDeaths.has(vm) || this.reported.has(vm)) return;
+    this.reported.add(vm);
+    if (vm === this.primary) {
+      this.log('error', 'qemu-agent-primary-down', { vm: vm.name });
+      this.session.send({ type: 'primary-down', reason: `QEMU ${vm.name} exited` });
+    } else if (vm === this.backup) {
+      this.log('error', 'qemu-agent-backup-down', { vm: vm.name });
+      this.backup = null;
+      this.session.send({ type: 'backup-down', reason: `QEMU ${vm.name} exited` });
+      this.discard(vm).catch(() => {});
+    }
+  }
+
+  private async diedWithin(vm: AgentVm, ms: number): Promise<boolean> {
+    if (!vm.running) return true;
+    let timer: NodeJS.Timeout | undefined;
+    const died = await Promise.race([
+      vm.exited.then(() => true),
+      new Promise<boolean>((r) => { timer = setTimeout(() => r(false), ms); }),
+    ]);
+    clearTimeout(timer);
+    return died;
   }
 
   private livenessOf(vm: AgentVm | null): VmLiveness {

@@ -5,6 +5,7 @@ import { formatStatus } from '../../control/status-format';
 import { startBridgedLab } from '../../lab/bridged';
 import { QEMU_LAB_MEM_SIZES, QemuLabMem, startQemuLab } from '../../lab/qemu/pair';
 import { qemuSyncAgent } from '../../lab/qemu/agent';
+import { runQemuDemo } from '../../lab/qemu/demo';
 import { runLabDemo } from '../../lab/demo';
 import { LAB_DEFAULT_PREFIX, findLabLeftovers, teardownLab } from '../../lab/netns';
 import { IoBackend } from '../ports';
@@ -45,7 +46,11 @@ export function labCommand(y: Argv): Argv {
         }
         process.on('SIGINT', early);
         process.on('SIGTERM', early);
-        if (args.action === 'demo' && args.kind === 'qemu') throw new UsageError('lab demo --kind qemu is not there yet: use lab up --kind qemu');
+        if (args.action === 'demo' && args.kind === 'qemu') {
+          const r = await runQemuDemo({ prefix: args.prefix, memMiB: Number(args.mem) as QemuLabMem, io: args.io as IoBackend, print, log: logger.log, onUp: untilUp });
+          if (!r.ftpIntact || !r.counterRepaired) process.exitCode = 1;
+          return;
+        }
         if (args.action === 'demo') {
           await runLabDemo({ prefix: args.prefix, io: args.io as IoBackend, print, log: logger.log, onUp: untilUp });
           return;
