@@ -25,6 +25,9 @@ demo: build
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make demo builds network namespaces: run it as root (sudo make demo)"; exit 1; fi
 	@$(BIN) lab demo --kind netns --log-level error
 	@echo
+	@echo "== the QEMU lab: two live VMs, the QEMU agent copying real state at every checkpoint"
+	@$(BIN) lab demo --kind qemu --log-level error
+	@echo
 	@echo "== the same pipeline offline: replay of captures recorded from vsftpd in passive mode"
 	@$(BIN) replay --client $(FIX)/ftp-pasv/client.pcap --primary $(FIX)/ftp-pasv/primary.pcap --backup $(FIX)/ftp-pasv/backup.pcap
 

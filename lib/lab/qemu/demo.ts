@@ -95,7 +95,7 @@ async function steps(lab: QemuLab, agent: QemuAgent, p: (line: string) => void):
   const first = await counter();
   const c1 = bridge.snapshot();
   p(`   GET /cgi-bin/counter → ${first} (released from the primary once the checkpoint settled it: ${c1.mismatches - c0.mismatches} mismatch, ${c1.checkpoints.done - c0.checkpoints.done} checkpoint)`);
-  const backupCounter = (await (agent.vms.backup as QemuProcess).consoleCommand('cat /var/lib/svm/counter', 10_000)).output.trim();
+  const backupCounter = /^\d+$/m.exec((await (agent.vms.backup as QemuProcess).consoleCommand('cat /var/lib/svm/counter', 10_000)).output)?.[0] ?? '(unreadable)';
   p(`   the backup (a fresh copy) now holds ${backupCounter}`);
   const next = [await counter(), await counter()];
   const c2 = bridge.snapshot();
