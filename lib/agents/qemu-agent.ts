@@ -57,7 +57,8 @@ export interface QemuAgentOptions {
   socketPath: string;
   name?: string;
   primary: AgentVm;
-  backup: AgentVm;
+  /** Null: none yet (the bridge asks for one with `reprotect`). */
+  backup: AgentVm | null;
   factory: VmFactory;
   /** Keep a standby QEMU started ahead of the next checkpoint (default true). */
   warmStandby?: boolean;
@@ -66,6 +67,8 @@ export interface QemuAgentOptions {
   heartbeatMs?: number;
   reconnectInitialMs?: number;
   reconnectMaxMs?: number;
+  /** The roles changed (a copy became the backup, a failover, a lost backup): e.g. to keep a state file. */
+  onRoles?: (vms: { primary: AgentVm | null; backup: AgentVm | null }) => void;
   log?: LogFn;
 }
 
@@ -112,7 +115,7 @@ class QmpQemuAgent implements QemuAgent {
     this.primary = o.primary;
     this.backup = o.backup;
     this.watch(o.primary);
-    this.watch(o.backup);
+    if (o.backup) this.watch(o.backup);
     this.session = new AgentSession({
       socketPath: o.socketPath, name: o.name ?? 'qemu-agent', version: 2, heartbeatMs: o.heartbeatMs ?? 1000,
       reconnectInitialMs: o.reconnectInitialMs ?? 100, reconnectMaxMs: o.reconnectMaxMs ?? 5000, logPrefix: 'qemu-agent', log: this.log,
@@ -178,6 +181,7 @@ class QmpQemuAgent implements QemuAgent {
     this.backup = made.vm;
     this.watch(made.vm);
     this.stats.done++;
+    this.rolesChanged();
     this.answer(msg.epoch, made.vm, made.report);
     if (old && old !== made.vm) this.retireLater(old, 'replaced by a fresh copy');
   }
@@ -194,6 +198,7 @@ class QmpQemuAgent implements QemuAgent {
     this.backup = made.vm;
     this.watch(made.vm);
     this.stats.reprotects++;
+    this.rolesChanged();
     this.answer(msg.epoch, made.vm, made.report);
     if (old && old !== made.vm) this.retireLater(old, 'replaced by a new backup');
   }
@@ -257,6 +262,7 @@ class QmpQemuAgent implements QemuAgent {
     }
     this.primary = survivor;
     this.backup = null;
+    this.rolesChanged();
     this.log('warn', 'qemu-agent-failover', { epoch: msg.epoch, primary: survivor?.name ?? null, dead: dead?.name ?? null });
     // A primary the bridge gave up on may still run (a silent death): it must never speak again.
     if (dead) this.retireLater(dead, 'the bridge failed over from it', 0);
@@ -320,6 +326,7 @@ class QmpQemuAgent implements QemuAgent {
     } else if (vm === this.backup) {
       this.log('error', 'qemu-agent-backup-down', { vm: vm.name });
       this.backup = null;
+      this.rolesChanged();
       this.session.send({ type: 'backup-down', reason: `QEMU ${vm.name} exited` });
       this.discard(vm).catch(() => {});
     }
@@ -334,6 +341,14 @@ class QmpQemuAgent implements QemuAgent {
     ]);
     clearTimeout(timer);
     return died;
+  }
+
+  private rolesChanged(): void {
+    try {
+      this.o.onRoles?.({ primary: this.primary, backup: this.backup });
+    } catch (e) {
+      this.log('warn', 'qemu-agent-roles-hook-failed', { error: (e as Error).message });
+    }
   }
 
   private livenessOf(vm: AgentVm | null): VmLiveness {

@@ -310,7 +310,8 @@ export function describeQemuLab(lab: QemuLab): Record<string, unknown> {
   };
 }
 
-function createTap(name: string): void {
+/** A tap for a VM, ready to be a bridge port (no IPv6, no forwarding, no GRO, up). */
+export function createTap(name: string): void {
   run('ip', ['tuntap', 'add', 'dev', name, 'mode', 'tap']);
   // A bridge port, not a host interface: no IPv6 (no MLD from the host), no forwarding, no GRO.
   run('sysctl', ['-qw', `net.ipv6.conf.${name}.disable_ipv6=1`]);

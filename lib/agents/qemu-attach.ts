@@ -1,0 +1,200 @@
+/**
+ * The QEMU agent as its own process (`shadowvm agent qemu --config FILE`):
+ * it attaches to running VMs through a QMP socket each (QEMU serves one
+ * client per QMP socket, so each VM should have one left for the agent),
+ * starts standbys itself from a template, and keeps its view of the roles in
+ * a state file so that a restarted agent attaches to the VMs that run now.
+ *
+ * Config (JSON; the QEMU lab writes one as `<runDir>/lab.json`):
+ *   { "agentSocket": "/run/shadowvm/web/agent.sock",
+ *     "prefix": "web",                                   (standby taps: <prefix>s<N>, VMs <prefix>-a<N>)
+ *     "vms": { "primary": { "name", "pid", "tap", "agentQmpSocket" }, "backup": { … } },
+ *     "vmTemplate": { "runDir", "memMiB", "accel", "mac", "boot": { "kernel", "initrd", "cmdline" } } }
+ *
+ * On start, a primary left paused by an agent that died in the middle of a
+ * copy is resumed, and a backup that is not running is reported down.
+ */
+import * as fs from 'node:fs';
+import { LogFn, noLog } from '../control/logger';
+import { QmpClient } from '../qemu/qmp';
+import { QemuProcess } from '../qemu/process';
+import { cloneInto, createTap, QemuVmTemplate } from '../lab/qemu/pair';
+import { runQuietly } from '../lab/exec';
+import { AgentVm, QemuAgent, runQemuAgent } from './qemu-agent';
+
+export class QemuAgentConfigError extends Error {
+  constructor(readonly file: string, message: string) {
+    super(`${file}: ${message}`);
+    this.name = 'QemuAgentConfigError';
+  }
+}
+
+export interface VmRef {
+  name: string;
+  pid: number;
+  tap: string;
+  agentQmpSocket: string;
+}
+
+export interface QemuAgentConfig {
+  agentSocket: string;
+  prefix: string;
+  /** backup null: the last agent saw none (after a failover, before re-protection). */
+  vms: { primary: VmRef; backup: VmRef | null };
+  vmTemplate: QemuVmTemplate;
+}
+
+function vmRef(file: string, what: string, v: unknown): VmRef {
+  const o = v as Record<string, unknown> | null;
+  if (!o || typeof o !== 'object') throw new QemuAgentConfigError(file, `${what}: missing`);
+  for (const k of ['name', 'tap', 'agentQmpSocket']) if (typeof o[k] !== 'string' || !(o[k] as string)) throw new QemuAgentConfigError(file, `${what}.${k}: must be a non-empty string`);
+  if (!Number.isSafeInteger(o.pid) || (o.pid as number) <= 0) throw new QemuAgentConfigError(file, `${what}.pid: must be a process id`);
+  return { name: o.name as string, pid: o.pid as number, tap: o.tap as string, agentQmpSocket: o.agentQmpSocket as string };
+}
+
+/** Reads and checks a config; the state file next to it, if newer, says which VMs hold the roles now. */
+export function readQemuAgentConfig(file: string): QemuAgentConfig {
+  let raw: Record<string, unknown>;
+  try {
+    raw = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
+  } catch (e) {
+    throw new QemuAgentConfigError(file, `cannot read it as JSON: ${(e as Error).message}`);
+  }
+  if (typeof raw.agentSocket !== 'string') throw new QemuAgentConfigError(file, 'agentSocket: must be the bridge\'s agent socket path');
+  if (typeof raw.prefix !== 'string' || !/^[a-z0-9]{1,8}$/.test(raw.prefix)) throw new QemuAgentConfigError(file, 'prefix: must be 1-8 lowercase letters or digits (it names standby taps)');
+  const t = raw.vmTemplate as Record<string, unknown> | undefined;
+  const boot = t?.boot as Record<string, unknown> | undefined;
+  if (!t || typeof t.runDir !== 'string' || !Number.isSafeInteger(t.memMiB) || (t.accel !== 'tcg' && t.accel !== 'kvm') || typeof t.mac !== 'string'
+    || !boot || typeof boot.kernel !== 'string' || typeof boot.initrd !== 'string' || typeof boot.cmdline !== 'string') {
+    throw new QemuAgentConfigError(file, 'vmTemplate: needs runDir, memMiB, accel (tcg|kvm), mac and boot { kernel, initrd, cmdline }');
+  }
+  let vms = raw.vms as Record<string, unknown> | undefined;
+  const state = stateFileOf(file);
+  if (fs.existsSync(state)) {
+    try {
+      vms = (JSON.parse(fs.readFileSync(state, 'utf8')) as { vms: Record<string, unknown> }).vms;
+    } catch (e) {
+      throw new QemuAgentConfigError(state, `cannot read it as JSON: ${(e as Error).message} (remove it to start from ${file})`);
+    }
+  }
+  return {
+    agentSocket: raw.agentSocket, prefix: raw.prefix,
+    vms: { primary: vmRef(file, 'vms.primary', vms?.primary), backup: vms?.backup === null ? null : vmRef(file, 'vms.backup', vms?.backup) },
+    vmTemplate: raw.vmTemplate as QemuVmTemplate,
+  };
+}
+
+export function stateFileOf(configFile: string): string {
+  return `${configFile}.state`;
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** A QEMU this process did not start: QMP through its spare socket, life by its pid. */
+export class AttachedVm implements AgentVm {
+  readonly exited: Promise<void>;
+  private gone = false;
+
+  private constructor(readonly ref: VmRef, readonly qmp: QmpClient) {
+    this.exited = new Promise((resolve) => {
+      const check = () => {
+        if (!pidAlive(ref.pid)) {
+          this.gone = true;
+          resolve();
+          return;
+        }
+        setTimeout(check, 20).unref?.();
+      };
+      // QEMU closes its QMP sockets as it exits: that is the moment to look.
+      qmp.once('close', check);
+    });
+  }
+
+  static async attach(ref: VmRef, log: LogFn): Promise<AttachedVm> {
+    if (!pidAlive(ref.pid)) throw new Error(`VM ${ref.name} (pid ${ref.pid}) is not running`);
+    const qmp = await QmpClient.connect(ref.agentQmpSocket, { timeoutMs: 5000, retry: false, name: ref.name, log });
+    return new AttachedVm(ref, qmp);
+  }
+
+  get name(): string { return this.ref.name; }
+  get tap(): string { return this.ref.tap; }
+  get pid(): number { return this.ref.pid; }
+  get running(): boolean { return !this.gone && !this.qmp.closed; }
+
+  async kill(): Promise<void> {
+    try { process.kill(this.ref.pid, 'SIGKILL'); } catch { /* gone already */ }
+    await this.exited;
+  }
+}
+
+function refOf(vm: AgentVm | null): VmRef | null {
+  if (!vm) return null;
+  if (vm instanceof AttachedVm) return vm.ref;
+  const q = vm as QemuProcess;
+  return { name: q.name, pid: q.pid, tap: q.tap ?? '', agentQmpSocket: q.agentQmpSocket };
+}
+
+/** Attaches to the VMs of `configFile` and runs the agent until `stop()`. */
+export async function runQemuAgentFromConfig(configFile: string, options: { log?: LogFn; name?: string } = {}): Promise<QemuAgent> {
+  const log = options.log ?? noLog;
+  const c = readQemuAgentConfig(configFile);
+  const primary = await AttachedVm.attach(c.vms.primary, log);
+  // A primary paused by an agent that died in the middle of a copy: it must serve again.
+  const status = await primary.qmp.execute<{ status: string; running: boolean }>('query-status');
+  if (!status.running && ['paused', 'postmigrate', 'finish-migrate'].includes(status.status)) {
+    await primary.qmp.execute('cont');
+    log('warn', 'qemu-agent-resumed-primary', { vm: primary.name, was: status.status, note: 'left paused, probably by an agent that died in the middle of a copy' });
+  }
+  // A backup that is gone is left to the bridge: it asks for a new one (reprotect) once it knows.
+  let backup: AgentVm | null = null;
+  if (c.vms.backup) {
+    try {
+      backup = await AttachedVm.attach(c.vms.backup, log);
+    } catch (e) {
+      log('warn', 'qemu-agent-backup-unreachable', { vm: c.vms.backup.name, error: (e as Error).message, note: 'reported down; the bridge will ask for a new backup' });
+    }
+  }
+  let standbys = 0;
+  const usedTaps = new Set(fs.readdirSync('/sys/class/net'));
+  const agent = runQemuAgent({
+    socketPath: c.agentSocket,
+    name: options.name ?? `qemu-agent-${c.prefix}`,
+    primary,
+    backup,
+    log,
+    factory: {
+      standby: async () => {
+        let tap: string;
+        do tap = `${c.prefix}a${++standbys}`; while (usedTaps.has(tap) || fs.existsSync(`/sys/class/net/${tap}`));
+        usedTaps.add(tap);
+        createTap(tap);
+        try {
+          return await QemuProcess.launch({ ...c.vmTemplate, name: `${c.prefix}-a${process.pid}-${standbys}`, tap, incoming: true, log });
+        } catch (e) {
+          runQuietly('ip', ['link', 'del', tap]);
+          throw e;
+        }
+      },
+      copy: (source, target) => cloneInto(source as QemuProcess, target as QemuProcess, { log }),
+      retire: async (vm) => {
+        if (vm.tap) runQuietly('ip', ['link', 'del', vm.tap]);
+      },
+    },
+    onRoles: (vms) => {
+      const p = refOf(vms.primary);
+      const b = refOf(vms.backup);
+      if (!p) return;
+      const state = stateFileOf(configFile);
+      fs.writeFileSync(`${state}.tmp`, `${JSON.stringify({ vms: { primary: p, backup: b } }, null, 2)}\n`);
+      fs.renameSync(`${state}.tmp`, state);
+    },
+  });
+  return agent;
+}
