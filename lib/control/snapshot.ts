@@ -8,6 +8,7 @@
  */
 import type { PortStats } from '../io/port';
 import { CHECKPOINT_REASONS, CheckpointReason, ReplicationState } from '../replicate/replicator';
+import type { HistogramSnapshot } from '../replicate/duration-histogram';
 import type { ShadowPipeline } from '../pipeline/pipeline';
 
 export type PortRole = 'uplink' | 'primary' | 'backup';
@@ -34,6 +35,8 @@ export interface CheckpointSnapshot {
   pending: boolean;
   /** Duration of the last successful checkpoint. */
   lastMs?: number;
+  /** Durations of the successful checkpoints since start, in seconds. */
+  durationSeconds?: HistogramSnapshot;
 }
 
 export interface AgentSnapshot {
@@ -133,6 +136,7 @@ export function snapshotOf(pipeline: ShadowPipeline, src: SnapshotSources): Brid
     checkpoints: {
       epoch: rep.epoch, requested, done: n('replicate', 'checkpoints_done'), failed: n('replicate', 'checkpoints_failed'),
       coalesced: n('replicate', 'checkpoints_coalesced'), pending: rep.pending !== null, lastMs,
+      durationSeconds: rep.durations.snapshot(),
     },
     heldOutput: { frames: n('release', 'held_frames'), bytes: n('release', 'held_bytes') },
     ingress: { heldFrames: n('ingress', 'held'), holdDropped: n('ingress', 'hold_dropped') },

@@ -23,6 +23,7 @@ export function sampleSnapshot(): BridgeSnapshot {
       coalesced: 7,
       pending: true,
       lastMs: 12.5,
+      durationSeconds: { buckets: [[0.005, 1], [0.01, 2], [0.025, 3]], sum: 0.0245, count: 3 },
     },
     heldOutput: { frames: 4, bytes: 6000 },
     ingress: { heldFrames: 33, holdDropped: 1 },
