@@ -320,7 +320,8 @@ export class EgressStage implements Stage {
     const m = flow.mismatch!;
     flow.noteMismatch(m, nowUs);
     this.d.totals.mismatches++;
-    this.d.log('warn', 'mismatch', { flow: flow.name, kind: m.kind, offset: m.offset, primary: m.primary, backup: m.backup });
+    // The excerpts are bounded by the comparators (EXCERPT_BEFORE + EXCERPT_AFTER bytes, JSON-quoted).
+    this.d.log('warn', 'mismatch', { flow: flow.name, kind: m.kind, offset: m.offset, excerptOffset: m.excerptOffset, primary: m.primary, backup: m.backup });
     if (flow.recent && this.divergences.length < MAX_DIVERGENCES) {
       this.divergences.push({ flow: flow.name, mismatch: flow.report.mismatchList[flow.report.mismatchList.length - 1] ?? { ...m, timeUs: nowUs }, frames: [...flow.recent] });
     }

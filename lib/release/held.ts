@@ -47,6 +47,14 @@ export interface ReleaseGate {
   readonly backupAck: number | null;
 }
 
+/** Releases since the last look, per flow (see `HeldQueues.takeReleaseProgress`). */
+export interface ReleaseProgress {
+  /** Frames and payload bytes released since the last look, and the flow's payload bytes since it began. */
+  flows: { flow: string; frames: number; bytes: number; totalBytes: number }[];
+  /** Flows beyond the limit, summed. */
+  others: { flows: number; frames: number; bytes: number };
+}
+
 export class FlowHeldQueue {
   private frames: HeldFrame[] = [];
   private head = 0;
@@ -67,6 +75,9 @@ export class FlowHeldQueue {
   flow: unknown = null;
   /** Frames of a dead primary that were never released (failover). */
   discardedFrames = 0;
+  /** What the last `released` log line counted up to (see `HeldQueues.takeReleaseProgress`). */
+  loggedFrames = 0;
+  loggedPayloadBytes = 0;
 
   constructor(readonly owner: HeldQueues, readonly flowName: string, private readonly isStream = true) {}
 
@@ -172,6 +183,9 @@ export class HeldQueues implements Stage {
   releasedBytes = 0;
   releasedPayloadBytes = 0;
   discardedFrames = 0;
+  /** Remember which flows released something, for `takeReleaseProgress` (the `released` log lines). */
+  trackReleases = false;
+  private readonly releasedSinceTaken = new Set<FlowHeldQueue>();
 
   constructor(private readonly sink: (frame: Buffer, vnet?: VirtioNetHeader) => void, private readonly pool: SlabPool | null = null) {}
 
@@ -221,8 +235,30 @@ export class HeldQueues implements Stage {
     this.releasedBytes += h.frame.length;
     this.releasedPayloadBytes += h.payloadBytes;
     h.queue.noteReleased(h);
+    if (this.trackReleases) this.releasedSinceTaken.add(h.queue);
     this.sink(h.frame, h.vnet);
     this.pool?.release(h.slab);
+  }
+
+  /**
+   * What each flow released since the last call: the `maxFlows` flows that
+   * released the most payload bytes one by one, the rest summed up (so a
+   * log line per flow stays bounded however many flows there are).
+   */
+  takeReleaseProgress(maxFlows: number): ReleaseProgress {
+    const flows: ReleaseProgress['flows'] = [];
+    for (const q of this.releasedSinceTaken) {
+      flows.push({ flow: q.flowName, frames: q.releasedFrames - q.loggedFrames, bytes: q.releasedPayloadBytes - q.loggedPayloadBytes, totalBytes: q.releasedPayloadBytes });
+      q.loggedFrames = q.releasedFrames;
+      q.loggedPayloadBytes = q.releasedPayloadBytes;
+    }
+    this.releasedSinceTaken.clear();
+    flows.sort((a, b) => b.bytes - a.bytes || b.frames - a.frames);
+    const rest = flows.splice(Math.max(0, maxFlows));
+    return {
+      flows,
+      others: { flows: rest.length, frames: rest.reduce((n, f) => n + f.frames, 0), bytes: rest.reduce((n, f) => n + f.bytes, 0) },
+    };
   }
 
   /** The oldest frame still held, or null. */

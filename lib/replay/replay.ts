@@ -146,6 +146,7 @@ export class Replayer {
   close(): void {
     this.pipeline.tick(this.nowUs);
     this.answerDue(this.nowUs);
+    this.pipeline.logReleases(this.nowUs, true);
     this.writer?.close();
   }
 
