@@ -175,7 +175,10 @@ export class EgressStage implements Stage {
       if (flow.mode !== 'compare') {
         if (side !== PRIMARY) this.backupFramesSuppressed++;
         else if (flow.mode === 'carried') this.fromCarried(f, frame, flow, vnet);
-        else d.toClient(frame, vnet);
+        else {
+          flow.held.notePassed(f.payloadLength);
+          d.toClient(frame, vnet);
+        }
         return;
       }
       if (flow.stream) this.egressTcp(side, f, frame, flow, nowUs, vnet);
@@ -357,6 +360,7 @@ export class EgressStage implements Stage {
         this.duplicatesDropped++;
         return;
       }
+      flow.held.notePassed(f.payloadLength);
       this.d.toClient(frame, vnet);
       return;
     }
@@ -391,6 +395,7 @@ export class EgressStage implements Stage {
     const partial = vnet !== undefined && (vnet.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0;
     if (!translateForClient(f, c.seqDelta, c.tsDelta, this.opts, partial)) this.badTcpOptions++;
     this.translatedFrames++;
+    flow.held.notePassed(f.payloadLength);
     this.d.toClient(out, vnet);
     if (slab) this.outCopies.release(slab);
   }

@@ -186,9 +186,9 @@ export class ShadowPipeline {
     const windowMs = (nowUs - this.releasesLoggedUs) / 1000;
     this.releasesLoggedUs = nowUs;
     const progress = this.held.takeReleaseProgress(RELEASE_LOG_FLOWS);
-    for (const f of progress.flows) this.outputs.log('info', 'released', { flow: f.flow, frames: f.frames, bytes: f.bytes, totalBytes: f.totalBytes, windowMs });
+    for (const f of progress.flows) this.outputs.log('info', 'released', { ...f, windowMs });
     const o = progress.others;
-    if (o.flows > 0) this.outputs.log('info', 'released', { flow: null, flows: o.flows, frames: o.frames, bytes: o.bytes, windowMs });
+    if (o.flows > 0) this.outputs.log('info', 'released', { flow: null, ...o, windowMs });
   }
 
   /** When `tick` must run next for the silence detector to decide on time (null: the regular tick will do). */

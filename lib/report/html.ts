@@ -39,7 +39,7 @@ h1{font-size:20px;margin:0 0 4px}h2{font-size:16px;margin:20px 0 6px}
 svg{display:block;border:1px solid #d7dce2;background:#fbfcfd}
 svg text{font:11px system-ui,sans-serif;fill:#39424e}
 .lane-bg{fill:#f1f4f7}.axis{stroke:#c3cad3;stroke-width:1}
-.release{fill:#3a9d5d}.checkpoint{fill:#4a78c2}.checkpoint.outcome-failed{fill:#c8453b}.checkpoint.outcome-pending{fill:#9aa6b4}
+.release{fill:#3a9d5d}.release.unchecked{fill:#8a63c4}.checkpoint{fill:#4a78c2}.checkpoint.outcome-failed{fill:#c8453b}.checkpoint.outcome-pending{fill:#9aa6b4}
 .band.degraded{fill:#e39b2d;fill-opacity:.18;stroke:#e39b2d;stroke-opacity:.6}
 .band.failover{fill:#c8453b;fill-opacity:.15;stroke:#c8453b;stroke-width:1.5}
 .mismatch{fill:#d0302f;stroke:#fff;stroke-width:1.5;cursor:pointer}.mismatch:hover,.mismatch.selected{stroke:#111;stroke-width:2.5}
@@ -100,6 +100,7 @@ export function renderReportHtml(log: RunLog, t: Timeline, title: string): strin
   const x = (s: string) => escapeHtml(s);
   const ms = (a: number) => formatOffset(a - t.startMs);
   const released = log.releases.reduce((s, r) => s + r.bytes, 0);
+  const unchecked = log.releases.reduce((s, r) => s + r.uncheckedBytes, 0);
   const done = log.checkpoints.filter((c) => c.outcome === 'done');
   const failed = log.checkpoints.filter((c) => c.outcome === 'failed').length;
   const degradedMs = log.states.filter((s) => s.state === 'DEGRADED').reduce((s, p) => s + (p.endMs - p.startMs), 0);
@@ -110,7 +111,8 @@ export function renderReportHtml(log: RunLog, t: Timeline, title: string): strin
   h.push('<div class="summary">');
   const fact = (label: string, value: string, id: string) => h.push(`<span>${x(label)} <b id="${id}">${x(value)}</b></span>`);
   fact('flows', String(log.flows.length), 'sum-flows');
-  fact('released', formatBytes(released), 'sum-released');
+  fact('released after comparison', formatBytes(released), 'sum-released');
+  if (unchecked) fact('sent unchecked', formatBytes(unchecked), 'sum-unchecked');
   fact('mismatches', String(log.mismatches.length), 'sum-mismatches');
   fact('checkpoints', `${log.checkpoints.length} (${done.length} done, ${failed} failed)`, 'sum-checkpoints');
   if (done.length) fact('median checkpoint', `${n(median(done.map((c) => c.ms ?? c.endMs - c.startMs)))} ms`, 'sum-ckpt-ms');
@@ -127,6 +129,7 @@ export function renderReportHtml(log: RunLog, t: Timeline, title: string): strin
 
   h.push('<div class="legend">',
     '<span><i style="background:#3a9d5d"></i>released (darker: more bytes per second)</span>',
+    '<span><i style="background:#8a63c4"></i>sent unchecked (promoted replica, or no backup)</span>',
     '<span><i style="background:#d0302f;border-radius:6px"></i>mismatch (click it)</span>',
     '<span><i style="background:#4a78c2"></i>checkpoint (width: its duration)</span>',
     '<span><i style="background:#c8453b"></i>failed checkpoint</span>',
@@ -160,8 +163,9 @@ export function renderReportHtml(log: RunLog, t: Timeline, title: string): strin
   }
   for (const r of t.releases) {
     const rel = log.releases[r.index];
-    h.push(`<rect class="mark release" x="${n(r.x)}" y="${r.y}" width="${n(r.width)}" height="${r.height}" fill-opacity="${r.opacity.toFixed(2)}">`
-      + `<title>${x(`${rel.flow ?? 'other flows'}: ${formatBytes(rel.bytes)} in ${rel.frames} frames released in ${rel.windowMs} ms up to ${ms(rel.atMs)}`)}</title></rect>`);
+    h.push(`<rect class="mark release${r.unchecked ? ' unchecked' : ''}" x="${n(r.x)}" y="${r.y}" width="${n(r.width)}" height="${r.height}" fill-opacity="${r.opacity.toFixed(2)}">`
+      + `<title>${x(`${rel.flow ?? 'other flows'}: ${formatBytes(rel.bytes)} in ${rel.frames} frames released after comparison`
+        + `${rel.uncheckedBytes || rel.uncheckedFrames ? `, ${formatBytes(rel.uncheckedBytes)} in ${rel.uncheckedFrames} frames sent unchecked` : ''} in the ${n(rel.windowMs)} ms up to ${ms(rel.atMs)}`)}</title></rect>`);
   }
   for (const c of t.checkpoints) {
     const ck = log.checkpoints[c.index];

@@ -41,7 +41,8 @@ export interface Timeline {
   /** Ticks of the time axis, at round intervals, labelled relative to the start. */
   ticks: { x: number; label: string }[];
   states: (Rect & { state: string; index: number })[];
-  releases: (Rect & { index: number; opacity: number })[];
+  /** `unchecked`: most of its bytes went out without comparison. */
+  releases: (Rect & { index: number; opacity: number; unchecked: boolean })[];
   mismatches: { id: number; cx: number; cy: number; r: number }[];
   checkpoints: (Rect & { index: number })[];
   /** DEGRADED periods and failovers (from the promotion until the new backup was ready), across every lane. */
@@ -108,13 +109,13 @@ export function layoutTimeline(log: RunLog, options: LayoutOptions = {}): Timeli
   const states = log.states.map((s, index) => ({ ...spanRect(s.startMs, s.endMs), y: stateLane.y, height: TOP_H, state: s.state, index }));
 
   // Release opacity: by rate (bytes per ms of its interval), relative to the busiest interval, never invisible.
-  const rate = (r: RunLog['releases'][number]) => r.bytes / Math.max(1, r.windowMs);
+  const rate = (r: RunLog['releases'][number]) => (r.bytes + r.uncheckedBytes) / Math.max(1, r.windowMs);
   const maxRate = Math.max(1e-9, ...log.releases.map(rate));
   const releases: Timeline['releases'] = [];
   log.releases.forEach((r, index) => {
     const lane = find(r.flow);
     if (!lane) return;
-    releases.push({ ...spanRect(r.atMs - r.windowMs, r.atMs), y: lane.y + 3, height: lane.height - 6, index, opacity: 0.25 + 0.75 * (rate(r) / maxRate) });
+    releases.push({ ...spanRect(r.atMs - r.windowMs, r.atMs), y: lane.y + 3, height: lane.height - 6, index, opacity: 0.25 + 0.75 * (rate(r) / maxRate), unchecked: r.uncheckedBytes > r.bytes || (r.uncheckedBytes === r.bytes && r.uncheckedFrames > r.frames) });
   });
 
   const mismatches: Timeline['mismatches'] = [];

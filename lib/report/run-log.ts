@@ -18,6 +18,9 @@ export interface ReleaseMark {
   windowMs: number;
   frames: number;
   bytes: number;
+  /** Sent without comparison in the same interval (a flow carried over to a promoted replica, or without a backup). */
+  uncheckedFrames: number;
+  uncheckedBytes: number;
 }
 
 export interface MismatchMark {
@@ -153,7 +156,10 @@ export function parseRunLog(text: string): RunLog {
       case 'released': {
         const flow = typeof rec.flow === 'string' ? rec.flow : null;
         noteFlow(flow);
-        log.releases.push({ flow, atMs: at, windowMs: num(rec.windowMs) ?? 0, frames: num(rec.frames) ?? 0, bytes: num(rec.bytes) ?? 0 });
+        log.releases.push({
+          flow, atMs: at, windowMs: num(rec.windowMs) ?? 0, frames: num(rec.frames) ?? 0, bytes: num(rec.bytes) ?? 0,
+          uncheckedFrames: num(rec.uncheckedFrames) ?? 0, uncheckedBytes: num(rec.uncheckedBytes) ?? 0,
+        });
         break;
       }
       case 'mismatch': {

@@ -69,9 +69,10 @@ describe('HeldQueues.takeReleaseProgress', () => {
     queues.forEach((q, i) => all.release(q.hold(Buffer.alloc(100), null, 1, false, false, 0, 10 * (i + 1), 0)));
     const p = all.takeReleaseProgress(2);
     expect(p.flows.map((f) => [f.flow, f.bytes])).toEqual([['flow 4', 50], ['flow 3', 40]]);
-    expect(p.others).toEqual({ flows: 3, frames: 3, bytes: 60 });
-    expect(all.takeReleaseProgress(2)).toEqual({ flows: [], others: { flows: 0, frames: 0, bytes: 0 } });
+    expect(p.others).toEqual({ flows: 3, frames: 3, bytes: 60, uncheckedFrames: 0, uncheckedBytes: 0 });
+    expect(all.takeReleaseProgress(2)).toEqual({ flows: [], others: { flows: 0, frames: 0, bytes: 0, uncheckedFrames: 0, uncheckedBytes: 0 } });
     all.release(queues[0].hold(Buffer.alloc(10), null, 2, false, false, 0, 7, 0));
-    expect(all.takeReleaseProgress(2).flows).toEqual([{ flow: 'flow 0', frames: 1, bytes: 7, totalBytes: 17 }]);
+    queues[0].notePassed(5);
+    expect(all.takeReleaseProgress(2).flows).toEqual([{ flow: 'flow 0', frames: 1, bytes: 7, totalBytes: 17, uncheckedFrames: 1, uncheckedBytes: 5 }]);
   });
 });
