@@ -81,7 +81,7 @@ const SCRIPT = `
     panel.textContent = '';
     panel.setAttribute('data-shown', String(id));
     panel.appendChild(el('h2', null, 'Mismatch ' + m.id + ' (' + m.kind + ') on ' + m.flow));
-    var where = m.offset === null ? '' : (m.kind === 'datagram' ? 'datagram byte ' + m.offset : 'stream offset ' + m.offset);
+    var where = m.offset === null ? '' : m.kind === 'datagram' ? 'datagram byte ' + m.offset : m.offset < 0 ? 'at the handshake' : 'stream offset ' + m.offset;
     var from = m.excerptOffset !== null && m.excerptOffset !== m.offset ? '; excerpts start at offset ' + m.excerptOffset : '';
     panel.appendChild(el('div', 'where', new Date(m.atMs).toISOString() + (where ? ' \\u2014 ' + where : '') + from));
     var at = (m.offset !== null && m.excerptOffset !== null) ? m.offset - m.excerptOffset : -1;
@@ -183,7 +183,8 @@ export function renderReportHtml(log: RunLog, t: Timeline, title: string): strin
   if (log.mismatches.length) {
     h.push('<h2>Mismatches</h2><table><tr><th>#</th><th>time</th><th>flow</th><th>kind</th><th>offset</th></tr>');
     for (const m of log.mismatches) {
-      h.push(`<tr><td><a class="mm" data-mismatch="${m.id}">${m.id}</a></td><td>${x(ms(m.atMs))}</td><td>${x(m.flow)}</td><td>${x(m.kind)}</td><td class="num">${m.offset ?? ''}</td></tr>`);
+      const at = m.offset === null ? '' : m.offset < 0 ? 'handshake' : String(m.offset);
+      h.push(`<tr><td><a class="mm" data-mismatch="${m.id}">${m.id}</a></td><td>${x(ms(m.atMs))}</td><td>${x(m.flow)}</td><td>${x(m.kind)}</td><td class="num">${at}</td></tr>`);
     }
     h.push('</table>');
   }
