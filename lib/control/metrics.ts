@@ -12,6 +12,7 @@
 import { createServer, isIP, Server, Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { CHECKPOINT_REASONS } from '../replicate/replicator';
+import { MISMATCH_KINDS } from '../compare/tcp-stream';
 import { LogFn, noLog } from './logger';
 import { BridgeSnapshot, REPLICATION_STATES } from './snapshot';
 
@@ -104,7 +105,8 @@ export function renderMetrics(s: BridgeSnapshot): string {
   t.one('shadowvm_flows_evicted_total', 'counter', 'Flows evicted (idle or LRU).', s.flows.evicted);
   t.one('shadowvm_matched_bytes_total', 'counter', 'Bytes both replicas said alike.', s.bytesMatched);
   t.one('shadowvm_released_bytes_total', 'counter', 'Payload bytes of the primary released to the client after comparison.', s.bytesReleased);
-  t.one('shadowvm_mismatches_total', 'counter', 'Divergences between primary and backup output.', s.mismatches);
+  t.family('shadowvm_mismatches_total', 'counter', 'Divergences between primary and backup output, by what differed.',
+    MISMATCH_KINDS.map((kind) => [{ kind }, s.mismatchesByKind[kind] ?? 0]));
 
   t.family('shadowvm_checkpoints_requested_total', 'counter', 'Checkpoints asked of the sync agent, by trigger.',
     CHECKPOINT_REASONS.map((reason) => [{ reason }, s.checkpoints.requested[reason] ?? 0]));

@@ -112,7 +112,8 @@ describe('renderMetrics', () => {
     expect(value(families, 'shadowvm_flows')).toBe(12);
     expect(value(families, 'shadowvm_matched_bytes_total')).toBe(654_321);
     expect(value(families, 'shadowvm_released_bytes_total')).toBe(650_000);
-    expect(value(families, 'shadowvm_mismatches_total')).toBe(2);
+    expect(families.get('shadowvm_mismatches_total')!.samples.map((x) => [x.labels.kind, x.value]))
+      .toEqual([['data', 1], ['syn', 0], ['syn-options', 1], ['fin', 0], ['rst', 0], ['datagram', 0]]);
     expect(value(families, 'shadowvm_ingress_held_frames_total')).toBe(33);
     expect(value(families, 'shadowvm_malformed_frames_total', { reason: 'truncated-ipv4', side: 'backup' })).toBe(2);
     expect(value(families, 'shadowvm_policy_actions_total', { class: 'ethertype-0x88cc', action: 'drop' })).toBe(4);

@@ -53,6 +53,7 @@ describe('the run log', () => {
     h.p.fromVm(BACKUP, fromVm({ seq: B + 1, ack: C + 1, flags: 'PA', payload: 'hello WORLD' }), 11);
     const [m] = h.of('mismatch');
     expect(m).toMatchObject({ kind: 'data', offset: 6, excerptOffset: 0 });
+    expect(h.p.stageCounters().compare).toMatchObject({ mismatches: 1, mismatches_data: 1, mismatches_syn_options: 0 });
     expect(JSON.parse(m.primary as string)).toBe('hello world');
     expect(JSON.parse(m.backup as string)).toBe('hello WORLD');
     h.p.checkpointDone(h.checkpoints[0], 20_000, 3);
