@@ -26,6 +26,7 @@ need=(
   "/usr/bin/pgrep:procps"                    # lab teardown checks
   "/usr/bin/setpriv:util-linux"              # the no-privilege checks of the port tests
   "/usr/bin/promtool:prometheus"             # `promtool check metrics` on /metrics (hostile-metrics test); the daemon is kept off
+  "/usr/bin/chromium:chromium"               # headless: the report-chromium test loads `shadowvm report`'s HTML (about 110 MB download, 400 MB installed)
   # The QEMU lab (lib/lab/qemu): QEMU without recommends (no GUI, no ovmf);
   # seabios and ipxe-qemu come as its dependencies (BIOS, pvh.bin option ROM).
   "/usr/bin/qemu-system-x86_64:qemu-system-x86"

@@ -22,6 +22,10 @@ export const BACKUP = 1;
 export type Side = 0 | 1;
 
 export type MismatchKind = 'data' | 'syn' | 'syn-options' | 'fin' | 'rst' | 'datagram';
+export const MISMATCH_KINDS: readonly MismatchKind[] = ['data', 'syn', 'syn-options', 'fin', 'rst', 'datagram'];
+
+/** The name of a kind's counter in a stage report (`mismatches_syn_options`). */
+export const mismatchCounter = (kind: MismatchKind): string => `mismatches_${kind.replace(/-/g, '_')}`;
 
 export interface Mismatch {
   kind: MismatchKind;

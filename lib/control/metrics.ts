@@ -12,6 +12,7 @@
 import { createServer, isIP, Server, Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { CHECKPOINT_REASONS } from '../replicate/replicator';
+import { MISMATCH_KINDS } from '../compare/tcp-stream';
 import { LogFn, noLog } from './logger';
 import { BridgeSnapshot, REPLICATION_STATES } from './snapshot';
 
@@ -62,6 +63,20 @@ export class PrometheusText {
     return this;
   }
 
+  /** A histogram family: `name_bucket{le}` (cumulative, ending with +Inf), `name_sum`, `name_count`. */
+  histogram(name: string, help: string, h: { buckets: [number, number][]; sum: number; count: number }): this {
+    if (!METRIC_NAME.test(name)) throw new Error(`metrics: bad metric name ${JSON.stringify(name)}`);
+    if (this.seen.has(name)) throw new Error(`metrics: family ${name} written twice`);
+    this.seen.add(name);
+    this.lines.push(`# HELP ${name} ${escapeHelp(help)}`);
+    this.lines.push(`# TYPE ${name} histogram`);
+    for (const [le, n] of h.buckets) this.lines.push(`${name}_bucket{le="${formatValue(le)}"} ${formatValue(n)}`);
+    this.lines.push(`${name}_bucket{le="+Inf"} ${formatValue(h.count)}`);
+    this.lines.push(`${name}_sum ${formatValue(h.sum)}`);
+    this.lines.push(`${name}_count ${formatValue(h.count)}`);
+    return this;
+  }
+
   one(name: string, type: 'counter' | 'gauge', help: string, value: number): this {
     return this.family(name, type, help, [[{}, value]]);
   }
@@ -90,7 +105,8 @@ export function renderMetrics(s: BridgeSnapshot): string {
   t.one('shadowvm_flows_evicted_total', 'counter', 'Flows evicted (idle or LRU).', s.flows.evicted);
   t.one('shadowvm_matched_bytes_total', 'counter', 'Bytes both replicas said alike.', s.bytesMatched);
   t.one('shadowvm_released_bytes_total', 'counter', 'Payload bytes of the primary released to the client after comparison.', s.bytesReleased);
-  t.one('shadowvm_mismatches_total', 'counter', 'Divergences between primary and backup output.', s.mismatches);
+  t.family('shadowvm_mismatches_total', 'counter', 'Divergences between primary and backup output, by what differed.',
+    MISMATCH_KINDS.map((kind) => [{ kind }, s.mismatchesByKind[kind] ?? 0]));
 
   t.family('shadowvm_checkpoints_requested_total', 'counter', 'Checkpoints asked of the sync agent, by trigger.',
     CHECKPOINT_REASONS.map((reason) => [{ reason }, s.checkpoints.requested[reason] ?? 0]));
@@ -102,6 +118,8 @@ export function renderMetrics(s: BridgeSnapshot): string {
   if (s.checkpoints.lastMs !== undefined) {
     t.one('shadowvm_checkpoint_last_duration_seconds', 'gauge', 'Duration of the last successful checkpoint.', s.checkpoints.lastMs / 1000);
   }
+  t.histogram('shadowvm_checkpoint_duration_seconds', 'Durations of the successful checkpoints (asked until answered).',
+    s.checkpoints.durationSeconds ?? { buckets: [], sum: 0, count: 0 });
 
   t.family('shadowvm_replica_role', 'gauge', 'Role of the replica behind each VM port: 1 for its current role.',
     s.replicas.flatMap((r) => ['primary', 'backup', 'promoted', 'dead'].map((role): Sample => [{ port: r.port, role }, r.role === role ? 1 : 0])));

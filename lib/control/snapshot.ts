@@ -8,6 +8,8 @@
  */
 import type { PortStats } from '../io/port';
 import { CHECKPOINT_REASONS, CheckpointReason, ReplicationState } from '../replicate/replicator';
+import type { HistogramSnapshot } from '../replicate/duration-histogram';
+import { MISMATCH_KINDS, MismatchKind, mismatchCounter } from '../compare/tcp-stream';
 import type { ShadowPipeline } from '../pipeline/pipeline';
 
 export type PortRole = 'uplink' | 'primary' | 'backup';
@@ -34,6 +36,8 @@ export interface CheckpointSnapshot {
   pending: boolean;
   /** Duration of the last successful checkpoint. */
   lastMs?: number;
+  /** Durations of the successful checkpoints since start, in seconds. */
+  durationSeconds?: HistogramSnapshot;
 }
 
 export interface AgentSnapshot {
@@ -57,6 +61,8 @@ export interface BridgeSnapshot {
   /** Payload bytes of the primary released to the client after comparison. */
   bytesReleased: number;
   mismatches: number;
+  /** The same mismatches by what differed (data, syn, syn-options, fin, rst, datagram). */
+  mismatchesByKind: Record<MismatchKind, number>;
   checkpoints: CheckpointSnapshot;
   /** Primary output waiting for the backup now. */
   heldOutput: { frames: number; bytes: number };
@@ -130,9 +136,11 @@ export function snapshotOf(pipeline: ShadowPipeline, src: SnapshotSources): Brid
     bytesMatched: n('compare', 'matched_bytes'),
     bytesReleased: n('release', 'released_payload_bytes'),
     mismatches: n('compare', 'mismatches'),
+    mismatchesByKind: Object.fromEntries(MISMATCH_KINDS.map((k) => [k, n('compare', mismatchCounter(k))])) as Record<MismatchKind, number>,
     checkpoints: {
       epoch: rep.epoch, requested, done: n('replicate', 'checkpoints_done'), failed: n('replicate', 'checkpoints_failed'),
       coalesced: n('replicate', 'checkpoints_coalesced'), pending: rep.pending !== null, lastMs,
+      durationSeconds: rep.durations.snapshot(),
     },
     heldOutput: { frames: n('release', 'held_frames'), bytes: n('release', 'held_bytes') },
     ingress: { heldFrames: n('ingress', 'held'), holdDropped: n('ingress', 'hold_dropped') },

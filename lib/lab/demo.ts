@@ -12,6 +12,7 @@ import { BridgedLab, startBridgedLab, waitFor } from './bridged';
 import { LAB_CONTENT_MTIME, LAB_FILES, fixedSeedBytes } from './content';
 import { runInAsync } from './exec';
 import { IoBackend } from '../cli/ports';
+import { openRunLogFile, reportLine, teeLog } from '../report';
 
 export interface DemoOptions {
   prefix?: string;
@@ -21,6 +22,8 @@ export interface DemoOptions {
   log?: LogFn;
   /** Called once the lab is up (the demo handles Ctrl-C itself from then on). */
   onUp?: () => void;
+  /** Where the HTML report of the run goes (its JSON log beside it, `.log`); default ./shadowvm-demo-report.html. */
+  reportPath?: string;
 }
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
@@ -38,7 +41,10 @@ export async function runLabDemo(o: DemoOptions): Promise<{ mismatches: number; 
   const p = o.print;
   p('building the netns lab: client, primary and backup namespaces (primary and backup share IP and MAC),');
   p('nginx, vsftpd and dnsmasq in both replicas, shadowvm bridging the host ends of the veths, the lab sync agent');
-  const l = await startBridgedLab({ prefix: o.prefix, io: o.io, log: o.log });
+  const reportPath = o.reportPath ?? join(process.cwd(), 'shadowvm-demo-report.html');
+  const runLog = openRunLogFile(reportPath.replace(/\.html$/, '') + '.log', { perEventPerSecond: 0 });
+  const l = await startBridgedLab({ prefix: o.prefix, io: o.io, log: teeLog(o.log, runLog.log), config: { releaseLogMs: 200 } })
+    .catch((e) => { runLog.close(); throw e; });
   o.onUp?.();
   let cleanup: (() => void) | null = null;
   const interrupted = new Promise<never>((_, reject) => {
@@ -55,6 +61,8 @@ export async function runLabDemo(o: DemoOptions): Promise<{ mismatches: number; 
     (cleanup as (() => void) | null)?.();
     await l.stop();
     p('lab torn down: namespaces, veths and servers removed');
+    runLog.close();
+    p(reportLine(runLog.path, reportPath, 'shadowvm lab demo'));
   }
 }
 

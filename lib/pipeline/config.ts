@@ -80,6 +80,8 @@ export interface PipelineConfig {
   resync: 'copy' | 'align';
   /** Keep the last frames of each side per flow, to write one pcap per mismatch. */
   captureDivergence: boolean;
+  /** How often each flow's releases are logged (`released` lines, read by `shadowvm report`); 0: never. */
+  releaseLogMs: number;
 }
 
 export const DEFAULT_PIPELINE_CONFIG: PipelineConfig = {
@@ -97,6 +99,7 @@ export const DEFAULT_PIPELINE_CONFIG: PipelineConfig = {
   checkpointBudget: { perSource: 20, windowMs: 10_000 },
   resync: 'copy',
   captureDivergence: false,
+  releaseLogMs: 1000,
 };
 
 export class ConfigError extends Error {
@@ -138,6 +141,7 @@ export function makePipelineConfig(partial: Partial<PipelineConfig> = {}): Pipel
     ['replicator.reprotectTimeoutMs', c.replicator.reprotectTimeoutMs],
     ['checkpointBudget.perSource', c.checkpointBudget.perSource],
     ['checkpointBudget.windowMs', c.checkpointBudget.windowMs],
+    ['releaseLogMs', c.releaseLogMs],
   ];
   for (const [name, v] of nonNegative) {
     if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw new ConfigError(name, `must be zero or a positive number, got ${String(v)}`);

@@ -16,7 +16,7 @@ import { DecodedFrame, decodeFrame } from '../packet/frame';
 import { Slab, SlabCopier, SlabPool } from '../packet/slab';
 import { TcpOptions } from '../packet/tcp-options';
 import { seqDiff, seqGt, seqLe, seqLt } from '../packet/seq';
-import { BACKUP, PRIMARY, Side, StreamSegment } from '../compare/tcp-stream';
+import { BACKUP, MISMATCH_KINDS, MismatchKind, PRIMARY, Side, StreamSegment, mismatchCounter } from '../compare/tcp-stream';
 import { datagramContent } from '../normalize/datagram';
 import { newStreamSegment, normalizeTcp, segmentEnd } from '../normalize/tcp';
 import { translateForClient, trimmedTcpCopy } from '../rewrite/egress';
@@ -93,6 +93,9 @@ export class EgressStage implements Stage {
   /** Translated output of a promoted replica: it only has to last until the ports are flushed. */
   private readonly outCopies = new SlabPool(true, true);
 
+  /** Mismatches by what differed. */
+  private readonly mismatchesByKind = Object.fromEntries(MISMATCH_KINDS.map((k) => [k, 0])) as Record<MismatchKind, number>;
+
   constructor(private readonly d: EgressDeps) {}
 
   counters(): Record<string, number> {
@@ -114,6 +117,7 @@ export class EgressStage implements Stage {
       backlog_frames: this.backlogFrames,
       flows_over_checkpoint_budget: this.overBudget,
       stateless_resets: this.statelessResets,
+      ...Object.fromEntries(MISMATCH_KINDS.map((k) => [mismatchCounter(k), this.mismatchesByKind[k]])),
     };
   }
 
@@ -175,7 +179,10 @@ export class EgressStage implements Stage {
       if (flow.mode !== 'compare') {
         if (side !== PRIMARY) this.backupFramesSuppressed++;
         else if (flow.mode === 'carried') this.fromCarried(f, frame, flow, vnet);
-        else d.toClient(frame, vnet);
+        else {
+          flow.held.notePassed(f.payloadLength);
+          d.toClient(frame, vnet);
+        }
         return;
       }
       if (flow.stream) this.egressTcp(side, f, frame, flow, nowUs, vnet);
@@ -320,7 +327,9 @@ export class EgressStage implements Stage {
     const m = flow.mismatch!;
     flow.noteMismatch(m, nowUs);
     this.d.totals.mismatches++;
-    this.d.log('warn', 'mismatch', { flow: flow.name, kind: m.kind, offset: m.offset, primary: m.primary, backup: m.backup });
+    this.mismatchesByKind[m.kind]++;
+    // The excerpts are bounded by the comparators (EXCERPT_BEFORE + EXCERPT_AFTER bytes, JSON-quoted).
+    this.d.log('warn', 'mismatch', { flow: flow.name, kind: m.kind, offset: m.offset, excerptOffset: m.excerptOffset, primary: m.primary, backup: m.backup });
     if (flow.recent && this.divergences.length < MAX_DIVERGENCES) {
       this.divergences.push({ flow: flow.name, mismatch: flow.report.mismatchList[flow.report.mismatchList.length - 1] ?? { ...m, timeUs: nowUs }, frames: [...flow.recent] });
     }
@@ -356,6 +365,7 @@ export class EgressStage implements Stage {
         this.duplicatesDropped++;
         return;
       }
+      flow.held.notePassed(f.payloadLength);
       this.d.toClient(frame, vnet);
       return;
     }
@@ -390,6 +400,7 @@ export class EgressStage implements Stage {
     const partial = vnet !== undefined && (vnet.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0;
     if (!translateForClient(f, c.seqDelta, c.tsDelta, this.opts, partial)) this.badTcpOptions++;
     this.translatedFrames++;
+    flow.held.notePassed(f.payloadLength);
     this.d.toClient(out, vnet);
     if (slab) this.outCopies.release(slab);
   }

@@ -27,12 +27,14 @@ import { IngressStage } from './ingress-stage';
 import { Divergence, EgressStage } from './egress-stage';
 import { FlowReport, ShadowFlow } from './shadow-flow';
 import { FlowTable } from '../flow/flow-table';
-
 export type { FailoverCause, FailoverRecord, StageEvent, Stage } from './events';
 export type { Divergence } from './egress-stage';
 export { MAX_DIVERGENCES } from './egress-stage';
 export type { Origin } from './frame-counts';
 export type { HeldIngress } from './ingress-stage';
+
+/** `released` lines per flow per interval, below the logger's default 20 lines per event per second. */
+const RELEASE_LOG_FLOWS = 16;
 
 /** Outputs take the frame's virtio-net header along (GSO, partial checksum), when it came with one. */
 export interface PipelineOutputs {
@@ -65,6 +67,8 @@ export class ShadowPipeline {
   private readonly heldPool: SlabPool;
   private readonly standbyCopies = new SlabPool(true, true);
   private nowUs = 0;
+  /** When the last `released` lines were written. */
+  private releasesLoggedUs: number;
 
   constructor(
     readonly config: PipelineConfig,
@@ -80,13 +84,14 @@ export class ShadowPipeline {
     this.replicas = new ReplicaSet(slotNames);
     this.counts = new FrameCounts(log);
     this.held = new HeldQueues((frame, vnet) => outputs.toClient(frame, vnet), this.heldPool);
+    this.held.trackReleases = config.releaseLogMs > 0;
     this.replicator = new Replicator(config.replicator, {
       sendCheckpoint: (req) => {
         this.dispatch({ type: 'checkpoint-begin', epoch: req.epoch });
         outputs.sendCheckpoint(req);
       },
       checkpointDone: (rec) => {
-        outputs.log('info', 'checkpoint-done', { epoch: rec.epoch, reason: rec.reason, ms: rec.ms, coalesced: rec.coalesced });
+        outputs.log('info', 'checkpoint-done', { epoch: rec.epoch, reason: rec.reason, flow: rec.flow ?? null, ms: rec.ms, coalesced: rec.coalesced });
         this.dispatch({ type: 'checkpoint-done', epoch: rec.epoch });
       },
       stateChanged: (from, to, why) => {
@@ -133,6 +138,7 @@ export class ShadowPipeline {
     });
     this.stages = [this.held, this.flowRegistry, this.egress, this.ingress, this.failoverStage, this.replicator];
     this.nowUs = startUs;
+    this.releasesLoggedUs = startUs;
     if (!this.replicator.comparing) this.flowRegistry.untracked();
     if (!agentConnected) log('warn', 'degraded', { why: 'no sync agent connected: primary output flows unchecked' });
   }
@@ -166,6 +172,23 @@ export class ShadowPipeline {
       }
     }
     this.flowRegistry.expire(nowUs);
+    this.logReleases(nowUs);
+  }
+
+  /**
+   * One `released` line per flow that released something in the last
+   * `releaseLogMs` (bounded; the rest summed in one line). `now`: whatever
+   * the interval (the end of a replay).
+   */
+  logReleases(nowUs: number, now = false): void {
+    const every = this.config.releaseLogMs;
+    if (every <= 0 || (!now && nowUs - this.releasesLoggedUs < every * 1000)) return;
+    const windowMs = (nowUs - this.releasesLoggedUs) / 1000;
+    this.releasesLoggedUs = nowUs;
+    const progress = this.held.takeReleaseProgress(RELEASE_LOG_FLOWS);
+    for (const f of progress.flows) this.outputs.log('info', 'released', { ...f, windowMs });
+    const o = progress.others;
+    if (o.flows > 0) this.outputs.log('info', 'released', { flow: null, ...o, windowMs });
   }
 
   /** When `tick` must run next for the silence detector to decide on time (null: the regular tick will do). */

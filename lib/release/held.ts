@@ -47,6 +47,18 @@ export interface ReleaseGate {
   readonly backupAck: number | null;
 }
 
+/** Releases since the last look, per flow (see `HeldQueues.takeReleaseProgress`). */
+export interface ReleaseProgress {
+  /**
+   * Frames and payload bytes released since the last look, and the flow's
+   * released payload bytes since it began; `unchecked*`: sent without
+   * comparison (carried over to a promoted replica, or no backup).
+   */
+  flows: { flow: string; frames: number; bytes: number; totalBytes: number; uncheckedFrames: number; uncheckedBytes: number }[];
+  /** Flows beyond the limit, summed. */
+  others: { flows: number; frames: number; bytes: number; uncheckedFrames: number; uncheckedBytes: number };
+}
+
 export class FlowHeldQueue {
   private frames: HeldFrame[] = [];
   private head = 0;
@@ -67,6 +79,14 @@ export class FlowHeldQueue {
   flow: unknown = null;
   /** Frames of a dead primary that were never released (failover). */
   discardedFrames = 0;
+  /** Frames sent to the client without comparison (a flow carried over to a promoted replica, or one without a backup). */
+  passedFrames = 0;
+  passedPayloadBytes = 0;
+  /** What the last `released` log line counted up to (see `HeldQueues.takeReleaseProgress`). */
+  loggedFrames = 0;
+  loggedPayloadBytes = 0;
+  loggedPassedFrames = 0;
+  loggedPassedBytes = 0;
 
   constructor(readonly owner: HeldQueues, readonly flowName: string, private readonly isStream = true) {}
 
@@ -111,6 +131,13 @@ export class FlowHeldQueue {
     const e = this.releasedEnd;
     if (e === null || (this.isStream ? seqGt(h.end, e) : h.end > e)) this.releasedEnd = h.end;
     if (h.hasAck && (this.releasedMaxAck === null || seqGt(h.ack, this.releasedMaxAck))) this.releasedMaxAck = h.ack;
+  }
+
+  /** A frame of this flow went to the client unchecked, not through the queue (carried or solo flow). */
+  notePassed(payloadBytes: number): void {
+    this.passedFrames++;
+    this.passedPayloadBytes += payloadBytes;
+    this.owner.notePassed(this);
   }
 
   noteDiscarded(h: HeldFrame): void {
@@ -172,6 +199,9 @@ export class HeldQueues implements Stage {
   releasedBytes = 0;
   releasedPayloadBytes = 0;
   discardedFrames = 0;
+  /** Remember which flows released something, for `takeReleaseProgress` (the `released` log lines). */
+  trackReleases = false;
+  private readonly releasedSinceTaken = new Set<FlowHeldQueue>();
 
   constructor(private readonly sink: (frame: Buffer, vnet?: VirtioNetHeader) => void, private readonly pool: SlabPool | null = null) {}
 
@@ -221,8 +251,41 @@ export class HeldQueues implements Stage {
     this.releasedBytes += h.frame.length;
     this.releasedPayloadBytes += h.payloadBytes;
     h.queue.noteReleased(h);
+    if (this.trackReleases) this.releasedSinceTaken.add(h.queue);
     this.sink(h.frame, h.vnet);
     this.pool?.release(h.slab);
+  }
+
+  /**
+   * What each flow released since the last call: the `maxFlows` flows that
+   * released the most payload bytes one by one, the rest summed up (so a
+   * log line per flow stays bounded however many flows there are).
+   */
+  takeReleaseProgress(maxFlows: number): ReleaseProgress {
+    const flows: ReleaseProgress['flows'] = [];
+    for (const q of this.releasedSinceTaken) {
+      flows.push({
+        flow: q.flowName, frames: q.releasedFrames - q.loggedFrames, bytes: q.releasedPayloadBytes - q.loggedPayloadBytes, totalBytes: q.releasedPayloadBytes,
+        uncheckedFrames: q.passedFrames - q.loggedPassedFrames, uncheckedBytes: q.passedPayloadBytes - q.loggedPassedBytes,
+      });
+      q.loggedFrames = q.releasedFrames;
+      q.loggedPayloadBytes = q.releasedPayloadBytes;
+      q.loggedPassedFrames = q.passedFrames;
+      q.loggedPassedBytes = q.passedPayloadBytes;
+    }
+    this.releasedSinceTaken.clear();
+    const size = (f: ReleaseProgress['flows'][number]) => f.bytes + f.uncheckedBytes;
+    flows.sort((a, b) => size(b) - size(a) || b.frames + b.uncheckedFrames - a.frames - a.uncheckedFrames);
+    const rest = flows.splice(Math.max(0, maxFlows));
+    const sum = (k: 'frames' | 'bytes' | 'uncheckedFrames' | 'uncheckedBytes') => rest.reduce((n, f) => n + f[k], 0);
+    return {
+      flows,
+      others: { flows: rest.length, frames: sum('frames'), bytes: sum('bytes'), uncheckedFrames: sum('uncheckedFrames'), uncheckedBytes: sum('uncheckedBytes') },
+    };
+  }
+
+  notePassed(q: FlowHeldQueue): void {
+    if (this.trackReleases) this.releasedSinceTaken.add(q);
   }
 
   /** The oldest frame still held, or null. */

@@ -22,6 +22,7 @@ import { PcapRecord, PcapWriter, readPcapFile, writePcapngFile } from '../io';
 import { PRIMARY, BACKUP, Mismatch } from '../compare';
 import { AgentRequestKind, CheckpointReason, CheckpointRequest, ReplicationState } from '../replicate';
 import { PipelineConfig, ShadowPipeline, makePipelineConfig, FlowReport, FailoverRecord } from '../pipeline';
+import { openRunLogFile } from '../report/run-log-file';
 
 export interface ReplayOptions {
   client: string;
@@ -37,6 +38,8 @@ export interface ReplaySettings {
   checkpointMs?: number;
   config?: Partial<PipelineConfig>;
   log?: (level: 'info' | 'warn', event: string, fields: Record<string, unknown>) => void;
+  /** Write the pipeline's log here as JSON lines stamped with capture time (what `shadowvm report` reads). */
+  runLogPath?: string;
 }
 
 export interface ReplayReport {
@@ -71,11 +74,28 @@ export function runReplay(opts: ReplayOptions & ReplaySettings): ReplayReport {
 
 /** The replay on captures already in memory: [client, primary, backup]. */
 export function replayCaptures(inputs: PcapRecord[][], opts: ReplaySettings = {}): ReplayReport {
-  const replayer = new Replayer(firstTime(inputs), opts);
+  const startUs = firstTime(inputs);
+  let replayer: Replayer | null = null;
+  // Every line, stamped with the capture clock: the report's timeline is the recording's.
+  const file = opts.runLogPath
+    ? openRunLogFile(opts.runLogPath, { clock: () => (replayer ? replayer.timeUs : startUs) / 1000, perEventPerSecond: 0, fields: { name: 'replay' } })
+    : null;
   try {
-    for (const [source, rec] of interleaveCaptures(inputs)) replayer.feed(source, rec.frame, rec.timeUs);
+    const toFile = file?.log;
+    // About 200 release intervals over the recording, whatever its length, unless the caller chose.
+    const releaseLogMs = opts.config?.releaseLogMs ?? Math.max(1, Math.round((lastTime(inputs) - startUs) / 1000 / 200));
+    replayer = new Replayer(startUs, toFile
+      ? { ...opts, config: { ...opts.config, releaseLogMs }, log: (level, event, fields) => { opts.log?.(level, event, fields); toFile(level, event, fields); } }
+      : opts);
+    file?.log('info', 'started', { name: 'replay', client: inputs[0].length, primary: inputs[1].length, backup: inputs[2].length });
+    try {
+      for (const [source, rec] of interleaveCaptures(inputs)) replayer.feed(source, rec.frame, rec.timeUs);
+    } finally {
+      replayer.close();
+    }
+    file?.log('info', 'stopped', { name: 'replay' });
   } finally {
-    replayer.close();
+    file?.close();
   }
   const report = replayer.report();
   report.inputs = { client: inputs[0].length, primary: inputs[1].length, backup: inputs[2].length };
@@ -120,6 +140,11 @@ export class Replayer {
     }, startUs, (opts.agent ?? 'instant') === 'instant');
   }
 
+  /** The replay's clock: capture time (µs since the epoch). */
+  get timeUs(): number {
+    return this.nowUs;
+  }
+
   feed(source: CaptureSource, frame: Buffer, timeUs: number): void {
     this.answerDue(timeUs);
     this.nowUs = Math.max(this.nowUs, timeUs);
@@ -146,6 +171,7 @@ export class Replayer {
   close(): void {
     this.pipeline.tick(this.nowUs);
     this.answerDue(this.nowUs);
+    this.pipeline.logReleases(this.nowUs, true);
     this.writer?.close();
   }
 
@@ -178,6 +204,12 @@ export class Replayer {
       this.pipeline.checkpointDone(d.epoch, Math.max(d.atUs, this.nowUs));
     }
   }
+}
+
+function lastTime(inputs: PcapRecord[][]): number {
+  let t = -Infinity;
+  for (const list of inputs) if (list.length > 0) t = Math.max(t, list[list.length - 1].timeUs);
+  return Number.isFinite(t) ? t : 0;
 }
 
 function firstTime(inputs: PcapRecord[][]): number {

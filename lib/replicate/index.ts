@@ -6,3 +6,4 @@
 export * from './replicator';
 export * from './agent-protocol';
 export * from './agent-client';
+export * from './duration-histogram';

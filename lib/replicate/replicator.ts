@@ -20,6 +20,7 @@
  */
 import type { Stage, StageEvent } from '../pipeline/events';
 import { CheckpointBudget, CheckpointBudgetConfig } from './budget';
+import { DurationHistogram } from './duration-histogram';
 
 export type CheckpointReason = 'mismatch' | 'timeout' | 'queue' | 'periodic' | 'manual';
 export const CHECKPOINT_REASONS: readonly CheckpointReason[] = ['mismatch', 'timeout', 'queue', 'periodic', 'manual'];
@@ -92,6 +93,8 @@ export class Replicator implements Stage {
   needsReprotect = false;
   /** Every checkpoint, most recent last (bounded: the oldest are dropped past `historyLimit`). */
   readonly history: CheckpointRecord[] = [];
+  /** How long successful checkpoints took (not re-protections), for the metrics' histogram. */
+  readonly durations = new DurationHistogram();
   private outstanding: CheckpointRecord | null = null;
   private lastCheckpointUs: number;
   private retryDelayMs: number;
@@ -204,6 +207,7 @@ export class Replicator implements Stage {
       return;
     }
     this.completed++;
+    this.durations.observe(rec.ms / 1000);
     this.lastCheckpointUs = nowUs;
     this.retryDelayMs = this.config.retryInitialMs;
     this.events.checkpointDone(rec);

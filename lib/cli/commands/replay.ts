@@ -1,5 +1,5 @@
 /** `shadowvm replay`: the pipeline on three captures. */
-import { accessSync, constants } from 'node:fs';
+import { accessSync, closeSync, constants, openSync } from 'node:fs';
 import type { Argv } from 'yargs';
 import { runReplay, formatReplayReport } from '../../replay';
 import { UsageError } from '../errors';
@@ -9,6 +9,15 @@ function readable(path: string, what: string): string {
     accessSync(path, constants.R_OK);
   } catch {
     throw new UsageError(`cannot read ${what} capture ${path}`);
+  }
+  return path;
+}
+
+function writable(path: string, what: string): string {
+  try {
+    closeSync(openSync(path, 'a'));
+  } catch (e) {
+    throw new UsageError(`cannot write ${what} ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
   return path;
 }
@@ -23,6 +32,7 @@ export function replayCommand(y: Argv): Argv {
       .option('backup', { type: 'string', demandOption: true, describe: 'frames the backup VM sent' })
       .option('json', { type: 'boolean', default: false, describe: 'print one JSON object' })
       .option('out', { type: 'string', describe: 'write what the client would have received to this pcap' })
+      .option('log', { type: 'string', describe: 'write the pipeline\'s JSON log here, stamped with capture time (for shadowvm report)' })
       .option('divergence', { type: 'string', describe: 'write one pcapng per mismatch (both sides) into this directory' })
       .option('max-age-ms', { type: 'number', default: 100, describe: 'checkpoint when a primary byte stays unmatched this long' })
       .option('checkpoint-ms', { type: 'number', default: 0, describe: 'simulated agent: how long a checkpoint takes' })
@@ -36,6 +46,7 @@ export function replayCommand(y: Argv): Argv {
         backup: readable(args.backup, 'backup'),
         outPath: args.out,
         divergenceDir: args.divergence,
+        runLogPath: args.log === undefined ? undefined : writable(args.log, 'log'),
         agent: args.agent,
         checkpointMs: args['checkpoint-ms'],
         config: { maxUnmatchedAgeMs: args['max-age-ms'] },

@@ -62,7 +62,9 @@ function parseExposition(text: string): Map<string, ParsedFamily> {
     }
     if (line.startsWith('#')) throw new Error(`${where}: unexpected comment`);
     if (!(m = SAMPLE_RE.exec(line))) throw new Error(`${where}: not a sample line`);
-    if (!current || m[1] !== current.name) throw new Error(`${where}: sample outside its family`);
+    const own = current !== null && (m[1] === current.name
+      || ((current as ParsedFamily).type === 'histogram' && ['_bucket', '_sum', '_count'].some((x) => m![1] === `${current!.name}${x}`)));
+    if (!current || !own) throw new Error(`${where}: sample outside its family`);
     const labels: Record<string, string> = {};
     for (const [, k, v] of (m[2] ?? '').matchAll(PAIR_RE)) {
       if (k in labels) throw new Error(`${where}: label ${k} twice`);
@@ -92,7 +94,7 @@ describe('renderMetrics', () => {
     expect(families.size).toBeGreaterThan(20);
     for (const f of families.values()) {
       expect(f.help.length).toBeGreaterThan(0);
-      expect(['counter', 'gauge']).toContain(f.type);
+      expect(['counter', 'gauge', 'histogram']).toContain(f.type);
       if (f.type === 'counter') expect(f.name.endsWith('_total')).toBe(true);
       expect(f.name.startsWith('shadowvm_')).toBe(true);
     }
@@ -110,7 +112,8 @@ describe('renderMetrics', () => {
     expect(value(families, 'shadowvm_flows')).toBe(12);
     expect(value(families, 'shadowvm_matched_bytes_total')).toBe(654_321);
     expect(value(families, 'shadowvm_released_bytes_total')).toBe(650_000);
-    expect(value(families, 'shadowvm_mismatches_total')).toBe(2);
+    expect(families.get('shadowvm_mismatches_total')!.samples.map((x) => [x.labels.kind, x.value]))
+      .toEqual([['data', 1], ['syn', 0], ['syn-options', 1], ['fin', 0], ['rst', 0], ['datagram', 0]]);
     expect(value(families, 'shadowvm_ingress_held_frames_total')).toBe(33);
     expect(value(families, 'shadowvm_malformed_frames_total', { reason: 'truncated-ipv4', side: 'backup' })).toBe(2);
     expect(value(families, 'shadowvm_policy_actions_total', { class: 'ethertype-0x88cc', action: 'drop' })).toBe(4);
@@ -124,6 +127,16 @@ describe('renderMetrics', () => {
     expect(value(families, 'shadowvm_checkpoints_total', { outcome: 'failed' })).toBe(1);
     expect(value(families, 'shadowvm_checkpoints_coalesced_total')).toBe(7);
     expect(value(families, 'shadowvm_checkpoint_last_duration_seconds')).toBe(0.0125);
+  });
+
+  it('exports checkpoint durations as a cumulative histogram in seconds, ending with +Inf = count', () => {
+    const h = families.get('shadowvm_checkpoint_duration_seconds')!;
+    expect(h.type).toBe('histogram');
+    const buckets = h.samples.filter((x) => x.name === 'shadowvm_checkpoint_duration_seconds_bucket');
+    expect(buckets.map((b) => b.labels.le)).toEqual(['0.005', '0.01', '0.025', '+Inf']);
+    expect(buckets.map((b) => b.value)).toEqual([1, 2, 3, 3]);
+    expect(h.samples.find((x) => x.name === 'shadowvm_checkpoint_duration_seconds_count')!.value).toBe(3);
+    expect(h.samples.find((x) => x.name === 'shadowvm_checkpoint_duration_seconds_sum')!.value).toBeCloseTo(0.0245);
   });
 
   it('shows the replication state as 1 for the current state and 0 for the others', () => {
@@ -175,6 +188,9 @@ describe('snapshotOf', () => {
     p.checkpointDone(1, 40, 7);
     const after = snapshotOf(p, { name: 'lab', startedMs: 0, nowMs: 0, ports: [], agent: s.agent });
     expect(after.checkpoints).toMatchObject({ done: 1, pending: false, lastMs: 7 });
+    expect(after.checkpoints.durationSeconds!.count).toBe(1);
+    expect(after.checkpoints.durationSeconds!.buckets.find(([le]) => le === 0.01)![1]).toBe(1);
+    expect(after.checkpoints.durationSeconds!.buckets.find(([le]) => le === 0.005)![1]).toBe(0);
     expect(after.state).toBe('COMPARING');
     parseExposition(renderMetrics(after));
   });

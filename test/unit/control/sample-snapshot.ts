@@ -15,6 +15,7 @@ export function sampleSnapshot(): BridgeSnapshot {
     bytesMatched: 654_321,
     bytesReleased: 650_000,
     mismatches: 2,
+    mismatchesByKind: { data: 1, syn: 0, 'syn-options': 1, fin: 0, rst: 0, datagram: 0 },
     checkpoints: {
       epoch: 5,
       requested: { mismatch: 2, timeout: 1, queue: 0, periodic: 1, manual: 1 },
@@ -23,6 +24,7 @@ export function sampleSnapshot(): BridgeSnapshot {
       coalesced: 7,
       pending: true,
       lastMs: 12.5,
+      durationSeconds: { buckets: [[0.005, 1], [0.01, 2], [0.025, 3]], sum: 0.0245, count: 3 },
     },
     heldOutput: { frames: 4, bytes: 6000 },
     ingress: { heldFrames: 33, holdDropped: 1 },
