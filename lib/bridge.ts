@@ -58,6 +58,8 @@ export interface BridgeOptions {
   /** UNIX socket the sync agent connects to; none: DEGRADED (primary output unchecked). */
   agentSocket?: string;
   controlSocket?: string;
+  /** A group whose members may use the control socket too (see ControlSocketOptions.group). */
+  controlGroup?: { gid: number; name: string };
   metrics?: { host: string; port: number; allowRemote?: boolean };
   log?: LogFn;
   /** The data path's clock, µs (tests may drive time); default monotonic. */
@@ -154,6 +156,7 @@ export class Bridge {
       if (o.controlSocket) {
         this.control = new ControlSocket({
           path: o.controlSocket,
+          group: o.controlGroup,
           log: this.log,
           handlers: {
             status: () => this.snapshot(),

@@ -164,6 +164,13 @@ export interface ControlSocketOptions {
   idleTimeoutMs?: number;
   /** A reply not drained to the client within this long closes the connection. Default 10 s. */
   replyTimeoutMs?: number;
+  /**
+   * A group whose members may use the socket too (operators who are not
+   * root): the socket gets this group and mode 0660, its directory (when
+   * the bridge creates it) mode 0750 with this group, and the peer check
+   * lets members in. Absent: root and the bridge's own user only.
+   */
+  group?: { gid: number; name: string };
 }
 
 export interface ControlSocketCounters {
@@ -240,7 +247,10 @@ export class ControlSocket {
   /** Starts listening; `SocketInUseError` if another process answers on the path, `SocketPathError` for an unsafe path. */
   async listen(): Promise<void> {
     if (this.identity) return;
-    this.identity = await listenUnixSocket(this.server, this.options.path, { what: 'control socket' });
+    const group = this.options.group;
+    this.identity = await listenUnixSocket(this.server, this.options.path, group
+      ? { what: 'control socket', mode: 0o660, dirMode: 0o750, gid: group.gid, dirGid: group.gid }
+      : { what: 'control socket' });
     this.log('info', 'control-socket-listening', { path: this.options.path });
   }
 
@@ -260,7 +270,7 @@ export class ControlSocket {
       socket.destroy();
       return;
     }
-    const refused = refusePeer(socket);
+    const refused = refusePeer(socket, undefined, this.options.group?.gid);
     if (refused) {
       this.counters.refusedPeer++;
       this.log('warn', 'control-peer-refused', { why: refused });

@@ -11,6 +11,7 @@
  *      the credentials cannot be read (addon not built, not a UNIX socket),
  *      the file permissions decide alone, and `peerCheck` says so once.
  */
+import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { loadNativeAddon } from '../io/native-addon';
 
@@ -56,10 +57,27 @@ export function peerCheckAvailable(): boolean {
   return load() !== null;
 }
 
-/** Null when the peer may talk to the bridge; else the reason it may not. */
-export function refusePeer(socket: Socket, ownUid: number = process.getuid?.() ?? 0): string | null {
+/** The groups of a process (effective and supplementary) from /proc; empty when it cannot be read. */
+export function processGroups(pid: number): number[] {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const groups = /^Groups:\s*(.*)$/m.exec(status)?.[1].trim();
+    const gid = /^Gid:\s*\d+\s+(\d+)/m.exec(status)?.[1];
+    return [...(gid ? [Number(gid)] : []), ...(groups ? groups.split(/\s+/).map(Number) : [])];
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * Null when the peer may talk to the bridge; else the reason it may not.
+ * `allowedGid`: members of this group may talk too (their effective group,
+ * or a supplementary one as /proc shows it for the connecting process).
+ */
+export function refusePeer(socket: Socket, ownUid: number = process.getuid?.() ?? 0, allowedGid?: number): string | null {
   const cred = peerCredentials(socket);
   if (!cred) return null;
   if (cred.uid === 0 || cred.uid === ownUid) return null;
-  return `peer uid ${cred.uid} (pid ${cred.pid}) is neither root nor uid ${ownUid}`;
+  if (allowedGid !== undefined && (cred.gid === allowedGid || processGroups(cred.pid).includes(allowedGid))) return null;
+  return `peer uid ${cred.uid} (pid ${cred.pid}) is neither root nor uid ${ownUid}${allowedGid !== undefined ? ` nor in group ${allowedGid}` : ''}`;
 }

@@ -32,7 +32,7 @@
  * that can connect is therefore root or the bridge's own user.
  */
 import { randomBytes } from 'node:crypto';
-import { chmodSync, linkSync, lstatSync, mkdirSync, realpathSync, Stats, unlinkSync } from 'node:fs';
+import { chmodSync, linkSync, lstatSync, mkdirSync, realpathSync, Stats, unlinkSync, chownSync } from 'node:fs';
 import { connect, Server } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 
@@ -247,6 +247,10 @@ export interface UnixListenOptions {
   mode?: number;
   /** For a parent directory that has to be created; default 0o700. */
   dirMode?: number;
+  /** Group of the socket file (chown before it appears at its path), e.g. a group of operators allowed to connect. */
+  gid?: number;
+  /** Group that may enter the socket's own directory (when this process owns it): it gets this group and read/search for it. */
+  dirGid?: number;
 }
 
 /** What a listening socket needs at close: remove the file only if it is still ours. */
@@ -297,6 +301,13 @@ export async function listenUnixSocket(server: Server, path: string, options: Un
   const abs = resolve(path);
   const dir = dirname(abs);
   preparePrivateDirectory(dir, what, path, options.dirMode ?? 0o700);
+  if (options.dirGid !== undefined) {
+    const st = lstatSync(dir);
+    if (st.uid === (process.getuid?.() ?? 0)) {
+      chownSync(dir, -1, options.dirGid);
+      chmodSync(dir, (st.mode & 0o700) | 0o050);
+    }
+  }
   await clearStaleSocket(abs, what);
 
   let temp = '';
@@ -313,6 +324,7 @@ export async function listenUnixSocket(server: Server, path: string, options: Un
   let linked = false;
   try {
     chmodSync(temp, options.mode ?? 0o600);
+    if (options.gid !== undefined) chownSync(temp, -1, options.gid);
     linkSync(temp, abs);
     linked = true;
   } catch (e) {

@@ -4,13 +4,15 @@
  * loosened on purpose (world-writable socket, traversable folder) and user
  * nobody connects: refused at once, counted, logged; root still gets in.
  */
-import { chmodSync, mkdirSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { chmodSync, mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { ControlSocket, queryControlSocket } from '../../lib/control/control-socket';
 import { AgentLink } from '../../lib/replicate/agent-client';
 import { peerCheckAvailable } from '../../lib/control/peer';
 import { requireRoot } from '../support/lab-helpers';
-import { exitWithin, spawnAsNobody } from './hostile-helpers';
+import { exitWithin, spawnAsNobody, NOBODY } from './hostile-helpers';
+import { watchChild } from '../support/lab-helpers';
 import { tempDir } from '../unit/agents/socket-helpers';
 import { sampleSnapshot } from '../unit/control/sample-snapshot';
 
@@ -80,6 +82,41 @@ describe('peer credentials on the bridge sockets', () => {
     } finally {
       await link.close();
       tmp.remove();
+    }
+  });
+
+  it('lets the members of a configured group use the control socket, and nobody else', async () => {
+    const group = 'svmtestops';
+    spawnSync('groupdel', [group]);
+    expect(spawnSync('groupadd', [group]).status).toBe(0);
+    const gid = Number(spawnSync('getent', ['group', group]).stdout.toString().split(':')[2]);
+    const tmp = tempDir('peer-grp');
+    chmodSync(tmp.dir, 0o755);
+    const path = join(tmp.dir, 'run', 'control.sock');
+    const control = new ControlSocket({
+      path, group: { gid, name: group },
+      handlers: { status: () => sampleSnapshot(), checkpoint: () => ({ requested: false, epoch: 0, state: 'COMPARING' }), flows: () => [] },
+    });
+    try {
+      await control.listen();
+      const sock = statSync(path);
+      expect(sock.gid).toBe(gid);
+      expect(sock.mode & 0o777).toBe(0o660);
+      expect(statSync(join(tmp.dir, 'run')).mode & 0o777).toBe(0o750);
+      // User nobody with the group as a supplementary one: in.
+      const member = watchChild(spawn('setpriv', [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, `--groups=${gid}`, '--inh-caps=-all',
+        process.execPath, '-e', CLIENT, '--', path, '{"cmd":"status"}'], { stdio: ['ignore', 'pipe', 'pipe'], cwd: '/' }), 'group member');
+      expect(await exitWithin(member, 5000)).toBe(0);
+      expect(member.output()).toMatch(/\\"ok\\":true/);
+      // User nobody without it: not even the socket file lets it connect.
+      const outsider = spawnAsNobody(CLIENT, [path, '{"cmd":"status"}']);
+      expect(await exitWithin(outsider, 5000)).toBe(0);
+      expect(outsider.output()).not.toMatch(/ok/);
+      expect(control.counters.refusedPeer).toBe(0);
+    } finally {
+      await control.close();
+      tmp.remove();
+      spawnSync('groupdel', [group]);
     }
   });
 });

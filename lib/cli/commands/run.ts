@@ -34,6 +34,21 @@ export function readConfigFile(path: string): Partial<PipelineConfig> {
   }
 }
 
+/** A group's id from /etc/group (the group database the bridge's host uses). */
+function groupByName(name: string): { gid: number; name: string } {
+  let text = '';
+  try {
+    text = readFileSync('/etc/group', 'utf8');
+  } catch (e) {
+    throw new UsageError(`--control-group ${name}: cannot read /etc/group: ${(e as Error).message}`);
+  }
+  for (const line of text.split('\n')) {
+    const [n, , gid] = line.split(':');
+    if (n === name && /^\d+$/.test(gid ?? '')) return { gid: Number(gid), name };
+  }
+  throw new UsageError(`--control-group ${name}: no such group in /etc/group`);
+}
+
 export function runCommand(y: Argv): Argv {
   return y.command(
     'run',
@@ -46,6 +61,7 @@ export function runCommand(y: Argv): Argv {
       .option('agent', { type: 'string', describe: 'UNIX socket the sync agent connects to (default /run/shadowvm/NAME/agent.sock)' })
       .option('no-agent', { type: 'boolean', default: false, describe: 'run without a sync agent (DEGRADED: primary output unchecked)' })
       .option('control', { type: 'string', describe: 'control socket (default /run/shadowvm/NAME/control.sock)' })
+      .option('control-group', { type: 'string', describe: 'a group whose members may use the control socket too (default: root and this user only)' })
       .option('metrics', { type: 'string', describe: 'serve Prometheus metrics on HOST:PORT (loopback only)' })
       .option('config', { type: 'string', describe: 'JSON file with pipeline settings (see README)' })
       .option('io', { choices: ['afpacket', 'cap'] as const, default: 'afpacket' as const, describe: 'packet I/O back-end' })
@@ -83,6 +99,7 @@ export function runCommand(y: Argv): Argv {
         config,
         agentSocket: args['no-agent'] ? undefined : args.agent ?? defaultAgentSocketPath(name),
         controlSocket: args.control ?? defaultControlSocketPath(name),
+        controlGroup: args['control-group'] !== undefined ? groupByName(args['control-group']) : undefined,
         metrics,
         log: logger.log,
         links,
