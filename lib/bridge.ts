@@ -144,6 +144,8 @@ export class Bridge {
               }
             }
             this.pipeline.checkpointDone(m.epoch, this.clockUs(), m.ms);
+            // The agent may hold the new backup's link down until the port reads it: it may bring it up now.
+            if (m.port !== undefined) this.agent?.sendBackupAttached(m.epoch, m.port);
           }),
           checkpointFailed: (m) => this.afterEvent(() => this.pipeline.checkpointFailed(m.epoch, m.error, this.clockUs())),
           heartbeat: () => {},

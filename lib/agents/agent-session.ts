@@ -188,6 +188,7 @@ export class AgentSession {
       case 'checkpoint':
       case 'failover':
       case 'reprotect':
+      case 'backup-attached':
         if (!this.bridgeSaidHello) {
           this.reject(new AgentProtocolError('bad-field', `${msg.type} before hello`, JSON.stringify(msg)));
           return;

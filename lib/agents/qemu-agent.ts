@@ -24,6 +24,7 @@
 import { LogFn, noLog } from '../control/logger';
 import { CheckpointMessage, FailoverMessage, ParsedAgentMessage, ReprotectMessage, VmLiveness } from '../replicate/agent-protocol';
 import { QmpClient, QmpEvent } from '../qemu/qmp';
+import { startLoadedVm } from '../qemu/migration';
 import { AgentSession } from './agent-session';
 
 /** A VM as the agent needs it. `QemuProcess` is one. */
@@ -47,8 +48,11 @@ export interface CopyReport {
 export interface VmFactory {
   /** A new VM on a fresh tap, paused and waiting for an incoming migration. */
   standby(): Promise<AgentVm>;
-  /** Stop-and-copy `source` into `target`; both run afterwards (or `source` runs and the copy failed). */
-  copy(source: AgentVm, target: AgentVm): Promise<CopyReport>;
+  /**
+   * Stop-and-copy `source` into `target`; `source` runs afterwards, and so
+   * does `target` unless `leaveTargetPaused` (then the agent starts it).
+   */
+  copy(source: AgentVm, target: AgentVm, leaveTargetPaused?: boolean): Promise<CopyReport>;
   /** A VM that is dead (or was just killed): remove what it leaves behind (its tap). */
   retire(vm: AgentVm): Promise<void>;
 }
@@ -64,6 +68,14 @@ export interface QemuAgentOptions {
   warmStandby?: boolean;
   /** How long after `checkpoint-done` the old backup is killed (default 200 ms: the bridge has closed its port by then). */
   retireDelayMs?: number;
+  /**
+   * Keep a new backup paused from the end of the copy until the bridge says
+   * its port reads the new tap (`backup-attached`), so that nothing the new
+   * backup says is sent before anyone listens (default true). Without the
+   * word within `attachTimeoutMs` (default 3000) it starts anyway, logged.
+   */
+  holdUntilAttached?: boolean;
+  attachTimeoutMs?: number;
   heartbeatMs?: number;
   reconnectInitialMs?: number;
   reconnectMaxMs?: number;
@@ -94,6 +106,8 @@ export interface QemuAgent {
 
 const MAX_SAMPLES = 1000;
 
+
+
 class QmpQemuAgent implements QemuAgent {
   readonly stats: QemuAgentStats = { checkpoints: 0, done: 0, failed: 0, reprotects: 0, failovers: 0, retired: 0, copyMs: [], copyBytes: [] };
   private readonly session: AgentSession;
@@ -107,6 +121,8 @@ class QmpQemuAgent implements QemuAgent {
   /** VMs whose death we caused (retired, failed standbys): not reported. */
   private readonly expectedDeaths = new Set<AgentVm>();
   private readonly paused = new Set<AgentVm>();
+  /** New backups whose link waits for `backup-attached`, by tap. */
+  private readonly attachWaiters = new Map<string, () => void>();
   /** VMs whose death was reported to the bridge. */
   private readonly reported = new Set<AgentVm>();
 
@@ -156,6 +172,9 @@ class QmpQemuAgent implements QemuAgent {
         return;
       case 'failover':
         this.failover(msg);
+        return;
+      case 'backup-attached':
+        this.attachWaiters.get(msg.port)?.();
         return;
       default:
         return;
@@ -214,7 +233,9 @@ class QmpQemuAgent implements QemuAgent {
     }
     this.paused.add(primary);
     try {
-      const report = await this.o.factory.copy(primary, standby);
+      const hold = this.o.holdUntilAttached !== false && standby.tap !== undefined;
+      const report = await this.o.factory.copy(primary, standby, hold);
+      if (hold) this.startWhenAttached(standby, epoch);
       if (!primary.running) throw new Error('the primary died during the copy');
       this.stats.copyMs.push(report.ms);
       this.stats.copyBytes.push(report.bytes);
@@ -238,6 +259,23 @@ class QmpQemuAgent implements QemuAgent {
     } finally {
       this.paused.delete(primary);
     }
+  }
+
+  /** Waits for the bridge's `backup-attached` naming the VM's tap (or the timeout), then starts the VM. */
+  private startWhenAttached(vm: AgentVm, epoch: number): void {
+    const tap = vm.tap as string;
+    const timeoutMs = this.o.attachTimeoutMs ?? 3000;
+    const up = (why: string) => {
+      this.attachWaiters.delete(tap);
+      clearTimeout(timer);
+      if (!vm.running) return;
+      startLoadedVm(vm.qmp).then(
+        () => this.log(why === 'attached' ? 'info' : 'warn', 'qemu-agent-backup-started', { vm: vm.name, tap, epoch, why }),
+        (e: Error) => this.log('error', 'qemu-agent-backup-start-failed', { vm: vm.name, tap, error: e.message }),
+      );
+    };
+    const timer = setTimeout(() => up(`no backup-attached within ${timeoutMs} ms`), timeoutMs);
+    this.attachWaiters.set(tap, () => up('attached'));
   }
 
   private answer(epoch: number, vm: AgentVm, r: CopyReport): void {

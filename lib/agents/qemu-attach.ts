@@ -182,7 +182,7 @@ export async function runQemuAgentFromConfig(configFile: string, options: { log?
           throw e;
         }
       },
-      copy: (source, target) => cloneInto(source as QemuProcess, target as QemuProcess, { log }),
+      copy: (source, target, leaveTargetPaused) => cloneInto(source as QemuProcess, target as QemuProcess, { log, leaveTargetPaused }),
       retire: async (vm) => {
         if (vm.tap) runQuietly('ip', ['link', 'del', vm.tap]);
       },

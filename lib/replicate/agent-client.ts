@@ -237,6 +237,13 @@ export class AgentLink {
     return this.sendToAgent(survivor === undefined ? { type: 'failover', epoch } : { type: 'failover', epoch, survivor });
   }
 
+  /** (v2) The backup slot reads `port` now; v1 agents are not told (they never move the backup). */
+  sendBackupAttached(epoch: number, port: string): boolean {
+    const hello = this.session?.hello;
+    if (!hello || hello.version < 2) return false;
+    return this.sendToAgent({ type: 'backup-attached', epoch, port });
+  }
+
   sendReprotect(epoch: number, backup?: string): boolean {
     return this.sendToAgent(backup === undefined ? { type: 'reprotect', epoch } : { type: 'reprotect', epoch, backup });
   }

@@ -111,6 +111,17 @@ export interface ReprotectMessage {
 }
 
 /**
+ * (v2) Bridge → agent: the backup's slot now reads interface `port` (after a
+ * `checkpoint-done` that named it). An agent that kept the new backup's link
+ * down until now, so that nothing it said could be missed, brings it up.
+ */
+export interface BackupAttachedMessage {
+  type: 'backup-attached';
+  epoch: number;
+  port: string;
+}
+
+/**
  * Both directions: the reply to a line the receiver could not accept
  * (DESIGN: "malformed lines get an `error` reply"). Never answered in turn.
  */
@@ -139,6 +150,7 @@ export type AgentMessage =
   | BackupDownMessage
   | FailoverMessage
   | ReprotectMessage
+  | BackupAttachedMessage
   | ErrorMessage;
 
 export type ParsedAgentMessage = AgentMessage | UnknownMessage;
@@ -278,6 +290,8 @@ export function parseAgentMessage(line: string): ParsedAgentMessage {
       if (backup !== undefined) msg.backup = backup;
       return msg;
     }
+    case 'backup-attached':
+      return { type, epoch: f.count('epoch'), port: f.string('port') };
     case 'error': {
       const msg: ErrorMessage = { type, error: f.string('error') };
       const excerpt = f.optionalString('line');

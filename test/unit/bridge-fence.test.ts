@@ -62,6 +62,8 @@ describe('the epoch fence', () => {
       await waitFor('back to COMPARING', () => r.bridge.pipeline.state === 'COMPARING' && r.opened.length === 1, 3000);
       const [fresh] = r.opened;
       expect(fresh.name).toBe('b1');
+      // A v2 agent hears that the port reads the new interface (it may bring the new backup's link up).
+      expect(await r.agent.next()).toEqual({ type: 'backup-attached', epoch: cp.epoch, port: 'b1' });
       // The old interface is closed: what the retired backup had queued there can never reach the comparator.
       expect(() => r.oldBackup.inject([answer('stale, from the old backup')])).toThrow(/after close/);
       // Client frames now go to the new backup, and its answer is what the primary's is compared with.

@@ -27,7 +27,7 @@ export function qemuSyncAgent(options: QemuLabSyncAgentOptions = {}): QemuLabAge
       ...options,
       factory: {
         standby: () => lab.launchVm({ incoming: true }),
-        copy: (source, target) => cloneInto(source as QemuProcess, target as QemuProcess, { log, channels: options.channels }),
+        copy: (source, target, leaveTargetPaused) => cloneInto(source as QemuProcess, target as QemuProcess, { log, channels: options.channels, leaveTargetPaused }),
         retire: async (vm) => {
           if (vm.tap) runQuietly('ip', ['link', 'del', vm.tap]);
         },

@@ -27,7 +27,7 @@ import { PacketPort } from '../../io/port';
 import { DEFAULT_PIPELINE_CONFIG, PipelineConfig, makePipelineConfig } from '../../pipeline/config';
 import { AccelChoice, chooseAccel } from '../../qemu/accel';
 import { Accel, QemuLaunchOptions, QemuProcess } from '../../qemu/process';
-import { QmpCommandError } from '../../qemu/qmp';
+import { startLoadedVm } from '../../qemu/migration';
 import { waitFor } from '../bridged';
 import { run, runQuietly } from '../exec';
 import {
@@ -128,6 +128,11 @@ export interface CloneOptions {
    * false: the bridge is the only switch here, and captures stay quiet.
    */
   announce?: boolean;
+  /**
+   * Leave `target` paused once it has loaded the copy (the caller starts it,
+   * e.g. once a bridge listens on its tap). Default false: both run.
+   */
+  leaveTargetPaused?: boolean;
   log?: LogFn;
 }
 
@@ -173,15 +178,8 @@ export async function cloneInto(source: QemuProcess, target: QemuProcess, option
       await new Promise((r) => setTimeout(r, 2));
     }
     // The destination finishes loading a moment after the source says completed.
-    for (;;) {
-      try {
-        await target.qmp.execute('cont');
-        break;
-      } catch (e) {
-        if (!(e instanceof QmpCommandError) || !/not finalized/i.test(e.desc) || Date.now() - started > timeoutMs) throw e;
-        await new Promise((r) => setTimeout(r, 2));
-      }
-    }
+    if (options.leaveTargetPaused) await waitIncomingDone(target, timeoutMs, started);
+    else await startLoadedVm(target.qmp, timeoutMs);
     await resumeSource();
     const ram = status.ram ?? { transferred: 0, normal: 0, duplicate: 0, 'dirty-sync-count': 0 };
     const report: CloneReport = {
@@ -199,6 +197,16 @@ export async function cloneInto(source: QemuProcess, target: QemuProcess, option
     await resumeSource().catch((err: Error) => log('error', 'clone-resume-failed', { source: source.name, error: err.message }));
     if (e instanceof CloneError) throw e;
     throw fail((e as Error).message);
+  }
+}
+
+/** Waits until an incoming migration has loaded everything (the target is paused, no longer in `inmigrate`). */
+async function waitIncomingDone(target: QemuProcess, timeoutMs: number, started: number): Promise<void> {
+  for (;;) {
+    const st = await target.qmp.execute<{ status: string }>('query-status');
+    if (st.status !== 'inmigrate') return;
+    if (Date.now() - started > timeoutMs) throw new CloneError('source', target.name, `${target.name} still loading after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 2));
   }
 }
 

@@ -12,7 +12,11 @@ import { QmpClient, QmpTimeoutError } from '../../../lib/qemu/qmp';
 import { tempDir, waitFor } from './socket-helpers';
 
 class FakeVm implements AgentVm {
-  readonly qmp = new EventEmitter() as unknown as QmpClient;
+  /** QMP commands the agent sent this VM. */
+  readonly commands: string[] = [];
+  readonly qmp = Object.assign(new EventEmitter(), {
+    execute: async (cmd: string) => { this.commands.push(cmd); return {}; },
+  }) as unknown as QmpClient;
   running = true;
   killed = false;
   readonly exited: Promise<void>;
@@ -33,7 +37,7 @@ class FakeVm implements AgentVm {
 
 interface Heard { type: string; [k: string]: unknown }
 
-async function rig(copy: (source: FakeVm, target: FakeVm) => Promise<CopyReport>) {
+async function rig(copy: (source: FakeVm, target: FakeVm) => Promise<CopyReport>, attachTimeoutMs = 3000) {
   const tmp = tempDir('qagent');
   const socketPath = join(tmp.dir, 'agent.sock');
   const heard: Heard[] = [];
@@ -54,10 +58,14 @@ async function rig(copy: (source: FakeVm, target: FakeVm) => Promise<CopyReport>
   const retired: string[] = [];
   const logs: string[] = [];
   const agent: QemuAgent = runQemuAgent({
-    socketPath, name: 'qa', primary, backup, reconnectInitialMs: 10, retireDelayMs: 0,
+    socketPath, name: 'qa', primary, backup, reconnectInitialMs: 10, retireDelayMs: 0, attachTimeoutMs,
     factory: {
       standby: async () => { const vm = new FakeVm(`s${standbys.length + 1}`, `ts${standbys.length + 1}`); standbys.push(vm); return vm; },
-      copy: (s, t) => copy(s as FakeVm, t as FakeVm),
+      copy: async (s, t, leaveTargetPaused) => {
+        const report = await copy(s as FakeVm, t as FakeVm);
+        if (!leaveTargetPaused) (t as FakeVm).commands.push('cont (by the copy)');
+        return report;
+      },
       retire: async (vm) => { retired.push(vm.name); },
     },
     log: (_level, event) => logs.push(event),
@@ -87,6 +95,35 @@ describe('QEMU agent', () => {
       expect(r.backup.killed).toBe(true);
       expect(r.agent.vms.backup?.name).toBe('s1');
       expect(r.heard.some((h) => h.type === 'backup-down')).toBe(false);
+    } finally {
+      await r.close();
+    }
+  });
+
+  it('keeps the new backup paused from the end of the copy until the bridge says its port reads it', async () => {
+    const r = await rig(ok);
+    try {
+      const done = r.next('checkpoint-done');
+      r.link.sendCheckpoint({ epoch: 1, reason: 'mismatch' });
+      await done;
+      const fresh = r.standbys[0];
+      await new Promise((res) => setTimeout(res, 100));
+      expect(fresh.commands).toEqual([]);
+      expect(r.link.sendBackupAttached(1, 'ts1')).toBe(true);
+      await waitFor('started', () => fresh.commands.length === 1, 3000);
+      expect(fresh.commands).toEqual(['cont']);
+      expect(r.logs).toContain('qemu-agent-backup-started');
+    } finally {
+      await r.close();
+    }
+  });
+
+  it('starts it anyway, and says so, when the bridge never confirms', async () => {
+    const r = await rig(ok, 150);
+    try {
+      r.link.sendCheckpoint({ epoch: 1, reason: 'mismatch' });
+      await r.next('checkpoint-done');
+      await waitFor('started after the timeout', () => r.standbys[0].commands.includes('cont'), 3000);
     } finally {
       await r.close();
     }
