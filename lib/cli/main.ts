@@ -14,6 +14,7 @@ import { failoverCommand } from './commands/failover';
 import { agentCommand } from './commands/agent';
 import { labCommand } from './commands/lab';
 import { setupCommands } from './commands/setup';
+import { configCommand } from './commands/config';
 
 export { UsageError };
 
@@ -33,7 +34,7 @@ function isOneLine(err: unknown): err is Error {
 
 export async function main(argv: string[]): Promise<number> {
   let y = yargs(argv).scriptName('shadowvm').usage('$0 <command> [options]');
-  for (const add of [setupCommands, runCommand, statusCommand, failoverCommand, agentCommand, labCommand, replayCommand]) y = add(y);
+  for (const add of [setupCommands, runCommand, statusCommand, failoverCommand, agentCommand, labCommand, replayCommand, configCommand]) y = add(y);
   const parser = y
     .demandCommand(1, 'name a command (see --help)')
     .strict()
