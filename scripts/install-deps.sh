@@ -25,6 +25,7 @@ need=(
   "/usr/bin/ping:iputils-ping"               # the bench
   "/usr/bin/pgrep:procps"                    # lab teardown checks
   "/usr/bin/setpriv:util-linux"              # the no-privilege checks of the port tests
+  "/usr/bin/systemd-analyze:systemd"          # `systemd-analyze verify` of deploy/systemd (the units' test); nothing is started
   "/usr/bin/promtool:prometheus"             # `promtool check metrics` on /metrics (hostile-metrics test); the daemon is kept off
   # The QEMU lab (lib/lab/qemu): QEMU without recommends (no GUI, no ovmf);
   # seabios and ipxe-qemu come as its dependencies (BIOS, pvh.bin option ROM).
