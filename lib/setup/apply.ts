@@ -13,6 +13,7 @@ import {
 } from './host-state';
 import { PairNames, createdInterfaceNames, pairNames } from './names';
 import { PairInterfaces, SetupOptions, SetupPlan, Step, TeardownPlan, computeSetupPlan, computeTeardownPlan } from './plan';
+import { UserFacingError } from '../errors';
 
 export type SetupLog = (line: string) => void;
 
@@ -38,7 +39,7 @@ export interface TeardownResult {
 }
 
 /** A teardown step failed and the interface is still there. */
-export class TeardownIncompleteError extends Error {
+export class TeardownIncompleteError extends UserFacingError {
   constructor(readonly failures: readonly string[], readonly leftovers: readonly string[]) {
     super(`teardown left ${leftovers.join(', ')} behind: ${failures.join('; ')}`);
     this.name = 'TeardownIncompleteError';
