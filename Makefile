@@ -3,7 +3,7 @@ SHELL := /bin/bash
 BIN := bin/shadowvm
 FIX := fixtures
 
-.PHONY: all deps build test typecheck demo bench clean fixtures qemu-colo
+.PHONY: all deps build test typecheck demo bench clean fixtures qemu-colo install uninstall
 
 all: build
 
@@ -50,6 +50,45 @@ fixtures: build
 # /var/cache/shadowvm/qemu-colo/ (root; about 11 min on 2 cores; a no-op once built).
 qemu-colo:
 	@scripts/build-qemu-colo.sh
+
+# Installs what `make build` made (no build here: `make && sudo make install`):
+# dist/lib, bin, the native addons, README and the production npm packages into
+# $(PREFIX); a $(BINDIR)/shadowvm link; the systemd units into $(UNITDIR), their
+# paths rewritten for $(PREFIX). DESTDIR-aware. /etc/shadowvm is created, never filled.
+PREFIX ?= /opt/shadowvm
+BINDIR ?= /usr/local/bin
+UNITDIR ?= /etc/systemd/system
+CONFDIR ?= /etc/shadowvm
+UNITS := shadowvm@.service shadowvm-agent@.service
+ADDONS := shadowvm_afpacket.node shadowvm_linkwatch.node shadowvm_peercred.node
+
+install:
+	@for f in dist/lib/cli/main.js $(addprefix build/Release/,$(ADDONS)); do \
+	  [ -e "$$f" ] || { echo "make install: $$f is missing: run \`make build\` first" >&2; exit 1; }; done
+	@[ -d node_modules ] || { echo "make install: node_modules is missing: run \`make deps\` first" >&2; exit 1; }
+	install -d -m 0755 $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/build/Release $(DESTDIR)$(PREFIX)/node_modules $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR)
+	install -d -m 0700 $(DESTDIR)$(CONFDIR)
+	install -m 0755 bin/shadowvm $(DESTDIR)$(PREFIX)/bin/shadowvm
+	install -m 0644 package.json README.md $(DESTDIR)$(PREFIX)/
+	install -m 0755 $(addprefix build/Release/,$(ADDONS)) $(DESTDIR)$(PREFIX)/build/Release/
+	rm -rf $(DESTDIR)$(PREFIX)/dist && mkdir -p $(DESTDIR)$(PREFIX)/dist && cp -R dist/lib $(DESTDIR)$(PREFIX)/dist/lib
+	@# The production dependency tree only (npm's own list of it), copied from node_modules as built here.
+	@set -e; root=$$(pwd -P); npm ls --omit=dev --parseable --all | tail -n +2 | while read -r dir; do \
+	  rel=$${dir#"$$root"/}; rel=$${rel#"$(CURDIR)"/}; \
+	  mkdir -p "$(DESTDIR)$(PREFIX)/$$rel"; cp -R "$$dir/." "$(DESTDIR)$(PREFIX)/$$rel/"; done
+	ln -sfn $(PREFIX)/bin/shadowvm $(DESTDIR)$(BINDIR)/shadowvm
+	@for u in $(UNITS); do \
+	  sed -e 's|/opt/shadowvm|$(PREFIX)|g' -e 's|/etc/shadowvm|$(CONFDIR)|g' deploy/systemd/$$u > $(DESTDIR)$(UNITDIR)/$$u; \
+	  chmod 0644 $(DESTDIR)$(UNITDIR)/$$u; echo "installed $(DESTDIR)$(UNITDIR)/$$u"; done
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+
+# Removes what `install` put in place; configuration files in $(CONFDIR) stay (the folder goes only if empty).
+uninstall:
+	rm -f $(addprefix $(DESTDIR)$(UNITDIR)/,$(UNITS))
+	@if [ -L $(DESTDIR)$(BINDIR)/shadowvm ]; then rm -f $(DESTDIR)$(BINDIR)/shadowvm; fi
+	rm -rf $(DESTDIR)$(PREFIX)
+	@if [ -d $(DESTDIR)$(CONFDIR) ]; then rmdir --ignore-fail-on-non-empty $(DESTDIR)$(CONFDIR); fi
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
 clean:
 	rm -rf dist test-results.json

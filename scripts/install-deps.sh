@@ -25,6 +25,7 @@ need=(
   "/usr/bin/ping:iputils-ping"               # the bench
   "/usr/bin/pgrep:procps"                    # lab teardown checks
   "/usr/bin/setpriv:util-linux"              # the no-privilege checks of the port tests
+  "/usr/bin/systemd-analyze:systemd"          # `systemd-analyze verify` of deploy/systemd (the units' test); nothing is started
   "/usr/bin/promtool:prometheus"             # `promtool check metrics` on /metrics (hostile-metrics test); the daemon is kept off
   "/usr/bin/chromium:chromium"               # headless: the report-chromium test loads `shadowvm report`'s HTML (about 110 MB download, 400 MB installed)
   # The QEMU lab (lib/lab/qemu): QEMU without recommends (no GUI, no ovmf);

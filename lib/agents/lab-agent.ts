@@ -10,6 +10,7 @@
  * The connection (reconnects, hello, heartbeats, malformed lines) is the
  * shared AgentSession's.
  */
+import { UserFacingError } from '../errors';
 import { LogFn, noLog } from '../control/logger';
 import { CheckpointMessage, ParsedAgentMessage, ReprotectMessage, VmLiveness } from '../replicate/agent-protocol';
 import { AgentSession } from './agent-session';
@@ -170,7 +171,7 @@ class SocketLabAgent implements LabAgent {
 }
 
 /** Option values a CLI or test may pass in wrong: a typed complaint. */
-export class LabAgentOptionError extends Error {
+export class LabAgentOptionError extends UserFacingError {
   constructor(readonly option: string, readonly detail: string) {
     super(`lab agent: ${option} ${detail}`);
     this.name = 'LabAgentOptionError';

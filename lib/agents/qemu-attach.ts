@@ -14,6 +14,7 @@
  * On start, a primary left paused by an agent that died in the middle of a
  * copy is resumed, and a backup that is not running is reported down.
  */
+import { UserFacingError } from '../errors';
 import * as fs from 'node:fs';
 import { LogFn, noLog } from '../control/logger';
 import { QmpClient } from '../qemu/qmp';
@@ -22,7 +23,7 @@ import { cloneInto, createTap, QemuVmTemplate } from '../lab/qemu/pair';
 import { runQuietly } from '../lab/exec';
 import { AgentVm, QemuAgent, runQemuAgent } from './qemu-agent';
 
-export class QemuAgentConfigError extends Error {
+export class QemuAgentConfigError extends UserFacingError {
   constructor(readonly file: string, message: string) {
     super(`${file}: ${message}`);
     this.name = 'QemuAgentConfigError';
@@ -145,7 +146,12 @@ function refOf(vm: AgentVm | null): VmRef | null {
 export async function runQemuAgentFromConfig(configFile: string, options: { log?: LogFn; name?: string } = {}): Promise<QemuAgent> {
   const log = options.log ?? noLog;
   const c = readQemuAgentConfig(configFile);
-  const primary = await AttachedVm.attach(c.vms.primary, log);
+  let primary: AttachedVm;
+  try {
+    primary = await AttachedVm.attach(c.vms.primary, log);
+  } catch (e) {
+    throw new QemuAgentConfigError(configFile, `the primary cannot be reached: ${(e as Error).message}`);
+  }
   // A primary paused by an agent that died in the middle of a copy: it must serve again.
   const status = await primary.qmp.execute<{ status: string; running: boolean }>('query-status');
   if (!status.running && ['paused', 'postmigrate', 'finish-migrate'].includes(status.status)) {

@@ -1,7 +1,6 @@
+import { UserFacingError } from '../errors';
+
+export { UserFacingError };
+
 /** A mistake in how shadowvm was called: one line on stderr, exit code 2. */
-export class UsageError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'UsageError';
-  }
-}
+export class UsageError extends UserFacingError {}

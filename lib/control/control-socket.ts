@@ -40,6 +40,7 @@ import { LogFn, noLog } from './logger';
 import { refusePeer } from './peer';
 import { BridgeSnapshot } from './snapshot';
 import { closeServer, listenUnixSocket, removeSocketFile, untrustedSocketReason, UnixSocketIdentity } from './unix-socket';
+import { UserFacingError } from '../errors';
 
 export type ControlRequest =
   | { cmd: 'status'; id?: string | number }
@@ -468,7 +469,7 @@ export class ControlSocket {
 // ───────────────────────── client ─────────────────────────
 
 /** The control socket could not be reached or did not answer. */
-export class ControlSocketError extends Error {
+export class ControlSocketError extends UserFacingError {
   constructor(readonly path: string, readonly detail: string) {
     super(`control socket ${path}: ${detail}`);
     this.name = 'ControlSocketError';

@@ -15,6 +15,7 @@ import { CHECKPOINT_REASONS } from '../replicate/replicator';
 import { MISMATCH_KINDS } from '../compare/tcp-stream';
 import { LogFn, noLog } from './logger';
 import { BridgeSnapshot, REPLICATION_STATES } from './snapshot';
+import { UserFacingError } from '../errors';
 
 export const METRICS_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8';
 
@@ -176,7 +177,7 @@ export function renderMetrics(s: BridgeSnapshot): string {
 // ───────────────────────── HTTP ─────────────────────────
 
 /** The metrics server would listen where other hosts can reach it, and that was not allowed. */
-export class MetricsBindError extends Error {
+export class MetricsBindError extends UserFacingError {
   constructor(readonly host: string) {
     super(`metrics: refusing to listen on ${host}: not a loopback address (counters name flows and interfaces); allow remote scraping explicitly to do this`);
     this.name = 'MetricsBindError';

@@ -14,6 +14,7 @@
 import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { loadNativeAddon } from '../io/native-addon';
+import { UserFacingError } from '../errors';
 
 export interface PeerCredentials {
   pid: number;
@@ -25,7 +26,7 @@ interface PeerCredAddon {
   peerCredentials(fd: number): PeerCredentials | null;
 }
 
-class PeerCredAddonNotBuiltError extends Error {
+class PeerCredAddonNotBuiltError extends UserFacingError {
   constructor(readonly searched: readonly string[], override readonly cause: unknown) {
     super(`the peer-credentials addon (native/peercred.c) is not built: run \`npm rebuild\` in the repository (looked for ${searched.join(', ')})`);
     this.name = 'PeerCredAddonNotBuiltError';

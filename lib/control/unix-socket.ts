@@ -35,9 +35,10 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, linkSync, lstatSync, mkdirSync, realpathSync, Stats, unlinkSync, chownSync } from 'node:fs';
 import { connect, Server } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
+import { UserFacingError } from '../errors';
 
 /** Another process is listening on the socket path. */
-export class SocketInUseError extends Error {
+export class SocketInUseError extends UserFacingError {
   constructor(readonly path: string, readonly what: string) {
     super(`${what} ${path}: socket already in use (another process is listening on it; stop it or choose another name)`);
     this.name = 'SocketInUseError';
@@ -45,7 +46,7 @@ export class SocketInUseError extends Error {
 }
 
 /** The socket path cannot be used: it is not a socket, a directory on it is not safe, or it cannot be made. */
-export class SocketPathError extends Error {
+export class SocketPathError extends UserFacingError {
   constructor(readonly path: string, readonly what: string, readonly detail: string) {
     super(`${what} ${path}: ${detail}`);
     this.name = 'SocketPathError';

@@ -9,6 +9,7 @@
  *      what to install and what to run.
  */
 import { loadNativeAddon } from './native-addon';
+import { UserFacingError } from '../errors';
 
 /** Where the addon's words sit in its shared typed arrays (given by the addon itself). */
 export interface AfPacketLayout {
@@ -80,7 +81,7 @@ export interface AfPacketAddon {
 }
 
 /** The addon could not be loaded: not built, built for another Node, or not Linux. */
-export class AfPacketAddonNotBuiltError extends Error {
+export class AfPacketAddonNotBuiltError extends UserFacingError {
   constructor(readonly searched: readonly string[], override readonly cause: unknown) {
     super(
       'the AF_PACKET addon is not built (or was built for another Node): install g++, make and python3 ' +

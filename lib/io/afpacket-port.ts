@@ -44,6 +44,7 @@ import { constants } from 'node:os';
 import { finishChecksum, onesSum } from '../packet/checksum';
 import { AfPacketAddon, AfPacketSocket, loadAfPacketAddon } from './afpacket-native';
 import { BatchReceiver, PacketPort, PortStats, ReceivedFrame, VIRTIO_NET_HDR_F_NEEDS_CSUM, VirtioNetHeader } from './port';
+import { UserFacingError } from '../errors';
 
 export { VIRTIO_NET_HDR_F_NEEDS_CSUM };
 export type { VirtioNetHeader };
@@ -97,7 +98,7 @@ export interface AfPacketPortStats extends PortStats {
 }
 
 /** Why an AF_PACKET port could not be opened; names the interface and the errno text. */
-export class AfPacketPortError extends Error {
+export class AfPacketPortError extends UserFacingError {
   constructor(
     readonly ifname: string,
     /** errno name (ENODEV, EPERM, ENETDOWN…), '' if none. */

@@ -18,6 +18,7 @@
 import { Cap } from 'cap';
 import { performance } from 'node:perf_hooks';
 import { BatchReceiver, PacketPort, PortStats, ReceivedFrame, emptyPortStats } from './port';
+import { UserFacingError } from '../errors';
 
 export interface CapPortOptions {
   /** pcap-filter expression; default '' (every frame). */
@@ -28,7 +29,7 @@ export interface CapPortOptions {
   maxQueuedFrames?: number;
 }
 
-export class CapPortError extends Error {
+export class CapPortError extends UserFacingError {
   constructor(readonly device: string, message: string) {
     super(`cap port ${device}: ${message}`);
     this.name = 'CapPortError';

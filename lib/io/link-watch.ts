@@ -22,6 +22,7 @@
  */
 import { loadNativeAddon } from './native-addon';
 import { clockOffsetUs } from '../clock';
+import { UserFacingError } from '../errors';
 
 export interface LinkEvent {
   ifname: string;
@@ -91,7 +92,7 @@ export interface LinkWatchAddon {
 }
 
 /** The addon could not be loaded: not built, built for another Node, or not Linux. */
-export class LinkWatchAddonNotBuiltError extends Error {
+export class LinkWatchAddonNotBuiltError extends UserFacingError {
   constructor(readonly searched: readonly string[], override readonly cause: unknown) {
     super(
       'the link-watch addon (native/linkwatch.c) is not built (or was built for another Node): install g++, make and python3 ' +

@@ -10,6 +10,7 @@
 import { readFileSync } from 'node:fs';
 import { PortUsageError } from './errors';
 import { BatchReceiver, PacketPort, PortStats, emptyPortStats } from './port';
+import { UserFacingError } from '../errors';
 
 export interface PcapRecord {
   /** The captured bytes: a subarray of the file buffer, not a copy. */
@@ -19,7 +20,7 @@ export interface PcapRecord {
   readonly origLen: number;
 }
 
-export class PcapFormatError extends Error {
+export class PcapFormatError extends UserFacingError {
   constructor(readonly source: string, readonly offset: number, readonly detail: string) {
     super(`${source}: ${detail} (at byte offset ${offset})`);
     this.name = 'PcapFormatError';

@@ -7,8 +7,10 @@
  *      recording a busy port costs one syscall per chunk, not per frame.
  */
 import { closeSync, openSync, writeSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import { PortUsageError } from './errors';
 import { BatchReceiver, PacketPort, PortStats, emptyPortStats } from './port';
+import { UserFacingError } from '../errors';
 
 const PCAP_MAGIC_US = 0xa1b2c3d4;
 const PCAP_HEADER_LEN = 24;
@@ -18,7 +20,7 @@ const LINKTYPE_ETHERNET = 1;
 export const PCAP_SNAPLEN = 262144;
 const CHUNK_BYTES = 1 << 20;
 
-export class PcapWriteError extends Error {
+export class PcapWriteError extends UserFacingError {
   constructor(readonly path: string, readonly detail: string) {
     super(`${path}: ${detail}`);
     this.name = 'PcapWriteError';
@@ -32,7 +34,16 @@ export class PcapWriter {
   private used = 0;
 
   constructor(readonly path: string) {
-    this.fd = openSync(path, 'w');
+    try {
+      this.fd = openSync(path, 'w');
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      const why = code === 'ENOENT' ? `cannot create it: the folder ${dirname(resolve(path))} does not exist`
+        : code === 'EACCES' || code === 'EPERM' ? `cannot create it: permission denied (${code})`
+          : code === 'EISDIR' ? 'cannot create it: it is a folder'
+            : `cannot create it: ${code ?? (e as Error).message}`;
+      throw new PcapWriteError(path, why);
+    }
     const dv = this.dv;
     dv.setUint32(0, PCAP_MAGIC_US, true);
     dv.setUint16(4, 2, true);

@@ -6,8 +6,9 @@
  *      its exit status and its stderr, so a failed lab build says what broke.
  */
 import { execFile, execFileSync } from 'node:child_process';
+import { UserFacingError } from '../errors';
 
-export class LabCommandError extends Error {
+export class LabCommandError extends UserFacingError {
   constructor(
     readonly command: readonly string[],
     readonly status: number | null,

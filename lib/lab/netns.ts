@@ -18,6 +18,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { findQemuProcesses } from '../qemu/process';
 import { run, runIn, runQuietly } from './exec';
+import { UserFacingError } from '../errors';
 
 export type LabRole = 'client' | 'primary' | 'backup';
 
@@ -86,7 +87,7 @@ const SETTLE_MS = 2000;
 /** Linux IFNAMSIZ is 16 including the NUL. */
 const MAX_IFNAME = 15;
 
-export class LabConfigError extends Error {
+export class LabConfigError extends UserFacingError {
   constructor(message: string) {
     super(message);
     this.name = 'LabConfigError';

@@ -15,6 +15,7 @@ import * as path from 'node:path';
 import { ContentDivergence, writeLabContent } from './content';
 import { sleep } from './exec';
 import { Lab, LabNode, LabProcess, pidsInNamespace, processRunning } from './netns';
+import { UserFacingError } from '../errors';
 
 export type LabService = 'nginx' | 'vsftpd' | 'dnsmasq';
 export const LAB_SERVICES: readonly LabService[] = ['nginx', 'vsftpd', 'dnsmasq'];
@@ -53,7 +54,7 @@ export interface LabServers {
   readonly backup: LabReplicaRuntime;
 }
 
-export class LabServerError extends Error {
+export class LabServerError extends UserFacingError {
   constructor(readonly service: LabService, readonly netns: string, message: string) {
     super(`${service} in ${netns}: ${message}`);
     this.name = 'LabServerError';

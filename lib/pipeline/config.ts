@@ -1,6 +1,7 @@
 /** Settings of the data path, with the defaults a production bridge starts from. */
 import { ReplicatorConfig, DEFAULT_REPLICATOR_CONFIG } from '../replicate/replicator';
 import type { CheckpointBudgetConfig } from '../replicate/budget';
+import { UserFacingError } from '../errors';
 
 /** What happens to a class of frames the comparator does not handle as a flow. */
 export type FrameAction = 'forward-primary' | 'compare' | 'drop';
@@ -102,62 +103,172 @@ export const DEFAULT_PIPELINE_CONFIG: PipelineConfig = {
   releaseLogMs: 1000,
 };
 
-export class ConfigError extends Error {
-  constructor(readonly setting: string, detail: string) {
-    super(`invalid setting ${setting}: ${detail}`);
-    this.name = 'ConfigError';
+/** A setting with a bad value, or a key no setting has. `setting` is its path (`policy.arp`). */
+export class ConfigError extends UserFacingError {
+  constructor(readonly setting: string, readonly detail: string, readonly file?: string) {
+    super(`${file ? `${file}: ` : ''}invalid setting ${setting}: ${detail}`);
   }
 }
 
-/** Merges a partial config over the defaults and checks every number. */
+/**
+ * What a setting may hold. A `section` lists its keys; any other key in it
+ * is an error (a misspelt key silently ignored would leave a default in place
+ * that the administrator believes changed).
+ */
+export type SettingRule =
+  | { kind: 'number'; min: number; minExclusive?: boolean; max?: number; integer?: boolean; note?: string }
+  | { kind: 'choice'; values: readonly string[] }
+  | { kind: 'boolean' }
+  | { kind: 'string'; check: (v: string) => string | undefined; describe: string }
+  | { kind: 'section'; keys: Record<string, SettingRule> };
+
+const positiveInt: SettingRule = { kind: 'number', min: 0, minExclusive: true, integer: true };
+const positiveMs: SettingRule = { kind: 'number', min: 0, minExclusive: true };
+const nonNegativeMs: SettingRule = { kind: 'number', min: 0 };
+const queueLimits: SettingRule = { kind: 'section', keys: { bytes: positiveInt, frames: positiveInt } };
+const frameActions = ['forward-primary', 'compare', 'drop'] as const;
+
+/** Every setting of a `PipelineConfig`, with what it may hold. */
+export const PIPELINE_SETTING_RULES: Record<keyof PipelineConfig, SettingRule> = {
+  maxFlows: positiveInt,
+  maxUnmatchedAgeMs: positiveMs,
+  flowHighWater: queueLimits,
+  totalHighWater: queueLimits,
+  ingressHold: queueLimits,
+  closedTcpLingerMs: positiveMs,
+  tcpIdleMs: positiveMs,
+  datagramIdleMs: positiveMs,
+  policy: {
+    kind: 'section',
+    keys: {
+      arp: { kind: 'choice', values: frameActions },
+      otherEtherTypes: { kind: 'choice', values: frameActions },
+      malformedFromVm: { kind: 'choice', values: ['drop', 'forward-primary'] },
+      malformedFromClient: { kind: 'choice', values: ['forward', 'drop'] },
+      strayFromClient: { kind: 'choice', values: ['primary-only', 'both', 'drop'] },
+      badTcpFlagsFromClient: { kind: 'choice', values: ['drop', 'forward'] },
+    } satisfies Record<keyof FramePolicy, SettingRule>,
+  },
+  replicator: {
+    kind: 'section',
+    keys: {
+      checkpointTimeoutMs: positiveMs,
+      maxIntervalMs: { kind: 'number', min: 0, note: '0: off' },
+      retryInitialMs: positiveMs,
+      retryMaxMs: positiveMs,
+      reprotectTimeoutMs: nonNegativeMs,
+    } satisfies Record<keyof ReplicatorConfig, SettingRule>,
+  },
+  failover: {
+    kind: 'section',
+    keys: {
+      silenceMs: { kind: 'number', min: 0, note: '0: off' },
+      probeTimeoutMs: { kind: 'number', min: 0, note: '0: no probe' },
+      minStandbyFrames: { kind: 'number', min: 0, integer: true },
+      carrierHoldMs: nonNegativeMs,
+      announce: { kind: 'boolean' },
+    } satisfies Record<keyof FailoverConfig, SettingRule>,
+  },
+  checkpointBudget: {
+    kind: 'section',
+    keys: {
+      perSource: { kind: 'number', min: 0, integer: true, note: '0: no budget' },
+      windowMs: nonNegativeMs,
+    } satisfies Record<keyof CheckpointBudgetConfig, SettingRule>,
+  },
+  resync: { kind: 'choice', values: ['copy', 'align'] },
+  captureDivergence: { kind: 'boolean' },
+  releaseLogMs: { kind: 'number', min: 0, note: '0: no release log lines' },
+};
+
+function describeRule(rule: SettingRule): string {
+  switch (rule.kind) {
+    case 'number': {
+      const what = rule.integer ? 'an integer' : 'a number';
+      const low = rule.minExclusive ? `> ${rule.min}` : `>= ${rule.min}`;
+      const high = rule.max !== undefined ? ` and <= ${rule.max}` : '';
+      return `must be ${what} ${low}${high}${rule.note ? ` (${rule.note})` : ''}`;
+    }
+    case 'choice': return `must be one of ${rule.values.map((v) => JSON.stringify(v)).join(', ')}`;
+    case 'boolean': return 'must be true or false';
+    case 'string': return `must be ${rule.describe}`;
+    case 'section': return `must be an object with keys ${Object.keys(rule.keys).join(', ')}`;
+  }
+}
+
+function shown(v: unknown): string {
+  return v === undefined ? 'nothing' : JSON.stringify(v);
+}
+
+/**
+ * Checks `value` against `rules` (a section's keys): every key must be known
+ * and every value allowed. Keys missing from `value` are fine (defaults).
+ * Throws ConfigError naming the path of the first bad key.
+ */
+export function checkSettings(value: unknown, rules: Record<string, SettingRule>, prefix = ''): void {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new ConfigError(prefix || '(top level)', `${describeRule({ kind: 'section', keys: rules })}, got ${shown(value)}`);
+  }
+  for (const [key, v] of Object.entries(value)) {
+    const path = prefix ? `${prefix}.${key}` : key;
+    const rule = Object.prototype.hasOwnProperty.call(rules, key) ? rules[key] : undefined;
+    if (!rule) throw new ConfigError(path, `unknown key; allowed keys${prefix ? ` in ${prefix}` : ''}: ${Object.keys(rules).join(', ')}`);
+    checkSetting(path, v, rule);
+  }
+}
+
+function checkSetting(path: string, v: unknown, rule: SettingRule): void {
+  const bad = () => new ConfigError(path, `${describeRule(rule)}, got ${shown(v)}`);
+  switch (rule.kind) {
+    case 'section':
+      checkSettings(v, rule.keys, path);
+      return;
+    case 'number':
+      if (typeof v !== 'number' || !Number.isFinite(v)) throw bad();
+      if (rule.integer && !Number.isInteger(v)) throw bad();
+      if (rule.minExclusive ? v <= rule.min : v < rule.min) throw bad();
+      if (rule.max !== undefined && v > rule.max) throw bad();
+      return;
+    case 'choice':
+      if (typeof v !== 'string' || !rule.values.includes(v)) throw bad();
+      return;
+    case 'boolean':
+      if (typeof v !== 'boolean') throw bad();
+      return;
+    case 'string': {
+      if (typeof v !== 'string') throw bad();
+      const why = rule.check(v);
+      if (why) throw new ConfigError(path, `${describeRule(rule)}: ${why}, got ${shown(v)}`);
+    }
+  }
+}
+
+/** A key spread in with the value `undefined` (`{ ...options.config }`) means "not set", at any depth. */
+function withoutUndefined(v: unknown): unknown {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return v;
+  return Object.fromEntries(Object.entries(v).filter(([, x]) => x !== undefined).map(([k, x]) => [k, withoutUndefined(x)]));
+}
+
+/**
+ * Merges a partial config over the defaults. Every key must be a known
+ * setting and every value allowed: ConfigError names the first that is not.
+ */
 export function makePipelineConfig(partial: Partial<PipelineConfig> = {}): PipelineConfig {
+  const given = withoutUndefined(partial) as Partial<PipelineConfig>;
+  checkSettings(given, PIPELINE_SETTING_RULES);
   const c: PipelineConfig = {
     ...DEFAULT_PIPELINE_CONFIG,
-    ...partial,
-    policy: { ...DEFAULT_PIPELINE_CONFIG.policy, ...partial.policy },
-    replicator: { ...DEFAULT_PIPELINE_CONFIG.replicator, ...partial.replicator },
-    failover: { ...DEFAULT_PIPELINE_CONFIG.failover, ...partial.failover },
-    checkpointBudget: { ...DEFAULT_PIPELINE_CONFIG.checkpointBudget, ...partial.checkpointBudget },
+    ...given,
+    flowHighWater: { ...DEFAULT_PIPELINE_CONFIG.flowHighWater, ...given.flowHighWater },
+    totalHighWater: { ...DEFAULT_PIPELINE_CONFIG.totalHighWater, ...given.totalHighWater },
+    ingressHold: { ...DEFAULT_PIPELINE_CONFIG.ingressHold, ...given.ingressHold },
+    policy: { ...DEFAULT_PIPELINE_CONFIG.policy, ...given.policy },
+    replicator: { ...DEFAULT_PIPELINE_CONFIG.replicator, ...given.replicator },
+    failover: { ...DEFAULT_PIPELINE_CONFIG.failover, ...given.failover },
+    checkpointBudget: { ...DEFAULT_PIPELINE_CONFIG.checkpointBudget, ...given.checkpointBudget },
   };
-  const positive: [string, number][] = [
-    ['maxFlows', c.maxFlows],
-    ['maxUnmatchedAgeMs', c.maxUnmatchedAgeMs],
-    ['flowHighWater.bytes', c.flowHighWater.bytes],
-    ['flowHighWater.frames', c.flowHighWater.frames],
-    ['totalHighWater.bytes', c.totalHighWater.bytes],
-    ['totalHighWater.frames', c.totalHighWater.frames],
-    ['ingressHold.bytes', c.ingressHold.bytes],
-    ['ingressHold.frames', c.ingressHold.frames],
-    ['replicator.checkpointTimeoutMs', c.replicator.checkpointTimeoutMs],
-  ];
-  for (const [name, v] of positive) {
-    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) throw new ConfigError(name, `must be a positive number, got ${String(v)}`);
+  if (c.replicator.retryMaxMs < c.replicator.retryInitialMs) {
+    throw new ConfigError('replicator.retryMaxMs', `must be >= replicator.retryInitialMs (${c.replicator.retryInitialMs}), got ${c.replicator.retryMaxMs}`);
   }
-  const nonNegative: [string, number][] = [
-    ['failover.silenceMs', c.failover.silenceMs],
-    ['failover.probeTimeoutMs', c.failover.probeTimeoutMs],
-    ['failover.carrierHoldMs', c.failover.carrierHoldMs],
-    ['failover.minStandbyFrames', c.failover.minStandbyFrames],
-    ['replicator.reprotectTimeoutMs', c.replicator.reprotectTimeoutMs],
-    ['checkpointBudget.perSource', c.checkpointBudget.perSource],
-    ['checkpointBudget.windowMs', c.checkpointBudget.windowMs],
-    ['releaseLogMs', c.releaseLogMs],
-  ];
-  for (const [name, v] of nonNegative) {
-    if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw new ConfigError(name, `must be zero or a positive number, got ${String(v)}`);
-  }
-  if (typeof c.failover.announce !== 'boolean') throw new ConfigError('failover.announce', 'must be true or false');
-  if (!(c.replicator.maxIntervalMs >= 0)) throw new ConfigError('replicator.maxIntervalMs', 'must be 0 (off) or positive');
-  const actions = ['forward-primary', 'compare', 'drop'];
-  if (!actions.includes(c.policy.arp)) throw new ConfigError('policy.arp', `must be one of ${actions.join(', ')}`);
-  if (!actions.includes(c.policy.otherEtherTypes)) throw new ConfigError('policy.otherEtherTypes', `must be one of ${actions.join(', ')}`);
-  const choice = (name: string, v: string, allowed: string[]) => {
-    if (!allowed.includes(v)) throw new ConfigError(name, `must be one of ${allowed.join(', ')}`);
-  };
-  choice('policy.malformedFromVm', c.policy.malformedFromVm, ['drop', 'forward-primary']);
-  choice('policy.malformedFromClient', c.policy.malformedFromClient, ['forward', 'drop']);
-  choice('policy.strayFromClient', c.policy.strayFromClient, ['primary-only', 'both', 'drop']);
-  choice('policy.badTcpFlagsFromClient', c.policy.badTcpFlagsFromClient, ['drop', 'forward']);
-  if (!['copy', 'align'].includes(c.resync)) throw new ConfigError('resync', 'must be copy or align');
   return c;
 }

@@ -17,6 +17,7 @@ import { connect } from 'node:net';
 import * as path from 'node:path';
 import { LogFn, noLog } from '../control/logger';
 import { QmpClient } from './qmp';
+import { UserFacingError } from '../errors';
 
 export type Accel = 'kvm' | 'tcg';
 
@@ -46,7 +47,7 @@ export interface QemuLaunchOptions {
   log?: LogFn;
 }
 
-export class QemuLaunchError extends Error {
+export class QemuLaunchError extends UserFacingError {
   constructor(readonly qemuName: string, message: string) {
     super(`QEMU ${qemuName}: ${message}`);
     this.name = 'QemuLaunchError';

@@ -12,7 +12,11 @@ import {
   CommandRunner, HostSnapshot, LinkState, SnapshotRequest, disableIpv6Key, processHasNetAdmin, readHostSnapshot,
 } from './host-state';
 import { PairNames, createdInterfaceNames, pairNames } from './names';
-import { PairInterfaces, SetupOptions, SetupPlan, Step, TeardownPlan, computeSetupPlan, computeTeardownPlan } from './plan';
+import {
+  PairInterfaces, SavedUplinkState, SetupOptions, SetupPlan, Step, TeardownPlan, computeSetupPlan, computeTeardownPlan, uplinkRestoreSteps,
+} from './plan';
+import { DEFAULT_RUNTIME_DIR, readSavedUplink, removeSavedUplink, savedUplinkPath, writeSavedUplink } from './saved-uplink';
+import { UserFacingError } from '../errors';
 
 export type SetupLog = (line: string) => void;
 
@@ -23,6 +27,8 @@ export interface ApplyOptions {
   readonly runner?: CommandRunner;
   /** Refuse before any step when this process lacks CAP_NET_ADMIN (default true). */
   readonly checkPrivileges?: boolean;
+  /** Where setup saves what it changed on a user's uplink, per pair (default /run/shadowvm). */
+  readonly runtimeDir?: string;
 }
 
 export interface SetupResult {
@@ -38,7 +44,7 @@ export interface TeardownResult {
 }
 
 /** A teardown step failed and the interface is still there. */
-export class TeardownIncompleteError extends Error {
+export class TeardownIncompleteError extends UserFacingError {
   constructor(readonly failures: readonly string[], readonly leftovers: readonly string[]) {
     super(`teardown left ${leftovers.join(', ')} behind: ${failures.join('; ')}`);
     this.name = 'TeardownIncompleteError';
@@ -123,11 +129,36 @@ export function planSetup(opts: SetupOptions, apply: ApplyOptions = {}): SetupPl
   return computeSetupPlan(opts, host);
 }
 
-/** Reads the host and computes what teardown would remove (read-only). */
+/** Reads the host and what setup saved, and computes what teardown would remove and restore (read-only). */
 export function planTeardown(name: string, apply: ApplyOptions = {}): TeardownPlan {
   const names = pairNames(name);
-  const host = readHostSnapshot({ interfaces: createdInterfaceNames(names), offloads: false }, apply.runner ?? run);
-  return computeTeardownPlan(name, host);
+  const saved = readSavedUplink(savedUplinkPath(names.name, apply.runtimeDir));
+  const interfaces = [...createdInterfaceNames(names), ...(saved ? [saved.uplink] : [])];
+  const host = readHostSnapshot({ interfaces, offloads: false }, apply.runner ?? run);
+  return computeTeardownPlan(name, host, saved);
+}
+
+/**
+ * Adds the restore steps of a setup that changed the user's uplink to what
+ * earlier setups saved (newest first: teardown undoes the last change
+ * first), so that teardown leaves the uplink as the first setup found it.
+ */
+function saveUplinkChanges(plan: SetupPlan, uplink: string, path: string, log: SetupLog): void {
+  const restore = uplinkRestoreSteps(plan, uplink);
+  if (restore.length === 0) return;
+  let earlier: SavedUplinkState | undefined;
+  try {
+    earlier = readSavedUplink(path);
+  } catch {
+    earlier = undefined; // Unreadable: replaced by what this setup knows.
+  }
+  const state: SavedUplinkState = { uplink, restore: [...restore, ...(earlier?.uplink === uplink ? earlier.restore : [])] };
+  try {
+    writeSavedUplink(path, state);
+    log(`${uplink}: saved what setup changed on it to ${path}; teardown restores it`);
+  } catch (e) {
+    log(`warning: could not save ${uplink}'s previous settings to ${path} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); teardown will not restore them: ${restore.map((s) => formatCommand(s.argv)).join('; ')}`);
+  }
 }
 
 function printDryRun(plan: { steps: readonly Step[]; notes: readonly string[] }, log: SetupLog): void {
@@ -168,6 +199,7 @@ export function applySetup(opts: SetupOptions, log: SetupLog, apply: ApplyOption
   }
   assertPrivileged(apply);
   executeSetupSteps(plan.steps, log, runner);
+  if (opts.uplink !== undefined) saveUplinkChanges(plan, opts.uplink, savedUplinkPath(plan.name, apply.runtimeDir), log);
   log(`${plan.name}: set up (${describePair(plan.interfaces, opts)}; ${plan.steps.length} change(s))`);
   return { interfaces: plan.interfaces, plan, changed: true };
 }
@@ -179,15 +211,16 @@ function oursStillPresent(names: PairNames, runner: CommandRunner): string[] {
 
 /**
  * `shadowvm teardown`: removes the taps and the veth pair that carry this
- * pair's alias, and nothing else (a user-given uplink stays as setup left
- * it). Idempotent; needs no running shadowvm process. Runs every step even
- * when one fails, then throws TeardownIncompleteError if something of ours
- * is still there.
+ * pair's alias, and nothing else, and puts a user-given uplink back as setup
+ * found it (from the state setup saved under the runtime folder).
+ * Idempotent; needs no running shadowvm process. Runs every step even when
+ * one fails, then throws TeardownIncompleteError if something of ours is
+ * still there or the uplink could not be restored (its saved state is kept).
  */
 export function applyTeardown(name: string, log: SetupLog, apply: ApplyOptions = {}): TeardownResult {
   const runner = apply.runner ?? run;
   const names = pairNames(name);
-  const plan = planTeardown(name, { runner });
+  const plan = planTeardown(name, { runner, runtimeDir: apply.runtimeDir });
   if (apply.dryRun) {
     if (plan.steps.length === 0) log(`# ${name}: nothing to tear down`);
     printDryRun(plan, log);
@@ -195,11 +228,14 @@ export function applyTeardown(name: string, log: SetupLog, apply: ApplyOptions =
   }
   for (const note of plan.notes) log(`note: ${note}`);
   if (plan.steps.length === 0) {
+    // A saved state whose uplink is gone has nothing left to restore.
+    removeSavedUplink(savedUplinkPath(names.name, apply.runtimeDir));
     log(`${name}: nothing to tear down`);
     return { plan, changed: false };
   }
   assertPrivileged(apply);
   const failures: string[] = [];
+  const restoreFailures: string[] = [];
   for (const step of plan.steps) {
     log(step.why);
     try {
@@ -208,13 +244,17 @@ export function applyTeardown(name: string, log: SetupLog, apply: ApplyOptions =
       const failure = classifyFailure(step.argv, err);
       if (failure instanceof SetupPermissionError) throw failure;
       failures.push(failure.message);
+      if (step.undo === undefined && step.ifname !== undefined && !createdInterfaceNames(names).includes(step.ifname)) restoreFailures.push(failure.message);
     }
   }
-  if (failures.length > 0) {
-    // A veth end vanishes with its peer; a failure on something already gone is no failure.
-    const leftovers = oursStillPresent(names, runner);
-    if (leftovers.length > 0) throw new TeardownIncompleteError(failures, leftovers);
+  const savedPath = savedUplinkPath(names.name, apply.runtimeDir);
+  const leftovers = failures.length > 0 ? oursStillPresent(names, runner) : [];
+  if (restoreFailures.length > 0) {
+    throw new TeardownIncompleteError(failures, [...leftovers, `settings of the uplink (kept in ${savedPath})`]);
   }
+  removeSavedUplink(savedPath);
+  // A veth end vanishes with its peer; a failure on something already gone is no failure.
+  if (leftovers.length > 0) throw new TeardownIncompleteError(failures, leftovers);
   log(`${name}: torn down`);
   return { plan, changed: true };
 }

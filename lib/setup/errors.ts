@@ -2,6 +2,7 @@
  * Errors of `shadowvm setup` / `teardown`. Each carries one line a user can
  * act on: which interface, which option, which command.
  */
+import { UserFacingError } from '../errors';
 
 export type SetupConfigProblem =
   | 'invalid-name'
@@ -15,7 +16,7 @@ export type SetupConfigProblem =
   | 'foreign-state';
 
 /** The options or the host's current state forbid a setup; nothing was changed. */
-export class SetupConfigError extends Error {
+export class SetupConfigError extends UserFacingError {
   constructor(readonly problem: SetupConfigProblem, message: string) {
     super(message);
     this.name = 'SetupConfigError';
@@ -23,7 +24,7 @@ export class SetupConfigError extends Error {
 }
 
 /** The process may not change network interfaces (EPERM/EACCES from ip, ethtool or sysctl). */
-export class SetupPermissionError extends Error {
+export class SetupPermissionError extends UserFacingError {
   constructor(readonly command?: readonly string[], readonly detail?: string) {
     super(
       'shadowvm setup/teardown needs root or CAP_NET_ADMIN'
@@ -38,7 +39,7 @@ export class SetupPermissionError extends Error {
  * order (`undoFailures` lists what could not be undone); for teardown, the
  * remaining steps still ran.
  */
-export class SetupStepError extends Error {
+export class SetupStepError extends UserFacingError {
   constructor(
     readonly command: readonly string[],
     readonly detail: string,

@@ -44,6 +44,8 @@ export interface Step {
   readonly argv: readonly string[];
   /** Restores the state before `argv`; absent when nothing needs restoring (the interface is new and its removal undoes everything). */
   readonly undo?: readonly string[];
+  /** The interface this step changes (absent for steps that create one). */
+  readonly ifname?: string;
 }
 
 export interface SetupPlan {
@@ -360,7 +362,7 @@ function configureSteps(target: Target, opts: SetupOptions, host: HostSnapshot, 
       undo: undoable(['ip', 'link', 'set', 'dev', dev, 'promisc', 'off']),
     });
   }
-  return steps;
+  return steps.map((step) => ({ ...step, ifname: dev }));
 }
 
 /** The plan that brings the host to a set-up pair; empty when it is set up already. Throws SetupConfigError. */
@@ -411,6 +413,7 @@ export function computeSetupPlan(opts: SetupOptions, host: HostSnapshot): SetupP
     const before = target.existing?.master;
     steps.push({
       why: `${target.ifname}: join bridge ${target.master}, so the pair is on the host's network`,
+      ifname: target.ifname,
       argv: ['ip', 'link', 'set', 'dev', target.ifname, 'master', target.master],
       undo: target.existing ? (before ? ['ip', 'link', 'set', 'dev', target.ifname, 'master', before] : ['ip', 'link', 'set', 'dev', target.ifname, 'nomaster']) : undefined,
     });
@@ -420,6 +423,7 @@ export function computeSetupPlan(opts: SetupOptions, host: HostSnapshot): SetupP
     if (target.existing?.flags.includes('UP')) continue;
     steps.push({
       why: `${target.ifname}: up`,
+      ifname: target.ifname,
       argv: ['ip', 'link', 'set', 'dev', target.ifname, 'up'],
       undo: target.existing ? ['ip', 'link', 'set', 'dev', target.ifname, 'down'] : undefined,
     });
@@ -439,8 +443,32 @@ export function computeSetupPlan(opts: SetupOptions, host: HostSnapshot): SetupP
   };
 }
 
-/** The plan that removes what setup created for this pair (taps and veth pair carrying its alias); empty when nothing is left. */
-export function computeTeardownPlan(name: string, host: HostSnapshot): TeardownPlan {
+/**
+ * What setup changed on a user's own `--uplink` (an interface it did not
+ * create and teardown does not delete), as the steps that put it back:
+ * promiscuity, ARP, IPv6, MTU, offloads, addresses, up/down. Saved by setup,
+ * run by teardown.
+ */
+export interface SavedUplinkState {
+  readonly uplink: string;
+  /** In the order to run them (the reverse of setup's). */
+  readonly restore: readonly Step[];
+}
+
+/** The restore steps for the changes `plan` makes to the user's uplink `uplink`; empty when it changes nothing there. */
+export function uplinkRestoreSteps(plan: SetupPlan, uplink: string): Step[] {
+  return plan.steps
+    .filter((step) => step.ifname === uplink && step.undo !== undefined)
+    .reverse()
+    .map((step) => ({ why: `${uplink}: restore what setup changed (${step.argv.join(' ')})`, argv: step.undo as readonly string[], ifname: uplink }));
+}
+
+/**
+ * The plan that removes what setup created for this pair (taps and veth pair
+ * carrying its alias) and restores a user's uplink as setup found it
+ * (`saved`); empty when nothing is left.
+ */
+export function computeTeardownPlan(name: string, host: HostSnapshot, saved?: SavedUplinkState): TeardownPlan {
   const names = pairNames(name);
   const steps: Step[] = [];
   const notes: string[] = [];
@@ -474,6 +502,10 @@ export function computeTeardownPlan(name: string, host: HostSnapshot): TeardownP
     });
     handled.add(ifname);
     if (peer) handled.add(peer);
+  }
+  if (saved && saved.restore.length > 0) {
+    if (host.links.has(saved.uplink)) steps.push(...saved.restore);
+    else notes.push(`uplink ${saved.uplink} no longer exists: nothing of it to restore`);
   }
   return { name: names.name, steps, notes };
 }

@@ -118,10 +118,34 @@ describe('shadowvm run (root, on veth pairs)', () => {
     writeFileSync(bad, '{"maxUnmatchedAgeMs": -1}');
     const r = await runShadowvm([...base(), '--config', bad]);
     expect(r.code).toBe(2);
-    expect(r.output).toMatch(/^shadowvm: invalid setting maxUnmatchedAgeMs: must be a positive number, got -1$/m);
+    expect(r.output).toMatch(/^shadowvm: .*bad\.json: invalid setting maxUnmatchedAgeMs: must be a number > 0, got -1$/m);
+    writeFileSync(bad, '{"policy": {"arp": "drop", "lldp": "drop"}}');
+    const unknown = await runShadowvm([...base(), '--config', bad]);
+    expect(unknown.code).toBe(2);
+    expect(unknown.output).toMatch(/^shadowvm: .*bad\.json: invalid setting policy\.lldp: unknown key; allowed keys in policy: arp, otherEtherTypes, /m);
     writeFileSync(bad, 'not json');
     const r2 = await runShadowvm([...base(), '--config', bad]);
     expect(r2.code).toBe(2);
     expect(r2.output).toMatch(/^shadowvm: config file .* is not valid/m);
+  });
+
+  it('takes its interfaces and metrics address from the config file, as shadowvm@.service runs it', async () => {
+    const cfg = join(dir, 'ports.json');
+    const port = 20000 + (process.pid % 1000);
+    writeFileSync(cfg, JSON.stringify({ ports: { uplink: ifs.uplink, primary: ifs.primary, backup: ifs.backup }, metrics: `127.0.0.1:${port}` }));
+    const bridge = spawnShadowvm(['run', '--name', tag, '--config', cfg, '--agent', join(dir, 'agent.sock'), '--control', join(dir, 'control.sock')]);
+    try {
+      await bridge.waitFor(/"event":"started"/, 15_000);
+      const status = await runShadowvm(['status', '--control', join(dir, 'control.sock'), '--json']);
+      expect(JSON.parse(status.output).ports.map((p: { name: string }) => p.name)).toEqual([ifs.uplink, ifs.primary, ifs.backup]);
+      expect((await httpGet(`http://127.0.0.1:${port}/metrics`)).status).toBe(200);
+    } finally {
+      bridge.child.kill('SIGTERM');
+    }
+    expect(await bridge.exited).toBe(0);
+    writeFileSync(cfg, JSON.stringify({ ports: { uplink: ifs.uplink } }));
+    const r = await runShadowvm(['run', '--name', tag, '--config', cfg]);
+    expect(r.code).toBe(2);
+    expect(r.output).toMatch(/^shadowvm: name the primary, backup interfaces: --primary, --backup, or "ports": \{"primary": IF, "backup": IF\} in --config$/m);
   });
 });

@@ -263,22 +263,53 @@ describe('shadowvm setup and teardown on the host', () => {
     expect(existing(ifnamesOf(name))).toEqual([]);
   });
 
-  test('an existing uplink is configured in place and survives teardown', () => {
+  test('an existing uplink is configured in place, and teardown puts back what setup changed on it (promisc, ARP, IPv6, GRO, address, up)', () => {
     const name = pairs.nic;
-    const opts: SetupOptions = { name, uplink: userNic, io: 'cap' };
-    const result = applySetup(opts, () => undefined);
-    expect(result.interfaces).toEqual({ uplink: userNic, primary: `svm-${name}-p`, backup: `svm-${name}-b` });
-    const nic = link(userNic) as IpLink;
-    expect(nic.flags).toEqual(expect.arrayContaining(['UP', 'PROMISC', 'NOARP']));
-    expect(nic.ifalias).toBeUndefined();
-    expect(sysctl(`net.ipv6.conf.${userNic}.disable_ipv6`)).toBe('1');
-    expect(feature(userNic, 'generic-receive-offload')).toBe('off');
-    expect(existing(ifnamesOf(name))).toEqual([`svm-${name}-p`, `svm-${name}-b`]);
-    expect(planSetup(opts).steps).toEqual([]);
+    const runtimeDir = fs.mkdtempSync(`${os.tmpdir()}/op-setup-run-`);
+    run('ip', ['addr', 'add', '192.0.2.77/24', 'dev', userNic]);
+    run('ethtool', ['-K', userNic, 'gro', 'on']); // a veth starts with GRO off; a NIC's is on
+    const uplinkFacts = (): unknown => ({
+      flags: link(userNic)?.flags, mtu: link(userNic)?.mtu, alias: link(userNic)?.ifalias,
+      ipv6: sysctl(`net.ipv6.conf.${userNic}.disable_ipv6`), gro: feature(userNic, 'generic-receive-offload'),
+      addresses: (addresses(userNic) as Array<{ family: string; local: string }>).filter((a) => a.family === 'inet').map((a) => a.local),
+    });
+    const before = uplinkFacts();
+    expect(before).toEqual(expect.objectContaining({ ipv6: '0', gro: 'on', addresses: ['192.0.2.77'] }));
+    expect(link(userNic)?.flags).not.toContain('PROMISC');
+    try {
+      const opts: SetupOptions = { name, uplink: userNic, io: 'cap', flushUplink: true };
+      const result = applySetup(opts, () => undefined, { runtimeDir });
+      expect(result.interfaces).toEqual({ uplink: userNic, primary: `svm-${name}-p`, backup: `svm-${name}-b` });
+      const nic = link(userNic) as IpLink;
+      expect(nic.flags).toEqual(expect.arrayContaining(['UP', 'PROMISC', 'NOARP']));
+      expect(nic.ifalias).toBeUndefined();
+      expect(sysctl(`net.ipv6.conf.${userNic}.disable_ipv6`)).toBe('1');
+      expect(feature(userNic, 'generic-receive-offload')).toBe('off');
+      expect(addresses(userNic)).toEqual([]);
+      expect(existing(ifnamesOf(name))).toEqual([`svm-${name}-p`, `svm-${name}-b`]);
+      const saved = `${runtimeDir}/${name}/setup-uplink.json`;
+      expect(fs.statSync(saved).mode & 0o777).toBe(0o600);
+      expect(fs.statSync(`${runtimeDir}/${name}`).mode & 0o777).toBe(0o700);
 
-    applyTeardown(name, () => undefined);
-    expect(existing(ifnamesOf(name))).toEqual([]);
-    expect(link(userNic)).toBeDefined();
+      // A second setup changes nothing and keeps what the first one saved.
+      expect(planSetup(opts).steps).toEqual([]);
+      expect(applySetup(opts, () => undefined, { runtimeDir }).changed).toBe(false);
+      expect(planTeardown(name, { runtimeDir }).steps.map((s) => s.argv.join(' '))).toEqual(expect.arrayContaining([
+        `ip link set dev ${userNic} promisc off`, `ip link set dev ${userNic} arp on`, `ip addr add 192.0.2.77/24 dev ${userNic}`,
+      ]));
+
+      const { lines, log } = collect();
+      applyTeardown(name, log, { runtimeDir });
+      expect(lines[lines.length - 1]).toBe(`${name}: torn down`);
+      expect(existing(ifnamesOf(name))).toEqual([]);
+      expect(uplinkFacts()).toEqual(before);
+      expect(fs.existsSync(saved)).toBe(false);
+      // Nothing left to do: a second teardown changes nothing.
+      expect(applyTeardown(name, () => undefined, { runtimeDir }).changed).toBe(false);
+    } finally {
+      runQuietly('ip', ['addr', 'flush', 'dev', userNic]);
+      fs.rmSync(runtimeDir, { recursive: true, force: true });
+    }
   });
 
   test('a failure after the user\'s uplink was changed restores the uplink as it was', () => {

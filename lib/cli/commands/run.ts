@@ -2,7 +2,8 @@
 import { readFileSync } from 'node:fs';
 import type { Argv } from 'yargs';
 import { Bridge } from '../../bridge';
-import { makePipelineConfig, PipelineConfig } from '../../pipeline/config';
+import { makePipelineConfig } from '../../pipeline/config';
+import { parseHostPort, readConfigFile } from '../config-file';
 import { Logger } from '../../control/logger';
 import { BridgeSignals } from '../../control/signals';
 import { defaultAgentSocketPath } from '../../replicate/agent-protocol';
@@ -11,28 +12,7 @@ import { IoBackend, openPorts } from '../ports';
 import { UsageError } from '../errors';
 import { LinkWatcher } from '../../io/link-watch';
 
-export function parseHostPort(text: string): { host: string; port: number } {
-  const m = /^(\[[^\]]+\]|[^:]+):(\d{1,5})$/.exec(text);
-  const port = m ? Number(m[2]) : NaN;
-  if (!m || !(port >= 0 && port <= 65535)) throw new UsageError(`--metrics wants HOST:PORT (e.g. 127.0.0.1:9464), got ${JSON.stringify(text)}`);
-  return { host: m[1].replace(/^\[|\]$/g, ''), port };
-}
-
-export function readConfigFile(path: string): Partial<PipelineConfig> {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (e) {
-    throw new UsageError(`cannot read config file ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-  }
-  try {
-    const parsed = JSON.parse(text);
-    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new Error('not a JSON object');
-    return parsed as Partial<PipelineConfig>;
-  } catch (e) {
-    throw new UsageError(`config file ${path} is not valid: ${(e as Error).message}`);
-  }
-}
+export { parseHostPort, readConfigFile };
 
 /** A group's id from /etc/group (the group database the bridge's host uses). */
 function groupByName(name: string): { gid: number; name: string } {
@@ -54,16 +34,16 @@ export function runCommand(y: Argv): Argv {
     'run',
     'bridge an uplink and the two VM interfaces: compare, release what agrees, checkpoint on divergence',
     (a) => a
-      .option('uplink', { type: 'string', demandOption: true, describe: 'client-side interface' })
-      .option('primary', { type: 'string', demandOption: true, describe: 'interface (tap) of the primary VM' })
-      .option('backup', { type: 'string', demandOption: true, describe: 'interface (tap) of the backup VM' })
+      .option('uplink', { type: 'string', describe: 'client-side interface (or "ports": {"uplink": …} in --config)' })
+      .option('primary', { type: 'string', describe: 'interface (tap) of the primary VM (or ports.primary in --config)' })
+      .option('backup', { type: 'string', describe: 'interface (tap) of the backup VM (or ports.backup in --config)' })
       .option('name', { type: 'string', default: 'default', describe: 'name of this protected pair (socket paths, logs, metrics)' })
       .option('agent', { type: 'string', describe: 'UNIX socket the sync agent connects to (default /run/shadowvm/NAME/agent.sock)' })
       .option('no-agent', { type: 'boolean', default: false, describe: 'run without a sync agent (DEGRADED: primary output unchecked)' })
       .option('control', { type: 'string', describe: 'control socket (default /run/shadowvm/NAME/control.sock)' })
       .option('control-group', { type: 'string', describe: 'a group whose members may use the control socket too (default: root and this user only)' })
-      .option('metrics', { type: 'string', describe: 'serve Prometheus metrics on HOST:PORT (loopback only)' })
-      .option('config', { type: 'string', describe: 'JSON file with pipeline settings (see README)' })
+      .option('metrics', { type: 'string', describe: 'serve Prometheus metrics on HOST:PORT (loopback only; or "metrics" in --config)' })
+      .option('config', { type: 'string', describe: 'JSON file with pipeline settings, ports and metrics (see README; check it with `shadowvm config check`)' })
       .option('io', { choices: ['afpacket', 'cap'] as const, default: 'afpacket' as const, describe: 'packet I/O back-end' })
       .option('vnet-hdr', { type: 'boolean', default: true, describe: 'afpacket: exchange virtio-net headers (GSO super-frames and partial checksums pass intact)' })
       .option('busy-poll-us', { type: 'number', default: 0, describe: 'afpacket: poll the rings this many µs after each wake-up before sleeping (lower latency, more CPU)' })
@@ -74,9 +54,18 @@ export function runCommand(y: Argv): Argv {
       const name = args.name;
       if (!(args['busy-poll-us'] >= 0 && args['busy-poll-us'] <= 10_000)) throw new UsageError('--busy-poll-us must be between 0 and 10000');
       if (!/^[A-Za-z0-9_.-]{1,32}$/.test(name)) throw new UsageError(`--name must be 1-32 letters, digits, '.', '_' or '-', got ${JSON.stringify(name)}`);
-      const fileConfig = args.config ? readConfigFile(args.config) : {};
-      const config = makePipelineConfig({ ...fileConfig, ...(args.resync ? { resync: args.resync } : {}) });
-      const metrics = args.metrics ? parseHostPort(args.metrics) : undefined;
+      const file = args.config ? readConfigFile(args.config) : { pipeline: {}, run: { ports: {} } };
+      const config = makePipelineConfig({ ...file.pipeline, ...(args.resync ? { resync: args.resync } : {}) });
+      // Flags win over the file.
+      const uplink = args.uplink ?? file.run.ports.uplink;
+      const primary = args.primary ?? file.run.ports.primary;
+      const backup = args.backup ?? file.run.ports.backup;
+      const missing = Object.entries({ uplink, primary, backup }).filter(([, v]) => !v).map(([k]) => k);
+      if (missing.length) {
+        throw new UsageError(`name the ${missing.join(', ')} interface${missing.length > 1 ? 's' : ''}: --${missing.join(', --')}, or "ports": {${missing.map((k) => `"${k}": IF`).join(', ')}} in --config`);
+      }
+      const metricsAt = args.metrics ?? file.run.metrics;
+      const metrics = metricsAt ? parseHostPort(metricsAt) : undefined;
       const logger = new Logger({ level: args['log-level'], fields: { bridge: name } });
       // Carrier loss of a VM port is a replica's death (netlink link events; see README, Failover).
       let links: LinkWatcher | undefined;
@@ -89,7 +78,7 @@ export function runCommand(y: Argv): Argv {
       }
       let ports;
       try {
-        ports = openPorts(args.io as IoBackend, { uplink: args.uplink, primary: args.primary, backup: args.backup }, { vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'] });
+        ports = openPorts(args.io as IoBackend, { uplink: uplink!, primary: primary!, backup: backup! }, { vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'] });
       } catch (e) {
         links?.close();
         throw e;

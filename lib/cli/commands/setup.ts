@@ -49,7 +49,7 @@ export function setupCommands(y: Argv): Argv {
     )
     .command(
       'teardown',
-      'remove what setup created for a pair (only interfaces it marked as its own)',
+      'remove what setup created for a pair (only interfaces it marked as its own) and put a user\'s own --uplink back as setup found it',
       (a) => a
         .option('name', { type: 'string', demandOption: true })
         .option('dry-run', { type: 'boolean', default: false }),

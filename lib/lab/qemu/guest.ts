@@ -14,6 +14,7 @@
  * one costs a hash. Cache root: $SHADOWVM_GUEST_CACHE, else
  * /var/cache/shadowvm/guest. The Debian kernel is never installed on the host.
  */
+import { UserFacingError } from '../../errors';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -33,7 +34,7 @@ const BIG_SEED = 0xb16f11e;
 /** Every file in the image gets this mtime, so HTTP headers and FTP listings never depend on build time. */
 const IMAGE_MTIME = LAB_CONTENT_MTIME;
 
-export class GuestBuildError extends Error {
+export class GuestBuildError extends UserFacingError {
   constructor(message: string) {
     super(`guest image: ${message}`);
     this.name = 'GuestBuildError';

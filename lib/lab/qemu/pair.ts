@@ -16,6 +16,7 @@
  * Every VM runs under the lab's run directory (QMP sockets, serial logs,
  * pidfiles), so `teardownLab(prefix)` finds them even after a crash.
  */
+import { UserFacingError } from '../../errors';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LabAgent, runLabAgent } from '../../agents/lab-agent';
@@ -40,7 +41,7 @@ import { GUEST_PROBE_MARKER, GUEST_READY_MARKER } from './guest-files';
 export type QemuLabMem = 128 | 512;
 export const QEMU_LAB_MEM_SIZES: readonly QemuLabMem[] = [128, 512];
 
-export class QemuLabError extends Error {
+export class QemuLabError extends UserFacingError {
   constructor(message: string) {
     super(message);
     this.name = 'QemuLabError';
@@ -64,7 +65,7 @@ export interface CloneReport {
   passes: number;
 }
 
-export class CloneError extends Error {
+export class CloneError extends UserFacingError {
   constructor(readonly source: string, readonly target: string, message: string) {
     super(`copy of VM ${source} into ${target} failed: ${message}`);
     this.name = 'CloneError';

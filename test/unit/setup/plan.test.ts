@@ -1,10 +1,40 @@
 import {
-  SetupConfigError, SetupOptions, Step, computeSetupPlan, computeTeardownPlan, formatCommand, parseEthtoolFeatures,
+  AddressState, HostSnapshot, LinkState, OffloadState, SetupConfigError, SetupOptions, Step, computeSetupPlan, computeTeardownPlan,
+  formatCommand, parseEthtoolFeatures,
 } from '../../../lib/setup';
-import { NOBODY, afterSetup, beforeSetup, fixture, withLink } from './host-fixtures';
+import { disableIpv6Key } from '../../../lib/setup/host-state';
+import { bridgePortMac } from '../../../lib/setup';
+import { uplinkRestoreSteps } from '../../../lib/setup/plan';
+import { HOSTNAME, NOBODY, afterSetup, beforeSetup, fixture, withLink } from './host-fixtures';
+import { HostModel, ModelLink } from './host-model';
 
 const BRIDGED: SetupOptions = { name: 'web1', bridge: 'br0', io: 'cap', tapOwner: 'nobody' };
 const commands = (steps: readonly Step[]): string[] => steps.map((s) => formatCommand(s.argv));
+
+/** The snapshot a host in the model's state would give (links, addresses, IPv6 and offloads). */
+function afterSetupOn(model: HostModel): HostSnapshot {
+  const base = beforeSetup({ tapOwner: undefined });
+  const links = new Map<string, LinkState>();
+  const addresses = new Map<string, AddressState[]>();
+  const sysctls = new Map(base.sysctls);
+  const offloads = new Map<string, OffloadState>();
+  let index = 1;
+  for (const [name, l] of model.links) {
+    const flags = [...(l.up ? ['UP'] : []), ...(l.promisc ? ['PROMISC'] : []), ...(l.noArp ? ['NOARP'] : [])];
+    links.set(name, {
+      name, index: index++, flags, mtu: l.mtu, master: l.master, alias: l.alias, peer: l.peer, linkType: 'ether',
+      kind: l.kind === 'nic' ? undefined : l.kind === 'tap' ? 'tun' : l.kind,
+      ...(l.kind === 'tap' ? { tap: { multiQueue: false, vnetHdr: !!l.vnetHdr, user: l.owner } } : {}),
+    } as LinkState);
+    addresses.set(name, [...l.addresses].map((c) => {
+      const [local, len] = c.split('/');
+      return { family: local.includes(':') ? 'inet6' : 'inet', local, prefixlen: Number(len), scope: 'global' } as AddressState;
+    }));
+    sysctls.set(disableIpv6Key(name), l.ipv6Disabled ? '1' : '0');
+    offloads.set(name, new Map(['tx', 'gro', 'lro'].map((f) => [({ tx: 'tx-checksumming', gro: 'generic-receive-offload', lro: 'large-receive-offload' } as Record<string, string>)[f], { on: l.offloadsOn.has(f), fixed: false }])));
+  }
+  return { ...base, links, addresses, sysctls, offloads };
+}
 
 function configError(fn: () => unknown): SetupConfigError {
   try {
@@ -17,35 +47,54 @@ function configError(fn: () => unknown): SetupConfigError {
 }
 
 describe('setup plan on a host without the pair', () => {
-  test('creates taps and a veth pair, silences them, joins the bridge and brings them up last', () => {
-    const plan = computeSetupPlan(BRIDGED, beforeSetup());
+  test('creates the taps and a veth pair, each marked as ours, and leaves every interface where shadowvm needs it', () => {
+    const host = beforeSetup();
+    const plan = computeSetupPlan(BRIDGED, host);
     expect(plan.interfaces).toEqual({ uplink: 'svm-web1-u', primary: 'svm-web1-p', backup: 'svm-web1-b' });
-    expect(commands(plan.steps)).toEqual([
-      'ip link add svm-web1-u type veth peer name svm-web1-h address fe:61:b3:4b:8a:54',
-      'ip tuntap add dev svm-web1-p mode tap user nobody vnet_hdr',
-      'ip tuntap add dev svm-web1-b mode tap user nobody vnet_hdr',
-      'ip link set dev svm-web1-u alias shadowvm:web1',
-      'ip link set dev svm-web1-h alias shadowvm:web1',
-      'ip link set dev svm-web1-p alias shadowvm:web1',
-      'ip link set dev svm-web1-b alias shadowvm:web1',
-      'sysctl -qw net.ipv6.conf.svm-web1-u.disable_ipv6=1',
-      'ip link set dev svm-web1-u arp off',
-      'ethtool -K svm-web1-u gro off',
-      'ip link set dev svm-web1-u promisc on',
-      'sysctl -qw net.ipv6.conf.svm-web1-h.disable_ipv6=1',
-      'ethtool -K svm-web1-h tx off',
-      'sysctl -qw net.ipv6.conf.svm-web1-p.disable_ipv6=1',
-      'ip link set dev svm-web1-p arp off',
-      'ethtool -K svm-web1-p gro off',
-      'sysctl -qw net.ipv6.conf.svm-web1-b.disable_ipv6=1',
-      'ip link set dev svm-web1-b arp off',
-      'ethtool -K svm-web1-b gro off',
-      'ip link set dev svm-web1-h master br0',
-      'ip link set dev svm-web1-u up',
-      'ip link set dev svm-web1-h up',
-      'ip link set dev svm-web1-p up',
-      'ip link set dev svm-web1-b up',
-    ]);
+    const model = new HostModel(host);
+    model.apply(plan.steps);
+    const [u, h, p, b] = ['svm-web1-u', 'svm-web1-h', 'svm-web1-p', 'svm-web1-b'].map((i) => model.snapshot(i) as ModelLink);
+    for (const l of [u, h, p, b]) {
+      expect(l).toBeDefined();
+      expect(l.alias).toBe('shadowvm:web1');
+      expect(l.up).toBe(true);
+      expect(l.ipv6Disabled).toBe(true);
+      expect(l.addresses.size).toBe(0);
+    }
+    // The uplink: promiscuous, silent, no GRO (--io cap captures there).
+    expect(u).toEqual(expect.objectContaining({ kind: 'veth', peer: 'svm-web1-h', promisc: true, noArp: true }));
+    expect(u.master).toBeUndefined();
+    expect(u.offloadsOn.has('gro')).toBe(false);
+    // Its peer joins br0 with a stable MAC and sends complete checksums into the capture port.
+    expect(h).toEqual(expect.objectContaining({ master: 'br0', promisc: false, noArp: false, mac: bridgePortMac(HOSTNAME, 'web1') }));
+    expect(h.offloadsOn.has('tx')).toBe(false);
+    // The taps: owned by the user asked for, with a vnet header, silent, not promiscuous, no GRO.
+    for (const tap of [p, b]) {
+      expect(tap).toEqual(expect.objectContaining({ kind: 'tap', owner: 'nobody', vnetHdr: true, promisc: false, noArp: true }));
+      expect(tap.master).toBeUndefined();
+      expect(tap.offloadsOn.has('gro')).toBe(false);
+    }
+  });
+
+  test('touches nothing but the four interfaces it creates: the bridge and the host\'s NIC stay as they were', () => {
+    const host = beforeSetup();
+    const model = new HostModel(host);
+    const before = ['br0', 'eth0', 'lo'].map((i) => model.snapshot(i));
+    model.apply(computeSetupPlan(BRIDGED, host).steps);
+    expect(['br0', 'eth0', 'lo'].map((i) => model.snapshot(i))).toEqual(before);
+  });
+
+  test('brings each interface up only once it is marked as ours and silent (no IPv6; no ARP except on the bridge port), and changes nothing after', () => {
+    const host = beforeSetup();
+    const model = new HostModel(host);
+    model.apply(computeSetupPlan(BRIDGED, host).steps);
+    expect(model.ups.map((e) => e.ifname).sort()).toEqual(['svm-web1-b', 'svm-web1-h', 'svm-web1-p', 'svm-web1-u']);
+    for (const { ifname, state } of model.ups) {
+      expect(state.alias).toBe('shadowvm:web1');
+      expect(state.ipv6Disabled).toBe(true);
+      if (ifname !== 'svm-web1-h') expect(state.noArp).toBe(true);
+      expect(state).toEqual(model.snapshot(ifname)); // nothing changes after it is up
+    }
   });
 
   test('undoes only creations: every later step touches an interface that creation-undo removes', () => {
@@ -174,6 +223,40 @@ describe('setup plan with an existing uplink', () => {
       ['ip link set dev eth0 up', 'ip link set dev eth0 down'],
     ]);
     expect(commands(plan.steps).join('\n')).not.toMatch(/link (add|del).*eth0|veth/);
+  });
+
+  test('saves steps that put the uplink back exactly as setup found it, and teardown runs them', () => {
+    const links = withLink(beforeSetup(), 'eth0', { flags: ['BROADCAST', 'MULTICAST'] });
+    const host = beforeSetup({ links, tapOwner: undefined });
+    const plan = computeSetupPlan({ ...UPLINK, flushUplink: true }, host);
+    const model = new HostModel(host);
+    const before = model.snapshot('eth0') as ModelLink;
+    expect(before.addresses.size).toBeGreaterThan(0);
+    expect(before.offloadsOn.has('gro')).toBe(true);
+    model.apply(plan.steps);
+    const during = model.snapshot('eth0') as ModelLink;
+    expect(during).toEqual(expect.objectContaining({ up: true, promisc: true, noArp: true, ipv6Disabled: true }));
+    expect(during.addresses.size).toBe(0);
+    expect(during.offloadsOn.has('gro')).toBe(false);
+
+    const restore = uplinkRestoreSteps(plan, 'eth0');
+    expect(restore.every((s) => s.ifname === 'eth0')).toBe(true);
+    const teardown = computeTeardownPlan('web1', afterSetupOn(model), { uplink: 'eth0', restore });
+    model.apply(teardown.steps);
+    expect(model.snapshot('eth0')).toEqual(before);
+    expect(model.snapshot('svm-web1-p')).toBeUndefined();
+  });
+
+  test('saves nothing for an uplink setup did not change, and teardown leaves a vanished uplink alone with a note', () => {
+    const host = beforeSetup({ tapOwner: undefined });
+    const model = new HostModel(host);
+    model.apply(computeSetupPlan({ ...UPLINK, flushUplink: true }, host).steps);
+    expect(uplinkRestoreSteps(computeSetupPlan({ ...UPLINK, flushUplink: true }, afterSetupOn(model)), 'eth0')).toEqual([]);
+    const links = new Map(host.links);
+    links.delete('eth0');
+    const plan = computeTeardownPlan('web1', beforeSetup({ links }), { uplink: 'eth0', restore: [{ why: 'x', argv: ['ip', 'link', 'set', 'dev', 'eth0', 'promisc', 'off'] }] });
+    expect(plan.steps).toEqual([]);
+    expect(plan.notes).toEqual(['uplink eth0 no longer exists: nothing of it to restore']);
   });
 
   test('refuses an uplink that carries the host\'s addresses unless told to flush them', () => {
