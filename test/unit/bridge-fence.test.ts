@@ -7,6 +7,7 @@
 import { join } from 'node:path';
 import { Bridge } from '../../lib/bridge';
 import { MemoryPort } from '../../lib/io/memory';
+import { monotonicUs } from '../../lib/clock';
 import { makePipelineConfig } from '../../lib/pipeline';
 import { udpFrame } from '../support/frames';
 import { LineClient, tempDir, waitFor } from './agents/socket-helpers';
@@ -55,7 +56,7 @@ describe('the epoch fence', () => {
   it('moves the backup slot to the interface checkpoint-done names and never reads the old one again', async () => {
     const r = await rig();
     try {
-      expect(r.bridge.pipeline.request('manual', undefined, 1)).toBe(true);
+      expect(r.bridge.pipeline.request('manual', undefined, monotonicUs())).toBe(true);
       const cp = await r.agent.next() as { type: string; epoch: number };
       expect(cp.type).toBe('checkpoint');
       r.agent.send({ type: 'checkpoint-done', epoch: cp.epoch, ms: 40, bytes: 1 << 20, port: 'b1' });
@@ -85,7 +86,7 @@ describe('the epoch fence', () => {
   it('fails the checkpoint, and leaves the old backup attached, when the new port cannot be opened', async () => {
     const r = await rig(false);
     try {
-      r.bridge.pipeline.request('manual', undefined, 1);
+      r.bridge.pipeline.request('manual', undefined, monotonicUs());
       const cp = await r.agent.next() as { epoch: number };
       r.agent.send({ type: 'checkpoint-done', epoch: cp.epoch, ms: 40, bytes: 1, port: 'b1' });
       await waitFor('DEGRADED', () => r.bridge.pipeline.state === 'DEGRADED', 3000);
