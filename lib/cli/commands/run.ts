@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import type { Argv } from 'yargs';
 import { Bridge } from '../../bridge';
 import { makePipelineConfig, PipelineConfig } from '../../pipeline/config';
+import { DEFAULT_REPLICATOR_CONFIG } from '../../replicate/replicator';
 import { Logger } from '../../control/logger';
 import { BridgeSignals } from '../../control/signals';
 import { defaultAgentSocketPath } from '../../replicate/agent-protocol';
@@ -53,13 +54,20 @@ export function runCommand(y: Argv): Argv {
       .option('busy-poll-us', { type: 'number', default: 0, describe: 'afpacket: poll the rings this many µs after each wake-up before sleeping (lower latency, more CPU)' })
       .option('carrier-watch', { type: 'boolean', default: true, describe: 'promote the backup when the primary\'s port loses carrier (netlink); --no-carrier-watch turns it off' })
       .option('resync', { choices: ['copy', 'align'] as const, describe: 'after a checkpoint: copy (a real agent copied the state) or align (lab agents that cannot)' })
+      .option('checkpoint-ms', { type: 'number', describe: 'also checkpoint at least every N ms, as Remus does (replicator.maxIntervalMs; 0: only on divergence)' })
       .option('log-level', { choices: ['debug', 'info', 'warn', 'error'] as const, default: 'info' as const }),
     async (args) => {
       const name = args.name;
       if (!(args['busy-poll-us'] >= 0 && args['busy-poll-us'] <= 10_000)) throw new UsageError('--busy-poll-us must be between 0 and 10000');
       if (!/^[A-Za-z0-9_.-]{1,32}$/.test(name)) throw new UsageError(`--name must be 1-32 letters, digits, '.', '_' or '-', got ${JSON.stringify(name)}`);
       const fileConfig = args.config ? readConfigFile(args.config) : {};
-      const config = makePipelineConfig({ ...fileConfig, ...(args.resync ? { resync: args.resync } : {}) });
+      const checkpointMs = args['checkpoint-ms'];
+      if (checkpointMs !== undefined && !(Number.isFinite(checkpointMs) && checkpointMs >= 0)) throw new UsageError(`--checkpoint-ms must be 0 (off) or a positive number of ms, got ${String(checkpointMs)}`);
+      const config = makePipelineConfig({
+        ...fileConfig,
+        ...(args.resync ? { resync: args.resync } : {}),
+        ...(checkpointMs !== undefined ? { replicator: { ...DEFAULT_REPLICATOR_CONFIG, ...fileConfig.replicator, maxIntervalMs: checkpointMs } } : {}),
+      });
       const metrics = args.metrics ? parseHostPort(args.metrics) : undefined;
       const logger = new Logger({ level: args['log-level'], fields: { bridge: name } });
       // Carrier loss of a VM port is a replica's death (netlink link events; see README, Failover).
