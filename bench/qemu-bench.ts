@@ -2,10 +2,13 @@
  * bench/qemu-bench: the thesis's headline comparison on the QEMU lab (issue 8).
  * A report, not a test; needs root. Run:
  * `npx tsc -p tsconfig.json && node dist/bench/qemu-bench.js`
- * (`--mem 128|512`, `--rounds 3`, `--seconds 5`, `--modes kernel,shadowvm,periodic-25,periodic-100`).
+ * (`--mem 128|512`, `--rounds 3`, `--seconds 5`, `--connections 4`,
+ * `--modes kernel,kernel-2vm,shadowvm,periodic-25,periodic-100`, `--prefix qb`, `--verbose`).
  *
  *   kernel:       <p>-client ── <p>c ─┐
  *                                     <p>br (Linux bridge) ── tap <p>p ── primary VM    backup VM paused, off the bridge
+ *   kernel-2vm:   the same, plus <p>-backup (a second client, same addresses) ── <p>c2 ── <p>br2 ── tap <p>b ── backup VM,
+ *                 given the same load at the same time: both VMs do the work shadowvm makes them do, nothing compared
  *   shadowvm:     <p>-client ── <p>c ── shadowvm ─┬─ tap <p>p ── primary VM
  *                                                 └─ tap <p>sN ── backup VM (a fresh copy after each checkpoint)
  *                 checkpoint only on divergence; the QEMU agent pauses the primary and copies it whole
@@ -90,6 +93,10 @@ interface SyncCounts {
   copyBytes: number[];
   /** Share of the phase the primary spent paused by copies (sum of copy ms ÷ wall ms). */
   pausedShare: number;
+  /** The bridge's checkpoints that ended in the phase: asked → done, ms (client ingress held meanwhile). */
+  checkpointingMs: number[];
+  /** Share of the phase the bridge spent in CHECKPOINTING. */
+  checkpointingShare: number;
 }
 
 interface Measured {
@@ -128,15 +135,40 @@ interface RunResult {
   teardownClean: boolean;
 }
 
+/**
+ * How long the bridge spent in CHECKPOINTING (from its `state` log events):
+ * the time client ingress was held, which is longer than the primary's pause
+ * (the agent's answer, a standby that was not warm yet).
+ */
+class CheckpointClock {
+  readonly durationsMs: number[] = [];
+  private totalMs = 0;
+  private since: number | null = null;
+  onState(from: unknown, to: unknown): void {
+    const now = performance.now();
+    if (to === 'CHECKPOINTING' && this.since === null) this.since = now;
+    else if (from === 'CHECKPOINTING' && this.since !== null) {
+      this.durationsMs.push(now - this.since);
+      this.totalMs += now - this.since;
+      this.since = null;
+    }
+  }
+  /** Time spent in CHECKPOINTING so far, counting one in progress. */
+  spentMs(): number {
+    return this.totalMs + (this.since === null ? 0 : performance.now() - this.since);
+  }
+}
+
 /** Counts the bridge's and agent's warnings and errors; prints them with --verbose. */
-function makeLog(counts: Record<string, number>, mismatches: string[], verbose: boolean): LogFn {
+function makeLog(counts: Record<string, number>, mismatches: string[], clock: CheckpointClock, verbose: boolean): LogFn {
   return (level, event, fields) => {
+    if (event === 'state') clock.onState(fields?.from, fields?.to);
     if (level === 'debug' || level === 'info') return;
     const key = `${level}:${event}`;
     counts[key] = (counts[key] ?? 0) + 1;
     if (event === 'mismatch' && mismatches.length < 4) {
       const f = fields ?? {};
-      const excerpt = (v: unknown) => JSON.stringify(String(v ?? '').slice(0, 48));
+      const excerpt = (v: unknown) => JSON.stringify(String(v ?? '').slice(0, 64));
       mismatches.push(`${String(f.flow)} ${String(f.kind)} at ${String(f.offset)}: primary ${excerpt(f.primary)} backup ${excerpt(f.backup)}`);
     }
     if (verbose) process.stderr.write(`    [${level}] ${event} ${JSON.stringify(fields ?? {}).slice(0, 300)}\n`);
@@ -145,13 +177,16 @@ function makeLog(counts: Record<string, number>, mismatches: string[], verbose: 
 
 const CLK_TCK_MS = 10; // /proc/stat counts in USER_HZ = 100 on Linux
 
-interface Probe { snap?: BridgeSnapshot; copies: number; cpu: { busy: number; total: number }; atMs: number }
+interface Probe { snap?: BridgeSnapshot; copies: number; held: number; heldMs: number; cpu: { busy: number; total: number }; atMs: number }
 
-function probe(lab: QemuLab | null, agent: QemuAgent | undefined): Probe {
-  return { snap: lab && agent ? lab.bridge.snapshot() : undefined, copies: agent?.stats.copyMs.length ?? 0, cpu: readHostCpu(), atMs: performance.now() };
+function probe(lab: QemuLab | null, agent: QemuAgent | undefined, clock: CheckpointClock): Probe {
+  return {
+    snap: lab && agent ? lab.bridge.snapshot() : undefined, copies: agent?.stats.copyMs.length ?? 0,
+    held: clock.durationsMs.length, heldMs: clock.spentMs(), cpu: readHostCpu(), atMs: performance.now(),
+  };
 }
 
-function measuredBetween(a: Probe, b: Probe, agent: QemuAgent | undefined): Measured {
+function measuredBetween(a: Probe, b: Probe, agent: QemuAgent | undefined, clock: CheckpointClock): Measured {
   const wallMs = b.atMs - a.atMs;
   const m: Measured = { wallMs, hostCpuBusyPercent: hostCpuBusyPercent(a.cpu, b.cpu), hostCpuMs: (b.cpu.busy - a.cpu.busy) * CLK_TCK_MS };
   if (a.snap && b.snap && agent) {
@@ -169,6 +204,8 @@ function measuredBetween(a: Probe, b: Probe, agent: QemuAgent | undefined): Meas
       copyMs,
       copyBytes: agent.stats.copyBytes.slice(a.copies, b.copies),
       pausedShare: copyMs.reduce((s, v) => s + v, 0) / wallMs,
+      checkpointingMs: clock.durationsMs.slice(a.held, b.held),
+      checkpointingShare: (b.heldMs - a.heldMs) / wallMs,
     };
   }
   return m;
@@ -181,7 +218,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
  * the same time, against the backup VM; only the first client's figures are
  * reported.
  */
-async function measureLab(lab: QemuLab, agent: QemuAgent | undefined, o: Options, r: RunResult, say: (s: string) => void, twin?: string): Promise<void> {
+async function measureLab(lab: QemuLab, agent: QemuAgent | undefined, clock: CheckpointClock, o: Options, r: RunResult, say: (s: string) => void, twin?: string): Promise<void> {
   const ns = lab.client.netns;
   const url = (p: string) => `http://${lab.serviceIpv4}/${p}`;
   // The path must work before it is measured (a kernel bridge's ports may take a moment to forward).
@@ -198,9 +235,9 @@ async function measureLab(lab: QemuLab, agent: QemuAgent | undefined, o: Options
 
   const wrkPhase = async (name: string, path: string): Promise<WrkPhase> => {
     say(`    ${name}…`);
-    const a = probe(lab, agent);
+    const a = probe(lab, agent, clock);
     const [w] = await Promise.all([runWrk(ns, url(path), o.wrk), twin ? runWrk(twin, url(path), o.wrk) : null]);
-    const m = measuredBetween(a, probe(lab, agent), agent);
+    const m = measuredBetween(a, probe(lab, agent, clock), agent, clock);
     const requests = Number.isFinite(w.requests) ? w.requests : NaN;
     return {
       ...w, ...m,
@@ -217,10 +254,10 @@ async function measureLab(lab: QemuLab, agent: QemuAgent | undefined, o: Options
 
   say('    FTP get big.bin…');
   const file = join(lab.runDir, `bench-${GUEST_BIG_FILE}`);
-  const a = probe(lab, agent);
+  const a = probe(lab, agent, clock);
   const curlFtp = (n: string, out: string) => execInNetns(n, 'curl', ['-sS', '--ftp-pasv', '--max-time', '150', '-o', out, '-w', '%{size_download} %{time_total}', `ftp://${lab.serviceIpv4}/${GUEST_BIG_FILE}`], 170_000);
   const [c] = await Promise.all([curlFtp(ns, file), twin ? curlFtp(twin, '/dev/null') : null]);
-  const m = measuredBetween(a, probe(lab, agent), agent);
+  const m = measuredBetween(a, probe(lab, agent, clock), agent, clock);
   const w = /^(\d+) ([\d.]+)/.exec(c.stdout.trim());
   const bytes = w ? Number(w[1]) : 0;
   const seconds = w ? Number(w[2]) : NaN;
@@ -273,7 +310,8 @@ const current: { prefix: string | null } = { prefix: null };
 
 async function runOne(mode: Mode, round: number, o: Options, say: (s: string) => void): Promise<RunResult> {
   const r: RunResult = { mode, round, ok: false, setupMs: 0, warnings: {}, mismatchSamples: [], teardownClean: false };
-  const log = makeLog(r.warnings, r.mismatchSamples, o.verbose);
+  const clock = new CheckpointClock();
+  const log = makeLog(r.warnings, r.mismatchSamples, clock, o.verbose);
   const t0 = Date.now();
   let lab: QemuLab | null = null;
   try {
@@ -291,7 +329,7 @@ async function runOne(mode: Mode, round: number, o: Options, say: (s: string) =>
       r.setupMs = Date.now() - t0;
       r.accel = lab.accel.accel;
       r.bootMs = lab.bootMs;
-      await measureLab(lab, undefined, o, r, say, twin);
+      await measureLab(lab, undefined, clock, o, r, say, twin);
     } else {
       const factory = qemuSyncAgent();
       const every = periodicMs(mode);
@@ -302,7 +340,7 @@ async function runOne(mode: Mode, round: number, o: Options, say: (s: string) =>
       r.setupMs = Date.now() - t0;
       r.accel = lab.accel.accel;
       r.bootMs = lab.bootMs;
-      await measureLab(lab, factory.last, o, r, say);
+      await measureLab(lab, factory.last, clock, o, r, say);
     }
     r.ok = Boolean(r.static?.ok && r.cgi?.ok && r.ftp?.ok);
     if (!r.ok) r.error = [r.static?.error, r.cgi?.error, r.ftp?.error].filter(Boolean).join('; ') || 'a phase failed';
@@ -388,7 +426,9 @@ const METRICS: Metric[] = [
   { key: 'ckptPerSecStatic', label: 'checkpoints / s (static)', digits: 1, higherIsBetter: false, ratio: false, value: (r) => (r.static?.sync ? (r.static.sync.checkpoints / r.static.wallMs) * 1000 : NaN) },
   { key: 'copyMsP50', label: 'copy (primary paused) p50 ms', digits: 0, higherIsBetter: false, ratio: false, value: (r) => median([...(r.static?.sync?.copyMs ?? []), ...(r.cgi?.sync?.copyMs ?? []), ...(r.ftp?.sync?.copyMs ?? [])]) },
   { key: 'copyMB', label: 'MB moved per copy (p50)', digits: 0, higherIsBetter: false, ratio: false, value: (r) => median([...(r.static?.sync?.copyBytes ?? []), ...(r.cgi?.sync?.copyBytes ?? []), ...(r.ftp?.sync?.copyBytes ?? [])]) / 1e6 },
+  { key: 'ckptBridgeMsP50', label: 'checkpoint asked → done p50 ms', digits: 0, higherIsBetter: false, ratio: false, value: (r) => median([...(r.static?.sync?.checkpointingMs ?? []), ...(r.cgi?.sync?.checkpointingMs ?? []), ...(r.ftp?.sync?.checkpointingMs ?? [])]) },
   { key: 'pausedStatic', label: 'primary paused, % of static phase', digits: 0, higherIsBetter: false, ratio: false, value: (r) => (r.static?.sync ? r.static.sync.pausedShare * 100 : NaN) },
+  { key: 'heldStatic', label: 'bridge checkpointing, % of static phase', digits: 0, higherIsBetter: false, ratio: false, value: (r) => (r.static?.sync ? r.static.sync.checkpointingShare * 100 : NaN) },
   { key: 'hostCpuStatic', label: 'host CPU busy % (static)', digits: 0, higherIsBetter: false, ratio: false, value: (r) => r.static?.hostCpuBusyPercent ?? NaN },
   { key: 'cpuPerReqStatic', label: 'host CPU ms / request (static)', digits: 2, higherIsBetter: false, ratio: true, value: (r) => okWrk(r.static, (w) => w.hostCpuMsPerRequest) },
 ];
