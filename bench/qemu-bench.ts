@@ -107,7 +107,12 @@ interface Measured {
   sync?: SyncCounts;
 }
 
-type WrkPhase = WrkResult & Measured & { checkpointsPer1000: number; hostCpuMsPerRequest: number };
+type WrkPhase = WrkResult & Measured & {
+  checkpointsPer1000: number;
+  hostCpuMsPerRequest: number;
+  /** kernel-2vm: what the backup VM's own client got at the same time. */
+  twin?: WrkResult;
+};
 
 interface FtpPhase extends Measured {
   ok: boolean;
@@ -130,7 +135,7 @@ interface RunResult {
   cgi?: WrkPhase;
   ftp?: FtpPhase;
   warnings: Record<string, number>;
-  /** The first mismatches the bridge logged (flow, kind, offset, excerpts). */
+  /** The first two mismatches the bridge logged in each phase (phase: flow, kind, offset, excerpts). */
   mismatchSamples: string[];
   teardownClean: boolean;
 }
@@ -141,6 +146,8 @@ interface RunResult {
  * (the agent's answer, a standby that was not warm yet).
  */
 class CheckpointClock {
+  /** The phase running now (for the log's mismatch samples). */
+  phase = 'setup';
   readonly durationsMs: number[] = [];
   private totalMs = 0;
   private since: number | null = null;
@@ -166,10 +173,10 @@ function makeLog(counts: Record<string, number>, mismatches: string[], clock: Ch
     if (level === 'debug' || level === 'info') return;
     const key = `${level}:${event}`;
     counts[key] = (counts[key] ?? 0) + 1;
-    if (event === 'mismatch' && mismatches.length < 4) {
+    if (event === 'mismatch' && mismatches.filter((m) => m.startsWith(`${clock.phase}:`)).length < 2) {
       const f = fields ?? {};
       const excerpt = (v: unknown) => JSON.stringify(String(v ?? '').slice(0, 64));
-      mismatches.push(`${String(f.flow)} ${String(f.kind)} at ${String(f.offset)}: primary ${excerpt(f.primary)} backup ${excerpt(f.backup)}`);
+      mismatches.push(`${clock.phase}: ${String(f.flow)} ${String(f.kind)} at ${String(f.offset)}: primary ${excerpt(f.primary)} backup ${excerpt(f.backup)}`);
     }
     if (verbose) process.stderr.write(`    [${level}] ${event} ${JSON.stringify(fields ?? {}).slice(0, 300)}\n`);
   };
@@ -234,13 +241,14 @@ async function measureLab(lab: QemuLab, agent: QemuAgent | undefined, clock: Che
   }
 
   const wrkPhase = async (name: string, path: string): Promise<WrkPhase> => {
-    say(`    ${name}…`);
+    say(`    wrk ${name}…`);
+    clock.phase = name;
     const a = probe(lab, agent, clock);
-    const [w] = await Promise.all([runWrk(ns, url(path), o.wrk), twin ? runWrk(twin, url(path), o.wrk) : null]);
+    const [w, t] = await Promise.all([runWrk(ns, url(path), o.wrk), twin ? runWrk(twin, url(path), o.wrk) : null]);
     const m = measuredBetween(a, probe(lab, agent, clock), agent, clock);
     const requests = Number.isFinite(w.requests) ? w.requests : NaN;
     return {
-      ...w, ...m,
+      ...w, ...m, ...(t ? { twin: t } : {}),
       checkpointsPer1000: m.sync && requests > 0 ? (m.sync.checkpoints / requests) * 1000 : NaN,
       hostCpuMsPerRequest: requests > 0 ? m.hostCpuMs / requests : NaN,
     };
@@ -249,10 +257,11 @@ async function measureLab(lab: QemuLab, agent: QemuAgent | undefined, clock: Che
   // Warm-up: the guest's page cache and httpd, the bridge's JIT; not reported.
   await Promise.all([ns, ...(twin ? [twin] : [])].map((n) => runWrk(n, url('hello.txt'), { ...o.wrk, seconds: 1 })));
   await sleep(300);
-  r.static = await wrkPhase('wrk /hello.txt', 'hello.txt');
-  r.cgi = await wrkPhase('wrk /cgi-bin/counter', 'cgi-bin/counter');
+  r.static = await wrkPhase('static', 'hello.txt');
+  r.cgi = await wrkPhase('CGI', 'cgi-bin/counter');
 
   say('    FTP get big.bin…');
+  clock.phase = 'FTP';
   const file = join(lab.runDir, `bench-${GUEST_BIG_FILE}`);
   const a = probe(lab, agent, clock);
   const curlFtp = (n: string, out: string) => execInNetns(n, 'curl', ['-sS', '--ftp-pasv', '--max-time', '150', '-o', out, '-w', '%{size_download} %{time_total}', `ftp://${lab.serviceIpv4}/${GUEST_BIG_FILE}`], 170_000);
@@ -419,6 +428,7 @@ const METRICS: Metric[] = [
   { key: 'cgiRps', label: 'CGI req/s', digits: 1, higherIsBetter: true, ratio: true, value: (r) => okWrk(r.cgi, (w) => w.requestsPerSecond) },
   { key: 'cgiP50', label: 'CGI latency p50 ms', digits: 0, higherIsBetter: false, ratio: true, value: (r) => okWrk(r.cgi, (w) => w.latencyP50Ms) },
   { key: 'cgiP99', label: 'CGI latency p99 ms', digits: 0, higherIsBetter: false, ratio: true, value: (r) => okWrk(r.cgi, (w) => w.latencyP99Ms) },
+  { key: 'twinStaticRps', label: 'kernel-2vm: backup VM\'s client, static req/s', digits: 0, higherIsBetter: true, ratio: false, value: (r) => (r.static?.twin?.ok ? r.static.twin.requestsPerSecond : NaN) },
   { key: 'ftpMBps', label: 'FTP get 4 MiB, MB/s', digits: 2, higherIsBetter: true, ratio: true, value: (r) => (r.ftp?.ok ? r.ftp.mbytesPerSecond : NaN) },
   { key: 'staticCkptPer1000', label: 'checkpoints / 1,000 req (static)', digits: 1, higherIsBetter: false, ratio: false, value: (r) => r.static?.checkpointsPer1000 ?? NaN },
   { key: 'cgiCkptPer1000', label: 'checkpoints / 1,000 req (CGI)', digits: 0, higherIsBetter: false, ratio: false, value: (r) => r.cgi?.checkpointsPer1000 ?? NaN },
@@ -523,7 +533,7 @@ function report(results: RunResult[], o: Options, facts: Record<string, string>,
     details.push(...[errs('static', r.static), errs('CGI', r.cgi)].filter(Boolean));
     if (details.length) out.push(`    ${details.join('; ')}`);
     if (warn) out.push(`    warnings: ${warn}`);
-    for (const m of r.mismatchSamples.slice(0, 2)) out.push(`    mismatch: ${m}`);
+    for (const m of r.mismatchSamples) out.push(`    mismatch in ${m}`);
   }
   return out;
 }
