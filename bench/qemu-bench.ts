@@ -255,6 +255,7 @@ async function measureLab(lab: QemuLab, agent: QemuAgent | undefined, clock: Che
   };
 
   // Warm-up: the guest's page cache and httpd, the bridge's JIT; not reported.
+  clock.phase = 'warm-up';
   await Promise.all([ns, ...(twin ? [twin] : [])].map((n) => runWrk(n, url('hello.txt'), { ...o.wrk, seconds: 1 })));
   await sleep(300);
   r.static = await wrkPhase('static', 'hello.txt');
@@ -419,15 +420,20 @@ interface Metric {
 }
 
 const okWrk = (w: WrkPhase | undefined, f: (w: WrkPhase) => number) => (w?.ok ? f(w) : NaN);
+/** wrk prints a latency of 0 when no request completed in time to be timed (all timed out): no figure. */
+const okLatency = (w: WrkPhase | undefined, f: (w: WrkPhase) => number) => {
+  const v = okWrk(w, f);
+  return v > 0 ? v : NaN;
+};
 const median = (xs: number[]) => spread(xs).median;
 
 const METRICS: Metric[] = [
   { key: 'staticRps', label: 'static req/s', digits: 0, higherIsBetter: true, ratio: true, value: (r) => okWrk(r.static, (w) => w.requestsPerSecond) },
-  { key: 'staticP50', label: 'static latency p50 ms', digits: 1, higherIsBetter: false, ratio: true, value: (r) => okWrk(r.static, (w) => w.latencyP50Ms) },
-  { key: 'staticP99', label: 'static latency p99 ms', digits: 0, higherIsBetter: false, ratio: true, value: (r) => okWrk(r.static, (w) => w.latencyP99Ms) },
+  { key: 'staticP50', label: 'static latency p50 ms', digits: 1, higherIsBetter: false, ratio: true, value: (r) => okLatency(r.static, (w) => w.latencyP50Ms) },
+  { key: 'staticP99', label: 'static latency p99 ms', digits: 0, higherIsBetter: false, ratio: true, value: (r) => okLatency(r.static, (w) => w.latencyP99Ms) },
   { key: 'cgiRps', label: 'CGI req/s', digits: 1, higherIsBetter: true, ratio: true, value: (r) => okWrk(r.cgi, (w) => w.requestsPerSecond) },
-  { key: 'cgiP50', label: 'CGI latency p50 ms', digits: 0, higherIsBetter: false, ratio: true, value: (r) => okWrk(r.cgi, (w) => w.latencyP50Ms) },
-  { key: 'cgiP99', label: 'CGI latency p99 ms', digits: 0, higherIsBetter: false, ratio: true, value: (r) => okWrk(r.cgi, (w) => w.latencyP99Ms) },
+  { key: 'cgiP50', label: 'CGI latency p50 ms', digits: 0, higherIsBetter: false, ratio: true, value: (r) => okLatency(r.cgi, (w) => w.latencyP50Ms) },
+  { key: 'cgiP99', label: 'CGI latency p99 ms', digits: 0, higherIsBetter: false, ratio: true, value: (r) => okLatency(r.cgi, (w) => w.latencyP99Ms) },
   { key: 'twinStaticRps', label: 'kernel-2vm: backup VM\'s client, static req/s', digits: 0, higherIsBetter: true, ratio: false, value: (r) => (r.static?.twin?.ok ? r.static.twin.requestsPerSecond : NaN) },
   { key: 'ftpMBps', label: 'FTP get 4 MiB, MB/s', digits: 2, higherIsBetter: true, ratio: true, value: (r) => (r.ftp?.ok ? r.ftp.mbytesPerSecond : NaN) },
   { key: 'staticCkptPer1000', label: 'checkpoints / 1,000 req (static)', digits: 1, higherIsBetter: false, ratio: false, value: (r) => r.static?.checkpointsPer1000 ?? NaN },
