@@ -33,7 +33,8 @@ demo: build
 
 # Side by side on the netns lab (root): kernel bridge, shadowvm with AF_PACKET, shadowvm with libpcap;
 # then failover as the client sees it (abrupt and silent deaths); then the pipeline's own cost per frame;
-# then the hostile-input soak (issue 7's attacks one after another while downloads run).
+# then the hostile-input soak (issue 7's attacks one after another while downloads run);
+# then the thesis's headline comparison on the QEMU lab (no protection, shadowvm, periodic full-copy checkpoints).
 # Reports, not tests; JSON under bench/results/.
 bench: build
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make bench builds network namespaces: run it as root (sudo make bench)"; exit 1; fi
@@ -41,6 +42,7 @@ bench: build
 	@node dist/bench/failover.js
 	@node dist/bench/pipeline.js
 	@node dist/bench/soak.js
+	@node dist/bench/qemu-bench.js
 
 # Re-records the fixtures from real servers in network namespaces (root).
 fixtures: build

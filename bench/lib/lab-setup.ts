@@ -98,13 +98,21 @@ export function kernelBridgeName(prefix: string): string {
  * bridge (STP off: ports forward at once). The backup's veth stays out.
  */
 export function addKernelBridge(lab: Lab): string {
-  const br = kernelBridgeName(lab.prefix);
-  removeKernelBridge(lab.prefix);
+  return addKernelBridgeOn(lab.prefix, [lab.client.hostIf, lab.primary.hostIf]);
+}
+
+/** The same on any host interfaces (the QEMU lab: the client's veth and the primary VM's tap). */
+export function addKernelBridgeOn(prefix: string, ifaces: readonly string[]): string {
+  removeKernelBridge(prefix);
+  return createLinuxBridge(kernelBridgeName(prefix), ifaces);
+}
+
+/** A Linux bridge named `br` (which must not exist) over these host interfaces, STP off. */
+export function createLinuxBridge(br: string, ifaces: readonly string[]): string {
   run('ip', ['link', 'add', br, 'type', 'bridge', 'stp_state', '0']);
   // As the lab's host ends: no IPv6 on the host side (no MLD, no link-local noise).
   run('sysctl', ['-qw', `net.ipv6.conf.${br}.disable_ipv6=1`]);
-  run('ip', ['link', 'set', lab.client.hostIf, 'master', br]);
-  run('ip', ['link', 'set', lab.primary.hostIf, 'master', br]);
+  for (const ifname of ifaces) run('ip', ['link', 'set', ifname, 'master', br]);
   run('ip', ['link', 'set', br, 'up']);
   return br;
 }

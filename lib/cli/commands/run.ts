@@ -4,6 +4,7 @@ import type { Argv } from 'yargs';
 import { Bridge } from '../../bridge';
 import { makePipelineConfig } from '../../pipeline/config';
 import { parseHostPort, readConfigFile } from '../config-file';
+import { DEFAULT_REPLICATOR_CONFIG } from '../../replicate/replicator';
 import { Logger } from '../../control/logger';
 import { BridgeSignals } from '../../control/signals';
 import { defaultAgentSocketPath } from '../../replicate/agent-protocol';
@@ -49,13 +50,20 @@ export function runCommand(y: Argv): Argv {
       .option('busy-poll-us', { type: 'number', default: 0, describe: 'afpacket: poll the rings this many µs after each wake-up before sleeping (lower latency, more CPU)' })
       .option('carrier-watch', { type: 'boolean', default: true, describe: 'promote the backup when the primary\'s port loses carrier (netlink); --no-carrier-watch turns it off' })
       .option('resync', { choices: ['copy', 'align'] as const, describe: 'after a checkpoint: copy (a real agent copied the state) or align (lab agents that cannot)' })
+      .option('checkpoint-ms', { type: 'number', describe: 'also checkpoint at least every N ms, as Remus does (replicator.maxIntervalMs; 0: only on divergence)' })
       .option('log-level', { choices: ['debug', 'info', 'warn', 'error'] as const, default: 'info' as const }),
     async (args) => {
       const name = args.name;
       if (!(args['busy-poll-us'] >= 0 && args['busy-poll-us'] <= 10_000)) throw new UsageError('--busy-poll-us must be between 0 and 10000');
       if (!/^[A-Za-z0-9_.-]{1,32}$/.test(name)) throw new UsageError(`--name must be 1-32 letters, digits, '.', '_' or '-', got ${JSON.stringify(name)}`);
       const file = args.config ? readConfigFile(args.config) : { pipeline: {}, run: { ports: {} } };
-      const config = makePipelineConfig({ ...file.pipeline, ...(args.resync ? { resync: args.resync } : {}) });
+      const checkpointMs = args['checkpoint-ms'];
+      if (checkpointMs !== undefined && !(Number.isFinite(checkpointMs) && checkpointMs >= 0)) throw new UsageError(`--checkpoint-ms must be 0 (off) or a positive number of ms, got ${String(checkpointMs)}`);
+      const config = makePipelineConfig({
+        ...file.pipeline,
+        ...(args.resync ? { resync: args.resync } : {}),
+        ...(checkpointMs !== undefined ? { replicator: { ...DEFAULT_REPLICATOR_CONFIG, ...file.pipeline.replicator, maxIntervalMs: checkpointMs } } : {}),
+      });
       // Flags win over the file.
       const uplink = args.uplink ?? file.run.ports.uplink;
       const primary = args.primary ?? file.run.ports.primary;
