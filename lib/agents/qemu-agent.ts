@@ -189,37 +189,34 @@ class QmpQemuAgent implements QemuAgent {
 
   private async checkpoint(msg: CheckpointMessage): Promise<void> {
     this.stats.checkpoints++;
-    const primary = this.primary;
-    if (!primary || !primary.running) {
-      this.fail(msg.epoch, 'no running primary');
-      return;
-    }
-    const made = await this.copyPrimary(primary, msg.epoch, 'checkpoint');
-    if (!made) return;
-    const old = this.backup;
-    this.backup = made.vm;
-    this.watch(made.vm);
-    this.stats.done++;
-    this.rolesChanged();
-    this.answer(msg.epoch, made.vm, made.report);
-    if (old && old !== made.vm) this.retireLater(old, 'replaced by a fresh copy');
+    if (await this.newBackup(msg.epoch, 'checkpoint')) this.stats.done++;
   }
 
   private async reprotect(msg: ReprotectMessage): Promise<void> {
+    if (await this.newBackup(msg.epoch, 'reprotect')) this.stats.reprotects++;
+  }
+
+  /**
+   * The primary copied into a new backup, which takes the backup's role and
+   * is announced (checkpoint-done with its tap); the old backup is retired
+   * only then. False (and checkpoint-failed or primary-down sent) when no
+   * copy was made.
+   */
+  private async newBackup(epoch: number, what: 'checkpoint' | 'reprotect'): Promise<boolean> {
     const primary = this.primary;
     if (!primary || !primary.running) {
-      this.fail(msg.epoch, 'no running primary to copy');
-      return;
+      this.fail(epoch, 'no running primary to copy');
+      return false;
     }
-    const made = await this.copyPrimary(primary, msg.epoch, 'reprotect');
-    if (!made) return;
+    const made = await this.copyPrimary(primary, epoch, what);
+    if (!made) return false;
     const old = this.backup;
     this.backup = made.vm;
     this.watch(made.vm);
-    this.stats.reprotects++;
     this.rolesChanged();
-    this.answer(msg.epoch, made.vm, made.report);
-    if (old && old !== made.vm) this.retireLater(old, 'replaced by a new backup');
+    this.answer(epoch, made.vm, made.report);
+    if (old && old !== made.vm) this.retireLater(old, `replaced by a new copy (${what})`);
+    return true;
   }
 
   /** A standby, the copy into it; null (and checkpoint-failed sent) when either fails. */

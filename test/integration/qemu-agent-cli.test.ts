@@ -9,20 +9,13 @@ import * as fs from 'node:fs';
 import { monotonicUs } from '../../lib/clock';
 import { runInAsync } from '../../lib/lab/exec';
 import { teardownLab } from '../../lib/lab/netns';
+import { until } from '../support/until';
 import { QemuLab, startQemuLab } from '../../lib/lab/qemu/pair';
 import { stateFileOf } from '../../lib/agents/qemu-attach';
 import { SHADOWVM_BIN, requireBuiltCli } from '../support/lab-helpers';
 
 const PREFIX = 'qz';
 jest.setTimeout(240_000);
-
-async function until(what: string, test: () => boolean, timeoutMs: number): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!test()) {
-    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 describe('shadowvm agent qemu, a process of its own', () => {
   let lab: QemuLab;

@@ -12,6 +12,7 @@ import { LogFn } from '../../lib/control/logger';
 import { monotonicUs } from '../../lib/clock';
 import { runInAsync } from '../../lib/lab/exec';
 import { teardownLab } from '../../lib/lab/netns';
+import { until } from '../support/until';
 import { GUEST_BIG_FILE, guestContent } from '../../lib/lab/qemu/guest';
 import { QemuLab, startQemuLab } from '../../lib/lab/qemu/pair';
 import { qemuSyncAgent } from '../../lib/lab/qemu/agent';
@@ -21,14 +22,6 @@ import { QemuProcess } from '../../lib/qemu/process';
 const PREFIX = 'qy';
 const content = guestContent();
 jest.setTimeout(240_000);
-
-async function until(what: string, test: () => boolean, timeoutMs: number): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!test()) {
-    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 describe('QEMU lab with the QEMU agent (full copy)', () => {
   let lab: QemuLab;
