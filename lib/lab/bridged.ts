@@ -44,6 +44,8 @@ export interface BridgedLabOptions {
   links?: LinkEventSource | 'none';
   /** vsftpd's passive ports (see LabServerOptions). */
   ftpPassivePorts?: { min: number; max: number };
+  /** The backup's own passive range (see LabServerOptions). */
+  backupFtpPassivePorts?: { min: number; max: number };
   /** Re-protect after a failover by restarting the dead namespace's servers (default true). */
   reprotect?: boolean;
   /** Serve Prometheus metrics here (loopback), as `shadowvm run --metrics` does. */
@@ -97,7 +99,7 @@ export async function startBridgedLab(options: BridgedLabOptions = {}): Promise<
     teardownLab(lab);
   };
   try {
-    const servers = await startLabServers(lab, { ftpPassivePorts: options.ftpPassivePorts });
+    const servers = await startLabServers(lab, { ftpPassivePorts: options.ftpPassivePorts, backupFtpPassivePorts: options.backupFtpPassivePorts });
     await waitUntilQuiet(lab);
     const agentSocket = join(lab.runDir, 'agent.sock');
     const controlSocket = join(lab.runDir, 'control.sock');

@@ -38,6 +38,8 @@ export interface LabServerOptions {
    * them agree, so an FTP data connection is a replica on both sides.
    */
   ftpPassivePorts?: { min: number; max: number };
+  /** The backup's own range, when it must differ for sure (default: the same as the primary's). */
+  backupFtpPassivePorts?: { min: number; max: number };
 }
 
 export interface LabReplicaRuntime {
@@ -285,7 +287,7 @@ export async function startLabServers(lab: Lab, options: LabServerOptions = {}):
   const services = options.services ?? LAB_SERVICES;
   const timeoutMs = options.readyTimeoutMs ?? 10_000;
   const primary = prepareReplica(lab, lab.primary, undefined, options.ftpPassivePorts);
-  const backup = prepareReplica(lab, lab.backup, options.backupDivergence, options.ftpPassivePorts);
+  const backup = prepareReplica(lab, lab.backup, options.backupDivergence, options.backupFtpPassivePorts ?? options.ftpPassivePorts);
   await Promise.all([startReplica(lab, primary, services, timeoutMs), startReplica(lab, backup, services, timeoutMs)]);
   return { services, primary, backup };
 }

@@ -47,7 +47,8 @@ describe('isolation of the backup', () => {
 
   beforeAll(async () => {
     requireRoot('lab-isolation.test.ts');
-    l = await startBridgedLab({ prefix: PREFIX });
+    // Different passive ports for sure (from one wide range both vsftpds once drew the same one).
+    l = await startBridgedLab({ prefix: PREFIX, ftpPassivePorts: { min: 30100, max: 30100 }, backupFtpPassivePorts: { min: 30101, max: 30101 } });
     const { lab, servers } = l;
     const dir = lab.runDir;
     const captures: Capture[] = [];
