@@ -35,7 +35,7 @@ describe('COLO capability probe (way 2)', () => {
     expect(r.durationMs).toBeLessThan(25000);
     if (/Debian 1:7\.2\+dfsg/.test(r.version ?? '')) {
       expect(r.colo).toBe(false);
-      expect(r.reason).toMatch(/checkpoint 1 did not finish/);
+      expect(r.reason).toMatch(/checkpoint \d+ did not finish/); // usually the first; once seen at the second
     }
   }, 60000);
 
