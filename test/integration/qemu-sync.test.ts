@@ -126,9 +126,11 @@ describe('QEMU lab with the QEMU agent (full copy)', () => {
 
   test('SIGKILL of the primary in the middle of a checkpoint: the old backup, untouched, takes over', async () => {
     const failovers = snap().failover.count;
-    const doneBefore = agent.stats.done;
     const download = fetch(GUEST_BIG_FILE, ['--limit-rate', '1M']);
     await new Promise((r) => setTimeout(r, 1000));
+    // A checkpoint the download itself caused (a Date: header a second apart) must be over first.
+    await until('no checkpoint in flight', () => lab.bridge.pipeline.state === 'COMPARING' && !snap().checkpoints.pending, 30_000);
+    const doneBefore = agent.stats.done;
     const victim = primaryVm();
     const oldBackup = backupVm();
     const paused = victim.qmp.waitForEvent('STOP', 30_000);
