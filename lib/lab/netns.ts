@@ -273,14 +273,19 @@ function sleepSync(ms: number): void {
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 
-/** The QEMU lab's standby taps (`<prefix>s<N>`, a fresh tap per new backup). */
+/**
+ * The QEMU lab's standby taps: `<prefix>s<N>` from the lab itself, `<prefix>a<N>`
+ * from a QEMU agent in its own process (`shadowvm agent qemu`); a fresh tap per new backup.
+ */
 export function labStandbyTapName(prefix: string, n: number): string {
   return `${prefix}s${n}`;
 }
 
 function isLabLink(prefix: string, link: string): boolean {
   const names = labNames(prefix);
-  return Object.values(names.hostIfs).includes(link) || (link.startsWith(`${prefix}s`) && /^\d+$/.test(link.slice(prefix.length + 1)));
+  if (Object.values(names.hostIfs).includes(link)) return true;
+  const rest = link.startsWith(prefix) ? link.slice(prefix.length) : '';
+  return /^[sa]\d+$/.test(rest);
 }
 
 /** What is left of a lab with this prefix (empty lists after a clean teardown). */

@@ -74,4 +74,12 @@ describe('shadowvm agent qemu, a process of its own', () => {
     const body = await runInAsync(lab.client.netns, 'curl', ['-sS', '--fail', '-m', '60', `http://${lab.serviceIpv4}/hello.txt`], 90_000);
     expect(body.length).toBeGreaterThan(0);
   });
+
+  test('teardown removes the taps the agent process made for its standbys', async () => {
+    expect(fs.readdirSync('/sys/class/net').some((l) => /^qza\d+$/.test(l))).toBe(true);
+    agent?.kill('SIGKILL');
+    await lab.stop();
+    teardownLab(PREFIX);
+    expect(fs.readdirSync('/sys/class/net').filter((l) => l.startsWith(PREFIX))).toEqual([]);
+  });
 });
