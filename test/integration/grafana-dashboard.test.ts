@@ -6,21 +6,18 @@
  * netns lab: a download, malformed frames, then a failover, so the families
  * that only exist once something happened exist).
  */
-import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { get } from 'node:http';
 import { join } from 'node:path';
 import { BridgedLab, startBridgedLab, waitFor } from '../../lib/lab/bridged';
 import { LAB_FILES } from '../../lib/lab/content';
 import { runInAsync } from '../../lib/lab/exec';
 import { REPO_ROOT, delay, requireRoot, stopLabAfterAll } from '../support/lab-helpers';
-import type { InjectResult, InjectSpec } from '../support/frame-injector';
+import { INJECTOR, fetchText, injectIn, promtoolCheck } from '../support/metrics-helpers';
 import { matches, selectorsOf, seriesOf, Series } from '../support/promql';
 
 const PREFIX = 'rpd';
 const METRICS_PORT = 29950 + (process.pid % 40);
 const DASHBOARD = join(REPO_ROOT, 'deploy', 'grafana', 'shadowvm-dashboard.json');
-const INJECTOR = join(REPO_ROOT, 'dist', 'test', 'support', 'frame-injector.js');
 /** Labels Prometheus adds at scrape time: not in the exposition text. */
 const TARGET_LABELS = new Set(['instance', 'job']);
 jest.setTimeout(90_000);
@@ -32,35 +29,6 @@ interface Dashboard {
   panels: Panel[];
   templating: { list: { name: string; type: string; query?: string | { query: string } }[] };
   annotations: { list: { expr?: string }[] };
-}
-
-function fetchText(url: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    get(url, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => { body += c; });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-    }).on('error', reject);
-  });
-}
-
-/** Runs the frame injector as its own process inside `netns`. */
-async function injectIn(netns: string, spec: Omit<InjectSpec, 'iface'>): Promise<InjectResult> {
-  const out = await runInAsync(netns, process.execPath, [INJECTOR, JSON.stringify({ iface: 'eth0', ...spec })], 60_000);
-  return JSON.parse(out.trim().split('\n').pop()!) as InjectResult;
-}
-
-function promtoolCheck(text: string): Promise<{ code: number | null; output: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn('promtool', ['check', 'metrics'], { stdio: ['pipe', 'pipe', 'pipe'] });
-    let output = '';
-    child.stdout.on('data', (c) => { output += c; });
-    child.stderr.on('data', (c) => { output += c; });
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, output }));
-    child.stdin.end(text);
-  });
 }
 
 const dashboard = JSON.parse(readFileSync(DASHBOARD, 'utf8')) as Dashboard;

@@ -5,51 +5,17 @@
  * `promtool check metrics` accepts without a complaint, and its number of
  * series stays bounded however many ethertypes a VM invents.
  */
-import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { get } from 'node:http';
-import { join } from 'node:path';
 import { BridgedLab, startBridgedLab } from '../../lib/lab/bridged';
 import { LAB_FILES } from '../../lib/lab/content';
 import { runInAsync } from '../../lib/lab/exec';
 import { MAX_POLICY_CLASSES } from '../../lib/pipeline/frame-counts';
-import type { InjectResult, InjectSpec } from '../support/frame-injector';
-import { REPO_ROOT, delay, recordingLog, requireRoot, stopLabAfterAll } from '../support/lab-helpers';
+import { INJECTOR, fetchText, injectIn, promtoolCheck } from '../support/metrics-helpers';
+import { delay, recordingLog, requireRoot, stopLabAfterAll } from '../support/lab-helpers';
 
 const PREFIX = 'hs';
 const METRICS_PORT = 29400 + (process.pid % 500);
-const INJECTOR = join(REPO_ROOT, 'dist', 'test', 'support', 'frame-injector.js');
 jest.setTimeout(90_000);
-
-/** Runs the frame injector as its own process inside `netns`. */
-async function injectIn(netns: string, spec: Omit<InjectSpec, 'iface'>): Promise<InjectResult> {
-  const out = await runInAsync(netns, process.execPath, [INJECTOR, JSON.stringify({ iface: 'eth0', ...spec })], 60_000);
-  return JSON.parse(out.trim().split('\n').pop()!) as InjectResult;
-}
-
-function fetchText(url: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    get(url, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => { body += c; });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-    }).on('error', reject);
-  });
-}
-
-/** `promtool check metrics` with the text on stdin: its exit code and everything it printed. */
-function promtoolCheck(text: string): Promise<{ code: number | null; output: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn('promtool', ['check', 'metrics'], { stdio: ['pipe', 'pipe', 'pipe'] });
-    let output = '';
-    child.stdout.on('data', (c) => { output += c; });
-    child.stderr.on('data', (c) => { output += c; });
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, output }));
-    child.stdin.end(text);
-  });
-}
 
 /** Sample lines (not comments) of an exposition text, by metric family. */
 function seriesByFamily(text: string): Map<string, number> {
