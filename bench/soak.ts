@@ -32,7 +32,8 @@ import { performance } from 'node:perf_hooks';
 import { queryControlSocket } from '../lib/control/control-socket';
 import type { BridgeSnapshot } from '../lib/control/snapshot';
 import { LAB_CONTENT_MTIME, fixedSeedBytes } from '../lib/lab/content';
-import { runInAsync } from '../lib/lab/exec';
+import { run, runInAsync, runQuietly } from '../lib/lab/exec';
+import { addKernelBridge, removeKernelBridge } from './lib/lab-setup';
 import { Lab, LabNode, buildLab, teardownLab, waitUntilQuiet } from '../lib/lab/netns';
 import { startLabServers } from '../lib/lab/servers';
 import type { InjectSpec, InjectResult } from '../test/support/frame-injector';
@@ -49,19 +50,24 @@ const DOWNLOADERS = 3;
 const DOWNLOAD_RATE = '4M';
 const PROBE_EVERY_MS = 1;
 
-interface Options { prefix: string; cpuProf: boolean; metricsPort: number }
+interface Options { prefix: string; cpuProf: boolean; metricsPort: number; only: string[] | null; traceGc: boolean; reference: boolean }
 
 function parseArgs(argv: string[]): Options {
-  const o: Options = { prefix: 'hs', cpuProf: false, metricsPort: 29900 };
+  const o: Options = { prefix: 'hs', cpuProf: false, metricsPort: 29900, only: null, traceGc: false, reference: true };
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === '--prefix') o.prefix = argv[++i];
     else if (argv[i] === '--cpu-prof') o.cpuProf = true;
+    else if (argv[i] === '--trace-gc') o.traceGc = true;
+    else if (argv[i] === '--no-reference') o.reference = false;
+    else if (argv[i] === '--only') o.only = argv[++i].split(',').filter(Boolean);
     else if (argv[i] === '--metrics-port') o.metricsPort = Number(argv[++i]);
     else if (argv[i] === '--help') {
-      process.stdout.write('node dist/bench/soak.js [--prefix hs] [--cpu-prof] [--metrics-port 29900]\n');
+      process.stdout.write('node dist/bench/soak.js [--prefix hs] [--cpu-prof] [--trace-gc] [--only ATTACK,...] [--no-reference] [--metrics-port 29900]\n');
       process.exit(0);
     } else throw new Error(`unknown option ${argv[i]}`);
   }
+  const unknown = (o.only ?? []).filter((n) => !ATTACKS.some((a) => a.name === n));
+  if (unknown.length) throw new Error(`unknown attack ${unknown.join(', ')}: one of ${ATTACKS.map((a) => a.name).join(', ')}`);
   return o;
 }
 
@@ -234,7 +240,7 @@ const checkpointsAsked = (s: BridgeSnapshot | null): number => (s ? Object.value
 async function startBridge(lab: Lab, o: Options, profDir: string): Promise<BridgeUnderTest> {
   const controlSocket = join(lab.runDir, 'run', 'control.sock');
   const agentSocket = join(lab.runDir, 'run', 'agent.sock');
-  const node = [process.execPath, ...(o.cpuProf ? ['--cpu-prof', '--cpu-prof-dir', profDir] : []), SHADOWVM];
+  const node = [process.execPath, ...(o.cpuProf ? ['--cpu-prof', '--cpu-prof-dir', profDir] : []), ...(o.traceGc ? ['--trace-gc'] : []), SHADOWVM];
   const proc = start([...node, 'run', '--name', o.prefix, '--uplink', lab.client.hostIf, '--primary', lab.primary.hostIf, '--backup', lab.backup.hostIf,
     '--agent', agentSocket, '--control', controlSocket, '--metrics', `127.0.0.1:${o.metricsPort}`, '--resync', 'align', '--no-vnet-hdr', '--log-level', 'warn'], 'shadowvm run');
   const b: BridgeUnderTest = { proc, agent: null as unknown as Child, controlSocket, agentSocket, metricsPort: o.metricsPort };
@@ -254,7 +260,8 @@ async function startBridge(lab: Lab, o: Options, profDir: string): Promise<Bridg
 // ───────────────────────── attacks ─────────────────────────
 
 interface AttackContext { lab: Lab; bridge: BridgeUnderTest }
-interface Attack { name: string; what: string; run(c: AttackContext): Promise<string> }
+/** dataPlane: frames only (no control socket, no agent), so the kernel-bridge reference pass runs it too. */
+interface Attack { name: string; what: string; dataPlane?: boolean; run(c: AttackContext): Promise<string> }
 
 /** Opens a connection and writes `payload`, never reading; resolves with the socket once written (or refused). */
 function floodConnection(path: string | { host: string; port: number }, payload: string): Promise<Socket> {
@@ -372,21 +379,25 @@ const ATTACKS: Attack[] = [
   },
   {
     name: 'garbage-tcp',
+    dataPlane: true,
     what: '20,000 TCP segments with random flags/seq/ack from the client address to port 80 and random ports',
     run: async ({ lab }) => JSON.stringify(await injectIn(lab.client.netns, { kind: 'garbage-tcp', count: 20_000, seed: 21, perMs: 10 })),
   },
   {
     name: 'ethertypes',
+    dataPlane: true,
     what: '5,000 frames with random ethertypes from the primary VM',
     run: async ({ lab }) => JSON.stringify(await injectIn(lab.primary.netns, { kind: 'ethertypes', count: 5000, seed: 22, perMs: 5 })),
   },
   {
     name: 'syn-flood',
+    dataPlane: true,
     what: '70,000 SYNs from spoofed sources (198.18.0.0/15) to port 80',
     run: async ({ lab }) => JSON.stringify(await injectIn(lab.client.netns, { kind: 'syn-flood', count: 70_000, seed: 23, perMs: 20 })),
   },
   {
     name: 'malformed',
+    dataPlane: true,
     what: '3 × 10,000 malformed frames, from the client, the primary and the backup at once',
     run: async ({ lab }) => {
       const nodes: LabNode[] = [lab.client, lab.primary, lab.backup];
@@ -395,6 +406,74 @@ const ATTACKS: Attack[] = [
     },
   },
 ];
+
+// ───────────────────────── the kernel-bridge reference ─────────────────────────
+
+/**
+ * What the machine itself does under the same attack, without shadowvm: a
+ * Linux bridge joins the client and the primary, and tc mirrors every frame
+ * the client sends to the backup, whose answers go nowhere (its host end
+ * is in no bridge and has no address: the host drops them). So the
+ * backup's kernel answers the SYNs, the probe and the garbage as it does
+ * behind shadowvm. It does not serve the downloads: the client's ACKs are in
+ * the primary's sequence space, so it resets them, and those resets are
+ * dropped. The VM-side attacks (ethertypes, malformed from the VMs) are
+ * dropped at the backup and bridged from the primary. (u32 matching
+ * everything: this kernel has no matchall classifier.)
+ */
+function kernelReferenceUp(lab: Lab): void {
+  addKernelBridge(lab);
+  run('tc', ['qdisc', 'add', 'dev', lab.client.hostIf, 'ingress']);
+  run('tc', ['filter', 'add', 'dev', lab.client.hostIf, 'ingress', 'protocol', 'all', 'u32', 'match', 'u32', '0', '0', 'action', 'mirred', 'egress', 'mirror', 'dev', lab.backup.hostIf]);
+}
+
+function kernelReferenceDown(lab: Lab): void {
+  removeKernelBridge(lab.prefix);
+  runQuietly('tc', ['qdisc', 'del', 'dev', lab.client.hostIf, 'ingress']);
+}
+
+async function measureReference(name: string, what: string, probe: Probe, body: () => Promise<string>): Promise<Row> {
+  await probe.mark();
+  const t0 = performance.now();
+  let note: string;
+  try {
+    note = await body();
+  } catch (e) {
+    note = `attack failed: ${(e as Error).message.split('\n')[0]}`;
+  }
+  await delay(1000);
+  const durationMs = performance.now() - t0;
+  const window = await probe.mark();
+  return {
+    attack: name, what, probe: window, stallMs: Math.max(window.maxRttMs, window.maxGapMs),
+    rssPeakMiB: NaN, rssEndMiB: NaN, hwmMiB: NaN, checkpointsForced: 0, checkpointsByReason: {},
+    stateAfter: 'kernel bridge', statusAnswered: false, durationMs, note,
+  };
+}
+
+/** The baselines and the data-plane attacks through the kernel reference; its own downloads, checked the same way. */
+async function referencePass(lab: Lab, probe: Probe, expected: string, attacks: readonly Attack[]): Promise<{ rows: Row[]; downloads: { ok: number; bad: string[] } }> {
+  kernelReferenceUp(lab);
+  try {
+    await delay(1000);
+    await probe.mark();
+    const rows: Row[] = [];
+    rows.push(await measureReference('baseline (probe only)', 'kernel reference, no attack', probe, async () => { await delay(4000); return ''; }));
+    const downloads = new Downloads(lab, expected);
+    await delay(1000);
+    rows.push(await measureReference('baseline (downloads)', 'kernel reference, downloads', probe, async () => { await delay(4000); return ''; }));
+    const none = null as unknown as BridgeUnderTest;
+    for (const attack of attacks) {
+      process.stderr.write(`soak: kernel reference: ${attack.name}\n`);
+      rows.push(await measureReference(attack.name, attack.what, probe, () => attack.run({ lab, bridge: none })));
+    }
+    rows.push(await measureReference('after (downloads)', 'kernel reference, after the set', probe, async () => { await delay(4000); return ''; }));
+    await downloads.stop();
+    return { rows, downloads: { ok: downloads.ok, bad: downloads.bad } };
+  } finally {
+    kernelReferenceDown(lab);
+  }
+}
 
 // ───────────────────────── run ─────────────────────────
 
@@ -444,17 +523,19 @@ async function measure(name: string, what: string, b: BridgeUnderTest, probe: Pr
   };
 }
 
-function table(rows: Row[]): string[] {
-  const header = ['attack', 'stall ms', 'rtt p99', 'lost', 'RSS peak', 'RSS end', 'ckpts', 'state after', 'note'];
+function table(rows: Row[], reference: Row[]): string[] {
+  const header = ['attack', 'stall ms', 'kernel ref', 'ratio', 'rtt p99', 'lost', 'RSS peak', 'RSS end', 'ckpts', 'state after', 'note'];
+  const refOf = (r: Row) => reference.find((x) => x.attack === r.attack);
   const body = rows.map((r) => [
-    r.attack, r.stallMs.toFixed(1), r.probe.p99RttMs.toFixed(2), String(Math.max(0, r.probe.sent - r.probe.received)),
+    r.attack, r.stallMs.toFixed(1), refOf(r)?.stallMs.toFixed(1) ?? '-', refOf(r) ? `${(r.stallMs / refOf(r)!.stallMs).toFixed(1)}×` : '-',
+    r.probe.p99RttMs.toFixed(2), String(Math.max(0, r.probe.sent - r.probe.received)),
     `${r.rssPeakMiB.toFixed(0)} MiB`, `${r.rssEndMiB.toFixed(0)} MiB`,
     `${r.checkpointsForced}${Object.keys(r.checkpointsByReason).length ? ` (${Object.entries(r.checkpointsByReason).map(([k, n]) => `${k} ${n}`).join(', ')})` : ''}`,
     r.stateAfter, r.note.length > 90 ? `${r.note.slice(0, 87)}...` : r.note,
   ]);
   const all = [header, ...body];
   const widths = header.map((_, i) => Math.max(...all.map((c) => c[i].length)));
-  const line = (cells: string[]) => cells.map((c, i) => (i === 0 || i >= 7 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ').trimEnd();
+  const line = (cells: string[]) => cells.map((c, i) => (i === 0 || i >= 9 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ').trimEnd();
   return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...body.map(line)];
 }
 
@@ -472,6 +553,7 @@ async function main(): Promise<void> {
   const cleanup = () => {
     probe?.stop();
     for (const c of children) if (c.child.exitCode === null) c.child.kill('SIGKILL');
+    kernelReferenceDown(lab);
     teardownLab(lab);
   };
   process.once('SIGINT', () => { cleanup(); process.exit(130); });
@@ -490,12 +572,13 @@ async function main(): Promise<void> {
     await delay(1000);
     await probe.mark();
     const rows: Row[] = [];
+    const selected = ATTACKS.filter((a) => !o.only || o.only.includes(a.name));
     // The probe alone, then with the downloads: the baselines.
     rows.push(await measure('baseline (probe only)', 'no attack, no downloads', bridge, probe, async () => { await delay(4000); return ''; }));
     downloads = new Downloads(lab, createHash('sha256').update(big).digest('hex'));
     await delay(1000);
     rows.push(await measure('baseline (downloads)', `no attack; ${DOWNLOADERS} curl --limit-rate ${DOWNLOAD_RATE} of ${BIG_BYTES >> 20} MiB, looping`, bridge, probe, async () => { await delay(4000); return ''; }));
-    for (const attack of ATTACKS) {
+    for (const attack of selected) {
       process.stderr.write(`soak: ${attack.name}\n`);
       const b = bridge;
       rows.push(await measure(attack.name, attack.what, bridge, probe, () => attack.run({ lab, bridge: b })));
@@ -507,28 +590,41 @@ async function main(): Promise<void> {
     bridge.proc.child.kill('SIGTERM');
     bridge.agent.child.kill('SIGTERM');
     const exitCode = await Promise.race([bridge.proc.exited, delay(10_000).then(() => 'no exit within 10 s')]);
+    // The same machine work without shadowvm, in the same run, on the same lab.
+    const reference = o.reference
+      ? await referencePass(lab, probe, createHash('sha256').update(big).digest('hex'), selected.filter((a) => a.dataPlane))
+      : { rows: [], downloads: { ok: 0, bad: [] } };
 
     const lines = [
       `soak ${startedAt.toISOString()}  node ${process.version}  loadavg ${readFileSync('/proc/loadavg', 'utf8').trim()}`,
       `probe: UDP echo every ${PROBE_EVERY_MS} ms through the bridge; stall = max(largest RTT, largest gap between replies); goal ≤ 10 ms`,
       '',
-      ...table(rows),
+      ...table(rows, reference.rows),
       '',
       `downloads: ${downloads.ok} complete and sha256-identical (${(downloads.bytes / 2 ** 20).toFixed(0)} MiB), ${downloads.bad.length} failed${downloads.bad.length ? `: ${downloads.bad.slice(0, 5).join('; ')}` : ''}`,
       `bridge: VmHWM ${mem.hwmMiB.toFixed(0)} MiB, VmRSS at the end ${mem.rssMiB.toFixed(0)} MiB, state ${finalStatus?.state ?? '?'}, exit after SIGTERM: ${String(exitCode)}`,
+      ...(o.reference ? [
+        `kernel reference (Linux bridge client↔primary, tc mirror of the client's frames to the backup, backup's answers dropped), run after shadowvm on the same lab: downloads ${reference.downloads.ok} complete, ${reference.downloads.bad.length} failed`,
+        'ratio: shadowvm stall ÷ kernel reference stall, same attack',
+      ] : []),
       `worst stall under attack: ${(() => { const w = rows.slice(2, -1).reduce((a, r) => (r.stallMs > a.stallMs ? r : a)); return `${w.stallMs.toFixed(1)} ms (${w.attack})`; })()}`,
       ...(o.cpuProf ? [`cpu profile of the bridge: ${profDir}`] : []),
     ];
+    if (o.traceGc) {
+      const gcFile = join(outDir, `soak-${startedAt.toISOString().replace(/[:.]/g, '-')}-bridge.log`);
+      writeFileSync(gcFile, bridge.proc.output);
+      lines.push(`bridge output with --trace-gc: ${gcFile}`);
+    }
     process.stdout.write(`${lines.join('\n')}\n`);
     mkdirSync(outDir, { recursive: true });
     const file = join(outDir, `soak-${startedAt.toISOString().replace(/[:.]/g, '-')}.json`);
     writeFileSync(file, `${JSON.stringify({
       bench: 'soak', startedAt: startedAt.toISOString(), node: process.version, options: o, probeEveryMs: PROBE_EVERY_MS,
       downloads: { workers: DOWNLOADERS, rate: DOWNLOAD_RATE, fileBytes: BIG_BYTES, ok: downloads.ok, failed: downloads.bad },
-      rows, final: { status: finalStatus, memory: mem, exitAfterSigterm: exitCode }, table: lines,
+      rows, reference, final: { status: finalStatus, memory: mem, exitAfterSigterm: exitCode }, table: lines,
     }, null, 1)}\n`);
     process.stdout.write(`results: ${file}\n`);
-    if (downloads.bad.length || exitCode !== 0) process.exitCode = 1;
+    if (downloads.bad.length || reference.downloads.bad.length || exitCode !== 0) process.exitCode = 1;
   } finally {
     cleanup();
   }

@@ -32,6 +32,15 @@ export interface FramePolicy {
    * Linux's conntrack calls them INVALID. `forward` sends them to both.
    */
   badTcpFlagsFromClient: 'drop' | 'forward';
+  /**
+   * New client connections (SYNs that open a flow) admitted per second, a
+   * token bucket holding one second's worth; 0: no limit. Beyond it, a SYN
+   * is dropped before it costs anything (the client sends it again in a
+   * second, as when a server's SYN backlog is full) and counted. A SYN flood
+   * then makes the bridge and both replicas do a bounded amount of work, and
+   * the connections already open keep their share of the machine.
+   */
+  newFlowsPerSecond: number;
 }
 
 export interface QueueLimits {
@@ -94,7 +103,7 @@ export const DEFAULT_PIPELINE_CONFIG: PipelineConfig = {
   closedTcpLingerMs: 10_000,
   tcpIdleMs: 2 * 3600_000,
   datagramIdleMs: 300_000,
-  policy: { arp: 'forward-primary', otherEtherTypes: 'drop', malformedFromVm: 'drop', malformedFromClient: 'forward', strayFromClient: 'primary-only', badTcpFlagsFromClient: 'drop' },
+  policy: { arp: 'forward-primary', otherEtherTypes: 'drop', malformedFromVm: 'drop', malformedFromClient: 'forward', strayFromClient: 'primary-only', badTcpFlagsFromClient: 'drop', newFlowsPerSecond: 2000 },
   replicator: DEFAULT_REPLICATOR_CONFIG,
   failover: { silenceMs: 20, probeTimeoutMs: 10, minStandbyFrames: 2, carrierHoldMs: 7, announce: false },
   checkpointBudget: { perSource: 20, windowMs: 10_000 },
@@ -147,6 +156,7 @@ export const PIPELINE_SETTING_RULES: Record<keyof PipelineConfig, SettingRule> =
       malformedFromClient: { kind: 'choice', values: ['forward', 'drop'] },
       strayFromClient: { kind: 'choice', values: ['primary-only', 'both', 'drop'] },
       badTcpFlagsFromClient: { kind: 'choice', values: ['drop', 'forward'] },
+      newFlowsPerSecond: { kind: 'number', min: 0, integer: true, note: '0: no limit' },
     } satisfies Record<keyof FramePolicy, SettingRule>,
   },
   replicator: {

@@ -85,6 +85,9 @@ export class IngressStage implements Stage {
   holdDropped = 0;
   translated = 0;
   badTcpOptions = 0;
+  /** Client SYNs dropped because new connections came faster than `policy.newFlowsPerSecond`. */
+  synOverBudget = 0;
+  private admission = { tokens: NaN, atUs: 0, loggedUs: -Infinity, sinceLog: 0 };
   /** Client TCP segments no connection accepts, by reason. */
   readonly strays: Record<StrayReason, number> = { 'bad-flags': 0, 'out-of-window': 0, 'ack-unsent': 0, 'no-flow': 0 };
   private readonly frame = new DecodedFrame();
@@ -129,6 +132,7 @@ export class IngressStage implements Stage {
     const st = this.strays;
     return {
       frames: this.frames, held: this.heldFrames, hold_dropped: this.holdDropped, translated: this.translated, bad_tcp_options: this.badTcpOptions, holding: this.hold.length,
+      syn_over_budget: this.synOverBudget,
       stray_bad_flags: st['bad-flags'], stray_out_of_window: st['out-of-window'], stray_ack_unsent: st['ack-unsent'], stray_no_flow: st['no-flow'],
     };
   }
@@ -200,6 +204,8 @@ export class IngressStage implements Stage {
     }
     const isSyn = (flags & TcpFlag.SYN) !== 0;
     const flows = d.flows;
+    // A SYN that would open a flow spends a token first; the lookup without creating is cheap.
+    if (isSyn && !(flags & TcpFlag.ACK) && !flows.ingressLookup.find(f, nowUs) && !this.admitNewFlow(nowUs)) return;
     const entry = flows.ingressLookup.find(f, nowUs, isSyn ? () => flows.newFlow(f, 'ingress') : undefined);
     if (!entry) {
       // A flow no VM has spoken in: nothing to translate (the delta is zero).
@@ -259,6 +265,33 @@ export class IngressStage implements Stage {
     // The primary's stream end counts from its SYN; an ACK past it acknowledges bytes never sent.
     if (hasAck && p.synSeen && stream.started && this.d.flows.followed(flow) && seqGt((ack - p.seqBase) >>> 0, stream.end[PRIMARY])) return 'ack-unsent';
     return null;
+  }
+
+  /**
+   * The new-connection budget (`policy.newFlowsPerSecond`): a token bucket
+   * of one second's worth, refilled with frame time. A refusal is counted,
+   * and logged at the first one of an episode (then at most every 10 s, with
+   * the count since).
+   */
+  private admitNewFlow(nowUs: number): boolean {
+    const rate = this.d.config.policy.newFlowsPerSecond;
+    if (!(rate > 0)) return true;
+    const a = this.admission;
+    a.tokens = Number.isNaN(a.tokens) ? rate : Math.min(rate, a.tokens + (Math.max(0, nowUs - a.atUs) * rate) / 1e6);
+    a.atUs = nowUs;
+    if (a.tokens >= 1) {
+      a.tokens -= 1;
+      return true;
+    }
+    this.synOverBudget++;
+    a.sinceLog++;
+    this.d.counts.policy('client-new-flow-over-budget', 'drop');
+    if (nowUs - a.loggedUs >= 10_000_000) {
+      this.d.log?.('warn', 'new-flow-budget', { perSecond: rate, dropped: a.sinceLog, note: 'SYNs beyond policy.newFlowsPerSecond are dropped; the clients send them again' });
+      a.loggedUs = nowUs;
+      a.sinceLog = 0;
+    }
+    return false;
   }
 
   private stray(reason: StrayReason, action: string): void {

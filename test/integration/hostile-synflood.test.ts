@@ -14,6 +14,7 @@ import { queryControlSocket } from '../../lib/control/control-socket';
 import { BridgedLab, startBridgedLab } from '../../lib/lab/bridged';
 import { LAB_CONTENT_MTIME, LAB_FILES, fixedSeedBytes } from '../../lib/lab/content';
 import { runInAsync } from '../../lib/lab/exec';
+import { DEFAULT_PIPELINE_CONFIG } from '../../lib/pipeline/config';
 import type { ShadowFlow } from '../../lib/pipeline/shadow-flow';
 import type { InjectResult } from '../support/frame-injector';
 import { REPO_ROOT, recordingLog, requireRoot, stopLabAfterAll } from '../support/lab-helpers';
@@ -107,7 +108,8 @@ describe('a SYN flood from spoofed sources against an idle established connectio
   beforeAll(async () => {
     requireRoot('hostile-synflood.test.ts');
     if (!existsSync(INJECTOR)) throw new Error(`${INJECTOR} is missing: build first (npx tsc -p tsconfig.json)`);
-    l = await startBridgedLab({ prefix: PREFIX, log: recorded.log, config: { maxFlows: MAX_FLOWS } });
+    // No new-connection budget here: the flood must reach the flow table to show that it cannot push ours out.
+    l = await startBridgedLab({ prefix: PREFIX, log: recorded.log, config: { maxFlows: MAX_FLOWS, policy: { ...DEFAULT_PIPELINE_CONFIG.policy, newFlowsPerSecond: 0 } } });
     const bytes = fixedSeedBytes(BIG_BYTES, 0xf100d);
     for (const root of [l.servers.primary.contentRoot, l.servers.backup.contentRoot]) {
       writeFileSync(join(root, BIG_FILE), bytes, { mode: 0o644 });
@@ -183,5 +185,52 @@ describe('a SYN flood from spoofed sources against an idle established connectio
     } finally {
       if (client.child.exitCode === null) client.child.kill('SIGKILL');
     }
+  });
+});
+
+describe('the new-connection budget under a SYN flood (live lab)', () => {
+  const BUDGET = 1000;
+  const FLOOD = 20_000;
+  let l: BridgedLab | undefined;
+  const recorded = recordingLog();
+
+  beforeAll(async () => {
+    requireRoot('hostile-synflood.test.ts');
+    l = await startBridgedLab({ prefix: 'hq', log: recorded.log, config: { policy: { ...DEFAULT_PIPELINE_CONFIG.policy, newFlowsPerSecond: BUDGET } } });
+    const bytes = fixedSeedBytes(BIG_BYTES, 0xf100d);
+    for (const root of [l.servers.primary.contentRoot, l.servers.backup.contentRoot]) {
+      writeFileSync(join(root, BIG_FILE), bytes, { mode: 0o644 });
+      utimesSync(join(root, BIG_FILE), LAB_CONTENT_MTIME, LAB_CONTENT_MTIME);
+    }
+  }, 40_000);
+
+  stopLabAfterAll('hq', () => l);
+
+  test('SYNs beyond the budget are dropped and counted; a download in progress and a new client after the flood are served', async () => {
+    const { lab, bridge } = l!;
+    const ingress = () => bridge.snapshot().stages.ingress;
+    const created = () => bridge.snapshot().stages.flow.created;
+    const [createdBefore, overBefore] = [created(), ingress().syn_over_budget];
+    const download = runInAsync(lab.client.netns, 'sh', ['-c', `curl -sS --fail --limit-rate 2M http://${lab.serviceIpv4}/${BIG_FILE} | sha256sum`], 60_000);
+    await new Promise((r) => setTimeout(r, 500));
+    const t0 = Date.now();
+    const flood = JSON.parse((await runInAsync(lab.client.netns, process.execPath,
+      [INJECTOR, JSON.stringify({ iface: 'eth0', kind: 'syn-flood', count: FLOOD, seed: 5, perMs: 20 })], 60_000)).trim()) as InjectResult;
+    const seconds = (Date.now() - t0) / 1000;
+    expect(flood.sent).toBe(FLOOD);
+    await new Promise((r) => setTimeout(r, 300));
+    // One second's worth at once, then the rate: the rest never reached a replica.
+    const admitted = created() - createdBefore;
+    expect(admitted).toBeLessThanOrEqual(BUDGET * (seconds + 1.5) + 10);
+    expect(ingress().syn_over_budget - overBefore).toBeGreaterThanOrEqual(FLOOD - BUDGET * (seconds + 1.5));
+    expect(recorded.events.some((e) => e.event === 'new-flow-budget')).toBe(true);
+    expect(bridge.snapshot().stages.flow.evicted_open).toBe(0);
+
+    expect((await download).trim().split(/\s+/)[0]).toBe(createHash('sha256').update(fixedSeedBytes(BIG_BYTES, 0xf100d)).digest('hex'));
+    // The bucket refills: a new client a second later is admitted and served, compared.
+    await new Promise((r) => setTimeout(r, 1000));
+    const hello = await runInAsync(lab.client.netns, 'curl', ['-sS', '--fail', '--max-time', '10', `http://${lab.serviceIpv4}/${LAB_FILES.hello}`], 20_000);
+    expect(hello.length).toBeGreaterThan(0);
+    expect(bridge.snapshot().state).toBe('COMPARING');
   });
 });

@@ -54,7 +54,7 @@ describe('makePipelineConfig', () => {
     [{ policy: { strayFromClient: 'primary' } }, 'policy.strayFromClient', 'must be one of "primary-only", "both", "drop", got "primary"'],
     [{ resync: 'clone' }, 'resync', 'must be one of "copy", "align", got "clone"'],
     [{ captureDivergence: 1 }, 'captureDivergence', 'must be true or false, got 1'],
-    [{ policy: 'drop' }, 'policy', 'must be an object with keys arp, otherEtherTypes, malformedFromVm, malformedFromClient, strayFromClient, badTcpFlagsFromClient, got "drop"'],
+    [{ policy: 'drop' }, 'policy', 'must be an object with keys arp, otherEtherTypes, malformedFromVm, malformedFromClient, strayFromClient, badTcpFlagsFromClient, newFlowsPerSecond, got "drop"'],
     [{ failover: [] }, 'failover', 'must be an object with keys silenceMs, probeTimeoutMs, minStandbyFrames, carrierHoldMs, announce, got []'],
     [{ replicator: { retryInitialMs: 5000, retryMaxMs: 1000 } }, 'replicator.retryMaxMs', 'must be >= replicator.retryInitialMs (5000), got 1000'],
   ])('rejects the bad value in %j, naming the key and what it allows', (partial, path, detail) => {

@@ -7,7 +7,7 @@ import { badTcpFlags, STRAY_WINDOW } from '../../../lib/pipeline/ingress-stage';
 import { MAX_NON_IP_FLOWS } from '../../../lib/pipeline/flows';
 import { makePipelineConfig } from '../../../lib/pipeline';
 import { tcpFlags } from '../../support/frames';
-import { B, C, P, ackOf, fromClient, fromVm, handshake, harness, seqOf } from '../../support/pipeline-harness';
+import { B, C, P, SYN_OPTS, ackOf, fromClient, fromVm, handshake, harness, seqOf } from '../../support/pipeline-harness';
 
 const ingress = (h: ReturnType<typeof harness>) => h.p.stageCounters().ingress;
 const compare = (h: ReturnType<typeof harness>) => h.p.stageCounters().compare;
@@ -149,5 +149,54 @@ describe('non-IP frames compared as flows', () => {
     expect(h.p.flowRegistry.nonIp.size).toBe(MAX_NON_IP_FLOWS + 1);
     expect(h.p.flowRegistry.nonIp.has('non-ip other')).toBe(true);
     expect(h.out.checkpoints).toHaveLength(0);
+  });
+});
+
+describe('the new-connection budget (policy.newFlowsPerSecond)', () => {
+  const syn = (sport: number) => fromClient({ sport, seq: C, flags: 'S', options: SYN_OPTS });
+  const policy = (n: number) => ({ ...makePipelineConfig().policy, newFlowsPerSecond: n });
+
+  it('admits one second of SYNs at once, drops and counts the rest, and logs once per episode', () => {
+    const h = harness({ policy: policy(3) });
+    for (let i = 0; i < 5; i++) h.p.fromClient(syn(40000 + i), 1000 + i);
+    expect(h.out.primary).toHaveLength(3);
+    expect(h.out.backup).toHaveLength(3);
+    expect(ingress(h).syn_over_budget).toBe(2);
+    expect(h.logs.filter((e) => e === 'new-flow-budget')).toHaveLength(1);
+    expect(h.p.stageCounters().flow.created).toBe(3);
+  });
+
+  it('lets a SYN of a flow it already admitted through (a retransmission costs no token)', () => {
+    const h = harness({ policy: policy(1) });
+    h.p.fromClient(syn(40000), 1000);
+    h.p.fromClient(syn(40000), 2000);
+    h.p.fromClient(syn(40001), 3000);
+    expect(h.out.primary).toHaveLength(2);
+    expect(ingress(h).syn_over_budget).toBe(1);
+  });
+
+  it('refills with frame time: a refused client gets in when it tries again a second later', () => {
+    const h = harness({ policy: policy(2) });
+    for (let i = 0; i < 3; i++) h.p.fromClient(syn(40000 + i), 1000);
+    expect(ingress(h).syn_over_budget).toBe(1);
+    h.p.fromClient(syn(40002), 1000 + 600_000);
+    expect(h.out.primary).toHaveLength(3);
+    expect(ingress(h).syn_over_budget).toBe(1);
+    // The bucket never holds more than one second's worth, however long it was idle.
+    for (let i = 0; i < 4; i++) h.p.fromClient(syn(41000 + i), 60_000_000);
+    expect(ingress(h).syn_over_budget).toBe(3);
+  });
+
+  it('does not limit at 0, nor SYN-ACKs, nor segments of open connections', () => {
+    const h = harness({ policy: policy(0) });
+    for (let i = 0; i < 50; i++) h.p.fromClient(syn(40000 + i), 1000);
+    expect(h.out.primary).toHaveLength(50);
+    const g = harness({ policy: policy(1) });
+    handshake(g);
+    const np = g.out.primary.length;
+    for (let i = 0; i < 5; i++) g.p.fromClient(fromClient({ sport: 42000 + i, seq: C, ack: P + 1, flags: 'SA' }), 10 + i);
+    g.p.fromClient(fromClient({ seq: C + 1, ack: P + 1, flags: 'PA', payload: 'GET / HTTP/1.1\r\n\r\n' }), 20);
+    expect(g.out.primary).toHaveLength(np + 6);
+    expect(ingress(g).syn_over_budget).toBe(0);
   });
 });
