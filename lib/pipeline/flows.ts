@@ -19,7 +19,7 @@ import { FlowEntry, FlowTable } from '../flow/flow-table';
 import { describeFlow, flowKeyOf, flowProtocolOf } from '../flow/key';
 import { TcpFlag } from '../packet/constants';
 import { FlowLookup } from '../flow/key-cache';
-import { HeldQueues } from '../release/held';
+import { FlowHeldQueue, HeldQueues } from '../release/held';
 import type { ReplicaSet } from '../failover/roles';
 import { PipelineConfig } from './config';
 import { Stage, StageEvent } from './events';
@@ -37,8 +37,8 @@ export interface FlowRegistryDeps {
   reportLimit: number;
   /** An evicted flow still had held output: the owner asks for a checkpoint to settle it. */
   evictedWithHeldOutput(flow: ShadowFlow, why: 'lru' | 'idle'): void;
-  /** An evicted open connection came back and goes on unprotected. */
-  evictedResumed?(flow: ShadowFlow): void;
+  /** An evicted open connection came back and goes on unprotected; `heldReleased`: its old held frames sent first. */
+  evictedResumed?(flow: ShadowFlow, heldReleased: number): void;
 }
 
 /** How many evicted open connections are remembered, to recognize them if they speak again. */
@@ -70,6 +70,12 @@ export class FlowRegistry implements Stage {
   resumedUnprotected = 0;
   /** Keys of open TCP connections evicted from the table (bounded, oldest forgotten first). */
   private readonly evictedKeys = new Map<string, true>();
+  /**
+   * Held output of evicted flows, by key, until the checkpoint that settles
+   * it: if the connection speaks again first, what it said before goes out
+   * before what it says now. Bounded by the held output itself.
+   */
+  private readonly evictedHeld = new Map<string, FlowHeldQueue>();
   /** Checkpoints completed: a flow whose `epoch` is behind is resynchronized before its next frame. */
   private checkpointEpoch = 0;
   /**
@@ -91,6 +97,8 @@ export class FlowRegistry implements Stage {
     // Every flow restarts comparison after a checkpoint; each does so lazily, on its next frame (`settle`).
     if (ev.type === 'checkpoint-done') this.checkpointEpoch++;
     else if (ev.type === 'degraded' || ev.type === 'failover') this.untracked();
+    // The release stage (before this one) has released or discarded every held frame.
+    if (ev.type === 'checkpoint-done' || ev.type === 'degraded' || ev.type === 'failover' || ev.type === 'backup-lost') this.evictedHeld.clear();
   }
 
   /** The primary's output now goes unfollowed: flows alive until the next checkpoint lose track of it. */
@@ -134,7 +142,10 @@ export class FlowRegistry implements Stage {
         flow.mode = 'solo';
         this.unprotected++;
         this.resumedUnprotected++;
-        d.evictedResumed?.(flow);
+        // Its output passes unchecked from now on: the part still held goes first, in the order the primary sent it.
+        const old = this.evictedHeld.get(key);
+        this.evictedHeld.delete(key);
+        d.evictedResumed?.(flow, old ? old.releaseAll() : 0);
       }
     }
     this.addReport(flow.report);
@@ -204,6 +215,9 @@ export class FlowRegistry implements Stage {
       if (this.evictedKeys.size >= MAX_EVICTED_KEYS) this.evictedKeys.delete(this.evictedKeys.keys().next().value as string);
       this.evictedKeys.set(e.key, true);
     }
-    if (flow.held.length > 0) this.d.evictedWithHeldOutput(flow, why);
+    if (flow.held.length > 0) {
+      if (this.evictedKeys.has(e.key)) this.evictedHeld.set(e.key, flow.held);
+      this.d.evictedWithHeldOutput(flow, why);
+    }
   }
 }

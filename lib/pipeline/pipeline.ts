@@ -118,7 +118,7 @@ export class ShadowPipeline {
         log('warn', 'flow-evicted-with-held-output', { flow: flow.name, why, frames: flow.held.length });
         this.request('queue', flow.name, this.nowUs);
       },
-      evictedResumed: (flow) => log('warn', 'flow-unprotected', { flow: flow.name, why: 'evicted from a full flow table while open, now speaking again: its replicas\' offsets are lost' }),
+      evictedResumed: (flow, heldReleased) => log('warn', 'flow-unprotected', { flow: flow.name, why: 'evicted from a full flow table while open, now speaking again: its replicas\' offsets are lost', heldReleased }),
     });
     const toReplica = (slot: SlotId, frame: Buffer, vnet?: VirtioNetHeader) => outputs.toReplica(slot, frame, vnet);
     this.ingress = new IngressStage({ config, replicas: this.replicas, replicator: this.replicator, flows: this.flowRegistry, counts: this.counts, toReplica, log });

@@ -106,7 +106,7 @@ export class FlowHeldQueue {
     return h;
   }
 
-  /** Releases frames from the head while the gate allows. Returns how many. */
+  /** Releases frames from the head while the gate allows. Returns how many it released (not those already gone by a checkpoint or failover). */
   releaseReady(gate: ReleaseGate): number {
     let n = 0;
     while (this.head < this.frames.length) {
@@ -114,9 +114,9 @@ export class FlowHeldQueue {
       if (!h.released) {
         if (!releasable(h, gate)) break;
         this.owner.release(h);
+        n++;
       }
       this.head++;
-      n++;
     }
     this.compact();
     return n;
