@@ -196,7 +196,15 @@ export class Bridge {
     // One clock: a breath's frames are stamped with the time they reach us, like every timer.
     uplink.onBatch((frames) => this.breath(frames, (f, now) => this.pipeline.fromClient(f.frame, now, f.vnet)));
     for (const slot of SLOT_IDS) this.listenToSlot(slot);
-    this.timer = setInterval(() => this.afterEvent(() => this.pipeline.tick(this.clockUs())), TICK_MS);
+    // The tick judges ages (the unmatched-age trigger, the silence detector): it runs in the check
+    // phase, after this turn of the loop has read every ring. A timer fires before I/O is polled, so
+    // after the process was starved of CPU it would otherwise find the primary's held output "old"
+    // while the backup's matching frames sat unread in their ring (a false `timeout` checkpoint).
+    this.timer = setInterval(() => {
+      setImmediate(() => {
+        if (!this.stopped) this.afterEvent(() => this.pipeline.tick(this.clockUs()));
+      });
+    }, TICK_MS);
     this.timer.unref?.();
     this.log('info', 'started', { name: o.name, uplink: uplink.name, primary: primary.name, backup: backup.name, agentSocket: o.agentSocket ?? null });
   }
@@ -252,12 +260,19 @@ export class Bridge {
     if (at === null || at === this.silenceDeadlineUs || this.stopped) return;
     if (this.silenceTimer) clearTimeout(this.silenceTimer);
     this.silenceDeadlineUs = at;
-    this.silenceTimer = setTimeout(() => {
-      this.silenceTimer = null;
-      this.silenceDeadlineUs = null;
-      this.afterEvent(() => this.pipeline.tick(this.clockUs()));
-      this.armSilenceTimer(this.clockUs());
+    const timer = setTimeout(() => {
+      // After the rings are read (see the regular tick): a primary frame waiting unread is no silence.
+      setImmediate(() => {
+        if (this.silenceTimer === timer) {
+          this.silenceTimer = null;
+          this.silenceDeadlineUs = null;
+        }
+        if (this.stopped) return;
+        this.afterEvent(() => this.pipeline.tick(this.clockUs()));
+        this.armSilenceTimer(this.clockUs());
+      });
     }, Math.max(0, (at - nowUs) / 1000));
+    this.silenceTimer = timer;
   }
 
   /**
