@@ -1,89 +1,284 @@
 /**
- * DatagramComparator: UDP, ICMP and other datagram flows, compared one
- * datagram at a time in the order each replica sent them. What is compared
+ * DatagramComparator: UDP, ICMP and other datagram flows. What is compared
  * is the normalized content (see normalize/datagram.ts): IP ID, TTL and
- * checksums never count.
+ * checksums never count. Replicas may send the same datagrams in a
+ * different order (two DNS queries answered by two threads), so a datagram
+ * matches any equal, still unmatched datagram of the other side within a
+ * window of positions: with window W, datagram i of one side may pair with
+ * datagram j of the other when |i - j| < W (W = 1: strict order). Among
+ * equal candidates the earliest wins, so equal datagrams pair in order.
  *
- * In:  `append(side, content)` per datagram.
- * Out: `matched`, how many datagrams of the primary have an equal backup
- *      datagram; `mismatch` on the first difference (then input is ignored
- *      until `reset`).
+ * In:  `append(side, content)` per datagram; `expire()` when the oldest
+ *      unmatched primary datagram has waited too long.
+ * Out: `matched`, how many of the primary's datagrams, counted from its
+ *      first, all have an equal backup datagram (the release gate);
+ *      `mismatch` once a datagram can no longer be matched: the other side
+ *      has sent every datagram within the window of its position and none
+ *      was equal (kind `datagram` with W = 1, `datagram-window` otherwise;
+ *      then input is only counted until `reset`); `reordered`, matches made
+ *      out of position.
+ *
+ * Release order: `matched` is a prefix, so a primary datagram matched out
+ * of order waits for every earlier primary datagram to match. UDP makes no
+ * promise of order, but the bridge does not add reordering the primary did
+ * not make, and what the client has received stays "the first N datagrams",
+ * which is what failover needs to tell the backup's backlog from what the
+ * client already has (`backupDelivered`). The cost is head-of-line waiting,
+ * bounded by the window and the unmatched-age trigger.
+ *
+ * Memory: the unmatched datagrams of each side (the primary's as views into
+ * its held frames, the backup's copied), bounded by the flow's high-water
+ * marks, plus small records of matched datagrams that wait behind an
+ * unmatched one (fewer than 2·W per side: a datagram left unmatched that
+ * long is a mismatch).
  */
 import { Slab, SlabPool } from '../packet/slab';
-import { EXCERPT_AFTER, EXCERPT_BEFORE, MatchTotals, Mismatch, Side } from './tcp-stream';
+import { BACKUP, EXCERPT_AFTER, EXCERPT_BEFORE, MatchTotals, Mismatch, PRIMARY, Side } from './tcp-stream';
+
+export const DEFAULT_DATAGRAM_WINDOW = 8;
+/** Each new datagram is checked against up to 2·W − 1 of the other side's: the window stays small. */
+export const MAX_DATAGRAM_WINDOW = 256;
+
+interface PendingDatagram {
+  /** Normalized content while unmatched; null once matched (or after a mismatch). */
+  content: Buffer | null;
+  /** The slab of a backup copy, released when the content is dropped. */
+  slab: Slab | null;
+  /** Position (from 1) of the other side's equal datagram; 0 while unmatched. */
+  partner: number;
+}
+
+/** One side's datagrams from `base` on: the ones not yet settled, in the order the side sent them. */
+class PendingQueue {
+  private items: PendingDatagram[] = [];
+  private head = 0;
+  /** Position (from 1) of the first item. */
+  base = 1;
+
+  get length(): number {
+    return this.items.length - this.head;
+  }
+
+  /** The datagram at `position`, or undefined when it is settled or not yet sent. */
+  at(position: number): PendingDatagram | undefined {
+    const i = position - this.base;
+    return i >= 0 && i < this.length ? this.items[this.head + i] : undefined;
+  }
+
+  get first(): PendingDatagram | undefined {
+    return this.length > 0 ? this.items[this.head] : undefined;
+  }
+
+  push(d: PendingDatagram): void {
+    this.items.push(d);
+  }
+
+  shift(): void {
+    this.head++;
+    this.base++;
+    if (this.head === this.items.length) {
+      this.items = [];
+      this.head = 0;
+    } else if (this.head > 64 && this.head * 2 > this.items.length) {
+      this.items = this.items.slice(this.head);
+      this.head = 0;
+    }
+  }
+
+  forEach(fn: (d: PendingDatagram) => void): void {
+    for (let i = this.head; i < this.items.length; i++) fn(this.items[i]);
+  }
+
+  clear(): void {
+    this.items = [];
+    this.head = 0;
+    this.base = 1;
+  }
+}
 
 export class DatagramComparator {
-  /** Datagrams both sides sent identically, counted from the last reset. */
+  /** The primary's datagrams, from its first since the last reset, that all have an equal backup datagram. */
   matched = 0;
   matchedBytes = 0;
   mismatch: Mismatch | null = null;
   /** Count of datagrams each side sent since the last reset. */
   readonly sent = [0, 0];
-  private leader: Side | -1 = -1;
-  private pending: Buffer[] = [];
-  /** Slabs of the backup copies in `pending` (null for the primary's, which live in held frames). */
-  private pendingSlabs: (Slab | null)[] = [];
+  /** Matches since the last reset where the two datagrams stood at different positions. */
+  reordered = 0;
+  /** Content bytes of the unmatched datagrams of both sides. */
   pendingBytes = 0;
+  /** Unmatched datagrams of each side. */
+  readonly unmatched = [0, 0];
+  private readonly queues = [new PendingQueue(), new PendingQueue()];
 
-  constructor(private readonly copies: SlabPool, private readonly totals: MatchTotals = { matchedBytes: 0 }) {}
+  constructor(
+    private readonly copies: SlabPool,
+    private readonly totals: MatchTotals = { matchedBytes: 0 },
+    readonly window = DEFAULT_DATAGRAM_WINDOW,
+  ) {
+    if (!Number.isInteger(window) || window < 1 || window > MAX_DATAGRAM_WINDOW) {
+      throw new RangeError(`datagram window must be an integer from 1 to ${MAX_DATAGRAM_WINDOW}, got ${window}`);
+    }
+  }
 
-  /** The side whose datagrams wait for the other's, -1 when neither. */
+  /** Datagrams of both sides this comparator keeps a record of (unmatched, or matched and waiting to be settled). */
+  get records(): number {
+    return this.queues[PRIMARY].length + this.queues[BACKUP].length;
+  }
+
+  /** The side that has sent more datagrams (the other's answers are still to come), -1 when neither. */
   get leading(): Side | -1 {
-    return this.leader;
+    const [p, b] = this.sent;
+    return p > b ? PRIMARY : b > p ? BACKUP : -1;
   }
 
   reset(): void {
     this.matched = 0;
     this.sent[0] = this.sent[1] = 0;
+    this.reordered = 0;
     this.mismatch = null;
-    this.dropPending();
+    this.dropContents();
+    this.queues[0].clear();
+    this.queues[1].clear();
   }
 
-  private dropPending(): void {
-    for (const slab of this.pendingSlabs) this.copies.release(slab);
-    this.leader = -1;
-    this.pending = [];
-    this.pendingSlabs = [];
-    this.pendingBytes = 0;
+  /**
+   * Whether the backup's datagram at `position` matched one of the first
+   * `matched` primary datagrams (the ones the release gate let go). For
+   * failover: the backup's other datagrams are its backlog.
+   */
+  backupDelivered(position: number): boolean {
+    const q = this.queues[BACKUP];
+    if (position < q.base) return true;
+    const d = q.at(position);
+    return d !== undefined && d.partner !== 0 && d.partner <= this.matched;
   }
 
   /** Returns true when this datagram revealed the first mismatch. */
   append(side: Side, content: Buffer): boolean {
+    const position = ++this.sent[side];
     if (this.mismatch) return false;
-    this.sent[side]++;
-    if (this.leader === -1 || this.leader === side) {
-      this.leader = side;
-      const kept = side === 1 ? this.copies.copy(content) : content;
-      this.pending.push(kept);
-      this.pendingSlabs.push(side === 1 ? this.copies.lastSlab : null);
-      this.pendingBytes += kept.length;
-      return false;
+    const other = (1 - side) as Side;
+    const theirs = this.queues[other];
+    const from = Math.max(theirs.base, position - this.window + 1);
+    const to = Math.min(this.sent[other], position + this.window - 1);
+    let partner = 0;
+    for (let j = from; j <= to; j++) {
+      const d = theirs.at(j)!;
+      if (d.partner === 0 && d.content!.equals(content)) {
+        partner = j;
+        this.pair(d, position, other);
+        break;
+      }
     }
-    const theirs = this.pending.shift()!;
-    const theirSlab = this.pendingSlabs.shift()!;
-    this.pendingBytes -= theirs.length;
-    if (this.pending.length === 0) this.leader = -1;
-    if (!theirs.equals(content)) {
-      let at = 0;
-      while (at < theirs.length && at < content.length && theirs[at] === content[at]) at++;
-      const from = Math.max(0, at - EXCERPT_BEFORE);
-      const show = (b: Buffer) => JSON.stringify(b.subarray(from, at + EXCERPT_AFTER).toString('latin1'));
-      this.mismatch = {
-        kind: 'datagram',
-        position: this.matched,
-        offset: at,
-        excerptOffset: from,
-        primary: show(side === 0 ? content : theirs),
-        backup: show(side === 0 ? theirs : content),
-      };
-      this.copies.release(theirSlab);
-      this.dropPending();
+    if (partner !== 0) {
+      this.queues[side].push({ content: null, slab: null, partner });
+      this.matchedBytes += content.length;
+      this.totals.matchedBytes += content.length;
+      if (partner !== position) {
+        this.reordered++;
+        this.totals.datagramsReordered = (this.totals.datagramsReordered ?? 0) + 1;
+      }
+    } else {
+      const kept = side === BACKUP ? this.copies.copy(content) : content;
+      this.queues[side].push({ content: kept, slab: side === BACKUP ? this.copies.lastSlab : null, partner: 0 });
+      this.unmatched[side]++;
+      this.pendingBytes += kept.length;
+    }
+    // A mismatch stops releases: `matched` stays where it stood, so what it counts is what the client got.
+    if (this.findUnmatchable()) return true;
+    this.settle();
+    return false;
+  }
+
+  /**
+   * The oldest unmatched primary datagram waited too long. When the backup
+   * also has datagrams nothing matched, the replicas said different things:
+   * a mismatch (returns true), reported with both sides' bytes. Otherwise the
+   * backup is merely behind (the caller's timeout).
+   */
+  expire(): boolean {
+    if (this.mismatch || this.unmatched[PRIMARY] === 0 || this.unmatched[BACKUP] === 0) return false;
+    const lost = this.firstUnmatched(PRIMARY)!;
+    this.declare(PRIMARY, lost.position, lost.d, this.firstUnmatched(BACKUP)!.d);
+    return true;
+  }
+
+  private pair(theirs: PendingDatagram, position: number, side: Side): void {
+    theirs.partner = position;
+    this.pendingBytes -= theirs.content!.length;
+    this.unmatched[side]--;
+    theirs.content = null;
+    this.copies.release(theirs.slab);
+    theirs.slab = null;
+  }
+
+  /** Advances the release gate over matched primary datagrams; forgets the backup's equals of the ones it let go. */
+  private settle(): void {
+    const p = this.queues[PRIMARY];
+    for (let d = p.first; d && d.partner !== 0; d = p.first) {
+      p.shift();
+      this.matched++;
+    }
+    const b = this.queues[BACKUP];
+    for (let d = b.first; d && d.partner !== 0 && d.partner <= this.matched; d = b.first) b.shift();
+  }
+
+  private firstUnmatched(side: Side): { position: number; d: PendingDatagram } | null {
+    const q = this.queues[side];
+    if (this.unmatched[side] === 0) return null;
+    for (let position = q.base; ; position++) {
+      const d = q.at(position)!;
+      if (d.partner === 0) return { position, d };
+    }
+  }
+
+  /**
+   * A datagram at position j can pair only with the other side's datagrams
+   * j − W + 1 … j + W − 1; once the other side has sent all of them and none
+   * was equal, it never will. Checking each side's earliest unmatched
+   * datagram suffices: it is the first to run out of candidates.
+   */
+  private findUnmatchable(): boolean {
+    for (const side of [PRIMARY, BACKUP] as const) {
+      const u = this.firstUnmatched(side);
+      if (!u || this.sent[1 - side] < u.position + this.window - 1) continue;
+      const counterpart = this.firstUnmatched((1 - side) as Side);
+      this.declare(side, u.position, u.d, counterpart?.d);
       return true;
     }
-    this.copies.release(theirSlab);
-    this.matched++;
-    this.matchedBytes += content.length;
-    this.totals.matchedBytes += content.length;
     return false;
+  }
+
+  /** Records the mismatch of `lost` (at `position` on `side`), shown against the other side's earliest unmatched datagram. */
+  private declare(side: Side, position: number, lost: PendingDatagram, counterpart?: PendingDatagram): void {
+    const mine = lost.content!;
+    const theirs = counterpart?.content ?? Buffer.alloc(0);
+    let at = 0;
+    while (at < mine.length && at < theirs.length && mine[at] === theirs[at]) at++;
+    const from = Math.max(0, at - EXCERPT_BEFORE);
+    const show = (b: Buffer) => JSON.stringify(b.subarray(from, at + EXCERPT_AFTER).toString('latin1'));
+    this.mismatch = {
+      kind: this.window === 1 ? 'datagram' : 'datagram-window',
+      position: position - 1,
+      offset: at,
+      excerptOffset: from,
+      primary: show(side === PRIMARY ? mine : theirs),
+      backup: show(side === PRIMARY ? theirs : mine),
+    };
+    // Matched records stay (failover still asks `backupDelivered`); contents go.
+    this.dropContents();
+  }
+
+  private dropContents(): void {
+    for (const q of this.queues) {
+      q.forEach((d) => {
+        this.copies.release(d.slab);
+        d.slab = null;
+        d.content = null;
+      });
+    }
+    this.pendingBytes = 0;
+    this.unmatched[0] = this.unmatched[1] = 0;
   }
 }

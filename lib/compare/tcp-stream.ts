@@ -21,8 +21,9 @@ export const PRIMARY = 0;
 export const BACKUP = 1;
 export type Side = 0 | 1;
 
-export type MismatchKind = 'data' | 'syn' | 'syn-options' | 'fin' | 'rst' | 'datagram';
-export const MISMATCH_KINDS: readonly MismatchKind[] = ['data', 'syn', 'syn-options', 'fin', 'rst', 'datagram'];
+/** `datagram`: datagrams compared in strict order differ; `datagram-window`: a datagram found no equal within the reorder window. */
+export type MismatchKind = 'data' | 'syn' | 'syn-options' | 'fin' | 'rst' | 'datagram' | 'datagram-window';
+export const MISMATCH_KINDS: readonly MismatchKind[] = ['data', 'syn', 'syn-options', 'fin', 'rst', 'datagram', 'datagram-window'];
 
 /** The name of a kind's counter in a stage report (`mismatches_syn_options`). */
 export const mismatchCounter = (kind: MismatchKind): string => `mismatches_${kind.replace(/-/g, '_')}`;
@@ -49,6 +50,8 @@ export interface MatchTotals {
   matchedBytes: number;
   /** Segments beyond the out-of-order limit, dropped (the sender retransmits them). */
   outOfOrderDropped?: number;
+  /** Datagrams matched at a different position than their equal on the other side (within the window). */
+  datagramsReordered?: number;
 }
 
 export interface StreamSegment {

@@ -2,6 +2,7 @@
 import { ReplicatorConfig, DEFAULT_REPLICATOR_CONFIG } from '../replicate/replicator';
 import type { CheckpointBudgetConfig } from '../replicate/budget';
 import { UserFacingError } from '../errors';
+import { DEFAULT_DATAGRAM_WINDOW, MAX_DATAGRAM_WINDOW } from '../compare/datagram';
 
 /** What happens to a class of frames the comparator does not handle as a flow. */
 export type FrameAction = 'forward-primary' | 'compare' | 'drop';
@@ -62,6 +63,16 @@ export interface FailoverConfig {
   announce: boolean;
 }
 
+/** How the replicas' output is compared. */
+export interface CompareConfig {
+  /**
+   * Datagram flows: how far (in positions) a datagram may stand from its
+   * equal on the other side and still match it; 1: strict order. A datagram
+   * with no equal within it is a mismatch (`datagram-window`).
+   */
+  datagramWindow: number;
+}
+
 export interface PipelineConfig {
   maxFlows: number;
   /** A primary frame unmatched for longer than this asks for a checkpoint (reason `timeout`). */
@@ -80,6 +91,7 @@ export interface PipelineConfig {
   failover: FailoverConfig;
   /** Checkpoints the flows of one client source may cause per window; beyond it they go on unprotected. */
   checkpointBudget: CheckpointBudgetConfig;
+  compare: CompareConfig;
   /**
    * What a finished checkpoint means for each flow's backup side. `copy`:
    * the backup is an exact copy of the primary (live agents): its sequence
@@ -107,6 +119,7 @@ export const DEFAULT_PIPELINE_CONFIG: PipelineConfig = {
   replicator: DEFAULT_REPLICATOR_CONFIG,
   failover: { silenceMs: 20, probeTimeoutMs: 10, minStandbyFrames: 2, carrierHoldMs: 7, announce: false },
   checkpointBudget: { perSource: 20, windowMs: 10_000 },
+  compare: { datagramWindow: DEFAULT_DATAGRAM_WINDOW },
   resync: 'copy',
   captureDivergence: false,
   releaseLogMs: 1000,
@@ -185,6 +198,12 @@ export const PIPELINE_SETTING_RULES: Record<keyof PipelineConfig, SettingRule> =
       perSource: { kind: 'number', min: 0, integer: true, note: '0: no budget' },
       windowMs: nonNegativeMs,
     } satisfies Record<keyof CheckpointBudgetConfig, SettingRule>,
+  },
+  compare: {
+    kind: 'section',
+    keys: {
+      datagramWindow: { kind: 'number', min: 1, max: MAX_DATAGRAM_WINDOW, integer: true, note: '1: strict order' },
+    } satisfies Record<keyof CompareConfig, SettingRule>,
   },
   resync: { kind: 'choice', values: ['copy', 'align'] },
   captureDivergence: { kind: 'boolean' },
@@ -276,6 +295,7 @@ export function makePipelineConfig(partial: Partial<PipelineConfig> = {}): Pipel
     replicator: { ...DEFAULT_PIPELINE_CONFIG.replicator, ...given.replicator },
     failover: { ...DEFAULT_PIPELINE_CONFIG.failover, ...given.failover },
     checkpointBudget: { ...DEFAULT_PIPELINE_CONFIG.checkpointBudget, ...given.checkpointBudget },
+    compare: { ...DEFAULT_PIPELINE_CONFIG.compare, ...given.compare },
   };
   if (c.replicator.retryMaxMs < c.replicator.retryInitialMs) {
     throw new ConfigError('replicator.retryMaxMs', `must be >= replicator.retryInitialMs (${c.replicator.retryInitialMs}), got ${c.replicator.retryMaxMs}`);

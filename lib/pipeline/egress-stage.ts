@@ -54,7 +54,7 @@ export interface EgressDeps {
   flows: FlowRegistry;
   held: HeldQueues;
   counts: FrameCounts;
-  totals: { matchedBytes: number; mismatches: number; outOfOrderDropped: number };
+  totals: { matchedBytes: number; mismatches: number; outOfOrderDropped: number; datagramsReordered: number };
   /** Copies of held primary frames (released by the release stage). */
   heldPool: SlabPool;
   liveness: LivenessTap;
@@ -105,6 +105,7 @@ export class EgressStage implements Stage {
       matched_bytes: this.d.totals.matchedBytes,
       mismatches: this.d.totals.mismatches,
       out_of_order_dropped: this.d.totals.outOfOrderDropped,
+      datagrams_reordered: this.d.totals.datagramsReordered,
       bad_tcp_options: this.badTcpOptions,
       backup_frames_suppressed: this.backupFramesSuppressed,
       dead_slot_frames: this.deadSlotFrames,
@@ -303,8 +304,12 @@ export class EgressStage implements Stage {
 
   /** Keeps a standby frame the client has not received in any form, for failover. */
   private logStandby(flow: ShadowFlow, frame: Buffer, start: number, end: number, vnet: VirtioNetHeader | undefined): void {
-    const released = flow.held.releasedEnd;
-    if (released !== null && (flow.stream ? seqLe(end, released) : end <= released)) return;
+    if (flow.stream) {
+      const released = flow.held.releasedEnd;
+      if (released !== null && seqLe(end, released)) return;
+    } else if (flow.backupDatagramDelivered(end)) {
+      return;
+    }
     flow.standbyLog.add(frame, start, end, vnet);
   }
 
@@ -313,9 +318,13 @@ export class EgressStage implements Stage {
     const d = this.d;
     flow.held.releaseReady(flow);
     const released = flow.held.releasedEnd;
-    if (released !== null && flow.standbyLog.length > 0) flow.standbyLog.prune(released);
+    if (released !== null && flow.standbyLog.length > 0) {
+      if (flow.stream) flow.standbyLog.prune(released);
+      else flow.standbyLog.pruneWhile((end) => flow.backupDatagramDelivered(end));
+    }
     const hw = d.config.flowHighWater;
-    if (flow.held.bytes > hw.bytes || flow.held.length > hw.frames || flow.unmatchedBytes > hw.bytes) {
+    const unmatchedFrames = flow.datagrams ? Math.max(flow.datagrams.unmatched[PRIMARY], flow.datagrams.unmatched[BACKUP]) : 0;
+    if (flow.held.bytes > hw.bytes || flow.held.length > hw.frames || flow.unmatchedBytes > hw.bytes || unmatchedFrames > hw.frames) {
       this.checkpointFor(flow, 'queue', nowUs);
       return;
     }
@@ -334,6 +343,17 @@ export class EgressStage implements Stage {
       this.divergences.push({ flow: flow.name, mismatch: flow.report.mismatchList[flow.report.mismatchList.length - 1] ?? { ...m, timeUs: nowUs }, frames: [...flow.recent] });
     }
     this.checkpointFor(flow, 'mismatch', nowUs);
+  }
+
+  /**
+   * The flow's oldest held frame waited longer than `maxUnmatchedAgeMs`. A
+   * datagram flow whose backup also sent datagrams nothing matched has
+   * diverged: a mismatch, reported with both sides' bytes. Otherwise the
+   * backup is slow: a checkpoint for `timeout`.
+   */
+  unmatchedTooLong(flow: ShadowFlow, nowUs: number): void {
+    if (flow.datagrams?.expire()) this.onMismatch(flow, nowUs);
+    else this.checkpointFor(flow, 'timeout', nowUs);
   }
 
   /**
@@ -456,8 +476,7 @@ export class EgressStage implements Stage {
 
   private sendBacklog(flow: ShadowFlow, b: StandbyFrame): void {
     if (!flow.stream) {
-      const c = flow.carried!;
-      if (c.releasedEnd === null || b.end > c.releasedEnd) this.d.toClient(b.frame, b.vnet);
+      if (!flow.backupDatagramDelivered(b.end)) this.d.toClient(b.frame, b.vnet);
       return;
     }
     const f = decodeFrame(b.frame, this.frame);

@@ -15,6 +15,7 @@
  */
 import { DecodedFrame } from '../packet/frame';
 import { SlabPool } from '../packet/slab';
+import type { MatchTotals } from '../compare/tcp-stream';
 import { FlowEntry, FlowTable } from '../flow/flow-table';
 import { describeFlow, flowKeyOf, flowProtocolOf } from '../flow/key';
 import { TcpFlag } from '../packet/constants';
@@ -33,7 +34,7 @@ export interface FlowRegistryDeps {
   backupCopies: SlabPool;
   /** Copies of standby frames kept for failover. */
   standbyCopies: SlabPool;
-  totals: { matchedBytes: number; outOfOrderDropped?: number };
+  totals: MatchTotals;
   reportLimit: number;
   /** An evicted flow still had held output: the owner asks for a checkpoint to settle it. */
   evictedWithHeldOutput(flow: ShadowFlow, why: 'lru' | 'idle'): void;
@@ -130,7 +131,7 @@ export class FlowRegistry implements Stage {
   newFlow(f: DecodedFrame, dir: 'ingress' | 'egress'): ShadowFlow {
     this.created++;
     const d = this.d;
-    const flow = new ShadowFlow(describeFlow(f, dir), flowProtocolOf(f), d.held, d.backupCopies, d.totals, d.config.captureDivergence, d.standbyCopies);
+    const flow = new ShadowFlow(describeFlow(f, dir), flowProtocolOf(f), d.held, d.backupCopies, d.totals, d.config.captureDivergence, d.standbyCopies, d.config.compare.datagramWindow);
     flow.epoch = flow.bornEpoch = this.checkpointEpoch;
     if (!d.replicas.standby) {
       flow.mode = 'solo';
@@ -159,7 +160,7 @@ export class FlowRegistry implements Stage {
     let flow = this.nonIp.get(name);
     const d = this.d;
     if (!flow) {
-      flow = new ShadowFlow(name, cls, d.held, d.backupCopies, d.totals, d.config.captureDivergence, d.standbyCopies);
+      flow = new ShadowFlow(name, cls, d.held, d.backupCopies, d.totals, d.config.captureDivergence, d.standbyCopies, d.config.compare.datagramWindow);
       flow.epoch = this.checkpointEpoch;
       this.nonIp.set(name, flow);
       this.addReport(flow.report);

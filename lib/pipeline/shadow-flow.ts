@@ -5,7 +5,7 @@
  */
 import { FlowProtocol } from '../flow/key';
 import { TcpConnectionState } from '../flow/tcp-replica';
-import { DatagramComparator } from '../compare/datagram';
+import { DatagramComparator, DEFAULT_DATAGRAM_WINDOW } from '../compare/datagram';
 import { MatchTotals, Mismatch, TcpStreamComparator, PRIMARY, BACKUP } from '../compare/tcp-stream';
 import { FlowHeldQueue, HeldQueues, ReleaseGate } from '../release/held';
 import { StandbyLog } from '../release/standby-log';
@@ -90,11 +90,14 @@ export class ShadowFlow implements ReleaseGate {
   /** A mismatch was settled by aligning (replicas that cannot be copied): the backup's bytes differ from what was released. */
   diverged = false;
 
-  constructor(name: string, protocol: FlowReport['protocol'], queues: HeldQueues, backupCopies: SlabPool, totals: MatchTotals, keepRecent: boolean, standbyCopies: SlabPool) {
+  constructor(
+    name: string, protocol: FlowReport['protocol'], queues: HeldQueues, backupCopies: SlabPool, totals: MatchTotals, keepRecent: boolean, standbyCopies: SlabPool,
+    datagramWindow = DEFAULT_DATAGRAM_WINDOW,
+  ) {
     const stream = protocol === 'tcp';
     this.tcp = stream ? new TcpConnectionState() : null;
     this.stream = stream ? new TcpStreamComparator(backupCopies, totals) : null;
-    this.datagrams = stream ? null : new DatagramComparator(backupCopies, totals);
+    this.datagrams = stream ? null : new DatagramComparator(backupCopies, totals, datagramWindow);
     this.held = new FlowHeldQueue(queues, name, stream);
     this.held.flow = this;
     this.standbyLog = new StandbyLog(standbyCopies, stream);
@@ -136,6 +139,19 @@ export class ShadowFlow implements ReleaseGate {
   /** Bytes the leading side has said that the other has not (yet). */
   get unmatchedBytes(): number {
     return this.stream ? this.stream.pendingBytes : this.datagrams!.pendingBytes;
+  }
+
+  /**
+   * Whether the client already has the equal of the backup's datagram at
+   * `position` (failover: the backup's other datagrams are its backlog).
+   */
+  backupDatagramDelivered(position: number): boolean {
+    const released = this.held.releasedEnd;
+    if (released === null) return false;
+    const cmp = this.datagrams!;
+    // Released beyond what was compared (DEGRADED let everything go): positions are all there is to go by.
+    if (released !== cmp.matched) return position <= released;
+    return cmp.backupDelivered(position);
   }
 
   noteMismatch(m: Mismatch, timeUs: number): void {

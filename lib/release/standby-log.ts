@@ -7,7 +7,8 @@
  *
  * In:  `add` for each standby frame that says something (data, SYN, FIN, a
  *      datagram) past what was released; `prune(releasedEnd)` as the primary's
- *      output is released.
+ *      output is released (`pruneWhile` for datagrams, matched by content
+ *      rather than position).
  * Out: `drain()` at failover: the frames still ahead of the released point,
  *      in the order the standby sent them.
  *
@@ -48,8 +49,17 @@ export class StandbyLog {
 
   /** Drops what the client already has: frames ending at or before `releasedEnd`. */
   prune(releasedEnd: number): void {
+    this.pruneWhile((end) => this.covered(end, releasedEnd));
+  }
+
+  /**
+   * Drops frames from the oldest on while `delivered(end)` says the client
+   * has their equal (datagrams matched out of order: a later one may be
+   * delivered before an earlier one; it goes once those before it have).
+   */
+  pruneWhile(delivered: (end: number) => boolean): void {
     const frames = this.frames;
-    while (this.head < frames.length && this.covered(frames[this.head].end, releasedEnd)) {
+    while (this.head < frames.length && delivered(frames[this.head].end)) {
       const f = frames[this.head++];
       this.bytes -= f.frame.length;
       this.pool.release(f.slab);

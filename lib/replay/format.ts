@@ -12,7 +12,7 @@ export function formatReplayReport(r: ReplayReport): string {
     lines.push(`  ${f.key}`);
     lines.push(`    matched ${f.matchedBytes} B, released ${f.releasedBytes} B in ${f.releasedFrames} frames: ${verdict}`);
     for (const m of f.mismatchList) {
-      const where = m.kind === 'datagram' ? `datagram ${m.position + 1}, byte ${m.offset}` : m.offset < 0 ? 'the SYN' : `stream offset ${m.offset}`;
+      const where = m.kind.startsWith('datagram') ? `datagram ${m.position + 1}, byte ${m.offset}` : m.offset < 0 ? 'the SYN' : `stream offset ${m.offset}`;
       lines.push(`    mismatch (${m.kind}) at ${where}`);
       const from = m.excerptOffset !== m.offset && m.offset >= 0 ? ` (from offset ${m.excerptOffset})` : '';
       lines.push(`      primary said${from}: ${m.primary}`);

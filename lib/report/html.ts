@@ -81,7 +81,7 @@ const SCRIPT = `
     panel.textContent = '';
     panel.setAttribute('data-shown', String(id));
     panel.appendChild(el('h2', null, 'Mismatch ' + m.id + ' (' + m.kind + ') on ' + m.flow));
-    var where = m.offset === null ? '' : m.kind === 'datagram' ? 'datagram byte ' + m.offset : m.offset < 0 ? 'at the handshake' : 'stream offset ' + m.offset;
+    var where = m.offset === null ? '' : m.kind.indexOf('datagram') === 0 ? 'datagram byte ' + m.offset : m.offset < 0 ? 'at the handshake' : 'stream offset ' + m.offset;
     var from = m.excerptOffset !== null && m.excerptOffset !== m.offset ? '; excerpts start at offset ' + m.excerptOffset : '';
     panel.appendChild(el('div', 'where', new Date(m.atMs).toISOString() + (where ? ' \\u2014 ' + where : '') + from));
     var at = (m.offset !== null && m.excerptOffset !== null) ? m.offset - m.excerptOffset : -1;

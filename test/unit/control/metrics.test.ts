@@ -113,7 +113,7 @@ describe('renderMetrics', () => {
     expect(value(families, 'shadowvm_matched_bytes_total')).toBe(654_321);
     expect(value(families, 'shadowvm_released_bytes_total')).toBe(650_000);
     expect(families.get('shadowvm_mismatches_total')!.samples.map((x) => [x.labels.kind, x.value]))
-      .toEqual([['data', 1], ['syn', 0], ['syn-options', 1], ['fin', 0], ['rst', 0], ['datagram', 0]]);
+      .toEqual([['data', 1], ['syn', 0], ['syn-options', 1], ['fin', 0], ['rst', 0], ['datagram', 0], ['datagram-window', 0]]);
     expect(value(families, 'shadowvm_ingress_held_frames_total')).toBe(33);
     expect(value(families, 'shadowvm_malformed_frames_total', { reason: 'truncated-ipv4', side: 'backup' })).toBe(2);
     expect(value(families, 'shadowvm_policy_actions_total', { class: 'ethertype-0x88cc', action: 'drop' })).toBe(4);

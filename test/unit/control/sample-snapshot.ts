@@ -15,7 +15,7 @@ export function sampleSnapshot(): BridgeSnapshot {
     bytesMatched: 654_321,
     bytesReleased: 650_000,
     mismatches: 2,
-    mismatchesByKind: { data: 1, syn: 0, 'syn-options': 1, fin: 0, rst: 0, datagram: 0 },
+    mismatchesByKind: { data: 1, syn: 0, 'syn-options': 1, fin: 0, rst: 0, datagram: 0, 'datagram-window': 0 },
     checkpoints: {
       epoch: 5,
       requested: { mismatch: 2, timeout: 1, queue: 0, periodic: 1, manual: 1 },

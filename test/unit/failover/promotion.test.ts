@@ -8,6 +8,7 @@ import { CheckpointRequest } from '../../../lib/replicate';
 import { decodeFrame } from '../../../lib/packet/frame';
 import { readTcpOptions, TcpOptions } from '../../../lib/packet/tcp-options';
 import { l4ChecksumIsValid, tcpFrame, udpFrame, TcpSpec } from '../../support/frames';
+import type { SlotId } from '../../../lib/failover/roles';
 
 const C = 1000; // client ISN
 const P = 5000; // primary ISN
@@ -177,6 +178,22 @@ describe('failover', () => {
     // The survivor repeating an answer the client already had is not sent twice... (datagram 1 was released)
     h.p.fromVm(Bk, udpFrame({ from: 'vm', sport: 53, dport: 5353, payload: 'answer 3' }), 6);
     expect(payloadOf(h.out.client[h.out.client.length - 1]).toString()).toBe('answer 3');
+  });
+
+  it('after reordered UDP answers, sends from the backup exactly the ones whose equal the client did not receive', () => {
+    const h = harness();
+    h.p.fromClient(udpFrame({ from: 'client', sport: 5353, dport: 53, payload: 'queries' }), 1);
+    const answer = (slot: SlotId, payload: string, t: number) => h.p.fromVm(slot, udpFrame({ from: 'vm', sport: 53, dport: 5353, payload }), t);
+    answer(A, 'one', 2);
+    answer(Bk, 'two', 3);
+    answer(Bk, 'extra', 4);
+    answer(A, 'two', 5);
+    answer(Bk, 'one', 6);
+    const before = h.out.client.length;
+    expect(h.out.client.map((f) => payloadOf(f).toString())).toEqual(['one', 'two']);
+    h.p.failoverNow('agent', 'test', 7);
+    // The backup's 'two' and 'one' reached the client from the primary; only 'extra' is news.
+    expect(h.out.client.slice(before).map((f) => payloadOf(f).toString())).toEqual(['extra']);
   });
 
   it('promotes the backup as it was before a checkpoint that was running, and sends it the client frames held meanwhile', () => {

@@ -32,6 +32,7 @@ describe('makePipelineConfig', () => {
     [{ replicator: { timeoutMs: 5 } }, 'replicator.timeoutMs', /in replicator: checkpointTimeoutMs, maxIntervalMs, retryInitialMs, retryMaxMs, reprotectTimeoutMs$/],
     [{ checkpointBudget: { perClient: 5 } }, 'checkpointBudget.perClient', /in checkpointBudget: perSource, windowMs$/],
     [{ ingressHold: { packets: 5 } }, 'ingressHold.packets', /in ingressHold: bytes, frames$/],
+    [{ compare: { window: 4 } }, 'compare.window', /in compare: datagramWindow$/],
     [{ totalHighWater: { Bytes: 5 } }, 'totalHighWater.Bytes', /in totalHighWater: bytes, frames$/],
   ])('rejects the unknown key in %j, naming its path and the allowed keys', (partial, path, allowed) => {
     const err = rejection(partial);
@@ -54,6 +55,9 @@ describe('makePipelineConfig', () => {
     [{ policy: { strayFromClient: 'primary' } }, 'policy.strayFromClient', 'must be one of "primary-only", "both", "drop", got "primary"'],
     [{ resync: 'clone' }, 'resync', 'must be one of "copy", "align", got "clone"'],
     [{ captureDivergence: 1 }, 'captureDivergence', 'must be true or false, got 1'],
+    [{ compare: { datagramWindow: 0 } }, 'compare.datagramWindow', 'must be an integer >= 1 and <= 256 (1: strict order), got 0'],
+    [{ compare: { datagramWindow: 2.5 } }, 'compare.datagramWindow', 'must be an integer >= 1 and <= 256 (1: strict order), got 2.5'],
+    [{ compare: { datagramWindow: 257 } }, 'compare.datagramWindow', 'must be an integer >= 1 and <= 256 (1: strict order), got 257'],
     [{ policy: 'drop' }, 'policy', 'must be an object with keys arp, otherEtherTypes, malformedFromVm, malformedFromClient, strayFromClient, badTcpFlagsFromClient, newFlowsPerSecond, got "drop"'],
     [{ failover: [] }, 'failover', 'must be an object with keys silenceMs, probeTimeoutMs, minStandbyFrames, carrierHoldMs, announce, got []'],
     [{ replicator: { retryInitialMs: 5000, retryMaxMs: 1000 } }, 'replicator.retryMaxMs', 'must be >= replicator.retryInitialMs (5000), got 1000'],
@@ -72,5 +76,7 @@ describe('makePipelineConfig', () => {
     });
     expect(c.failover.announce).toBe(true);
     expect(c.checkpointBudget.perSource).toBe(0);
+    expect(makePipelineConfig({ compare: { datagramWindow: 1 } }).compare.datagramWindow).toBe(1);
+    expect(makePipelineConfig({ compare: { datagramWindow: 256 } }).compare.datagramWindow).toBe(256);
   });
 });

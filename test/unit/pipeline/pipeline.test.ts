@@ -146,8 +146,8 @@ describe('ShadowPipeline', () => {
     expect(h.p.policyActions['degraded/forward-primary']).toBe(1);
   });
 
-  it('compares UDP datagrams one by one, ignoring IP ID and TTL', () => {
-    const h = harness();
+  it('compares UDP datagrams one by one, ignoring IP ID and TTL, with a window of 1', () => {
+    const h = harness({ compare: { datagramWindow: 1 } });
     h.p.fromVm(PRIMARY, udpFrame({ from: 'vm', sport: 53, dport: 5353, payload: 'answer-1', ipId: 1, ttl: 64 }), 1);
     h.p.fromVm(BACKUP, udpFrame({ from: 'vm', sport: 53, dport: 5353, payload: 'answer-1', ipId: 999, ttl: 63 }), 2);
     expect(h.out.client).toHaveLength(1);
@@ -156,6 +156,52 @@ describe('ShadowPipeline', () => {
     expect(h.out.client).toHaveLength(1);
     expect(h.out.checkpoints.map((c) => c.reason)).toEqual(['mismatch']);
     expect(h.p.reports[0].mismatchList[0]).toMatchObject({ kind: 'datagram', offset: 7 });
+  });
+
+  const dns = (payload: string) => udpFrame({ from: 'vm', sport: 53, dport: 5353, payload });
+  const texts = (frames: Buffer[]) => frames.map((f) => f.subarray(14 + 20 + 8).toString('latin1'));
+
+  it('releases UDP answers the backup sent in another order, in the primary order, and counts the reordering', () => {
+    const h = harness();
+    h.p.fromVm(PRIMARY, dns('answer A'), 1);
+    h.p.fromVm(PRIMARY, dns('answer B'), 2);
+    h.p.fromVm(BACKUP, dns('answer B'), 3);
+    expect(h.out.client).toHaveLength(0); // B is confirmed but does not overtake A
+    h.p.fromVm(BACKUP, dns('answer A'), 4);
+    expect(texts(h.out.client)).toEqual(['answer A', 'answer B']);
+    expect(h.out.checkpoints).toEqual([]);
+    expect(h.p.stageCounters().compare).toMatchObject({ datagrams_reordered: 2, mismatches: 0 });
+  });
+
+  it('calls a UDP answer with no equal within the window a datagram-window mismatch and checkpoints', () => {
+    const h = harness({ compare: { datagramWindow: 2 } });
+    h.p.fromVm(PRIMARY, dns('answer A'), 1);
+    h.p.fromVm(BACKUP, dns('answer X'), 2);
+    expect(h.out.checkpoints).toEqual([]);
+    h.p.fromVm(BACKUP, dns('answer Y'), 3);
+    expect(h.out.checkpoints.map((c) => c.reason)).toEqual(['mismatch']);
+    expect(h.p.reports[0].mismatchList[0]).toMatchObject({ kind: 'datagram-window', offset: 7 });
+    expect(h.p.stageCounters().compare).toMatchObject({ mismatches_datagram_window: 1 });
+    expect(h.out.client).toHaveLength(0);
+  });
+
+  it('reports a UDP answer the backup never repeated as a mismatch once it has waited maxUnmatchedAgeMs', () => {
+    const h = harness({ maxUnmatchedAgeMs: 5 });
+    h.p.fromVm(PRIMARY, dns('answer A'), 1000);
+    h.p.fromVm(BACKUP, dns('answer Z'), 1100);
+    h.p.tick(3000);
+    expect(h.out.checkpoints).toEqual([]);
+    h.p.tick(7000);
+    expect(h.out.checkpoints.map((c) => c.reason)).toEqual(['mismatch']);
+    expect(h.p.reports[0].mismatchList[0]).toMatchObject({ kind: 'datagram-window', primary: '"answer A"', backup: '"answer Z"' });
+  });
+
+  it('asks for a timeout checkpoint, not a mismatch, when only the backup is late with a UDP answer', () => {
+    const h = harness({ maxUnmatchedAgeMs: 5 });
+    h.p.fromVm(PRIMARY, dns('answer A'), 1000);
+    h.p.tick(7000);
+    expect(h.out.checkpoints.map((c) => c.reason)).toEqual(['timeout']);
+    expect(h.p.reports[0].mismatches).toBe(0);
   });
 
   it('applies the ARP policy and counts what it did', () => {
