@@ -22,6 +22,7 @@ import { readFileSync } from 'node:fs';
 import { PacketPort, ReceivedFrame } from './io/port';
 import { PipelineConfig } from './pipeline/config';
 import { ShadowPipeline } from './pipeline/pipeline';
+import type { FlowReport } from './pipeline/shadow-flow';
 import { AgentLink } from './replicate/agent-client';
 import { ControlSocket } from './control/control-socket';
 import { MetricsServer, startMetricsServer } from './control/metrics';
@@ -179,9 +180,14 @@ export class Bridge {
                 : 'not promoted';
               return { promoted, why, roles };
             },
-            flows: (limit) => {
+            flows: (limit, match) => {
               this.pipeline.syncReports();
-              return this.pipeline.reports.slice(-limit);
+              const all = this.pipeline.reports;
+              if (match === undefined) return all.slice(-limit);
+              // Newest first, stopping at `limit`: bounded by the reports kept (reportLimit).
+              const found: FlowReport[] = [];
+              for (let i = all.length - 1; i >= 0 && found.length < limit; i--) if (all[i].key.includes(match)) found.push(all[i]);
+              return found.reverse();
             },
           },
         });

@@ -8,6 +8,7 @@ import { UsageError, UserFacingError } from './errors';
 import { replayCommand } from './commands/replay';
 import { runCommand } from './commands/run';
 import { statusCommand } from './commands/status';
+import { flowsCommand } from './commands/flows';
 import { failoverCommand } from './commands/failover';
 import { agentCommand } from './commands/agent';
 import { labCommand } from './commands/lab';
@@ -19,7 +20,7 @@ export { UsageError, UserFacingError };
 
 export async function main(argv: string[]): Promise<number> {
   let y = yargs(argv).scriptName('shadowvm').usage('$0 <command> [options]');
-  for (const add of [setupCommands, runCommand, statusCommand, failoverCommand, agentCommand, labCommand, replayCommand, reportCommand, configCommand]) y = add(y);
+  for (const add of [setupCommands, runCommand, statusCommand, flowsCommand, failoverCommand, agentCommand, labCommand, replayCommand, reportCommand, configCommand]) y = add(y);
   const parser = y
     .demandCommand(1, 'name a command (see --help)')
     .strict()

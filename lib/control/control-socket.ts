@@ -6,7 +6,7 @@
  *   {"cmd":"status"}            → {"ok":true,"status":BridgeSnapshot}
  *   {"cmd":"checkpoint"}        → {"ok":true,"checkpoint":{requested,epoch,state}}
  *   {"cmd":"failover"}          → {"ok":true,"failover":{promoted,survivor?,why?,roles}}
- *   {"cmd":"flows","limit":N}   → {"ok":true,"flows":[FlowReport…]}
+ *   {"cmd":"flows","limit":N,"match":S} → {"ok":true,"flows":[FlowReport…]}
  *   anything else               → {"ok":false,"error":"…"}
  *
  * A request may carry an `id` (string or number); its reply repeats it.
@@ -18,7 +18,10 @@
  *   event-loop turn across all connections; a `flows` reply is written in
  *   pieces of `FLOWS_PER_WRITE` flows, one piece per turn;
  * - `flows` returns at most `MAX_FLOWS_LIMIT` (1000) flows, the most recent
- *   ones; a larger `limit` is cut to it;
+ *   ones; a larger `limit` is cut to it. `match` (a piece of the flow's key,
+ *   such as `10.0.0.1:40000` or `:21 `) picks the most recent flows whose key
+ *   holds it, among every flow the bridge keeps a report of, so an older
+ *   connection is found however many flows came after it;
  * - reading stops while a request waits or a reply is not drained, so a
  *   pipelining client is held back by its own socket buffer; more than
  *   `maxQueuedRequests` requests already read and waiting on one
@@ -46,7 +49,7 @@ export type ControlRequest =
   | { cmd: 'status'; id?: string | number }
   | { cmd: 'checkpoint'; id?: string | number }
   | { cmd: 'failover'; id?: string | number }
-  | { cmd: 'flows'; limit?: number; id?: string | number };
+  | { cmd: 'flows'; limit?: number; match?: string; id?: string | number };
 export type ControlCommand = ControlRequest['cmd'];
 
 export interface ManualCheckpointResult {
@@ -73,8 +76,8 @@ export interface ControlHandlers {
   checkpoint(): ManualCheckpointResult | Promise<ManualCheckpointResult>;
   /** Absent: the bridge does not take failover requests (the command is answered with an error). */
   failover?(): ManualFailoverResult | Promise<ManualFailoverResult>;
-  /** The most recent `limit` flows. */
-  flows(limit: number): readonly FlowReport[] | Promise<readonly FlowReport[]>;
+  /** The most recent `limit` flows (whose key holds `match`, if given), oldest first. */
+  flows(limit: number, match?: string): readonly FlowReport[] | Promise<readonly FlowReport[]>;
 }
 
 interface ReplyId { id?: string | number }
@@ -91,6 +94,8 @@ type ReplyFor<C extends ControlCommand> =
 export const DEFAULT_FLOWS_LIMIT = 100;
 /** The most flows one `flows` reply carries (a bigger `limit` is cut to this): a reply stays around a megabyte or less. */
 export const MAX_FLOWS_LIMIT = 1000;
+/** The longest `match` a `flows` request may carry (a flow key is shorter). */
+export const MAX_MATCH_LENGTH = 128;
 /** Flows serialized per write (and per event-loop turn) of a `flows` reply. */
 export const FLOWS_PER_WRITE = 100;
 const MAX_REQUEST_BYTES = 64 * 1024;
@@ -139,12 +144,14 @@ export function parseControlRequest(line: string): ControlRequest {
     case 'failover':
       return withId({ cmd: obj.cmd });
     case 'flows': {
-      const limit = obj.limit;
-      if (limit === undefined) return withId({ cmd: 'flows' as const });
-      if (typeof limit !== 'number' || !Number.isSafeInteger(limit) || limit < 1) {
+      const { limit, match } = obj;
+      if (limit !== undefined && (typeof limit !== 'number' || !Number.isSafeInteger(limit) || limit < 1)) {
         throw new ControlRequestError(`flows: "limit" must be a positive integer, got ${JSON.stringify(limit)}`, excerptOf(line));
       }
-      return withId({ cmd: 'flows' as const, limit });
+      if (match !== undefined && (typeof match !== 'string' || match.length < 1 || match.length > MAX_MATCH_LENGTH)) {
+        throw new ControlRequestError(`flows: "match" must be a string of 1 to ${MAX_MATCH_LENGTH} characters, got ${excerptOf(JSON.stringify(match))}`, excerptOf(line));
+      }
+      return withId({ cmd: 'flows' as const, ...(limit !== undefined ? { limit } : {}), ...(match !== undefined ? { match } : {}) });
     }
     case undefined:
       throw new ControlRequestError('missing "cmd" (one of status, checkpoint, failover, flows)', excerptOf(line));
@@ -455,7 +462,7 @@ export class ControlSocket {
           return { ok: true, ...id, failover: await h.failover() };
         case 'flows': {
           const limit = Math.min(req.limit ?? DEFAULT_FLOWS_LIMIT, MAX_FLOWS_LIMIT);
-          const flows = await h.flows(limit);
+          const flows = await h.flows(limit, req.match);
           return { ok: true, ...id, flows: flows.length > limit ? flows.slice(-limit) : [...flows] };
         }
       }

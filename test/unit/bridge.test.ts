@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { Bridge } from '../../lib/bridge';
 import { MemoryPort } from '../../lib/io/memory';
 import { makePipelineConfig, PipelineConfig } from '../../lib/pipeline';
+import { queryControlSocket } from '../../lib/control/control-socket';
 import { DEFAULT_REPLICATOR_CONFIG } from '../../lib/replicate';
 import { C, P, B, SYN_OPTS, ackOf, fromClient, fromVm, seqOf } from '../support/pipeline-harness';
 import { LineClient, tempDir, waitFor } from './agents/socket-helpers';
@@ -248,6 +249,35 @@ describe('Bridge on in-memory ports', () => {
       await waitFor('COMPARING', () => r.bridge.pipeline.state === 'COMPARING');
     } finally {
       await r.close();
+    }
+  });
+});
+
+describe('the flows listing', () => {
+  it('finds an old connection by a piece of its key however many flows came after it', async () => {
+    const tmp = tempDir('bridge-flows');
+    const control = join(tmp.dir, 'control.sock');
+    const uplink = new MemoryPort('up0');
+    const bridge = new Bridge({ uplink, primary: new MemoryPort('p0'), backup: new MemoryPort('b0') }, {
+      name: 'unit', config: makePipelineConfig({ resync: 'copy' }), controlSocket: control, clockUs: () => 1_000_000, log: () => {},
+    });
+    await bridge.start();
+    try {
+      // 1,500 connections: the oldest is far outside the 1,000 most recent a plain listing can show.
+      for (let i = 0; i < 1500; i++) uplink.inject([fromClient({ sport: 20000 + i, seq: C, flags: 'S', options: SYN_OPTS })]);
+      const plain = await queryControlSocket(control, { cmd: 'flows', limit: 5000 });
+      expect(plain.ok && plain.flows).toHaveLength(1000);
+      expect(plain.ok && plain.flows.some((f) => f.key.includes(':20000 '))).toBe(false);
+      const found = await queryControlSocket(control, { cmd: 'flows', match: ':20000 ' });
+      expect(found.ok && found.flows.map((f) => f.key)).toEqual(['tcp 10.77.0.1:20000 > 10.77.0.2:80']);
+      // Most recent last, and `limit` counts the matches.
+      const some = await queryControlSocket(control, { cmd: 'flows', match: ':2000', limit: 3 });
+      expect(some.ok && some.flows.map((f) => f.key.split(' ')[1])).toEqual(['10.77.0.1:20007', '10.77.0.1:20008', '10.77.0.1:20009']);
+      const bad = await queryControlSocket(control, { cmd: 'flows', match: '' } as never);
+      expect(bad).toMatchObject({ ok: false, error: expect.stringContaining('"match" must be a string of 1 to 128 characters') });
+    } finally {
+      await bridge.stop();
+      tmp.remove();
     }
   });
 });

@@ -140,6 +140,9 @@ describe('parseControlRequest', () => {
     expect(parseControlRequest('{"cmd":"status"}')).toEqual({ cmd: 'status' });
     expect(parseControlRequest('{"cmd":"flows"}')).toEqual({ cmd: 'flows' });
     expect(parseControlRequest('{"cmd":"flows","limit":5,"id":"x"}')).toEqual({ cmd: 'flows', limit: 5, id: 'x' });
+    expect(parseControlRequest('{"cmd":"flows","match":"10.0.0.1:4"}')).toEqual({ cmd: 'flows', match: '10.0.0.1:4' });
+    expect(() => parseControlRequest('{"cmd":"flows","match":7}')).toThrow('"match" must be a string of 1 to 128 characters');
+    expect(() => parseControlRequest(JSON.stringify({ cmd: 'flows', match: 'x'.repeat(129) }))).toThrow('"match" must be a string');
     expect(() => parseControlRequest('{"cmd":"status","id":{}}')).toThrow(/"id"/);
     expect(() => parseControlRequest('{}')).toThrow(/missing "cmd"/);
   });
