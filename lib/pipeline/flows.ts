@@ -21,6 +21,7 @@ import { TcpFlag } from '../packet/constants';
 import { FlowLookup } from '../flow/key-cache';
 import { HeldQueues } from '../release/held';
 import type { ReplicaSet } from '../failover/roles';
+import { MatchTotals, StreamNoise } from '../compare/tcp-stream';
 import { PipelineConfig } from './config';
 import { Stage, StageEvent } from './events';
 import { FlowMode, FlowReport, ShadowFlow } from './shadow-flow';
@@ -33,7 +34,7 @@ export interface FlowRegistryDeps {
   backupCopies: SlabPool;
   /** Copies of standby frames kept for failover. */
   standbyCopies: SlabPool;
-  totals: { matchedBytes: number; outOfOrderDropped?: number };
+  totals: MatchTotals;
   reportLimit: number;
   /** An evicted flow still had held output: the owner asks for a checkpoint to settle it. */
   evictedWithHeldOutput(flow: ShadowFlow, why: 'lru' | 'idle'): void;
@@ -79,8 +80,12 @@ export class FlowRegistry implements Stage {
    */
   private untrackedUntilEpoch = 0;
   private nextExpiryUs = 0;
+  /** What every TCP comparator treats as noise (from `config.normalize`). */
+  private readonly noise: StreamNoise;
 
   constructor(private readonly d: FlowRegistryDeps) {
+    const n = d.config.normalize;
+    this.noise = { httpDateToleranceMs: n.httpDate ? n.httpDateToleranceMs : null };
     // Half-open connections (a client SYN and nothing after) go first when the table is full.
     this.table = new FlowTable<ShadowFlow>(d.config.maxFlows, (e, why) => this.onEvict(e, why), (flow) => flow.halfOpen);
     this.ingressLookup = new FlowLookup(this.table, 'ingress');
@@ -122,7 +127,7 @@ export class FlowRegistry implements Stage {
   newFlow(f: DecodedFrame, dir: 'ingress' | 'egress'): ShadowFlow {
     this.created++;
     const d = this.d;
-    const flow = new ShadowFlow(describeFlow(f, dir), flowProtocolOf(f), d.held, d.backupCopies, d.totals, d.config.captureDivergence, d.standbyCopies);
+    const flow = new ShadowFlow(describeFlow(f, dir), flowProtocolOf(f), d.held, d.backupCopies, d.totals, d.config.captureDivergence, d.standbyCopies, this.noise);
     flow.epoch = flow.bornEpoch = this.checkpointEpoch;
     if (!d.replicas.standby) {
       flow.mode = 'solo';

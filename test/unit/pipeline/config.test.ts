@@ -26,7 +26,8 @@ describe('makePipelineConfig', () => {
   });
 
   it.each([
-    [{ maxFlow: 10 }, 'maxFlow', /allowed keys: maxFlows, maxUnmatchedAgeMs, .*captureDivergence, releaseLogMs$/],
+    [{ maxFlow: 10 }, 'maxFlow', /allowed keys: maxFlows, maxUnmatchedAgeMs, .*captureDivergence, releaseLogMs, normalize$/],
+    [{ normalize: { date: true } }, 'normalize.date', /in normalize: httpDate, httpDateToleranceMs$/],
     [{ policy: { arpp: 'drop' } }, 'policy.arpp', /allowed keys in policy: arp, otherEtherTypes, malformedFromVm/],
     [{ failover: { silence: 5 } }, 'failover.silence', /allowed keys in failover: silenceMs, probeTimeoutMs, minStandbyFrames, carrierHoldMs, announce$/],
     [{ replicator: { timeoutMs: 5 } }, 'replicator.timeoutMs', /in replicator: checkpointTimeoutMs, maxIntervalMs, retryInitialMs, retryMaxMs, reprotectTimeoutMs$/],
@@ -54,6 +55,8 @@ describe('makePipelineConfig', () => {
     [{ policy: { strayFromClient: 'primary' } }, 'policy.strayFromClient', 'must be one of "primary-only", "both", "drop", got "primary"'],
     [{ resync: 'clone' }, 'resync', 'must be one of "copy", "align", got "clone"'],
     [{ captureDivergence: 1 }, 'captureDivergence', 'must be true or false, got 1'],
+    [{ normalize: { httpDate: 'on' } }, 'normalize.httpDate', 'must be true or false, got "on"'],
+    [{ normalize: { httpDateToleranceMs: -1 } }, 'normalize.httpDateToleranceMs', 'must be a number >= 0 and <= 60000, got -1'],
     [{ policy: 'drop' }, 'policy', 'must be an object with keys arp, otherEtherTypes, malformedFromVm, malformedFromClient, strayFromClient, badTcpFlagsFromClient, got "drop"'],
     [{ failover: [] }, 'failover', 'must be an object with keys silenceMs, probeTimeoutMs, minStandbyFrames, carrierHoldMs, announce, got []'],
     [{ replicator: { retryInitialMs: 5000, retryMaxMs: 1000 } }, 'replicator.retryMaxMs', 'must be >= replicator.retryInitialMs (5000), got 1000'],
@@ -72,5 +75,10 @@ describe('makePipelineConfig', () => {
     });
     expect(c.failover.announce).toBe(true);
     expect(c.checkpointBudget.perSource).toBe(0);
+  });
+
+  it('leaves HTTP Date normalization off unless asked, and keeps the default tolerance when only switched on', () => {
+    expect(makePipelineConfig().normalize).toEqual({ httpDate: false, httpDateToleranceMs: 2000 });
+    expect(makePipelineConfig({ normalize: { httpDate: true } } as never).normalize).toEqual({ httpDate: true, httpDateToleranceMs: 2000 });
   });
 });

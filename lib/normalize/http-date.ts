@@ -1,0 +1,312 @@
+/**
+ * HTTP `Date:` values as noise between replicas (off by default; setting
+ * `normalize.httpDate`). Two servers that answer the same request a moment
+ * apart stamp it with different seconds; that is not a difference in what
+ * they said.
+ *
+ * In:  the primary's in-order TCP payload (`HttpResponseScanner.consume`);
+ *      two candidate values (`sameHttpDate`).
+ * Out: where the `Date:` header values of HTTP/1.x responses lie in that
+ *      stream (`dateValueAt`); whether two values are the same date within a
+ *      tolerance.
+ *
+ * Pure: no clock, no I/O. The scanner follows response framing (RFC 9112 §6:
+ * Content-Length, chunked, no body for 1xx/204/304), so a `Date:` in a body
+ * or a chunk is never taken for a header. Whatever it cannot frame for sure
+ * (not HTTP/1.x, obs-fold, a close-delimited body, a bad chunk size, 101)
+ * makes it stop for the rest of the connection; a gap in the bytes that is
+ * never filled leaves it waiting. Either way it reports no more values and
+ * every difference stays a mismatch. It cannot know a response to HEAD
+ * (headers with a Content-Length and no body): it then skips into the next
+ * response, finds no status line there and (but for a coincidence) stops. Memory: one line prefix
+ * and at most MAX_DATE_VALUES values.
+ */
+import { seqAdd, seqDiff, seqGt, seqLe, seqLt } from '../packet/seq';
+
+/** `Sun, 06 Nov 1994 08:49:37 GMT` (RFC 9110 §5.6.7). */
+export const IMF_FIXDATE_LENGTH = 29;
+/** A value the comparator can settle: the IMF-fixdate and the CRLF that ends its line. */
+export const DATE_VALUE_SPAN = IMF_FIXDATE_LENGTH + 2;
+/** Values kept ahead of the comparison point; beyond it the oldest is forgotten (that difference then stays a mismatch). */
+export const MAX_DATE_VALUES = 32;
+/** Bytes of a header line kept: enough for a field name and a Content-Length or Transfer-Encoding value. */
+export const MAX_KEPT_LINE = 256;
+
+const DAY_NAMES = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];
+const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
+
+const CR = 0x0d, LF = 0x0a, SP = 0x20, HT = 0x09, COLON = 0x3a;
+
+function digits(b: Buffer, at: number, n: number): number {
+  let v = 0;
+  for (let i = at; i < at + n; i++) {
+    const c = b[i] - 0x30;
+    if (c < 0 || c > 9) return -1;
+    v = v * 10 + c;
+  }
+  return v;
+}
+
+/**
+ * An IMF-fixdate (RFC 9110 §5.6.7) as milliseconds since the epoch, or null
+ * when `value` is not exactly one: fixed positions, English names, a day that
+ * exists in its month, the day name that date really has, `GMT`. Second 60
+ * (a leap second) is allowed, as the grammar allows it.
+ */
+export function parseImfFixdate(value: Buffer | string): number | null {
+  const b = typeof value === 'string' ? Buffer.from(value, 'latin1') : value;
+  if (b.length !== IMF_FIXDATE_LENGTH) return null;
+  const s = b.toString('latin1');
+  if (s[3] !== ',' || s[4] !== ' ' || s[7] !== ' ' || s[11] !== ' ' || s[16] !== ' ' || s[19] !== ':' || s[22] !== ':' || s.slice(25) !== ' GMT') return null;
+  const dayName = DAY_NAMES.indexOf(s.slice(0, 3));
+  const month = MONTHS.indexOf(s.slice(8, 11));
+  const day = digits(b, 5, 2), year = digits(b, 12, 4), hour = digits(b, 17, 2), minute = digits(b, 20, 2), second = digits(b, 23, 2);
+  if (dayName < 0 || month < 0 || day < 1 || year < 0 || hour < 0 || hour > 23 || minute < 0 || minute > 59 || second < 0 || second > 60) return null;
+  const daysInMonth = new Date(Date.UTC(year, month + 1, 0)).getUTCDate();
+  if (day > daysInMonth) return null;
+  const midnight = Date.UTC(year, month, day);
+  if (new Date(midnight).getUTCDay() !== dayName) return null;
+  return midnight + ((hour * 60 + minute) * 60 + second) * 1000;
+}
+
+/**
+ * Whether two `Date:` value spans (DATE_VALUE_SPAN bytes: the value and the
+ * CRLF after it) say the same moment within `toleranceMs`: both valid
+ * IMF-fixdates, both ending their line there.
+ */
+export function sameHttpDate(primary: Buffer, backup: Buffer, toleranceMs: number): boolean {
+  if (primary.length !== DATE_VALUE_SPAN || backup.length !== DATE_VALUE_SPAN) return false;
+  for (const b of [primary, backup]) if (b[IMF_FIXDATE_LENGTH] !== CR || b[IMF_FIXDATE_LENGTH + 1] !== LF) return false;
+  const p = parseImfFixdate(primary.subarray(0, IMF_FIXDATE_LENGTH));
+  const q = parseImfFixdate(backup.subarray(0, IMF_FIXDATE_LENGTH));
+  return p !== null && q !== null && Math.abs(p - q) <= toleranceMs;
+}
+
+/** Where a `Date:` header value starts, and the scanned side's bytes of it so far (up to DATE_VALUE_SPAN). */
+export interface DateValue {
+  /** Sequence position of the value's first byte. */
+  start: number;
+  bytes: Buffer;
+  length: number;
+}
+
+/** Why the scanner stopped following a stream (for tests and logs). */
+export type ScannerStop = 'not-http' | 'obs-fold' | 'bad-header' | 'bad-content-length' | 'close-delimited' | 'upgrade' | 'bad-chunk' | 'line-too-long';
+
+const enum State { StatusLine, HeaderLine, Body, ChunkSize, ChunkData, ChunkDataEnd, Trailer, Stopped }
+
+const HTTP_PREFIX = Buffer.from('HTTP/1.', 'latin1');
+const DATE_NAME = Buffer.from('date:', 'latin1');
+/** Status lines and chunk-size lines longer than this are not what a server writes. */
+const MAX_CONTROL_LINE = 8192;
+/** A header line this long is refused rather than followed. */
+const MAX_HEADER_LINE = 65536;
+
+function lowerAscii(c: number): number {
+  return c >= 0x41 && c <= 0x5a ? c + 0x20 : c;
+}
+
+/**
+ * Follows the responses in one direction of a TCP connection and notes where
+ * each `Date:` header value starts. Fed the bytes in order, by sequence
+ * position; bytes it has already seen are skipped, a gap stops it.
+ */
+export class HttpResponseScanner {
+  /** Position of the next byte to scan. */
+  at: number;
+  stopped: ScannerStop | null = null;
+  /** Date values from the oldest on; pruned by `dateValueAt`. */
+  private readonly values: DateValue[] = [];
+  private state = State.StatusLine;
+  private readonly line = Buffer.alloc(MAX_KEPT_LINE);
+  private lineLength = 0;
+  /** The current header line is `Date:`: its value, once it starts. */
+  private dateLine = false;
+  private dateValue: DateValue | null = null;
+  private status = 0;
+  private contentLength = -1;
+  private chunked = false;
+  private transferEncoded = false;
+  /** Body or chunk bytes still to skip. */
+  private remaining = 0;
+
+  constructor(start: number) {
+    this.at = start >>> 0;
+  }
+
+  /** `bytes` said at `position` (sequence space). */
+  consume(position: number, bytes: Buffer): void {
+    if (this.stopped || bytes.length === 0) return;
+    const end = seqAdd(position, bytes.length);
+    if (seqLe(end, this.at)) return;
+    // A gap: the bytes before it come later (reordered, or retransmitted); until then nothing is scanned.
+    if (seqGt(position, this.at)) return;
+    let i = seqDiff(position, this.at);
+    while (i < bytes.length && !this.stopped) {
+      if (this.state === State.Body || this.state === State.ChunkData) {
+        const n = Math.min(this.remaining, bytes.length - i);
+        this.remaining -= n;
+        i += n;
+        this.at = seqAdd(this.at, n);
+        if (this.remaining === 0) this.state = this.state === State.Body ? State.StatusLine : State.ChunkDataEnd;
+        continue;
+      }
+      this.lineByte(bytes[i]);
+      i++;
+      this.at = seqAdd(this.at, 1);
+    }
+  }
+
+  /**
+   * The `Date:` value whose span (value and CRLF) holds `position`, if any.
+   * Values that end before `position` are forgotten: the comparator asks in
+   * increasing positions.
+   */
+  dateValueAt(position: number): DateValue | null {
+    const v = this.values;
+    while (v.length > 0 && seqLe(seqAdd(v[0].start, DATE_VALUE_SPAN), position)) v.shift();
+    for (const d of v) {
+      if (seqGt(d.start, position)) return null;
+      if (seqLt(position, seqAdd(d.start, DATE_VALUE_SPAN))) return d;
+    }
+    return null;
+  }
+
+  /** Stops following (bytes missed, e.g. across a checkpoint): no more values are reported. */
+  stop(why: ScannerStop): void {
+    if (this.stopped) return;
+    this.stopped = why;
+    this.state = State.Stopped;
+    this.values.length = 0;
+    this.dateValue = null;
+  }
+
+  private lineByte(c: number): void {
+    const d = this.dateValue;
+    if (d !== null) {
+      if (d.length < DATE_VALUE_SPAN) d.bytes[d.length++] = c;
+    } else if (this.dateLine && c !== SP && c !== HT) {
+      this.startDateValue(c);
+    }
+    if (c === LF) {
+      this.endLine();
+      return;
+    }
+    const n = this.lineLength;
+    if (n < MAX_KEPT_LINE) this.line[n] = c;
+    this.lineLength = n + 1;
+    if (this.state === State.StatusLine) {
+      if (n < HTTP_PREFIX.length && c !== HTTP_PREFIX[n]) this.stop('not-http');
+      else if (n >= MAX_CONTROL_LINE) this.stop('line-too-long');
+    } else if (this.state === State.HeaderLine) {
+      if (n === 0 && (c === SP || c === HT)) this.stop('obs-fold'); // RFC 9112 §5.2: a folded line; not followed
+      else if (n === DATE_NAME.length - 1) this.dateLine = this.startsWithDateName();
+      else if (n >= MAX_HEADER_LINE) this.stop('line-too-long');
+    } else if (n >= MAX_CONTROL_LINE) {
+      this.stop('line-too-long');
+    }
+  }
+
+  /** The kept line so far (its last byte included) is `date:`, any case. */
+  private startsWithDateName(): boolean {
+    for (let i = 0; i < DATE_NAME.length; i++) if (lowerAscii(this.line[i]) !== DATE_NAME[i]) return false;
+    return true;
+  }
+
+  private startDateValue(c: number): void {
+    if (c === CR) return; // an empty value: nothing to normalize
+    const d: DateValue = { start: this.at, bytes: Buffer.alloc(DATE_VALUE_SPAN), length: 1 };
+    d.bytes[0] = c;
+    this.dateValue = d;
+    if (this.values.length >= MAX_DATE_VALUES) this.values.shift();
+    this.values.push(d);
+  }
+
+  /** The kept part of the current line, without its CR. */
+  private lineText(): string {
+    let n = Math.min(this.lineLength, MAX_KEPT_LINE);
+    if (n > 0 && this.line[n - 1] === CR && this.lineLength <= MAX_KEPT_LINE) n--;
+    return this.line.toString('latin1', 0, n);
+  }
+
+  private endLine(): void {
+    const text = this.lineText();
+    const truncated = this.lineLength > MAX_KEPT_LINE;
+    this.lineLength = 0;
+    this.dateLine = false;
+    this.dateValue = null;
+    switch (this.state) {
+      case State.StatusLine: {
+        if (text.length < 12) return this.stop('not-http'); // "HTTP/1.1 200"
+        const code = Number(text.slice(9, 12));
+        if (text[8] !== ' ' || !/^\d{3}$/.test(text.slice(9, 12))) return this.stop('not-http');
+        this.status = code;
+        this.contentLength = -1;
+        this.chunked = false;
+        this.transferEncoded = false;
+        this.state = State.HeaderLine;
+        return;
+      }
+      case State.HeaderLine:
+        if (text.length === 0) return this.endHeaders();
+        return this.headerField(text, truncated);
+      case State.ChunkSize: {
+        // chunk-size [ chunk-ext ] (RFC 9112 §7.1); the extension is not read.
+        const m = /^([0-9A-Fa-f]{1,8})[ \t]*(;.*)?$/.exec(text);
+        if (!m || truncated) return this.stop('bad-chunk');
+        const size = parseInt(m[1], 16);
+        if (size === 0) this.state = State.Trailer;
+        else {
+          this.remaining = size;
+          this.state = State.ChunkData;
+        }
+        return;
+      }
+      case State.ChunkDataEnd:
+        if (text.length !== 0) return this.stop('bad-chunk');
+        this.state = State.ChunkSize;
+        return;
+      case State.Trailer:
+        // Trailer fields are not headers: a Date there is not normalized (RFC 9110 §6.5.1).
+        if (text.length === 0) this.state = State.StatusLine;
+        return;
+    }
+  }
+
+  private headerField(text: string, truncated: boolean): void {
+    const colon = text.indexOf(':');
+    if (colon <= 0) return this.stop('bad-header');
+    const name = text.slice(0, colon).toLowerCase();
+    if (name !== 'content-length' && name !== 'transfer-encoding') return;
+    if (truncated) return this.stop('line-too-long');
+    const value = text.slice(colon + 1).trim();
+    if (name === 'transfer-encoding') {
+      this.transferEncoded = true;
+      const codings = value.split(',').map((s) => s.trim().toLowerCase());
+      this.chunked = codings[codings.length - 1] === 'chunked';
+      return;
+    }
+    if (!/^\d{1,15}$/.test(value)) return this.stop('bad-content-length');
+    const length = Number(value);
+    if (this.contentLength >= 0 && this.contentLength !== length) return this.stop('bad-content-length');
+    this.contentLength = length;
+  }
+
+  /** RFC 9112 §6.3: how the body of this response is delimited. */
+  private endHeaders(): void {
+    const s = this.status;
+    if (s === 101) return this.stop('upgrade');
+    if ((s >= 100 && s < 200) || s === 204 || s === 304) {
+      this.state = State.StatusLine;
+      return;
+    }
+    if (this.transferEncoded) {
+      if (!this.chunked) return this.stop('close-delimited');
+      this.state = State.ChunkSize;
+      return;
+    }
+    if (this.contentLength < 0) return this.stop('close-delimited');
+    this.remaining = this.contentLength;
+    this.state = this.remaining > 0 ? State.Body : State.StatusLine;
+  }
+}
