@@ -97,6 +97,8 @@ const enum State { StatusLine, HeaderLine, Body, ChunkSize, ChunkData, ChunkData
 
 const HTTP_PREFIX = Buffer.from('HTTP/1.', 'latin1');
 const DATE_NAME = Buffer.from('date:', 'latin1');
+const CONTENT_LENGTH = Buffer.from('content-length:', 'latin1');
+const TRANSFER_ENCODING = Buffer.from('transfer-encoding:', 'latin1');
 /** Status lines and chunk-size lines longer than this are not what a server writes. */
 const MAX_CONTROL_LINE = 8192;
 /** A header line this long is refused rather than followed. */
@@ -106,22 +108,35 @@ function lowerAscii(c: number): number {
   return c >= 0x41 && c <= 0x5a ? c + 0x20 : c;
 }
 
+function hexDigit(c: number): number {
+  if (c >= 0x30 && c <= 0x39) return c - 0x30;
+  const l = lowerAscii(c);
+  return l >= 0x61 && l <= 0x66 ? l - 0x61 + 10 : -1;
+}
+
 /**
  * Follows the responses in one direction of a TCP connection and notes where
  * each `Date:` header value starts. Fed the bytes in order, by sequence
- * position; bytes it has already seen are skipped, a gap stops it.
+ * position; bytes it has already seen are skipped, and bytes after a gap wait
+ * until the gap is filled (they are fed again then).
+ *
+ * Lines are found with a native search and copied in bulk (at most
+ * MAX_KEPT_LINE bytes of each); bodies and chunks are skipped by count.
  */
 export class HttpResponseScanner {
   /** Position of the next byte to scan. */
   at: number;
   stopped: ScannerStop | null = null;
-  /** Date values from the oldest on; pruned by `dateValueAt`. */
-  private readonly values: DateValue[] = [];
+  /** Date values, a ring of MAX_DATE_VALUES reused slots: `count` of them from `head` on, oldest first. */
+  private readonly values: DateValue[] = Array.from({ length: MAX_DATE_VALUES }, () => ({ start: 0, bytes: Buffer.alloc(DATE_VALUE_SPAN), length: 0 }));
+  private head = 0;
+  private count = 0;
   private state = State.StatusLine;
   private readonly line = Buffer.alloc(MAX_KEPT_LINE);
   private lineLength = 0;
-  /** The current header line is `Date:`: its value, once it starts. */
+  /** The current header line is `Date:` and its value has not started yet. */
   private dateLine = false;
+  /** The current line's value being recorded. */
   private dateValue: DateValue | null = null;
   private status = 0;
   private contentLength = -1;
@@ -143,103 +158,130 @@ export class HttpResponseScanner {
     if (seqGt(position, this.at)) return;
     let i = seqDiff(position, this.at);
     while (i < bytes.length && !this.stopped) {
+      let n: number;
       if (this.state === State.Body || this.state === State.ChunkData) {
-        const n = Math.min(this.remaining, bytes.length - i);
+        n = Math.min(this.remaining, bytes.length - i);
         this.remaining -= n;
-        i += n;
-        this.at = seqAdd(this.at, n);
         if (this.remaining === 0) this.state = this.state === State.Body ? State.StatusLine : State.ChunkDataEnd;
-        continue;
+      } else {
+        const lf = bytes.indexOf(LF, i);
+        n = (lf < 0 ? bytes.length : lf + 1) - i;
+        this.lineBytes(bytes, i, n);
+        if (lf >= 0 && !this.stopped) this.endLine();
       }
-      this.lineByte(bytes[i]);
-      i++;
-      this.at = seqAdd(this.at, 1);
+      i += n;
+      this.at = seqAdd(this.at, n);
     }
   }
 
   /**
    * The `Date:` value whose span (value and CRLF) holds `position`, if any.
    * Values that end before `position` are forgotten: the comparator asks in
-   * increasing positions.
+   * increasing positions. The slot is reused later: copy what is needed.
    */
   dateValueAt(position: number): DateValue | null {
-    const v = this.values;
-    while (v.length > 0 && seqLe(seqAdd(v[0].start, DATE_VALUE_SPAN), position)) v.shift();
-    for (const d of v) {
+    while (this.count > 0 && seqLe(seqAdd(this.values[this.head].start, DATE_VALUE_SPAN), position)) {
+      this.head = (this.head + 1) % MAX_DATE_VALUES;
+      this.count--;
+    }
+    for (let k = 0; k < this.count; k++) {
+      const d = this.values[(this.head + k) % MAX_DATE_VALUES];
       if (seqGt(d.start, position)) return null;
       if (seqLt(position, seqAdd(d.start, DATE_VALUE_SPAN))) return d;
     }
     return null;
   }
 
-  /** Stops following (bytes missed, e.g. across a checkpoint): no more values are reported. */
+  /** Stops following (a stream it cannot frame): no more values are reported. */
   stop(why: ScannerStop): void {
     if (this.stopped) return;
     this.stopped = why;
     this.state = State.Stopped;
-    this.values.length = 0;
+    this.count = 0;
     this.dateValue = null;
   }
 
-  private lineByte(c: number): void {
-    const d = this.dateValue;
-    if (d !== null) {
-      if (d.length < DATE_VALUE_SPAN) d.bytes[d.length++] = c;
-    } else if (this.dateLine && c !== SP && c !== HT) {
-      this.startDateValue(c);
-    }
-    if (c === LF) {
-      this.endLine();
-      return;
-    }
-    const n = this.lineLength;
-    if (n < MAX_KEPT_LINE) this.line[n] = c;
-    this.lineLength = n + 1;
-    if (this.state === State.StatusLine) {
-      if (n < HTTP_PREFIX.length && c !== HTTP_PREFIX[n]) this.stop('not-http');
-      else if (n >= MAX_CONTROL_LINE) this.stop('line-too-long');
-    } else if (this.state === State.HeaderLine) {
-      if (n === 0 && (c === SP || c === HT)) this.stop('obs-fold'); // RFC 9112 §5.2: a folded line; not followed
-      else if (n === DATE_NAME.length - 1) this.dateLine = this.startsWithDateName();
-      else if (n >= MAX_HEADER_LINE) this.stop('line-too-long');
-    } else if (n >= MAX_CONTROL_LINE) {
-      this.stop('line-too-long');
+  /** `n` bytes of the current line from `bytes[from]`, its LF included if it ends here; `this.at` is their position. */
+  private lineBytes(bytes: Buffer, from: number, n: number): void {
+    const before = this.lineLength;
+    const kept = Math.min(n, MAX_KEPT_LINE - before);
+    if (kept > 0) bytes.copy(this.line, before, from, from + kept);
+    this.lineLength = before + n;
+    switch (this.state) {
+      case State.StatusLine:
+        if (before < HTTP_PREFIX.length) {
+          const upto = Math.min(this.lineLength, HTTP_PREFIX.length);
+          for (let k = before; k < upto; k++) if (this.line[k] !== HTTP_PREFIX[k]) return this.stop('not-http');
+        }
+        if (this.lineLength > MAX_CONTROL_LINE) this.stop('line-too-long');
+        return;
+      case State.HeaderLine:
+        if (before === 0 && (bytes[from] === SP || bytes[from] === HT)) return this.stop('obs-fold'); // RFC 9112 §5.2: not followed
+        if (this.lineLength > MAX_HEADER_LINE) return this.stop('line-too-long');
+        this.dateBytes(bytes, from, n, before);
+        return;
+      default:
+        if (this.lineLength > MAX_CONTROL_LINE) this.stop('line-too-long');
     }
   }
 
-  /** The kept line so far (its last byte included) is `date:`, any case. */
-  private startsWithDateName(): boolean {
-    for (let i = 0; i < DATE_NAME.length; i++) if (lowerAscii(this.line[i]) !== DATE_NAME[i]) return false;
+  /** Notes the start of a `Date:` value, and keeps its bytes (up to DATE_VALUE_SPAN). */
+  private dateBytes(bytes: Buffer, from: number, n: number, before: number): void {
+    let d = this.dateValue;
+    let k = from;
+    if (d === null) {
+      if (before < DATE_NAME.length) {
+        if (this.lineLength < DATE_NAME.length) return;
+        this.dateLine = this.lineStartsWith(DATE_NAME);
+      }
+      if (!this.dateLine) return;
+      // The value starts at the first byte after the colon that is not OWS (RFC 9110 §5.5).
+      k = from + Math.max(0, DATE_NAME.length - before);
+      while (k < from + n && (bytes[k] === SP || bytes[k] === HT)) k++;
+      if (k === from + n) return;
+      this.dateLine = false;
+      if (bytes[k] === CR || bytes[k] === LF) return; // an empty value
+      d = this.values[(this.head + this.count) % MAX_DATE_VALUES];
+      if (this.count === MAX_DATE_VALUES) this.head = (this.head + 1) % MAX_DATE_VALUES;
+      else this.count++;
+      d.start = seqAdd(this.at, k - from);
+      d.length = 0;
+      this.dateValue = d;
+    }
+    const take = Math.min(from + n - k, DATE_VALUE_SPAN - d.length);
+    if (take > 0) {
+      bytes.copy(d.bytes, d.length, k, k + take);
+      d.length += take;
+    }
+  }
+
+  /** The line's first `name.length` bytes (of its first `length`) are `name`, any case. */
+  private lineStartsWith(name: Buffer, length = this.lineLength): boolean {
+    if (length < name.length) return false;
+    for (let i = 0; i < name.length; i++) if (lowerAscii(this.line[i]) !== name[i]) return false;
     return true;
   }
 
-  private startDateValue(c: number): void {
-    if (c === CR) return; // an empty value: nothing to normalize
-    const d: DateValue = { start: this.at, bytes: Buffer.alloc(DATE_VALUE_SPAN), length: 1 };
-    d.bytes[0] = c;
-    this.dateValue = d;
-    if (this.values.length >= MAX_DATE_VALUES) this.values.shift();
-    this.values.push(d);
-  }
-
-  /** The kept part of the current line, without its CR. */
-  private lineText(): string {
+  /** Length of the kept line without its LF and CR. */
+  private contentEnd(): number {
     let n = Math.min(this.lineLength, MAX_KEPT_LINE);
-    if (n > 0 && this.line[n - 1] === CR && this.lineLength <= MAX_KEPT_LINE) n--;
-    return this.line.toString('latin1', 0, n);
+    if (n > 0 && this.line[n - 1] === LF) n--;
+    if (n > 0 && this.line[n - 1] === CR) n--;
+    return n;
   }
 
   private endLine(): void {
-    const text = this.lineText();
     const truncated = this.lineLength > MAX_KEPT_LINE;
+    const n = this.contentEnd();
+    const line = this.line;
     this.lineLength = 0;
     this.dateLine = false;
     this.dateValue = null;
     switch (this.state) {
       case State.StatusLine: {
-        if (text.length < 12) return this.stop('not-http'); // "HTTP/1.1 200"
-        const code = Number(text.slice(9, 12));
-        if (text[8] !== ' ' || !/^\d{3}$/.test(text.slice(9, 12))) return this.stop('not-http');
+        // "HTTP/1.x NNN" (RFC 9112 §4); the prefix was checked byte by byte.
+        const code = n >= 12 && line[8] === SP ? digits(line, 9, 3) : -1;
+        if (code < 0) return this.stop('not-http');
         this.status = code;
         this.contentLength = -1;
         this.chunked = false;
@@ -248,13 +290,22 @@ export class HttpResponseScanner {
         return;
       }
       case State.HeaderLine:
-        if (text.length === 0) return this.endHeaders();
-        return this.headerField(text, truncated);
+        if (n === 0) return this.endHeaders();
+        const colon = line.subarray(0, n).indexOf(COLON);
+        if (colon <= 0) return this.stop('bad-header');
+        if (this.lineStartsWith(CONTENT_LENGTH, n)) return this.contentLengthField(line.toString('latin1', CONTENT_LENGTH.length, n), truncated);
+        if (this.lineStartsWith(TRANSFER_ENCODING, n)) return this.transferEncodingField(line.toString('latin1', TRANSFER_ENCODING.length, n), truncated);
+        return;
       case State.ChunkSize: {
         // chunk-size [ chunk-ext ] (RFC 9112 §7.1); the extension is not read.
-        const m = /^([0-9A-Fa-f]{1,8})[ \t]*(;.*)?$/.exec(text);
-        if (!m || truncated) return this.stop('bad-chunk');
-        const size = parseInt(m[1], 16);
+        let size = 0, k = 0;
+        for (; k < n && k < 9; k++) {
+          const h = hexDigit(line[k]);
+          if (h < 0) break;
+          size = size * 16 + h;
+        }
+        const rest = k < n ? line[k] : -1;
+        if (k === 0 || k > 8 || truncated || (rest !== -1 && rest !== SP && rest !== HT && rest !== 0x3b)) return this.stop('bad-chunk');
         if (size === 0) this.state = State.Trailer;
         else {
           this.remaining = size;
@@ -263,33 +314,29 @@ export class HttpResponseScanner {
         return;
       }
       case State.ChunkDataEnd:
-        if (text.length !== 0) return this.stop('bad-chunk');
+        if (n !== 0) return this.stop('bad-chunk');
         this.state = State.ChunkSize;
         return;
       case State.Trailer:
         // Trailer fields are not headers: a Date there is not normalized (RFC 9110 §6.5.1).
-        if (text.length === 0) this.state = State.StatusLine;
+        if (n === 0) this.state = State.StatusLine;
         return;
     }
   }
 
-  private headerField(text: string, truncated: boolean): void {
-    const colon = text.indexOf(':');
-    if (colon <= 0) return this.stop('bad-header');
-    const name = text.slice(0, colon).toLowerCase();
-    if (name !== 'content-length' && name !== 'transfer-encoding') return;
-    if (truncated) return this.stop('line-too-long');
-    const value = text.slice(colon + 1).trim();
-    if (name === 'transfer-encoding') {
-      this.transferEncoded = true;
-      const codings = value.split(',').map((s) => s.trim().toLowerCase());
-      this.chunked = codings[codings.length - 1] === 'chunked';
-      return;
-    }
-    if (!/^\d{1,15}$/.test(value)) return this.stop('bad-content-length');
+  private contentLengthField(raw: string, truncated: boolean): void {
+    const value = raw.trim();
+    if (truncated || !/^\d{1,15}$/.test(value)) return this.stop('bad-content-length');
     const length = Number(value);
     if (this.contentLength >= 0 && this.contentLength !== length) return this.stop('bad-content-length');
     this.contentLength = length;
+  }
+
+  private transferEncodingField(raw: string, truncated: boolean): void {
+    if (truncated) return this.stop('line-too-long');
+    this.transferEncoded = true;
+    const codings = raw.split(',').map((c) => c.trim().toLowerCase());
+    this.chunked = codings[codings.length - 1] === 'chunked';
   }
 
   /** RFC 9112 §6.3: how the body of this response is delimited. */
