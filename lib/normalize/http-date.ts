@@ -120,8 +120,8 @@ function hexDigit(c: number): number {
  * position; bytes it has already seen are skipped, and bytes after a gap wait
  * until the gap is filled (they are fed again then).
  *
- * Lines are found with a native search and copied in bulk (at most
- * MAX_KEPT_LINE bytes of each); bodies and chunks are skipped by count.
+ * Lines are copied (at most MAX_KEPT_LINE bytes of each) and read when they
+ * end; bodies and chunks are skipped by count.
  */
 export class HttpResponseScanner {
   /** Position of the next byte to scan. */
@@ -164,7 +164,10 @@ export class HttpResponseScanner {
         this.remaining -= n;
         if (this.remaining === 0) this.state = this.state === State.Body ? State.StatusLine : State.ChunkDataEnd;
       } else {
-        const lf = bytes.indexOf(LF, i);
+        // Header lines are short: a loop beats a native call here (as for the copy in lineBytes).
+        let lf = i;
+        while (lf < bytes.length && bytes[lf] !== LF) lf++;
+        if (lf === bytes.length) lf = -1;
         n = (lf < 0 ? bytes.length : lf + 1) - i;
         this.lineBytes(bytes, i, n);
         if (lf >= 0 && !this.stopped) this.endLine();
@@ -205,7 +208,7 @@ export class HttpResponseScanner {
   private lineBytes(bytes: Buffer, from: number, n: number): void {
     const before = this.lineLength;
     const kept = Math.min(n, MAX_KEPT_LINE - before);
-    if (kept > 0) bytes.copy(this.line, before, from, from + kept);
+    for (let k = 0; k < kept; k++) this.line[before + k] = bytes[from + k];
     this.lineLength = before + n;
     switch (this.state) {
       case State.StatusLine:
