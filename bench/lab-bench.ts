@@ -2,7 +2,9 @@
  * bench/lab-bench: the kernel bridge and shadowvm on the same netns lab, in
  * one run, reported as ratios to the kernel bridge. A report, not a test;
  * needs root. Run: `npx tsc -p tsconfig.json && node dist/bench/lab-bench.js`
- * (`--modes kernel,afpacket`, `--seconds 3`, `--prefix svmlb`).
+ * (`--modes kernel,afpacket`, `--seconds 3`, `--prefix svmlb`). Mode
+ * "afpacket-date" is "afpacket" with `normalize.httpDate` on: nginx's `Date:`
+ * headers, a second apart now and then, before (afpacket) and after.
  *
  *   client ns ── <p>c ─┬─ <p>br (Linux bridge) ─── <p>p ── primary ns     mode "kernel" (backup left out)
  *                      └─ shadowvm ──────────────┬─ <p>p ── primary ns    mode "afpacket" / "cap"
@@ -40,9 +42,9 @@ import {
 import { LatencyProbe, LatencyProbeReport } from './lib/latency-probe';
 import { Row, formatTable, ratioOf } from './lib/report';
 
-type Mode = 'kernel' | 'afpacket' | 'cap';
-const ALL_MODES: readonly Mode[] = ['kernel', 'afpacket', 'cap'];
-const LABELS: Record<Mode, string> = { kernel: 'kernel bridge', afpacket: 'shadowvm afpacket', cap: 'shadowvm cap' };
+type Mode = 'kernel' | 'afpacket' | 'cap' | 'afpacket-date';
+const ALL_MODES: readonly Mode[] = ['kernel', 'afpacket', 'cap', 'afpacket-date'];
+const LABELS: Record<Mode, string> = { kernel: 'kernel bridge', afpacket: 'shadowvm afpacket', cap: 'shadowvm cap', 'afpacket-date': 'afpacket httpDate' };
 
 const TARGETS = { smallRatio: 0.95, largeRatio: 0.5, addedRttP50Ms: 0.05 } as const;
 
@@ -96,6 +98,8 @@ interface BridgePhase {
   rxDropsByPort: Record<string, number>;
   txErrors: number;
   mismatches: number;
+  /** HTTP `Date:` values that differed and were settled as equal (normalize.httpDate). */
+  httpDateNormalized: number;
   checkpointsRequested: Record<string, number>;
   checkpointsDone: number;
   checkpointsFailed: number;
@@ -147,6 +151,7 @@ function phaseOf(before: Counters, after: Counters, samples: string[]): BridgePh
     rxDropsByPort: Object.fromEntries(a.ports.map((p, i) => [p.role, p.rxDrops - b.ports[i].rxDrops])),
     txErrors: sumPorts(a, 'txErrors') - sumPorts(b, 'txErrors'),
     mismatches: a.mismatches - b.mismatches,
+    httpDateNormalized: (a.stages.compare?.http_date_normalized ?? 0) - (b.stages.compare?.http_date_normalized ?? 0),
     checkpointsRequested: requested,
     checkpointsDone: a.checkpoints.done - b.checkpoints.done,
     checkpointsFailed: a.checkpoints.failed - b.checkpoints.failed,
@@ -272,7 +277,7 @@ async function measureMode(ctx: MeasureContext, o: Options, r: ModeResult, say: 
   // Warm-up: JIT of the bridge's hot path, nginx's caches, the flow table; not reported.
   await phase('warm-up', () => runWrk(ns, url(BENCH_OBJECTS.small.file), { ...o.wrk, seconds: 1 }));
   await sleep(1000);
-  const probe = ctx.bridge ? new LatencyProbe(ctx.bridge.pipeline, r.mode === 'afpacket') : null;
+  const probe = ctx.bridge ? new LatencyProbe(ctx.bridge.pipeline, r.mode === 'afpacket' || r.mode === 'afpacket-date') : null;
   try {
     r.ping = await phase('ping idle', () => runPing(ns, lab.serviceIpv4, o.pingCount, o.pingIntervalS));
   } finally {
@@ -332,13 +337,15 @@ async function runKernelMode(o: Options, say: (s: string) => void): Promise<Mode
   return r;
 }
 
-async function runShadowMode(mode: 'afpacket' | 'cap', o: Options, say: (s: string) => void): Promise<ModeResult> {
+async function runShadowMode(mode: 'afpacket' | 'cap' | 'afpacket-date', o: Options, say: (s: string) => void): Promise<ModeResult> {
   const r = newResult(mode);
   const t0 = Date.now();
   const tap = new EventTap();
   let bridged: BridgedLab | null = null;
   try {
-    bridged = await startBridgedLab({ prefix: o.prefix, io: mode as IoBackend, log: tap.log });
+    const io: IoBackend = mode === 'afpacket-date' ? 'afpacket' : mode;
+    const config = mode === 'afpacket-date' ? { normalize: { httpDate: true, httpDateToleranceMs: 2000 } } : undefined;
+    bridged = await startBridgedLab({ prefix: o.prefix, io, log: tap.log, config });
     current.bridged = bridged;
     r.ports = describePorts(bridged.bridge);
     writeBenchObjects(bridged.servers);
@@ -427,7 +434,15 @@ function rowsOf(results: ModeResult[]): Row[] {
     { metric: 'host CPU busy % (wrk 1 KiB, all CPUs)', values: by((r) => r.wrkSmall?.hostCpuBusyPercent), digits: 0, ratio: false },
     { metric: 'host CPU busy % (wrk 100 KiB)', values: by((r) => r.wrkLarge?.hostCpuBusyPercent), digits: 0, ratio: false },
     { metric: 'wrk latency p99 ms (1 KiB, loaded)', values: by((r) => (r.wrkSmall?.ok ? r.wrkSmall.latencyP99Ms : NaN)), digits: 2, ratio: true },
+    { metric: 'mismatch checkpoints (both wrk runs)', values: by((r) => wrkSum(r, (p) => p.checkpointsRequested.mismatch ?? 0)), digits: 0, ratio: false },
+    { metric: 'Date values normalized (both wrk runs)', values: by((r) => wrkSum(r, (p) => p.httpDateNormalized)), digits: 0, ratio: false },
   ];
+}
+
+/** A bridge figure summed over the two wrk phases (NaN for the kernel bridge). */
+function wrkSum(r: ModeResult, f: (p: BridgePhase) => number): number {
+  const phases = [r.wrkSmall?.bridge, r.wrkLarge?.bridge];
+  return phases.every((p) => p !== undefined) ? phases.reduce((n, p) => n + f(p!), 0) : NaN;
 }
 
 function describePhase(name: string, p: BridgePhase | undefined): string {
@@ -438,6 +453,7 @@ function describePhase(name: string, p: BridgePhase | undefined): string {
     `CPU ${p.cpuUsPerFrame.toFixed(1)} µs/frame (${p.cpuUs > 0 ? ((p.cpuSystemUs / p.cpuUs) * 100).toFixed(0) : '—'}% system), ${p.cpuPercentOfOneCore.toFixed(0)}% of a core`,
     p.framesPerBreath !== undefined ? `${p.framesPerBreath.toFixed(1)} frames/wake-up` : '',
     `mismatches ${p.mismatches}`,
+    p.httpDateNormalized ? `Date values normalized ${p.httpDateNormalized}` : '',
     `checkpoints asked ${reasons}, done ${p.checkpointsDone}, failed ${p.checkpointsFailed}`,
     p.ingressHeldFrames ? `ingress held ${p.ingressHeldFrames} (dropped ${p.ingressHoldDropped})` : '',
     p.rxDrops || p.txErrors ? `rx drops ${Object.entries(p.rxDropsByPort).map(([k, n]) => `${k} ${n}`).join(' ')}, tx errors ${p.txErrors}` : '',

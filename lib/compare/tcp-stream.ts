@@ -12,9 +12,17 @@
  * Memory: only the leading side's units beyond `matched` are kept (the
  * primary's as views into its held frames, the backup's copied), plus a
  * bounded list of out-of-order segments per side.
+ *
+ * With `httpDateToleranceMs` set, a difference inside the value of an HTTP
+ * response's `Date:` header (found by following the primary's responses,
+ * normalize/http-date.ts) opens a window over that value: both sides' bytes
+ * of it are collected, comparison goes on past it, and at the value's end
+ * the two dates are settled: equal within the tolerance, or the mismatch at
+ * the window's start. Until then `releasable` stays at the window's start.
  */
 import { seqAdd, seqDiff, seqGe, seqGt, seqLe, seqLt } from '../packet/seq';
 import { Slab, SlabPool } from '../packet/slab';
+import { DATE_VALUE_SPAN, HttpResponseScanner, IMF_FIXDATE_LENGTH, sameHttpDate } from '../normalize/http-date';
 
 export type Replica = 'primary' | 'backup';
 export const PRIMARY = 0;
@@ -52,6 +60,31 @@ export interface MatchTotals {
   outOfOrderDropped?: number;
   /** Datagrams matched at a different position than their equal on the other side (within the window). */
   datagramsReordered?: number;
+  /** HTTP `Date:` values that differed and were settled as equal. */
+  httpDateNormalized?: number;
+  /** … that differed beyond the tolerance or were not both IMF-fixdates (mismatches). */
+  httpDateRejected?: number;
+}
+
+/** What the comparator treats as noise beyond what normalize/tcp.ts removes. */
+export interface StreamNoise {
+  /** HTTP `Date:` values within this many ms of each other are the same (null: off, every byte compared). */
+  httpDateToleranceMs: number | null;
+}
+
+export const NO_STREAM_NOISE: StreamNoise = { httpDateToleranceMs: null };
+
+/** A `Date:` value whose bytes differ, being collected from both sides until its end. */
+interface DateWindow {
+  /** The first differing position. */
+  start: number;
+  /** The value's first position; the window's bytes are indexed from it. */
+  value: number;
+  /** Past the value's CRLF. */
+  end: number;
+  /** Each side's value and CRLF (DATE_VALUE_SPAN bytes), by Side; both filled up to `filled` (the sides are collected in step). */
+  bytes: [Buffer, Buffer];
+  filled: number;
 }
 
 export interface StreamSegment {
@@ -106,6 +139,8 @@ export class TcpStreamComparator {
   /** Bytes (data units) held for the leading side beyond `matched`. */
   pendingBytes = 0;
   outOfOrderDropped = 0;
+  /** `Date:` values settled as equal on this connection. */
+  httpDateNormalized = 0;
 
   private leader: Side | -1 = -1;
   /** The leading side's units beyond `matched`, from `pendingHead` on; `headSkip` bytes of the head are consumed. */
@@ -113,20 +148,41 @@ export class TcpStreamComparator {
   private pendingHead = 0;
   private headSkip = 0;
   private readonly outOfOrder: Chunk[][] = [[], []];
+  /** The primary's HTTP responses, followed when `Date:` values are noise (else null). */
+  private scanner: HttpResponseScanner | null = null;
+  private dateWindow: DateWindow | null = null;
 
-  /** `copies`: where the backup's bytes are copied to (they outlive the I/O ring); released when consumed. */
-  constructor(private readonly copies: SlabPool, private readonly totals: MatchTotals = { matchedBytes: 0 }) {}
+  /**
+   * `copies`: where the backup's bytes are copied to (they outlive the I/O
+   * ring); released when consumed. `noise`: what differences are not
+   * differences.
+   */
+  constructor(
+    private readonly copies: SlabPool,
+    private readonly totals: MatchTotals = { matchedBytes: 0 },
+    private readonly noise: StreamNoise = NO_STREAM_NOISE,
+  ) {}
 
   /** Leading side's units beyond `matched` (how far the other side is behind). */
   get leading(): Side | -1 { return this.leader; }
+
+  /** Up to where the primary's output may be released: `matched`, or the start of a `Date:` value not yet settled. */
+  get releasable(): number {
+    return this.dateWindow !== null ? this.dateWindow.start : this.matched;
+  }
 
   /**
    * Starts (or restarts, after a checkpoint) comparison with both sides
    * aligned at `position`. The origin of reported offsets is set only once.
    */
   reset(position: number, originIsSyn = false): void {
-    if (!this.started) this.origin = originIsSyn ? seqAdd(position, 1) : position >>> 0;
+    if (!this.started) {
+      this.origin = originIsSyn ? seqAdd(position, 1) : position >>> 0;
+      // A new connection. Across checkpoints the scanner goes on: it follows the primary, whose bytes it keeps seeing.
+      this.scanner = this.noise.httpDateToleranceMs !== null ? new HttpResponseScanner(this.origin) : null;
+    }
     this.started = true;
+    this.dateWindow = null;
     this.matched = this.end[0] = this.end[1] = position >>> 0;
     this.rst[0] = this.rst[1] = null;
     this.rstAgreed = false;
@@ -145,11 +201,15 @@ export class TcpStreamComparator {
     const segEnd = seqAdd(seg.position, (seg.syn ? 1 : 0) + seg.payload.length + (seg.fin ? 1 : 0));
     if (!this.started) this.reset(seg.position, seg.syn);
     if (seqGt(segEnd, this.end[side])) this.end[side] = segEnd;
+    if (this.scanner !== null) this.scanPrimary(side, seg);
   }
 
   /** Appends a side's segment. Returns true when this segment revealed the first mismatch. */
   append(side: Side, seg: StreamSegment): boolean {
-    if (this.mismatch) return false;
+    if (this.mismatch) {
+      if (this.scanner !== null) this.scanPrimary(side, seg);
+      return false;
+    }
     if (!this.started) this.reset(seg.position, seg.syn);
     let pos = seg.position;
     if (seg.syn) {
@@ -168,7 +228,14 @@ export class TcpStreamComparator {
     return this.mismatch !== null;
   }
 
+  /** The scanner sees what the primary says even where nothing is compared (mismatch, checkpoint). */
+  private scanPrimary(side: Side, seg: StreamSegment): void {
+    if (side === PRIMARY && seg.payload.length > 0) this.scanner!.consume(seg.syn ? seqAdd(seg.position, 1) : seg.position, seg.payload);
+  }
+
   private accept(side: Side, position: number, unit: Unit, bytes: Buffer, signature: string): void {
+    // Before the retransmission check: after an aligning resync the primary's bytes below `end` were never scanned.
+    if (this.scanner !== null && side === PRIMARY && unit === Unit.Data) this.scanner.consume(position, bytes);
     const end = this.end[side];
     const length = unit === Unit.Data ? bytes.length : 1;
     if (seqLe(seqAdd(position, length), end)) return; // retransmission of what this side already said
@@ -252,13 +319,33 @@ export class TcpStreamComparator {
         break;
       }
       const skip = this.headSkip;
-      const n = Math.min(length - done, theirs.bytes.length - skip);
+      let n = Math.min(length - done, theirs.bytes.length - skip);
       const a = bytes, b = theirs.bytes;
+      const w = this.dateWindow;
+      if (w !== null) {
+        // Inside a `Date:` value that differs: collect both sides' bytes; settled at the value's end.
+        n = Math.min(n, seqDiff(this.matched, w.end));
+        const at = seqDiff(w.value, this.matched);
+        a.copy(w.bytes[side], at, done, done + n);
+        b.copy(w.bytes[other], at, skip, skip + n);
+        w.filled = at + n;
+        this.matched = seqAdd(this.matched, n);
+        this.pendingBytes -= n;
+        done += n;
+        if (skip + n === theirs.bytes.length) this.shiftPending();
+        else this.headSkip = skip + n;
+        if (this.matched === w.end && !this.settleDateWindow()) return;
+        continue;
+      }
       // Native compare for long runs; the byte loop only finds where they differ.
       const same = n > 32 ? a.compare(b, skip, skip + n, done, done + n) === 0 : false;
       for (let i = 0; !same && i < n; i++) {
         if (a[done + i] !== b[skip + i]) {
           const at = seqAdd(position, done + i);
+          if (this.scanner !== null && this.openDateWindow(at)) {
+            n = i; // agreed up to the difference; the window takes it from there
+            break;
+          }
           this.matched = at;
           this.matchedBytes += i;
           this.totals.matchedBytes += i;
@@ -288,6 +375,41 @@ export class TcpStreamComparator {
     this.pushPending(side, seqAdd(position, done), unit, done === 0 ? bytes : bytes.subarray(done), signature);
   }
 
+  /**
+   * A difference at `at`: opens a window when `at` lies inside a `Date:`
+   * value of the primary's responses (before its CRLF) that the scanner has
+   * seen up to `at`. The value's bytes before `at` agree: both sides' copies
+   * start with the primary's.
+   */
+  private openDateWindow(at: number): boolean {
+    const v = this.scanner!.dateValueAt(at);
+    if (v === null) return false;
+    const k = seqDiff(v.start, at);
+    if (k >= IMF_FIXDATE_LENGTH || v.length < k) return false;
+    const w: DateWindow = { start: at, value: v.start, end: seqAdd(v.start, DATE_VALUE_SPAN), bytes: [Buffer.alloc(DATE_VALUE_SPAN), Buffer.alloc(DATE_VALUE_SPAN)], filled: k };
+    v.bytes.copy(w.bytes[0], 0, 0, k);
+    v.bytes.copy(w.bytes[1], 0, 0, k);
+    this.dateWindow = w;
+    return true;
+  }
+
+  /** Both sides have said the whole value: equal dates within the tolerance go on, anything else is the mismatch. */
+  private settleDateWindow(): boolean {
+    const w = this.dateWindow!;
+    if (sameHttpDate(w.bytes[PRIMARY], w.bytes[BACKUP], this.noise.httpDateToleranceMs!)) {
+      this.dateWindow = null;
+      const n = seqDiff(w.start, w.end);
+      this.matchedBytes += n;
+      this.totals.matchedBytes += n;
+      this.httpDateNormalized++;
+      this.totals.httpDateNormalized = (this.totals.httpDateNormalized ?? 0) + 1;
+      return true;
+    }
+    this.totals.httpDateRejected = (this.totals.httpDateRejected ?? 0) + 1;
+    this.fail('data', w.start, PRIMARY, '', '');
+    return false;
+  }
+
   private shiftPending(): void {
     this.copies.release(this.pending[this.pendingHead].slab ?? null);
     this.pendingHead++;
@@ -310,6 +432,10 @@ export class TcpStreamComparator {
 
   private acceptRst(side: Side, position: number): void {
     const other = (1 - side) as Side;
+    if (this.dateWindow !== null && seqLt(position, this.dateWindow.end)) {
+      this.fail('rst', position, side, 'RST', 'more data');
+      return;
+    }
     this.rst[side] = position;
     const otherRst = this.rst[other];
     if (otherRst !== null) {
@@ -327,7 +453,20 @@ export class TcpStreamComparator {
     return seqDiff(this.origin, position);
   }
 
+  /** Records the first mismatch; inside an unsettled `Date:` window, that window's difference is the first. */
   private fail(kind: MismatchKind, position: number, side: Side, mine: string, theirs: string, context = 0): void {
+    const w = this.dateWindow;
+    if (w !== null) {
+      this.dateWindow = null;
+      this.matched = w.start;
+      const said = (s: Side) => JSON.stringify(w.bytes[s].toString('latin1', 0, w.filled));
+      kind = 'data';
+      position = w.start;
+      context = seqDiff(w.value, w.start);
+      side = PRIMARY;
+      mine = said(PRIMARY);
+      theirs = said(BACKUP);
+    }
     this.mismatch = {
       kind,
       position,

@@ -73,6 +73,17 @@ export interface CompareConfig {
   datagramWindow: number;
 }
 
+/** Differences between the replicas' output that are noise, not disagreement (each off by default). */
+export interface NormalizeConfig {
+  /**
+   * In HTTP/1.x responses, `Date:` header values that differ but are both
+   * IMF-fixdates within `httpDateToleranceMs` of each other count as equal
+   * (the primary's goes out). Two servers stamp a response a moment apart.
+   */
+  httpDate: boolean;
+  httpDateToleranceMs: number;
+}
+
 export interface PipelineConfig {
   maxFlows: number;
   /** A primary frame unmatched for longer than this asks for a checkpoint (reason `timeout`). */
@@ -104,6 +115,7 @@ export interface PipelineConfig {
   captureDivergence: boolean;
   /** How often each flow's releases are logged (`released` lines, read by `shadowvm report`); 0: never. */
   releaseLogMs: number;
+  normalize: NormalizeConfig;
 }
 
 export const DEFAULT_PIPELINE_CONFIG: PipelineConfig = {
@@ -123,6 +135,7 @@ export const DEFAULT_PIPELINE_CONFIG: PipelineConfig = {
   resync: 'copy',
   captureDivergence: false,
   releaseLogMs: 1000,
+  normalize: { httpDate: false, httpDateToleranceMs: 2000 },
 };
 
 /** A setting with a bad value, or a key no setting has. `setting` is its path (`policy.arp`). */
@@ -208,6 +221,13 @@ export const PIPELINE_SETTING_RULES: Record<keyof PipelineConfig, SettingRule> =
   resync: { kind: 'choice', values: ['copy', 'align'] },
   captureDivergence: { kind: 'boolean' },
   releaseLogMs: { kind: 'number', min: 0, note: '0: no release log lines' },
+  normalize: {
+    kind: 'section',
+    keys: {
+      httpDate: { kind: 'boolean' },
+      httpDateToleranceMs: { kind: 'number', min: 0, max: 60_000 },
+    } satisfies Record<keyof NormalizeConfig, SettingRule>,
+  },
 };
 
 function describeRule(rule: SettingRule): string {
@@ -296,6 +316,7 @@ export function makePipelineConfig(partial: Partial<PipelineConfig> = {}): Pipel
     failover: { ...DEFAULT_PIPELINE_CONFIG.failover, ...given.failover },
     checkpointBudget: { ...DEFAULT_PIPELINE_CONFIG.checkpointBudget, ...given.checkpointBudget },
     compare: { ...DEFAULT_PIPELINE_CONFIG.compare, ...given.compare },
+    normalize: { ...DEFAULT_PIPELINE_CONFIG.normalize, ...given.normalize },
   };
   if (c.replicator.retryMaxMs < c.replicator.retryInitialMs) {
     throw new ConfigError('replicator.retryMaxMs', `must be >= replicator.retryInitialMs (${c.replicator.retryInitialMs}), got ${c.replicator.retryMaxMs}`);

@@ -54,7 +54,7 @@ export interface EgressDeps {
   flows: FlowRegistry;
   held: HeldQueues;
   counts: FrameCounts;
-  totals: { matchedBytes: number; mismatches: number; outOfOrderDropped: number; datagramsReordered: number };
+  totals: { matchedBytes: number; mismatches: number; outOfOrderDropped: number; datagramsReordered: number; httpDateNormalized: number; httpDateRejected: number };
   /** Copies of held primary frames (released by the release stage). */
   heldPool: SlabPool;
   liveness: LivenessTap;
@@ -106,6 +106,8 @@ export class EgressStage implements Stage {
       mismatches: this.d.totals.mismatches,
       out_of_order_dropped: this.d.totals.outOfOrderDropped,
       datagrams_reordered: this.d.totals.datagramsReordered,
+      http_date_normalized: this.d.totals.httpDateNormalized,
+      http_date_rejected: this.d.totals.httpDateRejected,
       bad_tcp_options: this.badTcpOptions,
       backup_frames_suppressed: this.backupFramesSuppressed,
       dead_slot_frames: this.deadSlotFrames,

@@ -15,13 +15,13 @@
  */
 import { DecodedFrame } from '../packet/frame';
 import { SlabPool } from '../packet/slab';
-import type { MatchTotals } from '../compare/tcp-stream';
 import { FlowEntry, FlowTable } from '../flow/flow-table';
 import { describeFlow, flowKeyOf, flowProtocolOf } from '../flow/key';
 import { TcpFlag } from '../packet/constants';
 import { FlowLookup } from '../flow/key-cache';
 import { FlowHeldQueue, HeldQueues } from '../release/held';
 import type { ReplicaSet } from '../failover/roles';
+import { MatchTotals, StreamNoise } from '../compare/tcp-stream';
 import { PipelineConfig } from './config';
 import { Stage, StageEvent } from './events';
 import { FlowMode, FlowReport, ShadowFlow } from './shadow-flow';
@@ -86,8 +86,12 @@ export class FlowRegistry implements Stage {
    */
   private untrackedUntilEpoch = 0;
   private nextExpiryUs = 0;
+  /** What every TCP comparator treats as noise (from `config.normalize`). */
+  private readonly noise: StreamNoise;
 
   constructor(private readonly d: FlowRegistryDeps) {
+    const n = d.config.normalize;
+    this.noise = { httpDateToleranceMs: n.httpDate ? n.httpDateToleranceMs : null };
     // Half-open connections (a client SYN and nothing after) go first when the table is full.
     this.table = new FlowTable<ShadowFlow>(d.config.maxFlows, (e, why) => this.onEvict(e, why), (flow) => flow.halfOpen);
     this.ingressLookup = new FlowLookup(this.table, 'ingress');
@@ -131,7 +135,7 @@ export class FlowRegistry implements Stage {
   newFlow(f: DecodedFrame, dir: 'ingress' | 'egress'): ShadowFlow {
     this.created++;
     const d = this.d;
-    const flow = new ShadowFlow(describeFlow(f, dir), flowProtocolOf(f), d.held, d.backupCopies, d.totals, d.config.captureDivergence, d.standbyCopies, d.config.compare.datagramWindow);
+    const flow = new ShadowFlow(describeFlow(f, dir), flowProtocolOf(f), d.held, d.backupCopies, d.totals, d.config.captureDivergence, d.standbyCopies, d.config.compare.datagramWindow, this.noise);
     flow.epoch = flow.bornEpoch = this.checkpointEpoch;
     if (!d.replicas.standby) {
       flow.mode = 'solo';

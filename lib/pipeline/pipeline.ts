@@ -61,7 +61,7 @@ export class ShadowPipeline {
   /** The stages, in the order events reach them (data-path order; the replicator last, so it sees the others' work done). */
   readonly stages: readonly Stage[];
   /** Running totals since start (monotonic, unlike sums over `reports`, which is bounded). */
-  readonly totals = { matchedBytes: 0, mismatches: 0, outOfOrderDropped: 0, datagramsReordered: 0 };
+  readonly totals = { matchedBytes: 0, mismatches: 0, outOfOrderDropped: 0, datagramsReordered: 0, httpDateNormalized: 0, httpDateRejected: 0 };
   private readonly counts: FrameCounts;
   /** Copies of held primary frames: reused once released and flushed (see `endBreath`). */
   private readonly heldPool: SlabPool;

@@ -6,7 +6,7 @@
 import { FlowProtocol } from '../flow/key';
 import { TcpConnectionState } from '../flow/tcp-replica';
 import { DatagramComparator, DEFAULT_DATAGRAM_WINDOW } from '../compare/datagram';
-import { MatchTotals, Mismatch, TcpStreamComparator, PRIMARY, BACKUP } from '../compare/tcp-stream';
+import { MatchTotals, Mismatch, NO_STREAM_NOISE, StreamNoise, TcpStreamComparator, PRIMARY, BACKUP } from '../compare/tcp-stream';
 import { FlowHeldQueue, HeldQueues, ReleaseGate } from '../release/held';
 import { StandbyLog } from '../release/standby-log';
 import type { SlotId } from '../failover/roles';
@@ -93,10 +93,11 @@ export class ShadowFlow implements ReleaseGate {
   constructor(
     name: string, protocol: FlowReport['protocol'], queues: HeldQueues, backupCopies: SlabPool, totals: MatchTotals, keepRecent: boolean, standbyCopies: SlabPool,
     datagramWindow = DEFAULT_DATAGRAM_WINDOW,
+    noise: StreamNoise = NO_STREAM_NOISE,
   ) {
     const stream = protocol === 'tcp';
     this.tcp = stream ? new TcpConnectionState() : null;
-    this.stream = stream ? new TcpStreamComparator(backupCopies, totals) : null;
+    this.stream = stream ? new TcpStreamComparator(backupCopies, totals, noise) : null;
     this.datagrams = stream ? null : new DatagramComparator(backupCopies, totals, datagramWindow);
     this.held = new FlowHeldQueue(queues, name, stream);
     this.held.flow = this;
@@ -117,7 +118,7 @@ export class ShadowFlow implements ReleaseGate {
   // ReleaseGate
   get isStream(): boolean { return this.stream !== null; }
   get matchedEnd(): number {
-    return this.stream ? this.stream.matched : this.datagrams!.matched;
+    return this.stream ? this.stream.releasable : this.datagrams!.matched;
   }
   get rstAgreed(): boolean {
     return this.stream ? this.stream.rstAgreed : false;

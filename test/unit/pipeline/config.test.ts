@@ -26,7 +26,8 @@ describe('makePipelineConfig', () => {
   });
 
   it.each([
-    [{ maxFlow: 10 }, 'maxFlow', /allowed keys: maxFlows, maxUnmatchedAgeMs, .*captureDivergence, releaseLogMs$/],
+    [{ maxFlow: 10 }, 'maxFlow', /allowed keys: maxFlows, maxUnmatchedAgeMs, .*captureDivergence, releaseLogMs, normalize$/],
+    [{ normalize: { date: true } }, 'normalize.date', /in normalize: httpDate, httpDateToleranceMs$/],
     [{ policy: { arpp: 'drop' } }, 'policy.arpp', /allowed keys in policy: arp, otherEtherTypes, malformedFromVm/],
     [{ failover: { silence: 5 } }, 'failover.silence', /allowed keys in failover: silenceMs, probeTimeoutMs, minStandbyFrames, carrierHoldMs, announce$/],
     [{ replicator: { timeoutMs: 5 } }, 'replicator.timeoutMs', /in replicator: checkpointTimeoutMs, maxIntervalMs, retryInitialMs, retryMaxMs, reprotectTimeoutMs$/],
@@ -59,6 +60,8 @@ describe('makePipelineConfig', () => {
     [{ compare: { datagramWindow: 2.5 } }, 'compare.datagramWindow', 'must be an integer >= 1 and <= 256 (1: strict order), got 2.5'],
     [{ compare: { datagramWindow: 257 } }, 'compare.datagramWindow', 'must be an integer >= 1 and <= 256 (1: strict order), got 257'],
     [{ policy: 'drop' }, 'policy', 'must be an object with keys arp, otherEtherTypes, malformedFromVm, malformedFromClient, strayFromClient, badTcpFlagsFromClient, newFlowsPerSecond, got "drop"'],
+    [{ normalize: { httpDate: 'on' } }, 'normalize.httpDate', 'must be true or false, got "on"'],
+    [{ normalize: { httpDateToleranceMs: -1 } }, 'normalize.httpDateToleranceMs', 'must be a number >= 0 and <= 60000, got -1'],
     [{ failover: [] }, 'failover', 'must be an object with keys silenceMs, probeTimeoutMs, minStandbyFrames, carrierHoldMs, announce, got []'],
     [{ replicator: { retryInitialMs: 5000, retryMaxMs: 1000 } }, 'replicator.retryMaxMs', 'must be >= replicator.retryInitialMs (5000), got 1000'],
   ])('rejects the bad value in %j, naming the key and what it allows', (partial, path, detail) => {
@@ -78,5 +81,10 @@ describe('makePipelineConfig', () => {
     expect(c.checkpointBudget.perSource).toBe(0);
     expect(makePipelineConfig({ compare: { datagramWindow: 1 } }).compare.datagramWindow).toBe(1);
     expect(makePipelineConfig({ compare: { datagramWindow: 256 } }).compare.datagramWindow).toBe(256);
+  });
+
+  it('leaves HTTP Date normalization off unless asked, and keeps the default tolerance when only switched on', () => {
+    expect(makePipelineConfig().normalize).toEqual({ httpDate: false, httpDateToleranceMs: 2000 });
+    expect(makePipelineConfig({ normalize: { httpDate: true } } as never).normalize).toEqual({ httpDate: true, httpDateToleranceMs: 2000 });
   });
 });
