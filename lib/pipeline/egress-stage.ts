@@ -18,7 +18,7 @@ import { TcpOptions } from '../packet/tcp-options';
 import { seqDiff, seqGt, seqLe, seqLt } from '../packet/seq';
 import { BACKUP, MISMATCH_KINDS, MismatchKind, PRIMARY, Side, StreamSegment, mismatchCounter } from '../compare/tcp-stream';
 import { datagramContent } from '../normalize/datagram';
-import { newStreamSegment, normalizeTcp, segmentEnd } from '../normalize/tcp';
+import { learnFromSyn, newStreamSegment, normalizeTcp, segmentEnd } from '../normalize/tcp';
 import { translateForClient, trimmedTcpCopy } from '../rewrite/egress';
 import { HeldQueues } from '../release/held';
 import { StandbyFrame } from '../release/standby-log';
@@ -160,6 +160,7 @@ export class EgressStage implements Stage {
     if (!d.replicator.comparing) {
       // DEGRADED or FAILED_OVER: the active replica's output flows unchecked (counted),
       // translated on flows carried over from before a failover.
+      if (d.replicator.state === 'DEGRADED' && d.config.resync === 'align' && f.l4 === 'tcp' && (f.tcp.flags & TcpFlag.SYN)) this.learnWhileDegraded(side, f, nowUs);
       if (side !== PRIMARY) {
         this.backupFramesSuppressed++;
         return;
@@ -235,6 +236,19 @@ export class EgressStage implements Stage {
       this.backupFramesSuppressed++;
     }
     return true;
+  }
+
+  /**
+   * DEGRADED with `resync: align` (agents that cannot copy): the backup keeps
+   * serving the connections, so it needs the client's frames in its own
+   * sequence space. Nothing is compared, but each side's SYN still teaches
+   * the flow its origin, and frames that waited for the backup's are sent.
+   */
+  private learnWhileDegraded(side: Side, f: DecodedFrame, nowUs: number): void {
+    const flow = this.d.flows.egressLookup[side].find(f, nowUs)?.state;
+    if (!flow?.tcp) return;
+    learnFromSyn(f, flow.tcp.replicas[side], this.opts);
+    if (flow.ingressHeld.length > 0 && flow.tcp.backupDeltaKnown) this.d.backupDeltaKnown(flow);
   }
 
   private egressTcp(side: Side, f: DecodedFrame, frame: Buffer, flow: ShadowFlow, nowUs: number, vnet: VirtioNetHeader | undefined): void {

@@ -36,7 +36,7 @@ import { SlabCopier, SlabPool } from '../packet/slab';
 import { TcpOptions } from '../packet/tcp-options';
 import { learnFromSyn } from '../normalize/tcp';
 import { refersToVmSpace, translateForBackup } from '../rewrite/ingress';
-import type { ReplicaSet, SlotId } from '../failover/roles';
+import type { ReplicaSet, ReplicaSlot, SlotId } from '../failover/roles';
 import type { Replicator } from '../replicate/replicator';
 import { VIRTIO_NET_HDR_F_NEEDS_CSUM, VirtioNetHeader } from '../io/port';
 import { PipelineConfig } from './config';
@@ -87,6 +87,8 @@ export class IngressStage implements Stage {
   badTcpOptions = 0;
   /** Client SYNs dropped because new connections came faster than `policy.newFlowsPerSecond`. */
   synOverBudget = 0;
+  /** Client frames not copied to a stale backup (DEGRADED, `resync: copy`). */
+  degradedNotToBackup = 0;
   private admission = { tokens: NaN, atUs: 0, loggedUs: -Infinity, sinceLog: 0 };
   /** Client TCP segments no connection accepts, by reason. */
   readonly strays: Record<StrayReason, number> = { 'bad-flags': 0, 'out-of-window': 0, 'ack-unsent': 0, 'no-flow': 0 };
@@ -132,7 +134,7 @@ export class IngressStage implements Stage {
     const st = this.strays;
     return {
       frames: this.frames, held: this.heldFrames, hold_dropped: this.holdDropped, translated: this.translated, bad_tcp_options: this.badTcpOptions, holding: this.hold.length,
-      syn_over_budget: this.synOverBudget,
+      syn_over_budget: this.synOverBudget, degraded_not_to_backup: this.degradedNotToBackup,
       stray_bad_flags: st['bad-flags'], stray_out_of_window: st['out-of-window'], stray_ack_unsent: st['ack-unsent'], stray_no_flow: st['no-flow'],
     };
   }
@@ -140,6 +142,24 @@ export class IngressStage implements Stage {
   /** The memory of translated copies may be reused (the ports were flushed). */
   endBreath(): void {
     this.copies.endBreath();
+  }
+
+  /**
+   * Who gets the backup's copy of client frames now. DEGRADED with
+   * `resync: copy`: nobody. The backup is stale, failover to it is refused,
+   * and the next checkpoint overwrites it whole, so its copy is only work,
+   * and for connections born meanwhile (whose sequence space the bridge
+   * does not follow) its answer would be a reset. With `resync: align` the
+   * backup keeps serving, translated (the egress stage still learns each
+   * side's SYN).
+   */
+  private standbyNow(): ReplicaSlot | null {
+    const standby = this.d.replicas.standby;
+    if (standby && this.d.replicator.state === 'DEGRADED' && this.d.config.resync === 'copy') {
+      this.degradedNotToBackup++;
+      return null;
+    }
+    return standby;
   }
 
   /** Sends a flow's client frames that waited for its backup delta (or for a failover). */
@@ -179,7 +199,7 @@ export class IngressStage implements Stage {
   private forward(frame: Buffer, nowUs: number, vnet: VirtioNetHeader | undefined): void {
     const d = this.d;
     const active = d.replicas.active.id;
-    const standby = d.replicas.standby;
+    const standby = this.standbyNow();
     const f = decodeFrame(frame, this.frame);
     if (f.error) {
       d.counts.malformed(f.error, 'client');

@@ -52,8 +52,22 @@ describe('the ingress hold during a checkpoint', () => {
     expect(h.out.primary.slice(toPrimary)).toEqual([small, tiny]);
   });
 
-  it('sends what it held to both replicas when the checkpoint fails, the backup\'s copy translated', () => {
+  it('sends what it held to the primary when the checkpoint fails; a stale backup (resync copy) gets none of it', () => {
     const h = harness({ ingressHold: { frames: 2, bytes: 1 << 20 } });
+    handshake(h);
+    h.p.request('manual', undefined, 10);
+    const [toPrimary, toBackup] = [h.out.primary.length, h.out.backup.length];
+    const segments = clientSegments(3, 8);
+    segments.forEach((s, i) => h.p.fromClient(s, 11 + i));
+    h.p.checkpointFailed(h.out.checkpoints[0].epoch, 'agent: copy failed', 20);
+    expect(h.p.state).toBe('DEGRADED');
+    expect(h.out.primary.slice(toPrimary)).toEqual(segments.slice(0, 2));
+    expect(h.out.backup).toHaveLength(toBackup);
+    expect(h.p.ingressHoldDropped).toBe(1);
+  });
+
+  it('with resync align sends what it held to both replicas when the checkpoint fails, the backup\'s copy translated', () => {
+    const h = harness({ ingressHold: { frames: 2, bytes: 1 << 20 }, resync: 'align' });
     handshake(h);
     h.p.request('manual', undefined, 10);
     const [toPrimary, toBackup] = [h.out.primary.length, h.out.backup.length];
