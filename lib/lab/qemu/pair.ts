@@ -267,6 +267,8 @@ export interface QemuLabVmOptions {
   tap?: string;
   /** Wait for an incoming migration (default true: a standby for `cloneInto`). */
   incoming?: boolean;
+  /** Extra `-object`s (e.g. the COLO gate, lib/qemu/colo.ts). */
+  objects?: string[];
 }
 
 export interface QemuLab {
@@ -390,6 +392,7 @@ export async function startQemuLab(options: QemuLabOptions = {}): Promise<QemuLa
       }
       const vm = await QemuProcess.launch({
         ...vmTemplate, name: `${prefix}-vm${++vmCount}`, accel: o.accel ?? accel.accel, tap, incoming: o.incoming ?? true, log,
+        ...(o.objects ? { objects: o.objects } : {}),
       });
       vms.push(vm);
       return vm;
