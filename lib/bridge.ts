@@ -136,9 +136,10 @@ export class Bridge {
             this.afterEvent(() => this.pipeline.agentConnected(false, this.clockUs()));
           },
           checkpointDone: (m) => this.afterEvent(() => {
-            // The epoch fence: the backup moved to a fresh interface; nothing queued on the old one is ever read.
+            // The epoch fence: the backup moved to a fresh interface (v2), or stayed on its interface and is
+            // read through a fresh socket (v3); nothing queued on the old socket is ever read.
             if (m.port !== undefined) {
-              const error = this.moveStandbySlot(m.port, m.epoch);
+              const error = this.moveStandbySlot(m.port, m.epoch, (this.agent?.agent?.version ?? 1) >= 3);
               if (error) {
                 this.pipeline.checkpointFailed(m.epoch, error, this.clockUs());
                 return;
@@ -349,12 +350,21 @@ export class Bridge {
    * (the agent made the new backup behind it). The old port is closed with
    * whatever the old backup left queued on it, unread. Returns why it could
    * not, or null.
+   *
+   * `reopenSame` (protocol v3): when `ifname` is the slot's interface already,
+   * the backup VM was overwritten in place (a COLO checkpoint) and the agent
+   * has held its output since before the checkpoint began; so every frame
+   * still unread on the port is from the old state, and every frame from the
+   * new state arrives after `backup-attached`. A fresh socket on the same
+   * interface separates the two: the old one is closed unread. (A v2 agent
+   * naming the same interface changes nothing, as before.)
    */
-  private moveStandbySlot(ifname: string, epoch: number): string | null {
+  private moveStandbySlot(ifname: string, epoch: number, reopenSame = false): string | null {
     const slot: SlotId = this.pipeline.replicas.active.id === 0 ? 1 : 0;
     const old = this.slotPorts[slot];
-    if (old.name === ifname) return null;
-    if (!this.options.openPort) return `the agent moved the backup to ${ifname}, but this bridge cannot open ports`;
+    const same = old.name === ifname;
+    if (same && !reopenSame) return null;
+    if (!this.options.openPort) return `the agent ${same ? 'asked for a fresh socket on' : 'moved the backup to'} ${ifname}, but this bridge cannot open ports`;
     let port: PacketPort;
     try {
       port = this.options.openPort(ifname);
@@ -363,13 +373,17 @@ export class Bridge {
     }
     this.slotPorts[slot] = port;
     this.pipeline.replicas.slots[slot].name = ifname;
-    this.carrier[slot].reset();
-    const t = this.carrierTimers[slot];
-    if (t) clearTimeout(t);
-    this.carrierTimers[slot] = null;
+    if (!same) {
+      // A new interface: the old one's carrier history is not its.
+      this.carrier[slot].reset();
+      const t = this.carrierTimers[slot];
+      if (t) clearTimeout(t);
+      this.carrierTimers[slot] = null;
+    }
     this.listenToSlot(slot);
     old.close().catch((e: Error) => this.log('warn', 'port-close-failed', { port: old.name, error: e.message }));
-    this.log('info', 'backup-port-moved', { epoch, from: old.name, to: ifname, note: 'frames left on the old port are discarded unread (epoch fence)' });
+    if (same) this.log('info', 'backup-port-reopened', { epoch, port: ifname, note: 'the backup was overwritten in place; frames its old state left unread are discarded (epoch fence)' });
+    else this.log('info', 'backup-port-moved', { epoch, from: old.name, to: ifname, note: 'frames left on the old port are discarded unread (epoch fence)' });
     return null;
   }
 

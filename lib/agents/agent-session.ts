@@ -59,6 +59,7 @@ export class AgentSession {
   readonly stats: AgentSessionStats = { sessions: 0, connectAttempts: 0, heartbeats: 0, protocolErrors: 0, errorsFromBridge: 0 };
   private socket: Socket | null = null;
   private bridgeSaidHello = false;
+  private bridgeHelloVersion = 0;
   private stopped = false;
   private reconnectDelayMs: number;
   private reconnectTimer: NodeJS.Timeout | null = null;
@@ -68,6 +69,11 @@ export class AgentSession {
   constructor(private readonly o: AgentSessionOptions, private readonly handler: AgentSessionHandler) {
     this.reconnectDelayMs = o.reconnectInitialMs;
     this.connect();
+  }
+
+  /** The protocol version the bridge said it speaks on the current connection (0: no hello yet). */
+  get bridgeVersion(): number {
+    return this.bridgeSaidHello ? this.bridgeHelloVersion : 0;
   }
 
   /** Whether the bridge has said hello on the current connection. */
@@ -173,6 +179,7 @@ export class AgentSession {
           return;
         }
         this.bridgeSaidHello = true;
+        this.bridgeHelloVersion = msg.version;
         this.stats.sessions++;
         this.o.log('info', `${this.o.logPrefix}-session`, { bridge: msg.name, version: msg.version });
         this.handler.sessionStarted?.();

@@ -20,12 +20,49 @@
  *
  * A standby QEMU is kept ready (started with `-incoming defer`) so that a
  * checkpoint does not wait for a QEMU to start.
+ *
+ * `sync: 'colo'` (way 2, QEMU's COLO checkpoints; both QEMUs the patched
+ * build): the first checkpoint (and every re-protection, and any checkpoint
+ * after COLO broke) is a full copy into a fresh standby on a fresh tap, as
+ * above, that stays the primary's COLO secondary; every later checkpoint
+ * sends only the pages dirtied since the last one into that same VM:
+ *
+ *   checkpoint ──► trigger (x-checkpoint-delay) ─► secondary stops, then the primary (STOP)
+ *                  ─► hold the secondary's output (its gate) ─► state sent, loaded ─► primary RESUME
+ *                  ─► checkpoint-done {ms, port: the secondary's own tap} ─► backup-attached ─► release the gate
+ *   primary dies ──► wait for the secondary's COLO_EXIT ─► did it load the checkpoint in flight?
+ *                  yes: checkpoint-done first, then primary-down; no: release the gate, primary-down;
+ *                  x-colo-lost-heartbeat makes it a normal VM either way
+ *   a checkpoint fails or times out ──► x-colo-lost-heartbeat to both (the primary runs again),
+ *                  checkpoint-failed; the next checkpoint starts COLO anew into a fresh VM
+ *
+ * The fence rule for a backup overwritten in place (protocol v3): no frame
+ * the secondary sent in its old state may be compared with what it says in
+ * the new one. Its guest sends nothing while it is stopped, and QEMU's tap
+ * writes reach the bridge's AF_PACKET socket within the write() call, so
+ * once the primary's STOP is seen (the secondary stops before it answers the
+ * primary) everything the old state said is on the bridge's socket, read or
+ * not. From then the gate holds whatever the secondary says; what it said
+ * between that moment and the gate taking effect can only be from after the
+ * load and is on the socket too. `checkpoint-done` naming the secondary's
+ * own tap goes only after the gate holds, and the bridge, seeing its own
+ * interface named, reads it through a fresh socket before it applies the
+ * checkpoint: everything on the old socket (old state, or new state said
+ * too early) is dropped unread, everything held is released after
+ * `backup-attached`, onto the fresh socket, in the new epoch. A bridge older
+ * than v3 does not reopen: then every checkpoint is a full copy into a fresh
+ * VM on a fresh tap (way 1's fence).
  */
 import { LogFn, noLog } from '../control/logger';
 import { CheckpointMessage, FailoverMessage, ParsedAgentMessage, ReprotectMessage, VmLiveness } from '../replicate/agent-protocol';
 import { QmpClient, QmpEvent } from '../qemu/qmp';
 import { startLoadedVm } from '../qemu/migration';
+import { ColoCheckpointProgress, coloCheckpoint, leaveColo, setColoGate } from '../qemu/colo';
 import { AgentSession } from './agent-session';
+
+/** How a checkpoint makes the backup a copy of the primary. */
+export type SyncMode = 'full-copy' | 'colo';
+export const SYNC_MODES: readonly SyncMode[] = ['full-copy', 'colo'];
 
 /** A VM as the agent needs it. `QemuProcess` is one. */
 export interface AgentVm {
@@ -55,6 +92,12 @@ export interface VmFactory {
   copy(source: AgentVm, target: AgentVm, leaveTargetPaused?: boolean): Promise<CopyReport>;
   /** A VM that is dead (or was just killed): remove what it leaves behind (its tap). */
   retire(vm: AgentVm): Promise<void>;
+  /**
+   * (sync colo) Makes `target`, a standby from `standby()` (the COLO-capable
+   * QEMU, its output held by the gate of lib/qemu/colo.ts), the COLO
+   * secondary of `source`: a full copy, then both run in COLO state.
+   */
+  enterColo?(source: AgentVm, target: AgentVm): Promise<CopyReport>;
 }
 
 export interface QemuAgentOptions {
@@ -64,6 +107,10 @@ export interface QemuAgentOptions {
   /** Null: none yet (the bridge asks for one with `reprotect`). */
   backup: AgentVm | null;
   factory: VmFactory;
+  /** Full copy into a fresh VM at every checkpoint (default), or COLO checkpoints (needs `factory.enterColo`). */
+  sync?: SyncMode;
+  /** (colo) A checkpoint not over after this long has failed; QEMU never gives up by itself (default 10000 ms). */
+  coloCheckpointTimeoutMs?: number;
   /** Keep a standby QEMU started ahead of the next checkpoint (default true). */
   warmStandby?: boolean;
   /** How long after `checkpoint-done` the old backup is killed (default 200 ms: the bridge has closed its port by then). */
@@ -91,9 +138,13 @@ export interface QemuAgentStats {
   reprotects: number;
   failovers: number;
   retired: number;
-  /** Pause of the primary per successful copy, ms (last 1,000). */
+  /** Pause of the primary per successful copy, ms (last 1,000); in colo mode the copies that start COLO. */
   copyMs: number[];
   copyBytes: number[];
+  /** (colo) Checkpoints made by COLO, each trigger → primary running again, and the primary's pause in them (last 1,000). */
+  coloCheckpoints: number;
+  coloMs: number[];
+  coloPauseMs: number[];
 }
 
 export interface QemuAgent {
@@ -109,7 +160,10 @@ const MAX_SAMPLES = 1000;
 
 
 class QmpQemuAgent implements QemuAgent {
-  readonly stats: QemuAgentStats = { checkpoints: 0, done: 0, failed: 0, reprotects: 0, failovers: 0, retired: 0, copyMs: [], copyBytes: [] };
+  readonly stats: QemuAgentStats = {
+    checkpoints: 0, done: 0, failed: 0, reprotects: 0, failovers: 0, retired: 0, copyMs: [], copyBytes: [],
+    coloCheckpoints: 0, coloMs: [], coloPauseMs: [],
+  };
   private readonly session: AgentSession;
   private readonly log: LogFn;
   private primary: AgentVm | null;
@@ -121,19 +175,26 @@ class QmpQemuAgent implements QemuAgent {
   /** VMs whose death we caused (retired, failed standbys): not reported. */
   private readonly expectedDeaths = new Set<AgentVm>();
   private readonly paused = new Set<AgentVm>();
-  /** New backups whose link waits for `backup-attached`, by tap. */
-  private readonly attachWaiters = new Map<string, () => void>();
+  /** New backups whose output waits for `backup-attached`, by tap: calling one lets the VM speak now. */
+  private readonly attachWaiters = new Map<string, (why: string) => Promise<void>>();
   /** VMs whose death was reported to the bridge. */
   private readonly reported = new Set<AgentVm>();
+  private readonly sync: SyncMode;
+  /** (colo) The primary and its COLO secondary (the backup), while COLO runs between them. */
+  private colo: ColoPair | null = null;
+  private warnedOldBridge = false;
 
   constructor(private readonly o: QemuAgentOptions) {
     this.log = o.log ?? noLog;
+    this.sync = o.sync ?? 'full-copy';
+    if (this.sync === 'colo' && !o.factory.enterColo) throw new Error('sync colo needs a VM factory that can enter COLO (enterColo)');
     this.primary = o.primary;
     this.backup = o.backup;
     this.watch(o.primary);
     if (o.backup) this.watch(o.backup);
     this.session = new AgentSession({
-      socketPath: o.socketPath, name: o.name ?? 'qemu-agent', version: 2, heartbeatMs: o.heartbeatMs ?? 1000,
+      // colo needs the bridge to reopen a port named again (v3); full copy needs v2 only.
+      socketPath: o.socketPath, name: o.name ?? 'qemu-agent', version: this.sync === 'colo' ? 3 : 2, heartbeatMs: o.heartbeatMs ?? 1000,
       reconnectInitialMs: o.reconnectInitialMs ?? 100, reconnectMaxMs: o.reconnectMaxMs ?? 5000, logPrefix: 'qemu-agent', log: this.log,
     }, {
       message: (msg) => this.receive(msg),
@@ -174,7 +235,7 @@ class QmpQemuAgent implements QemuAgent {
         this.failover(msg);
         return;
       case 'backup-attached':
-        this.attachWaiters.get(msg.port)?.();
+        void this.attachWaiters.get(msg.port)?.('attached');
         return;
       default:
         return;
@@ -189,7 +250,98 @@ class QmpQemuAgent implements QemuAgent {
 
   private async checkpoint(msg: CheckpointMessage): Promise<void> {
     this.stats.checkpoints++;
+    const pair = this.colo;
+    if (pair && this.coloUsable(pair)) {
+      if (await this.coloStep(msg.epoch, pair)) this.stats.done++;
+      return;
+    }
     if (await this.newBackup(msg.epoch, 'checkpoint')) this.stats.done++;
+  }
+
+  /** Whether this checkpoint can be a COLO one: the pair is the roles' pair, both run, and the bridge fences a reused port. */
+  private coloUsable(pair: ColoPair): boolean {
+    if (pair.primary !== this.primary || pair.secondary !== this.backup || !pair.primary.running || !pair.secondary.running || pair.exited) return false;
+    if (this.session.bridgeVersion >= 3) return true;
+    if (!this.warnedOldBridge) {
+      this.warnedOldBridge = true;
+      this.log('warn', 'qemu-agent-colo-old-bridge', { bridgeVersion: this.session.bridgeVersion, note: 'the bridge cannot fence a backup overwritten in place (protocol v3): every checkpoint is a full copy into a fresh VM' });
+    }
+    return false;
+  }
+
+  /**
+   * One COLO checkpoint into the secondary that runs now; see the header for
+   * the order of steps and why it fences. True when checkpoint-done was sent.
+   */
+  private async coloStep(epoch: number, pair: ColoPair): Promise<boolean> {
+    const { primary, secondary } = pair;
+    // Output held since the last checkpoint, its backup-attached never heard (a bridge that went away):
+    // it belongs to the state before this checkpoint, so it must go out before this one starts.
+    const pending = secondary.tap !== undefined ? this.attachWaiters.get(secondary.tap) : undefined;
+    if (pending) await pending('a new checkpoint begins');
+    const progress: ColoCheckpointProgress = { primaryStopped: false, secondaryStopped: false, secondaryResumed: false };
+    pair.inflight = { epoch, progress, startedMs: performance.now() };
+    this.paused.add(primary);
+    try {
+      const r = await coloCheckpoint(primary.qmp, secondary.qmp, {
+        timeoutMs: this.o.coloCheckpointTimeoutMs ?? 10_000, progress,
+        // The secondary is stopped once the primary is: from here on, what it says is held.
+        whenPrimaryStopped: () => setColoGate(secondary.qmp, true),
+      });
+      if (this.colo !== pair) return false; // a death or a failover took over meanwhile
+      pair.inflight = null;
+      this.stats.coloCheckpoints++;
+      pushSample(this.stats.coloMs, r.ms);
+      pushSample(this.stats.coloPauseMs, r.pauseMs);
+      this.log('info', 'qemu-agent-colo-checkpoint', { epoch, primary: primary.name, secondary: secondary.name, ms: round1(r.ms), pauseMs: round1(r.pauseMs) });
+      this.startWhenAttached(secondary, epoch, 'release');
+      this.answer(epoch, secondary, { ms: round1(r.ms), bytes: 0, pages: 0 });
+      return true;
+    } catch (e) {
+      const error = (e as Error).message;
+      if (pair.death || await this.diedWithin(primary, 1000)) {
+        await pair.death; // the death handler answers for the checkpoint in flight
+        return false;
+      }
+      if (this.colo !== pair) return false;
+      // Both alive, COLO stuck or broken: the primary must run again, and the secondary's state is unknown.
+      this.colo = null;
+      this.log('warn', 'qemu-agent-colo-broken', { epoch, primary: primary.name, secondary: secondary.name, error, note: 'COLO ended on both; the next checkpoint starts it anew into a fresh VM' });
+      await leaveColo(primary.qmp).catch((err: Error) => this.log('error', 'qemu-agent-colo-leave-failed', { vm: primary.name, error: err.message }));
+      leaveColo(secondary.qmp, 2000).catch((err: Error) => this.log('warn', 'qemu-agent-colo-leave-failed', { vm: secondary.name, error: err.message }));
+      this.fail(epoch, `COLO checkpoint failed: ${error}`);
+      return false;
+    } finally {
+      this.paused.delete(primary);
+    }
+  }
+
+  /**
+   * The COLO primary died. The secondary reports COLO_EXIT once it has read
+   * everything the dead primary sent, so a checkpoint load that could still
+   * finish has finished by then; a query-status afterwards makes sure every
+   * event it sent before is in. If it loaded the checkpoint in flight (it
+   * stopped for it and ran again), the bridge hears checkpoint-done first
+   * (the fence for the new state), then primary-down; otherwise its old
+   * state goes on, on the same socket, and the gate opens at once.
+   */
+  private async coloPrimaryDied(pair: ColoPair): Promise<void> {
+    const sec = pair.secondary;
+    if (this.colo === pair) this.colo = null;
+    await Promise.race([pair.exitSeen, new Promise((r) => setTimeout(r, 3000))]);
+    await sec.qmp.execute('query-status', undefined, { timeoutMs: 3000 }).catch(() => {});
+    const inflight = pair.inflight;
+    const loaded = inflight !== null && inflight.progress.secondaryStopped && inflight.progress.secondaryResumed;
+    await sec.qmp.execute('x-colo-lost-heartbeat', undefined, { timeoutMs: 3000 })
+      .catch((e: Error) => this.log('warn', 'qemu-agent-colo-failover-failed', { vm: sec.name, error: e.message, note: 'it may have left COLO already' }));
+    this.log('warn', 'qemu-agent-colo-primary-died', { primary: pair.primary.name, secondary: sec.name, inFlight: inflight?.epoch ?? null, loaded, exitSeen: pair.exited });
+    if (loaded && inflight) {
+      this.startWhenAttached(sec, inflight.epoch, 'release');
+      this.answer(inflight.epoch, sec, { ms: round1(performance.now() - inflight.startedMs), bytes: 0, pages: 0 });
+    } else {
+      await setColoGate(sec.qmp, false).catch((e: Error) => this.log('error', 'qemu-agent-gate-release-failed', { vm: sec.name, error: e.message }));
+    }
+    this.reportDown(pair.primary);
   }
 
   private async reprotect(msg: ReprotectMessage): Promise<void> {
@@ -221,6 +373,7 @@ class QmpQemuAgent implements QemuAgent {
 
   /** A standby, the copy into it; null (and checkpoint-failed sent) when either fails. */
   private async copyPrimary(primary: AgentVm, epoch: number, what: string): Promise<{ vm: AgentVm; report: CopyReport } | null> {
+    if (this.sync === 'colo') return this.coloCopy(primary, epoch, what);
     let standby: AgentVm;
     try {
       standby = await this.takeStandby();
@@ -258,21 +411,67 @@ class QmpQemuAgent implements QemuAgent {
     }
   }
 
-  /** Waits for the bridge's `backup-attached` naming the VM's tap (or the timeout), then starts the VM. */
-  private startWhenAttached(vm: AgentVm, epoch: number): void {
+  /**
+   * (colo) The primary copied into a fresh COLO secondary on a fresh tap (a
+   * full copy, announced like way 1's); its output is held until the bridge
+   * has attached its tap. The primary first leaves any COLO it was in.
+   */
+  private async coloCopy(primary: AgentVm, epoch: number, what: string): Promise<{ vm: AgentVm; report: CopyReport } | null> {
+    const old = this.colo;
+    this.colo = null;
+    let standby: AgentVm | null = null;
+    this.paused.add(primary);
+    try {
+      // Never two secondaries: the old one (if any) is left to run on its own until it is retired.
+      if (await leaveColo(primary.qmp)) this.log('info', 'qemu-agent-colo-left', { vm: primary.name, note: 'COLO with the old secondary ended before a new one starts' });
+      if (old && old.secondary.running) leaveColo(old.secondary.qmp, 2000).catch(() => {});
+      standby = await this.takeStandby();
+      const report = await (this.o.factory.enterColo as NonNullable<VmFactory['enterColo']>)(primary, standby);
+      if (!primary.running) throw new Error('the primary died while COLO started');
+      const pair = newColoPair(primary, standby);
+      this.colo = pair;
+      if (standby.tap !== undefined) this.startWhenAttached(standby, epoch, 'release');
+      else await setColoGate(standby.qmp, false);
+      this.stats.copyMs.push(report.ms);
+      this.stats.copyBytes.push(report.bytes);
+      if (this.stats.copyMs.length > MAX_SAMPLES) { this.stats.copyMs.shift(); this.stats.copyBytes.shift(); }
+      this.log('info', `qemu-agent-${what}`, { epoch, primary: primary.name, copy: standby.name, tap: standby.tap, colo: true, ms: round1(report.ms), bytes: report.bytes, pages: report.pages });
+      this.prepareStandby();
+      return { vm: standby, report: { ...report, ms: round1(report.ms) } };
+    } catch (e) {
+      if (await this.diedWithin(primary, 1000)) {
+        this.log('error', 'qemu-agent-primary-died-during-copy', { epoch, primary: primary.name, error: (e as Error).message, note: 'the old backup is intact: failover, not a failed checkpoint' });
+        this.reportDown(primary);
+      } else {
+        this.fail(epoch, `COLO start from ${primary.name} failed: ${(e as Error).message}`);
+      }
+      if (standby) await this.discard(standby);
+      this.prepareStandby();
+      return null;
+    } finally {
+      this.paused.delete(primary);
+    }
+  }
+
+  /**
+   * Waits for the bridge's `backup-attached` naming the VM's tap (or the
+   * timeout), then lets the VM speak: `start` a VM left paused by a copy,
+   * `release` the gate of a COLO secondary.
+   */
+  private startWhenAttached(vm: AgentVm, epoch: number, how: 'start' | 'release' = 'start'): void {
     const tap = vm.tap as string;
     const timeoutMs = this.o.attachTimeoutMs ?? 3000;
-    const up = (why: string) => {
-      this.attachWaiters.delete(tap);
+    const waiter = (why: string): Promise<void> => {
+      if (this.attachWaiters.get(tap) === waiter) this.attachWaiters.delete(tap);
       clearTimeout(timer);
-      if (!vm.running) return;
-      startLoadedVm(vm.qmp).then(
-        () => this.log(why === 'attached' ? 'info' : 'warn', 'qemu-agent-backup-started', { vm: vm.name, tap, epoch, why }),
-        (e: Error) => this.log('error', 'qemu-agent-backup-start-failed', { vm: vm.name, tap, error: e.message }),
+      if (!vm.running) return Promise.resolve();
+      return (how === 'start' ? startLoadedVm(vm.qmp) : setColoGate(vm.qmp, false)).then(
+        () => this.log(why === 'attached' ? 'info' : 'warn', 'qemu-agent-backup-started', { vm: vm.name, tap, epoch, how, why }),
+        (e: Error) => this.log('error', 'qemu-agent-backup-start-failed', { vm: vm.name, tap, how, error: e.message }),
       );
     };
-    const timer = setTimeout(() => up(`no backup-attached within ${timeoutMs} ms`), timeoutMs);
-    this.attachWaiters.set(tap, () => up('attached'));
+    const timer = setTimeout(() => void waiter(`no backup-attached within ${timeoutMs} ms`), timeoutMs);
+    this.attachWaiters.set(tap, waiter);
   }
 
   private answer(epoch: number, vm: AgentVm, r: CopyReport): void {
@@ -295,10 +494,22 @@ class QmpQemuAgent implements QemuAgent {
     if (survivor && msg.survivor && survivor.tap && survivor.tap !== msg.survivor) {
       this.log('warn', 'qemu-agent-failover-mismatch', { survivor: msg.survivor, backup: survivor.tap, note: 'the bridge promoted a port that is not our backup; following the bridge' });
     }
+    const pair = this.colo;
+    this.colo = null;
+    if (pair?.inflight?.progress.secondaryResumed) {
+      this.log('error', 'qemu-agent-failover-past-colo-load', { epoch: msg.epoch, inFlight: pair.inflight.epoch, note: 'the bridge promoted a secondary that had already loaded a checkpoint it never heard of; its flows may break' });
+    }
     this.primary = survivor;
     this.backup = null;
     this.rolesChanged();
     this.log('warn', 'qemu-agent-failover', { epoch: msg.epoch, primary: survivor?.name ?? null, dead: dead?.name ?? null });
+    if (this.sync === 'colo' && survivor && survivor.running) {
+      // The bridge has applied whatever checkpoint-done came before: the survivor runs as a normal VM and speaks.
+      leaveColo(survivor.qmp)
+        .catch((e: Error) => this.log('warn', 'qemu-agent-colo-leave-failed', { vm: survivor.name, error: e.message }))
+        .then(() => setColoGate(survivor.qmp, false))
+        .catch((e: Error) => this.log('error', 'qemu-agent-gate-release-failed', { vm: survivor.name, error: e.message }));
+    }
     // A primary the bridge gave up on may still run (a silent death): it must never speak again.
     if (dead) this.retireLater(dead, 'the bridge failed over from it', 0);
   }
@@ -347,6 +558,19 @@ class QmpQemuAgent implements QemuAgent {
     vm.qmp.on('event', onEvent);
     vm.exited.then(() => {
       vm.qmp.off('event', onEvent);
+      const pair = this.colo;
+      if (pair && vm === pair.primary && vm === this.primary && !this.expectedDeaths.has(vm) && !this.stopped) {
+        pair.death = this.coloPrimaryDied(pair).catch((e: Error) => {
+          this.log('error', 'qemu-agent-colo-death-failed', { error: e.message });
+          this.reportDown(vm);
+        });
+        return;
+      }
+      if (pair && vm === pair.secondary) {
+        // A primary paused in the middle of a checkpoint stays paused until it hears this.
+        this.colo = null;
+        if (pair.primary.running) leaveColo(pair.primary.qmp).catch((e: Error) => this.log('error', 'qemu-agent-colo-leave-failed', { vm: pair.primary.name, error: e.message }));
+      }
       this.reportDown(vm);
     });
   }
@@ -390,6 +614,40 @@ class QmpQemuAgent implements QemuAgent {
     if (!vm || !vm.running) return 'down';
     return this.paused.has(vm) ? 'paused' : 'up';
   }
+}
+
+/** A COLO primary and its secondary, and what the checkpoint in flight has got to. */
+interface ColoPair {
+  primary: AgentVm;
+  secondary: AgentVm;
+  inflight: { epoch: number; progress: ColoCheckpointProgress; startedMs: number } | null;
+  /** The secondary reported COLO_EXIT (its primary is gone, or COLO ended). */
+  exited: boolean;
+  exitSeen: Promise<void>;
+  /** Set when the primary died while the pair ran: the handling in progress. */
+  death: Promise<void> | null;
+}
+
+function newColoPair(primary: AgentVm, secondary: AgentVm): ColoPair {
+  let seen: () => void = () => {};
+  const pair: ColoPair = { primary, secondary, inflight: null, exited: false, exitSeen: new Promise<void>((r) => { seen = r; }), death: null };
+  const onEvent = (ev: QmpEvent) => {
+    if (ev.event !== 'COLO_EXIT') return;
+    pair.exited = true;
+    secondary.qmp.off('event', onEvent);
+    seen();
+  };
+  secondary.qmp.on('event', onEvent);
+  return pair;
+}
+
+function pushSample(samples: number[], v: number): void {
+  samples.push(v);
+  if (samples.length > MAX_SAMPLES) samples.shift();
+}
+
+function round1(v: number): number {
+  return Math.round(v * 10) / 10;
 }
 
 /** Starts the QEMU agent; it keeps (re)connecting to the bridge until `stop()`. */

@@ -9,7 +9,13 @@
  *   { "agentSocket": "/run/shadowvm/web/agent.sock",
  *     "prefix": "web",                                   (standby taps: <prefix>s<N>, VMs <prefix>-a<N>)
  *     "vms": { "primary": { "name", "pid", "tap", "agentQmpSocket" }, "backup": { … } },
- *     "vmTemplate": { "runDir", "memMiB", "accel", "mac", "boot": { "kernel", "initrd", "cmdline" } } }
+ *     "vmTemplate": { "runDir", "memMiB", "accel", "mac", "boot": { "kernel", "initrd", "cmdline" }, "binary"? },
+ *     "sync": "full-copy" | "colo" }                      (optional, default full-copy; the CLI's --sync wins)
+ *
+ * `sync: colo` needs a QEMU that can do COLO checkpoints: `vmTemplate.binary`,
+ * else the patched build `findColoQemu()` finds. The agent refuses to start
+ * (one line) when there is none, when the COLO probe (lib/qemu/colo-probe.ts)
+ * says it cannot, or when the primary runs another QEMU.
  *
  * On start, a primary left paused by an agent that died in the middle of a
  * copy is resumed, and a backup that is not running is reported down.
@@ -21,7 +27,10 @@ import { QmpClient } from '../qemu/qmp';
 import { QemuProcess } from '../qemu/process';
 import { cloneInto, createTap, QemuVmTemplate } from '../lab/qemu/pair';
 import { runQuietly } from '../lab/exec';
-import { AgentVm, QemuAgent, runQemuAgent } from './qemu-agent';
+import { AgentVm, QemuAgent, runQemuAgent, SYNC_MODES, SyncMode } from './qemu-agent';
+import { coloGateObject, enterColo } from '../qemu/colo';
+import { findColoQemu, probeColo } from '../qemu/colo-probe';
+import * as path from 'node:path';
 
 export class QemuAgentConfigError extends UserFacingError {
   constructor(readonly file: string, message: string) {
@@ -43,6 +52,22 @@ export interface QemuAgentConfig {
   /** backup null: the last agent saw none (after a failover, before re-protection). */
   vms: { primary: VmRef; backup: VmRef | null };
   vmTemplate: QemuVmTemplate;
+  sync: SyncMode;
+}
+
+/** The sync mode a config value (or a CLI flag, which wins) asks for; a clear error for anything else. */
+export function syncModeOf(file: string, configValue: unknown, cliValue?: string): SyncMode {
+  const [value, where] = cliValue !== undefined ? [cliValue, '--sync'] : [configValue ?? 'full-copy', 'sync'];
+  if (typeof value === 'string' && (SYNC_MODES as readonly string[]).includes(value)) return value as SyncMode;
+  throw new QemuAgentConfigError(file, `${where}: must be ${SYNC_MODES.map((m) => `"${m}"`).join(' or ')}, not ${JSON.stringify(value)}`);
+}
+
+/** sync colo cannot run here: no COLO-capable QEMU, or the probe says no, or the primary runs another QEMU. */
+export class ColoUnavailableError extends UserFacingError {
+  constructor(message: string) {
+    super(`sync colo: ${message}`);
+    this.name = 'ColoUnavailableError';
+  }
 }
 
 function vmRef(file: string, what: string, v: unknown): VmRef {
@@ -69,6 +94,7 @@ export function readQemuAgentConfig(file: string): QemuAgentConfig {
     || !boot || typeof boot.kernel !== 'string' || typeof boot.initrd !== 'string' || typeof boot.cmdline !== 'string') {
     throw new QemuAgentConfigError(file, 'vmTemplate: needs runDir, memMiB, accel (tcg|kvm), mac and boot { kernel, initrd, cmdline }');
   }
+  if (t.binary !== undefined && (typeof t.binary !== 'string' || !t.binary)) throw new QemuAgentConfigError(file, 'vmTemplate.binary: must be the path of a qemu-system-x86_64');
   let vms = raw.vms as Record<string, unknown> | undefined;
   const state = stateFileOf(file);
   if (fs.existsSync(state)) {
@@ -82,6 +108,7 @@ export function readQemuAgentConfig(file: string): QemuAgentConfig {
     agentSocket: raw.agentSocket, prefix: raw.prefix,
     vms: { primary: vmRef(file, 'vms.primary', vms?.primary), backup: vms?.backup === null ? null : vmRef(file, 'vms.backup', vms?.backup) },
     vmTemplate: raw.vmTemplate as QemuVmTemplate,
+    sync: syncModeOf(file, raw.sync),
   };
 }
 
@@ -142,10 +169,35 @@ function refOf(vm: AgentVm | null): VmRef | null {
   return { name: q.name, pid: q.pid, tap: q.tap ?? '', agentQmpSocket: q.agentQmpSocket };
 }
 
+/**
+ * The QEMU that COLO will run (every standby uses it), after checking that it
+ * can: it exists, the probe (an idle SeaBIOS pair, a few on-demand
+ * checkpoints; skipped with `probe: false`) says yes, and the primary runs
+ * that very binary (both sides of COLO need the fixes).
+ */
+export async function coloQemuFor(c: QemuAgentConfig, o: { probe?: boolean; log?: LogFn } = {}): Promise<string> {
+  const bin = c.vmTemplate.binary ?? findColoQemu();
+  if (!bin) throw new ColoUnavailableError('no COLO-capable QEMU: give vmTemplate.binary, or build the patched one with make qemu-colo');
+  if (!fs.existsSync(bin)) throw new ColoUnavailableError(`${bin} does not exist`);
+  let exe: string | null = null;
+  try { exe = fs.realpathSync(`/proc/${c.vms.primary.pid}/exe`); } catch { /* gone, or not ours to read: attach says so */ }
+  if (exe !== null && exe !== fs.realpathSync(bin)) {
+    throw new ColoUnavailableError(`the primary ${c.vms.primary.name} (pid ${c.vms.primary.pid}) runs ${exe}, not the COLO-capable ${bin}: start it with that QEMU`);
+  }
+  if (o.probe !== false) {
+    const r = await probeColo({ qemu: bin, accel: c.vmTemplate.accel, checkpoints: 2, budgetMs: 20_000 });
+    o.log?.('info', 'qemu-agent-colo-probe', { qemu: bin, colo: r.colo, reason: r.reason, checkpointMs: r.checkpointMs, durationMs: r.durationMs });
+    if (!r.colo) throw new ColoUnavailableError(`${bin} cannot do COLO checkpoints here (${r.reason}); make qemu-colo builds one that can`);
+  }
+  return bin;
+}
+
 /** Attaches to the VMs of `configFile` and runs the agent until `stop()`. */
-export async function runQemuAgentFromConfig(configFile: string, options: { log?: LogFn; name?: string } = {}): Promise<QemuAgent> {
+export async function runQemuAgentFromConfig(configFile: string, options: { log?: LogFn; name?: string; sync?: string; probeColo?: boolean } = {}): Promise<QemuAgent> {
   const log = options.log ?? noLog;
   const c = readQemuAgentConfig(configFile);
+  c.sync = syncModeOf(configFile, c.sync, options.sync);
+  if (c.sync === 'colo') c.vmTemplate = { ...c.vmTemplate, binary: await coloQemuFor(c, { probe: options.probeColo, log }) };
   let primary: AttachedVm;
   try {
     primary = await AttachedVm.attach(c.vms.primary, log);
@@ -154,7 +206,11 @@ export async function runQemuAgentFromConfig(configFile: string, options: { log?
   }
   // A primary paused by an agent that died in the middle of a copy: it must serve again.
   const status = await primary.qmp.execute<{ status: string; running: boolean }>('query-status');
-  if (!status.running && ['paused', 'postmigrate', 'finish-migrate'].includes(status.status)) {
+  if (status.status === 'colo') {
+    // Stopped in the middle of a COLO checkpoint by an agent that died: end COLO, and it runs again.
+    await primary.qmp.execute('x-colo-lost-heartbeat');
+    log('warn', 'qemu-agent-resumed-primary', { vm: primary.name, was: status.status, note: 'left in the middle of a COLO checkpoint, probably by an agent that died' });
+  } else if (!status.running && ['paused', 'postmigrate', 'finish-migrate'].includes(status.status)) {
     await primary.qmp.execute('cont');
     log('warn', 'qemu-agent-resumed-primary', { vm: primary.name, was: status.status, note: 'left paused, probably by an agent that died in the middle of a copy' });
   }
@@ -175,6 +231,7 @@ export async function runQemuAgentFromConfig(configFile: string, options: { log?
     primary,
     backup,
     log,
+    sync: c.sync,
     factory: {
       standby: async () => {
         let tap: string;
@@ -182,13 +239,17 @@ export async function runQemuAgentFromConfig(configFile: string, options: { log?
         usedTaps.add(tap);
         createTap(tap);
         try {
-          return await QemuProcess.launch({ ...c.vmTemplate, name: `${c.prefix}-a${process.pid}-${standbys}`, tap, incoming: true, log });
+          return await QemuProcess.launch({
+            ...c.vmTemplate, name: `${c.prefix}-a${process.pid}-${standbys}`, tap, incoming: true, log,
+            ...(c.sync === 'colo' ? { objects: [coloGateObject()] } : {}),
+          });
         } catch (e) {
           runQuietly('ip', ['link', 'del', tap]);
           throw e;
         }
       },
       copy: (source, target, leaveTargetPaused) => cloneInto(source as QemuProcess, target as QemuProcess, { log, leaveTargetPaused }),
+      enterColo: (source, target) => enterColo(source.qmp, target.qmp, `unix:${path.join(c.vmTemplate.runDir, `${(target as QemuProcess).name}.colo`)}`),
       retire: async (vm) => {
         if (vm.tap) runQuietly('ip', ['link', 'del', vm.tap]);
       },

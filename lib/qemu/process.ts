@@ -42,6 +42,13 @@ export interface QemuLaunchOptions {
   mac?: string;
   /** Start paused, waiting for `migrate-incoming` (`-incoming defer`). */
   incoming?: boolean;
+  /** The qemu-system-x86_64 to run; default the one on PATH. COLO needs the patched build (`findColoQemu()`). */
+  binary?: string;
+  /**
+   * Extra `-object` definitions (QOM objects such as net filters), each one
+   * `-object` argument, e.g. `filter-buffer,id=gate,netdev=net0,…`.
+   */
+  objects?: string[];
   /** QMP connect + greeting budget; default 10 s (a loaded host starts QEMU slowly). */
   qmpTimeoutMs?: number;
   log?: LogFn;
@@ -84,6 +91,7 @@ export function qemuArgs(o: QemuLaunchOptions): string[] {
     args.push('-netdev', `tap,id=net0,ifname=${o.tap},script=no,downscript=no,vhost=off,vnet_hdr=off`);
     args.push('-device', `virtio-net-pci,netdev=net0,mac=${o.mac ?? '52:54:00:12:34:56'},romfile=`);
   }
+  for (const obj of o.objects ?? []) args.push('-object', obj);
   if (o.incoming) args.push('-incoming', 'defer');
   return args;
 }
@@ -133,7 +141,7 @@ export class QemuProcess {
     const err = fs.openSync(stderrFile, 'w');
     let child: ChildProcess;
     try {
-      child = spawn(QEMU_BINARY, qemuArgs(options), { detached: true, stdio: ['ignore', err, err] });
+      child = spawn(options.binary ?? QEMU_BINARY, qemuArgs(options), { detached: true, stdio: ['ignore', err, err] });
     } finally {
       fs.closeSync(err);
     }
@@ -143,7 +151,7 @@ export class QemuProcess {
         gaveUp.abort(err.message);
         reject(err);
       };
-      child.once('error', (e) => fail(new QemuLaunchError(options.name, `cannot start ${QEMU_BINARY}: ${e.message} (install qemu-system-x86)`)));
+      child.once('error', (e) => fail(new QemuLaunchError(options.name, `cannot start ${options.binary ?? QEMU_BINARY}: ${e.message} (install qemu-system-x86)`)));
       child.once('exit', (code, signal) => fail(new QemuLaunchError(options.name, `exited during start-up (${signal ?? `exit ${code}`}): ${lastLine(stderrFile)}`)));
     });
     spawnFailed.catch(() => {});

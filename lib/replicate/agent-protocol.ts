@@ -15,12 +15,18 @@ import { CHECKPOINT_REASONS, CheckpointReason } from './replicator';
 
 /**
  * The version this side speaks. 2 adds `port` to `checkpoint-done` (the
- * epoch fence of agents that make each new backup on a fresh interface).
- * Version 1 peers (the lab agent) are still accepted: nothing a v1 peer
- * sends or is sent changed meaning.
+ * epoch fence of agents that make each new backup on a fresh interface) and
+ * `backup-attached`. 3 gives `port` a meaning when it names the interface the
+ * backup already runs behind: the same VM stayed the backup (a COLO
+ * secondary), and the agent promises it has been silent since before the
+ * checkpoint began and stays silent until `backup-attached`; the bridge then
+ * reads that interface through a fresh socket, so what the backup said
+ * before the checkpoint, still unread, is dropped (see `checkpoint-done`).
+ * Version 1 and 2 peers are still accepted: nothing they send or are sent
+ * changed meaning (a v2 agent naming the same interface is not fenced).
  */
-export const AGENT_PROTOCOL_VERSION = 2;
-export const SUPPORTED_AGENT_PROTOCOL_VERSIONS: readonly number[] = [1, 2];
+export const AGENT_PROTOCOL_VERSION = 3;
+export const SUPPORTED_AGENT_PROTOCOL_VERSIONS: readonly number[] = [1, 2, 3];
 /** Longest line either side accepts, without its newline. */
 export const MAX_AGENT_LINE_BYTES = 64 * 1024;
 
@@ -62,6 +68,14 @@ export interface CheckpointDoneMessage {
    * the backup's slot to it before it applies the checkpoint: frames the
    * old backup sent, still queued on the old interface, are never read, so
    * they can never be compared against the new backup's stream.
+   *
+   * (v3) The interface the backup already runs behind: the backup VM was
+   * overwritten in place (a COLO checkpoint). The agent sends it only once
+   * everything the backup said in its old state has reached the interface,
+   * and keeps the backup's output held from then until `backup-attached`.
+   * The bridge reopens its port on the interface before it applies the
+   * checkpoint: the old socket, with whatever the old state said and the
+   * bridge had not read yet, is closed unread.
    */
   port?: string;
 }
@@ -112,8 +126,9 @@ export interface ReprotectMessage {
 
 /**
  * (v2) Bridge → agent: the backup's slot now reads interface `port` (after a
- * `checkpoint-done` that named it). An agent that kept the new backup's link
- * down until now, so that nothing it said could be missed, brings it up.
+ * `checkpoint-done` that named it; v3: through a fresh socket, also when the
+ * interface did not change). An agent that kept the new backup's output held
+ * until now, so that nothing it said could be missed, lets it go.
  */
 export interface BackupAttachedMessage {
   type: 'backup-attached';

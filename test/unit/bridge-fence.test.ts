@@ -2,7 +2,9 @@
  * The epoch fence (protocol v2): an agent that makes each new backup on a
  * fresh interface says so in `checkpoint-done`; the bridge moves the backup
  * slot there before it applies the checkpoint, and nothing queued on the old
- * interface is ever read.
+ * interface is ever read. (v3) An agent that overwrote the backup in place (a
+ * COLO checkpoint) names the interface it already has: the bridge reads it
+ * through a fresh socket, and nothing queued on the old socket is ever read.
  */
 import { join } from 'node:path';
 import { Bridge } from '../../lib/bridge';
@@ -22,7 +24,7 @@ interface Rig {
   close(): Promise<void>;
 }
 
-async function rig(canOpen = true): Promise<Rig> {
+async function rig(canOpen = true, agentVersion = 2): Promise<Rig> {
   const tmp = tempDir('fence');
   const uplink = new MemoryPort('up0');
   const primary = new MemoryPort('p0');
@@ -36,8 +38,8 @@ async function rig(canOpen = true): Promise<Rig> {
   });
   await bridge.start();
   const agent = await LineClient.connect(join(tmp.dir, 'agent.sock'));
-  expect(await agent.next()).toMatchObject({ type: 'hello', version: 2 });
-  agent.send({ type: 'hello', version: 2, role: 'agent', name: 'fence-agent' });
+  expect(await agent.next()).toMatchObject({ type: 'hello', version: 3 });
+  agent.send({ type: 'hello', version: agentVersion, role: 'agent', name: 'fence-agent' });
   // The bridge asks for a checkpoint as soon as an agent is there.
   const first = await agent.next() as { type: string; epoch: number };
   expect(first.type).toBe('checkpoint');
@@ -96,6 +98,47 @@ describe('the epoch fence', () => {
       expect(() => r.oldBackup.inject([answer('still attached')])).not.toThrow();
       r.uplink.inject([request]);
       expect(r.bridge.snapshot().stages.ingress.degraded_not_to_backup).toBe(1);
+    } finally {
+      await r.close();
+    }
+  });
+
+  it('(v3) reads the same interface through a fresh socket when checkpoint-done names the backup\'s own interface', async () => {
+    const r = await rig(true, 3);
+    try {
+      r.bridge.pipeline.request('manual', undefined, monotonicUs());
+      const cp = await r.agent.next() as { type: string; epoch: number };
+      expect(cp.type).toBe('checkpoint');
+      r.agent.send({ type: 'checkpoint-done', epoch: cp.epoch, ms: 9, bytes: 4096, pages: 1, port: 'b0' });
+      await waitFor('back to COMPARING', () => r.bridge.pipeline.state === 'COMPARING' && r.opened.length === 1, 3000);
+      const [fresh] = r.opened;
+      expect(fresh.name).toBe('b0');
+      expect(fresh).not.toBe(r.oldBackup);
+      expect(await r.agent.next()).toEqual({ type: 'backup-attached', epoch: cp.epoch, port: 'b0' });
+      // What the backup's old state said and the bridge had not read is gone with the old socket.
+      expect(() => r.oldBackup.inject([answer('stale, from before the checkpoint')])).toThrow(/after close/);
+      r.uplink.inject([request]);
+      expect(fresh.sent).toHaveLength(1);
+      r.primary.inject([answer('42')]);
+      expect(r.uplink.sent).toHaveLength(0);
+      fresh.inject([answer('42')]);
+      expect(r.uplink.sent).toHaveLength(1);
+      expect(r.bridge.snapshot().mismatches).toBe(0);
+    } finally {
+      await r.close();
+    }
+  });
+
+  it('(v2) leaves the port as it is when checkpoint-done names the backup\'s own interface', async () => {
+    const r = await rig(true, 2);
+    try {
+      r.bridge.pipeline.request('manual', undefined, monotonicUs());
+      const cp = await r.agent.next() as { epoch: number };
+      r.agent.send({ type: 'checkpoint-done', epoch: cp.epoch, ms: 9, bytes: 4096, port: 'b0' });
+      await waitFor('back to COMPARING', () => r.bridge.pipeline.state === 'COMPARING', 3000);
+      expect(r.opened).toHaveLength(0);
+      r.uplink.inject([request]);
+      expect(r.oldBackup.sent.length + r.oldBackup.pending.length).toBeGreaterThan(0);
     } finally {
       await r.close();
     }

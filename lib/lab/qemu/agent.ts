@@ -1,15 +1,20 @@
 /**
  * The QEMU lab's sync agent: the QEMU agent (agents/qemu-agent.ts) with the
  * lab's VMs, standbys started by the lab on fresh taps, copies by
- * `cloneInto`, and retired VMs' taps removed.
+ * `cloneInto`, and retired VMs' taps removed. With `sync: 'colo'` standbys
+ * carry the COLO gate and become COLO secondaries (`enterColo`, over a unix
+ * socket in the lab's run directory); the lab must then run the patched QEMU
+ * (`startQemuLab({ qemuBinary: findColoQemu() })`).
  */
+import * as path from 'node:path';
 import { runQemuAgent, QemuAgent, QemuAgentOptions } from '../../agents/qemu-agent';
 import { QemuProcess } from '../../qemu/process';
+import { coloGateObject, enterColo } from '../../qemu/colo';
 import { runQuietly } from '../exec';
 import { cloneInto, QemuLabAgentFactory } from './pair';
 
 /** Options of the lab's agent beyond what the lab gives it. */
-export type QemuLabSyncAgentOptions = Partial<Pick<QemuAgentOptions, 'warmStandby' | 'retireDelayMs' | 'heartbeatMs'>> & {
+export type QemuLabSyncAgentOptions = Partial<Pick<QemuAgentOptions, 'warmStandby' | 'retireDelayMs' | 'heartbeatMs' | 'sync' | 'coloCheckpointTimeoutMs'>> & {
   /** Migration channels of each copy (see CloneOptions.channels). */
   channels?: number;
 };
@@ -26,7 +31,11 @@ export function qemuSyncAgent(options: QemuLabSyncAgentOptions = {}): QemuLabAge
       reconnectInitialMs: 20,
       ...options,
       factory: {
-        standby: () => lab.launchVm({ incoming: true }),
+        standby: () => lab.launchVm({ incoming: true, ...(options.sync === 'colo' ? { objects: [coloGateObject()] } : {}) }),
+        enterColo: async (source, target) => {
+          const t = target as QemuProcess;
+          return enterColo(source.qmp, t.qmp, `unix:${path.join(lab.runDir, `${t.name}.colo`)}`);
+        },
         copy: (source, target, leaveTargetPaused) => cloneInto(source as QemuProcess, target as QemuProcess, { log, channels: options.channels, leaveTargetPaused }),
         retire: async (vm) => {
           if (vm.tap) runQuietly('ip', ['link', 'del', vm.tap]);

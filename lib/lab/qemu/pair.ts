@@ -253,6 +253,8 @@ export interface QemuLabOptions {
   cloneChannels?: number;
   /** Boot the bzImage instead of the PVH vmlinux. */
   bootBzImage?: boolean;
+  /** The QEMU every VM of the lab runs; default the one on PATH. COLO checkpoints (sync `colo`) need the patched build: `findColoQemu()`. */
+  qemuBinary?: string;
   /** Guest cache root (default $SHADOWVM_GUEST_CACHE or /var/cache/shadowvm/guest). */
   guestCacheDir?: string;
   /** How long the first VM may take to boot; default 90 s (TCG on a shared CPU). */
@@ -265,6 +267,8 @@ export interface QemuLabVmOptions {
   tap?: string;
   /** Wait for an incoming migration (default true: a standby for `cloneInto`). */
   incoming?: boolean;
+  /** Extra `-object`s (e.g. the COLO gate, lib/qemu/colo.ts). */
+  objects?: string[];
 }
 
 export interface QemuLab {
@@ -375,6 +379,7 @@ export async function startQemuLab(options: QemuLabOptions = {}): Promise<QemuLa
     });
     const vmTemplate: QemuVmTemplate = {
       runDir: names.runDir, memMiB, accel: accel.accel, mac: LAB_VM_MAC,
+      ...(options.qemuBinary ? { binary: options.qemuBinary } : {}),
       boot: { kernel: options.bootBzImage ? guest.bzImage : guest.vmlinux, initrd: guest.initrd, cmdline },
     };
     let vmCount = 0;
@@ -387,6 +392,7 @@ export async function startQemuLab(options: QemuLabOptions = {}): Promise<QemuLa
       }
       const vm = await QemuProcess.launch({
         ...vmTemplate, name: `${prefix}-vm${++vmCount}`, accel: o.accel ?? accel.accel, tap, incoming: o.incoming ?? true, log,
+        ...(o.objects ? { objects: o.objects } : {}),
       });
       vms.push(vm);
       return vm;

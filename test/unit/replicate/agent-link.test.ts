@@ -62,7 +62,7 @@ async function startLink(opts: { heartbeatTimeoutMs?: number; maxLineBytes?: num
 async function rawClient(sayHello = true): Promise<LineClient> {
   const c = await LineClient.connect(path);
   clients.push(c);
-  expect(await c.next()).toEqual({ type: 'hello', version: 2, role: 'bridge', name: 'br0' });
+  expect(await c.next()).toEqual({ type: 'hello', version: 3, role: 'bridge', name: 'br0' });
   if (sayHello) c.send(HELLO);
   return c;
 }
@@ -192,8 +192,8 @@ describe('AgentLink with a raw client', () => {
   it('closes a connection whose hello speaks another protocol version', async () => {
     const { rec } = await startLink();
     const c = await rawClient(false);
-    c.send({ ...HELLO, version: 3 });
-    expect(await c.next()).toMatchObject({ type: 'error', error: expect.stringContaining('version 3 is not supported') });
+    c.send({ ...HELLO, version: 4 });
+    expect(await c.next()).toMatchObject({ type: 'error', error: expect.stringContaining('version 4 is not supported') });
     await c.whenClosed();
     expect(rec.of('connected')).toEqual([]);
   });

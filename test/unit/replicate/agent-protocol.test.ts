@@ -62,7 +62,7 @@ describe('parseAgentMessage', () => {
     ['no type', '{"epoch":1}', 'missing-field'],
     ['a numeric type', '{"type":7}', 'bad-field'],
     ['hello without version', '{"type":"hello","role":"agent","name":"a"}', 'missing-field'],
-    ['hello of version 3', '{"type":"hello","version":3,"role":"agent","name":"a"}', 'bad-version'],
+    ['hello of version 4', '{"type":"hello","version":4,"role":"agent","name":"a"}', 'bad-version'],
     ['checkpoint-done with a port that is no interface name', '{"type":"checkpoint-done","epoch":1,"ms":1,"bytes":1,"port":"eth0; rm -rf /"}', 'bad-field'],
     ['hello with version "1"', '{"type":"hello","version":"1","role":"agent","name":"a"}', 'bad-version'],
     ['hello with an unknown role', '{"type":"hello","version":1,"role":"boss","name":"a"}', 'bad-field'],

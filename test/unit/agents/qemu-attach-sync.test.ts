@@ -1,0 +1,81 @@
+/**
+ * `shadowvm agent qemu`'s choice of sync mode: the config's `sync` key, the
+ * CLI's --sync over it, and `colo` refused in one line where it cannot run.
+ */
+import * as fs from 'node:fs';
+import { join } from 'node:path';
+import { ColoUnavailableError, QemuAgentConfigError, coloQemuFor, readQemuAgentConfig, syncModeOf } from '../../../lib/agents/qemu-attach';
+import { tempDir } from './socket-helpers';
+
+function writeConfig(dir: string, extra: Record<string, unknown> = {}, template: Record<string, unknown> = {}): string {
+  const file = join(dir, 'lab.json');
+  const vm = (name: string, tap: string) => ({ name, pid: process.pid, tap, agentQmpSocket: join(dir, `${name}.agent.qmp`) });
+  fs.writeFileSync(file, JSON.stringify({
+    agentSocket: join(dir, 'agent.sock'), prefix: 'cw',
+    vms: { primary: vm('cw-vm1', 'cwp'), backup: vm('cw-vm2', 'cwb') },
+    vmTemplate: { runDir: dir, memMiB: 128, accel: 'tcg', mac: '52:54:00:12:34:56', boot: { kernel: 'k', initrd: 'i', cmdline: 'c' }, ...template },
+    ...extra,
+  }));
+  return file;
+}
+
+describe('the QEMU agent\'s sync mode', () => {
+  it('is full-copy unless the config or the CLI says otherwise; the CLI wins', () => {
+    expect(syncModeOf('f', undefined)).toBe('full-copy');
+    expect(syncModeOf('f', 'colo')).toBe('colo');
+    expect(syncModeOf('f', 'colo', 'full-copy')).toBe('full-copy');
+    expect(syncModeOf('f', undefined, 'colo')).toBe('colo');
+  });
+
+  it('rejects anything else with the file, the key and the allowed values', () => {
+    expect(() => syncModeOf('lab.json', 'incremental')).toThrow(new QemuAgentConfigError('lab.json', 'sync: must be "full-copy" or "colo", not "incremental"'));
+    expect(() => syncModeOf('lab.json', 'colo', 'COLO')).toThrow(/--sync: must be "full-copy" or "colo", not "COLO"/);
+    expect(() => syncModeOf('lab.json', 7)).toThrow(/sync: must be .* not 7/);
+  });
+
+  it('reads "sync" from the config file and checks vmTemplate.binary', () => {
+    const tmp = tempDir('qattach');
+    try {
+      expect(readQemuAgentConfig(writeConfig(tmp.dir)).sync).toBe('full-copy');
+      expect(readQemuAgentConfig(writeConfig(tmp.dir, { sync: 'colo' })).sync).toBe('colo');
+      expect(() => readQemuAgentConfig(writeConfig(tmp.dir, { sync: 'dirty' }))).toThrow(QemuAgentConfigError);
+      expect(() => readQemuAgentConfig(writeConfig(tmp.dir, {}, { binary: 42 }))).toThrow(/vmTemplate.binary/);
+    } finally {
+      tmp.remove();
+    }
+  });
+
+  describe('colo where it cannot run', () => {
+    const saved = process.env.SHADOWVM_QEMU_COLO_DIR;
+    afterEach(() => {
+      if (saved === undefined) delete process.env.SHADOWVM_QEMU_COLO_DIR; else process.env.SHADOWVM_QEMU_COLO_DIR = saved;
+    });
+
+    it('is refused in one line when no COLO-capable QEMU is found', async () => {
+      const tmp = tempDir('qattach');
+      try {
+        process.env.SHADOWVM_QEMU_COLO_DIR = join(tmp.dir, 'no-such-build');
+        const c = readQemuAgentConfig(writeConfig(tmp.dir, { sync: 'colo' }));
+        const err = await coloQemuFor(c, { probe: false }).catch((e: Error) => e);
+        expect(err).toBeInstanceOf(ColoUnavailableError);
+        expect((err as Error).message).toMatch(/^sync colo: no COLO-capable QEMU: .*make qemu-colo$/);
+        expect((err as Error).message).not.toContain('\n');
+      } finally {
+        tmp.remove();
+      }
+    });
+
+    it('is refused when the primary runs another QEMU than the COLO-capable one', async () => {
+      const tmp = tempDir('qattach');
+      try {
+        const fake = join(tmp.dir, 'qemu-system-x86_64');
+        fs.writeFileSync(fake, '#!/bin/sh\n', { mode: 0o755 });
+        // The "primary" here is this very process (its pid in the config): it does not run `fake`.
+        const c = readQemuAgentConfig(writeConfig(tmp.dir, { sync: 'colo' }, { binary: fake }));
+        await expect(coloQemuFor(c, { probe: false })).rejects.toThrow(new RegExp(`^sync colo: the primary cw-vm1 \\(pid ${process.pid}\\) runs .*, not the COLO-capable ${fake}`));
+      } finally {
+        tmp.remove();
+      }
+    });
+  });
+});
