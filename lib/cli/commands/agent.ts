@@ -13,7 +13,7 @@ export function agentCommand(y: Argv): Argv {
     .option('name', { type: 'string', default: 'default', describe: 'name of the protected pair' })
     .option('socket', { type: 'string', describe: 'the bridge\'s agent socket (default /run/shadowvm/NAME/agent.sock; qemu: from the config)' })
     .option('config', { type: 'string', describe: 'qemu: the VMs, their spare QMP sockets and the standby template (JSON; the QEMU lab writes one as lab.json)' })
-    .option('sync', { type: 'string', describe: 'qemu: full-copy (a full copy into a fresh VM at every checkpoint; the default) or colo (QEMU COLO checkpoints into one secondary: only dirtied pages; needs the patched QEMU, make qemu-colo); wins over the config\'s "sync"' })
+    .option('sync', { type: 'string', describe: 'qemu: auto (the default: colo where it can run, else full-copy; logged), full-copy (a full copy into a fresh VM at every checkpoint) or colo (QEMU COLO checkpoints into one secondary: only dirtied pages; needs the patched QEMU, make qemu-colo); wins over the config\'s "sync"' })
     .option('delay-ms', { type: 'number', default: 5, describe: 'lab: how long a checkpoint takes' })
     .option('fail-fraction', { type: 'number', default: 0, describe: 'lab: fraction of checkpoints to fail (0..1)' }),
   async (args) => {

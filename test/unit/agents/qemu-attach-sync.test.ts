@@ -4,7 +4,7 @@
  */
 import * as fs from 'node:fs';
 import { join } from 'node:path';
-import { ColoUnavailableError, QemuAgentConfigError, coloQemuFor, readQemuAgentConfig, syncModeOf } from '../../../lib/agents/qemu-attach';
+import { ColoUnavailableError, QemuAgentConfigError, coloQemuFor, readQemuAgentConfig, resolveSync, syncModeOf } from '../../../lib/agents/qemu-attach';
 import { tempDir } from './socket-helpers';
 
 function writeConfig(dir: string, extra: Record<string, unknown> = {}, template: Record<string, unknown> = {}): string {
@@ -20,23 +20,24 @@ function writeConfig(dir: string, extra: Record<string, unknown> = {}, template:
 }
 
 describe('the QEMU agent\'s sync mode', () => {
-  it('is full-copy unless the config or the CLI says otherwise; the CLI wins', () => {
-    expect(syncModeOf('f', undefined)).toBe('full-copy');
+  it('is auto unless the config or the CLI says otherwise; the CLI wins', () => {
+    expect(syncModeOf('f', undefined)).toBe('auto');
+    expect(syncModeOf('f', 'full-copy')).toBe('full-copy');
     expect(syncModeOf('f', 'colo')).toBe('colo');
     expect(syncModeOf('f', 'colo', 'full-copy')).toBe('full-copy');
     expect(syncModeOf('f', undefined, 'colo')).toBe('colo');
   });
 
   it('rejects anything else with the file, the key and the allowed values', () => {
-    expect(() => syncModeOf('lab.json', 'incremental')).toThrow(new QemuAgentConfigError('lab.json', 'sync: must be "full-copy" or "colo", not "incremental"'));
-    expect(() => syncModeOf('lab.json', 'colo', 'COLO')).toThrow(/--sync: must be "full-copy" or "colo", not "COLO"/);
+    expect(() => syncModeOf('lab.json', 'incremental')).toThrow(new QemuAgentConfigError('lab.json', 'sync: must be "auto", "full-copy", "colo", not "incremental"'));
+    expect(() => syncModeOf('lab.json', 'colo', 'COLO')).toThrow(/--sync: must be "auto", "full-copy", "colo", not "COLO"/);
     expect(() => syncModeOf('lab.json', 7)).toThrow(/sync: must be .* not 7/);
   });
 
   it('reads "sync" from the config file and checks vmTemplate.binary', () => {
     const tmp = tempDir('qattach');
     try {
-      expect(readQemuAgentConfig(writeConfig(tmp.dir)).sync).toBe('full-copy');
+      expect(readQemuAgentConfig(writeConfig(tmp.dir)).sync).toBe('auto');
       expect(readQemuAgentConfig(writeConfig(tmp.dir, { sync: 'colo' })).sync).toBe('colo');
       expect(() => readQemuAgentConfig(writeConfig(tmp.dir, { sync: 'dirty' }))).toThrow(QemuAgentConfigError);
       expect(() => readQemuAgentConfig(writeConfig(tmp.dir, {}, { binary: 42 }))).toThrow(/vmTemplate.binary/);
@@ -60,6 +61,25 @@ describe('the QEMU agent\'s sync mode', () => {
         expect(err).toBeInstanceOf(ColoUnavailableError);
         expect((err as Error).message).toMatch(/^sync colo: no COLO-capable QEMU: .*make qemu-colo$/);
         expect((err as Error).message).not.toContain('\n');
+      } finally {
+        tmp.remove();
+      }
+    });
+
+    it('auto falls back to full-copy, saying why, where colo would be refused; colo itself is refused; full-copy needs nothing', async () => {
+      const tmp = tempDir('qattach');
+      try {
+        process.env.SHADOWVM_QEMU_COLO_DIR = join(tmp.dir, 'no-such-build');
+        const c = readQemuAgentConfig(writeConfig(tmp.dir));
+        const auto = await resolveSync(c, 'auto', { probe: false });
+        expect(auto).toEqual({ sync: 'full-copy', why: expect.stringMatching(/^auto: sync colo: no COLO-capable QEMU/) });
+        await expect(resolveSync(c, 'colo', { probe: false })).rejects.toBeInstanceOf(ColoUnavailableError);
+        expect(await resolveSync(c, 'full-copy')).toEqual({ sync: 'full-copy', why: 'asked for' });
+        // A COLO-capable binary the primary does not run: auto still copies whole.
+        const fake = join(tmp.dir, 'qemu-system-x86_64');
+        fs.writeFileSync(fake, '#!/bin/sh\n', { mode: 0o755 });
+        const withBinary = readQemuAgentConfig(writeConfig(tmp.dir, {}, { binary: fake }));
+        expect((await resolveSync(withBinary, 'auto', { probe: false })).sync).toBe('full-copy');
       } finally {
         tmp.remove();
       }
