@@ -24,7 +24,7 @@ import { PipelineConfig } from './pipeline/config';
 import { ShadowPipeline } from './pipeline/pipeline';
 import type { FlowReport } from './pipeline/shadow-flow';
 import { AgentLink } from './replicate/agent-client';
-import { ControlSocket } from './control/control-socket';
+import { ControlSocket, ManualCheckpointResult, ManualFailoverResult } from './control/control-socket';
 import { MetricsServer, startMetricsServer } from './control/metrics';
 import { BridgeSnapshot, PortRole, emptyAgentSnapshot, snapshotOf } from './control/snapshot';
 import { LogFn, noLog } from './control/logger';
@@ -164,32 +164,9 @@ export class Bridge {
           log: this.log,
           handlers: {
             status: () => this.snapshot(),
-            checkpoint: () => {
-              let requested = false;
-              this.afterEvent(() => { requested = this.pipeline.request('manual', undefined, this.clockUs()); });
-              const r = this.pipeline.replicator;
-              return { requested, epoch: r.epoch, state: r.state, ...(requested ? {} : { note: `not sent: state ${r.state}` }) };
-            },
-            failover: () => {
-              const before = this.pipeline.failover.refused;
-              let promoted = false;
-              this.afterEvent(() => { promoted = this.pipeline.failoverNow('manual', 'asked for over the control socket', this.clockUs()); });
-              const roles = this.pipeline.replicas.slots.map((s) => ({ port: s.name, role: s.role }));
-              if (promoted) return { promoted, survivor: this.pipeline.replicas.active.name, roles };
-              const why = this.pipeline.failover.refused > before
-                ? (this.pipeline.replicas.standby ? `the backup is stale (state ${this.pipeline.state})` : 'no backup')
-                : 'not promoted';
-              return { promoted, why, roles };
-            },
-            flows: (limit, match) => {
-              this.pipeline.syncReports();
-              const all = this.pipeline.reports;
-              if (match === undefined) return all.slice(-limit);
-              // Newest first, stopping at `limit`: bounded by the reports kept (reportLimit).
-              const found: FlowReport[] = [];
-              for (let i = all.length - 1; i >= 0 && found.length < limit; i--) if (all[i].key.includes(match)) found.push(all[i]);
-              return found.reverse();
-            },
+            checkpoint: () => this.requestCheckpoint(),
+            failover: () => this.requestFailover(),
+            flows: (limit, match) => this.listFlows(limit, match),
           },
         });
         await this.control.listen();
@@ -231,6 +208,38 @@ export class Bridge {
       this.agent?.close(), this.control?.close(), this.metrics?.close(),
     ]);
     this.log('info', 'stopped', { name: this.options.name });
+  }
+
+  /** A manual checkpoint (the control socket's `checkpoint`). */
+  requestCheckpoint(): ManualCheckpointResult {
+    let requested = false;
+    this.afterEvent(() => { requested = this.pipeline.request('manual', undefined, this.clockUs()); });
+    const r = this.pipeline.replicator;
+    return { requested, epoch: r.epoch, state: r.state, ...(requested ? {} : { note: `not sent: state ${r.state}` }) };
+  }
+
+  /** A planned failover (the control socket's `failover`). */
+  requestFailover(): ManualFailoverResult {
+    const before = this.pipeline.failover.refused;
+    let promoted = false;
+    this.afterEvent(() => { promoted = this.pipeline.failoverNow('manual', 'asked for over the control socket', this.clockUs()); });
+    const roles = this.pipeline.replicas.slots.map((s) => ({ port: s.name, role: s.role }));
+    if (promoted) return { promoted, survivor: this.pipeline.replicas.active.name, roles };
+    const why = this.pipeline.failover.refused > before
+      ? (this.pipeline.replicas.standby ? `the backup is stale (state ${this.pipeline.state})` : 'no backup')
+      : 'not promoted';
+    return { promoted, why, roles };
+  }
+
+  /** The most recent `limit` flows, those whose key holds `match` if given; oldest first. */
+  listFlows(limit: number, match?: string): FlowReport[] {
+    this.pipeline.syncReports();
+    const all = this.pipeline.reports;
+    if (match === undefined) return all.slice(-limit);
+    // Newest first, stopping at `limit`: bounded by the reports kept (reportLimit).
+    const found: FlowReport[] = [];
+    for (let i = all.length - 1; i >= 0 && found.length < limit; i--) if (all[i].key.includes(match)) found.push(all[i]);
+    return found.reverse();
   }
 
   snapshot(): BridgeSnapshot {

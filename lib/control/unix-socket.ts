@@ -31,6 +31,7 @@
  * bridge's user (root), in directories nobody else can write. A process
  * that can connect is therefore root or the bridge's own user.
  */
+import { isMainThread } from 'node:worker_threads';
 import { randomBytes } from 'node:crypto';
 import { chmodSync, linkSync, lstatSync, mkdirSync, realpathSync, Stats, unlinkSync, chownSync } from 'node:fs';
 import { connect, Server } from 'node:net';
@@ -152,6 +153,26 @@ function walkDirectories(abs: string, depth = 0): { existing: string; missing: s
 }
 
 /**
+ * Runs `fn` (which creates files) under umask 077. A worker thread may not
+ * change the process's umask (the data-plane thread of `shadowvm run`), so
+ * there the main thread must have set it for the whole process before
+ * starting it; a wider one is refused rather than used.
+ */
+export function withUmask077<T>(fn: () => T): T {
+  if (!isMainThread) {
+    const current = process.umask();
+    if ((current & 0o077) !== 0o077) throw new Error(`the process umask is ${current.toString(8).padStart(3, '0')}, not 077, and a worker thread cannot change it`);
+    return fn();
+  }
+  const oldMask = process.umask(0o077);
+  try {
+    return fn();
+  } finally {
+    process.umask(oldMask);
+  }
+}
+
+/**
  * Makes sure directory `dir` exists and can hold our sockets: checks every
  * existing directory on the way and creates the missing ones (mode
  * `dirMode`, umask 077), checking each again after creation.
@@ -168,14 +189,13 @@ export function preparePrivateDirectory(dir: string, what: string, socketPath: s
   let cur = walked.existing;
   for (const name of walked.missing) {
     cur = join(cur, name);
-    const oldMask = process.umask(0o077);
     try {
-      mkdirSync(cur, { mode: dirMode });
-      chmodSync(cur, dirMode);
+      withUmask077(() => {
+        mkdirSync(cur, { mode: dirMode });
+        chmodSync(cur, dirMode);
+      });
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw fail(`cannot create its directory: ${(e as Error).message}`);
-    } finally {
-      process.umask(oldMask);
     }
     // Created by us, or by someone else in the meantime: judged the same way. Never followed if it is a link.
     const st = lstatSync(cur);
@@ -232,12 +252,7 @@ function listenOnce(server: Server, path: string): Promise<void> {
     server.once('error', onError);
     server.once('listening', onListening);
     // The pipe is bound inside listen(), synchronously: the umask only has to cover this call.
-    const oldMask = process.umask(0o077);
-    try {
-      server.listen(path);
-    } finally {
-      process.umask(oldMask);
-    }
+    withUmask077(() => server.listen(path));
   });
 }
 

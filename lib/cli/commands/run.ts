@@ -12,6 +12,7 @@ import { defaultControlSocketPath } from '../../control/control-socket';
 import { IoBackend, openPorts } from '../ports';
 import { UsageError } from '../errors';
 import { LinkWatcher } from '../../io/link-watch';
+import { ThreadedBridge } from '../../dataplane/threaded-bridge';
 
 export { parseHostPort, readConfigFile };
 
@@ -51,6 +52,7 @@ export function runCommand(y: Argv): Argv {
       .option('carrier-watch', { type: 'boolean', default: true, describe: 'promote the backup when the primary\'s port loses carrier (netlink); --no-carrier-watch turns it off' })
       .option('resync', { choices: ['copy', 'align'] as const, describe: 'after a checkpoint: copy (a real agent copied the state) or align (lab agents that cannot)' })
       .option('checkpoint-ms', { type: 'number', describe: 'also checkpoint at least every N ms, as Remus does (replicator.maxIntervalMs; 0: only on divergence)' })
+      .option('data-plane-thread', { type: 'boolean', default: true, describe: 'move frames on a thread of their own, apart from the control socket and metrics (--no-data-plane-thread: one thread)' })
       .option('log-level', { choices: ['debug', 'info', 'warn', 'error'] as const, default: 'info' as const }),
     async (args) => {
       const name = args.name;
@@ -75,6 +77,23 @@ export function runCommand(y: Argv): Argv {
       const metricsAt = args.metrics ?? file.run.metrics;
       const metrics = metricsAt ? parseHostPort(metricsAt) : undefined;
       const logger = new Logger({ level: args['log-level'], fields: { bridge: name } });
+      const agentSocket = args['no-agent'] ? undefined : args.agent ?? defaultAgentSocketPath(name);
+      const controlSocket = args.control ?? defaultControlSocketPath(name);
+      const controlGroup = args['control-group'] !== undefined ? groupByName(args['control-group']) : undefined;
+      if (args['data-plane-thread']) {
+        // The data-plane thread creates the agent socket and cannot set the umask itself: every file this
+        // process makes is private (sockets are born 0600, their folders 0700; the control group's are chmodded).
+        process.umask(0o077);
+        const threaded = new ThreadedBridge({
+          init: {
+            name, config, ports: { uplink: uplink!, primary: primary!, backup: backup! }, io: args.io as IoBackend,
+            vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'], agentSocket, carrierWatch: args['carrier-watch'], logLevel: args['log-level'],
+          },
+          controlSocket, controlGroup, metrics, log: logger.log,
+        });
+        await runUntilStopped(logger, threaded.start(), () => threaded.stop(), threaded.died);
+        return;
+      }
       // Carrier loss of a VM port is a replica's death (netlink link events; see README, Failover).
       let links: LinkWatcher | undefined;
       if (args['carrier-watch']) {
@@ -91,39 +110,40 @@ export function runCommand(y: Argv): Argv {
         links?.close();
         throw e;
       }
-      const bridge = new Bridge(ports, {
-        name,
-        config,
-        agentSocket: args['no-agent'] ? undefined : args.agent ?? defaultAgentSocketPath(name),
-        controlSocket: args.control ?? defaultControlSocketPath(name),
-        controlGroup: args['control-group'] !== undefined ? groupByName(args['control-group']) : undefined,
-        metrics,
-        log: logger.log,
-        links,
-      });
-      // Listening before start: a SIGHUP or SIGTERM while the sockets open must not kill the process silently.
-      const started = bridge.start();
-      const signals = new BridgeSignals({
-        log: logger.log,
-        stop: async () => {
-          await started.catch(() => {});
-          await bridge.stop();
-        },
-      });
+      const bridge = new Bridge(ports, { name, config, agentSocket, controlSocket, controlGroup, metrics, log: logger.log, links });
       try {
-        await started;
-      } catch (e) {
-        signals.dispose();
+        await runUntilStopped(logger, bridge.start(), () => bridge.stop());
+      } finally {
         links?.close();
-        logger.close();
-        throw e;
       }
-      const outcome = await signals.outcome;
-      signals.dispose();
-      links?.close();
-      logger.close();
-      // Anything but a clean stop exits non-zero (bin/shadowvm exits even if handles are left open).
-      if (outcome !== 'stopped') process.exitCode = 1;
     },
   );
+}
+
+/**
+ * Waits for a stop signal (or the data plane's end), then stops. Signals are
+ * listened to before start settles: a SIGHUP or SIGTERM while the sockets
+ * open must not kill the process silently. Anything but a clean stop exits
+ * non-zero (bin/shadowvm exits even if handles are left open).
+ */
+async function runUntilStopped(logger: Logger, started: Promise<void>, stop: () => Promise<void>, died?: Promise<number>): Promise<void> {
+  const signals = new BridgeSignals({
+    log: logger.log,
+    stop: async () => {
+      await started.catch(() => {});
+      await stop();
+    },
+  });
+  try {
+    await started;
+  } catch (e) {
+    signals.dispose();
+    logger.close();
+    throw e;
+  }
+  const outcome = await Promise.race([signals.outcome, ...(died ? [died.then(() => 'failed' as const)] : [])]);
+  if (outcome === 'failed' && died) await stop().catch(() => {});
+  signals.dispose();
+  logger.close();
+  if (outcome !== 'stopped') process.exitCode = 1;
 }

@@ -1,0 +1,35 @@
+/**
+ * Messages between `shadowvm run`'s main thread (control socket, metrics,
+ * signals) and its data-plane thread (ports, pipeline, agent link, timers).
+ * Replies carry JSON text, parsed on the main thread: what crosses is the
+ * same bytes a control client would read, Buffers included.
+ */
+import type { LogLevel } from '../control/logger';
+import type { IoBackend } from '../cli/ports';
+import type { PipelineConfig } from '../pipeline/config';
+
+/** Everything the data-plane thread needs to open its ports and run (structured-cloneable). */
+export interface DataPlaneInit {
+  name: string;
+  config: PipelineConfig;
+  ports: { uplink: string; primary: string; backup: string };
+  io: IoBackend;
+  vnetHdr: boolean;
+  busyPollUs: number;
+  agentSocket?: string;
+  carrierWatch: boolean;
+  logLevel: LogLevel;
+}
+
+export type DataPlaneOp = 'snapshot' | 'checkpoint' | 'failover' | 'flows';
+
+export type ToDataPlane =
+  | { type: 'call'; id: number; op: DataPlaneOp; limit?: number; match?: string }
+  | { type: 'stop' };
+
+export type FromDataPlane =
+  | { type: 'started' }
+  | { type: 'start-failed'; message: string; userFacing: boolean }
+  | { type: 'reply'; id: number; ok: true; json: string }
+  | { type: 'reply'; id: number; ok: false; error: string }
+  | { type: 'stopped' };

@@ -1,0 +1,71 @@
+/**
+ * The data-plane thread of `shadowvm run`: it opens the ports and the
+ * carrier watch, runs the Bridge (pipeline, agent link, timers) and answers
+ * the main thread's calls. The control socket and the metrics server live on
+ * the main thread, so no control or metrics client (reading slowly,
+ * pipelining, holding connections) can take this thread's time beyond the
+ * calls the main thread makes, which it coalesces (threaded-bridge.ts).
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { Bridge } from '../bridge';
+import { openPorts } from '../cli/ports';
+import { Logger } from '../control/logger';
+import { UserFacingError } from '../errors';
+import { LinkWatcher } from '../io/link-watch';
+import type { DataPlaneInit, FromDataPlane, ToDataPlane } from './protocol';
+
+/** A carrier watch that cannot open: the same advice as the in-process path. */
+class CarrierWatchError extends UserFacingError {}
+
+function post(m: FromDataPlane): void {
+  parentPort!.postMessage(m);
+}
+
+async function main(init: DataPlaneInit): Promise<void> {
+  const logger = new Logger({ level: init.logLevel, fields: { bridge: init.name } });
+  let links: LinkWatcher | undefined;
+  let bridge: Bridge;
+  try {
+    if (init.carrierWatch) {
+      try {
+        links = LinkWatcher.open();
+      } catch (e) {
+        throw new CarrierWatchError(`cannot watch link carriers: ${(e as Error).message} (or run with --no-carrier-watch: deaths are then seen only by the agent and the silence detector)`);
+      }
+    }
+    const ports = openPorts(init.io, init.ports, { vnetHdr: init.vnetHdr, busyPollUs: init.busyPollUs });
+    bridge = new Bridge(ports, { name: init.name, config: init.config, agentSocket: init.agentSocket, log: logger.log, links });
+    await bridge.start();
+  } catch (e) {
+    links?.close();
+    post({ type: 'start-failed', message: (e as Error).message, userFacing: e instanceof UserFacingError });
+    logger.close();
+    return;
+  }
+  parentPort!.on('message', (m: ToDataPlane) => {
+    if (m.type === 'stop') {
+      void bridge.stop().finally(() => {
+        links?.close();
+        logger.close();
+        post({ type: 'stopped' });
+        parentPort!.close();
+      });
+      return;
+    }
+    try {
+      let value: unknown;
+      switch (m.op) {
+        case 'snapshot': value = bridge.snapshot(); break;
+        case 'checkpoint': value = bridge.requestCheckpoint(); break;
+        case 'failover': value = bridge.requestFailover(); break;
+        case 'flows': value = bridge.listFlows(m.limit ?? 100, m.match); break;
+      }
+      post({ type: 'reply', id: m.id, ok: true, json: JSON.stringify(value) });
+    } catch (e) {
+      post({ type: 'reply', id: m.id, ok: false, error: (e as Error).message });
+    }
+  });
+  post({ type: 'started' });
+}
+
+if (parentPort) void main(workerData as DataPlaneInit);
