@@ -62,6 +62,19 @@ describe('flow policy: pass', () => {
     expect(h.out.backup.every(l4ChecksumIsValid)).toBe(true);
   });
 
+  it('after a checkpoint by copy, translates nothing for the backup: it now holds the primary\'s connection', () => {
+    const h = table([{ port: 22, action: 'pass' }]);
+    open(h, 40001, 22, 1);
+    open(h, 40000, 80, 10);
+    h.p.fromVm(PRIMARY, vm(80, 40000, { seq: P + 1, ack: C + 1, flags: 'PA', payload: 'primary' }), 20);
+    h.p.fromVm(BACKUP, vm(80, 40000, { seq: B + 1, ack: C + 1, flags: 'PA', payload: 'BACKUP!' }), 21);
+    expect(h.out.checkpoints).toHaveLength(1);
+    h.p.checkpointDone(h.out.checkpoints[0].epoch, 30);
+    const before = h.out.backup.length;
+    h.p.fromClient(client(40001, 22, { seq: C + 1, ack: P + 1, flags: 'PA', payload: 'ls\n' }), 40);
+    expect(h.out.backup.slice(before).map(ackOf)).toEqual([P + 1]);
+  });
+
   it('leaves flows the table does not match compared as before: held until the backup agrees, a checkpoint when it does not', () => {
     const h = table([{ port: 22, action: 'pass' }]);
     open(h, 40000, 80, 1);
