@@ -82,6 +82,6 @@ export function formatFlows(flows: readonly FlowReport[]): string {
   if (flows.length === 0) return 'no flows';
   return formatTable(
     ['flow', 'matched', 'released', 'mismatches'],
-    flows.map((f) => [f.key, formatBytes(f.matchedBytes), formatBytes(f.releasedBytes), String(f.mismatches)]),
+    flows.map((f) => [f.policy ? `${f.key} (${f.policy}: unprotected)` : f.key, formatBytes(f.matchedBytes), formatBytes(f.releasedBytes), String(f.mismatches)]),
   ).join('\n');
 }

@@ -121,3 +121,52 @@ export function buildAnnouncement(vmFrame: Buffer): Buffer | null {
 }
 
 export type { DecodedFrame };
+
+/**
+ * A bare reset (RST, no ACK, no options, no payload) on the connection of
+ * the TCP frame `t`: to where `t` was going (`back` false) or back to its
+ * sender (`back` true: MACs, addresses and ports swapped), with sequence
+ * number `seq`. RFC 9293 3.10.7.4 / RFC 5961 §3: a reset whose sequence
+ * number is exactly the receiver's RCV.NXT closes the connection at once.
+ * Null when `t` is not TCP over IP.
+ */
+export function buildTcpReset(t: DecodedFrame, back: boolean, seq: number): Buffer | null {
+  if (t.error || t.l4 !== 'tcp' || (t.l3 !== 'ipv4' && t.l3 !== 'ipv6')) return null;
+  const l2 = t.l3Offset - t.base;
+  const v6 = t.l3 === 'ipv6';
+  const l3Length = v6 ? 40 : 20;
+  const out = Buffer.alloc(l2 + l3Length + 20);
+  t.buf.copy(out, 0, t.base, t.base + l2);
+  if (back) {
+    t.buf.copy(out, 0, t.base + 6, t.base + 12);
+    t.buf.copy(out, 6, t.base, t.base + 6);
+  }
+  out.writeUInt16BE(v6 ? ETHERTYPE_IPV6 : ETHERTYPE_IPV4, l2 - 2);
+  const addrLength = v6 ? 16 : 4;
+  const src = t.l3Offset + (v6 ? 8 : 12);
+  const dst = src + addrLength;
+  const outSrc = l2 + (v6 ? 8 : 12);
+  t.buf.copy(out, outSrc, back ? dst : src, (back ? dst : src) + addrLength);
+  t.buf.copy(out, outSrc + addrLength, back ? src : dst, (back ? src : dst) + addrLength);
+  if (v6) {
+    out.writeUInt32BE(0x60000000, l2);
+    out.writeUInt16BE(20, l2 + 4);
+    out[l2 + 6] = 6;
+    out[l2 + 7] = 64;
+  } else {
+    out[l2] = 0x45;
+    out.writeUInt16BE(l3Length + 20, l2 + 2);
+    out[l2 + 8] = 64;
+    out[l2 + 9] = 6;
+  }
+  const tcp = l2 + l3Length;
+  out.writeUInt16BE(back ? t.tcp.dstPort : t.tcp.srcPort, tcp);
+  out.writeUInt16BE(back ? t.tcp.srcPort : t.tcp.dstPort, tcp + 2);
+  out.writeUInt32BE(seq >>> 0, tcp + 4);
+  out[tcp + 12] = 5 << 4;
+  out[tcp + 13] = 0x04; // RST
+  const d = decodeFrame(out);
+  if (d.l3 === 'ipv4') d.ipv4.checksum = ipv4HeaderChecksum(d);
+  d.tcp.checksum = computeL4Checksum(d);
+  return out;
+}

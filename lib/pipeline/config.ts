@@ -3,6 +3,9 @@ import { ReplicatorConfig, DEFAULT_REPLICATOR_CONFIG } from '../replicate/replic
 import type { CheckpointBudgetConfig } from '../replicate/budget';
 import { UserFacingError } from '../errors';
 import { DEFAULT_DATAGRAM_WINDOW, MAX_DATAGRAM_WINDOW } from '../compare/datagram';
+import {
+  FLOW_POLICY_ACTIONS, FLOW_POLICY_PROTOCOLS, FlowPolicyRule, flowPolicyRuleProblem, parseCidr, parsePortRange,
+} from './flow-policy';
 
 /** What happens to a class of frames the comparator does not handle as a flow. */
 export type FrameAction = 'forward-primary' | 'compare' | 'drop';
@@ -116,7 +119,18 @@ export interface PipelineConfig {
   /** How often each flow's releases are logged (`released` lines, read by `shadowvm report`); 0: never. */
   releaseLogMs: number;
   normalize: NormalizeConfig;
+  /**
+   * Per-flow policy, first match wins, decided once when a flow is born
+   * (flow-policy.ts). `compare` (also when nothing matches); `pass`: the
+   * backup still gets the client's frames, its output is discarded and the
+   * primary's goes out unchecked; `drop-backup-only`: the backup never sees
+   * the flow. Both are unprotected flows, counted.
+   */
+  flowPolicy: FlowPolicyRule[];
 }
+
+/** Rules in `flowPolicy`: each new flow is matched against them in order. */
+export const MAX_FLOW_POLICY_RULES = 1024;
 
 export const DEFAULT_PIPELINE_CONFIG: PipelineConfig = {
   maxFlows: 65536,
@@ -136,6 +150,7 @@ export const DEFAULT_PIPELINE_CONFIG: PipelineConfig = {
   captureDivergence: false,
   releaseLogMs: 1000,
   normalize: { httpDate: false, httpDateToleranceMs: 2000 },
+  flowPolicy: [],
 };
 
 /** A setting with a bad value, or a key no setting has. `setting` is its path (`policy.arp`). */
@@ -155,13 +170,21 @@ export type SettingRule =
   | { kind: 'choice'; values: readonly string[] }
   | { kind: 'boolean' }
   | { kind: 'string'; check: (v: string) => string | undefined; describe: string }
-  | { kind: 'section'; keys: Record<string, SettingRule> };
+  /** Any JSON value `check` accepts (a port: a number or a "lo-hi" string). */
+  | { kind: 'value'; check: (v: unknown) => string | undefined; describe: string }
+  | { kind: 'section'; keys: Record<string, SettingRule> }
+  /**
+   * A list of sections, each with `keys`; `check` judges an entry as a
+   * whole once its keys are good. Errors name the entry: `flowPolicy[2].cidr`.
+   */
+  | { kind: 'list'; keys: Record<string, SettingRule>; maxItems: number; check?: (item: never) => { key: string; detail: string } | null };
 
 const positiveInt: SettingRule = { kind: 'number', min: 0, minExclusive: true, integer: true };
 const positiveMs: SettingRule = { kind: 'number', min: 0, minExclusive: true };
 const nonNegativeMs: SettingRule = { kind: 'number', min: 0 };
 const queueLimits: SettingRule = { kind: 'section', keys: { bytes: positiveInt, frames: positiveInt } };
 const frameActions = ['forward-primary', 'compare', 'drop'] as const;
+const problemOf = <T>(parsed: T | string) => (typeof parsed === 'string' ? parsed : undefined);
 
 /** Every setting of a `PipelineConfig`, with what it may hold. */
 export const PIPELINE_SETTING_RULES: Record<keyof PipelineConfig, SettingRule> = {
@@ -228,6 +251,17 @@ export const PIPELINE_SETTING_RULES: Record<keyof PipelineConfig, SettingRule> =
       httpDateToleranceMs: { kind: 'number', min: 0, max: 60_000 },
     } satisfies Record<keyof NormalizeConfig, SettingRule>,
   },
+  flowPolicy: {
+    kind: 'list',
+    maxItems: MAX_FLOW_POLICY_RULES,
+    keys: {
+      protocol: { kind: 'choice', values: FLOW_POLICY_PROTOCOLS },
+      port: { kind: 'value', describe: 'a VM-side port (443) or an inclusive range ("8000-8099")', check: (v) => problemOf(parsePortRange(v)) },
+      cidr: { kind: 'string', describe: 'a client address block ("10.0.0.0/8", "2001:db8::/32") or one address', check: (v) => problemOf(parseCidr(v)) },
+      action: { kind: 'choice', values: FLOW_POLICY_ACTIONS },
+    } satisfies Record<keyof FlowPolicyRule, SettingRule>,
+    check: flowPolicyRuleProblem,
+  },
 };
 
 function describeRule(rule: SettingRule): string {
@@ -240,8 +274,10 @@ function describeRule(rule: SettingRule): string {
     }
     case 'choice': return `must be one of ${rule.values.map((v) => JSON.stringify(v)).join(', ')}`;
     case 'boolean': return 'must be true or false';
-    case 'string': return `must be ${rule.describe}`;
+    case 'string':
+    case 'value': return `must be ${rule.describe}`;
     case 'section': return `must be an object with keys ${Object.keys(rule.keys).join(', ')}`;
+    case 'list': return `must be a list (at most ${rule.maxItems}) of objects with keys ${Object.keys(rule.keys).join(', ')}`;
   }
 }
 
@@ -288,6 +324,20 @@ function checkSetting(path: string, v: unknown, rule: SettingRule): void {
       if (typeof v !== 'string') throw bad();
       const why = rule.check(v);
       if (why) throw new ConfigError(path, `${describeRule(rule)}: ${why}, got ${shown(v)}`);
+      return;
+    }
+    case 'value': {
+      const why = rule.check(v);
+      if (why) throw new ConfigError(path, `${describeRule(rule)}: ${why}, got ${shown(v)}`);
+      return;
+    }
+    case 'list': {
+      if (!Array.isArray(v) || v.length > rule.maxItems) throw bad();
+      v.forEach((item, i) => {
+        checkSettings(item, rule.keys, `${path}[${i}]`);
+        const problem = rule.check?.(item as never);
+        if (problem) throw new ConfigError(`${path}[${i}].${problem.key}`, problem.detail);
+      });
     }
   }
 }

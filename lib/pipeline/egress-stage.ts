@@ -7,8 +7,13 @@
  *
  * Events: failover carries every compared flow over to the survivor (its
  * backlog beyond the released point goes out at once, translated; flows only
- * the dead replica had are lost and counted); backup-lost leaves every flow
- * with one replica (`solo`). Checkpoints need nothing here: flows resync
+ * the dead replica had are lost and counted; `pass` TCP flows are reset, see
+ * `carry`); backup-lost leaves every flow with one replica (`solo`).
+ *
+ * Flows the policy table took out of comparison (`pass`, `drop-backup-only`)
+ * take the `solo` path: the primary's frames go out as they come, the
+ * backup's are dropped. A `pass` flow's handshake still teaches the flow
+ * both replicas' bases, so the client's frames reach the backup translated. Checkpoints need nothing here: flows resync
  * lazily (FlowRegistry).
  */
 import { MalformedReason, TcpFlag } from '../packet/constants';
@@ -23,7 +28,7 @@ import { translateForClient, trimmedTcpCopy } from '../rewrite/egress';
 import { HeldQueues } from '../release/held';
 import { StandbyFrame } from '../release/standby-log';
 import { ReplicaSet, SlotId } from '../failover/roles';
-import { isProbeReply } from '../failover/frames';
+import { buildTcpReset, isProbeReply } from '../failover/frames';
 import type { CheckpointReason, Replicator } from '../replicate/replicator';
 import { VIRTIO_NET_HDR_F_NEEDS_CSUM, VirtioNetHeader } from '../io/port';
 import { FrameAction, PipelineConfig } from './config';
@@ -59,6 +64,8 @@ export interface EgressDeps {
   heldPool: SlabPool;
   liveness: LivenessTap;
   toClient(frame: Buffer, vnet?: VirtioNetHeader): void;
+  /** To the VM in this port slot (resets of `pass` flows after a failover). */
+  toReplica(slot: SlotId, frame: Buffer): void;
   /** A flow's backup delta just became known: its waiting client frames can go. */
   backupDeltaKnown(flow: ShadowFlow): void;
   log(level: 'info' | 'warn', event: string, fields: Record<string, unknown>): void;
@@ -84,6 +91,9 @@ export class EgressStage implements Stage {
   backlogFrames = 0;
   /** Flows left unprotected because their client's checkpoint budget was spent. */
   overBudget = 0;
+  /** `pass` TCP flows found at a failover (to be reset), and the promoted replica's frames on them dropped. */
+  passFlowsReset = 0;
+  passSurvivorFramesDropped = 0;
   private readonly frame = new DecodedFrame();
   private readonly trimScratch = new DecodedFrame();
   private readonly opts = new TcpOptions();
@@ -119,6 +129,8 @@ export class EgressStage implements Stage {
       flows_lost: this.flowsLost,
       backlog_frames: this.backlogFrames,
       flows_over_checkpoint_budget: this.overBudget,
+      policy_pass_flows_reset: this.passFlowsReset,
+      policy_pass_survivor_frames_dropped: this.passSurvivorFramesDropped,
       stateless_resets: this.statelessResets,
       ...Object.fromEntries(MISMATCH_KINDS.map((k) => [mismatchCounter(k), this.mismatchesByKind[k]])),
     };
@@ -165,10 +177,14 @@ export class EgressStage implements Stage {
         this.backupFramesSuppressed++;
         return;
       }
-      if (d.flows.carried > 0 && ip) {
+      if ((d.flows.carried > 0 || d.flows.awaitingReset > 0) && ip) {
         const entry = d.flows.egressLookup[PRIMARY].find(f, nowUs);
         if (entry && entry.state.mode === 'carried') {
           this.fromCarried(f, frame, entry.state, vnet);
+          return;
+        }
+        if (entry && entry.state.resetAfterFailover && f.l4 === 'tcp') {
+          this.survivorOnResetFlow(slot, f);
           return;
         }
       }
@@ -181,8 +197,14 @@ export class EgressStage implements Stage {
       if (f.l4 === 'tcp' && (f.tcp.flags & TcpFlag.RST) && this.statelessReset(side, f, nowUs, frame, vnet)) return;
       const flow = flows.settle(flows.egressLookup[side].find(f, nowUs, () => flows.newFlow(f, 'egress'))!.state);
       if (flow.mode !== 'compare') {
+        // A `pass` flow's SYNs give the bases that translate the client's frames for the backup.
+        if (flow.policy === 'pass' && flow.tcp && (f.tcp.flags & TcpFlag.SYN)) {
+          learnFromSyn(f, flow.tcp.replicas[side], this.opts);
+          if (side === BACKUP && flow.ingressHeld.length > 0 && flow.tcp.backupDeltaKnown) d.backupDeltaKnown(flow);
+        }
         if (side !== PRIMARY) this.backupFramesSuppressed++;
         else if (flow.mode === 'carried') this.fromCarried(f, frame, flow, vnet);
+        else if (flow.resetAfterFailover && f.l4 === 'tcp') this.survivorOnResetFlow(slot, f);
         else {
           flow.held.notePassed(f.payloadLength);
           d.toClient(frame, vnet);
@@ -453,9 +475,24 @@ export class EgressStage implements Stage {
   private carry(flow: ShadowFlow, survivor: SlotId, record: FailoverRecord): void {
     const flows = this.d.flows;
     if (flow.mode !== 'compare') {
-      // Only the dead replica had it.
+      // Only the dead replica had it (no backup at its birth, `drop-backup-only`): the survivor answers its next segment with a reset.
       flows.setMode(flow, 'solo');
       record.flowsLost++;
+      // A `pass` flow: the survivor has the connection (it was fed the client's frames) but
+      // nobody compared what it said; carried over, it could hand the client bytes that differ
+      // from what the dead primary sent, in a sequence space nobody translated. It is lost too,
+      // and since the survivor would otherwise keep it half alive, the bridge resets both ends:
+      // on the client's next segment (a reset to the client at its ACK, one to the survivor at
+      // its sequence number) and on the survivor's next segment (a reset to it at its ACK);
+      // meanwhile the survivor's frames on it are dropped. Datagram flows have no state to
+      // lose: the survivor answers their next datagrams unchecked.
+      flow.passFed = false;
+      if (flow.policy === 'pass' && flow.tcp && !flow.resetAfterFailover && !(flow.closed[0] && flow.closed[1])) {
+        flow.resetAfterFailover = true;
+        flow.ingressHeld = [];
+        flows.awaitingReset++;
+        this.passFlowsReset++;
+      }
       return;
     }
     flows.settle(flow);
@@ -490,6 +527,15 @@ export class EgressStage implements Stage {
     if (flow.ingressHeld.length > 0) this.d.backupDeltaKnown(flow);
   }
 
+  /** The promoted replica speaks on a `pass` flow it could not take over: dropped, and its end reset. */
+  private survivorOnResetFlow(slot: SlotId, f: DecodedFrame): void {
+    this.passSurvivorFramesDropped++;
+    // Its ACK is exactly what it expects next from the client (both replicas share the client's space).
+    if (!(f.tcp.flags & TcpFlag.ACK) || (f.tcp.flags & TcpFlag.RST)) return;
+    const reset = buildTcpReset(f, true, f.tcp.ack);
+    if (reset) this.d.toReplica(slot, reset);
+  }
+
   private sendBacklog(flow: ShadowFlow, b: StandbyFrame): void {
     if (!flow.stream) {
       if (!flow.backupDatagramDelivered(b.end)) this.d.toClient(b.frame, b.vnet);
@@ -501,6 +547,8 @@ export class EgressStage implements Stage {
   }
 
   private makeSolo(flow: ShadowFlow): void {
+    // A new backup, if one comes, never had this connection: it is not fed.
+    flow.passFed = false;
     if (flow.mode !== 'compare') return;
     this.d.flows.setMode(flow, 'solo');
     flow.standbyLog.clear();

@@ -8,7 +8,8 @@
  * Out: flow entries; counters (created, evicted, active, carried).
  *
  * A flow is born `compare` when a backup exists, `solo` otherwise (see
- * FlowMode). Events change modes through the stages that own the meaning
+ * FlowMode), or `solo` when the policy table (`flowPolicy`, matched once, at
+ * birth) says `pass` or `drop-backup-only`. Events change modes through the stages that own the meaning
  * (the egress stage carries flows over at failover); this stage only keeps
  * the count of carried flows so the unchecked path knows whether it must
  * look flows up at all.
@@ -24,6 +25,7 @@ import type { ReplicaSet } from '../failover/roles';
 import { MatchTotals, StreamNoise } from '../compare/tcp-stream';
 import { PipelineConfig } from './config';
 import { Stage, StageEvent } from './events';
+import { FlowPolicyTable } from './flow-policy';
 import { FlowMode, FlowReport, ShadowFlow } from './shadow-flow';
 
 export interface FlowRegistryDeps {
@@ -63,8 +65,15 @@ export class FlowRegistry implements Stage {
   created = 0;
   /** Carried-over flows alive: while there are none, the unchecked path needs no flow lookup. */
   carried = 0;
-  /** Flows left with one replica: born while there was no backup, or whose backup died. */
+  /** Flows left with one replica: born while there was no backup, or whose backup died, or taken out of comparison by the policy table. */
   unprotected = 0;
+  /** Flows the policy table made `pass` (backup fed, output unchecked) and `drop-backup-only`. */
+  policyPass = 0;
+  policyDropBackupOnly = 0;
+  /** `pass` TCP flows whose primary died and that are reset on their next frame: while there are none, the unchecked path needs no lookup. */
+  awaitingReset = 0;
+  /** The compiled `flowPolicy` table. */
+  readonly policy: FlowPolicyTable;
   /** Open TCP connections pushed out of a full table. */
   evictedOpen = 0;
   /** Of those, the ones that came back: their replicas' offsets were lost with them, so they go on unprotected. */
@@ -92,6 +101,7 @@ export class FlowRegistry implements Stage {
   constructor(private readonly d: FlowRegistryDeps) {
     const n = d.config.normalize;
     this.noise = { httpDateToleranceMs: n.httpDate ? n.httpDateToleranceMs : null };
+    this.policy = new FlowPolicyTable(d.config.flowPolicy);
     // Half-open connections (a client SYN and nothing after) go first when the table is full.
     this.table = new FlowTable<ShadowFlow>(d.config.maxFlows, (e, why) => this.onEvict(e, why), (flow) => flow.halfOpen);
     this.ingressLookup = new FlowLookup(this.table, 'ingress');
@@ -120,6 +130,7 @@ export class FlowRegistry implements Stage {
     return {
       created: this.created, evicted: this.table.evictions, active: this.table.size, carried: this.carried, unprotected: this.unprotected,
       evicted_open: this.evictedOpen, evicted_resumed_unprotected: this.resumedUnprotected,
+      policy_pass_flows: this.policyPass, policy_drop_backup_only_flows: this.policyDropBackupOnly,
     };
   }
 
@@ -128,6 +139,7 @@ export class FlowRegistry implements Stage {
     if (flow.epoch !== this.checkpointEpoch) {
       flow.epoch = this.checkpointEpoch;
       if (flow.mode === 'compare') flow.resync(this.d.config.resync);
+      else if (flow.policy === 'pass' && this.d.config.resync === 'copy') flow.resyncPassed();
     }
     return flow;
   }
@@ -137,9 +149,18 @@ export class FlowRegistry implements Stage {
     const d = this.d;
     const flow = new ShadowFlow(describeFlow(f, dir), flowProtocolOf(f), d.held, d.backupCopies, d.totals, d.config.captureDivergence, d.standbyCopies, d.config.compare.datagramWindow, this.noise);
     flow.epoch = flow.bornEpoch = this.checkpointEpoch;
+    const action = d.replicas.standby ? this.policy.match(f, dir) : 'compare';
     if (!d.replicas.standby) {
       flow.mode = 'solo';
       this.unprotected++;
+    } else if (action !== 'compare') {
+      // Decided once: the same 4-tuple gets the same answer for its whole life.
+      flow.mode = 'solo';
+      flow.policy = flow.report.policy = action;
+      flow.passFed = action === 'pass';
+      this.unprotected++;
+      if (action === 'pass') this.policyPass++;
+      else this.policyDropBackupOnly++;
     } else if (this.evictedKeys.size > 0 && f.l4 === 'tcp' && !(f.tcp.flags & TcpFlag.SYN)) {
       // An evicted connection speaking again: never compared from raw sequence numbers, never passed silently.
       const key = flowKeyOf(f, dir);
@@ -172,6 +193,19 @@ export class FlowRegistry implements Stage {
     // Neighbour traffic has no connection to lose: it is compared again as soon as there is a backup.
     if (flow.mode !== 'compare' && d.replicas.standby) flow.mode = 'compare';
     return this.settle(flow);
+  }
+
+  /**
+   * A `pass` flow reset after a failover is done with: its ends were reset
+   * (it lingers as a closed connection), or its client opens a new
+   * connection on the same 4-tuple (which the survivor serves alone).
+   */
+  resetDone(flow: ShadowFlow, closed: boolean): void {
+    if (!flow.resetAfterFailover) return;
+    flow.resetAfterFailover = false;
+    this.awaitingReset--;
+    if (closed) flow.closed[0] = flow.closed[1] = true;
+    else flow.restartConnection();
   }
 
   /** Changes a flow's mode, keeping the carried count. */
@@ -214,6 +248,7 @@ export class FlowRegistry implements Stage {
     const flow = e.state;
     flow.syncReport();
     if (flow.mode === 'carried') this.carried--;
+    if (flow.resetAfterFailover) this.awaitingReset--;
     flow.standbyLog.clear();
     if (flow.tcp && flow.mode === 'compare' && !(flow.closed[0] && flow.closed[1]) && !flow.halfOpen) {
       this.evictedOpen++;

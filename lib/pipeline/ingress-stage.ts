@@ -27,6 +27,12 @@
  *     without comparing, as it carries no state).
  * Each is counted by reason (policy actions `client-<reason>/<action>`) and
  * logged the first time.
+ *
+ * The policy table (`flowPolicy`): a `drop-backup-only` flow's frames go to
+ * the active replica alone (datagrams, which have no flow entry here, are
+ * matched against the compiled table as they come: same 4-tuple, same
+ * answer); a `pass` flow's go to both, translated, as a compared flow's do.
+ * A `pass` TCP flow whose primary died is reset instead (EgressStage.carry).
  */
 import { TcpFlag } from '../packet/constants';
 import { seqDiff, seqGt } from '../packet/seq';
@@ -36,6 +42,7 @@ import { SlabCopier, SlabPool } from '../packet/slab';
 import { TcpOptions } from '../packet/tcp-options';
 import { learnFromSyn } from '../normalize/tcp';
 import { refersToVmSpace, translateForBackup } from '../rewrite/ingress';
+import { buildTcpReset } from '../failover/frames';
 import type { ReplicaSet, ReplicaSlot, SlotId } from '../failover/roles';
 import type { Replicator } from '../replicate/replicator';
 import { VIRTIO_NET_HDR_F_NEEDS_CSUM, VirtioNetHeader } from '../io/port';
@@ -75,6 +82,8 @@ export interface IngressDeps {
   flows: FlowRegistry;
   counts: FrameCounts;
   toReplica(slot: SlotId, frame: Buffer, vnet?: VirtioNetHeader): void;
+  /** Resets of `pass` flows after a failover. */
+  toClient?(frame: Buffer): void;
   log?(level: 'info' | 'warn', event: string, fields: Record<string, unknown>): void;
 }
 
@@ -89,6 +98,10 @@ export class IngressStage implements Stage {
   synOverBudget = 0;
   /** Client frames not copied to a stale backup (DEGRADED, `resync: copy`). */
   degradedNotToBackup = 0;
+  /** Client frames kept from the backup by a `drop-backup-only` rule. */
+  policyPrimaryOnly = 0;
+  /** Client segments of `pass` flows whose primary died, answered with resets. */
+  policyPassResets = 0;
   private admission = { tokens: NaN, atUs: 0, loggedUs: -Infinity, sinceLog: 0 };
   /** Client TCP segments no connection accepts, by reason. */
   readonly strays: Record<StrayReason, number> = { 'bad-flags': 0, 'out-of-window': 0, 'ack-unsent': 0, 'no-flow': 0 };
@@ -135,6 +148,7 @@ export class IngressStage implements Stage {
     return {
       frames: this.frames, held: this.heldFrames, hold_dropped: this.holdDropped, translated: this.translated, bad_tcp_options: this.badTcpOptions, holding: this.hold.length,
       syn_over_budget: this.synOverBudget, degraded_not_to_backup: this.degradedNotToBackup,
+      policy_primary_only: this.policyPrimaryOnly, policy_pass_resets: this.policyPassResets,
       stray_bad_flags: st['bad-flags'], stray_out_of_window: st['out-of-window'], stray_ack_unsent: st['ack-unsent'], stray_no_flow: st['no-flow'],
     };
   }
@@ -210,7 +224,7 @@ export class IngressStage implements Stage {
     }
     if (f.l4 !== 'tcp' || f.fragment) {
       d.toReplica(active, frame, vnet);
-      if (standby) d.toReplica(standby.id, frame, vnet);
+      if (standby && !this.keptFromBackup(f)) d.toReplica(standby.id, frame, vnet);
       return;
     }
     const flags = f.tcp.flags;
@@ -231,10 +245,18 @@ export class IngressStage implements Stage {
       // A flow no VM has spoken in: nothing to translate (the delta is zero).
       this.stray('no-flow', 'forward-both');
       d.toReplica(active, frame, vnet);
-      if (standby) d.toReplica(standby.id, frame, vnet);
+      if (standby && !this.keptFromBackup(f)) d.toReplica(standby.id, frame, vnet);
       return;
     }
     const flow = flows.settle(entry.state);
+    if (flow.resetAfterFailover) {
+      if (!isSyn || (flags & TcpFlag.ACK)) {
+        this.resetPassFlow(f, active);
+        flows.resetDone(flow, true);
+        return;
+      }
+      flows.resetDone(flow, false);
+    }
     if (flow.mode === 'compare' && standby && !isSyn && d.replicator.comparing) {
       const reason = this.unaccepted(flow, f.tcp.seq, f.tcp.ack, (flags & TcpFlag.ACK) !== 0);
       if (reason) {
@@ -258,7 +280,10 @@ export class IngressStage implements Stage {
     }
     d.toReplica(active, frame, vnet);
     const tcp = flow.tcp;
-    if (flow.mode === 'solo' || !standby || !tcp) return;
+    if (!flow.backupFed || !standby || !tcp) {
+      if (standby && flow.policy === 'drop-backup-only') this.policyPrimaryOnly++;
+      return;
+    }
     if (isSyn && !(f.tcp.flags & TcpFlag.ACK)) learnFromSyn(f, tcp.client, this.opts);
     if (refersToVmSpace(f) && (!tcp.backupDeltaKnown || flow.ingressHeld.length > 0)) {
       if (flow.ingressHeld.length >= MAX_INGRESS_HELD_PER_FLOW) {
@@ -269,6 +294,31 @@ export class IngressStage implements Stage {
       return;
     }
     this.sendTranslated(f, frame, standby.id, tcp.seqDelta, tcp.tsDelta, vnet);
+  }
+
+  /** Whether the policy table keeps this flowless client frame from the backup (`drop-backup-only`). */
+  private keptFromBackup(f: DecodedFrame): boolean {
+    const table = this.d.flows.policy;
+    if (!table.dropsBackup || table.match(f, 'ingress') !== 'drop-backup-only') return false;
+    this.policyPrimaryOnly++;
+    return true;
+  }
+
+  /**
+   * A client segment on a `pass` flow whose primary died (EgressStage.carry):
+   * the client gets a reset at its own ACK (what it expects next from us),
+   * the survivor one at the client's sequence number (what it expects next
+   * from the client: it was fed every client segment); the segment itself
+   * goes nowhere.
+   */
+  private resetPassFlow(f: DecodedFrame, survivor: SlotId): void {
+    this.policyPassResets++;
+    if (f.tcp.flags & TcpFlag.RST) return;
+    const toSurvivor = buildTcpReset(f, false, f.tcp.seq);
+    if (toSurvivor) this.d.toReplica(survivor, toSurvivor);
+    if (!(f.tcp.flags & TcpFlag.ACK)) return;
+    const toClient = buildTcpReset(f, true, f.tcp.ack);
+    if (toClient) this.d.toClient?.(toClient);
   }
 
   /**

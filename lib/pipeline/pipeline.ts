@@ -121,7 +121,10 @@ export class ShadowPipeline {
       evictedResumed: (flow, heldReleased) => log('warn', 'flow-unprotected', { flow: flow.name, why: 'evicted from a full flow table while open, now speaking again: its replicas\' offsets are lost', heldReleased }),
     });
     const toReplica = (slot: SlotId, frame: Buffer, vnet?: VirtioNetHeader) => outputs.toReplica(slot, frame, vnet);
-    this.ingress = new IngressStage({ config, replicas: this.replicas, replicator: this.replicator, flows: this.flowRegistry, counts: this.counts, toReplica, log });
+    this.ingress = new IngressStage({
+      config, replicas: this.replicas, replicator: this.replicator, flows: this.flowRegistry, counts: this.counts, toReplica, log,
+      toClient: (frame) => outputs.toClient(frame),
+    });
     this.failoverStage = new FailoverStage({
       config: config.failover, replicas: this.replicas, toReplica,
       toClient: (frame) => outputs.toClient(frame),
@@ -133,6 +136,7 @@ export class ShadowPipeline {
       config, replicas: this.replicas, replicator: this.replicator, flows: this.flowRegistry, held: this.held, counts: this.counts,
       totals: this.totals, heldPool: this.heldPool, liveness: this.failoverStage,
       toClient: (frame, vnet) => outputs.toClient(frame, vnet),
+      toReplica: (slot, frame) => outputs.toReplica(slot, frame),
       backupDeltaKnown: (flow) => this.ingress.flushFlow(flow),
       log,
     });

@@ -14,6 +14,7 @@ import { flowSource } from '../replicate/budget';
 import { seqMax } from '../packet/seq';
 import { SlabPool } from '../packet/slab';
 import type { VirtioNetHeader } from '../io/port';
+import type { FlowPolicyAction } from './flow-policy';
 
 export interface FlowReport {
   /** "tcp 10.0.0.1:40000 > 10.0.0.2:80": client side first, VM second. */
@@ -27,6 +28,8 @@ export interface FlowReport {
   mismatches: number;
   /** The mismatches, first ones first (at most MAX_REPORTED_MISMATCHES). */
   mismatchList: (Mismatch & { timeUs: number })[];
+  /** Present when the policy table took the flow out of comparison (`flowPolicy`): it is unprotected. */
+  policy?: Exclude<FlowPolicyAction, 'compare'>;
 }
 
 export const MAX_REPORTED_MISMATCHES = 16;
@@ -43,8 +46,8 @@ export interface RecentFrame {
  * the primary's output waits for the backup's. `carried`: born before a
  * failover, served by the promoted replica alone, translated into the space
  * the client knows. `solo`: only one replica has it (born while there was
- * no backup, or its backup died): output passes unchecked, counted as
- * unprotected.
+ * no backup, or its backup died, or the policy table said `pass` or
+ * `drop-backup-only`): output passes unchecked, counted as unprotected.
  */
 export type FlowMode = 'compare' | 'carried' | 'solo';
 
@@ -89,6 +92,16 @@ export class ShadowFlow implements ReleaseGate {
   standbyAck: { frame: Buffer; vnet: VirtioNetHeader | undefined } | null = null;
   /** A mismatch was settled by aligning (replicas that cannot be copied): the backup's bytes differ from what was released. */
   diverged = false;
+  /** What the policy table said when the flow was born (`solo` mode unless `compare`). */
+  policy: FlowPolicyAction = 'compare';
+  /**
+   * A `pass` TCP flow whose primary died: the survivor's side of it was never
+   * compared, so it cannot be carried over; the bridge resets both ends
+   * (see EgressStage.carry).
+   */
+  resetAfterFailover = false;
+  /** A `pass` flow whose backup (the one alive at its birth) still gets its client frames. */
+  passFed = false;
 
   constructor(
     name: string, protocol: FlowReport['protocol'], queues: HeldQueues, backupCopies: SlabPool, totals: MatchTotals, keepRecent: boolean, standbyCopies: SlabPool,
@@ -108,6 +121,25 @@ export class ShadowFlow implements ReleaseGate {
 
   get name(): string {
     return this.report.key;
+  }
+
+  /** Whether the backup gets this flow's client frames: compared flows, and `pass` flows (kept warm, never judged). */
+  get backupFed(): boolean {
+    return this.mode === 'compare' || this.passFed;
+  }
+
+  /**
+   * A `pass` flow after a checkpoint by copy: the backup now holds the
+   * primary's connection, so its sequence and TS bases are the primary's.
+   */
+  resyncPassed(): void {
+    const tcp = this.tcp;
+    if (!tcp) return;
+    const [p, b] = tcp.replicas;
+    b.seqBase = p.seqBase;
+    b.synSeen = p.synSeen;
+    b.tsBase = p.tsBase;
+    b.tsSeen = p.tsSeen;
   }
 
   /** The client-side address: whose budget this flow's checkpoints count against. */

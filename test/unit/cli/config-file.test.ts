@@ -44,6 +44,13 @@ describe('config files', () => {
     expect(() => readConfigFile(path)).toThrow(`${path}: invalid setting failover.announce: must be true or false, got 1`);
   });
 
+  it('checks a flowPolicy table in a file, naming the file, the entry and the key', () => {
+    const good = file('policy.json', JSON.stringify({ flowPolicy: [{ protocol: 'tcp', port: 22, action: 'pass' }, { cidr: 'fd00::/8', action: 'drop-backup-only' }] }));
+    expect(readConfigFile(good).pipeline.flowPolicy).toHaveLength(2);
+    const bad = file('bad-policy.json', JSON.stringify({ flowPolicy: [{ port: 22, action: 'pass' }, { cidr: '10.0.0.0/8', action: 'pass' }, { cidr: '10.0.0/8', action: 'pass' }] }));
+    expect(() => readConfigFile(bad)).toThrow(`${bad}: invalid setting flowPolicy[2].cidr: must be a client address block`);
+  });
+
   it('gives one UsageError for a missing file, text that is not JSON, and JSON that is not an object', () => {
     for (const [path, msg] of [
       [join(dir, 'absent.json'), /cannot read config file .*absent\.json: ENOENT/],
