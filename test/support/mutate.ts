@@ -148,13 +148,13 @@ function randomExtension(rnd: Rnd): Ipv6Extension {
 }
 
 /**
- * A generated frame of a random kind. Ports come from a small range, so
- * some of them land in the same flow as each other (and as the fixtures').
+ * A generated frame of a random kind. Client ports come from a range of
+ * 2048, so some of them land in the same flow as each other.
  */
 export function generatedFrame(rnd: Rnd, side: GeneratedSide): { kind: GeneratedKind; frame: Buffer } {
   const kind = GENERATED_KINDS[int(rnd, GENERATED_KINDS.length)];
   const from = side.from;
-  const clientPort = 40000 + int(rnd, 64);
+  const clientPort = 40000 + int(rnd, 2048);
   const ports = from === 'client' ? { sport: clientPort, dport: 80 } : { sport: 80, dport: clientPort };
   const tcp = { from, ...ports, seq: int(rnd, 2 ** 32), ack: int(rnd, 2 ** 32), flags: rnd() < 0.2 ? FLAG.SYN : FLAG.ACK | FLAG.PSH, payload: randomBytes(rnd, int(rnd, 200)) };
   switch (kind) {
@@ -168,7 +168,8 @@ export function generatedFrame(rnd: Rnd, side: GeneratedSide): { kind: Generated
     case 'ipv6-ext-chain': {
       const extensions = Array.from({ length: 1 + int(rnd, 5) }, () => randomExtension(rnd));
       const upper = (['tcp', 'udp', 'icmpv6', 'none'] as const)[int(rnd, 4)];
-      return { kind, frame: ipv6WithExtensions({ ...tcp, extensions, upper }) };
+      // An echo's sequence number is 16 bits.
+      return { kind, frame: ipv6WithExtensions({ ...tcp, seq: upper === 'icmpv6' ? tcp.seq & 0xffff : tcp.seq, extensions, upper }) };
     }
     case 'ipv6-ext-truncated': {
       const f = ipv6WithExtensions({ ...tcp, extensions: Array.from({ length: 2 + int(rnd, 4) }, () => randomExtension(rnd)) });
