@@ -1,6 +1,6 @@
 /**
- * Hostile frames for the live lab (issue 7): SYN floods from spoofed
- * sources, garbage TCP segments, random ethertypes and malformed frames,
+ * Hostile frames for the live lab (issue 7): SYN and UDP floods from
+ * spoofed sources, garbage TCP segments, random ethertypes and malformed frames,
  * built with the test frame builder (frames.ts) from a seed, so a run can be
  * replayed.
  *
@@ -21,7 +21,7 @@ import { LAB_CLIENT_IPV4, LAB_CLIENT_IPV6, LAB_CLIENT_MAC, LAB_VM_IPV4, LAB_VM_I
 import { ETHERTYPE, FLAG, PROTO, ethernet, ipFrame, tcpFrame, udpFrame } from './frames';
 import { seededRandom } from './random';
 
-export type HostileKind = 'syn-flood' | 'garbage-tcp' | 'ethertypes' | 'malformed';
+export type HostileKind = 'syn-flood' | 'udp-flood' | 'garbage-tcp' | 'ethertypes' | 'malformed';
 
 export interface InjectSpec {
   /** Interface to write to (inside the namespace the process runs in). */
@@ -29,7 +29,7 @@ export interface InjectSpec {
   kind: HostileKind;
   count: number;
   seed?: number;
-  /** Which side the frames pretend to come from: sets MACs and addresses. Default: client for TCP kinds, vm otherwise. */
+  /** Which side the frames pretend to come from: sets MACs and addresses. Default: client for the floods and garbage TCP, vm otherwise. */
   from?: 'client' | 'vm';
   /** Frames per millisecond (paced in bursts of `burst`); 0: as fast as the socket takes them. Default 0. */
   perMs?: number;
@@ -77,6 +77,12 @@ export function hostileFrame(kind: HostileKind, i: number, rnd: () => number, fr
       return tcpFrame({
         ...m, src: spoofedSource(i % 131072), dst: LAB_VM_IPV4, sport: 1024 + int(rnd, 64000), dport: 80,
         seq: int(rnd, 2 ** 32), flags: FLAG.SYN, options: { mss: 1460 }, ipId: int(rnd, 65536),
+      });
+    case 'udp-flood':
+      // One spoofed source per datagram, random ports: a new datagram flow each time (different sources than a SYN flood with the same i).
+      return udpFrame({
+        ...m, src: spoofedSource((i + 65536) % 131072), dst: LAB_VM_IPV4, sport: 1024 + int(rnd, 64000), dport: 1 + int(rnd, 65535),
+        payload: randomBytes(rnd, 16 + int(rnd, 48)), ipId: int(rnd, 65536),
       });
     case 'garbage-tcp': {
       // From the real client address: segments no live flow accepts (random flags, sequence and ack).
@@ -128,7 +134,7 @@ function pause(ms: number): Promise<void> {
 /** Writes `spec.count` frames of `spec.kind` to `spec.iface`. */
 export async function inject(spec: InjectSpec): Promise<InjectResult> {
   const rnd = seededRandom(spec.seed ?? 1);
-  const from = spec.from ?? (spec.kind === 'syn-flood' || spec.kind === 'garbage-tcp' ? 'client' : 'vm');
+  const from = spec.from ?? (spec.kind === 'syn-flood' || spec.kind === 'udp-flood' || spec.kind === 'garbage-tcp' ? 'client' : 'vm');
   const burst = Math.max(1, spec.burst ?? 64);
   const perMs = spec.perMs ?? 0;
   // A small receive ring: this port only sends.
