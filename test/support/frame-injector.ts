@@ -43,6 +43,9 @@ export interface InjectResult {
   txErrors: number;
 }
 
+/** Where udp-flood datagrams go. */
+export const UDP_FLOOD_PORT = 7777;
+
 /** Ethertypes the bridge decodes; random ethertypes avoid them (and the 802.3 length range). */
 const DECODED_ETHERTYPES: ReadonlySet<number> = new Set([ETHERTYPE.IPv4, ETHERTYPE.IPv6, ETHERTYPE.ARP, ETHERTYPE.VLAN, ETHERTYPE.QinQ, 0x9100]);
 
@@ -79,9 +82,10 @@ export function hostileFrame(kind: HostileKind, i: number, rnd: () => number, fr
         seq: int(rnd, 2 ** 32), flags: FLAG.SYN, options: { mss: 1460 }, ipId: int(rnd, 65536),
       });
     case 'udp-flood':
-      // One spoofed source per datagram, random ports: a new datagram flow each time (different sources than a SYN flood with the same i).
+      // One spoofed source and port per datagram, to UDP_FLOOD_PORT (where a bench runs an echo server, so the
+      // replicas answer and the bridge makes a flow of it): a new datagram flow each time.
       return udpFrame({
-        ...m, src: spoofedSource((i + 65536) % 131072), dst: LAB_VM_IPV4, sport: 1024 + int(rnd, 64000), dport: 1 + int(rnd, 65535),
+        ...m, src: spoofedSource((i + 65536) % 131072), dst: LAB_VM_IPV4, sport: 1024 + int(rnd, 64000), dport: UDP_FLOOD_PORT,
         payload: randomBytes(rnd, 16 + int(rnd, 48)), ipId: int(rnd, 65536),
       });
     case 'garbage-tcp': {
