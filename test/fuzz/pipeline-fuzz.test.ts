@@ -10,6 +10,7 @@ import { ShadowPipeline, makePipelineConfig } from '../../lib/pipeline';
 import { BACKUP, PRIMARY } from '../../lib/compare';
 import { fixtureNames, loadFixture } from '../support/fixtures';
 import { seededRandom } from '../support/random';
+import { mutateFrame as mutate } from '../support/mutate';
 
 const MUTATED_FRAMES = 120_000;
 /** Small limits, so that the run reaches every one of them and the bounds below can fail. */
@@ -28,33 +29,6 @@ function collectGarbage(): () => void {
 }
 
 const mulberry32 = seededRandom;
-
-function mutate(src: Buffer, other: Buffer, rnd: () => number): Buffer {
-  const kind = Math.floor(rnd() * 6);
-  const b = Buffer.from(src);
-  const headerSpan = Math.min(b.length, 96);
-  switch (kind) {
-    case 0: { // flip a few header bytes
-      const n = 1 + Math.floor(rnd() * 4);
-      for (let i = 0; i < n && headerSpan > 0; i++) b[Math.floor(rnd() * headerSpan)] = Math.floor(rnd() * 256);
-      return b;
-    }
-    case 1: // truncate anywhere
-      return b.subarray(0, Math.floor(rnd() * b.length));
-    case 2: { // set a header byte to an extreme
-      if (headerSpan > 0) b[Math.floor(rnd() * headerSpan)] = rnd() < 0.5 ? 0 : 0xff;
-      return b;
-    }
-    case 3: // garbage appended
-      return Buffer.concat([b, Buffer.from(Array.from({ length: Math.floor(rnd() * 64) }, () => Math.floor(rnd() * 256)))]);
-    case 4: { // headers of one frame, body of another
-      const cut = Math.floor(rnd() * Math.min(b.length, other.length));
-      return Buffer.concat([b.subarray(0, cut), other.subarray(cut)]);
-    }
-    default: // unchanged: keeps real flows alive between the broken ones
-      return b;
-  }
-}
 
 describe('pipeline fuzz (needs the recorded fixtures)', () => {
   it(`survives ${MUTATED_FRAMES} mutated fixture frames with bounded memory`, () => {

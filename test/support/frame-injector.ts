@@ -1,6 +1,6 @@
 /**
- * Hostile frames for the live lab (issue 7): SYN floods from spoofed
- * sources, garbage TCP segments, random ethertypes and malformed frames,
+ * Hostile frames for the live lab (issue 7): SYN and UDP floods from
+ * spoofed sources, garbage TCP segments, random ethertypes and malformed frames,
  * built with the test frame builder (frames.ts) from a seed, so a run can be
  * replayed.
  *
@@ -21,7 +21,7 @@ import { LAB_CLIENT_IPV4, LAB_CLIENT_IPV6, LAB_CLIENT_MAC, LAB_VM_IPV4, LAB_VM_I
 import { ETHERTYPE, FLAG, PROTO, ethernet, ipFrame, tcpFrame, udpFrame } from './frames';
 import { seededRandom } from './random';
 
-export type HostileKind = 'syn-flood' | 'garbage-tcp' | 'ethertypes' | 'malformed';
+export type HostileKind = 'syn-flood' | 'udp-flood' | 'garbage-tcp' | 'ethertypes' | 'malformed';
 
 export interface InjectSpec {
   /** Interface to write to (inside the namespace the process runs in). */
@@ -29,7 +29,7 @@ export interface InjectSpec {
   kind: HostileKind;
   count: number;
   seed?: number;
-  /** Which side the frames pretend to come from: sets MACs and addresses. Default: client for TCP kinds, vm otherwise. */
+  /** Which side the frames pretend to come from: sets MACs and addresses. Default: client for the floods and garbage TCP, vm otherwise. */
   from?: 'client' | 'vm';
   /** Frames per millisecond (paced in bursts of `burst`); 0: as fast as the socket takes them. Default 0. */
   perMs?: number;
@@ -42,6 +42,9 @@ export interface InjectResult {
   ms: number;
   txErrors: number;
 }
+
+/** Where udp-flood datagrams go. */
+export const UDP_FLOOD_PORT = 7777;
 
 /** Ethertypes the bridge decodes; random ethertypes avoid them (and the 802.3 length range). */
 const DECODED_ETHERTYPES: ReadonlySet<number> = new Set([ETHERTYPE.IPv4, ETHERTYPE.IPv6, ETHERTYPE.ARP, ETHERTYPE.VLAN, ETHERTYPE.QinQ, 0x9100]);
@@ -77,6 +80,13 @@ export function hostileFrame(kind: HostileKind, i: number, rnd: () => number, fr
       return tcpFrame({
         ...m, src: spoofedSource(i % 131072), dst: LAB_VM_IPV4, sport: 1024 + int(rnd, 64000), dport: 80,
         seq: int(rnd, 2 ** 32), flags: FLAG.SYN, options: { mss: 1460 }, ipId: int(rnd, 65536),
+      });
+    case 'udp-flood':
+      // One spoofed source and port per datagram, to UDP_FLOOD_PORT (where a bench runs an echo server, so the
+      // replicas answer and the bridge makes a flow of it): a new datagram flow each time.
+      return udpFrame({
+        ...m, src: spoofedSource((i + 65536) % 131072), dst: LAB_VM_IPV4, sport: 1024 + int(rnd, 64000), dport: UDP_FLOOD_PORT,
+        payload: randomBytes(rnd, 16 + int(rnd, 48)), ipId: int(rnd, 65536),
       });
     case 'garbage-tcp': {
       // From the real client address: segments no live flow accepts (random flags, sequence and ack).
@@ -128,7 +138,7 @@ function pause(ms: number): Promise<void> {
 /** Writes `spec.count` frames of `spec.kind` to `spec.iface`. */
 export async function inject(spec: InjectSpec): Promise<InjectResult> {
   const rnd = seededRandom(spec.seed ?? 1);
-  const from = spec.from ?? (spec.kind === 'syn-flood' || spec.kind === 'garbage-tcp' ? 'client' : 'vm');
+  const from = spec.from ?? (spec.kind === 'syn-flood' || spec.kind === 'udp-flood' || spec.kind === 'garbage-tcp' ? 'client' : 'vm');
   const burst = Math.max(1, spec.burst ?? 64);
   const perMs = spec.perMs ?? 0;
   // A small receive ring: this port only sends.
