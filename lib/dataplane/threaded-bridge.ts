@@ -101,6 +101,7 @@ export class ThreadedBridge {
     const first = this.early ?? await new Promise<FromDataPlane>((resolve) => { this.onStarted = resolve; });
     this.onStarted = null;
     if (first.type !== 'started') {
+      this.stopping = true; // its end is the failure reported here, not a crash
       await this.worker.terminate().catch(() => 0);
       const message = first.type === 'start-failed' ? first.message : 'the data plane did not start';
       throw first.type === 'start-failed' && first.userFacing ? new DataPlaneStartError(message) : new Error(message);
