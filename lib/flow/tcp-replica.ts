@@ -20,6 +20,13 @@ export class TcpEndpointState {
   /** Window scale and MSS from its SYN, -1 when not offered. */
   windowScale = -1;
   mss = -1;
+  /** The end of the highest segment seen from this endpoint (its snd_nxt as far as we know; its own space), null: none yet. */
+  sndNxt: number | null = null;
+
+  noteSent(seq: number, length: number): void {
+    const end = (seq + length) >>> 0;
+    if (this.sndNxt === null || seqGt(end, this.sndNxt)) this.sndNxt = end;
+  }
 
   noteAck(ack: number): void {
     if (!this.ackSeen || seqGt(ack, this.maxAck)) {

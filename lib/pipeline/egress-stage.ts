@@ -25,7 +25,7 @@ import { BACKUP, MISMATCH_KINDS, MismatchKind, PRIMARY, Side, StreamSegment, mis
 import { datagramContent } from '../normalize/datagram';
 import { learnFromSyn, newStreamSegment, normalizeTcp, segmentEnd } from '../normalize/tcp';
 import { translateForClient, trimmedTcpCopy } from '../rewrite/egress';
-import { HeldQueues } from '../release/held';
+import { HeldFrame, HeldQueues } from '../release/held';
 import { StandbyFrame } from '../release/standby-log';
 import { ReplicaSet, SlotId } from '../failover/roles';
 import { buildTcpReset, isProbeReply } from '../failover/frames';
@@ -87,6 +87,9 @@ export class EgressStage implements Stage {
   flowsCarried = 0;
   /** Resets of no connection (answers to stray segments), released from the primary uncompared. */
   statelessResets = 0;
+  /** Held frames older than `maxUnmatchedAgeMs` let wait because the backup trailed but kept progressing. */
+  backupTrailingWaits = 0;
+  private lastTrailing: HeldFrame | null = null;
   flowsLost = 0;
   backlogFrames = 0;
   /** Flows left unprotected because their client's checkpoint budget was spent. */
@@ -132,6 +135,7 @@ export class EgressStage implements Stage {
       policy_pass_flows_reset: this.passFlowsReset,
       policy_pass_survivor_frames_dropped: this.passSurvivorFramesDropped,
       stateless_resets: this.statelessResets,
+      backup_trailing_waits: this.backupTrailingWaits,
       ...Object.fromEntries(MISMATCH_KINDS.map((k) => [mismatchCounter(k), this.mismatchesByKind[k]])),
     };
   }
@@ -288,6 +292,7 @@ export class EgressStage implements Stage {
     }
     const seg = this.segment;
     if (!normalizeTcp(f, ep, this.opts, seg)) this.badTcpOptions++;
+    if (side === BACKUP && !seg.rst) ep.noteSent(f.tcp.seq, seg.payload.length + (seg.syn ? 1 : 0) + (seg.fin ? 1 : 0));
     if (seg.fin || seg.rst) flow.closed[side] = true;
     if (flow.recent) flow.remember(side, side === PRIMARY ? bytes : this.copier.copy(frame), nowUs);
     const start = seg.position;
@@ -302,7 +307,9 @@ export class EgressStage implements Stage {
       // Checkpointing: all held output goes when it is done; comparison restarts past what is said meanwhile.
       stream.noteExtent(side, seg);
     } else {
+      const backupEnd = stream.end[BACKUP];
       if (stream.append(side, seg)) this.onMismatch(flow, nowUs);
+      if (side === BACKUP && stream.end[BACKUP] !== backupEnd) flow.backupProgressUs = nowUs;
       if (side === BACKUP && flow.ingressHeld.length > 0 && tcp.backupDeltaKnown) d.backupDeltaKnown(flow);
       this.afterCompare(flow, nowUs);
     }
@@ -389,6 +396,13 @@ export class EgressStage implements Stage {
    * diverged: a mismatch, reported with both sides' bytes. Otherwise the
    * backup is slow: a checkpoint for `timeout`.
    */
+  /** The oldest held frame waits on a backup that trails but progresses (counted once per frame). */
+  noteTrailing(oldest: HeldFrame): void {
+    if (this.lastTrailing === oldest) return;
+    this.lastTrailing = oldest;
+    this.backupTrailingWaits++;
+  }
+
   unmatchedTooLong(flow: ShadowFlow, nowUs: number): void {
     if (flow.datagrams?.expire()) this.onMismatch(flow, nowUs);
     else this.checkpointFor(flow, 'timeout', nowUs);

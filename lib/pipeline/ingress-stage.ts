@@ -36,7 +36,8 @@
  */
 import { TcpFlag } from '../packet/constants';
 import { seqDiff, seqGt } from '../packet/seq';
-import { PRIMARY } from '../compare/tcp-stream';
+import { rewriteTcp32 } from '../packet/l4-checksum';
+import { BACKUP, PRIMARY } from '../compare/tcp-stream';
 import { DecodedFrame, decodeFrame } from '../packet/frame';
 import { SlabCopier, SlabPool } from '../packet/slab';
 import { TcpOptions } from '../packet/tcp-options';
@@ -96,6 +97,8 @@ export class IngressStage implements Stage {
   badTcpOptions = 0;
   /** Client SYNs dropped because new connections came faster than `policy.newFlowsPerSecond`. */
   synOverBudget = 0;
+  /** ACKs to the backup lowered to what it has sent (resync align; see sendTranslated). */
+  backupAcksClamped = 0;
   /** Client frames not copied to a stale backup (DEGRADED, `resync: copy`). */
   degradedNotToBackup = 0;
   /** Client frames kept from the backup by a `drop-backup-only` rule. */
@@ -147,7 +150,7 @@ export class IngressStage implements Stage {
     const st = this.strays;
     return {
       frames: this.frames, held: this.heldFrames, hold_dropped: this.holdDropped, translated: this.translated, bad_tcp_options: this.badTcpOptions, holding: this.hold.length,
-      syn_over_budget: this.synOverBudget, degraded_not_to_backup: this.degradedNotToBackup,
+      syn_over_budget: this.synOverBudget, degraded_not_to_backup: this.degradedNotToBackup, backup_acks_clamped: this.backupAcksClamped,
       policy_primary_only: this.policyPrimaryOnly, policy_pass_resets: this.policyPassResets,
       stray_bad_flags: st['bad-flags'], stray_out_of_window: st['out-of-window'], stray_ack_unsent: st['ack-unsent'], stray_no_flow: st['no-flow'],
     };
@@ -188,7 +191,7 @@ export class IngressStage implements Stage {
         continue;
       }
       const standby = this.d.replicas.standby;
-      if (standby && flow.tcp) this.sendTranslated(f, held.frame, standby.id, flow.tcp.seqDelta, flow.tcp.tsDelta, held.vnet);
+      if (standby && flow.tcp) this.sendTranslated(f, held.frame, standby.id, flow.tcp.seqDelta, flow.tcp.tsDelta, held.vnet, this.backupAckLimit(flow));
     }
   }
 
@@ -293,7 +296,7 @@ export class IngressStage implements Stage {
       flow.ingressHeld.push({ frame: this.copier.copy(frame), vnet });
       return;
     }
-    this.sendTranslated(f, frame, standby.id, tcp.seqDelta, tcp.tsDelta, vnet);
+    this.sendTranslated(f, frame, standby.id, tcp.seqDelta, tcp.tsDelta, vnet, this.backupAckLimit(flow));
   }
 
   /** Whether the policy table keeps this flowless client frame from the backup (`drop-backup-only`). */
@@ -371,8 +374,25 @@ export class IngressStage implements Stage {
     this.d.counts.policy(`client-${reason}`, action);
   }
 
-  private sendTranslated(f: DecodedFrame, frame: Buffer, slot: SlotId, seqDelta: number, tsDelta: number, vnet: VirtioNetHeader | undefined): void {
-    if ((seqDelta === 0 && tsDelta === 0) || !(f.tcp.flags & TcpFlag.ACK)) {
+  /** The highest ACK the backup may get on this flow (resync align, while comparing), null: no limit. */
+  private backupAckLimit(flow: ShadowFlow): number | null {
+    if (this.d.config.resync !== 'align' || !this.d.replicator.comparing) return null;
+    return flow.tcp?.replicas[BACKUP].sndNxt ?? null;
+  }
+
+  /**
+   * `ackLimit`: the backup's snd_nxt as far as the bridge has seen (resync
+   * align only). After an aligning checkpoint releases the primary's held
+   * output, the client acknowledges bytes a trailing backup has not sent
+   * yet; its TCP drops such ACKs as acknowledging unsent data, its window
+   * stops opening and it stalls, which made the next `timeout` checkpoint,
+   * and the next (issue 9's timeout storms). Acknowledging what it did send
+   * keeps it going until it catches up.
+   */
+  private sendTranslated(f: DecodedFrame, frame: Buffer, slot: SlotId, seqDelta: number, tsDelta: number, vnet: VirtioNetHeader | undefined, ackLimit: number | null = null): void {
+    const hasAck = (f.tcp.flags & TcpFlag.ACK) !== 0;
+    const clamp = hasAck && ackLimit !== null && seqGt((f.tcp.ack + seqDelta) >>> 0, ackLimit);
+    if (((seqDelta === 0 && tsDelta === 0) || !hasAck) && !clamp) {
       this.d.toReplica(slot, frame, vnet);
       return;
     }
@@ -382,6 +402,10 @@ export class IngressStage implements Stage {
     // A partial checksum (left for the device) does not cover the fields we change: leave it.
     const partial = vnet !== undefined && (vnet.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0;
     if (!translateForBackup(f, seqDelta, tsDelta, this.opts, partial)) this.badTcpOptions++;
+    if (clamp) {
+      rewriteTcp32(f, f.tcp.offset + 8, ackLimit!, partial);
+      this.backupAcksClamped++;
+    }
     this.translated++;
     this.d.toReplica(slot, copy, vnet);
     this.copies.release(slab); // reusable after the next flush (`endBreath`)

@@ -50,6 +50,9 @@ export interface PipelineOutputs {
   log(level: 'info' | 'warn', event: string, fields: Record<string, unknown>): void;
 }
 
+/** How many times `maxUnmatchedAgeMs` a trailing but progressing backup may take before a `timeout` checkpoint. */
+export const TRAILING_GRACE = 10;
+
 export class ShadowPipeline {
   readonly replicator: Replicator;
   readonly replicas: ReplicaSet;
@@ -169,9 +172,14 @@ export class ShadowPipeline {
     if (this.replicator.comparing && this.replicas.standby) this.failoverStage.tick(nowUs);
     if (this.replicator.state === 'COMPARING') {
       const oldest = this.held.oldest();
-      if (oldest && nowUs - oldest.heldAtUs > this.config.maxUnmatchedAgeMs * 1000) {
+      const limitUs = this.config.maxUnmatchedAgeMs * 1000;
+      if (oldest && nowUs - oldest.heldAtUs > limitUs) {
         const flow = oldest.queue.flow as ShadowFlow | null;
-        if (flow) this.egress.unmatchedTooLong(flow, nowUs);
+        // A backup that trails on this stream but keeps saying more (what overlaps was compared and agreed)
+        // is slow, not stuck: two servers filling a large client window at different paces. It gets up to
+        // TRAILING_GRACE times the limit; the queue limits bound what waits meanwhile.
+        if (flow?.stream && nowUs - flow.backupProgressUs <= limitUs && nowUs - oldest.heldAtUs <= limitUs * TRAILING_GRACE) this.egress.noteTrailing(oldest);
+        else if (flow) this.egress.unmatchedTooLong(flow, nowUs);
         else this.request('timeout', oldest.queue.flowName, nowUs);
       }
     }

@@ -77,6 +77,8 @@ export class ShadowFlow implements ReleaseGate {
   epoch = 0;
   /** The checkpoint epoch the flow was born in. */
   bornEpoch = 0;
+  /** When the backup last said something new on this stream (its stream end moved): a trailing backup is not a stuck one. */
+  backupProgressUs = -Infinity;
   /** Recent frames of each side, kept only when divergence capture is on. */
   recent: RecentFrame[] | null;
   readonly report: FlowReport;
@@ -203,7 +205,7 @@ export class ShadowFlow implements ReleaseGate {
   restartConnection(): void {
     const tcp = this.tcp!;
     for (const ep of [tcp.replicas[0], tcp.replicas[1], tcp.client]) {
-      ep.synSeen = false; ep.tsSeen = false; ep.ackSeen = false; ep.seqBase = 0; ep.tsBase = 0;
+      ep.synSeen = false; ep.tsSeen = false; ep.ackSeen = false; ep.seqBase = 0; ep.tsBase = 0; ep.sndNxt = null;
     }
     this.stream!.started = false;
     this.closed[0] = this.closed[1] = false;

@@ -1,0 +1,101 @@
+/**
+ * The `timeout` trigger tells a stuck backup from a slow one (issue 9's
+ * timeout storms): the primary's oldest held output may wait past
+ * `maxUnmatchedAgeMs` while the backup keeps saying more on that stream,
+ * up to TRAILING_GRACE times the limit.
+ */
+import { BACKUP, PRIMARY } from '../../../lib/compare';
+import { TRAILING_GRACE } from '../../../lib/pipeline/pipeline';
+import { B, C, P, ackOf, fromClient, fromVm, handshake, harness } from '../../support/pipeline-harness';
+
+const MS = 1000;
+const seg = (base: number, i: number) => fromVm({ seq: base + 1 + i * 100, ack: C + 1, flags: 'PA', payload: String.fromCharCode(97 + (i % 26)).repeat(100) });
+const timeouts = (h: ReturnType<typeof harness>) => h.out.checkpoints.filter((c) => c.reason === 'timeout').length;
+
+describe('a backup that trails the primary', () => {
+  it('waits while the backup keeps progressing, and asks for a checkpoint once it stops', () => {
+    const h = harness({ maxUnmatchedAgeMs: 100 });
+    handshake(h);
+    for (let i = 0; i < 5; i++) h.p.fromVm(PRIMARY, seg(P, i), 10 * MS);
+    // The backup says the same, 80 ms apart: each piece later than the limit after the primary's.
+    for (let i = 0; i < 3; i++) {
+      h.p.fromVm(BACKUP, seg(B, i), (90 + 80 * i) * MS);
+      h.p.tick((100 + 80 * i) * MS);
+      h.p.tick((160 + 80 * i) * MS);
+    }
+    expect(timeouts(h)).toBe(0);
+    expect(h.p.stageCounters().compare.backup_trailing_waits).toBeGreaterThan(0);
+    expect(h.out.client).toHaveLength(1 + 3); // SYN-ACK, then what both said
+    // The backup goes quiet: 100 ms after its last word the wait is over.
+    h.p.tick(300 * MS);
+    expect(timeouts(h)).toBe(0);
+    h.p.tick(360 * MS);
+    expect(timeouts(h)).toBe(1);
+  });
+
+  it('waits at most TRAILING_GRACE times the limit, however steadily the backup trails', () => {
+    const h = harness({ maxUnmatchedAgeMs: 100 });
+    handshake(h);
+    for (let i = 0; i < 40; i++) h.p.fromVm(PRIMARY, seg(P, i), 10 * MS);
+    // The backup says piece i at 60 + 50 i ms: always progressing, ever further behind the primary.
+    let t = 10;
+    for (let i = 0; timeouts(h) === 0 && i < 40; i++) {
+      t = 60 + 50 * i;
+      h.p.fromVm(BACKUP, seg(B, i), t * MS);
+      h.p.tick(t * MS);
+    }
+    expect(timeouts(h)).toBe(1);
+    expect(t).toBeGreaterThan(10 + 100 * TRAILING_GRACE);
+    expect(t).toBeLessThanOrEqual(10 + 100 * TRAILING_GRACE + 50);
+  });
+
+  it('does not count a backup that repeats itself as progress', () => {
+    const h = harness({ maxUnmatchedAgeMs: 100 });
+    handshake(h);
+    h.p.fromVm(PRIMARY, seg(P, 0), 10 * MS);
+    h.p.fromVm(PRIMARY, seg(P, 1), 10 * MS);
+    h.p.fromVm(BACKUP, seg(B, 0), 20 * MS);
+    for (let t = 60; t <= 200; t += 20) {
+      h.p.fromVm(BACKUP, seg(B, 0), t * MS); // a retransmission: nothing new
+      h.p.tick(t * MS);
+    }
+    expect(timeouts(h)).toBe(1);
+  });
+});
+
+describe('ACKs to a trailing backup after an aligning checkpoint (resync align)', () => {
+  it('acknowledge only what the backup has sent, so its TCP takes them and it catches up', () => {
+    const h = harness({ resync: 'align', maxUnmatchedAgeMs: 100 });
+    handshake(h);
+    h.p.fromVm(PRIMARY, seg(P, 0), 10 * MS);
+    h.p.fromVm(PRIMARY, seg(P, 1), 10 * MS);
+    h.p.fromVm(BACKUP, seg(B, 0), 20 * MS);
+    h.p.request('manual', undefined, 30 * MS);
+    h.p.checkpointDone(h.out.checkpoints[0].epoch, 40 * MS, 5);
+    expect(h.out.client.length).toBe(1 + 2); // the aligning checkpoint released the primary's held output
+    const nb = h.out.backup.length;
+    // The client acknowledges both pieces; the backup has sent only the first.
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 201, flags: 'A' }), 50 * MS);
+    expect(ackOf(h.out.backup[nb])).toBe(B + 101);
+    expect(h.p.stageCounters().ingress.backup_acks_clamped).toBe(1);
+    // Once it has sent the second piece, the client's ACK reaches it whole.
+    h.p.fromVm(BACKUP, seg(B, 1), 60 * MS);
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 201, flags: 'A' }), 70 * MS);
+    expect(ackOf(h.out.backup[nb + 1])).toBe(B + 201);
+    expect(h.p.stageCounters().ingress.backup_acks_clamped).toBe(1);
+  });
+
+  it('never lowers ACKs with resync copy (the backup is the primary\'s copy)', () => {
+    const h = harness({ resync: 'copy' });
+    handshake(h);
+    h.p.fromVm(PRIMARY, seg(P, 0), 10 * MS);
+    h.p.fromVm(PRIMARY, seg(P, 1), 10 * MS);
+    h.p.fromVm(BACKUP, seg(B, 0), 20 * MS);
+    h.p.request('manual', undefined, 30 * MS);
+    h.p.checkpointDone(h.out.checkpoints[0].epoch, 40 * MS, 5);
+    const nb = h.out.backup.length;
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 201, flags: 'A' }), 50 * MS);
+    expect(ackOf(h.out.backup[nb])).toBe(P + 201);
+    expect(h.p.stageCounters().ingress.backup_acks_clamped).toBe(0);
+  });
+});
