@@ -29,7 +29,6 @@
  * Results: a table on stdout, bench/results/flow-flood-<timestamp>.json.
  * The lab and the children are always removed.
  */
-import { ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -46,12 +45,11 @@ import { UDP_FLOOD_PORT, hostileFrame } from '../test/support/frame-injector';
 import { BACKUP, PRIMARY } from '../lib/compare';
 import { LAB_CLIENT_IPV4 } from '../lib/lab/netns';
 import { run } from '../lib/lab/exec';
-import type { InjectSpec, InjectResult } from '../test/support/frame-injector';
 import { seededRandom } from '../test/support/random';
+import { Child, JsonLineChild, inNs, injectIn, memoryOf, start } from './lib/children';
 
 const ROOT = join(__dirname, '..', '..');
 const SHADOWVM = join(ROOT, 'bin', 'shadowvm');
-const INJECTOR = join(ROOT, 'dist', 'test', 'support', 'frame-injector.js');
 const BIG_FILE = 'flood-big.bin';
 const BIG_BYTES = 32 << 20;
 const BIG_SEED = 0xf100d;
@@ -91,38 +89,6 @@ const delay = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 const mib = (b: number) => b / 2 ** 20;
 
 // ───────────────────────── children ─────────────────────────
-
-interface Child { readonly child: ChildProcess; output: string; readonly exited: Promise<number | null> }
-
-function start(argv: string[], what: string, stdin: 'ignore' | 'pipe' = 'ignore'): Child {
-  const child = spawn(argv[0], argv.slice(1), { stdio: [stdin, 'pipe', 'pipe'] });
-  const c: Child = { child, output: '', exited: new Promise((r) => child.once('close', (code) => r(code))) };
-  const keep = (chunk: Buffer) => {
-    c.output += chunk.toString();
-    if (c.output.length > 1 << 20) c.output = c.output.slice(-(1 << 19));
-  };
-  child.stdout!.on('data', keep);
-  child.stderr!.on('data', keep);
-  child.on('error', (e) => { c.output += `\n${what}: ${e.message}`; });
-  return c;
-}
-
-const inNs = (netns: string, argv: string[]): string[] => ['ip', 'netns', 'exec', netns, ...argv];
-
-async function injectIn(netns: string, spec: Omit<InjectSpec, 'iface'>): Promise<InjectResult> {
-  const out = await runInAsync(netns, process.execPath, [INJECTOR, JSON.stringify({ iface: 'eth0', ...spec })], 600_000);
-  return JSON.parse(out.trim().split('\n').pop()!) as InjectResult;
-}
-
-function memoryOf(pid: number): { rssMiB: number; hwmMiB: number } {
-  try {
-    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-    const kb = (field: string) => Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(status)?.[1] ?? NaN);
-    return { rssMiB: kb('VmRSS') / 1024, hwmMiB: kb('VmHWM') / 1024 };
-  } catch {
-    return { rssMiB: NaN, hwmMiB: NaN };
-  }
-}
 
 // ───────────────────────── one flow's cost, measured here ─────────────────────────
 
@@ -227,31 +193,17 @@ process.stdin.on('data', (d) => {
 interface KeepaliveReply { status?: number; bytes?: number; sha256?: string; ms?: number; localPort?: number; error?: string }
 
 class KeepaliveConnection {
-  private readonly c: Child;
-  private buffered = '';
-  private pending: ((r: KeepaliveReply) => void) | null = null;
+  private readonly c: JsonLineChild<KeepaliveReply>;
 
   constructor(lab: Lab, path: string) {
-    this.c = start(inNs(lab.client.netns, [process.execPath, '-e', KEEPALIVE_CLIENT, lab.serviceIpv4, path]), 'keep-alive client', 'pipe');
-    this.c.child.stdout!.on('data', (chunk: Buffer) => {
-      this.buffered += chunk.toString();
-      const nl = this.buffered.indexOf('\n');
-      if (nl < 0) return;
-      const r = JSON.parse(this.buffered.slice(0, nl)) as KeepaliveReply;
-      this.buffered = this.buffered.slice(nl + 1);
-      this.pending?.(r);
-      this.pending = null;
-    });
+    this.c = new JsonLineChild(inNs(lab.client.netns, [process.execPath, '-e', KEEPALIVE_CLIENT, lab.serviceIpv4, path]), 'keep-alive client');
   }
 
   request(): Promise<KeepaliveReply> {
-    return new Promise((resolve) => {
-      this.pending = resolve;
-      this.c.child.stdin!.write('go\n');
-    });
+    return this.c.ask('go');
   }
 
-  stop(): void { this.c.child.kill('SIGKILL'); }
+  stop(): void { this.c.stop(); }
 }
 
 // ───────────────────────── the bridge ─────────────────────────

@@ -23,7 +23,6 @@
  * Results: a table on stdout, bench/results/soak-<timestamp>.json. The lab
  * and the children are always removed.
  */
-import { ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { connect, Socket } from 'node:net';
 import { mkdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
@@ -33,14 +32,13 @@ import { queryControlSocket } from '../lib/control/control-socket';
 import type { BridgeSnapshot } from '../lib/control/snapshot';
 import { LAB_CONTENT_MTIME, fixedSeedBytes } from '../lib/lab/content';
 import { run, runInAsync, runQuietly } from '../lib/lab/exec';
+import { Child, JsonLineChild, inNs, injectIn, memoryOf, start } from './lib/children';
 import { addKernelBridge, removeKernelBridge } from './lib/lab-setup';
 import { Lab, LabNode, buildLab, teardownLab, waitUntilQuiet } from '../lib/lab/netns';
 import { startLabServers } from '../lib/lab/servers';
-import type { InjectSpec, InjectResult } from '../test/support/frame-injector';
 
 const ROOT = join(__dirname, '..', '..');
 const SHADOWVM = join(ROOT, 'bin', 'shadowvm');
-const INJECTOR = join(ROOT, 'dist', 'test', 'support', 'frame-injector.js');
 const NOBODY = 65534;
 const ECHO_PORT = 7777;
 const BIG_FILE = 'soak-big.bin';
@@ -75,33 +73,9 @@ const delay = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 // ───────────────────────── children ─────────────────────────
 
-interface Child { readonly child: ChildProcess; output: string; readonly exited: Promise<number | null> }
-
-function start(argv: string[], what: string, stdin: 'ignore' | 'pipe' = 'ignore'): Child {
-  const child = spawn(argv[0], argv.slice(1), { stdio: [stdin, 'pipe', 'pipe'] });
-  const c: Child = { child, output: '', exited: new Promise((r) => child.once('close', (code) => r(code))) };
-  const keep = (chunk: Buffer) => {
-    c.output += chunk.toString();
-    if (c.output.length > 1 << 20) c.output = c.output.slice(-(1 << 19));
-  };
-  child.stdout!.on('data', keep);
-  child.stderr!.on('data', keep);
-  child.on('error', (e) => { c.output += `\n${what}: ${e.message}`; });
-  return c;
-}
-
-function inNs(netns: string, argv: string[]): string[] {
-  return ['ip', 'netns', 'exec', netns, ...argv];
-}
-
 /** A node script run as user nobody, with no capabilities, on the host. */
 function asNobody(script: string, args: string[]): Child {
   return start(['setpriv', `--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', '--inh-caps=-all', process.execPath, '-e', script, '--', ...args], 'nobody script');
-}
-
-async function injectIn(netns: string, spec: Omit<InjectSpec, 'iface'>): Promise<InjectResult> {
-  const out = await runInAsync(netns, process.execPath, [INJECTOR, JSON.stringify({ iface: 'eth0', ...spec })], 180_000);
-  return JSON.parse(out.trim().split('\n').pop()!) as InjectResult;
 }
 
 // ───────────────────────── the data-path probe ─────────────────────────
@@ -146,32 +120,18 @@ process.stdin.on('data', (c) => {
 interface ProbeWindow { sent: number; received: number; maxRttMs: number; maxGapMs: number; p50RttMs: number; p99RttMs: number }
 
 class Probe {
-  private readonly c: Child;
-  private pending: ((w: ProbeWindow) => void) | null = null;
-  private buffered = '';
+  private readonly c: JsonLineChild<ProbeWindow>;
 
   constructor(lab: Lab) {
-    this.c = start(inNs(lab.client.netns, [process.execPath, '-e', PROBE, lab.serviceIpv4, String(ECHO_PORT), String(PROBE_EVERY_MS)]), 'probe', 'pipe');
-    this.c.child.stdout!.on('data', (chunk: Buffer) => {
-      this.buffered += chunk.toString();
-      const nl = this.buffered.indexOf('\n');
-      if (nl < 0) return;
-      const w = JSON.parse(this.buffered.slice(0, nl)) as ProbeWindow;
-      this.buffered = this.buffered.slice(nl + 1);
-      this.pending?.(w);
-      this.pending = null;
-    });
+    this.c = new JsonLineChild(inNs(lab.client.netns, [process.execPath, '-e', PROBE, lab.serviceIpv4, String(ECHO_PORT), String(PROBE_EVERY_MS)]), 'probe');
   }
 
   /** The figures since the last mark. */
   mark(): Promise<ProbeWindow> {
-    return new Promise((resolve) => {
-      this.pending = resolve;
-      this.c.child.stdin!.write('mark\n');
-    });
+    return this.c.ask('mark');
   }
 
-  stop(): void { this.c.child.kill('SIGKILL'); }
+  stop(): void { this.c.stop(); }
 }
 
 // ───────────────────────── downloads ─────────────────────────
@@ -215,16 +175,6 @@ class Downloads {
 // ───────────────────────── the bridge ─────────────────────────
 
 interface BridgeUnderTest { readonly proc: Child; readonly agent: Child; readonly controlSocket: string; readonly agentSocket: string; readonly metricsPort: number }
-
-function memoryOf(pid: number): { rssMiB: number; hwmMiB: number } {
-  try {
-    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-    const kb = (field: string) => Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(status)?.[1] ?? NaN);
-    return { rssMiB: kb('VmRSS') / 1024, hwmMiB: kb('VmHWM') / 1024 };
-  } catch {
-    return { rssMiB: NaN, hwmMiB: NaN };
-  }
-}
 
 async function status(b: BridgeUnderTest, timeoutMs = 5000): Promise<BridgeSnapshot | null> {
   try {
@@ -381,7 +331,7 @@ const ATTACKS: Attack[] = [
     name: 'garbage-tcp',
     dataPlane: true,
     what: '20,000 TCP segments with random flags/seq/ack from the client address to port 80 and random ports',
-    run: async ({ lab }) => JSON.stringify(await injectIn(lab.client.netns, { kind: 'garbage-tcp', count: 20_000, seed: 21, perMs: 10 })),
+    run: async ({ lab }) => JSON.stringify(await injectIn(lab.client.netns, { kind: 'garbage-tcp', count: 20_000, seed: 21, perMs: 10 }, 180_000)),
   },
   {
     name: 'ethertypes',
