@@ -73,6 +73,8 @@ export interface BridgeOptions {
    * it such a checkpoint fails.
    */
   openPort?: (ifname: string) => PacketPort;
+  /** The event logged once frames move (default `started`; the data-plane thread of `run` says `data-plane-started`, and its main thread `started` once its sockets listen too). */
+  startedEvent?: string;
 }
 
 export const TICK_MS = 10;
@@ -190,7 +192,7 @@ export class Bridge {
       });
     }, TICK_MS);
     this.timer.unref?.();
-    this.log('info', 'started', { name: o.name, uplink: uplink.name, primary: primary.name, backup: backup.name, agentSocket: o.agentSocket ?? null });
+    this.log('info', o.startedEvent ?? 'started', { name: o.name, uplink: uplink.name, primary: primary.name, backup: backup.name, agentSocket: o.agentSocket ?? null });
   }
 
   /** Stops timers and sockets and closes the ports. Idempotent. */

@@ -128,6 +128,9 @@ export class ThreadedBridge {
       throw e;
     }
     this.log('info', 'data-plane-thread', { threadId: this.worker.threadId, note: 'ports, pipeline and agent link on their own thread; control and metrics on the main thread' });
+    // Only now is every socket open: what waits for `started` may use them all.
+    const i = o.init;
+    this.log('info', 'started', { name: i.name, uplink: i.ports.uplink, primary: i.ports.primary, backup: i.ports.backup, agentSocket: i.agentSocket ?? null, controlSocket: o.controlSocket ?? null, metrics: o.metrics ? `${o.metrics.host}:${o.metrics.port}` : null });
   }
 
   /**

@@ -34,7 +34,7 @@ async function main(init: DataPlaneInit): Promise<void> {
       }
     }
     const ports = openPorts(init.io, init.ports, { vnetHdr: init.vnetHdr, busyPollUs: init.busyPollUs });
-    bridge = new Bridge(ports, { name: init.name, config: init.config, agentSocket: init.agentSocket, log: logger.log, links });
+    bridge = new Bridge(ports, { name: init.name, config: init.config, agentSocket: init.agentSocket, log: logger.log, links, startedEvent: 'data-plane-started' });
     await bridge.start();
   } catch (e) {
     links?.close();
