@@ -41,14 +41,15 @@
  * non-zero when a run failed or something was left behind.
  */
 import { createHash } from 'node:crypto';
-import { copyFileSync, createReadStream, existsSync, mkdirSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { copyFileSync, createReadStream, existsSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { EventLoopUtilization, performance } from 'node:perf_hooks';
 import { monotonicUs } from '../lib/clock';
 import type { LogFn, LogLevel } from '../lib/control/logger';
 import { LinkWatcher } from '../lib/io/link-watch';
 import { BridgedLab, startBridgedLab, waitFor } from '../lib/lab/bridged';
-import { LAB_CONTENT_MTIME, fixedSeedBytes } from '../lib/lab/content';
+import { fixedSeedBytes } from '../lib/lab/content';
+import { serveOnBoth } from '../lib/lab/servers';
 import { runIn } from '../lib/lab/exec';
 import type { DeathMode } from '../lib/lab/faults';
 import { findLabLeftovers, teardownLab } from '../lib/lab/netns';
@@ -646,11 +647,7 @@ async function main(): Promise<number> {
     const bigBytes = o.fileMiB << 20;
     const big = fixedSeedBytes(bigBytes, BIG_SEED);
     const bigSha = createHash('sha256').update(big).digest('hex');
-    for (const root of [l.servers.primary.contentRoot, l.servers.backup.contentRoot]) {
-      const file = join(root, BIG_FILE);
-      writeFileSync(file, big, { mode: 0o644 });
-      utimesSync(file, LAB_CONTENT_MTIME, LAB_CONTENT_MTIME);
-    }
+    serveOnBoth(l.servers, BIG_FILE, big);
     writeBenchObjects(l.servers);
     const ctx: Ctx = { o, l, tap, ticks, bigSha, bigBytes };
     const ns = l.lab.client.netns;

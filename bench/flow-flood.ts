@@ -30,16 +30,16 @@
  * The lab and the children are always removed.
  */
 import { createHash } from 'node:crypto';
-import { mkdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { queryControlSocket } from '../lib/control/control-socket';
 import type { BridgeSnapshot } from '../lib/control/snapshot';
-import { LAB_CONTENT_MTIME, LAB_FILES, fixedSeedBytes, labContent } from '../lib/lab/content';
+import { LAB_FILES, fixedSeedBytes, labContent } from '../lib/lab/content';
 import { runInAsync } from '../lib/lab/exec';
 import { Lab, buildLab, teardownLab, waitUntilQuiet } from '../lib/lab/netns';
-import { startLabServers } from '../lib/lab/servers';
+import { serveOnBoth, startLabServers } from '../lib/lab/servers';
 import { ShadowPipeline, makePipelineConfig, DEFAULT_PIPELINE_CONFIG } from '../lib/pipeline';
 import { UDP_FLOOD_PORT, hostileFrame } from '../test/support/frame-injector';
 import { BACKUP, PRIMARY } from '../lib/compare';
@@ -263,10 +263,7 @@ async function main(): Promise<void> {
   try {
     const servers = await startLabServers(lab);
     const big = fixedSeedBytes(BIG_BYTES, BIG_SEED);
-    for (const root of [servers.primary.contentRoot, servers.backup.contentRoot]) {
-      writeFileSync(join(root, BIG_FILE), big, { mode: 0o644 });
-      utimesSync(join(root, BIG_FILE), LAB_CONTENT_MTIME, LAB_CONTENT_MTIME);
-    }
+    serveOnBoth(servers, BIG_FILE, big);
     // The replicas answer the spoofed sources through the client (which drops the answers: it does not forward),
     // and echo the flood's datagrams: a datagram flow is made when the replicas speak.
     for (const node of [lab.primary, lab.backup]) {

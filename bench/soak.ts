@@ -25,17 +25,17 @@
  */
 import { createHash } from 'node:crypto';
 import { connect, Socket } from 'node:net';
-import { mkdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { queryControlSocket } from '../lib/control/control-socket';
 import type { BridgeSnapshot } from '../lib/control/snapshot';
-import { LAB_CONTENT_MTIME, fixedSeedBytes } from '../lib/lab/content';
+import { fixedSeedBytes } from '../lib/lab/content';
 import { run, runInAsync, runQuietly } from '../lib/lab/exec';
 import { Child, JsonLineChild, inNs, injectIn, memoryOf, start } from './lib/children';
 import { addKernelBridge, removeKernelBridge } from './lib/lab-setup';
 import { Lab, LabNode, buildLab, teardownLab, waitUntilQuiet } from '../lib/lab/netns';
-import { startLabServers } from '../lib/lab/servers';
+import { serveOnBoth, startLabServers } from '../lib/lab/servers';
 
 const ROOT = join(__dirname, '..', '..');
 const SHADOWVM = join(ROOT, 'bin', 'shadowvm');
@@ -383,6 +383,19 @@ function kernelReferenceDown(lab: Lab): void {
 }
 
 async function measureReference(name: string, what: string, probe: Probe, body: () => Promise<string>): Promise<Row> {
+  const w = await probeWindow(probe, body);
+  return {
+    attack: name, what, ...w,
+    rssPeakMiB: NaN, rssEndMiB: NaN, hwmMiB: NaN, checkpointsForced: 0, checkpointsByReason: {},
+    stateAfter: 'kernel bridge', statusAnswered: false,
+  };
+}
+
+/**
+ * The probe's figures over `body` and one second more (what the attack left
+ * queued is worked off before the window closes); a failed attack is a note.
+ */
+async function probeWindow(probe: Probe, body: () => Promise<string>): Promise<{ probe: ProbeWindow; stallMs: number; durationMs: number; note: string }> {
   await probe.mark();
   const t0 = performance.now();
   let note: string;
@@ -394,11 +407,7 @@ async function measureReference(name: string, what: string, probe: Probe, body: 
   await delay(1000);
   const durationMs = performance.now() - t0;
   const window = await probe.mark();
-  return {
-    attack: name, what, probe: window, stallMs: Math.max(window.maxRttMs, window.maxGapMs),
-    rssPeakMiB: NaN, rssEndMiB: NaN, hwmMiB: NaN, checkpointsForced: 0, checkpointsByReason: {},
-    stateAfter: 'kernel bridge', statusAnswered: false, durationMs, note,
-  };
+  return { probe: window, stallMs: Math.max(window.maxRttMs, window.maxGapMs), durationMs, note };
 }
 
 /** The baselines and the data-plane attacks through the kernel reference; its own downloads, checked the same way. */
@@ -446,30 +455,19 @@ interface Row {
 async function measure(name: string, what: string, b: BridgeUnderTest, probe: Probe, body: () => Promise<string>): Promise<Row> {
   const pid = b.proc.child.pid!;
   const before = await status(b);
-  await probe.mark();
   let peak = memoryOf(pid).rssMiB;
   const sampler = setInterval(() => { peak = Math.max(peak, memoryOf(pid).rssMiB); }, 50);
-  const t0 = performance.now();
-  let note: string;
-  try {
-    note = await body();
-  } catch (e) {
-    note = `attack failed: ${(e as Error).message.split('\n')[0]}`;
-  }
-  // Let the bridge work off what the attack left queued before the window closes.
-  await delay(1000);
-  const durationMs = performance.now() - t0;
-  const window = await probe.mark();
+  const w = await probeWindow(probe, body);
   clearInterval(sampler);
   const mem = memoryOf(pid);
   const after = await status(b);
   const byReason: Record<string, number> = {};
   if (before && after) for (const [r, n] of Object.entries(after.checkpoints.requested)) if (n - before.checkpoints.requested[r as keyof typeof before.checkpoints.requested] > 0) byReason[r] = n - before.checkpoints.requested[r as keyof typeof before.checkpoints.requested];
   return {
-    attack: name, what, probe: window, stallMs: Math.max(window.maxRttMs, window.maxGapMs),
+    attack: name, what, ...w,
     rssPeakMiB: Math.max(peak, mem.rssMiB), rssEndMiB: mem.rssMiB, hwmMiB: mem.hwmMiB,
     checkpointsForced: checkpointsAsked(after) - checkpointsAsked(before), checkpointsByReason: byReason,
-    stateAfter: after?.state ?? 'no answer', statusAnswered: after !== null, durationMs, note,
+    stateAfter: after?.state ?? 'no answer', statusAnswered: after !== null,
   };
 }
 
@@ -510,10 +508,7 @@ async function main(): Promise<void> {
   try {
     const servers = await startLabServers(lab);
     const big = fixedSeedBytes(BIG_BYTES, BIG_SEED);
-    for (const root of [servers.primary.contentRoot, servers.backup.contentRoot]) {
-      writeFileSync(join(root, BIG_FILE), big, { mode: 0o644 });
-      utimesSync(join(root, BIG_FILE), LAB_CONTENT_MTIME, LAB_CONTENT_MTIME);
-    }
+    serveOnBoth(servers, BIG_FILE, big);
     for (const node of [lab.primary, lab.backup]) children.push(start(inNs(node.netns, [process.execPath, '-e', ECHO_SERVER, String(ECHO_PORT)]), 'udp echo'));
     await waitUntilQuiet(lab);
     bridge = await startBridge(lab, o, profDir);

@@ -17,10 +17,10 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { run, runIn, runQuietly } from '../../lib/lab/exec';
-import { LAB_CONTENT_MTIME, fixedSeedBytes } from '../../lib/lab/content';
+import { fixedSeedBytes } from '../../lib/lab/content';
 import type { Lab, LabNode } from '../../lib/lab/netns';
 import { processRunning } from '../../lib/lab/netns';
-import type { LabServers } from '../../lib/lab/servers';
+import { LabServers, serveOnBoth } from '../../lib/lab/servers';
 
 export const BENCH_OBJECTS = {
   small: { file: 'bench-1k.bin', bytes: 1024, seed: 0x1b1b1b1 },
@@ -29,15 +29,7 @@ export const BENCH_OBJECTS = {
 
 /** Writes both objects into both content roots: same bytes, same mtime (same Last-Modified and ETag). */
 export function writeBenchObjects(servers: LabServers): void {
-  for (const root of [servers.primary.contentRoot, servers.backup.contentRoot]) {
-    for (const o of Object.values(BENCH_OBJECTS)) {
-      const file = path.join(root, o.file);
-      fs.writeFileSync(file, fixedSeedBytes(o.bytes, o.seed), { mode: 0o644 });
-      fs.utimesSync(file, LAB_CONTENT_MTIME, LAB_CONTENT_MTIME);
-    }
-    // Writing a file changed the directory's mtime; keep the tree as the lab left it.
-    fs.utimesSync(root, LAB_CONTENT_MTIME, LAB_CONTENT_MTIME);
-  }
+  for (const o of Object.values(BENCH_OBJECTS)) serveOnBoth(servers, o.file, fixedSeedBytes(o.bytes, o.seed));
 }
 
 export const IPERF_PORT = 5201;

@@ -12,7 +12,7 @@
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { ContentDivergence, writeLabContent } from './content';
+import { ContentDivergence, LAB_CONTENT_MTIME, writeLabContent } from './content';
 import { sleep } from './exec';
 import { Lab, LabNode, LabProcess, pidsInNamespace, processRunning } from './netns';
 import { UserFacingError } from '../errors';
@@ -54,6 +54,20 @@ export interface LabServers {
   readonly services: readonly LabService[];
   readonly primary: LabReplicaRuntime;
   readonly backup: LabReplicaRuntime;
+}
+
+/**
+ * Puts the same file (`bytes`, named `name`) in both replicas' content roots,
+ * with the lab's fixed mtime on it and on the root (writing it changed the
+ * root's), so both servers describe it alike (Last-Modified, ETag, listings).
+ */
+export function serveOnBoth(servers: LabServers, name: string, bytes: Buffer | Uint8Array): void {
+  for (const root of [servers.primary.contentRoot, servers.backup.contentRoot]) {
+    const file = path.join(root, name);
+    fs.writeFileSync(file, bytes, { mode: 0o644 });
+    fs.utimesSync(file, LAB_CONTENT_MTIME, LAB_CONTENT_MTIME);
+    fs.utimesSync(root, LAB_CONTENT_MTIME, LAB_CONTENT_MTIME);
+  }
 }
 
 export class LabServerError extends UserFacingError {

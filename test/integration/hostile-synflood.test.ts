@@ -8,11 +8,12 @@
  */
 import { ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, utimesSync, writeFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { queryControlSocket } from '../../lib/control/control-socket';
 import { BridgedLab, startBridgedLab } from '../../lib/lab/bridged';
-import { LAB_CONTENT_MTIME, LAB_FILES, fixedSeedBytes } from '../../lib/lab/content';
+import { LAB_FILES, fixedSeedBytes } from '../../lib/lab/content';
+import { serveOnBoth } from '../../lib/lab/servers';
 import { runInAsync } from '../../lib/lab/exec';
 import { DEFAULT_PIPELINE_CONFIG } from '../../lib/pipeline/config';
 import type { ShadowFlow } from '../../lib/pipeline/shadow-flow';
@@ -111,10 +112,7 @@ describe('a SYN flood from spoofed sources against an idle established connectio
     // No new-connection budget here: the flood must reach the flow table to show that it cannot push ours out.
     l = await startBridgedLab({ prefix: PREFIX, log: recorded.log, config: { maxFlows: MAX_FLOWS, policy: { ...DEFAULT_PIPELINE_CONFIG.policy, newFlowsPerSecond: 0 } } });
     const bytes = fixedSeedBytes(BIG_BYTES, 0xf100d);
-    for (const root of [l.servers.primary.contentRoot, l.servers.backup.contentRoot]) {
-      writeFileSync(join(root, BIG_FILE), bytes, { mode: 0o644 });
-      utimesSync(join(root, BIG_FILE), LAB_CONTENT_MTIME, LAB_CONTENT_MTIME);
-    }
+    serveOnBoth(l.servers, BIG_FILE, bytes);
   }, 40_000);
 
   stopLabAfterAll(PREFIX, () => l);
@@ -198,10 +196,7 @@ describe('the new-connection budget under a SYN flood (live lab)', () => {
     requireRoot('hostile-synflood.test.ts');
     l = await startBridgedLab({ prefix: 'hq', log: recorded.log, config: { policy: { ...DEFAULT_PIPELINE_CONFIG.policy, newFlowsPerSecond: BUDGET } } });
     const bytes = fixedSeedBytes(BIG_BYTES, 0xf100d);
-    for (const root of [l.servers.primary.contentRoot, l.servers.backup.contentRoot]) {
-      writeFileSync(join(root, BIG_FILE), bytes, { mode: 0o644 });
-      utimesSync(join(root, BIG_FILE), LAB_CONTENT_MTIME, LAB_CONTENT_MTIME);
-    }
+    serveOnBoth(l.servers, BIG_FILE, bytes);
   }, 40_000);
 
   stopLabAfterAll('hq', () => l);

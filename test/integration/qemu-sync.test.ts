@@ -13,6 +13,7 @@ import { monotonicUs } from '../../lib/clock';
 import { runInAsync } from '../../lib/lab/exec';
 import { teardownLab } from '../../lib/lab/netns';
 import { until } from '../support/until';
+import { ftpDownloadsIdentical } from '../support/lab-helpers';
 import { GUEST_BIG_FILE, guestContent } from '../../lib/lab/qemu/guest';
 import { QemuLab, startQemuLab } from '../../lib/lab/qemu/pair';
 import { qemuSyncAgent } from '../../lib/lab/qemu/agent';
@@ -92,15 +93,7 @@ describe('QEMU lab with the QEMU agent (full copy)', () => {
 
   test('FTP passive downloads come through byte-identical, with no timeout checkpoints, whatever the 227 replies say', async () => {
     const before = snap();
-    for (let i = 0; i < 3; i++) {
-      const file = path.join(out, `ftp-${i}.bin`);
-      await runInAsync(lab.client.netns, 'lftp', ['-c', [
-        'set net:timeout 30', 'set net:max-retries 2', 'set ftp:passive-mode on',
-        `open ftp://${lab.serviceIpv4}`, `get ${GUEST_BIG_FILE} -o ${file}`,
-      ].join('; ')], 180_000);
-      expect(fs.readFileSync(file).equals(content.get(GUEST_BIG_FILE) as Buffer)).toBe(true);
-      fs.rmSync(file);
-    }
+    await ftpDownloadsIdentical(lab.client.netns, lab.serviceIpv4, GUEST_BIG_FILE, content.get(GUEST_BIG_FILE) as Buffer, out);
     const after = snap();
     const mismatches = after.checkpoints.requested.mismatch - before.checkpoints.requested.mismatch;
     // At most the control connection's 227 per transfer; after each checkpoint the flows compare equal again.

@@ -10,7 +10,8 @@
 import { findLabLeftovers, teardownLab } from '../../lib/lab/netns';
 import { ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { runInAsync } from '../../lib/lab/exec';
 import { join } from 'node:path';
 import type { Bridge } from '../../lib/bridge';
 import type { LogFn, LogLevel } from '../../lib/control/logger';
@@ -235,4 +236,20 @@ export function stopLabAfterAll(prefix: string, lab: () => { stop(): Promise<voi
     }
     expect(findLabLeftovers(prefix)).toEqual(NO_LEFTOVERS);
   }, 20_000);
+}
+
+/**
+ * `count` passive FTP downloads of `file` from the lab's service address with
+ * lftp in the client namespace; each must arrive byte for byte as `expected`.
+ */
+export async function ftpDownloadsIdentical(clientNetns: string, host: string, file: string, expected: Buffer, outDir: string, count = 3): Promise<void> {
+  for (let i = 0; i < count; i++) {
+    const local = join(outDir, `ftp-${i}.bin`);
+    await runInAsync(clientNetns, 'lftp', ['-c', [
+      'set net:timeout 30', 'set net:max-retries 2', 'set ftp:passive-mode on',
+      `open ftp://${host}`, `get ${file} -o ${local}`,
+    ].join('; ')], 180_000);
+    expect(readFileSync(local).equals(expected)).toBe(true);
+    rmSync(local);
+  }
 }
