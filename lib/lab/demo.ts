@@ -89,6 +89,8 @@ async function demoSteps(l: BridgedLab, p: (line: string) => void): Promise<{ mi
   p(indent(formatStatus(bridge.snapshot())));
   p('');
   p(`3. ${LAB_FILES.lorem} changed on the primary only (one byte, same size and mtime), fetched again`);
+  // A checkpoint still running (the FTP's) would let the changed byte pass uncompared: start from COMPARING.
+  await waitFor(() => bridge.pipeline.state === 'COMPARING', 5000);
   const before = bridge.snapshot();
   const file = join(root, LAB_FILES.lorem);
   const text = readFileSync(file);
