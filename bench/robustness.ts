@@ -253,7 +253,7 @@ function main(): void {
     guard('endBreath', opts.frames, () => pipeline.endBreath());
   }
   const wallMs = performance.now() - t0;
-  guard('syncReports', opts.frames, () => pipeline.syncReports());
+  guard('reports', opts.frames, () => pipeline.reports);
   gc();
   const heapAfter = process.memoryUsage().heapUsed;
 

@@ -235,13 +235,7 @@ export class Bridge {
 
   /** The most recent `limit` flows, those whose key holds `match` if given; oldest first. */
   listFlows(limit: number, match?: string): FlowReport[] {
-    this.pipeline.syncReports();
-    const all = this.pipeline.reports;
-    if (match === undefined) return all.slice(-limit);
-    // Newest first, stopping at `limit`: bounded by the reports kept (reportLimit).
-    const found: FlowReport[] = [];
-    for (let i = all.length - 1; i >= 0 && found.length < limit; i--) if (all[i].key.includes(match)) found.push(all[i]);
-    return found.reverse();
+    return this.pipeline.reportList(limit, match);
   }
 
   snapshot(): BridgeSnapshot {

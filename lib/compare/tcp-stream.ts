@@ -125,14 +125,20 @@ function describeUnit(c: Chunk, at = 0, before = 0): string {
   return JSON.stringify(c.bytes.subarray(at - before, at + EXCERPT_AFTER).toString('latin1'));
 }
 
+/** The shared empty `pending` of every comparator with nothing pending (frozen: a push to it throws rather than corrupts). */
+const NO_CHUNKS = Object.freeze([]) as unknown as Chunk[];
+
 export class TcpStreamComparator {
   started = false;
   matched = 0;
   /** Position of the first data byte: the origin of reported offsets. */
   origin = 0;
-  /** Contiguous end of what each side has said. */
-  readonly end = [0, 0];
-  readonly rst: (number | null)[] = [null, null];
+  /** Contiguous end of what each side has said (see endOf). */
+  endPrimary = 0;
+  endBackup = 0;
+  /** Where each side reset the connection (stream position), null: it has not. */
+  private rstPrimary: number | null = null;
+  private rstBackup: number | null = null;
   rstAgreed = false;
   mismatch: Mismatch | null = null;
   matchedBytes = 0;
@@ -144,10 +150,11 @@ export class TcpStreamComparator {
 
   private leader: Side | -1 = -1;
   /** The leading side's units beyond `matched`, from `pendingHead` on; `headSkip` bytes of the head are consumed. */
-  private pending: Chunk[] = [];
+  private pending: Chunk[] = NO_CHUNKS;
   private pendingHead = 0;
   private headSkip = 0;
-  private readonly outOfOrder: Chunk[][] = [[], []];
+  /** Segments each side sent beyond its end, until the gap fills; null until the first one (most connections never have any). */
+  private outOfOrder: [Chunk[], Chunk[]] | null = null;
   /** The primary's HTTP responses, followed when `Date:` values are noise (else null). */
   private scanner: HttpResponseScanner | null = null;
   private dateWindow: DateWindow | null = null;
@@ -162,6 +169,16 @@ export class TcpStreamComparator {
     private readonly totals: MatchTotals = { matchedBytes: 0 },
     private readonly noise: StreamNoise = NO_STREAM_NOISE,
   ) {}
+
+  /** Contiguous end of what `side` has said. */
+  endOf(side: Side): number {
+    return side === PRIMARY ? this.endPrimary : this.endBackup;
+  }
+
+  private setEnd(side: Side, end: number): void {
+    if (side === PRIMARY) this.endPrimary = end;
+    else this.endBackup = end;
+  }
 
   /** Leading side's units beyond `matched` (how far the other side is behind). */
   get leading(): Side | -1 { return this.leader; }
@@ -183,13 +200,11 @@ export class TcpStreamComparator {
     }
     this.started = true;
     this.dateWindow = null;
-    this.matched = this.end[0] = this.end[1] = position >>> 0;
-    this.rst[0] = this.rst[1] = null;
+    this.matched = this.endPrimary = this.endBackup = position >>> 0;
+    this.rstPrimary = this.rstBackup = null;
     this.rstAgreed = false;
     this.mismatch = null;
     this.dropPending();
-    this.outOfOrder[0] = [];
-    this.outOfOrder[1] = [];
   }
 
   /**
@@ -200,7 +215,7 @@ export class TcpStreamComparator {
   noteExtent(side: Side, seg: StreamSegment): void {
     const segEnd = seqAdd(seg.position, (seg.syn ? 1 : 0) + seg.payload.length + (seg.fin ? 1 : 0));
     if (!this.started) this.reset(seg.position, seg.syn);
-    if (seqGt(segEnd, this.end[side])) this.end[side] = segEnd;
+    if (seqGt(segEnd, this.endOf(side))) this.setEnd(side, segEnd);
     if (this.scanner !== null) this.scanPrimary(side, seg);
   }
 
@@ -236,7 +251,7 @@ export class TcpStreamComparator {
   private accept(side: Side, position: number, unit: Unit, bytes: Buffer, signature: string): void {
     // Before the retransmission check: after an aligning resync the primary's bytes below `end` were never scanned.
     if (this.scanner !== null && side === PRIMARY && unit === Unit.Data) this.scanner.consume(position, bytes);
-    const end = this.end[side];
+    const end = this.endOf(side);
     const length = unit === Unit.Data ? bytes.length : 1;
     if (seqLe(seqAdd(position, length), end)) return; // retransmission of what this side already said
     if (seqLt(position, end)) {
@@ -249,11 +264,11 @@ export class TcpStreamComparator {
       return;
     }
     this.feed(side, position, unit, bytes, signature);
-    if (this.outOfOrder[side].length > 0) this.drainOutOfOrder(side);
+    if (this.outOfOrder !== null && this.outOfOrder[side].length > 0) this.drainOutOfOrder(side);
   }
 
   private holdOutOfOrder(side: Side, c: Chunk): void {
-    const list = this.outOfOrder[side];
+    const list = (this.outOfOrder ??= [[], []])[side];
     if (list.length >= MAX_OUT_OF_ORDER_SEGMENTS) {
       this.outOfOrderDropped++;
       this.totals.outOfOrderDropped = (this.totals.outOfOrderDropped ?? 0) + 1;
@@ -267,12 +282,12 @@ export class TcpStreamComparator {
   }
 
   private drainOutOfOrder(side: Side): void {
-    const list = this.outOfOrder[side];
+    const list = this.outOfOrder![side];
     let progressed = true;
     while (progressed && !this.mismatch) {
       progressed = false;
       for (let i = 0; i < list.length; i++) {
-        if (seqLe(list[i].position, this.end[side])) {
+        if (seqLe(list[i].position, this.endOf(side))) {
           const [c] = list.splice(i, 1);
           this.accept(side, c.position, c.unit, c.bytes, c.signature);
           this.copies.release(c.slab ?? null);
@@ -281,18 +296,20 @@ export class TcpStreamComparator {
         }
       }
     }
+    const o = this.outOfOrder;
+    if (o !== null && o[0].length === 0 && o[1].length === 0) this.outOfOrder = null;
   }
 
   /** A unit run that starts exactly at this side's end. */
   private feed(side: Side, position: number, unit: Unit, bytes: Buffer, signature: string): void {
     const other = (1 - side) as Side;
-    const otherRst = this.rst[other];
+    const otherRst = other === PRIMARY ? this.rstPrimary : this.rstBackup;
     if (otherRst !== null && seqGe(position, otherRst)) {
       this.fail('rst', position, side, describeUnit({ position, unit, bytes, signature }), 'RST');
       return;
     }
     const length = unit === Unit.Data ? bytes.length : 1;
-    this.end[side] = seqAdd(position, length);
+    this.setEnd(side, seqAdd(position, length));
     if (this.leader !== other) {
       this.leader = side;
       this.pushPending(side, position, unit, bytes, signature);
@@ -366,7 +383,7 @@ export class TcpStreamComparator {
     }
     if (this.pendingHead === this.pending.length) {
       this.leader = -1;
-      this.pending = [];
+      this.pending = NO_CHUNKS;
       this.pendingHead = 0;
     }
     if (done === length) return;
@@ -426,6 +443,7 @@ export class TcpStreamComparator {
       bytes = this.copies.copy(bytes);
       slab = this.copies.lastSlab;
     }
+    if (this.pending === NO_CHUNKS) this.pending = [];
     this.pending.push({ position, unit, bytes, signature, slab });
     if (unit === Unit.Data) this.pendingBytes += bytes.length;
   }
@@ -436,14 +454,15 @@ export class TcpStreamComparator {
       this.fail('rst', position, side, 'RST', 'more data');
       return;
     }
-    this.rst[side] = position;
-    const otherRst = this.rst[other];
+    if (side === PRIMARY) this.rstPrimary = position;
+    else this.rstBackup = position;
+    const otherRst = other === PRIMARY ? this.rstPrimary : this.rstBackup;
     if (otherRst !== null) {
       if (otherRst !== position) this.fail('rst', position, side, `RST at ${this.offsetOf(position)}`, `RST at ${this.offsetOf(otherRst)}`);
       else this.rstAgreed = true;
       return;
     }
-    if (seqGt(this.end[other], position)) {
+    if (seqGt(this.endOf(other), position)) {
       const ahead = this.pending.slice(this.pendingHead).find((p) => seqGe(seqAdd(p.position, chunkLength(p)), position));
       this.fail('rst', position, side, 'RST', ahead ? describeUnit(ahead) : 'more data');
     }
@@ -481,11 +500,11 @@ export class TcpStreamComparator {
   /** Forgets what the leading side said beyond `matched` (and out-of-order pieces), releasing copies. */
   private dropPending(): void {
     for (let i = this.pendingHead; i < this.pending.length; i++) this.copies.release(this.pending[i].slab ?? null);
-    for (const list of this.outOfOrder) {
-      for (const c of list) this.copies.release(c.slab ?? null);
-      list.length = 0;
+    if (this.outOfOrder !== null) {
+      for (const list of this.outOfOrder) for (const c of list) this.copies.release(c.slab ?? null);
+      this.outOfOrder = null;
     }
-    this.pending = [];
+    this.pending = NO_CHUNKS;
     this.pendingHead = 0;
     this.headSkip = 0;
     this.pendingBytes = 0;

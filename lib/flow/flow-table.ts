@@ -50,11 +50,11 @@ export class FlowTable<S> {
     return this.map.get(key);
   }
 
-  getOrCreate(key: string, nowUs: number, create: () => S): FlowEntry<S> {
+  getOrCreate(key: string, nowUs: number, create: (key: string) => S): FlowEntry<S> {
     const found = this.get(key, nowUs);
     if (found) return found;
     if (this.map.size >= this.maxFlows && this.oldest) this.evict(this.victim(), 'lru');
-    const e: FlowEntry<S> = { key, state: create(), lastSeenUs: nowUs, removed: false, newer: null, older: this.newest };
+    const e: FlowEntry<S> = { key, state: create(key), lastSeenUs: nowUs, removed: false, newer: null, older: this.newest };
     if (this.newest) this.newest.newer = e;
     this.newest = e;
     if (!this.oldest) this.oldest = e;

@@ -18,7 +18,7 @@ export class FlowLookup<S> {
   constructor(private readonly table: FlowTable<S>, private readonly dir: Direction) {}
 
   /** The frame's flow; created with `create` if given and absent. */
-  find(f: DecodedFrame, nowUs: number, create?: () => S): FlowEntry<S> | undefined {
+  find(f: DecodedFrame, nowUs: number, create?: (key: string) => S): FlowEntry<S> | undefined {
     const key = this.scratch;
     const n = writeFlowKey(f, this.dir, key);
     const last = this.last;

@@ -103,24 +103,68 @@ export function flowKeyOf(f: DecodedFrame, dir: Direction): string {
 
 /** "tcp 10.0.0.1:40000 > 10.0.0.2:80" — remote (client side) first, VM second. */
 export function describeFlow(f: DecodedFrame, dir: Direction): string {
-  const buf = f.buf;
-  const proto = flowProtocolOf(f);
-  const v4 = f.l3 === 'ipv4';
-  const srcOff = v4 ? f.l3Offset + 12 : f.l3Offset + 8;
-  const len = v4 ? 4 : 16;
-  const fmt = (o: number) => (v4 ? formatIpv4(buf, o) : `[${formatIpv6(buf, o)}]`);
-  const remote = fmt(dir === 'ingress' ? srcOff : srcOff + len);
-  const vm = fmt(dir === 'ingress' ? srcOff + len : srcOff);
-  const vlan = f.vlanCount ? ` vlan ${f.outerVlan}${f.vlanCount > 1 ? `.${f.innerVlan}` : ''}` : '';
-  if (proto === 'tcp' || proto === 'udp') {
-    const [rp, vp] = l4Ports(f, dir);
-    return `${proto} ${remote}:${rp} > ${vm}:${vp}${vlan}`;
-  }
-  if (proto === 'icmp' || proto === 'icmpv6') {
-    const [id] = l4Ports(f, dir);
-    return `${proto} ${remote} > ${vm} id/type ${id}${vlan}`;
-  }
-  return `ip proto ${f.ipProto} ${remote} > ${vm}${f.fragment ? ' (fragments)' : ''}${vlan}`;
+  return describeKey(flowKeyOf(f, dir));
 }
 
-export { IpProto };
+/** IP protocols that have a class of their own: under class 'ip' they can only be fragments. */
+const FRAGMENT_ONLY_IN_IP_CLASS = new Set<number>([IpProto.TCP, IpProto.UDP, IpProto.ICMP, IpProto.ICMPv6]);
+const keyBytes = Buffer.alloc(MAX_FLOW_KEY_BYTES);
+/** Longest name: "icmpv6 [" + 2 × 39 address characters + " vlan 4095.4095" and the rest. */
+const text = Buffer.alloc(160);
+let at = 0;
+
+function put(s: string): void {
+  for (let i = 0; i < s.length; i++) text[at++] = s.charCodeAt(i);
+}
+
+function putDec(v: number): void {
+  if (v >= 10) putDec(Math.floor(v / 10));
+  text[at++] = 48 + (v % 10);
+}
+
+function putAddress(b: Buffer, o: number, v4: boolean): void {
+  if (!v4) {
+    put(`[${formatIpv6(b, o)}]`);
+    return;
+  }
+  for (let i = 0; i < 4; i++) {
+    if (i) text[at++] = 46;
+    putDec(b[o + i]);
+  }
+}
+
+/**
+ * The text form of a flow key (see writeFlowKey), as describeFlow gives it:
+ * written byte by byte into one buffer, so a flow's name is one flat string
+ * (a template literal would leave a tree of string pieces behind, several
+ * hundred bytes per flow). An unknown layout gives the key's hex.
+ */
+export function describeKey(key: string): string {
+  const n = Math.min(key.length, MAX_FLOW_KEY_BYTES);
+  const b = keyBytes;
+  for (let i = 0; i < n; i++) b[i] = key.charCodeAt(i);
+  const v4 = n === 16 || n === 13;
+  const ports = n === 16 || n === 40;
+  if (!v4 && n !== 40 && n !== 37) return `key ${b.toString('hex', 0, n)}`;
+  const len = v4 ? 4 : 16;
+  const end = 4 + 2 * len;
+  const proto = ports ? b[3] : b[end];
+  at = 0;
+  if (!ports) { put('ip proto '); putDec(proto); text[at++] = 32; }
+  else put(proto === IpProto.TCP ? 'tcp ' : proto === IpProto.UDP ? 'udp ' : proto === IpProto.ICMP ? 'icmp ' : 'icmpv6 ');
+  putAddress(b, 4, v4);
+  const tcpOrUdp = ports && (proto === IpProto.TCP || proto === IpProto.UDP);
+  if (tcpOrUdp) { text[at++] = 58; putDec(b.readUInt16BE(end)); }
+  put(' > ');
+  putAddress(b, 4 + len, v4);
+  if (tcpOrUdp) { text[at++] = 58; putDec(b.readUInt16BE(end + 2)); }
+  else if (ports) { put(' id/type '); putDec(b.readUInt16BE(end)); }
+  else if (FRAGMENT_ONLY_IN_IP_CLASS.has(proto)) put(' (fragments)');
+  const vlanKey = (b[0] << 16) | (b[1] << 8) | b[2];
+  if (vlanKey !== 0) {
+    put(' vlan ');
+    putDec(Math.floor(vlanKey / 4096));
+    if (vlanKey % 4096) { text[at++] = 46; putDec(vlanKey % 4096); }
+  }
+  return text.toString('latin1', 0, at);
+}

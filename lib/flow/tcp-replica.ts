@@ -17,9 +17,6 @@ export class TcpEndpointState {
   /** Highest ACK this endpoint has sent (client sequence space), valid when ackSeen. */
   maxAck = 0;
   ackSeen = false;
-  /** Window scale and MSS from its SYN, -1 when not offered. */
-  windowScale = -1;
-  mss = -1;
   /** The end of the highest segment seen from this endpoint (its snd_nxt as far as we know; its own space), null: none yet. */
   sndNxt: number | null = null;
 

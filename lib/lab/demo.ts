@@ -100,7 +100,6 @@ async function demoSteps(l: BridgedLab, p: (line: string) => void): Promise<{ mi
   const body = await fetch(l, `http://${lab.serviceIpv4}/${LAB_FILES.lorem}`);
   await waitFor(() => bridge.pipeline.state === 'COMPARING', 5000);
   p(`   the client received ${body.length} bytes: the primary's version (${sha256(body) === sha256(text) ? 'identical' : 'NOT identical'} to the primary's file)`);
-  bridge.pipeline.syncReports();
   const flows = bridge.pipeline.reports.filter((r) => r.mismatchList.length > 0).slice(-1);
   for (const f of flows) {
     const m = f.mismatchList[f.mismatchList.length - 1];

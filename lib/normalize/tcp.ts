@@ -25,15 +25,14 @@ export function synSignature(o: TcpOptions): string {
 }
 
 /**
- * Learns from a SYN this endpoint sent: its sequence base, TS base, MSS and
- * window scale. Returns false when the SYN's options are malformed.
+ * Learns from a SYN this endpoint sent: its sequence base and TS base (its
+ * MSS and window scale go into the SYN signature the comparator checks, not
+ * here). Returns false when the SYN's options are malformed.
  */
 export function learnFromSyn(f: DecodedFrame, ep: TcpEndpointState, opts: TcpOptions): boolean {
   const ok = readTcpOptions(f, opts);
   ep.seqBase = f.tcp.seq;
   ep.synSeen = true;
-  ep.mss = opts.mss;
-  ep.windowScale = opts.windowScale;
   if (opts.tsOffset >= 0) {
     ep.tsBase = f.dv.getUint32(opts.tsOffset);
     ep.tsSeen = true;

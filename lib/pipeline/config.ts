@@ -89,6 +89,13 @@ export interface NormalizeConfig {
 
 export interface PipelineConfig {
   maxFlows: number;
+  /**
+   * How many flows `flows` and the reports list at most: the newest. A flow
+   * still in the table is reported from its own counters, made only when
+   * asked; one that left it (closed and expired, or evicted) keeps a report
+   * while it is among the newest this many.
+   */
+  flowReports: number;
   /** A primary frame unmatched for longer than this asks for a checkpoint (reason `timeout`). */
   maxUnmatchedAgeMs: number;
   /** High-water marks for held output, per flow and in total (reason `queue`). */
@@ -134,6 +141,7 @@ export const MAX_FLOW_POLICY_RULES = 1024;
 
 export const DEFAULT_PIPELINE_CONFIG: PipelineConfig = {
   maxFlows: 65536,
+  flowReports: 4096,
   maxUnmatchedAgeMs: 100,
   flowHighWater: { bytes: 8 << 20, frames: 8192 },
   totalHighWater: { bytes: 128 << 20, frames: 131072 },
@@ -189,6 +197,7 @@ const problemOf = <T>(parsed: T | string) => (typeof parsed === 'string' ? parse
 /** Every setting of a `PipelineConfig`, with what it may hold. */
 export const PIPELINE_SETTING_RULES: Record<keyof PipelineConfig, SettingRule> = {
   maxFlows: positiveInt,
+  flowReports: { kind: 'number', min: 0, integer: true },
   maxUnmatchedAgeMs: positiveMs,
   flowHighWater: queueLimits,
   totalHighWater: queueLimits,

@@ -35,7 +35,7 @@ import { FrameAction, PipelineConfig } from './config';
 import { FailoverRecord, Stage, StageEvent } from './events';
 import { FlowRegistry } from './flows';
 import { FrameCounts } from './frame-counts';
-import { FlowReport, RecentFrame, ShadowFlow } from './shadow-flow';
+import { FlowReport, NOTHING_HELD, RecentFrame, ShadowFlow } from './shadow-flow';
 
 export interface Divergence {
   flow: string;
@@ -199,7 +199,7 @@ export class EgressStage implements Stage {
     if (ip) {
       const flows = d.flows;
       if (f.l4 === 'tcp' && (f.tcp.flags & TcpFlag.RST) && this.statelessReset(side, f, nowUs, frame, vnet)) return;
-      const flow = flows.settle(flows.egressLookup[side].find(f, nowUs, () => flows.newFlow(f, 'egress'))!.state);
+      const flow = flows.settle(flows.egressLookup[side].find(f, nowUs, (key) => flows.newFlow(key, f, 'egress'))!.state);
       if (flow.mode !== 'compare') {
         // A `pass` flow's SYNs give the bases that translate the client's frames for the backup.
         if (flow.policy === 'pass' && flow.tcp && (f.tcp.flags & TcpFlag.SYN)) {
@@ -250,9 +250,9 @@ export class EgressStage implements Stage {
       const ep = flow.tcp.replicas[side];
       const stream = flow.stream!;
       if (ep.synSeen || stream.started) {
-        if (!stream.started || ((f.tcp.seq - ep.seqBase) >>> 0) === stream.end[side]) return false;
+        if (!stream.started || ((f.tcp.seq - ep.seqBase) >>> 0) === stream.endOf(side)) return false;
       } else {
-        flow.closed[side] = true; // e.g. a SYN to a closed port: the flow lingers as a closed one
+        flow.closedSides |= 1 << side; // e.g. a SYN to a closed port: the flow lingers as a closed one
       }
     }
     if (side === PRIMARY) {
@@ -282,7 +282,7 @@ export class EgressStage implements Stage {
     const tcp = flow.tcp!;
     const stream = flow.stream!;
     const ep = tcp.replicas[side];
-    if ((f.tcp.flags & TcpFlag.SYN) && ep.synSeen && ep.seqBase !== f.tcp.seq && (flow.closed[0] || flow.closed[1])) {
+    if ((f.tcp.flags & TcpFlag.SYN) && ep.synSeen && ep.seqBase !== f.tcp.seq && flow.closedSides !== 0) {
       flow.restartConnection();
     }
     let bytes = frame;
@@ -293,7 +293,7 @@ export class EgressStage implements Stage {
     const seg = this.segment;
     if (!normalizeTcp(f, ep, this.opts, seg)) this.badTcpOptions++;
     if (side === BACKUP && !seg.rst) ep.noteSent(f.tcp.seq, seg.payload.length + (seg.syn ? 1 : 0) + (seg.fin ? 1 : 0));
-    if (seg.fin || seg.rst) flow.closed[side] = true;
+    if (seg.fin || seg.rst) flow.closedSides |= 1 << side;
     if (flow.recent) flow.remember(side, side === PRIMARY ? bytes : this.copier.copy(frame), nowUs);
     const start = seg.position;
     const end = segmentEnd(seg);
@@ -307,16 +307,16 @@ export class EgressStage implements Stage {
       // Checkpointing: all held output goes when it is done; comparison restarts past what is said meanwhile.
       stream.noteExtent(side, seg);
     } else {
-      const backupEnd = stream.end[BACKUP];
+      const backupEnd = stream.endOf(BACKUP);
       if (stream.append(side, seg)) this.onMismatch(flow, nowUs);
-      if (side === BACKUP && stream.end[BACKUP] !== backupEnd) flow.backupProgressUs = nowUs;
+      if (side === BACKUP && stream.endOf(BACKUP) !== backupEnd) flow.backupProgressUs = nowUs;
       if (side === BACKUP && flow.ingressHeld.length > 0 && tcp.backupDeltaKnown) d.backupDeltaKnown(flow);
       this.afterCompare(flow, nowUs);
     }
     if (side === BACKUP && end !== start) {
       this.logStandby(flow, frame, start, end, vnet);
       // Silence counts only what the backup said *ahead* of the primary; trailing it is normal.
-      if (stream.leading === BACKUP || seqGt(stream.end[BACKUP], stream.end[PRIMARY])) d.liveness.noteStandby(nowUs, f, frame);
+      if (stream.leading === BACKUP || seqGt(stream.endOf(BACKUP), stream.endOf(PRIMARY))) d.liveness.noteStandby(nowUs, f, frame);
     } else if (side === BACKUP && (f.tcp.flags & TcpFlag.ACK) && !seg.rst) {
       const told = flow.held.releasedMaxAck;
       if (told === null || seqGt(f.tcp.ack, told)) flow.standbyAck = { frame: Buffer.from(frame), vnet };
@@ -341,7 +341,7 @@ export class EgressStage implements Stage {
     if (d.replicator.state !== 'COMPARING') return;
     if (cmp.append(side, content)) this.onMismatch(flow, nowUs);
     this.afterCompare(flow, nowUs);
-    if (side === BACKUP && flow.report.protocol !== 'arp' && flow.report.protocol !== 'ethertype') {
+    if (side === BACKUP && flow.protocol !== 'arp' && flow.protocol !== 'ethertype') {
       this.logStandby(flow, frame, cmp.sent[BACKUP] - 1, cmp.sent[BACKUP], vnet);
       if (cmp.leading === BACKUP) d.liveness.noteStandby(nowUs, f, frame);
     }
@@ -355,7 +355,7 @@ export class EgressStage implements Stage {
     } else if (flow.backupDatagramDelivered(end)) {
       return;
     }
-    flow.standbyLog.add(frame, start, end, vnet);
+    flow.standbyLogToAdd().add(frame, start, end, vnet);
   }
 
   private afterCompare(flow: ShadowFlow, nowUs: number): void {
@@ -385,7 +385,7 @@ export class EgressStage implements Stage {
     // The excerpts are bounded by the comparators (EXCERPT_BEFORE + EXCERPT_AFTER bytes, JSON-quoted).
     this.d.log('warn', 'mismatch', { flow: flow.name, kind: m.kind, offset: m.offset, excerptOffset: m.excerptOffset, primary: m.primary, backup: m.backup });
     if (flow.recent && this.divergences.length < MAX_DIVERGENCES) {
-      this.divergences.push({ flow: flow.name, mismatch: flow.report.mismatchList[flow.report.mismatchList.length - 1] ?? { ...m, timeUs: nowUs }, frames: [...flow.recent] });
+      this.divergences.push({ flow: flow.name, mismatch: flow.mismatchList?.[flow.mismatchList.length - 1] ?? { ...m, timeUs: nowUs }, frames: [...flow.recent] });
     }
     this.checkpointFor(flow, 'mismatch', nowUs);
   }
@@ -501,9 +501,9 @@ export class EgressStage implements Stage {
       // meanwhile the survivor's frames on it are dropped. Datagram flows have no state to
       // lose: the survivor answers their next datagrams unchecked.
       flow.passFed = false;
-      if (flow.policy === 'pass' && flow.tcp && !flow.resetAfterFailover && !(flow.closed[0] && flow.closed[1])) {
+      if (flow.policy === 'pass' && flow.tcp && !flow.resetAfterFailover && !flow.bothClosed) {
         flow.resetAfterFailover = true;
-        flow.ingressHeld = [];
+        flow.ingressHeld = NOTHING_HELD;
         flows.awaitingReset++;
         this.passFlowsReset++;
       }

@@ -17,7 +17,7 @@
 import { DecodedFrame } from '../packet/frame';
 import { SlabPool } from '../packet/slab';
 import { FlowEntry, FlowTable } from '../flow/flow-table';
-import { describeFlow, flowKeyOf, flowProtocolOf } from '../flow/key';
+import { describeKey, flowProtocolOf } from '../flow/key';
 import { TcpFlag } from '../packet/constants';
 import { FlowLookup } from '../flow/key-cache';
 import { FlowHeldQueue, HeldQueues } from '../release/held';
@@ -26,7 +26,7 @@ import { MatchTotals, StreamNoise } from '../compare/tcp-stream';
 import { PipelineConfig } from './config';
 import { Stage, StageEvent } from './events';
 import { FlowPolicyTable } from './flow-policy';
-import { FlowMode, FlowReport, ShadowFlow } from './shadow-flow';
+import { BOTH_CLOSED, FlowMode, FlowReport, ShadowFlow } from './shadow-flow';
 
 export interface FlowRegistryDeps {
   config: PipelineConfig;
@@ -58,8 +58,12 @@ export class FlowRegistry implements Stage {
   readonly ingressLookup: FlowLookup<ShadowFlow>;
   /** One lookup per comparison side: each remembers its last flow. */
   readonly egressLookup: [FlowLookup<ShadowFlow>, FlowLookup<ShadowFlow>];
-  /** Every flow seen, for reports (most recent `reportLimit`). */
-  readonly reports: FlowReport[] = [];
+  /**
+   * Reports of flows that left the table, a ring of at most `reportLimit`
+   * (oldest at `departedNext` once full), with their birth serials.
+   */
+  private readonly departed: { serial: number; report: FlowReport }[] = [];
+  private departedNext = 0;
   /** ARP and other ethertypes compared as datagrams, by class and VLAN. */
   readonly nonIp = new Map<string, ShadowFlow>();
   created = 0;
@@ -144,11 +148,12 @@ export class FlowRegistry implements Stage {
     return flow;
   }
 
-  newFlow(f: DecodedFrame, dir: 'ingress' | 'egress'): ShadowFlow {
+  newFlow(key: string, f: DecodedFrame, dir: 'ingress' | 'egress'): ShadowFlow {
     this.created++;
     const d = this.d;
-    const flow = new ShadowFlow(describeFlow(f, dir), flowProtocolOf(f), d.held, d.backupCopies, d.totals, d.config.captureDivergence, d.standbyCopies, d.config.compare.datagramWindow, this.noise);
+    const flow = new ShadowFlow(describeKey(key), flowProtocolOf(f), d.held, d.backupCopies, d.totals, d.config.captureDivergence, d.standbyCopies, d.config.compare.datagramWindow, this.noise);
     flow.epoch = flow.bornEpoch = this.checkpointEpoch;
+    flow.serial = this.created;
     const action = d.replicas.standby ? this.policy.match(f, dir) : 'compare';
     if (!d.replicas.standby) {
       flow.mode = 'solo';
@@ -156,14 +161,13 @@ export class FlowRegistry implements Stage {
     } else if (action !== 'compare') {
       // Decided once: the same 4-tuple gets the same answer for its whole life.
       flow.mode = 'solo';
-      flow.policy = flow.report.policy = action;
+      flow.policy = action;
       flow.passFed = action === 'pass';
       this.unprotected++;
       if (action === 'pass') this.policyPass++;
       else this.policyDropBackupOnly++;
     } else if (this.evictedKeys.size > 0 && f.l4 === 'tcp' && !(f.tcp.flags & TcpFlag.SYN)) {
       // An evicted connection speaking again: never compared from raw sequence numbers, never passed silently.
-      const key = flowKeyOf(f, dir);
       if (this.evictedKeys.delete(key)) {
         flow.mode = 'solo';
         this.unprotected++;
@@ -174,7 +178,6 @@ export class FlowRegistry implements Stage {
         d.evictedResumed?.(flow, old ? old.releaseAll() : 0);
       }
     }
-    this.addReport(flow.report);
     return flow;
   }
 
@@ -187,8 +190,8 @@ export class FlowRegistry implements Stage {
     if (!flow) {
       flow = new ShadowFlow(name, cls, d.held, d.backupCopies, d.totals, d.config.captureDivergence, d.standbyCopies, d.config.compare.datagramWindow);
       flow.epoch = this.checkpointEpoch;
+      flow.serial = ++this.created;
       this.nonIp.set(name, flow);
-      this.addReport(flow.report);
     }
     // Neighbour traffic has no connection to lose: it is compared again as soon as there is a backup.
     if (flow.mode !== 'compare' && d.replicas.standby) flow.mode = 'compare';
@@ -204,7 +207,7 @@ export class FlowRegistry implements Stage {
     if (!flow.resetAfterFailover) return;
     flow.resetAfterFailover = false;
     this.awaitingReset--;
-    if (closed) flow.closed[0] = flow.closed[1] = true;
+    if (closed) flow.closedSides = BOTH_CLOSED;
     else flow.restartConnection();
   }
 
@@ -212,7 +215,7 @@ export class FlowRegistry implements Stage {
   setMode(flow: ShadowFlow, mode: FlowMode): void {
     if (flow.mode === 'carried') this.carried--;
     if (mode === 'carried') this.carried++;
-    if (mode === 'solo' && flow.mode === 'compare' && flow.report.protocol !== 'arp' && flow.report.protocol !== 'ethertype') this.unprotected++;
+    if (mode === 'solo' && flow.mode === 'compare' && flow.protocol !== 'arp' && flow.protocol !== 'ethertype') this.unprotected++;
     flow.mode = mode;
   }
 
@@ -230,27 +233,61 @@ export class FlowRegistry implements Stage {
     this.table.expire(nowUs, (flow) => {
       if (flow.held.length > 0) return Infinity;
       if (!flow.stream) return c.datagramIdleMs * 1000;
-      return (flow.closed[0] && flow.closed[1]) || flow.stream.rstAgreed ? c.closedTcpLingerMs * 1000 : c.tcpIdleMs * 1000;
+      return flow.bothClosed || flow.stream.rstAgreed ? c.closedTcpLingerMs * 1000 : c.tcpIdleMs * 1000;
     }, shortest);
   }
 
-  /** Brings every flow's report up to date (call before reading `reports`). */
-  syncReports(): void {
-    for (const flow of this.all()) flow.syncReport();
+  /** Every flow's report, in birth order: the newest `reportLimit`, whether still in the table or gone. */
+  get reports(): FlowReport[] {
+    return this.reportList(this.d.reportLimit);
   }
 
-  private addReport(r: FlowReport): void {
-    this.reports.push(r);
-    if (this.reports.length > this.d.reportLimit) this.reports.shift();
+  /**
+   * The newest `limit` flows whose name holds `match` (if given), in birth
+   * order. Reports are made only for the flows listed: the table is
+   * scanned newest first and the scan stops at `limit`.
+   */
+  reportList(limit: number, match?: string): FlowReport[] {
+    limit = Math.min(limit, this.d.reportLimit);
+    if (!(limit > 0)) return [];
+    const found: { serial: number; flow?: ShadowFlow; report?: FlowReport }[] = [];
+    const take = (serial: number, name: string, flow?: ShadowFlow, report?: FlowReport) => {
+      if (match === undefined || name.includes(match)) found.push({ serial, flow, report });
+    };
+    // The table's entries are in birth order (a Map keeps insertion order; a reused key is a new entry).
+    const live = Array.from(this.table.entries());
+    for (let i = live.length - 1, n = 0; i >= 0 && n < limit; i--) {
+      const before = found.length;
+      take(live[i].state.serial, live[i].state.name, live[i].state);
+      n += found.length - before;
+    }
+    for (const flow of this.nonIp.values()) take(flow.serial, flow.name, flow);
+    const ring = this.departed;
+    for (let i = 0; i < ring.length; i++) take(ring[i].serial, ring[i].report.key, undefined, ring[i].report);
+    found.sort((a, b) => a.serial - b.serial);
+    return found.slice(-limit).map((x) => x.report ?? x.flow!.report);
+  }
+
+  /** Keeps a departing flow's report among the newest `reportLimit`. */
+  private keepReport(flow: ShadowFlow): void {
+    const limit = this.d.reportLimit;
+    if (limit <= 0) return;
+    const kept = { serial: flow.serial, report: flow.report };
+    if (this.departed.length < limit) {
+      this.departed.push(kept);
+      return;
+    }
+    this.departed[this.departedNext] = kept;
+    this.departedNext = (this.departedNext + 1) % limit;
   }
 
   private onEvict(e: FlowEntry<ShadowFlow>, why: 'lru' | 'idle'): void {
     const flow = e.state;
-    flow.syncReport();
+    this.keepReport(flow);
     if (flow.mode === 'carried') this.carried--;
     if (flow.resetAfterFailover) this.awaitingReset--;
     flow.standbyLog.clear();
-    if (flow.tcp && flow.mode === 'compare' && !(flow.closed[0] && flow.closed[1]) && !flow.halfOpen) {
+    if (flow.tcp && flow.mode === 'compare' && !flow.bothClosed && !flow.halfOpen) {
       this.evictedOpen++;
       if (this.evictedKeys.size >= MAX_EVICTED_KEYS) this.evictedKeys.delete(this.evictedKeys.keys().next().value as string);
       this.evictedKeys.set(e.key, true);

@@ -50,7 +50,7 @@ import { VIRTIO_NET_HDR_F_NEEDS_CSUM, VirtioNetHeader } from '../io/port';
 import { PipelineConfig } from './config';
 import { Stage, StageEvent } from './events';
 import { FlowRegistry } from './flows';
-import { ShadowFlow } from './shadow-flow';
+import { NOTHING_HELD, ShadowFlow } from './shadow-flow';
 import type { FrameCounts } from './frame-counts';
 
 /** A client frame kept for later (during a checkpoint, or until a flow's backup delta is known). */
@@ -182,7 +182,7 @@ export class IngressStage implements Stage {
   /** Sends a flow's client frames that waited for its backup delta (or for a failover). */
   flushFlow(flow: ShadowFlow): void {
     const waiting = flow.ingressHeld;
-    flow.ingressHeld = [];
+    flow.ingressHeld = NOTHING_HELD;
     for (const held of waiting) {
       const f = decodeFrame(held.frame, this.frame);
       if (flow.mode === 'carried') {
@@ -243,7 +243,7 @@ export class IngressStage implements Stage {
     const flows = d.flows;
     // A SYN that would open a flow spends a token first; the lookup without creating is cheap.
     if (isSyn && !(flags & TcpFlag.ACK) && !flows.ingressLookup.find(f, nowUs) && !this.admitNewFlow(nowUs)) return;
-    const entry = flows.ingressLookup.find(f, nowUs, isSyn ? () => flows.newFlow(f, 'ingress') : undefined);
+    const entry = flows.ingressLookup.find(f, nowUs, isSyn ? (key) => flows.newFlow(key, f, 'ingress') : undefined);
     if (!entry) {
       // A flow no VM has spoken in: nothing to translate (the delta is zero).
       this.stray('no-flow', 'forward-both');
@@ -293,6 +293,7 @@ export class IngressStage implements Stage {
         flow.ingressHeld.shift();
         this.holdDropped++;
       }
+      if (flow.ingressHeld === NOTHING_HELD) flow.ingressHeld = [];
       flow.ingressHeld.push({ frame: this.copier.copy(frame), vnet });
       return;
     }
@@ -336,7 +337,7 @@ export class IngressStage implements Stage {
     if (p.ackSeen && Math.abs(seqDiff(seq, p.maxAck)) > STRAY_WINDOW) return 'out-of-window';
     const stream = flow.stream!;
     // The primary's stream end counts from its SYN; an ACK past it acknowledges bytes never sent.
-    if (hasAck && p.synSeen && stream.started && this.d.flows.followed(flow) && seqGt((ack - p.seqBase) >>> 0, stream.end[PRIMARY])) return 'ack-unsent';
+    if (hasAck && p.synSeen && stream.started && this.d.flows.followed(flow) && seqGt((ack - p.seqBase) >>> 0, stream.endOf(PRIMARY))) return 'ack-unsent';
     return null;
   }
 

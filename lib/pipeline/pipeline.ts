@@ -78,7 +78,7 @@ export class ShadowPipeline {
     private readonly outputs: PipelineOutputs,
     startUs: number,
     agentConnected: boolean,
-    reportLimit = 100_000,
+    reportLimit = config.flowReports,
     slotNames: [string, string] = ['primary', 'backup'],
   ) {
     const log = (level: 'info' | 'warn', event: string, fields: Record<string, unknown>) => outputs.log(level, event, fields);
@@ -293,14 +293,12 @@ export class ShadowPipeline {
     return out;
   }
 
-  /** Brings every flow's report up to date (call before reading `reports`). */
-  syncReports(): void {
-    this.flowRegistry.syncReports();
-  }
-
   // Read-only views for reports, status and tests.
   get flows(): FlowTable<ShadowFlow> { return this.flowRegistry.table; }
+  /** Flow reports, in birth order: the newest `flowReports` (made when read). */
   get reports(): FlowReport[] { return this.flowRegistry.reports; }
+  /** The newest `limit` flows whose name holds `match`, in birth order (see FlowRegistry.reportList). */
+  reportList(limit: number, match?: string): FlowReport[] { return this.flowRegistry.reportList(limit, match); }
   get divergences(): Divergence[] { return this.egress.divergences; }
   get failoverHistory(): FailoverRecord[] { return this.failoverStage.history; }
   get silence() { return this.failoverStage.silence; }

@@ -64,15 +64,28 @@ export interface CarriedFlow {
   datagramsSeen: number;
 }
 
+/**
+ * The `ingressHeld` of every flow with nothing waiting: one shared, frozen
+ * empty array (a push to it throws rather than corrupts; holders replace it
+ * with their own first). Most flows never hold a client frame.
+ */
+export const NOTHING_HELD = Object.freeze([]) as unknown as ShadowFlow['ingressHeld'];
+
+/** What `standbyLog` is while a flow has logged nothing: empty, and never added to (its frames array is frozen). */
+const EMPTY_STANDBY_LOG = new StandbyLog(new SlabPool(false, false, 0), true);
+
+/** `closedSides` when both have ended their half. */
+export const BOTH_CLOSED = 3;
+
 export class ShadowFlow implements ReleaseGate {
   readonly tcp: TcpConnectionState | null;
   readonly stream: TcpStreamComparator | null;
   readonly datagrams: DatagramComparator | null;
   readonly held: FlowHeldQueue;
-  /** Client frames waiting until the backup's sequence delta is known. */
-  ingressHeld: { frame: Buffer; vnet: VirtioNetHeader | undefined }[] = [];
-  /** Whether each side has ended its half (FIN) or reset: for idle expiry. */
-  readonly closed = [false, false];
+  /** Client frames waiting until the backup's sequence delta is known (the shared empty array while none wait: see NOTHING_HELD). */
+  ingressHeld: { frame: Buffer; vnet: VirtioNetHeader | undefined }[] = NOTHING_HELD;
+  /** Which sides have ended their half (FIN) or reset, a bit per side (1 << side): for idle expiry. */
+  closedSides = 0;
   /** The last checkpoint this flow has been resynchronized to (done lazily, on its next frame). */
   epoch = 0;
   /** The checkpoint epoch the flow was born in. */
@@ -81,19 +94,22 @@ export class ShadowFlow implements ReleaseGate {
   backupProgressUs = -Infinity;
   /** Recent frames of each side, kept only when divergence capture is on. */
   recent: RecentFrame[] | null;
-  readonly report: FlowReport;
+  /** Which flow this is: its birth order in the registry (reports are listed in it). */
+  serial = 0;
+  readonly protocol: FlowReport['protocol'];
+  mismatches = 0;
+  /** The first MAX_REPORTED_MISMATCHES mismatches; null while there was none (most flows). */
+  mismatchList: FlowReport['mismatchList'] | null = null;
   mode: FlowMode = 'compare';
   carried: CarriedFlow | null = null;
-  /** The backup's frames the client has not received in any form: sent at failover. */
-  readonly standbyLog: StandbyLog;
+  /** The standby log, made when the standby first says something the client has not received (most flows never need one). */
+  private standby: StandbyLog | null = null;
   /**
    * The standby's latest pure ACK that acknowledges more than the client has
    * been told: at failover it tells the client what the survivor has (else a
    * client with unacknowledged data waits for its retransmission timeout).
    */
   standbyAck: { frame: Buffer; vnet: VirtioNetHeader | undefined } | null = null;
-  /** A mismatch was settled by aligning (replicas that cannot be copied): the backup's bytes differ from what was released. */
-  diverged = false;
   /** What the policy table said when the flow was born (`solo` mode unless `compare`). */
   policy: FlowPolicyAction = 'compare';
   /**
@@ -106,7 +122,8 @@ export class ShadowFlow implements ReleaseGate {
   passFed = false;
 
   constructor(
-    name: string, protocol: FlowReport['protocol'], queues: HeldQueues, backupCopies: SlabPool, totals: MatchTotals, keepRecent: boolean, standbyCopies: SlabPool,
+    readonly name: string, protocol: FlowReport['protocol'], queues: HeldQueues, backupCopies: SlabPool, totals: MatchTotals, keepRecent: boolean,
+    private readonly standbyCopies: SlabPool,
     datagramWindow = DEFAULT_DATAGRAM_WINDOW,
     noise: StreamNoise = NO_STREAM_NOISE,
   ) {
@@ -116,13 +133,37 @@ export class ShadowFlow implements ReleaseGate {
     this.datagrams = stream ? null : new DatagramComparator(backupCopies, totals, datagramWindow);
     this.held = new FlowHeldQueue(queues, name, stream);
     this.held.flow = this;
-    this.standbyLog = new StandbyLog(standbyCopies, stream);
     this.recent = keepRecent ? [] : null;
-    this.report = { key: name, protocol, releasedFrames: 0, releasedBytes: 0, matchedBytes: 0, mismatches: 0, mismatchList: [] };
+    this.protocol = protocol;
   }
 
-  get name(): string {
-    return this.report.key;
+  /** What this flow has done so far: made when asked (a flow keeps counters, not a report). */
+  get report(): FlowReport {
+    const r: FlowReport = {
+      key: this.name, protocol: this.protocol,
+      releasedFrames: this.held.releasedFrames,
+      releasedBytes: this.held.releasedPayloadBytes,
+      matchedBytes: this.stream ? this.stream.matchedBytes : this.datagrams!.matchedBytes,
+      mismatches: this.mismatches,
+      mismatchList: this.mismatchList ? this.mismatchList.slice() : [],
+    };
+    if (this.policy !== 'compare') r.policy = this.policy;
+    return r;
+  }
+
+  /** The backup's frames the client has not received in any form: sent at failover. Empty (and shared) until the first is added. */
+  get standbyLog(): StandbyLog {
+    return this.standby ?? EMPTY_STANDBY_LOG;
+  }
+
+  /** The standby log to add to: this flow's own, made on first use. */
+  standbyLogToAdd(): StandbyLog {
+    return (this.standby ??= new StandbyLog(this.standbyCopies, this.stream !== null));
+  }
+
+  /** Both sides have ended their half or reset. */
+  get bothClosed(): boolean {
+    return this.closedSides === BOTH_CLOSED;
   }
 
   /** Whether the backup gets this flow's client frames: compared flows, and `pass` flows (kept warm, never judged). */
@@ -190,15 +231,9 @@ export class ShadowFlow implements ReleaseGate {
   }
 
   noteMismatch(m: Mismatch, timeUs: number): void {
-    this.report.mismatches++;
-    if (this.report.mismatchList.length < MAX_REPORTED_MISMATCHES) this.report.mismatchList.push({ ...m, timeUs });
-  }
-
-  syncReport(): void {
-    const r = this.report;
-    r.releasedFrames = this.held.releasedFrames;
-    r.releasedBytes = this.held.releasedPayloadBytes;
-    r.matchedBytes = this.stream ? this.stream.matchedBytes : this.datagrams!.matchedBytes;
+    this.mismatches++;
+    const list = (this.mismatchList ??= []);
+    if (list.length < MAX_REPORTED_MISMATCHES) list.push({ ...m, timeUs });
   }
 
   /** A new connection on the 4-tuple of a closed one (port reuse): start its state afresh. */
@@ -208,7 +243,7 @@ export class ShadowFlow implements ReleaseGate {
       ep.synSeen = false; ep.tsSeen = false; ep.ackSeen = false; ep.seqBase = 0; ep.tsBase = 0; ep.sndNxt = null;
     }
     this.stream!.started = false;
-    this.closed[0] = this.closed[1] = false;
+    this.closedSides = 0;
   }
 
   remember(side: 0 | 1, frame: Buffer, timeUs: number): void {
@@ -229,11 +264,10 @@ export class ShadowFlow implements ReleaseGate {
    * was already settled by the checkpoint.
    */
   resync(mode: 'copy' | 'align'): void {
-    this.closed[0] = this.closed[1] = false;
+    this.closedSides = 0;
     // A copy replaces the standby's state: what it said before no longer stands. Datagram counts restart.
     if (mode === 'copy' || this.datagrams) this.standbyLog.clear();
     if (mode === 'copy') this.standbyAck = null;
-    if (this.mismatch && mode === 'align') this.diverged = true;
     if (this.datagrams) {
       this.datagrams.reset();
       this.held.restartCount();
@@ -249,9 +283,9 @@ export class ShadowFlow implements ReleaseGate {
       b.tsBase = p.tsBase;
       b.tsSeen = p.tsSeen;
       b.synSeen = p.synSeen;
-      stream.reset(stream.end[PRIMARY]);
+      stream.reset(stream.endOf(PRIMARY));
     } else {
-      stream.reset(seqMax(stream.end[PRIMARY], stream.end[BACKUP]));
+      stream.reset(seqMax(stream.endOf(PRIMARY), stream.endOf(BACKUP)));
     }
   }
 }

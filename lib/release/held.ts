@@ -59,8 +59,12 @@ export interface ReleaseProgress {
   others: { flows: number; frames: number; bytes: number; uncheckedFrames: number; uncheckedBytes: number };
 }
 
+/** The shared empty `frames` of every queue holding nothing (frozen: a push to it throws rather than corrupts). */
+const NO_FRAMES = Object.freeze([]) as unknown as HeldFrame[];
+
 export class FlowHeldQueue {
-  private frames: HeldFrame[] = [];
+  /** Held frames from `head` on (released ones may sit among them); the shared empty array while there are none. */
+  private frames: HeldFrame[] = NO_FRAMES;
   private head = 0;
   /** Frames and bytes held and not yet released (released ones may still sit in `frames`). */
   count = 0;
@@ -99,6 +103,7 @@ export class FlowHeldQueue {
     vnet?: VirtioNetHeader,
   ): HeldFrame {
     const h: HeldFrame = { frame, end, rst, hasAck, ack, payloadBytes, heldAtUs: nowUs, released: false, queue: this, slab, vnet };
+    if (this.frames === NO_FRAMES) this.frames = [];
     this.frames.push(h);
     this.count++;
     this.bytes += frame.length;
@@ -156,7 +161,7 @@ export class FlowHeldQueue {
         n++;
       }
     }
-    this.frames = [];
+    this.frames = NO_FRAMES;
     this.head = 0;
     return n;
   }
@@ -167,7 +172,10 @@ export class FlowHeldQueue {
   }
 
   private compact(): void {
-    if (this.head > 64 && this.head * 2 > this.frames.length) {
+    if (this.head === this.frames.length) {
+      this.frames = NO_FRAMES;
+      this.head = 0;
+    } else if (this.head > 64 && this.head * 2 > this.frames.length) {
       this.frames = this.frames.slice(this.head);
       this.head = 0;
     }

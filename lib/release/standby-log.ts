@@ -30,8 +30,12 @@ export interface StandbyFrame {
   vnet: VirtioNetHeader | undefined;
 }
 
+/** The shared empty log (frozen: a push to it throws rather than corrupts). */
+const NO_FRAMES = Object.freeze([]) as unknown as StandbyFrame[];
+
 export class StandbyLog {
-  private frames: StandbyFrame[] = [];
+  /** Logged frames from `head` on; the shared empty array while there are none (most flows). */
+  private frames: StandbyFrame[] = NO_FRAMES;
   private head = 0;
   bytes = 0;
 
@@ -43,6 +47,7 @@ export class StandbyLog {
 
   add(frame: Buffer, start: number, end: number, vnet: VirtioNetHeader | undefined): void {
     const copy = this.pool.copy(frame);
+    if (this.frames === NO_FRAMES) this.frames = [];
     this.frames.push({ frame: copy, slab: this.pool.lastSlab, start, end, vnet });
     this.bytes += copy.length;
   }
@@ -65,7 +70,7 @@ export class StandbyLog {
       this.pool.release(f.slab);
     }
     if (this.head === frames.length) {
-      this.frames = [];
+      this.frames = NO_FRAMES;
       this.head = 0;
     } else if (this.head > 64 && this.head * 2 > frames.length) {
       this.frames = frames.slice(this.head);
@@ -76,7 +81,7 @@ export class StandbyLog {
   /** Everything still logged, oldest first; the log is empty afterwards. Slabs are released by `forget`. */
   drain(): StandbyFrame[] {
     const out = this.frames.slice(this.head);
-    this.frames = [];
+    this.frames = NO_FRAMES;
     this.head = 0;
     this.bytes = 0;
     return out;

@@ -124,7 +124,7 @@ export class Replayer {
   private lastTickUs = -Infinity;
 
   constructor(startUs: number, private readonly opts: ReplaySettings = {}) {
-    const config = makePipelineConfig({ resync: 'align', captureDivergence: !!opts.divergenceDir, ...opts.config });
+    const config = makePipelineConfig({ resync: 'align', flowReports: 100_000, captureDivergence: !!opts.divergenceDir, ...opts.config });
     this.checkpointUs = (opts.checkpointMs ?? 0) * 1000;
     this.writer = opts.outPath ? new PcapWriter(opts.outPath) : null;
     this.nowUs = startUs;
@@ -178,7 +178,6 @@ export class Replayer {
   report(): ReplayReport {
     const pipeline = this.pipeline;
     const divergenceFiles = this.opts.divergenceDir ? writeDivergences(pipeline, this.opts.divergenceDir) : [];
-    pipeline.syncReports();
     return {
       inputs: { ...this.counts },
       state: pipeline.state,

@@ -83,7 +83,6 @@ describe('pipeline fuzz (needs the recorded fixtures)', () => {
       framesWithOutstanding = outstanding.length > 0 ? framesWithOutstanding + 1 : 0;
       maxOutstandingRun = Math.max(maxOutstandingRun, framesWithOutstanding);
     }
-    pipeline.syncReports();
     gc();
     const heapGrowth = process.memoryUsage().heapUsed - heapBefore;
 

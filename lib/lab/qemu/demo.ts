@@ -70,7 +70,6 @@ async function steps(lab: QemuLab, agent: QemuAgent, p: (line: string) => void):
   const expected = guestContent().get(GUEST_BIG_FILE) as Buffer;
   const ftpIntact = fs.readFileSync(file).equals(expected);
   const after = bridge.snapshot();
-  bridge.pipeline.syncReports();
   const ftpMismatch = bridge.pipeline.reports.flatMap((r) => r.mismatchList.map((m) => ({ flow: r.key, m })))
     .filter(({ flow, m }) => / > [^ ]+:21$/.test(flow) && m.timeUs >= 0).pop();
   if (ftpMismatch) {

@@ -139,7 +139,7 @@ describe('TcpStreamComparator with HTTP Date values as noise', () => {
     const next = response(date(0), 'again');
     c.append(PRIMARY, seg(1 + p.length, next.slice(0, 40))); // said while the checkpoint runs: not compared
     c.noteExtent(PRIMARY, seg(1 + p.length + 40, next.slice(40)));
-    c.reset(c.end[PRIMARY]);
+    c.reset(c.endOf(PRIMARY));
     const after = response(date(0), 'third');
     both2(c, 1 + p.length + next.length, after, response(date(1000), 'third'));
     expect(c.mismatch).toBeNull();

@@ -133,7 +133,7 @@ describe('TcpStreamComparator', () => {
     c.append(PRIMARY, seg(1, 'aaaa'));
     c.append(BACKUP, seg(1, 'aaab'));
     expect(c.mismatch).not.toBeNull();
-    c.reset(c.end[PRIMARY]);
+    c.reset(c.endOf(PRIMARY));
     expect(c.mismatch).toBeNull();
     c.append(PRIMARY, seg(5, 'zz'));
     c.append(BACKUP, seg(5, 'zy'));
@@ -168,7 +168,7 @@ describe('TcpStreamComparator', () => {
     c.append(BACKUP, seg(1, 'aaaa'));
     c.noteExtent(PRIMARY, seg(5, 'bbbb'));
     c.noteExtent(BACKUP, seg(5, 'bb'));
-    c.reset(Math.max(c.end[PRIMARY], c.end[BACKUP]));
+    c.reset(Math.max(c.endOf(PRIMARY), c.endOf(BACKUP)));
     c.append(BACKUP, seg(7, 'bb')); // below the restart point: already settled
     c.append(PRIMARY, seg(9, 'cc'));
     c.append(BACKUP, seg(9, 'cc'));

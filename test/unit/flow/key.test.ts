@@ -1,5 +1,5 @@
 import { DecodedFrame, decodeFrame } from '../../../lib/packet';
-import { Direction, describeFlow, flowKeyOf, flowProtocolOf } from '../../../lib/flow';
+import { Direction, describeFlow, describeKey, flowKeyOf, flowProtocolOf } from '../../../lib/flow';
 import {
   PROTO, icmpEcho, icmpFrame, icmpv6, ipFrame, ipv4Fragment, tcpFrame, udpFrame, udpSegment,
 } from '../../support/frames';
@@ -145,5 +145,27 @@ describe('describeFlow', () => {
     const rest = ipv4Fragment({ offset: 32, more: false, data: datagram.subarray(32) });
     expect(nameOf(rest, 'ingress')).toBe('ip proto 17 10.77.0.1 > 10.77.0.2 (fragments)');
     expect(nameOf(ipFrame({ vlan: [5] }, PROTO.AH, Buffer.alloc(24)), 'ingress')).toBe('ip proto 51 10.77.0.1 > 10.77.0.2 vlan 5');
+  });
+});
+
+describe('describeKey', () => {
+  it('says of a key what describeFlow says of the frames it was made from', () => {
+    const datagram = udpSegment({ payload: Buffer.alloc(64) });
+    const frames: [Buffer, Direction][] = [
+      [tcpFrame({ sport: 40000, dport: 80 }), 'ingress'],
+      [tcpFrame({ from: 'vm', sport: 80, dport: 40000, vlan: [7] }), 'egress'],
+      [udpFrame({ v6: true, sport: 5353, dport: 53, vlan: [300, 42] }), 'ingress'],
+      [icmpEcho({ v6: true, id: 7 }), 'ingress'],
+      [icmpEcho({ from: 'vm', reply: true, id: 4660 }), 'egress'],
+      [ipv4Fragment({ offset: 32, more: false, data: datagram.subarray(32) }), 'ingress'],
+      [ipFrame({ vlan: [5] }, PROTO.AH, Buffer.alloc(24)), 'ingress'],
+      [ipFrame({ v6: true }, 47, Buffer.alloc(24)), 'ingress'],
+    ];
+    for (const [frame, dir] of frames) expect(describeKey(keyOf(frame, dir))).toBe(nameOf(frame, dir));
+    expect(nameOf(ipFrame({ v6: true }, 47, Buffer.alloc(24)), 'ingress')).toBe('ip proto 47 [fd77::1] > [fd77::2]');
+  });
+
+  it('gives the hex of a key it cannot read', () => {
+    expect(describeKey('\x01\x02\x03')).toBe('key 010203');
   });
 });

@@ -26,7 +26,7 @@ describe('makePipelineConfig', () => {
   });
 
   it.each([
-    [{ maxFlow: 10 }, 'maxFlow', /allowed keys: maxFlows, maxUnmatchedAgeMs, .*captureDivergence, releaseLogMs, normalize, flowPolicy$/],
+    [{ maxFlow: 10 }, 'maxFlow', /allowed keys: maxFlows, flowReports, maxUnmatchedAgeMs, .*captureDivergence, releaseLogMs, normalize, flowPolicy$/],
     [{ normalize: { date: true } }, 'normalize.date', /in normalize: httpDate, httpDateToleranceMs$/],
     [{ policy: { arpp: 'drop' } }, 'policy.arpp', /allowed keys in policy: arp, otherEtherTypes, malformedFromVm/],
     [{ failover: { silence: 5 } }, 'failover.silence', /allowed keys in failover: silenceMs, probeTimeoutMs, minStandbyFrames, carrierHoldMs, announce$/],
