@@ -140,7 +140,9 @@ export interface QemuAgentStats {
   retired: number;
   /** Pause of the primary per successful copy, ms (last 1,000); in colo mode the copies that start COLO. */
   copyMs: number[];
+  /** RAM bytes and full pages of each such copy. */
   copyBytes: number[];
+  copyPages: number[];
   /** (colo) Checkpoints made by COLO, each trigger → primary running again, and the primary's pause in them (last 1,000). */
   coloCheckpoints: number;
   coloMs: number[];
@@ -164,7 +166,7 @@ const MAX_SAMPLES = 1000;
 
 class QmpQemuAgent implements QemuAgent {
   readonly stats: QemuAgentStats = {
-    checkpoints: 0, done: 0, failed: 0, reprotects: 0, failovers: 0, retired: 0, copyMs: [], copyBytes: [],
+    checkpoints: 0, done: 0, failed: 0, reprotects: 0, failovers: 0, retired: 0, copyMs: [], copyBytes: [], copyPages: [],
     coloCheckpoints: 0, coloMs: [], coloPauseMs: [], coloBytes: [], coloPages: [],
   };
   private readonly session: AgentSession;
@@ -399,9 +401,7 @@ class QmpQemuAgent implements QemuAgent {
       const report = await this.o.factory.copy(primary, standby, hold);
       if (hold) this.startWhenAttached(standby, epoch);
       if (!primary.running) throw new Error('the primary died during the copy');
-      this.stats.copyMs.push(report.ms);
-      this.stats.copyBytes.push(report.bytes);
-      if (this.stats.copyMs.length > MAX_SAMPLES) { this.stats.copyMs.shift(); this.stats.copyBytes.shift(); }
+      this.recordCopy(report);
       this.log('info', `qemu-agent-${what}`, { epoch, primary: primary.name, copy: standby.name, tap: standby.tap, ms: report.ms, bytes: report.bytes, pages: report.pages });
       this.prepareStandby();
       return { vm: standby, report };
@@ -444,9 +444,7 @@ class QmpQemuAgent implements QemuAgent {
       this.colo = pair;
       if (standby.tap !== undefined) this.startWhenAttached(standby, epoch, 'release');
       else await setColoGate(standby.qmp, false);
-      this.stats.copyMs.push(report.ms);
-      this.stats.copyBytes.push(report.bytes);
-      if (this.stats.copyMs.length > MAX_SAMPLES) { this.stats.copyMs.shift(); this.stats.copyBytes.shift(); }
+      this.recordCopy(report);
       this.log('info', `qemu-agent-${what}`, { epoch, primary: primary.name, copy: standby.name, tap: standby.tap, colo: true, ms: round1(report.ms), bytes: report.bytes, pages: report.pages });
       this.prepareStandby();
       return { vm: standby, report: { ...report, ms: round1(report.ms) } };
@@ -484,6 +482,12 @@ class QmpQemuAgent implements QemuAgent {
     };
     const timer = setTimeout(() => void waiter(`no backup-attached within ${timeoutMs} ms`), timeoutMs);
     this.attachWaiters.set(tap, waiter);
+  }
+
+  private recordCopy(report: CopyReport): void {
+    pushSample(this.stats.copyMs, report.ms);
+    pushSample(this.stats.copyBytes, report.bytes);
+    pushSample(this.stats.copyPages, report.pages);
   }
 
   /** `pages` undefined: not known (left out of the message). */
