@@ -48,7 +48,8 @@ bench: build
 fixtures: build
 	@scripts/record-fixtures.sh
 
-# Debian's QEMU 7.2 with shadowvm's two TCG fixes for COLO (qemu-colo/patches), built into
+# Debian's QEMU 7.2 with shadowvm's COLO patches (two TCG fixes; RAM counters in COLO state),
+# from qemu-colo/patches, built into
 # /var/cache/shadowvm/qemu-colo/ (root; about 11 min on 2 cores; a no-op once built).
 qemu-colo:
 	@scripts/build-qemu-colo.sh

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# make qemu-colo: Debian's QEMU 7.2 (x86_64 system emulator only) with shadowvm's two
-# TCG fixes for COLO checkpoint mode (qemu-colo/patches/*.patch), built into a local cache.
+# make qemu-colo: Debian's QEMU 7.2 (x86_64 system emulator only) with shadowvm's patches
+# for COLO checkpoint mode (qemu-colo/patches/*.patch: two TCG fixes, and the RAM counters
+# reported in COLO state), built into a local cache.
 #
 #   default output: /var/cache/shadowvm/qemu-colo/<debian version>-<hash>/bin/qemu-system-x86_64
 #   SHADOWVM_QEMU_COLO_DIR=DIR      install there instead

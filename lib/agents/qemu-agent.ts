@@ -29,7 +29,7 @@
  *
  *   checkpoint ──► trigger (x-checkpoint-delay) ─► secondary stops, then the primary (STOP)
  *                  ─► hold the secondary's output (its gate) ─► state sent, loaded ─► primary RESUME
- *                  ─► checkpoint-done {ms, port: the secondary's own tap} ─► backup-attached ─► release the gate
+ *                  ─► checkpoint-done {ms, bytes, pages, port: the secondary's own tap} ─► backup-attached ─► release the gate
  *   primary dies ──► wait for the secondary's COLO_EXIT ─► did it load the checkpoint in flight?
  *                  yes: checkpoint-done first, then primary-down; no: release the gate, primary-down;
  *                  x-colo-lost-heartbeat makes it a normal VM either way
@@ -140,11 +140,16 @@ export interface QemuAgentStats {
   retired: number;
   /** Pause of the primary per successful copy, ms (last 1,000); in colo mode the copies that start COLO. */
   copyMs: number[];
+  /** RAM bytes and full pages of each such copy. */
   copyBytes: number[];
+  copyPages: number[];
   /** (colo) Checkpoints made by COLO, each trigger → primary running again, and the primary's pause in them (last 1,000). */
   coloCheckpoints: number;
   coloMs: number[];
   coloPauseMs: number[];
+  /** (colo) RAM bytes and full pages each COLO checkpoint moved (last 1,000; only those whose size QEMU reported). */
+  coloBytes: number[];
+  coloPages: number[];
 }
 
 export interface QemuAgent {
@@ -161,8 +166,8 @@ const MAX_SAMPLES = 1000;
 
 class QmpQemuAgent implements QemuAgent {
   readonly stats: QemuAgentStats = {
-    checkpoints: 0, done: 0, failed: 0, reprotects: 0, failovers: 0, retired: 0, copyMs: [], copyBytes: [],
-    coloCheckpoints: 0, coloMs: [], coloPauseMs: [],
+    checkpoints: 0, done: 0, failed: 0, reprotects: 0, failovers: 0, retired: 0, copyMs: [], copyBytes: [], copyPages: [],
+    coloCheckpoints: 0, coloMs: [], coloPauseMs: [], coloBytes: [], coloPages: [],
   };
   private readonly session: AgentSession;
   private readonly log: LogFn;
@@ -183,6 +188,7 @@ class QmpQemuAgent implements QemuAgent {
   /** (colo) The primary and its COLO secondary (the backup), while COLO runs between them. */
   private colo: ColoPair | null = null;
   private warnedOldBridge = false;
+  private warnedNoColoSize = false;
 
   constructor(private readonly o: QemuAgentOptions) {
     this.log = o.log ?? noLog;
@@ -293,9 +299,16 @@ class QmpQemuAgent implements QemuAgent {
       this.stats.coloCheckpoints++;
       pushSample(this.stats.coloMs, r.ms);
       pushSample(this.stats.coloPauseMs, r.pauseMs);
-      this.log('info', 'qemu-agent-colo-checkpoint', { epoch, primary: primary.name, secondary: secondary.name, ms: round1(r.ms), pauseMs: round1(r.pauseMs) });
+      if (r.size) {
+        pushSample(this.stats.coloBytes, r.size.bytes);
+        pushSample(this.stats.coloPages, r.size.pages);
+      } else if (!this.warnedNoColoSize) {
+        this.warnedNoColoSize = true;
+        this.log('warn', 'qemu-agent-colo-size-unknown', { vm: primary.name, note: 'this QEMU does not report RAM counters in COLO state (qemu-colo/patches/0003, make qemu-colo): checkpoint-done says bytes 0 and no pages' });
+      }
+      this.log('info', 'qemu-agent-colo-checkpoint', { epoch, primary: primary.name, secondary: secondary.name, ms: round1(r.ms), pauseMs: round1(r.pauseMs), bytes: r.size?.bytes ?? null, pages: r.size?.pages ?? null, zeroPages: r.size?.zeroPages ?? null });
       this.startWhenAttached(secondary, epoch, 'release');
-      this.answer(epoch, secondary, { ms: round1(r.ms), bytes: 0, pages: 0 });
+      this.answer(epoch, secondary, { ms: round1(r.ms), bytes: r.size?.bytes ?? 0, pages: r.size?.pages });
       return true;
     } catch (e) {
       const error = (e as Error).message;
@@ -337,7 +350,8 @@ class QmpQemuAgent implements QemuAgent {
     this.log('warn', 'qemu-agent-colo-primary-died', { primary: pair.primary.name, secondary: sec.name, inFlight: inflight?.epoch ?? null, loaded, exitSeen: pair.exited });
     if (loaded && inflight) {
       this.startWhenAttached(sec, inflight.epoch, 'release');
-      this.answer(inflight.epoch, sec, { ms: round1(performance.now() - inflight.startedMs), bytes: 0, pages: 0 });
+      // Its size died with the primary's counters: unknown, so bytes 0 and no pages.
+      this.answer(inflight.epoch, sec, { ms: round1(performance.now() - inflight.startedMs), bytes: 0 });
     } else {
       await setColoGate(sec.qmp, false).catch((e: Error) => this.log('error', 'qemu-agent-gate-release-failed', { vm: sec.name, error: e.message }));
     }
@@ -387,9 +401,7 @@ class QmpQemuAgent implements QemuAgent {
       const report = await this.o.factory.copy(primary, standby, hold);
       if (hold) this.startWhenAttached(standby, epoch);
       if (!primary.running) throw new Error('the primary died during the copy');
-      this.stats.copyMs.push(report.ms);
-      this.stats.copyBytes.push(report.bytes);
-      if (this.stats.copyMs.length > MAX_SAMPLES) { this.stats.copyMs.shift(); this.stats.copyBytes.shift(); }
+      this.recordCopy(report);
       this.log('info', `qemu-agent-${what}`, { epoch, primary: primary.name, copy: standby.name, tap: standby.tap, ms: report.ms, bytes: report.bytes, pages: report.pages });
       this.prepareStandby();
       return { vm: standby, report };
@@ -432,9 +444,7 @@ class QmpQemuAgent implements QemuAgent {
       this.colo = pair;
       if (standby.tap !== undefined) this.startWhenAttached(standby, epoch, 'release');
       else await setColoGate(standby.qmp, false);
-      this.stats.copyMs.push(report.ms);
-      this.stats.copyBytes.push(report.bytes);
-      if (this.stats.copyMs.length > MAX_SAMPLES) { this.stats.copyMs.shift(); this.stats.copyBytes.shift(); }
+      this.recordCopy(report);
       this.log('info', `qemu-agent-${what}`, { epoch, primary: primary.name, copy: standby.name, tap: standby.tap, colo: true, ms: round1(report.ms), bytes: report.bytes, pages: report.pages });
       this.prepareStandby();
       return { vm: standby, report: { ...report, ms: round1(report.ms) } };
@@ -474,8 +484,15 @@ class QmpQemuAgent implements QemuAgent {
     this.attachWaiters.set(tap, waiter);
   }
 
-  private answer(epoch: number, vm: AgentVm, r: CopyReport): void {
-    const sent = this.session.send({ type: 'checkpoint-done', epoch, ms: r.ms, bytes: r.bytes, pages: r.pages, ...(vm.tap ? { port: vm.tap } : {}) });
+  private recordCopy(report: CopyReport): void {
+    pushSample(this.stats.copyMs, report.ms);
+    pushSample(this.stats.copyBytes, report.bytes);
+    pushSample(this.stats.copyPages, report.pages);
+  }
+
+  /** `pages` undefined: not known (left out of the message). */
+  private answer(epoch: number, vm: AgentVm, r: { ms: number; bytes: number; pages?: number }): void {
+    const sent = this.session.send({ type: 'checkpoint-done', epoch, ms: r.ms, bytes: r.bytes, ...(r.pages !== undefined ? { pages: r.pages } : {}), ...(vm.tap ? { port: vm.tap } : {}) });
     if (!sent) this.log('warn', 'qemu-agent-answer-lost', { epoch, why: 'the bridge is not connected; it will time the checkpoint out and ask again' });
   }
 

@@ -18,9 +18,12 @@
  * after the secondary stopped for a checkpoint until the bridge has fenced
  * what the secondary said before (see agents/qemu-agent.ts, the fence rule).
  *
- * MACHINE-NOTES ("QEMU"): query-migrate in COLO state returns only the
- * status, so a checkpoint's size is not known from QEMU; both QEMUs must be
- * the patched build under TCG (findColoQemu in colo-probe.ts).
+ * A checkpoint's size: QEMU 7.2's query-migrate answers only the status in
+ * COLO state; the patched build (qemu-colo/patches/0003) adds the RAM
+ * counters, which go on counting across checkpoints, so one checkpoint's
+ * size is the difference of the primary's counters before and after it.
+ * Both QEMUs must be the patched build under TCG anyway (findColoQemu in
+ * colo-probe.ts).
  */
 import { QmpClient, QmpEvent } from './qmp';
 
@@ -51,7 +54,39 @@ export async function setColoGate(qmp: QmpClient, held: boolean, timeoutMs = 500
 interface MigrateInfo {
   status: string;
   'error-desc'?: string;
-  ram?: { transferred: number; normal: number };
+  ram?: { transferred: number; normal: number; duplicate?: number };
+}
+
+/** A COLO primary's RAM counters since the migration that entered COLO. */
+export interface ColoRamCounters {
+  /** RAM bytes put on the migration stream: page data, page headers, end-of-section markers. */
+  transferred: number;
+  /** Pages sent in full. */
+  normal: number;
+  /** Zero pages (a header each, no data). */
+  duplicate: number;
+}
+
+/** What one COLO checkpoint moved, as the difference of two readings of the counters. */
+export interface ColoCheckpointSize {
+  /** RAM bytes; the device state (a buffer sent after the RAM) is not counted, as in a normal migration. */
+  bytes: number;
+  pages: number;
+  zeroPages: number;
+}
+
+/** The primary's RAM counters, or null when it is not in COLO state or does not report them there (a QEMU without patch 0003). */
+export async function readColoRam(qmp: QmpClient, timeoutMs = 5000): Promise<ColoRamCounters | null> {
+  const m = await qmp.execute<MigrateInfo>('query-migrate', undefined, { timeoutMs });
+  if (m.status !== 'colo' || !m.ram) return null;
+  return { transferred: m.ram.transferred, normal: m.ram.normal, duplicate: m.ram.duplicate ?? 0 };
+}
+
+/** The counters moved from `before` to `after` (null when either is unknown, or they went backwards: a new migration started between). */
+export function coloCheckpointSize(before: ColoRamCounters | null, after: ColoRamCounters | null): ColoCheckpointSize | null {
+  if (!before || !after) return null;
+  const size = { bytes: after.transferred - before.transferred, pages: after.normal - before.normal, zeroPages: after.duplicate - before.duplicate };
+  return size.bytes < 0 || size.pages < 0 || size.zeroPages < 0 ? null : size;
 }
 
 export interface ColoEntryReport {
@@ -134,6 +169,8 @@ export interface ColoCheckpointReport {
   ms: number;
   /** Primary STOP → RESUME: the pause its guest sees. */
   pauseMs: number;
+  /** What it moved, from the primary's counters read before the trigger and after RESUME; null: this QEMU does not say. */
+  size: ColoCheckpointSize | null;
 }
 
 /**
@@ -141,7 +178,8 @@ export interface ColoCheckpointReport {
  * primary's STOP arrives (the secondary is stopped then); the checkpoint is
  * over when the primary's RESUME has arrived and that call has finished.
  * Rejects (ColoError) on COLO_EXIT, a closed QMP connection, or after
- * `timeoutMs`; QEMU does not time a checkpoint out by itself.
+ * `timeoutMs`; QEMU does not time a checkpoint out by itself. A counter
+ * that cannot be read makes the size unknown, never the checkpoint fail.
  */
 export async function coloCheckpoint(primary: QmpClient, secondary: QmpClient, o: {
   timeoutMs: number;
@@ -149,6 +187,7 @@ export async function coloCheckpoint(primary: QmpClient, secondary: QmpClient, o
   progress?: ColoCheckpointProgress;
 }): Promise<ColoCheckpointReport> {
   const progress = o.progress ?? { primaryStopped: false, secondaryStopped: false, secondaryResumed: false };
+  const before = await readColoRam(primary, o.timeoutMs).catch(() => null);
   let stopAt = 0;
   const fence: { gate: Promise<void> | null } = { gate: null };
   let onPrimary: (ev: QmpEvent) => void = () => {};
@@ -182,8 +221,9 @@ export async function coloCheckpoint(primary: QmpClient, secondary: QmpClient, o
   try {
     await primary.execute('migrate-set-parameters', { 'x-checkpoint-delay': COLO_CHECKPOINT_DELAY_MS }, { timeoutMs: o.timeoutMs });
     const end = await resumed;
-    if (fence.gate) await fence.gate;
-    return { ms: end - t0, pauseMs: end - stopAt };
+    // The RAM was saved before the secondary could load it, so the counters are final by RESUME.
+    const [after] = await Promise.all([readColoRam(primary, o.timeoutMs).catch(() => null), fence.gate]);
+    return { ms: end - t0, pauseMs: end - stopAt, size: coloCheckpointSize(before, after) };
   } finally {
     clearTimeout(timer);
     primary.off('event', onPrimary);

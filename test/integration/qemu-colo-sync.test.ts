@@ -5,7 +5,9 @@
  * since the last one); the bridge reads the secondary's tap through a fresh
  * socket at each (protocol v3, the epoch fence); SIGKILL of the primary
  * QEMU, in the middle of a download or of a checkpoint, leaves a secondary
- * that takes over with the clients' connections.
+ * that takes over with the clients' connections. Each COLO checkpoint's
+ * `checkpoint-done` carries the RAM bytes and pages it moved, read from the
+ * primary's query-migrate (qemu-colo/patches/0003).
  *
  * When the patched build is absent the tests are registered with `it.skip`,
  * their names carrying the reason, and a line says so: never a pass.
@@ -26,7 +28,8 @@ import { QemuAgent } from '../../lib/agents/qemu-agent';
 import { QemuProcess } from '../../lib/qemu/process';
 import { findColoQemu } from '../../lib/qemu/colo-probe';
 
-const PREFIX = 'cw';
+// SHADOWVM_LAB_PREFIX: another prefix for the lab's namespaces and taps (runs side by side on one host).
+const PREFIX = process.env.SHADOWVM_LAB_PREFIX ?? 'cw';
 const PATCHED = findColoQemu();
 const NOT_BUILT = 'way 2 (COLO sync agent) did not run: patched QEMU not built (make qemu-colo)';
 if (!PATCHED) console.warn(NOT_BUILT);
@@ -42,8 +45,11 @@ describe('QEMU lab with the QEMU agent (COLO checkpoints)', () => {
   const errors: string[] = [];
   const reopened: number[] = [];
   const deaths: string[] = [];
+  /** The agent's line for each COLO checkpoint: the figures its checkpoint-done carried, with the zero pages. */
+  const coloSizes: { epoch: number; bytes: number | null; pages: number | null; zeroPages: number | null }[] = [];
   const log: LogFn = (level, event, fields) => {
     if (event === 'backup-port-reopened') reopened.push(fields?.epoch as number);
+    if (event === 'qemu-agent-colo-checkpoint') coloSizes.push(fields as unknown as typeof coloSizes[number]);
     if (event === 'qemu-agent-colo-primary-died') deaths.push(JSON.stringify(fields));
     if (level === 'error' && !/primary-down|backup-down|primary-died|clone-resume-failed/.test(event)) errors.push(`${event} ${JSON.stringify(fields)}`);
   };
@@ -103,6 +109,38 @@ describe('QEMU lab with the QEMU agent (COLO checkpoints)', () => {
     expect(reopened.length).toBe(fenced + 2);
     expect((await fetch('hello.txt')).equals(content.get('hello.txt') as Buffer)).toBe(true);
     console.log(`COLO checkpoints: ${agent.stats.coloMs.join(', ')} ms (pause ${agent.stats.coloPauseMs.join(', ')} ms); COLO start ${agent.stats.copyMs.join(', ')} ms`);
+  });
+
+  itColo(name('a COLO checkpoint after the guest dirtied 4 MiB reports the RAM bytes and pages it moved, and the secondary then holds the same file'), async () => {
+    // 4 MiB of random bytes into the guest's tmpfs: at least 1,024 nonzero pages dirtied, in the primary only.
+    const dirty = 'dd if=/dev/urandom of=/tmp/svm-dirty bs=64k count=64 2>/dev/null; md5sum /tmp/svm-dirty';
+    const written = await primaryVm().consoleCommand(dirty, 60_000);
+    expect(written.status).toBe(0);
+    const sum = /^[0-9a-f]{32}/m.exec(written.output)?.[0];
+    expect(sum).toBeDefined();
+    const seen = coloSizes.length;
+    await checkpointNow();
+    expect(coloSizes.length).toBe(seen + 1);
+    const size = coloSizes[seen];
+    console.log(`COLO checkpoint after 4 MiB dirtied: ${JSON.stringify(size)}`);
+    const { bytes, pages, zeroPages } = size as { bytes: number; pages: number; zeroPages: number };
+    expect(pages).toBeGreaterThanOrEqual(1024);
+    // Each page sent in full is 4,096 bytes of data after a header of at least 8 bytes (save_page_header in
+    // migration/ram.c); a zero page is a header and one byte. A header grows by 1 + the RAM block's name
+    // (at most 255) when the block changes, which happens at most once per block: a few dozen here at most.
+    expect(bytes).toBeGreaterThanOrEqual(pages * (4096 + 8) + zeroPages * 9);
+    expect(bytes).toBeLessThanOrEqual(pages * (4096 + 8) + zeroPages * 9 + 64 * (1 + 255) + 1024);
+    expect(agent.stats.coloBytes.at(-1)).toBe(bytes);
+    expect(agent.stats.coloPages.at(-1)).toBe(pages);
+    expect((await backupVm().consoleCommand('md5sum /tmp/svm-dirty', 30_000)).output).toContain(sum as string);
+    // Idle again: far less moves (the guest's own timers and the console).
+    await checkpointNow();
+    const idle = coloSizes[seen + 1];
+    expect(idle.pages).not.toBeNull();
+    expect(idle.pages as number).toBeLessThan(pages);
+    expect(idle.bytes as number).toBeGreaterThanOrEqual((idle.pages as number) * (4096 + 8));
+    console.log(`COLO checkpoint right after: ${JSON.stringify(idle)}`);
+    await primaryVm().consoleCommand('rm -f /tmp/svm-dirty', 30_000);
   });
 
   itColo(name('a counter changed in the primary alone diverges once; a COLO checkpoint carries it over, and the next answers match'), async () => {

@@ -20,7 +20,8 @@ import { qemuSyncAgent } from '../../lib/lab/qemu/agent';
 import { QemuAgent } from '../../lib/agents/qemu-agent';
 import { QemuProcess } from '../../lib/qemu/process';
 
-const PREFIX = 'qy';
+// SHADOWVM_LAB_PREFIX: another prefix for the lab's namespaces and taps (runs side by side on one host).
+const PREFIX = process.env.SHADOWVM_LAB_PREFIX ?? 'qy';
 const content = guestContent();
 jest.setTimeout(240_000);
 

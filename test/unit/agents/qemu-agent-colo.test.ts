@@ -2,13 +2,16 @@
  * The QEMU agent's COLO mode against the real bridge side of the protocol
  * (AgentLink, v3) and VMs whose QMP a test scripts: the fence rule (the
  * secondary's output is held before `checkpoint-done` names its own tap,
- * and released only after `backup-attached`), and a primary death in the
- * middle of a checkpoint answered according to whether the secondary loaded it.
+ * and released only after `backup-attached`), a primary death in the
+ * middle of a checkpoint answered according to whether the secondary loaded
+ * it, and the size a checkpoint-done reports (the primary's RAM counters).
  */
 import { EventEmitter } from 'node:events';
 import { join } from 'node:path';
 import { AgentVm, QemuAgent, runQemuAgent } from '../../../lib/agents/qemu-agent';
 import { AgentLink, AgentLinkListener } from '../../../lib/replicate/agent-client';
+import { CheckpointDoneMessage } from '../../../lib/replicate/agent-protocol';
+import { LogFn } from '../../../lib/control/logger';
 import { QmpClient } from '../../../lib/qemu/qmp';
 import { tempDir, waitFor } from './socket-helpers';
 
@@ -23,6 +26,8 @@ class ScriptedVm implements AgentVm {
   onTrigger: () => void = () => {};
   /** What query-migrate says: in COLO state until x-colo-lost-heartbeat. */
   inColo = false;
+  /** The RAM counters query-migrate reports in COLO state (a QEMU with qemu-colo/patches/0003); none when unset. */
+  ram: { transferred: number; normal: number; duplicate: number } | undefined;
   private die!: () => void;
   constructor(readonly name: string, readonly tap: string, private readonly timeline: Timeline) {
     this.exited = new Promise((r) => { this.die = r; });
@@ -35,7 +40,7 @@ class ScriptedVm implements AgentVm {
         else if (cmd !== 'query-status' && cmd !== 'query-migrate') timeline.push(`${name}:${cmd}`);
         if (cmd === 'migrate-set-parameters') setTimeout(() => this.onTrigger(), 1);
         if (cmd === 'x-colo-lost-heartbeat') this.inColo = false;
-        if (cmd === 'query-migrate') return { status: this.inColo ? 'colo' : 'none' };
+        if (cmd === 'query-migrate') return { status: this.inColo ? 'colo' : 'none', ...(this.inColo && this.ram ? { ram: { ...this.ram } } : {}) };
         if (cmd === 'query-status') return { status: 'running', running: true };
         return {};
       },
@@ -56,10 +61,13 @@ async function rig() {
   const tmp = tempDir('qcolo');
   const socketPath = join(tmp.dir, 'agent.sock');
   const timeline: Timeline = [];
+  const done: CheckpointDoneMessage[] = [];
+  const logged: string[] = [];
+  const log: LogFn = (_level, event) => logged.push(event);
   const listener: AgentLinkListener = {
     connected: () => timeline.push('bridge:connected'),
     disconnected: () => {},
-    checkpointDone: (m) => timeline.push(`bridge:checkpoint-done ${m.epoch} ${m.port}`),
+    checkpointDone: (m) => { done.push(m); timeline.push(`bridge:checkpoint-done ${m.epoch} ${m.port}`); },
     checkpointFailed: (m) => timeline.push(`bridge:checkpoint-failed ${m.epoch}`),
     heartbeat: () => {},
     primaryDown: () => timeline.push('bridge:primary-down'),
@@ -71,7 +79,7 @@ async function rig() {
   const secondary = new ScriptedVm('s', 'ts', timeline);
   const agent: QemuAgent = runQemuAgent({
     socketPath, name: 'qc', primary, backup: new ScriptedVm('old', 'tb', timeline), sync: 'colo', reconnectInitialMs: 10, retireDelayMs: 0,
-    warmStandby: false, coloCheckpointTimeoutMs: 2000,
+    warmStandby: false, coloCheckpointTimeoutMs: 2000, log,
     factory: {
       standby: async () => secondary,
       copy: async () => { throw new Error('no full copies in COLO mode'); },
@@ -87,7 +95,8 @@ async function rig() {
   link.sendBackupAttached(1, 'ts');
   await saw('s:gate-released');
   timeline.length = 0;
-  return { link, agent, primary, secondary, timeline, saw, close: async () => { await agent.stop(); await link.close(); tmp.remove(); } };
+  done.length = 0;
+  return { link, agent, primary, secondary, timeline, done, logged, saw, close: async () => { await agent.stop(); await link.close(); tmp.remove(); } };
 }
 
 describe('QEMU agent, sync colo', () => {
@@ -164,6 +173,57 @@ describe('QEMU agent, sync colo', () => {
       expect(r.timeline.indexOf('p:x-colo-lost-heartbeat')).toBeGreaterThan(-1);
       expect(r.timeline.indexOf('p:x-colo-lost-heartbeat')).toBeLessThan(r.timeline.indexOf('bridge:checkpoint-failed 2'));
       expect(r.primary.inColo).toBe(false);
+    } finally {
+      await r.close();
+    }
+  });
+
+  it('answers checkpoint-done with the RAM bytes and full pages the checkpoint moved: the primary\'s counters after it less those before', async () => {
+    const r = await rig();
+    try {
+      r.primary.inColo = true;
+      // The counters since the migration that entered COLO: the full copy, then earlier checkpoints.
+      r.primary.ram = { transferred: 86_000_000, normal: 21_000, duplicate: 11_700 };
+      r.primary.onTrigger = () => {
+        r.secondary.event('STOP');
+        r.primary.event('STOP');
+        // 300 pages in full (4096 bytes and an 8-byte header each), 40 zero pages (a header and a byte), the end marker.
+        const ram = r.primary.ram!;
+        r.primary.ram = { transferred: ram.transferred + 300 * 4104 + 40 * 9 + 8, normal: ram.normal + 300, duplicate: ram.duplicate + 40 };
+        setTimeout(() => { r.secondary.event('RESUME'); r.primary.event('RESUME'); }, 5);
+      };
+      r.link.sendCheckpoint({ epoch: 2, reason: 'mismatch' });
+      await r.saw('bridge:checkpoint-done 2 ts');
+      expect(r.done[0]).toMatchObject({ epoch: 2, bytes: 300 * 4104 + 40 * 9 + 8, pages: 300, port: 'ts' });
+      expect(r.agent.stats.coloBytes).toEqual([300 * 4104 + 40 * 9 + 8]);
+      expect(r.agent.stats.coloPages).toEqual([300]);
+      expect(r.logged).not.toContain('qemu-agent-colo-size-unknown');
+      r.link.sendBackupAttached(2, 'ts');
+      await r.saw('s:gate-released');
+    } finally {
+      await r.close();
+    }
+  });
+
+  it('answers bytes 0 and leaves pages out, and says why once, when QEMU does not report its counters in COLO state', async () => {
+    const r = await rig();
+    try {
+      r.primary.inColo = true;
+      r.primary.onTrigger = () => {
+        r.secondary.event('STOP');
+        r.primary.event('STOP');
+        setTimeout(() => { r.secondary.event('RESUME'); r.primary.event('RESUME'); }, 5);
+      };
+      for (const epoch of [2, 3]) {
+        r.link.sendCheckpoint({ epoch, reason: 'mismatch' });
+        await r.saw(`bridge:checkpoint-done ${epoch} ts`);
+        r.link.sendBackupAttached(epoch, 'ts');
+        await waitFor('the gate released', () => r.timeline.filter((t) => t === 's:gate-released').length === epoch - 1, 3000);
+      }
+      expect(r.done.map((m) => [m.bytes, m.pages])).toEqual([[0, undefined], [0, undefined]]);
+      expect(r.agent.stats.coloCheckpoints).toBe(2);
+      expect(r.agent.stats.coloBytes).toEqual([]);
+      expect(r.logged.filter((e) => e === 'qemu-agent-colo-size-unknown')).toHaveLength(1);
     } finally {
       await r.close();
     }
