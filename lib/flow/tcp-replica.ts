@@ -7,27 +7,59 @@
  */
 import { seqGt } from '../packet/seq';
 
+const SYN_SEEN = 1;
+const TS_SEEN = 2;
+const ACK_SEEN = 4;
+const SND_NXT_SEEN = 8;
+
+/**
+ * Sequence numbers and TSvals are unsigned 32-bit values. Each is kept as
+ * the signed 32-bit integer with the same bits (`v | 0`), which V8 stores in
+ * the object itself, and read back unsigned (`>>> 0`): stored as they are,
+ * half of them (those at or above 2^31) would each cost a 16-byte number box
+ * per connection, and the flags a field each.
+ */
 export class TcpEndpointState {
+  private seqBase32 = 0;
+  private tsBase32 = 0;
+  private maxAck32 = 0;
+  private sndNxt32 = 0;
+  private flags = 0;
+
   /** Sequence number of this endpoint's SYN; relative positions count from it. */
-  seqBase = 0;
-  synSeen = false;
+  get seqBase(): number { return this.seqBase32 >>> 0; }
+  set seqBase(v: number) { this.seqBase32 = v | 0; }
+  get synSeen(): boolean { return (this.flags & SYN_SEEN) !== 0; }
+  set synSeen(v: boolean) { this.flags = v ? this.flags | SYN_SEEN : this.flags & ~SYN_SEEN; }
   /** TSval of the SYN (or first segment seen), for translating echoes. */
-  tsBase = 0;
-  tsSeen = false;
+  get tsBase(): number { return this.tsBase32 >>> 0; }
+  set tsBase(v: number) { this.tsBase32 = v | 0; }
+  get tsSeen(): boolean { return (this.flags & TS_SEEN) !== 0; }
+  set tsSeen(v: boolean) { this.flags = v ? this.flags | TS_SEEN : this.flags & ~TS_SEEN; }
   /** Highest ACK this endpoint has sent (client sequence space), valid when ackSeen. */
-  maxAck = 0;
-  ackSeen = false;
+  get maxAck(): number { return this.maxAck32 >>> 0; }
+  set maxAck(v: number) { this.maxAck32 = v | 0; }
+  get ackSeen(): boolean { return (this.flags & ACK_SEEN) !== 0; }
+  set ackSeen(v: boolean) { this.flags = v ? this.flags | ACK_SEEN : this.flags & ~ACK_SEEN; }
   /** The end of the highest segment seen from this endpoint (its snd_nxt as far as we know; its own space), null: none yet. */
-  sndNxt: number | null = null;
+  get sndNxt(): number | null { return this.flags & SND_NXT_SEEN ? this.sndNxt32 >>> 0 : null; }
+  set sndNxt(v: number | null) {
+    if (v === null) this.flags &= ~SND_NXT_SEEN;
+    else {
+      this.sndNxt32 = v | 0;
+      this.flags |= SND_NXT_SEEN;
+    }
+  }
 
   noteSent(seq: number, length: number): void {
     const end = (seq + length) >>> 0;
-    if (this.sndNxt === null || seqGt(end, this.sndNxt)) this.sndNxt = end;
+    const nxt = this.sndNxt;
+    if (nxt === null || seqGt(end, nxt)) this.sndNxt = end;
   }
 
   noteAck(ack: number): void {
     if (!this.ackSeen || seqGt(ack, this.maxAck)) {
-      this.maxAck = ack >>> 0;
+      this.maxAck = ack;
       this.ackSeen = true;
     }
   }
