@@ -128,8 +128,12 @@ function describeUnit(c: Chunk, at = 0, before = 0): string {
 /** The shared empty `pending` of every comparator with nothing pending (frozen: a push to it throws rather than corrupts). */
 const NO_CHUNKS = Object.freeze([]) as unknown as Chunk[];
 
+const STARTED = 1;
+const RST_AGREED = 2;
+
 export class TcpStreamComparator {
-  started = false;
+  /** STARTED, RST_AGREED: one field for both (a connection costs a field per flag otherwise). */
+  private flags = 0;
   matched = 0;
   /** Position of the first data byte: the origin of reported offsets. */
   origin = 0;
@@ -139,14 +143,10 @@ export class TcpStreamComparator {
   /** Where each side reset the connection (stream position), null: it has not. */
   private rstPrimary: number | null = null;
   private rstBackup: number | null = null;
-  rstAgreed = false;
   mismatch: Mismatch | null = null;
   matchedBytes = 0;
   /** Bytes (data units) held for the leading side beyond `matched`. */
   pendingBytes = 0;
-  outOfOrderDropped = 0;
-  /** `Date:` values settled as equal on this connection. */
-  httpDateNormalized = 0;
 
   private leader: Side | -1 = -1;
   /** The leading side's units beyond `matched`, from `pendingHead` on; `headSkip` bytes of the head are consumed. */
@@ -179,6 +179,15 @@ export class TcpStreamComparator {
     if (side === PRIMARY) this.endPrimary = end;
     else this.endBackup = end;
   }
+
+  /** Comparison has begun (a SYN or a first segment set the origin). */
+  get started(): boolean { return (this.flags & STARTED) !== 0; }
+  set started(v: boolean) { this.flags = v ? this.flags | STARTED : this.flags & ~STARTED; }
+  /** Both sides reset the connection at the same place. */
+  get rstAgreed(): boolean { return (this.flags & RST_AGREED) !== 0; }
+  private set rstAgreed(v: boolean) { this.flags = v ? this.flags | RST_AGREED : this.flags & ~RST_AGREED; }
+  /** `Date:` values settled as equal on this connection (kept by its scanner: none when the normalizer is off). */
+  get httpDateNormalized(): number { return this.scanner?.datesSettled ?? 0; }
 
   /** Leading side's units beyond `matched` (how far the other side is behind). */
   get leading(): Side | -1 { return this.leader; }
@@ -270,7 +279,6 @@ export class TcpStreamComparator {
   private holdOutOfOrder(side: Side, c: Chunk): void {
     const list = (this.outOfOrder ??= [[], []])[side];
     if (list.length >= MAX_OUT_OF_ORDER_SEGMENTS) {
-      this.outOfOrderDropped++;
       this.totals.outOfOrderDropped = (this.totals.outOfOrderDropped ?? 0) + 1;
       return;
     }
@@ -418,7 +426,7 @@ export class TcpStreamComparator {
       const n = seqDiff(w.start, w.end);
       this.matchedBytes += n;
       this.totals.matchedBytes += n;
-      this.httpDateNormalized++;
+      this.scanner!.datesSettled++;
       this.totals.httpDateNormalized = (this.totals.httpDateNormalized ?? 0) + 1;
       return true;
     }

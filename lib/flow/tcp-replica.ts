@@ -68,8 +68,18 @@ export class TcpEndpointState {
 /** The endpoints of one TCP connection: the client side and each replica. */
 export class TcpConnectionState {
   readonly client = new TcpEndpointState();
-  /** Index 0: primary, 1: backup. */
-  readonly replicas: [TcpEndpointState, TcpEndpointState] = [new TcpEndpointState(), new TcpEndpointState()];
+  readonly primary = new TcpEndpointState();
+  readonly backup = new TcpEndpointState();
+
+  /** A replica's side by comparison index (0: primary, 1: backup). */
+  replica(side: number): TcpEndpointState {
+    return side === 0 ? this.primary : this.backup;
+  }
+
+  /** Both replicas' sides, index 0 the primary (a new pair each time: use `replica` on hot paths). */
+  get replicas(): [TcpEndpointState, TcpEndpointState] {
+    return [this.primary, this.backup];
+  }
 
   /**
    * Whether client frames can be translated for the backup: either both
@@ -77,16 +87,16 @@ export class TcpConnectionState {
    * pick-up or after a checkpoint: the delta is zero).
    */
   get backupDeltaKnown(): boolean {
-    return this.replicas[0].synSeen === this.replicas[1].synSeen;
+    return this.primary.synSeen === this.backup.synSeen;
   }
 
   /** backup sequence number = primary sequence number + seqDelta (mod 2^32). */
   get seqDelta(): number {
-    return (this.replicas[1].seqBase - this.replicas[0].seqBase) >>> 0;
+    return (this.backup.seqBase - this.primary.seqBase) >>> 0;
   }
 
   get tsDelta(): number {
-    const [p, b] = this.replicas;
+    const p = this.primary, b = this.backup;
     return p.tsSeen && b.tsSeen ? (b.tsBase - p.tsBase) >>> 0 : 0;
   }
 }

@@ -126,6 +126,8 @@ function hexDigit(c: number): number {
 export class HttpResponseScanner {
   /** Position of the next byte to scan. */
   at: number;
+  /** `Date:` values the comparator settled as equal on this connection (counted here: only a followed connection has any). */
+  datesSettled = 0;
   stopped: ScannerStop | null = null;
   /** Date values, a ring of MAX_DATE_VALUES reused slots: `count` of them from `head` on, oldest first. */
   private readonly values: DateValue[] = Array.from({ length: MAX_DATE_VALUES }, () => ({ start: 0, bytes: Buffer.alloc(DATE_VALUE_SPAN), length: 0 }));

@@ -203,7 +203,7 @@ export class EgressStage implements Stage {
       if (flow.mode !== 'compare') {
         // A `pass` flow's SYNs give the bases that translate the client's frames for the backup.
         if (flow.policy === 'pass' && flow.tcp && (f.tcp.flags & TcpFlag.SYN)) {
-          learnFromSyn(f, flow.tcp.replicas[side], this.opts);
+          learnFromSyn(f, flow.tcp.replica(side), this.opts);
           if (side === BACKUP && flow.ingressHeld.length > 0 && flow.tcp.backupDeltaKnown) d.backupDeltaKnown(flow);
         }
         if (side !== PRIMARY) this.backupFramesSuppressed++;
@@ -247,7 +247,7 @@ export class EgressStage implements Stage {
     if (entry) {
       const flow = entry.state;
       if (flow.mode !== 'compare' || !flow.tcp || f.payloadLength > 0) return false;
-      const ep = flow.tcp.replicas[side];
+      const ep = flow.tcp.replica(side);
       const stream = flow.stream!;
       if (ep.synSeen || stream.started) {
         if (!stream.started || ((f.tcp.seq - ep.seqBase) >>> 0) === stream.endOf(side)) return false;
@@ -273,7 +273,7 @@ export class EgressStage implements Stage {
   private learnWhileDegraded(side: Side, f: DecodedFrame, nowUs: number): void {
     const flow = this.d.flows.egressLookup[side].find(f, nowUs)?.state;
     if (!flow?.tcp) return;
-    learnFromSyn(f, flow.tcp.replicas[side], this.opts);
+    learnFromSyn(f, flow.tcp.replica(side), this.opts);
     if (flow.ingressHeld.length > 0 && flow.tcp.backupDeltaKnown) this.d.backupDeltaKnown(flow);
   }
 
@@ -281,7 +281,7 @@ export class EgressStage implements Stage {
     const d = this.d;
     const tcp = flow.tcp!;
     const stream = flow.stream!;
-    const ep = tcp.replicas[side];
+    const ep = tcp.replica(side);
     if ((f.tcp.flags & TcpFlag.SYN) && ep.synSeen && ep.seqBase !== f.tcp.seq && flow.closedSides !== 0) {
       flow.restartConnection();
     }
@@ -442,7 +442,7 @@ export class EgressStage implements Stage {
       return;
     }
     const seg = this.segment;
-    const ep = flow.tcp!.replicas[c.side];
+    const ep = flow.tcp!.replica(c.side);
     if (!normalizeTcp(f, ep, this.opts, seg)) this.badTcpOptions++;
     const start = seg.position;
     const end = segmentEnd(seg);

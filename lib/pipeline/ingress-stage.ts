@@ -333,7 +333,7 @@ export class IngressStage implements Stage {
   private unaccepted(flow: ShadowFlow, seq: number, ack: number, hasAck: boolean): StrayReason | null {
     const tcp = flow.tcp;
     if (!tcp) return null;
-    const p = tcp.replicas[PRIMARY];
+    const p = tcp.primary;
     if (p.ackSeen && Math.abs(seqDiff(seq, p.maxAck)) > STRAY_WINDOW) return 'out-of-window';
     const stream = flow.stream!;
     // The primary's stream end counts from its SYN; an ACK past it acknowledges bytes never sent.
@@ -378,7 +378,7 @@ export class IngressStage implements Stage {
   /** The highest ACK the backup may get on this flow (resync align, while comparing), null: no limit. */
   private backupAckLimit(flow: ShadowFlow): number | null {
     if (this.d.config.resync !== 'align' || !this.d.replicator.comparing) return null;
-    return flow.tcp?.replicas[BACKUP].sndNxt ?? null;
+    return flow.tcp?.backup.sndNxt ?? null;
   }
 
   /**

@@ -76,6 +76,8 @@ const EMPTY_STANDBY_LOG = new StandbyLog(new SlabPool(false, false, 0), true);
 
 /** `closedSides` when both have ended their half. */
 export const BOTH_CLOSED = 3;
+const RESET_AFTER_FAILOVER = 4;
+const PASS_FED = 8;
 
 export class ShadowFlow implements ReleaseGate {
   readonly tcp: TcpConnectionState | null;
@@ -84,8 +86,6 @@ export class ShadowFlow implements ReleaseGate {
   readonly held: FlowHeldQueue;
   /** Client frames waiting until the backup's sequence delta is known (the shared empty array while none wait: see NOTHING_HELD). */
   ingressHeld: { frame: Buffer; vnet: VirtioNetHeader | undefined }[] = NOTHING_HELD;
-  /** Which sides have ended their half (FIN) or reset, a bit per side (1 << side): for idle expiry. */
-  closedSides = 0;
   /** The last checkpoint this flow has been resynchronized to (done lazily, on its next frame). */
   epoch = 0;
   /** The checkpoint epoch the flow was born in. */
@@ -112,14 +112,8 @@ export class ShadowFlow implements ReleaseGate {
   standbyAck: { frame: Buffer; vnet: VirtioNetHeader | undefined } | null = null;
   /** What the policy table said when the flow was born (`solo` mode unless `compare`). */
   policy: FlowPolicyAction = 'compare';
-  /**
-   * A `pass` TCP flow whose primary died: the survivor's side of it was never
-   * compared, so it cannot be carried over; the bridge resets both ends
-   * (see EgressStage.carry).
-   */
-  resetAfterFailover = false;
-  /** A `pass` flow whose backup (the one alive at its birth) still gets its client frames. */
-  passFed = false;
+  /** Which sides have ended their half (bits 0 and 1, 1 << side), RESET_AFTER_FAILOVER, PASS_FED: one field for all. */
+  private bits = 0;
 
   constructor(
     readonly name: string, protocol: FlowReport['protocol'], queues: HeldQueues, backupCopies: SlabPool, totals: MatchTotals, keepRecent: boolean,
@@ -161,6 +155,22 @@ export class ShadowFlow implements ReleaseGate {
     return (this.standby ??= new StandbyLog(this.standbyCopies, this.stream !== null));
   }
 
+  /** Which sides have ended their half (FIN) or reset, a bit per side (1 << side): for idle expiry. */
+  get closedSides(): number { return this.bits & BOTH_CLOSED; }
+  set closedSides(v: number) { this.bits = (this.bits & ~BOTH_CLOSED) | (v & BOTH_CLOSED); }
+
+  /**
+   * A `pass` TCP flow whose primary died: the survivor's side of it was never
+   * compared, so it cannot be carried over; the bridge resets both ends
+   * (see EgressStage.carry).
+   */
+  get resetAfterFailover(): boolean { return (this.bits & RESET_AFTER_FAILOVER) !== 0; }
+  set resetAfterFailover(v: boolean) { this.bits = v ? this.bits | RESET_AFTER_FAILOVER : this.bits & ~RESET_AFTER_FAILOVER; }
+
+  /** A `pass` flow whose backup (the one alive at its birth) still gets its client frames. */
+  get passFed(): boolean { return (this.bits & PASS_FED) !== 0; }
+  set passFed(v: boolean) { this.bits = v ? this.bits | PASS_FED : this.bits & ~PASS_FED; }
+
   /** Both sides have ended their half or reset. */
   get bothClosed(): boolean {
     return this.closedSides === BOTH_CLOSED;
@@ -178,7 +188,7 @@ export class ShadowFlow implements ReleaseGate {
   resyncPassed(): void {
     const tcp = this.tcp;
     if (!tcp) return;
-    const [p, b] = tcp.replicas;
+    const p = tcp.primary, b = tcp.backup;
     b.seqBase = p.seqBase;
     b.synSeen = p.synSeen;
     b.tsBase = p.tsBase;
@@ -199,7 +209,7 @@ export class ShadowFlow implements ReleaseGate {
     return this.stream ? this.stream.rstAgreed : false;
   }
   get backupAck(): number | null {
-    const b = this.tcp?.replicas[BACKUP];
+    const b = this.tcp?.backup;
     return b && b.ackSeen ? b.maxAck : null;
   }
 
@@ -239,7 +249,7 @@ export class ShadowFlow implements ReleaseGate {
   /** A new connection on the 4-tuple of a closed one (port reuse): start its state afresh. */
   restartConnection(): void {
     const tcp = this.tcp!;
-    for (const ep of [tcp.replicas[0], tcp.replicas[1], tcp.client]) {
+    for (const ep of [tcp.primary, tcp.backup, tcp.client]) {
       ep.synSeen = false; ep.tsSeen = false; ep.ackSeen = false; ep.seqBase = 0; ep.tsBase = 0; ep.sndNxt = null;
     }
     this.stream!.started = false;
@@ -275,7 +285,7 @@ export class ShadowFlow implements ReleaseGate {
     }
     const tcp = this.tcp!;
     const stream = this.stream!;
-    const [p, b] = tcp.replicas;
+    const p = tcp.primary, b = tcp.backup;
     if (p.ackSeen) b.noteAck(p.maxAck);
     if (!stream.started) return;
     if (mode === 'copy') {

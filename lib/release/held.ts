@@ -70,7 +70,6 @@ export class FlowHeldQueue {
   count = 0;
   bytes = 0;
   releasedFrames = 0;
-  releasedBytes = 0;
   releasedPayloadBytes = 0;
   /**
    * The furthest end released to the client (stream position or datagram
@@ -81,8 +80,6 @@ export class FlowHeldQueue {
   releasedMaxAck: number | null = null;
   /** The flow this queue belongs to (set by its owner; the release stage does not look into it). */
   flow: unknown = null;
-  /** Frames of a dead primary that were never released (failover). */
-  discardedFrames = 0;
   /** Frames sent to the client without comparison (a flow carried over to a promoted replica, or one without a backup). */
   passedFrames = 0;
   passedPayloadBytes = 0;
@@ -131,7 +128,6 @@ export class FlowHeldQueue {
     this.count--;
     this.bytes -= h.frame.length;
     this.releasedFrames++;
-    this.releasedBytes += h.frame.length;
     this.releasedPayloadBytes += h.payloadBytes;
     const e = this.releasedEnd;
     if (e === null || (this.isStream ? seqGt(h.end, e) : h.end > e)) this.releasedEnd = h.end;
@@ -148,7 +144,6 @@ export class FlowHeldQueue {
   noteDiscarded(h: HeldFrame): void {
     this.count--;
     this.bytes -= h.frame.length;
-    this.discardedFrames++;
   }
 
   /** Releases this flow's held frames as they are, in order (the flow goes on unprotected). */

@@ -72,7 +72,8 @@ describe('FlowHeldQueue', () => {
     expect(payloads()).toEqual(['HTTP/1.1 ', '200 OK']);
     expect(sent[0].frame.equals(first.frame)).toBe(true);
     expect(q.releasedEnd).toBe(16);
-    expect([q.releasedFrames, q.releasedBytes, q.releasedPayloadBytes]).toEqual([2, first.frame.length + second.frame.length, 15]);
+    expect([q.releasedFrames, q.releasedPayloadBytes]).toEqual([2, 15]);
+    expect(queues.counters()).toMatchObject({ released_bytes: first.frame.length + second.frame.length });
     expect([q.length, q.bytes]).toEqual([0, 0]);
   });
 
@@ -268,7 +269,7 @@ describe('HeldQueues', () => {
     expect(record.discardedFrames).toBe(3); // adds to what others counted
     expect(slab.live).toBe(0); // the copies' memory is given back
     expect(queues.counters()).toMatchObject({ discarded_frames: 2, held_frames: 0, held_bytes: 0, released_frames: 1 });
-    expect([q.discardedFrames, q.length, q.bytes]).toEqual([2, 0, 0]);
+    expect([q.length, q.bytes]).toEqual([0, 0]);
     // A later comparison step on the flow finds nothing to send.
     expect(q.releaseReady(stream(100, { rstAgreed: true, backupAck: 1 << 30 }))).toBe(0);
     expect(sent).toHaveLength(1);
