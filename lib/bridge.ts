@@ -234,8 +234,9 @@ export class Bridge {
   }
 
   /** The most recent `limit` flows, those whose key holds `match` if given; oldest first. */
-  listFlows(limit: number, match?: string): FlowReport[] {
-    return this.pipeline.reportList(limit, match);
+  listFlows(limit: number, match?: string): Promise<FlowReport[]> {
+    // In slices: searching every flow's name for `match` must not hold frames up.
+    return this.pipeline.reportListSliced(limit, match);
   }
 
   snapshot(): BridgeSnapshot {

@@ -42,7 +42,7 @@ async function main(init: DataPlaneInit): Promise<void> {
     logger.close();
     return;
   }
-  parentPort!.on('message', (m: ToDataPlane) => {
+  parentPort!.on('message', async (m: ToDataPlane) => {
     if (m.type === 'stop') {
       void bridge.stop().finally(() => {
         links?.close();
@@ -58,7 +58,7 @@ async function main(init: DataPlaneInit): Promise<void> {
         case 'snapshot': value = bridge.snapshot(); break;
         case 'checkpoint': value = bridge.requestCheckpoint(); break;
         case 'failover': value = bridge.requestFailover(); break;
-        case 'flows': value = bridge.listFlows(m.limit ?? 100, m.match); break;
+        case 'flows': value = await bridge.listFlows(m.limit ?? 100, m.match); break;
       }
       post({ type: 'reply', id: m.id, ok: true, json: JSON.stringify(value) });
     } catch (e) {

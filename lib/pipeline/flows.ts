@@ -17,7 +17,7 @@
 import { DecodedFrame } from '../packet/frame';
 import { SlabPool } from '../packet/slab';
 import { FlowEntry, FlowTable } from '../flow/flow-table';
-import { describeKey, flowProtocolOf } from '../flow/key';
+import { flowProtocolOf } from '../flow/key';
 import { TcpFlag } from '../packet/constants';
 import { FlowLookup } from '../flow/key-cache';
 import { FlowHeldQueue, HeldQueues } from '../release/held';
@@ -48,6 +48,9 @@ export interface FlowRegistryDeps {
 export const MAX_EVICTED_KEYS = 65536;
 
 const EXPIRY_INTERVAL_US = 1_000_000;
+
+/** Flows whose names a sliced report scan searches before it lets frames through (a few milliseconds' work). */
+export const REPORT_SCAN_SLICE = 4096;
 
 /** Distinct non-IP classes (ARP and ethertypes, per VLAN) compared as flows of their own. */
 export const MAX_NON_IP_FLOWS = 256;
@@ -151,7 +154,7 @@ export class FlowRegistry implements Stage {
   newFlow(key: string, f: DecodedFrame, dir: 'ingress' | 'egress'): ShadowFlow {
     this.created++;
     const d = this.d;
-    const flow = new ShadowFlow(describeKey(key), flowProtocolOf(f), d.held, d.backupCopies, d.totals, d.config.captureDivergence, d.standbyCopies, d.config.compare.datagramWindow, this.noise);
+    const flow = new ShadowFlow(key, flowProtocolOf(f), d.held, d.backupCopies, d.totals, d.config.captureDivergence, d.standbyCopies, d.config.compare.datagramWindow, this.noise);
     flow.epoch = flow.bornEpoch = this.checkpointEpoch;
     flow.serial = this.created;
     const action = d.replicas.standby ? this.policy.match(f, dir) : 'compare';
@@ -248,22 +251,45 @@ export class FlowRegistry implements Stage {
    * scanned newest first and the scan stops at `limit`.
    */
   reportList(limit: number, match?: string): FlowReport[] {
+    const scan = this.scanReports(limit, match);
+    let step = scan.next();
+    while (!step.done) step = scan.next();
+    return step.value;
+  }
+
+  /**
+   * reportList in slices: with `match`, each flow's name must be made to be
+   * searched (about half a microsecond each), so the scan yields to the event
+   * loop every REPORT_SCAN_SLICE flows and frames go on between slices. The
+   * flows listed are those found as the scan went.
+   */
+  async reportListSliced(limit: number, match?: string): Promise<FlowReport[]> {
+    const scan = this.scanReports(limit, match);
+    let step = scan.next();
+    while (!step.done) {
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      step = scan.next();
+    }
+    return step.value;
+  }
+
+  private *scanReports(limit: number, match?: string): Generator<void, FlowReport[], void> {
     limit = Math.min(limit, this.d.reportLimit);
     if (!(limit > 0)) return [];
     const found: { serial: number; flow?: ShadowFlow; report?: FlowReport }[] = [];
-    const take = (serial: number, name: string, flow?: ShadowFlow, report?: FlowReport) => {
-      if (match === undefined || name.includes(match)) found.push({ serial, flow, report });
-    };
     // The table's entries are in birth order (a Map keeps insertion order; a reused key is a new entry).
-    const live = Array.from(this.table.entries());
+    const live = Array.from(this.table.entries(), (e) => e.state);
+    let scanned = 0;
     for (let i = live.length - 1, n = 0; i >= 0 && n < limit; i--) {
-      const before = found.length;
-      take(live[i].state.serial, live[i].state.name, live[i].state);
-      n += found.length - before;
+      const flow = live[i];
+      if (match === undefined || flow.name.includes(match)) {
+        found.push({ serial: flow.serial, flow });
+        n++;
+      }
+      if (match !== undefined && ++scanned % REPORT_SCAN_SLICE === 0) yield;
     }
-    for (const flow of this.nonIp.values()) take(flow.serial, flow.name, flow);
-    const ring = this.departed;
-    for (let i = 0; i < ring.length; i++) take(ring[i].serial, ring[i].report.key, undefined, ring[i].report);
+    for (const flow of this.nonIp.values()) if (match === undefined || flow.name.includes(match)) found.push({ serial: flow.serial, flow });
+    for (const kept of this.departed) if (match === undefined || kept.report.key.includes(match)) found.push(kept);
     found.sort((a, b) => a.serial - b.serial);
     return found.slice(-limit).map((x) => x.report ?? x.flow!.report);
   }

@@ -299,6 +299,8 @@ export class ShadowPipeline {
   get reports(): FlowReport[] { return this.flowRegistry.reports; }
   /** The newest `limit` flows whose name holds `match`, in birth order (see FlowRegistry.reportList). */
   reportList(limit: number, match?: string): FlowReport[] { return this.flowRegistry.reportList(limit, match); }
+  /** reportList in slices, letting frames through between them (see FlowRegistry.reportListSliced). */
+  reportListSliced(limit: number, match?: string): Promise<FlowReport[]> { return this.flowRegistry.reportListSliced(limit, match); }
   get divergences(): Divergence[] { return this.egress.divergences; }
   get failoverHistory(): FailoverRecord[] { return this.failoverStage.history; }
   get silence() { return this.failoverStage.silence; }

@@ -3,7 +3,7 @@
  * stages that own each part: flow state (flow/), the comparator (compare/),
  * the held output (release/), and the report counters.
  */
-import { FlowProtocol } from '../flow/key';
+import { FlowProtocol, describeKey } from '../flow/key';
 import { TcpConnectionState } from '../flow/tcp-replica';
 import { DatagramComparator, DEFAULT_DATAGRAM_WINDOW } from '../compare/datagram';
 import { MatchTotals, Mismatch, NO_STREAM_NOISE, StreamNoise, TcpStreamComparator, PRIMARY, BACKUP } from '../compare/tcp-stream';
@@ -116,7 +116,8 @@ export class ShadowFlow implements ReleaseGate {
   private bits = 0;
 
   constructor(
-    readonly name: string, protocol: FlowReport['protocol'], queues: HeldQueues, backupCopies: SlabPool, totals: MatchTotals, keepRecent: boolean,
+    /** The flow table's key (IP flows) or the name itself (ARP and other ethertypes, which have no key). */
+    readonly key: string, protocol: FlowReport['protocol'], queues: HeldQueues, backupCopies: SlabPool, totals: MatchTotals, keepRecent: boolean,
     private readonly standbyCopies: SlabPool,
     datagramWindow = DEFAULT_DATAGRAM_WINDOW,
     noise: StreamNoise = NO_STREAM_NOISE,
@@ -125,10 +126,19 @@ export class ShadowFlow implements ReleaseGate {
     this.tcp = stream ? new TcpConnectionState() : null;
     this.stream = stream ? new TcpStreamComparator(backupCopies, totals, noise) : null;
     this.datagrams = stream ? null : new DatagramComparator(backupCopies, totals, datagramWindow);
-    this.held = new FlowHeldQueue(queues, name, stream);
+    this.held = new FlowHeldQueue(queues, this, stream);
     this.held.flow = this;
     this.recent = keepRecent ? [] : null;
     this.protocol = protocol;
+  }
+
+  /**
+   * "tcp 10.0.0.1:40000 > 10.0.0.2:80": made from the key each time it is
+   * asked (log lines, reports, budgets), never kept: a flood of flows then
+   * costs no name strings.
+   */
+  get name(): string {
+    return this.protocol === 'arp' || this.protocol === 'ethertype' ? this.key : describeKey(this.key);
   }
 
   /** What this flow has done so far: made when asked (a flow keeps counters, not a report). */
@@ -197,7 +207,7 @@ export class ShadowFlow implements ReleaseGate {
 
   /** The client-side address: whose budget this flow's checkpoints count against. */
   get source(): string {
-    return flowSource(this.report.key);
+    return flowSource(this.name);
   }
 
   // ReleaseGate

@@ -89,7 +89,13 @@ export class FlowHeldQueue {
   loggedPassedFrames = 0;
   loggedPassedBytes = 0;
 
-  constructor(readonly owner: HeldQueues, readonly flowName: string, private readonly isStream = true) {}
+  /** `label`: the flow's name, or what gives it when asked (a flow makes its name from its key only then). */
+  constructor(readonly owner: HeldQueues, private readonly label: string | { readonly name: string }, private readonly isStream = true) {}
+
+  get flowName(): string {
+    const l = this.label;
+    return typeof l === 'string' ? l : l.name;
+  }
 
   get length(): number {
     return this.count;

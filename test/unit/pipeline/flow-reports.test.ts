@@ -6,6 +6,8 @@
 import { BACKUP, PRIMARY } from '../../../lib/compare';
 import { C, P, B, SYN_OPTS, harness } from '../../support/pipeline-harness';
 import { tcpFrame } from '../../support/frames';
+import { REPORT_SCAN_SLICE } from '../../../lib/pipeline/flows';
+import { DEFAULT_PIPELINE_CONFIG } from '../../../lib/pipeline';
 
 const client = (sport: number, s: Parameters<typeof tcpFrame>[0]) => tcpFrame({ from: 'client', sport, dport: 80, ...s });
 const vm = (dport: number, s: Parameters<typeof tcpFrame>[0]) => tcpFrame({ from: 'vm', sport: 80, dport, ...s });
@@ -68,5 +70,28 @@ describe('flow reports', () => {
     expect(r.mismatchList).toHaveLength(1);
     r.mismatchList.length = 0;
     expect(h.p.reports[0].mismatchList).toHaveLength(1);
+  });
+});
+
+describe('reportListSliced', () => {
+  it('finds what reportList finds, and lets other work run between slices of the scan', async () => {
+    const h = harness({ maxFlows: 3 * REPORT_SCAN_SLICE, flowReports: 100, policy: { ...DEFAULT_PIPELINE_CONFIG.policy, newFlowsPerSecond: 0 } });
+    const n = 3 * REPORT_SCAN_SLICE - 10;
+    for (let i = 0; i < n; i++) {
+      h.p.fromClient(tcpFrame({ from: 'client', src: `10.9.${i >> 8}.${i & 255}`, sport: 40000, dport: 80, seq: C, flags: 'S' }), i + 1);
+    }
+    expect(h.p.flows.size).toBe(n);
+    // Only the oldest flow's name holds 10.9.0.0:, so the scan must go through every flow to find it.
+    const wanted = '10.9.0.0:';
+    let turns = 0;
+    let counting = true;
+    const count = () => { if (counting) { turns++; setImmediate(count); } };
+    setImmediate(count);
+    const sliced = await h.p.reportListSliced(5, wanted);
+    counting = false;
+    expect(sliced.map((r) => r.key)).toEqual(h.p.reportList(5, wanted).map((r) => r.key));
+    expect(sliced.map((r) => r.key)).toEqual(['tcp 10.9.0.0:40000 > 10.77.0.2:80']);
+    // Two slice boundaries in ~3 slices: the other work ran at least that often meanwhile.
+    expect(turns).toBeGreaterThanOrEqual(2);
   });
 });
