@@ -81,14 +81,17 @@ interface Mode {
   offloads: boolean;
 }
 
+/** A bad command line: its message is all the user needs. */
+class UsageError extends Error {}
+
 const isKernel = (m: Mode) => m.base === 'kernel' || m.base === 'kernel2';
 
 function parseMode(id: string): Mode {
   const offloads = id.endsWith(OFFLOAD_SUFFIX);
   const base = (offloads ? id.slice(0, -OFFLOAD_SUFFIX.length) : id) as Base;
-  if (!BASES.includes(base)) throw new Error(`unknown mode ${id}: one of ${BASES.join(', ')}, each with or without ${OFFLOAD_SUFFIX}`);
+  if (!BASES.includes(base)) throw new UsageError(`unknown mode ${id}: one of ${BASES.join(', ')}, each with or without ${OFFLOAD_SUFFIX}`);
   // libpcap cannot exchange virtio-net headers: super-frames with partial checksums would leave broken.
-  if (offloads && base === 'cap') throw new Error('cap-offload: libpcap ports cannot carry offloaded frames (no virtio-net headers); use cap');
+  if (offloads && base === 'cap') throw new UsageError('cap-offload: libpcap ports cannot carry offloaded frames (no virtio-net headers); use cap');
   return { id, base, offloads };
 }
 
@@ -137,12 +140,12 @@ function parseArgs(argv: string[]): Options {
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = () => {
-      if (i + 1 >= argv.length) throw new Error(`${a} needs a value`);
+      if (i + 1 >= argv.length) throw new UsageError(`${a} needs a value`);
       return argv[++i];
     };
     const num = (min: number) => {
       const v = Number(value());
-      if (!(v >= min)) throw new Error(`${a} must be a number ≥ ${min}`);
+      if (!(v >= min)) throw new UsageError(`${a} must be a number ≥ ${min}`);
       return v;
     };
     if (a === '--modes') o.modes = value().split(',').map((m) => parseMode(m.trim()));
@@ -154,7 +157,7 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--help') {
       process.stdout.write(`${USAGE}\n`);
       process.exit(0);
-    } else throw new Error(`unknown option ${a}\n${USAGE}`);
+    } else throw new UsageError(`unknown option ${a}\n${USAGE}`);
   }
   o.wrk = { ...o.wrk, seconds: o.seconds };
   o.c1 = { ...o.c1, seconds: o.seconds };
@@ -875,11 +878,11 @@ function report(results: RunResult[], o: Options, summary: Summary, h: Headline,
 // ------------------------------------------------------------------ main
 
 async function main(): Promise<number> {
+  const o = parseArgs(process.argv.slice(2));
   if (process.getuid?.() !== 0) {
     process.stderr.write('lab-bench builds network namespaces: run it as root\n');
     return 1;
   }
-  const o = parseArgs(process.argv.slice(2));
   current.prefix = o.prefix;
   installCleanupHandlers();
   // Leftovers of an interrupted earlier run (the kernel bridges are outside every namespace).
@@ -934,7 +937,7 @@ main()
     process.exit(code);
   })
   .catch((e: Error) => {
-    process.stderr.write(`lab-bench: ${e.stack ?? e.message}\n`);
+    process.stderr.write(`lab-bench: ${e instanceof UsageError ? e.message : e.stack ?? e.message}\n`);
     emergencyTeardown();
-    process.exit(1);
+    process.exit(e instanceof UsageError ? 2 : 1);
   });
