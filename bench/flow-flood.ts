@@ -34,22 +34,18 @@ import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { queryControlSocket } from '../lib/control/control-socket';
-import type { BridgeSnapshot } from '../lib/control/snapshot';
 import { LAB_FILES, fixedSeedBytes, labContent } from '../lib/lab/content';
 import { runInAsync } from '../lib/lab/exec';
 import { Lab, buildLab, teardownLab, waitUntilQuiet } from '../lib/lab/netns';
 import { serveOnBoth, startLabServers } from '../lib/lab/servers';
 import { ShadowPipeline, makePipelineConfig, DEFAULT_PIPELINE_CONFIG } from '../lib/pipeline';
-import { UDP_FLOOD_PORT, hostileFrame } from '../test/support/frame-injector';
+import { hostileFrame } from '../test/support/frame-injector';
 import { BACKUP, PRIMARY } from '../lib/compare';
-import { LAB_CLIENT_IPV4 } from '../lib/lab/netns';
-import { run } from '../lib/lab/exec';
 import { seededRandom } from '../test/support/random';
-import { Child, JsonLineChild, inNs, injectIn, memoryOf, start } from './lib/children';
+import { Child, JsonLineChild, inNs, memoryOf } from './lib/children';
+import { RssSampler, bridgeStatus, floodFlows, prepareFloodReplicas, startBridgeProcess } from './lib/flood-bridge';
 
 const ROOT = join(__dirname, '..', '..');
-const SHADOWVM = join(ROOT, 'bin', 'shadowvm');
 const BIG_FILE = 'flood-big.bin';
 const BIG_BYTES = 32 << 20;
 const BIG_SEED = 0xf100d;
@@ -146,12 +142,6 @@ function bytesPerFlow(): { syn: number; udp: number; sample: number } {
   return { syn: measure('syn-flood'), udp: measure('udp-flood'), sample: PER_FLOW_SAMPLE };
 }
 
-const ECHO_SERVER = `
-const s = require('node:dgram').createSocket('udp4');
-s.on('message', (m, r) => s.send(m, r.port, r.address));
-s.bind(Number(process.argv[1]));
-`;
-
 // ───────────────────────── an established connection ─────────────────────────
 
 /** One keep-alive HTTP/1.1 connection; each `go` line on stdin sends one GET and prints one JSON line. */
@@ -206,38 +196,6 @@ class KeepaliveConnection {
   stop(): void { this.c.stop(); }
 }
 
-// ───────────────────────── the bridge ─────────────────────────
-
-interface BridgeUnderTest { readonly proc: Child; readonly agent: Child; readonly controlSocket: string }
-
-async function status(controlSocket: string, timeoutMs = 5000): Promise<BridgeSnapshot | null> {
-  try {
-    const reply = await queryControlSocket(controlSocket, { cmd: 'status' }, timeoutMs);
-    return reply.ok ? reply.status : null;
-  } catch {
-    return null;
-  }
-}
-
-async function startBridge(lab: Lab, o: Options): Promise<BridgeUnderTest> {
-  const controlSocket = join(lab.runDir, 'run', 'control.sock');
-  const agentSocket = join(lab.runDir, 'run', 'agent.sock');
-  const configFile = join(lab.runDir, 'flow-flood.json');
-  writeFileSync(configFile, JSON.stringify(PIPELINE_SETTINGS));
-  const proc = start([process.execPath, SHADOWVM, 'run', '--name', o.prefix, '--uplink', lab.client.hostIf, '--primary', lab.primary.hostIf, '--backup', lab.backup.hostIf,
-    '--agent', agentSocket, '--control', controlSocket, '--config', configFile, '--resync', 'align', '--no-vnet-hdr', '--log-level', 'warn'], 'shadowvm run');
-  for (let i = 0; i < 200 && !(await status(controlSocket, 500)); i++) {
-    if (proc.child.exitCode !== null) throw new Error(`shadowvm run exited: ${proc.output}`);
-    await delay(50);
-  }
-  const agent = start([process.execPath, SHADOWVM, 'agent', 'lab', '--name', o.prefix, '--socket', agentSocket, '--delay-ms', '5'], 'shadowvm agent');
-  for (let i = 0; i < 200; i++) {
-    if ((await status(controlSocket))?.state === 'COMPARING') return { proc, agent, controlSocket };
-    await delay(50);
-  }
-  throw new Error(`the bridge did not reach COMPARING: ${proc.output.slice(-2000)} ${agent.output.slice(-2000)}`);
-}
-
 // ───────────────────────── main ─────────────────────────
 
 async function main(): Promise<void> {
@@ -252,9 +210,9 @@ async function main(): Promise<void> {
   const lab = buildLab({ prefix: o.prefix });
   const children: Child[] = [];
   let keepalive: KeepaliveConnection | null = null;
-  let sampler: NodeJS.Timeout | null = null;
+  let sampler: RssSampler | null = null;
   const cleanup = () => {
-    if (sampler) clearInterval(sampler);
+    sampler?.stop();
     keepalive?.stop();
     for (const c of children) if (c.child.exitCode === null) c.child.kill('SIGKILL');
     teardownLab(lab);
@@ -266,12 +224,9 @@ async function main(): Promise<void> {
     serveOnBoth(servers, BIG_FILE, big);
     // The replicas answer the spoofed sources through the client (which drops the answers: it does not forward),
     // and echo the flood's datagrams: a datagram flow is made when the replicas speak.
-    for (const node of [lab.primary, lab.backup]) {
-      run('ip', ['netns', 'exec', node.netns, 'ip', 'route', 'replace', '198.18.0.0/15', 'via', LAB_CLIENT_IPV4]);
-      children.push(start(inNs(node.netns, [process.execPath, '-e', ECHO_SERVER, String(UDP_FLOOD_PORT)]), 'udp echo'));
-    }
+    children.push(...prepareFloodReplicas(lab));
     await waitUntilQuiet(lab);
-    const bridge = await startBridge(lab, o);
+    const bridge = await startBridgeProcess(lab, o.prefix, PIPELINE_SETTINGS);
     children.push(bridge.proc, bridge.agent);
     const pid = bridge.proc.child.pid!;
 
@@ -281,16 +236,10 @@ async function main(): Promise<void> {
     replies.push({ when: 'before the flood', reply: await keepalive.request() });
     await delay(2000);
     const before = memoryOf(pid);
-    const statusBefore = await status(bridge.controlSocket);
+    const statusBefore = await bridgeStatus(bridge.controlSocket);
 
-    let peakRssMiB = before.rssMiB;
-    const samples: { ms: number; rssMiB: number }[] = [];
     const t0 = Date.now();
-    sampler = setInterval(() => {
-      const m = memoryOf(pid);
-      peakRssMiB = Math.max(peakRssMiB, m.rssMiB);
-      samples.push({ ms: Date.now() - t0, rssMiB: m.rssMiB });
-    }, 100);
+    sampler = new RssSampler(pid);
 
     // The download runs through the whole flood.
     const downloadFile = join(lab.runDir, 'flood-download');
@@ -308,24 +257,21 @@ async function main(): Promise<void> {
     })();
     await delay(1000);
 
-    const synCount = Math.ceil(o.flows / 2);
-    const udpCount = o.flows - synCount;
-    process.stderr.write(`flow-flood: ${synCount} SYNs\n`);
-    const syn = await injectIn(lab.client.netns, { kind: 'syn-flood', count: synCount, perMs: o.perMs, seed: o.seed });
-    replies.push({ when: 'between the SYNs and the datagrams', reply: await keepalive.request() });
-    process.stderr.write(`flow-flood: ${udpCount} UDP datagrams\n`);
-    const udp = await injectIn(lab.client.netns, { kind: 'udp-flood', count: udpCount, perMs: o.perMs, seed: o.seed + 1 });
+    const { syn, udp } = await floodFlows(lab, o, async () => {
+      replies.push({ when: 'between the SYNs and the datagrams', reply: await keepalive!.request() });
+    }, (s) => process.stderr.write(`flow-flood: ${s}\n`));
     const floodMs = Date.now() - t0;
     await delay(2000);
     replies.push({ when: 'after the flood', reply: await keepalive.request() });
-    const statusAfterFlood = await status(bridge.controlSocket);
+    const statusAfterFlood = await bridgeStatus(bridge.controlSocket);
     process.stderr.write('flow-flood: waiting for the download\n');
     const dl = await download;
     await delay(1000);
-    clearInterval(sampler);
+    sampler.stop();
+    const { peakMiB: peakRssMiB, samples } = sampler;
     sampler = null;
     const after = memoryOf(pid);
-    const statusEnd = await status(bridge.controlSocket);
+    const statusEnd = await bridgeStatus(bridge.controlSocket);
     bridge.proc.child.kill('SIGTERM');
     bridge.agent.child.kill('SIGTERM');
     const exitCode = await Promise.race([bridge.proc.exited, delay(10_000).then(() => 'no exit within 10 s')]);

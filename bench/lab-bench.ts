@@ -1,79 +1,167 @@
 /**
  * bench/lab-bench: the kernel bridge and shadowvm on the same netns lab, in
- * one run, reported as ratios to the kernel bridge. A report, not a test;
+ * interleaved rounds, reported as medians with their range and as ratios to
+ * the kernel baselines, next to issue 9's targets. A report, not a test;
  * needs root. Run: `npx tsc -p tsconfig.json && node dist/bench/lab-bench.js`
- * (`--modes kernel,afpacket`, `--seconds 3`, `--prefix svmlb`). Mode
- * "afpacket-date" is "afpacket" with `normalize.httpDate` on: nginx's `Date:`
- * headers, a second apart now and then, before (afpacket) and after.
+ * (`--rounds 3`, `--seconds 5`, `--modes kernel,kernel2,afpacket,…`,
+ * `--prefix svmlb`, `--flood-flows 100000`, `--iperf`; `--help`).
  *
- *   client ns ── <p>c ─┬─ <p>br (Linux bridge) ─── <p>p ── primary ns     mode "kernel" (backup left out)
- *                      └─ shadowvm ──────────────┬─ <p>p ── primary ns    mode "afpacket" / "cap"
- *                                                └─ <p>b ── backup ns
+ *   kernel   (KB):  client ns ── <p>c ── <p>br (Linux bridge) ── <p>p ── primary ns      backup left out
+ *   kernel2  (KB2): the same, and client2 ns (the client's addresses) ── <p>c2 ── <p>br2 ── <p>b ── backup ns,
+ *                   given the same load at the same time: both replicas serve, nothing compares
+ *   afpacket:       client ns ── <p>c ── shadowvm (in this process) ─┬─ <p>p ── primary ns
+ *                                                                   └─ <p>b ── backup ns
+ *   sink:           the same, every flow `pass` (no comparison, the primary's output goes out at once) and a
+ *                   backup that serves nothing (a discard server on port 80): the bridge's own I/O cost
+ *   cap:            afpacket's topology with libpcap ports
+ *   afpacket-date:  afpacket with normalize.httpDate on (issue 10's before/after of nginx's Date: headers)
+ *   <mode>-offload: the namespaces' offloads on (checksum, TSO, GSO); shadowvm exchanges virtio-net headers
  *
- * Each mode gets a fresh lab built by the same lib/lab code (same names,
- * addresses, servers, offloads); the shadowvm modes use startBridgedLab
- * (Bridge in this process, lab agent, resync 'align'). The load generators
- * (wrk, iperf3, ping, curl) are child processes in the client namespace,
- * run asynchronously so the in-process bridge keeps its event loop.
+ * Every (round, mode) gets a fresh lab built by the same lib/lab code (same
+ * names, addresses, servers); the modes run interleaved (ABC ABC …) because
+ * the host's speed drifts between minutes. Per lab: sanity fetches, a 1 s
+ * wrk warm-up, idle ping, wrk 1 KiB and 100 KiB (-t2 -c32), wrk on one
+ * connection (-t1 -c1 --latency, 1 KiB), iperf3 if asked. /proc/stat, the
+ * bridge's counters and process.cpuUsage() are read around each phase; a
+ * LatencyProbe (bench/lib) says where the idle round trip goes. After the
+ * rounds, a 100,000-flow flood (bench/lib/flood-bridge, as flow-flood) gives
+ * the RSS of a bridge process holding them. The load generators are child
+ * processes in the client namespaces, run asynchronously so the in-process
+ * bridge keeps its event loop.
  *
- * Per mode: sanity fetch of both objects, 1 s wrk warm-up, idle ping, wrk
- * 1 KiB, wrk 100 KiB, iperf3. Bridge counters, process.cpuUsage() and
- * /proc/stat are read around each phase; during the ping a LatencyProbe
- * (bench/lib) says where the added round trip goes. Results: a table on stdout and
- * bench/results/lab-<timestamp>.json. The lab is always torn down (finally,
- * SIGINT/SIGTERM, uncaught errors).
+ * Results: tables on stdout (medians [min–max], ratios, targets, timeout
+ * storms: FAIL when a shadowvm run asked ≥ 3 `timeout` checkpoints) and
+ * bench/results/lab-<timestamp>.json. The exit status is non-zero only when a
+ * run failed or something was left behind, not for targets or storms, so
+ * `make bench` goes on to the other benches. The labs are always torn down
+ * (finally, SIGINT/SIGTERM/SIGHUP, uncaught errors).
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Bridge, TICK_MS } from '../lib/bridge';
 import type { IoBackend } from '../lib/cli/ports';
 import type { LogFn } from '../lib/control/logger';
 import type { BridgeSnapshot } from '../lib/control/snapshot';
 import { BridgedLab, startBridgedLab } from '../lib/lab/bridged';
-import { Lab, buildLab, findLabLeftovers, teardownLab, waitUntilQuiet } from '../lib/lab/netns';
-import { LabServers, startLabServers } from '../lib/lab/servers';
+import { Lab, LabNode, buildLab, findLabLeftovers, teardownLab, waitUntilQuiet } from '../lib/lab/netns';
+import { startLabServers } from '../lib/lab/servers';
+import type { PipelineConfig } from '../lib/pipeline/config';
 import {
-  BENCH_OBJECTS, addKernelBridge, describeOffloads, hostCpuBusyPercent, hostFacts, readHostCpu, iperfLogFile, kernelBridgeName, linkExists,
-  readOffloads, readTail, removeKernelBridge, startIperfServers, writeBenchObjects,
+  BENCH_OBJECTS, addKernelBridge, addTwinClient, describeOffloads, hostCpuBusyPercent, hostCpuBusyUs, hostFacts, iperfLogFile, kernelBridgeName,
+  linkExists, offloadsOn, readHostCpu, readOffloads, readTail, removeKernelBridge, removeTwinClient, replaceWithDiscardServer, startIperfServers,
+  twinBridgeName, twinHostIf, writeBenchObjects,
 } from './lib/lab-setup';
 import {
   IperfResult, PingResult, WrkOptions, WrkResult, fetchStatus, iperfServerSummary, runIperf, runPing, runWrk,
 } from './lib/load-tools';
 import { LatencyProbe, LatencyProbeReport } from './lib/latency-probe';
-import { Row, formatTable, ratioOf } from './lib/report';
+import { Child, memoryOf } from './lib/children';
+import { RssSampler, bridgeStatus, floodFlows, prepareFloodReplicas, startBridgeProcess } from './lib/flood-bridge';
+import { Spread, cell, fmt, layout, ratioCell, ratioOf, spread } from './lib/report';
 
-type Mode = 'kernel' | 'afpacket' | 'cap' | 'afpacket-date';
-const ALL_MODES: readonly Mode[] = ['kernel', 'afpacket', 'cap', 'afpacket-date'];
-const LABELS: Record<Mode, string> = { kernel: 'kernel bridge', afpacket: 'shadowvm afpacket', cap: 'shadowvm cap', 'afpacket-date': 'afpacket httpDate' };
+// ------------------------------------------------------------------ modes
 
-const TARGETS = { smallRatio: 0.95, largeRatio: 0.5, addedRttP50Ms: 0.05 } as const;
+type Base = 'kernel' | 'kernel2' | 'afpacket' | 'sink' | 'cap' | 'afpacket-date';
+const BASES: readonly Base[] = ['kernel', 'kernel2', 'afpacket', 'sink', 'cap', 'afpacket-date'];
+const BASE_LABELS: Record<Base, string> = {
+  kernel: 'KB: kernel bridge, backup left out',
+  kernel2: 'KB2: kernel bridge, the backup serves the same load from a second client',
+  afpacket: 'shadowvm, AF_PACKET',
+  sink: 'shadowvm, AF_PACKET, every flow `pass`, a backup that serves nothing (discard server)',
+  cap: 'shadowvm, libpcap',
+  'afpacket-date': 'shadowvm, AF_PACKET, normalize.httpDate on',
+};
+const DEFAULT_MODES = ['kernel', 'kernel2', 'afpacket', 'sink', 'cap', 'afpacket-date', 'kernel-offload', 'afpacket-offload'] as const;
+const OFFLOAD_SUFFIX = '-offload';
+
+interface Mode {
+  /** As written on the command line: a base, with `-offload` for offloads on. */
+  id: string;
+  base: Base;
+  offloads: boolean;
+}
+
+/** A bad command line: its message is all the user needs. */
+class UsageError extends Error {}
+
+const isKernel = (m: Mode) => m.base === 'kernel' || m.base === 'kernel2';
+
+function parseMode(id: string): Mode {
+  const offloads = id.endsWith(OFFLOAD_SUFFIX);
+  const base = (offloads ? id.slice(0, -OFFLOAD_SUFFIX.length) : id) as Base;
+  if (!BASES.includes(base)) throw new UsageError(`unknown mode ${id}: one of ${BASES.join(', ')}, each with or without ${OFFLOAD_SUFFIX}`);
+  // libpcap cannot exchange virtio-net headers: super-frames with partial checksums would leave broken.
+  if (offloads && base === 'cap') throw new UsageError('cap-offload: libpcap ports cannot carry offloaded frames (no virtio-net headers); use cap');
+  return { id, base, offloads };
+}
+
+/** Issue 9's targets. */
+const TARGETS = {
+  ratio1kVsKb2: 0.95,
+  ratio100kOffloadVsKb: 0.6,
+  addedRttP50Ms: 0.1,
+  c1P99VsKb: 2,
+  timeoutCheckpoints: 0,
+  rss100kFlowsMiB: 200,
+} as const;
+
+/** The flood size issue 9's memory target is stated for. */
+const RSS_TARGET_FLOWS = 100_000;
+
+/** A shadowvm run that asked this many `timeout` checkpoints had a storm: the bench's summary says FAIL. */
+const TIMEOUT_STORM = 3;
 
 interface Options {
   modes: Mode[];
+  rounds: number;
   prefix: string;
   seconds: number;
   wrk: WrkOptions;
+  /** One connection, for request latency without queueing. */
+  c1: WrkOptions;
   pingCount: number;
   pingIntervalS: number;
+  iperf: boolean;
+  /** Flows of the memory flood after the rounds (0: none). */
+  floodFlows: number;
+  floodPerMs: number;
 }
 
+const USAGE = `node dist/bench/lab-bench.js [--rounds 3] [--seconds 5] [--modes ${DEFAULT_MODES.join(',')}]
+  [--prefix svmlb] [--flood-flows 100000 (0: no flood)] [--iperf]
+modes: ${BASES.join(', ')}; add ${OFFLOAD_SUFFIX} for offloads on (not cap)`;
+
 function parseArgs(argv: string[]): Options {
-  const get = (name: string): string | undefined => {
-    const i = argv.indexOf(`--${name}`);
-    return i >= 0 ? argv[i + 1] : undefined;
+  const o: Options = {
+    modes: DEFAULT_MODES.map(parseMode), rounds: 3, prefix: 'svmlb', seconds: 5,
+    wrk: { threads: 2, connections: 32, seconds: 5 }, c1: { threads: 1, connections: 1, seconds: 5 },
+    pingCount: 200, pingIntervalS: 0.01, iperf: false, floodFlows: RSS_TARGET_FLOWS, floodPerMs: 5,
   };
-  const modes = (get('modes') ?? ALL_MODES.join(',')).split(',').map((m) => m.trim()) as Mode[];
-  for (const m of modes) if (!ALL_MODES.includes(m)) throw new Error(`unknown mode ${m}: one of ${ALL_MODES.join(', ')}`);
-  const seconds = Number(get('seconds') ?? 5);
-  if (!(seconds >= 1)) throw new Error('--seconds must be ≥ 1');
-  return {
-    modes,
-    prefix: get('prefix') ?? 'svmlb',
-    seconds,
-    wrk: { threads: 2, connections: 32, seconds },
-    pingCount: 200,
-    pingIntervalS: 0.01,
-  };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const value = () => {
+      if (i + 1 >= argv.length) throw new UsageError(`${a} needs a value`);
+      return argv[++i];
+    };
+    const num = (min: number) => {
+      const v = Number(value());
+      if (!(v >= min)) throw new UsageError(`${a} must be a number ≥ ${min}`);
+      return v;
+    };
+    if (a === '--modes') o.modes = value().split(',').map((m) => parseMode(m.trim()));
+    else if (a === '--rounds') o.rounds = Math.floor(num(1));
+    else if (a === '--seconds') o.seconds = num(1);
+    else if (a === '--prefix') o.prefix = value();
+    else if (a === '--flood-flows') o.floodFlows = Math.floor(num(0));
+    else if (a === '--iperf') o.iperf = true;
+    else if (a === '--help') {
+      process.stdout.write(`${USAGE}\n`);
+      process.exit(0);
+    } else throw new UsageError(`unknown option ${a}\n${USAGE}`);
+  }
+  o.wrk = { ...o.wrk, seconds: o.seconds };
+  o.c1 = { ...o.c1, seconds: o.seconds };
+  return o;
 }
 
 // ------------------------------------------------------------------ bridge counters
@@ -88,7 +176,9 @@ interface BridgePhase {
   cpuPercentOfOneCore: number;
   /** Frames received on the three ports (uplink + primary + backup): what the bridge handled. */
   rxFrames: number;
+  rxFramesByPort: Record<string, number>;
   txFrames: number;
+  txFramesByPort: Record<string, number>;
   cpuUsPerFrame: number;
   /** AF_PACKET only: wake-ups that delivered frames, and frames per wake-up. */
   breaths?: number;
@@ -135,7 +225,7 @@ function phaseOf(before: Counters, after: Counters, samples: string[]): BridgePh
   const breaths = breathsAvailable ? sumPorts(a, 'breaths') - sumPorts(b, 'breaths') : undefined;
   const requested: Record<string, number> = {};
   for (const [reason, n] of Object.entries(a.checkpoints.requested)) {
-    const d = n - (b.checkpoints.requested as Record<string, number>)[reason];
+    const d = n - ((b.checkpoints.requested as Record<string, number>)[reason] ?? 0);
     if (d) requested[reason] = d;
   }
   return {
@@ -144,7 +234,9 @@ function phaseOf(before: Counters, after: Counters, samples: string[]): BridgePh
     cpuSystemUs: after.cpu.system - before.cpu.system,
     cpuPercentOfOneCore: (cpuUs / 1000 / wallMs) * 100,
     rxFrames,
+    rxFramesByPort: Object.fromEntries(a.ports.map((p, i) => [p.role, p.rxFrames - b.ports[i].rxFrames])),
     txFrames: sumPorts(a, 'txFrames') - sumPorts(b, 'txFrames'),
+    txFramesByPort: Object.fromEntries(a.ports.map((p, i) => [p.role, p.txFrames - b.ports[i].txFrames])),
     cpuUsPerFrame: rxFrames > 0 ? cpuUs / rxFrames : NaN,
     ...(breaths !== undefined ? { breaths, framesPerBreath: breaths > 0 ? rxFrames / breaths : NaN } : {}),
     rxDrops: sumPorts(a, 'rxDrops') - sumPorts(b, 'rxDrops'),
@@ -163,13 +255,14 @@ function phaseOf(before: Counters, after: Counters, samples: string[]): BridgePh
   };
 }
 
-/** Collects the bridge's mismatch events per phase (the bridge logs nothing else we need). */
+/** Collects the bridge's warnings while it is measured (not its start and stop) and the first mismatch events of each phase. */
 class EventTap {
-  phase = 'setup';
+  /** null: not measuring (the lab's start, the agent's first checkpoint, the stop). */
+  phase: string | null = null;
   readonly samples = new Map<string, string[]>();
   readonly counts: Record<string, number> = {};
   readonly log: LogFn = (level, event, fields) => {
-    if (level === 'debug' || level === 'info') return;
+    if (level === 'debug' || level === 'info' || this.phase === null) return;
     const key = `${level}:${event}`;
     this.counts[key] = (this.counts[key] ?? 0) + 1;
     if (event !== 'mismatch') return;
@@ -204,156 +297,218 @@ function describePorts(bridge: Bridge): PortInfo[] {
   }));
 }
 
-function portsLine(ports: PortInfo[] | undefined): string {
+function portsText(ports: PortInfo[] | undefined): string {
   if (!ports?.length) return '';
   const p = ports[0];
   const same = ports.every((q) => q.kind === p.kind && q.vnetHdr === p.vnetHdr && q.ringSlots === p.ringSlots && q.slotBytes === p.slotBytes);
   const one = (q: PortInfo) => `${q.kind}${q.vnetHdr !== undefined ? `, vnetHdr ${q.vnetHdr ? 'on' : 'off'}` : ''}${q.ringSlots ? `, receive ring ${q.ringSlots} slots × ${q.slotBytes} B` : ''}`;
-  return same ? `    ports: ${one(p)} (each of ${ports.map((q) => q.role).join(', ')})` : `    ports: ${ports.map((q) => `${q.role} ${one(q)}`).join('; ')}`;
+  return same ? `${one(p)} (each of ${ports.map((q) => q.role).join(', ')})` : ports.map((q) => `${q.role} ${one(q)}`).join('; ');
 }
 
-// ------------------------------------------------------------------ one mode
+// ------------------------------------------------------------------ one (round, mode)
 
-interface ModeResult {
-  mode: Mode;
-  label: string;
+interface Measured { hostCpuBusyPercent: number; hostCpuUs: number; bridge?: BridgePhase }
+
+interface WrkPhase extends WrkResult, Measured {
+  /** KB2: what the backup's own client got at the same time. */
+  twin?: WrkResult;
+  /** Machine CPU (all CPUs busy, /proc/stat) ÷ requests; KB2: ÷ request pairs ((first + second client's requests) / 2). */
+  hostCpuUsPerRequest: number;
+  /** process.cpuUsage() of this process (bridge and lab agent) ÷ requests; shadowvm only. */
+  bridgeCpuUsPerRequest: number;
+}
+
+type PingPhase = PingResult & Measured & { probe?: LatencyProbeReport };
+type IperfPhase = IperfResult & Measured & { primaryServer: string; backupServer: string; primaryServerLogTail: string; backupServerLogTail: string };
+
+interface RunResult {
+  mode: string;
+  base: Base;
+  offloads: boolean;
+  round: number;
   ok: boolean;
   error?: string;
   setupMs: number;
-  offloads: Record<string, Record<string, string>>;
+  offloadState: Record<string, Record<string, string>>;
   offloadSummary: string;
   sanity: Record<string, { ok: boolean; status: number; bytes: number; error?: string }>;
-  ping?: PingResult & { bridge?: BridgePhase; hostCpuBusyPercent: number; probe?: LatencyProbeReport };
-  wrkSmall?: WrkResult & { bridge?: BridgePhase; hostCpuBusyPercent: number };
-  wrkLarge?: WrkResult & { bridge?: BridgePhase; hostCpuBusyPercent: number };
-  iperf?: IperfResult & {
-    bridge?: BridgePhase; hostCpuBusyPercent: number;
-    primaryServer: string; backupServer: string; primaryServerLogTail: string; backupServerLogTail: string;
-  };
+  ping?: PingPhase;
+  wrk1k?: WrkPhase;
+  wrk100k?: WrkPhase;
+  c1?: WrkPhase;
+  iperf?: IperfPhase;
+  /** shadowvm: the bridge's counters from the first sanity fetch to the end of the last phase. */
+  whole?: BridgePhase;
   bridgeWarnings?: Record<string, number>;
-  /** The bridge's ports as opened by startBridgedLab (read from the running Bridge, for the report). */
   ports?: PortInfo[];
-  teardown: { namespaces: string[]; links: string[]; processes: number[]; kernelBridgeLeft: boolean };
+  leftovers: string[];
 }
 
-interface MeasureContext {
+interface LabUnderTest {
   lab: Lab;
-  servers: LabServers;
   bridge?: Bridge;
   tap?: EventTap;
+  /** KB2: the backup's own client namespace. */
+  twin?: string;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function measureMode(ctx: MeasureContext, o: Options, r: ModeResult, say: (s: string) => void): Promise<void> {
-  const { lab } = ctx;
+async function sanityFetch(netns: string, url: string): Promise<{ ok: boolean; status: number; bytes: number; error?: string }> {
+  // The path must work before it is measured; a kernel bridge's ports may take a moment to forward.
+  let s = await fetchStatus(netns, url);
+  for (let i = 0; i < 20 && !s.ok; i++) {
+    await sleep(100);
+    s = await fetchStatus(netns, url);
+  }
+  return s;
+}
+
+async function measure(t: LabUnderTest, o: Options, r: RunResult, say: (s: string) => void): Promise<void> {
+  const { lab } = t;
   const ns = lab.client.netns;
   const url = (file: string) => `http://${lab.serviceIpv4}/${file}`;
+  const start = t.bridge ? readCounters(t.bridge) : null;
 
-  // The path must work before it is measured; a kernel bridge's ports may take a moment to forward.
   for (const obj of Object.values(BENCH_OBJECTS)) {
-    let s = await fetchStatus(ns, url(obj.file));
-    for (let i = 0; i < 20 && !s.ok; i++) {
-      await sleep(100);
-      s = await fetchStatus(ns, url(obj.file));
+    for (const client of [ns, ...(t.twin ? [t.twin] : [])]) {
+      const s = await sanityFetch(client, url(obj.file));
+      r.sanity[`${client} ${obj.file}`] = s;
+      if (!s.ok || s.bytes !== obj.bytes) throw new Error(`sanity fetch of ${url(obj.file)} from ${client} through ${r.mode} failed: ${s.error ?? `status ${s.status}, ${s.bytes} bytes (want ${obj.bytes})`}`);
     }
-    r.sanity[obj.file] = s;
-    if (!s.ok || s.bytes !== obj.bytes) throw new Error(`sanity fetch of ${url(obj.file)} through ${r.label} failed: ${s.error ?? `status ${s.status}, ${s.bytes} bytes (want ${obj.bytes})`}`);
   }
 
-  type Measured<T> = T & { bridge?: BridgePhase; hostCpuBusyPercent: number };
-  const phase = async <T extends object>(name: string, fn: () => Promise<T>): Promise<Measured<T>> => {
-    say(`  ${name}…`);
-    if (ctx.tap) ctx.tap.phase = name;
-    const before = ctx.bridge ? readCounters(ctx.bridge) : null;
+  const phase = async <T extends object>(name: string, fn: () => Promise<T>): Promise<T & Measured> => {
+    say(`    ${name}…`);
+    if (t.tap) t.tap.phase = name;
+    const before = t.bridge ? readCounters(t.bridge) : null;
     const hostBefore = readHostCpu();
     const value = await fn();
-    const hostCpu = hostCpuBusyPercent(hostBefore, readHostCpu());
-    if (!ctx.bridge || !before) return { ...value, hostCpuBusyPercent: hostCpu };
-    const after = readCounters(ctx.bridge);
-    return { ...value, hostCpuBusyPercent: hostCpu, bridge: phaseOf(before, after, ctx.tap!.take(name)) };
+    const hostAfter = readHostCpu();
+    const m: Measured = { hostCpuBusyPercent: hostCpuBusyPercent(hostBefore, hostAfter), hostCpuUs: hostCpuBusyUs(hostBefore, hostAfter) };
+    if (t.bridge && before) m.bridge = phaseOf(before, readCounters(t.bridge), t.tap!.take(name));
+    return { ...value, ...m };
+  };
+  /** wrk from the client and, in KB2, from the twin at the same moment. */
+  const wrkPhase = async (name: string, file: string, w: WrkOptions): Promise<WrkPhase> => {
+    const p = await phase(name, async () => {
+      const [first, twin] = await Promise.all([runWrk(ns, url(file), w), t.twin ? runWrk(t.twin, url(file), w) : null]);
+      return { ...first, ...(twin ? { twin } : {}) };
+    });
+    const pairs = p.twin ? (p.requests + p.twin.requests) / 2 : p.requests;
+    return {
+      ...p,
+      hostCpuUsPerRequest: p.ok && pairs > 0 ? p.hostCpuUs / pairs : NaN,
+      bridgeCpuUsPerRequest: p.ok && p.bridge && p.requests > 0 ? p.bridge.cpuUs / p.requests : NaN,
+    };
   };
 
   // Warm-up: JIT of the bridge's hot path, nginx's caches, the flow table; not reported.
-  await phase('warm-up', () => runWrk(ns, url(BENCH_OBJECTS.small.file), { ...o.wrk, seconds: 1 }));
+  await wrkPhase('warm-up', BENCH_OBJECTS.small.file, { ...o.wrk, seconds: 1 });
   await sleep(1000);
-  const probe = ctx.bridge ? new LatencyProbe(ctx.bridge.pipeline, r.mode === 'afpacket' || r.mode === 'afpacket-date') : null;
+  const probe = t.bridge ? new LatencyProbe(t.bridge, r.base !== 'cap') : null;
   try {
     r.ping = await phase('ping idle', () => runPing(ns, lab.serviceIpv4, o.pingCount, o.pingIntervalS));
   } finally {
     const report = probe?.stop();
     if (r.ping && report) r.ping.probe = report;
   }
-  r.wrkSmall = await phase('wrk 1 KiB', () => runWrk(ns, url(BENCH_OBJECTS.small.file), o.wrk));
-  r.wrkLarge = await phase('wrk 100 KiB', () => runWrk(ns, url(BENCH_OBJECTS.large.file), o.wrk));
-  const iperf = await phase('iperf3', () => runIperf(ns, lab.serviceIpv4, o.seconds));
-  // The servers flush their logs (--forceflush); give them a moment to finish the test's summary.
-  await sleep(1000);
-  const primaryLog = readTail(iperfLogFile(lab, lab.primary));
-  const backupLog = readTail(iperfLogFile(lab, lab.backup));
-  r.iperf = {
-    ...iperf,
-    primaryServer: iperfServerSummary(primaryLog),
-    backupServer: iperfServerSummary(backupLog),
-    primaryServerLogTail: primaryLog.slice(-1500),
-    backupServerLogTail: backupLog.slice(-1500),
-  };
+  r.wrk1k = await wrkPhase('wrk 1 KiB', BENCH_OBJECTS.small.file, o.wrk);
+  r.wrk100k = await wrkPhase('wrk 100 KiB', BENCH_OBJECTS.large.file, o.wrk);
+  r.c1 = await wrkPhase('wrk 1 KiB, one connection', BENCH_OBJECTS.small.file, o.c1);
+  if (o.iperf) {
+    const iperf = await phase('iperf3', () => runIperf(ns, lab.serviceIpv4, o.seconds));
+    // The servers flush their logs (--forceflush); give them a moment to finish the test's summary.
+    await sleep(1000);
+    const primaryLog = readTail(iperfLogFile(lab, lab.primary));
+    const backupLog = readTail(iperfLogFile(lab, lab.backup));
+    r.iperf = {
+      ...iperf,
+      primaryServer: iperfServerSummary(primaryLog),
+      backupServer: iperfServerSummary(backupLog),
+      primaryServerLogTail: primaryLog.slice(-1500),
+      backupServerLogTail: backupLog.slice(-1500),
+    };
+  }
+  if (t.bridge && start) r.whole = phaseOf(start, readCounters(t.bridge), []);
 }
 
-function newResult(mode: Mode): ModeResult {
-  return {
-    mode, label: LABELS[mode], ok: false, setupMs: 0, offloads: {}, offloadSummary: '', sanity: {},
-    teardown: { namespaces: [], links: [], processes: [], kernelBridgeLeft: false },
-  };
+function newResult(mode: Mode, round: number): RunResult {
+  return { mode: mode.id, base: mode.base, offloads: mode.offloads, round, ok: false, setupMs: 0, offloadState: {}, offloadSummary: '', sanity: {}, leftovers: [] };
 }
 
-function recordTeardown(r: ModeResult, prefix: string): void {
+/** The KB2 twin's namespace: not one of the lab's, so teardownLab leaves it; removeTwinClient takes it. */
+const twinNetns = (prefix: string) => `${prefix}-client2`;
+
+/** Everything of this prefix that is still there (after a run's teardown: nothing). */
+function leftoversOf(prefix: string): string[] {
   const left = findLabLeftovers(prefix);
-  r.teardown = { namespaces: left.namespaces, links: left.links, processes: left.processes, kernelBridgeLeft: linkExists(kernelBridgeName(prefix)) };
+  const out = [...left.namespaces.map((n) => `namespace ${n}`), ...left.links.map((l) => `link ${l}`), ...left.processes.map((p) => `process ${p}`)];
+  for (const link of [kernelBridgeName(prefix), twinBridgeName(prefix), twinHostIf(prefix)]) if (linkExists(link)) out.push(`link ${link}`);
+  if (existsSync(`/run/netns/${twinNetns(prefix)}`)) out.push(`namespace ${twinNetns(prefix)}`);
+  return out;
 }
 
-async function runKernelMode(o: Options, say: (s: string) => void): Promise<ModeResult> {
-  const r = newResult('kernel');
+async function turnOffloadsOn(nodes: readonly Pick<LabNode, 'netns' | 'nsIf'>[]): Promise<void> {
+  for (const node of nodes) await offloadsOn(node);
+}
+
+async function runKernel(mode: Mode, round: number, o: Options, say: (s: string) => void): Promise<RunResult> {
+  const r = newResult(mode, round);
   const t0 = Date.now();
   const lab = buildLab({ prefix: o.prefix });
   try {
     const servers = await startLabServers(lab);
     writeBenchObjects(servers);
-    await startIperfServers(lab);
+    if (o.iperf) await startIperfServers(lab);
     await waitUntilQuiet(lab);
-    r.offloads = readOffloads(lab);
-    r.offloadSummary = describeOffloads(r.offloads);
     addKernelBridge(lab);
+    const twin = mode.base === 'kernel2' ? addTwinClient(o.prefix, twinNetns(o.prefix), lab.backup.hostIf, lab.backup) : undefined;
+    if (mode.offloads) await turnOffloadsOn([...lab.nodes, ...(twin ? [{ netns: twin, nsIf: lab.client.nsIf }] : [])]);
+    r.offloadState = readOffloads(lab);
+    r.offloadSummary = describeOffloads(r.offloadState);
     r.setupMs = Date.now() - t0;
-    await measureMode({ lab, servers }, o, r, say);
+    await measure({ lab, twin }, o, r, say);
     r.ok = true;
   } catch (e) {
     r.error = (e as Error).message;
   } finally {
+    removeTwinClient(o.prefix, twinNetns(o.prefix));
     removeKernelBridge(o.prefix);
     teardownLab(lab);
-    recordTeardown(r, o.prefix);
+    r.leftovers = leftoversOf(o.prefix);
   }
   return r;
 }
 
-async function runShadowMode(mode: 'afpacket' | 'cap' | 'afpacket-date', o: Options, say: (s: string) => void): Promise<ModeResult> {
-  const r = newResult(mode);
+/** What the pipeline runs with in each shadowvm mode, beyond startBridgedLab's `resync: 'align'`. */
+function configOf(base: Base): Partial<PipelineConfig> | undefined {
+  if (base === 'afpacket-date') return { normalize: { httpDate: true, httpDateToleranceMs: 2000 } };
+  // Every flow unchecked: the primary's output goes out at once, the backup still gets the client's frames.
+  if (base === 'sink') return { flowPolicy: [{ action: 'pass' }] };
+  return undefined;
+}
+
+async function runShadow(mode: Mode, round: number, o: Options, say: (s: string) => void): Promise<RunResult> {
+  const r = newResult(mode, round);
   const t0 = Date.now();
   const tap = new EventTap();
   let bridged: BridgedLab | null = null;
   try {
-    const io: IoBackend = mode === 'afpacket-date' ? 'afpacket' : mode;
-    const config = mode === 'afpacket-date' ? { normalize: { httpDate: true, httpDateToleranceMs: 2000 } } : undefined;
-    bridged = await startBridgedLab({ prefix: o.prefix, io, log: tap.log, config });
+    const io: IoBackend = mode.base === 'cap' ? 'cap' : 'afpacket';
+    bridged = await startBridgedLab({ prefix: o.prefix, io, log: tap.log, config: configOf(mode.base), vnetHdr: mode.offloads });
     current.bridged = bridged;
+    const { lab } = bridged;
     r.ports = describePorts(bridged.bridge);
     writeBenchObjects(bridged.servers);
-    await startIperfServers(bridged.lab);
-    r.offloads = readOffloads(bridged.lab);
-    r.offloadSummary = describeOffloads(r.offloads);
+    if (mode.base === 'sink') await replaceWithDiscardServer(lab, lab.backup, 'nginx', 80);
+    if (o.iperf) await startIperfServers(lab);
+    if (mode.offloads) await turnOffloadsOn(lab.nodes);
+    r.offloadState = readOffloads(lab);
+    r.offloadSummary = describeOffloads(r.offloadState);
     r.setupMs = Date.now() - t0;
-    await measureMode({ lab: bridged.lab, servers: bridged.servers, bridge: bridged.bridge, tap }, o, r, say);
+    await measure({ lab, bridge: bridged.bridge, tap }, o, r, say);
+    tap.phase = null;
     r.ok = true;
   } catch (e) {
     r.error = (e as Error).message;
@@ -363,7 +518,91 @@ async function runShadowMode(mode: 'afpacket' | 'cap' | 'afpacket-date', o: Opti
     current.bridged = null;
     // startBridgedLab tears down on its own failures; make sure of it either way.
     teardownLab(o.prefix);
-    recordTeardown(r, o.prefix);
+    r.leftovers = leftoversOf(o.prefix);
+  }
+  return r;
+}
+
+// ------------------------------------------------------------------ 100,000 flows: the bridge's RSS
+
+interface FloodResult {
+  ok: boolean;
+  error?: string;
+  flows: number;
+  maxFlows: number;
+  /** Frames sent, over every pass (the first, and the top-ups of flows that were not made). */
+  sent: number;
+  passes: number;
+  baselineRssMiB: number;
+  /** The largest VmRSS sampled (every 100 ms) or VmHWM, whichever is larger. */
+  peakRssMiB: number;
+  rssAfterMiB: number;
+  hwmMiB: number;
+  /** Flows in the table once the flood was over (flows never created: ring drops). */
+  flowsActive: number;
+  flowsCreated: number;
+  uplinkRxDrops: number;
+  leftovers: string[];
+}
+
+/**
+ * `shadowvm run` (its own process: its RSS is the bridge's alone) with a
+ * table large enough for the flood (nothing evicted) and no SYN admission
+ * budget, then `flows` flows as bench/flow-flood makes them (half SYNs, half
+ * datagrams both replicas echo).
+ */
+async function measureFlowMemory(o: Options, say: (s: string) => void): Promise<FloodResult> {
+  const maxFlows = 2 ** Math.ceil(Math.log2(o.floodFlows + 1024));
+  const r: FloodResult = {
+    ok: false, flows: o.floodFlows, maxFlows, sent: 0, passes: 0, baselineRssMiB: NaN, peakRssMiB: NaN, rssAfterMiB: NaN, hwmMiB: NaN,
+    flowsActive: NaN, flowsCreated: NaN, uplinkRxDrops: NaN, leftovers: [],
+  };
+  const lab = buildLab({ prefix: o.prefix });
+  const children: Child[] = [];
+  let sampler: RssSampler | null = null;
+  try {
+    await startLabServers(lab);
+    children.push(...prepareFloodReplicas(lab));
+    await waitUntilQuiet(lab);
+    const bridge = await startBridgeProcess(lab, o.prefix, { maxFlows, policy: { newFlowsPerSecond: 0 } });
+    children.push(bridge.proc, bridge.agent);
+    const pid = bridge.proc.child.pid!;
+    await sleep(1000);
+    r.baselineRssMiB = memoryOf(pid).rssMiB;
+    const before = await bridgeStatus(bridge.controlSocket);
+    sampler = new RssSampler(pid);
+    // Some flows are never made (a datagram whose echo is lost; a SYN the ring dropped): top up, with fresh
+    // spoofed sources, until the table holds the number asked for (at most three times).
+    let want = o.floodFlows;
+    for (let pass = 0; pass < 4 && want > 0; pass++) {
+      const { syn, udp } = await floodFlows(lab, { flows: want, perMs: o.floodPerMs, seed: 7 + 1000 * pass }, undefined, (s) => say(`    ${s}…`));
+      r.sent += syn.sent + udp.sent;
+      r.passes = pass + 1;
+      await sleep(2000);
+      const active = (await bridgeStatus(bridge.controlSocket))?.flows.active ?? NaN;
+      if (!(active < o.floodFlows)) break;
+      want = Math.ceil((o.floodFlows - active) * 1.2) + 100;
+    }
+    sampler.stop();
+    const after = memoryOf(pid);
+    const status = await bridgeStatus(bridge.controlSocket);
+    r.rssAfterMiB = after.rssMiB;
+    r.hwmMiB = after.hwmMiB;
+    r.peakRssMiB = Math.max(sampler.peakMiB, after.hwmMiB);
+    if (status) {
+      r.flowsActive = status.flows.active;
+      r.flowsCreated = status.flows.created - (before?.flows.created ?? 0);
+      r.uplinkRxDrops = (status.ports.find((p) => p.role === 'uplink')?.rxDrops ?? NaN) - (before?.ports.find((p) => p.role === 'uplink')?.rxDrops ?? 0);
+    }
+    r.ok = status !== null && Number.isFinite(r.peakRssMiB);
+    if (!r.ok) r.error = 'the bridge did not answer status after the flood';
+  } catch (e) {
+    r.error = (e as Error).message;
+  } finally {
+    sampler?.stop();
+    for (const c of children) if (c.child.exitCode === null) c.child.kill('SIGKILL');
+    teardownLab(lab);
+    r.leftovers = leftoversOf(o.prefix);
   }
   return r;
 }
@@ -372,11 +611,12 @@ async function runShadowMode(mode: 'afpacket' | 'cap' | 'afpacket-date', o: Opti
 
 const current: { prefix: string | null; bridged: BridgedLab | null } = { prefix: null, bridged: null };
 
-/** Synchronous: usable from signal handlers and 'exit'. Kills everything in the namespaces, deletes them and the kernel bridge. */
+/** Synchronous: usable from signal handlers and 'exit'. Kills everything in the namespaces, deletes them and the kernel bridges. */
 function emergencyTeardown(): void {
   if (!current.prefix) return;
   const prefix = current.prefix;
   current.prefix = null;
+  removeTwinClient(prefix, twinNetns(prefix));
   removeKernelBridge(prefix);
   const report = teardownLab(prefix);
   if (report.failures.length) process.stderr.write(`teardown problems:\n${report.failures.join('\n')}\n`);
@@ -398,179 +638,309 @@ function installCleanupHandlers(): void {
   process.on('exit', emergencyTeardown);
 }
 
-// ------------------------------------------------------------------ report
+// ------------------------------------------------------------------ summary
 
-function rowsOf(results: ModeResult[]): Row[] {
-  const by = (f: (r: ModeResult) => number | undefined): Record<string, number> => {
-    const v: Record<string, number> = {};
-    for (const r of results) {
-      const x = f(r);
-      v[r.mode] = typeof x === 'number' ? x : NaN;
-    }
-    return v;
-  };
-  const okRps = (w: WrkResult | undefined) => (w?.ok ? w.requestsPerSecond : NaN);
-  const kernel = results.find((r) => r.mode === 'kernel');
-  const kernelP50 = kernel?.ping?.ok ? kernel.ping.p50Ms : NaN;
-  return [
-    {
-      metric: 'wrk 1 KiB req/s', values: by((r) => okRps(r.wrkSmall)), digits: 0, ratio: true,
-      target: { text: `≥ ${TARGETS.smallRatio}× kernel`, met: (v, k) => v / k >= TARGETS.smallRatio },
-    },
-    {
-      metric: 'wrk 100 KiB req/s', values: by((r) => okRps(r.wrkLarge)), digits: 0, ratio: true,
-      target: { text: `≥ ${TARGETS.largeRatio}× kernel`, met: (v, k) => v / k >= TARGETS.largeRatio },
-    },
-    { metric: 'iperf3 Gbit/s (receiver)', values: by((r) => (r.iperf?.ok ? r.iperf.receivedGbps : NaN)), digits: 2, ratio: true },
-    { metric: 'ping RTT p50 ms (idle)', values: by((r) => (r.ping?.ok ? r.ping.p50Ms : NaN)), digits: 3, ratio: true },
-    { metric: 'ping RTT p99 ms (idle)', values: by((r) => (r.ping?.ok ? r.ping.p99Ms : NaN)), digits: 3, ratio: true },
-    {
-      metric: 'added RTT p50 ms (− kernel)', values: by((r) => (r.mode === 'kernel' ? NaN : r.ping?.ok ? r.ping.p50Ms - kernelP50 : NaN)), digits: 3, ratio: false,
-      target: { text: `≤ ${TARGETS.addedRttP50Ms} ms`, met: (v) => v <= TARGETS.addedRttP50Ms },
-    },
-    { metric: 'bridge CPU µs/frame (wrk 1 KiB)', values: by((r) => r.wrkSmall?.bridge?.cpuUsPerFrame), digits: 2, ratio: false },
-    { metric: 'bridge CPU µs/frame (wrk 100 KiB)', values: by((r) => r.wrkLarge?.bridge?.cpuUsPerFrame), digits: 2, ratio: false },
-    { metric: 'bridge CPU % of a core (wrk 1 KiB)', values: by((r) => r.wrkSmall?.bridge?.cpuPercentOfOneCore), digits: 0, ratio: false },
-    { metric: 'host CPU busy % (wrk 1 KiB, all CPUs)', values: by((r) => r.wrkSmall?.hostCpuBusyPercent), digits: 0, ratio: false },
-    { metric: 'host CPU busy % (wrk 100 KiB)', values: by((r) => r.wrkLarge?.hostCpuBusyPercent), digits: 0, ratio: false },
-    { metric: 'wrk latency p99 ms (1 KiB, loaded)', values: by((r) => (r.wrkSmall?.ok ? r.wrkSmall.latencyP99Ms : NaN)), digits: 2, ratio: true },
-    { metric: 'mismatch checkpoints (both wrk runs)', values: by((r) => wrkSum(r, (p) => p.checkpointsRequested.mismatch ?? 0)), digits: 0, ratio: false },
-    { metric: 'Date values normalized (both wrk runs)', values: by((r) => wrkSum(r, (p) => p.httpDateNormalized)), digits: 0, ratio: false },
-  ];
+interface Metric {
+  key: string;
+  label: string;
+  digits: number;
+  value: (r: RunResult) => number;
 }
 
-/** A bridge figure summed over the two wrk phases (NaN for the kernel bridge). */
-function wrkSum(r: ModeResult, f: (p: BridgePhase) => number): number {
-  const phases = [r.wrkSmall?.bridge, r.wrkLarge?.bridge];
-  return phases.every((p) => p !== undefined) ? phases.reduce((n, p) => n + f(p!), 0) : NaN;
-}
+const okWrk = (w: WrkPhase | undefined, f: (w: WrkPhase) => number) => (w?.ok ? f(w) : NaN);
+/** wrk prints a latency of 0 when no request completed in time to be timed: no figure. */
+const okLatency = (w: WrkPhase | undefined, f: (w: WrkPhase) => number) => {
+  const v = okWrk(w, f);
+  return v > 0 ? v : NaN;
+};
+const requested = (r: RunResult, reason: string) => (r.whole ? r.whole.checkpointsRequested[reason] ?? 0 : NaN);
 
-function describePhase(name: string, p: BridgePhase | undefined): string {
-  if (!p) return `    ${name}: —`;
-  const reasons = Object.entries(p.checkpointsRequested).map(([k, n]) => `${k} ${n}`).join(', ') || 'none';
-  const parts = [
-    `${p.rxFrames} frames in (${p.txFrames} out)`,
-    `CPU ${p.cpuUsPerFrame.toFixed(1)} µs/frame (${p.cpuUs > 0 ? ((p.cpuSystemUs / p.cpuUs) * 100).toFixed(0) : '—'}% system), ${p.cpuPercentOfOneCore.toFixed(0)}% of a core`,
-    p.framesPerBreath !== undefined ? `${p.framesPerBreath.toFixed(1)} frames/wake-up` : '',
-    `mismatches ${p.mismatches}`,
-    p.httpDateNormalized ? `Date values normalized ${p.httpDateNormalized}` : '',
-    `checkpoints asked ${reasons}, done ${p.checkpointsDone}, failed ${p.checkpointsFailed}`,
-    p.ingressHeldFrames ? `ingress held ${p.ingressHeldFrames} (dropped ${p.ingressHoldDropped})` : '',
-    p.rxDrops || p.txErrors ? `rx drops ${Object.entries(p.rxDropsByPort).map(([k, n]) => `${k} ${n}`).join(' ')}, tx errors ${p.txErrors}` : '',
-    p.malformed ? `malformed ${p.malformed}` : '',
-    `state after ${p.stateAfter}`,
-  ].filter(Boolean);
-  const lines = [`    ${name}: ${parts.join('; ')}`];
-  for (const s of p.mismatchSamples) lines.push(`      mismatch: ${s}`);
-  return lines.join('\n');
-}
+const METRICS: Metric[] = [
+  { key: 'rps1k', label: 'wrk 1 KiB req/s', digits: 0, value: (r) => okWrk(r.wrk1k, (w) => w.requestsPerSecond) },
+  { key: 'rps100k', label: 'wrk 100 KiB req/s', digits: 0, value: (r) => okWrk(r.wrk100k, (w) => w.requestsPerSecond) },
+  { key: 'twinRps1k', label: 'KB2 second client 1 KiB req/s', digits: 0, value: (r) => (r.wrk1k?.twin?.ok ? r.wrk1k.twin.requestsPerSecond : NaN) },
+  { key: 'twinRps100k', label: 'KB2 second client 100 KiB req/s', digits: 0, value: (r) => (r.wrk100k?.twin?.ok ? r.wrk100k.twin.requestsPerSecond : NaN) },
+  { key: 'hostCpu1k', label: 'machine CPU µs/req 1 KiB', digits: 0, value: (r) => okWrk(r.wrk1k, (w) => w.hostCpuUsPerRequest) },
+  { key: 'hostCpu100k', label: 'machine CPU µs/req 100 KiB', digits: 0, value: (r) => okWrk(r.wrk100k, (w) => w.hostCpuUsPerRequest) },
+  { key: 'bridgeCpu1k', label: 'bridge CPU µs/req 1 KiB', digits: 0, value: (r) => okWrk(r.wrk1k, (w) => w.bridgeCpuUsPerRequest) },
+  { key: 'bridgeCpu100k', label: 'bridge CPU µs/req 100 KiB', digits: 0, value: (r) => okWrk(r.wrk100k, (w) => w.bridgeCpuUsPerRequest) },
+  { key: 'busy1k', label: 'machine busy % 1 KiB', digits: 0, value: (r) => okWrk(r.wrk1k, (w) => w.hostCpuBusyPercent) },
+  { key: 'busy100k', label: 'machine busy % 100 KiB', digits: 0, value: (r) => okWrk(r.wrk100k, (w) => w.hostCpuBusyPercent) },
+  { key: 'c1P50', label: 'one connection p50 ms', digits: 3, value: (r) => okLatency(r.c1, (w) => w.latencyP50Ms) },
+  { key: 'c1P99', label: 'one connection p99 ms', digits: 3, value: (r) => okLatency(r.c1, (w) => w.latencyP99Ms) },
+  { key: 'c1Rps', label: 'one connection req/s', digits: 0, value: (r) => okWrk(r.c1, (w) => w.requestsPerSecond) },
+  { key: 'c1Busy', label: 'machine busy % one connection', digits: 0, value: (r) => okWrk(r.c1, (w) => w.hostCpuBusyPercent) },
+  { key: 'pingP50', label: 'idle ping p50 ms', digits: 3, value: (r) => (r.ping?.ok ? r.ping.p50Ms : NaN) },
+  { key: 'pingP99', label: 'idle ping p99 ms', digits: 3, value: (r) => (r.ping?.ok ? r.ping.p99Ms : NaN) },
+  { key: 'iperfGbps', label: 'iperf3 Gbit/s', digits: 2, value: (r) => (r.iperf?.ok ? r.iperf.receivedGbps : NaN) },
+  { key: 'timeouts', label: 'timeout checkpoints per run', digits: 0, value: (r) => requested(r, 'timeout') },
+  { key: 'mismatchCkpts', label: 'mismatch checkpoints per run', digits: 0, value: (r) => requested(r, 'mismatch') },
+  { key: 'dateNormalized', label: 'Date values normalized per run', digits: 0, value: (r) => r.whole?.httpDateNormalized ?? NaN },
+];
 
-function loadLine(label: string, w: WrkResult | undefined): string {
-  if (!w) return '';
-  const errs = w.socketErrors;
-  const bad = errs.connect + errs.read + errs.write + errs.timeout + w.non2xx3xx;
-  return bad || !w.ok ? `    ${label}: ${w.ok ? '' : `FAILED ${w.error ?? ''}; `}socket errors connect ${errs.connect} read ${errs.read} write ${errs.write} timeout ${errs.timeout}; non-2xx/3xx ${w.non2xx3xx}` : '';
-}
+/** The table's columns: figures kernel modes do not have are left to the shadowvm ones, and so on. */
+const TABLES: { title: string; keys: string[] }[] = [
+  { title: 'Throughput and CPU (KB2: the first client\'s req/s; machine CPU per request pair)', keys: ['rps1k', 'rps100k', 'hostCpu1k', 'hostCpu100k', 'bridgeCpu1k', 'bridgeCpu100k'] },
+  { title: 'Latency, load and checkpoints', keys: ['pingP50', 'c1P50', 'c1P99', 'c1Busy', 'busy1k', 'busy100k', 'timeouts', 'mismatchCkpts'] },
+];
 
-function report(results: ModeResult[], o: Options, facts: Record<string, string>, factsAfter: Record<string, string>): string[] {
-  const out: string[] = [];
-  const shadows = results.filter((r) => r.mode !== 'kernel').map((r) => r.mode);
-  const hasKernel = results.some((r) => r.mode === 'kernel');
-  out.push(`lab bench: kernel bridge vs shadowvm on the netns lab (node ${process.version}, kernel ${facts.kernel}, ${facts.cpus} CPUs)`);
-  out.push(`  wrk -t${o.wrk.threads} -c${o.wrk.connections} -d${o.wrk.seconds}s; iperf3 -t ${o.seconds} (client ns → service address; servers in primary and backup ns); ping -c ${o.pingCount} -i ${o.pingIntervalS} at idle`);
-  out.push(`  offloads (same lab code for every mode; tx checksum offload off in the namespaces, so checksums are complete): ${results[0]?.offloadSummary || '—'}`);
-  out.push(`  host: bridge-nf-call-iptables=${facts['bridge-nf-call-iptables']} (host-wide, not changed: bridged IPv4 frames of the kernel baseline pass the netfilter hooks); loadavg before ${facts.loadavg.split(' ').slice(0, 3).join(' ')}, after ${factsAfter.loadavg.split(' ').slice(0, 3).join(' ')}`);
-  out.push('');
-  out.push(...formatTable(rowsOf(results), hasKernel ? 'kernel' : '—', shadows, LABELS));
-  out.push('');
-  out.push('  ratios are shadowvm ÷ kernel bridge (for RTT and latency: higher is worse); bridge CPU = process.cpuUsage() of the bench process');
-  out.push('  (bridge + lab agent) over the phase ÷ frames received on the three ports; the kernel bridge works in softirq (not attributable: —).');
-  for (const r of results) {
-    out.push('');
-    out.push(`${r.label}: ${r.ok ? 'ok' : `FAILED: ${r.error}`} (setup ${r.setupMs} ms)`);
-    if (r.ports) out.push(portsLine(r.ports));
-    if (r.ping && r.ping.error) out.push(`    ping: ${r.ping.error}`);
-    for (const l of [loadLine('wrk 1 KiB', r.wrkSmall), loadLine('wrk 100 KiB', r.wrkLarge)]) if (l) out.push(l);
-    if (r.iperf) {
-      out.push(`    iperf3 client: ${r.iperf.ok ? `${r.iperf.receivedGbps.toFixed(2)} Gbit/s received, ${r.iperf.retransmits} retransmits, run ${r.iperf.wallMs} ms` : `FAILED ${r.iperf.error}`}`);
-      out.push(`    iperf3 server in primary ns: ${r.iperf.primaryServer}`);
-      out.push(`    iperf3 server in backup ns:  ${r.iperf.backupServer}`);
-    }
-    if (r.mode !== 'kernel') {
-      out.push('    bridge counters per phase:');
-      out.push(describePhase('ping idle', r.ping?.bridge));
-      const pr = r.ping?.probe;
-      if (pr) {
-        const us = (v: number) => (Number.isFinite(v) ? v.toFixed(0) : '—');
-        out.push(`      where the idle RTT goes: kernel timestamp → JS ${pr.kernelToJsUs ? `p50 ${us(pr.kernelToJsUs.p50)} µs, p99 ${us(pr.kernelToJsUs.p99)} µs, max ${us(pr.kernelToJsUs.max)} µs` : 'n/a (cap stamps frames in JS)'};`
-          + ` backup reply later than primary's: p50 ${us(pr.backupLagUs.p50)} µs, p99 ${us(pr.backupLagUs.p99)} µs (${pr.backupLagUs.replies} replies);`
-          + ` ${pr.tick.calls} ticks (timer ${TICK_MS} ms), mean ${pr.tick.meanUs.toFixed(1)} µs, max ${us(pr.tick.maxUs)} µs`);
-      }
-      out.push(describePhase('wrk 1 KiB', r.wrkSmall?.bridge));
-      out.push(describePhase('wrk 100 KiB', r.wrkLarge?.bridge));
-      out.push(describePhase('iperf3', r.iperf?.bridge));
-    }
-    const t = r.teardown;
-    const clean = !t.namespaces.length && !t.links.length && !t.processes.length && !t.kernelBridgeLeft;
-    out.push(`    teardown: ${clean ? 'clean' : `LEFTOVERS ${JSON.stringify(t)}`}`);
+type Summary = Record<string, Record<string, Spread>>;
+
+function summarize(results: RunResult[], modes: Mode[]): Summary {
+  const s: Summary = {};
+  for (const m of modes) {
+    s[m.id] = {};
+    for (const metric of METRICS) s[m.id][metric.key] = spread(results.filter((r) => r.mode === m.id).map(metric.value));
   }
+  return s;
+}
+
+/** Per-round ratio of a mode's figure to a baseline's in the same round (paired), over the rounds. */
+function pairedRatio(results: RunResult[], mode: string, base: string, metric: string): Spread {
+  const m = METRICS.find((x) => x.key === metric)!;
+  const ratios: number[] = [];
+  for (const r of results.filter((x) => x.mode === mode)) {
+    const b = results.find((x) => x.mode === base && x.round === r.round);
+    if (b) ratios.push(ratioOf(m.value(r), m.value(b)));
+  }
+  return spread(ratios);
+}
+
+/** The figures issue 9 names, from the medians. NaN (JSON null) where a mode they need did not run or failed. */
+interface Headline {
+  ratio_1k_vs_kb: number;
+  ratio_1k_vs_kb2: number;
+  ratio_100k_vs_kb: number;
+  ratio_100k_vs_kb2: number;
+  /** The 100 KiB target's figure: afpacket-offload ÷ kernel-offload. */
+  ratio_100k_offload_vs_kb: number;
+  added_rtt_p50_ms: number;
+  c1_p99_ms: number;
+  c1_p99_ms_kb: number;
+  timeout_checkpoints: number;
+  /** Runs with a timeout storm (≥ TIMEOUT_STORM timeout checkpoints). */
+  timeout_storms: { round: number; mode: string; timeouts: number }[];
+  rss_100k_flows_mib: number;
+}
+
+function headlineOf(results: RunResult[], summary: Summary, flood: FloodResult | null): Headline {
+  const med = (mode: string, key: string) => summary[mode]?.[key]?.median ?? NaN;
+  const shadowRuns = results.filter((r) => !isKernel(parseMode(r.mode)));
+  const timeouts = shadowRuns.map((r) => requested(r, 'timeout'));
+  return {
+    ratio_1k_vs_kb: ratioOf(med('afpacket', 'rps1k'), med('kernel', 'rps1k')),
+    ratio_1k_vs_kb2: ratioOf(med('afpacket', 'rps1k'), med('kernel2', 'rps1k')),
+    ratio_100k_vs_kb: ratioOf(med('afpacket', 'rps100k'), med('kernel', 'rps100k')),
+    ratio_100k_vs_kb2: ratioOf(med('afpacket', 'rps100k'), med('kernel2', 'rps100k')),
+    ratio_100k_offload_vs_kb: ratioOf(med('afpacket-offload', 'rps100k'), med('kernel-offload', 'rps100k')),
+    added_rtt_p50_ms: med('afpacket', 'pingP50') - med('kernel', 'pingP50'),
+    c1_p99_ms: med('afpacket', 'c1P99'),
+    c1_p99_ms_kb: med('kernel', 'c1P99'),
+    // Runs that failed before their counters were read count nothing: the per-run lines show them.
+    timeout_checkpoints: shadowRuns.length ? timeouts.filter(Number.isFinite).reduce((a, b) => a + b, 0) : NaN,
+    timeout_storms: shadowRuns.filter((r) => requested(r, 'timeout') >= TIMEOUT_STORM).map((r) => ({ round: r.round, mode: r.mode, timeouts: requested(r, 'timeout') })),
+    rss_100k_flows_mib: flood?.ok && flood.flows === RSS_TARGET_FLOWS ? flood.peakRssMiB : NaN,
+  };
+}
+
+function verdict(ok: boolean | null): string {
+  return ok === null ? 'n/a' : ok ? 'met' : 'NOT met';
+}
+
+const known = (...v: number[]) => v.every(Number.isFinite);
+
+function targetLines(h: Headline, results: RunResult[], flood: FloodResult | null): string[] {
+  const pr = (mode: string, base: string, key: string) => {
+    const s = pairedRatio(results, mode, base, key);
+    return s.n ? `(per round ${ratioCell(s)})` : '';
+  };
+  const rows: string[][] = [['figure (afpacket unless said)', 'value', 'target', '', 'notes']];
+  rows.push(['1 KiB req/s ÷ KB2', fmt(h.ratio_1k_vs_kb2, 2), `≥ ${TARGETS.ratio1kVsKb2}`, verdict(known(h.ratio_1k_vs_kb2) ? h.ratio_1k_vs_kb2 >= TARGETS.ratio1kVsKb2 : null), pr('afpacket', 'kernel2', 'rps1k')]);
+  rows.push(['1 KiB req/s ÷ KB', fmt(h.ratio_1k_vs_kb, 2), '', '', pr('afpacket', 'kernel', 'rps1k')]);
+  rows.push(['100 KiB req/s ÷ KB (tx csum off)', fmt(h.ratio_100k_vs_kb, 2), '', '', pr('afpacket', 'kernel', 'rps100k')]);
+  rows.push(['100 KiB req/s ÷ KB2 (tx csum off)', fmt(h.ratio_100k_vs_kb2, 2), '', '', pr('afpacket', 'kernel2', 'rps100k')]);
+  rows.push(['100 KiB req/s ÷ KB, offloads on', fmt(h.ratio_100k_offload_vs_kb, 2), `≥ ${TARGETS.ratio100kOffloadVsKb}`,
+    verdict(known(h.ratio_100k_offload_vs_kb) ? h.ratio_100k_offload_vs_kb >= TARGETS.ratio100kOffloadVsKb : null), `afpacket-offload ÷ kernel-offload ${pr('afpacket-offload', 'kernel-offload', 'rps100k')}`]);
+  rows.push(['added idle RTT p50 ms (− KB)', fmt(h.added_rtt_p50_ms, 3), `≤ ${TARGETS.addedRttP50Ms}`, verdict(known(h.added_rtt_p50_ms) ? h.added_rtt_p50_ms <= TARGETS.addedRttP50Ms : null), '']);
+  rows.push(['one-connection p99 ms', fmt(h.c1_p99_ms, 3), `≤ ${TARGETS.c1P99VsKb}× KB's`,
+    verdict(known(h.c1_p99_ms, h.c1_p99_ms_kb) ? h.c1_p99_ms <= TARGETS.c1P99VsKb * h.c1_p99_ms_kb : null), `KB ${fmt(h.c1_p99_ms_kb, 3)} ms (${fmt(ratioOf(h.c1_p99_ms, h.c1_p99_ms_kb), 2)}×)`]);
+  rows.push(['timeout checkpoints, all shadowvm runs', fmt(h.timeout_checkpoints, 0), `${TARGETS.timeoutCheckpoints}`,
+    verdict(known(h.timeout_checkpoints) ? h.timeout_checkpoints <= TARGETS.timeoutCheckpoints : null), '']);
+  const otherFlood = flood?.ok && flood.flows !== RSS_TARGET_FLOWS;
+  rows.push([`RSS MiB, bridge process with ${otherFlood ? `${flood!.flows} (not 100,000)` : '100,000'} flows`, fmt(otherFlood ? flood!.peakRssMiB : h.rss_100k_flows_mib, 0), `≤ ${TARGETS.rss100kFlowsMiB}`,
+    verdict(known(h.rss_100k_flows_mib) ? h.rss_100k_flows_mib <= TARGETS.rss100kFlowsMiB : null),
+    flood ? (flood.ok ? `baseline ${fmt(flood.baselineRssMiB, 0)}, after ${fmt(flood.rssAfterMiB, 0)}; ${flood.flowsActive} flows in the table of ${flood.maxFlows}` : `FAILED: ${flood.error}`) : 'not measured (--flood-flows 0)']);
+  return layout(rows).map((l) => `  ${l}`);
+}
+
+function runLine(r: RunResult): string[] {
+  const out: string[] = [];
+  const head = `  round ${r.round} ${r.mode}: ${r.ok ? 'ok' : `FAILED: ${r.error}`}; setup ${(r.setupMs / 1000).toFixed(1)} s${r.leftovers.length ? `; LEFTOVERS ${r.leftovers.join(', ')}` : ''}`;
+  out.push(head);
+  const w = r.whole;
+  if (w) {
+    const reasons = Object.entries(w.checkpointsRequested).map(([k, n]) => `${k} ${n}`).join(', ') || 'none';
+    const parts = [
+      `checkpoints asked: ${reasons} (done ${w.checkpointsDone}, failed ${w.checkpointsFailed})${requested(r, 'timeout') >= TIMEOUT_STORM ? ' TIMEOUT STORM' : ''}`,
+      `mismatches ${w.mismatches}`,
+      w.httpDateNormalized ? `Date values normalized ${w.httpDateNormalized}` : '',
+      w.ingressHeldFrames ? `ingress held ${w.ingressHeldFrames} (dropped ${w.ingressHoldDropped})` : '',
+      w.rxDrops || w.txErrors ? `rx drops ${Object.entries(w.rxDropsByPort).map(([k, n]) => `${k} ${n}`).join(' ')}, tx errors ${w.txErrors}` : '',
+      w.malformed ? `malformed ${w.malformed}` : '',
+      `state ${w.stateAfter}`,
+    ].filter(Boolean);
+    out.push(`      ${parts.join('; ')}`);
+    const phases = [['1 KiB', r.wrk1k], ['100 KiB', r.wrk100k]] as const;
+    const perPhase = phases.filter(([, p]) => p?.bridge).map(([name, p]) => {
+      const b = p!.bridge!;
+      const perReq = (n: number) => (p!.requests > 0 ? (n / p!.requests).toFixed(1) : '—');
+      const ports = (by: Record<string, number>) => ['uplink', 'primary', 'backup'].map((role) => `${role} ${perReq(by[role] ?? NaN)}`).join(' ');
+      return `${name}: ${b.cpuUsPerFrame.toFixed(1)} µs/frame (${b.cpuUs > 0 ? ((b.cpuSystemUs / b.cpuUs) * 100).toFixed(0) : '—'}% system), `
+        + `${b.framesPerBreath !== undefined ? `${b.framesPerBreath.toFixed(1)} frames/wake-up, ` : ''}frames per request in: ${ports(b.rxFramesByPort)}, out: ${ports(b.txFramesByPort)}`;
+    });
+    if (perPhase.length) out.push(`      ${perPhase.join('; ')}`);
+    const pr = r.ping?.probe;
+    if (pr) {
+      const us = (v: number) => (Number.isFinite(v) ? v.toFixed(0) : '—');
+      out.push(`      idle RTT: kernel timestamp → JS ${pr.kernelToJsUs ? `p50 ${us(pr.kernelToJsUs.p50)} µs, p99 ${us(pr.kernelToJsUs.p99)} µs` : 'n/a (cap stamps frames in JS)'};`
+        + ` backup's echo reply later than the primary's: p50 ${us(pr.backupLagUs.p50)} µs, p99 ${us(pr.backupLagUs.p99)} µs (${pr.backupLagUs.replies});`
+        + ` ${pr.tick.calls} ticks (${TICK_MS} ms), mean ${pr.tick.meanUs.toFixed(1)} µs`);
+    }
+    const samples = [r.wrk1k, r.wrk100k, r.c1].flatMap((p) => p?.bridge?.mismatchSamples ?? []).slice(0, 2);
+    for (const s of samples) out.push(`      mismatch: ${s}`);
+  }
+  const errs = (label: string, p: WrkResult | undefined) => {
+    if (!p) return '';
+    const e = p.socketErrors;
+    const n = e.connect + e.read + e.write + e.timeout + p.non2xx3xx;
+    return n || !p.ok ? `${label}: ${p.ok ? '' : `FAILED ${p.error ?? ''}; `}socket errors connect ${e.connect} read ${e.read} write ${e.write} timeout ${e.timeout}, non-2xx/3xx ${p.non2xx3xx}` : '';
+  };
+  const wrkErrs = [errs('wrk 1 KiB', r.wrk1k), errs('wrk 100 KiB', r.wrk100k), errs('one connection', r.c1), errs('second client 1 KiB', r.wrk1k?.twin), errs('second client 100 KiB', r.wrk100k?.twin)].filter(Boolean);
+  if (wrkErrs.length) out.push(`      ${wrkErrs.join('; ')}`);
+  if (r.ping?.error) out.push(`      ping: ${r.ping.error}`);
+  if (r.iperf) out.push(`      iperf3: ${r.iperf.ok ? `${r.iperf.receivedGbps.toFixed(2)} Gbit/s, ${r.iperf.retransmits} retransmits` : `FAILED ${r.iperf.error}`}; primary ns server: ${r.iperf.primaryServer}; backup ns server: ${r.iperf.backupServer}`);
+  const warn = Object.entries(r.bridgeWarnings ?? {}).filter(([k]) => k !== 'warn:mismatch').map(([k, n]) => `${k}×${n}`).join(' ');
+  if (warn) out.push(`      bridge warnings: ${warn}`);
+  return out;
+}
+
+function report(results: RunResult[], o: Options, summary: Summary, h: Headline, flood: FloodResult | null, facts: Record<string, string>, factsAfter: Record<string, string>, totalS: number): string[] {
+  const out: string[] = [];
+  out.push(`lab bench: kernel bridge vs shadowvm on the netns lab (node ${process.version}, kernel ${facts.kernel}, ${facts.cpus} CPUs)`);
+  out.push(`  ${o.rounds} round(s) of ${o.modes.map((m) => m.id).join(', ')} (interleaved, a fresh lab each); run took ${totalS.toFixed(0)} s`);
+  out.push(`  wrk -t${o.wrk.threads} -c${o.wrk.connections} -d${o.wrk.seconds}s on 1 KiB and 100 KiB; wrk -t1 -c1 -d${o.c1.seconds}s --latency on 1 KiB; ping -c ${o.pingCount} -i ${o.pingIntervalS} at idle${o.iperf ? `; iperf3 -t ${o.seconds}` : ''}`);
+  const offOff = results.find((r) => !r.offloads && r.offloadSummary)?.offloadSummary;
+  const offOn = results.find((r) => r.offloads && r.offloadSummary)?.offloadSummary;
+  if (offOff) out.push(`  offloads off (the lab's own): ${offOff}`);
+  if (offOn) out.push(`  offloads on (-offload modes; shadowvm with virtio-net headers): ${offOn}`);
+  out.push(`  host: bridge-nf-call-iptables=${facts['bridge-nf-call-iptables']} (read, not changed); loadavg before ${facts.loadavg.split(' ').slice(0, 3).join(' ')}, after ${factsAfter.loadavg.split(' ').slice(0, 3).join(' ')}`);
+  out.push('  cells: median [min–max] over the rounds; — : failed or not applicable');
+  for (const m of o.modes) out.push(`    ${m.id.padEnd(22)} ${BASE_LABELS[m.base]}${m.offloads ? '; offloads on' : ''}`);
+  for (const t of TABLES) {
+    out.push('');
+    out.push(`${t.title}:`);
+    const metrics = t.keys.map((k) => METRICS.find((m) => m.key === k)!);
+    const rows = [['mode', ...metrics.map((m) => m.label)]];
+    for (const m of o.modes) rows.push([m.id, ...metrics.map((x) => cell(summary[m.id][x.key], x.digits))]);
+    out.push(...layout(rows));
+  }
+  if (o.modes.some((m) => m.base === 'kernel2')) {
+    const k2 = summary.kernel2 ?? summary['kernel2-offload'];
+    if (k2) out.push(`  KB2's second client (the backup's): 1 KiB ${cell(k2.twinRps1k, 0)} req/s, 100 KiB ${cell(k2.twinRps100k, 0)} req/s`);
+  }
+  if (o.iperf) out.push(`  iperf3 Gbit/s: ${o.modes.map((m) => `${m.id} ${cell(summary[m.id].iperfGbps, 2)}`).join('; ')}`);
+  out.push('');
+  out.push('Ratios to the baselines (ratios of the medians above):');
+  const shadowModes = o.modes.filter((m) => !isKernel(m));
+  const ratioRows = [['mode', '1 KiB ÷ KB', '1 KiB ÷ KB2', '100 KiB ÷ KB', '100 KiB ÷ KB2', 'machine µs/req 1 KiB ÷ KB2', 'machine µs/req 100 KiB ÷ KB2']];
+  for (const m of shadowModes) {
+    const kb = m.offloads ? 'kernel-offload' : 'kernel';
+    const kb2 = m.offloads ? 'kernel2-offload' : 'kernel2';
+    const r = (key: string, base: string) => {
+      const v = ratioOf(summary[m.id][key].median, summary[base]?.[key]?.median ?? NaN);
+      return Number.isFinite(v) ? `${v.toFixed(2)}×` : '—';
+    };
+    ratioRows.push([m.id, r('rps1k', kb), r('rps1k', kb2), r('rps100k', kb), r('rps100k', kb2), r('hostCpu1k', kb2), r('hostCpu100k', kb2)]);
+  }
+  if (shadowModes.length) out.push(...layout(ratioRows));
+  out.push('  (an -offload mode is compared with kernel-offload and kernel2-offload)');
+  out.push('');
+  out.push('Issue 9\'s targets:');
+  out.push(...targetLines(h, results, flood));
+  out.push('');
+  out.push('Runs (shadowvm: checkpoints asked by reason over the whole run, from the first sanity fetch to the end):');
+  for (const r of results) out.push(...runLine(r));
+  if (flood) {
+    out.push(`  flood: ${flood.ok ? 'ok' : `FAILED: ${flood.error}`}; ${flood.sent} frames sent in ${flood.passes} pass(es) for ${flood.flows} flows (half SYNs, half datagrams), maxFlows ${flood.maxFlows}, no SYN budget;`
+      + ` flows created ${flood.flowsCreated}, in the table ${flood.flowsActive}, uplink ring drops ${flood.uplinkRxDrops};`
+      + ` VmRSS before ${fmt(flood.baselineRssMiB, 1)} MiB, peak ${fmt(flood.peakRssMiB, 1)}, after ${fmt(flood.rssAfterMiB, 1)} (VmHWM ${fmt(flood.hwmMiB, 1)})${flood.leftovers.length ? `; LEFTOVERS ${flood.leftovers.join(', ')}` : ''}`);
+  }
+  out.push('');
+  const failed = results.filter((r) => !r.ok || r.leftovers.length).map((r) => `round ${r.round} ${r.mode}`);
+  const storms = h.timeout_storms.map((s) => `round ${s.round} ${s.mode} (${s.timeouts} timeout checkpoints)`);
+  const problems = [
+    ...(storms.length ? [`timeout storm (≥ ${TIMEOUT_STORM} timeout checkpoints in one run) in ${storms.join(', ')}`] : []),
+    ...(failed.length ? [`failed or left something behind: ${failed.join(', ')}`] : []),
+    ...(flood && (!flood.ok || flood.leftovers.length) ? ['the flow flood failed or left something behind'] : []),
+  ];
+  out.push(problems.length ? `summary: FAIL: ${problems.join('; ')}` : `summary: PASS: every run ok, no timeout storm (≥ ${TIMEOUT_STORM} timeout checkpoints in one shadowvm run); targets above`);
   return out;
 }
 
 // ------------------------------------------------------------------ main
 
 async function main(): Promise<number> {
+  const o = parseArgs(process.argv.slice(2));
   if (process.getuid?.() !== 0) {
     process.stderr.write('lab-bench builds network namespaces: run it as root\n');
     return 1;
   }
-  const o = parseArgs(process.argv.slice(2));
   current.prefix = o.prefix;
   installCleanupHandlers();
-  // Leftovers of an interrupted earlier run (a kernel bridge is outside every namespace).
+  // Leftovers of an interrupted earlier run (the kernel bridges are outside every namespace).
+  removeTwinClient(o.prefix, twinNetns(o.prefix));
   removeKernelBridge(o.prefix);
   teardownLab(o.prefix);
 
   const startedAt = new Date();
   const facts = hostFacts();
   const say = (s: string) => process.stderr.write(`${s}\n`);
-  const results: ModeResult[] = [];
+  const results: RunResult[] = [];
   const t0 = Date.now();
-  for (const mode of o.modes) {
-    say(`${LABELS[mode]}:`);
-    const r = mode === 'kernel' ? await runKernelMode(o, say) : await runShadowMode(mode, o, say);
-    if (r.error) say(`  failed: ${r.error}`);
-    results.push(r);
+  for (let round = 1; round <= o.rounds; round++) {
+    for (const mode of o.modes) {
+      say(`round ${round}/${o.rounds}, ${mode.id}:`);
+      const r = isKernel(mode) ? await runKernel(mode, round, o, say) : await runShadow(mode, round, o, say);
+      if (r.error) say(`  failed: ${r.error}`);
+      results.push(r);
+    }
+  }
+  let flood: FloodResult | null = null;
+  if (o.floodFlows > 0) {
+    say(`flow memory: ${o.floodFlows} flows against a bridge process:`);
+    flood = await measureFlowMemory(o, say);
+    if (flood.error) say(`  failed: ${flood.error}`);
   }
   const factsAfter = hostFacts();
-  const lines = report(results, o, facts, factsAfter);
+  const totalS = (Date.now() - t0) / 1000;
+  const summary = summarize(results, o.modes);
+  const h = headlineOf(results, summary, flood);
+  const lines = report(results, o, summary, h, flood, facts, factsAfter, totalS);
   process.stdout.write(`${lines.join('\n')}\n`);
 
-  const kernel = results.find((r) => r.mode === 'kernel');
-  const ratios: Record<string, Record<string, number>> = {};
-  for (const r of results) {
-    if (r.mode === 'kernel' || !kernel) continue;
-    ratios[r.mode] = {
-      wrkSmall: ratioOf(r.wrkSmall?.ok ? r.wrkSmall.requestsPerSecond : NaN, kernel.wrkSmall?.ok ? kernel.wrkSmall.requestsPerSecond : NaN),
-      wrkLarge: ratioOf(r.wrkLarge?.ok ? r.wrkLarge.requestsPerSecond : NaN, kernel.wrkLarge?.ok ? kernel.wrkLarge.requestsPerSecond : NaN),
-      iperf: ratioOf(r.iperf?.ok ? r.iperf.receivedGbps : NaN, kernel.iperf?.ok ? kernel.iperf.receivedGbps : NaN),
-      rttP50: ratioOf(r.ping?.p50Ms ?? NaN, kernel.ping?.p50Ms ?? NaN),
-      rttP99: ratioOf(r.ping?.p99Ms ?? NaN, kernel.ping?.p99Ms ?? NaN),
-      addedRttP50Ms: (r.ping?.p50Ms ?? NaN) - (kernel.ping?.p50Ms ?? NaN),
-    };
-  }
   const outDir = join(__dirname, '..', '..', 'bench', 'results');
   mkdirSync(outDir, { recursive: true });
   const file = join(outDir, `lab-${startedAt.toISOString().replace(/[:.]/g, '-')}.json`);
   // NaN is not JSON: failed or not applicable figures become null.
   const json = JSON.stringify({
-    bench: 'lab', startedAt: startedAt.toISOString(), totalMs: Date.now() - t0, node: process.version, host: facts, hostAfter: factsAfter,
-    options: o, targets: TARGETS, ratios, results,
+    bench: 'lab', startedAt: startedAt.toISOString(), totalS, node: process.version, host: facts, hostAfter: factsAfter,
+    ...h, targets: { ...TARGETS, timeoutStormAt: TIMEOUT_STORM },
+    options: { ...o, modes: o.modes.map((m) => m.id) }, summary, flood, runs: results, table: lines,
   }, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? null : v), 2);
   writeFileSync(file, json);
-  process.stdout.write(`saved ${file} (run took ${((Date.now() - t0) / 1000).toFixed(0)} s)\n`);
-  const leftovers = results.some((r) => r.teardown.namespaces.length || r.teardown.links.length || r.teardown.processes.length || r.teardown.kernelBridgeLeft);
-  return results.every((r) => r.ok) && !leftovers ? 0 : 1;
+  process.stdout.write(`saved ${file} (run took ${totalS.toFixed(0)} s)\n`);
+  const broken = results.some((r) => !r.ok || r.leftovers.length) || (flood !== null && (!flood.ok || flood.leftovers.length > 0));
+  return broken ? 1 : 0;
 }
 
 main()
@@ -579,7 +949,7 @@ main()
     process.exit(code);
   })
   .catch((e: Error) => {
-    process.stderr.write(`lab-bench: ${e.stack ?? e.message}\n`);
+    process.stderr.write(`lab-bench: ${e instanceof UsageError ? e.message : e.stack ?? e.message}\n`);
     emergencyTeardown();
-    process.exit(1);
+    process.exit(e instanceof UsageError ? 2 : 1);
   });

@@ -31,13 +31,14 @@ import { join } from 'node:path';
 import type { QemuAgent } from '../lib/agents/qemu-agent';
 import type { LogFn } from '../lib/control/logger';
 import type { BridgeSnapshot } from '../lib/control/snapshot';
-import { runQuietly } from '../lib/lab/exec';
-import { LAB_CLIENT_IPV4, LAB_CLIENT_IPV6, LAB_CLIENT_MAC, LAB_VM_IPV6, LabNode, findLabLeftovers, labNames, setUpNode, teardownLab } from '../lib/lab/netns';
+import { LAB_VM_IPV6, findLabLeftovers, labNames, teardownLab } from '../lib/lab/netns';
 import { DEFAULT_REPLICATOR_CONFIG as DEFAULT_REPLICATOR } from '../lib/replicate/replicator';
 import { GUEST_BIG_FILE, QemuLab, QemuLabMem, guestContent, qemuSyncAgent, startQemuLab } from '../lib/lab/qemu';
-import { addKernelBridgeOn, createLinuxBridge, hostCpuBusyPercent, hostFacts, kernelBridgeName, linkExists, readHostCpu, removeKernelBridge } from './lib/lab-setup';
+import {
+  addKernelBridgeOn, addTwinClient, hostCpuBusyPercent, hostFacts, kernelBridgeName, linkExists, readHostCpu, removeKernelBridge, removeTwinClient, twinBridgeName, twinHostIf,
+} from './lib/lab-setup';
 import { WrkOptions, WrkResult, execInNetns, fetchStatus, runWrk } from './lib/load-tools';
-import { fmt } from './lib/report';
+import { Spread, cell, layout, ratioCell, spread } from './lib/report';
 
 type Mode = string; // 'kernel' | 'kernel-2vm' | 'shadowvm' | `periodic-${number}`
 const DEFAULT_MODES: readonly Mode[] = ['kernel', 'kernel-2vm', 'shadowvm', 'periodic-25', 'periodic-100'];
@@ -288,32 +289,16 @@ async function measureLab(lab: QemuLab, agent: QemuAgent | undefined, clock: Che
 
 // ------------------------------------------------------------------ one (round, mode)
 
-/** kernel-2vm's second Linux bridge. */
-const twinBridgeName = (prefix: string) => `${prefix}br2`;
-const twinHostIf = (prefix: string) => `${prefix}c2`;
-
 /**
- * The backup VM's own client for kernel-2vm: a namespace with the client's
- * addresses and MAC (the VMs know that MAC statically), bridged by a second
- * Linux bridge to the backup VM's tap. It is named as the netns lab's backup
- * namespace, which teardownLab(prefix) removes (its veth goes with it).
+ * The backup VM's own client for kernel-2vm. Its namespace is named as the
+ * netns lab's backup namespace, which teardownLab(prefix) removes too.
  */
-function addTwinClient(lab: QemuLab, prefix: string): string {
-  const node: LabNode = {
-    role: 'client', netns: labNames(prefix).namespaces.backup, hostIf: twinHostIf(prefix), nsIf: lab.client.nsIf,
-    mac: LAB_CLIENT_MAC, ipv4: LAB_CLIENT_IPV4, ipv6: LAB_CLIENT_IPV6,
-  };
-  const vm: LabNode = { ...node, role: 'primary', mac: lab.serviceMac, ipv4: lab.serviceIpv4, ipv6: LAB_VM_IPV6 };
-  removeTwin(prefix);
-  setUpNode(node, vm);
-  createLinuxBridge(twinBridgeName(prefix), [node.hostIf, lab.taps.backup]);
-  return node.netns;
+function addTwin(lab: QemuLab, prefix: string): string {
+  return addTwinClient(prefix, labNames(prefix).namespaces.backup, lab.taps.backup, { mac: lab.serviceMac, ipv4: lab.serviceIpv4, ipv6: LAB_VM_IPV6 });
 }
 
-/** Removes kernel-2vm's bridge and namespace if present. Never throws; synchronous. */
 function removeTwin(prefix: string): void {
-  runQuietly('ip', ['link', 'del', twinBridgeName(prefix)]);
-  runQuietly('ip', ['netns', 'del', labNames(prefix).namespaces.backup]);
+  removeTwinClient(prefix, labNames(prefix).namespaces.backup);
 }
 
 const current: { prefix: string | null } = { prefix: null };
@@ -335,7 +320,7 @@ async function runOne(mode: Mode, round: number, o: Options, say: (s: string) =>
       addKernelBridgeOn(o.prefix, [lab.client.hostIf, lab.taps.primary]);
       let twin: string | undefined;
       if (mode === 'kernel') await lab.vms.backup.qmp.execute('stop');
-      else twin = addTwinClient(lab, o.prefix);
+      else twin = addTwin(lab, o.prefix);
       r.setupMs = Date.now() - t0;
       r.accel = lab.accel.accel;
       r.bootMs = lab.bootMs;
@@ -399,15 +384,6 @@ function installCleanupHandlers(): void {
 
 // ------------------------------------------------------------------ summary
 
-interface Spread { median: number; min: number; max: number; n: number }
-
-function spread(values: number[]): Spread {
-  const v = values.filter(Number.isFinite).sort((a, b) => a - b);
-  if (!v.length) return { median: NaN, min: NaN, max: NaN, n: 0 };
-  const mid = Math.floor(v.length / 2);
-  return { median: v.length % 2 ? v[mid] : (v[mid - 1] + v[mid]) / 2, min: v[0], max: v[v.length - 1], n: v.length };
-}
-
 interface Metric {
   key: string;
   label: string;
@@ -460,22 +436,6 @@ function pairedRatio(results: RunResult[], mode: Mode, base: Mode, metric: Metri
     if (Number.isFinite(v) && Number.isFinite(k) && k !== 0) ratios.push(v / k);
   }
   return spread(ratios);
-}
-
-function cell(s: Spread, digits: number): string {
-  if (!s.n) return '—';
-  return s.n === 1 || s.min === s.max ? fmt(s.median, digits) : `${fmt(s.median, digits)} [${fmt(s.min, digits)}–${fmt(s.max, digits)}]`;
-}
-
-function ratioCell(s: Spread): string {
-  if (!s.n) return '—';
-  return s.n === 1 ? `${s.median.toFixed(2)}×` : `${s.median.toFixed(2)}× [${s.min.toFixed(2)}–${s.max.toFixed(2)}]`;
-}
-
-function layout(rows: string[][]): string[] {
-  const widths = rows[0].map((_, i) => Math.max(...rows.map((c) => (c[i] ?? '').length)));
-  const line = (cells: string[]) => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ').trimEnd();
-  return [line(rows[0]), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.slice(1).map(line)];
 }
 
 function report(results: RunResult[], o: Options, facts: Record<string, string>, factsAfter: Record<string, string>, totalS: number): string[] {

@@ -16,10 +16,10 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { run, runIn, runQuietly } from '../../lib/lab/exec';
+import { run, runIn, runInAsync, runQuietly } from '../../lib/lab/exec';
 import { fixedSeedBytes } from '../../lib/lab/content';
 import type { Lab, LabNode } from '../../lib/lab/netns';
-import { processRunning } from '../../lib/lab/netns';
+import { LAB_CLIENT_IPV4, LAB_CLIENT_IPV6, LAB_CLIENT_MAC, pidsInNamespace, processRunning, setUpNode } from '../../lib/lab/netns';
 import { LabServers, serveOnBoth } from '../../lib/lab/servers';
 
 export const BENCH_OBJECTS = {
@@ -67,6 +67,42 @@ export async function startIperfServers(lab: Lab, timeoutMs = 5000): Promise<voi
       }
       await new Promise((r) => setTimeout(r, 50));
     }
+  }
+}
+
+/** A TCP server that accepts connections and reads what comes, and never writes: a backup that serves nothing. */
+const DISCARD_SERVER = `
+require('node:net').createServer((s) => { s.on('data', () => {}); s.on('error', () => {}); }).listen(Number(process.argv[1]));
+`;
+
+/**
+ * Makes `node` a sink on `port`: its lab server there (nginx on 80) is
+ * stopped and a discard server takes the port (registered in
+ * `lab.processes`, so teardownLab kills it). Resolves once it listens.
+ */
+export async function replaceWithDiscardServer(lab: Lab, node: LabNode, server: string, port: number, timeoutMs = 5000): Promise<void> {
+  for (const p of lab.processes.filter((q) => q.netns === node.netns && q.name === server)) {
+    try { process.kill(-p.pid, 'SIGKILL'); } catch { /* already gone */ }
+    lab.processes.splice(lab.processes.indexOf(p), 1);
+  }
+  const deadline = Date.now() + timeoutMs;
+  while (listeningOn(node.netns, port)) {
+    if (Date.now() > deadline) throw new Error(`${server} in ${node.netns} still holds port ${port}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  const logFile = path.join(lab.runDir, node.role, 'discard.log');
+  const log = fs.openSync(logFile, 'a');
+  try {
+    const child = spawn('ip', ['netns', 'exec', node.netns, process.execPath, '-e', DISCARD_SERVER, String(port)], { detached: true, stdio: ['ignore', log, log] });
+    if (child.pid === undefined) throw new Error(`discard server in ${node.netns}: could not spawn`);
+    child.unref();
+    lab.processes.push({ name: 'discard', netns: node.netns, pid: child.pid, logFile });
+    while (!listeningOn(node.netns, port)) {
+      if (!processRunning(child.pid) || Date.now() > deadline) throw new Error(`discard server in ${node.netns} is not listening on ${port}; log ${logFile}:\n${readTail(logFile)}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  } finally {
+    fs.closeSync(log);
   }
 }
 
@@ -129,6 +165,44 @@ export function linkExists(name: string): boolean {
   }
 }
 
+// ------------------------------------------------------------------ a second client for the backup
+
+/** The second client's Linux bridge and host veth end. */
+export const twinBridgeName = (prefix: string): string => `${prefix}br2`;
+export const twinHostIf = (prefix: string): string => `${prefix}c2`;
+
+/**
+ * A second client for the backup, so that it serves the same load as the
+ * primary at the same time with nothing in between (the like-for-like
+ * baseline of a bridge that makes the backup serve too):
+ *
+ *   netns (client's MAC and addresses) eth0 ── <p>c2 ── <p>br2 (Linux bridge) ── vmHostIf ── backup
+ *
+ * The backup knows the client's MAC statically, so the twin has the same
+ * one. `netns` must not be in use (it is removed first); removeTwinClient
+ * takes it away again.
+ */
+export function addTwinClient(prefix: string, netns: string, vmHostIf: string, vm: { mac: string; ipv4: string; ipv6: string }): string {
+  const node: LabNode = {
+    role: 'client', netns, hostIf: twinHostIf(prefix), nsIf: 'eth0', mac: LAB_CLIENT_MAC, ipv4: LAB_CLIENT_IPV4, ipv6: LAB_CLIENT_IPV6,
+  };
+  removeTwinClient(prefix, netns);
+  setUpNode(node, { ...node, role: 'primary', ...vm });
+  createLinuxBridge(twinBridgeName(prefix), [node.hostIf, vmHostIf]);
+  return netns;
+}
+
+/** Removes the twin's bridge, namespace (and whatever still runs in it) and veth, if present. Never throws; synchronous. */
+export function removeTwinClient(prefix: string, netns: string): void {
+  runQuietly('ip', ['link', 'del', twinBridgeName(prefix)]);
+  for (const pid of pidsInNamespace(netns)) {
+    try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ }
+  }
+  runQuietly('ip', ['netns', 'del', netns]);
+  // Deleting the namespace deletes the veth pair, asynchronously.
+  if (linkExists(twinHostIf(prefix))) runQuietly('ip', ['link', 'del', twinHostIf(prefix)]);
+}
+
 // ------------------------------------------------------------------ offloads and host facts
 
 const OFFLOAD_KEYS: Record<string, string> = {
@@ -155,6 +229,17 @@ export function readOffloads(lab: Lab): Record<string, Record<string, string>> {
     try { r[node.hostIf] = parseOffloads(run('ethtool', ['-k', node.hostIf])); } catch { /* reported as absent */ }
   }
   return r;
+}
+
+/**
+ * Turns a namespace end's offloads on: checksum offload, scatter-gather,
+ * TSO and GSO (the lab builds it with `tx off`). TCP then hands the veth
+ * super-frames of up to 64 KiB with partial checksums, which only a bridge
+ * that exchanges virtio-net headers can forward (AF_PACKET `vnetHdr`).
+ * Asynchronous: a bridge may run in this process.
+ */
+export async function offloadsOn(node: Pick<LabNode, 'netns' | 'nsIf'>): Promise<void> {
+  await runInAsync(node.netns, 'ethtool', ['-K', node.nsIf, 'tx', 'on', 'sg', 'on', 'tso', 'on', 'gso', 'on']);
 }
 
 /** Short text: e.g. "namespace ends: tx-csum off, tso off, gso on, gro on; host ends: … gro off". */
@@ -189,6 +274,14 @@ export function readHostCpu(): { busy: number; total: number } {
   } catch {
     return { busy: NaN, total: NaN };
   }
+}
+
+/** /proc/stat counts in USER_HZ ticks: 100 per second on Linux, whatever the kernel's HZ. */
+const USER_HZ = 100;
+
+/** CPU time all CPUs spent busy between two readings, µs. */
+export function hostCpuBusyUs(before: { busy: number; total: number }, after: { busy: number; total: number }): number {
+  return ((after.busy - before.busy) * 1e6) / USER_HZ;
 }
 
 /** Busy share of all CPUs between two readings, percent (100: every CPU busy all the time). */

@@ -2,21 +2,24 @@
  * A probe on a running in-process Bridge, for the idle ping phase only: it
  * explains where the added round trip goes without touching lib/.
  *
- * In:  the bridge's pipeline object; while installed, its `fromClient`,
- *      `fromVm` and `tick` methods are wrapped on the instance (the Bridge
- *      calls them through the instance, so the wrappers see every frame).
+ * In:  the Bridge; while installed, its pipeline's `fromVm` and `tick`
+ *      methods and the Bridge's `breath` are wrapped on the
+ *      instances (the Bridge calls them through the instance, so the wrappers
+ *      see every frame).
  * Out: per frame, how long after the kernel's receive timestamp the frame
- *      reached JavaScript (AF_PACKET ring timestamps are kernel time; a cap
- *      port stamps frames in JavaScript, so there it says nothing); per echo
- *      reply, how much later the backup's copy arrived than the primary's
- *      (the primary's is held until the backup's arrives); the cost of the
+ *      reached JavaScript (the ports' ReceivedFrame.timeUs, which an
+ *      AF_PACKET ring fills from the kernel's wall clock; a cap port stamps
+ *      frames in JavaScript, so there it says nothing); per echo reply, how
+ *      much later the backup's copy arrived than the primary's (the
+ *      primary's is held until the backup's arrives); the cost of the
  *      bridge's periodic tick. (No event-loop delay monitor: its 1 ms timer
  *      would keep the loop awake and change what is measured.)
  *
  * Overhead: one closure call and one clock read per frame (well under 1 µs,
  * against round trips of hundreds of µs). Removed by `stop()`.
  */
-import type { ShadowPipeline } from '../../lib/pipeline/pipeline';
+import type { Bridge } from '../../lib/bridge';
+import type { ReceivedFrame } from '../../lib/io/port';
 import { percentile } from './load-tools';
 
 export interface LatencyProbeReport {
@@ -48,17 +51,19 @@ export class LatencyProbe {
   private frames = 0;
   private readonly restore: () => void;
 
-  constructor(pipeline: ShadowPipeline, private readonly kernelTimestamps: boolean) {
+  constructor(bridge: Bridge, private readonly kernelTimestamps: boolean) {
+    const pipeline = bridge.pipeline;
     // Every argument is passed on as it came (frame, time, and whatever the Bridge adds, e.g. a vnet header).
     type Method = (...args: unknown[]) => void;
-    const p = pipeline as unknown as { fromClient: Method; fromVm: Method; tick: (nowUs: number) => void };
-    const own = { fromClient: p.fromClient, fromVm: p.fromVm, tick: p.tick };
-    p.fromClient = (...args: unknown[]) => {
-      this.note(args[1] as number);
-      own.fromClient.apply(pipeline, args);
+    const p = pipeline as unknown as { fromVm: Method; tick: (nowUs: number) => void };
+    const b = bridge as unknown as { breath: (frames: readonly ReceivedFrame[], ...rest: unknown[]) => void };
+    const own = { fromVm: p.fromVm, tick: p.tick, breath: b.breath };
+    // The pipeline gets the breath's time (the bridge's monotonic clock); the kernel's receive time is on the port's frame.
+    b.breath = (frames, ...rest) => {
+      this.note(frames);
+      own.breath.call(bridge, frames, ...rest);
     };
     p.fromVm = (...args: unknown[]) => {
-      this.note(args[2] as number);
       const seq = echoReplySeq(args[1] as Buffer);
       if (seq >= 0) this.replyAt[args[0] as 0 | 1].set(seq, args[2] as number);
       own.fromVm.apply(pipeline, args);
@@ -73,15 +78,17 @@ export class LatencyProbe {
     };
     // Instance properties shadowed the prototype's methods; deleting them restores the originals.
     this.restore = () => {
-      delete (p as Partial<typeof p>).fromClient;
       delete (p as Partial<typeof p>).fromVm;
       delete (p as Partial<typeof p>).tick;
+      delete (b as Partial<typeof b>).breath;
     };
   }
 
-  private note(timeUs: number): void {
-    this.frames++;
-    if (this.kernelTimestamps) this.delays.push(nowUs() - timeUs);
+  private note(frames: readonly ReceivedFrame[]): void {
+    this.frames += frames.length;
+    if (!this.kernelTimestamps) return;
+    const now = nowUs();
+    for (const f of frames) this.delays.push(now - f.timeUs);
   }
 
   stop(): LatencyProbeReport {
