@@ -27,12 +27,14 @@ import { qemuSyncAgent } from '../../lib/lab/qemu/agent';
 import { QemuAgent } from '../../lib/agents/qemu-agent';
 import { QemuProcess } from '../../lib/qemu/process';
 import { findColoQemu } from '../../lib/qemu/colo-probe';
+import { failIfColoRequired } from '../support/colo-required';
 
 // SHADOWVM_LAB_PREFIX: another prefix for the lab's namespaces and taps (runs side by side on one host).
 const PREFIX = process.env.SHADOWVM_LAB_PREFIX ?? 'cw';
 const PATCHED = findColoQemu();
 const NOT_BUILT = 'way 2 (COLO sync agent) did not run: patched QEMU not built (make qemu-colo)';
 if (!PATCHED) console.warn(NOT_BUILT);
+failIfColoRequired(PATCHED, NOT_BUILT);
 const itColo = PATCHED ? it : it.skip;
 const name = (s: string) => (PATCHED ? s : `SKIPPED: ${NOT_BUILT}: ${s}`);
 const content = guestContent();

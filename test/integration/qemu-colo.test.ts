@@ -12,6 +12,7 @@
 import { existsSync } from 'node:fs';
 import { ColoGuest, buildColoGuest, coloGuestAvailable } from '../../bench/lib/colo-guest';
 import { findColoQemu, probeColo } from '../../lib/qemu/colo-probe';
+import { failIfColoRequired } from '../support/colo-required';
 
 const STOCK = '/usr/bin/qemu-system-x86_64';
 const PATCHED = findColoQemu();
@@ -19,6 +20,7 @@ const NOT_BUILT = 'way 2 (COLO) did not run: patched QEMU not built (make qemu-c
 const NO_GUEST = 'COLO with a guest kernel did not run: no kernel .deb or static busybox';
 
 if (!PATCHED) console.warn(NOT_BUILT);
+failIfColoRequired(PATCHED, NOT_BUILT);
 
 const itStock = existsSync(STOCK) ? it : it.skip;
 const itPatched = PATCHED ? it : it.skip;
