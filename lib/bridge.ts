@@ -147,7 +147,7 @@ export class Bridge {
                 return;
               }
             }
-            this.pipeline.checkpointDone(m.epoch, this.clockUs(), m.ms);
+            this.pipeline.checkpointDone(m.epoch, this.clockUs(), m.ms, { bytes: m.bytes, pages: m.pages });
             // The agent may hold the new backup's link down until the port reads it: it may bring it up now.
             if (m.port !== undefined) this.agent?.sendBackupAttached(m.epoch, m.port);
           }),

@@ -114,6 +114,8 @@ export function renderMetrics(s: BridgeSnapshot): string {
   t.family('shadowvm_checkpoints_total', 'counter', 'Checkpoints finished, by outcome.',
     [[{ outcome: 'done' }, s.checkpoints.done], [{ outcome: 'failed' }, s.checkpoints.failed]]);
   t.one('shadowvm_checkpoints_coalesced_total', 'counter', 'Triggers folded into an outstanding checkpoint.', s.checkpoints.coalesced);
+  t.one('shadowvm_checkpoint_moved_bytes_total', 'counter', 'State the sync agent said its checkpoints moved into the backup (COLO: dirty RAM; full copy: the whole migration stream).', s.checkpoints.bytesMoved ?? 0);
+  t.one('shadowvm_checkpoint_moved_pages_total', 'counter', 'Memory pages the sync agent said its checkpoints moved (agents that count them).', s.checkpoints.pagesMoved ?? 0);
   t.one('shadowvm_checkpoint_pending', 'gauge', '1 while a checkpoint answer is awaited.', s.checkpoints.pending ? 1 : 0);
   t.one('shadowvm_checkpoint_epoch', 'gauge', 'Epoch of the last checkpoint asked for.', s.checkpoints.epoch);
   if (s.checkpoints.lastMs !== undefined) {

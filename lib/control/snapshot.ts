@@ -36,6 +36,9 @@ export interface CheckpointSnapshot {
   pending: boolean;
   /** Duration of the last successful checkpoint. */
   lastMs?: number;
+  /** State the agent said its checkpoints moved since start: bytes, and memory pages where it counts them. */
+  bytesMoved?: number;
+  pagesMoved?: number;
   /** Durations of the successful checkpoints since start, in seconds. */
   durationSeconds?: HistogramSnapshot;
 }
@@ -140,6 +143,7 @@ export function snapshotOf(pipeline: ShadowPipeline, src: SnapshotSources): Brid
     checkpoints: {
       epoch: rep.epoch, requested, done: n('replicate', 'checkpoints_done'), failed: n('replicate', 'checkpoints_failed'),
       coalesced: n('replicate', 'checkpoints_coalesced'), pending: rep.pending !== null, lastMs,
+      bytesMoved: n('replicate', 'checkpoint_bytes_moved'), pagesMoved: n('replicate', 'checkpoint_pages_moved'),
       durationSeconds: rep.durations.snapshot(),
     },
     heldOutput: { frames: n('release', 'held_frames'), bytes: n('release', 'held_bytes') },

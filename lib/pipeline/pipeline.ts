@@ -16,7 +16,7 @@
 import { SlabPool } from '../packet/slab';
 import { ReplicaSet, SlotId } from '../failover/roles';
 import { FailoverStage } from '../failover/failover-stage';
-import { CheckpointReason, CheckpointRequest, ReplicationState, Replicator } from '../replicate/replicator';
+import { CheckpointReason, CheckpointRequest, ReplicationState, Replicator, StateMoved } from '../replicate/replicator';
 import { HeldQueues } from '../release/held';
 import { VirtioNetHeader } from '../io/port';
 import { PipelineConfig } from './config';
@@ -94,7 +94,10 @@ export class ShadowPipeline {
         outputs.sendCheckpoint(req);
       },
       checkpointDone: (rec) => {
-        outputs.log('info', 'checkpoint-done', { epoch: rec.epoch, reason: rec.reason, flow: rec.flow ?? null, ms: rec.ms, coalesced: rec.coalesced });
+        outputs.log('info', 'checkpoint-done', {
+          epoch: rec.epoch, reason: rec.reason, flow: rec.flow ?? null, ms: rec.ms, coalesced: rec.coalesced,
+          ...(rec.bytes !== undefined ? { bytes: rec.bytes } : {}), ...(rec.pages !== undefined ? { pages: rec.pages } : {}),
+        });
         this.dispatch({ type: 'checkpoint-done', epoch: rec.epoch });
       },
       stateChanged: (from, to, why) => {
@@ -224,9 +227,9 @@ export class ShadowPipeline {
     return this.replicator.request(reason, flow, nowUs);
   }
 
-  checkpointDone(epoch: number, nowUs: number, ms?: number): void {
+  checkpointDone(epoch: number, nowUs: number, ms?: number, moved?: StateMoved): void {
     this.nowUs = nowUs;
-    this.replicator.done(epoch, nowUs, ms);
+    this.replicator.done(epoch, nowUs, ms, moved);
   }
 
   checkpointFailed(epoch: number, error: string, nowUs: number): void {

@@ -44,7 +44,16 @@ export interface CheckpointRecord extends CheckpointRequest {
   /** `abandoned`: a failover or the backup's death made the answer moot. */
   outcome: 'pending' | 'done' | 'failed' | 'abandoned';
   ms?: number;
+  /** What the agent said it moved (`checkpoint-done`'s `bytes` and `pages`): 0 and absent from agents that move nothing. */
+  bytes?: number;
+  pages?: number;
   error?: string;
+}
+
+/** State an agent reports having moved in one checkpoint. */
+export interface StateMoved {
+  bytes: number;
+  pages?: number;
 }
 
 export interface ReplicatorConfig {
@@ -86,6 +95,9 @@ export class Replicator implements Stage {
   readonly requested: Record<CheckpointReason, number> = { mismatch: 0, timeout: 0, queue: 0, periodic: 0, manual: 0 };
   coalesced = 0;
   completed = 0;
+  /** State the agent said its checkpoints moved, in bytes and (where it counts them) memory pages. */
+  bytesMoved = 0;
+  pagesMoved = 0;
   failures = 0;
   reprotects = 0;
   reprotectFailures = 0;
@@ -132,6 +144,8 @@ export class Replicator implements Stage {
       checkpoints_done: this.completed,
       checkpoints_failed: this.failures,
       checkpoints_coalesced: this.coalesced,
+      checkpoint_bytes_moved: this.bytesMoved,
+      checkpoint_pages_moved: this.pagesMoved,
       reprotects_done: this.reprotects,
       reprotects_failed: this.reprotectFailures,
       budget_allowed: this.budget.allowed,
@@ -191,7 +205,7 @@ export class Replicator implements Stage {
     return true;
   }
 
-  done(epoch: number, nowUs: number, ms?: number): void {
+  done(epoch: number, nowUs: number, ms?: number, moved?: StateMoved): void {
     const rec = this.outstanding;
     if (!rec || rec.epoch !== epoch) return; // late answer to a checkpoint we gave up on
     this.outstanding = null;
@@ -208,6 +222,14 @@ export class Replicator implements Stage {
     }
     this.completed++;
     this.durations.observe(rec.ms / 1000);
+    if (moved) {
+      rec.bytes = moved.bytes;
+      this.bytesMoved += moved.bytes;
+      if (moved.pages !== undefined) {
+        rec.pages = moved.pages;
+        this.pagesMoved += moved.pages;
+      }
+    }
     this.lastCheckpointUs = nowUs;
     this.retryDelayMs = this.config.retryInitialMs;
     this.events.checkpointDone(rec);

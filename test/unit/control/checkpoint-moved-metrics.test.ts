@@ -1,0 +1,39 @@
+/** What the agent says a checkpoint moved (`checkpoint-done`'s bytes and pages) reaches the log, status and /metrics. */
+import { renderMetrics } from '../../../lib/control/metrics';
+import { emptyAgentSnapshot, snapshotOf } from '../../../lib/control/snapshot';
+import { ShadowPipeline, makePipelineConfig } from '../../../lib/pipeline';
+
+function pipelineWithLog() {
+  const logged: { event: string; fields: Record<string, unknown> }[] = [];
+  const asked: number[] = [];
+  const p = new ShadowPipeline(makePipelineConfig(), {
+    toReplica: () => {}, toClient: () => {}, sendCheckpoint: (r) => asked.push(r.epoch),
+    log: (_level, event, fields) => logged.push({ event, fields }),
+  }, 0, true);
+  return { p, logged, asked };
+}
+
+describe('state moved by checkpoints', () => {
+  it('adds up what each checkpoint-done says it moved, and logs each one', () => {
+    const { p, logged, asked } = pipelineWithLog();
+    p.request('manual', undefined, 10);
+    p.checkpointDone(asked[0], 20, 4.2, { bytes: 5_766_345, pages: 1405 });
+    p.request('manual', undefined, 30);
+    // An agent that moves nothing (the lab agent) says bytes 0 and no pages.
+    p.checkpointDone(asked[1], 40, 0.1, { bytes: 0 });
+    expect(p.stageCounters().replicate).toMatchObject({ checkpoint_bytes_moved: 5_766_345, checkpoint_pages_moved: 1405 });
+    const done = logged.filter((l) => l.event === 'checkpoint-done').map((l) => l.fields);
+    expect(done).toEqual([expect.objectContaining({ bytes: 5_766_345, pages: 1405 }), expect.objectContaining({ bytes: 0 })]);
+    expect(done[1]).not.toHaveProperty('pages');
+    const text = renderMetrics(snapshotOf(p, { name: 't', startedMs: 0, nowMs: 1000, ports: [], agent: emptyAgentSnapshot() }));
+    expect(text).toContain('shadowvm_checkpoint_moved_bytes_total 5766345');
+    expect(text).toContain('shadowvm_checkpoint_moved_pages_total 1405');
+  });
+
+  it('counts nothing for an answer to a checkpoint it gave up on', () => {
+    const { p, asked } = pipelineWithLog();
+    p.request('manual', undefined, 10);
+    p.checkpointDone(asked[0] + 7, 20, 1, { bytes: 999, pages: 9 });
+    expect(p.stageCounters().replicate).toMatchObject({ checkpoint_bytes_moved: 0, checkpoint_pages_moved: 0 });
+  });
+});
