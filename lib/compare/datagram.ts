@@ -49,8 +49,11 @@ interface PendingDatagram {
 }
 
 /** One side's datagrams from `base` on: the ones not yet settled, in the order the side sent them. */
+/** The shared empty list of every queue with nothing pending (frozen: a push to it throws rather than corrupts). */
+const NO_ITEMS = Object.freeze([]) as unknown as PendingDatagram[];
+
 class PendingQueue {
-  private items: PendingDatagram[] = [];
+  private items: PendingDatagram[] = NO_ITEMS;
   private head = 0;
   /** Position (from 1) of the first item. */
   base = 1;
@@ -70,6 +73,7 @@ class PendingQueue {
   }
 
   push(d: PendingDatagram): void {
+    if (this.items === NO_ITEMS) this.items = [];
     this.items.push(d);
   }
 
@@ -77,7 +81,7 @@ class PendingQueue {
     this.head++;
     this.base++;
     if (this.head === this.items.length) {
-      this.items = [];
+      this.items = NO_ITEMS;
       this.head = 0;
     } else if (this.head > 64 && this.head * 2 > this.items.length) {
       this.items = this.items.slice(this.head);
@@ -90,7 +94,7 @@ class PendingQueue {
   }
 
   clear(): void {
-    this.items = [];
+    this.items = NO_ITEMS;
     this.head = 0;
     this.base = 1;
   }
@@ -101,15 +105,18 @@ export class DatagramComparator {
   matched = 0;
   matchedBytes = 0;
   mismatch: Mismatch | null = null;
-  /** Count of datagrams each side sent since the last reset. */
-  readonly sent = [0, 0];
+  /** Count of datagrams each side sent since the last reset (fields, not a pair: a flow costs less; see sentOf). */
+  private sentP = 0;
+  private sentB = 0;
   /** Matches since the last reset where the two datagrams stood at different positions. */
   reordered = 0;
   /** Content bytes of the unmatched datagrams of both sides. */
   pendingBytes = 0;
-  /** Unmatched datagrams of each side. */
-  readonly unmatched = [0, 0];
-  private readonly queues = [new PendingQueue(), new PendingQueue()];
+  /** Unmatched datagrams of each side (see unmatchedOf). */
+  private unmatchedP = 0;
+  private unmatchedB = 0;
+  private readonly queueP = new PendingQueue();
+  private readonly queueB = new PendingQueue();
 
   constructor(
     private readonly copies: SlabPool,
@@ -121,25 +128,38 @@ export class DatagramComparator {
     }
   }
 
+  /** Datagrams `side` sent since the last reset. */
+  sentOf(side: Side): number { return side === PRIMARY ? this.sentP : this.sentB; }
+  /** Both counts, primary first (a new pair each time). */
+  get sent(): [number, number] { return [this.sentP, this.sentB]; }
+  /** Unmatched datagrams of `side`. */
+  unmatchedOf(side: Side): number { return side === PRIMARY ? this.unmatchedP : this.unmatchedB; }
+  get unmatched(): [number, number] { return [this.unmatchedP, this.unmatchedB]; }
+  private queue(side: Side): PendingQueue { return side === PRIMARY ? this.queueP : this.queueB; }
+  private addUnmatched(side: Side, n: number): void {
+    if (side === PRIMARY) this.unmatchedP += n;
+    else this.unmatchedB += n;
+  }
+
   /** Datagrams of both sides this comparator keeps a record of (unmatched, or matched and waiting to be settled). */
   get records(): number {
-    return this.queues[PRIMARY].length + this.queues[BACKUP].length;
+    return this.queueP.length + this.queueB.length;
   }
 
   /** The side that has sent more datagrams (the other's answers are still to come), -1 when neither. */
   get leading(): Side | -1 {
-    const [p, b] = this.sent;
+    const p = this.sentP, b = this.sentB;
     return p > b ? PRIMARY : b > p ? BACKUP : -1;
   }
 
   reset(): void {
     this.matched = 0;
-    this.sent[0] = this.sent[1] = 0;
+    this.sentP = this.sentB = 0;
     this.reordered = 0;
     this.mismatch = null;
     this.dropContents();
-    this.queues[0].clear();
-    this.queues[1].clear();
+    this.queueP.clear();
+    this.queueB.clear();
   }
 
   /**
@@ -148,7 +168,7 @@ export class DatagramComparator {
    * failover: the backup's other datagrams are its backlog.
    */
   backupDelivered(position: number): boolean {
-    const q = this.queues[BACKUP];
+    const q = this.queue(BACKUP);
     if (position < q.base) return true;
     const d = q.at(position);
     return d !== undefined && d.partner !== 0 && d.partner <= this.matched;
@@ -156,12 +176,12 @@ export class DatagramComparator {
 
   /** Returns true when this datagram revealed the first mismatch. */
   append(side: Side, content: Buffer): boolean {
-    const position = ++this.sent[side];
+    const position = side === PRIMARY ? ++this.sentP : ++this.sentB;
     if (this.mismatch) return false;
     const other = (1 - side) as Side;
-    const theirs = this.queues[other];
+    const theirs = this.queue(other);
     const from = Math.max(theirs.base, position - this.window + 1);
-    const to = Math.min(this.sent[other], position + this.window - 1);
+    const to = Math.min(this.sentOf(other), position + this.window - 1);
     let partner = 0;
     for (let j = from; j <= to; j++) {
       const d = theirs.at(j)!;
@@ -172,7 +192,7 @@ export class DatagramComparator {
       }
     }
     if (partner !== 0) {
-      this.queues[side].push({ content: null, slab: null, partner });
+      this.queue(side).push({ content: null, slab: null, partner });
       this.matchedBytes += content.length;
       this.totals.matchedBytes += content.length;
       if (partner !== position) {
@@ -181,8 +201,8 @@ export class DatagramComparator {
       }
     } else {
       const kept = side === BACKUP ? this.copies.copy(content) : content;
-      this.queues[side].push({ content: kept, slab: side === BACKUP ? this.copies.lastSlab : null, partner: 0 });
-      this.unmatched[side]++;
+      this.queue(side).push({ content: kept, slab: side === BACKUP ? this.copies.lastSlab : null, partner: 0 });
+      this.addUnmatched(side, 1);
       this.pendingBytes += kept.length;
     }
     // A mismatch stops releases: `matched` stays where it stood, so what it counts is what the client got.
@@ -198,7 +218,7 @@ export class DatagramComparator {
    * backup is merely behind (the caller's timeout).
    */
   expire(): boolean {
-    if (this.mismatch || this.unmatched[PRIMARY] === 0 || this.unmatched[BACKUP] === 0) return false;
+    if (this.mismatch || this.unmatchedP === 0 || this.unmatchedB === 0) return false;
     const lost = this.firstUnmatched(PRIMARY)!;
     this.declare(PRIMARY, lost.position, lost.d, this.firstUnmatched(BACKUP)!.d);
     return true;
@@ -207,7 +227,7 @@ export class DatagramComparator {
   private pair(theirs: PendingDatagram, position: number, side: Side): void {
     theirs.partner = position;
     this.pendingBytes -= theirs.content!.length;
-    this.unmatched[side]--;
+    this.addUnmatched(side, -1);
     theirs.content = null;
     this.copies.release(theirs.slab);
     theirs.slab = null;
@@ -215,18 +235,18 @@ export class DatagramComparator {
 
   /** Advances the release gate over matched primary datagrams; forgets the backup's equals of the ones it let go. */
   private settle(): void {
-    const p = this.queues[PRIMARY];
+    const p = this.queue(PRIMARY);
     for (let d = p.first; d && d.partner !== 0; d = p.first) {
       p.shift();
       this.matched++;
     }
-    const b = this.queues[BACKUP];
+    const b = this.queue(BACKUP);
     for (let d = b.first; d && d.partner !== 0 && d.partner <= this.matched; d = b.first) b.shift();
   }
 
   private firstUnmatched(side: Side): { position: number; d: PendingDatagram } | null {
-    const q = this.queues[side];
-    if (this.unmatched[side] === 0) return null;
+    const q = this.queue(side);
+    if (this.unmatchedOf(side) === 0) return null;
     for (let position = q.base; ; position++) {
       const d = q.at(position)!;
       if (d.partner === 0) return { position, d };
@@ -242,7 +262,7 @@ export class DatagramComparator {
   private findUnmatchable(): boolean {
     for (const side of [PRIMARY, BACKUP] as const) {
       const u = this.firstUnmatched(side);
-      if (!u || this.sent[1 - side] < u.position + this.window - 1) continue;
+      if (!u || this.sentOf((1 - side) as Side) < u.position + this.window - 1) continue;
       const counterpart = this.firstUnmatched((1 - side) as Side);
       this.declare(side, u.position, u.d, counterpart?.d);
       return true;
@@ -271,7 +291,7 @@ export class DatagramComparator {
   }
 
   private dropContents(): void {
-    for (const q of this.queues) {
+    for (const q of [this.queueP, this.queueB]) {
       q.forEach((d) => {
         this.copies.release(d.slab);
         d.slab = null;
@@ -279,6 +299,6 @@ export class DatagramComparator {
       });
     }
     this.pendingBytes = 0;
-    this.unmatched[0] = this.unmatched[1] = 0;
+    this.unmatchedP = this.unmatchedB = 0;
   }
 }

@@ -368,7 +368,7 @@ export class EgressStage implements Stage {
       else flow.standbyLog.pruneWhile((end) => flow.backupDatagramDelivered(end));
     }
     const hw = d.config.flowHighWater;
-    const unmatchedFrames = flow.datagrams ? Math.max(flow.datagrams.unmatched[PRIMARY], flow.datagrams.unmatched[BACKUP]) : 0;
+    const unmatchedFrames = flow.datagrams ? Math.max(flow.datagrams.unmatchedOf(PRIMARY), flow.datagrams.unmatchedOf(BACKUP)) : 0;
     if (flow.held.bytes > hw.bytes || flow.held.length > hw.frames || flow.unmatchedBytes > hw.bytes || unmatchedFrames > hw.frames) {
       this.checkpointFor(flow, 'queue', nowUs);
       return;
@@ -519,7 +519,7 @@ export class EgressStage implements Stage {
         tsDelta = flow.tcp.tsDelta;
       }
     } else {
-      seen = flow.datagrams!.sent[BACKUP];
+      seen = flow.datagrams!.sentOf(BACKUP);
     }
     flow.carried = { slot: survivor, side: BACKUP, seqDelta, tsDelta, releasedEnd, datagramsSeen: seen };
     flows.setMode(flow, 'carried');

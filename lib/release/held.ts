@@ -300,7 +300,11 @@ export class HeldQueues implements Stage {
   /** The oldest frame still held, or null. */
   oldest(): HeldFrame | null {
     while (this.head < this.all.length && this.all[this.head].released) this.head++;
-    if (this.head > 1024 && this.head * 2 > this.all.length) {
+    if (this.head > 0 && this.head === this.all.length) {
+      // All released: let go of them now, not when 1,024 have piled up.
+      this.all = [];
+      this.head = 0;
+    } else if (this.head > 1024 && this.head * 2 > this.all.length) {
       this.all = this.all.slice(this.head);
       this.head = 0;
     }
