@@ -69,7 +69,23 @@ export interface CarriedFlow {
  * empty array (a push to it throws rather than corrupts; holders replace it
  * with their own first). Most flows never hold a client frame.
  */
-export const NOTHING_HELD = Object.freeze([]) as unknown as ShadowFlow['ingressHeld'];
+export const NOTHING_HELD = Object.freeze([]) as unknown as { frame: Buffer; vnet: VirtioNetHeader | undefined }[];
+
+/** A frame (and its virtio-net header) kept for later. */
+type HeldClientFrame = { frame: Buffer; vnet: VirtioNetHeader | undefined };
+
+/**
+ * The parts of a flow that most flows never have: one object, made when the
+ * first is set, instead of a field each in every flow.
+ */
+class FlowRarities {
+  ingressHeld: HeldClientFrame[] = NOTHING_HELD;
+  recent: RecentFrame[] | null = null;
+  mismatchList: FlowReport['mismatchList'] | null = null;
+  carried: CarriedFlow | null = null;
+  standbyLog: StandbyLog | null = null;
+  standbyAck: HeldClientFrame | null = null;
+}
 
 /** What `standbyLog` is while a flow has logged nothing: empty, and never added to (its frames array is frozen). */
 const EMPTY_STANDBY_LOG = new StandbyLog(new SlabPool(false, false, 0), true);
@@ -84,32 +100,19 @@ export class ShadowFlow implements ReleaseGate {
   readonly stream: TcpStreamComparator | null;
   readonly datagrams: DatagramComparator | null;
   readonly held: FlowHeldQueue;
-  /** Client frames waiting until the backup's sequence delta is known (the shared empty array while none wait: see NOTHING_HELD). */
-  ingressHeld: { frame: Buffer; vnet: VirtioNetHeader | undefined }[] = NOTHING_HELD;
+  /** What few flows ever have (see FlowRarities): null until one of them is set. */
+  private rare: FlowRarities | null = null;
   /** The last checkpoint this flow has been resynchronized to (done lazily, on its next frame). */
   epoch = 0;
   /** The checkpoint epoch the flow was born in. */
   bornEpoch = 0;
   /** When the backup last said something new on this stream (its stream end moved): a trailing backup is not a stuck one. */
   backupProgressUs = -Infinity;
-  /** Recent frames of each side, kept only when divergence capture is on. */
-  recent: RecentFrame[] | null;
   /** Which flow this is: its birth order in the registry (reports are listed in it). */
   serial = 0;
   readonly protocol: FlowReport['protocol'];
   mismatches = 0;
-  /** The first MAX_REPORTED_MISMATCHES mismatches; null while there was none (most flows). */
-  mismatchList: FlowReport['mismatchList'] | null = null;
   mode: FlowMode = 'compare';
-  carried: CarriedFlow | null = null;
-  /** The standby log, made when the standby first says something the client has not received (most flows never need one). */
-  private standby: StandbyLog | null = null;
-  /**
-   * The standby's latest pure ACK that acknowledges more than the client has
-   * been told: at failover it tells the client what the survivor has (else a
-   * client with unacknowledged data waits for its retransmission timeout).
-   */
-  standbyAck: { frame: Buffer; vnet: VirtioNetHeader | undefined } | null = null;
   /** What the policy table said when the flow was born (`solo` mode unless `compare`). */
   policy: FlowPolicyAction = 'compare';
   /** Which sides have ended their half (bits 0 and 1, 1 << side), RESET_AFTER_FAILOVER, PASS_FED: one field for all. */
@@ -128,7 +131,7 @@ export class ShadowFlow implements ReleaseGate {
     this.datagrams = stream ? null : new DatagramComparator(backupCopies, totals, datagramWindow);
     this.held = new FlowHeldQueue(queues, this, stream);
     this.held.flow = this;
-    this.recent = keepRecent ? [] : null;
+    if (keepRecent) this.recent = [];
     this.protocol = protocol;
   }
 
@@ -155,14 +158,43 @@ export class ShadowFlow implements ReleaseGate {
     return r;
   }
 
+  /** Client frames waiting until the backup's sequence delta is known (the shared empty array while none wait: see NOTHING_HELD). */
+  get ingressHeld(): HeldClientFrame[] { return this.rare?.ingressHeld ?? NOTHING_HELD; }
+  set ingressHeld(v: HeldClientFrame[]) { if (v !== NOTHING_HELD || this.rare) this.rarities().ingressHeld = v; }
+
+  /** Recent frames of each side, kept only when divergence capture is on (null otherwise). */
+  get recent(): RecentFrame[] | null { return this.rare?.recent ?? null; }
+  set recent(v: RecentFrame[] | null) { if (v !== null || this.rare) this.rarities().recent = v; }
+
+  /** The first MAX_REPORTED_MISMATCHES mismatches; null while there was none (most flows). */
+  get mismatchList(): FlowReport['mismatchList'] | null { return this.rare?.mismatchList ?? null; }
+  set mismatchList(v: FlowReport['mismatchList'] | null) { if (v !== null || this.rare) this.rarities().mismatchList = v; }
+
+  /** A carried-over flow's translation (mode `carried`), else null. */
+  get carried(): CarriedFlow | null { return this.rare?.carried ?? null; }
+  set carried(v: CarriedFlow | null) { if (v !== null || this.rare) this.rarities().carried = v; }
+
+  /**
+   * The standby's latest pure ACK that acknowledges more than the client has
+   * been told: at failover it tells the client what the survivor has (else a
+   * client with unacknowledged data waits for its retransmission timeout).
+   */
+  get standbyAck(): HeldClientFrame | null { return this.rare?.standbyAck ?? null; }
+  set standbyAck(v: HeldClientFrame | null) { if (v !== null || this.rare) this.rarities().standbyAck = v; }
+
   /** The backup's frames the client has not received in any form: sent at failover. Empty (and shared) until the first is added. */
   get standbyLog(): StandbyLog {
-    return this.standby ?? EMPTY_STANDBY_LOG;
+    return this.rare?.standbyLog ?? EMPTY_STANDBY_LOG;
   }
 
   /** The standby log to add to: this flow's own, made on first use. */
   standbyLogToAdd(): StandbyLog {
-    return (this.standby ??= new StandbyLog(this.standbyCopies, this.stream !== null));
+    const r = this.rarities();
+    return (r.standbyLog ??= new StandbyLog(this.standbyCopies, this.stream !== null));
+  }
+
+  private rarities(): FlowRarities {
+    return (this.rare ??= new FlowRarities());
   }
 
   /** Which sides have ended their half (FIN) or reset, a bit per side (1 << side): for idle expiry. */
