@@ -48,10 +48,10 @@ const DOWNLOADERS = 3;
 const DOWNLOAD_RATE = '4M';
 const PROBE_EVERY_MS = 1;
 
-interface Options { prefix: string; cpuProf: boolean; metricsPort: number; only: string[] | null; traceGc: boolean; reference: boolean }
+interface Options { prefix: string; cpuProf: boolean; metricsPort: number; only: string[] | null; traceGc: boolean; reference: boolean; config: string | null }
 
 function parseArgs(argv: string[]): Options {
-  const o: Options = { prefix: 'hs', cpuProf: false, metricsPort: 29900, only: null, traceGc: false, reference: true };
+  const o: Options = { prefix: 'hs', cpuProf: false, metricsPort: 29900, only: null, traceGc: false, reference: true, config: null };
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === '--prefix') o.prefix = argv[++i];
     else if (argv[i] === '--cpu-prof') o.cpuProf = true;
@@ -59,8 +59,9 @@ function parseArgs(argv: string[]): Options {
     else if (argv[i] === '--no-reference') o.reference = false;
     else if (argv[i] === '--only') o.only = argv[++i].split(',').filter(Boolean);
     else if (argv[i] === '--metrics-port') o.metricsPort = Number(argv[++i]);
+    else if (argv[i] === '--config') o.config = argv[++i];
     else if (argv[i] === '--help') {
-      process.stdout.write('node dist/bench/soak.js [--prefix hs] [--cpu-prof] [--trace-gc] [--only ATTACK,...] [--no-reference] [--metrics-port 29900]\n');
+      process.stdout.write('node dist/bench/soak.js [--prefix hs] [--cpu-prof] [--trace-gc] [--only ATTACK,...] [--no-reference] [--metrics-port 29900] [--config FILE (the bridge settings, as for run --config)]\n');
       process.exit(0);
     } else throw new Error(`unknown option ${argv[i]}`);
   }
@@ -192,7 +193,7 @@ async function startBridge(lab: Lab, o: Options, profDir: string): Promise<Bridg
   const agentSocket = join(lab.runDir, 'run', 'agent.sock');
   const node = [process.execPath, ...(o.cpuProf ? ['--cpu-prof', '--cpu-prof-dir', profDir] : []), ...(o.traceGc ? ['--trace-gc'] : []), SHADOWVM];
   const proc = start([...node, 'run', '--name', o.prefix, '--uplink', lab.client.hostIf, '--primary', lab.primary.hostIf, '--backup', lab.backup.hostIf,
-    '--agent', agentSocket, '--control', controlSocket, '--metrics', `127.0.0.1:${o.metricsPort}`, '--resync', 'align', '--no-vnet-hdr', '--log-level', 'warn'], 'shadowvm run');
+    '--agent', agentSocket, '--control', controlSocket, '--metrics', `127.0.0.1:${o.metricsPort}`, '--resync', 'align', '--no-vnet-hdr', '--log-level', 'warn', ...(o.config ? ['--config', o.config] : [])], 'shadowvm run');
   const b: BridgeUnderTest = { proc, agent: null as unknown as Child, controlSocket, agentSocket, metricsPort: o.metricsPort };
   for (let i = 0; i < 200 && !(await status(b, 500)); i++) {
     if (proc.child.exitCode !== null) throw new Error(`shadowvm run exited: ${proc.output}`);

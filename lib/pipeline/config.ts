@@ -45,6 +45,16 @@ export interface FramePolicy {
    * the connections already open keep their share of the machine.
    */
   newFlowsPerSecond: number;
+  /**
+   * Client TCP segments no connection accepts (no flow and no SYN, or out
+   * of a compared connection's window) forwarded per second, a token
+   * bucket holding one second's worth; 0: no limit. Beyond it they are
+   * dropped and counted: each would cost the bridge and the replicas
+   * several frames (both replicas answer, the answers are read), so a
+   * client sending garbage cannot take the machine from the connections
+   * that are open.
+   */
+  straysPerSecond: number;
 }
 
 export interface QueueLimits {
@@ -149,7 +159,7 @@ export const DEFAULT_PIPELINE_CONFIG: PipelineConfig = {
   closedTcpLingerMs: 10_000,
   tcpIdleMs: 2 * 3600_000,
   datagramIdleMs: 300_000,
-  policy: { arp: 'forward-primary', otherEtherTypes: 'drop', malformedFromVm: 'drop', malformedFromClient: 'forward', strayFromClient: 'primary-only', badTcpFlagsFromClient: 'drop', newFlowsPerSecond: 2000 },
+  policy: { arp: 'forward-primary', otherEtherTypes: 'drop', malformedFromVm: 'drop', malformedFromClient: 'forward', strayFromClient: 'primary-only', badTcpFlagsFromClient: 'drop', newFlowsPerSecond: 2000, straysPerSecond: 2000 },
   replicator: DEFAULT_REPLICATOR_CONFIG,
   failover: { silenceMs: 20, probeTimeoutMs: 10, minStandbyFrames: 2, carrierHoldMs: 7, announce: false },
   checkpointBudget: { perSource: 20, windowMs: 10_000 },
@@ -215,6 +225,7 @@ export const PIPELINE_SETTING_RULES: Record<keyof PipelineConfig, SettingRule> =
       strayFromClient: { kind: 'choice', values: ['primary-only', 'both', 'drop'] },
       badTcpFlagsFromClient: { kind: 'choice', values: ['drop', 'forward'] },
       newFlowsPerSecond: { kind: 'number', min: 0, integer: true, note: '0: no limit' },
+      straysPerSecond: { kind: 'number', min: 0, integer: true, note: '0: no limit' },
     } satisfies Record<keyof FramePolicy, SettingRule>,
   },
   replicator: {

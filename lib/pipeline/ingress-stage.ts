@@ -53,6 +53,37 @@ import { FlowRegistry } from './flows';
 import { NOTHING_HELD, ShadowFlow } from './shadow-flow';
 import type { FrameCounts } from './frame-counts';
 
+/**
+ * A token bucket holding one second's worth of `rate` (0: no limit), and
+ * when it last said how many it refused (at most every 10 s).
+ */
+class RateBudget {
+  private tokens = NaN;
+  private atUs = 0;
+  private loggedUs = -Infinity;
+  private sinceLog = 0;
+
+  admit(rate: number, nowUs: number): boolean {
+    if (!(rate > 0)) return true;
+    this.tokens = Number.isNaN(this.tokens) ? rate : Math.min(rate, this.tokens + (Math.max(0, nowUs - this.atUs) * rate) / 1e6);
+    this.atUs = nowUs;
+    if (this.tokens >= 1) {
+      this.tokens -= 1;
+      return true;
+    }
+    this.sinceLog++;
+    return false;
+  }
+
+  /** Calls `log` with the count refused since the last call, if 10 s have passed since then. */
+  logNow(nowUs: number, log: (refused: number) => void): void {
+    if (nowUs - this.loggedUs < 10_000_000) return;
+    log(this.sinceLog);
+    this.loggedUs = nowUs;
+    this.sinceLog = 0;
+  }
+}
+
 /** A client frame kept for later (during a checkpoint, or until a flow's backup delta is known). */
 export interface HeldIngress {
   frame: Buffer;
@@ -105,7 +136,10 @@ export class IngressStage implements Stage {
   policyPrimaryOnly = 0;
   /** Client segments of `pass` flows whose primary died, answered with resets. */
   policyPassResets = 0;
-  private admission = { tokens: NaN, atUs: 0, loggedUs: -Infinity, sinceLog: 0 };
+  /** Client segments no connection accepts, dropped because they came faster than `policy.straysPerSecond`. */
+  straysOverBudget = 0;
+  private readonly newFlows = new RateBudget();
+  private readonly strayBudget = new RateBudget();
   /** Client TCP segments no connection accepts, by reason. */
   readonly strays: Record<StrayReason, number> = { 'bad-flags': 0, 'out-of-window': 0, 'ack-unsent': 0, 'no-flow': 0 };
   private readonly frame = new DecodedFrame();
@@ -150,7 +184,7 @@ export class IngressStage implements Stage {
     const st = this.strays;
     return {
       frames: this.frames, held: this.heldFrames, hold_dropped: this.holdDropped, translated: this.translated, bad_tcp_options: this.badTcpOptions, holding: this.hold.length,
-      syn_over_budget: this.synOverBudget, degraded_not_to_backup: this.degradedNotToBackup, backup_acks_clamped: this.backupAcksClamped,
+      syn_over_budget: this.synOverBudget, strays_over_budget: this.straysOverBudget, degraded_not_to_backup: this.degradedNotToBackup, backup_acks_clamped: this.backupAcksClamped,
       policy_primary_only: this.policyPrimaryOnly, policy_pass_resets: this.policyPassResets,
       stray_bad_flags: st['bad-flags'], stray_out_of_window: st['out-of-window'], stray_ack_unsent: st['ack-unsent'], stray_no_flow: st['no-flow'],
     };
@@ -246,6 +280,7 @@ export class IngressStage implements Stage {
     const entry = flows.ingressLookup.find(f, nowUs, isSyn ? (key) => flows.newFlow(key, f, 'ingress') : undefined);
     if (!entry) {
       // A flow no VM has spoken in: nothing to translate (the delta is zero).
+      if (!this.admitStray('no-flow', nowUs)) return;
       this.stray('no-flow', 'forward-both');
       d.toReplica(active, frame, vnet);
       if (standby && !this.keptFromBackup(f)) d.toReplica(standby.id, frame, vnet);
@@ -266,6 +301,7 @@ export class IngressStage implements Stage {
         const policy = d.config.policy.strayFromClient;
         // The primary may have sent more than the bridge has seen yet, so it might take an ACK of unsent bytes, and the junk with it.
         const action = policy === 'both' ? 'forward-both' : policy === 'drop' || reason === 'ack-unsent' ? 'drop' : 'forward-primary';
+        if (action !== 'drop' && !this.admitStray(reason, nowUs)) return;
         this.stray(reason, action);
         if (action === 'drop') return;
         if (action === 'forward-primary') {
@@ -348,23 +384,23 @@ export class IngressStage implements Stage {
    * the count since).
    */
   private admitNewFlow(nowUs: number): boolean {
-    const rate = this.d.config.policy.newFlowsPerSecond;
-    if (!(rate > 0)) return true;
-    const a = this.admission;
-    a.tokens = Number.isNaN(a.tokens) ? rate : Math.min(rate, a.tokens + (Math.max(0, nowUs - a.atUs) * rate) / 1e6);
-    a.atUs = nowUs;
-    if (a.tokens >= 1) {
-      a.tokens -= 1;
-      return true;
-    }
+    if (this.newFlows.admit(this.d.config.policy.newFlowsPerSecond, nowUs)) return true;
     this.synOverBudget++;
-    a.sinceLog++;
     this.d.counts.policy('client-new-flow-over-budget', 'drop');
-    if (nowUs - a.loggedUs >= 10_000_000) {
-      this.d.log?.('warn', 'new-flow-budget', { perSecond: rate, dropped: a.sinceLog, note: 'SYNs beyond policy.newFlowsPerSecond are dropped; the clients send them again' });
-      a.loggedUs = nowUs;
-      a.sinceLog = 0;
-    }
+    this.newFlows.logNow(nowUs, (dropped) => this.d.log?.('warn', 'new-flow-budget', {
+      perSecond: this.d.config.policy.newFlowsPerSecond, dropped, note: 'SYNs beyond policy.newFlowsPerSecond are dropped; the clients send them again',
+    }));
+    return false;
+  }
+
+  /** Whether a stray segment may still be forwarded this second (`policy.straysPerSecond`); counted and dropped if not. */
+  private admitStray(reason: StrayReason, nowUs: number): boolean {
+    if (this.strayBudget.admit(this.d.config.policy.straysPerSecond, nowUs)) return true;
+    this.straysOverBudget++;
+    this.d.counts.policy(`client-${reason}`, 'drop-over-budget');
+    this.strayBudget.logNow(nowUs, (dropped) => this.d.log?.('warn', 'stray-budget', {
+      perSecond: this.d.config.policy.straysPerSecond, dropped, note: 'client segments no connection accepts, beyond policy.straysPerSecond, are dropped',
+    }));
     return false;
   }
 

@@ -42,7 +42,7 @@ describe('pipeline fuzz (needs the recorded fixtures)', () => {
     const rnd = mulberry32(0x5eed);
     const config = makePipelineConfig({
       maxFlows: MAX_FLOWS, totalHighWater: TOTAL_HIGH_WATER, flowHighWater: FLOW_HIGH_WATER,
-      policy: { arp: 'compare', otherEtherTypes: 'compare', malformedFromVm: 'drop', malformedFromClient: 'forward', strayFromClient: 'primary-only', badTcpFlagsFromClient: 'drop', newFlowsPerSecond: 2000 },
+      policy: { arp: 'compare', otherEtherTypes: 'compare', malformedFromVm: 'drop', malformedFromClient: 'forward', strayFromClient: 'primary-only', badTcpFlagsFromClient: 'drop', newFlowsPerSecond: 2000, straysPerSecond: 2000 },
     });
     const outstanding: number[] = [];
     const reasons = new Map<string, number>();

@@ -59,7 +59,7 @@ describe('makePipelineConfig', () => {
     [{ compare: { datagramWindow: 0 } }, 'compare.datagramWindow', 'must be an integer >= 1 and <= 256 (1: strict order), got 0'],
     [{ compare: { datagramWindow: 2.5 } }, 'compare.datagramWindow', 'must be an integer >= 1 and <= 256 (1: strict order), got 2.5'],
     [{ compare: { datagramWindow: 257 } }, 'compare.datagramWindow', 'must be an integer >= 1 and <= 256 (1: strict order), got 257'],
-    [{ policy: 'drop' }, 'policy', 'must be an object with keys arp, otherEtherTypes, malformedFromVm, malformedFromClient, strayFromClient, badTcpFlagsFromClient, newFlowsPerSecond, got "drop"'],
+    [{ policy: 'drop' }, 'policy', 'must be an object with keys arp, otherEtherTypes, malformedFromVm, malformedFromClient, strayFromClient, badTcpFlagsFromClient, newFlowsPerSecond, straysPerSecond, got "drop"'],
     [{ normalize: { httpDate: 'on' } }, 'normalize.httpDate', 'must be true or false, got "on"'],
     [{ normalize: { httpDateToleranceMs: -1 } }, 'normalize.httpDateToleranceMs', 'must be a number >= 0 and <= 60000, got -1'],
     [{ failover: [] }, 'failover', 'must be an object with keys silenceMs, probeTimeoutMs, minStandbyFrames, carrierHoldMs, announce, got []'],

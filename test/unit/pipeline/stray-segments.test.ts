@@ -200,3 +200,41 @@ describe('the new-connection budget (policy.newFlowsPerSecond)', () => {
     expect(ingress(g).syn_over_budget).toBe(0);
   });
 });
+
+describe('the stray budget (policy.straysPerSecond)', () => {
+  const policy = (n: number) => ({ ...makePipelineConfig().policy, straysPerSecond: n });
+  // A segment of no connection the bridge knows: no flow, no SYN.
+  const noFlow = (sport: number) => fromClient({ sport, seq: 77, ack: 88, flags: 'A', payload: 'junk' });
+
+  it('forwards one second of strays at once, then drops and counts the rest, logging once', () => {
+    const h = harness({ policy: policy(3) });
+    for (let i = 0; i < 5; i++) h.p.fromClient(noFlow(50000 + i), 1000 + i);
+    expect(h.out.primary).toHaveLength(3);
+    expect(h.out.backup).toHaveLength(3);
+    expect(ingress(h)).toMatchObject({ strays_over_budget: 2, stray_no_flow: 3 });
+    expect(h.p.policyActions['client-no-flow/drop-over-budget']).toBe(2);
+    expect(h.logs.filter((e) => e === 'stray-budget')).toHaveLength(1);
+  });
+
+  it('spends the same budget on out-of-window segments of an open connection, never on its own segments', () => {
+    const h = harness({ policy: policy(1) });
+    handshake(h);
+    const np = h.out.primary.length;
+    // Far outside the window: for the primary alone, while the budget lasts.
+    h.p.fromClient(fromClient({ seq: C + 1 + 10 * STRAY_WINDOW, ack: P + 1, flags: 'A', payload: 'x' }), 10);
+    h.p.fromClient(fromClient({ seq: C + 1 + 11 * STRAY_WINDOW, ack: P + 1, flags: 'A', payload: 'y' }), 11);
+    expect(h.out.primary).toHaveLength(np + 1);
+    expect(ingress(h).strays_over_budget).toBe(1);
+    // The connection's own data is never limited.
+    for (let i = 0; i < 3; i++) h.p.fromClient(fromClient({ seq: C + 1 + i, ack: P + 1, flags: 'PA', payload: 'a' }), 20 + i);
+    expect(h.out.primary).toHaveLength(np + 4);
+    expect(ingress(h).strays_over_budget).toBe(1);
+  });
+
+  it('does not limit at 0', () => {
+    const h = harness({ policy: policy(0) });
+    for (let i = 0; i < 50; i++) h.p.fromClient(noFlow(50000 + i), 1000);
+    expect(h.out.primary).toHaveLength(50);
+    expect(ingress(h).strays_over_budget).toBe(0);
+  });
+});
