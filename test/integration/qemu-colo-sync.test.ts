@@ -28,6 +28,7 @@ import { QemuAgent } from '../../lib/agents/qemu-agent';
 import { QemuProcess } from '../../lib/qemu/process';
 import { findColoQemu } from '../../lib/qemu/colo-probe';
 import { failIfColoRequired } from '../support/colo-required';
+import { failoverCycles } from '../support/failover-cycles';
 
 // SHADOWVM_LAB_PREFIX: another prefix for the lab's namespaces and taps (runs side by side on one host).
 const PREFIX = process.env.SHADOWVM_LAB_PREFIX ?? 'cw';
@@ -216,4 +217,13 @@ describe('QEMU lab with the QEMU agent (COLO checkpoints)', () => {
     console.log(`primary deaths as the agent saw them: ${deaths.join(' ')}`);
     expect(errors).toEqual([]);
   });
+
+  itColo(name('10 failover and re-protection cycles in a row: each new secondary enters COLO from the survivor'), async () => {
+    await failoverCycles({ snap, primaryVm, fetch, protectedAgain }, 10);
+    // The last re-protection left a COLO pair, not a full copy: the next checkpoint is a COLO one.
+    const coloCheckpoints = coloSizes.length;
+    await checkpointNow();
+    expect(coloSizes.length).toBe(coloCheckpoints + 1);
+    expect(errors).toEqual([]);
+  }, 900_000);
 });

@@ -13,6 +13,7 @@ import { monotonicUs } from '../../lib/clock';
 import { runInAsync } from '../../lib/lab/exec';
 import { teardownLab } from '../../lib/lab/netns';
 import { until } from '../support/until';
+import { failoverCycles } from '../support/failover-cycles';
 import { ftpDownloadsIdentical } from '../support/lab-helpers';
 import { GUEST_BIG_FILE, guestContent } from '../../lib/lab/qemu/guest';
 import { QemuLab, startQemuLab } from '../../lib/lab/qemu/pair';
@@ -141,20 +142,7 @@ describe('QEMU lab with the QEMU agent (full copy)', () => {
   });
 
   test('10 failover and re-protection cycles in a row', async () => {
-    const failovers = snap().failover.count;
-    let counter = Number((await fetch('cgi-bin/counter')).toString());
-    for (let i = 0; i < 10; i++) {
-      const victim = primaryVm();
-      await victim.kill('SIGKILL');
-      await until(`failover ${i + 1}`, () => snap().failover.count === failovers + i + 1, 30_000);
-      // Served by the promoted backup, with the state it had: the counter goes on.
-      expect(Number((await fetch('cgi-bin/counter')).toString())).toBe(++counter);
-      await protectedAgain();
-      expect(Number((await fetch('cgi-bin/counter')).toString())).toBe(++counter);
-    }
-    const s = snap();
-    expect(s.failover.count).toBe(failovers + 10);
-    expect(s.state).toBe('COMPARING');
+    await failoverCycles({ snap, primaryVm, fetch, protectedAgain }, 10);
     expect(errors).toEqual([]);
   }, 900_000);
 });
