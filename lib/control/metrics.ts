@@ -102,6 +102,12 @@ export function renderMetrics(s: BridgeSnapshot): string {
   t.family('shadowvm_port_tx_errors_total', 'counter', 'Frames the bridge could not send.', s.ports.map((p) => [port(p), p.txErrors]));
 
   t.one('shadowvm_flows', 'gauge', 'Flows in the flow table.', s.flows.active);
+  if (s.memory) {
+    t.one('process_resident_memory_bytes', 'gauge', 'Resident memory of the bridge process (every thread).', s.memory.rssBytes);
+    t.one('shadowvm_data_plane_heap_used_bytes', 'gauge', 'JavaScript heap in use by the data plane.', s.memory.heapUsedBytes);
+    t.one('shadowvm_data_plane_heap_size_bytes', 'gauge', 'JavaScript heap the data plane holds, garbage included.', s.memory.heapSizeBytes);
+    t.one('shadowvm_data_plane_external_memory_bytes', 'gauge', 'Memory outside the data plane heap held for its objects (packet copies, buffers).', s.memory.externalBytes);
+  }
   t.one('shadowvm_flows_created_total', 'counter', 'Flows created.', s.flows.created);
   t.one('shadowvm_flows_evicted_total', 'counter', 'Flows evicted (idle or LRU).', s.flows.evicted);
   t.one('shadowvm_matched_bytes_total', 'counter', 'Bytes both replicas said alike.', s.bytesMatched);

@@ -92,6 +92,24 @@ export interface BridgeSnapshot {
   stages: Record<string, Record<string, number>>;
   /** The control plane's counters in the same shape: agent link, control socket, metrics server. */
   components: Record<string, Record<string, number>>;
+  /** Memory: the process's resident set, and the heap of the thread that runs the pipeline (the data plane). */
+  memory?: MemorySnapshot;
+}
+
+export interface MemorySnapshot {
+  /** Resident memory of the whole process (every thread), bytes. */
+  rssBytes: number;
+  /** The data plane's JavaScript heap: in use, and its size (what V8 holds, garbage included). */
+  heapUsedBytes: number;
+  heapSizeBytes: number;
+  /** Memory held outside that heap for its objects (packet copies, buffers), bytes. */
+  externalBytes: number;
+}
+
+/** The memory figures as seen from the calling thread (its heap; the process's resident set). */
+export function memoryNow(): MemorySnapshot {
+  const m = process.memoryUsage();
+  return { rssBytes: m.rss, heapUsedBytes: m.heapUsed, heapSizeBytes: m.heapTotal, externalBytes: m.external };
 }
 
 export function emptyAgentSnapshot(): AgentSnapshot {
@@ -155,6 +173,7 @@ export function snapshotOf(pipeline: ShadowPipeline, src: SnapshotSources): Brid
     failover: failoverSnapshot(pipeline, st, src.nowUs),
     stages: st,
     components: src.components ?? {},
+    memory: memoryNow(),
   };
 }
 

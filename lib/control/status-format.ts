@@ -56,6 +56,11 @@ export function formatStatus(s: BridgeSnapshot): string {
   }
   out.push('');
   out.push(`flows: ${s.flows.active} active, ${s.flows.created} created, ${s.flows.evicted} evicted`);
+  if (s.memory) {
+    const mib = (b: number) => (b / 2 ** 20).toFixed(1);
+    const m = s.memory;
+    out.push(`memory: ${mib(m.rssBytes)} MiB resident; data-plane heap ${mib(m.heapUsedBytes)} of ${mib(m.heapSizeBytes)} MiB in use, ${mib(m.externalBytes)} MiB outside it`);
+  }
   out.push(`compared: ${formatBytes(s.bytesMatched)} matched, ${formatBytes(s.bytesReleased)} released, ${s.mismatches} mismatch${s.mismatches === 1 ? '' : 'es'}`);
   out.push(`held: ${s.heldOutput.frames} primary frames (${formatBytes(s.heldOutput.bytes)}) awaiting the backup; ingress held ${s.ingress.heldFrames} frames during checkpoints, ${s.ingress.holdDropped} dropped`);
   const c = s.checkpoints;

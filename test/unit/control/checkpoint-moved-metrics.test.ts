@@ -1,5 +1,6 @@
 /** What the agent says a checkpoint moved (`checkpoint-done`'s bytes and pages) reaches the log, status and /metrics. */
 import { renderMetrics } from '../../../lib/control/metrics';
+import { formatStatus } from '../../../lib/control/status-format';
 import { emptyAgentSnapshot, snapshotOf } from '../../../lib/control/snapshot';
 import { ShadowPipeline, makePipelineConfig } from '../../../lib/pipeline';
 
@@ -35,5 +36,22 @@ describe('state moved by checkpoints', () => {
     p.request('manual', undefined, 10);
     p.checkpointDone(asked[0] + 7, 20, 1, { bytes: 999, pages: 9 });
     expect(p.stageCounters().replicate).toMatchObject({ checkpoint_bytes_moved: 0, checkpoint_pages_moved: 0 });
+  });
+});
+
+describe('memory in status and /metrics', () => {
+  it('reports the resident set and the data plane heap, from the thread that makes the snapshot', () => {
+    const { p } = pipelineWithLog();
+    const snap = snapshotOf(p, { name: 't', startedMs: 0, nowMs: 1000, ports: [], agent: emptyAgentSnapshot() });
+    const m = snap.memory!;
+    // This process: a resident set larger than its heap in use, and a heap no larger than what V8 holds.
+    expect(m.rssBytes).toBeGreaterThan(m.heapUsedBytes);
+    expect(m.heapUsedBytes).toBeGreaterThan(0);
+    expect(m.heapUsedBytes).toBeLessThanOrEqual(m.heapSizeBytes);
+    const text = renderMetrics(snap);
+    expect(text).toContain(`process_resident_memory_bytes ${m.rssBytes}`);
+    expect(text).toContain(`shadowvm_data_plane_heap_used_bytes ${m.heapUsedBytes}`);
+    expect(text).toContain(`shadowvm_data_plane_heap_size_bytes ${m.heapSizeBytes}`);
+    expect(formatStatus(snap)).toMatch(/memory: \d+\.\d MiB resident; data-plane heap \d+\.\d of \d+\.\d MiB in use/);
   });
 });
