@@ -101,7 +101,7 @@ describe('failover oracle and edge cases in the netns lab', () => {
     for (let i = 1; i < roles.length; i++) expect(roles[i]).not.toBe(roles[i - 1]);
   });
 
-  test('a 5 ms link flap of the primary does not fail over', async () => {
+  test('a link flap of the primary shorter than the carrier hold (5 ms asked) does not fail over', async () => {
     const lab = l!;
     const p = lab.bridge.pipeline;
     const hold = lab.bridge.pipeline.config.failover.carrierHoldMs;
@@ -111,7 +111,9 @@ describe('failover oracle and edge cases in the netns lab', () => {
     const seen: string[] = [];
     let shortFlaps = 0;
     try {
-      for (let attempt = 0; attempt < 5 && shortFlaps === 0; attempt++) {
+      // On a loaded machine `ip` may take longer than asked between down and up: each retry asks for less.
+      const gapsMs = [5, 4, 3, 2, 1, 0, 0, 0];
+      for (let attempt = 0; attempt < gapsMs.length && shortFlaps === 0; attempt++) {
         events.length = 0;
         const node = lab.activeNode();
         const before = p.failover.failovers;
@@ -119,7 +121,7 @@ describe('failover oracle and edge cases in the netns lab', () => {
         const ip = spawn('ip', ['-n', node.netns, '-batch', '-'], { stdio: ['pipe', 'ignore', 'inherit'] });
         await delay(200);
         ip.stdin.write(`link set ${node.nsIf} down\n`);
-        await delay(5);
+        if (gapsMs[attempt] > 0) await delay(gapsMs[attempt]);
         ip.stdin.write(`link set ${node.nsIf} up\n`);
         ip.stdin.end();
         await new Promise((r) => ip.once('exit', r));
