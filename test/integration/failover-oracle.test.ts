@@ -7,9 +7,10 @@
  * degrade instead (the backup's death), and a death during a checkpoint.
  */
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { BridgedLab, startBridgedLab, waitFor } from '../../lib/lab/bridged';
+import { serveOnBoth } from '../../lib/lab/servers';
 import { fixedSeedBytes, LAB_FILES } from '../../lib/lab/content';
 import { runInAsync } from '../../lib/lab/exec';
 import { DeathMode } from '../../lib/lab/faults';
@@ -40,7 +41,7 @@ describe('failover oracle and edge cases in the netns lab', () => {
       log: (_level, event, fields) => { if (watched.has(event)) log.events.push({ event, fields: fields ?? {} }); },
     });
     const object = fixedSeedBytes(OBJECT_BYTES, 99);
-    for (const root of [l.servers.primary.contentRoot, l.servers.backup.contentRoot]) writeFileSync(join(root, OBJECT), object);
+    serveOnBoth(l.servers, OBJECT, object);
   }, 60_000);
 
   stopLabAfterAll(PREFIX, () => l);

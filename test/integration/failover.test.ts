@@ -8,9 +8,9 @@
  * netlink) and silent (its processes stopped and its output to the client
  * blackholed: no carrier change; the silence detector and its probe see it).
  */
-import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { BridgedLab, startBridgedLab, waitFor } from '../../lib/lab/bridged';
+import { serveOnBoth } from '../../lib/lab/servers';
 import { fixedSeedBytes, LAB_FILES } from '../../lib/lab/content';
 import { runInAsync } from '../../lib/lab/exec';
 import { DeathMode } from '../../lib/lab/faults';
@@ -48,10 +48,8 @@ describe('failover in the netns lab', () => {
     l = await startBridgedLab({ prefix: PREFIX, links, ftpPassivePorts: { min: 30000, max: 30000 } });
     big = fixedSeedBytes(BIG_BYTES, 77);
     const ftp = fixedSeedBytes(FTP_BYTES, 78);
-    for (const root of [l.servers.primary.contentRoot, l.servers.backup.contentRoot]) {
-      writeFileSync(join(root, BIG), big);
-      writeFileSync(join(root, FTP_FILE), ftp);
-    }
+    serveOnBoth(l.servers, BIG, big);
+    serveOnBoth(l.servers, FTP_FILE, ftp);
   }, 60_000);
 
   stopLabAfterAll(PREFIX, () => l);

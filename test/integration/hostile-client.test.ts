@@ -10,9 +10,9 @@
  * count as the attacker's doing), the strays are counted by reason, and the
  * download arrives intact.
  */
-import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { BridgedLab, startBridgedLab } from '../../lib/lab/bridged';
+import { serveOnBoth } from '../../lib/lab/servers';
 import { fixedSeedBytes } from '../../lib/lab/content';
 import { runInAsync } from '../../lib/lab/exec';
 import { REPO_ROOT, delay, requireBuiltCli, requireRoot, sha256, stopLabAfterAll } from '../support/lab-helpers';
@@ -33,7 +33,8 @@ describe('a client that sends TCP garbage (netns lab)', () => {
     requireBuiltCli();
     l = await startBridgedLab({ prefix: PREFIX, config: { checkpointBudget: { perSource: 1_000_000, windowMs: 10_000 }, maxUnmatchedAgeMs: 2000, captureDivergence: true } });
     content = fixedSeedBytes(BYTES, 4711);
-    for (const root of [l.servers.primary.contentRoot, l.servers.backup.contentRoot]) writeFileSync(join(root, FILE), content);
+    // The same bytes and the same mtime in both replicas (Last-Modified must not differ across a second boundary).
+    serveOnBoth(l.servers, FILE, content);
   }, 60_000);
 
   stopLabAfterAll(PREFIX, () => l);
