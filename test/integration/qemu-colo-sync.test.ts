@@ -17,7 +17,6 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { LogFn } from '../../lib/control/logger';
 import { monotonicUs } from '../../lib/clock';
-import { runInAsync } from '../../lib/lab/exec';
 import { teardownLab } from '../../lib/lab/netns';
 import { until } from '../support/until';
 import { ftpDownloadsIdentical } from '../support/lab-helpers';
@@ -28,7 +27,7 @@ import { QemuAgent } from '../../lib/agents/qemu-agent';
 import { QemuProcess } from '../../lib/qemu/process';
 import { findColoQemu } from '../../lib/qemu/colo-probe';
 import { failIfColoRequired } from '../support/colo-required';
-import { failoverCycles } from '../support/failover-cycles';
+import { failoverCycles, labFetch, protectedAgain as waitProtected } from '../support/failover-cycles';
 
 // SHADOWVM_LAB_PREFIX: another prefix for the lab's namespaces and taps (runs side by side on one host).
 const PREFIX = process.env.SHADOWVM_LAB_PREFIX ?? 'cw';
@@ -77,17 +76,8 @@ describe('QEMU lab with the QEMU agent (COLO checkpoints)', () => {
   const backupVm = () => agent.vms.backup as QemuProcess;
   const backupPort = () => snap().ports.find((p) => p.role === 'backup')?.name;
 
-  async function fetch(urlPath: string, extra: string[] = []): Promise<Buffer> {
-    const file = path.join(out, `${urlPath.replace(/[^a-z0-9.]/gi, '_')}-${Date.now()}`);
-    await runInAsync(lab.client.netns, 'curl', ['-sS', '--fail', '-m', '120', ...extra, '-o', file, `http://${lab.serviceIpv4}/${urlPath}`], 150_000);
-    const body = fs.readFileSync(file);
-    fs.rmSync(file);
-    return body;
-  }
-
-  async function protectedAgain(timeoutMs = 120_000): Promise<void> {
-    await until('the bridge comparing again with a backup', () => lab.bridge.pipeline.state === 'COMPARING' && lab.bridge.pipeline.replicas.standby !== null, timeoutMs);
-  }
+  const fetch = (urlPath: string, extra: string[] = []) => labFetch(lab, out, urlPath, extra);
+  const protectedAgain = (timeoutMs?: number) => waitProtected(lab, timeoutMs);
 
   async function checkpointNow(): Promise<void> {
     await until('no checkpoint in flight', () => lab.bridge.pipeline.state === 'COMPARING' && !snap().checkpoints.pending, 30_000);

@@ -10,10 +10,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { LogFn } from '../../lib/control/logger';
 import { monotonicUs } from '../../lib/clock';
-import { runInAsync } from '../../lib/lab/exec';
 import { teardownLab } from '../../lib/lab/netns';
 import { until } from '../support/until';
-import { failoverCycles } from '../support/failover-cycles';
+import { failoverCycles, labFetch, protectedAgain as waitProtected } from '../support/failover-cycles';
 import { ftpDownloadsIdentical } from '../support/lab-helpers';
 import { GUEST_BIG_FILE, guestContent } from '../../lib/lab/qemu/guest';
 import { QemuLab, startQemuLab } from '../../lib/lab/qemu/pair';
@@ -53,17 +52,8 @@ describe('QEMU lab with the QEMU agent (full copy)', () => {
   const primaryVm = () => agent.vms.primary as QemuProcess;
   const backupVm = () => agent.vms.backup as QemuProcess;
 
-  async function fetch(urlPath: string, extra: string[] = []): Promise<Buffer> {
-    const file = path.join(out, `${urlPath.replace(/[^a-z0-9.]/gi, '_')}-${Date.now()}`);
-    await runInAsync(lab.client.netns, 'curl', ['-sS', '--fail', '-m', '120', ...extra, '-o', file, `http://${lab.serviceIpv4}/${urlPath}`], 150_000);
-    const body = fs.readFileSync(file);
-    fs.rmSync(file);
-    return body;
-  }
-
-  async function protectedAgain(timeoutMs = 120_000): Promise<void> {
-    await until('the bridge comparing again with a backup', () => lab.bridge.pipeline.state === 'COMPARING' && lab.bridge.pipeline.replicas.standby !== null, timeoutMs);
-  }
+  const fetch = (urlPath: string, extra: string[] = []) => labFetch(lab, out, urlPath, extra);
+  const protectedAgain = (timeoutMs?: number) => waitProtected(lab, timeoutMs);
 
   test('the first checkpoint is a real copy: the backup now runs behind a fresh tap', () => {
     const s = snap();

@@ -1,5 +1,6 @@
 /**
- * Failover and re-protection, `cycles` times in a row, in a QEMU lab: the
+ * Helpers of the QEMU lab suites (full copy and COLO): a client fetch, the
+ * wait for protection, and failover and re-protection, `cycles` times in a row, in a QEMU lab: the
  * primary QEMU is SIGKILLed, the backup takes over with the CGI counter it
  * had, the agent builds a new backup from the survivor, and the counter
  * goes on counting across every swap. Shared by the full-copy and the COLO
@@ -7,6 +8,9 @@
  */
 import type { QemuProcess } from '../../lib/qemu/process';
 import type { BridgeSnapshot } from '../../lib/control/snapshot';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { runInAsync } from '../../lib/lab/exec';
 import { until } from './until';
 
 export interface CycleLab {
@@ -30,4 +34,25 @@ export async function failoverCycles(lab: CycleLab, cycles: number): Promise<voi
   const s = lab.snap();
   expect(s.failover.count).toBe(failovers + cycles);
   expect(s.state).toBe('COMPARING');
+}
+
+/** What the QEMU suites' helpers below need of a lab. */
+interface ClientLab {
+  client: { netns: string };
+  serviceIpv4: string;
+  bridge: { pipeline: { state: string; replicas: { standby: unknown } } };
+}
+
+/** GET `urlPath` from the lab's service with curl in the client namespace (through `dir`); the body. */
+export async function labFetch(lab: ClientLab, dir: string, urlPath: string, extra: string[] = []): Promise<Buffer> {
+  const file = path.join(dir, `${urlPath.replace(/[^a-z0-9.]/gi, '_')}-${Date.now()}`);
+  await runInAsync(lab.client.netns, 'curl', ['-sS', '--fail', '-m', '120', ...extra, '-o', file, `http://${lab.serviceIpv4}/${urlPath}`], 150_000);
+  const body = fs.readFileSync(file);
+  fs.rmSync(file);
+  return body;
+}
+
+/** Waits until the bridge compares again with a backup (after a failover, a re-protection). */
+export async function protectedAgain(lab: ClientLab, timeoutMs = 120_000): Promise<void> {
+  await until('the bridge comparing again with a backup', () => lab.bridge.pipeline.state === 'COMPARING' && lab.bridge.pipeline.replicas.standby !== null, timeoutMs);
 }
