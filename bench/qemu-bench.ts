@@ -3,7 +3,8 @@
  * A report, not a test; needs root. Run:
  * `npx tsc -p tsconfig.json && node dist/bench/qemu-bench.js`
  * (`--mem 128|512`, `--rounds 3`, `--seconds 5`, `--connections 4`,
- * `--modes kernel,kernel-2vm,shadowvm,periodic-25,periodic-100`, `--prefix qb`, `--verbose`).
+ * `--modes kernel,kernel-2vm,shadowvm,periodic-25,periodic-100`, `--prefix qb`, `--verbose`;
+ * COLO modes `shadowvm-colo,periodic-colo-25,…` need `make qemu-colo`).
  *
  *   kernel:       <p>-client ── <p>c ─┐
  *                                     <p>br (Linux bridge) ── tap <p>p ── primary VM    backup VM paused, off the bridge
@@ -13,7 +14,13 @@
  *                                                 └─ tap <p>sN ── backup VM (a fresh copy after each checkpoint)
  *                 checkpoint only on divergence; the QEMU agent pauses the primary and copies it whole
  *   periodic-N:   the same, plus a checkpoint at least every N ms after the last one ended
- *                 (replicator.maxIntervalMs = N: Remus-style full state sync)
+ *                 (replicator.maxIntervalMs = N: state sync on a clock, each one a whole copy)
+ *   shadowvm-colo, periodic-colo-N: the same two, but the agent runs QEMU's COLO checkpoints
+ *                 (`sync: 'colo'`): one secondary that stays, and each checkpoint sends only the
+ *                 pages dirtied since the last one: periodic-colo-N is what Remus does
+ *
+ * When any COLO mode is asked for, every mode (the kernel ones too) runs the
+ * patched QEMU, so all compare the same emulator.
  *
  * Every (round, mode) gets a fresh lab from startQemuLab (same cached guest,
  * same memory size), so no mode inherits another's state; the modes run
@@ -33,6 +40,7 @@ import type { LogFn } from '../lib/control/logger';
 import type { BridgeSnapshot } from '../lib/control/snapshot';
 import { LAB_VM_IPV6, findLabLeftovers, labNames, teardownLab } from '../lib/lab/netns';
 import { DEFAULT_REPLICATOR_CONFIG as DEFAULT_REPLICATOR } from '../lib/replicate/replicator';
+import { findColoQemu } from '../lib/qemu/colo-probe';
 import { GUEST_BIG_FILE, QemuLab, QemuLabMem, guestContent, qemuSyncAgent, startQemuLab } from '../lib/lab/qemu';
 import {
   addKernelBridgeOn, addTwinClient, hostCpuBusyPercent, hostFacts, kernelBridgeName, linkExists, readHostCpu, removeKernelBridge, removeTwinClient, twinBridgeName, twinHostIf,
@@ -40,16 +48,26 @@ import {
 import { WrkOptions, WrkResult, execInNetns, fetchStatus, runWrk } from './lib/load-tools';
 import { Spread, cell, layout, ratioCell, spread } from './lib/report';
 
-type Mode = string; // 'kernel' | 'kernel-2vm' | 'shadowvm' | `periodic-${number}`
+type Mode = string; // 'kernel' | 'kernel-2vm' | 'shadowvm' | 'shadowvm-colo' | `periodic-${number}` | `periodic-colo-${number}`
 const DEFAULT_MODES: readonly Mode[] = ['kernel', 'kernel-2vm', 'shadowvm', 'periodic-25', 'periodic-100'];
 
 function periodicMs(mode: Mode): number {
-  const m = /^periodic-(\d+)$/.exec(mode);
+  const m = /^periodic-(?:colo-)?(\d+)$/.exec(mode);
   return m ? Number(m[1]) : 0;
 }
 
+/** Whether the mode's agent runs COLO checkpoints (dirty pages into a secondary that stays). */
+function coloMode(mode: Mode): boolean {
+  return mode === 'shadowvm-colo' || /^periodic-colo-\d+$/.test(mode);
+}
+
 function validMode(mode: Mode): boolean {
-  return mode === 'kernel' || mode === 'kernel-2vm' || mode === 'shadowvm' || periodicMs(mode) > 0;
+  return mode === 'kernel' || mode === 'kernel-2vm' || mode === 'shadowvm' || mode === 'shadowvm-colo' || periodicMs(mode) > 0;
+}
+
+/** The checkpoint-on-divergence mode that a periodic mode is compared with (same way of copying). */
+function divergenceModeFor(periodic: Mode): Mode {
+  return coloMode(periodic) ? 'shadowvm-colo' : 'shadowvm';
 }
 
 interface Options {
@@ -59,6 +77,8 @@ interface Options {
   rounds: number;
   wrk: WrkOptions;
   verbose: boolean;
+  /** The patched QEMU, for every mode, when a COLO mode runs. */
+  qemuBinary?: string;
 }
 
 function parseArgs(argv: string[]): Options {
@@ -67,7 +87,12 @@ function parseArgs(argv: string[]): Options {
     return i >= 0 ? argv[i + 1] : undefined;
   };
   const modes = (get('modes') ?? DEFAULT_MODES.join(',')).split(',').map((m) => m.trim());
-  for (const m of modes) if (!validMode(m)) throw new Error(`unknown mode ${m}: kernel, kernel-2vm, shadowvm or periodic-N (N ms)`);
+  for (const m of modes) if (!validMode(m)) throw new Error(`unknown mode ${m}: kernel, kernel-2vm, shadowvm, shadowvm-colo, periodic-N or periodic-colo-N (N ms)`);
+  let qemuBinary: string | undefined;
+  if (modes.some(coloMode)) {
+    qemuBinary = findColoQemu() ?? undefined;
+    if (!qemuBinary) throw new Error('COLO modes need the patched QEMU: run `make qemu-colo` first');
+  }
   const memMiB = Number(get('mem') ?? 128) as QemuLabMem;
   if (memMiB !== 128 && memMiB !== 512) throw new Error('--mem must be 128 or 512');
   const rounds = Number(get('rounds') ?? 3);
@@ -75,7 +100,7 @@ function parseArgs(argv: string[]): Options {
   const connections = Number(get('connections') ?? 4);
   if (!(rounds >= 1) || !(seconds >= 1) || !(connections >= 2)) throw new Error('--rounds ≥ 1, --seconds ≥ 1, --connections ≥ 2');
   return {
-    modes, prefix: get('prefix') ?? 'qb', memMiB, rounds,
+    modes, prefix: get('prefix') ?? 'qb', memMiB, rounds, qemuBinary,
     wrk: { threads: 2, connections, seconds },
     verbose: argv.includes('--verbose'),
   };
@@ -89,7 +114,7 @@ interface SyncCounts {
   requestedByReason: Record<string, number>;
   mismatches: number;
   failed: number;
-  /** The agent's copies in the phase: primary paused → both running, ms; bytes moved. */
+  /** The agent's copies in the phase (whole copies and COLO checkpoints): primary paused → both running, ms; RAM bytes moved. */
   copyMs: number[];
   copyBytes: number[];
   /** Share of the phase the primary spent paused by copies (sum of copy ms ÷ wall ms). */
@@ -185,11 +210,11 @@ function makeLog(counts: Record<string, number>, mismatches: string[], clock: Ch
 
 const CLK_TCK_MS = 10; // /proc/stat counts in USER_HZ = 100 on Linux
 
-interface Probe { snap?: BridgeSnapshot; copies: number; held: number; heldMs: number; cpu: { busy: number; total: number }; atMs: number }
+interface Probe { snap?: BridgeSnapshot; copies: number; colos: number; held: number; heldMs: number; cpu: { busy: number; total: number }; atMs: number }
 
 function probe(lab: QemuLab | null, agent: QemuAgent | undefined, clock: CheckpointClock): Probe {
   return {
-    snap: lab && agent ? lab.bridge.snapshot() : undefined, copies: agent?.stats.copyMs.length ?? 0,
+    snap: lab && agent ? lab.bridge.snapshot() : undefined, copies: agent?.stats.copyMs.length ?? 0, colos: agent?.stats.coloPauseMs.length ?? 0,
     held: clock.durationsMs.length, heldMs: clock.spentMs(), cpu: readHostCpu(), atMs: performance.now(),
   };
 }
@@ -203,14 +228,15 @@ function measuredBetween(a: Probe, b: Probe, agent: QemuAgent | undefined, clock
       const d = n - (a.snap.checkpoints.requested as Record<string, number>)[reason];
       if (d) requestedByReason[reason] = d;
     }
-    const copyMs = agent.stats.copyMs.slice(a.copies, b.copies);
+    // Whole copies (way 1, and COLO's start) and COLO checkpoints (the primary's pause; RAM bytes).
+    const copyMs = [...agent.stats.copyMs.slice(a.copies, b.copies), ...agent.stats.coloPauseMs.slice(a.colos, b.colos)];
     m.sync = {
       checkpoints: b.snap.checkpoints.done - a.snap.checkpoints.done,
       requestedByReason,
       mismatches: b.snap.mismatches - a.snap.mismatches,
       failed: b.snap.checkpoints.failed - a.snap.checkpoints.failed,
       copyMs,
-      copyBytes: agent.stats.copyBytes.slice(a.copies, b.copies),
+      copyBytes: [...agent.stats.copyBytes.slice(a.copies, b.copies), ...agent.stats.coloBytes.slice(a.colos, b.colos)],
       pausedShare: copyMs.reduce((s, v) => s + v, 0) / wallMs,
       checkpointingMs: clock.durationsMs.slice(a.held, b.held),
       checkpointingShare: (b.heldMs - a.heldMs) / wallMs,
@@ -314,7 +340,7 @@ async function runOne(mode: Mode, round: number, o: Options, say: (s: string) =>
       // The lab as built (its default agent only answers: no copies), then its bridge out of the way:
       // a Linux bridge joins the client's veth and the primary's tap. kernel: the backup VM is paused.
       // kernel-2vm: the backup VM gets a client of its own (same addresses) behind a second Linux bridge.
-      lab = await startQemuLab({ prefix: o.prefix, memMiB: o.memMiB, log });
+      lab = await startQemuLab({ prefix: o.prefix, memMiB: o.memMiB, log, ...(o.qemuBinary ? { qemuBinary: o.qemuBinary } : {}) });
       await lab.bridge.stop();
       await lab.agent.stop();
       addKernelBridgeOn(o.prefix, [lab.client.hostIf, lab.taps.primary]);
@@ -326,10 +352,10 @@ async function runOne(mode: Mode, round: number, o: Options, say: (s: string) =>
       r.bootMs = lab.bootMs;
       await measureLab(lab, undefined, clock, o, r, say, twin);
     } else {
-      const factory = qemuSyncAgent();
+      const factory = qemuSyncAgent(coloMode(mode) ? { sync: 'colo' } : {});
       const every = periodicMs(mode);
       lab = await startQemuLab({
-        prefix: o.prefix, memMiB: o.memMiB, agent: factory, log,
+        prefix: o.prefix, memMiB: o.memMiB, agent: factory, log, ...(o.qemuBinary ? { qemuBinary: o.qemuBinary } : {}),
         ...(every ? { config: { replicator: { ...DEFAULT_REPLICATOR, maxIntervalMs: every } } } : {}),
       });
       r.setupMs = Date.now() - t0;
@@ -416,8 +442,8 @@ const METRICS: Metric[] = [
   { key: 'cgiCkptPer1000', label: 'checkpoints / 1,000 req (CGI)', digits: 0, higherIsBetter: false, ratio: false, value: (r) => r.cgi?.checkpointsPer1000 ?? NaN },
   { key: 'ftpCkpts', label: 'checkpoints per FTP transfer', digits: 0, higherIsBetter: false, ratio: false, value: (r) => r.ftp?.sync?.checkpoints ?? NaN },
   { key: 'ckptPerSecStatic', label: 'checkpoints / s (static)', digits: 1, higherIsBetter: false, ratio: false, value: (r) => (r.static?.sync ? (r.static.sync.checkpoints / r.static.wallMs) * 1000 : NaN) },
-  { key: 'copyMsP50', label: 'copy (primary paused) p50 ms', digits: 0, higherIsBetter: false, ratio: false, value: (r) => median([...(r.static?.sync?.copyMs ?? []), ...(r.cgi?.sync?.copyMs ?? []), ...(r.ftp?.sync?.copyMs ?? [])]) },
-  { key: 'copyMB', label: 'MB moved per copy (p50)', digits: 0, higherIsBetter: false, ratio: false, value: (r) => median([...(r.static?.sync?.copyBytes ?? []), ...(r.cgi?.sync?.copyBytes ?? []), ...(r.ftp?.sync?.copyBytes ?? [])]) / 1e6 },
+  { key: 'copyMsP50', label: 'copy or COLO pause (primary paused) p50 ms', digits: 1, higherIsBetter: false, ratio: false, value: (r) => median([...(r.static?.sync?.copyMs ?? []), ...(r.cgi?.sync?.copyMs ?? []), ...(r.ftp?.sync?.copyMs ?? [])]) },
+  { key: 'copyMB', label: 'RAM MB moved per copy (p50)', digits: 1, higherIsBetter: false, ratio: false, value: (r) => median([...(r.static?.sync?.copyBytes ?? []), ...(r.cgi?.sync?.copyBytes ?? []), ...(r.ftp?.sync?.copyBytes ?? [])]) / 1e6 },
   { key: 'ckptBridgeMsP50', label: 'checkpoint asked → done p50 ms', digits: 0, higherIsBetter: false, ratio: false, value: (r) => median([...(r.static?.sync?.checkpointingMs ?? []), ...(r.cgi?.sync?.checkpointingMs ?? []), ...(r.ftp?.sync?.checkpointingMs ?? [])]) },
   { key: 'pausedStatic', label: 'primary paused, % of static phase', digits: 0, higherIsBetter: false, ratio: false, value: (r) => (r.static?.sync ? r.static.sync.pausedShare * 100 : NaN) },
   { key: 'heldStatic', label: 'bridge checkpointing, % of static phase', digits: 0, higherIsBetter: false, ratio: false, value: (r) => (r.static?.sync ? r.static.sync.checkpointingShare * 100 : NaN) },
@@ -442,7 +468,7 @@ function report(results: RunResult[], o: Options, facts: Record<string, string>,
   const out: string[] = [];
   const accel = [...new Set(results.map((r) => r.accel).filter(Boolean))].join('/') || '?';
   const rounds = Math.max(0, ...results.map((r) => r.round));
-  out.push(`QEMU bench: no protection vs shadowvm vs periodic full-copy checkpoints, ${o.memMiB} MiB guest under ${accel.toUpperCase()} (node ${process.version}, kernel ${facts.kernel}, ${facts.cpus} CPUs)`);
+  out.push(`QEMU bench: no protection vs shadowvm vs periodic checkpoints, ${o.memMiB} MiB guest under ${accel.toUpperCase()} (node ${process.version}, kernel ${facts.kernel}, ${facts.cpus} CPUs${o.qemuBinary ? `; QEMU ${o.qemuBinary} in every mode` : ''})`);
   out.push(`  ${rounds} round(s) of ${o.modes.join(', ')} (interleaved, a fresh lab each); wrk -t${o.wrk.threads} -c${o.wrk.connections} -d${o.wrk.seconds}s --latency on /hello.txt and /cgi-bin/counter; one curl FTP get of ${GUEST_BIG_FILE} (4 MiB, passive)`);
   out.push(`  loadavg before ${facts.loadavg.split(' ').slice(0, 3).join(' ')}, after ${factsAfter.loadavg.split(' ').slice(0, 3).join(' ')}; run took ${totalS.toFixed(0)} s`);
   out.push('  cells: median [min–max] over rounds; ratios: the median of each round\'s own ratio (same round, paired), [min–max]');
@@ -470,13 +496,14 @@ function report(results: RunResult[], o: Options, facts: Record<string, string>,
   ratioTable('kernel', 'Ratios to no protection (each round\'s mode ÷ that round\'s kernel):');
   ratioTable('kernel-2vm', 'Ratios to two unprotected VMs doing the same work (÷ kernel-2vm of the same round):');
 
-  const periodic = modes.filter((m) => periodicMs(m) > 0);
-  if (modes.includes('shadowvm') && periodic.length) {
+  const periodic = modes.filter((m) => periodicMs(m) > 0 && modes.includes(divergenceModeFor(m)));
+  if (periodic.length) {
     out.push('');
-    out.push('The thesis\'s comparison: shadowvm (checkpoint on divergence) against periodic full state sync, same round, same two VMs:');
-    const th = [['metric', ...periodic.map((p) => `shadowvm ÷ ${p}`), 'better is']];
+    out.push('The thesis\'s comparison: checkpoint on divergence against periodic state sync, same round, same two VMs, same way of copying');
+    out.push('(shadowvm and periodic-N: whole copies; shadowvm-colo and periodic-colo-N: COLO dirty pages, as Remus copies):');
+    const th = [['metric', ...periodic.map((p) => `${divergenceModeFor(p)} ÷ ${p}`), 'better is']];
     for (const metric of METRICS.filter((x) => x.ratio)) {
-      th.push([metric.label, ...periodic.map((p) => ratioCell(pairedRatio(results, 'shadowvm', p, metric))), metric.higherIsBetter ? '> 1' : '< 1']);
+      th.push([metric.label, ...periodic.map((p) => ratioCell(pairedRatio(results, divergenceModeFor(p), p, metric))), metric.higherIsBetter ? '> 1' : '< 1']);
     }
     out.push(...layout(th));
   }
@@ -542,8 +569,8 @@ async function main(): Promise<number> {
       per[metric.key] = spread(results.filter((r) => r.mode === m).map(metric.value));
       if (m !== 'kernel' && metric.ratio) per[`${metric.key}_per_kernel`] = pairedRatio(results, m, 'kernel', metric);
       if (m !== 'kernel' && m !== 'kernel-2vm' && metric.ratio) per[`${metric.key}_per_kernel-2vm`] = pairedRatio(results, m, 'kernel-2vm', metric);
-      if (m === 'shadowvm' && metric.ratio) {
-        for (const p of o.modes.filter((x) => periodicMs(x) > 0)) per[`${metric.key}_per_${p}`] = pairedRatio(results, m, p, metric);
+      if ((m === 'shadowvm' || m === 'shadowvm-colo') && metric.ratio) {
+        for (const p of o.modes.filter((x) => periodicMs(x) > 0 && divergenceModeFor(x) === m)) per[`${metric.key}_per_${p}`] = pairedRatio(results, m, p, metric);
       }
     }
     summary[m] = per;

@@ -218,7 +218,7 @@ function main(): void {
     if (i > 0 && i % BACKUP_LOST_EVERY === 0) backupLostDue = true;
     if (failoverDue && pipeline.state === 'COMPARING') {
       let ok = false;
-      guard('failoverNow', i, () => { ok = pipeline.failoverNow('manual', 'bench', nowUs); });
+      guard('failoverNow', i, () => { ok = pipeline.failoverNow('manual', 'bench', nowUs) === 'promoted'; });
       bump(events, ok ? 'failover' : 'failover-refused');
       failoverDue = false;
     } else if (backupLostDue && pipeline.state === 'COMPARING') {

@@ -223,10 +223,15 @@ export class Bridge {
   /** A planned failover (the control socket's `failover`). */
   requestFailover(): ManualFailoverResult {
     const before = this.pipeline.failover.refused;
-    let promoted = false;
-    this.afterEvent(() => { promoted = this.pipeline.failoverNow('manual', 'asked for over the control socket', this.clockUs()); });
+    let decision = 'refused';
+    this.afterEvent(() => { decision = this.pipeline.failoverNow('manual', 'asked for over the control socket', this.clockUs()); });
     const roles = this.pipeline.replicas.slots.map((s) => ({ port: s.name, role: s.role }));
-    if (promoted) return { promoted, survivor: this.pipeline.replicas.active.name, roles };
+    if (decision === 'promoted') return { promoted: true, survivor: this.pipeline.replicas.active.name, roles };
+    const waiting = this.pipeline.failoverWaiting;
+    if (decision === 'deferred' && waiting) {
+      return { promoted: false, deferred: true, why: `checkpoint ${waiting.epoch} is in flight: the failover follows its answer, within ${this.options.config.failover.checkpointWaitMs} ms`, roles };
+    }
+    const promoted = false;
     const why = this.pipeline.failover.refused > before
       ? (this.pipeline.replicas.standby ? `the backup is stale (state ${this.pipeline.state})` : 'no backup')
       : 'not promoted';

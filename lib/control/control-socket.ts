@@ -65,8 +65,10 @@ export interface ManualFailoverResult {
   promoted: boolean;
   /** Port of the promoted replica, when promoted. */
   survivor?: string;
-  /** Why not, when refused (no backup, stale backup). */
+  /** Why not, when refused (no backup, stale backup) or deferred. */
   why?: string;
+  /** Not yet: a checkpoint is in flight, and the failover follows its answer (`failover.checkpointWaitMs` at most). */
+  deferred?: boolean;
   /** Each port and its role afterwards. */
   roles: { port: string; role: string }[];
 }

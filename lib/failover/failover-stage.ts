@@ -37,6 +37,8 @@ export class FailoverStage implements Stage {
   readonly history: FailoverRecord[] = [];
   failovers = 0;
   refused = 0;
+  /** Failovers that waited for the answer to a checkpoint in flight. */
+  deferred = 0;
   backupsLost = 0;
   probesSent = 0;
   probeReplies = 0;
@@ -52,6 +54,7 @@ export class FailoverStage implements Stage {
     return {
       failovers: this.failovers,
       refused: this.refused,
+      deferred: this.deferred,
       backups_lost: this.backupsLost,
       probes_sent: this.probesSent,
       probe_replies: this.probeReplies,

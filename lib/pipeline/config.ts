@@ -74,6 +74,12 @@ export interface FailoverConfig {
   carrierHoldMs: number;
   /** After a promotion, send a gratuitous ARP and an unsolicited neighbour advertisement for the VM's addresses. */
   announce: boolean;
+  /**
+   * A failover the bridge decides itself (carrier, silence, manual) while a
+   * checkpoint is in flight waits up to this long for the agent's answer,
+   * which says which state the backup holds (0: promote at once).
+   */
+  checkpointWaitMs: number;
 }
 
 /** How the replicas' output is compared. */
@@ -161,7 +167,7 @@ export const DEFAULT_PIPELINE_CONFIG: PipelineConfig = {
   datagramIdleMs: 300_000,
   policy: { arp: 'forward-primary', otherEtherTypes: 'drop', malformedFromVm: 'drop', malformedFromClient: 'forward', strayFromClient: 'primary-only', badTcpFlagsFromClient: 'drop', newFlowsPerSecond: 2000, straysPerSecond: 2000 },
   replicator: DEFAULT_REPLICATOR_CONFIG,
-  failover: { silenceMs: 20, probeTimeoutMs: 10, minStandbyFrames: 2, carrierHoldMs: 7, announce: false },
+  failover: { silenceMs: 20, probeTimeoutMs: 10, minStandbyFrames: 2, carrierHoldMs: 7, announce: false, checkpointWaitMs: 2000 },
   checkpointBudget: { perSource: 20, windowMs: 10_000 },
   compare: { datagramWindow: DEFAULT_DATAGRAM_WINDOW },
   resync: 'copy',
@@ -246,6 +252,7 @@ export const PIPELINE_SETTING_RULES: Record<keyof PipelineConfig, SettingRule> =
       minStandbyFrames: { kind: 'number', min: 0, integer: true },
       carrierHoldMs: nonNegativeMs,
       announce: { kind: 'boolean' },
+      checkpointWaitMs: { ...nonNegativeMs, note: '0: promote at once' },
     } satisfies Record<keyof FailoverConfig, SettingRule>,
   },
   checkpointBudget: {

@@ -50,6 +50,20 @@ export interface PipelineOutputs {
   log(level: 'info' | 'warn', event: string, fields: Record<string, unknown>): void;
 }
 
+/** A failover waiting for the answer to the checkpoint in flight. */
+export interface DeferredFailover {
+  cause: FailoverCause;
+  detail: string;
+  detectedUs: number;
+  /** The checkpoint whose answer decides which backup is promoted. */
+  epoch: number;
+  /** Promote anyway from then (`failover.checkpointWaitMs` after it was decided). */
+  untilUs: number;
+}
+
+/** Whether `failoverNow` promoted, refused, or waits for the checkpoint in flight. */
+export type FailoverDecision = 'promoted' | 'refused' | 'deferred';
+
 /** How many times `maxUnmatchedAgeMs` a trailing but progressing backup may take before a `timeout` checkpoint. */
 export const TRAILING_GRACE = 10;
 
@@ -70,6 +84,12 @@ export class ShadowPipeline {
   private readonly heldPool: SlabPool;
   private readonly standbyCopies = new SlabPool(true, true);
   private nowUs = 0;
+  /**
+   * A failover decided by the bridge (carrier, silence, manual) while a
+   * checkpoint was in flight, waiting for the agent's answer (see
+   * `failoverNow`).
+   */
+  private deferredFailover: DeferredFailover | null = null;
   /** When the last `released` lines were written. */
   private releasesLoggedUs: number;
 
@@ -135,7 +155,7 @@ export class ShadowPipeline {
       config: config.failover, replicas: this.replicas, toReplica,
       toClient: (frame) => outputs.toClient(frame),
       declareDead: (detail, sinceUs) => {
-        if (!this.failoverNow('silence', detail, this.nowUs, sinceUs)) this.failoverStage.silence.reset(this.nowUs);
+        if (this.failoverNow('silence', detail, this.nowUs, sinceUs) === 'refused') this.failoverStage.silence.reset(this.nowUs);
       },
     });
     this.egress = new EgressStage({
@@ -171,6 +191,10 @@ export class ShadowPipeline {
   /** Advance time: checkpoint timeouts, the unmatched-age trigger, the silence detector, idle flows. */
   tick(nowUs: number): void {
     this.nowUs = nowUs;
+    const waiting = this.deferredFailover;
+    if (waiting && (nowUs >= waiting.untilUs || this.replicator.pending?.epoch !== waiting.epoch)) {
+      this.runDeferredFailover(nowUs, nowUs >= waiting.untilUs ? 'expired' : 'answered');
+    }
     this.replicator.tick(nowUs);
     if (this.replicator.comparing && this.replicas.standby) this.failoverStage.tick(nowUs);
     if (this.replicator.state === 'COMPARING') {
@@ -230,16 +254,27 @@ export class ShadowPipeline {
   checkpointDone(epoch: number, nowUs: number, ms?: number, moved?: StateMoved): void {
     this.nowUs = nowUs;
     this.replicator.done(epoch, nowUs, ms, moved);
+    // The backup holds the primary's state as of this checkpoint: a failover that waited for it goes to that backup.
+    if (this.deferredFailover?.epoch === epoch) this.runDeferredFailover(nowUs, 'done');
   }
 
   checkpointFailed(epoch: number, error: string, nowUs: number): void {
     this.nowUs = nowUs;
+    // The backup is the one from before the checkpoint, untouched: promote it before the failure makes it stale.
+    if (this.deferredFailover?.epoch === epoch) this.runDeferredFailover(nowUs, 'failed');
     this.replicator.failed(epoch, error, nowUs);
   }
 
   agentConnected(up: boolean, nowUs: number): void {
     this.nowUs = nowUs;
+    // No answer will come: promote before the loss of the agent fails the checkpoint in flight.
+    if (!up && this.deferredFailover) this.runDeferredFailover(nowUs, 'agent-lost');
     this.replicator.agentConnected(up, nowUs);
+  }
+
+  /** The failover waiting for the checkpoint in flight, if any (status, tests). */
+  get failoverWaiting(): DeferredFailover | null {
+    return this.deferredFailover;
   }
 
   /**
@@ -247,14 +282,53 @@ export class ShadowPipeline {
    * no backup, or when it is stale (DEGRADED: it missed a checkpoint, so it
    * may not have said what the clients received).
    */
-  failoverNow(cause: FailoverCause, detail: string, nowUs: number, detectedUs = nowUs): boolean {
+  failoverNow(cause: FailoverCause, detail: string, nowUs: number, detectedUs = nowUs): FailoverDecision {
     this.nowUs = nowUs;
+    const pending = this.replicator.pending;
+    const waitMs = this.config.failover.checkpointWaitMs;
+    if (cause !== 'agent' && waitMs > 0 && pending?.kind === 'checkpoint' && this.replicator.agentIsUp && this.replicas.standby) {
+      // The agent may be loading the primary's state into the backup right now (a COLO secondary is
+      // overwritten in place; a full copy has a new backup about to be named). Promoting before its answer
+      // could promote a VM whose state the bridge does not know. The agent's answer decides; bounded.
+      if (!this.deferredFailover) {
+        this.deferredFailover = { cause, detail, detectedUs, epoch: pending.epoch, untilUs: nowUs + waitMs * 1000 };
+        this.failoverStage.deferred++;
+        this.outputs.log('warn', 'failover-deferred', { cause, detail, epoch: pending.epoch, waitMs, why: 'a checkpoint is in flight: its answer says which state the backup holds' });
+      }
+      return 'deferred';
+    }
+    return this.promote(cause, detail, nowUs, detectedUs);
+  }
+
+  /**
+   * The failover that waited: `done` (promote the backup the checkpoint made),
+   * `failed` (promote the old one), `agent-lost` or `expired` (promote what is
+   * there), `answered` (the checkpoint ended another way). A silence that
+   * began while the primary was paused for the checkpoint is judged afresh
+   * once the checkpoint is over, rather than believed.
+   */
+  private runDeferredFailover(nowUs: number, why: 'done' | 'failed' | 'agent-lost' | 'expired' | 'answered'): void {
+    const d = this.deferredFailover;
+    if (!d) return;
+    this.deferredFailover = null;
+    const waitedMs = (nowUs - (d.untilUs - this.config.failover.checkpointWaitMs * 1000)) / 1000;
+    if (d.cause === 'silence' && (why === 'done' || why === 'failed' || why === 'answered')) {
+      this.failoverStage.silence.reset(nowUs);
+      this.outputs.log('info', 'failover-deferral-cleared', { cause: d.cause, epoch: d.epoch, outcome: why, waitedMs, note: 'the primary was paused for the checkpoint; silence is judged again from now' });
+      return;
+    }
+    this.outputs.log(why === 'expired' ? 'warn' : 'info', 'failover-deferral-ended', { cause: d.cause, epoch: d.epoch, outcome: why, waitedMs });
+    if (this.replicas.standby) this.promote(d.cause, d.detail, nowUs, d.detectedUs);
+  }
+
+  private promote(cause: FailoverCause, detail: string, nowUs: number, detectedUs: number): FailoverDecision {
+    this.deferredFailover = null;
     const standby = this.replicas.standby;
     const why = !standby ? 'no backup' : !this.replicator.comparing ? `the backup is stale (state ${this.replicator.state})` : null;
     if (why) {
       this.failoverStage.refused++;
       this.outputs.log('warn', 'failover-refused', { cause, detail, why });
-      return false;
+      return 'refused';
     }
     const dead = this.replicas.active;
     const survivor = this.replicas.promote();
@@ -267,7 +341,7 @@ export class ShadowPipeline {
       cause, detail, dead: dead.name, survivor: survivor.name, detectionMs: (nowUs - detectedUs) / 1000,
       flowsCarried: record.flowsCarried, flowsLost: record.flowsLost, backlogFrames: record.backlogFrames, discardedFrames: record.discardedFrames,
     });
-    return true;
+    return 'promoted';
   }
 
   /**
@@ -278,6 +352,10 @@ export class ShadowPipeline {
     this.nowUs = nowUs;
     const lost = this.replicas.loseStandby();
     if (!lost) return false;
+    if (this.deferredFailover) {
+      this.outputs.log('warn', 'failover-deferral-ended', { cause: this.deferredFailover.cause, epoch: this.deferredFailover.epoch, outcome: 'backup-lost', note: 'nothing left to promote' });
+      this.deferredFailover = null;
+    }
     this.dispatch({ type: 'backup-lost', slot: lost.id, cause });
     this.outputs.log('warn', 'backup-lost', { slot: lost.name, cause, flowsUnprotected: this.flowRegistry.unprotected });
     return true;

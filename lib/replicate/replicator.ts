@@ -165,6 +165,11 @@ export class Replicator implements Stage {
     return this.state === 'COMPARING' || this.state === 'CHECKPOINTING';
   }
 
+  /** Whether a sync agent is connected (an answer to the checkpoint in flight can still come). */
+  get agentIsUp(): boolean {
+    return this.agentUp;
+  }
+
   get pending(): CheckpointRecord | null {
     return this.outstanding;
   }

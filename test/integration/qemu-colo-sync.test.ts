@@ -49,7 +49,9 @@ describe('QEMU lab with the QEMU agent (COLO checkpoints)', () => {
   const deaths: string[] = [];
   /** The agent's line for each COLO checkpoint: the figures its checkpoint-done carried, with the zero pages. */
   const coloSizes: { epoch: number; bytes: number | null; pages: number | null; zeroPages: number | null }[] = [];
+  const trace = process.env.SVM_TRACE;
   const log: LogFn = (level, event, fields) => {
+    if (trace) fs.appendFileSync(trace, `${(performance.now()).toFixed(1)} ${level} ${event} ${JSON.stringify(fields ?? {}).slice(0, 400)}\n`);
     if (event === 'backup-port-reopened') reopened.push(fields?.epoch as number);
     if (event === 'qemu-agent-colo-checkpoint') coloSizes.push(fields as unknown as typeof coloSizes[number]);
     if (event === 'qemu-agent-colo-primary-died') deaths.push(JSON.stringify(fields));

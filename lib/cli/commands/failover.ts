@@ -1,8 +1,9 @@
 /**
  * `shadowvm failover`: promote the backup of a running bridge now (a planned
  * switchover, or a primary that the detectors did not see die). Exits 0 once
- * promoted; 2 with the reason when the bridge refuses (no backup, or a stale
- * one).
+ * promoted, or once accepted while a checkpoint is in flight (the promotion
+ * follows the agent's answer: it says so); 2 with the reason when the bridge
+ * refuses (no backup, or a stale one).
  */
 import type { Argv } from 'yargs';
 import { defaultControlSocketPath, queryControlSocket } from '../../control/control-socket';
@@ -22,6 +23,10 @@ export function failoverCommand(y: Argv): Argv {
       if (!reply.ok) throw new UsageError(`bridge at ${path}: ${reply.error}`);
       const f = reply.failover;
       if (args.json) process.stdout.write(`${JSON.stringify(f)}\n`);
+      if (f.deferred) {
+        if (!args.json) process.stdout.write(`accepted, not yet promoted: ${f.why}\n`);
+        return;
+      }
       if (!f.promoted) throw new UsageError(`bridge at ${path} refused the failover: ${f.why ?? 'not promoted'}`);
       if (!args.json) process.stdout.write(`promoted ${f.survivor}; roles now ${f.roles.map((r) => `${r.port} ${r.role}`).join(', ')}\n`);
     },

@@ -36,7 +36,7 @@ function established(h: ReturnType<typeof harness>) {
 
 describe('silence detection', () => {
   it('probes a primary that stays silent while the backup answers, and fails over when the probe goes unanswered', () => {
-    const h = harness({ failover: { silenceMs: 20, probeTimeoutMs: 10, minStandbyFrames: 2, carrierHoldMs: 6, announce: false } });
+    const h = harness({ failover: { silenceMs: 20, probeTimeoutMs: 10, minStandbyFrames: 2, carrierHoldMs: 6, announce: false, checkpointWaitMs: 2000 } });
     established(h);
     h.p.fromVm(1, fromVm({ seq: B + 1, ack: C + 6, payload: 'part 1' }), ms(10));
     h.p.fromVm(1, fromVm({ seq: B + 7, ack: C + 6, payload: 'part 2' }), ms(11));

@@ -61,7 +61,7 @@ describe('failover', () => {
     // The backup runs ahead of the primary by 1000 bytes, then the primary dies.
     h.p.fromVm(Bk, fromVm({ seq: B + 1001, ack: C + 1, payload: bytes(1000, 'y'), options: { ts: [99011, 112] } }), 12);
     const before = h.out.client.length;
-    expect(h.p.failoverNow('agent', 'test', 20, 15)).toBe(true);
+    expect(h.p.failoverNow('agent', 'test', 20, 15)).toBe('promoted');
     expect(h.p.state).toBe('FAILED_OVER');
     const sent = h.out.client.slice(before);
     expect(sent).toHaveLength(1);
@@ -222,7 +222,7 @@ describe('failover', () => {
     handshake(h);
     h.p.agentConnected(false, 5);
     expect(h.p.state).toBe('DEGRADED');
-    expect(h.p.failoverNow('carrier', 'test', 6)).toBe(false);
+    expect(h.p.failoverNow('carrier', 'test', 6)).toBe('refused');
     expect(h.p.failover.refused).toBe(1);
     expect(h.logs.find((l) => l.event === 'failover-refused')?.fields.why).toMatch(/stale/);
     expect(h.p.replicas.describe()).toBe('a=primary b=backup');
@@ -241,7 +241,7 @@ describe('failover', () => {
     const b = h.out.b.length;
     h.p.fromClient(fromClient({ seq: C + 1, ack: P + 9 }), 13);
     expect(h.out.b).toHaveLength(b);
-    expect(h.p.failoverNow('agent', 'test', 14)).toBe(false);
+    expect(h.p.failoverNow('agent', 'test', 14)).toBe('refused');
     expect(h.out.reprotects).toHaveLength(1);
   });
 
@@ -283,7 +283,7 @@ describe('failover', () => {
       h.p.fromVm(act as 0 | 1, fromVm({ dport: sport, seq: actIsn + 1, ack: C + 1, payload: 'abc' }), t++);
       h.p.fromVm(stb as 0 | 1, fromVm({ dport: sport, seq: stbIsn + 1, ack: C + 1, payload: 'abcdef' }), t++);
       const n = h.out.client.length;
-      expect(h.p.failoverNow('agent', `round ${round}`, t++)).toBe(true);
+      expect(h.p.failoverNow('agent', `round ${round}`, t++)).toBe('promoted');
       const last = h.out.client[n];
       expect(seqOf(last)).toBe(actIsn + 4);
       expect(payloadOf(last).toString()).toBe('def');
@@ -361,7 +361,103 @@ describe('re-protection when things die in the middle of it', () => {
     const h = harness();
     handshake(h);
     h.p.failoverNow('agent', 'first', 20);
-    expect(h.p.failoverNow('carrier', 'the survivor dies too', 21)).toBe(false);
+    expect(h.p.failoverNow('carrier', 'the survivor dies too', 21)).toBe('refused');
     expect(h.logs.find((l) => l.event === 'failover-refused')?.fields.why).toBe('no backup');
+  });
+});
+
+describe('a failover the bridge decides while a checkpoint is in flight', () => {
+  /** An established connection, a checkpoint in flight (epoch returned), and output of both sides held meanwhile. */
+  function midCheckpoint(partial: Partial<PipelineConfig> = {}) {
+    const h = harness(partial);
+    handshake(h);
+    h.p.request('mismatch', undefined, 5);
+    h.p.fromVm(A, fromVm({ seq: P + 1, ack: C + 1, payload: 'primary, unconfirmed' }), 6);
+    h.p.fromVm(Bk, fromVm({ seq: B + 1, ack: C + 1, payload: 'backup says' }), 7);
+    return { h, epoch: h.out.checkpoints[0].epoch };
+  }
+  const failovers = (h: ReturnType<typeof harness>) => h.out.events.filter((e) => e.type === 'failover');
+
+  it('waits for checkpoint-done, then promotes the backup that checkpoint made', () => {
+    const { h, epoch } = midCheckpoint();
+    expect(h.p.failoverNow('carrier', 'a lost carrier', 10)).toBe('deferred');
+    expect(h.p.replicas.describe()).toBe('a=primary b=backup');
+    expect(h.p.failoverWaiting?.epoch).toBe(epoch);
+    expect(h.logs.find((l) => l.event === 'failover-deferred')?.fields).toMatchObject({ cause: 'carrier', epoch });
+    // A second detection while it waits is the same failover.
+    expect(h.p.failoverNow('carrier', 'a deleted', 11)).toBe('deferred');
+    expect(h.p.failover.failovers).toBe(0);
+    h.p.checkpointDone(epoch, 20);
+    expect(h.p.replicator.history[0].outcome).toBe('done');
+    expect(failovers(h)).toHaveLength(1);
+    expect(h.p.replicas.describe()).toBe('a=dead b=promoted');
+    // The checkpoint was applied first: the events say so in this order.
+    const kinds = h.out.events.map((e) => e.type);
+    expect(kinds.indexOf('checkpoint-done')).toBeLessThan(kinds.indexOf('failover'));
+    expect(h.p.failoverWaiting).toBeNull();
+    expect(h.p.failoverStage.counters().deferred).toBe(1);
+  });
+
+  it('promotes the old backup when the checkpoint fails, instead of calling it stale', () => {
+    const { h, epoch } = midCheckpoint();
+    expect(h.p.failoverNow('carrier', 'test', 10)).toBe('deferred');
+    h.p.checkpointFailed(epoch, 'migration failed: the source went away', 12);
+    expect(failovers(h)).toHaveLength(1);
+    expect(h.p.state).toBe('FAILED_OVER');
+    expect(h.p.failover.refused).toBe(0);
+    expect(h.p.replicator.history[0].outcome).toBe('abandoned');
+  });
+
+  it('promotes when no answer comes within checkpointWaitMs, and says it waited in vain', () => {
+    const { h } = midCheckpoint({ failover: { ...makePipelineConfig({}).failover, checkpointWaitMs: 50 } });
+    h.p.failoverNow('carrier', 'test', 10);
+    h.p.tick(10 + 49_000);
+    expect(failovers(h)).toHaveLength(0);
+    h.p.tick(10 + 50_000);
+    expect(failovers(h)).toHaveLength(1);
+    expect(h.logs.find((l) => l.event === 'failover-deferral-ended')?.fields).toMatchObject({ outcome: 'expired' });
+  });
+
+  it('promotes at once when the agent goes away, before the checkpoint fails for it', () => {
+    const { h } = midCheckpoint();
+    h.p.failoverNow('silence', 'test', 10);
+    h.p.agentConnected(false, 11);
+    expect(failovers(h)).toHaveLength(1);
+    expect(h.p.failover.refused).toBe(0);
+  });
+
+  it('follows the agent\'s primary-down at once, and ignores a late answer afterwards', () => {
+    const { h, epoch } = midCheckpoint();
+    h.p.failoverNow('carrier', 'test', 10);
+    expect(h.p.failoverNow('agent', 'QEMU a exited', 11)).toBe('promoted');
+    expect(h.p.failoverWaiting).toBeNull();
+    h.p.checkpointDone(epoch, 12);
+    h.p.tick(5_000_000);
+    expect(failovers(h)).toHaveLength(1);
+  });
+
+  it('drops a silence verdict that began while the primary was paused for the checkpoint, once the checkpoint is done', () => {
+    const { h, epoch } = midCheckpoint();
+    expect(h.p.failoverNow('silence', 'a silent for 31 ms', 10)).toBe('deferred');
+    h.p.checkpointDone(epoch, 20);
+    expect(failovers(h)).toHaveLength(0);
+    expect(h.p.replicas.describe()).toBe('a=primary b=backup');
+    expect(h.logs.find((l) => l.event === 'failover-deferral-cleared')?.fields).toMatchObject({ cause: 'silence', outcome: 'done' });
+  });
+
+  it('forgets the failover when the backup dies too: nothing is left to promote', () => {
+    const { h } = midCheckpoint();
+    h.p.failoverNow('carrier', 'test', 10);
+    h.p.backupLost('b lost carrier', 11);
+    expect(h.p.failoverWaiting).toBeNull();
+    h.p.tick(5_000_000);
+    expect(failovers(h)).toHaveLength(0);
+  });
+
+  it('promotes at once with checkpointWaitMs 0, and never defers the agent\'s own word', () => {
+    const { h } = midCheckpoint({ failover: { ...makePipelineConfig({}).failover, checkpointWaitMs: 0 } });
+    expect(h.p.failoverNow('carrier', 'test', 10)).toBe('promoted');
+    const second = midCheckpoint();
+    expect(second.h.p.failoverNow('agent', 'test', 10)).toBe('promoted');
   });
 });

@@ -122,7 +122,7 @@ describe('flow policy across a failover', () => {
     open(h, 40001, 22, 10);
     h.p.fromVm(PRIMARY, vm(22, 40001, { seq: P + 1, ack: C + 1, flags: 'PA', payload: 'primary says' }), 20);
     h.p.fromVm(BACKUP, vm(22, 40001, { seq: B + 1, ack: C + 1, flags: 'PA', payload: 'backup says!' }), 21);
-    expect(h.p.failoverNow('agent', 'test', 30)).toBe(true);
+    expect(h.p.failoverNow('agent', 'test', 30)).toBe('promoted');
     expect(h.p.failoverHistory[0]).toMatchObject({ flowsCarried: 1, flowsLost: 1 });
     expect(h.p.stageCounters().compare.policy_pass_flows_reset).toBe(1);
 
