@@ -27,6 +27,7 @@ import { QemuAgent } from '../../lib/agents/qemu-agent';
 import { QemuProcess } from '../../lib/qemu/process';
 import { findColoQemu } from '../../lib/qemu/colo-probe';
 import { failIfColoRequired } from '../support/colo-required';
+import { EventRing } from '../support/event-ring';
 import { failoverCycles, labFetch, protectedAgain as waitProtected } from '../support/failover-cycles';
 
 // SHADOWVM_LAB_PREFIX: another prefix for the lab's namespaces and taps (runs side by side on one host).
@@ -35,7 +36,7 @@ const PATCHED = findColoQemu();
 const NOT_BUILT = 'way 2 (COLO sync agent) did not run: patched QEMU not built (make qemu-colo)';
 if (!PATCHED) console.warn(NOT_BUILT);
 failIfColoRequired(PATCHED, NOT_BUILT);
-const itColo = PATCHED ? it : it.skip;
+const itIfBuilt = PATCHED ? it : it.skip;
 const name = (s: string) => (PATCHED ? s : `SKIPPED: ${NOT_BUILT}: ${s}`);
 const content = guestContent();
 jest.setTimeout(240_000);
@@ -49,14 +50,14 @@ describe('QEMU lab with the QEMU agent (COLO checkpoints)', () => {
   const deaths: string[] = [];
   /** The agent's line for each COLO checkpoint: the figures its checkpoint-done carried, with the zero pages. */
   const coloSizes: { epoch: number; bytes: number | null; pages: number | null; zeroPages: number | null }[] = [];
-  const trace = process.env.SVM_TRACE;
-  const log: LogFn = (level, event, fields) => {
-    if (trace) fs.appendFileSync(trace, `${(performance.now()).toFixed(1)} ${level} ${event} ${JSON.stringify(fields ?? {}).slice(0, 400)}\n`);
+  const ring = new EventRing();
+  const log: LogFn = ring.wrap((level, event, fields) => {
     if (event === 'backup-port-reopened') reopened.push(fields?.epoch as number);
     if (event === 'qemu-agent-colo-checkpoint') coloSizes.push(fields as unknown as typeof coloSizes[number]);
     if (event === 'qemu-agent-colo-primary-died') deaths.push(JSON.stringify(fields));
     if (level === 'error' && !/primary-down|backup-down|primary-died|clone-resume-failed/.test(event)) errors.push(`${event} ${JSON.stringify(fields)}`);
-  };
+  });
+  const itColo = (title: string, body: () => Promise<void>, timeoutMs?: number) => itIfBuilt(title, ring.traced(body), timeoutMs);
   const factory = qemuSyncAgent({ sync: 'colo' });
 
   beforeAll(async () => {

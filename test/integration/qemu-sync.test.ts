@@ -14,6 +14,7 @@ import { teardownLab } from '../../lib/lab/netns';
 import { until } from '../support/until';
 import { failoverCycles, labFetch, protectedAgain as waitProtected } from '../support/failover-cycles';
 import { ftpDownloadsIdentical } from '../support/lab-helpers';
+import { EventRing } from '../support/event-ring';
 import { GUEST_BIG_FILE, guestContent } from '../../lib/lab/qemu/guest';
 import { QemuLab, startQemuLab } from '../../lib/lab/qemu/pair';
 import { qemuSyncAgent } from '../../lib/lab/qemu/agent';
@@ -30,9 +31,12 @@ describe('QEMU lab with the QEMU agent (full copy)', () => {
   let agent: QemuAgent;
   let out: string;
   const errors: string[] = [];
-  const log: LogFn = (level, event, fields) => {
+  const ring = new EventRing();
+  const log: LogFn = ring.wrap((level, event, fields) => {
     if (level === 'error' && !/primary-down|backup-down|primary-died|clone-resume-failed/.test(event)) errors.push(`${event} ${JSON.stringify(fields)}`);
-  };
+  });
+  /** A test that prints the lab's last events when it fails. */
+  const test = (title: string, body: () => Promise<void> | void, timeoutMs?: number) => it(title, ring.traced(async () => { await body(); }), timeoutMs);
   const factory = qemuSyncAgent();
 
   beforeAll(async () => {
