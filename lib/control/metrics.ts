@@ -134,6 +134,7 @@ export function renderMetrics(s: BridgeSnapshot): string {
     s.replicas.flatMap((r) => ['primary', 'backup', 'promoted', 'dead'].map((role): Sample => [{ port: r.port, role }, r.role === role ? 1 : 0])));
   t.one('shadowvm_failovers_total', 'counter', 'Backups promoted because the primary died.', s.failover.count);
   t.one('shadowvm_failovers_refused_total', 'counter', 'Failovers not made: no backup, or a stale one.', s.failover.refused);
+  t.one('shadowvm_failovers_deferred_total', 'counter', 'Failovers that waited for the sync agent\'s answer to a checkpoint in flight.', s.failover.deferred);
   t.one('shadowvm_backups_lost_total', 'counter', 'Backups that died (the primary then runs unchecked until re-protection).', s.failover.backupsLost);
   t.one('shadowvm_flows_carried_total', 'counter', 'Flows carried over to a promoted backup.', s.failover.flowsCarried);
   t.one('shadowvm_flows_unprotected_total', 'counter', 'Flows left with one replica (born without a backup, or whose backup died).', s.failover.flowsUnprotected);

@@ -81,6 +81,10 @@ export interface BridgeSnapshot {
   failover: {
     count: number;
     refused: number;
+    /** Failovers that waited for the answer to a checkpoint in flight (failover.checkpointWaitMs). */
+    deferred: number;
+    /** A failover waiting now: its cause and the checkpoint whose answer it waits for. */
+    waiting?: { cause: string; epoch: number };
     backupsLost: number;
     flowsCarried: number;
     flowsLost: number;
@@ -183,6 +187,8 @@ function failoverSnapshot(pipeline: ShadowPipeline, st: Record<string, Record<st
   return {
     count: n('failover', 'failovers'),
     refused: n('failover', 'refused'),
+    deferred: n('failover', 'deferred'),
+    ...(pipeline.failoverWaiting ? { waiting: { cause: pipeline.failoverWaiting.cause, epoch: pipeline.failoverWaiting.epoch } } : {}),
     backupsLost: n('failover', 'backups_lost'),
     flowsCarried: n('compare', 'flows_carried'),
     flowsLost: n('compare', 'flows_lost'),

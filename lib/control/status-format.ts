@@ -41,10 +41,12 @@ export function formatStatus(s: BridgeSnapshot): string {
   out.push(`bridge ${s.name}: ${s.state}, up ${formatDuration(s.uptimeSeconds)}, sync agent ${agent}`);
   if (s.replicas) out.push(`replicas: ${s.replicas.map((r) => `${r.port} ${r.role}`).join(', ')}`);
   const fo = s.failover;
-  if (fo && (fo.count || fo.backupsLost || fo.refused)) {
+  if (fo && (fo.count || fo.backupsLost || fo.refused || fo.deferred)) {
     const last = fo.last ? `; last: ${fo.last.cause} (${fo.last.detail}), ${fo.last.survivor} promoted ${fo.last.detectionToPromotionMs.toFixed(1)} ms after detection, ${fo.last.flowsCarried} flows carried, ${formatDuration(fo.last.agoSeconds)} ago` : '';
-    out.push(`failovers: ${fo.count} (${fo.refused} refused), backups lost ${fo.backupsLost}, flows unprotected ${fo.flowsUnprotected}${last}`);
+    const deferred = fo.deferred ? `, ${fo.deferred} waited for a checkpoint` : '';
+    out.push(`failovers: ${fo.count} (${fo.refused} refused${deferred}), backups lost ${fo.backupsLost}, flows unprotected ${fo.flowsUnprotected}${last}`);
   }
+  if (fo?.waiting) out.push(`failover waiting: ${fo.waiting.cause}, for the answer to checkpoint ${fo.waiting.epoch}`);
   out.push('');
   if (s.ports.length === 0) {
     out.push('ports: none');

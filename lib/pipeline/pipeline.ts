@@ -45,7 +45,7 @@ export interface PipelineOutputs {
   sendCheckpoint(req: CheckpointRequest): void;
   /** Ask the sync agent to build a new backup (protocol v1 `reprotect`). */
   sendReprotect?(req: CheckpointRequest, slot: SlotId): void;
-  /** Every stage event, after the stages have handled it (the bridge tells the agent about failovers). */
+  /** Every stage event, after the stages have handled it; a failover before (the bridge tells the agent about failovers). */
   event?(ev: StageEvent): void;
   log(level: 'info' | 'warn', event: string, fields: Record<string, unknown>): void;
 }
@@ -361,10 +361,16 @@ export class ShadowPipeline {
     return true;
   }
 
-  /** Every stage event goes through here: each stage's own hook, in order, then the driver. */
+  /**
+   * Every stage event goes through here: each stage's own hook, in order,
+   * then the driver. A failover reaches the driver first: the agent must hear
+   * `failover` (who is primary now) before the `reprotect` that the
+   * replicator asks for while it handles the same event.
+   */
   private dispatch(ev: StageEvent): void {
+    if (ev.type === 'failover') this.outputs.event?.(ev);
     for (const stage of this.stages) stage.handleEvent(ev, this.nowUs);
-    this.outputs.event?.(ev);
+    if (ev.type !== 'failover') this.outputs.event?.(ev);
   }
 
   /** Every stage's counters in one shape (stage → counter → value), for status and metrics. */

@@ -253,6 +253,35 @@ describe('Bridge on in-memory ports', () => {
   });
 });
 
+describe('a failover asked for while a checkpoint is in flight', () => {
+  it('is accepted but waits for the agent\'s answer; the agent hears `failover` only after its checkpoint-done was applied', async () => {
+    const r = await rig();
+    try {
+      connectAndRequest(r);
+      answer(r, 'PASV port 30001', 'PASV port 30777');
+      const cp = await r.agent.next();
+      expect(cp).toMatchObject({ type: 'checkpoint', reason: 'mismatch' });
+      const reply = r.bridge.requestFailover();
+      expect(reply).toMatchObject({ promoted: false, deferred: true });
+      expect(reply.why).toContain(`checkpoint ${cp.epoch} is in flight`);
+      expect(r.bridge.snapshot().failover).toMatchObject({ count: 0, deferred: 1, waiting: { cause: 'manual', epoch: cp.epoch } });
+      r.agent.send({ type: 'checkpoint-done', epoch: cp.epoch, ms: 3, bytes: 0 });
+      // The agent hears who is primary now before it is asked to build a backup from the survivor.
+      expect(await r.agent.next()).toMatchObject({ type: 'failover', survivor: 'b0' });
+      expect(await r.agent.next()).toMatchObject({ type: 'reprotect' });
+      const snap = r.bridge.snapshot();
+      expect(snap.failover).toMatchObject({ count: 1, deferred: 1 });
+      expect(snap.failover.waiting).toBeUndefined();
+      expect(snap.checkpoints.done).toBeGreaterThanOrEqual(2);
+      expect(snap.replicas).toEqual([{ port: 'p0', role: 'dead' }, { port: 'b0', role: 'promoted' }]);
+      const events = r.logs.map((l) => l.event);
+      expect(events.indexOf('checkpoint-done', events.indexOf('failover-deferred'))).toBeLessThan(events.indexOf('failover'));
+    } finally {
+      await r.close();
+    }
+  });
+});
+
 describe('the flows listing', () => {
   it('finds an old connection by a piece of its key however many flows came after it', async () => {
     const tmp = tempDir('bridge-flows');

@@ -18,7 +18,9 @@ describe('failover in metrics and status', () => {
   it('says in status which port is which replica and what the last failover was', () => {
     const text = formatStatus(sampleSnapshot());
     expect(text).toContain('replicas: tap-a dead, tap-b promoted');
-    expect(text).toMatch(/failovers: 1 \(0 refused\).*last: carrier \(tap-a lost carrier\), tap-b promoted 7\.2 ms after detection, 12 flows carried/);
+    expect(text).toMatch(/failovers: 1 \(0 refused, 1 waited for a checkpoint\).*last: carrier \(tap-a lost carrier\), tap-b promoted 7\.2 ms after detection, 12 flows carried/);
+    expect(text).toContain('failover waiting: carrier, for the answer to checkpoint 8');
+    expect(renderMetrics(sampleSnapshot())).toContain('shadowvm_failovers_deferred_total 1');
   });
 });
 

@@ -36,7 +36,7 @@ export function sampleSnapshot(): BridgeSnapshot {
     agent: { connected: true, name: 'qemu', messagesIn: 20, messagesOut: 6, protocolErrors: 1, heartbeatTimeouts: 0 },
     replicas: [{ port: 'tap-a', role: 'dead' }, { port: 'tap-b', role: 'promoted' }],
     failover: {
-      count: 1, refused: 0, backupsLost: 0, flowsCarried: 12, flowsLost: 0, flowsUnprotected: 3,
+      count: 1, refused: 0, deferred: 1, waiting: { cause: 'carrier', epoch: 8 }, backupsLost: 0, flowsCarried: 12, flowsLost: 0, flowsUnprotected: 3,
       last: { cause: 'carrier', detail: 'tap-a lost carrier', survivor: 'tap-b', detectionToPromotionMs: 7.2, agoSeconds: 30, flowsCarried: 12, backlogFrames: 4, discardedFrames: 2 },
     },
     stages: { compare: { out_of_order_dropped: 5, bad_tcp_options: 1 }, failover: { duplicatesDropped: 2 } },
