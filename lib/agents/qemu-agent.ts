@@ -341,8 +341,10 @@ class QmpQemuAgent implements QemuAgent {
   private async coloPrimaryDied(pair: ColoPair): Promise<void> {
     const sec = pair.secondary;
     if (this.colo === pair) this.colo = null;
-    await Promise.race([pair.exitSeen, new Promise((r) => setTimeout(r, 3000))]);
-    await sec.qmp.execute('query-status', undefined, { timeoutMs: 3000 }).catch(() => {});
+    // Bounded well inside the bridge's wait for this answer (failover.checkpointWaitMs, 2,000 ms by
+    // default): COLO_EXIT follows the primary's death within milliseconds when the secondary is healthy.
+    await Promise.race([pair.exitSeen, new Promise((r) => setTimeout(r, COLO_EXIT_WAIT_MS))]);
+    await sec.qmp.execute('query-status', undefined, { timeoutMs: 500 }).catch(() => {});
     const inflight = pair.inflight;
     const loaded = inflight !== null && inflight.progress.secondaryStopped && inflight.progress.secondaryResumed;
     await sec.qmp.execute('x-colo-lost-heartbeat', undefined, { timeoutMs: 3000 })
@@ -632,6 +634,9 @@ class QmpQemuAgent implements QemuAgent {
     return this.paused.has(vm) ? 'paused' : 'up';
   }
 }
+
+/** How long a dead COLO primary's secondary may take to report COLO_EXIT before the agent decides without it. */
+const COLO_EXIT_WAIT_MS = 1200;
 
 /** A COLO primary and its secondary, and what the checkpoint in flight has got to. */
 interface ColoPair {
