@@ -56,12 +56,14 @@ const PER_FLOW_SAMPLE = 50_000;
 const GC_ALLOWANCE_MIB = 48;
 /** Flow reports the bridge keeps (`Bridge`'s default: ShadowPipeline's reportLimit). */
 const REPORT_LIMIT = 100_000;
-const PIPELINE_SETTINGS = { policy: { ...DEFAULT_PIPELINE_CONFIG.policy, newFlowsPerSecond: 0 } };
+/** The flood's flows (half-open, and datagrams) expire 15 s after their last frame, so the give-back can be seen within the run. */
+const FLOOD_IDLE_MS = 15_000;
+const PIPELINE_SETTINGS = { policy: { ...DEFAULT_PIPELINE_CONFIG.policy, newFlowsPerSecond: 0 }, halfOpenIdleMs: FLOOD_IDLE_MS, datagramIdleMs: FLOOD_IDLE_MS };
 
-interface Options { prefix: string; flows: number; perMs: number; seed: number }
+interface Options { prefix: string; flows: number; perMs: number; seed: number; giveBackWaitS: number }
 
 function parseArgs(argv: string[]): Options {
-  const o: Options = { prefix: 'rb', flows: 200_000, perMs: 10, seed: 7 };
+  const o: Options = { prefix: 'rb', flows: 200_000, perMs: 10, seed: 7, giveBackWaitS: 60 };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const num = () => {
@@ -73,8 +75,9 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--flows') o.flows = Math.floor(num());
     else if (a === '--per-ms') o.perMs = num();
     else if (a === '--seed') o.seed = Math.floor(num());
+    else if (a === '--give-back-wait-s') o.giveBackWaitS = num();
     else if (a === '--help') {
-      process.stdout.write('node dist/bench/flow-flood.js [--prefix rb] [--flows 200000] [--per-ms 10 (frames per ms)] [--seed 7]\n');
+      process.stdout.write('node dist/bench/flow-flood.js [--prefix rb] [--flows 200000] [--per-ms 10 (frames per ms)] [--seed 7] [--give-back-wait-s 60]\n');
       process.exit(0);
     } else throw new Error(`unknown option ${a}`);
   }
@@ -273,6 +276,23 @@ async function main(): Promise<void> {
     const { peakMiB: peakRssMiB, samples } = sampler;
     sampler = null;
     const after = memoryOf(pid);
+    // The flood's flows expire FLOOD_IDLE_MS after their last frame; the table then falls far below its peak
+    // and the bridge gives the memory back at its first quiet moment (memory_give_back in status).
+    process.stderr.write('flow-flood: waiting for the flood\'s flows to expire and the memory to be given back\n');
+    const gbUntil = Date.now() + o.giveBackWaitS * 1000;
+    let giveBacks = 0;
+    let lastRunAt = Date.now();
+    while (Date.now() < gbUntil) {
+      const s = await bridgeStatus(bridge.controlSocket);
+      const runs = s?.components.memory_give_back?.runs ?? 0;
+      if (runs > giveBacks) lastRunAt = Date.now();
+      giveBacks = runs;
+      // Every flood flow expired, and a collection since the last of them went: done.
+      if (giveBacks > 0 && (s?.flows.active ?? Infinity) < 1000 && Date.now() - lastRunAt < 1000) break;
+      await delay(1000);
+    }
+    await delay(1500);
+    const givenBack = memoryOf(pid);
     const statusEnd = await bridgeStatus(bridge.controlSocket);
     bridge.proc.child.kill('SIGTERM');
     bridge.agent.child.kill('SIGTERM');
@@ -289,7 +309,9 @@ async function main(): Promise<void> {
     const sameConnection = replies.every((r) => r.reply.localPort === replies[0].reply.localPort);
     const connectionOk = replies.every((r) => r.reply.status === 200 && r.reply.sha256 === blobSha) && sameConnection;
     const flows = statusEnd?.flows ?? statusAfterFlood?.flows;
-    const pass = boundHeld && connectionOk && dl.ok && exitCode === 0;
+    // Given back: the bridge ran its collection, and RSS came at least halfway back from the peak to the baseline.
+    const givenBackOk = giveBacks > 0 && givenBack.rssMiB <= before.rssMiB + (peak - before.rssMiB) / 2;
+    const pass = boundHeld && connectionOk && dl.ok && exitCode === 0 && givenBackOk;
     const loadAfter = readFileSync('/proc/loadavg', 'utf8').trim();
 
     const rows: [string, string][] = [
@@ -297,6 +319,7 @@ async function main(): Promise<void> {
       ['bridge settings', `maxFlows ${maxFlows} (default), policy.newFlowsPerSecond 0 (no SYN budget: every SYN makes a flow)`],
       ['flows created / evicted / active', flows ? `${flows.created - (statusBefore?.flows.created ?? 0)} / ${flows.evicted} / ${flows.active}` : 'status did not answer'],
       ['bridge VmRSS before / peak / after', `${before.rssMiB.toFixed(1)} / ${peak.toFixed(1)} / ${after.rssMiB.toFixed(1)} MiB (VmHWM ${after.hwmMiB.toFixed(1)})`],
+      ['after the flows expired (15 s idle)', `VmRSS ${givenBack.rssMiB.toFixed(1)} MiB, ${giveBacks} give-back collection(s), ${statusEnd?.flows.active ?? '?'} flows left: ${givenBackOk ? 'memory given back' : 'NOT given back'}`],
       ['bytes per flow (in-process, after GC)', `SYN ${perFlow.syn.toFixed(0)}, UDP ${perFlow.udp.toFixed(0)} (over ${perFlow.sample} flows each)`],
       ['stated bound', `baseline ${before.rssMiB.toFixed(1)} + ${maxFlows} × ${worstPerFlow.toFixed(0)} B (${mib(maxFlows * worstPerFlow).toFixed(1)} MiB) + ${GC_ALLOWANCE_MIB} MiB GC allowance = ${boundMiB.toFixed(1)} MiB: ${boundHeld ? 'held' : 'NOT held'}`],
       ['bound counting flow reports too', `+ ${reportLimit} reports × ${worstPerFlow.toFixed(0)} B = ${boundWithReportsMiB.toFixed(1)} MiB: ${peak <= boundWithReportsMiB ? 'held' : 'NOT held'} (an upper estimate: a report is part of the per-flow figure)`],
@@ -315,7 +338,7 @@ async function main(): Promise<void> {
     writeFileSync(file, `${JSON.stringify({
       bench: 'flow-flood', startedAt: startedAt.toISOString(), node: process.version, options: o, settings: PIPELINE_SETTINGS, maxFlows,
       loadavgBefore: loadBefore, loadavgAfter: loadAfter, floodMs, injected: { syn, udp },
-      memory: { before, after, peakRssMiB: peak, samples }, perFlowBytes: perFlow, bound: { miB: boundMiB, gcAllowanceMiB: GC_ALLOWANCE_MIB, held: boundHeld, withReportsMiB: boundWithReportsMiB, reportLimit },
+      memory: { before, after, peakRssMiB: peak, samples, givenBack, giveBacks, givenBackOk }, perFlowBytes: perFlow, bound: { miB: boundMiB, gcAllowanceMiB: GC_ALLOWANCE_MIB, held: boundHeld, withReportsMiB: boundWithReportsMiB, reportLimit },
       flows: { before: statusBefore?.flows ?? null, afterFlood: statusAfterFlood?.flows ?? null, end: statusEnd?.flows ?? null },
       keepalive: replies, download: { bytes: BIG_BYTES, rate: DOWNLOAD_RATE, ...dl }, statusEnd, exitAfterSigterm: exitCode, pass, table: lines,
     }, null, 1)}\n`);

@@ -18,6 +18,7 @@
  * memory of what was released. Timers (checkpoint timeouts, unmatched age,
  * flow expiry) run every TICK_MS.
  */
+import { MemoryGiveBack, fullCollection } from './control/give-back';
 import { readFileSync } from 'node:fs';
 import { PacketPort, ReceivedFrame } from './io/port';
 import { PipelineConfig } from './pipeline/config';
@@ -73,6 +74,11 @@ export interface BridgeOptions {
    * it such a checkpoint fails.
    */
   openPort?: (ifname: string) => PacketPort;
+  /**
+   * The full collection run when the flow table has shrunk well below its
+   * peak (control/give-back.ts); default: the runtime's own, null: never.
+   */
+  collect?: (() => void) | null;
   /** The event logged once frames move (default `started`; the data-plane thread of `run` says `data-plane-started`, and its main thread `started` once its sockets listen too). */
   startedEvent?: string;
 }
@@ -97,6 +103,9 @@ export class Bridge {
   /** Per slot: stop listening to its interface's carrier. */
   private readonly slotLinks: ((() => void) | null)[] = [null, null];
   private silenceTimer: NodeJS.Timeout | null = null;
+  /** When the data path last read a frame (for the memory give-back's quiet moment). */
+  private lastFrameUs = 0;
+  private readonly giveBack: MemoryGiveBack;
   private silenceDeadlineUs: number | null = null;
 
   constructor(private readonly ports: BridgePorts, private readonly options: BridgeOptions) {
@@ -107,6 +116,8 @@ export class Bridge {
     this.slotPorts = [primary, backup];
     const hold = options.config.failover.carrierHoldMs;
     this.carrier = [new CarrierDebouncer(hold), new CarrierDebouncer(hold)];
+    this.giveBack = new MemoryGiveBack(options.config.memoryGiveBack, options.collect === undefined ? fullCollection() : options.collect,
+      (event, fields) => this.log('info', event, fields));
     this.pipeline = new ShadowPipeline(options.config, {
       toReplica: (slot, f, vnet) => this.slotPorts[slot].send(f, vnet),
       toClient: (f, vnet) => uplink.send(f, vnet),
@@ -188,7 +199,10 @@ export class Bridge {
     // while the backup's matching frames sat unread in their ring (a false `timeout` checkpoint).
     this.timer = setInterval(() => {
       setImmediate(() => {
-        if (!this.stopped) this.afterEvent(() => this.pipeline.tick(this.clockUs()));
+        if (this.stopped) return;
+        const now = this.clockUs();
+        this.afterEvent(() => this.pipeline.tick(now));
+        this.giveBack.tick(now, this.pipeline.flows.size, this.lastFrameUs);
       });
     }, TICK_MS);
     this.timer.unref?.();
@@ -257,12 +271,14 @@ export class Bridge {
         ...(this.agent ? { agent_link: { ...this.agent.counters } } : {}),
         ...(this.control ? { control_socket: { ...this.control.counters } } : {}),
         ...(this.metrics ? { metrics_server: { ...this.metrics.counters } } : {}),
+        memory_give_back: { ...this.giveBack.counters },
       },
     });
   }
 
   private breath(frames: readonly ReceivedFrame[], each: (f: ReceivedFrame, nowUs: number) => void): void {
     const now = this.clockUs();
+    this.lastFrameUs = now;
     for (let i = 0; i < frames.length; i++) each(frames[i], now);
     this.flushAll();
     this.armSilenceTimer(now);

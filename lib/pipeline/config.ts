@@ -1,4 +1,5 @@
 /** Settings of the data path, with the defaults a production bridge starts from. */
+import { DEFAULT_GIVE_BACK, GiveBackConfig } from '../control/give-back';
 import { ReplicatorConfig, DEFAULT_REPLICATOR_CONFIG } from '../replicate/replicator';
 import type { CheckpointBudgetConfig } from '../replicate/budget';
 import { UserFacingError } from '../errors';
@@ -122,7 +123,11 @@ export interface PipelineConfig {
   /** Idle time after which a flow is forgotten: closed TCP, open TCP, others. */
   closedTcpLingerMs: number;
   tcpIdleMs: number;
+  /** A half-open connection (a client SYN, nothing after it) is forgotten after this long without a frame. */
+  halfOpenIdleMs: number;
   datagramIdleMs: number;
+  /** A full collection once the flow table has shrunk well below its peak, to give the memory back (control/give-back.ts). */
+  memoryGiveBack: GiveBackConfig;
   policy: FramePolicy;
   replicator: ReplicatorConfig;
   failover: FailoverConfig;
@@ -164,7 +169,9 @@ export const DEFAULT_PIPELINE_CONFIG: PipelineConfig = {
   ingressHold: { bytes: 32 << 20, frames: 32768 },
   closedTcpLingerMs: 10_000,
   tcpIdleMs: 2 * 3600_000,
+  halfOpenIdleMs: 75_000,
   datagramIdleMs: 300_000,
+  memoryGiveBack: DEFAULT_GIVE_BACK,
   policy: { arp: 'forward-primary', otherEtherTypes: 'drop', malformedFromVm: 'drop', malformedFromClient: 'forward', strayFromClient: 'primary-only', badTcpFlagsFromClient: 'drop', newFlowsPerSecond: 2000, straysPerSecond: 2000 },
   replicator: DEFAULT_REPLICATOR_CONFIG,
   failover: { silenceMs: 20, probeTimeoutMs: 10, minStandbyFrames: 2, carrierHoldMs: 7, announce: false, checkpointWaitMs: 2000 },
@@ -220,7 +227,17 @@ export const PIPELINE_SETTING_RULES: Record<keyof PipelineConfig, SettingRule> =
   ingressHold: queueLimits,
   closedTcpLingerMs: positiveMs,
   tcpIdleMs: positiveMs,
+  halfOpenIdleMs: positiveMs,
   datagramIdleMs: positiveMs,
+  memoryGiveBack: {
+    kind: 'section',
+    keys: {
+      minFlows: { kind: 'number', min: 0, integer: true, note: '0: never' },
+      idleMs: nonNegativeMs,
+      forceAfterMs: nonNegativeMs,
+      minIntervalMs: nonNegativeMs,
+    } satisfies Record<keyof GiveBackConfig, SettingRule>,
+  },
   policy: {
     kind: 'section',
     keys: {
@@ -388,6 +405,7 @@ export function makePipelineConfig(partial: Partial<PipelineConfig> = {}): Pipel
     flowHighWater: { ...DEFAULT_PIPELINE_CONFIG.flowHighWater, ...given.flowHighWater },
     totalHighWater: { ...DEFAULT_PIPELINE_CONFIG.totalHighWater, ...given.totalHighWater },
     ingressHold: { ...DEFAULT_PIPELINE_CONFIG.ingressHold, ...given.ingressHold },
+    memoryGiveBack: { ...DEFAULT_PIPELINE_CONFIG.memoryGiveBack, ...given.memoryGiveBack },
     policy: { ...DEFAULT_PIPELINE_CONFIG.policy, ...given.policy },
     replicator: { ...DEFAULT_PIPELINE_CONFIG.replicator, ...given.replicator },
     failover: { ...DEFAULT_PIPELINE_CONFIG.failover, ...given.failover },

@@ -232,9 +232,12 @@ export class FlowRegistry implements Stage {
     if (nowUs < this.nextExpiryUs) return;
     this.nextExpiryUs = nowUs + EXPIRY_INTERVAL_US;
     const c = this.d.config;
-    const shortest = Math.min(c.closedTcpLingerMs, c.datagramIdleMs, c.tcpIdleMs) * 1000;
+    const shortest = Math.min(c.closedTcpLingerMs, c.datagramIdleMs, c.tcpIdleMs, c.halfOpenIdleMs) * 1000;
     this.table.expire(nowUs, (flow) => {
       if (flow.held.length > 0) return Infinity;
+      // A SYN that nothing followed (a scan, a spoofed flood, a client that gave up): Linux gives up on its
+      // SYN-ACK retransmissions after about a minute too.
+      if (flow.halfOpen) return c.halfOpenIdleMs * 1000;
       if (!flow.stream) return c.datagramIdleMs * 1000;
       return flow.bothClosed || flow.stream.rstAgreed ? c.closedTcpLingerMs * 1000 : c.tcpIdleMs * 1000;
     }, shortest);
