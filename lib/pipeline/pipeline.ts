@@ -179,6 +179,7 @@ export class ShadowPipeline {
 
   fromClient(frame: Buffer, nowUs: number, vnet?: VirtioNetHeader): void {
     this.nowUs = nowUs;
+    this.replicator.noteClientFrame();
     this.ingress.fromClient(frame, nowUs, vnet);
   }
 

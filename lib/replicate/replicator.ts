@@ -101,6 +101,9 @@ export class Replicator implements Stage {
   failures = 0;
   reprotects = 0;
   reprotectFailures = 0;
+  /** Checkpoints asked for right after a re-protection, for what the survivor took meanwhile. */
+  afterReprotect = 0;
+  private framesDuringReprotect = 0;
   /** No backup (failover or backup death): re-protection is needed before any checkpoint. */
   needsReprotect = false;
   /** Every checkpoint, most recent last (bounded: the oldest are dropped past `historyLimit`). */
@@ -148,6 +151,7 @@ export class Replicator implements Stage {
       checkpoint_pages_moved: this.pagesMoved,
       reprotects_done: this.reprotects,
       reprotects_failed: this.reprotectFailures,
+      after_reprotect: this.afterReprotect,
       budget_allowed: this.budget.allowed,
       budget_denied: this.budget.denied,
     };
@@ -168,6 +172,15 @@ export class Replicator implements Stage {
   /** Whether a sync agent is connected (an answer to the checkpoint in flight can still come). */
   get agentIsUp(): boolean {
     return this.agentUp;
+  }
+
+  /**
+   * A client frame reached the primary while a re-protection was in flight:
+   * the copy may have been taken before it, so the new backup may lack its
+   * effect. A checkpoint follows the re-protection (`done`).
+   */
+  noteClientFrame(): void {
+    if (this.outstanding?.kind === 'reprotect') this.framesDuringReprotect++;
   }
 
   get pending(): CheckpointRecord | null {
@@ -223,6 +236,11 @@ export class Replicator implements Stage {
       this.retryDelayMs = this.config.retryInitialMs;
       this.events.reprotected?.(rec);
       this.setState('COMPARING', `new backup ready (reprotect ${epoch})`);
+      // What the survivor did between the copy and now (requests on flows it served alone) is not in the new
+      // backup: carry it over at once with a checkpoint, before a failover could need it.
+      const gap = this.framesDuringReprotect;
+      this.framesDuringReprotect = 0;
+      if (gap > 0 && this.request('manual', `${gap} client frame(s) the survivor took while reprotect ${epoch} copied it`, nowUs)) this.afterReprotect++;
       return;
     }
     this.completed++;

@@ -461,3 +461,31 @@ describe('a failover the bridge decides while a checkpoint is in flight', () => 
     expect(second.h.p.failoverNow('agent', 'test', 10)).toBe('promoted');
   });
 });
+
+describe('what the survivor takes while its copy is made', () => {
+  it('is carried over by a checkpoint right after the re-protection, when client frames reached it meanwhile', () => {
+    const h = harness();
+    handshake(h);
+    h.p.failoverNow('agent', 'test', 20);
+    expect(h.out.reprotects).toHaveLength(1);
+    // A request on the carried flow reaches the survivor alone while the agent copies it.
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 1, flags: 'PA', payload: 'GET /counter' }), 25);
+    const asked = h.out.checkpoints.length;
+    h.p.checkpointDone(h.out.reprotects[0].epoch, 30);
+    expect(h.out.checkpoints).toHaveLength(asked + 1);
+    expect(h.out.checkpoints[asked]).toMatchObject({ reason: 'manual', flow: expect.stringContaining('1 client frame(s) the survivor took while reprotect') });
+    expect(h.p.state).toBe('CHECKPOINTING');
+    expect(h.p.replicator.counters().after_reprotect).toBe(1);
+  });
+
+  it('asks for nothing more when no client frame came during the re-protection', () => {
+    const h = harness();
+    handshake(h);
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 1, flags: 'A' }), 19); // before: already in the survivor's state
+    h.p.failoverNow('agent', 'test', 20);
+    const asked = h.out.checkpoints.length;
+    h.p.checkpointDone(h.out.reprotects[0].epoch, 30);
+    expect(h.out.checkpoints).toHaveLength(asked);
+    expect(h.p.state).toBe('COMPARING');
+  });
+});
