@@ -15,6 +15,8 @@
  *                   backup that serves nothing (a discard server on port 80): the bridge's own I/O cost
  *   cap:            afpacket's topology with libpcap ports
  *   afpacket-date:  afpacket with normalize.httpDate on (issue 10's before/after of nginx's Date: headers)
+ *   afpacket-perport: afpacket with one breath per epoll event (sweepOnWake off: the wake-up path before
+ *                   issue 9's cut), for an A/B in one run
  *   <mode>-offload: the namespaces' offloads on (checksum, TSO, GSO); shadowvm exchanges virtio-net headers
  *
  * Every (round, mode) gets a fresh lab built by the same lib/lab code (same
@@ -61,8 +63,8 @@ import { Spread, cell, fmt, layout, ratioCell, ratioOf, spread } from './lib/rep
 
 // ------------------------------------------------------------------ modes
 
-type Base = 'kernel' | 'kernel2' | 'afpacket' | 'sink' | 'cap' | 'afpacket-date';
-const BASES: readonly Base[] = ['kernel', 'kernel2', 'afpacket', 'sink', 'cap', 'afpacket-date'];
+type Base = 'kernel' | 'kernel2' | 'afpacket' | 'sink' | 'cap' | 'afpacket-date' | 'afpacket-perport';
+const BASES: readonly Base[] = ['kernel', 'kernel2', 'afpacket', 'sink', 'cap', 'afpacket-date', 'afpacket-perport'];
 const BASE_LABELS: Record<Base, string> = {
   kernel: 'KB: kernel bridge, backup left out',
   kernel2: 'KB2: kernel bridge, the backup serves the same load from a second client',
@@ -70,6 +72,7 @@ const BASE_LABELS: Record<Base, string> = {
   sink: 'shadowvm, AF_PACKET, every flow `pass`, a backup that serves nothing (discard server)',
   cap: 'shadowvm, libpcap',
   'afpacket-date': 'shadowvm, AF_PACKET, normalize.httpDate on',
+  'afpacket-perport': 'shadowvm, AF_PACKET, one breath per epoll event (sweepOnWake off)',
 };
 const DEFAULT_MODES = ['kernel', 'kernel2', 'afpacket', 'sink', 'cap', 'afpacket-date', 'kernel-offload', 'afpacket-offload'] as const;
 const OFFLOAD_SUFFIX = '-offload';
@@ -496,7 +499,7 @@ async function runShadow(mode: Mode, round: number, o: Options, say: (s: string)
   let bridged: BridgedLab | null = null;
   try {
     const io: IoBackend = mode.base === 'cap' ? 'cap' : 'afpacket';
-    bridged = await startBridgedLab({ prefix: o.prefix, io, log: tap.log, config: configOf(mode.base), vnetHdr: mode.offloads });
+    bridged = await startBridgedLab({ prefix: o.prefix, io, log: tap.log, config: configOf(mode.base), vnetHdr: mode.offloads, sweepOnWake: mode.base !== 'afpacket-perport' });
     current.bridged = bridged;
     const { lab } = bridged;
     r.ports = describePorts(bridged.bridge);
