@@ -13,6 +13,18 @@
  * valid until the callback returns (or, with the explicit poll() API, until
  * the next poll()).
  *
+ * A wake-up (sweepOnWake ports): after the breath of the port that woke us,
+ * one sweep gives every open sweepOnWake port whose ring holds frames one
+ * breath, before libuv polls again. What a breath sends to a veth is handled
+ * by the peer's stack inside the send, so a VM's answer to a client frame is
+ * usually in its ring when the client's breath returns: it is taken in the
+ * same wake-up instead of after another epoll_pwait and loop turn. One sweep,
+ * not sweeps until the rings are empty: under a bulk load further sweeps
+ * only cut the batches smaller (measured: 100 KiB wrk, 8% more bridge CPU per
+ * request with four). All breaths of a wake-up run in one callback scope
+ * (microtasks and process.nextTick run once, when it closes), each a plain
+ * function call.
+ *
  * VLAN: the kernel moves an 802.1Q/802.1ad tag out of the frame into
  * tp_vlan_tci. We put it back in place, in the ring slot: PACKET_RESERVE
  * guarantees 4 free bytes before the MAC header (or before the virtio-net
@@ -82,6 +94,7 @@ enum {
   C_LAST_SOCKET_ERRNO,
   C_RX_VLAN_INSERTED,
   C_SPIN_BREATHS,      /* breaths found by the busy-poll spin rather than by epoll */
+  C_SWEEP_BREATHS,     /* breaths found by the sweep of a wake-up rather than by epoll */
   C_COUNT
 };
 
@@ -98,6 +111,9 @@ typedef struct {
   port_t **ports;     /* open ports of this env; NULL holes while spinning */
   uint32_t count, cap;
   int spinning;
+  int in_wake;                    /* inside a wake-up's callback scope: breaths are plain calls */
+  napi_ref wake_resource;         /* the async resource of wake-ups (one per env, made at the first start; lives as long as the env) */
+  napi_async_context wake_async;
 } env_state_t;
 
 struct port {
@@ -116,6 +132,7 @@ struct port {
   uint32_t *desc;                /* frame_nr * DESC_STRIDE */
   double *counters;
   uint64_t busy_ns;
+  int sweep;                     /* sweepOnWake */
   int started, closed, in_breath, finalized, poll_inited, poll_closed;
   uv_poll_t poll;
   napi_ref self_ref, on_frames_ref, ring_ref, desc_ref, counters_ref;
@@ -395,7 +412,9 @@ static void call_js(port_t *p, uint32_t n) {
   napi_get_reference_value(env, p->on_frames_ref, &fn);
   napi_get_reference_value(env, p->self_ref, &recv);
   napi_create_uint32(env, n, &argv[0]);
-  napi_status st = napi_make_callback(env, p->async, recv, fn, 1, argv, &result);
+  /* In a wake-up's callback scope a plain call: the scope runs microtasks and ticks once, when it closes. */
+  napi_status st = p->state && p->state->in_wake ? napi_call_function(env, recv, fn, 1, argv, &result)
+                                                 : napi_make_callback(env, p->async, recv, fn, 1, argv, &result);
   if (st != napi_ok) {
     bool pending = false;
     napi_is_exception_pending(env, &pending);
@@ -456,6 +475,26 @@ static void spin(env_state_t *s) {
   while (s->count && !s->ports[s->count - 1]) s->count--;
 }
 
+/*
+ * The sweep of a wake-up: every open sweepOnWake port whose ring holds frames
+ * gets one breath. Typically: the client's frame went to both VMs in the
+ * breath that woke us, and their answers are already in their rings.
+ */
+static void sweep(env_state_t *s) {
+  int was_spinning = s->spinning;
+  s->spinning = 1;
+  for (uint32_t i = 0; i < s->count; i++) {
+    port_t *p = s->ports[i];
+    if (p && p->sweep && p->started && !p->closed && slot_ready(p)) {
+      p->counters[C_SWEEP_BREATHS]++;
+      breath(p);
+    }
+  }
+  s->spinning = was_spinning;
+  if (!s->spinning)
+    while (s->count && !s->ports[s->count - 1]) s->count--;
+}
+
 static void on_readable(uv_poll_t *h, int status, int events) {
   (void)events;
   port_t *p = h->data;
@@ -469,11 +508,35 @@ static void on_readable(uv_poll_t *h, int status, int events) {
     p->counters[C_LAST_SOCKET_ERRNO] = err;
     uv_poll_start(&p->poll, UV_READABLE, on_readable);
   }
+  napi_env env = p->env;
+  env_state_t *s = p->state;
   napi_handle_scope scope;
-  napi_open_handle_scope(p->env, &scope);
+  napi_open_handle_scope(env, &scope);
+  napi_callback_scope wake = NULL;
+  if (p->sweep && s && !s->in_wake && s->wake_resource) {
+    napi_value resource;
+    if (napi_get_reference_value(env, s->wake_resource, &resource) == napi_ok &&
+        napi_open_callback_scope(env, resource, s->wake_async, &wake) == napi_ok)
+      s->in_wake = 1;
+  }
   breath(p);
-  if (p->state && !p->state->spinning) spin(p->state);
-  napi_close_handle_scope(p->env, scope);
+  if (s && !s->spinning) {
+    if (wake) sweep(s);
+    spin(s);
+  }
+  if (wake) {
+    s->in_wake = 0;
+    if (napi_close_callback_scope(env, wake) != napi_ok) {
+      bool pending = false;
+      napi_is_exception_pending(env, &pending);
+      if (pending) {
+        napi_value exc;
+        napi_get_and_clear_last_exception(env, &exc);
+        napi_fatal_exception(env, exc);
+      }
+    }
+  }
+  napi_close_handle_scope(env, scope);
 }
 
 /* ------------------------------------------------------------------ helpers */
@@ -573,11 +636,12 @@ static napi_value js_socket_new(napi_env env, napi_callback_info info) {
   }
 
   uint32_t ring_frames = 0, frame_size = 0, busy_us = 0, so_busy_us = 0;
-  int vnet = 0, bypass = 0;
+  int vnet = 0, bypass = 0, sweep_on_wake = 0;
   if (get_opt_u32(env, argv[1], "ringFrames", &ring_frames) < 0 || get_opt_u32(env, argv[1], "frameSize", &frame_size) < 0 ||
       get_opt_u32(env, argv[1], "busyPollUs", &busy_us) < 0 || get_opt_u32(env, argv[1], "socketBusyPollUs", &so_busy_us) < 0 ||
-      get_opt_bool(env, argv[1], "vnetHdr", &vnet) < 0 || get_opt_bool(env, argv[1], "qdiscBypass", &bypass) < 0) {
-    throw_usage(env, "Socket options: ringFrames, frameSize, busyPollUs, socketBusyPollUs are unsigned integers; vnetHdr, qdiscBypass booleans");
+      get_opt_bool(env, argv[1], "vnetHdr", &vnet) < 0 || get_opt_bool(env, argv[1], "qdiscBypass", &bypass) < 0 ||
+      get_opt_bool(env, argv[1], "sweepOnWake", &sweep_on_wake) < 0) {
+    throw_usage(env, "Socket options: ringFrames, frameSize, busyPollUs, socketBusyPollUs are unsigned integers; vnetHdr, qdiscBypass, sweepOnWake booleans");
     return NULL;
   }
 
@@ -685,6 +749,7 @@ static napi_value js_socket_new(napi_env env, napi_callback_info info) {
   p->block_nr = block_nr;
   p->frames_per_block = fpb;
   p->busy_ns = (uint64_t)busy_us * 1000;
+  p->sweep = sweep_on_wake;
   p->poll.data = p;
   napi_get_instance_data(env, (void **)&p->state);
 
@@ -772,6 +837,15 @@ static napi_value js_start(napi_env env, napi_callback_info info) {
     napi_value name;
     NAPI_OK(napi_create_string_utf8(env, "shadowvm:afpacket", NAPI_AUTO_LENGTH, &name));
     NAPI_OK(napi_async_init(env, self, name, &p->async));
+  }
+  env_state_t *s = p->state;
+  if (p->sweep && s && !s->wake_resource) {
+    /* The wake-up's own resource, not a port's: a port may be closed inside a wake-up. */
+    napi_value resource, name;
+    NAPI_OK(napi_create_object(env, &resource));
+    NAPI_OK(napi_create_string_utf8(env, "shadowvm:afpacket-wake", NAPI_AUTO_LENGTH, &name));
+    NAPI_OK(napi_async_init(env, resource, name, &s->wake_async));
+    NAPI_OK(napi_create_reference(env, resource, 1, &s->wake_resource));
   }
   return NULL;
 }
@@ -988,6 +1062,7 @@ static napi_value layout_object(napi_env env) {
   set_u32(env, c, "lastSocketErrno", C_LAST_SOCKET_ERRNO);
   set_u32(env, c, "rxVlanInserted", C_RX_VLAN_INSERTED);
   set_u32(env, c, "spinBreaths", C_SPIN_BREATHS);
+  set_u32(env, c, "sweepBreaths", C_SWEEP_BREATHS);
   set_u32(env, c, "count", C_COUNT);
   napi_set_named_property(env, o, "counters", c);
   return o;

@@ -14,6 +14,8 @@ export interface PortOptions {
   vnetHdr?: boolean;
   /** AF_PACKET only: after each breath, poll the rings this long before sleeping (µs; blocks the event loop). */
   busyPollUs?: number;
+  /** AF_PACKET only: a wake-up takes every port's waiting frames before libuv polls again (default true; see AfPacketPortOptions). */
+  sweepOnWake?: boolean;
 }
 
 /** Ring slots per port with virtio-net headers: 512 × 64 KiB = 32 MiB of kernel memory per port. */
@@ -31,7 +33,7 @@ export function openOne(io: IoBackend, ifname: string, options: PortOptions): Pa
   const vnetHdr = options.vnetHdr ?? true;
   // With virtio-net headers a slot must hold a 64 KiB GSO super-frame: without
   // more slots than the 8 MiB default gives (about 150), bursts overflow the ring.
-  return new AfPacketPort(ifname, { vnetHdr, busyPollUs: options.busyPollUs ?? 0, ...(vnetHdr ? { ringFrames: VNET_RING_FRAMES } : {}) });
+  return new AfPacketPort(ifname, { vnetHdr, busyPollUs: options.busyPollUs ?? 0, sweepOnWake: options.sweepOnWake ?? true, ...(vnetHdr ? { ringFrames: VNET_RING_FRAMES } : {}) });
 }
 
 export function openPorts(io: IoBackend, names: PortNames, options: PortOptions = {}): { uplink: PacketPort; primary: PacketPort; backup: PacketPort } {

@@ -26,7 +26,7 @@ export interface AfPacketLayout {
     readonly rxFrames: number; readonly rxBytes: number; readonly txFrames: number; readonly txBytes: number;
     readonly rxDrops: number; readonly txErrors: number; readonly rxTruncated: number; readonly lastTxErrno: number;
     readonly breaths: number; readonly socketErrors: number; readonly lastSocketErrno: number;
-    readonly rxVlanInserted: number; readonly spinBreaths: number; readonly count: number;
+    readonly rxVlanInserted: number; readonly spinBreaths: number; readonly sweepBreaths: number; readonly count: number;
   };
 }
 
@@ -42,6 +42,12 @@ export interface AfPacketSocketOptions {
   socketBusyPollUs?: number;
   /** PACKET_QDISC_BYPASS: send straight to the driver, past the qdisc. */
   qdiscBypass?: boolean;
+  /**
+   * A wake-up by this socket also takes the frames waiting in every other
+   * open sweepOnWake socket's ring (in one callback scope) before libuv
+   * polls again. Default false.
+   */
+  sweepOnWake?: boolean;
 }
 
 /** One AF_PACKET socket bound to one interface (see native/afpacket.c). */

@@ -10,9 +10,10 @@
  * In:  every frame that arrives on the interface, never the frames sent on it
  *      (PACKET_IGNORE_OUTGOING: not ours, not the host's). The socket is bound
  *      before the constructor returns, so the first frame after it is kept;
- *      frames wait in the ring until `onBatch` is called. A breath is one wake-up
- *      of the event loop (libuv poll on the socket): every frame in the ring is
- *      delivered as one batch. VLAN tags the kernel moved to the ring's aux
+ *      frames wait in the ring until `onBatch` is called. A breath delivers every
+ *      frame in the ring as one batch. A wake-up of the event loop (libuv poll
+ *      on the socket) is this port's breath, then (sweepOnWake) one breath of
+ *      each open port whose ring holds frames, before libuv polls again. VLAN tags the kernel moved to the ring's aux
  *      fields are put back into the frame. A frame larger than a ring slot is
  *      not delivered: it is counted in `rxDrops` (and `rxTruncated`).
  * Out: frames queued by `send` go out in one sendmmsg() on `flush`, when
@@ -82,14 +83,24 @@ export interface AfPacketPortOptions {
   socketBusyPollUs?: number;
   /** Frames queued by `send` before a flush is forced. Default 1024. */
   maxQueuedFrames?: number;
+  /**
+   * One wake-up, every ring: when this port wakes the event loop, the frames
+   * already waiting on every other open port with sweepOnWake (typically the
+   * VMs' answers to the client frame this breath just sent them: a veth
+   * runs its peer's stack inside the send) get their breaths at once, before
+   * libuv polls again, instead of one epoll_pwait and one loop turn later.
+   * Default true; false is the older one-breath-per-epoll-event path.
+   */
+  sweepOnWake?: boolean;
 }
 
 export interface AfPacketPortStats extends PortStats {
   /** Frames larger than a ring slot (also in rxDrops). */
   rxTruncated: number;
-  /** Breaths (onBatch calls) so far, and how many of them the busy-poll spin found. */
+  /** Breaths (onBatch calls) so far, and how many of them the busy-poll spin and the wake-up sweep found. */
   breaths: number;
   spinBreaths: number;
+  sweepBreaths: number;
   /** Socket errors reported by the kernel (e.g. ENETDOWN when the interface goes down). */
   socketErrors: number;
   /** errno text of the last send failure / socket error, '' if none. */
@@ -210,6 +221,7 @@ export class AfPacketPort implements PacketPort {
           busyPollUs: options.busyPollUs ?? 0,
           qdiscBypass: options.qdiscBypass ?? false,
           socketBusyPollUs: options.socketBusyPollUs ?? 0,
+          sweepOnWake: options.sweepOnWake ?? true,
         },
         (count) => this.deliver(count),
       );
@@ -323,6 +335,7 @@ export class AfPacketPort implements PacketPort {
       rxTruncated: c[i.rxTruncated],
       breaths: c[i.breaths],
       spinBreaths: c[i.spinBreaths],
+      sweepBreaths: c[i.sweepBreaths],
       socketErrors: c[i.socketErrors],
       lastTxError: errnoName(c[i.lastTxErrno]),
       lastSocketError: errnoName(c[i.lastSocketErrno]),

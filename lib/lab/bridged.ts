@@ -32,6 +32,8 @@ export interface BridgedLabOptions {
   vnetHdr?: boolean;
   /** AF_PACKET: poll the rings this long after each breath before sleeping (µs). */
   busyPollUs?: number;
+  /** AF_PACKET: a wake-up takes every port's waiting frames (default true; false: one breath per epoll event). */
+  sweepOnWake?: boolean;
   /** How long the lab agent's checkpoints take. */
   checkpointMs?: number;
   config?: Partial<PipelineConfig>;
@@ -103,7 +105,7 @@ export async function startBridgedLab(options: BridgedLabOptions = {}): Promise<
     await waitUntilQuiet(lab);
     const agentSocket = join(lab.runDir, 'agent.sock');
     const controlSocket = join(lab.runDir, 'control.sock');
-    const ports = openPorts(options.io ?? 'afpacket', { uplink: lab.client.hostIf, primary: lab.primary.hostIf, backup: lab.backup.hostIf }, { vnetHdr: options.vnetHdr ?? false, busyPollUs: options.busyPollUs });
+    const ports = openPorts(options.io ?? 'afpacket', { uplink: lab.client.hostIf, primary: lab.primary.hostIf, backup: lab.backup.hostIf }, { vnetHdr: options.vnetHdr ?? false, busyPollUs: options.busyPollUs, sweepOnWake: options.sweepOnWake });
     bridge = new Bridge(ports, {
       name: lab.prefix,
       config: makePipelineConfig({ resync: 'align', ...options.config }),

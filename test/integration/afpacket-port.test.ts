@@ -16,6 +16,7 @@ import { ETHERTYPE, layoutOf, tcpFrame, udpFrame } from '../support/frames';
 const tag = `svmt${process.pid.toString(36)}`;
 const PAIR = { a: `${tag}a`, b: `${tag}b` };
 const JUMBO = { a: `${tag}ja`, b: `${tag}jb` };
+const SECOND = { a: `${tag}sa`, b: `${tag}sb` };
 const DOWN = `${tag}d`;
 
 function makePair(a: string, b: string, mtu = 1500): void {
@@ -29,7 +30,7 @@ function makePair(a: string, b: string, mtu = 1500): void {
 
 function removeLinks(): string[] {
   const failures: string[] = [];
-  for (const ifname of [PAIR.a, JUMBO.a, DOWN]) {
+  for (const ifname of [PAIR.a, JUMBO.a, SECOND.a, DOWN]) {
     if (runQuietly('ip', ['link', 'show', 'dev', ifname])) runQuietly('ip', ['link', 'del', 'dev', ifname], failures);
   }
   return failures;
@@ -80,6 +81,7 @@ describe('AfPacketPort on a veth pair', () => {
     removeLinks();
     makePair(PAIR.a, PAIR.b);
     makePair(JUMBO.a, JUMBO.b, 9000);
+    makePair(SECOND.a, SECOND.b);
   });
 
   afterEach(async () => {
@@ -317,6 +319,47 @@ describe('AfPacketPort on a veth pair', () => {
     a.flush();
     await settle();
     expect(batches).toBe(1);
+  });
+
+  /**
+   * A frame arrives at b; b's callback sends one on the second pair's a end, which the kernel hands to the
+   * second pair's b end inside the send. Returns, per attempt, the order in which b's callback, that
+   * frame's delivery and a setImmediate queued in b's callback ran.
+   */
+  async function wakeUpOrders(sweepOnWake: boolean, attempts: number): Promise<{ orders: string[]; swept: number }> {
+    const a = port(PAIR.a, { sweepOnWake });
+    const b = port(PAIR.b, { sweepOnWake });
+    const relay = port(SECOND.a, { sweepOnWake });
+    const far = port(SECOND.b, { sweepOnWake });
+    let order: string[] = [];
+    b.onBatch(() => {
+      order.push('wake');
+      setImmediate(() => order.push('immediate'));
+      relay.send(marked('relay', order.length));
+    });
+    far.onBatch(() => order.push('far'));
+    const orders: string[] = [];
+    for (let i = 0; i < attempts; i++) {
+      order = [];
+      a.send(marked('wake', i));
+      a.flush();
+      await waitFor('the relayed frame and the immediate', () => order.length >= 3);
+      orders.push(order.join(' '));
+    }
+    return { orders, swept: far.stats().sweepBreaths };
+  }
+
+  test('a wake-up delivers what its breath made appear on another port before the event loop goes on (sweepOnWake)', async () => {
+    const { orders, swept } = await wakeUpOrders(true, 10);
+    // The kernel may leave a send's receive work to ksoftirqd on a busy machine: then that frame comes later.
+    expect(orders).toContain('wake far immediate');
+    expect(swept).toBe(orders.filter((o) => o === 'wake far immediate').length);
+  });
+
+  test('without sweepOnWake, such a frame waits for the next turn of the event loop', async () => {
+    const { orders, swept } = await wakeUpOrders(false, 5);
+    expect(orders).toEqual(Array(5).fill('wake immediate far'));
+    expect(swept).toBe(0);
   });
 
   test('names the interface and the errno in typed errors: unknown interface, interface down', () => {
