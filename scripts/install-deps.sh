@@ -108,8 +108,17 @@ elif [ ! -L node_modules ] && { [ ! -d node_modules ] || [ package-lock.json -nt
   rm -f "$log"
 fi
 
-# An existing checkout whose node_modules predates an addon: build them once.
-if [ ! -f build/Release/shadowvm_afpacket.node ] || [ ! -f build/Release/shadowvm_linkwatch.node ] || [ ! -f build/Release/shadowvm_peercred.node ]; then
+# An existing checkout whose node_modules predates an addon, or whose addon sources changed since
+# (a pull): build them again.
+stale_addons() {
+  local f
+  for f in build/Release/shadowvm_afpacket.node build/Release/shadowvm_linkwatch.node build/Release/shadowvm_peercred.node; do
+    [ -f "$f" ] || return 0
+    [ -z "$(find native binding.gyp -newer "$f" 2>/dev/null | head -n 1)" ] || return 0
+  done
+  return 1
+}
+if stale_addons; then
   echo "install-deps: building the native addons (native/: AF_PACKET, link watch)"
   npm rebuild --foreground-scripts=false >/dev/null 2>&1 || npx --no-install node-gyp rebuild >/dev/null
 fi
