@@ -406,6 +406,17 @@ static void finalize_ring(napi_env env, void *data, void *hint) {
 
 /* ------------------------------------------------------------------ breath */
 
+/* A JS exception left pending by a call from here goes to the process's uncaught-exception handling. */
+static void raise_pending(napi_env env) {
+  bool pending = false;
+  napi_is_exception_pending(env, &pending);
+  if (pending) {
+    napi_value exc;
+    napi_get_and_clear_last_exception(env, &exc);
+    napi_fatal_exception(env, exc);
+  }
+}
+
 static void call_js(port_t *p, uint32_t n) {
   napi_env env = p->env;
   napi_value fn, recv, argv[1], result;
@@ -415,15 +426,7 @@ static void call_js(port_t *p, uint32_t n) {
   /* In a wake-up's callback scope a plain call: the scope runs microtasks and ticks once, when it closes. */
   napi_status st = p->state && p->state->in_wake ? napi_call_function(env, recv, fn, 1, argv, &result)
                                                  : napi_make_callback(env, p->async, recv, fn, 1, argv, &result);
-  if (st != napi_ok) {
-    bool pending = false;
-    napi_is_exception_pending(env, &pending);
-    if (pending) {
-      napi_value exc;
-      napi_get_and_clear_last_exception(env, &exc);
-      napi_fatal_exception(env, exc);
-    }
-  }
+  if (st != napi_ok) raise_pending(env);
 }
 
 /* One breath: drain the ring, one JS call, slots back to the kernel. Returns frames delivered. */
@@ -526,15 +529,7 @@ static void on_readable(uv_poll_t *h, int status, int events) {
   }
   if (wake) {
     s->in_wake = 0;
-    if (napi_close_callback_scope(env, wake) != napi_ok) {
-      bool pending = false;
-      napi_is_exception_pending(env, &pending);
-      if (pending) {
-        napi_value exc;
-        napi_get_and_clear_last_exception(env, &exc);
-        napi_fatal_exception(env, exc);
-      }
-    }
+    if (napi_close_callback_scope(env, wake) != napi_ok) raise_pending(env);
   }
   napi_close_handle_scope(env, scope);
 }
