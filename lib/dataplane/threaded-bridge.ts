@@ -24,6 +24,9 @@ import { UserFacingError } from '../errors';
 import type { FlowReport } from '../pipeline/shadow-flow';
 import type { DataPlaneInit, DataPlaneOp, FromDataPlane, ToDataPlane } from './protocol';
 
+/** The data-plane thread's young generation (three semi-spaces' worth: 8 MiB ones). */
+export const DATA_PLANE_YOUNG_GENERATION_MB = 24;
+
 /** A snapshot this young is served again rather than asked for. */
 export const SNAPSHOT_REUSE_MS = 20;
 /** A call the data plane does not answer in this long fails (the control client gets an error). */
@@ -74,7 +77,12 @@ export class ThreadedBridge {
 
   constructor(private readonly options: ThreadedBridgeOptions) {
     this.log = options.log ?? noLog;
-    this.worker = new Worker(options.workerScript ?? join(__dirname, 'worker.js'), { workerData: options.init });
+    this.worker = new Worker(options.workerScript ?? join(__dirname, 'worker.js'), {
+      workerData: options.init,
+      // A young generation of 8 MiB semi-spaces: V8 lets it grow to 16 MiB ones, resident once a flood of flows
+      // has filled them. No cost per frame in bench/pipeline (1,447-1,480 ns against 1,315-1,593 ns).
+      resourceLimits: { maxYoungGenerationSizeMb: DATA_PLANE_YOUNG_GENERATION_MB },
+    });
     this.worker.on('message', (m: FromDataPlane) => this.onMessage(m));
     this.worker.on('error', (e) => {
       this.log('error', 'data-plane-failed', { error: e.message, stack: e.stack?.split('\n').slice(0, 6).join(' | ') });
