@@ -50,6 +50,8 @@ import { Spread, cell, layout, ratioCell, spread } from './lib/report';
 
 type Mode = string; // 'kernel' | 'kernel-2vm' | 'shadowvm' | 'shadowvm-colo' | `periodic-${number}` | `periodic-colo-${number}`
 const DEFAULT_MODES: readonly Mode[] = ['kernel', 'kernel-2vm', 'shadowvm', 'periodic-25', 'periodic-100'];
+/** The default where `make qemu-colo` has built the patched QEMU: both ways of copying, each against its own periodic baseline. */
+const DEFAULT_MODES_WITH_COLO: readonly Mode[] = ['kernel', 'kernel-2vm', 'shadowvm', 'shadowvm-colo', 'periodic-25', 'periodic-colo-25', 'periodic-100', 'periodic-colo-100'];
 
 function periodicMs(mode: Mode): number {
   const m = /^periodic-(?:colo-)?(\d+)$/.exec(mode);
@@ -86,7 +88,8 @@ function parseArgs(argv: string[]): Options {
     const i = argv.indexOf(`--${name}`);
     return i >= 0 ? argv[i + 1] : undefined;
   };
-  const modes = (get('modes') ?? DEFAULT_MODES.join(',')).split(',').map((m) => m.trim());
+  const defaults = findColoQemu() ? DEFAULT_MODES_WITH_COLO : DEFAULT_MODES;
+  const modes = (get('modes') ?? defaults.join(',')).split(',').map((m) => m.trim());
   for (const m of modes) if (!validMode(m)) throw new Error(`unknown mode ${m}: kernel, kernel-2vm, shadowvm, shadowvm-colo, periodic-N or periodic-colo-N (N ms)`);
   let qemuBinary: string | undefined;
   if (modes.some(coloMode)) {
