@@ -22,7 +22,7 @@ import { MemoryGiveBack, fullCollection } from './control/give-back';
 import { readFileSync } from 'node:fs';
 import { PacketPort, ReceivedFrame } from './io/port';
 import { PipelineConfig } from './pipeline/config';
-import { ShadowPipeline } from './pipeline/pipeline';
+import { FailoverDecision, ShadowPipeline } from './pipeline/pipeline';
 import type { FlowReport } from './pipeline/shadow-flow';
 import { AgentLink } from './replicate/agent-client';
 import { ControlSocket, ManualCheckpointResult, ManualFailoverResult } from './control/control-socket';
@@ -237,7 +237,7 @@ export class Bridge {
   /** A planned failover (the control socket's `failover`). */
   requestFailover(): ManualFailoverResult {
     const before = this.pipeline.failover.refused;
-    let decision = 'refused';
+    let decision = 'refused' as FailoverDecision;
     this.afterEvent(() => { decision = this.pipeline.failoverNow('manual', 'asked for over the control socket', this.clockUs()); });
     const roles = this.pipeline.replicas.slots.map((s) => ({ port: s.name, role: s.role }));
     if (decision === 'promoted') return { promoted: true, survivor: this.pipeline.replicas.active.name, roles };
@@ -245,11 +245,10 @@ export class Bridge {
     if (decision === 'deferred' && waiting) {
       return { promoted: false, deferred: true, why: `checkpoint ${waiting.epoch} is in flight: the failover follows its answer, within ${this.options.config.failover.checkpointWaitMs} ms`, roles };
     }
-    const promoted = false;
     const why = this.pipeline.failover.refused > before
       ? (this.pipeline.replicas.standby ? `the backup is stale (state ${this.pipeline.state})` : 'no backup')
       : 'not promoted';
-    return { promoted, why, roles };
+    return { promoted: false, why, roles };
   }
 
   /** The most recent `limit` flows, those whose key holds `match` if given; oldest first. */

@@ -58,6 +58,7 @@
 #define NAPI_VERSION 8
 #endif
 #include <node_api.h>
+#include "napi-raise.h"
 #include <uv.h>
 
 /* ------------------------------------------------------------------ layout shared with JS */
@@ -405,17 +406,6 @@ static void finalize_ring(napi_env env, void *data, void *hint) {
 }
 
 /* ------------------------------------------------------------------ breath */
-
-/* A JS exception left pending by a call from here goes to the process's uncaught-exception handling. */
-static void raise_pending(napi_env env) {
-  bool pending = false;
-  napi_is_exception_pending(env, &pending);
-  if (pending) {
-    napi_value exc;
-    napi_get_and_clear_last_exception(env, &exc);
-    napi_fatal_exception(env, exc);
-  }
-}
 
 static void call_js(port_t *p, uint32_t n) {
   napi_env env = p->env;

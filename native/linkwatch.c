@@ -52,6 +52,7 @@
 #define NAPI_VERSION 8
 #endif
 #include <node_api.h>
+#include "napi-raise.h"
 #include <uv.h>
 
 /* Big enough for any netlink datagram the kernel builds for us (dump skbs are capped near 32 KiB). */
@@ -537,15 +538,7 @@ static void call_js(watcher_t *w) {
   w->in_callback = 1;
   napi_status st = napi_make_callback(env, w->async, recv, fn, 2, argv, &result);
   w->in_callback = 0;
-  if (st != napi_ok) {
-    bool pending = false;
-    napi_is_exception_pending(env, &pending);
-    if (pending) {
-      napi_value exc;
-      napi_get_and_clear_last_exception(env, &exc);
-      napi_fatal_exception(env, exc);
-    }
-  }
+  if (st != napi_ok) raise_pending(env);
 }
 
 static void on_readable(uv_poll_t *h, int status, int events) {

@@ -57,8 +57,8 @@ export interface DeferredFailover {
   detectedUs: number;
   /** The checkpoint whose answer decides which backup is promoted. */
   epoch: number;
-  /** Promote anyway from then (`failover.checkpointWaitMs` after it was decided). */
-  untilUs: number;
+  /** When the failover was decided (it waits `failover.checkpointWaitMs` at most from then). */
+  decidedUs: number;
 }
 
 /** Whether `failoverNow` promoted, refused, or waits for the checkpoint in flight. */
@@ -128,6 +128,7 @@ export class ShadowPipeline {
         const dead = this.replicas.dead;
         if (dead) outputs.sendReprotect?.(req, dead.id);
       },
+      clientFrames: () => this.ingress.frames,
       reprotected: (rec) => {
         const dead = this.replicas.dead;
         if (!dead) return;
@@ -179,7 +180,6 @@ export class ShadowPipeline {
 
   fromClient(frame: Buffer, nowUs: number, vnet?: VirtioNetHeader): void {
     this.nowUs = nowUs;
-    this.replicator.noteClientFrame();
     this.ingress.fromClient(frame, nowUs, vnet);
   }
 
@@ -193,8 +193,9 @@ export class ShadowPipeline {
   tick(nowUs: number): void {
     this.nowUs = nowUs;
     const waiting = this.deferredFailover;
-    if (waiting && (nowUs >= waiting.untilUs || this.replicator.pending?.epoch !== waiting.epoch)) {
-      this.runDeferredFailover(nowUs, nowUs >= waiting.untilUs ? 'expired' : 'answered');
+    if (waiting) {
+      const expired = nowUs - waiting.decidedUs >= this.config.failover.checkpointWaitMs * 1000;
+      if (expired || this.replicator.pending?.epoch !== waiting.epoch) this.runDeferredFailover(nowUs, expired ? 'expired' : 'answered');
     }
     this.replicator.tick(nowUs);
     if (this.replicator.comparing && this.replicas.standby) this.failoverStage.tick(nowUs);
@@ -279,9 +280,11 @@ export class ShadowPipeline {
   }
 
   /**
-   * The primary is dead: promote the backup. Refused (false) when there is
-   * no backup, or when it is stale (DEGRADED: it missed a checkpoint, so it
-   * may not have said what the clients received).
+   * The primary is dead: promote the backup. Refused when there is no
+   * backup, or when it is stale (DEGRADED: it missed a checkpoint, so it may
+   * not have said what the clients received). Deferred when the bridge
+   * itself decided it while a checkpoint is in flight (the agent's answer
+   * says which state the backup holds; `runDeferredFailover`).
    */
   failoverNow(cause: FailoverCause, detail: string, nowUs: number, detectedUs = nowUs): FailoverDecision {
     this.nowUs = nowUs;
@@ -292,7 +295,7 @@ export class ShadowPipeline {
       // overwritten in place; a full copy has a new backup about to be named). Promoting before its answer
       // could promote a VM whose state the bridge does not know. The agent's answer decides; bounded.
       if (!this.deferredFailover) {
-        this.deferredFailover = { cause, detail, detectedUs, epoch: pending.epoch, untilUs: nowUs + waitMs * 1000 };
+        this.deferredFailover = { cause, detail, detectedUs, epoch: pending.epoch, decidedUs: nowUs };
         this.failoverStage.deferred++;
         this.outputs.log('warn', 'failover-deferred', { cause, detail, epoch: pending.epoch, waitMs, why: 'a checkpoint is in flight: its answer says which state the backup holds' });
       }
@@ -312,7 +315,7 @@ export class ShadowPipeline {
     const d = this.deferredFailover;
     if (!d) return;
     this.deferredFailover = null;
-    const waitedMs = (nowUs - (d.untilUs - this.config.failover.checkpointWaitMs * 1000)) / 1000;
+    const waitedMs = (nowUs - d.decidedUs) / 1000;
     if (d.cause === 'silence' && (why === 'done' || why === 'failed' || why === 'answered')) {
       this.failoverStage.silence.reset(nowUs);
       this.outputs.log('info', 'failover-deferral-cleared', { cause: d.cause, epoch: d.epoch, outcome: why, waitedMs, note: 'the primary was paused for the checkpoint; silence is judged again from now' });

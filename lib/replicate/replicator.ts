@@ -86,6 +86,12 @@ export interface ReplicatorEvents {
   sendReprotect?(req: CheckpointRequest): void;
   /** The new backup is ready: comparison can start again. */
   reprotected?(rec: CheckpointRecord): void;
+  /**
+   * Client frames taken so far (a running count). Those taken while a
+   * re-protection was in flight reached the survivor alone, perhaps after
+   * its copy was made: a checkpoint follows the re-protection to carry them.
+   */
+  clientFrames?(): number;
 }
 
 export class Replicator implements Stage {
@@ -103,7 +109,8 @@ export class Replicator implements Stage {
   reprotectFailures = 0;
   /** Checkpoints asked for right after a re-protection, for what the survivor took meanwhile. */
   afterReprotect = 0;
-  private framesDuringReprotect = 0;
+  /** Client frames seen when the re-protection in flight was asked for (events.clientFrames). */
+  private clientFramesAtReprotect = 0;
   /** No backup (failover or backup death): re-protection is needed before any checkpoint. */
   needsReprotect = false;
   /** Every checkpoint, most recent last (bounded: the oldest are dropped past `historyLimit`). */
@@ -174,15 +181,6 @@ export class Replicator implements Stage {
     return this.agentUp;
   }
 
-  /**
-   * A client frame reached the primary while a re-protection was in flight:
-   * the copy may have been taken before it, so the new backup may lack its
-   * effect. A checkpoint follows the re-protection (`done`).
-   */
-  noteClientFrame(): void {
-    if (this.outstanding?.kind === 'reprotect') this.framesDuringReprotect++;
-  }
-
   get pending(): CheckpointRecord | null {
     return this.outstanding;
   }
@@ -238,8 +236,7 @@ export class Replicator implements Stage {
       this.setState('COMPARING', `new backup ready (reprotect ${epoch})`);
       // What the survivor did between the copy and now (requests on flows it served alone) is not in the new
       // backup: carry it over at once with a checkpoint, before a failover could need it.
-      const gap = this.framesDuringReprotect;
-      this.framesDuringReprotect = 0;
+      const gap = (this.events.clientFrames?.() ?? 0) - this.clientFramesAtReprotect;
       if (gap > 0 && this.request('manual', `${gap} client frame(s) the survivor took while reprotect ${epoch} copied it`, nowUs)) this.afterReprotect++;
       return;
     }
@@ -314,6 +311,7 @@ export class Replicator implements Stage {
     this.outstanding = rec;
     this.history.push(rec);
     if (this.history.length > this.historyLimit) this.history.shift();
+    this.clientFramesAtReprotect = this.events.clientFrames?.() ?? 0;
     this.events.sendReprotect?.({ epoch: rec.epoch, reason: rec.reason, timeUs: nowUs });
     return true;
   }
