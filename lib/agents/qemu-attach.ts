@@ -210,7 +210,7 @@ export async function coloQemuFor(c: QemuAgentConfig, o: { probe?: boolean; log?
     throw new ColoUnavailableError(`the primary ${c.vms.primary.name} (pid ${c.vms.primary.pid}) runs ${exe}, not the COLO-capable ${bin}: start it with that QEMU`);
   }
   if (o.probe !== false) {
-    const r = await probeColo({ qemu: bin, accel: c.vmTemplate.accel, checkpoints: 2, budgetMs: 20_000 });
+    const r = await probeColo({ qemu: bin, accel: c.vmTemplate.accel, budgetMs: 20_000 });
     o.log?.('info', 'qemu-agent-colo-probe', { qemu: bin, colo: r.colo, reason: r.reason, checkpointMs: r.checkpointMs, durationMs: r.durationMs });
     if (!r.colo) throw new ColoUnavailableError(`${bin} cannot do COLO checkpoints here (${r.reason}); make qemu-colo builds one that can`);
   }

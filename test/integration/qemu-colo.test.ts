@@ -11,7 +11,7 @@
  */
 import { existsSync } from 'node:fs';
 import { ColoGuest, buildColoGuest, coloGuestAvailable } from '../../bench/lib/colo-guest';
-import { findColoQemu, probeColo } from '../../lib/qemu/colo-probe';
+import { PROBE_CHECKPOINTS, findColoQemu, probeColo } from '../../lib/qemu/colo-probe';
 import { failIfColoRequired } from '../support/colo-required';
 
 const STOCK = '/usr/bin/qemu-system-x86_64';
@@ -41,13 +41,13 @@ describe('COLO capability probe (way 2)', () => {
     }
   }, 60000);
 
-  itPatched(PATCHED ? `patched QEMU (${PATCHED}): 3 on-demand checkpoints of an idle SeaBIOS guest finish`
+  itPatched(PATCHED ? `patched QEMU (${PATCHED}): ${PROBE_CHECKPOINTS} on-demand checkpoints of an idle SeaBIOS guest finish`
     : `SKIPPED: ${NOT_BUILT}`, async () => {
     const r = await probeColo({ qemu: PATCHED!, accel: 'tcg' });
     console.log(`patched QEMU, SeaBIOS guest: colo=${r.colo} (${r.reason}) checkpoints ${r.checkpointMs.join(', ')} ms`);
     expect(r.reason).toMatch(/checkpoints finished/);
     expect(r.colo).toBe(true);
-    expect(r.checkpointMs).toHaveLength(3);
+    expect(r.checkpointMs).toHaveLength(PROBE_CHECKPOINTS);
     for (const ms of r.checkpointMs) expect(ms).toBeLessThan(4000);
   }, 60000);
 
