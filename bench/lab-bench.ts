@@ -63,8 +63,8 @@ import { Spread, cell, fmt, layout, ratioCell, ratioOf, spread } from './lib/rep
 
 // ------------------------------------------------------------------ modes
 
-type Base = 'kernel' | 'kernel2' | 'afpacket' | 'sink' | 'cap' | 'afpacket-date' | 'afpacket-perport';
-const BASES: readonly Base[] = ['kernel', 'kernel2', 'afpacket', 'sink', 'cap', 'afpacket-date', 'afpacket-perport'];
+type Base = 'kernel' | 'kernel2' | 'afpacket' | 'sink' | 'cap' | 'afpacket-date' | 'afpacket-perport' | 'afpacket-sync';
+const BASES: readonly Base[] = ['kernel', 'kernel2', 'afpacket', 'sink', 'cap', 'afpacket-date', 'afpacket-perport', 'afpacket-sync'];
 const BASE_LABELS: Record<Base, string> = {
   kernel: 'KB: kernel bridge, backup left out',
   kernel2: 'KB2: kernel bridge, the backup serves the same load from a second client',
@@ -73,6 +73,7 @@ const BASE_LABELS: Record<Base, string> = {
   cap: 'shadowvm, libpcap',
   'afpacket-date': 'shadowvm, AF_PACKET, normalize.httpDate on',
   'afpacket-perport': 'shadowvm, AF_PACKET, one breath per epoll event (sweepOnWake off)',
+  'afpacket-sync': 'shadowvm, AF_PACKET, sends made by the data plane itself (sendThread off)',
 };
 const DEFAULT_MODES = ['kernel', 'kernel2', 'afpacket', 'sink', 'cap', 'afpacket-date', 'kernel-offload', 'afpacket-offload'] as const;
 const OFFLOAD_SUFFIX = '-offload';
@@ -506,7 +507,7 @@ async function runShadow(mode: Mode, round: number, o: Options, say: (s: string)
   let bridged: BridgedLab | null = null;
   try {
     const io: IoBackend = mode.base === 'cap' ? 'cap' : 'afpacket';
-    bridged = await startBridgedLab({ prefix: o.prefix, io, log: tap.log, config: configOf(mode.base), vnetHdr: mode.offloads, sweepOnWake: mode.base !== 'afpacket-perport' });
+    bridged = await startBridgedLab({ prefix: o.prefix, io, log: tap.log, config: configOf(mode.base), vnetHdr: mode.offloads, sweepOnWake: mode.base !== 'afpacket-perport', sendThread: mode.base !== 'afpacket-sync' });
     current.bridged = bridged;
     const { lab } = bridged;
     r.ports = describePorts(bridged.bridge);

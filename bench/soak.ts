@@ -48,10 +48,10 @@ const DOWNLOADERS = 3;
 const DOWNLOAD_RATE = '4M';
 const PROBE_EVERY_MS = 1;
 
-interface Options { prefix: string; cpuProf: boolean; metricsPort: number; only: string[] | null; traceGc: boolean; reference: boolean; config: string | null }
+interface Options { prefix: string; cpuProf: boolean; metricsPort: number; only: string[] | null; traceGc: boolean; reference: boolean; config: string | null; sendThread: boolean }
 
 function parseArgs(argv: string[]): Options {
-  const o: Options = { prefix: 'hs', cpuProf: false, metricsPort: 29900, only: null, traceGc: false, reference: true, config: null };
+  const o: Options = { prefix: 'hs', cpuProf: false, metricsPort: 29900, only: null, traceGc: false, reference: true, config: null, sendThread: true };
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === '--prefix') o.prefix = argv[++i];
     else if (argv[i] === '--cpu-prof') o.cpuProf = true;
@@ -60,8 +60,9 @@ function parseArgs(argv: string[]): Options {
     else if (argv[i] === '--only') o.only = argv[++i].split(',').filter(Boolean);
     else if (argv[i] === '--metrics-port') o.metricsPort = Number(argv[++i]);
     else if (argv[i] === '--config') o.config = argv[++i];
+    else if (argv[i] === '--no-send-thread') o.sendThread = false;
     else if (argv[i] === '--help') {
-      process.stdout.write('node dist/bench/soak.js [--prefix hs] [--cpu-prof] [--trace-gc] [--only ATTACK,...] [--no-reference] [--metrics-port 29900] [--config FILE (the bridge settings, as for run --config)]\n');
+      process.stdout.write('node dist/bench/soak.js [--prefix hs] [--cpu-prof] [--trace-gc] [--only ATTACK,...] [--no-reference] [--metrics-port 29900] [--config FILE (the bridge settings, as for run --config)] [--no-send-thread]\n');
       process.exit(0);
     } else throw new Error(`unknown option ${argv[i]}`);
   }
@@ -193,7 +194,7 @@ async function startBridge(lab: Lab, o: Options, profDir: string): Promise<Bridg
   const agentSocket = join(lab.runDir, 'run', 'agent.sock');
   const node = [process.execPath, ...(o.cpuProf ? ['--cpu-prof', '--cpu-prof-dir', profDir] : []), ...(o.traceGc ? ['--trace-gc'] : []), SHADOWVM];
   const proc = start([...node, 'run', '--name', o.prefix, '--uplink', lab.client.hostIf, '--primary', lab.primary.hostIf, '--backup', lab.backup.hostIf,
-    '--agent', agentSocket, '--control', controlSocket, '--metrics', `127.0.0.1:${o.metricsPort}`, '--resync', 'align', '--no-vnet-hdr', '--log-level', 'warn', ...(o.config ? ['--config', o.config] : [])], 'shadowvm run');
+    '--agent', agentSocket, '--control', controlSocket, '--metrics', `127.0.0.1:${o.metricsPort}`, '--resync', 'align', '--no-vnet-hdr', '--log-level', 'warn', ...(o.config ? ['--config', o.config] : []), ...(o.sendThread ? [] : ['--send-thread', 'off'])], 'shadowvm run');
   const b: BridgeUnderTest = { proc, agent: null as unknown as Child, controlSocket, agentSocket, metricsPort: o.metricsPort };
   for (let i = 0; i < 200 && !(await status(b, 500)); i++) {
     if (proc.child.exitCode !== null) throw new Error(`shadowvm run exited: ${proc.output}`);
@@ -386,7 +387,7 @@ function kernelReferenceDown(lab: Lab): void {
 async function measureReference(name: string, what: string, probe: Probe, body: () => Promise<string>): Promise<Row> {
   const w = await probeWindow(probe, body);
   return {
-    attack: name, what, ...w,
+    attack: name, what, ...w, bridgeWaitMs: NaN,
     rssPeakMiB: NaN, rssEndMiB: NaN, hwmMiB: NaN, checkpointsForced: 0, checkpointsByReason: {},
     stateAfter: 'kernel bridge', statusAnswered: false,
   };
@@ -442,6 +443,8 @@ interface Row {
   what: string;
   probe: ProbeWindow;
   stallMs: number;
+  /** The bridge's own figure: the longest a frame waited in a ring for the data plane during the window (status frameWait), ms. */
+  bridgeWaitMs: number;
   rssPeakMiB: number;
   rssEndMiB: number;
   hwmMiB: number;
@@ -458,6 +461,7 @@ async function measure(name: string, what: string, b: BridgeUnderTest, probe: Pr
   const before = await status(b);
   let peak = memoryOf(pid).rssMiB;
   const sampler = setInterval(() => { peak = Math.max(peak, memoryOf(pid).rssMiB); }, 50);
+  const fromSecond = Math.floor(Date.now() / 1000);
   const w = await probeWindow(probe, body);
   clearInterval(sampler);
   const mem = memoryOf(pid);
@@ -466,6 +470,7 @@ async function measure(name: string, what: string, b: BridgeUnderTest, probe: Pr
   if (before && after) for (const [r, n] of Object.entries(after.checkpoints.requested)) if (n - before.checkpoints.requested[r as keyof typeof before.checkpoints.requested] > 0) byReason[r] = n - before.checkpoints.requested[r as keyof typeof before.checkpoints.requested];
   return {
     attack: name, what, ...w,
+    bridgeWaitMs: (after?.frameWait?.perSecond ?? []).filter(([sec]) => sec >= fromSecond).reduce((m, [, ms]) => Math.max(m, ms), 0),
     rssPeakMiB: Math.max(peak, mem.rssMiB), rssEndMiB: mem.rssMiB, hwmMiB: mem.hwmMiB,
     checkpointsForced: checkpointsAsked(after) - checkpointsAsked(before), checkpointsByReason: byReason,
     stateAfter: after?.state ?? 'no answer', statusAnswered: after !== null,
@@ -473,18 +478,18 @@ async function measure(name: string, what: string, b: BridgeUnderTest, probe: Pr
 }
 
 function table(rows: Row[], reference: Row[]): string[] {
-  const header = ['attack', 'stall ms', 'kernel ref', 'ratio', 'rtt p99', 'lost', 'RSS peak', 'RSS end', 'ckpts', 'state after', 'note'];
+  const header = ['attack', 'stall ms', 'kernel ref', 'ratio', 'bridge wait', 'rtt p99', 'lost', 'RSS peak', 'RSS end', 'ckpts', 'state after', 'note'];
   const refOf = (r: Row) => reference.find((x) => x.attack === r.attack);
   const body = rows.map((r) => [
     r.attack, r.stallMs.toFixed(1), refOf(r)?.stallMs.toFixed(1) ?? '-', refOf(r) ? `${(r.stallMs / refOf(r)!.stallMs).toFixed(1)}×` : '-',
-    r.probe.p99RttMs.toFixed(2), String(Math.max(0, r.probe.sent - r.probe.received)),
+    Number.isFinite(r.bridgeWaitMs) ? r.bridgeWaitMs.toFixed(1) : '-', r.probe.p99RttMs.toFixed(2), String(Math.max(0, r.probe.sent - r.probe.received)),
     `${r.rssPeakMiB.toFixed(0)} MiB`, `${r.rssEndMiB.toFixed(0)} MiB`,
     `${r.checkpointsForced}${Object.keys(r.checkpointsByReason).length ? ` (${Object.entries(r.checkpointsByReason).map(([k, n]) => `${k} ${n}`).join(', ')})` : ''}`,
     r.stateAfter, r.note.length > 90 ? `${r.note.slice(0, 87)}...` : r.note,
   ]);
   const all = [header, ...body];
   const widths = header.map((_, i) => Math.max(...all.map((c) => c[i].length)));
-  const line = (cells: string[]) => cells.map((c, i) => (i === 0 || i >= 9 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ').trimEnd();
+  const line = (cells: string[]) => cells.map((c, i) => (i === 0 || i >= 10 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ').trimEnd();
   return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...body.map(line)];
 }
 
@@ -544,6 +549,7 @@ async function main(): Promise<void> {
     const lines = [
       `soak ${startedAt.toISOString()}  node ${process.version}  loadavg ${readFileSync('/proc/loadavg', 'utf8').trim()}`,
       `probe: UDP echo every ${PROBE_EVERY_MS} ms through the bridge; stall = max(largest RTT, largest gap between replies); goal ≤ 10 ms`,
+      'bridge wait: the bridge\'s own figure, the longest any frame waited between its arrival in a ring and the end of the breath that handled it (status frameWait)',
       '',
       ...table(rows, reference.rows),
       '',
@@ -554,6 +560,7 @@ async function main(): Promise<void> {
         'ratio: shadowvm stall ÷ kernel reference stall, same attack',
       ] : []),
       `worst stall under attack: ${(() => { const w = rows.slice(2, -1).reduce((a, r) => (r.stallMs > a.stallMs ? r : a)); return `${w.stallMs.toFixed(1)} ms (${w.attack})`; })()}`,
+      `worst bridge wait under attack: ${(() => { const w = rows.slice(2, -1).reduce((a, r) => (r.bridgeWaitMs > a.bridgeWaitMs ? r : a)); return `${w.bridgeWaitMs.toFixed(1)} ms (${w.attack})`; })()}`,
       ...(o.cpuProf ? [`cpu profile of the bridge: ${profDir}`] : []),
     ];
     if (o.traceGc) {

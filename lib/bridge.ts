@@ -18,6 +18,7 @@
  * memory of what was released. Timers (checkpoint timeouts, unmatched age,
  * flow expiry) run every TICK_MS.
  */
+import { FrameWait } from './io/frame-wait';
 import { MemoryGiveBack, fullCollection } from './control/give-back';
 import { readFileSync } from 'node:fs';
 import { PacketPort, ReceivedFrame } from './io/port';
@@ -43,6 +44,7 @@ function carrierNow(ifname: string): boolean | null {
 }
 
 /** Carrier changes of interfaces (netlink RTNLGRP_LINK, see io/link-watch). */
+
 export interface LinkEventSource {
   on(ifname: string, listener: (ev: { carrier: boolean; deleted: boolean; monoUs: number }) => void): () => void;
 }
@@ -106,6 +108,7 @@ export class Bridge {
   /** When the data path last read a frame (for the memory give-back's quiet moment). */
   private lastFrameUs = 0;
   private readonly giveBack: MemoryGiveBack;
+  private readonly frameWait = new FrameWait();
   private silenceDeadlineUs: number | null = null;
 
   constructor(private readonly ports: BridgePorts, private readonly options: BridgeOptions) {
@@ -191,7 +194,7 @@ export class Bridge {
     }
     const { uplink, primary, backup } = this.ports;
     // One clock: a breath's frames are stamped with the time they reach us, like every timer.
-    uplink.onBatch((frames) => this.breath(frames, (f, now) => this.pipeline.fromClient(f.frame, now, f.vnet)));
+    uplink.onBatch((frames) => this.breath(frames, (f, now) => this.pipeline.fromClient(f.frame, now, f.vnet), uplink.arrivalTimes === true));
     for (const slot of SLOT_IDS) this.listenToSlot(slot);
     // The tick judges ages (the unmatched-age trigger, the silence detector): it runs in the check
     // phase, after this turn of the loop has read every ring. A timer fires before I/O is polled, so
@@ -272,14 +275,17 @@ export class Bridge {
         ...(this.metrics ? { metrics_server: { ...this.metrics.counters } } : {}),
         memory_give_back: { ...this.giveBack.counters },
       },
+      frameWait: this.frameWait.snapshot(),
     });
   }
 
-  private breath(frames: readonly ReceivedFrame[], each: (f: ReceivedFrame, nowUs: number) => void): void {
+  private breath(frames: readonly ReceivedFrame[], each: (f: ReceivedFrame, nowUs: number) => void, timed: boolean): void {
     const now = this.clockUs();
     this.lastFrameUs = now;
     for (let i = 0; i < frames.length; i++) each(frames[i], now);
     this.flushAll();
+    // A ring is FIFO: the first frame is the batch's oldest.
+    if (timed && frames.length) this.frameWait.observe(frames[0].timeUs);
     this.armSilenceTimer(now);
   }
 
@@ -365,7 +371,7 @@ export class Bridge {
     const port = this.slotPorts[slot];
     port.onBatch((frames) => {
       if (this.slotPorts[slot] !== port) return; // a port being closed after a move
-      this.breath(frames, (f, now) => this.pipeline.fromVm(slot, f.frame, now, f.vnet));
+      this.breath(frames, (f, now) => this.pipeline.fromVm(slot, f.frame, now, f.vnet), port.arrivalTimes === true);
     });
     this.slotLinks[slot]?.();
     this.slotLinks[slot] = this.options.links ? this.options.links.on(port.name, (ev) => this.onLink(slot, ev)) : null;

@@ -4,7 +4,8 @@
  * In:  frames arriving on an interface (never the frames sent on it:
  *      PACKET_IGNORE_OUTGOING), written by the kernel into a TPACKET_V2
  *      receive ring that is mmapped and handed to JS as an ArrayBuffer.
- * Out: frames from JS, sent in one sendmmsg() per flush.
+ * Out: frames from JS, sent in one sendmmsg() per flush; or (sendThread)
+ *      copied into a staging area and sent by a thread of their own.
  *
  * A "breath" (libuv poll callback on the socket): take every frame the
  * kernel has handed over, describe them in a small Uint32Array (offset,
@@ -37,6 +38,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -107,6 +109,7 @@ enum {
 /* ------------------------------------------------------------------ state */
 
 typedef struct port port_t;
+typedef struct sender sender_t;
 
 typedef struct {
   port_t **ports;     /* open ports of this env; NULL holes while spinning */
@@ -115,6 +118,7 @@ typedef struct {
   int in_wake;                    /* inside a wake-up's callback scope: breaths are plain calls */
   napi_ref wake_resource;         /* the async resource of wake-ups (one per env, made at the first start; lives as long as the env) */
   napi_async_context wake_async;
+  sender_t *sender;               /* the send thread, started by the first sendThread send */
 } env_state_t;
 
 struct port {
@@ -142,6 +146,8 @@ struct port {
   struct iovec *iovs;
   uint32_t tx_cap;
   uint8_t zero_vnet[sizeof(struct virtio_net_hdr)];
+  int send_thread;               /* sends go through the env's send thread */
+  uint32_t tx_pending;           /* its jobs queued or being sent (under the sender's mutex) */
 };
 
 typedef struct {
@@ -316,6 +322,257 @@ static void release(port_t *p) {
   p->held = 0;
 }
 
+/* ------------------------------------------------------------------ sending */
+
+/*
+ * sendmmsg() until every message is sent or refused. A full socket or device
+ * queue (EAGAIN, ENOBUFS) is waited for once (TX_WAIT_MS), then the rest
+ * counts as errors; a frame refused for itself (EMSGSIZE, ENETDOWN...) is
+ * counted and skipped. Returns the frames sent.
+ */
+static uint32_t send_msgs(port_t *p, int fd, struct mmsghdr *msgs, struct iovec *iovs, uint32_t n) {
+  double *c = p->counters;
+  uint32_t done = 0, sent = 0;
+  int waited = 0;
+  while (done < n) {
+    int r = sendmmsg(fd, msgs + done, n - done, MSG_DONTWAIT);
+    if (r > 0) {
+      for (uint32_t k = done; k < done + (uint32_t)r; k++) c[C_TX_BYTES] += iovs[2 * (size_t)k + (p->vnet ? 1 : 0)].iov_len;
+      c[C_TX_FRAMES] += r;
+      sent += r;
+      done += r;
+      continue;
+    }
+    int e = errno;
+    if (e == EINTR) continue;
+    c[C_LAST_TX_ERRNO] = e;
+    if ((e == EAGAIN || e == ENOBUFS) && !waited) {
+      struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+      poll(&pfd, 1, TX_WAIT_MS);
+      waited = 1;
+      continue;
+    }
+    if (e == EAGAIN || e == ENOBUFS) {
+      c[C_TX_ERRORS] += n - done;
+      break;
+    }
+    c[C_TX_ERRORS]++;
+    done++;
+  }
+  return sent;
+}
+
+/*
+ * The send thread (sendThread ports). A send into a veth runs the peer's
+ * network stack inside the syscall: the receiving namespace's TCP, its
+ * answers, and whatever those answers trigger. On the event loop that work
+ * is time no ring is read. With sendThread, JS copies each flush into a
+ * staging area (one memcpy per frame, so ring slots go back at once) and this
+ * thread makes the sendmmsg() calls, in the order the flushes came, for
+ * every port of the env.
+ *
+ *   JS flush ──copy──► stage (byte ring, STAGE_BYTES) ──job queue──► thread: sendmmsg
+ *
+ * Records: [u32 length][u32 0][virtio-net header, if the port has one][frame],
+ * padded to 8 bytes. A flush is cut into jobs of at most JOB_BYTES. When the
+ * stage or the queue is full, the flush waits for the thread (backpressure,
+ * as a full socket queue would make a synchronous send wait). Closing a port,
+ * and reading its statistics, first waits for its jobs.
+ */
+#define STAGE_BYTES (4u << 20)
+#define JOB_BYTES (512u << 10)
+#define JOB_SLOTS 256
+
+typedef struct {
+  port_t *p;
+  size_t start, end; /* its records: stage[start, end) */
+  uint32_t n;
+} tx_job_t;
+
+struct sender {
+  pthread_t thread;
+  pthread_mutex_t mu;
+  pthread_cond_t work, room;
+  uint8_t *stage;
+  size_t tail;                 /* the next byte to allocate */
+  tx_job_t jobs[JOB_SLOTS];
+  uint32_t jhead, jcount;      /* FIFO of jobs; the head one is being sent */
+  int stop;
+  struct mmsghdr *msgs;        /* the thread's own */
+  struct iovec *iovs;
+  uint32_t cap;
+};
+
+static inline size_t rec_bytes(uint32_t vnet, size_t len) { return (8 + vnet + len + 7) & ~(size_t)7; }
+
+static void send_job(sender_t *s, const tx_job_t *job) {
+  port_t *p = job->p;
+  if (job->n > s->cap) {
+    struct mmsghdr *msgs = realloc(s->msgs, job->n * sizeof *msgs);
+    struct iovec *iovs = realloc(s->iovs, 2 * (size_t)job->n * sizeof *iovs);
+    if (!msgs || !iovs) abort();
+    s->msgs = msgs;
+    s->iovs = iovs;
+    s->cap = job->n;
+  }
+  size_t at = job->start;
+  for (uint32_t i = 0; i < job->n; i++) {
+    uint32_t len;
+    memcpy(&len, s->stage + at, 4);
+    uint8_t *body = s->stage + at + 8;
+    struct iovec *iov = s->iovs + 2 * (size_t)i;
+    struct msghdr *mh = &s->msgs[i].msg_hdr;
+    memset(mh, 0, sizeof *mh);
+    mh->msg_iov = iov;
+    if (p->vnet) {
+      iov[0].iov_base = body;
+      iov[0].iov_len = p->vnet;
+      iov[1].iov_base = body + p->vnet;
+      iov[1].iov_len = len;
+      mh->msg_iovlen = 2;
+    } else {
+      iov[0].iov_base = body;
+      iov[0].iov_len = len;
+      mh->msg_iovlen = 1;
+    }
+    at += rec_bytes(p->vnet, len);
+  }
+  send_msgs(p, p->fd, s->msgs, s->iovs, job->n);
+}
+
+static void *sender_main(void *arg) {
+  sender_t *s = arg;
+  pthread_mutex_lock(&s->mu);
+  for (;;) {
+    while (!s->jcount && !s->stop) pthread_cond_wait(&s->work, &s->mu);
+    if (!s->jcount) break; /* stop, and nothing left */
+    tx_job_t job = s->jobs[s->jhead];
+    pthread_mutex_unlock(&s->mu);
+    send_job(s, &job);
+    pthread_mutex_lock(&s->mu);
+    s->jhead = (s->jhead + 1) % JOB_SLOTS;
+    s->jcount--;
+    job.p->tx_pending--;
+    pthread_cond_broadcast(&s->room);
+  }
+  pthread_mutex_unlock(&s->mu);
+  return NULL;
+}
+
+static sender_t *sender_get(env_state_t *st) {
+  if (st->sender) return st->sender;
+  sender_t *s = calloc(1, sizeof *s);
+  if (!s) abort();
+  s->stage = malloc(STAGE_BYTES);
+  if (!s->stage) abort();
+  pthread_mutex_init(&s->mu, NULL);
+  pthread_cond_init(&s->work, NULL);
+  pthread_cond_init(&s->room, NULL);
+  if (pthread_create(&s->thread, NULL, sender_main, s) != 0) {
+    free(s->stage);
+    free(s);
+    return NULL;
+  }
+  st->sender = s;
+  return s;
+}
+
+/* Under the mutex: an offset for `need` bytes, or -1 when the stage is full. Only the JS thread allocates. */
+static long stage_alloc(sender_t *s, size_t need) {
+  if (!s->jcount) s->tail = 0;
+  size_t off;
+  if (!s->jcount) off = 0;
+  else {
+    size_t head = s->jobs[s->jhead].start;
+    if (s->tail >= head) {
+      if (STAGE_BYTES - s->tail >= need) off = s->tail;
+      else if (head > need) off = 0;
+      else return -1;
+    } else if (head - s->tail > need) off = s->tail;
+    else return -1;
+  }
+  s->tail = off + need;
+  return (long)off;
+}
+
+/* Queues frames [0, n) whose pointers and lengths are in p->iovs (as js_send laid them out). */
+static void sender_queue(sender_t *s, port_t *p, uint32_t n) {
+  uint32_t stride = p->vnet ? 2 : 1;
+  for (uint32_t i = 0; i < n;) {
+    uint32_t j = i;
+    size_t need = 0;
+    while (j < n) {
+      size_t r = rec_bytes(p->vnet, p->iovs[(size_t)j * 2 + stride - 1].iov_len);
+      if (j > i && need + r > JOB_BYTES) break;
+      need += r;
+      j++;
+    }
+    pthread_mutex_lock(&s->mu);
+    long off;
+    while (s->jcount == JOB_SLOTS || (off = stage_alloc(s, need)) < 0) pthread_cond_wait(&s->room, &s->mu);
+    pthread_mutex_unlock(&s->mu);
+    size_t at = (size_t)off;
+    for (uint32_t k = i; k < j; k++) {
+      const struct iovec *fr = &p->iovs[(size_t)k * 2 + stride - 1];
+      uint32_t len = (uint32_t)fr->iov_len, zero = 0;
+      memcpy(s->stage + at, &len, 4);
+      memcpy(s->stage + at + 4, &zero, 4);
+      if (p->vnet) memcpy(s->stage + at + 8, p->iovs[(size_t)k * 2].iov_base, p->vnet);
+      memcpy(s->stage + at + 8 + p->vnet, fr->iov_base, len);
+      at += rec_bytes(p->vnet, len);
+    }
+    pthread_mutex_lock(&s->mu);
+    s->jobs[(s->jhead + s->jcount) % JOB_SLOTS] = (tx_job_t){.p = p, .start = (size_t)off, .end = (size_t)off + need, .n = j - i};
+    s->jcount++;
+    p->tx_pending++;
+    pthread_cond_signal(&s->work);
+    pthread_mutex_unlock(&s->mu);
+    i = j;
+  }
+}
+
+/*
+ * A flush of at most this many frames, when the thread has nothing queued, is
+ * sent by the caller as before: an idle bridge's single frames keep their
+ * latency (no hand-off, and the answer a veth's peer makes inside the send is
+ * in its ring for this wake-up's sweep). Order is kept: nothing is queued.
+ */
+#define SYNC_MAX_FRAMES 8
+
+static int sender_idle(sender_t *s) {
+  pthread_mutex_lock(&s->mu);
+  int idle = s->jcount == 0;
+  pthread_mutex_unlock(&s->mu);
+  return idle;
+}
+
+/* Waits until the thread has sent every job of `p`. */
+static void sender_drain(port_t *p) {
+  sender_t *s = p->state ? p->state->sender : NULL;
+  if (!s) return;
+  pthread_mutex_lock(&s->mu);
+  while (p->tx_pending) pthread_cond_wait(&s->room, &s->mu);
+  pthread_mutex_unlock(&s->mu);
+}
+
+static void sender_stop(env_state_t *st) {
+  sender_t *s = st->sender;
+  if (!s) return;
+  pthread_mutex_lock(&s->mu);
+  s->stop = 1;
+  pthread_cond_signal(&s->work);
+  pthread_mutex_unlock(&s->mu);
+  pthread_join(s->thread, NULL);
+  pthread_mutex_destroy(&s->mu);
+  pthread_cond_destroy(&s->work);
+  pthread_cond_destroy(&s->room);
+  free(s->stage);
+  free(s->msgs);
+  free(s->iovs);
+  free(s);
+  st->sender = NULL;
+}
+
 /* ------------------------------------------------------------------ teardown */
 
 static void free_port(port_t *p) {
@@ -333,6 +590,7 @@ static void on_poll_closed(uv_handle_t *h) {
 /* The OS side: stop polling, stop receiving, close. Safe without a JS context. */
 static void teardown_os(port_t *p) {
   if (p->fd < 0) return;
+  sender_drain(p); /* the thread may still be sending on this fd */
   if (p->poll_inited) {
     if (p->started) uv_poll_stop(&p->poll);
     uv_close((uv_handle_t *)&p->poll, on_poll_closed);
@@ -621,12 +879,12 @@ static napi_value js_socket_new(napi_env env, napi_callback_info info) {
   }
 
   uint32_t ring_frames = 0, frame_size = 0, busy_us = 0, so_busy_us = 0;
-  int vnet = 0, bypass = 0, sweep_on_wake = 0;
+  int vnet = 0, bypass = 0, sweep_on_wake = 0, send_thread = 0;
   if (get_opt_u32(env, argv[1], "ringFrames", &ring_frames) < 0 || get_opt_u32(env, argv[1], "frameSize", &frame_size) < 0 ||
       get_opt_u32(env, argv[1], "busyPollUs", &busy_us) < 0 || get_opt_u32(env, argv[1], "socketBusyPollUs", &so_busy_us) < 0 ||
       get_opt_bool(env, argv[1], "vnetHdr", &vnet) < 0 || get_opt_bool(env, argv[1], "qdiscBypass", &bypass) < 0 ||
-      get_opt_bool(env, argv[1], "sweepOnWake", &sweep_on_wake) < 0) {
-    throw_usage(env, "Socket options: ringFrames, frameSize, busyPollUs, socketBusyPollUs are unsigned integers; vnetHdr, qdiscBypass, sweepOnWake booleans");
+      get_opt_bool(env, argv[1], "sweepOnWake", &sweep_on_wake) < 0 || get_opt_bool(env, argv[1], "sendThread", &send_thread) < 0) {
+    throw_usage(env, "Socket options: ringFrames, frameSize, busyPollUs, socketBusyPollUs are unsigned integers; vnetHdr, qdiscBypass, sweepOnWake, sendThread booleans");
     return NULL;
   }
 
@@ -735,6 +993,7 @@ static napi_value js_socket_new(napi_env env, napi_callback_info info) {
   p->frames_per_block = fpb;
   p->busy_ns = (uint64_t)busy_us * 1000;
   p->sweep = sweep_on_wake;
+  p->send_thread = send_thread;
   p->poll.data = p;
   napi_get_instance_data(env, (void **)&p->state);
 
@@ -930,34 +1189,14 @@ static napi_value js_send(napi_env env, napi_callback_info info) {
     }
   }
   /* A bound SOCK_RAW packet socket sends to its interface with no address. */
-  double *c = p->counters;
-  uint32_t done = 0, sent = 0;
-  int waited = 0;
-  while (done < n) {
-    int r = sendmmsg(p->fd, p->msgs + done, n - done, MSG_DONTWAIT);
-    if (r > 0) {
-      for (uint32_t k = done; k < done + (uint32_t)r; k++) c[C_TX_BYTES] += p->iovs[2 * (size_t)k + (p->vnet ? 1 : 0)].iov_len;
-      c[C_TX_FRAMES] += r;
-      sent += r;
-      done += r;
-      continue;
-    }
-    int e = errno;
-    if (e == EINTR) continue;
-    c[C_LAST_TX_ERRNO] = e;
-    if ((e == EAGAIN || e == ENOBUFS) && !waited) {
-      /* Full socket or device queue: wait a little once per flush, then count the rest as errors. */
-      struct pollfd pfd = {.fd = p->fd, .events = POLLOUT};
-      poll(&pfd, 1, TX_WAIT_MS);
-      waited = 1;
-      continue;
-    }
-    if (e == EAGAIN || e == ENOBUFS) {
-      c[C_TX_ERRORS] += n - done;
-      break;
-    }
-    c[C_TX_ERRORS]++; /* this frame was refused (EMSGSIZE, EINVAL, ENETDOWN...): skip it */
-    done++;
+  sender_t *snd = p->send_thread && p->state ? sender_get(p->state) : NULL;
+  uint32_t sent;
+  if (snd && n <= SYNC_MAX_FRAMES && sender_idle(snd)) snd = NULL; /* a small flush with nothing queued: at once, here */
+  if (snd) {
+    sender_queue(snd, p, n);
+    sent = n; /* queued: the thread counts what it sends and what is refused */
+  } else {
+    sent = send_msgs(p, p->fd, p->msgs, p->iovs, n);
   }
   napi_create_uint32(env, sent, &result);
   return result;
@@ -968,6 +1207,7 @@ static napi_value js_update_stats(napi_env env, napi_callback_info info) {
   size_t argc = 0;
   port_t *p = unwrap(env, info, &argc, NULL);
   if (!p || p->closed) return NULL;
+  sender_drain(p); /* its sends counted */
   struct tpacket_stats st;
   socklen_t len = sizeof st;
   if (getsockopt(p->fd, SOL_PACKET, PACKET_STATISTICS, &st, &len) == 0) p->counters[C_RX_DROPS] += st.tp_drops;
@@ -995,6 +1235,7 @@ static napi_value js_close(napi_env env, napi_callback_info info) {
 
 static void cleanup_env(void *arg) {
   env_state_t *s = arg;
+  sender_stop(s); /* sends what is queued, then ends: no fd below is closed under it */
   for (uint32_t i = 0; i < s->count; i++)
     if (s->ports[i]) {
       port_t *p = s->ports[i];

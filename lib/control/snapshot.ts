@@ -6,6 +6,7 @@
  * In:  the pipeline, the ports' stats, the agent link's counters.
  * Out: a JSON-safe object (numbers and strings only), taken in one go.
  */
+import type { FrameWaitSnapshot } from '../io/frame-wait';
 import type { PortStats } from '../io/port';
 import { CHECKPOINT_REASONS, CheckpointReason, ReplicationState } from '../replicate/replicator';
 import type { HistogramSnapshot } from '../replicate/duration-histogram';
@@ -98,6 +99,8 @@ export interface BridgeSnapshot {
   components: Record<string, Record<string, number>>;
   /** Memory: the process's resident set, and the heap of the thread that runs the pipeline (the data plane). */
   memory?: MemorySnapshot;
+  /** How long frames waited for the data plane (AF_PACKET ports only): one observation per breath. */
+  frameWait?: FrameWaitSnapshot;
 }
 
 export interface MemorySnapshot {
@@ -130,6 +133,7 @@ export interface SnapshotSources {
   ports: PortSnapshot[];
   agent: AgentSnapshot;
   components?: Record<string, Record<string, number>>;
+  frameWait?: FrameWaitSnapshot;
 }
 
 /**
@@ -178,6 +182,7 @@ export function snapshotOf(pipeline: ShadowPipeline, src: SnapshotSources): Brid
     stages: st,
     components: src.components ?? {},
     memory: memoryNow(),
+    ...(src.frameWait ? { frameWait: src.frameWait } : {}),
   };
 }
 

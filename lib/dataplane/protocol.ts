@@ -16,6 +16,8 @@ export interface DataPlaneInit {
   io: IoBackend;
   vnetHdr: boolean;
   busyPollUs: number;
+  /** Absent: the default for the ports' vnetHdr (see PortOptions.sendThread). */
+  sendThread?: boolean;
   agentSocket?: string;
   carrierWatch: boolean;
   logLevel: LogLevel;

@@ -42,6 +42,8 @@ export interface AfPacketSocketOptions {
   socketBusyPollUs?: number;
   /** PACKET_QDISC_BYPASS: send straight to the driver, past the qdisc. */
   qdiscBypass?: boolean;
+  /** Sends are copied and made by the env's send thread (see AfPacketPortOptions.sendThread). */
+  sendThread?: boolean;
   /**
    * A wake-up by this socket also takes the frames waiting in every other
    * open sweepOnWake socket's ring (in one callback scope) before libuv

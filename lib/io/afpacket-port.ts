@@ -92,6 +92,15 @@ export interface AfPacketPortOptions {
    * Default true; false is the older one-breath-per-epoll-event path.
    */
   sweepOnWake?: boolean;
+  /**
+   * Send from a thread of its own: a flush copies its frames into a staging
+   * area and returns; one thread per data plane makes the sendmmsg() calls,
+   * in order. A send into a veth runs the receiving namespace's stack inside
+   * the syscall (its TCP, and what its answers trigger); on the event loop
+   * that is time no ring is read. Costs one copy per frame. Default false
+   * here; `shadowvm run` turns it on (--no-send-thread turns it off).
+   */
+  sendThread?: boolean;
 }
 
 export interface AfPacketPortStats extends PortStats {
@@ -188,6 +197,8 @@ const ZERO_VNET: VirtioNetHeader = { flags: 0, gsoType: 0, hdrLen: 0, gsoSize: 0
 
 export class AfPacketPort implements PacketPort {
   readonly name: string;
+  /** Ring frames carry the kernel's arrival timestamp (tp_sec/tp_nsec, CLOCK_REALTIME). */
+  readonly arrivalTimes = true;
   /** What the socket was opened with (after defaults and rounding). */
   readonly ring: { readonly frames: number; readonly frameSize: number; readonly blockSize: number; readonly maxFrameLength: number };
   readonly mtu: number;
@@ -222,6 +233,7 @@ export class AfPacketPort implements PacketPort {
           qdiscBypass: options.qdiscBypass ?? false,
           socketBusyPollUs: options.socketBusyPollUs ?? 0,
           sweepOnWake: options.sweepOnWake ?? true,
+          sendThread: options.sendThread ?? false,
         },
         (count) => this.deliver(count),
       );

@@ -52,6 +52,8 @@ export interface PortStats {
 
 export interface PacketPort {
   readonly name: string;
+  /** True when `timeUs` is the kernel's wall-clock arrival time (AF_PACKET): the bridge then measures how long frames waited for it. */
+  readonly arrivalTimes?: boolean;
   onBatch(receiver: BatchReceiver): void;
   /** Queues a frame (by reference: it must not change before `flush`), with its virtio-net header if any. */
   send(frame: Buffer, vnet?: VirtioNetHeader): void;

@@ -34,6 +34,8 @@ export interface BridgedLabOptions {
   busyPollUs?: number;
   /** AF_PACKET: a wake-up takes every port's waiting frames (default true; false: one breath per epoll event). */
   sweepOnWake?: boolean;
+  /** AF_PACKET: send from a thread of its own (default: on without virtio-net headers; see PortOptions). */
+  sendThread?: boolean;
   /** How long the lab agent's checkpoints take. */
   checkpointMs?: number;
   config?: Partial<PipelineConfig>;
@@ -105,7 +107,7 @@ export async function startBridgedLab(options: BridgedLabOptions = {}): Promise<
     await waitUntilQuiet(lab);
     const agentSocket = join(lab.runDir, 'agent.sock');
     const controlSocket = join(lab.runDir, 'control.sock');
-    const ports = openPorts(options.io ?? 'afpacket', { uplink: lab.client.hostIf, primary: lab.primary.hostIf, backup: lab.backup.hostIf }, { vnetHdr: options.vnetHdr ?? false, busyPollUs: options.busyPollUs, sweepOnWake: options.sweepOnWake });
+    const ports = openPorts(options.io ?? 'afpacket', { uplink: lab.client.hostIf, primary: lab.primary.hostIf, backup: lab.backup.hostIf }, { vnetHdr: options.vnetHdr ?? false, busyPollUs: options.busyPollUs, sweepOnWake: options.sweepOnWake, sendThread: options.sendThread });
     bridge = new Bridge(ports, {
       name: lab.prefix,
       config: makePipelineConfig({ resync: 'align', ...options.config }),

@@ -362,6 +362,111 @@ describe('AfPacketPort on a veth pair', () => {
     expect(swept).toBe(0);
   });
 
+  describe('with sendThread (the sends are copied and made by a thread of their own)', () => {
+    const threaded = { sendThread: true };
+
+    test('frames arrive byte for byte and in order, and the counters are settled when read', async () => {
+      const a = port(PAIR.a, threaded);
+      const atB = new Collector(port(PAIR.b));
+      const sent = [marked('thread', 0), tcpFrame({ flags: 'PA', seq: 9, payload: 'y'.repeat(1400) }), marked('thread', 1, { v6: true, padTo: 60 })];
+      for (const f of sent) a.send(f);
+      a.flush();
+      // stats() waits for the thread: nothing counted late.
+      expect(a.stats()).toMatchObject({ txFrames: 3, txBytes: sent.reduce((n, f) => n + f.length, 0), txErrors: 0 });
+      await waitFor('3 frames', () => atB.frames.length >= 3);
+      expect(atB.buffers).toEqual(sent);
+    });
+
+    test('a frame the sender changes right after its flush goes out as it was (the flush copied it)', async () => {
+      const a = port(PAIR.a, threaded);
+      const atB = new Collector(port(PAIR.b));
+      const f = marked('copied', 0);
+      const original = Buffer.from(f);
+      a.send(f);
+      a.flush();
+      f.fill(0xee, 14);
+      await waitFor('1 frame', () => atB.frames.length >= 1);
+      expect(atB.buffers).toEqual([original]);
+    });
+
+    test('12,000 frames in 12 flushes, three times the staging area, all arrive in order or are counted as drops', async () => {
+      const a = port(PAIR.a, threaded);
+      const b = port(PAIR.b, { ringFrames: 16384 });
+      const atB = new Collector(b);
+      const sent = Array.from({ length: 12_000 }, (_, i) => udpFrame({ payload: `${i} `.padEnd(1000, '.') }));
+      for (let k = 0; k < 12; k++) {
+        for (let i = k * 1000; i < (k + 1) * 1000; i++) a.send(sent[i]);
+        a.flush();
+      }
+      expect(a.stats()).toMatchObject({ txFrames: 12_000, txErrors: 0 });
+      await waitFor('12,000 frames received or dropped', () => atB.frames.length + b.stats().rxDrops >= 12_000, 10_000);
+      let at = 0;
+      for (const f of atB.buffers) {
+        while (at < sent.length && !sent[at].equals(f)) at++;
+        expect(at).toBeLessThan(sent.length);
+        at++;
+      }
+      expect(atB.frames.length + b.stats().rxDrops).toBe(12_000);
+    });
+
+    test('a refused frame is counted as a send error and the rest of the flush is sent', async () => {
+      const a = port(PAIR.a, threaded);
+      const atB = new Collector(port(PAIR.b));
+      const fine = [marked('refused-t', 0), marked('refused-t', 1)];
+      a.send(fine[0]);
+      a.send(udpFrame({ payload: Buffer.alloc(3000) }));
+      a.send(fine[1]);
+      a.flush();
+      await waitFor('2 frames', () => atB.frames.length >= 2);
+      expect(atB.buffers).toEqual(fine);
+      expect(a.stats()).toMatchObject({ txFrames: 2, txErrors: 1, lastTxError: 'EMSGSIZE' });
+    });
+
+    test('with vnetHdr, a GSO super-frame and its virtio-net header go out together', async () => {
+      const a = port(PAIR.a, { ...threaded, vnetHdr: true });
+      const atB = new Collector(port(PAIR.b, { vnetHdr: true }));
+      const superFrame = tcpFrame({ flags: 'PA', seq: 1, payload: Buffer.alloc(3 * 1448, 5), options: { ts: [1, 2] } });
+      const l = layoutOf(superFrame);
+      a.send(superFrame, { flags: VIRTIO_NET_HDR_F_NEEDS_CSUM, gsoType: VIRTIO_NET_HDR_GSO_TCPV4, hdrLen: l.l4Offset + 32, gsoSize: 1448, csumStart: l.l4Offset, csumOffset: 16 });
+      a.flush();
+      await waitFor('the super-frame', () => atB.frames.length >= 1);
+      expect(atB.frames[0].frame.length).toBe(superFrame.length);
+      expect(atB.frames[0].vnet).toMatchObject({ gsoType: VIRTIO_NET_HDR_GSO_TCPV4, gsoSize: 1448, csumStart: l.l4Offset, csumOffset: 16 });
+    });
+
+    test('close waits for what is queued: every frame flushed before close arrives', async () => {
+      const a = port(PAIR.a, threaded);
+      const b = port(PAIR.b, { ringFrames: 8192 });
+      const atB = new Collector(b);
+      const sent = Array.from({ length: 3000 }, (_, i) => marked('closing', i));
+      for (const f of sent) a.send(f);
+      a.flush();
+      await a.close();
+      await waitFor('3000 frames received or dropped', () => atB.frames.length + b.stats().rxDrops >= 3000);
+      expect(b.stats().rxDrops).toBe(0);
+      expect(atB.buffers).toEqual(sent);
+    });
+
+    test('the thread ends with the worker that started it, and the worker exits', async () => {
+      const { Worker } = await import('node:worker_threads');
+      const mod = join(__dirname, '..', '..', 'dist', 'lib', 'io', 'afpacket-port.js');
+      const script = `const { AfPacketPort } = require(${JSON.stringify(mod)});
+        const { parentPort } = require('node:worker_threads');
+        const p = new AfPacketPort(${JSON.stringify(PAIR.a)}, { sendThread: true });
+        for (let i = 0; i < 500; i++) p.send(Buffer.alloc(200, i));
+        p.flush();
+        parentPort.postMessage(p.stats().txFrames);`;
+      const atB = new Collector(port(PAIR.b));
+      const w = new Worker(script, { eval: true });
+      const sentByWorker = await new Promise<number>((resolve, reject) => { w.once('message', resolve); w.once('error', reject); });
+      expect(sentByWorker).toBe(500);
+      // The worker ends (by itself or terminated): its env cleanup joined the send thread instead of hanging on it.
+      const code = await w.terminate();
+      expect([0, 1]).toContain(code);
+      await waitFor('500 frames', () => atB.frames.length >= 500);
+    });
+  });
+
   test('names the interface and the errno in typed errors: unknown interface, interface down', () => {
     expect(() => port(`${tag}none`)).toThrow(AfPacketNoSuchInterfaceError);
     expect(() => port(`${tag}none`)).toThrow(new RegExp(`${tag}none: no such interface \\(ioctl\\(SIOCGIFINDEX\\): ENODEV, No such device\\)`));

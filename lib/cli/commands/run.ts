@@ -23,6 +23,11 @@ import { ThreadedBridge } from '../../dataplane/threaded-bridge';
  * measurable cost per frame (bench/pipeline) and 8-23% more time to create
  * flows (README, "Memory").
  */
+/** --send-thread: auto leaves it to the ports' default (on without virtio-net headers). */
+function sendThreadOf(v: 'auto' | 'on' | 'off'): boolean | undefined {
+  return v === 'auto' ? undefined : v === 'on';
+}
+
 export const HEAP_GROWING_PERCENT = 20;
 
 export { parseHostPort, readConfigFile };
@@ -60,6 +65,7 @@ export function runCommand(y: Argv): Argv {
       .option('io', { choices: ['afpacket', 'cap'] as const, default: 'afpacket' as const, describe: 'packet I/O back-end' })
       .option('vnet-hdr', { type: 'boolean', default: true, describe: 'afpacket: exchange virtio-net headers (GSO super-frames and partial checksums pass intact)' })
       .option('busy-poll-us', { type: 'number', default: 0, describe: 'afpacket: poll the rings this many µs after each wake-up before sleeping (lower latency, more CPU)' })
+      .option('send-thread', { choices: ['auto', 'on', 'off'] as const, default: 'auto' as const, describe: 'afpacket: send from a thread of its own, so the kernel work a send does (a veth runs its peer\'s stack) is not time the rings wait; auto: on without --vnet-hdr, off with it' })
       .option('carrier-watch', { type: 'boolean', default: true, describe: 'promote the backup when the primary\'s port loses carrier (netlink); --no-carrier-watch turns it off' })
       .option('resync', { choices: ['copy', 'align'] as const, describe: 'after a checkpoint: copy (a real agent copied the state) or align (lab agents that cannot)' })
       .option('checkpoint-ms', { type: 'number', describe: 'also checkpoint at least every N ms, as Remus does (replicator.maxIntervalMs; 0: only on divergence)' })
@@ -103,7 +109,7 @@ export function runCommand(y: Argv): Argv {
         const threaded = new ThreadedBridge({
           init: {
             name, config, ports: { uplink: uplink!, primary: primary!, backup: backup! }, io: args.io as IoBackend,
-            vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'], agentSocket, carrierWatch: args['carrier-watch'], logLevel: args['log-level'],
+            vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'], sendThread: sendThreadOf(args['send-thread']), agentSocket, carrierWatch: args['carrier-watch'], logLevel: args['log-level'],
           },
           controlSocket, controlGroup, metrics, log: logger.log,
         });
@@ -121,7 +127,7 @@ export function runCommand(y: Argv): Argv {
       }
       let ports;
       try {
-        ports = openPorts(args.io as IoBackend, { uplink: uplink!, primary: primary!, backup: backup! }, { vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'] });
+        ports = openPorts(args.io as IoBackend, { uplink: uplink!, primary: primary!, backup: backup! }, { vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'], sendThread: sendThreadOf(args['send-thread']) });
       } catch (e) {
         links?.close();
         throw e;

@@ -1,4 +1,5 @@
 /** What the agent says a checkpoint moved (`checkpoint-done`'s bytes and pages) reaches the log, status and /metrics. */
+import { FrameWait } from '../../../lib/io/frame-wait';
 import { renderMetrics } from '../../../lib/control/metrics';
 import { formatStatus } from '../../../lib/control/status-format';
 import { emptyAgentSnapshot, snapshotOf } from '../../../lib/control/snapshot';
@@ -53,5 +54,30 @@ describe('memory in status and /metrics', () => {
     expect(text).toContain(`shadowvm_data_plane_heap_used_bytes ${m.heapUsedBytes}`);
     expect(text).toContain(`shadowvm_data_plane_heap_size_bytes ${m.heapSizeBytes}`);
     expect(formatStatus(snap)).toMatch(/memory: \d+\.\d MiB resident; data-plane heap \d+\.\d of \d+\.\d MiB in use/);
+  });
+});
+
+describe('frame wait in status and /metrics', () => {
+  it('renders the per-breath wait as a histogram, the last minute\'s longest as a gauge, and a status line', () => {
+    const { p } = pipelineWithLog();
+    let now = 1_800_000_000_000_000;
+    const w = new FrameWait(() => now);
+    w.observe(now - 150);
+    w.observe(now - 14_000);
+    now += 2_000_000;
+    const snap = snapshotOf(p, { name: 't', startedMs: 0, nowMs: 1000, ports: [], agent: emptyAgentSnapshot(), frameWait: w.snapshot() });
+    const text = renderMetrics(snap);
+    expect(text).toContain('# TYPE shadowvm_frame_wait_seconds histogram');
+    expect(text).toContain('shadowvm_frame_wait_seconds_bucket{le="0.00025"} 1');
+    expect(text).toContain('shadowvm_frame_wait_seconds_bucket{le="0.025"} 2');
+    expect(text).toContain('shadowvm_frame_wait_seconds_count 2');
+    expect(text).toContain('shadowvm_frame_wait_max_seconds 0.014');
+    expect(formatStatus(snap)).toContain('frame wait: longest 14.00 ms in the last 10 s, 14.00 ms in the last minute, 14.00 ms since start; 1 breath(s) over 10 ms');
+  });
+
+  it('says nothing about frame waits where no port timestamps its frames', () => {
+    const { p } = pipelineWithLog();
+    const snap = snapshotOf(p, { name: 't', startedMs: 0, nowMs: 1000, ports: [], agent: emptyAgentSnapshot(), frameWait: new FrameWait().snapshot() });
+    expect(formatStatus(snap)).not.toContain('frame wait');
   });
 });
