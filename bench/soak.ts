@@ -387,7 +387,7 @@ function kernelReferenceDown(lab: Lab): void {
 async function measureReference(name: string, what: string, probe: Probe, body: () => Promise<string>): Promise<Row> {
   const w = await probeWindow(probe, body);
   return {
-    attack: name, what, ...w, bridgeWaitMs: NaN,
+    attack: name, what, ...w, bridgeWaitMs: NaN, holdWaitMs: NaN,
     rssPeakMiB: NaN, rssEndMiB: NaN, hwmMiB: NaN, checkpointsForced: 0, checkpointsByReason: {},
     stateAfter: 'kernel bridge', statusAnswered: false,
   };
@@ -445,6 +445,8 @@ interface Row {
   stallMs: number;
   /** The bridge's own figure: the longest a frame waited in a ring for the data plane during the window (status frameWait), ms. */
   bridgeWaitMs: number;
+  /** The longest the primary's output was held for the backup (or a checkpoint) during the window (status holdWait), ms. */
+  holdWaitMs: number;
   rssPeakMiB: number;
   rssEndMiB: number;
   hwmMiB: number;
@@ -471,6 +473,7 @@ async function measure(name: string, what: string, b: BridgeUnderTest, probe: Pr
   return {
     attack: name, what, ...w,
     bridgeWaitMs: (after?.frameWait?.perSecond ?? []).filter(([sec]) => sec >= fromSecond).reduce((m, [, ms]) => Math.max(m, ms), 0),
+    holdWaitMs: (after?.holdWait?.perSecond ?? []).filter(([sec]) => sec >= fromSecond).reduce((m, [, ms]) => Math.max(m, ms), 0),
     rssPeakMiB: Math.max(peak, mem.rssMiB), rssEndMiB: mem.rssMiB, hwmMiB: mem.hwmMiB,
     checkpointsForced: checkpointsAsked(after) - checkpointsAsked(before), checkpointsByReason: byReason,
     stateAfter: after?.state ?? 'no answer', statusAnswered: after !== null,
@@ -478,18 +481,18 @@ async function measure(name: string, what: string, b: BridgeUnderTest, probe: Pr
 }
 
 function table(rows: Row[], reference: Row[]): string[] {
-  const header = ['attack', 'stall ms', 'kernel ref', 'ratio', 'bridge wait', 'rtt p99', 'lost', 'RSS peak', 'RSS end', 'ckpts', 'state after', 'note'];
+  const header = ['attack', 'stall ms', 'kernel ref', 'ratio', 'bridge wait', 'hold wait', 'rtt p99', 'lost', 'RSS peak', 'RSS end', 'ckpts', 'state after', 'note'];
   const refOf = (r: Row) => reference.find((x) => x.attack === r.attack);
   const body = rows.map((r) => [
     r.attack, r.stallMs.toFixed(1), refOf(r)?.stallMs.toFixed(1) ?? '-', refOf(r) ? `${(r.stallMs / refOf(r)!.stallMs).toFixed(1)}×` : '-',
-    Number.isFinite(r.bridgeWaitMs) ? r.bridgeWaitMs.toFixed(1) : '-', r.probe.p99RttMs.toFixed(2), String(Math.max(0, r.probe.sent - r.probe.received)),
+    Number.isFinite(r.bridgeWaitMs) ? r.bridgeWaitMs.toFixed(1) : '-', Number.isFinite(r.holdWaitMs) ? r.holdWaitMs.toFixed(1) : '-', r.probe.p99RttMs.toFixed(2), String(Math.max(0, r.probe.sent - r.probe.received)),
     `${r.rssPeakMiB.toFixed(0)} MiB`, `${r.rssEndMiB.toFixed(0)} MiB`,
     `${r.checkpointsForced}${Object.keys(r.checkpointsByReason).length ? ` (${Object.entries(r.checkpointsByReason).map(([k, n]) => `${k} ${n}`).join(', ')})` : ''}`,
     r.stateAfter, r.note.length > 90 ? `${r.note.slice(0, 87)}...` : r.note,
   ]);
   const all = [header, ...body];
   const widths = header.map((_, i) => Math.max(...all.map((c) => c[i].length)));
-  const line = (cells: string[]) => cells.map((c, i) => (i === 0 || i >= 10 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ').trimEnd();
+  const line = (cells: string[]) => cells.map((c, i) => (i === 0 || i >= 11 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ').trimEnd();
   return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...body.map(line)];
 }
 
@@ -550,6 +553,7 @@ async function main(): Promise<void> {
       `soak ${startedAt.toISOString()}  node ${process.version}  loadavg ${readFileSync('/proc/loadavg', 'utf8').trim()}`,
       `probe: UDP echo every ${PROBE_EVERY_MS} ms through the bridge; stall = max(largest RTT, largest gap between replies); goal ≤ 10 ms`,
       'bridge wait: the bridge\'s own figure, the longest any frame waited between its arrival in a ring and the end of the breath that handled it (status frameWait)',
+      'hold wait: the longest the primary\'s output was held for the backup\'s answer or a checkpoint (status holdWait): the price of comparing',
       '',
       ...table(rows, reference.rows),
       '',

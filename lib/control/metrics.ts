@@ -112,6 +112,10 @@ export function renderMetrics(s: BridgeSnapshot): string {
     t.histogram('shadowvm_frame_wait_seconds', 'Per breath: time from the arrival of its oldest frame in the ring to the end of the breath (every frame handled and sent).', s.frameWait.seconds);
     t.one('shadowvm_frame_wait_max_seconds', 'gauge', 'The longest frame wait in the last 60 s.', s.frameWait.maxLast60sMs / 1000);
   }
+  if (s.holdWait) {
+    t.histogram('shadowvm_hold_wait_seconds', 'Per release step: how long its oldest primary frame was held (for the backup\'s answer, or a checkpoint).', s.holdWait.seconds);
+    t.one('shadowvm_hold_wait_max_seconds', 'gauge', 'The longest hold in the last 60 s.', s.holdWait.maxLast60sMs / 1000);
+  }
   t.one('shadowvm_flows_created_total', 'counter', 'Flows created.', s.flows.created);
   t.one('shadowvm_flows_evicted_total', 'counter', 'Flows evicted (idle or LRU).', s.flows.evicted);
   t.one('shadowvm_matched_bytes_total', 'counter', 'Bytes both replicas said alike.', s.bytesMatched);

@@ -101,6 +101,8 @@ export interface BridgeSnapshot {
   memory?: MemorySnapshot;
   /** How long frames waited for the data plane (AF_PACKET ports only): one observation per breath. */
   frameWait?: FrameWaitSnapshot;
+  /** How long the primary's output was held before release (for the backup's answer, or a checkpoint): one observation per release step. */
+  holdWait?: FrameWaitSnapshot;
 }
 
 export interface MemorySnapshot {
@@ -183,6 +185,7 @@ export function snapshotOf(pipeline: ShadowPipeline, src: SnapshotSources): Brid
     components: src.components ?? {},
     memory: memoryNow(),
     ...(src.frameWait ? { frameWait: src.frameWait } : {}),
+    holdWait: pipeline.held.holdWait.snapshot(),
   };
 }
 

@@ -62,6 +62,10 @@ export function formatStatus(s: BridgeSnapshot): string {
     const w = s.frameWait;
     out.push(`frame wait: longest ${w.maxLast10sMs.toFixed(2)} ms in the last 10 s, ${w.maxLast60sMs.toFixed(2)} ms in the last minute, ${w.maxMs.toFixed(2)} ms since start; ${w.over10ms} breath(s) over 10 ms`);
   }
+  if (s.holdWait && s.holdWait.seconds.count > 0) {
+    const w = s.holdWait;
+    out.push(`output held for the backup: longest ${w.maxLast10sMs.toFixed(2)} ms in the last 10 s, ${w.maxLast60sMs.toFixed(2)} ms in the last minute, ${w.maxMs.toFixed(2)} ms since start`);
+  }
   if (s.memory) {
     const mib = (b: number) => (b / 2 ** 20).toFixed(1);
     const m = s.memory;

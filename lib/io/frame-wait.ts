@@ -1,6 +1,7 @@
 /**
  * FrameWait: how long frames wait inside the bridge, measured on the frames
- * themselves.
+ * themselves. (The same bookkeeping, fed by `record`, keeps how long the
+ * primary's output was held for the backup: lib/release/held.ts.)
  *
  *   kernel writes a frame into the ring (its timestamp, CLOCK_REALTIME)
  *        │  the frame waits for the event loop (a long breath, a control
@@ -69,7 +70,12 @@ export class FrameWait {
   /** A breath whose oldest frame arrived at `oldestUs` (wall clock) has been handled and flushed. */
   observe(oldestUs: number): void {
     const now = this.nowUs();
-    const wait = now - oldestUs;
+    this.record(now - oldestUs, now);
+  }
+
+  /** One wait of `waitUs` (measured on any clock), filed under the wall-clock second `now`. */
+  record(waitUs: number, now = this.nowUs()): void {
+    const wait = waitUs;
     if (!(wait >= 0) || wait > IMPLAUSIBLE_US) return;
     this.histogram.observe(wait / 1e6);
     if (wait > this.maxUs) this.maxUs = wait;

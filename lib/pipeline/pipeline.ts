@@ -106,7 +106,7 @@ export class ShadowPipeline {
     this.heldPool = new SlabPool(!config.captureDivergence);
     this.replicas = new ReplicaSet(slotNames);
     this.counts = new FrameCounts(log);
-    this.held = new HeldQueues((frame, vnet) => outputs.toClient(frame, vnet), this.heldPool);
+    this.held = new HeldQueues((frame, vnet) => outputs.toClient(frame, vnet), this.heldPool, () => this.nowUs);
     this.held.trackReleases = config.releaseLogMs > 0;
     this.replicator = new Replicator(config.replicator, {
       sendCheckpoint: (req) => {

@@ -15,6 +15,7 @@
 import { seqGt, seqLe } from '../packet/seq';
 import { Slab, SlabPool } from '../packet/slab';
 import type { VirtioNetHeader } from '../io/port';
+import { FrameWait } from '../io/frame-wait';
 import type { Stage, StageEvent } from '../pipeline/events';
 
 export interface HeldFrame {
@@ -117,15 +118,18 @@ export class FlowHeldQueue {
   /** Releases frames from the head while the gate allows. Returns how many it released (not those already gone by a checkpoint or failover). */
   releaseReady(gate: ReleaseGate): number {
     let n = 0;
+    let first: HeldFrame | null = null;
     while (this.head < this.frames.length) {
       const h = this.frames[this.head];
       if (!h.released) {
         if (!releasable(h, gate)) break;
         this.owner.release(h);
+        first ??= h;
         n++;
       }
       this.head++;
     }
+    if (first) this.owner.noteHoldWait(first);
     this.compact();
     return n;
   }
@@ -212,7 +216,23 @@ export class HeldQueues implements Stage {
   trackReleases = false;
   private readonly releasedSinceTaken = new Set<FlowHeldQueue>();
 
-  constructor(private readonly sink: (frame: Buffer, vnet?: VirtioNetHeader) => void, private readonly pool: SlabPool | null = null) {}
+  /**
+   * How long output was held before its release (for the backup's answer, or
+   * a checkpoint): one observation per release step, its oldest frame's.
+   */
+  readonly holdWait = new FrameWait();
+
+  constructor(
+    private readonly sink: (frame: Buffer, vnet?: VirtioNetHeader) => void,
+    private readonly pool: SlabPool | null = null,
+    /** The pipeline's clock (what `heldAtUs` is on). */
+    private readonly clockUs: () => number = () => 0,
+  ) {}
+
+  /** `h`, the oldest frame of a release step, has gone. */
+  noteHoldWait(h: HeldFrame): void {
+    this.holdWait.record(this.clockUs() - h.heldAtUs);
+  }
 
   /**
    * checkpoint-done: the backup holds the state that produced the primary's
@@ -316,7 +336,11 @@ export class HeldQueues implements Stage {
     let n = 0;
     for (let i = this.head; i < this.all.length; i++) {
       const h = this.all[i];
-      if (!h.released) { this.release(h); n++; }
+      if (!h.released) {
+        if (n === 0) this.noteHoldWait(h);
+        this.release(h);
+        n++;
+      }
     }
     this.all = [];
     this.head = 0;

@@ -321,3 +321,27 @@ describe('HeldQueues', () => {
     expect(c.released_frames + c.discarded_frames).toBe(30);
   });
 });
+
+describe('how long output was held', () => {
+  it('files one wait per release step, its oldest frame\'s, on the pipeline clock; a checkpoint\'s releaseAll is one step too', () => {
+    let nowUs = 0;
+    const queues = new HeldQueues(() => {}, null, () => nowUs);
+    const q = new FlowHeldQueue(queues, 'f');
+    holdSegment(q, 'aa', 2, { atUs: 1_000 });
+    holdSegment(q, 'bb', 4, { atUs: 1_500 });
+    holdSegment(q, 'cc', 6, { atUs: 2_000 });
+    nowUs = 4_000;
+    expect(q.releaseReady(stream(4))).toBe(2); // held 3 ms and 2.5 ms: one observation, 3 ms
+    let w = queues.holdWait.snapshot();
+    expect(w.seconds.count).toBe(1);
+    expect(w.seconds.sum).toBeCloseTo(0.003, 9);
+    expect(q.releaseReady(stream(4))).toBe(0); // nothing released: nothing filed
+    expect(queues.holdWait.snapshot().seconds.count).toBe(1);
+    nowUs = 52_000;
+    expect(queues.releaseAll()).toBe(1); // the checkpoint released 'cc', held 50 ms
+    w = queues.holdWait.snapshot();
+    expect(w.seconds.count).toBe(2);
+    expect(w.maxMs).toBeCloseTo(50, 6);
+    expect(w.maxLast10sMs).toBeCloseTo(50, 6);
+  });
+});
