@@ -324,6 +324,24 @@ static void release(port_t *p) {
 
 /* ------------------------------------------------------------------ sending */
 
+/* One message: the virtio-net header `hdr` (when the port has one, `vnet` bytes) and the frame, in two iovecs (iov[0..1]). */
+static inline void set_msg(struct mmsghdr *m, struct iovec *iov, uint32_t vnet, void *hdr, void *frame, size_t len) {
+  struct msghdr *mh = &m->msg_hdr;
+  memset(mh, 0, sizeof *mh);
+  mh->msg_iov = iov;
+  if (vnet) {
+    iov[0].iov_base = hdr;
+    iov[0].iov_len = vnet;
+    iov[1].iov_base = frame;
+    iov[1].iov_len = len;
+    mh->msg_iovlen = 2;
+  } else {
+    iov[0].iov_base = frame;
+    iov[0].iov_len = len;
+    mh->msg_iovlen = 1;
+  }
+}
+
 /*
  * sendmmsg() until every message is sent or refused. A full socket or device
  * queue (EAGAIN, ENOBUFS) is waited for once (TX_WAIT_MS), then the rest
@@ -420,21 +438,7 @@ static void send_job(sender_t *s, const tx_job_t *job) {
     uint32_t len;
     memcpy(&len, s->stage + at, 4);
     uint8_t *body = s->stage + at + 8;
-    struct iovec *iov = s->iovs + 2 * (size_t)i;
-    struct msghdr *mh = &s->msgs[i].msg_hdr;
-    memset(mh, 0, sizeof *mh);
-    mh->msg_iov = iov;
-    if (p->vnet) {
-      iov[0].iov_base = body;
-      iov[0].iov_len = p->vnet;
-      iov[1].iov_base = body + p->vnet;
-      iov[1].iov_len = len;
-      mh->msg_iovlen = 2;
-    } else {
-      iov[0].iov_base = body;
-      iov[0].iov_len = len;
-      mh->msg_iovlen = 1;
-    }
+    set_msg(&s->msgs[i], s->iovs + 2 * (size_t)i, p->vnet, body, body + p->vnet, len);
     at += rec_bytes(p->vnet, len);
   }
   send_msgs(p, p->fd, s->msgs, s->iovs, job->n);
@@ -1172,21 +1176,7 @@ static napi_value js_send(napi_env env, napi_callback_info info) {
       throw_usage(env, "send: every frame must be a Buffer or Uint8Array");
       return NULL;
     }
-    struct iovec *iov = p->iovs + 2 * (size_t)i;
-    struct msghdr *mh = &p->msgs[i].msg_hdr;
-    memset(mh, 0, sizeof *mh);
-    mh->msg_iov = iov;
-    if (p->vnet) {
-      iov[0].iov_base = vnet_hdrs ? vnet_hdrs + (size_t)i * p->vnet : p->zero_vnet;
-      iov[0].iov_len = p->vnet;
-      iov[1].iov_base = data;
-      iov[1].iov_len = len;
-      mh->msg_iovlen = 2;
-    } else {
-      iov[0].iov_base = data;
-      iov[0].iov_len = len;
-      mh->msg_iovlen = 1;
-    }
+    set_msg(&p->msgs[i], p->iovs + 2 * (size_t)i, p->vnet, vnet_hdrs ? vnet_hdrs + (size_t)i * p->vnet : p->zero_vnet, data, len);
   }
   /* A bound SOCK_RAW packet socket sends to its interface with no address. */
   sender_t *snd = p->send_thread && p->state ? sender_get(p->state) : NULL;
