@@ -269,7 +269,12 @@ class EventTap {
   phase: string | null = null;
   readonly samples = new Map<string, string[]>();
   readonly counts: Record<string, number> = {};
+  /** What each `timeout` checkpoint named (its flow and why), at most 5 per run: a storm's first cases. */
+  readonly timeouts: string[] = [];
   readonly log: LogFn = (level, event, fields) => {
+    if (this.phase !== null && event === 'checkpoint-done' && fields?.reason === 'timeout' && this.timeouts.length < 5) {
+      this.timeouts.push(`${this.phase}: ${String(fields.flow)}`);
+    }
     if (level === 'debug' || level === 'info' || this.phase === null) return;
     const key = `${level}:${event}`;
     this.counts[key] = (this.counts[key] ?? 0) + 1;
@@ -348,6 +353,8 @@ interface RunResult {
   /** shadowvm: the bridge's counters from the first sanity fetch to the end of the last phase. */
   whole?: BridgePhase;
   bridgeWarnings?: Record<string, number>;
+  /** The flows (and why) of the run's first `timeout` checkpoints. */
+  timeoutSamples?: string[];
   ports?: PortInfo[];
   leftovers: string[];
 }
@@ -525,6 +532,7 @@ async function runShadow(mode: Mode, round: number, o: Options, say: (s: string)
     r.error = (e as Error).message;
   } finally {
     r.bridgeWarnings = tap.counts;
+    r.timeoutSamples = tap.timeouts;
     if (bridged) await bridged.stop();
     current.bridged = null;
     // startBridgedLab tears down on its own failures; make sure of it either way.
@@ -832,6 +840,7 @@ function runLine(r: RunResult): string[] {
   if (r.iperf) out.push(`      iperf3: ${r.iperf.ok ? `${r.iperf.receivedGbps.toFixed(2)} Gbit/s, ${r.iperf.retransmits} retransmits` : `FAILED ${r.iperf.error}`}; primary ns server: ${r.iperf.primaryServer}; backup ns server: ${r.iperf.backupServer}`);
   const warn = Object.entries(r.bridgeWarnings ?? {}).filter(([k]) => k !== 'warn:mismatch').map(([k, n]) => `${k}×${n}`).join(' ');
   if (warn) out.push(`      bridge warnings: ${warn}`);
+  for (const t of r.timeoutSamples ?? []) out.push(`      timeout checkpoint: ${t}`);
   return out;
 }
 
