@@ -447,6 +447,27 @@ describe('AfPacketPort on a veth pair', () => {
       expect(atB.buffers).toEqual(sent);
     });
 
+    test('an interface deleted while its sends are queued: every frame is sent or counted as an error, and the port closes', async () => {
+      const gone = `${tag}g`;
+      makePair(gone, `${gone}p`);
+      try {
+        const a = port(gone, threaded);
+        const other = port(SECOND.a, threaded);
+        const atFar = new Collector(port(SECOND.b));
+        for (let i = 0; i < 4000; i++) a.send(marked('gone', i));
+        a.flush();
+        run('ip', ['link', 'del', 'dev', gone]); // the VM's tap vanishes under the queued sends
+        other.send(marked('still', 0));
+        other.flush();
+        const st = a.stats(); // waits for the thread: nothing left in flight
+        expect(st.txFrames + st.txErrors).toBe(4000);
+        await waitFor('the other port\'s frame', () => atFar.frames.length >= 1);
+        await a.close();
+      } finally {
+        runQuietly('ip', ['link', 'del', 'dev', gone]);
+      }
+    });
+
     test('the thread ends with the worker that started it, and the worker exits', async () => {
       const { Worker } = await import('node:worker_threads');
       const mod = join(__dirname, '..', '..', 'dist', 'lib', 'io', 'afpacket-port.js');
