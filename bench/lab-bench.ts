@@ -63,8 +63,11 @@ import { Spread, cell, fmt, layout, ratioCell, ratioOf, spread } from './lib/rep
 
 // ------------------------------------------------------------------ modes
 
-type Base = 'kernel' | 'kernel2' | 'afpacket' | 'sink' | 'cap' | 'afpacket-date' | 'afpacket-perport' | 'afpacket-sync';
-const BASES: readonly Base[] = ['kernel', 'kernel2', 'afpacket', 'sink', 'cap', 'afpacket-date', 'afpacket-perport', 'afpacket-sync'];
+/** afpacket-spin: how long the rings are polled after each breath (run --busy-poll-us). */
+const SPIN_US = 50;
+
+type Base = 'kernel' | 'kernel2' | 'afpacket' | 'sink' | 'cap' | 'afpacket-date' | 'afpacket-perport' | 'afpacket-sync' | 'afpacket-spin';
+const BASES: readonly Base[] = ['kernel', 'kernel2', 'afpacket', 'sink', 'cap', 'afpacket-date', 'afpacket-perport', 'afpacket-sync', 'afpacket-spin'];
 const BASE_LABELS: Record<Base, string> = {
   kernel: 'KB: kernel bridge, backup left out',
   kernel2: 'KB2: kernel bridge, the backup serves the same load from a second client',
@@ -74,6 +77,7 @@ const BASE_LABELS: Record<Base, string> = {
   'afpacket-date': 'shadowvm, AF_PACKET, normalize.httpDate on',
   'afpacket-perport': 'shadowvm, AF_PACKET, one breath per epoll event (sweepOnWake off)',
   'afpacket-sync': 'shadowvm, AF_PACKET, sends made by the data plane itself (sendThread off)',
+  'afpacket-spin': `shadowvm, AF_PACKET, polling the rings ${SPIN_US} µs after each breath (busyPollUs)`,
 };
 const DEFAULT_MODES = ['kernel', 'kernel2', 'afpacket', 'sink', 'cap', 'afpacket-date', 'kernel-offload', 'afpacket-offload'] as const;
 const OFFLOAD_SUFFIX = '-offload';
@@ -514,7 +518,7 @@ async function runShadow(mode: Mode, round: number, o: Options, say: (s: string)
   let bridged: BridgedLab | null = null;
   try {
     const io: IoBackend = mode.base === 'cap' ? 'cap' : 'afpacket';
-    bridged = await startBridgedLab({ prefix: o.prefix, io, log: tap.log, config: configOf(mode.base), vnetHdr: mode.offloads, sweepOnWake: mode.base !== 'afpacket-perport', sendThread: mode.base !== 'afpacket-sync' });
+    bridged = await startBridgedLab({ prefix: o.prefix, io, log: tap.log, config: configOf(mode.base), vnetHdr: mode.offloads, sweepOnWake: mode.base !== 'afpacket-perport', sendThread: mode.base !== 'afpacket-sync', busyPollUs: mode.base === 'afpacket-spin' ? SPIN_US : 0 });
     current.bridged = bridged;
     const { lab } = bridged;
     r.ports = describePorts(bridged.bridge);
