@@ -292,7 +292,14 @@ export class EgressStage implements Stage {
     }
     const seg = this.segment;
     if (!normalizeTcp(f, ep, this.opts, seg)) this.badTcpOptions++;
-    if (side === BACKUP && !seg.rst) ep.noteSent(f.tcp.seq, seg.payload.length + (seg.syn ? 1 : 0) + (seg.fin ? 1 : 0));
+    if (side === BACKUP && !seg.rst) {
+      const sentBefore = ep.sndNxt;
+      ep.noteSent(f.tcp.seq, seg.payload.length + (seg.syn ? 1 : 0) + (seg.fin ? 1 : 0));
+      // New bytes in the backup's own sequence space are progress, even where comparison has nothing to
+      // set them against: after an aligning checkpoint (resync align) a trailing backup catches up below
+      // the aligned point, and not counting that made each new primary segment time out in turn.
+      if (ep.sndNxt !== sentBefore) flow.backupProgressUs = nowUs;
+    }
     if (seg.fin || seg.rst) flow.closedSides |= 1 << side;
     if (flow.recent) flow.remember(side, side === PRIMARY ? bytes : this.copier.copy(frame), nowUs);
     const start = seg.position;

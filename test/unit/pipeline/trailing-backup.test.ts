@@ -99,3 +99,38 @@ describe('ACKs to a trailing backup after an aligning checkpoint (resync align)'
     expect(h.p.stageCounters().ingress.backup_acks_clamped).toBe(0);
   });
 });
+
+describe('a trailing backup after an aligning checkpoint (resync align): the storm of issue 9', () => {
+  /**
+   * The primary is 10 pieces ahead when a checkpoint aligns the stream at its end. The backup then sends
+   * its missing pieces one every 50 ms (catching up: below the aligned point, nothing to compare them
+   * with) while the primary goes on. Before: those bytes did not count as progress, so each new primary
+   * piece timed out 100 ms later, and every checkpoint pushed the aligned point further ahead (lab-bench:
+   * one flow, 5 `timeout` checkpoints in a row).
+   */
+  function catchingUp(backupStopsAt: number) {
+    const h = harness({ resync: 'align', maxUnmatchedAgeMs: 100 });
+    handshake(h);
+    for (let i = 0; i < 10; i++) h.p.fromVm(PRIMARY, seg(P, i), 10 * MS);
+    h.p.request('manual', undefined, 20 * MS);
+    h.p.checkpointDone(h.out.checkpoints[0].epoch, 25 * MS, 5);
+    let next = 10;
+    for (let t = 30, i = 0; t <= 600; t += 50, i++) {
+      if (i < backupStopsAt) h.p.fromVm(BACKUP, seg(B, i), t * MS); // the backup's catching-up, in its own sequence space
+      if (t < 300) h.p.fromVm(PRIMARY, seg(P, next++), t * MS); // the primary goes on
+      h.p.tick(t * MS);
+      h.p.tick((t + 25) * MS);
+    }
+    return h;
+  }
+
+  it('counts the backup\'s catching-up bytes as progress: no timeout while it keeps coming', () => {
+    const h = catchingUp(12);
+    expect(timeouts(h)).toBe(0);
+    expect(h.p.stageCounters().compare.backup_trailing_waits).toBeGreaterThan(0);
+  });
+
+  it('still asks for a checkpoint when the catching-up backup stops', () => {
+    expect(timeouts(catchingUp(3))).toBeGreaterThanOrEqual(1);
+  });
+});
