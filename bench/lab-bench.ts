@@ -273,13 +273,14 @@ class EventTap {
   phase: string | null = null;
   readonly samples = new Map<string, string[]>();
   readonly counts: Record<string, number> = {};
-  /** What each `timeout` checkpoint named (its flow and why), at most 5 per run: a storm's first cases. */
+  /** Each `timeout` checkpoint's `backup-late` line (its flow and why), at most 5 per run: a storm's first cases. */
   readonly timeouts: string[] = [];
   readonly log: LogFn = (level, event, fields) => {
-    if (this.phase !== null && event === 'checkpoint-done' && fields?.reason === 'timeout' && this.timeouts.length < 5) {
-      this.timeouts.push(`${this.phase}: ${String(fields.flow)}`);
+    if (this.phase !== null && event === 'backup-late' && this.timeouts.length < 5) {
+      const f = fields ?? {};
+      this.timeouts.push(`${this.phase}: ${String(f.flow)}: held ${String(f.heldMs)} ms, backup quiet ${String(f.backupQuietMs)} ms, past the match: primary ${String(f.primaryAheadBytes)} B, backup ${String(f.backupAheadBytes)} B; ${String(f.heldFrames)} frame(s) held`);
     }
-    if (level === 'debug' || level === 'info' || this.phase === null) return;
+    if (level === 'debug' || level === 'info' || this.phase === null || event === 'backup-late') return;
     const key = `${level}:${event}`;
     this.counts[key] = (this.counts[key] ?? 0) + 1;
     if (event !== 'mismatch') return;

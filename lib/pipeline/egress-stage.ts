@@ -410,9 +410,21 @@ export class EgressStage implements Stage {
     this.backupTrailingWaits++;
   }
 
-  unmatchedTooLong(flow: ShadowFlow, nowUs: number): void {
-    if (flow.datagrams?.expire()) this.onMismatch(flow, nowUs);
-    else this.checkpointFor(flow, 'timeout', nowUs);
+  unmatchedTooLong(flow: ShadowFlow, nowUs: number, heldSinceUs: number): void {
+    if (flow.datagrams?.expire()) {
+      this.onMismatch(flow, nowUs);
+      return;
+    }
+    // Why it timed out, for whoever reads the log: how old the held output is, how long the backup has been
+    // quiet on this flow, and how far each side is past what was matched.
+    const stream = flow.stream;
+    this.d.log('warn', 'backup-late', {
+      flow: flow.name, heldMs: Math.round((nowUs - heldSinceUs) / 100) / 10,
+      backupQuietMs: Number.isFinite(flow.backupProgressUs) ? Math.round((nowUs - flow.backupProgressUs) / 100) / 10 : null,
+      ...(stream ? { primaryAheadBytes: seqDiff(stream.endOf(PRIMARY), stream.matched), backupAheadBytes: seqDiff(stream.endOf(BACKUP), stream.matched) } : {}),
+      heldFrames: flow.held.length,
+    });
+    this.checkpointFor(flow, 'timeout', nowUs);
   }
 
   /**

@@ -208,7 +208,7 @@ export class ShadowPipeline {
         // is slow, not stuck: two servers filling a large client window at different paces. It gets up to
         // TRAILING_GRACE times the limit; the queue limits bound what waits meanwhile.
         if (flow?.stream && nowUs - flow.backupProgressUs <= limitUs && nowUs - oldest.heldAtUs <= limitUs * TRAILING_GRACE) this.egress.noteTrailing(oldest);
-        else if (flow) this.egress.unmatchedTooLong(flow, nowUs);
+        else if (flow) this.egress.unmatchedTooLong(flow, nowUs, oldest.heldAtUs);
         else this.request('timeout', oldest.queue.flowName, nowUs);
       }
     }

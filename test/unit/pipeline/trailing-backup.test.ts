@@ -31,6 +31,7 @@ describe('a backup that trails the primary', () => {
     expect(timeouts(h)).toBe(0);
     h.p.tick(360 * MS);
     expect(timeouts(h)).toBe(1);
+    expect(h.logs.filter((e) => e === 'backup-late')).toHaveLength(1); // the timeout says why, once
   });
 
   it('waits at most TRAILING_GRACE times the limit, however steadily the backup trails', () => {
