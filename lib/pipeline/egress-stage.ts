@@ -421,7 +421,7 @@ export class EgressStage implements Stage {
     this.d.log('warn', 'backup-late', {
       flow: flow.name, heldMs: Math.round((nowUs - heldSinceUs) / 100) / 10,
       backupQuietMs: Number.isFinite(flow.backupProgressUs) ? Math.round((nowUs - flow.backupProgressUs) / 100) / 10 : null,
-      ...(stream ? { primaryAheadBytes: seqDiff(stream.endOf(PRIMARY), stream.matched), backupAheadBytes: seqDiff(stream.endOf(BACKUP), stream.matched) } : {}),
+      ...(stream ? { primaryAheadBytes: seqDiff(stream.matched, stream.endOf(PRIMARY)), backupAheadBytes: seqDiff(stream.matched, stream.endOf(BACKUP)) } : {}),
       heldFrames: flow.held.length,
     });
     this.checkpointFor(flow, 'timeout', nowUs);

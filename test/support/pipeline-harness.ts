@@ -14,13 +14,18 @@ export type Harness = ReturnType<typeof harness>;
 export function harness(partial: Partial<PipelineConfig> = {}, agent = true) {
   const out = { primary: [] as Buffer[], backup: [] as Buffer[], client: [] as Buffer[], checkpoints: [] as CheckpointRequest[] };
   const logs: string[] = [];
+  /** Every log line's fields, by event. */
+  const logged: { event: string; fields: Record<string, unknown> }[] = [];
   const p = new ShadowPipeline(makePipelineConfig(partial), {
     toReplica: (slot, f) => (slot === 0 ? out.primary : out.backup).push(Buffer.from(f)),
     toClient: (f) => out.client.push(Buffer.from(f)),
     sendCheckpoint: (r) => out.checkpoints.push(r),
-    log: (_l, event) => logs.push(event),
+    log: (_l, event, fields) => {
+      logs.push(event);
+      logged.push({ event, fields: fields ?? {} });
+    },
   }, 0, agent);
-  return { p, out, logs };
+  return { p, out, logs, logged };
 }
 
 export const fromClient = (s: TcpSpec) => tcpFrame({ from: 'client', ...s });
