@@ -44,7 +44,6 @@ function carrierNow(ifname: string): boolean | null {
 }
 
 /** Carrier changes of interfaces (netlink RTNLGRP_LINK, see io/link-watch). */
-
 export interface LinkEventSource {
   on(ifname: string, listener: (ev: { carrier: boolean; deleted: boolean; monoUs: number }) => void): () => void;
 }

@@ -119,6 +119,7 @@ typedef struct {
   napi_ref wake_resource;         /* the async resource of wake-ups (one per env, made at the first start; lives as long as the env) */
   napi_async_context wake_async;
   sender_t *sender;               /* the send thread, started by the first sendThread send */
+  int sender_failed;              /* it could not be started: sends stay on the caller's thread */
 } env_state_t;
 
 struct port {
@@ -464,7 +465,7 @@ static void *sender_main(void *arg) {
 }
 
 static sender_t *sender_get(env_state_t *st) {
-  if (st->sender) return st->sender;
+  if (st->sender || st->sender_failed) return st->sender;
   sender_t *s = calloc(1, sizeof *s);
   if (!s) abort();
   s->stage = malloc(STAGE_BYTES);
@@ -473,8 +474,13 @@ static sender_t *sender_get(env_state_t *st) {
   pthread_cond_init(&s->work, NULL);
   pthread_cond_init(&s->room, NULL);
   if (pthread_create(&s->thread, NULL, sender_main, s) != 0) {
+    /* Not tried again for every flush: this env sends synchronously from now on. */
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->work);
+    pthread_cond_destroy(&s->room);
     free(s->stage);
     free(s);
+    st->sender_failed = 1;
     return NULL;
   }
   st->sender = s;

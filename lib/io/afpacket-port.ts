@@ -98,7 +98,8 @@ export interface AfPacketPortOptions {
    * in order. A send into a veth runs the receiving namespace's stack inside
    * the syscall (its TCP, and what its answers trigger); on the event loop
    * that is time no ring is read. Costs one copy per frame. Default false
-   * here; `shadowvm run` turns it on (--no-send-thread turns it off).
+   * here; `shadowvm run` and the lab turn it on without virtio-net headers
+   * (lib/cli/ports.ts; `run --send-thread auto|on|off`).
    */
   sendThread?: boolean;
 }

@@ -19,8 +19,8 @@
  * wait here, whatever the network around it does.
  *
  * Only ports whose frame times are the kernel's wall-clock arrival times
- * (AF_PACKET, pcap capture) are measured; in-memory and replayed frames are
- * not. The clock compared with them is `performance.timeOrigin + now()`,
+ * (AF_PACKET: `arrivalTimes`) are measured; libpcap, in-memory and replayed
+ * frames are not. The clock compared with them is `performance.timeOrigin + now()`,
  * which does not follow later steps of the system clock: a step makes waits
  * look longer or shorter (negative ones are dropped, and the recent maxima
  * age out in a minute).
@@ -73,9 +73,8 @@ export class FrameWait {
     this.record(now - oldestUs, now);
   }
 
-  /** One wait of `waitUs` (measured on any clock), filed under the wall-clock second `now`. */
-  record(waitUs: number, now = this.nowUs()): void {
-    const wait = waitUs;
+  /** One wait of `wait` µs (measured on any clock), filed under the wall-clock second `now`. */
+  record(wait: number, now = this.nowUs()): void {
     if (!(wait >= 0) || wait > IMPLAUSIBLE_US) return;
     this.histogram.observe(wait / 1e6);
     if (wait > this.maxUs) this.maxUs = wait;
