@@ -98,6 +98,7 @@ enum {
   C_RX_VLAN_INSERTED,
   C_SPIN_BREATHS,      /* breaths found by the busy-poll spin rather than by epoll */
   C_SWEEP_BREATHS,     /* breaths found by the sweep of a wake-up rather than by epoll */
+  C_TX_QUEUED,         /* frames handed to the send thread (the rest of the sends were made by the caller) */
   C_COUNT
 };
 
@@ -1189,6 +1190,7 @@ static napi_value js_send(napi_env env, napi_callback_info info) {
   uint32_t sent;
   if (snd && n <= SYNC_MAX_FRAMES && sender_idle(snd)) snd = NULL; /* a small flush with nothing queued: at once, here */
   if (snd) {
+    p->counters[C_TX_QUEUED] += n;
     sender_queue(snd, p, n);
     sent = n; /* queued: the thread counts what it sends and what is refused */
   } else {
@@ -1285,6 +1287,7 @@ static napi_value layout_object(napi_env env) {
   set_u32(env, c, "rxVlanInserted", C_RX_VLAN_INSERTED);
   set_u32(env, c, "spinBreaths", C_SPIN_BREATHS);
   set_u32(env, c, "sweepBreaths", C_SWEEP_BREATHS);
+  set_u32(env, c, "txQueued", C_TX_QUEUED);
   set_u32(env, c, "count", C_COUNT);
   napi_set_named_property(env, o, "counters", c);
   return o;

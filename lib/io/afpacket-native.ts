@@ -26,7 +26,7 @@ export interface AfPacketLayout {
     readonly rxFrames: number; readonly rxBytes: number; readonly txFrames: number; readonly txBytes: number;
     readonly rxDrops: number; readonly txErrors: number; readonly rxTruncated: number; readonly lastTxErrno: number;
     readonly breaths: number; readonly socketErrors: number; readonly lastSocketErrno: number;
-    readonly rxVlanInserted: number; readonly spinBreaths: number; readonly sweepBreaths: number; readonly count: number;
+    readonly rxVlanInserted: number; readonly spinBreaths: number; readonly sweepBreaths: number; readonly txQueued: number; readonly count: number;
   };
 }
 

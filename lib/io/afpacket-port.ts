@@ -111,6 +111,8 @@ export interface AfPacketPortStats extends PortStats {
   breaths: number;
   spinBreaths: number;
   sweepBreaths: number;
+  /** Frames handed to the send thread (sendThread); the others were sent by the data plane itself. */
+  txQueued: number;
   /** Socket errors reported by the kernel (e.g. ENETDOWN when the interface goes down). */
   socketErrors: number;
   /** errno text of the last send failure / socket error, '' if none. */
@@ -349,6 +351,7 @@ export class AfPacketPort implements PacketPort {
       breaths: c[i.breaths],
       spinBreaths: c[i.spinBreaths],
       sweepBreaths: c[i.sweepBreaths],
+      txQueued: c[i.txQueued],
       socketErrors: c[i.socketErrors],
       lastTxError: errnoName(c[i.lastTxErrno]),
       lastSocketError: errnoName(c[i.lastSocketErrno]),

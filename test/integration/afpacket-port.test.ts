@@ -365,28 +365,42 @@ describe('AfPacketPort on a veth pair', () => {
   describe('with sendThread (the sends are copied and made by a thread of their own)', () => {
     const threaded = { sendThread: true };
 
+    /** More frames than a flush the caller sends itself (8, with nothing queued): this flush goes to the thread. */
+    const THREAD_FLUSH = 12;
+
     test('frames arrive byte for byte and in order, and the counters are settled when read', async () => {
       const a = port(PAIR.a, threaded);
       const atB = new Collector(port(PAIR.b));
       const sent = [marked('thread', 0), tcpFrame({ flags: 'PA', seq: 9, payload: 'y'.repeat(1400) }), marked('thread', 1, { v6: true, padTo: 60 })];
+      for (let i = 2; sent.length < THREAD_FLUSH; i++) sent.push(marked('thread', i));
       for (const f of sent) a.send(f);
       a.flush();
       // stats() waits for the thread: nothing counted late.
-      expect(a.stats()).toMatchObject({ txFrames: 3, txBytes: sent.reduce((n, f) => n + f.length, 0), txErrors: 0 });
-      await waitFor('3 frames', () => atB.frames.length >= 3);
+      expect(a.stats()).toMatchObject({ txQueued: THREAD_FLUSH, txFrames: THREAD_FLUSH, txBytes: sent.reduce((n, f) => n + f.length, 0), txErrors: 0 });
+      await waitFor(`${THREAD_FLUSH} frames`, () => atB.frames.length >= THREAD_FLUSH);
       expect(atB.buffers).toEqual(sent);
     });
 
-    test('a frame the sender changes right after its flush goes out as it was (the flush copied it)', async () => {
+    test('a small flush with nothing queued is sent by the caller, at once', async () => {
       const a = port(PAIR.a, threaded);
       const atB = new Collector(port(PAIR.b));
-      const f = marked('copied', 0);
-      const original = Buffer.from(f);
-      a.send(f);
+      a.send(marked('small', 0));
       a.flush();
-      f.fill(0xee, 14);
+      expect(a.stats()).toMatchObject({ txQueued: 0, txFrames: 1 });
       await waitFor('1 frame', () => atB.frames.length >= 1);
-      expect(atB.buffers).toEqual([original]);
+    });
+
+    test('frames the sender changes right after their flush go out as they were (the flush copied them)', async () => {
+      const a = port(PAIR.a, threaded);
+      const atB = new Collector(port(PAIR.b));
+      const frames = Array.from({ length: THREAD_FLUSH }, (_, i) => marked('copied', i));
+      const originals = frames.map((f) => Buffer.from(f));
+      for (const f of frames) a.send(f);
+      a.flush();
+      for (const f of frames) f.fill(0xee, 14);
+      await waitFor(`${THREAD_FLUSH} frames`, () => atB.frames.length >= THREAD_FLUSH);
+      expect(atB.buffers).toEqual(originals);
+      expect(a.stats().txQueued).toBe(THREAD_FLUSH);
     });
 
     test('12,000 frames in 12 flushes, three times the staging area, all arrive in order or are counted as drops', async () => {
@@ -398,7 +412,7 @@ describe('AfPacketPort on a veth pair', () => {
         for (let i = k * 1000; i < (k + 1) * 1000; i++) a.send(sent[i]);
         a.flush();
       }
-      expect(a.stats()).toMatchObject({ txFrames: 12_000, txErrors: 0 });
+      expect(a.stats()).toMatchObject({ txQueued: 12_000, txFrames: 12_000, txErrors: 0 });
       await waitFor('12,000 frames received or dropped', () => atB.frames.length + b.stats().rxDrops >= 12_000, 10_000);
       let at = 0;
       for (const f of atB.buffers) {
@@ -412,14 +426,15 @@ describe('AfPacketPort on a veth pair', () => {
     test('a refused frame is counted as a send error and the rest of the flush is sent', async () => {
       const a = port(PAIR.a, threaded);
       const atB = new Collector(port(PAIR.b));
-      const fine = [marked('refused-t', 0), marked('refused-t', 1)];
-      a.send(fine[0]);
-      a.send(udpFrame({ payload: Buffer.alloc(3000) }));
-      a.send(fine[1]);
+      const fine = Array.from({ length: THREAD_FLUSH }, (_, i) => marked('refused-t', i));
+      fine.forEach((f, i) => {
+        a.send(f);
+        if (i === 5) a.send(udpFrame({ payload: Buffer.alloc(3000) })); // larger than the MTU
+      });
       a.flush();
-      await waitFor('2 frames', () => atB.frames.length >= 2);
+      await waitFor(`${THREAD_FLUSH} frames`, () => atB.frames.length >= THREAD_FLUSH);
       expect(atB.buffers).toEqual(fine);
-      expect(a.stats()).toMatchObject({ txFrames: 2, txErrors: 1, lastTxError: 'EMSGSIZE' });
+      expect(a.stats()).toMatchObject({ txQueued: THREAD_FLUSH + 1, txFrames: THREAD_FLUSH, txErrors: 1, lastTxError: 'EMSGSIZE' });
     });
 
     test('with vnetHdr, a GSO super-frame and its virtio-net header go out together', async () => {
@@ -427,11 +442,16 @@ describe('AfPacketPort on a veth pair', () => {
       const atB = new Collector(port(PAIR.b, { vnetHdr: true }));
       const superFrame = tcpFrame({ flags: 'PA', seq: 1, payload: Buffer.alloc(3 * 1448, 5), options: { ts: [1, 2] } });
       const l = layoutOf(superFrame);
-      a.send(superFrame, { flags: VIRTIO_NET_HDR_F_NEEDS_CSUM, gsoType: VIRTIO_NET_HDR_GSO_TCPV4, hdrLen: l.l4Offset + 32, gsoSize: 1448, csumStart: l.l4Offset, csumOffset: 16 });
+      for (let i = 0; i < THREAD_FLUSH; i++) {
+        a.send(superFrame, { flags: VIRTIO_NET_HDR_F_NEEDS_CSUM, gsoType: VIRTIO_NET_HDR_GSO_TCPV4, hdrLen: l.l4Offset + 32, gsoSize: 1448, csumStart: l.l4Offset, csumOffset: 16 });
+      }
       a.flush();
-      await waitFor('the super-frame', () => atB.frames.length >= 1);
-      expect(atB.frames[0].frame.length).toBe(superFrame.length);
-      expect(atB.frames[0].vnet).toMatchObject({ gsoType: VIRTIO_NET_HDR_GSO_TCPV4, gsoSize: 1448, csumStart: l.l4Offset, csumOffset: 16 });
+      await waitFor(`${THREAD_FLUSH} super-frames`, () => atB.frames.length >= THREAD_FLUSH);
+      expect(a.stats()).toMatchObject({ txQueued: THREAD_FLUSH, txFrames: THREAD_FLUSH, txErrors: 0 });
+      for (const got of atB.frames) {
+        expect(got.frame.length).toBe(superFrame.length);
+        expect(got.vnet).toMatchObject({ gsoType: VIRTIO_NET_HDR_GSO_TCPV4, gsoSize: 1448, csumStart: l.l4Offset, csumOffset: 16 });
+      }
     });
 
     test('close waits for what is queued: every frame flushed before close arrives', async () => {
@@ -441,7 +461,8 @@ describe('AfPacketPort on a veth pair', () => {
       const sent = Array.from({ length: 3000 }, (_, i) => marked('closing', i));
       for (const f of sent) a.send(f);
       a.flush();
-      await a.close();
+      await a.close(); // no stats() before it: that would wait for the thread itself
+      expect(a.stats()).toMatchObject({ txQueued: 3000, txFrames: 3000 });
       await waitFor('3000 frames received or dropped', () => atB.frames.length + b.stats().rxDrops >= 3000);
       expect(b.stats().rxDrops).toBe(0);
       expect(atB.buffers).toEqual(sent);
@@ -460,6 +481,7 @@ describe('AfPacketPort on a veth pair', () => {
         other.send(marked('still', 0));
         other.flush();
         const st = a.stats(); // waits for the thread: nothing left in flight
+        expect(st.txQueued).toBe(4000);
         expect(st.txFrames + st.txErrors).toBe(4000);
         await waitFor('the other port\'s frame', () => atFar.frames.length >= 1);
         await a.close();
