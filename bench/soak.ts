@@ -213,7 +213,8 @@ async function startBridge(lab: Lab, o: Options, profDir: string): Promise<Bridg
 
 interface AttackContext { lab: Lab; bridge: BridgeUnderTest }
 /** dataPlane: frames only (no control socket, no agent), so the kernel-bridge reference pass runs it too. */
-interface Attack { name: string; what: string; dataPlane?: boolean; run(c: AttackContext): Promise<string> }
+/** optional: run only when named by --only (a decomposition of another attack). */
+interface Attack { name: string; what: string; dataPlane?: boolean; optional?: boolean; run(c: AttackContext): Promise<string> }
 
 /** Opens a connection and writes `payload`, never reading; resolves with the socket once written (or refused). */
 function floodConnection(path: string | { host: string; port: number }, payload: string): Promise<Socket> {
@@ -354,6 +355,24 @@ const ATTACKS: Attack[] = [
     run: async ({ lab }) => {
       const nodes: LabNode[] = [lab.client, lab.primary, lab.backup];
       const r = await Promise.all(nodes.map((n, i) => injectIn(n.netns, { kind: 'malformed', count: 10_000, seed: 30 + i, perMs: 5 })));
+      return r.map((x, i) => `${nodes[i].role} ${x.sent}`).join(', ');
+    },
+  },
+  {
+    name: 'malformed-client',
+    dataPlane: true,
+    what: 'the client third of `malformed` alone: 10,000 malformed frames from the client (by --only)',
+    optional: true,
+    run: async ({ lab }) => JSON.stringify(await injectIn(lab.client.netns, { kind: 'malformed', count: 10_000, seed: 30, perMs: 5 })),
+  },
+  {
+    name: 'malformed-vms',
+    dataPlane: true,
+    what: 'the VM two thirds of `malformed` alone: 10,000 malformed frames from each VM (by --only)',
+    optional: true,
+    run: async ({ lab }) => {
+      const nodes: LabNode[] = [lab.primary, lab.backup];
+      const r = await Promise.all(nodes.map((n, i) => injectIn(n.netns, { kind: 'malformed', count: 10_000, seed: 31 + i, perMs: 5 })));
       return r.map((x, i) => `${nodes[i].role} ${x.sent}`).join(', ');
     },
   },
@@ -526,7 +545,7 @@ async function main(): Promise<void> {
     await delay(1000);
     await probe.mark();
     const rows: Row[] = [];
-    const selected = ATTACKS.filter((a) => !o.only || o.only.includes(a.name));
+    const selected = ATTACKS.filter((a) => (o.only ? o.only.includes(a.name) : !a.optional));
     // The probe alone, then with the downloads: the baselines.
     rows.push(await measure('baseline (probe only)', 'no attack, no downloads', bridge, probe, async () => { await delay(4000); return ''; }));
     downloads = new Downloads(lab, createHash('sha256').update(big).digest('hex'));

@@ -71,6 +71,9 @@ export interface EgressDeps {
   log(level: 'info' | 'warn', event: string, fields: Record<string, unknown>): void;
 }
 
+/** At most one `client-reset-released` line this often. */
+const CLIENT_RESET_LOG_US = 10_000_000;
+
 export class EgressStage implements Stage {
   readonly stageName = 'compare';
   readonly frames = { primary: 0, backup: 0 };
@@ -94,6 +97,11 @@ export class EgressStage implements Stage {
   backlogFrames = 0;
   /** Flows left unprotected because their client's checkpoint budget was spent. */
   overBudget = 0;
+  /** Held output released without a checkpoint because the client had reset the flow (and the frames in it). */
+  clientResetReleases = 0;
+  clientResetFramesReleased = 0;
+  private clientResetLoggedUs = -Infinity;
+  private clientResetReleasesLogged = 0;
   /** `pass` TCP flows found at a failover (to be reset), and the promoted replica's frames on them dropped. */
   passFlowsReset = 0;
   passSurvivorFramesDropped = 0;
@@ -132,6 +140,8 @@ export class EgressStage implements Stage {
       flows_lost: this.flowsLost,
       backlog_frames: this.backlogFrames,
       flows_over_checkpoint_budget: this.overBudget,
+      client_reset_releases: this.clientResetReleases,
+      client_reset_frames_released: this.clientResetFramesReleased,
       policy_pass_flows_reset: this.passFlowsReset,
       policy_pass_survivor_frames_dropped: this.passSurvivorFramesDropped,
       stateless_resets: this.statelessResets,
@@ -415,9 +425,31 @@ export class EgressStage implements Stage {
       this.onMismatch(flow, nowUs);
       return;
     }
+    const stream = flow.stream;
+    // The client reset the connection while this output waited (a client that closed its socket answers
+    // every further segment with a reset): the backup, reset too or stalled on a window nobody will open
+    // again, says no more, and nothing on the flow is left to protect. The output goes as the primary said
+    // it (the client resets it again), without a checkpoint. Only a reset the ingress accepted for the
+    // flow counts, and only one since about when this output began to wait.
+    if (flow.clientResetUs >= heldSinceUs - this.d.config.maxUnmatchedAgeMs * 1000) {
+      this.clientResetReleases++;
+      this.clientResetFramesReleased += flow.held.length;
+      // Routine when clients hang up on a download: one line per 10 s at most, with the count meanwhile.
+      if (nowUs - this.clientResetLoggedUs >= CLIENT_RESET_LOG_US) {
+        this.d.log('info', 'client-reset-released', {
+          flow: flow.name, heldFrames: flow.held.length, heldMs: Math.round((nowUs - heldSinceUs) / 100) / 10,
+          ...(stream ? { primaryAheadBytes: seqDiff(stream.matched, stream.endOf(PRIMARY)) } : {}),
+          releasesSinceLastLine: this.clientResetReleases - this.clientResetReleasesLogged,
+          note: 'the client reset the flow while the backup trailed: its held output went out without a checkpoint',
+        });
+        this.clientResetLoggedUs = nowUs;
+        this.clientResetReleasesLogged = this.clientResetReleases;
+      }
+      flow.held.releaseAll();
+      return;
+    }
     // Why it timed out, for whoever reads the log: how old the held output is, how long the backup has been
     // quiet on this flow, and how far each side is past what was matched.
-    const stream = flow.stream;
     this.d.log('warn', 'backup-late', {
       flow: flow.name, heldMs: Math.round((nowUs - heldSinceUs) / 100) / 10,
       backupQuietMs: Number.isFinite(flow.backupProgressUs) ? Math.round((nowUs - flow.backupProgressUs) / 100) / 10 : null,

@@ -310,6 +310,8 @@ export class IngressStage implements Stage {
         }
       }
     }
+    // A reset the flow accepts: the client's end of the connection is gone (see EgressStage.unmatchedTooLong).
+    if (flags & TcpFlag.RST) flow.clientResetUs = nowUs;
     // The client acknowledged something: no longer a half-open flow that a SYN flood may push out.
     if (flow.tcp && !flow.tcp.client.ackSeen && (f.tcp.flags & TcpFlag.ACK)) flow.tcp.client.ackSeen = true;
     if (flow.mode === 'carried') {

@@ -108,6 +108,8 @@ export class ShadowFlow implements ReleaseGate {
   bornEpoch = 0;
   /** When the backup last said something new on this stream (its stream end moved): a trailing backup is not a stuck one. */
   backupProgressUs = -Infinity;
+  /** When the client last reset this connection (an RST the ingress forwarded to both replicas). */
+  clientResetUs = -Infinity;
   /** Which flow this is: its birth order in the registry (reports are listed in it). */
   serial = 0;
   readonly protocol: FlowReport['protocol'];
