@@ -1,4 +1,6 @@
 /** Opens the bridge's three ports with the chosen I/O back-end; all or none. */
+import { execFileSync } from 'node:child_process';
+import type { LogFn } from '../control/logger';
 import { PacketPort } from '../io/port';
 
 export type IoBackend = 'afpacket' | 'cap';
@@ -23,6 +25,52 @@ export interface PortOptions {
    * frame is up to 64 KiB, the copy costs more than the send it moves, and wrk lost 4–11%.
    */
   sendThread?: boolean;
+  /** Where warnings about a port's set-up go (cap: a ring that offloads make small). */
+  log?: LogFn;
+}
+
+/** The offloads that make libpcap size every ring slot for its 64 KiB snapshot rather than for the MTU. */
+export const CAP_RING_OFFLOADS = ['tcp-segmentation-offload', 'generic-segmentation-offload', 'generic-receive-offload', 'large-receive-offload'] as const;
+
+/**
+ * Which of CAP_RING_OFFLOADS are on for `ifname` (`ethtool -k`); null when
+ * that cannot be read (no ethtool, no such interface).
+ *
+ * Why it matters: `cap` asks libpcap for a 64 KiB snapshot. libpcap sizes its
+ * ring slots for the MTU only when none of these offloads is on; otherwise a
+ * slot is 64 KiB and cap's 8 MiB ring holds about 128 frames (measured: a 16
+ * MiB mapping with them on, 10 MiB of MTU slots, about 6,000, with them off).
+ * Under wrk at 100 KiB, 128 frames overflow; a lost backup frame is a `timeout`
+ * checkpoint (lab-bench: 8 to 20 a run).
+ */
+export function capRingOffloads(ifname: string): string[] | null {
+  let out: string;
+  try {
+    out = execFileSync('ethtool', ['-k', ifname], { encoding: 'utf8', timeout: 2000, stdio: ['ignore', 'pipe', 'ignore'] });
+  } catch {
+    return null;
+  }
+  const on: string[] = [];
+  for (const line of out.split('\n')) {
+    const m = /^([a-z-]+): on\b/.exec(line.trim());
+    if (m && (CAP_RING_OFFLOADS as readonly string[]).includes(m[1])) on.push(m[1]);
+  }
+  return on;
+}
+
+const ETHTOOL_NAMES: Record<string, string> = {
+  'tcp-segmentation-offload': 'tso', 'generic-segmentation-offload': 'gso', 'generic-receive-offload': 'gro', 'large-receive-offload': 'lro',
+};
+
+/** The `cap-ring-small` warning for `ifname`, if its offloads make the ring small. */
+function warnCapRing(ifname: string, log: LogFn): void {
+  const on = capRingOffloads(ifname);
+  if (!on || on.length === 0) return;
+  log('warn', 'cap-ring-small', {
+    port: ifname, offloadsOn: on,
+    note: 'libpcap makes every ring slot 64 KiB while these are on: the ring holds about 128 frames, and a frame lost under load costs a timeout checkpoint',
+    fix: `ethtool -K ${ifname} ${on.map((f) => `${ETHTOOL_NAMES[f]} off`).join(' ')} (before the bridge starts), or --io afpacket`,
+  });
 }
 
 /** Ring slots per port with virtio-net headers: 512 × 64 KiB = 32 MiB of kernel memory per port. */
@@ -33,7 +81,9 @@ export function openOne(io: IoBackend, ifname: string, options: PortOptions): Pa
   if (io === 'cap') {
     // eslint-disable-next-line @typescript-eslint/no-var-requires
     const { CapPort } = require('../io/cap-port') as typeof import('../io/cap-port');
-    return new CapPort(ifname);
+    const port = new CapPort(ifname);
+    if (options.log) warnCapRing(ifname, options.log);
+    return port;
   }
   // eslint-disable-next-line @typescript-eslint/no-var-requires
   const { AfPacketPort } = require('../io/afpacket-port') as typeof import('../io/afpacket-port');

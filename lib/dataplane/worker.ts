@@ -33,7 +33,7 @@ async function main(init: DataPlaneInit): Promise<void> {
         throw new CarrierWatchError(`cannot watch link carriers: ${(e as Error).message} (or run with --no-carrier-watch: deaths are then seen only by the agent and the silence detector)`);
       }
     }
-    const ports = openPorts(init.io, init.ports, { vnetHdr: init.vnetHdr, busyPollUs: init.busyPollUs, sendThread: init.sendThread });
+    const ports = openPorts(init.io, init.ports, { vnetHdr: init.vnetHdr, busyPollUs: init.busyPollUs, sendThread: init.sendThread, log: logger.log });
     bridge = new Bridge(ports, { name: init.name, config: init.config, agentSocket: init.agentSocket, log: logger.log, links, startedEvent: 'data-plane-started' });
     await bridge.start();
   } catch (e) {

@@ -17,6 +17,7 @@ import { runLabAgent, LabAgent } from '../agents/lab-agent';
 import { LogFn, noLog } from '../control/logger';
 import { IoBackend, openPorts } from '../cli/ports';
 import { Lab, buildLab, teardownLab, waitUntilQuiet } from './netns';
+import { runQuietly } from './exec';
 import { Lab as LabT, LabNode } from './netns';
 import { LabServers, startLabServers } from './servers';
 import { DeathMode, killReplica, replicaOfPort, reviveReplicaElsewhere } from './faults';
@@ -107,7 +108,9 @@ export async function startBridgedLab(options: BridgedLabOptions = {}): Promise<
     await waitUntilQuiet(lab);
     const agentSocket = join(lab.runDir, 'agent.sock');
     const controlSocket = join(lab.runDir, 'control.sock');
-    const ports = openPorts(options.io ?? 'afpacket', { uplink: lab.client.hostIf, primary: lab.primary.hostIf, backup: lab.backup.hostIf }, { vnetHdr: options.vnetHdr ?? false, busyPollUs: options.busyPollUs, sweepOnWake: options.sweepOnWake, sendThread: options.sendThread });
+    // What cap-ring-small advises (lib/cli/ports.ts): with these offloads on its host ends, libpcap's ring holds ~128 frames.
+    if (options.io === 'cap') for (const n of lab.nodes) runQuietly('ethtool', ['-K', n.hostIf, 'tso', 'off', 'gso', 'off', 'gro', 'off']);
+    const ports = openPorts(options.io ?? 'afpacket', { uplink: lab.client.hostIf, primary: lab.primary.hostIf, backup: lab.backup.hostIf }, { vnetHdr: options.vnetHdr ?? false, busyPollUs: options.busyPollUs, sweepOnWake: options.sweepOnWake, sendThread: options.sendThread, log: options.log });
     bridge = new Bridge(ports, {
       name: lab.prefix,
       config: makePipelineConfig({ resync: 'align', ...options.config }),

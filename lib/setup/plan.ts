@@ -293,6 +293,16 @@ function offloadSteps(target: Target, offloads: OffloadState | undefined, notes:
       feature: 'large-receive-offload', ethtoolName: 'lro',
       why: `${target.ifname}: LRO off, so captured frames are never larger than the MTU (--io cap)`,
     });
+    // libpcap sizes its ring slots for the MTU only when none of TSO, GSO, GRO, LRO is on; otherwise for
+    // cap's 64 KiB snapshot: 8 MiB then holds about 128 frames, and under load backup frames are lost.
+    wanted.push({
+      feature: 'tcp-segmentation-offload', ethtoolName: 'tso',
+      why: `${target.ifname}: TSO off, so libpcap sizes its ring slots for the MTU, not 64 KiB (about 50 times the frames in the same memory; --io cap)`,
+    });
+    wanted.push({
+      feature: 'generic-segmentation-offload', ethtoolName: 'gso',
+      why: `${target.ifname}: GSO off, so libpcap sizes its ring slots for the MTU, not 64 KiB (--io cap)`,
+    });
   }
   const steps: Step[] = [];
   for (const w of wanted) {

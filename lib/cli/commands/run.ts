@@ -127,7 +127,7 @@ export function runCommand(y: Argv): Argv {
       }
       let ports;
       try {
-        ports = openPorts(args.io as IoBackend, { uplink: uplink!, primary: primary!, backup: backup! }, { vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'], sendThread: sendThreadOf(args['send-thread']) });
+        ports = openPorts(args.io as IoBackend, { uplink: uplink!, primary: primary!, backup: backup! }, { vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'], sendThread: sendThreadOf(args['send-thread']), log: logger.log });
       } catch (e) {
         links?.close();
         throw e;

@@ -8,7 +8,9 @@
 import { HostSnapshot, Step } from '../../../lib/setup';
 import { disableIpv6Key } from '../../../lib/setup/host-state';
 
-const FEATURES: Record<string, string> = { tx: 'tx-checksumming', gro: 'generic-receive-offload', lro: 'large-receive-offload' };
+const FEATURES: Record<string, string> = {
+  tx: 'tx-checksumming', gro: 'generic-receive-offload', lro: 'large-receive-offload', tso: 'tcp-segmentation-offload', gso: 'generic-segmentation-offload',
+};
 
 export interface ModelLink {
   kind: 'nic' | 'veth' | 'tap' | 'bridge';
@@ -23,7 +25,7 @@ export interface ModelLink {
   mtu: number;
   master?: string;
   mac?: string;
-  /** ethtool names (tx, gro, lro) that are on. */
+  /** ethtool names (tx, gro, lro, tso, gso) that are on. */
   offloadsOn: Set<string>;
   addresses: Set<string>;
 }
@@ -66,8 +68,8 @@ export class HostModel {
 
   private create(ifname: string, link: Omit<ModelLink, 'up' | 'promisc' | 'noArp' | 'ipv6Disabled' | 'mtu' | 'offloadsOn' | 'addresses'>, ipv6Default: boolean): void {
     if (this.links.has(ifname)) throw new Error(`${ifname} exists`);
-    // New veths and taps: down, MTU 1500, GRO off and tx checksumming on (as the kernel makes them).
-    this.links.set(ifname, { ...link, up: false, promisc: false, noArp: false, ipv6Disabled: ipv6Default, mtu: 1500, offloadsOn: new Set(['tx']), addresses: new Set() });
+    // New veths and taps: down, MTU 1500, GRO off; tx checksumming, TSO and GSO on (as the kernel makes a veth).
+    this.links.set(ifname, { ...link, up: false, promisc: false, noArp: false, ipv6Disabled: ipv6Default, mtu: 1500, offloadsOn: new Set(['tx', 'tso', 'gso']), addresses: new Set() });
   }
 
   apply(steps: readonly Step[], ipv6DefaultDisabled = false): void {
