@@ -53,6 +53,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <linux/if_ether.h>
+#include <linux/filter.h>
 #include <linux/if_packet.h>
 #include <linux/virtio_net.h>
 
@@ -839,6 +840,32 @@ static void set_u32(napi_env env, napi_value obj, const char *name, uint32_t v) 
   napi_set_named_property(env, obj, name, x);
 }
 
+/*
+ * The `filter` option: a classic BPF program (struct sock_filter[], as bytes)
+ * attached before bind, so no frame it refuses ever reaches the ring (the
+ * data plane's shards: lib/dataplane/shard.ts). Returns 0 if absent, 1 with
+ * *prog filled (pointing into the JS buffer: use it before returning), -1 if
+ * it is not a buffer of whole instructions (1 to BPF_MAXINSNS).
+ */
+static int get_opt_filter(napi_env env, napi_value obj, struct sock_fprog *prog) {
+  bool has = false, typed = false;
+  napi_value v;
+  napi_valuetype t;
+  if (napi_has_named_property(env, obj, "filter", &has) != napi_ok || !has) return 0;
+  napi_get_named_property(env, obj, "filter", &v);
+  napi_typeof(env, v, &t);
+  if (t == napi_undefined) return 0;
+  if (napi_is_typedarray(env, v, &typed) != napi_ok || !typed) return -1;
+  napi_typedarray_type type;
+  size_t length;
+  void *data;
+  if (napi_get_typedarray_info(env, v, &type, &length, &data, NULL, NULL) != napi_ok || type != napi_uint8_array) return -1;
+  if (length == 0 || length % sizeof(struct sock_filter) || length / sizeof(struct sock_filter) > BPF_MAXINSNS) return -1;
+  prog->len = (unsigned short)(length / sizeof(struct sock_filter));
+  prog->filter = data;
+  return 1;
+}
+
 static uint32_t read_sys_u32(const char *ifname, const char *attr, uint32_t fallback) {
   char path[128];
   snprintf(path, sizeof path, "/sys/class/net/%s/%s", ifname, attr);
@@ -898,6 +925,12 @@ static napi_value js_socket_new(napi_env env, napi_callback_info info) {
     throw_usage(env, "Socket options: ringFrames, frameSize, busyPollUs, socketBusyPollUs are unsigned integers; vnetHdr, qdiscBypass, sweepOnWake, sendThread booleans");
     return NULL;
   }
+  struct sock_fprog filter = {0};
+  int has_filter = get_opt_filter(env, argv[1], &filter);
+  if (has_filter < 0) {
+    throw_usage(env, "Socket option filter: a Uint8Array of whole struct sock_filter instructions (8 bytes each, 1 to 4096)");
+    return NULL;
+  }
 
   /* socket first: without CAP_NET_RAW this is where EPERM comes from. Protocol 0:
    * nothing is received until bind() names the interface and ETH_P_ALL. */
@@ -932,6 +965,8 @@ static napi_value js_socket_new(napi_env env, napi_callback_info info) {
   if (setsockopt(fd, SOL_PACKET, PACKET_RESERVE, &reserve, sizeof reserve) < 0) FAIL("setsockopt(PACKET_RESERVE)", errno, NULL);
   if (setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof one) < 0) FAIL("setsockopt(PACKET_IGNORE_OUTGOING)", errno, NULL);
   if (bypass && setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof one) < 0) FAIL("setsockopt(PACKET_QDISC_BYPASS)", errno, NULL);
+  /* Before bind: protocol 0 receives nothing yet, so no frame the filter refuses reaches the ring. */
+  if (has_filter && setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &filter, sizeof filter) < 0) FAIL("setsockopt(SO_ATTACH_FILTER)", errno, "the kernel refused the socket filter");
   if (so_busy_us) {
     int v = (int)so_busy_us;
     if (setsockopt(fd, SOL_SOCKET, SO_BUSY_POLL, &v, sizeof v) < 0) FAIL("setsockopt(SO_BUSY_POLL)", errno, NULL);

@@ -62,15 +62,15 @@ const ETHTOOL_NAMES: Record<string, string> = {
   'tcp-segmentation-offload': 'tso', 'generic-segmentation-offload': 'gso', 'generic-receive-offload': 'gro', 'large-receive-offload': 'lro',
 };
 
-/** The `cap-ring-small` warning for `ifname`, if its offloads make the ring small. */
-function warnCapRing(ifname: string, log: LogFn): void {
+/** The fields of the `cap-ring-small` warning for `ifname`, or null if its offloads leave the ring its full size. */
+export function capRingWarning(ifname: string): Record<string, unknown> | null {
   const on = capRingOffloads(ifname);
-  if (!on || on.length === 0) return;
-  log('warn', 'cap-ring-small', {
+  if (!on || on.length === 0) return null;
+  return {
     port: ifname, offloadsOn: on,
     note: 'libpcap makes every ring slot 64 KiB while these are on: the ring holds about 128 frames, and a frame lost under load costs a timeout checkpoint',
     fix: `ethtool -K ${ifname} ${on.map((f) => `${ETHTOOL_NAMES[f]} off`).join(' ')} (before the bridge starts), or --io afpacket`,
-  });
+  };
 }
 
 /** Ring slots per port with virtio-net headers: 512 × 64 KiB = 32 MiB of kernel memory per port. */
@@ -82,7 +82,8 @@ export function openOne(io: IoBackend, ifname: string, options: PortOptions): Pa
     // eslint-disable-next-line @typescript-eslint/no-var-requires
     const { CapPort } = require('../io/cap-port') as typeof import('../io/cap-port');
     const port = new CapPort(ifname);
-    if (options.log) warnCapRing(ifname, options.log);
+    const warning = options.log ? capRingWarning(ifname) : null;
+    if (warning) options.log!('warn', 'cap-ring-small', warning);
     return port;
   }
   // eslint-disable-next-line @typescript-eslint/no-var-requires

@@ -44,6 +44,8 @@ export interface AfPacketSocketOptions {
   qdiscBypass?: boolean;
   /** Sends are copied and made by the env's send thread (see AfPacketPortOptions.sendThread). */
   sendThread?: boolean;
+  /** A classic BPF program (struct sock_filter[] as bytes) attached before bind (see AfPacketPortOptions.filter). */
+  filter?: Uint8Array;
   /**
    * A wake-up by this socket also takes the frames waiting in every other
    * open sweepOnWake socket's ring (in one callback scope) before libuv

@@ -102,6 +102,12 @@ export interface AfPacketPortOptions {
    * (lib/cli/ports.ts; `run --send-thread auto|on|off`).
    */
   sendThread?: boolean;
+  /**
+   * Take only the frames this classic BPF program accepts (SO_ATTACH_FILTER,
+   * attached before the socket is bound: nothing else ever reaches the ring).
+   * The data plane's shards use it (lib/dataplane/shard.ts). Default: none.
+   */
+  filter?: Uint8Array;
 }
 
 export interface AfPacketPortStats extends PortStats {
@@ -237,6 +243,7 @@ export class AfPacketPort implements PacketPort {
           socketBusyPollUs: options.socketBusyPollUs ?? 0,
           sweepOnWake: options.sweepOnWake ?? true,
           sendThread: options.sendThread ?? false,
+          ...(options.filter ? { filter: options.filter } : {}),
         },
         (count) => this.deliver(count),
       );

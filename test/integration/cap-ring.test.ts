@@ -3,10 +3,11 @@
  * slots 64 KiB while segmentation or receive offloads are on, and the bridge
  * says so at start (`cap-ring-small`, with the ethtool line that fixes it).
  * lab-bench's cap mode lost backup frames to that ring: 8 to 20 `timeout`
- * checkpoints a run.
+ * checkpoints a run. No cap handle is opened here: cap 0.2.1 crashes the
+ * process when V8 collects a closed handle, and jest drops each test file's
+ * modules (and the handles lib/io/cap-port.ts keeps from collection) after it.
  */
-import type { LogLevel } from '../../lib/control/logger';
-import { capRingOffloads, openPorts } from '../../lib/cli/ports';
+import { capRingOffloads, capRingWarning } from '../../lib/cli/ports';
 import { run, runQuietly } from '../../lib/lab/exec';
 
 const tag = `svmc${process.pid.toString(36)}`;
@@ -36,22 +37,19 @@ describe('the cap back-end\'s ring and the offloads', () => {
     expect(capRingOffloads(`${tag}none`)).toBeNull();
   });
 
-  it('warns at start for each port whose offloads make the ring small, with the fix', async () => {
-    const logged: { level: LogLevel; event: string; fields?: Record<string, unknown> }[] = [];
-    const ports = openPorts('cap', { uplink: ON.a, primary: OFF.a, backup: ON.b }, { log: (level, event, fields) => logged.push({ level, event, fields }) });
-    try {
-      const warned = logged.filter((l) => l.event === 'cap-ring-small');
-      expect(warned.map((l) => l.fields?.port)).toEqual([ON.a, ON.b].filter((p) => (capRingOffloads(p) ?? []).length > 0));
-      expect(warned[0]).toMatchObject({ level: 'warn', fields: { port: ON.a, fix: expect.stringMatching(new RegExp(`^ethtool -K ${ON.a} .*tso off.*gso off`)) } });
-    } finally {
-      await Promise.all([ports.uplink.close(), ports.primary.close(), ports.backup.close()]);
-    }
+  it('warns for a port whose offloads make the ring small, with the ethtool line that fixes it', () => {
+    expect(capRingWarning(ON.a)).toMatchObject({
+      port: ON.a,
+      offloadsOn: expect.arrayContaining(['tcp-segmentation-offload', 'generic-segmentation-offload']),
+      fix: expect.stringMatching(new RegExp(`^ethtool -K ${ON.a} .*tso off.*gso off`)),
+    });
+    // The fix works: after it, nothing to say.
+    run('ethtool', ['-K', ON.a, ...capRingWarning(ON.a)!.fix!.toString().split(' (')[0].split(' ').slice(3)]);
+    expect(capRingWarning(ON.a)).toBeNull();
   });
 
-  it('says nothing for AF_PACKET ports (their slots are the bridge\'s own choice)', async () => {
-    const logged: string[] = [];
-    const ports = openPorts('afpacket', { uplink: ON.a, primary: OFF.a, backup: ON.b }, { vnetHdr: false, log: (_l, event) => logged.push(event) });
-    await Promise.all([ports.uplink.close(), ports.primary.close(), ports.backup.close()]);
-    expect(logged).toEqual([]);
+  it('says nothing for a port with them off, or one it cannot read', () => {
+    expect(capRingWarning(OFF.a)).toBeNull();
+    expect(capRingWarning(`${tag}none`)).toBeNull();
   });
 });

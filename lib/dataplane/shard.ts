@@ -1,0 +1,296 @@
+/**
+ * Sharding the data plane by flow: which of N workers takes a frame.
+ *
+ * Every worker opens its own AF_PACKET socket on each of the three ports,
+ * with a classic BPF filter (SO_ATTACH_FILTER) that accepts only its shard's
+ * frames. The kernel offers each frame to every socket; each filter runs a
+ * few dozen instructions and all but one drop it before it is copied.
+ *
+ * The shard of a frame is symmetric in its endpoints: the XOR of the two
+ * addresses and the XOR of the two ports, folded and taken modulo N. So both
+ * directions of a connection, and the primary's and the backup's answers
+ * (clones: same addresses, same ports), land in the same worker, which can
+ * own that flow's whole state. What the hash covers:
+ *
+ *   - IPv4 and IPv6, behind up to two 802.1Q/802.1ad tags or none (the
+ *     kernel may have moved the outer tag out of the frame before a packet
+ *     socket sees it: the filter then finds the ethertype one tag earlier);
+ *   - TCP, UDP and SCTP ports, when the ports are at a fixed place: not for
+ *     IPv4 fragments (flags MF or an offset), not behind IPv6 extension
+ *     headers. Those frames hash on the addresses alone, so every fragment
+ *     of a datagram goes to one worker, though not necessarily the one its
+ *     unfragmented siblings go to;
+ *   - anything else (ARP, other ethertypes): worker 0.
+ *
+ * Why per-socket filters and not PACKET_FANOUT: a fanout group picks the
+ * member by its position in the group, and a member that leaves is replaced
+ * by the last one. Reopening one worker's socket on an interface (a backup
+ * moved to a new port, a fresh socket after a COLO checkpoint) would then
+ * reorder the group and move flows between workers. A filter names its
+ * shard; any socket can be closed and reopened alone.
+ *
+ * `shardOf` is the same function in TypeScript, for tests and for the
+ * bridge's own reports.
+ */
+
+/** struct sock_filter: code (u16), jt (u8), jf (u8), k (u32), native byte order. */
+const INSN_BYTES = 8;
+
+// Classic BPF opcodes (linux/bpf_common.h, linux/filter.h).
+const BPF_LD = 0x00, BPF_LDX = 0x01, BPF_ST = 0x02, BPF_STX = 0x03, BPF_ALU = 0x04, BPF_JMP = 0x05, BPF_RET = 0x06, BPF_MISC = 0x07;
+const BPF_W = 0x00, BPF_H = 0x08, BPF_B = 0x10;
+const BPF_IMM = 0x00, BPF_ABS = 0x20, BPF_IND = 0x40, BPF_MEM = 0x60;
+const BPF_AND = 0x50, BPF_LSH = 0x60, BPF_RSH = 0x70, BPF_ADD = 0x00, BPF_XOR = 0xa0, BPF_MOD = 0x90;
+const BPF_JA = 0x00, BPF_JEQ = 0x10;
+const BPF_K = 0x00, BPF_X = 0x08;
+const BPF_TAX = 0x00;
+
+const ETHERTYPE_IPV4 = 0x0800, ETHERTYPE_IPV6 = 0x86dd, ETHERTYPE_VLAN = 0x8100, ETHERTYPE_QINQ = 0x88a8;
+const PORTED = [6, 17, 132]; // TCP, UDP, SCTP
+
+/** Largest worker count a filter is made for. */
+export const MAX_SHARDS = 64;
+
+export class ShardError extends Error {}
+
+/** The 32-bit fold both the filter and shardOf end with. */
+function fold(h: number): number {
+  h = (h ^ (h >>> 16)) >>> 0;
+  return (h ^ (h >>> 8)) >>> 0;
+}
+
+/** The worker (0 … count − 1) that takes `frame`, as the filters of `shardFilter(count, …)` decide. */
+export function shardOf(frame: Uint8Array, count: number): number {
+  if (count <= 1) return 0;
+  const dv = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
+  const u8 = (at: number) => (at < frame.length ? frame[at] : -1);
+  const u16 = (at: number) => (at + 2 <= frame.length ? dv.getUint16(at) : -1);
+  const u32 = (at: number) => (at + 4 <= frame.length ? dv.getUint32(at) : -1);
+  // A load past the end makes the kernel's filter return 0: the frame is dropped by every worker but
+  // the one a short frame would otherwise reach; modelled as "no worker" (-1).
+  let type = u16(12);
+  if (type < 0) return -1;
+  let tag = 0;
+  // Up to two tags (802.1ad outside 802.1Q): the kernel may have moved the outer one out of the frame
+  // before a packet socket sees it, so the inner ethertype must be found either way.
+  while (tag < 8 && (type === ETHERTYPE_VLAN || type === ETHERTYPE_QINQ)) {
+    tag += 4;
+    type = u16(12 + tag);
+    if (type < 0) return -1;
+  }
+  const l3 = 14 + tag;
+  let h: number;
+  if (type === ETHERTYPE_IPV4) {
+    const s = u32(l3 + 12), d = u32(l3 + 16);
+    if (s < 0 || d < 0) return -1;
+    h = (s ^ d) >>> 0;
+    const frag = u16(l3 + 6);
+    if (frag < 0) return -1;
+    if ((frag & 0x3fff) === 0) {
+      const proto = u8(l3 + 9);
+      if (proto < 0) return -1;
+      if (PORTED.includes(proto)) {
+        const ports = u32(l3 + (frame[l3] & 0xf) * 4);
+        if (ports < 0) return -1;
+        h = (h ^ ((ports >>> 16) ^ (ports & 0xffff))) >>> 0;
+      }
+    }
+  } else if (type === ETHERTYPE_IPV6) {
+    h = 0;
+    for (let w = 0; w < 8; w++) {
+      const v = u32(l3 + 8 + 4 * w);
+      if (v < 0) return -1;
+      h = (h ^ v) >>> 0;
+    }
+    const next = u8(l3 + 6);
+    if (next < 0) return -1;
+    if (PORTED.includes(next)) {
+      const ports = u32(l3 + 40);
+      if (ports < 0) return -1;
+      h = (h ^ ((ports >>> 16) ^ (ports & 0xffff))) >>> 0;
+    }
+  } else {
+    return 0;
+  }
+  return fold(h) % count;
+}
+
+type Insn = { code: number; jt: number | string; jf: number | string; k: number; label?: string };
+
+/** A tiny assembler: instructions with optional labels; jumps name labels, resolved to offsets. */
+class Program {
+  private readonly insns: Insn[] = [];
+  private pendingLabel: string | undefined;
+
+  label(name: string): this {
+    this.pendingLabel = name;
+    return this;
+  }
+
+  op(code: number, k = 0, jt: number | string = 0, jf: number | string = 0): this {
+    this.insns.push({ code, jt, jf, k: k >>> 0, label: this.pendingLabel });
+    this.pendingLabel = undefined;
+    return this;
+  }
+
+  /** Jump to `to` if A == k, else to `otherwise` (a label, or 0: the next instruction). */
+  jeq(k: number, to: string, otherwise: string | 0 = 0): this {
+    return this.op(BPF_JMP | BPF_JEQ | BPF_K, k, to, otherwise);
+  }
+
+  ja(to: string): this {
+    return this.op(BPF_JMP | BPF_JA, 0, to, 0);
+  }
+
+  /** A ^= M[slot] (X is clobbered). */
+  xorMem(slot: number): this {
+    return this.op(BPF_LDX | BPF_MEM, slot).op(BPF_ALU | BPF_XOR | BPF_X);
+  }
+
+  assemble(): Buffer {
+    const at = new Map<string, number>();
+    this.insns.forEach((i, n) => { if (i.label) at.set(i.label, n); });
+    const out = Buffer.alloc(this.insns.length * INSN_BYTES);
+    this.insns.forEach((i, n) => {
+      const target = (j: number | string, field: string): number => {
+        if (typeof j === 'number') return j;
+        const to = at.get(j);
+        if (to === undefined) throw new ShardError(`shard filter: no label ${j}`);
+        const off = to - n - 1;
+        if (off < 0 || off > (field === 'k' ? 0xffffffff : 255)) throw new ShardError(`shard filter: jump to ${j} out of range`);
+        return off;
+      };
+      let k = i.k;
+      let jt = i.jt, jf = i.jf;
+      if (i.code === (BPF_JMP | BPF_JA)) {
+        k = target(i.jt, 'k');
+        jt = 0;
+        jf = 0;
+      }
+      out.writeUInt16LE(i.code, n * INSN_BYTES);
+      out.writeUInt8(target(jt, 'jt'), n * INSN_BYTES + 2);
+      out.writeUInt8(target(jf, 'jf'), n * INSN_BYTES + 3);
+      out.writeUInt32LE(k >>> 0, n * INSN_BYTES + 4);
+    });
+    return out;
+  }
+}
+
+/**
+ * The classic BPF program (struct sock_filter[], host byte order: little
+ * endian here) that accepts the frames of worker `index` out of `count`:
+ * those `shardOf(frame, count) === index`. Scratch memory: M[0] the tag's
+ * length (0 or 4), M[1] the hash, M[2] and M[3] temporaries.
+ */
+export function shardFilter(count: number, index: number): Buffer {
+  if (!Number.isInteger(count) || count < 2 || count > MAX_SHARDS) throw new ShardError(`shard count must be 2 to ${MAX_SHARDS}, not ${count}`);
+  if (!Number.isInteger(index) || index < 0 || index >= count) throw new ShardError(`shard index must be 0 to ${count - 1}, not ${index}`);
+  const p = new Program();
+  const ldInd = (size: number, k: number) => p.op(BPF_LD | size | BPF_IND, k);
+  const foldPorts = () => p
+    // A = sport << 16 | dport  →  A = sport ^ dport, then into the hash.
+    .op(BPF_ST, 2).op(BPF_ALU | BPF_RSH | BPF_K, 16).op(BPF_MISC | BPF_TAX)
+    .op(BPF_LD | BPF_MEM, 2).op(BPF_ALU | BPF_AND | BPF_K, 0xffff).op(BPF_ALU | BPF_XOR | BPF_X)
+    .xorMem(1).op(BPF_ST, 1);
+  p.op(BPF_LD | BPF_H | BPF_ABS, 12)
+    .jeq(ETHERTYPE_VLAN, 'tagged').jeq(ETHERTYPE_QINQ, 'tagged')
+    .op(BPF_LDX | BPF_IMM, 0).ja('l3');
+  p.label('tagged').op(BPF_LD | BPF_H | BPF_ABS, 16).op(BPF_LDX | BPF_IMM, 4)
+    .jeq(ETHERTYPE_VLAN, 'tagged2').jeq(ETHERTYPE_QINQ, 'tagged2').ja('l3');
+  p.label('tagged2').op(BPF_LD | BPF_H | BPF_ABS, 20).op(BPF_LDX | BPF_IMM, 8);
+  p.label('l3').op(BPF_STX, 0)
+    .jeq(ETHERTYPE_IPV4, 'v4').jeq(ETHERTYPE_IPV6, 'v6').ja('other');
+  // X = the tags' length (0, 4 or 8), kept in M[0]. IPv4: addresses at 12 and 16 of the header (26 and 30 of an untagged frame).
+  p.label('v4');
+  ldInd(BPF_W, 26).op(BPF_ST, 1);
+  ldInd(BPF_W, 30).xorMem(1).op(BPF_ST, 1);
+  p.op(BPF_LDX | BPF_MEM, 0);
+  ldInd(BPF_H, 20).op(BPF_ALU | BPF_AND | BPF_K, 0x3fff).jeq(0, 'v4proto', 'mix');
+  p.label('v4proto');
+  ldInd(BPF_B, 23);
+  for (const proto of PORTED) p.jeq(proto, 'v4ports');
+  p.ja('mix');
+  p.label('v4ports');
+  ldInd(BPF_B, 14).op(BPF_ALU | BPF_AND | BPF_K, 0xf).op(BPF_ALU | BPF_LSH | BPF_K, 2).op(BPF_ALU | BPF_ADD | BPF_X).op(BPF_MISC | BPF_TAX);
+  ldInd(BPF_W, 14);
+  foldPorts();
+  p.ja('mix');
+  // IPv6: the 8 words of both addresses, from 8 of the header (22 of an untagged frame).
+  p.label('v6');
+  ldInd(BPF_W, 22).op(BPF_ST, 1);
+  for (let w = 1; w < 8; w++) {
+    p.op(BPF_LDX | BPF_MEM, 0);
+    ldInd(BPF_W, 22 + 4 * w).xorMem(1).op(BPF_ST, 1);
+  }
+  p.op(BPF_LDX | BPF_MEM, 0);
+  ldInd(BPF_B, 20);
+  for (const proto of PORTED) p.jeq(proto, 'v6ports');
+  p.ja('mix');
+  p.label('v6ports').op(BPF_LDX | BPF_MEM, 0);
+  ldInd(BPF_W, 54);
+  foldPorts();
+  p.label('mix').op(BPF_LD | BPF_MEM, 1)
+    .op(BPF_ST, 3).op(BPF_ALU | BPF_RSH | BPF_K, 16).op(BPF_MISC | BPF_TAX).op(BPF_LD | BPF_MEM, 3).op(BPF_ALU | BPF_XOR | BPF_X)
+    .op(BPF_ST, 3).op(BPF_ALU | BPF_RSH | BPF_K, 8).op(BPF_MISC | BPF_TAX).op(BPF_LD | BPF_MEM, 3).op(BPF_ALU | BPF_XOR | BPF_X)
+    .op(BPF_ALU | BPF_MOD | BPF_K, count)
+    .jeq(index, 'accept', 'drop');
+  p.label('other').op(BPF_LD | BPF_IMM, 0).jeq(index, 'accept', 'drop');
+  p.label('accept').op(BPF_RET | BPF_K, 0xffffffff);
+  p.label('drop').op(BPF_RET | BPF_K, 0);
+  return p.assemble();
+}
+
+/**
+ * Runs a classic BPF program on `frame` the way the kernel's interpreter
+ * does for socket filters (a load past the end returns 0): the return value.
+ * For tests and for checking a program before it is attached.
+ */
+export function runFilter(program: Buffer, frame: Uint8Array): number {
+  const n = program.length / INSN_BYTES;
+  const mem = new Uint32Array(16);
+  let a = 0, x = 0;
+  const dv = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
+  const load = (size: number, at: number): number | null => {
+    const len = size === BPF_W ? 4 : size === BPF_H ? 2 : 1;
+    if (at < 0 || at + len > frame.length) return null;
+    return size === BPF_W ? dv.getUint32(at) : size === BPF_H ? dv.getUint16(at) : frame[at];
+  };
+  for (let pc = 0; pc < n; pc++) {
+    const code = program.readUInt16LE(pc * INSN_BYTES);
+    const jt = program.readUInt8(pc * INSN_BYTES + 2), jf = program.readUInt8(pc * INSN_BYTES + 3);
+    const k = program.readUInt32LE(pc * INSN_BYTES + 4);
+    const cls = code & 0x07;
+    if (cls === BPF_LD || cls === BPF_LDX) {
+      const mode = code & 0xe0, size = code & 0x18;
+      let v: number | null;
+      if (mode === BPF_IMM) v = k;
+      else if (mode === BPF_MEM) v = mem[k & 15];
+      else if (mode === BPF_ABS) v = load(size, k);
+      else if (mode === BPF_IND) v = load(size, x + k);
+      else throw new ShardError(`runFilter: load mode ${mode.toString(16)} not supported`);
+      if (v === null) return 0;
+      if (cls === BPF_LD) a = v >>> 0; else x = v >>> 0;
+    } else if (cls === BPF_ST) mem[k & 15] = a;
+    else if (cls === BPF_STX) mem[k & 15] = x;
+    else if (cls === BPF_ALU) {
+      const src = (code & BPF_X) ? x : k;
+      switch (code & 0xf0) {
+        case BPF_ADD: a = (a + src) >>> 0; break;
+        case BPF_AND: a = (a & src) >>> 0; break;
+        case BPF_LSH: a = (a << src) >>> 0; break;
+        case BPF_RSH: a = a >>> src; break;
+        case BPF_XOR: a = (a ^ src) >>> 0; break;
+        case BPF_MOD: if (src === 0) return 0; a = a % src; break;
+        default: throw new ShardError(`runFilter: ALU op ${(code & 0xf0).toString(16)} not supported`);
+      }
+    } else if (cls === BPF_JMP) {
+      if ((code & 0xf0) === BPF_JA) pc += k;
+      else if ((code & 0xf0) === BPF_JEQ) pc += a === ((code & BPF_X) ? x : k) ? jt : jf;
+      else throw new ShardError(`runFilter: jump ${(code & 0xf0).toString(16)} not supported`);
+    } else if (cls === BPF_RET) return (code & 0x18) === 0x10 ? a : k;
+    else if (cls === BPF_MISC) {
+      if ((code & 0xf8) === BPF_TAX) x = a; else a = x;
+    }
+  }
+  throw new ShardError('runFilter: fell off the end of the program');
+}
