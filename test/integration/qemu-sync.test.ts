@@ -130,6 +130,9 @@ describe('QEMU lab with the QEMU agent (full copy)', () => {
     // The copy never completed (the checkpoint was never answered done), so the old backup was never
     // retired: it is the primary now.
     expect(lab.bridge.pipeline.replicator.history.find((r) => r.epoch === epoch)?.outcome).not.toBe('done');
+    // The agent learns who the primary is from the bridge's `failover` message, a moment after the bridge
+    // counts the failover (CI once read the agent's view in between: still the dead VM).
+    await until('the agent names the new primary', () => primaryVm() !== victim, 10_000);
     expect(primaryVm()).toBe(oldBackup);
     const body = await download;
     expect(body.equals(content.get(GUEST_BIG_FILE) as Buffer)).toBe(true);
