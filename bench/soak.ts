@@ -209,6 +209,21 @@ async function startBridge(lab: Lab, o: Options, profDir: string): Promise<Bridg
   throw new Error(`the bridge did not reach COMPARING: ${proc.output.slice(-2000)} ${agent.output.slice(-2000)}`);
 }
 
+/** Why each `timeout` checkpoint was asked, from the bridge's `backup-late` log lines (the first 10). */
+function timeoutLines(output: string): string[] {
+  const late: Record<string, unknown>[] = [];
+  for (const line of output.split('\n')) {
+    if (!line.includes('"backup-late"')) continue;
+    try {
+      late.push(JSON.parse(line) as Record<string, unknown>);
+    } catch {
+      // a line cut by the output buffer
+    }
+  }
+  return late.slice(0, 10).map((r) => `timeout checkpoint: ${String(r.flow)}: held ${String(r.heldMs)} ms, backup quiet ${String(r.backupQuietMs)} ms, past the match: primary ${String(r.primaryAheadBytes)} B, backup ${String(r.backupAheadBytes)} B; ${String(r.heldFrames)} frame(s) held`)
+    .concat(late.length > 10 ? [`… and ${late.length - 10} more timeout checkpoint(s)`] : []);
+}
+
 // ───────────────────────── attacks ─────────────────────────
 
 interface AttackContext { lab: Lab; bridge: BridgeUnderTest }
@@ -584,6 +599,7 @@ async function main(): Promise<void> {
       ] : []),
       `worst stall under attack: ${(() => { const w = rows.slice(2, -1).reduce((a, r) => (r.stallMs > a.stallMs ? r : a)); return `${w.stallMs.toFixed(1)} ms (${w.attack})`; })()}`,
       `worst bridge wait under attack: ${(() => { const w = rows.slice(2, -1).reduce((a, r) => (r.bridgeWaitMs > a.bridgeWaitMs ? r : a)); return `${w.bridgeWaitMs.toFixed(1)} ms (${w.attack})`; })()}`,
+      ...timeoutLines(bridge.proc.output),
       ...(o.cpuProf ? [`cpu profile of the bridge: ${profDir}`] : []),
     ];
     if (o.traceGc) {

@@ -5,7 +5,7 @@
  * middle counts from zero, which is right after a checkpoint (the backup is
  * then an exact copy of the primary).
  */
-import { seqGt } from '../packet/seq';
+import { seqDiff, seqGt } from '../packet/seq';
 
 const SYN_SEEN = 1;
 const TS_SEEN = 2;
@@ -65,11 +65,54 @@ export class TcpEndpointState {
   }
 }
 
+/** A client window with less than this left (bytes) past the primary's stream end counts as full: one MSS. */
+export const WINDOW_FULL_SLACK = 1460;
+
 /** The endpoints of one TCP connection: the client side and each replica. */
 export class TcpConnectionState {
   readonly client = new TcpEndpointState();
   readonly primary = new TcpEndpointState();
   readonly backup = new TcpEndpointState();
+  /** The window field of the client's highest ACK (raw, unscaled). */
+  clientWindow = 0;
+  /**
+   * Its scale: the client SYN's window shift, or 0 when the client or the
+   * primary's SYN-ACK did not offer scaling; -1 unknown (no SYN seen).
+   */
+  clientWindowShift = -1;
+  /** When the client last opened a full window (its right edge moved while the primary stood at it), µs. */
+  windowOpenedUs = -Infinity;
+
+  /**
+   * A client ACK (primary's sequence space) and its window. `primaryEnd`:
+   * the primary's stream end (a position from its SYN), null if unknown.
+   */
+  noteClientAck(ack: number, window: number, nowUs: number, primaryEnd: number | null): void {
+    const c = this.client;
+    if (c.ackSeen && seqGt(c.maxAck, ack)) return; // an older ACK: it says nothing about the window now
+    const wasFull = primaryEnd !== null && this.windowFull(primaryEnd, WINDOW_FULL_SLACK);
+    const shift = this.clientWindowShift < 0 ? 0 : this.clientWindowShift;
+    const before = (c.maxAck + this.clientWindow * 2 ** shift) >>> 0;
+    const edge = (ack + window * 2 ** shift) >>> 0;
+    if (wasFull && seqGt(edge, before)) this.windowOpenedUs = nowUs;
+    c.maxAck = ack;
+    c.ackSeen = true;
+    this.clientWindow = window;
+  }
+
+  /**
+   * The client's window is (nearly) full: the primary has sent (`primaryEnd`,
+   * a stream position: from its SYN) up to within `slack` bytes of its right
+   * edge, so neither replica may say more until the client opens it. False
+   * when the window's scale is unknown.
+   */
+  windowFull(primaryEnd: number, slack: number): boolean {
+    const c = this.client;
+    if (this.clientWindowShift < 0 || !c.ackSeen) return false;
+    // The right edge, counted like the stream's positions: from the primary's SYN.
+    const edge = (c.maxAck + this.clientWindow * 2 ** this.clientWindowShift - this.primary.seqBase) >>> 0;
+    return seqDiff(primaryEnd, edge) < slack;
+  }
 
   /** A replica's side by comparison index (0: primary, 1: backup). */
   replica(side: number): TcpEndpointState {

@@ -93,6 +93,9 @@ export class EgressStage implements Stage {
   /** Held frames older than `maxUnmatchedAgeMs` let wait because the backup trailed but kept progressing. */
   backupTrailingWaits = 0;
   private lastTrailing: HeldFrame | null = null;
+  /** Held frames older than `maxUnmatchedAgeMs` let wait because the client's window was full (or had just opened). */
+  windowStalledWaits = 0;
+  private lastWindowStalled: HeldFrame | null = null;
   flowsLost = 0;
   backlogFrames = 0;
   /** Flows left unprotected because their client's checkpoint budget was spent. */
@@ -146,6 +149,7 @@ export class EgressStage implements Stage {
       policy_pass_survivor_frames_dropped: this.passSurvivorFramesDropped,
       stateless_resets: this.statelessResets,
       backup_trailing_waits: this.backupTrailingWaits,
+      window_stalled_waits: this.windowStalledWaits,
       ...Object.fromEntries(MISMATCH_KINDS.map((k) => [mismatchCounter(k), this.mismatchesByKind[k]])),
     };
   }
@@ -302,6 +306,8 @@ export class EgressStage implements Stage {
     }
     const seg = this.segment;
     if (!normalizeTcp(f, ep, this.opts, seg)) this.badTcpOptions++;
+    // A SYN-ACK without window scaling turns it off for the client's window too (RFC 7323).
+    if (side === PRIMARY && seg.syn && this.opts.windowScale < 0) tcp.clientWindowShift = 0;
     if (side === BACKUP && !seg.rst) {
       const sentBefore = ep.sndNxt;
       ep.noteSent(f.tcp.seq, seg.payload.length + (seg.syn ? 1 : 0) + (seg.fin ? 1 : 0));
@@ -418,6 +424,13 @@ export class EgressStage implements Stage {
     if (this.lastTrailing === oldest) return;
     this.lastTrailing = oldest;
     this.backupTrailingWaits++;
+  }
+
+  /** The oldest held frame waits while the client's window holds both replicas back (counted once per frame). */
+  noteWindowStalled(oldest: HeldFrame): void {
+    if (this.lastWindowStalled === oldest) return;
+    this.lastWindowStalled = oldest;
+    this.windowStalledWaits++;
   }
 
   unmatchedTooLong(flow: ShadowFlow, nowUs: number, heldSinceUs: number): void {

@@ -312,6 +312,8 @@ export class IngressStage implements Stage {
     }
     // A reset the flow accepts: the client's end of the connection is gone (see EgressStage.unmatchedTooLong).
     if (flags & TcpFlag.RST) flow.clientResetUs = nowUs;
+    // Its window, for the timeout trigger (a full window stops both replicas: pipeline.tick).
+    else if (flow.tcp && (flags & TcpFlag.ACK) && !isSyn) flow.tcp.noteClientAck(f.tcp.ack, f.tcp.window, nowUs, flow.stream?.started ? flow.stream.endOf(PRIMARY) : null);
     // The client acknowledged something: no longer a half-open flow that a SYN flood may push out.
     if (flow.tcp && !flow.tcp.client.ackSeen && (f.tcp.flags & TcpFlag.ACK)) flow.tcp.client.ackSeen = true;
     if (flow.mode === 'carried') {
@@ -325,7 +327,11 @@ export class IngressStage implements Stage {
       if (standby && flow.policy === 'drop-backup-only') this.policyPrimaryOnly++;
       return;
     }
-    if (isSyn && !(f.tcp.flags & TcpFlag.ACK)) learnFromSyn(f, tcp.client, this.opts);
+    if (isSyn && !(f.tcp.flags & TcpFlag.ACK)) {
+      learnFromSyn(f, tcp.client, this.opts);
+      // The shift the client's window is scaled by, unless the primary's SYN-ACK turns scaling off (egress).
+      tcp.clientWindowShift = this.opts.windowScale >= 0 ? Math.min(this.opts.windowScale, 14) : 0;
+    }
     if (refersToVmSpace(f) && (!tcp.backupDeltaKnown || flow.ingressHeld.length > 0)) {
       if (flow.ingressHeld.length >= MAX_INGRESS_HELD_PER_FLOW) {
         flow.ingressHeld.shift();

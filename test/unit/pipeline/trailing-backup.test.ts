@@ -6,7 +6,7 @@
  */
 import { BACKUP, PRIMARY } from '../../../lib/compare';
 import { TRAILING_GRACE } from '../../../lib/pipeline/pipeline';
-import { B, C, P, ackOf, fromClient, fromVm, handshake, harness } from '../../support/pipeline-harness';
+import { B, C, P, SYN_OPTS, ackOf, fromClient, fromVm, handshake, harness } from '../../support/pipeline-harness';
 
 const MS = 1000;
 const seg = (base: number, i: number) => fromVm({ seq: base + 1 + i * 100, ack: C + 1, flags: 'PA', payload: String.fromCharCode(97 + (i % 26)).repeat(100) });
@@ -191,5 +191,93 @@ describe('a client that resets the connection while the backup trails (issue 9: 
     h.p.tick(700 * MS);
     expect(timeouts(h)).toBe(1);
     expect(h.p.stageCounters().compare.client_reset_releases).toBe(0);
+  });
+});
+
+describe('a client whose full window holds both replicas back (issue 9: rate-limited downloads in the soak)', () => {
+  /**
+   * A reader slower than the servers: its window fills, and both replicas wait for it to open. They cut
+   * their segments at different places, so the primary may stand at the window's edge a few bytes past the
+   * backup: those bytes wait in the bridge until the window opens and the backup says them (the soak's
+   * downloads at 4 MB/s: `timeout` checkpoints with the primary 16-936 B ahead in one frame, the backup
+   * quiet 100-430 ms, while both replicas had paused together for 120 ms).
+   */
+  const piece = (base: number, at: number, len: number) => fromVm({ seq: base + 1 + at, ack: C + 1, flags: 'PA', payload: 'w'.repeat(len) });
+  function stalled(clientWindow: number, primaryPieces = 4) {
+    const h = harness({ maxUnmatchedAgeMs: 100 });
+    handshake(h); // window scale 7 both ways: the window field counts 128-byte units
+    for (let i = 0; i < primaryPieces; i++) h.p.fromVm(PRIMARY, piece(P, 100 * i, 100), 10 * MS);
+    for (let i = 0; i < 3; i++) h.p.fromVm(BACKUP, piece(B, 100 * i, 100), 12 * MS);
+    h.p.fromVm(BACKUP, piece(B, 300, 76), 12 * MS); // the backup's last segment ends 24 bytes short
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 301, flags: 'A', window: clientWindow }), 20 * MS);
+    return h;
+  }
+
+  it('waits for the window to open and the backup to say the rest, with no timeout', () => {
+    const h = stalled(1); // 128 bytes from P+301: the primary, at P+401, is at the edge
+    h.p.tick(150 * MS);
+    h.p.tick(250 * MS);
+    expect(timeouts(h)).toBe(0);
+    expect(h.p.stageCounters().compare.window_stalled_waits).toBe(1);
+    // The reader opens its window; the limit starts again from there.
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 301, flags: 'A', window: 100 }), 300 * MS);
+    h.p.tick(350 * MS);
+    expect(timeouts(h)).toBe(0);
+    const before = h.out.client.length;
+    h.p.fromVm(BACKUP, piece(B, 376, 24), 360 * MS);
+    expect(h.out.client.length).toBe(before + 1); // the primary's last piece, matched at last
+    h.p.tick(500 * MS);
+    expect(timeouts(h)).toBe(0);
+  });
+
+  it('asks for a checkpoint when the window is open and the backup stays quiet', () => {
+    const h = stalled(100); // 12,800 bytes: nothing holds the backup back
+    h.p.tick(150 * MS);
+    expect(timeouts(h)).toBe(1);
+    expect(h.p.stageCounters().compare.window_stalled_waits).toBe(0);
+  });
+
+  it('asks for a checkpoint when more than the last piece is held (a full window is then the hold\'s doing)', () => {
+    const h = stalled(1, 20); // the primary 1,700 bytes past what the backup said
+    h.p.tick(150 * MS);
+    expect(timeouts(h)).toBe(1);
+  });
+
+  it('asks for a checkpoint when the backup is still quiet a limit after the window opened', () => {
+    const h = stalled(1);
+    h.p.tick(150 * MS);
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 301, flags: 'A', window: 100 }), 300 * MS);
+    h.p.tick(390 * MS);
+    expect(timeouts(h)).toBe(0);
+    h.p.tick(420 * MS);
+    expect(timeouts(h)).toBe(1);
+  });
+
+  it('counts the window unscaled when the primary\'s SYN-ACK offered no scaling', () => {
+    const h = harness({ maxUnmatchedAgeMs: 100 });
+    h.p.fromClient(fromClient({ seq: C, flags: 'S', options: SYN_OPTS }), 1);
+    const noWs = { mss: 1460, sackOk: true, ts: [7000, 111] as [number, number] };
+    h.p.fromVm(PRIMARY, fromVm({ seq: P, ack: C + 1, flags: 'SA', options: noWs }), 2);
+    h.p.fromVm(BACKUP, fromVm({ seq: B, ack: C + 1, flags: 'SA', options: { ...noWs, ts: [99000, 111] } }), 3);
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 1, flags: 'A' }), 4);
+    for (let i = 0; i < 4; i++) h.p.fromVm(PRIMARY, piece(P, 100 * i, 100), 10 * MS);
+    for (let i = 0; i < 3; i++) h.p.fromVm(BACKUP, piece(B, 100 * i, 100), 12 * MS);
+    h.p.fromVm(BACKUP, piece(B, 300, 76), 12 * MS);
+    // 3,000 bytes unscaled: open (scaled by 128 it would be 384,000, and by 1 the edge is far past 1,460).
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 301, flags: 'A', window: 3000 }), 20 * MS);
+    h.p.tick(150 * MS);
+    expect(timeouts(h)).toBe(1);
+    // 100 bytes unscaled: full.
+    const g = harness({ maxUnmatchedAgeMs: 100 });
+    g.p.fromClient(fromClient({ seq: C, flags: 'S', options: SYN_OPTS }), 1);
+    g.p.fromVm(PRIMARY, fromVm({ seq: P, ack: C + 1, flags: 'SA', options: noWs }), 2);
+    g.p.fromVm(BACKUP, fromVm({ seq: B, ack: C + 1, flags: 'SA', options: { ...noWs, ts: [99000, 111] } }), 3);
+    g.p.fromClient(fromClient({ seq: C + 1, ack: P + 1, flags: 'A' }), 4);
+    for (let i = 0; i < 4; i++) g.p.fromVm(PRIMARY, piece(P, 100 * i, 100), 10 * MS);
+    for (let i = 0; i < 3; i++) g.p.fromVm(BACKUP, piece(B, 100 * i, 100), 12 * MS);
+    g.p.fromVm(BACKUP, piece(B, 300, 76), 12 * MS);
+    g.p.fromClient(fromClient({ seq: C + 1, ack: P + 301, flags: 'A', window: 100 }), 20 * MS);
+    g.p.tick(150 * MS);
+    expect(timeouts(g)).toBe(0);
   });
 });
