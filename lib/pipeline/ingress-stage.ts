@@ -225,7 +225,7 @@ export class IngressStage implements Stage {
         continue;
       }
       const standby = this.d.replicas.standby;
-      if (standby && flow.tcp) this.sendTranslated(f, held.frame, standby.id, flow.tcp.seqDelta, flow.tcp.tsDelta, held.vnet, this.backupAckLimit(flow));
+      if (standby && flow.tcp) this.sendTranslated(f, held.frame, standby.id, flow.tcp.seqDelta, flow.tcp.tsDelta, held.vnet, this.backupAckLimit(flow), flow.tcp.clientWindowShift);
     }
   }
 
@@ -341,7 +341,7 @@ export class IngressStage implements Stage {
       flow.ingressHeld.push({ frame: this.copier.copy(frame), vnet });
       return;
     }
-    this.sendTranslated(f, frame, standby.id, tcp.seqDelta, tcp.tsDelta, vnet, this.backupAckLimit(flow));
+    this.sendTranslated(f, frame, standby.id, tcp.seqDelta, tcp.tsDelta, vnet, this.backupAckLimit(flow), tcp.clientWindowShift);
   }
 
   /** Whether the policy table keeps this flowless client frame from the backup (`drop-backup-only`). */
@@ -434,9 +434,10 @@ export class IngressStage implements Stage {
    * and the next (issue 9's timeout storms). Acknowledging what it did send
    * keeps it going until it catches up.
    */
-  private sendTranslated(f: DecodedFrame, frame: Buffer, slot: SlotId, seqDelta: number, tsDelta: number, vnet: VirtioNetHeader | undefined, ackLimit: number | null = null): void {
+  private sendTranslated(f: DecodedFrame, frame: Buffer, slot: SlotId, seqDelta: number, tsDelta: number, vnet: VirtioNetHeader | undefined, ackLimit: number | null = null, windowShift = -1): void {
     const hasAck = (f.tcp.flags & TcpFlag.ACK) !== 0;
-    const clamp = hasAck && ackLimit !== null && seqGt((f.tcp.ack + seqDelta) >>> 0, ackLimit);
+    const translatedAck = (f.tcp.ack + seqDelta) >>> 0;
+    const clamp = hasAck && ackLimit !== null && seqGt(translatedAck, ackLimit);
     if (((seqDelta === 0 && tsDelta === 0) || !hasAck) && !clamp) {
       this.d.toReplica(slot, frame, vnet);
       return;
@@ -450,6 +451,15 @@ export class IngressStage implements Stage {
     if (clamp) {
       rewriteTcp32(f, f.tcp.offset + 8, ackLimit!, partial);
       this.backupAcksClamped++;
+      // The window grows by what the ACK lost, so its right edge stays the client's: a lower edge would
+      // hold the backup short of the primary, and under a small window it then waits for its persist
+      // timer (hundreds of ms) while the primary's bytes wait in the bridge (the soak's timeouts).
+      if (windowShift >= 0) {
+        const word = f.dv.getUint32(f.tcp.offset + 12);
+        const units = Math.ceil(seqDiff(ackLimit!, translatedAck) / 2 ** windowShift);
+        const window = Math.min(0xffff, (word & 0xffff) + units);
+        rewriteTcp32(f, f.tcp.offset + 12, ((word & 0xffff0000) | window) >>> 0, partial);
+      }
     }
     this.translated++;
     this.d.toReplica(slot, copy, vnet);

@@ -6,6 +6,7 @@
  */
 import { BACKUP, PRIMARY } from '../../../lib/compare';
 import { TRAILING_GRACE } from '../../../lib/pipeline/pipeline';
+import { l4ChecksumIsValid } from '../../support/frames';
 import { B, C, P, SYN_OPTS, ackOf, fromClient, fromVm, handshake, harness } from '../../support/pipeline-harness';
 
 const MS = 1000;
@@ -86,6 +87,31 @@ describe('ACKs to a trailing backup after an aligning checkpoint (resync align)'
     h.p.fromClient(fromClient({ seq: C + 1, ack: P + 201, flags: 'A' }), 70 * MS);
     expect(ackOf(h.out.backup[nb + 1])).toBe(B + 201);
     expect(h.p.stageCounters().ingress.backup_acks_clamped).toBe(1);
+  });
+
+  it('widen the window by what the ACK lost, so the backup\'s send limit is the primary\'s (scale 7: 128-byte units, rounded up)', () => {
+    const h = harness({ resync: 'align', maxUnmatchedAgeMs: 100 });
+    handshake(h);
+    h.p.fromVm(PRIMARY, seg(P, 0), 10 * MS);
+    h.p.fromVm(PRIMARY, seg(P, 1), 10 * MS);
+    h.p.fromVm(PRIMARY, seg(P, 2), 10 * MS);
+    h.p.fromVm(BACKUP, seg(B, 0), 20 * MS);
+    h.p.request('manual', undefined, 30 * MS);
+    h.p.checkpointDone(h.out.checkpoints[0].epoch, 40 * MS, 5);
+    const nb = h.out.backup.length;
+    const windowOf = (f: Buffer) => f.readUInt16BE(14 + 20 + 14);
+    // 200 bytes acknowledged that the backup has not sent: the edge stays at P+301+10·128 in its space.
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 301, flags: 'A', window: 10 }), 50 * MS);
+    expect(ackOf(h.out.backup[nb])).toBe(B + 101);
+    expect(windowOf(h.out.backup[nb])).toBe(10 + 2);
+    // Not clamped: the window as the client sent it.
+    h.p.fromVm(BACKUP, seg(B, 1), 60 * MS);
+    h.p.fromVm(BACKUP, seg(B, 2), 60 * MS);
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 301, flags: 'A', window: 10 }), 70 * MS);
+    expect(ackOf(h.out.backup[nb + 1])).toBe(B + 301);
+    expect(windowOf(h.out.backup[nb + 1])).toBe(10);
+    // The checksum still holds after both rewrites.
+    expect(l4ChecksumIsValid(h.out.backup[nb])).toBe(true);
   });
 
   it('never lowers ACKs with resync copy (the backup is the primary\'s copy)', () => {
