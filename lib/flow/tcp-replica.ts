@@ -65,6 +65,9 @@ export class TcpEndpointState {
   }
 }
 
+/** "Never" for a time kept in whole ms (far in the past, still a small integer). */
+export const NEVER_MS = -1e9;
+
 /** A client window with less than this left (bytes) past the primary's stream end counts as full: one MSS. */
 export const WINDOW_FULL_SLACK = 1460;
 
@@ -73,15 +76,28 @@ export class TcpConnectionState {
   readonly client = new TcpEndpointState();
   readonly primary = new TcpEndpointState();
   readonly backup = new TcpEndpointState();
+  /**
+   * The window field of the client's highest ACK (raw, unscaled: bits 0-15)
+   * and its scale plus one (bits 16-19; 0: unknown), in one small integer.
+   */
+  private window32 = 0;
+
   /** The window field of the client's highest ACK (raw, unscaled). */
-  clientWindow = 0;
+  get clientWindow(): number { return this.window32 & 0xffff; }
   /**
    * Its scale: the client SYN's window shift, or 0 when the client or the
    * primary's SYN-ACK did not offer scaling; -1 unknown (no SYN seen).
    */
-  clientWindowShift = -1;
-  /** When the client last opened a full window (its right edge moved while the primary stood at it), µs. */
-  windowOpenedUs = -Infinity;
+  get clientWindowShift(): number { return ((this.window32 >>> 16) & 0xf) - 1; }
+  set clientWindowShift(shift: number) { this.window32 = (this.window32 & 0xffff) | (((Math.min(Math.max(shift, -1), 14) + 1) & 0xf) << 16); }
+
+  /**
+   * When the client last opened a full window (its right edge moved while the
+   * primary stood at it), in whole ms of the data path's clock: a small
+   * integer, kept in the object (a µs float would cost a boxed number per
+   * connection). NEVER_MS: not yet.
+   */
+  windowOpenedMs = NEVER_MS;
 
   /**
    * A client ACK (primary's sequence space) and its window. `primaryEnd`:
@@ -94,10 +110,10 @@ export class TcpConnectionState {
     const shift = this.clientWindowShift < 0 ? 0 : this.clientWindowShift;
     const before = (c.maxAck + this.clientWindow * 2 ** shift) >>> 0;
     const edge = (ack + window * 2 ** shift) >>> 0;
-    if (wasFull && seqGt(edge, before)) this.windowOpenedUs = nowUs;
+    if (wasFull && seqGt(edge, before)) this.windowOpenedMs = Math.floor(nowUs / 1000);
     c.maxAck = ack;
     c.ackSeen = true;
-    this.clientWindow = window;
+    this.window32 = (this.window32 & ~0xffff) | (window & 0xffff);
   }
 
   /**

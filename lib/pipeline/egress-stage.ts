@@ -444,7 +444,7 @@ export class EgressStage implements Stage {
     // again, says no more, and nothing on the flow is left to protect. The output goes as the primary said
     // it (the client resets it again), without a checkpoint. Only a reset the ingress accepted for the
     // flow counts, and only one since about when this output began to wait.
-    if (flow.clientResetUs >= heldSinceUs - this.d.config.maxUnmatchedAgeMs * 1000) {
+    if (flow.clientResetMs * 1000 >= heldSinceUs - (this.d.config.maxUnmatchedAgeMs + 1) * 1000) {
       this.clientResetReleases++;
       this.clientResetFramesReleased += flow.held.length;
       // Routine when clients hang up on a download: one line per 10 s at most, with the count meanwhile.

@@ -311,7 +311,7 @@ export class IngressStage implements Stage {
       }
     }
     // A reset the flow accepts: the client's end of the connection is gone (see EgressStage.unmatchedTooLong).
-    if (flags & TcpFlag.RST) flow.clientResetUs = nowUs;
+    if (flags & TcpFlag.RST) flow.clientResetMs = Math.floor(nowUs / 1000);
     // Its window, for the timeout trigger (a full window stops both replicas: pipeline.tick).
     else if (flow.tcp && (flags & TcpFlag.ACK) && !isSyn) flow.tcp.noteClientAck(f.tcp.ack, f.tcp.window, nowUs, flow.stream?.started ? flow.stream.endOf(PRIMARY) : null);
     // The client acknowledged something: no longer a half-open flow that a SYN flood may push out.

@@ -217,7 +217,7 @@ export class ShadowPipeline {
         // says those bytes when the window opens, as the primary will say more. From that opening it gets
         // the limit again. Not when more is held: a full window is then the hold's doing, not the reader's.
         const windowStalled = tcp && stream && stream.started && seqDiff(stream.matched, stream.endOf(PRIMARY)) < WINDOW_FULL_SLACK
-          ? tcp.windowFull(stream.endOf(PRIMARY), WINDOW_FULL_SLACK) || nowUs - tcp.windowOpenedUs <= limitUs
+          ? tcp.windowFull(stream.endOf(PRIMARY), WINDOW_FULL_SLACK) || nowUs - tcp.windowOpenedMs * 1000 <= limitUs
           : false;
         if (flow?.stream && (nowUs - flow.backupProgressUs <= limitUs || windowStalled) && nowUs - oldest.heldAtUs <= limitUs * TRAILING_GRACE) {
           if (windowStalled) this.egress.noteWindowStalled(oldest);

@@ -4,7 +4,7 @@
  * the held output (release/), and the report counters.
  */
 import { FlowProtocol, describeKey } from '../flow/key';
-import { TcpConnectionState } from '../flow/tcp-replica';
+import { NEVER_MS, TcpConnectionState } from '../flow/tcp-replica';
 import { DatagramComparator, DEFAULT_DATAGRAM_WINDOW } from '../compare/datagram';
 import { MatchTotals, Mismatch, NO_STREAM_NOISE, StreamNoise, TcpStreamComparator, PRIMARY, BACKUP } from '../compare/tcp-stream';
 import { FlowHeldQueue, HeldQueues, ReleaseGate } from '../release/held';
@@ -108,8 +108,8 @@ export class ShadowFlow implements ReleaseGate {
   bornEpoch = 0;
   /** When the backup last said something new on this stream (its stream end moved): a trailing backup is not a stuck one. */
   backupProgressUs = -Infinity;
-  /** When the client last reset this connection (an RST the ingress forwarded to both replicas). */
-  clientResetUs = -Infinity;
+  /** When the client last reset this connection (an RST the ingress forwarded to both replicas), whole ms (see TcpConnectionState.windowOpenedMs). */
+  clientResetMs = NEVER_MS;
   /** Which flow this is: its birth order in the registry (reports are listed in it). */
   serial = 0;
   readonly protocol: FlowReport['protocol'];
