@@ -79,39 +79,20 @@ describe('ACKs to a trailing backup after an aligning checkpoint (resync align)'
     expect(h.out.client.length).toBe(1 + 2); // the aligning checkpoint released the primary's held output
     const nb = h.out.backup.length;
     // The client acknowledges both pieces; the backup has sent only the first.
-    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 201, flags: 'A' }), 50 * MS);
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 201, flags: 'A', window: 10 }), 50 * MS);
     expect(ackOf(h.out.backup[nb])).toBe(B + 101);
     expect(h.p.stageCounters().ingress.backup_acks_clamped).toBe(1);
-    // Once it has sent the second piece, the client's ACK reaches it whole.
-    h.p.fromVm(BACKUP, seg(B, 1), 60 * MS);
-    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 201, flags: 'A' }), 70 * MS);
-    expect(ackOf(h.out.backup[nb + 1])).toBe(B + 201);
-    expect(h.p.stageCounters().ingress.backup_acks_clamped).toBe(1);
-  });
-
-  it('widen the window by what the ACK lost, so the backup\'s send limit is the primary\'s (scale 7: 128-byte units, rounded up)', () => {
-    const h = harness({ resync: 'align', maxUnmatchedAgeMs: 100 });
-    handshake(h);
-    h.p.fromVm(PRIMARY, seg(P, 0), 10 * MS);
-    h.p.fromVm(PRIMARY, seg(P, 1), 10 * MS);
-    h.p.fromVm(PRIMARY, seg(P, 2), 10 * MS);
-    h.p.fromVm(BACKUP, seg(B, 0), 20 * MS);
-    h.p.request('manual', undefined, 30 * MS);
-    h.p.checkpointDone(h.out.checkpoints[0].epoch, 40 * MS, 5);
-    const nb = h.out.backup.length;
+    // Its window grows by what the ACK lost (100 bytes: one 128-byte unit at scale 7, rounded up), so its
+    // send limit stays the client's right edge; the checksum still holds after both rewrites.
     const windowOf = (f: Buffer) => f.readUInt16BE(14 + 20 + 14);
-    // 200 bytes acknowledged that the backup has not sent: the edge stays at P+301+10·128 in its space.
-    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 301, flags: 'A', window: 10 }), 50 * MS);
-    expect(ackOf(h.out.backup[nb])).toBe(B + 101);
-    expect(windowOf(h.out.backup[nb])).toBe(10 + 2);
-    // Not clamped: the window as the client sent it.
-    h.p.fromVm(BACKUP, seg(B, 1), 60 * MS);
-    h.p.fromVm(BACKUP, seg(B, 2), 60 * MS);
-    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 301, flags: 'A', window: 10 }), 70 * MS);
-    expect(ackOf(h.out.backup[nb + 1])).toBe(B + 301);
-    expect(windowOf(h.out.backup[nb + 1])).toBe(10);
-    // The checksum still holds after both rewrites.
+    expect(windowOf(h.out.backup[nb])).toBe(10 + 1);
     expect(l4ChecksumIsValid(h.out.backup[nb])).toBe(true);
+    // Once it has sent the second piece, the client's ACK reaches it whole, window as sent.
+    h.p.fromVm(BACKUP, seg(B, 1), 60 * MS);
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 201, flags: 'A', window: 10 }), 70 * MS);
+    expect(ackOf(h.out.backup[nb + 1])).toBe(B + 201);
+    expect(windowOf(h.out.backup[nb + 1])).toBe(10);
+    expect(h.p.stageCounters().ingress.backup_acks_clamped).toBe(1);
   });
 
   it('never lowers ACKs with resync copy (the backup is the primary\'s copy)', () => {
@@ -280,30 +261,22 @@ describe('a client whose full window holds both replicas back (issue 9: rate-lim
   });
 
   it('counts the window unscaled when the primary\'s SYN-ACK offered no scaling', () => {
-    const h = harness({ maxUnmatchedAgeMs: 100 });
-    h.p.fromClient(fromClient({ seq: C, flags: 'S', options: SYN_OPTS }), 1);
     const noWs = { mss: 1460, sackOk: true, ts: [7000, 111] as [number, number] };
-    h.p.fromVm(PRIMARY, fromVm({ seq: P, ack: C + 1, flags: 'SA', options: noWs }), 2);
-    h.p.fromVm(BACKUP, fromVm({ seq: B, ack: C + 1, flags: 'SA', options: { ...noWs, ts: [99000, 111] } }), 3);
-    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 1, flags: 'A' }), 4);
-    for (let i = 0; i < 4; i++) h.p.fromVm(PRIMARY, piece(P, 100 * i, 100), 10 * MS);
-    for (let i = 0; i < 3; i++) h.p.fromVm(BACKUP, piece(B, 100 * i, 100), 12 * MS);
-    h.p.fromVm(BACKUP, piece(B, 300, 76), 12 * MS);
-    // 3,000 bytes unscaled: open (scaled by 128 it would be 384,000, and by 1 the edge is far past 1,460).
-    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 301, flags: 'A', window: 3000 }), 20 * MS);
-    h.p.tick(150 * MS);
-    expect(timeouts(h)).toBe(1);
-    // 100 bytes unscaled: full.
-    const g = harness({ maxUnmatchedAgeMs: 100 });
-    g.p.fromClient(fromClient({ seq: C, flags: 'S', options: SYN_OPTS }), 1);
-    g.p.fromVm(PRIMARY, fromVm({ seq: P, ack: C + 1, flags: 'SA', options: noWs }), 2);
-    g.p.fromVm(BACKUP, fromVm({ seq: B, ack: C + 1, flags: 'SA', options: { ...noWs, ts: [99000, 111] } }), 3);
-    g.p.fromClient(fromClient({ seq: C + 1, ack: P + 1, flags: 'A' }), 4);
-    for (let i = 0; i < 4; i++) g.p.fromVm(PRIMARY, piece(P, 100 * i, 100), 10 * MS);
-    for (let i = 0; i < 3; i++) g.p.fromVm(BACKUP, piece(B, 100 * i, 100), 12 * MS);
-    g.p.fromVm(BACKUP, piece(B, 300, 76), 12 * MS);
-    g.p.fromClient(fromClient({ seq: C + 1, ack: P + 301, flags: 'A', window: 100 }), 20 * MS);
-    g.p.tick(150 * MS);
-    expect(timeouts(g)).toBe(0);
+    const unscaled = (clientWindow: number) => {
+      const h = harness({ maxUnmatchedAgeMs: 100 });
+      h.p.fromClient(fromClient({ seq: C, flags: 'S', options: SYN_OPTS }), 1);
+      h.p.fromVm(PRIMARY, fromVm({ seq: P, ack: C + 1, flags: 'SA', options: noWs }), 2);
+      h.p.fromVm(BACKUP, fromVm({ seq: B, ack: C + 1, flags: 'SA', options: { ...noWs, ts: [99000, 111] } }), 3);
+      h.p.fromClient(fromClient({ seq: C + 1, ack: P + 1, flags: 'A' }), 4);
+      for (let i = 0; i < 4; i++) h.p.fromVm(PRIMARY, piece(P, 100 * i, 100), 10 * MS);
+      for (let i = 0; i < 3; i++) h.p.fromVm(BACKUP, piece(B, 100 * i, 100), 12 * MS);
+      h.p.fromVm(BACKUP, piece(B, 300, 76), 12 * MS);
+      h.p.fromClient(fromClient({ seq: C + 1, ack: P + 301, flags: 'A', window: clientWindow }), 20 * MS);
+      h.p.tick(150 * MS);
+      return timeouts(h);
+    };
+    // 3,000 bytes unscaled: open. 100 bytes unscaled: full (scaled by the client's 128 it would be 12,800: open).
+    expect(unscaled(3000)).toBe(1);
+    expect(unscaled(100)).toBe(0);
   });
 });
