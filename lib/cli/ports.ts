@@ -2,6 +2,7 @@
 import { execFileSync } from 'node:child_process';
 import type { LogFn } from '../control/logger';
 import { PacketPort } from '../io/port';
+import { parseEthtoolFeatures } from '../setup/host-state';
 
 export type IoBackend = 'afpacket' | 'cap';
 
@@ -50,12 +51,8 @@ export function capRingOffloads(ifname: string): string[] | null {
   } catch {
     return null;
   }
-  const on: string[] = [];
-  for (const line of out.split('\n')) {
-    const m = /^([a-z-]+): on\b/.exec(line.trim());
-    if (m && (CAP_RING_OFFLOADS as readonly string[]).includes(m[1])) on.push(m[1]);
-  }
-  return on;
+  const features = parseEthtoolFeatures(out);
+  return CAP_RING_OFFLOADS.filter((f) => features.get(f)?.on);
 }
 
 const ETHTOOL_NAMES: Record<string, string> = {

@@ -29,8 +29,7 @@
  * reorder the group and move flows between workers. A filter names its
  * shard; any socket can be closed and reopened alone.
  *
- * `shardOf` is the same function in TypeScript, for tests and for the
- * bridge's own reports.
+ * `shardOf` is the same function in TypeScript, for tests.
  */
 
 /** struct sock_filter: code (u16), jt (u8), jf (u8), k (u32), native byte order. */
@@ -66,8 +65,7 @@ export function shardOf(frame: Uint8Array, count: number): number {
   const u8 = (at: number) => (at < frame.length ? frame[at] : -1);
   const u16 = (at: number) => (at + 2 <= frame.length ? dv.getUint16(at) : -1);
   const u32 = (at: number) => (at + 4 <= frame.length ? dv.getUint32(at) : -1);
-  // A load past the end makes the kernel's filter return 0: the frame is dropped by every worker but
-  // the one a short frame would otherwise reach; modelled as "no worker" (-1).
+  // A load past the end makes the kernel's filter return 0, in every worker: "no worker" (-1).
   let type = u16(12);
   if (type < 0) return -1;
   let tag = 0;
@@ -179,8 +177,8 @@ class Program {
 /**
  * The classic BPF program (struct sock_filter[], host byte order: little
  * endian here) that accepts the frames of worker `index` out of `count`:
- * those `shardOf(frame, count) === index`. Scratch memory: M[0] the tag's
- * length (0 or 4), M[1] the hash, M[2] and M[3] temporaries.
+ * those `shardOf(frame, count) === index`. Scratch memory: M[0] the tags'
+ * length (0, 4 or 8), M[1] the hash, M[2] and M[3] temporaries.
  */
 export function shardFilter(count: number, index: number): Buffer {
   if (!Number.isInteger(count) || count < 2 || count > MAX_SHARDS) throw new ShardError(`shard count must be 2 to ${MAX_SHARDS}, not ${count}`);

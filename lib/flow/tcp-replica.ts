@@ -106,14 +106,17 @@ export class TcpConnectionState {
   noteClientAck(ack: number, window: number, nowUs: number, primaryEnd: number | null): void {
     const c = this.client;
     if (c.ackSeen && seqGt(c.maxAck, ack)) return; // an older ACK: it says nothing about the window now
-    const wasFull = primaryEnd !== null && this.windowFull(primaryEnd, WINDOW_FULL_SLACK);
-    const shift = this.clientWindowShift < 0 ? 0 : this.clientWindowShift;
-    const before = (c.maxAck + this.clientWindow * 2 ** shift) >>> 0;
-    const edge = (ack + window * 2 ** shift) >>> 0;
-    if (wasFull && seqGt(edge, before)) this.windowOpenedMs = Math.floor(nowUs / 1000);
+    if (primaryEnd !== null && this.windowFull(primaryEnd, WINDOW_FULL_SLACK) && seqGt(this.rightEdge(ack, window), this.rightEdge(c.maxAck, this.clientWindow))) {
+      this.windowOpenedMs = Math.floor(nowUs / 1000);
+    }
     c.maxAck = ack;
     c.ackSeen = true;
     this.window32 = (this.window32 & ~0xffff) | (window & 0xffff);
+  }
+
+  /** The right edge of a client window (primary's sequence space); an unknown scale counts as none. */
+  private rightEdge(ack: number, window: number): number {
+    return (ack + window * 2 ** Math.max(this.clientWindowShift, 0)) >>> 0;
   }
 
   /**
@@ -126,8 +129,7 @@ export class TcpConnectionState {
     const c = this.client;
     if (this.clientWindowShift < 0 || !c.ackSeen) return false;
     // The right edge, counted like the stream's positions: from the primary's SYN.
-    const edge = (c.maxAck + this.clientWindow * 2 ** this.clientWindowShift - this.primary.seqBase) >>> 0;
-    return seqDiff(primaryEnd, edge) < slack;
+    return seqDiff(primaryEnd, (this.rightEdge(c.maxAck, this.clientWindow) - this.primary.seqBase) >>> 0) < slack;
   }
 
   /** A replica's side by comparison index (0: primary, 1: backup). */

@@ -14,9 +14,6 @@
  * counters in one shape (`stageCounters`).
  */
 import { SlabPool } from '../packet/slab';
-import { PRIMARY } from '../compare';
-import { WINDOW_FULL_SLACK } from '../flow/tcp-replica';
-import { seqDiff } from '../packet/seq';
 import { ReplicaSet, SlotId } from '../failover/roles';
 import { FailoverStage } from '../failover/failover-stage';
 import { CheckpointReason, CheckpointRequest, ReplicationState, Replicator, StateMoved } from '../replicate/replicator';
@@ -69,7 +66,6 @@ export type FailoverDecision = 'promoted' | 'refused' | 'deferred';
 
 /** How many times `maxUnmatchedAgeMs` a trailing but progressing backup (or a flow stalled on the client's window) may take before a `timeout` checkpoint. */
 export const TRAILING_GRACE = 10;
-
 
 export class ShadowPipeline {
   readonly replicator: Replicator;
@@ -211,14 +207,8 @@ export class ShadowPipeline {
         // A backup that trails on this stream but keeps saying more (what overlaps was compared and agreed)
         // is slow, not stuck: two servers filling a large client window at different paces. It gets up to
         // TRAILING_GRACE times the limit; the queue limits bound what waits meanwhile.
-        const tcp = flow?.tcp, stream = flow?.stream;
-        // Or the client's full window stops both replicas (a reader slower than the servers), and all that
-        // waits is the primary's last piece, less than one segment: the backup cut its segments elsewhere and
-        // says those bytes when the window opens, as the primary will say more. From that opening it gets
-        // the limit again. Not when more is held: a full window is then the hold's doing, not the reader's.
-        const windowStalled = tcp && stream && stream.started && seqDiff(stream.matched, stream.endOf(PRIMARY)) < WINDOW_FULL_SLACK
-          ? tcp.windowFull(stream.endOf(PRIMARY), WINDOW_FULL_SLACK) || nowUs - tcp.windowOpenedMs * 1000 <= limitUs
-          : false;
+        // So is one held back, like the primary, by the client's full window (ShadowFlow.stalledOnClientWindow).
+        const windowStalled = flow?.stalledOnClientWindow(nowUs, limitUs) ?? false;
         if (flow?.stream && (nowUs - flow.backupProgressUs <= limitUs || windowStalled) && nowUs - oldest.heldAtUs <= limitUs * TRAILING_GRACE) {
           if (windowStalled) this.egress.noteWindowStalled(oldest);
           else this.egress.noteTrailing(oldest);

@@ -4,14 +4,14 @@
  * the held output (release/), and the report counters.
  */
 import { FlowProtocol, describeKey } from '../flow/key';
-import { NEVER_MS, TcpConnectionState } from '../flow/tcp-replica';
+import { NEVER_MS, TcpConnectionState, WINDOW_FULL_SLACK } from '../flow/tcp-replica';
 import { DatagramComparator, DEFAULT_DATAGRAM_WINDOW } from '../compare/datagram';
 import { MatchTotals, Mismatch, NO_STREAM_NOISE, StreamNoise, TcpStreamComparator, PRIMARY, BACKUP } from '../compare/tcp-stream';
 import { FlowHeldQueue, HeldQueues, ReleaseGate } from '../release/held';
 import { StandbyLog } from '../release/standby-log';
 import type { SlotId } from '../failover/roles';
 import { flowSource } from '../replicate/budget';
-import { seqMax } from '../packet/seq';
+import { seqDiff, seqMax } from '../packet/seq';
 import { SlabPool } from '../packet/slab';
 import type { VirtioNetHeader } from '../io/port';
 import type { FlowPolicyAction } from './flow-policy';
@@ -288,6 +288,22 @@ export class ShadowFlow implements ReleaseGate {
     this.mismatches++;
     const list = (this.mismatchList ??= []);
     if (list.length < MAX_REPORTED_MISMATCHES) list.push({ ...m, timeUs });
+  }
+
+  /**
+   * The client's full window stops both replicas (a reader slower than the
+   * servers), and all the primary has past the match is less than one
+   * segment: the backup cut its segments elsewhere and says those bytes when
+   * the window opens, as the primary says more. Also true for `limitUs` after
+   * the client opens such a window. Not when more is held: a full window is
+   * then the hold's doing, not the reader's.
+   */
+  stalledOnClientWindow(nowUs: number, limitUs: number): boolean {
+    const tcp = this.tcp, stream = this.stream;
+    if (!tcp || !stream?.started) return false;
+    const end = stream.endOf(PRIMARY);
+    if (seqDiff(stream.matched, end) >= WINDOW_FULL_SLACK) return false;
+    return tcp.windowFull(end, WINDOW_FULL_SLACK) || nowUs - tcp.windowOpenedMs * 1000 <= limitUs;
   }
 
   /** A new connection on the 4-tuple of a closed one (port reuse): start its state afresh. */
