@@ -314,6 +314,9 @@ export class ShadowFlow implements ReleaseGate {
     }
     this.stream!.started = false;
     this.closedSides = 0;
+    // The old connection's reset and window say nothing about this one.
+    this.clientResetMs = NEVER_MS;
+    tcp.windowOpenedMs = NEVER_MS;
   }
 
   remember(side: 0 | 1, frame: Buffer, timeUs: number): void {

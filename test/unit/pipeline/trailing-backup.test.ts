@@ -280,3 +280,25 @@ describe('a client whose full window holds both replicas back (issue 9: rate-lim
     expect(unscaled(100)).toBe(0);
   });
 });
+
+describe('a new connection on the 4-tuple of one the client reset (port reuse)', () => {
+  it('does not inherit the old connection\'s reset: its held output still waits for the backup', () => {
+    const h = harness({ maxUnmatchedAgeMs: 100 });
+    handshake(h);
+    h.p.fromVm(PRIMARY, seg(P, 0), 5 * MS);
+    h.p.fromVm(BACKUP, seg(B, 0), 5 * MS);
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 101, flags: 'R' }), 10 * MS);
+    h.p.fromVm(PRIMARY, fromVm({ seq: P + 101, ack: C + 1, flags: 'R' }), 11 * MS);
+    h.p.fromVm(BACKUP, fromVm({ seq: B + 101, ack: C + 1, flags: 'R' }), 11 * MS);
+    // Same ports, new ISNs, 10 ms later.
+    const C2 = 70_000, P2 = 80_000, B2 = 990_000;
+    h.p.fromClient(fromClient({ seq: C2, flags: 'S', options: SYN_OPTS }), 20 * MS);
+    h.p.fromVm(PRIMARY, fromVm({ seq: P2, ack: C2 + 1, flags: 'SA', options: { ...SYN_OPTS, ts: [7000, 111] } }), 21 * MS);
+    h.p.fromVm(BACKUP, fromVm({ seq: B2, ack: C2 + 1, flags: 'SA', options: { ...SYN_OPTS, ts: [99000, 111] } }), 21 * MS);
+    h.p.fromClient(fromClient({ seq: C2 + 1, ack: P2 + 1, flags: 'A' }), 22 * MS);
+    h.p.fromVm(PRIMARY, fromVm({ seq: P2 + 1, ack: C2 + 1, flags: 'PA', payload: 'n'.repeat(100) }), 25 * MS);
+    h.p.tick(130 * MS);
+    expect(h.p.stageCounters().compare.client_reset_releases).toBe(0);
+    expect(timeouts(h)).toBe(1);
+  });
+});
