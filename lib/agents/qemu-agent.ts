@@ -653,11 +653,21 @@ interface ColoPair {
 function newColoPair(primary: AgentVm, secondary: AgentVm): ColoPair {
   let seen: () => void = () => {};
   const pair: ColoPair = { primary, secondary, inflight: null, exited: false, exitSeen: new Promise<void>((r) => { seen = r; }), death: null };
+  // The secondary's progress through the checkpoint in flight is read here, for as long as the pair lives,
+  // not only while coloCheckpoint waits: a primary killed right after it sent its state makes coloCheckpoint
+  // reject at once (its QMP closed), while the secondary goes on loading that state and says RESUME later.
+  // COLO_EXIT comes after that RESUME on the same connection, so by exitSeen the progress is final.
   const onEvent = (ev: QmpEvent) => {
-    if (ev.event !== 'COLO_EXIT') return;
-    pair.exited = true;
-    secondary.qmp.off('event', onEvent);
-    seen();
+    const progress = pair.inflight?.progress;
+    if (ev.event === 'STOP') {
+      if (progress) progress.secondaryStopped = true;
+    } else if (ev.event === 'RESUME') {
+      if (progress?.secondaryStopped) progress.secondaryResumed = true;
+    } else if (ev.event === 'COLO_EXIT') {
+      pair.exited = true;
+      secondary.qmp.off('event', onEvent);
+      seen();
+    }
   };
   secondary.qmp.on('event', onEvent);
   return pair;

@@ -131,6 +131,19 @@ export type { DecodedFrame };
  * Null when `t` is not TCP over IP.
  */
 export function buildTcpReset(t: DecodedFrame, back: boolean, seq: number): Buffer | null {
+  return buildBareTcp(t, back, seq, 0x04, 0, 0);
+}
+
+/**
+ * A bare ACK (no options, no payload) on the connection of the TCP frame
+ * `t`, back to its sender: sequence number `seq`, acknowledging `ack`, with
+ * the raw (unscaled) window field `window`. Null when `t` is not TCP over IP.
+ */
+export function buildTcpAck(t: DecodedFrame, seq: number, ack: number, window: number): Buffer | null {
+  return buildBareTcp(t, true, seq, 0x10, ack, window);
+}
+
+function buildBareTcp(t: DecodedFrame, back: boolean, seq: number, flags: number, ack: number, window: number): Buffer | null {
   if (t.error || t.l4 !== 'tcp' || (t.l3 !== 'ipv4' && t.l3 !== 'ipv6')) return null;
   const l2 = t.l3Offset - t.base;
   const v6 = t.l3 === 'ipv6';
@@ -163,8 +176,10 @@ export function buildTcpReset(t: DecodedFrame, back: boolean, seq: number): Buff
   out.writeUInt16BE(back ? t.tcp.dstPort : t.tcp.srcPort, tcp);
   out.writeUInt16BE(back ? t.tcp.srcPort : t.tcp.dstPort, tcp + 2);
   out.writeUInt32BE(seq >>> 0, tcp + 4);
+  out.writeUInt32BE(ack >>> 0, tcp + 8);
   out[tcp + 12] = 5 << 4;
-  out[tcp + 13] = 0x04; // RST
+  out[tcp + 13] = flags;
+  out.writeUInt16BE(window & 0xffff, tcp + 14);
   const d = decodeFrame(out);
   if (d.l3 === 'ipv4') d.ipv4.checksum = ipv4HeaderChecksum(d);
   d.tcp.checksum = computeL4Checksum(d);

@@ -28,14 +28,14 @@ import { translateForClient, trimmedTcpCopy } from '../rewrite/egress';
 import { HeldFrame, HeldQueues } from '../release/held';
 import { StandbyFrame } from '../release/standby-log';
 import { ReplicaSet, SlotId } from '../failover/roles';
-import { buildTcpReset, isProbeReply } from '../failover/frames';
+import { buildTcpAck, buildTcpReset, isProbeReply } from '../failover/frames';
 import type { CheckpointReason, Replicator } from '../replicate/replicator';
 import { VIRTIO_NET_HDR_F_NEEDS_CSUM, VirtioNetHeader } from '../io/port';
 import { FrameAction, PipelineConfig } from './config';
 import { FailoverRecord, Stage, StageEvent } from './events';
 import { FlowRegistry } from './flows';
 import { FrameCounts } from './frame-counts';
-import { FlowReport, NOTHING_HELD, RecentFrame, ShadowFlow } from './shadow-flow';
+import { CarriedFlow, FlowReport, NOTHING_HELD, RecentFrame, ShadowFlow } from './shadow-flow';
 
 export interface Divergence {
   flow: string;
@@ -73,6 +73,15 @@ export interface EgressDeps {
 
 /** At most one `client-reset-released` line this often. */
 const CLIENT_RESET_LOG_US = 10_000_000;
+/**
+ * How many times a survivor may resend the same acknowledged bytes, each
+ * answered with the client's ACK, before its flow counts as wedged: one
+ * resend may cross the ACK in flight; a third is a refusal. With Linux's
+ * doubling retransmission timer (200 ms at least) that is about 1.5 s.
+ */
+const WEDGED_AFTER = 3;
+/** `carried-flow-wedged` lines: the first ones, then one per thousand. */
+const WEDGED_LOGGED = 10;
 
 export class EgressStage implements Stage {
   readonly stageName = 'compare';
@@ -108,6 +117,10 @@ export class EgressStage implements Stage {
   /** `pass` TCP flows found at a failover (to be reset), and the promoted replica's frames on them dropped. */
   passFlowsReset = 0;
   passSurvivorFramesDropped = 0;
+  /** ACKs sent to a survivor on the client's behalf, for bytes it resent that the client had acknowledged. */
+  private survivorAcks = 0;
+  /** Carried flows reset because the survivor refused the client's ACK (survivorDuplicate). */
+  private carriedWedged = 0;
   private readonly frame = new DecodedFrame();
   private readonly trimScratch = new DecodedFrame();
   private readonly opts = new TcpOptions();
@@ -139,6 +152,8 @@ export class EgressStage implements Stage {
       carried_translated: this.translatedFrames,
       carried_duplicates_dropped: this.duplicatesDropped,
       carried_trimmed: this.trimmed,
+      carried_survivor_acks: this.survivorAcks,
+      carried_flows_wedged: this.carriedWedged,
       flows_carried: this.flowsCarried,
       flows_lost: this.flowsLost,
       backlog_frames: this.backlogFrames,
@@ -513,6 +528,7 @@ export class EgressStage implements Stage {
     if (c.releasedEnd !== null && end !== start && seqLt(start, c.releasedEnd)) {
       if (seqLe(end, c.releasedEnd)) {
         this.duplicatesDropped++;
+        this.survivorDuplicate(f, flow, c);
         return;
       }
       // Part of it reached the client from the old primary: send the rest only.
@@ -529,6 +545,62 @@ export class EgressStage implements Stage {
     const slab = this.outCopies.lastSlab;
     f.rebind(out);
     this.translateOut(f, out, flow, vnet, slab);
+  }
+
+  /**
+   * The survivor sent again bytes the client already has (the frame was
+   * dropped). When the client has acknowledged them, the survivor had not
+   * heard that ACK (it went to the dead primary, or the survivor was paused
+   * by a checkpoint): it is told it now, in its own space, or it would
+   * retransmit into the void. A survivor that keeps sending the same bytes
+   * after WEDGED_AFTER such ACKs does not accept the client's ACK: its state
+   * is not the one the bridge translates for (a COLO secondary that loaded a
+   * checkpoint nobody reported), so the connection can never move again.
+   * Both ends are reset at once, rather than the client hanging until its
+   * own timeout.
+   */
+  private survivorDuplicate(f: DecodedFrame, flow: ShadowFlow, c: CarriedFlow): void {
+    const tcp = flow.tcp;
+    if (!tcp || !tcp.client.ackSeen || f.payloadLength === 0 || (f.tcp.flags & (TcpFlag.SYN | TcpFlag.RST))) return;
+    const acked = (tcp.client.maxAck + c.seqDelta) >>> 0;
+    // The client's ACK for these bytes may still be on its way: nothing to tell yet.
+    if (!seqLe((f.tcp.seq + f.payloadLength) >>> 0, acked)) return;
+    if (c.duplicateStart === f.tcp.seq) c.duplicateRepeats++;
+    else {
+      c.duplicateStart = f.tcp.seq;
+      c.duplicateRepeats = 1;
+    }
+    if (c.duplicateRepeats > WEDGED_AFTER) {
+      this.resetWedged(f, flow, c, acked);
+      return;
+    }
+    const ack = buildTcpAck(f, f.tcp.ack, acked, tcp.clientWindow);
+    if (!ack) return;
+    this.survivorAcks++;
+    this.d.toReplica(c.slot, ack);
+  }
+
+  private resetWedged(f: DecodedFrame, flow: ShadowFlow, c: CarriedFlow, acked: number): void {
+    const tcp = flow.tcp!;
+    this.carriedWedged++;
+    // The survivor's ACK is exactly what it expects next from the client; the client's is what it expects from us.
+    const toSurvivor = buildTcpReset(f, true, f.tcp.ack);
+    if (toSurvivor) this.d.toReplica(c.slot, toSurvivor);
+    const toClient = buildTcpReset(f, false, tcp.client.maxAck);
+    if (toClient) this.d.toClient(toClient);
+    // One line per wedged flow, but a promoted replica with the wrong state wedges all of them: bounded.
+    if (this.carriedWedged <= WEDGED_LOGGED || this.carriedWedged % 1000 === 0) this.d.log('warn', 'carried-flow-wedged', {
+      flow: flow.name, survivorSeq: f.tcp.seq, survivorAckedByClient: acked, repeats: c.duplicateRepeats, wedgedFlows: this.carriedWedged,
+      note: 'after failover the survivor kept resending bytes the client had acknowledged, refusing that ACK: its state is not the one the bridge translates for; both ends were reset',
+    });
+    const flows = this.d.flows;
+    flows.setMode(flow, 'solo');
+    if (!flow.resetAfterFailover) {
+      // Anything either end still says on it is answered with a reset (survivorOnResetFlow, the ingress).
+      flow.resetAfterFailover = true;
+      flow.ingressHeld = NOTHING_HELD;
+      flows.awaitingReset++;
+    }
   }
 
   private translateOut(f: DecodedFrame, out: Buffer, flow: ShadowFlow, vnet: VirtioNetHeader | undefined, slab: Slab | null): void {
@@ -585,7 +657,7 @@ export class EgressStage implements Stage {
     } else {
       seen = flow.datagrams!.sentOf(BACKUP);
     }
-    flow.carried = { slot: survivor, side: BACKUP, seqDelta, tsDelta, releasedEnd, datagramsSeen: seen };
+    flow.carried = { slot: survivor, side: BACKUP, seqDelta, tsDelta, releasedEnd, datagramsSeen: seen, duplicateStart: -1, duplicateRepeats: 0 };
     flows.setMode(flow, 'carried');
     record.flowsCarried++;
     const backlog = flow.standbyLog.drain();

@@ -62,6 +62,13 @@ export interface CarriedFlow {
   releasedEnd: number | null;
   /** Datagrams the survivor has sent on this flow since the last checkpoint. */
   datagramsSeen: number;
+  /**
+   * The start (stream position) of the last segment the survivor sent that the
+   * client had already received in full, and how many times in a row it sent
+   * one starting there (EgressStage.survivorDuplicate). -1: none yet.
+   */
+  duplicateStart: number;
+  duplicateRepeats: number;
 }
 
 /**

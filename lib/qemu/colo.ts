@@ -178,7 +178,11 @@ export interface ColoCheckpointReport {
  * primary's STOP arrives (the secondary is stopped then); the checkpoint is
  * over when the primary's RESUME has arrived and that call has finished.
  * Rejects (ColoError) on COLO_EXIT, a closed QMP connection, or after
- * `timeoutMs`; QEMU does not time a checkpoint out by itself. A counter
+ * `timeoutMs`; QEMU does not time a checkpoint out by itself. `progress`
+ * follows the secondary only until this returns or rejects: a primary that
+ * dies after sending its state rejects it at once, and the secondary's
+ * RESUME (it loaded that state) comes later, so a caller that must know
+ * goes on listening until the secondary's COLO_EXIT (the QEMU agent does). A counter
  * that cannot be read makes the size unknown, never the checkpoint fail.
  */
 export async function coloCheckpoint(primary: QmpClient, secondary: QmpClient, o: {

@@ -143,6 +143,30 @@ describe('QEMU agent, sync colo', () => {
     }
   });
 
+  it('answers checkpoint-done before primary-down when the secondary says RESUME only after the primary\'s QMP closed (it was still loading the state)', async () => {
+    // Seen in the QEMU lab: a primary SIGKILLed a few ms after its STOP had already sent its whole state; its QMP
+    // closed first, the secondary finished loading and said RESUME about 20 ms later, then COLO_EXIT. Taken for
+    // an unloaded secondary, the survivor spoke in the primary's sequence space through the old deltas, and the
+    // client's download stalled for good.
+    const r = await rig();
+    try {
+      r.primary.onTrigger = () => {
+        r.secondary.event('STOP');
+        r.primary.event('STOP');
+        setTimeout(() => r.primary.crash(), 5);
+        setTimeout(() => { r.secondary.event('RESUME'); r.secondary.event('COLO_EXIT', { reason: 'error' }); }, 30);
+      };
+      r.link.sendCheckpoint({ epoch: 2, reason: 'mismatch' });
+      await r.saw('bridge:primary-down');
+      const done = r.timeline.indexOf('bridge:checkpoint-done 2 ts');
+      expect(done).toBeGreaterThan(-1);
+      expect(done).toBeLessThan(r.timeline.indexOf('bridge:primary-down'));
+      expect(r.logged).not.toContain('qemu-agent-failover-past-colo-load');
+    } finally {
+      await r.close();
+    }
+  });
+
   it('sends primary-down alone, and lets the old state speak at once, when the secondary had not loaded it', async () => {
     const r = await rig();
     try {

@@ -113,6 +113,74 @@ describe('failover', () => {
     expect(payloadOf(f).toString()).toBe('backup says');
   });
 
+  /** A 1000-byte answer both replicas gave (released), which the client acknowledged; then the primary dies. */
+  function carriedAfterAck(h: ReturnType<typeof harness>) {
+    handshake(h);
+    h.p.fromVm(A, fromVm({ seq: P + 1, ack: C + 1, payload: bytes(1000, 'x') }), 10);
+    h.p.fromVm(Bk, fromVm({ seq: B + 1, ack: C + 1, payload: bytes(1000, 'x') }), 11);
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 1001, flags: 'A', window: 500 }), 12);
+    expect(h.p.failoverNow('agent', 'test', 20)).toBe('promoted');
+  }
+  const compare = (h: ReturnType<typeof harness>) => h.p.stageCounters().compare;
+
+  it('tells a survivor that resends bytes the client acknowledged the client\'s ACK, in its own space, and sends the client nothing', () => {
+    const h = harness();
+    carriedAfterAck(h);
+    const toClient = h.out.client.length, toSurvivor = h.out.b.length;
+    // The survivor did not hear that ACK (it went to the dead primary, or a checkpoint paused the survivor).
+    h.p.fromVm(Bk, fromVm({ seq: B + 1, ack: C + 1, payload: bytes(1000, 'x') }), 30);
+    expect(h.out.client).toHaveLength(toClient);
+    const told = h.out.b.slice(toSurvivor);
+    expect(told).toHaveLength(1);
+    expect(flagsOf(told[0])).toBe(0x10);
+    expect(seqOf(told[0])).toBe(C + 1);
+    expect(ackOf(told[0])).toBe(B + 1001);
+    expect(told[0].readUInt16BE(14 + 20 + 14)).toBe(500);
+    expect(l4ChecksumIsValid(told[0])).toBe(true);
+    expect(compare(h).carried_survivor_acks).toBe(1);
+    // New bytes from it go on as before, translated.
+    h.p.fromVm(Bk, fromVm({ seq: B + 1001, ack: C + 1, payload: bytes(100, 'z') }), 40);
+    expect(h.out.client).toHaveLength(toClient + 1);
+    expect(seqOf(h.out.client[toClient])).toBe(P + 1001);
+    expect(compare(h).carried_flows_wedged).toBe(0);
+  });
+
+  it('resets both ends of a carried flow whose survivor keeps resending acknowledged bytes after being told the ACK three times: its state is not the one translated for', () => {
+    const h = harness();
+    carriedAfterAck(h);
+    const toClient = h.out.client.length, toSurvivor = h.out.b.length;
+    for (let i = 0; i < 3; i++) h.p.fromVm(Bk, fromVm({ seq: B + 1, ack: C + 1, payload: bytes(1000, 'x') }), 30 + i * 200_000);
+    expect(h.out.client).toHaveLength(toClient);
+    expect(h.out.b.slice(toSurvivor).map(flagsOf)).toEqual([0x10, 0x10, 0x10]);
+    h.p.fromVm(Bk, fromVm({ seq: B + 1, ack: C + 1, payload: bytes(1000, 'x') }), 900_000);
+    // The client's reset carries exactly what it expects next; the survivor's, what it expects from the client.
+    const reset = h.out.client.slice(toClient);
+    expect(reset).toHaveLength(1);
+    expect(flagsOf(reset[0])).toBe(0x04);
+    expect(seqOf(reset[0])).toBe(P + 1001);
+    expect(l4ChecksumIsValid(reset[0])).toBe(true);
+    const back = h.out.b.slice(toSurvivor + 3);
+    expect(back.map(flagsOf)).toEqual([0x04]);
+    expect(seqOf(back[0])).toBe(C + 1);
+    expect(compare(h).carried_flows_wedged).toBe(1);
+    expect(h.logs.some((l) => l.event === 'carried-flow-wedged')).toBe(true);
+    // Whatever the survivor says on it now is reset, never passed to the client.
+    h.p.fromVm(Bk, fromVm({ seq: B + 1, ack: C + 1, payload: bytes(1000, 'x') }), 1_000_000);
+    expect(h.out.client).toHaveLength(toClient + 1);
+  });
+
+  it('counts different acknowledged segments resent once each (a loss recovery) as no wedge', () => {
+    const h = harness();
+    handshake(h);
+    h.p.fromVm(A, fromVm({ seq: P + 1, ack: C + 1, payload: bytes(4000, 'x') }), 10);
+    h.p.fromVm(Bk, fromVm({ seq: B + 1, ack: C + 1, payload: bytes(4000, 'x') }), 11);
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 4001, flags: 'A' }), 12);
+    h.p.failoverNow('agent', 'test', 20);
+    for (let i = 0; i < 4; i++) h.p.fromVm(Bk, fromVm({ seq: B + 1 + i * 1000, ack: C + 1, payload: bytes(1000, 'x') }), 30 + i);
+    expect(compare(h).carried_survivor_acks).toBe(4);
+    expect(compare(h).carried_flows_wedged).toBe(0);
+  });
+
   it('sends client frames only to the promoted replica, translated, and leaves new flows untranslated', () => {
     const h = harness();
     handshake(h);
