@@ -219,6 +219,10 @@ export async function coloCheckpoint(primary: QmpClient, secondary: QmpClient, o
     onClose = () => reject(new ColoError('checkpoint', 'the primary\'s QMP connection closed'));
     timer = setTimeout(() => reject(new ColoError('checkpoint', `not finished within ${o.timeoutMs} ms (${progress.primaryStopped ? 'the primary paused and never resumed' : 'the primary never paused'})`)), o.timeoutMs);
   });
+  // A primary that dies while the trigger is still in flight rejects `resumed` before anything awaits it,
+  // and the trigger's own failure ends this call first: without a handler that rejection is unhandled, which
+  // kills the process (the agent, or the bridge that runs the lab's agent). `await resumed` still sees it.
+  resumed.catch(() => {});
   primary.on('event', onPrimary);
   primary.once('close', onClose);
   secondary.on('event', onSecondary);
