@@ -24,7 +24,7 @@ import { seqDiff, seqGt, seqLe, seqLt } from '../packet/seq';
 import { BACKUP, MISMATCH_KINDS, MismatchKind, PRIMARY, Side, StreamSegment, mismatchCounter } from '../compare/tcp-stream';
 import { datagramContent } from '../normalize/datagram';
 import { learnFromSyn, newStreamSegment, normalizeTcp, segmentEnd } from '../normalize/tcp';
-import { translateForClient, trimmedTcpCopy } from '../rewrite/egress';
+import { prefixTcpCopy, translateForClient, trimmedTcpCopy } from '../rewrite/egress';
 import { HeldFrame, HeldQueues } from '../release/held';
 import { StandbyFrame } from '../release/standby-log';
 import { ReplicaSet, SlotId } from '../failover/roles';
@@ -123,6 +123,9 @@ export class EgressStage implements Stage {
   private carriedWedged = 0;
   private readonly frame = new DecodedFrame();
   private readonly trimScratch = new DecodedFrame();
+  private readonly prefixScratch = new DecodedFrame();
+  private prefixReleases = 0;
+  private prefixReleasedBytes = 0;
   private readonly opts = new TcpOptions();
   private readonly segment: StreamSegment = newStreamSegment();
   /** Copies nobody releases explicitly (divergence captures). */
@@ -165,6 +168,8 @@ export class EgressStage implements Stage {
       stateless_resets: this.statelessResets,
       backup_trailing_waits: this.backupTrailingWaits,
       window_stalled_waits: this.windowStalledWaits,
+      prefix_releases: this.prefixReleases,
+      prefix_released_bytes: this.prefixReleasedBytes,
       ...Object.fromEntries(MISMATCH_KINDS.map((k) => [mismatchCounter(k), this.mismatchesByKind[k]])),
     };
   }
@@ -446,6 +451,51 @@ export class EgressStage implements Stage {
     if (this.lastWindowStalled === oldest) return;
     this.lastWindowStalled = oldest;
     this.windowStalledWaits++;
+  }
+
+  /**
+   * The oldest held frame (`oldest`, the head of `flow`'s output) has waited
+   * past the limit, and the backup has said only its beginning: the two cut
+   * their segments at different places. When the client's window is nearly
+   * full, that can hold both for good:
+   *   - the client has nothing new to acknowledge, since what it was sent
+   *     ends before the frame;
+   *   - each replica can send no full segment into what is left of the
+   *     window, so it only resends what it has in flight, or sends when its
+   *     persist timer fires (200 ms, then doubling);
+   *   - the backup never says the rest, the frame never goes, and a timeout
+   *     checkpoint ends it.
+   * So the matched beginning goes to the client now, as a copy (both
+   * replicas said those bytes; the same ACK rule as any release). The
+   * client acknowledges it, both replicas hear that ACK and go on, and the
+   * frame itself goes once the backup says the rest (the client drops the
+   * part it has). The backup then gets the limit again to say more (a
+   * sender that resent after a timeout may send nothing new until that ACK
+   * comes). GSO super-frames are left alone. Returns whether it sent one;
+   * counted (`prefix_releases`, `prefix_released_bytes`).
+   */
+  releaseMatchedPrefix(flow: ShadowFlow, oldest: HeldFrame, nowUs: number): boolean {
+    const stream = flow.stream, tcp = flow.tcp;
+    if (!stream?.started || !tcp || flow.mismatch || oldest.released || oldest.rst) return false;
+    if (oldest.vnet && oldest.vnet.gsoType !== 0) return false;
+    const matched = stream.matched;
+    const q = flow.held;
+    if (q.releasedEnd !== null && !seqLt(q.releasedEnd, matched)) return false;
+    if (oldest.hasAck && (flow.backupAck === null || !seqLe(oldest.ack, flow.backupAck))) return false;
+    const f = decodeFrame(oldest.frame, this.prefixScratch);
+    if (f.l4 !== 'tcp' || f.payloadLength === 0) return false;
+    // The frame's first payload byte, as a stream position (from the primary's SYN).
+    const start = (seqDiff(tcp.primary.seqBase, f.tcp.seq) + ((f.tcp.flags & TcpFlag.SYN) !== 0 ? 1 : 0)) >>> 0;
+    const keep = seqDiff(start, matched);
+    if (keep <= 0 || keep >= f.payloadLength) return false;
+    const out = prefixTcpCopy(f, keep, this.trimScratch);
+    q.notePrefixReleased(matched, oldest.hasAck ? oldest.ack : null);
+    if (flow.standbyLog.length > 0) flow.standbyLog.prune(matched);
+    oldest.prefixAtUs = nowUs;
+    this.prefixReleases++;
+    this.prefixReleasedBytes += keep;
+    this.d.toClient(out);
+    return true;
   }
 
   unmatchedTooLong(flow: ShadowFlow, nowUs: number, heldSinceUs: number): void {

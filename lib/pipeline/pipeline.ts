@@ -208,8 +208,12 @@ export class ShadowPipeline {
         // is slow, not stuck: two servers filling a large client window at different paces. It gets up to
         // TRAILING_GRACE times the limit; the queue limits bound what waits meanwhile.
         // So is one held back, like the primary, by the client's full window (ShadowFlow.stalledOnClientWindow).
+        // A frame the backup has said the beginning of: that beginning goes now, and the backup gets the
+        // limit again from there to say more (see releaseMatchedPrefix).
+        if (flow) this.egress.releaseMatchedPrefix(flow, oldest, nowUs);
         const windowStalled = flow?.stalledOnClientWindow(nowUs, limitUs) ?? false;
-        if (flow?.stream && (nowUs - flow.backupProgressUs <= limitUs || windowStalled) && nowUs - oldest.heldAtUs <= limitUs * TRAILING_GRACE) {
+        const sincePrefix = oldest.prefixAtUs >= 0 && nowUs - oldest.prefixAtUs <= limitUs;
+        if (flow?.stream && (nowUs - flow.backupProgressUs <= limitUs || windowStalled || sincePrefix) && nowUs - oldest.heldAtUs <= limitUs * TRAILING_GRACE) {
           if (windowStalled) this.egress.noteWindowStalled(oldest);
           else this.egress.noteTrailing(oldest);
         }

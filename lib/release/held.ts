@@ -36,6 +36,8 @@ export interface HeldFrame {
   slab: Slab | null;
   /** The virtio-net header it came with (GSO, partial checksum): it leaves with it. */
   vnet: VirtioNetHeader | undefined;
+  /** When its matched beginning went to the client ahead of it (EgressStage.releaseMatchedPrefix), µs; -1: never. Kept here, not per flow: flows outnumber held frames. */
+  prefixAtUs: number;
 }
 
 /** What the release predicate needs from a flow's comparison. */
@@ -106,7 +108,7 @@ export class FlowHeldQueue {
     frame: Buffer, slab: Slab | null, end: number, rst: boolean, hasAck: boolean, ack: number, payloadBytes: number, nowUs: number,
     vnet?: VirtioNetHeader,
   ): HeldFrame {
-    const h: HeldFrame = { frame, end, rst, hasAck, ack, payloadBytes, heldAtUs: nowUs, released: false, queue: this, slab, vnet };
+    const h: HeldFrame = { frame, end, rst, hasAck, ack, payloadBytes, heldAtUs: nowUs, released: false, queue: this, slab, vnet, prefixAtUs: -1 };
     if (this.frames === NO_FRAMES) this.frames = [];
     this.frames.push(h);
     this.count++;
@@ -142,6 +144,16 @@ export class FlowHeldQueue {
     const e = this.releasedEnd;
     if (e === null || (this.isStream ? seqGt(h.end, e) : h.end > e)) this.releasedEnd = h.end;
     if (h.hasAck && (this.releasedMaxAck === null || seqGt(h.ack, this.releasedMaxAck))) this.releasedMaxAck = h.ack;
+  }
+
+  /**
+   * The matched beginning of the head frame went to the client as a copy
+   * (EgressStage.releaseMatchedPrefix), up to stream position `end`; the
+   * frame itself stays held, and counts as released when it goes.
+   */
+  notePrefixReleased(end: number, ack: number | null): void {
+    if (this.releasedEnd === null || seqGt(end, this.releasedEnd)) this.releasedEnd = end;
+    if (ack !== null && (this.releasedMaxAck === null || seqGt(ack, this.releasedMaxAck))) this.releasedMaxAck = ack;
   }
 
   /** A frame of this flow went to the client unchecked, not through the queue (carried or solo flow). */

@@ -61,3 +61,24 @@ export function trimmedTcpCopy(f: DecodedFrame, skip: number, clearFlags = 0, sc
   d.tcp.checksum = checksumIsPartial ? foldSum(pseudoHeaderSum(d)) : computeL4Checksum(d);
   return out;
 }
+
+/**
+ * A new frame: `f` with only its first `keep` payload bytes, FIN and PSH
+ * cleared (what is cut off comes later, with them). Lengths and checksums
+ * are computed in full: the copy leaves without a virtio-net header.
+ */
+export function prefixTcpCopy(f: DecodedFrame, keep: number, scratch = new DecodedFrame()): Buffer {
+  const headerLength = f.payloadOffset - f.base;
+  const out = Buffer.alloc(headerLength + keep);
+  f.buf.copy(out, 0, f.base, f.payloadOffset + keep);
+  const dv = new DataView(out.buffer, out.byteOffset, out.length);
+  const l3 = f.l3Offset - f.base;
+  if (f.l3 === 'ipv4') dv.setUint16(l3 + 2, out.length - l3);
+  else dv.setUint16(l3 + 4, out.length - l3 - 40);
+  const tcpAt = f.l4Offset - f.base;
+  dv.setUint8(tcpAt + 13, f.tcp.flags & ~(TcpFlag.FIN | TcpFlag.PSH) & 0xff);
+  const d = decodeFrame(out, scratch);
+  if (d.l3 === 'ipv4') d.ipv4.checksum = ipv4HeaderChecksum(d);
+  d.tcp.checksum = computeL4Checksum(d);
+  return out;
+}

@@ -7,7 +7,10 @@
 import { BACKUP, PRIMARY } from '../../../lib/compare';
 import { TRAILING_GRACE } from '../../../lib/pipeline/pipeline';
 import { l4ChecksumIsValid } from '../../support/frames';
-import { B, C, P, SYN_OPTS, ackOf, fromClient, fromVm, handshake, harness } from '../../support/pipeline-harness';
+import { B, C, P, SYN_OPTS, ackOf, fromClient, fromVm, handshake, harness, seqOf } from '../../support/pipeline-harness';
+import { decodeFrame } from '../../../lib/packet/frame';
+
+const payloadOf = (f: Buffer) => Buffer.from(decodeFrame(f).payload()).toString();
 
 const MS = 1000;
 const seg = (base: number, i: number) => fromVm({ seq: base + 1 + i * 100, ack: C + 1, flags: 'PA', payload: String.fromCharCode(97 + (i % 26)).repeat(100) });
@@ -240,6 +243,10 @@ describe('a client whose full window holds both replicas back (issue 9: rate-lim
   it('asks for a checkpoint when the window is open and the backup stays quiet', () => {
     const h = stalled(100); // 12,800 bytes: nothing holds the backup back
     h.p.tick(150 * MS);
+    // The 76 bytes both said go out first (releaseMatchedPrefix), and the backup gets one more limit.
+    expect(h.p.stageCounters().compare.prefix_releases).toBe(1);
+    expect(timeouts(h)).toBe(0);
+    h.p.tick(260 * MS);
     expect(timeouts(h)).toBe(1);
     expect(h.p.stageCounters().compare.window_stalled_waits).toBe(0);
   });
@@ -247,6 +254,7 @@ describe('a client whose full window holds both replicas back (issue 9: rate-lim
   it('asks for a checkpoint when more than the last piece is held (a full window is then the hold\'s doing)', () => {
     const h = stalled(1, 20); // the primary 1,700 bytes past what the backup said
     h.p.tick(150 * MS);
+    h.p.tick(260 * MS); // one more limit after the 76 bytes' prefix went out
     expect(timeouts(h)).toBe(1);
   });
 
@@ -273,11 +281,156 @@ describe('a client whose full window holds both replicas back (issue 9: rate-lim
       h.p.fromVm(BACKUP, piece(B, 300, 76), 12 * MS);
       h.p.fromClient(fromClient({ seq: C + 1, ack: P + 301, flags: 'A', window: clientWindow }), 20 * MS);
       h.p.tick(150 * MS);
+      h.p.tick(260 * MS); // one more limit after the prefix
       return timeouts(h);
     };
     // 3,000 bytes unscaled: open. 100 bytes unscaled: full (scaled by the client's 128 it would be 12,800: open).
     expect(unscaled(3000)).toBe(1);
     expect(unscaled(100)).toBe(0);
+  });
+});
+
+describe('segments cut at different places at the edge of a nearly full window (the soak\'s timeouts, seen in captures)', () => {
+  /**
+   * Captured in the soak (4 MB/s downloads, client window scale 10): the client's window had about 1 KiB
+   * left. The primary sent [a, a+1024) into it, the backup [a, a+488). Neither could send a full segment
+   * into what was left, so each only resent what it had in flight (or sent when its persist timer fired,
+   * 200 ms and doubling). The bridge held the primary's segment (only its beginning matched), so the
+   * client had nothing new to acknowledge, the backup never heard an ACK for its 488 bytes, and it never
+   * said the rest: a `timeout` checkpoint 0.4-1 s later, 20 of them in a soak with a realtime data plane.
+   */
+  const piece = (base: number, at: number, len: number, fill = 'w') => fromVm({ seq: base + 1 + at, ack: C + 1, flags: 'PA', payload: fill.repeat(len) });
+  function cutDifferently() {
+    const h = harness({ maxUnmatchedAgeMs: 100 });
+    handshake(h); // window scale 7 both ways
+    for (let i = 0; i < 3; i++) {
+      h.p.fromVm(PRIMARY, piece(P, 100 * i, 100), 10 * MS);
+      h.p.fromVm(BACKUP, piece(B, 100 * i, 100), 11 * MS);
+    }
+    h.p.fromVm(PRIMARY, piece(P, 300, 200, 'x'), 12 * MS); // the primary's last segment: 200 bytes
+    h.p.fromVm(BACKUP, piece(B, 300, 80, 'x'), 13 * MS); // the backup's: the first 80 of them
+    // The client acknowledges what it got (300 bytes) and has 256 bytes of window left: both stand at its edge.
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 301, flags: 'A', window: 2 }), 20 * MS);
+    return h;
+  }
+
+  it('sends the client the matched beginning of the held segment once it has waited the limit: the client acknowledges it and the backup hears that ACK', () => {
+    const h = cutDifferently();
+    const before = h.out.client.length;
+    h.p.tick(90 * MS);
+    expect(h.out.client).toHaveLength(before); // within the limit: nothing yet
+    h.p.tick(150 * MS);
+    expect(h.out.client).toHaveLength(before + 1);
+    const prefix = h.out.client[before];
+    expect(seqOf(prefix)).toBe(P + 301);
+    expect(payloadOf(prefix)).toBe('x'.repeat(80));
+    expect(prefix[14 + 20 + 13] & 0x09).toBe(0); // no FIN, no PSH: the rest comes later
+    expect(l4ChecksumIsValid(prefix)).toBe(true);
+    expect(prefix.readUInt16BE(14 + 2)).toBe(20 + 20 + 80); // IPv4 total length
+    const c = h.p.stageCounters().compare;
+    expect(c.prefix_releases).toBe(1);
+    expect(c.prefix_released_bytes).toBe(80);
+    expect(timeouts(h)).toBe(0);
+    // Once is enough: nothing new matched, nothing sent again.
+    h.p.tick(200 * MS);
+    expect(h.out.client).toHaveLength(before + 1);
+    // The client acknowledges it; the backup gets that ACK in its own space, whole (it sent those bytes).
+    const nb = h.out.backup.length;
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 381, flags: 'A', window: 2 }), 210 * MS);
+    expect(ackOf(h.out.backup[nb])).toBe(B + 381);
+    // Its persist timer fires: it says the rest, and the primary's segment goes out whole (the client drops the 80 bytes it has).
+    h.p.fromVm(BACKUP, piece(B, 380, 120, 'x'), 400 * MS);
+    expect(h.out.client).toHaveLength(before + 2);
+    expect(seqOf(h.out.client[before + 1])).toBe(P + 301);
+    expect(payloadOf(h.out.client[before + 1])).toBe('x'.repeat(200));
+    h.p.tick(600 * MS);
+    expect(timeouts(h)).toBe(0);
+  });
+
+  it('without it (the backup still quiet after the rest of the wait), a checkpoint is asked as before', () => {
+    const h = cutDifferently();
+    h.p.tick(150 * MS);
+    expect(h.p.stageCounters().compare.prefix_releases).toBe(1);
+    // The window stays full, the backup says nothing: the stalled-window wait ends at TRAILING_GRACE times the limit.
+    for (let t = 200; t <= 100 * TRAILING_GRACE + 100; t += 50) h.p.tick(t * MS);
+    expect(timeouts(h)).toBe(1);
+  });
+
+  /**
+   * Also captured: the backup 104 bytes ahead, resending them after a retransmission timeout (so with a
+   * congestion window of one segment: nothing new until they are acknowledged). The primary's next segment
+   * covers them and more; then the client opens its window wide and the primary sends a megabyte. Without
+   * the prefix the backup stayed quiet 0.5-0.9 s and the flow timed out; with it, the prefix went out in the
+   * same tick as the timeout. The backup gets the limit again from the prefix.
+   */
+  function backupInLoss() {
+    const h = harness({ maxUnmatchedAgeMs: 100 });
+    handshake(h);
+    for (let i = 0; i < 3; i++) {
+      h.p.fromVm(PRIMARY, piece(P, 100 * i, 100), 10 * MS);
+      h.p.fromVm(BACKUP, piece(B, 100 * i, 100), 11 * MS);
+    }
+    h.p.fromVm(BACKUP, piece(B, 300, 104, 'x'), 12 * MS); // ahead of the primary
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 301, flags: 'A', window: 8 }), 20 * MS);
+    h.p.fromVm(PRIMARY, piece(P, 300, 1024, 'x'), 100 * MS); // its probe: only the first 104 bytes match
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 301, flags: 'A', window: 2000 }), 120 * MS); // the reader opens wide
+    for (let i = 0; i < 10; i++) h.p.fromVm(PRIMARY, piece(P, 1324 + 1000 * i, 1000, 'x'), 121 * MS);
+    return h;
+  }
+
+  it('gives a backup the limit again after the prefix went out: it hears the ACK and catches up, no timeout', () => {
+    const h = backupInLoss();
+    const before = h.out.client.length;
+    h.p.tick(210 * MS);
+    expect(h.p.stageCounters().compare.prefix_releases).toBe(1);
+    expect(payloadOf(h.out.client[before])).toBe('x'.repeat(104));
+    expect(timeouts(h)).toBe(0);
+    h.p.tick(260 * MS);
+    expect(timeouts(h)).toBe(0);
+    // The client's ACK for the 104 bytes reaches the backup; it leaves its loss state and sends on.
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 405, flags: 'A', window: 2000 }), 262 * MS);
+    h.p.fromVm(BACKUP, piece(B, 404, 920 + 5000, 'x'), 280 * MS);
+    h.p.tick(330 * MS);
+    h.p.tick(370 * MS);
+    expect(timeouts(h)).toBe(0);
+    expect(h.out.client.length).toBeGreaterThanOrEqual(before + 1 + 6);
+  });
+
+  it('asks for a checkpoint when the backup is still quiet a limit after the prefix', () => {
+    const h = backupInLoss();
+    h.p.tick(210 * MS);
+    h.p.tick(300 * MS);
+    expect(timeouts(h)).toBe(0);
+    h.p.tick(320 * MS);
+    expect(timeouts(h)).toBe(1);
+  });
+
+  it('sends nothing early when the frame\'s ACK is ahead of what the backup acknowledged (the usual release rule)', () => {
+    const h = harness({ maxUnmatchedAgeMs: 100 });
+    handshake(h);
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 1, flags: 'PA', payload: 'q'.repeat(50) }), 5 * MS);
+    h.p.fromVm(PRIMARY, fromVm({ seq: P + 1, ack: C + 51, flags: 'PA', payload: 'r'.repeat(200) }), 10 * MS);
+    h.p.fromVm(BACKUP, fromVm({ seq: B + 1, ack: C + 1, flags: 'PA', payload: 'r'.repeat(80) }), 11 * MS);
+    const before = h.out.client.length;
+    h.p.tick(150 * MS);
+    expect(h.out.client).toHaveLength(before);
+    expect(h.p.stageCounters().compare.prefix_releases).toBe(0);
+  });
+
+  it('the primary dies after the beginning went out: the promoted backup\'s backlog starts where the client stands, not before', () => {
+    const h = cutDifferently();
+    h.p.tick(150 * MS);
+    expect(h.p.stageCounters().compare.prefix_releases).toBe(1);
+    // The backup says 40 more bytes; the primary dies before the backup says the rest.
+    h.p.fromVm(BACKUP, piece(B, 380, 40, 'x'), 160 * MS);
+    const before = h.out.client.length;
+    expect(h.p.failoverNow('carrier', 'test', 170 * MS)).toBe('promoted');
+    const sent = h.out.client.slice(before);
+    // The backlog is what the backup said past the 80 bytes the client has: 40 bytes at P+381.
+    expect(sent).toHaveLength(1);
+    expect(seqOf(sent[0])).toBe(P + 381);
+    expect(payloadOf(sent[0])).toBe('x'.repeat(40));
+    expect(l4ChecksumIsValid(sent[0])).toBe(true);
   });
 });
 
