@@ -30,6 +30,7 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { queryControlSocket } from '../lib/control/control-socket';
 import type { BridgeSnapshot } from '../lib/control/snapshot';
+import { formatScheduling } from '../lib/dataplane/scheduling';
 import { fixedSeedBytes } from '../lib/lab/content';
 import { run, runInAsync, runQuietly } from '../lib/lab/exec';
 import { Child, JsonLineChild, inNs, injectIn, memoryOf, start } from './lib/children';
@@ -48,10 +49,10 @@ const DOWNLOADERS = 3;
 const DOWNLOAD_RATE = '4M';
 const PROBE_EVERY_MS = 1;
 
-interface Options { prefix: string; cpuProf: boolean; metricsPort: number; only: string[] | null; traceGc: boolean; reference: boolean; config: string | null; sendThread: boolean }
+interface Options { prefix: string; cpuProf: boolean; metricsPort: number; only: string[] | null; traceGc: boolean; reference: boolean; config: string | null; sendThread: boolean; realtime: string }
 
 function parseArgs(argv: string[]): Options {
-  const o: Options = { prefix: 'hs', cpuProf: false, metricsPort: 29900, only: null, traceGc: false, reference: true, config: null, sendThread: true };
+  const o: Options = { prefix: 'hs', cpuProf: false, metricsPort: 29900, only: null, traceGc: false, reference: true, config: null, sendThread: true, realtime: 'auto' };
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === '--prefix') o.prefix = argv[++i];
     else if (argv[i] === '--cpu-prof') o.cpuProf = true;
@@ -61,8 +62,9 @@ function parseArgs(argv: string[]): Options {
     else if (argv[i] === '--metrics-port') o.metricsPort = Number(argv[++i]);
     else if (argv[i] === '--config') o.config = argv[++i];
     else if (argv[i] === '--no-send-thread') o.sendThread = false;
+    else if (argv[i] === '--realtime') o.realtime = argv[++i];
     else if (argv[i] === '--help') {
-      process.stdout.write('node dist/bench/soak.js [--prefix hs] [--cpu-prof] [--trace-gc] [--only ATTACK,...] [--no-reference] [--metrics-port 29900] [--config FILE (the bridge settings, as for run --config)] [--no-send-thread]\n');
+      process.stdout.write('node dist/bench/soak.js [--prefix hs] [--cpu-prof] [--trace-gc] [--only ATTACK,...] [--no-reference] [--metrics-port 29900] [--config FILE (the bridge settings, as for run --config)] [--no-send-thread] [--realtime auto|on|off (the bridge\'s, as for run --realtime)]\n');
       process.exit(0);
     } else throw new Error(`unknown option ${argv[i]}`);
   }
@@ -194,7 +196,7 @@ async function startBridge(lab: Lab, o: Options, profDir: string): Promise<Bridg
   const agentSocket = join(lab.runDir, 'run', 'agent.sock');
   const node = [process.execPath, ...(o.cpuProf ? ['--cpu-prof', '--cpu-prof-dir', profDir] : []), ...(o.traceGc ? ['--trace-gc'] : []), SHADOWVM];
   const proc = start([...node, 'run', '--name', o.prefix, '--uplink', lab.client.hostIf, '--primary', lab.primary.hostIf, '--backup', lab.backup.hostIf,
-    '--agent', agentSocket, '--control', controlSocket, '--metrics', `127.0.0.1:${o.metricsPort}`, '--resync', 'align', '--no-vnet-hdr', '--log-level', 'warn', ...(o.config ? ['--config', o.config] : []), ...(o.sendThread ? [] : ['--send-thread', 'off'])], 'shadowvm run');
+    '--agent', agentSocket, '--control', controlSocket, '--metrics', `127.0.0.1:${o.metricsPort}`, '--resync', 'align', '--no-vnet-hdr', '--log-level', 'warn', ...(o.config ? ['--config', o.config] : []), ...(o.sendThread ? [] : ['--send-thread', 'off']), '--realtime', o.realtime], 'shadowvm run');
   const b: BridgeUnderTest = { proc, agent: null as unknown as Child, controlSocket, agentSocket, metricsPort: o.metricsPort };
   for (let i = 0; i < 200 && !(await status(b, 500)); i++) {
     if (proc.child.exitCode !== null) throw new Error(`shadowvm run exited: ${proc.output}`);
@@ -207,6 +209,19 @@ async function startBridge(lab: Lab, o: Options, profDir: string): Promise<Bridg
     await delay(50);
   }
   throw new Error(`the bridge did not reach COMPARING: ${proc.output.slice(-2000)} ${agent.output.slice(-2000)}`);
+}
+
+/**
+ * The whole run's frame wait, from the bridge's own histogram (one
+ * observation per breath): less noisy than the per-attack maximum, which is
+ * one breath out of hundreds of thousands.
+ */
+function waitSummary(s: BridgeSnapshot | null): string {
+  const w = s?.frameWait;
+  if (!w || !w.seconds.count) return 'bridge wait over the whole run: not reported';
+  const h = w.seconds;
+  const over = (sec: number) => h.count - (h.buckets.find(([le]) => le >= sec - 1e-12)?.[1] ?? h.count);
+  return `bridge wait over the whole run: ${h.count} breaths, mean ${(h.sum / h.count * 1e6).toFixed(0)} µs; over 1 ms ${over(0.001)}, over 5 ms ${over(0.005)}, over 10 ms ${w.over10ms}; longest ${w.maxMs.toFixed(1)} ms`;
 }
 
 /** Why each `timeout` checkpoint was asked, from the bridge's `backup-late` log lines (the first 10). */
@@ -593,11 +608,13 @@ async function main(): Promise<void> {
       '',
       `downloads: ${downloads.ok} complete and sha256-identical (${(downloads.bytes / 2 ** 20).toFixed(0)} MiB), ${downloads.bad.length} failed${downloads.bad.length ? `: ${downloads.bad.slice(0, 5).join('; ')}` : ''}`,
       `bridge: VmHWM ${mem.hwmMiB.toFixed(0)} MiB, VmRSS at the end ${mem.rssMiB.toFixed(0)} MiB, state ${finalStatus?.state ?? '?'}, exit after SIGTERM: ${String(exitCode)}`,
+      ...(finalStatus?.dataPlane ? [formatScheduling(finalStatus.dataPlane)] : [`data plane: no scheduling reported (--realtime ${o.realtime})`]),
       ...(o.reference ? [
         `kernel reference (Linux bridge client↔primary, tc mirror of the client's frames to the backup, backup's answers dropped), run after shadowvm on the same lab: downloads ${reference.downloads.ok} complete, ${reference.downloads.bad.length} failed`,
         'ratio: shadowvm stall ÷ kernel reference stall, same attack',
       ] : []),
       `worst stall under attack: ${(() => { const w = rows.slice(2, -1).reduce((a, r) => (r.stallMs > a.stallMs ? r : a)); return `${w.stallMs.toFixed(1)} ms (${w.attack})`; })()}`,
+      waitSummary(finalStatus),
       `worst bridge wait under attack: ${(() => { const w = rows.slice(2, -1).reduce((a, r) => (r.bridgeWaitMs > a.bridgeWaitMs ? r : a)); return `${w.bridgeWaitMs.toFixed(1)} ms (${w.attack})`; })()}`,
       ...timeoutLines(bridge.proc.output),
       ...(o.cpuProf ? [`cpu profile of the bridge: ${profDir}`] : []),

@@ -18,6 +18,7 @@
  * memory of what was released. Timers (checkpoint timeouts, unmatched age,
  * flow expiry) run every TICK_MS.
  */
+import type { DataPlaneScheduling } from './dataplane/scheduling';
 import { FrameWait } from './io/frame-wait';
 import { MemoryGiveBack, fullCollection } from './control/give-back';
 import { readFileSync } from 'node:fs';
@@ -82,6 +83,8 @@ export interface BridgeOptions {
   collect?: (() => void) | null;
   /** The event logged once frames move (default `started`; the data-plane thread of `run` says `data-plane-started`, and its main thread `started` once its sockets listen too). */
   startedEvent?: string;
+  /** How the data-plane thread is scheduled (run's --realtime), for status and metrics. */
+  scheduling?: DataPlaneScheduling;
 }
 
 export const TICK_MS = 10;
@@ -275,6 +278,7 @@ export class Bridge {
         memory_give_back: { ...this.giveBack.counters },
       },
       frameWait: this.frameWait.snapshot(),
+      ...(this.options.scheduling ? { dataPlane: this.options.scheduling } : {}),
     });
   }
 

@@ -39,6 +39,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,6 +52,8 @@
 #include <net/if_arp.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/socket.h>
 #include <linux/if_ether.h>
 #include <linux/filter.h>
@@ -449,6 +452,8 @@ static void send_job(sender_t *s, const tx_job_t *job) {
 
 static void *sender_main(void *arg) {
   sender_t *s = arg;
+  /* Named for ps -L and top -H; its scheduling is its creator's (the data-plane thread's, see setThreadScheduling). */
+  prctl(PR_SET_NAME, "svm-send", 0, 0, 0);
   pthread_mutex_lock(&s->mu);
   for (;;) {
     while (!s->jcount && !s->stop) pthread_cond_wait(&s->work, &s->mu);
@@ -1287,6 +1292,46 @@ static void finalize_state(napi_env env, void *data, void *hint) {
   free(s);
 }
 
+/*
+ * setThreadScheduling(name, policy, priority): for the calling thread only
+ * (the data-plane thread, never the main thread that serves control and
+ * metrics). `name` (at most 15 bytes) is what ps -L and top -H show; policy
+ * "rr" is SCHED_RR at `priority` (1-99), "other" is SCHED_OTHER. Threads it
+ * creates afterwards (the send thread) inherit the policy, as clone() does.
+ * Returns {tid, errno}: 0, or why the kernel refused the policy (EPERM
+ * without CAP_SYS_NICE or an RT budget in the cgroup); the name is set
+ * either way.
+ */
+static napi_value js_set_thread_scheduling(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  char name[16] = {0}, policy[8] = {0};
+  size_t n = 0;
+  int32_t prio = 0;
+  if (argc < 3 || napi_get_value_string_utf8(env, argv[0], name, sizeof name, &n) != napi_ok ||
+      napi_get_value_string_utf8(env, argv[1], policy, sizeof policy, &n) != napi_ok ||
+      napi_get_value_int32(env, argv[2], &prio) != napi_ok) {
+    napi_throw_type_error(env, NULL, "setThreadScheduling(name: string, policy: 'rr' | 'other', priority: number)");
+    return NULL;
+  }
+  int pol;
+  if (strcmp(policy, "rr") == 0) pol = SCHED_RR;
+  else if (strcmp(policy, "other") == 0) pol = SCHED_OTHER, prio = 0;
+  else {
+    napi_throw_range_error(env, NULL, "setThreadScheduling: policy must be 'rr' or 'other'");
+    return NULL;
+  }
+  if (name[0]) prctl(PR_SET_NAME, name, 0, 0, 0);
+  struct sched_param sp = {.sched_priority = prio};
+  int err = pthread_setschedparam(pthread_self(), pol, &sp);
+  napi_value o;
+  napi_create_object(env, &o);
+  set_u32(env, o, "tid", (uint32_t)syscall(SYS_gettid));
+  set_u32(env, o, "errno", (uint32_t)err);
+  return o;
+}
+
 static napi_value layout_object(napi_env env) {
   napi_value o, d, c, f;
   napi_create_object(env, &o);
@@ -1347,5 +1392,8 @@ NAPI_MODULE_INIT() {
   napi_set_named_property(env, exports, "Socket", cls);
   napi_set_named_property(env, exports, "layout", layout_object(env));
   set_u32(env, exports, "vnetHdrLength", VNET_HDR_LEN);
+  napi_value sched;
+  napi_create_function(env, "setThreadScheduling", NAPI_AUTO_LENGTH, js_set_thread_scheduling, NULL, &sched);
+  napi_set_named_property(env, exports, "setThreadScheduling", sched);
   return exports;
 }

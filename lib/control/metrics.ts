@@ -108,6 +108,9 @@ export function renderMetrics(s: BridgeSnapshot): string {
     t.one('shadowvm_data_plane_heap_size_bytes', 'gauge', 'JavaScript heap the data plane holds, garbage included.', s.memory.heapSizeBytes);
     t.one('shadowvm_data_plane_external_memory_bytes', 'gauge', 'Memory outside the data plane heap held for its objects (packet copies, buffers).', s.memory.externalBytes);
   }
+  if (s.dataPlane) {
+    t.one('shadowvm_data_plane_realtime_priority', 'gauge', 'SCHED_RR priority of the data-plane thread; 0: the normal policy (see run --realtime).', s.dataPlane.policy === 'rr' ? s.dataPlane.priority : 0);
+  }
   if (s.frameWait) {
     t.histogram('shadowvm_frame_wait_seconds', 'Per breath: time from the arrival of its oldest frame in the ring to the end of the breath (every frame handled and sent).', s.frameWait.seconds);
     t.one('shadowvm_frame_wait_max_seconds', 'gauge', 'The longest frame wait in the last 60 s.', s.frameWait.maxLast60sMs / 1000);

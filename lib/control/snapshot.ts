@@ -6,6 +6,7 @@
  * In:  the pipeline, the ports' stats, the agent link's counters.
  * Out: a JSON-safe object (numbers and strings only), taken in one go.
  */
+import type { DataPlaneScheduling } from '../dataplane/scheduling';
 import type { FrameWaitSnapshot } from '../io/frame-wait';
 import type { PortStats } from '../io/port';
 import { CHECKPOINT_REASONS, CheckpointReason, ReplicationState } from '../replicate/replicator';
@@ -103,6 +104,8 @@ export interface BridgeSnapshot {
   frameWait?: FrameWaitSnapshot;
   /** How long the primary's output was held before release (for the backup's answer, or a checkpoint): one observation per release step. */
   holdWait?: FrameWaitSnapshot;
+  /** The data-plane thread's name, id and scheduling policy (run's --realtime). */
+  dataPlane?: DataPlaneScheduling;
 }
 
 export interface MemorySnapshot {
@@ -136,6 +139,7 @@ export interface SnapshotSources {
   agent: AgentSnapshot;
   components?: Record<string, Record<string, number>>;
   frameWait?: FrameWaitSnapshot;
+  dataPlane?: DataPlaneScheduling;
 }
 
 /**
@@ -185,6 +189,7 @@ export function snapshotOf(pipeline: ShadowPipeline, src: SnapshotSources): Brid
     components: src.components ?? {},
     memory: memoryNow(),
     ...(src.frameWait ? { frameWait: src.frameWait } : {}),
+    ...(src.dataPlane ? { dataPlane: { ...src.dataPlane } } : {}),
     holdWait: pipeline.held.holdWait.snapshot(),
   };
 }

@@ -1,4 +1,5 @@
 /** A BridgeSnapshot as text for a terminal (`shadowvm status`). */
+import { formatScheduling } from '../dataplane/scheduling';
 import { CHECKPOINT_REASONS } from '../replicate/replicator';
 import type { FlowReport } from '../pipeline/shadow-flow';
 import { BridgeSnapshot } from './snapshot';
@@ -39,6 +40,7 @@ export function formatStatus(s: BridgeSnapshot): string {
   const out: string[] = [];
   const agent = s.agent.connected ? `connected${s.agent.name ? ` (${s.agent.name})` : ''}` : 'not connected';
   out.push(`bridge ${s.name}: ${s.state}, up ${formatDuration(s.uptimeSeconds)}, sync agent ${agent}`);
+  if (s.dataPlane) out.push(formatScheduling(s.dataPlane));
   if (s.replicas) out.push(`replicas: ${s.replicas.map((r) => `${r.port} ${r.role}`).join(', ')}`);
   const fo = s.failover;
   if (fo && (fo.count || fo.backupsLost || fo.refused || fo.deferred)) {

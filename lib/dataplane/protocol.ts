@@ -7,6 +7,7 @@
 import type { LogLevel } from '../control/logger';
 import type { IoBackend } from '../cli/ports';
 import type { PipelineConfig } from '../pipeline/config';
+import type { RealtimeMode } from './scheduling';
 
 /** Everything the data-plane thread needs to open its ports and run (structured-cloneable). */
 export interface DataPlaneInit {
@@ -21,6 +22,9 @@ export interface DataPlaneInit {
   agentSocket?: string;
   carrierWatch: boolean;
   logLevel: LogLevel;
+  /** The data-plane thread's scheduling (scheduling.ts). */
+  realtime: RealtimeMode;
+  realtimePriority: number;
 }
 
 export type DataPlaneOp = 'snapshot' | 'checkpoint' | 'failover' | 'flows';

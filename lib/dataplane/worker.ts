@@ -12,10 +12,25 @@ import { openPorts } from '../cli/ports';
 import { Logger } from '../control/logger';
 import { UserFacingError } from '../errors';
 import { LinkWatcher } from '../io/link-watch';
+import { loadAfPacketAddon } from '../io/afpacket-native';
+import { applyDataPlaneScheduling, DataPlaneScheduling, readRtRuntimeUs, RealtimeRefusedError } from './scheduling';
 import type { DataPlaneInit, FromDataPlane, ToDataPlane } from './protocol';
 
 /** A carrier watch that cannot open: the same advice as the in-process path. */
 class CarrierWatchError extends UserFacingError {}
+
+/** Names this thread and applies --realtime; an addon that cannot load is a refusal like the kernel's. */
+function schedule(init: DataPlaneInit, logger: Logger): DataPlaneScheduling | undefined {
+  let addon;
+  try {
+    addon = loadAfPacketAddon();
+  } catch (e) {
+    if (init.realtime === 'on') throw new RealtimeRefusedError(`--realtime on: ${(e as Error).message}`);
+    if (init.realtime === 'auto') logger.log('warn', 'realtime-unavailable', { reason: (e as Error).message });
+    return undefined;
+  }
+  return applyDataPlaneScheduling(init.realtime, init.realtimePriority, { setThreadScheduling: addon.setThreadScheduling, rtRuntimeUs: () => readRtRuntimeUs(), log: logger.log });
+}
 
 function post(m: FromDataPlane): void {
   parentPort!.postMessage(m);
@@ -33,8 +48,10 @@ async function main(init: DataPlaneInit): Promise<void> {
         throw new CarrierWatchError(`cannot watch link carriers: ${(e as Error).message} (or run with --no-carrier-watch: deaths are then seen only by the agent and the silence detector)`);
       }
     }
+    // Before the ports open: their send thread inherits the policy.
+    const scheduling = schedule(init, logger);
     const ports = openPorts(init.io, init.ports, { vnetHdr: init.vnetHdr, busyPollUs: init.busyPollUs, sendThread: init.sendThread, log: logger.log });
-    bridge = new Bridge(ports, { name: init.name, config: init.config, agentSocket: init.agentSocket, log: logger.log, links, startedEvent: 'data-plane-started' });
+    bridge = new Bridge(ports, { name: init.name, config: init.config, agentSocket: init.agentSocket, log: logger.log, links, startedEvent: 'data-plane-started', scheduling });
     await bridge.start();
   } catch (e) {
     links?.close();

@@ -88,6 +88,8 @@ export interface AfPacketAddon {
   readonly Socket: new (ifname: string, options: AfPacketSocketOptions, onFrames: (this: AfPacketSocket, count: number) => void) => AfPacketSocket;
   readonly layout: AfPacketLayout;
   readonly vnetHdrLength: number;
+  /** Names the calling thread and sets its scheduling policy (see native/afpacket.c; lib/dataplane/scheduling.ts). */
+  setThreadScheduling(name: string, policy: 'rr' | 'other', priority: number): { tid: number; errno: number };
 }
 
 /** The addon could not be loaded: not built, built for another Node, or not Linux. */

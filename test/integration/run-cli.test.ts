@@ -3,13 +3,15 @@
  * with its sockets; and how it refuses bad input with one line and leaves
  * nothing half set up.
  */
-import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { get } from 'node:http';
 import { queryControlSocket } from '../../lib/control/control-socket';
-import { requireBuiltCli, requireRoot, runShadowvm, spawnShadowvm } from '../support/lab-helpers';
+import { AfPacketPort } from '../../lib/io/afpacket-port';
+import { requireBuiltCli, requireRoot, runShadowvm, SHADOWVM_BIN, spawnShadowvm, watchChild } from '../support/lab-helpers';
+import { arpFrame } from '../support/frames';
 
 jest.setTimeout(60_000);
 
@@ -29,6 +31,45 @@ function httpGet(url: string): Promise<{ status: number; body: string }> {
       res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
     }).on('error', reject);
   });
+}
+
+const SCHED_RR = 2;
+
+interface ThreadInfo { tid: number; name: string; policy: number; rtPriority: number }
+
+/** Every thread of `pid`: its name, and its policy and RT priority (fields 41 and 40 of /proc/PID/task/TID/stat). */
+function readThreads(pid: number): ThreadInfo[] {
+  const out: ThreadInfo[] = [];
+  for (const t of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      out.push({ tid: Number(t), name: readFileSync(`/proc/${pid}/task/${t}/comm`, 'utf8').trim(), rtPriority: Number(f[37]), policy: Number(f[38]) });
+    } catch {
+      // the thread ended meanwhile
+    }
+  }
+  return out;
+}
+
+async function waitForThread(pid: number, name: string): Promise<ThreadInfo[]> {
+  for (let i = 0; i < 100; i++) {
+    const threads = readThreads(pid);
+    if (threads.some((t) => t.name === name)) return threads;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`no thread ${name} in ${pid}: ${readThreads(pid).map((t) => t.name).join(', ')}`);
+}
+
+/** One broadcast ARP request sent on `ifname` (the peer of a bridge port), from this process. */
+async function sendBroadcast(ifname: string): Promise<void> {
+  const port = new AfPacketPort(ifname, { sendThread: false });
+  try {
+    port.send(arpFrame());
+    port.flush();
+  } finally {
+    await port.close();
+  }
 }
 
 describe('shadowvm run (root, on veth pairs)', () => {
@@ -109,6 +150,85 @@ describe('shadowvm run (root, on veth pairs)', () => {
       single.child.kill('SIGTERM');
     }
     expect(await single.exited).toBe(0);
+  });
+
+  it('--realtime: the data-plane thread and its send thread run SCHED_RR, the main thread stays normal; status and metrics say so; off leaves every thread normal', async () => {
+    const metricsPort = 20000 + (process.pid % 1000);
+    const bridge = spawnShadowvm([...base(), '--send-thread', 'on', '--realtime-priority', '7', '--metrics', `127.0.0.1:${metricsPort}`]);
+    try {
+      await bridge.waitFor(/"event":"started"/, 15_000);
+      const pid = bridge.child.pid!;
+      // The send thread starts with the first frame the bridge sends: a broadcast in on the uplink goes to both VMs.
+      await sendBroadcast(peers[0]);
+      const threads = await waitForThread(pid, 'svm-send');
+      const byName = (n: string) => threads.filter((t) => t.name === n);
+      expect(byName('svm-dataplane')).toEqual([expect.objectContaining({ policy: SCHED_RR, rtPriority: 7 })]);
+      expect(byName('svm-send')).toEqual([expect.objectContaining({ policy: SCHED_RR, rtPriority: 7 })]);
+      // Everything else, the main thread (control socket, metrics, signals) first, keeps the normal policy.
+      const others = threads.filter((t) => t.name !== 'svm-dataplane' && t.name !== 'svm-send');
+      expect(others.find((t) => t.tid === pid)).toEqual(expect.objectContaining({ policy: 0, rtPriority: 0 }));
+      expect(others.every((t) => t.policy === 0)).toBe(true);
+
+      const status = await runShadowvm(['status', '--control', join(dir, 'control.sock')]);
+      expect(status.output).toContain(`data plane: thread svm-dataplane (tid ${byName('svm-dataplane')[0].tid}), realtime (SCHED_RR 7)`);
+      const metrics = await httpGet(`http://127.0.0.1:${metricsPort}/metrics`);
+      expect(metrics.body).toMatch(/^shadowvm_data_plane_realtime_priority 7$/m);
+    } finally {
+      bridge.child.kill('SIGTERM');
+    }
+    expect(await bridge.exited).toBe(0);
+
+    const off = spawnShadowvm([...base(), '--send-thread', 'on', '--realtime', 'off']);
+    try {
+      await off.waitFor(/"event":"started"/, 15_000);
+      await sendBroadcast(peers[0]);
+      const threads = await waitForThread(off.child.pid!, 'svm-send');
+      expect(threads.filter((t) => t.name === 'svm-dataplane')).toHaveLength(1);
+      expect(threads.every((t) => t.policy === 0)).toBe(true);
+      const status = await runShadowvm(['status', '--control', join(dir, 'control.sock')]);
+      expect(status.output).toMatch(/data plane: thread svm-dataplane \(tid \d+\), normal policy\n/);
+    } finally {
+      off.child.kill('SIGTERM');
+    }
+    expect(await off.exited).toBe(0);
+  });
+
+  it('--realtime when the kernel refuses it (root without CAP_SYS_NICE): on exits 2 with one line saying why; auto runs at the normal policy and warns', async () => {
+    const noNice = ['setpriv', '--bounding-set', '-sys_nice', '--inh-caps', '-sys_nice', process.execPath, SHADOWVM_BIN];
+    const on = watchChild(spawn(noNice[0], [...noNice.slice(1), ...base(), '--realtime', 'on'], { stdio: ['ignore', 'pipe', 'pipe'] }), 'run --realtime on');
+    expect(await on.exited).toBe(2);
+    const lines = on.output().trim().split('\n').filter((l) => l.startsWith('shadowvm:'));
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(/--realtime on: the kernel refused SCHED_RR priority 10 for the data-plane thread \(EPERM: it needs root or CAP_SYS_NICE/);
+    expect(existsSync(join(dir, 'control.sock'))).toBe(false);
+
+    const auto = watchChild(spawn(noNice[0], [...noNice.slice(1), ...base()], { stdio: ['ignore', 'pipe', 'pipe'] }), 'run --realtime auto');
+    try {
+      await auto.waitFor(/"event":"started"/, 15_000);
+      expect(auto.output()).toMatch(/"event":"realtime-unavailable".*EPERM/);
+      const threads = readThreads(auto.child.pid!);
+      expect(threads.filter((t) => t.name === 'svm-dataplane')).toHaveLength(1);
+      expect(threads.every((t) => t.policy === 0)).toBe(true);
+      const status = await runShadowvm(['status', '--control', join(dir, 'control.sock')]);
+      expect(status.output).toMatch(/data plane: thread svm-dataplane \(tid \d+\), normal policy \(realtime refused: the kernel refused SCHED_RR priority 10 .*EPERM/);
+    } finally {
+      auto.child.kill('SIGTERM');
+    }
+    expect(await auto.exited).toBe(0);
+  });
+
+  it('--realtime on without the data-plane thread, or a priority out of 1-99, is refused with one line', async () => {
+    for (const [extra, pattern] of [
+      [['--realtime', 'on', '--no-data-plane-thread'], /--realtime on needs the data-plane thread/],
+      [['--realtime-priority', '0'], /--realtime-priority must be a whole number from 1 to 99, got 0/],
+      [['--realtime-priority', '100'], /--realtime-priority must be a whole number from 1 to 99, got 100/],
+    ] as [string[], RegExp][]) {
+      const r = await runShadowvm([...base(), ...extra]);
+      expect(r.code).toBe(2);
+      const lines = r.output.trim().split('\n').filter((l) => l.startsWith('shadowvm:'));
+      expect(lines).toHaveLength(1);
+      expect(lines[0]).toMatch(pattern);
+    }
   });
 
   it('serves Prometheus text at /metrics', async () => {

@@ -115,7 +115,7 @@ describe('systemd starts the installed units (root, systemd as PID 1 of a sandbo
     if (tmp) rmSync(tmp, { recursive: true, force: true });
   });
 
-  it('runs the bridge with its sockets in RuntimeDirectory, only CAP_NET_RAW and CAP_NET_ADMIN, no new privileges and a seccomp filter', async () => {
+  it('runs the bridge with its sockets in RuntimeDirectory, only CAP_NET_RAW, CAP_NET_ADMIN and CAP_SYS_NICE (its data-plane thread at SCHED_RR), no new privileges and a seccomp filter', async () => {
     config(PAIR, ports);
     const start = systemctl('start', `shadowvm@${PAIR}.service`);
     expect(start.stderr).toBe('');
@@ -128,8 +128,12 @@ describe('systemd starts the installed units (root, systemd as PID 1 of a sandbo
     expect(inside('stat', '-c', '%a', `/run/shadowvm/${PAIR}/control.sock`, `/run/shadowvm/${PAIR}/agent.sock`).stdout.trim().split('\n')).toEqual(['600', '600']);
     const pid = show(`shadowvm@${PAIR}.service`, 'MainPID').MainPID;
     const proc = inside('cat', `/proc/${pid}/status`).stdout;
-    // Bits 12 and 13: CAP_NET_ADMIN and CAP_NET_RAW, nothing else.
-    expect(/^CapBnd:\s*(\w+)$/m.exec(proc)?.[1]).toBe('0000000000003000');
+    // Bits 12, 13 and 23: CAP_NET_ADMIN, CAP_NET_RAW and CAP_SYS_NICE, nothing else.
+    expect(/^CapBnd:\s*(\w+)$/m.exec(proc)?.[1]).toBe('0000000000803000');
+    // The unit lets the data-plane thread take SCHED_RR (--realtime auto), and only that thread asks.
+    expect(snap.dataPlane).toEqual(expect.objectContaining({ thread: 'svm-dataplane', policy: 'rr', priority: 10 }));
+    expect(inside('cat', `/proc/${pid}/task/${snap.dataPlane.tid}/comm`).stdout.trim()).toBe('svm-dataplane');
+    expect(inside('cat', `/proc/${pid}/sched`).stdout).toMatch(/^policy\s*:\s*0$/m);
     expect(/^NoNewPrivs:\s*(\d)$/m.exec(proc)?.[1]).toBe('1');
     expect(/^Seccomp:\s*(\d)$/m.exec(proc)?.[1]).toBe('2');
   });

@@ -1,4 +1,5 @@
 /** `shadowvm run`: the live bridge. */
+import { DEFAULT_REALTIME_PRIORITY } from '../../dataplane/scheduling';
 import { setFlagsFromString } from 'node:v8';
 import { readFileSync } from 'node:fs';
 import type { Argv } from 'yargs';
@@ -66,6 +67,8 @@ export function runCommand(y: Argv): Argv {
       .option('vnet-hdr', { type: 'boolean', default: true, describe: 'afpacket: exchange virtio-net headers (GSO super-frames and partial checksums pass intact)' })
       .option('busy-poll-us', { type: 'number', default: 0, describe: 'afpacket: poll the rings this many µs after each wake-up before sleeping (lower latency, more CPU)' })
       .option('send-thread', { choices: ['auto', 'on', 'off'] as const, default: 'auto' as const, describe: 'afpacket: send from a thread of its own, so the kernel work a send does (a veth runs its peer\'s stack) is not time the rings wait; auto: on without --vnet-hdr, off with it' })
+      .option('realtime', { choices: ['auto', 'on', 'off'] as const, default: 'auto' as const, describe: 'schedule the data-plane thread (and its send thread) SCHED_RR, ahead of every normal thread on the host, as the kernel\'s own bridge is; the main thread (control, metrics) stays normal. auto: when the kernel allows it (root, RT throttling on), else one warning; on: or do not start' })
+      .option('realtime-priority', { type: 'number', default: DEFAULT_REALTIME_PRIORITY, describe: 'SCHED_RR priority for --realtime (1-99)' })
       .option('carrier-watch', { type: 'boolean', default: true, describe: 'promote the backup when the primary\'s port loses carrier (netlink); --no-carrier-watch turns it off' })
       .option('resync', { choices: ['copy', 'align'] as const, describe: 'after a checkpoint: copy (a real agent copied the state) or align (lab agents that cannot)' })
       .option('checkpoint-ms', { type: 'number', describe: 'also checkpoint at least every N ms, as Remus does (replicator.maxIntervalMs; 0: only on divergence)' })
@@ -79,6 +82,9 @@ export function runCommand(y: Argv): Argv {
       // Before the data plane allocates anything; V8's flags are the process's, its threads' heaps included.
       if (growing > 0) setFlagsFromString(`--heap-growing-percent=${growing}`);
       if (!(args['busy-poll-us'] >= 0 && args['busy-poll-us'] <= 10_000)) throw new UsageError('--busy-poll-us must be between 0 and 10000');
+      const rtPriority = args['realtime-priority'];
+      if (!(Number.isInteger(rtPriority) && rtPriority >= 1 && rtPriority <= 99)) throw new UsageError(`--realtime-priority must be a whole number from 1 to 99, got ${String(rtPriority)}`);
+      if (args.realtime === 'on' && !args['data-plane-thread']) throw new UsageError('--realtime on needs the data-plane thread: with --no-data-plane-thread the control socket and metrics would run at realtime priority too');
       if (!/^[A-Za-z0-9_.-]{1,32}$/.test(name)) throw new UsageError(`--name must be 1-32 letters, digits, '.', '_' or '-', got ${JSON.stringify(name)}`);
       const file = args.config ? readConfigFile(args.config) : { pipeline: {}, run: { ports: {} } };
       const checkpointMs = args['checkpoint-ms'];
@@ -110,6 +116,7 @@ export function runCommand(y: Argv): Argv {
           init: {
             name, config, ports: { uplink: uplink!, primary: primary!, backup: backup! }, io: args.io as IoBackend,
             vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'], sendThread: sendThreadOf(args['send-thread']), agentSocket, carrierWatch: args['carrier-watch'], logLevel: args['log-level'],
+            realtime: args.realtime, realtimePriority: rtPriority,
           },
           controlSocket, controlGroup, metrics, log: logger.log,
         });

@@ -1,0 +1,108 @@
+/**
+ * `shadowvm run` as an administrator starts it (its own process, the data
+ * plane on a SCHED_RR thread: --realtime auto as root) protecting the netns
+ * lab with the lab agent: the primary dies in the middle of a download, the
+ * backup takes over, and the download arrives intact. The promotion runs on
+ * the realtime thread, which keeps its policy afterwards. Needs root.
+ */
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { queryControlSocket } from '../../lib/control/control-socket';
+import type { BridgeSnapshot } from '../../lib/control/snapshot';
+import { fixedSeedBytes } from '../../lib/lab/content';
+import { runInAsync } from '../../lib/lab/exec';
+import { killReplica } from '../../lib/lab/faults';
+import { Lab, buildLab, findLabLeftovers, teardownLab, waitUntilQuiet } from '../../lib/lab/netns';
+import { serveOnBoth, startLabServers } from '../../lib/lab/servers';
+import { CliProcess, delay, NO_LEFTOVERS, requireBuiltCli, requireRoot, sha256, spawnShadowvm } from '../support/lab-helpers';
+
+const PREFIX = 'svmrtf';
+const FILE = 'rt-failover.bin';
+const BYTES = 12 << 20;
+jest.setTimeout(120_000);
+
+async function status(control: string): Promise<BridgeSnapshot | null> {
+  try {
+    const r = await queryControlSocket(control, { cmd: 'status' }, 2000);
+    return r.ok ? r.status : null;
+  } catch {
+    return null;
+  }
+}
+
+/** policy (field 41) of every thread of `pid` named `name`. */
+function policiesOf(pid: number, name: string): number[] {
+  const out: number[] = [];
+  for (const t of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      if (readFileSync(`/proc/${pid}/task/${t}/comm`, 'utf8').trim() !== name) continue;
+      const stat = readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8');
+      out.push(Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[38]));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out;
+}
+
+describe('shadowvm run with a realtime data plane: failover (netns lab, root)', () => {
+  let lab: Lab | undefined;
+  let bridge: CliProcess | undefined;
+  let agent: CliProcess | undefined;
+
+  afterAll(async () => {
+    for (const p of [agent, bridge]) {
+      if (p && p.child.exitCode === null) {
+        p.child.kill('SIGTERM');
+        const kill = setTimeout(() => p.child.kill('SIGKILL'), 5000);
+        await p.exited;
+        clearTimeout(kill);
+      }
+    }
+    teardownLab(PREFIX);
+    expect(findLabLeftovers(PREFIX)).toEqual(NO_LEFTOVERS);
+  }, 30_000);
+
+  it('the primary dies mid-download: the realtime data plane promotes the backup, the download arrives intact, the thread stays SCHED_RR', async () => {
+    requireRoot('run-realtime-failover.test.ts');
+    requireBuiltCli();
+    lab = buildLab({ prefix: PREFIX });
+    const servers = await startLabServers(lab);
+    const content = fixedSeedBytes(BYTES, 0x4e7);
+    serveOnBoth(servers, FILE, content);
+    await waitUntilQuiet(lab);
+    const control = join(lab.runDir, 'control.sock');
+    const agentSocket = join(lab.runDir, 'agent.sock');
+    bridge = spawnShadowvm(['run', '--name', PREFIX, '--uplink', lab.client.hostIf, '--primary', lab.primary.hostIf, '--backup', lab.backup.hostIf,
+      '--agent', agentSocket, '--control', control, '--resync', 'align', '--no-vnet-hdr', '--send-thread', 'on', '--log-level', 'info']);
+    await bridge.waitFor(/"event":"started"/, 20_000);
+    agent = spawnShadowvm(['agent', 'lab', '--name', PREFIX, '--socket', agentSocket, '--delay-ms', '5']);
+    let s: BridgeSnapshot | null = null;
+    for (let i = 0; i < 200 && s?.state !== 'COMPARING'; i++) {
+      await delay(50);
+      s = await status(control);
+    }
+    expect(s?.state).toBe('COMPARING');
+    expect(s?.dataPlane).toEqual(expect.objectContaining({ policy: 'rr', priority: 10 }));
+    const pid = bridge.child.pid!;
+    expect(policiesOf(pid, 'svm-dataplane')).toEqual([2]);
+
+    const out = join(lab.runDir, 'download.bin');
+    const download = runInAsync(lab.client.netns, 'curl', ['-sS', '--fail', '--max-time', '60', '--limit-rate', '4M', '-o', out, `http://${lab.serviceIpv4}/${FILE}`], 70_000);
+    await delay(1200);
+    await killReplica(lab, lab.primary, 'abrupt');
+    await download;
+    expect(sha256(readFileSync(out))).toBe(sha256(content));
+
+    const after = await status(control);
+    expect(after?.failover.count).toBe(1);
+    expect(after?.failover.last?.cause).toBe('carrier');
+    expect(after?.failover.last?.flowsCarried).toBeGreaterThanOrEqual(1);
+    expect(after?.replicas?.find((r) => r.port === lab!.backup.hostIf)?.role).toBe('primary');
+    expect(after?.dataPlane).toEqual(expect.objectContaining({ policy: 'rr', priority: 10 }));
+    expect(policiesOf(pid, 'svm-dataplane')).toEqual([2]);
+    expect(policiesOf(pid, 'svm-send')).toEqual([2]);
+    expect(policiesOf(pid, 'node').every((p) => p === 0)).toBe(true);
+    console.log(`realtime failover: promoted ${after?.failover.last?.detectionToPromotionMs.toFixed(1)} ms after detection, ${after?.failover.last?.flowsCarried} flow(s) carried`);
+  });
+});
