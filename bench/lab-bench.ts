@@ -81,14 +81,16 @@ function realtimeForRun(): () => void {
   const addon = loadAfPacketAddon();
   const r = addon.setThreadScheduling('', 'rr', RT_PRIORITY);
   if (r.errno) throw new Error(`afpacket-rt: SCHED_RR refused (errno ${r.errno})`);
-  const senders = readdirSync('/proc/self/task').filter((t) => readFileSync(`/proc/self/task/${t}/comm`, 'utf8').trim() === 'svm-send');
-  for (const t of senders) run('chrt', ['-r', '-p', String(RT_PRIORITY), t]);
+  for (const t of sendThreads()) run('chrt', ['-r', '-p', String(RT_PRIORITY), t]);
   return () => {
     addon.setThreadScheduling('', 'other', 0);
-    for (const t of readdirSync('/proc/self/task')) {
-      if (readFileSync(`/proc/self/task/${t}/comm`, 'utf8').trim() === 'svm-send') run('chrt', ['-o', '-p', '0', t]);
-    }
+    for (const t of sendThreads()) run('chrt', ['-o', '-p', '0', t]);
   };
+}
+
+/** This process's send threads (native/afpacket.c names them svm-send). */
+function sendThreads(): string[] {
+  return readdirSync('/proc/self/task').filter((t) => readFileSync(`/proc/self/task/${t}/comm`, 'utf8').trim() === 'svm-send');
 }
 
 type Base = 'kernel' | 'kernel2' | 'afpacket' | 'sink' | 'cap' | 'afpacket-date' | 'afpacket-perport' | 'afpacket-sync' | 'afpacket-spin' | 'afpacket-rt';

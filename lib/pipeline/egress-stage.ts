@@ -25,7 +25,7 @@ import { BACKUP, MISMATCH_KINDS, MismatchKind, PRIMARY, Side, StreamSegment, mis
 import { datagramContent } from '../normalize/datagram';
 import { learnFromSyn, newStreamSegment, normalizeTcp, segmentEnd } from '../normalize/tcp';
 import { prefixTcpCopy, translateForClient, trimmedTcpCopy } from '../rewrite/egress';
-import { HeldFrame, HeldQueues } from '../release/held';
+import { HeldFrame, HeldQueues, ackMayGo } from '../release/held';
 import { StandbyFrame } from '../release/standby-log';
 import { ReplicaSet, SlotId } from '../failover/roles';
 import { buildTcpAck, buildTcpReset, isProbeReply } from '../failover/frames';
@@ -481,7 +481,7 @@ export class EgressStage implements Stage {
     const matched = stream.matched;
     const q = flow.held;
     if (q.releasedEnd !== null && !seqLt(q.releasedEnd, matched)) return false;
-    if (oldest.hasAck && (flow.backupAck === null || !seqLe(oldest.ack, flow.backupAck))) return false;
+    if (!ackMayGo(oldest, flow)) return false;
     const f = decodeFrame(oldest.frame, this.prefixScratch);
     if (f.l4 !== 'tcp' || f.payloadLength === 0) return false;
     // The frame's first payload byte, as a stream position (from the primary's SYN).

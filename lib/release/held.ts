@@ -199,13 +199,16 @@ export class FlowHeldQueue {
   }
 }
 
+/** ACK gating: a frame never acknowledges client data the backup has not acknowledged. */
+export function ackMayGo(h: HeldFrame, gate: ReleaseGate): boolean {
+  return !h.hasAck || (gate.backupAck !== null && seqLe(h.ack, gate.backupAck));
+}
+
 function releasable(h: HeldFrame, gate: ReleaseGate): boolean {
   if (gate.isStream) {
     if (!seqLe(h.end, gate.matchedEnd)) return false;
     if (h.rst && !gate.rstAgreed) return false;
-    // ACK gating: never acknowledge client data the backup has not acknowledged.
-    if (h.hasAck && (gate.backupAck === null || !seqLe(h.ack, gate.backupAck))) return false;
-    return true;
+    return ackMayGo(h, gate);
   }
   return h.end <= gate.matchedEnd;
 }

@@ -41,25 +41,9 @@ export function translateForClient(f: DecodedFrame, seqDelta: number, tsDelta: n
  * full. `skip` equal to the payload length gives a pure ACK.
  */
 export function trimmedTcpCopy(f: DecodedFrame, skip: number, clearFlags = 0, scratch = new DecodedFrame(), checksumIsPartial = false): Buffer {
-  const headerLength = f.payloadOffset - f.base;
-  const keep = f.payloadLength - skip;
-  const out = Buffer.alloc(headerLength + keep);
-  f.buf.copy(out, 0, f.base, f.payloadOffset);
-  f.buf.copy(out, headerLength, f.payloadOffset + skip, f.payloadOffset + f.payloadLength);
-  const dv = new DataView(out.buffer, out.byteOffset, out.length);
-  const l3 = f.l3Offset - f.base;
-  if (f.l3 === 'ipv4') dv.setUint16(l3 + 2, out.length - l3);
-  else dv.setUint16(l3 + 4, out.length - l3 - 40);
-  const tcpAt = f.l4Offset - f.base;
   // A SYN already delivered and cut off moves the sequence number past it.
   const synCut = (f.tcp.flags & clearFlags & TcpFlag.SYN) !== 0 ? 1 : 0;
-  dv.setUint32(tcpAt + 4, (f.tcp.seq + skip + synCut) >>> 0);
-  dv.setUint8(tcpAt + 13, f.tcp.flags & ~clearFlags & 0xff);
-  const d = decodeFrame(out, scratch);
-  if (d.l3 === 'ipv4') d.ipv4.checksum = ipv4HeaderChecksum(d);
-  // A partial checksum (VIRTIO_NET_HDR_F_NEEDS_CSUM) holds only the pseudo-header sum, for the device to finish.
-  d.tcp.checksum = checksumIsPartial ? foldSum(pseudoHeaderSum(d)) : computeL4Checksum(d);
-  return out;
+  return tcpSliceCopy(f, skip, f.payloadLength, (f.tcp.seq + skip + synCut) >>> 0, f.tcp.flags & ~clearFlags, scratch, checksumIsPartial);
 }
 
 /**
@@ -68,17 +52,29 @@ export function trimmedTcpCopy(f: DecodedFrame, skip: number, clearFlags = 0, sc
  * are computed in full: the copy leaves without a virtio-net header.
  */
 export function prefixTcpCopy(f: DecodedFrame, keep: number, scratch = new DecodedFrame()): Buffer {
+  return tcpSliceCopy(f, 0, keep, f.tcp.seq, f.tcp.flags & ~(TcpFlag.FIN | TcpFlag.PSH), scratch, false);
+}
+
+/**
+ * `f`'s headers and its payload bytes [from, to), with sequence number `seq`
+ * and `flags`; the IP length and the checksums recomputed (a partial
+ * checksum, VIRTIO_NET_HDR_F_NEEDS_CSUM, holds only the pseudo-header sum,
+ * for the device to finish).
+ */
+function tcpSliceCopy(f: DecodedFrame, from: number, to: number, seq: number, flags: number, scratch: DecodedFrame, checksumIsPartial: boolean): Buffer {
   const headerLength = f.payloadOffset - f.base;
-  const out = Buffer.alloc(headerLength + keep);
-  f.buf.copy(out, 0, f.base, f.payloadOffset + keep);
+  const out = Buffer.alloc(headerLength + to - from);
+  f.buf.copy(out, 0, f.base, f.payloadOffset);
+  f.buf.copy(out, headerLength, f.payloadOffset + from, f.payloadOffset + to);
   const dv = new DataView(out.buffer, out.byteOffset, out.length);
   const l3 = f.l3Offset - f.base;
   if (f.l3 === 'ipv4') dv.setUint16(l3 + 2, out.length - l3);
   else dv.setUint16(l3 + 4, out.length - l3 - 40);
   const tcpAt = f.l4Offset - f.base;
-  dv.setUint8(tcpAt + 13, f.tcp.flags & ~(TcpFlag.FIN | TcpFlag.PSH) & 0xff);
+  dv.setUint32(tcpAt + 4, seq);
+  dv.setUint8(tcpAt + 13, flags & 0xff);
   const d = decodeFrame(out, scratch);
   if (d.l3 === 'ipv4') d.ipv4.checksum = ipv4HeaderChecksum(d);
-  d.tcp.checksum = computeL4Checksum(d);
+  d.tcp.checksum = checksumIsPartial ? foldSum(pseudoHeaderSum(d)) : computeL4Checksum(d);
   return out;
 }

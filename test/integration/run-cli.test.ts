@@ -4,13 +4,13 @@
  * nothing half set up.
  */
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { get } from 'node:http';
 import { queryControlSocket } from '../../lib/control/control-socket';
 import { AfPacketPort } from '../../lib/io/afpacket-port';
-import { requireBuiltCli, requireRoot, runShadowvm, SHADOWVM_BIN, spawnShadowvm, watchChild } from '../support/lab-helpers';
+import { readThreads, requireBuiltCli, requireRoot, runShadowvm, SCHED_RR, SHADOWVM_BIN, spawnShadowvm, ThreadInfo, watchChild } from '../support/lab-helpers';
 import { arpFrame } from '../support/frames';
 
 jest.setTimeout(60_000);
@@ -31,25 +31,6 @@ function httpGet(url: string): Promise<{ status: number; body: string }> {
       res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
     }).on('error', reject);
   });
-}
-
-const SCHED_RR = 2;
-
-interface ThreadInfo { tid: number; name: string; policy: number; rtPriority: number }
-
-/** Every thread of `pid`: its name, and its policy and RT priority (fields 41 and 40 of /proc/PID/task/TID/stat). */
-function readThreads(pid: number): ThreadInfo[] {
-  const out: ThreadInfo[] = [];
-  for (const t of readdirSync(`/proc/${pid}/task`)) {
-    try {
-      const stat = readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8');
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      out.push({ tid: Number(t), name: readFileSync(`/proc/${pid}/task/${t}/comm`, 'utf8').trim(), rtPriority: Number(f[37]), policy: Number(f[38]) });
-    } catch {
-      // the thread ended meanwhile
-    }
-  }
-  return out;
 }
 
 async function waitForThread(pid: number, name: string): Promise<ThreadInfo[]> {

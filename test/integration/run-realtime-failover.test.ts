@@ -5,7 +5,7 @@
  * backup takes over, and the download arrives intact. The promotion runs on
  * the realtime thread, which keeps its policy afterwards. Needs root.
  */
-import { readdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { queryControlSocket } from '../../lib/control/control-socket';
 import type { BridgeSnapshot } from '../../lib/control/snapshot';
@@ -14,7 +14,7 @@ import { runInAsync } from '../../lib/lab/exec';
 import { killReplica } from '../../lib/lab/faults';
 import { Lab, buildLab, findLabLeftovers, teardownLab, waitUntilQuiet } from '../../lib/lab/netns';
 import { serveOnBoth, startLabServers } from '../../lib/lab/servers';
-import { CliProcess, delay, NO_LEFTOVERS, requireBuiltCli, requireRoot, sha256, spawnShadowvm } from '../support/lab-helpers';
+import { CliProcess, delay, NO_LEFTOVERS, readThreads, requireBuiltCli, requireRoot, SCHED_RR, sha256, spawnShadowvm } from '../support/lab-helpers';
 
 const PREFIX = 'svmrtf';
 const FILE = 'rt-failover.bin';
@@ -30,19 +30,9 @@ async function status(control: string): Promise<BridgeSnapshot | null> {
   }
 }
 
-/** policy (field 41) of every thread of `pid` named `name`. */
+/** The policies of `pid`'s threads named `name`. */
 function policiesOf(pid: number, name: string): number[] {
-  const out: number[] = [];
-  for (const t of readdirSync(`/proc/${pid}/task`)) {
-    try {
-      if (readFileSync(`/proc/${pid}/task/${t}/comm`, 'utf8').trim() !== name) continue;
-      const stat = readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8');
-      out.push(Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[38]));
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return out;
+  return readThreads(pid).filter((t) => t.name === name).map((t) => t.policy);
 }
 
 describe('shadowvm run with a realtime data plane: failover (netns lab, root)', () => {
@@ -85,7 +75,7 @@ describe('shadowvm run with a realtime data plane: failover (netns lab, root)', 
     expect(s?.state).toBe('COMPARING');
     expect(s?.dataPlane).toEqual(expect.objectContaining({ policy: 'rr', priority: 10 }));
     const pid = bridge.child.pid!;
-    expect(policiesOf(pid, 'svm-dataplane')).toEqual([2]);
+    expect(policiesOf(pid, 'svm-dataplane')).toEqual([SCHED_RR]);
 
     const out = join(lab.runDir, 'download.bin');
     const download = runInAsync(lab.client.netns, 'curl', ['-sS', '--fail', '--max-time', '60', '--limit-rate', '4M', '-o', out, `http://${lab.serviceIpv4}/${FILE}`], 70_000);
@@ -100,8 +90,8 @@ describe('shadowvm run with a realtime data plane: failover (netns lab, root)', 
     expect(after?.failover.last?.flowsCarried).toBeGreaterThanOrEqual(1);
     expect(after?.replicas?.find((r) => r.port === lab!.backup.hostIf)?.role).toBe('primary');
     expect(after?.dataPlane).toEqual(expect.objectContaining({ policy: 'rr', priority: 10 }));
-    expect(policiesOf(pid, 'svm-dataplane')).toEqual([2]);
-    expect(policiesOf(pid, 'svm-send')).toEqual([2]);
+    expect(policiesOf(pid, 'svm-dataplane')).toEqual([SCHED_RR]);
+    expect(policiesOf(pid, 'svm-send')).toEqual([SCHED_RR]);
     expect(policiesOf(pid, 'node').every((p) => p === 0)).toBe(true);
     console.log(`realtime failover: promoted ${after?.failover.last?.detectionToPromotionMs.toFixed(1)} ms after detection, ${after?.failover.last?.flowsCarried} flow(s) carried`);
   });

@@ -10,7 +10,7 @@
 import { findLabLeftovers, teardownLab } from '../../lib/lab/netns';
 import { ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { runInAsync } from '../../lib/lab/exec';
 import { join } from 'node:path';
 import type { Bridge } from '../../lib/bridge';
@@ -251,4 +251,24 @@ export async function ftpDownloadsIdentical(clientNetns: string, host: string, f
     expect(readFileSync(local).equals(expected)).toBe(true);
     rmSync(local);
   }
+}
+
+/** sched_setscheduler's policy number for SCHED_RR (0 is SCHED_OTHER). */
+export const SCHED_RR = 2;
+
+export interface ThreadInfo { tid: number; name: string; policy: number; rtPriority: number }
+
+/** Every thread of `pid`: its name, and its policy and RT priority (fields 41 and 40 of /proc/PID/task/TID/stat). */
+export function readThreads(pid: number): ThreadInfo[] {
+  const out: ThreadInfo[] = [];
+  for (const t of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      out.push({ tid: Number(t), name: readFileSync(`/proc/${pid}/task/${t}/comm`, 'utf8').trim(), rtPriority: Number(f[37]), policy: Number(f[38]) });
+    } catch {
+      // the thread ended meanwhile
+    }
+  }
+  return out;
 }
