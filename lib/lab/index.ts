@@ -12,5 +12,5 @@ export {
 export type { Lab, LabLeftovers, LabNames, LabNode, LabOptions, LabProcess, LabRole, TeardownReport } from './netns';
 export { LAB_BLOB_BYTES, LAB_CONTENT_MTIME, LAB_FILES, fixedSeedBytes, labContent, writeLabContent } from './content';
 export type { ContentDivergence } from './content';
-export { LAB_DNS_NAME, LAB_DNS_TXT, LAB_FTP_PASV_PORTS, LAB_SERVICES, LabServerError, startLabServers } from './servers';
+export { LAB_BACKUP_FTP_PASV_PORTS, LAB_DNS_NAME, LAB_DNS_TXT, LAB_FTP_PASV_PORTS, LAB_SERVICES, LabServerError, startLabServers } from './servers';
 export type { LabReplicaRuntime, LabServerOptions, LabServers, LabService } from './servers';

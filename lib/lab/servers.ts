@@ -23,8 +23,15 @@ export const LAB_SERVICES: readonly LabService[] = ['nginx', 'vsftpd', 'dnsmasq'
 /** The name dnsmasq answers for (A → service IPv4, AAAA → service IPv6, TXT). */
 export const LAB_DNS_NAME = 'svc.lab';
 export const LAB_DNS_TXT = 'shadowvm lab service';
-/** Wide enough that primary and backup pick different passive ports. */
-export const LAB_FTP_PASV_PORTS = { min: 30000, max: 31000 } as const;
+/**
+ * The primary's default passive ports. vsftpd seeds rand() with the
+ * microsecond of the session's first draw, and both replicas get the PASV
+ * within a few microseconds of each other: now and then they seed alike and
+ * pick the same port, whatever the range. So the backup's default range is
+ * another one (LAB_BACKUP_FTP_PASV_PORTS), and the `227` replies always differ.
+ */
+export const LAB_FTP_PASV_PORTS = { min: 30000, max: 30499 } as const;
+export const LAB_BACKUP_FTP_PASV_PORTS = { min: 30500, max: 30999 } as const;
 
 export interface LabServerOptions {
   /** Default: all of LAB_SERVICES. */
@@ -33,12 +40,13 @@ export interface LabServerOptions {
   backupDivergence?: ContentDivergence;
   readyTimeoutMs?: number;
   /**
-   * vsftpd's passive port range. The default is wide, so the replicas pick
-   * different ports (the `227` divergence the demo shows); one port makes
-   * them agree, so an FTP data connection is a replica on both sides.
+   * vsftpd's passive port range. By default the replicas get disjoint
+   * ranges, so their `227` replies differ (the divergence the demo shows);
+   * one port here makes them agree, so an FTP data connection is a replica
+   * on both sides.
    */
   ftpPassivePorts?: { min: number; max: number };
-  /** The backup's own range, when it must differ for sure (default: the same as the primary's). */
+  /** The backup's own range (default: ftpPassivePorts when given, else LAB_BACKUP_FTP_PASV_PORTS). */
   backupFtpPassivePorts?: { min: number; max: number };
 }
 
@@ -301,7 +309,7 @@ export async function startLabServers(lab: Lab, options: LabServerOptions = {}):
   const services = options.services ?? LAB_SERVICES;
   const timeoutMs = options.readyTimeoutMs ?? 10_000;
   const primary = prepareReplica(lab, lab.primary, undefined, options.ftpPassivePorts);
-  const backup = prepareReplica(lab, lab.backup, options.backupDivergence, options.backupFtpPassivePorts ?? options.ftpPassivePorts);
+  const backup = prepareReplica(lab, lab.backup, options.backupDivergence, options.backupFtpPassivePorts ?? options.ftpPassivePorts ?? LAB_BACKUP_FTP_PASV_PORTS);
   await Promise.all([startReplica(lab, primary, services, timeoutMs), startReplica(lab, backup, services, timeoutMs)]);
   return { services, primary, backup };
 }
