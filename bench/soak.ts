@@ -49,10 +49,10 @@ const DOWNLOADERS = 3;
 const DOWNLOAD_RATE = '4M';
 const PROBE_EVERY_MS = 1;
 
-interface Options { prefix: string; cpuProf: boolean; metricsPort: number; only: string[] | null; traceGc: boolean; reference: boolean; config: string | null; sendThread: boolean; realtime: string }
+interface Options { prefix: string; cpuProf: boolean; metricsPort: number; only: string[] | null; traceGc: boolean; reference: boolean; config: string | null; sendThread: boolean; realtime: string; nodeOptions: string[] }
 
 function parseArgs(argv: string[]): Options {
-  const o: Options = { prefix: 'hs', cpuProf: false, metricsPort: 29900, only: null, traceGc: false, reference: true, config: null, sendThread: true, realtime: 'auto' };
+  const o: Options = { prefix: 'hs', cpuProf: false, metricsPort: 29900, only: null, traceGc: false, reference: true, config: null, sendThread: true, realtime: 'auto', nodeOptions: [] };
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === '--prefix') o.prefix = argv[++i];
     else if (argv[i] === '--cpu-prof') o.cpuProf = true;
@@ -63,8 +63,9 @@ function parseArgs(argv: string[]): Options {
     else if (argv[i] === '--config') o.config = argv[++i];
     else if (argv[i] === '--no-send-thread') o.sendThread = false;
     else if (argv[i] === '--realtime') o.realtime = argv[++i];
+    else if (argv[i] === '--node-option') o.nodeOptions.push(argv[++i]);
     else if (argv[i] === '--help') {
-      process.stdout.write('node dist/bench/soak.js [--prefix hs] [--cpu-prof] [--trace-gc] [--only ATTACK,...] [--no-reference] [--metrics-port 29900] [--config FILE (the bridge settings, as for run --config)] [--no-send-thread] [--realtime auto|on|off (the bridge\'s, as for run --realtime)]\n');
+      process.stdout.write('node dist/bench/soak.js [--prefix hs] [--cpu-prof] [--trace-gc] [--only ATTACK,...] [--no-reference] [--metrics-port 29900] [--config FILE (the bridge settings, as for run --config)] [--no-send-thread] [--realtime auto|on|off (the bridge\'s, as for run --realtime)] [--node-option FLAG (given to the bridge\'s node, repeatable)]\n');
       process.exit(0);
     } else throw new Error(`unknown option ${argv[i]}`);
   }
@@ -194,7 +195,7 @@ const checkpointsAsked = (s: BridgeSnapshot | null): number => (s ? Object.value
 async function startBridge(lab: Lab, o: Options, profDir: string): Promise<BridgeUnderTest> {
   const controlSocket = join(lab.runDir, 'run', 'control.sock');
   const agentSocket = join(lab.runDir, 'run', 'agent.sock');
-  const node = [process.execPath, ...(o.cpuProf ? ['--cpu-prof', '--cpu-prof-dir', profDir] : []), ...(o.traceGc ? ['--trace-gc'] : []), SHADOWVM];
+  const node = [process.execPath, ...(o.cpuProf ? ['--cpu-prof', '--cpu-prof-dir', profDir] : []), ...(o.traceGc ? ['--trace-gc'] : []), ...o.nodeOptions, SHADOWVM];
   const proc = start([...node, 'run', '--name', o.prefix, '--uplink', lab.client.hostIf, '--primary', lab.primary.hostIf, '--backup', lab.backup.hostIf,
     '--agent', agentSocket, '--control', controlSocket, '--metrics', `127.0.0.1:${o.metricsPort}`, '--resync', 'align', '--no-vnet-hdr', '--log-level', 'warn', ...(o.config ? ['--config', o.config] : []), ...(o.sendThread ? [] : ['--send-thread', 'off']), '--realtime', o.realtime], 'shadowvm run');
   const b: BridgeUnderTest = { proc, agent: null as unknown as Child, controlSocket, agentSocket, metricsPort: o.metricsPort };
@@ -221,7 +222,19 @@ function waitSummary(s: BridgeSnapshot | null): string {
   if (!w || !w.seconds.count) return 'bridge wait over the whole run: not reported';
   const h = w.seconds;
   const over = (sec: number) => h.count - (h.buckets.find(([le]) => le >= sec - 1e-12)?.[1] ?? h.count);
-  return `bridge wait over the whole run: ${h.count} breaths, mean ${(h.sum / h.count * 1e6).toFixed(0)} µs; over 1 ms ${over(0.001)}, over 5 ms ${over(0.005)}, over 10 ms ${w.over10ms}; longest ${w.maxMs.toFixed(1)} ms`;
+  const line = `bridge wait over the whole run: ${h.count} breaths, mean ${(h.sum / h.count * 1e6).toFixed(0)} µs; over 1 ms ${over(0.001)}, over 5 ms ${over(0.005)}, over 10 ms ${w.over10ms}; longest ${w.maxMs.toFixed(1)} ms`;
+  if (!w.stalls) return line;
+  const causes = Object.entries(w.stalls.byCause).filter(([, n]) => n > 0).map(([c, n]) => `${c} ${n}`).join(', ') || 'none settled';
+  const recent = w.stalls.recent.map((r) => `  ${new Date(r.atUnixMs).toISOString().slice(11, 23)} ${r.waitMs.toFixed(1)} ms, ${r.frames} frame(s): ${Object.entries(r.parts).filter(([, v]) => v > 0).map(([c, v]) => `${c} ${v.toFixed(1)}`).join(', ')}${r.during.length ? `; meanwhile ${r.during.join(', ')}` : ''}`);
+  return [`${line}`, `breaths over 10 ms by cause (the largest part of each): ${causes}; the last ones:`, ...recent].join('\n');
+}
+
+/** Per port, the data plane's own time in sends: waiting for the send thread's stage, and sends it made itself. */
+function sendSummary(s: BridgeSnapshot | null): string {
+  const ports = (s?.ports ?? []) as (BridgeSnapshot['ports'][number] & { txWaitUs?: number; txWaitMaxUs?: number; txSyncUs?: number; txSyncMaxUs?: number })[];
+  if (!ports.some((p) => p.txSyncUs !== undefined)) return 'data plane in sends: not reported';
+  const ms = (us = 0) => (us / 1000).toFixed(1);
+  return `data plane in sends (waiting for the send thread's room; its own sends), total and longest ms: ${ports.map((p) => `${p.name} ${ms(p.txWaitUs)}/${ms(p.txWaitMaxUs)}; ${ms(p.txSyncUs)}/${ms(p.txSyncMaxUs)}`).join(' | ')}`;
 }
 
 /** Why each `timeout` checkpoint was asked, from the bridge's `backup-late` log lines (the first 10). */
@@ -563,6 +576,16 @@ async function main(): Promise<void> {
     teardownLab(lab);
   };
   process.once('SIGINT', () => { cleanup(); process.exit(130); });
+  // A promise that can no longer settle (the bridge died, and what waited on it with it) lets Node
+  // end quietly with nothing printed: say so, with the bridge's end, and fail.
+  let finished = false;
+  process.once('beforeExit', () => {
+    if (finished) return;
+    const b = bridge?.proc.child;
+    process.stderr.write(`soak: ended without a result; the bridge ${b && b.exitCode === null && b.signalCode === null ? 'was still running' : `ended (code ${String(b?.exitCode)}, signal ${String(b?.signalCode)})`}; its last output:\n${(bridge?.proc.output ?? '').slice(-2000)}\n`);
+    cleanup();
+    process.exitCode = 1;
+  });
   try {
     const servers = await startLabServers(lab);
     const big = fixedSeedBytes(BIG_BYTES, BIG_SEED);
@@ -609,12 +632,14 @@ async function main(): Promise<void> {
       `downloads: ${downloads.ok} complete and sha256-identical (${(downloads.bytes / 2 ** 20).toFixed(0)} MiB), ${downloads.bad.length} failed${downloads.bad.length ? `: ${downloads.bad.slice(0, 5).join('; ')}` : ''}`,
       `bridge: VmHWM ${mem.hwmMiB.toFixed(0)} MiB, VmRSS at the end ${mem.rssMiB.toFixed(0)} MiB, state ${finalStatus?.state ?? '?'}, exit after SIGTERM: ${String(exitCode)}`,
       ...(finalStatus?.dataPlane ? [formatScheduling(finalStatus.dataPlane)] : [`data plane: no scheduling reported (--realtime ${o.realtime})`]),
+      ...(o.nodeOptions.length ? [`bridge's node started with: ${o.nodeOptions.join(' ')}`] : []),
       ...(o.reference ? [
         `kernel reference (Linux bridge client↔primary, tc mirror of the client's frames to the backup, backup's answers dropped), run after shadowvm on the same lab: downloads ${reference.downloads.ok} complete, ${reference.downloads.bad.length} failed`,
         'ratio: shadowvm stall ÷ kernel reference stall, same attack',
       ] : []),
       `worst stall under attack: ${(() => { const w = rows.slice(2, -1).reduce((a, r) => (r.stallMs > a.stallMs ? r : a)); return `${w.stallMs.toFixed(1)} ms (${w.attack})`; })()}`,
       waitSummary(finalStatus),
+      sendSummary(finalStatus),
       `worst bridge wait under attack: ${(() => { const w = rows.slice(2, -1).reduce((a, r) => (r.bridgeWaitMs > a.bridgeWaitMs ? r : a)); return `${w.bridgeWaitMs.toFixed(1)} ms (${w.attack})`; })()}`,
       ...timeoutLines(bridge.proc.output),
       ...(o.cpuProf ? [`cpu profile of the bridge: ${profDir}`] : []),
@@ -634,6 +659,7 @@ async function main(): Promise<void> {
     }, null, 1)}\n`);
     process.stdout.write(`results: ${file}\n`);
     if (downloads.bad.length || reference.downloads.bad.length || exitCode !== 0) process.exitCode = 1;
+    finished = true;
   } finally {
     cleanup();
   }

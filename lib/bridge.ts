@@ -19,7 +19,8 @@
  * flow expiry) run every TICK_MS.
  */
 import type { DataPlaneScheduling } from './dataplane/scheduling';
-import { FrameWait } from './io/frame-wait';
+import { FRAME_WAIT_STALL_US, FrameWait, wallClockUs } from './io/frame-wait';
+import { StallCauses, StallRecord, threadSelfView } from './io/stall-causes';
 import { MemoryGiveBack, fullCollection } from './control/give-back';
 import { readFileSync } from 'node:fs';
 import { PacketPort, ReceivedFrame } from './io/port';
@@ -88,6 +89,8 @@ export interface BridgeOptions {
 }
 
 export const TICK_MS = 10;
+/** At most one `frame-wait-stall` log line this often. */
+export const STALL_LOG_EVERY_US = 10_000_000;
 
 export class Bridge {
   readonly pipeline: ShadowPipeline;
@@ -111,6 +114,9 @@ export class Bridge {
   private lastFrameUs = 0;
   private readonly giveBack: MemoryGiveBack;
   private readonly frameWait = new FrameWait();
+  /** Where the time of each breath over 10 ms went, and when its last log line was written. */
+  private readonly stalls = new StallCauses(threadSelfView(), wallClockUs);
+  private stallLog = { lastUs: 0, quiet: 0 };
   private silenceDeadlineUs: number | null = null;
 
   constructor(private readonly ports: BridgePorts, private readonly options: BridgeOptions) {
@@ -196,7 +202,7 @@ export class Bridge {
     }
     const { uplink, primary, backup } = this.ports;
     // One clock: a breath's frames are stamped with the time they reach us, like every timer.
-    uplink.onBatch((frames) => this.breath(frames, (f, now) => this.pipeline.fromClient(f.frame, now, f.vnet), uplink.arrivalTimes === true));
+    uplink.onBatch((frames) => this.breath('uplink', frames, (f, now) => this.pipeline.fromClient(f.frame, now, f.vnet), uplink.arrivalTimes === true));
     for (const slot of SLOT_IDS) this.listenToSlot(slot);
     // The tick judges ages (the unmatched-age trigger, the silence detector): it runs in the check
     // phase, after this turn of the loop has read every ring. A timer fires before I/O is polled, so
@@ -205,12 +211,16 @@ export class Bridge {
     this.timer = setInterval(() => {
       setImmediate(() => {
         if (this.stopped) return;
+        const t0 = wallClockUs();
         const now = this.clockUs();
         this.afterEvent(() => this.pipeline.tick(now));
         this.giveBack.tick(now, this.pipeline.flows.size, this.lastFrameUs);
+        this.stalls.noteTask('tick', t0, wallClockUs());
+        for (const r of this.stalls.tick()) this.reportStall(r);
       });
     }, TICK_MS);
     this.timer.unref?.();
+    this.stalls.watchGc();
     this.log('info', o.startedEvent ?? 'started', { name: o.name, uplink: uplink.name, primary: primary.name, backup: backup.name, agentSocket: o.agentSocket ?? null });
   }
 
@@ -219,6 +229,7 @@ export class Bridge {
     if (this.stopped) return;
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
+    this.stalls.close();
     for (const t of this.carrierTimers) if (t) clearTimeout(t);
     if (this.silenceTimer) clearTimeout(this.silenceTimer);
     for (const off of this.unsubscribeLinks) off();
@@ -263,13 +274,22 @@ export class Bridge {
   }
 
   snapshot(): BridgeSnapshot {
+    const t0 = wallClockUs();
+    try {
+      return this.snapshotNow();
+    } finally {
+      this.stalls.noteTask('snapshot', t0, wallClockUs());
+    }
+  }
+
+  private snapshotNow(): BridgeSnapshot {
     const roles: [PortRole, PacketPort][] = [['uplink', this.ports.uplink], ['primary', this.slotPorts[0]], ['backup', this.slotPorts[1]]];
     return snapshotOf(this.pipeline, {
       name: this.options.name,
       startedMs: this.startedMs,
       nowMs: Date.now(),
       nowUs: this.clockUs(),
-      ports: roles.map(([role, port]) => ({ role, name: port.name, ...port.stats() })),
+      ports: roles.map(([role, port]) => ({ role, name: port.name, ...port.stats(false) })),
       agent: this.agent ? this.agent.snapshot() : emptyAgentSnapshot(),
       components: {
         ...(this.agent ? { agent_link: { ...this.agent.counters } } : {}),
@@ -277,19 +297,41 @@ export class Bridge {
         ...(this.metrics ? { metrics_server: { ...this.metrics.counters } } : {}),
         memory_give_back: { ...this.giveBack.counters },
       },
-      frameWait: this.frameWait.snapshot(),
+      frameWait: { ...this.frameWait.snapshot(), stalls: this.stalls.snapshot() },
       ...(this.options.scheduling ? { dataPlane: this.options.scheduling } : {}),
     });
   }
 
-  private breath(frames: readonly ReceivedFrame[], each: (f: ReceivedFrame, nowUs: number) => void, timed: boolean): void {
+  private breath(name: string, frames: readonly ReceivedFrame[], each: (f: ReceivedFrame, nowUs: number) => void, timed: boolean): void {
     const now = this.clockUs();
+    const startUs = timed ? wallClockUs() : 0;
     this.lastFrameUs = now;
     for (let i = 0; i < frames.length; i++) each(frames[i], now);
     this.flushAll();
     // A ring is FIFO: the first frame is the batch's oldest.
-    if (timed && frames.length) this.frameWait.observe(frames[0].timeUs);
+    if (timed && frames.length) {
+      const oldestUs = frames[0].timeUs;
+      const endUs = this.frameWait.observe(oldestUs);
+      this.stalls.noteTask(`breath ${name}`, startUs, endUs);
+      if (endUs - oldestUs > FRAME_WAIT_STALL_US) this.stalls.stall(oldestUs, startUs, endUs, frames.length);
+    }
     this.armSilenceTimer(now);
+  }
+
+  /** Work done on the data plane's thread outside the bridge (a control call's reply, built and serialized), for the stall causes. */
+  noteTask(name: string, startUs: number, endUs: number): void {
+    this.stalls.noteTask(name, startUs, endUs);
+  }
+
+  /** One log line per STALL_LOG_EVERY_US at most: the stall just settled, and how many went unlogged before it. */
+  private reportStall(r: StallRecord): void {
+    const now = wallClockUs();
+    if (this.stallLog.lastUs && now - this.stallLog.lastUs < STALL_LOG_EVERY_US) {
+      this.stallLog.quiet++;
+      return;
+    }
+    this.log('warn', 'frame-wait-stall', { waitMs: r.waitMs, frames: r.frames, cause: r.cause, parts: r.parts, during: r.during, unloggedBefore: this.stallLog.quiet });
+    this.stallLog = { lastUs: now, quiet: 0 };
   }
 
   /**
@@ -374,7 +416,7 @@ export class Bridge {
     const port = this.slotPorts[slot];
     port.onBatch((frames) => {
       if (this.slotPorts[slot] !== port) return; // a port being closed after a move
-      this.breath(frames, (f, now) => this.pipeline.fromVm(slot, f.frame, now, f.vnet), port.arrivalTimes === true);
+      this.breath(port.name, frames, (f, now) => this.pipeline.fromVm(slot, f.frame, now, f.vnet), port.arrivalTimes === true);
     });
     this.slotLinks[slot]?.();
     this.slotLinks[slot] = this.options.links ? this.options.links.on(port.name, (ev) => this.onLink(slot, ev)) : null;
@@ -424,8 +466,10 @@ export class Bridge {
 
   /** Anything that may release frames outside a breath (timers, agent answers) flushes afterwards. */
   private afterEvent(fn: () => void): void {
+    const t0 = wallClockUs();
     fn();
     this.flushAll();
+    this.stalls.noteTask('event', t0, wallClockUs());
   }
 
   private flushAll(): void {

@@ -103,6 +103,10 @@ enum {
   C_SPIN_BREATHS,      /* breaths found by the busy-poll spin rather than by epoll */
   C_SWEEP_BREATHS,     /* breaths found by the sweep of a wake-up rather than by epoll */
   C_TX_QUEUED,         /* frames handed to the send thread (the rest of the sends were made by the caller) */
+  C_TX_WAIT_US,        /* µs the caller waited for room in the send thread's stage (backpressure) */
+  C_TX_WAIT_MAX_US,    /* the longest such wait */
+  C_TX_SYNC_US,        /* µs the caller spent in sends it made itself (no send thread, or a small flush while it was idle) */
+  C_TX_SYNC_MAX_US,    /* the longest such send */
   C_COUNT
 };
 
@@ -526,8 +530,17 @@ static void sender_queue(sender_t *s, port_t *p, uint32_t n) {
     }
     pthread_mutex_lock(&s->mu);
     long off;
-    while (s->jcount == JOB_SLOTS || (off = stage_alloc(s, need)) < 0) pthread_cond_wait(&s->room, &s->mu);
+    uint64_t wait_from = 0;
+    while (s->jcount == JOB_SLOTS || (off = stage_alloc(s, need)) < 0) {
+      if (!wait_from) wait_from = now_ns();
+      pthread_cond_wait(&s->room, &s->mu);
+    }
     pthread_mutex_unlock(&s->mu);
+    if (wait_from) {
+      double us = (double)(now_ns() - wait_from) / 1000.0;
+      p->counters[C_TX_WAIT_US] += us;
+      if (us > p->counters[C_TX_WAIT_MAX_US]) p->counters[C_TX_WAIT_MAX_US] = us;
+    }
     size_t at = (size_t)off;
     for (uint32_t k = i; k < j; k++) {
       const struct iovec *fr = &p->iovs[(size_t)k * 2 + stride - 1];
@@ -1234,7 +1247,11 @@ static napi_value js_send(napi_env env, napi_callback_info info) {
     sender_queue(snd, p, n);
     sent = n; /* queued: the thread counts what it sends and what is refused */
   } else {
+    uint64_t t0 = now_ns();
     sent = send_msgs(p, p->fd, p->msgs, p->iovs, n);
+    double us = (double)(now_ns() - t0) / 1000.0;
+    p->counters[C_TX_SYNC_US] += us;
+    if (us > p->counters[C_TX_SYNC_MAX_US]) p->counters[C_TX_SYNC_MAX_US] = us;
   }
   napi_create_uint32(env, sent, &result);
   return result;
@@ -1242,10 +1259,18 @@ static napi_value js_send(napi_env env, napi_callback_info info) {
 
 /* updateStats(): folds PACKET_STATISTICS (which resets on read) into the counters. */
 static napi_value js_update_stats(napi_env env, napi_callback_info info) {
-  size_t argc = 0;
-  port_t *p = unwrap(env, info, &argc, NULL);
+  size_t argc = 1;
+  napi_value argv[1];
+  port_t *p = unwrap(env, info, &argc, argv);
   if (!p || p->closed) return NULL;
-  sender_drain(p); /* its sends counted */
+  bool drain = true;
+  if (argc >= 1) {
+    napi_valuetype t;
+    napi_typeof(env, argv[0], &t);
+    if (t == napi_boolean) napi_get_value_bool(env, argv[0], &drain);
+  }
+  /* Its queued sends counted first; or not (a snapshot of the data plane must not wait behind a send backlog). */
+  if (drain) sender_drain(p);
   struct tpacket_stats st;
   socklen_t len = sizeof st;
   if (getsockopt(p->fd, SOL_PACKET, PACKET_STATISTICS, &st, &len) == 0) p->counters[C_RX_DROPS] += st.tp_drops;
@@ -1368,6 +1393,10 @@ static napi_value layout_object(napi_env env) {
   set_u32(env, c, "spinBreaths", C_SPIN_BREATHS);
   set_u32(env, c, "sweepBreaths", C_SWEEP_BREATHS);
   set_u32(env, c, "txQueued", C_TX_QUEUED);
+  set_u32(env, c, "txWaitUs", C_TX_WAIT_US);
+  set_u32(env, c, "txWaitMaxUs", C_TX_WAIT_MAX_US);
+  set_u32(env, c, "txSyncUs", C_TX_SYNC_US);
+  set_u32(env, c, "txSyncMaxUs", C_TX_SYNC_MAX_US);
   set_u32(env, c, "count", C_COUNT);
   napi_set_named_property(env, o, "counters", c);
   return o;

@@ -13,6 +13,7 @@ import { createServer, isIP, Server, Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { CHECKPOINT_REASONS } from '../replicate/replicator';
 import { MISMATCH_KINDS } from '../compare/tcp-stream';
+import { STALL_CAUSES } from '../io/stall-causes';
 import { LogFn, noLog } from './logger';
 import { BridgeSnapshot, REPLICATION_STATES } from './snapshot';
 import { UserFacingError } from '../errors';
@@ -114,6 +115,11 @@ export function renderMetrics(s: BridgeSnapshot): string {
   if (s.frameWait) {
     t.histogram('shadowvm_frame_wait_seconds', 'Per breath: time from the arrival of its oldest frame in the ring to the end of the breath (every frame handled and sent).', s.frameWait.seconds);
     t.one('shadowvm_frame_wait_max_seconds', 'gauge', 'The longest frame wait in the last 60 s.', s.frameWait.maxLast60sMs / 1000);
+    const stalls = s.frameWait.stalls;
+    if (stalls) {
+      t.family('shadowvm_frame_wait_stalls_total', 'counter', 'Breaths over 10 ms, by the largest part of their wait (gc, starved, late-wake, other-work, breath).',
+        STALL_CAUSES.map((cause) => [{ cause }, stalls.byCause[cause] ?? 0]));
+    }
   }
   if (s.holdWait) {
     t.histogram('shadowvm_hold_wait_seconds', 'Per release step: how long its oldest primary frame was held (for the backup\'s answer, or a checkpoint).', s.holdWait.seconds);

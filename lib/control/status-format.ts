@@ -63,6 +63,13 @@ export function formatStatus(s: BridgeSnapshot): string {
   if (s.frameWait && s.frameWait.seconds.count > 0) {
     const w = s.frameWait;
     out.push(`frame wait: longest ${w.maxLast10sMs.toFixed(2)} ms in the last 10 s, ${w.maxLast60sMs.toFixed(2)} ms in the last minute, ${w.maxMs.toFixed(2)} ms since start; ${w.over10ms} breath(s) over 10 ms`);
+    const by = w.stalls ? Object.entries(w.stalls.byCause).filter(([, n]) => n > 0) : [];
+    const last = w.stalls?.recent[w.stalls.recent.length - 1];
+    if (by.length && last) {
+      const parts = Object.entries(last.parts).filter(([, v]) => v > 0).map(([c, v]) => `${c} ${v.toFixed(1)}`).join(', ');
+      const during = last.during.length ? `; meanwhile ${last.during.join(', ')} ms` : '';
+      out.push(`  over 10 ms, by the largest part: ${by.map(([c, n]) => `${c} ${n}`).join(', ')}; the last: ${last.waitMs.toFixed(1)} ms (${parts || 'no part measured'}${during})`);
+    }
   }
   if (s.holdWait && s.holdWait.seconds.count > 0) {
     const w = s.holdWait;

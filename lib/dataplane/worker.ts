@@ -12,6 +12,7 @@ import { openPorts } from '../cli/ports';
 import { Logger } from '../control/logger';
 import { UserFacingError } from '../errors';
 import { LinkWatcher } from '../io/link-watch';
+import { wallClockUs } from '../io/frame-wait';
 import { loadAfPacketAddon } from '../io/afpacket-native';
 import { applyDataPlaneScheduling, DataPlaneScheduling, readRtRuntimeUs, RealtimeRefusedError } from './scheduling';
 import type { DataPlaneInit, FromDataPlane, ToDataPlane } from './protocol';
@@ -71,13 +72,18 @@ async function main(init: DataPlaneInit): Promise<void> {
     }
     try {
       let value: unknown;
+      let t0 = wallClockUs();
       switch (m.op) {
         case 'snapshot': value = bridge.snapshot(); break;
         case 'checkpoint': value = bridge.requestCheckpoint(); break;
         case 'failover': value = bridge.requestFailover(); break;
-        case 'flows': value = await bridge.listFlows(m.limit ?? 100, m.match); break;
+        case 'flows':
+          value = await bridge.listFlows(m.limit ?? 100, m.match);
+          t0 = wallClockUs(); // the listing gave way to frames between its slices; what follows does not
+          break;
       }
       post({ type: 'reply', id: m.id, ok: true, json: JSON.stringify(value) });
+      bridge.noteTask(`control ${m.op}`, t0, wallClockUs());
     } catch (e) {
       post({ type: 'reply', id: m.id, ok: false, error: (e as Error).message });
     }

@@ -26,7 +26,8 @@ export interface AfPacketLayout {
     readonly rxFrames: number; readonly rxBytes: number; readonly txFrames: number; readonly txBytes: number;
     readonly rxDrops: number; readonly txErrors: number; readonly rxTruncated: number; readonly lastTxErrno: number;
     readonly breaths: number; readonly socketErrors: number; readonly lastSocketErrno: number;
-    readonly rxVlanInserted: number; readonly spinBreaths: number; readonly sweepBreaths: number; readonly txQueued: number; readonly count: number;
+    readonly rxVlanInserted: number; readonly spinBreaths: number; readonly sweepBreaths: number; readonly txQueued: number;
+    readonly txWaitUs: number; readonly txWaitMaxUs: number; readonly txSyncUs: number; readonly txSyncMaxUs: number; readonly count: number;
   };
 }
 
@@ -80,7 +81,8 @@ export interface AfPacketSocket {
   /** sendmmsg of `frames[0..count)`; with vnetHdr, `vnetHdrs` holds count × 10 bytes (absent: zero headers). Returns frames sent. */
   send(frames: readonly Uint8Array[], count: number, vnetHdrs?: Uint8Array | null): number;
   /** Folds PACKET_STATISTICS drops into counters. */
-  updateStats(): void;
+  /** Folds the kernel's drop count in; with `drain` (default true), first waits for this port's queued sends. */
+  updateStats(drain?: boolean): void;
   close(): void;
 }
 

@@ -119,6 +119,12 @@ export interface AfPacketPortStats extends PortStats {
   sweepBreaths: number;
   /** Frames handed to the send thread (sendThread); the others were sent by the data plane itself. */
   txQueued: number;
+  /** Time (µs) the data plane waited for room in the send thread's stage, in all and the longest once. */
+  txWaitUs: number;
+  txWaitMaxUs: number;
+  /** Time (µs) the data plane spent in sends it made itself, in all and the longest once. */
+  txSyncUs: number;
+  txSyncMaxUs: number;
   /** Socket errors reported by the kernel (e.g. ENETDOWN when the interface goes down). */
   socketErrors: number;
   /** errno text of the last send failure / socket error, '' if none. */
@@ -343,8 +349,8 @@ export class AfPacketPort implements PacketPort {
     }
   }
 
-  stats(): AfPacketPortStats {
-    if (!this.closed) this.socket.updateStats();
+  stats(settled = true): AfPacketPortStats {
+    if (!this.closed) this.socket.updateStats(settled);
     const c = this.counters;
     const i = this.addon.layout.counters;
     return {
@@ -359,6 +365,10 @@ export class AfPacketPort implements PacketPort {
       spinBreaths: c[i.spinBreaths],
       sweepBreaths: c[i.sweepBreaths],
       txQueued: c[i.txQueued],
+      txWaitUs: c[i.txWaitUs],
+      txWaitMaxUs: c[i.txWaitMaxUs],
+      txSyncUs: c[i.txSyncUs],
+      txSyncMaxUs: c[i.txSyncMaxUs],
       socketErrors: c[i.socketErrors],
       lastTxError: errnoName(c[i.lastTxErrno]),
       lastSocketError: errnoName(c[i.lastSocketErrno]),

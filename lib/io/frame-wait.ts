@@ -27,6 +27,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import { DurationHistogram, HistogramSnapshot } from '../replicate/duration-histogram';
+import type { StallCausesSnapshot } from './stall-causes';
 
 /** From a fast breath (tens of µs) to a stall of a second. */
 export const FRAME_WAIT_BUCKETS_SECONDS: readonly number[] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1];
@@ -51,6 +52,8 @@ export interface FrameWaitSnapshot {
   over10ms: number;
   /** The last minute second by second: [Unix second, longest wait in it (ms)], oldest first, seconds with a breath only. */
   perSecond: [number, number][];
+  /** Where the time of the breaths over 10 ms went (lib/io/stall-causes.ts); settled ones only. */
+  stalls?: StallCausesSnapshot;
 }
 
 export function wallClockUs(): number {
@@ -67,10 +70,11 @@ export class FrameWait {
 
   constructor(private readonly nowUs: () => number = wallClockUs) {}
 
-  /** A breath whose oldest frame arrived at `oldestUs` (wall clock) has been handled and flushed. */
-  observe(oldestUs: number): void {
+  /** A breath whose oldest frame arrived at `oldestUs` (wall clock) has been handled and flushed. Returns the time (wall clock µs) it was taken. */
+  observe(oldestUs: number): number {
     const now = this.nowUs();
     this.record(now - oldestUs, now);
+    return now;
   }
 
   /** One wait of `wait` µs (measured on any clock), filed under the wall-clock second `now`. */

@@ -58,7 +58,13 @@ export interface PacketPort {
   /** Queues a frame (by reference: it must not change before `flush`), with its virtio-net header if any. */
   send(frame: Buffer, vnet?: VirtioNetHeader): void;
   flush(): void;
-  stats(): PortStats;
+  /**
+   * The counters. `settled` (default true): first wait until every frame
+   * handed to a send thread has been sent, so the tx counts are exact; false:
+   * what is counted now, without waiting (the data plane's own snapshots,
+   * which must not wait behind a send backlog).
+   */
+  stats(settled?: boolean): PortStats;
   close(): Promise<void>;
 }
 

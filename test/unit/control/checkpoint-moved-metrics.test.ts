@@ -1,4 +1,5 @@
 /** What the agent says a checkpoint moved (`checkpoint-done`'s bytes and pages) reaches the log, status and /metrics. */
+import { SETTLE_US, StallCauses } from '../../../lib/io/stall-causes';
 import { FrameWait } from '../../../lib/io/frame-wait';
 import { renderMetrics } from '../../../lib/control/metrics';
 import { formatStatus } from '../../../lib/control/status-format';
@@ -73,6 +74,29 @@ describe('frame wait in status and /metrics', () => {
     expect(text).toContain('shadowvm_frame_wait_seconds_count 2');
     expect(text).toContain('shadowvm_frame_wait_max_seconds 0.014');
     expect(formatStatus(snap)).toContain('frame wait: longest 14.00 ms in the last 10 s, 14.00 ms in the last minute, 14.00 ms since start; 1 breath(s) over 10 ms');
+  });
+
+  it('counts the breaths over 10 ms by cause in /metrics, and names the last one\'s parts in status', () => {
+    const { p } = pipelineWithLog();
+    let now = 1_800_000_000_000_000;
+    const w = new FrameWait(() => now);
+    w.observe(now - 12_500);
+    const v = { idle: 0, active: 0 };
+    const causes = new StallCauses({ loop: () => v, runQueueUs: () => 0 }, () => now);
+    causes.tick();
+    const oldest = now;
+    causes.noteTask('breath hsb', now, now + 9_000);
+    now += 12_000;
+    v.active += 12;
+    causes.stall(oldest, now, now + 500, 300);
+    now += 500 + SETTLE_US;
+    causes.tick();
+    const snap = snapshotOf(p, { name: 't', startedMs: 0, nowMs: 1000, ports: [], agent: emptyAgentSnapshot(), frameWait: { ...w.snapshot(), stalls: causes.snapshot() } });
+    const text = renderMetrics(snap);
+    expect(text).toContain('# TYPE shadowvm_frame_wait_stalls_total counter');
+    expect(text).toContain('shadowvm_frame_wait_stalls_total{cause="other-work"} 1');
+    expect(text).toContain('shadowvm_frame_wait_stalls_total{cause="gc"} 0');
+    expect(formatStatus(snap)).toContain('  over 10 ms, by the largest part: other-work 1; the last: 12.5 ms (other-work 12.0, breath 0.5; meanwhile breath hsb 9.0 ms)');
   });
 
   it('says nothing about frame waits where no port timestamps its frames', () => {
