@@ -612,6 +612,8 @@ async function main(): Promise<void> {
     rows.push(await measure('after (downloads)', 'no attack, after the set', bridge, probe, async () => { await delay(4000); return ''; }));
     await downloads.stop();
     const finalStatus = await status(bridge);
+    // What the bridge logs after this (its stop, the lab's teardown) is not part of the run.
+    const outputOfRun = bridge.proc.output;
     const mem = memoryOf(bridge.proc.child.pid!);
     bridge.proc.child.kill('SIGTERM');
     bridge.agent.child.kill('SIGTERM');
@@ -641,7 +643,7 @@ async function main(): Promise<void> {
       waitSummary(finalStatus),
       sendSummary(finalStatus),
       `worst bridge wait under attack: ${(() => { const w = rows.slice(2, -1).reduce((a, r) => (r.bridgeWaitMs > a.bridgeWaitMs ? r : a)); return `${w.bridgeWaitMs.toFixed(1)} ms (${w.attack})`; })()}`,
-      ...timeoutLines(bridge.proc.output),
+      ...timeoutLines(outputOfRun),
       ...(o.cpuProf ? [`cpu profile of the bridge: ${profDir}`] : []),
     ];
     if (o.traceGc) {
