@@ -38,6 +38,7 @@
  * `make bench` goes on to the other benches. The labs are always torn down
  * (finally, SIGINT/SIGTERM/SIGHUP, uncaught errors).
  */
+import { setFlagsFromString } from 'node:v8';
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { loadAfPacketAddon } from '../lib/io/afpacket-native';
 import { join } from 'node:path';
@@ -74,17 +75,21 @@ const RT_PRIORITY = 10;
  * afpacket-rt: this process runs the bridge on its main thread, so that
  * thread takes SCHED_RR for the run (as run --realtime gives the data-plane
  * thread). A send thread started during the run inherits it; one an earlier
- * mode started at the normal policy gets it with chrt. Returns the undo,
- * which puts every send thread back to the normal policy.
+ * mode started at the normal policy gets it with chrt. Scavenges go without
+ * helpers for the run, as run does. Returns the undo, which puts every send
+ * thread back to the normal policy and the helpers back.
  */
-function realtimeForRun(): () => void {
+function realtimeForRun(scavengeAlone: boolean): () => void {
   const addon = loadAfPacketAddon();
   const r = addon.setThreadScheduling('', 'rr', RT_PRIORITY);
   if (r.errno) throw new Error(`afpacket-rt: SCHED_RR refused (errno ${r.errno})`);
   for (const t of sendThreads()) run('chrt', ['-r', '-p', String(RT_PRIORITY), t]);
+  // As run --realtime: V8 scavenges without its (normal-policy) helper threads.
+  if (scavengeAlone) setFlagsFromString('--no-parallel-scavenge');
   return () => {
     addon.setThreadScheduling('', 'other', 0);
     for (const t of sendThreads()) run('chrt', ['-o', '-p', '0', t]);
+    setFlagsFromString('--parallel-scavenge');
   };
 }
 
@@ -93,8 +98,8 @@ function sendThreads(): string[] {
   return readdirSync('/proc/self/task').filter((t) => readFileSync(`/proc/self/task/${t}/comm`, 'utf8').trim() === 'svm-send');
 }
 
-type Base = 'kernel' | 'kernel2' | 'afpacket' | 'sink' | 'cap' | 'afpacket-date' | 'afpacket-perport' | 'afpacket-sync' | 'afpacket-spin' | 'afpacket-rt';
-const BASES: readonly Base[] = ['kernel', 'kernel2', 'afpacket', 'sink', 'cap', 'afpacket-date', 'afpacket-perport', 'afpacket-sync', 'afpacket-spin', 'afpacket-rt'];
+type Base = 'kernel' | 'kernel2' | 'afpacket' | 'sink' | 'cap' | 'afpacket-date' | 'afpacket-perport' | 'afpacket-sync' | 'afpacket-spin' | 'afpacket-rt' | 'afpacket-rt-gchelpers';
+const BASES: readonly Base[] = ['kernel', 'kernel2', 'afpacket', 'sink', 'cap', 'afpacket-date', 'afpacket-perport', 'afpacket-sync', 'afpacket-spin', 'afpacket-rt', 'afpacket-rt-gchelpers'];
 const BASE_LABELS: Record<Base, string> = {
   kernel: 'KB: kernel bridge, backup left out',
   kernel2: 'KB2: kernel bridge, the backup serves the same load from a second client',
@@ -106,6 +111,7 @@ const BASE_LABELS: Record<Base, string> = {
   'afpacket-sync': 'shadowvm, AF_PACKET, sends made by the data plane itself (sendThread off)',
   'afpacket-spin': `shadowvm, AF_PACKET, polling the rings ${SPIN_US} µs after each breath (busyPollUs)`,
   'afpacket-rt': `shadowvm, AF_PACKET, the data plane and its send thread at SCHED_RR ${RT_PRIORITY} (run --realtime)`,
+  'afpacket-rt-gchelpers': 'afpacket-rt, but V8 scavenges with its helper threads (as before run --realtime scavenged alone)',
 };
 const DEFAULT_MODES = ['kernel', 'kernel2', 'afpacket', 'afpacket-rt', 'sink', 'cap', 'afpacket-date', 'kernel-offload', 'afpacket-offload'] as const;
 const OFFLOAD_SUFFIX = '-offload';
@@ -547,7 +553,7 @@ async function runShadow(mode: Mode, round: number, o: Options, say: (s: string)
   let bridged: BridgedLab | null = null;
   let undoRealtime: (() => void) | null = null;
   try {
-    if (mode.base === 'afpacket-rt') undoRealtime = realtimeForRun();
+    if (mode.base === 'afpacket-rt' || mode.base === 'afpacket-rt-gchelpers') undoRealtime = realtimeForRun(mode.base === 'afpacket-rt');
     const io: IoBackend = mode.base === 'cap' ? 'cap' : 'afpacket';
     bridged = await startBridgedLab({ prefix: o.prefix, io, log: tap.log, config: configOf(mode.base), vnetHdr: mode.offloads, sweepOnWake: mode.base !== 'afpacket-perport', sendThread: mode.base !== 'afpacket-sync', busyPollUs: mode.base === 'afpacket-spin' ? SPIN_US : 0 });
     current.bridged = bridged;
