@@ -157,6 +157,7 @@ struct port {
   uint32_t tx_cap;
   uint8_t zero_vnet[sizeof(struct virtio_net_hdr)];
   int send_thread;               /* sends go through the env's send thread */
+  uint32_t inline_max;           /* ...except a flush of at most this many frames while the thread is idle */
   uint32_t tx_pending;           /* its jobs queued or being sent (under the sender's mutex) */
 };
 
@@ -562,10 +563,12 @@ static void sender_queue(sender_t *s, port_t *p, uint32_t n) {
 }
 
 /*
- * A flush of at most this many frames, when the thread has nothing queued, is
- * sent by the caller as before: an idle bridge's single frames keep their
- * latency (no hand-off, and the answer a veth's peer makes inside the send is
- * in its ring for this wake-up's sweep). Order is kept: nothing is queued.
+ * A flush of at most this many frames (the socket option sendInlineFrames;
+ * this is its default), when the thread has nothing queued, is sent by the
+ * caller as before: an idle bridge's single frames keep their latency (no
+ * hand-off, and the answer a veth's peer makes inside the send is in its ring
+ * for this wake-up's sweep). Order is kept: nothing is queued. The price: the
+ * peer's stack runs on the caller's thread (shadowvm run sets 0).
  */
 #define SYNC_MAX_FRAMES 8
 
@@ -934,13 +937,14 @@ static napi_value js_socket_new(napi_env env, napi_callback_info info) {
     return NULL;
   }
 
-  uint32_t ring_frames = 0, frame_size = 0, busy_us = 0, so_busy_us = 0;
+  uint32_t ring_frames = 0, frame_size = 0, busy_us = 0, so_busy_us = 0, inline_max = SYNC_MAX_FRAMES;
   int vnet = 0, bypass = 0, sweep_on_wake = 0, send_thread = 0;
   if (get_opt_u32(env, argv[1], "ringFrames", &ring_frames) < 0 || get_opt_u32(env, argv[1], "frameSize", &frame_size) < 0 ||
+      get_opt_u32(env, argv[1], "sendInlineFrames", &inline_max) < 0 ||
       get_opt_u32(env, argv[1], "busyPollUs", &busy_us) < 0 || get_opt_u32(env, argv[1], "socketBusyPollUs", &so_busy_us) < 0 ||
       get_opt_bool(env, argv[1], "vnetHdr", &vnet) < 0 || get_opt_bool(env, argv[1], "qdiscBypass", &bypass) < 0 ||
       get_opt_bool(env, argv[1], "sweepOnWake", &sweep_on_wake) < 0 || get_opt_bool(env, argv[1], "sendThread", &send_thread) < 0) {
-    throw_usage(env, "Socket options: ringFrames, frameSize, busyPollUs, socketBusyPollUs are unsigned integers; vnetHdr, qdiscBypass, sweepOnWake, sendThread booleans");
+    throw_usage(env, "Socket options: ringFrames, frameSize, busyPollUs, socketBusyPollUs, sendInlineFrames are unsigned integers; vnetHdr, qdiscBypass, sweepOnWake, sendThread booleans");
     return NULL;
   }
   struct sock_fprog filter = {0};
@@ -1058,6 +1062,7 @@ static napi_value js_socket_new(napi_env env, napi_callback_info info) {
   p->busy_ns = (uint64_t)busy_us * 1000;
   p->sweep = sweep_on_wake;
   p->send_thread = send_thread;
+  p->inline_max = inline_max;
   p->poll.data = p;
   napi_get_instance_data(env, (void **)&p->state);
 
@@ -1241,7 +1246,7 @@ static napi_value js_send(napi_env env, napi_callback_info info) {
   /* A bound SOCK_RAW packet socket sends to its interface with no address. */
   sender_t *snd = p->send_thread && p->state ? sender_get(p->state) : NULL;
   uint32_t sent;
-  if (snd && n <= SYNC_MAX_FRAMES && sender_idle(snd)) snd = NULL; /* a small flush with nothing queued: at once, here */
+  if (snd && n <= p->inline_max && sender_idle(snd)) snd = NULL; /* a small flush with nothing queued: at once, here */
   if (snd) {
     p->counters[C_TX_QUEUED] += n;
     sender_queue(snd, p, n);

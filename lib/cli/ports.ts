@@ -26,6 +26,8 @@ export interface PortOptions {
    * frame is up to 64 KiB, the copy costs more than the send it moves, and wrk lost 4–11%.
    */
   sendThread?: boolean;
+  /** AF_PACKET with sendThread: see AfPacketPortOptions.sendInlineFrames (default 8 here; run passes 0). */
+  sendInlineFrames?: number;
   /** Where warnings about a port's set-up go (cap: a ring that offloads make small). */
   log?: LogFn;
 }
@@ -88,7 +90,7 @@ export function openOne(io: IoBackend, ifname: string, options: PortOptions): Pa
   const vnetHdr = options.vnetHdr ?? true;
   // With virtio-net headers a slot must hold a 64 KiB GSO super-frame: without
   // more slots than the 8 MiB default gives (about 150), bursts overflow the ring.
-  return new AfPacketPort(ifname, { vnetHdr, busyPollUs: options.busyPollUs ?? 0, sweepOnWake: options.sweepOnWake ?? true, sendThread: options.sendThread ?? !vnetHdr, ...(vnetHdr ? { ringFrames: VNET_RING_FRAMES } : {}) });
+  return new AfPacketPort(ifname, { vnetHdr, busyPollUs: options.busyPollUs ?? 0, sweepOnWake: options.sweepOnWake ?? true, sendThread: options.sendThread ?? !vnetHdr, ...(options.sendInlineFrames !== undefined ? { sendInlineFrames: options.sendInlineFrames } : {}), ...(vnetHdr ? { ringFrames: VNET_RING_FRAMES } : {}) });
 }
 
 export function openPorts(io: IoBackend, names: PortNames, options: PortOptions = {}): { uplink: PacketPort; primary: PacketPort; backup: PacketPort } {

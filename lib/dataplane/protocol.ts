@@ -19,6 +19,8 @@ export interface DataPlaneInit {
   busyPollUs: number;
   /** Absent: the default for the ports' vnetHdr (see PortOptions.sendThread). */
   sendThread?: boolean;
+  /** See PortOptions.sendInlineFrames. */
+  sendInlineFrames?: number;
   agentSocket?: string;
   carrierWatch: boolean;
   logLevel: LogLevel;

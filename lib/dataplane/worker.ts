@@ -51,7 +51,7 @@ async function main(init: DataPlaneInit): Promise<void> {
     }
     // Before the ports open: their send thread inherits the policy.
     const scheduling = schedule(init, logger);
-    const ports = openPorts(init.io, init.ports, { vnetHdr: init.vnetHdr, busyPollUs: init.busyPollUs, sendThread: init.sendThread, log: logger.log });
+    const ports = openPorts(init.io, init.ports, { vnetHdr: init.vnetHdr, busyPollUs: init.busyPollUs, sendThread: init.sendThread, sendInlineFrames: init.sendInlineFrames, log: logger.log });
     bridge = new Bridge(ports, { name: init.name, config: init.config, agentSocket: init.agentSocket, log: logger.log, links, startedEvent: 'data-plane-started', scheduling });
     await bridge.start();
   } catch (e) {

@@ -103,6 +103,14 @@ export interface AfPacketPortOptions {
    */
   sendThread?: boolean;
   /**
+   * With sendThread: a flush of at most this many frames, made while the
+   * thread has nothing queued, is sent by the caller itself (no hand-off; a
+   * veth peer's answer is in its ring for the same wake-up). Default 8; 0:
+   * every send through the thread, so the peer's stack never runs on the
+   * data plane (what `shadowvm run` does).
+   */
+  sendInlineFrames?: number;
+  /**
    * Take only the frames this classic BPF program accepts (SO_ATTACH_FILTER,
    * attached before the socket is bound: nothing else ever reaches the ring).
    * The data plane's shards use it (lib/dataplane/shard.ts). Default: none.
@@ -249,6 +257,7 @@ export class AfPacketPort implements PacketPort {
           socketBusyPollUs: options.socketBusyPollUs ?? 0,
           sweepOnWake: options.sweepOnWake ?? true,
           sendThread: options.sendThread ?? false,
+          ...(options.sendInlineFrames !== undefined ? { sendInlineFrames: options.sendInlineFrames } : {}),
           ...(options.filter ? { filter: options.filter } : {}),
         },
         (count) => this.deliver(count),

@@ -37,6 +37,8 @@ export interface BridgedLabOptions {
   sweepOnWake?: boolean;
   /** AF_PACKET: send from a thread of its own (default: on without virtio-net headers; see PortOptions). */
   sendThread?: boolean;
+  /** See PortOptions.sendInlineFrames (default 8 here; `shadowvm run` uses 0). */
+  sendInlineFrames?: number;
   /** How long the lab agent's checkpoints take. */
   checkpointMs?: number;
   config?: Partial<PipelineConfig>;
@@ -110,7 +112,7 @@ export async function startBridgedLab(options: BridgedLabOptions = {}): Promise<
     const controlSocket = join(lab.runDir, 'control.sock');
     // What cap-ring-small advises (lib/cli/ports.ts): with these offloads on its host ends, libpcap's ring holds ~128 frames.
     if (options.io === 'cap') for (const n of lab.nodes) runQuietly('ethtool', ['-K', n.hostIf, 'tso', 'off', 'gso', 'off', 'gro', 'off']);
-    const ports = openPorts(options.io ?? 'afpacket', { uplink: lab.client.hostIf, primary: lab.primary.hostIf, backup: lab.backup.hostIf }, { vnetHdr: options.vnetHdr ?? false, busyPollUs: options.busyPollUs, sweepOnWake: options.sweepOnWake, sendThread: options.sendThread, log: options.log });
+    const ports = openPorts(options.io ?? 'afpacket', { uplink: lab.client.hostIf, primary: lab.primary.hostIf, backup: lab.backup.hostIf }, { vnetHdr: options.vnetHdr ?? false, busyPollUs: options.busyPollUs, sweepOnWake: options.sweepOnWake, sendThread: options.sendThread, sendInlineFrames: options.sendInlineFrames, log: options.log });
     bridge = new Bridge(ports, {
       name: lab.prefix,
       config: makePipelineConfig({ resync: 'align', ...options.config }),

@@ -387,7 +387,33 @@ describe('AfPacketPort on a veth pair', () => {
       a.send(marked('small', 0));
       a.flush();
       expect(a.stats()).toMatchObject({ txQueued: 0, txFrames: 1 });
+      expect(a.stats().txSyncUs).toBeGreaterThan(0);
       await waitFor('1 frame', () => atB.frames.length >= 1);
+    });
+
+    test('with sendInlineFrames 0 (what run does), even one frame goes through the thread, and the caller never sends', async () => {
+      const a = port(PAIR.a, { ...threaded, sendInlineFrames: 0 });
+      const atB = new Collector(port(PAIR.b));
+      for (let i = 0; i < 3; i++) {
+        a.send(marked('inline0', i));
+        a.flush();
+      }
+      expect(a.stats()).toMatchObject({ txQueued: 3, txFrames: 3, txSyncUs: 0, txSyncMaxUs: 0 });
+      await waitFor('3 frames', () => atB.frames.length >= 3);
+      expect(atB.buffers).toEqual([0, 1, 2].map((i) => marked('inline0', i)));
+    });
+
+    test('sendInlineFrames 2: a flush of 2 goes at once, one of 3 to the thread', async () => {
+      const a = port(PAIR.a, { ...threaded, sendInlineFrames: 2 });
+      const atB = new Collector(port(PAIR.b));
+      a.send(marked('inline2', 0));
+      a.send(marked('inline2', 1));
+      a.flush();
+      expect(a.stats()).toMatchObject({ txQueued: 0, txFrames: 2 });
+      for (let i = 2; i < 5; i++) a.send(marked('inline2', i));
+      a.flush();
+      expect(a.stats()).toMatchObject({ txQueued: 3, txFrames: 5 });
+      await waitFor('5 frames', () => atB.frames.length >= 5);
     });
 
     test('frames the sender changes right after their flush go out as they were (the flush copied them)', async () => {

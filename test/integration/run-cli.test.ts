@@ -233,6 +233,7 @@ describe('shadowvm run (root, on veth pairs)', () => {
     ['a remote --metrics address', ['--metrics', '10.1.2.3:9464'], /not a loopback address/],
     ['a bad --name', ['--name', 'a/b'], /--name/],
     ['a bad --heap-growing-percent', ['--heap-growing-percent', '-5'], /--heap-growing-percent must be a whole number from 0 to 1000/],
+    ['a bad --send-inline-frames', ['--send-inline-frames', '-1'], /--send-inline-frames must be a whole number from 0 to 1024/],
   ])('exits 2 with one line for %s and leaves no socket behind', async (_what, extra, message) => {
     const args = [...base()];
     for (let i = 0; i < extra.length; i += 2) {

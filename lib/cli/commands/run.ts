@@ -82,6 +82,7 @@ export function runCommand(y: Argv): Argv {
       .option('resync', { choices: ['copy', 'align'] as const, describe: 'after a checkpoint: copy (a real agent copied the state) or align (lab agents that cannot)' })
       .option('checkpoint-ms', { type: 'number', describe: 'also checkpoint at least every N ms, as Remus does (replicator.maxIntervalMs; 0: only on divergence)' })
       .option('data-plane-thread', { type: 'boolean', default: true, describe: 'move frames on a thread of their own, apart from the control socket and metrics (--no-data-plane-thread: one thread)' })
+      .option('send-inline-frames', { type: 'number', default: 0, describe: 'afpacket, with the send thread: a flush of at most N frames made while that thread is idle is sent by the data plane itself (lower latency at idle; the receiving side\'s stack then runs on the data plane). 0: every send through the thread (soak: no breath over 10 ms; lab: idle ping about 0.1 ms more)' })
       .option('scavenge-helpers', { type: 'boolean', describe: 'let V8 collect the young generation with its helper threads (default: not with a realtime data plane, whose scavenges would wait for those normal-policy threads; lab bench: about 7% more 1 KiB req/s with them, soak: scavenges up to 13 ms instead of 7)' })
       .option('heap-growing-percent', { type: 'number', default: HEAP_GROWING_PERCENT, describe: 'let the heap grow this many percent over what is live before a full collection (0: V8\'s own, which may double it)' })
       .option('log-level', { choices: ['debug', 'info', 'warn', 'error'] as const, default: 'info' as const }),
@@ -96,6 +97,8 @@ export function runCommand(y: Argv): Argv {
       // (soak, data plane RR: longest scavenge 12.9 and 8.9 ms with helpers, 6.6 and 3.8 ms without). It scavenges alone.
       if (!scavengeHelpers(args['scavenge-helpers'], args['data-plane-thread'], args.realtime)) setFlagsFromString('--no-parallel-scavenge');
       if (!(args['busy-poll-us'] >= 0 && args['busy-poll-us'] <= 10_000)) throw new UsageError('--busy-poll-us must be between 0 and 10000');
+      const inline = args['send-inline-frames'];
+      if (!(Number.isInteger(inline) && inline >= 0 && inline <= 1024)) throw new UsageError(`--send-inline-frames must be a whole number from 0 to 1024, got ${String(inline)}`);
       const rtPriority = args['realtime-priority'];
       if (!(Number.isInteger(rtPriority) && rtPriority >= 1 && rtPriority <= 99)) throw new UsageError(`--realtime-priority must be a whole number from 1 to 99, got ${String(rtPriority)}`);
       if (args.realtime === 'on' && !args['data-plane-thread']) throw new UsageError('--realtime on needs the data-plane thread: with --no-data-plane-thread the control socket and metrics would run at realtime priority too');
@@ -129,7 +132,7 @@ export function runCommand(y: Argv): Argv {
         const threaded = new ThreadedBridge({
           init: {
             name, config, ports: { uplink: uplink!, primary: primary!, backup: backup! }, io: args.io as IoBackend,
-            vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'], sendThread: sendThreadOf(args['send-thread']), agentSocket, carrierWatch: args['carrier-watch'], logLevel: args['log-level'],
+            vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'], sendThread: sendThreadOf(args['send-thread']), sendInlineFrames: args['send-inline-frames'], agentSocket, carrierWatch: args['carrier-watch'], logLevel: args['log-level'],
             realtime: args.realtime, realtimePriority: rtPriority,
           },
           controlSocket, controlGroup, metrics, log: logger.log,
@@ -148,7 +151,7 @@ export function runCommand(y: Argv): Argv {
       }
       let ports;
       try {
-        ports = openPorts(args.io as IoBackend, { uplink: uplink!, primary: primary!, backup: backup! }, { vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'], sendThread: sendThreadOf(args['send-thread']), log: logger.log });
+        ports = openPorts(args.io as IoBackend, { uplink: uplink!, primary: primary!, backup: backup! }, { vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'], sendThread: sendThreadOf(args['send-thread']), sendInlineFrames: args['send-inline-frames'], log: logger.log });
       } catch (e) {
         links?.close();
         throw e;
