@@ -553,9 +553,11 @@ async function runShadow(mode: Mode, round: number, o: Options, say: (s: string)
   let bridged: BridgedLab | null = null;
   let undoRealtime: (() => void) | null = null;
   try {
-    if (mode.base === 'afpacket-rt' || mode.base === 'afpacket-rt-gchelpers') undoRealtime = realtimeForRun(mode.base === 'afpacket-rt');
+    // The realtime modes run the data plane as `shadowvm run` does: SCHED_RR, and every send through the send thread.
+    const realtime = mode.base === 'afpacket-rt' || mode.base === 'afpacket-rt-gchelpers';
+    if (realtime) undoRealtime = realtimeForRun(mode.base === 'afpacket-rt');
     const io: IoBackend = mode.base === 'cap' ? 'cap' : 'afpacket';
-    bridged = await startBridgedLab({ prefix: o.prefix, io, log: tap.log, config: configOf(mode.base), vnetHdr: mode.offloads, sweepOnWake: mode.base !== 'afpacket-perport', sendThread: mode.base !== 'afpacket-sync', busyPollUs: mode.base === 'afpacket-spin' ? SPIN_US : 0, ...(undoRealtime ? { sendInlineFrames: 0 } : {}) });
+    bridged = await startBridgedLab({ prefix: o.prefix, io, log: tap.log, config: configOf(mode.base), vnetHdr: mode.offloads, sweepOnWake: mode.base !== 'afpacket-perport', sendThread: mode.base !== 'afpacket-sync', busyPollUs: mode.base === 'afpacket-spin' ? SPIN_US : 0, ...(realtime ? { sendInlineFrames: 0 } : {}) });
     current.bridged = bridged;
     const { lab } = bridged;
     r.ports = describePorts(bridged.bridge);

@@ -202,7 +202,7 @@ export class Bridge {
     }
     const { uplink, primary, backup } = this.ports;
     // One clock: a breath's frames are stamped with the time they reach us, like every timer.
-    uplink.onBatch((frames) => this.breath('uplink', frames, (f, now) => this.pipeline.fromClient(f.frame, now, f.vnet), uplink.arrivalTimes === true));
+    uplink.onBatch((frames) => this.breath('breath uplink', frames, (f, now) => this.pipeline.fromClient(f.frame, now, f.vnet), uplink.arrivalTimes === true));
     for (const slot of SLOT_IDS) this.listenToSlot(slot);
     // The tick judges ages (the unmatched-age trigger, the silence detector): it runs in the check
     // phase, after this turn of the loop has read every ring. A timer fires before I/O is polled, so
@@ -211,11 +211,9 @@ export class Bridge {
     this.timer = setInterval(() => {
       setImmediate(() => {
         if (this.stopped) return;
-        const t0 = wallClockUs();
         const now = this.clockUs();
-        this.afterEvent(() => this.pipeline.tick(now));
+        this.afterEvent(() => this.pipeline.tick(now), 'tick');
         this.giveBack.tick(now, this.pipeline.flows.size, this.lastFrameUs);
-        this.stalls.noteTask('tick', t0, wallClockUs());
         for (const r of this.stalls.tick()) this.reportStall(r);
       });
     }, TICK_MS);
@@ -302,7 +300,8 @@ export class Bridge {
     });
   }
 
-  private breath(name: string, frames: readonly ReceivedFrame[], each: (f: ReceivedFrame, nowUs: number) => void, timed: boolean): void {
+  /** `task`: how the stall causes name this port's breaths ("breath hsp"), made once per port, not per breath. */
+  private breath(task: string, frames: readonly ReceivedFrame[], each: (f: ReceivedFrame, nowUs: number) => void, timed: boolean): void {
     const now = this.clockUs();
     const startUs = timed ? wallClockUs() : 0;
     this.lastFrameUs = now;
@@ -312,7 +311,7 @@ export class Bridge {
     if (timed && frames.length) {
       const oldestUs = frames[0].timeUs;
       const endUs = this.frameWait.observe(oldestUs);
-      this.stalls.noteTask(`breath ${name}`, startUs, endUs);
+      this.stalls.noteTask(task, startUs, endUs);
       if (endUs - oldestUs > FRAME_WAIT_STALL_US) this.stalls.stall(oldestUs, startUs, endUs, frames.length);
     }
     this.armSilenceTimer(now);
@@ -414,9 +413,10 @@ export class Bridge {
   /** Frames and carrier of the port in `slot` go to the pipeline as that slot's. */
   private listenToSlot(slot: SlotId): void {
     const port = this.slotPorts[slot];
+    const task = `breath ${port.name}`;
     port.onBatch((frames) => {
       if (this.slotPorts[slot] !== port) return; // a port being closed after a move
-      this.breath(port.name, frames, (f, now) => this.pipeline.fromVm(slot, f.frame, now, f.vnet), port.arrivalTimes === true);
+      this.breath(task, frames, (f, now) => this.pipeline.fromVm(slot, f.frame, now, f.vnet), port.arrivalTimes === true);
     });
     this.slotLinks[slot]?.();
     this.slotLinks[slot] = this.options.links ? this.options.links.on(port.name, (ev) => this.onLink(slot, ev)) : null;
@@ -465,11 +465,11 @@ export class Bridge {
   }
 
   /** Anything that may release frames outside a breath (timers, agent answers) flushes afterwards. */
-  private afterEvent(fn: () => void): void {
+  private afterEvent(fn: () => void, task = 'event'): void {
     const t0 = wallClockUs();
     fn();
     this.flushAll();
-    this.stalls.noteTask('event', t0, wallClockUs());
+    this.stalls.noteTask(task, t0, wallClockUs());
   }
 
   private flushAll(): void {
