@@ -17,8 +17,13 @@
  * (one line) when there is none, when the COLO probe (lib/qemu/colo-probe.ts)
  * says it cannot, or when the primary runs another QEMU.
  *
- * On start, a primary left paused by an agent that died in the middle of a
- * copy is resumed, and a backup that is not running is reported down.
+ * On start, what an agent that died in the middle of a copy left behind is
+ * put right before anything else: its migration, still on the wire to a
+ * standby nobody watches, is cancelled (a primary resumed under a running
+ * migration would be stopped again by it, in `postmigrate`, and refuse every
+ * later copy); the primary, paused, runs again; the standbys it started and
+ * that hold no role are killed and their taps removed. A backup that is not
+ * running is reported down.
  */
 import { UserFacingError } from '../errors';
 import * as fs from 'node:fs';
@@ -217,6 +222,84 @@ export async function coloQemuFor(c: QemuAgentConfig, o: { probe?: boolean; log?
   return bin;
 }
 
+/** Migration states in which a migration is still on the wire (QEMU's MigrationStatus). */
+const MIGRATION_RUNNING = new Set(['setup', 'active', 'pre-switchover', 'device', 'wait-unplug', 'postcopy-active', 'postcopy-paused', 'postcopy-recover', 'cancelling']);
+
+/**
+ * Cancels a migration the primary is still sending (to a standby of an agent
+ * that died) and waits until it has ended; true when there was one. A
+ * migration that completes meanwhile leaves the primary in `postmigrate`,
+ * which the caller resumes like a pause.
+ */
+export async function cancelLeftMigration(primary: { name: string; qmp: QmpClient }, log: LogFn, timeoutMs = 10_000): Promise<boolean> {
+  const first = await primary.qmp.execute<{ status?: string }>('query-migrate');
+  if (!first.status || !MIGRATION_RUNNING.has(first.status)) return false;
+  if (first.status !== 'cancelling') await primary.qmp.execute('migrate_cancel');
+  const end = Date.now() + timeoutMs;
+  let now = first.status;
+  for (;;) {
+    now = (await primary.qmp.execute<{ status?: string }>('query-migrate')).status ?? 'none';
+    if (!MIGRATION_RUNNING.has(now)) break;
+    if (Date.now() > end) throw new Error(`the migration ${primary.name} was sending when the agent started is still ${now} ${timeoutMs} ms after migrate_cancel`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  log('warn', 'qemu-agent-cancelled-migration', { vm: primary.name, was: first.status, now, note: 'left on the wire, probably by an agent that died in the middle of a copy' });
+  return true;
+}
+
+/** `<prefix>-a<agent pid>-<n>`: the name the agent gives its standbys (see the factory below). */
+function standbyNameRe(prefix: string): RegExp {
+  return new RegExp(`^${prefix}-a(\\d+)-\\d+$`);
+}
+
+/**
+ * Kills the standbys that an agent now dead started and that hold no role
+ * (neither primary nor backup in the config and state file): the incoming
+ * VM of an interrupted copy, the one kept ready for the next. They are found
+ * by their pid files in the run folder, and checked against /proc (the
+ * process must still carry that name) before the kill; their taps and run
+ * files are removed. Returns the names reaped.
+ */
+export function reapOrphanStandbys(c: QemuAgentConfig, log: LogFn, self: number = process.pid): string[] {
+  const keep = new Set([c.vms.primary.name, c.vms.backup?.name].filter((n): n is string => !!n));
+  const re = standbyNameRe(c.prefix);
+  const reaped: string[] = [];
+  let files: string[];
+  try { files = fs.readdirSync(c.vmTemplate.runDir); } catch { return reaped; }
+  for (const f of files) {
+    if (!f.endsWith('.pid')) continue;
+    const name = f.slice(0, -'.pid'.length);
+    const m = re.exec(name);
+    if (!m || keep.has(name)) continue;
+    const agentPid = Number(m[1]);
+    if (agentPid === self || pidAlive(agentPid)) continue;
+    const pid = Number(fs.readFileSync(path.join(c.vmTemplate.runDir, f), 'utf8').trim());
+    let cmdline: string[] = [];
+    try { cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0'); } catch { /* gone already */ }
+    const alive = Number.isSafeInteger(pid) && pid > 0 && cmdline.includes(`${name},process=${name}`);
+    if (alive) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone meanwhile */ } }
+    const tap = /ifname=([^,]+)/.exec(cmdline.find((a) => a.includes('ifname=')) ?? '')?.[1];
+    if (tap && fs.existsSync(`/sys/class/net/${tap}`)) runQuietly('ip', ['link', 'del', tap]);
+    for (const g of files) if (g.startsWith(`${name}.`)) fs.rmSync(path.join(c.vmTemplate.runDir, g), { force: true });
+    reaped.push(name);
+    log('warn', 'qemu-agent-reaped-standby', { vm: name, pid, killed: alive, tap: tap ?? null, note: `started by agent ${agentPid}, which is gone; it held no role` });
+  }
+  // The taps of standbys that had exited on their own (a failed incoming migration ends QEMU): no process holds them, no carrier.
+  const keepTaps = new Set([c.vms.primary.tap, c.vms.backup?.tap].filter((t): t is string => !!t));
+  const tapRe = new RegExp(`^${c.prefix}a\\d+$`);
+  let links: string[] = [];
+  try { links = fs.readdirSync('/sys/class/net'); } catch { /* no sysfs: nothing to do */ }
+  for (const l of links) {
+    if (!tapRe.test(l) || keepTaps.has(l)) continue;
+    let carrier = '';
+    try { carrier = fs.readFileSync(`/sys/class/net/${l}/carrier`, 'utf8').trim(); } catch { /* down: no carrier file to read */ }
+    if (carrier === '1' || !fs.existsSync(`/sys/class/net/${l}/tun_flags`)) continue;
+    runQuietly('ip', ['link', 'del', l]);
+    log('warn', 'qemu-agent-reaped-tap', { tap: l, note: 'a standby tap nobody holds, left by an agent that is gone' });
+  }
+  return reaped;
+}
+
 /** Attaches to the VMs of `configFile` and runs the agent until `stop()`. */
 export async function runQemuAgentFromConfig(configFile: string, options: { log?: LogFn; name?: string; sync?: string; probeColo?: boolean } = {}): Promise<QemuAgent> {
   const log = options.log ?? noLog;
@@ -232,7 +315,11 @@ export async function runQemuAgentFromConfig(configFile: string, options: { log?
     throw new QemuAgentConfigError(configFile, `the primary cannot be reached: ${(e as Error).message}`);
   }
   // A primary paused by an agent that died in the middle of a copy: it must serve again.
-  const status = await primary.qmp.execute<{ status: string; running: boolean }>('query-status');
+  let status = await primary.qmp.execute<{ status: string; running: boolean }>('query-status');
+  if (status.status !== 'colo' && await cancelLeftMigration(primary, log)) {
+    status = await primary.qmp.execute<{ status: string; running: boolean }>('query-status');
+  }
+  reapOrphanStandbys(c, log);
   if (status.status === 'colo') {
     // Stopped in the middle of a COLO checkpoint by an agent that died: end COLO, and it runs again.
     await primary.qmp.execute('x-colo-lost-heartbeat');
