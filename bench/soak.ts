@@ -545,10 +545,12 @@ async function measure(name: string, what: string, b: BridgeUnderTest, probe: Pr
 function table(rows: Row[], reference: Row[]): string[] {
   const header = ['attack', 'stall ms', 'kernel ref', 'ratio', 'bridge wait', 'hold wait', 'rtt p99', 'lost', 'RSS peak', 'RSS end', 'ckpts', 'state after', 'note'];
   const refOf = (r: Row) => reference.find((x) => x.attack === r.attack);
+  // A figure the run could not measure (no reply at all: the bridge died in that attack) prints '-'.
+  const fx = (v: number | null | undefined, d: number) => (typeof v === 'number' && Number.isFinite(v) ? v.toFixed(d) : '-');
   const body = rows.map((r) => [
-    r.attack, r.stallMs.toFixed(1), refOf(r)?.stallMs.toFixed(1) ?? '-', refOf(r) ? `${(r.stallMs / refOf(r)!.stallMs).toFixed(1)}×` : '-',
-    Number.isFinite(r.bridgeWaitMs) ? r.bridgeWaitMs.toFixed(1) : '-', Number.isFinite(r.holdWaitMs) ? r.holdWaitMs.toFixed(1) : '-', r.probe.p99RttMs.toFixed(2), String(Math.max(0, r.probe.sent - r.probe.received)),
-    `${r.rssPeakMiB.toFixed(0)} MiB`, `${r.rssEndMiB.toFixed(0)} MiB`,
+    r.attack, fx(r.stallMs, 1), fx(refOf(r)?.stallMs, 1), refOf(r) ? `${fx(r.stallMs / refOf(r)!.stallMs, 1)}×` : '-',
+    fx(r.bridgeWaitMs, 1), fx(r.holdWaitMs, 1), fx(r.probe.p99RttMs, 2), String(Math.max(0, r.probe.sent - r.probe.received)),
+    `${fx(r.rssPeakMiB, 0)} MiB`, `${fx(r.rssEndMiB, 0)} MiB`,
     `${r.checkpointsForced}${Object.keys(r.checkpointsByReason).length ? ` (${Object.entries(r.checkpointsByReason).map(([k, n]) => `${k} ${n}`).join(', ')})` : ''}`,
     r.stateAfter, r.note.length > 90 ? `${r.note.slice(0, 87)}...` : r.note,
   ]);

@@ -39,6 +39,13 @@ export function scavengeHelpers(asked: boolean | undefined, dataPlaneThread: boo
 }
 
 export const HEAP_GROWING_PERCENT = 20;
+/**
+ * V8's first old-generation limit, in MiB. With V8's own (a few MiB), the
+ * data plane's old space filled during its first seconds under load and was
+ * collected at once, not incrementally: a 5-9 ms pause 6 s after start, and
+ * 8-12 full collections per soak. With 64: one or two, pauses up to 2.1 ms.
+ */
+export const INITIAL_OLD_SPACE_MIB = 64;
 
 export { parseHostPort, readConfigFile };
 
@@ -84,6 +91,7 @@ export function runCommand(y: Argv): Argv {
       .option('data-plane-thread', { type: 'boolean', default: true, describe: 'move frames on a thread of their own, apart from the control socket and metrics (--no-data-plane-thread: one thread)' })
       .option('send-inline-frames', { type: 'number', default: 0, describe: 'afpacket, with the send thread: a flush of at most N frames made while that thread is idle is sent by the data plane itself (lower latency at idle; the receiving side\'s stack then runs on the data plane). 0: every send through the thread (soak: no breath over 10 ms; lab: idle ping about 0.1 ms more)' })
       .option('scavenge-helpers', { type: 'boolean', describe: 'let V8 collect the young generation with its helper threads (default: not with a realtime data plane, whose scavenges would wait for those normal-policy threads; lab bench: about 7% more 1 KiB req/s with them, soak: scavenges up to 13 ms instead of 7)' })
+      .option('initial-old-space-mib', { type: 'number', default: INITIAL_OLD_SPACE_MIB, describe: 'V8\'s first old-generation limit: below it no full collection is needed (0: V8\'s own, a few MiB, whose first collection comes under load and at once, not incrementally)' })
       .option('heap-growing-percent', { type: 'number', default: HEAP_GROWING_PERCENT, describe: 'let the heap grow this many percent over what is live before a full collection (0: V8\'s own, which may double it)' })
       .option('log-level', { choices: ['debug', 'info', 'warn', 'error'] as const, default: 'info' as const }),
     async (args) => {
@@ -92,6 +100,10 @@ export function runCommand(y: Argv): Argv {
       if (!(Number.isInteger(growing) && growing >= 0 && growing <= 1000)) throw new UsageError(`--heap-growing-percent must be a whole number from 0 to 1000, got ${String(growing)}`);
       // Before the data plane allocates anything; V8's flags are the process's, its threads' heaps included.
       if (growing > 0) setFlagsFromString(`--heap-growing-percent=${growing}`);
+      const oldSpace = args['initial-old-space-mib'];
+      if (!(Number.isInteger(oldSpace) && oldSpace >= 0 && oldSpace <= 4096)) throw new UsageError(`--initial-old-space-mib must be a whole number from 0 to 4096, got ${String(oldSpace)}`);
+      // Read when a heap is made: the data-plane thread's, made after this, has it.
+      if (oldSpace > 0) setFlagsFromString(`--initial-old-space-size=${oldSpace}`);
       // A young-generation collection waits for its helpers, V8's platform threads, which run at the
       // normal policy: a realtime data plane would wait behind every busy normal thread of the host
       // (soak, data plane RR: longest scavenge 12.9 and 8.9 ms with helpers, 6.6 and 3.8 ms without). It scavenges alone.
