@@ -217,7 +217,35 @@ async function startBridge(lab: Lab, o: Options, profDir: string): Promise<Bridg
  * observation per breath): less noisy than the per-attack maximum, which is
  * one breath out of hundreds of thousands.
  */
-function waitSummary(s: BridgeSnapshot | null): string {
+/** The machine's steal time so far (/proc/stat, all CPUs, USER_HZ ticks of 10 ms); NaN where unknown. */
+function readStealTicks(): number {
+  try {
+    return Number(readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/)[8]);
+  } catch {
+    return NaN;
+  }
+}
+
+/**
+ * The machine's steal counter, sampled every 50 ms while shadowvm runs: a
+ * stall whose window saw it move happened while the hypervisor ran
+ * something else (the counter moves in 10 ms ticks, so short steals hide).
+ */
+class StealWatch {
+  readonly samples: { atMs: number; ticks: number }[] = [];
+  private readonly timer = setInterval(() => this.samples.push({ atMs: Date.now(), ticks: readStealTicks() }), 50).unref();
+  constructor() { this.samples.push({ atMs: Date.now(), ticks: readStealTicks() }); }
+  stop(): void { clearInterval(this.timer); }
+  /** Steal (ms) counted between the sample before `fromMs` and the first one after `toMs`. */
+  between(fromMs: number, toMs: number): number {
+    let a = this.samples[0], b = this.samples[this.samples.length - 1];
+    for (const x of this.samples) if (x.atMs <= fromMs) a = x;
+    for (let i = this.samples.length - 1; i >= 0; i--) if (this.samples[i].atMs >= toMs) b = this.samples[i];
+    return a && b ? (b.ticks - a.ticks) * 10 : NaN;
+  }
+}
+
+function waitSummary(s: BridgeSnapshot | null, steal?: StealWatch): string {
   const w = s?.frameWait;
   if (!w || !w.seconds.count) return 'bridge wait over the whole run: not reported';
   const h = w.seconds;
@@ -225,7 +253,7 @@ function waitSummary(s: BridgeSnapshot | null): string {
   const line = `bridge wait over the whole run: ${h.count} breaths, mean ${(h.sum / h.count * 1e6).toFixed(0)} µs; over 1 ms ${over(0.001)}, over 5 ms ${over(0.005)}, over 10 ms ${w.over10ms}; longest ${w.maxMs.toFixed(1)} ms`;
   if (!w.stalls) return line;
   const causes = Object.entries(w.stalls.byCause).filter(([, n]) => n > 0).map(([c, n]) => `${c} ${n}`).join(', ') || 'none settled';
-  const recent = w.stalls.recent.map((r) => `  ${new Date(r.atUnixMs).toISOString().slice(11, 23)} ${r.waitMs.toFixed(1)} ms, ${r.frames} frame(s): ${Object.entries(r.parts).filter(([, v]) => v > 0).map(([c, v]) => `${c} ${v.toFixed(1)}`).join(', ')}${r.during.length ? `; meanwhile ${r.during.join(', ')}` : ''}`);
+  const recent = w.stalls.recent.map((r) => `  ${new Date(r.atUnixMs).toISOString().slice(11, 23)} ${r.waitMs.toFixed(1)} ms, ${r.frames} frame(s): ${Object.entries(r.parts).filter(([, v]) => v > 0).map(([c, v]) => `${c} ${v.toFixed(1)}`).join(', ')}${r.during.length ? `; meanwhile ${r.during.join(', ')}` : ''}${steal ? `; machine steal in that 0.1 s: ${steal.between(r.atUnixMs - r.waitMs - 50, r.atUnixMs + 50)} ms` : ''}`);
   return [`${line}`, `breaths over 10 ms by cause (the largest part of each): ${causes}; the last ones:`, ...recent].join('\n');
 }
 
@@ -596,6 +624,8 @@ async function main(): Promise<void> {
     await waitUntilQuiet(lab);
     bridge = await startBridge(lab, o, profDir);
     children.push(bridge.proc, bridge.agent);
+    const stealBefore = readStealTicks();
+    const steal = new StealWatch();
     probe = new Probe(lab);
     await delay(1000);
     await probe.mark();
@@ -614,6 +644,8 @@ async function main(): Promise<void> {
     rows.push(await measure('after (downloads)', 'no attack, after the set', bridge, probe, async () => { await delay(4000); return ''; }));
     await downloads.stop();
     const finalStatus = await status(bridge);
+    const stealMs = (readStealTicks() - stealBefore) * 10;
+    steal.stop();
     // What the bridge logs after this (its stop, the lab's teardown) is not part of the run.
     const outputOfRun = bridge.proc.output;
     const mem = memoryOf(bridge.proc.child.pid!);
@@ -642,7 +674,8 @@ async function main(): Promise<void> {
         'ratio: shadowvm stall ÷ kernel reference stall, same attack',
       ] : []),
       `worst stall under attack: ${(() => { const w = rows.slice(2, -1).reduce((a, r) => (r.stallMs > a.stallMs ? r : a)); return `${w.stallMs.toFixed(1)} ms (${w.attack})`; })()}`,
-      waitSummary(finalStatus),
+      waitSummary(finalStatus, steal),
+      `machine: the hypervisor ran something else on this VM's CPUs for ${Number.isFinite(stealMs) ? stealMs.toFixed(0) : '?'} ms while shadowvm ran (steal, /proc/stat, all CPUs): one source of off-cpu stalls`,
       sendSummary(finalStatus),
       `worst bridge wait under attack: ${(() => { const w = rows.slice(2, -1).reduce((a, r) => (r.bridgeWaitMs > a.bridgeWaitMs ? r : a)); return `${w.bridgeWaitMs.toFixed(1)} ms (${w.attack})`; })()}`,
       ...timeoutLines(outputOfRun),

@@ -9,6 +9,16 @@
  *   - gc:         its garbage collections that overlap [o, e];
  *   - starved:    time it was runnable but not running, from the scheduler's
  *                 own account (/proc/thread-self/schedstat, second field);
+ *   - off-cpu:    time it was neither running (schedstat's first field), nor
+ *                 on a run queue, nor asleep in epoll: time the hypervisor
+ *                 took (steal, with paravirt time accounting) or that the
+ *                 thread spent blocked in the kernel (a lock, a page fault,
+ *                 a collection waiting for its helpers). An estimate over
+ *                 the tick-sampled window, at most the wait. Interrupts
+ *                 are not in it: without IRQ time accounting the kernel
+ *                 charges them to the thread they interrupt, as running;
+ *                 the loop counted that time as busy, so it is taken out
+ *                 of other-work first, then of the breath;
  *   - late-wake:  its event loop sat in epoll while the frame was there (the
  *                 loop's idle time after o, less the starved time: a wake-up
  *                 that came late);
@@ -27,7 +37,7 @@
 import { closeSync, openSync, readSync } from 'node:fs';
 import { performance, PerformanceObserver } from 'node:perf_hooks';
 
-export const STALL_CAUSES = ['gc', 'starved', 'late-wake', 'other-work', 'breath'] as const;
+export const STALL_CAUSES = ['gc', 'starved', 'off-cpu', 'late-wake', 'other-work', 'breath'] as const;
 export type StallCause = (typeof STALL_CAUSES)[number];
 
 /** A stall is settled this long after its breath ended (its GC entries have been delivered by then). */
@@ -66,20 +76,23 @@ export interface SelfView {
   loop(): { idle: number; active: number };
   /** Cumulative µs this thread waited on a run queue, or null when unknown. */
   runQueueUs(): number | null;
+  /** Cumulative µs this thread ran, as of the last runQueueUs() (the same read), or null when unknown. */
+  onCpuUs?(): number | null;
   close?(): void;
 }
 
-interface Sample { atUs: number; idle: number; active: number; rqUs: number | null }
+interface Sample { atUs: number; idle: number; active: number; rqUs: number | null; cpuUs: number | null }
 interface Pending { oldestUs: number; startUs: number; endUs: number; frames: number; end: Sample }
 
 function emptyCounts(): Record<StallCause, number> {
-  return { gc: 0, starved: 0, 'late-wake': 0, 'other-work': 0, breath: 0 };
+  return { gc: 0, starved: 0, 'off-cpu': 0, 'late-wake': 0, 'other-work': 0, breath: 0 };
 }
 
 /** The calling thread's own view: its event loop and its scheduler statistics. */
 export function threadSelfView(): SelfView {
   // Opened at the first read, by the thread that reads (thread-self is whoever opens it).
   let fd: number | null = null;
+  let cpuUs: number | null = null;
   const buf = Buffer.alloc(96);
   return {
     loop: () => {
@@ -90,16 +103,20 @@ export function threadSelfView(): SelfView {
       if (fd === null) {
         try { fd = openSync('/proc/thread-self/schedstat', 'r'); } catch { fd = -1; /* not Linux, or no procfs: no run-queue figure */ }
       }
+      cpuUs = null;
       if (fd < 0) return null;
       try {
         const n = readSync(fd, buf, 0, buf.length, 0);
         const fields = buf.toString('latin1', 0, n).split(' ');
+        const ran = Number(fields[0]);
         const ns = Number(fields[1]);
+        cpuUs = Number.isFinite(ran) ? ran / 1000 : null;
         return Number.isFinite(ns) ? ns / 1000 : null;
       } catch {
         return null;
       }
     },
+    onCpuUs: () => cpuUs,
     close: () => {
       if (fd !== null && fd >= 0) closeSync(fd);
       fd = -1;
@@ -154,7 +171,8 @@ export class StallCauses {
 
   private take(atUs: number): Sample {
     const l = this.self.loop();
-    return { atUs, idle: l.idle, active: l.active, rqUs: this.self.runQueueUs() };
+    const rqUs = this.self.runQueueUs();
+    return { atUs, idle: l.idle, active: l.active, rqUs, cpuUs: this.self.onCpuUs?.() ?? null };
   }
 
   /** Once per tick: a sample of the loop and the scheduler; settles stalls old enough. Returns the newly settled ones. */
@@ -187,14 +205,26 @@ export class StallCauses {
     }
     const waitUs = p.endUs - p.oldestUs;
     const beforeUs = Math.max(0, p.startUs - p.oldestUs);
-    const breathUs = Math.max(0, p.endUs - p.startUs - gcIn);
+    let breathUs = Math.max(0, p.endUs - p.startUs - gcIn);
     const idleUs = Math.max(0, (p.end.idle - a.idle) * 1000 - Math.max(0, p.oldestUs - a.atUs));
     const starvedUs = a.rqUs !== null && p.end.rqUs !== null ? Math.min(waitUs, Math.max(0, p.end.rqUs - a.rqUs)) : 0;
     // A thread woken but waiting for a CPU is still in epoll for the loop's account: that part is starved, not late.
     const lateWakeUs = Math.max(0, Math.min(idleUs, beforeUs) - starvedUs);
-    const otherUs = Math.max(0, beforeUs - lateWakeUs - gcBefore);
+    let otherUs = Math.max(0, beforeUs - lateWakeUs - gcBefore);
+    // The window's time less what the thread ran, waited on a run queue and slept in epoll. Sleep in epoll
+    // and a run-queue wait can be the same time (woken, not yet running): counted twice, so this is a lower bound.
+    let offCpuUs = 0;
+    if (a.cpuUs !== null && p.end.cpuUs !== null && a.rqUs !== null && p.end.rqUs !== null) {
+      const windowUs = p.end.atUs - a.atUs;
+      const idleWindowUs = (p.end.idle - a.idle) * 1000;
+      offCpuUs = Math.min(waitUs, Math.max(0, windowUs - (p.end.cpuUs - a.cpuUs) - (p.end.rqUs - a.rqUs) - idleWindowUs));
+    }
+    // The loop counted that time as busy, but the thread did not run: it comes out of other-work first, then the breath.
+    const offOther = Math.min(otherUs, offCpuUs);
+    otherUs -= offOther;
+    breathUs -= Math.min(breathUs, offCpuUs - offOther);
     const ms = (us: number) => Math.round(us) / 1000;
-    const parts: Record<StallCause, number> = { gc: ms(gcBefore + gcIn), starved: ms(starvedUs), 'late-wake': ms(lateWakeUs), 'other-work': ms(otherUs), breath: ms(breathUs) };
+    const parts: Record<StallCause, number> = { gc: ms(gcBefore + gcIn), starved: ms(starvedUs), 'off-cpu': ms(offCpuUs), 'late-wake': ms(lateWakeUs), 'other-work': ms(otherUs), breath: ms(breathUs) };
     let cause: StallCause = 'breath';
     for (const c of STALL_CAUSES) if (parts[c] > parts[cause]) cause = c;
     this.byCause[cause]++;

@@ -1,3 +1,4 @@
+import { performance } from 'node:perf_hooks';
 import { SETTLE_US, StallCauses, threadSelfView } from '../../../lib/io/stall-causes';
 
 /**
@@ -6,13 +7,14 @@ import { SETTLE_US, StallCauses, threadSelfView } from '../../../lib/io/stall-ca
  * schedstat give them.
  */
 function scripted() {
-  const v = { now: 1_700_000_000_000_000, idle: 0, active: 0, rq: 0 as number | null };
-  const causes = new StallCauses({ loop: () => ({ idle: v.idle, active: v.active }), runQueueUs: () => v.rq }, () => v.now);
-  /** `us` of wall time pass, spent as said. */
-  const pass = (us: number, how: { idle?: number; active?: number; rq?: number } = {}) => {
+  const v = { now: 1_700_000_000_000_000, idle: 0, active: 0, rq: 0 as number | null, cpu: 0 };
+  const causes = new StallCauses({ loop: () => ({ idle: v.idle, active: v.active }), runQueueUs: () => v.rq, onCpuUs: () => v.cpu }, () => v.now);
+  /** `us` of wall time pass, spent as said; the thread runs for all of the loop's active time unless `cpu` says less. */
+  const pass = (us: number, how: { idle?: number; active?: number; rq?: number; cpu?: number } = {}) => {
     v.now += us;
     v.idle += (how.idle ?? 0) / 1000;
     v.active += (how.active ?? 0) / 1000;
+    v.cpu += how.cpu ?? how.active ?? 0;
     if (v.rq !== null) v.rq += how.rq ?? 0;
   };
   return { v, causes, pass };
@@ -54,6 +56,49 @@ describe('StallCauses', () => {
     expect(r.cause).toBe('starved');
     expect(r.parts.starved).toBeCloseTo(10.5, 3);
     expect(r.parts['late-wake']).toBeCloseTo(0.5, 3); // in epoll for the loop, but woken: starved, bar 0.5 ms
+  });
+
+  test('a loop busy by its own account while its thread did not run (stolen, or blocked in the kernel) is off-cpu', () => {
+    const { v, causes, pass } = scripted();
+    causes.tick();
+    const oldest = v.now;
+    pass(14_000, { active: 14_000, cpu: 2_000 });
+    const start = v.now;
+    pass(300, { active: 300 });
+    causes.stall(oldest, start, v.now, 5);
+    pass(SETTLE_US);
+    const [r] = causes.tick();
+    expect(r.cause).toBe('off-cpu');
+    expect(r.parts['off-cpu']).toBeCloseTo(12, 3);
+    expect(r.parts['other-work']).toBeCloseTo(2, 3); // what the thread did run of it
+    expect(r.parts.breath).toBeCloseTo(0.3, 3);
+    expect(causes.snapshot().byCause['off-cpu']).toBe(1);
+  });
+
+  test('off-cpu time past what the loop did before the breath comes out of the breath, and a view without the figure gives none', () => {
+    const { v, causes, pass } = scripted();
+    causes.tick();
+    const oldest = v.now;
+    pass(1_000, { active: 1_000 });
+    const start = v.now;
+    pass(12_000, { active: 12_000, cpu: 4_000 });
+    causes.stall(oldest, start, v.now, 5);
+    pass(SETTLE_US);
+    const [r] = causes.tick();
+    expect(r.parts['off-cpu']).toBeCloseTo(8, 3);
+    // Where in the window the thread was off its CPU is not known: other-work gives its 1 ms first, the breath the other 7.
+    expect(r.parts['other-work']).toBe(0);
+    expect(r.parts.breath).toBeCloseTo(5, 3);
+    expect(r.cause).toBe('off-cpu');
+
+    let now = 1_700_000_000_000_000;
+    const blind = new StallCauses({ loop: () => ({ idle: 0, active: now / 1000 }), runQueueUs: () => 0 }, () => now);
+    blind.tick();
+    const o = now;
+    now += 12_000;
+    blind.stall(o, o + 1_000, now, 1);
+    now += SETTLE_US;
+    expect(blind.tick()[0].parts['off-cpu']).toBe(0);
   });
 
   test('a loop asleep in epoll while the frame waited, with no run-queue wait, woke late', () => {
@@ -137,8 +182,15 @@ describe('threadSelfView (this thread, on Linux)', () => {
     const a = self.runQueueUs();
     let x = 0;
     for (let i = 0; i < 1e6; i++) x += i;
+    const cpuA = self.onCpuUs?.();
+    const t0 = performance.now();
+    while (performance.now() - t0 < 20) x += 1;
+    self.runQueueUs();
+    const cpuB = self.onCpuUs?.();
     const b = self.runQueueUs();
     expect(x).toBeGreaterThan(0);
+    expect(typeof cpuA).toBe('number');
+    expect(cpuB! - cpuA!).toBeGreaterThan(10_000); // 20 ms of spinning, most of it on a CPU
     expect(typeof a).toBe('number');
     expect(b!).toBeGreaterThanOrEqual(a!);
     const l = self.loop();
