@@ -5,6 +5,9 @@
  * the ones a test sends.
  */
 import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { join } from 'node:path';
 import {
   AfPacketFrame, AfPacketInterfaceDownError, AfPacketNoSuchInterfaceError, AfPacketPermissionError, AfPacketPort,
@@ -305,6 +308,22 @@ describe('AfPacketPort on a veth pair', () => {
     expect(kept!.length).toBeGreaterThan(0);
     await b.close();
     expect(kept!.length).toBe(0);
+  });
+
+  test('a closed port\'s socket is released by the kernel, from a thread of its own, once its ring is collected', async () => {
+    // /proc/net/packet: one line per packet socket, the interface index in the fifth column.
+    const ifindex = Number(readFileSync(`/sys/class/net/${SECOND.a}/ifindex`, 'utf8').trim());
+    const sockets = () => readFileSync('/proc/net/packet', 'utf8').split('\n').slice(1).filter((l) => Number(l.trim().split(/\s+/)[4]) === ifindex).length;
+    const gc = (() => { setFlagsFromString('--expose-gc'); return runInNewContext('gc') as () => void; })();
+    const before = sockets();
+    let p: AfPacketPort | null = new AfPacketPort(SECOND.a);
+    p.onBatch(() => {});
+    expect(sockets()).toBe(before + 1);
+    await p.close();
+    p = null;
+    // The unhook and close, then the unmapping that drops the last reference, run on short-lived threads
+    // (the kernel's release waits for RCU grace periods, which the data plane must not): released all the same.
+    await waitFor('the socket to be released', () => { gc(); return sockets() === before; }, 10_000);
   });
 
   test('a port closed inside its own callback delivers nothing more', async () => {
