@@ -36,6 +36,7 @@
  * likewise): no npm dependency.
  */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
@@ -1459,7 +1460,19 @@ static napi_value layout_object(napi_env env) {
   return o;
 }
 
+/*
+ * A release thread may still be inside the kernel's RCU wait when the
+ * environment that loaded this addon ends (the data-plane worker stops
+ * first): Node would then unload the addon under it. Loaded once more with
+ * RTLD_NODELETE, it stays mapped until the process ends.
+ */
+static void pin_addon(void) {
+  Dl_info info;
+  if (dladdr((void *)&release_main, &info) && info.dli_fname) dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
 NAPI_MODULE_INIT() {
+  pin_addon();
   env_state_t *s = calloc(1, sizeof *s);
   if (!s) abort();
   napi_set_instance_data(env, s, finalize_state, NULL);
