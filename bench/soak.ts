@@ -34,7 +34,7 @@ import { formatScheduling } from '../lib/dataplane/scheduling';
 import { fixedSeedBytes } from '../lib/lab/content';
 import { run, runInAsync, runQuietly } from '../lib/lab/exec';
 import { Child, JsonLineChild, inNs, injectIn, memoryOf, start } from './lib/children';
-import { addKernelBridge, removeKernelBridge } from './lib/lab-setup';
+import { addKernelBridge, readHostCpu, removeKernelBridge } from './lib/lab-setup';
 import { Lab, LabNode, buildLab, teardownLab, waitUntilQuiet } from '../lib/lab/netns';
 import { serveOnBoth, startLabServers } from '../lib/lab/servers';
 
@@ -218,13 +218,7 @@ async function startBridge(lab: Lab, o: Options, profDir: string): Promise<Bridg
  * one breath out of hundreds of thousands.
  */
 /** The machine's steal time so far (/proc/stat, all CPUs, USER_HZ ticks of 10 ms); NaN where unknown. */
-function readStealTicks(): number {
-  try {
-    return Number(readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/)[8]);
-  } catch {
-    return NaN;
-  }
-}
+const readStealTicks = (): number => readHostCpu().steal;
 
 /**
  * The machine's steal counter, sampled every 50 ms while shadowvm runs: a

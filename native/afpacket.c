@@ -621,11 +621,10 @@ static void on_poll_closed(uv_handle_t *h) {
   if (p->finalized) free_port(p);
 }
 
-/* The OS side: stop polling, stop receiving, close. Safe without a JS context. */
 /*
- * The kernel's release of a packet socket waits for RCU grace periods: the
- * unhook (bind to protocol 0) once, the ring teardown and the release once
- * more each, 7-28 ms apiece measured on the lab's 2-vCPU VM (perf sched).
+ * The kernel's release of a packet socket waits for RCU grace periods, for
+ * the ring's teardown and for the release itself, 7-28 ms apiece measured on
+ * the lab's 2-vCPU VM at the end of a soak (perf sched).
  * On the data plane that is a stall of the whole bridge every time a port
  * closes, and a checkpoint that moves the backup to a fresh tap closes one.
  * So the unhook, the close and the unmapping (which drops the last
@@ -639,7 +638,7 @@ typedef struct {
   size_t len;
 } release_job_t;
 
-static void release_now(release_job_t *j) {
+static void release_now(const release_job_t *j) {
   if (j->fd >= 0) {
     /* Binding to protocol 0 unhooks the socket: no frame reaches its ring from then on. */
     struct sockaddr_ll sll = {.sll_family = AF_PACKET, .sll_protocol = 0, .sll_ifindex = j->ifindex};
@@ -647,23 +646,23 @@ static void release_now(release_job_t *j) {
     close(j->fd);
   }
   if (j->addr) munmap(j->addr, j->len);
-  free(j);
 }
 
 static void *release_main(void *arg) {
   prctl(PR_SET_NAME, "svm-release", 0, 0, 0);
   release_now(arg);
+  free(arg);
   return NULL;
 }
 
 static void release_off_thread(int fd, int ifindex, void *addr, size_t len) {
+  const release_job_t job = {.fd = fd, .ifindex = ifindex, .addr = addr, .len = len};
   release_job_t *j = malloc(sizeof *j);
   if (!j) {
-    if (fd >= 0) close(fd);
-    if (addr) munmap(addr, len);
+    release_now(&job);
     return;
   }
-  *j = (release_job_t){.fd = fd, .ifindex = ifindex, .addr = addr, .len = len};
+  *j = job;
   pthread_attr_t attr;
   pthread_t t;
   if (pthread_attr_init(&attr) == 0) {
@@ -672,9 +671,11 @@ static void release_off_thread(int fd, int ifindex, void *addr, size_t len) {
     pthread_attr_destroy(&attr);
     if (rc == 0) return;
   }
-  release_now(j);
+  free(j);
+  release_now(&job);
 }
 
+/* The OS side: stop polling, stop receiving, close. Safe without a JS context. */
 static void teardown_os(port_t *p) {
   if (p->fd < 0) return;
   sender_drain(p); /* the thread may still be sending on this fd */

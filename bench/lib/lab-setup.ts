@@ -265,14 +265,14 @@ export function hostFacts(): Record<string, string> {
   };
 }
 
-/** Host-wide CPU time from /proc/stat (jiffies): busy (everything but idle and iowait) and total. */
-export function readHostCpu(): { busy: number; total: number } {
+/** Host-wide CPU time from /proc/stat (jiffies): busy (everything but idle and iowait), total, and steal (the hypervisor's). */
+export function readHostCpu(): { busy: number; total: number; steal: number } {
   try {
     const fields = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1, 9).map(Number);
     const total = fields.reduce((n, v) => n + v, 0);
-    return { busy: total - fields[3] - fields[4], total };
+    return { busy: total - fields[3] - fields[4], total, steal: fields[7] };
   } catch {
-    return { busy: NaN, total: NaN };
+    return { busy: NaN, total: NaN, steal: NaN };
   }
 }
 

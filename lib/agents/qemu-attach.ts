@@ -29,7 +29,7 @@ import { UserFacingError } from '../errors';
 import * as fs from 'node:fs';
 import { LogFn, noLog } from '../control/logger';
 import { QmpClient } from '../qemu/qmp';
-import { QemuProcess } from '../qemu/process';
+import { QemuProcess, qemuNameArg } from '../qemu/process';
 import { cloneInto, createTap, QemuVmTemplate } from '../lab/qemu/pair';
 import { runQuietly } from '../lab/exec';
 import { AgentVm, QemuAgent, runQemuAgent, SYNC_MODES, SyncMode } from './qemu-agent';
@@ -273,10 +273,11 @@ export function reapOrphanStandbys(c: QemuAgentConfig, log: LogFn, self: number 
     if (!m || keep.has(name)) continue;
     const agentPid = Number(m[1]);
     if (agentPid === self || pidAlive(agentPid)) continue;
-    const pid = Number(fs.readFileSync(path.join(c.vmTemplate.runDir, f), 'utf8').trim());
+    let pid = NaN;
+    try { pid = Number(fs.readFileSync(path.join(c.vmTemplate.runDir, f), 'utf8').trim()); } catch { /* removed meanwhile: QEMU exited */ }
     let cmdline: string[] = [];
     try { cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0'); } catch { /* gone already */ }
-    const alive = Number.isSafeInteger(pid) && pid > 0 && cmdline.includes(`${name},process=${name}`);
+    const alive = Number.isSafeInteger(pid) && pid > 0 && cmdline.includes(qemuNameArg(name));
     if (alive) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone meanwhile */ } }
     const tap = /ifname=([^,]+)/.exec(cmdline.find((a) => a.includes('ifname=')) ?? '')?.[1];
     if (tap && fs.existsSync(`/sys/class/net/${tap}`)) runQuietly('ip', ['link', 'del', tap]);

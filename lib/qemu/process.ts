@@ -66,11 +66,16 @@ export interface QemuExit {
   signal: NodeJS.Signals | null;
 }
 
+/** QEMU's `-name` value for a VM: its name, and the process's (what ps and /proc/PID/cmdline show). */
+export function qemuNameArg(name: string): string {
+  return `${name},process=${name}`;
+}
+
 /** The QEMU command line for these options (exported for the probe and for reading). */
 export function qemuArgs(o: QemuLaunchOptions): string[] {
   const file = (ext: string) => path.join(o.runDir, `${o.name}.${ext}`);
   const args = [
-    '-name', `${o.name},process=${o.name}`,
+    '-name', qemuNameArg(o.name),
     '-nodefaults', '-no-user-config', '-display', 'none', '-monitor', 'none', '-no-reboot',
     '-machine', 'pc', '-accel', o.accel,
     // kvm: the host's CPU; tcg: every feature TCG can emulate. Both sides of a migration use the same.
