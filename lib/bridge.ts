@@ -28,6 +28,7 @@ import { PipelineConfig } from './pipeline/config';
 import { FailoverDecision, ShadowPipeline } from './pipeline/pipeline';
 import type { FlowReport } from './pipeline/shadow-flow';
 import { AgentLink } from './replicate/agent-client';
+import type { CheckpointDoneMessage } from './replicate/agent-protocol';
 import { ControlSocket, ManualCheckpointResult, ManualFailoverResult } from './control/control-socket';
 import { MetricsServer, startMetricsServer } from './control/metrics';
 import { BridgeSnapshot, PortRole, emptyAgentSnapshot, snapshotOf } from './control/snapshot';
@@ -76,7 +77,7 @@ export interface BridgeOptions {
    * behind a fresh one (`checkpoint-done` with `port`, protocol v2). Without
    * it such a checkpoint fails.
    */
-  openPort?: (ifname: string) => PacketPort;
+  openPort?: (ifname: string) => PacketPort | Promise<PacketPort>;
   /**
    * The full collection run when the flow table has shrunk well below its
    * peak (control/give-back.ts); default: the runtime's own, null: never.
@@ -89,6 +90,10 @@ export interface BridgeOptions {
 }
 
 export const TICK_MS = 10;
+
+function openError(ifname: string, e: unknown): string {
+  return `cannot open the new backup's port ${ifname}: ${(e as Error)?.message ?? String(e)}`;
+}
 /** At most one `frame-wait-stall` log line this often. */
 export const STALL_LOG_EVERY_US = 10_000_000;
 
@@ -118,6 +123,9 @@ export class Bridge {
   private readonly stalls = new StallCauses(threadSelfView(), wallClockUs);
   private stallLog = { lastUs: 0, quiet: 0 };
   private silenceDeadlineUs: number | null = null;
+  /** While a port opens for a `checkpoint-done`: the agent events that came after it, to run in order. */
+  private agentQueue: (() => void)[] | null = null;
+  private portsOpening = 0;
 
   constructor(private readonly ports: BridgePorts, private readonly options: BridgeOptions) {
     this.log = options.log ?? noLog;
@@ -150,34 +158,23 @@ export class Bridge {
     const o = this.options;
     try {
       if (o.agentSocket) {
+        // Agent events run in the order they came: while the new backup's port opens (off this thread), later ones wait.
+        const inOrder = <A extends unknown[]>(fn: (...args: A) => void) => (...args: A): void => this.agentInOrder(() => fn(...args));
         this.agent = new AgentLink({ socketPath: o.agentSocket, name: o.name, log: this.log }, {
-          connected: (hello) => {
+          connected: inOrder((hello) => {
             this.log('info', 'agent-connected', { agent: hello.name });
             this.afterEvent(() => this.pipeline.agentConnected(true, this.clockUs()));
-          },
-          disconnected: (why) => {
+          }),
+          disconnected: inOrder((why) => {
             this.log('warn', 'agent-disconnected', { why });
             this.afterEvent(() => this.pipeline.agentConnected(false, this.clockUs()));
-          },
-          checkpointDone: (m) => this.afterEvent(() => {
-            // The epoch fence: the backup moved to a fresh interface (v2), or stayed on its interface and is
-            // read through a fresh socket (v3); nothing queued on the old socket is ever read.
-            if (m.port !== undefined) {
-              const error = this.moveStandbySlot(m.port, m.epoch, (this.agent?.agent?.version ?? 1) >= 3);
-              if (error) {
-                this.pipeline.checkpointFailed(m.epoch, error, this.clockUs());
-                return;
-              }
-            }
-            this.pipeline.checkpointDone(m.epoch, this.clockUs(), m.ms, { bytes: m.bytes, pages: m.pages });
-            // The agent may hold the new backup's link down until the port reads it: it may bring it up now.
-            if (m.port !== undefined) this.agent?.sendBackupAttached(m.epoch, m.port);
           }),
-          checkpointFailed: (m) => this.afterEvent(() => this.pipeline.checkpointFailed(m.epoch, m.error, this.clockUs())),
+          checkpointDone: inOrder((m) => this.checkpointDone(m)),
+          checkpointFailed: inOrder((m) => this.afterEvent(() => this.pipeline.checkpointFailed(m.epoch, m.error, this.clockUs()))),
           heartbeat: () => {},
           // The agent watches the VMs themselves (QEMU's state, its process): its word is final, no hold.
-          primaryDown: (m) => this.afterEvent(() => this.pipeline.failoverNow('agent', `agent: ${m.reason}`, this.clockUs())),
-          backupDown: (m) => this.afterEvent(() => this.pipeline.backupLost(`agent: ${m.reason}`, this.clockUs())),
+          primaryDown: inOrder((m) => this.afterEvent(() => this.pipeline.failoverNow('agent', `agent: ${m.reason}`, this.clockUs()))),
+          backupDown: inOrder((m) => this.afterEvent(() => this.pipeline.backupLost(`agent: ${m.reason}`, this.clockUs()))),
         });
         await this.agent.listen();
       }
@@ -423,10 +420,87 @@ export class Bridge {
   }
 
   /**
-   * Puts the slot that is not the active replica's on interface `ifname`
-   * (the agent made the new backup behind it). The old port is closed with
-   * whatever the old backup left queued on it, unread. Returns why it could
-   * not, or null.
+   * Runs an agent event now, or after the ones before it: while a port opens
+   * for a `checkpoint-done`, what the agent says next (primary-down, another
+   * answer, its disconnection) waits, so that it applies to the roles that
+   * answer made, exactly as if the port had opened at once.
+   */
+  private agentInOrder(fn: () => void): void {
+    if (this.agentQueue) {
+      this.agentQueue.push(fn);
+      return;
+    }
+    fn();
+  }
+
+  /** `checkpoint-done`: the epoch fence (a port moved or reopened), then the checkpoint applies. */
+  private checkpointDone(m: CheckpointDoneMessage): void {
+    const apply = (): void => {
+      this.pipeline.checkpointDone(m.epoch, this.clockUs(), m.ms, { bytes: m.bytes, pages: m.pages });
+      // The agent may hold the new backup's link down until the port reads it: it may bring it up now.
+      if (m.port !== undefined) this.agent?.sendBackupAttached(m.epoch, m.port);
+    };
+    // The epoch fence: the backup moved to a fresh interface (v2), or stayed on its interface and is
+    // read through a fresh socket (v3); nothing queued on the old socket is ever read.
+    const move = m.port === undefined ? null : this.standbySlotMove(m.port, (this.agent?.agent?.version ?? 1) >= 3);
+    if (!move) {
+      this.afterEvent(apply);
+      return;
+    }
+    const fail = (error: string): void => this.pipeline.checkpointFailed(m.epoch, error, this.clockUs());
+    if (!this.options.openPort) {
+      this.afterEvent(() => fail(`the agent ${move.same ? 'asked for a fresh socket on' : 'moved the backup to'} ${move.ifname}, but this bridge cannot open ports`));
+      return;
+    }
+    let opened: PacketPort | Promise<PacketPort>;
+    try {
+      opened = this.options.openPort(move.ifname);
+    } catch (e) {
+      this.afterEvent(() => fail(openError(move.ifname, e)));
+      return;
+    }
+    if (!(opened instanceof Promise)) {
+      this.afterEvent(() => { this.installStandbyPort(move.slot, opened as PacketPort, m.epoch); apply(); });
+      return;
+    }
+    // Opened off this thread (the ring's setup waits for the kernel): frames keep flowing meanwhile, and the
+    // checkpoint stays in flight, as if the agent had answered that much later.
+    const startedUs = this.clockUs();
+    this.agentQueue = [];
+    this.portsOpening++;
+    const settle = (port: PacketPort | null, error: string | null): void => {
+      this.portsOpening--;
+      const waitedMs = (this.clockUs() - startedUs) / 1000;
+      if (this.stopped) {
+        if (port) void port.close();
+      } else {
+        this.afterEvent(() => {
+          if (port) {
+            this.installStandbyPort(move.slot, port, m.epoch, waitedMs);
+            apply();
+          } else {
+            fail(error!);
+          }
+        }, 'port-open');
+      }
+      const queued = this.agentQueue ?? [];
+      this.agentQueue = null;
+      // What waited runs in order; one that opens a port again makes the rest wait for it.
+      while (queued.length > 0 && !this.stopped) {
+        if (this.agentQueue) {
+          (this.agentQueue as (() => void)[]).push(...queued);
+          break;
+        }
+        queued.shift()!();
+      }
+    };
+    opened.then((port) => settle(port, null), (e: unknown) => settle(null, openError(move.ifname, e)));
+  }
+
+  /**
+   * Which slot a `checkpoint-done` naming `ifname` moves: the one that is not
+   * the active replica's (the agent made the new backup behind `ifname`).
+   * Null when nothing moves.
    *
    * `reopenSame` (protocol v3): when `ifname` is the slot's interface already,
    * the backup VM was overwritten in place (a COLO checkpoint) and the agent
@@ -436,20 +510,23 @@ export class Bridge {
    * interface separates the two: the old one is closed unread. (A v2 agent
    * naming the same interface changes nothing, as before.)
    */
-  private moveStandbySlot(ifname: string, epoch: number, reopenSame = false): string | null {
+  private standbySlotMove(ifname: string, reopenSame: boolean): { slot: SlotId; ifname: string; same: boolean } | null {
     const slot: SlotId = this.pipeline.replicas.active.id === 0 ? 1 : 0;
-    const old = this.slotPorts[slot];
-    const same = old.name === ifname;
+    const same = this.slotPorts[slot].name === ifname;
     if (same && !reopenSame) return null;
-    if (!this.options.openPort) return `the agent ${same ? 'asked for a fresh socket on' : 'moved the backup to'} ${ifname}, but this bridge cannot open ports`;
-    let port: PacketPort;
-    try {
-      port = this.options.openPort(ifname);
-    } catch (e) {
-      return `cannot open the new backup's port ${ifname}: ${(e as Error).message}`;
-    }
+    return { slot, ifname, same };
+  }
+
+  /**
+   * Puts `port` in `slot` (the new backup's interface, or a fresh socket on
+   * the same one). The old port is closed with whatever the old backup left
+   * queued on it, unread.
+   */
+  private installStandbyPort(slot: SlotId, port: PacketPort, epoch: number, openMs?: number): void {
+    const old = this.slotPorts[slot];
+    const same = old.name === port.name;
     this.slotPorts[slot] = port;
-    this.pipeline.replicas.slots[slot].name = ifname;
+    this.pipeline.replicas.slots[slot].name = port.name;
     if (!same) {
       // A new interface: the old one's carrier history is not its.
       this.carrier[slot].reset();
@@ -459,9 +536,9 @@ export class Bridge {
     }
     this.listenToSlot(slot);
     old.close().catch((e: Error) => this.log('warn', 'port-close-failed', { port: old.name, error: e.message }));
-    if (same) this.log('info', 'backup-port-reopened', { epoch, port: ifname, note: 'the backup was overwritten in place; frames its old state left unread are discarded (epoch fence)' });
-    else this.log('info', 'backup-port-moved', { epoch, from: old.name, to: ifname, note: 'frames left on the old port are discarded unread (epoch fence)' });
-    return null;
+    const opened = openMs === undefined ? {} : { openMs: Math.round(openMs * 10) / 10 };
+    if (same) this.log('info', 'backup-port-reopened', { epoch, port: port.name, ...opened, note: 'the backup was overwritten in place; frames its old state left unread are discarded (epoch fence)' });
+    else this.log('info', 'backup-port-moved', { epoch, from: old.name, to: port.name, ...opened, note: 'frames left on the old port are discarded unread (epoch fence)' });
   }
 
   /** Anything that may release frames outside a breath (timers, agent answers) flushes afterwards. */

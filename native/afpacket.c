@@ -968,64 +968,114 @@ static uint32_t choose_block(uint32_t frame_size) {
   return best;
 }
 
-/* ------------------------------------------------------------------ constructor */
+/* ------------------------------------------------------------------ opening */
 
-/* new Socket(ifname, options, onFrames) */
-static napi_value js_socket_new(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3], self;
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, &self, NULL));
+/*
+ * Opening a port in two halves. The OS half (open_os) makes the socket, its
+ * ring and its binding and touches no JS, so it may run on any thread; the
+ * JS half (wrap_socket) makes the Socket object around what it made.
+ *
+ * Why it matters: setting up the ring (PACKET_RX_RING) waits for an RCU
+ * grace period inside the kernel, 7 to 28 ms measured here. A bridge that
+ * opens the new backup's port at a checkpoint would stop reading frames that
+ * long. `open(ifname, options, callback)` runs the OS half on libuv's thread
+ * pool and hands the result to `new Socket(handle, options, onFrames)`.
+ */
+#define OPEN_MAGIC 0x5356506fu
+
+typedef struct {
+  uint32_t magic;
+  char ifname[IFNAMSIZ];
+  size_t ifname_len;
+  uint32_t ring_frames, frame_size, busy_us, so_busy_us, inline_max;
+  int vnet, bypass, sweep_on_wake, send_thread;
+  struct sock_filter *filter; /* a copy: the JS buffer may move or change while the pool opens */
+  unsigned short filter_len;
+  /* what open_os made (fd -1 and ring NULL once a Socket owns them) */
+  int fd, ifindex;
+  uint32_t mtu, vnet_len, head_room, block, fpb, block_nr;
+  struct tpacket_req req;
+  void *ring;
+  size_t ring_bytes;
+  /* why it could not (err != 0) */
+  const char *err_syscall;
+  int err;
+  const char *err_detail;
+  /* open(): the pool's job and the JS callback */
+  napi_async_work work;
+  napi_ref callback;
+} open_req_t;
+
+static void open_req_free(open_req_t *r) {
+  /* Made but never wrapped (the callback threw, or the handle was dropped): released off this thread. */
+  if (r->fd >= 0) release_off_thread(r->fd, r->ifindex, r->ring, r->ring_bytes);
+  free(r->filter);
+  r->magic = 0;
+  free(r);
+}
+
+/* Reads ifname and options into a new request; NULL with a JS exception pending if they are wrong. */
+static open_req_t *parse_open(napi_env env, napi_value name, napi_value options) {
+  open_req_t *r = calloc(1, sizeof *r);
+  if (!r) abort();
+  r->magic = OPEN_MAGIC;
+  r->fd = -1;
+  r->inline_max = SYNC_MAX_FRAMES;
   char ifname[64];
-  size_t ifname_len = 0;
-  napi_valuetype t0, t1, t2;
-  napi_typeof(env, argv[0], &t0);
-  napi_typeof(env, argv[1], &t1);
-  napi_typeof(env, argv[2], &t2);
-  if (argc < 3 || t0 != napi_string || t1 != napi_object || t2 != napi_function) {
-    throw_usage(env, "Socket(ifname: string, options: object, onFrames: function)");
-    return NULL;
-  }
-  NAPI_OK(napi_get_value_string_utf8(env, argv[0], ifname, sizeof ifname, &ifname_len));
-  if (ifname_len == 0 || ifname_len >= IFNAMSIZ) {
+  if (napi_get_value_string_utf8(env, name, ifname, sizeof ifname, &r->ifname_len) != napi_ok) r->ifname_len = 0;
+  if (r->ifname_len == 0 || r->ifname_len >= IFNAMSIZ) {
     throw_sys(env, ifname, "if_nametoindex", EINVAL, "not a valid interface name (1 to 15 bytes)");
+    open_req_free(r);
     return NULL;
   }
-
-  uint32_t ring_frames = 0, frame_size = 0, busy_us = 0, so_busy_us = 0, inline_max = SYNC_MAX_FRAMES;
-  int vnet = 0, bypass = 0, sweep_on_wake = 0, send_thread = 0;
-  if (get_opt_u32(env, argv[1], "ringFrames", &ring_frames) < 0 || get_opt_u32(env, argv[1], "frameSize", &frame_size) < 0 ||
-      get_opt_u32(env, argv[1], "sendInlineFrames", &inline_max) < 0 ||
-      get_opt_u32(env, argv[1], "busyPollUs", &busy_us) < 0 || get_opt_u32(env, argv[1], "socketBusyPollUs", &so_busy_us) < 0 ||
-      get_opt_bool(env, argv[1], "vnetHdr", &vnet) < 0 || get_opt_bool(env, argv[1], "qdiscBypass", &bypass) < 0 ||
-      get_opt_bool(env, argv[1], "sweepOnWake", &sweep_on_wake) < 0 || get_opt_bool(env, argv[1], "sendThread", &send_thread) < 0) {
+  memcpy(r->ifname, ifname, r->ifname_len + 1);
+  if (get_opt_u32(env, options, "ringFrames", &r->ring_frames) < 0 || get_opt_u32(env, options, "frameSize", &r->frame_size) < 0 ||
+      get_opt_u32(env, options, "sendInlineFrames", &r->inline_max) < 0 ||
+      get_opt_u32(env, options, "busyPollUs", &r->busy_us) < 0 || get_opt_u32(env, options, "socketBusyPollUs", &r->so_busy_us) < 0 ||
+      get_opt_bool(env, options, "vnetHdr", &r->vnet) < 0 || get_opt_bool(env, options, "qdiscBypass", &r->bypass) < 0 ||
+      get_opt_bool(env, options, "sweepOnWake", &r->sweep_on_wake) < 0 || get_opt_bool(env, options, "sendThread", &r->send_thread) < 0) {
     throw_usage(env, "Socket options: ringFrames, frameSize, busyPollUs, socketBusyPollUs, sendInlineFrames are unsigned integers; vnetHdr, qdiscBypass, sweepOnWake, sendThread booleans");
+    open_req_free(r);
     return NULL;
   }
   struct sock_fprog filter = {0};
-  int has_filter = get_opt_filter(env, argv[1], &filter);
+  int has_filter = get_opt_filter(env, options, &filter);
   if (has_filter < 0) {
     throw_usage(env, "Socket option filter: a Uint8Array of whole struct sock_filter instructions (8 bytes each, 1 to 4096)");
+    open_req_free(r);
     return NULL;
   }
+  if (has_filter) {
+    r->filter = malloc(filter.len * sizeof *filter.filter);
+    if (!r->filter) abort();
+    memcpy(r->filter, filter.filter, filter.len * sizeof *filter.filter);
+    r->filter_len = filter.len;
+  }
+  return r;
+}
 
+/* The OS half: socket, checks, options, ring, mapping, bind. No JS; any thread. 0, or -1 with r->err set. */
+static int open_os(open_req_t *r) {
   /* socket first: without CAP_NET_RAW this is where EPERM comes from. Protocol 0:
    * nothing is received until bind() names the interface and ETH_P_ALL. */
   int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
   if (fd < 0) {
-    throw_sys(env, ifname, "socket(AF_PACKET)", errno, NULL);
-    return NULL;
+    r->err_syscall = "socket(AF_PACKET)";
+    r->err = errno;
+    return -1;
   }
-#define FAIL(syscall, err, detail)                \
-  do {                                            \
-    int e_ = (err);                               \
-    close(fd);                                    \
-    throw_sys(env, ifname, syscall, e_, detail);  \
-    return NULL;                                  \
+#define FAIL(syscall, e, detail)   \
+  do {                             \
+    r->err = (e);                  \
+    r->err_syscall = (syscall);    \
+    r->err_detail = (detail);      \
+    close(fd);                     \
+    return -1;                     \
   } while (0)
 
   struct ifreq ifr;
   memset(&ifr, 0, sizeof ifr);
-  memcpy(ifr.ifr_name, ifname, ifname_len);
+  memcpy(ifr.ifr_name, r->ifname, r->ifname_len);
   if (ioctl(fd, SIOCGIFINDEX, &ifr) < 0) FAIL("ioctl(SIOCGIFINDEX)", errno, errno == ENODEV ? "no such interface" : NULL);
   int ifindex = ifr.ifr_ifindex;
   if (ioctl(fd, SIOCGIFFLAGS, &ifr) < 0) FAIL("ioctl(SIOCGIFFLAGS)", errno, NULL);
@@ -1037,31 +1087,34 @@ static napi_value js_socket_new(napi_env env, napi_callback_info info) {
 
   int one = 1, version = TPACKET_V2, reserve = VLAN_HLEN;
   if (setsockopt(fd, SOL_PACKET, PACKET_VERSION, &version, sizeof version) < 0) FAIL("setsockopt(PACKET_VERSION)", errno, NULL);
-  if (vnet && setsockopt(fd, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof one) < 0) FAIL("setsockopt(PACKET_VNET_HDR)", errno, NULL);
+  if (r->vnet && setsockopt(fd, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof one) < 0) FAIL("setsockopt(PACKET_VNET_HDR)", errno, NULL);
   if (setsockopt(fd, SOL_PACKET, PACKET_RESERVE, &reserve, sizeof reserve) < 0) FAIL("setsockopt(PACKET_RESERVE)", errno, NULL);
   if (setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof one) < 0) FAIL("setsockopt(PACKET_IGNORE_OUTGOING)", errno, NULL);
-  if (bypass && setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof one) < 0) FAIL("setsockopt(PACKET_QDISC_BYPASS)", errno, NULL);
+  if (r->bypass && setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof one) < 0) FAIL("setsockopt(PACKET_QDISC_BYPASS)", errno, NULL);
   /* Before bind: protocol 0 receives nothing yet, so no frame the filter refuses reaches the ring. */
-  if (has_filter && setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &filter, sizeof filter) < 0) FAIL("setsockopt(SO_ATTACH_FILTER)", errno, "the kernel refused the socket filter");
-  if (so_busy_us) {
-    int v = (int)so_busy_us;
+  if (r->filter) {
+    struct sock_fprog prog = {.len = r->filter_len, .filter = r->filter};
+    if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog) < 0) FAIL("setsockopt(SO_ATTACH_FILTER)", errno, "the kernel refused the socket filter");
+  }
+  if (r->so_busy_us) {
+    int v = (int)r->so_busy_us;
     if (setsockopt(fd, SOL_SOCKET, SO_BUSY_POLL, &v, sizeof v) < 0) FAIL("setsockopt(SO_BUSY_POLL)", errno, NULL);
   }
 
   /* The MAC header starts at most this far into a slot: tpacket2_hdr + sockaddr_ll,
    * aligned, + the reserve + the virtio-net header (tpacket_rcv's macoff). */
-  uint32_t vnet_len = vnet ? VNET_HDR_LEN : 0;
+  uint32_t vnet_len = r->vnet ? VNET_HDR_LEN : 0;
   uint32_t head_room = TPACKET_ALIGN(TPACKET2_HDRLEN + 16) + VLAN_HLEN + vnet_len;
   uint32_t largest = mtu + ETH_HLEN + 2 * VLAN_HLEN;
-  if (vnet) {
+  if (r->vnet) {
     /* GSO/GRO super-frames: as large as the device lets them be. */
-    uint32_t gso = read_sys_u32(ifname, "gso_max_size", 65536), gro = read_sys_u32(ifname, "gro_max_size", 65536);
+    uint32_t gso = read_sys_u32(r->ifname, "gso_max_size", 65536), gro = read_sys_u32(r->ifname, "gro_max_size", 65536);
     uint32_t super = gso > gro ? gso : gro;
     if (super > largest) largest = super;
   }
-  uint32_t min_frame = TPACKET_ALIGN(head_room + largest);
+  uint32_t frame_size = r->frame_size;
   if (!frame_size) {
-    frame_size = min_frame;
+    frame_size = TPACKET_ALIGN(head_room + largest);
     if (frame_size <= 2048) frame_size = 2048; /* two per page */
   }
   frame_size = TPACKET_ALIGN(frame_size);
@@ -1069,6 +1122,7 @@ static napi_value js_socket_new(napi_env env, napi_callback_info info) {
     FAIL("setsockopt(PACKET_RX_RING)", EINVAL, "frameSize out of range (about 160 bytes to 4 MiB)");
   uint32_t block = choose_block(frame_size);
   uint32_t fpb = block / frame_size;
+  uint32_t ring_frames = r->ring_frames;
   if (!ring_frames) {
     uint32_t target = 8u << 20; /* 8 MiB of ring by default */
     ring_frames = target / frame_size;
@@ -1077,66 +1131,82 @@ static napi_value js_socket_new(napi_env env, napi_callback_info info) {
   uint32_t block_nr = (ring_frames + fpb - 1) / fpb;
   struct tpacket_req req = {
       .tp_block_size = block, .tp_block_nr = block_nr, .tp_frame_size = frame_size, .tp_frame_nr = block_nr * fpb};
+  /* The RCU wait is here (packet_set_ring's synchronize_net). */
   if (setsockopt(fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof req) < 0) FAIL("setsockopt(PACKET_RX_RING)", errno, NULL);
   size_t ring_bytes = (size_t)block * block_nr;
   void *ring = mmap(NULL, ring_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (ring == MAP_FAILED) FAIL("mmap", errno, NULL);
 
-  /* Bound before the port is returned: the first frame after open is in the ring. */
+  /* Bound before the port is handed over: the first frame after open is in the ring. */
   struct sockaddr_ll sll = {.sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_ALL), .sll_ifindex = ifindex};
-  if (bind(fd, (struct sockaddr *)&sll, sizeof sll) < 0) {
-    int e = errno;
-    munmap(ring, ring_bytes);
-    FAIL("bind", e, NULL);
-  }
   int soerr = 0;
   socklen_t soerr_len = sizeof soerr;
-  getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &soerr_len);
+  if (bind(fd, (struct sockaddr *)&sll, sizeof sll) < 0) soerr = errno;
+  else getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &soerr_len);
   if (soerr) {
     munmap(ring, ring_bytes);
     FAIL("bind", soerr, soerr == ENETDOWN ? "interface is down" : NULL);
   }
 #undef FAIL
+  r->fd = fd;
+  r->ifindex = ifindex;
+  r->mtu = mtu;
+  r->vnet_len = vnet_len;
+  r->head_room = head_room;
+  r->frame_size = frame_size;
+  r->block = block;
+  r->fpb = fpb;
+  r->block_nr = block_nr;
+  r->req = req;
+  r->ring = ring;
+  r->ring_bytes = ring_bytes;
+  return 0;
+}
 
+/* The JS half: a Socket around what open_os made, which it then owns. NULL with an exception pending if it fails. */
+static napi_value wrap_socket(napi_env env, napi_value self, open_req_t *r, napi_value on_frames) {
   port_t *p = calloc(1, sizeof *p);
   if (!p) abort();
   p->env = env;
-  p->fd = fd;
-  p->ifindex = ifindex;
-  memcpy(p->ifname, ifname, ifname_len + 1);
-  p->mtu = mtu;
-  p->vnet = vnet_len;
-  p->ring = ring;
-  p->ring_bytes = ring_bytes;
-  p->frame_size = frame_size;
-  p->frame_nr = req.tp_frame_nr;
-  p->block_size = block;
-  p->block_nr = block_nr;
-  p->frames_per_block = fpb;
-  p->busy_ns = (uint64_t)busy_us * 1000;
-  p->sweep = sweep_on_wake;
-  p->send_thread = send_thread;
-  p->inline_max = inline_max;
+  p->fd = r->fd;
+  p->ifindex = r->ifindex;
+  memcpy(p->ifname, r->ifname, r->ifname_len + 1);
+  p->mtu = r->mtu;
+  p->vnet = r->vnet_len;
+  p->ring = r->ring;
+  p->ring_bytes = r->ring_bytes;
+  p->frame_size = r->frame_size;
+  p->frame_nr = r->req.tp_frame_nr;
+  p->block_size = r->block;
+  p->block_nr = r->block_nr;
+  p->frames_per_block = r->fpb;
+  p->busy_ns = (uint64_t)r->busy_us * 1000;
+  p->sweep = r->sweep_on_wake;
+  p->send_thread = r->send_thread;
+  p->inline_max = r->inline_max;
   p->poll.data = p;
   napi_get_instance_data(env, (void **)&p->state);
+  /* From here the port owns the socket and the mapping. */
+  r->fd = -1;
+  r->ring = NULL;
 
   /* The ring ArrayBuffer owns the mapping: it is unmapped when V8 frees the buffer. */
   mapping_t *m = malloc(sizeof *m);
   if (!m) abort();
-  m->addr = ring;
-  m->len = ring_bytes;
+  m->addr = p->ring;
+  m->len = p->ring_bytes;
   napi_value ring_ab, desc_ab, desc_arr, counters_ab, counters_arr;
   void *desc_data, *counters_data;
-  if (napi_create_external_arraybuffer(env, ring, ring_bytes, finalize_ring, m, &ring_ab) != napi_ok) {
-    munmap(ring, ring_bytes);
+  if (napi_create_external_arraybuffer(env, p->ring, p->ring_bytes, finalize_ring, m, &ring_ab) != napi_ok) {
+    release_off_thread(p->fd, p->ifindex, p->ring, p->ring_bytes);
     free(m);
-    close(fd);
     free(p);
-    throw_sys(env, ifname, "napi_create_external_arraybuffer", ENOTSUP, "this Node cannot wrap the ring (external ArrayBuffers disabled)");
+    throw_sys(env, r->ifname, "napi_create_external_arraybuffer", ENOTSUP, "this Node cannot wrap the ring (external ArrayBuffers disabled)");
     return NULL;
   }
   if (napi_wrap(env, self, p, finalize_port, NULL, NULL) != napi_ok) {
-    close(fd);
+    /* The ring buffer's finalizer unmaps the ring. */
+    release_off_thread(p->fd, p->ifindex, NULL, 0);
     free(p);
     napi_throw_error(env, NULL, "napi_wrap failed");
     return NULL;
@@ -1152,20 +1222,118 @@ static napi_value js_socket_new(napi_env env, napi_callback_info info) {
   NAPI_OK(napi_create_reference(env, ring_ab, 1, &p->ring_ref));
   NAPI_OK(napi_create_reference(env, desc_arr, 1, &p->desc_ref));
   NAPI_OK(napi_create_reference(env, counters_arr, 1, &p->counters_ref));
-  NAPI_OK(napi_create_reference(env, argv[2], 1, &p->on_frames_ref));
+  NAPI_OK(napi_create_reference(env, on_frames, 1, &p->on_frames_ref));
 
   NAPI_OK(napi_set_named_property(env, self, "ring", ring_ab));
   NAPI_OK(napi_set_named_property(env, self, "descriptors", desc_arr));
   NAPI_OK(napi_set_named_property(env, self, "counters", counters_arr));
-  set_u32(env, self, "ifindex", (uint32_t)ifindex);
-  set_u32(env, self, "mtu", mtu);
-  set_u32(env, self, "frameSize", frame_size);
+  set_u32(env, self, "ifindex", (uint32_t)p->ifindex);
+  set_u32(env, self, "mtu", p->mtu);
+  set_u32(env, self, "frameSize", p->frame_size);
   set_u32(env, self, "ringFrames", p->frame_nr);
-  set_u32(env, self, "blockSize", block);
-  set_u32(env, self, "vnetHdrLength", vnet_len);
-  set_u32(env, self, "maxFrameLength", frame_size - head_room);
-  set_u32(env, self, "fd", (uint32_t)fd);
+  set_u32(env, self, "blockSize", p->block_size);
+  set_u32(env, self, "vnetHdrLength", p->vnet);
+  set_u32(env, self, "maxFrameLength", p->frame_size - r->head_room);
+  set_u32(env, self, "fd", (uint32_t)p->fd);
   return self;
+}
+
+/* new Socket(ifname | handle from open(), options, onFrames) */
+static napi_value js_socket_new(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3], self;
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, &self, NULL));
+  napi_valuetype t0, t1, t2;
+  napi_typeof(env, argv[0], &t0);
+  napi_typeof(env, argv[1], &t1);
+  napi_typeof(env, argv[2], &t2);
+  if (argc < 3 || (t0 != napi_string && t0 != napi_external) || t1 != napi_object || t2 != napi_function) {
+    throw_usage(env, "Socket(ifname: string | handle from open(), options: object, onFrames: function)");
+    return NULL;
+  }
+  if (t0 == napi_external) {
+    open_req_t *r = NULL;
+    napi_get_value_external(env, argv[0], (void **)&r);
+    if (!r || r->magic != OPEN_MAGIC || r->fd < 0) {
+      throw_usage(env, "Socket(handle): not a handle from open(), or already made into a Socket");
+      return NULL;
+    }
+    return wrap_socket(env, self, r, argv[2]);
+  }
+  open_req_t *r = parse_open(env, argv[0], argv[1]);
+  if (!r) return NULL;
+  napi_value out = NULL;
+  if (open_os(r) < 0) throw_sys(env, r->ifname, r->err_syscall, r->err, r->err_detail);
+  else out = wrap_socket(env, self, r, argv[2]);
+  open_req_free(r);
+  return out;
+}
+
+static void finalize_open_handle(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  open_req_free(data);
+}
+
+static void open_execute(napi_env env, void *data) {
+  (void)env;
+  open_os(data);
+}
+
+static void open_complete(napi_env env, napi_status status, void *data) {
+  open_req_t *r = data;
+  napi_async_work work = r->work;
+  napi_ref cb_ref = r->callback;
+  r->work = NULL;
+  r->callback = NULL;
+  napi_value cb = NULL, global, argv[2];
+  if (status != napi_ok || napi_get_reference_value(env, cb_ref, &cb) != napi_ok || !cb) {
+    /* Cancelled (the env is ending): nobody to hand it to. */
+    open_req_free(r);
+  } else if (r->err) {
+    throw_sys(env, r->ifname, r->err_syscall, r->err, r->err_detail);
+    napi_get_and_clear_last_exception(env, &argv[0]);
+    open_req_free(r);
+    napi_get_undefined(env, &argv[1]);
+    napi_get_global(env, &global);
+    napi_call_function(env, global, cb, 2, argv, NULL);
+  } else if (napi_create_external(env, r, finalize_open_handle, NULL, &argv[1]) != napi_ok) {
+    open_req_free(r);
+  } else {
+    napi_get_null(env, &argv[0]);
+    napi_get_global(env, &global);
+    napi_call_function(env, global, cb, 2, argv, NULL);
+  }
+  if (cb_ref) napi_delete_reference(env, cb_ref);
+  napi_delete_async_work(env, work);
+}
+
+/* open(ifname, options, callback(err, handle)): the OS half on libuv's pool (see above). */
+static napi_value js_open(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3], resource_name;
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  napi_valuetype t0, t1, t2;
+  napi_typeof(env, argv[0], &t0);
+  napi_typeof(env, argv[1], &t1);
+  napi_typeof(env, argv[2], &t2);
+  if (argc < 3 || t0 != napi_string || t1 != napi_object || t2 != napi_function) {
+    throw_usage(env, "open(ifname: string, options: object, callback: (err, handle) => void)");
+    return NULL;
+  }
+  open_req_t *r = parse_open(env, argv[0], argv[1]);
+  if (!r) return NULL;
+  napi_create_string_utf8(env, "shadowvm:afpacket-open", NAPI_AUTO_LENGTH, &resource_name);
+  if (napi_create_reference(env, argv[2], 1, &r->callback) != napi_ok ||
+      napi_create_async_work(env, NULL, resource_name, open_execute, open_complete, r, &r->work) != napi_ok ||
+      napi_queue_async_work(env, r->work) != napi_ok) {
+    if (r->work) napi_delete_async_work(env, r->work);
+    if (r->callback) napi_delete_reference(env, r->callback);
+    open_req_free(r);
+    napi_throw_error(env, NULL, "open: cannot queue the work on libuv's thread pool");
+    return NULL;
+  }
+  return NULL;
 }
 
 /* ------------------------------------------------------------------ methods */
@@ -1495,5 +1663,8 @@ NAPI_MODULE_INIT() {
   napi_value sched;
   napi_create_function(env, "setThreadScheduling", NAPI_AUTO_LENGTH, js_set_thread_scheduling, NULL, &sched);
   napi_set_named_property(env, exports, "setThreadScheduling", sched);
+  napi_value open_fn;
+  napi_create_function(env, "open", NAPI_AUTO_LENGTH, js_open, NULL, &open_fn);
+  napi_set_named_property(env, exports, "open", open_fn);
   return exports;
 }

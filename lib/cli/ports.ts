@@ -2,6 +2,7 @@
 import { execFileSync } from 'node:child_process';
 import type { LogFn } from '../control/logger';
 import { PacketPort } from '../io/port';
+import type { AfPacketPortOptions } from '../io/afpacket-port';
 import { parseEthtoolFeatures } from '../setup/host-state';
 
 export type IoBackend = 'afpacket' | 'cap';
@@ -87,10 +88,26 @@ export function openOne(io: IoBackend, ifname: string, options: PortOptions): Pa
   }
   // eslint-disable-next-line @typescript-eslint/no-var-requires
   const { AfPacketPort } = require('../io/afpacket-port') as typeof import('../io/afpacket-port');
+  return new AfPacketPort(ifname, afPacketOptions(options));
+}
+
+function afPacketOptions(options: PortOptions): AfPacketPortOptions {
   const vnetHdr = options.vnetHdr ?? true;
   // With virtio-net headers a slot must hold a 64 KiB GSO super-frame: without
   // more slots than the 8 MiB default gives (about 150), bursts overflow the ring.
-  return new AfPacketPort(ifname, { vnetHdr, busyPollUs: options.busyPollUs ?? 0, sweepOnWake: options.sweepOnWake ?? true, sendThread: options.sendThread ?? !vnetHdr, ...(options.sendInlineFrames !== undefined ? { sendInlineFrames: options.sendInlineFrames } : {}), ...(vnetHdr ? { ringFrames: VNET_RING_FRAMES } : {}) });
+  return { vnetHdr, busyPollUs: options.busyPollUs ?? 0, sweepOnWake: options.sweepOnWake ?? true, sendThread: options.sendThread ?? !vnetHdr, ...(options.sendInlineFrames !== undefined ? { sendInlineFrames: options.sendInlineFrames } : {}), ...(vnetHdr ? { ringFrames: VNET_RING_FRAMES } : {}) };
+}
+
+/**
+ * A port opened while the data plane runs (the new backup's, at a
+ * checkpoint): the AF_PACKET ring's setup waits on libuv's thread pool, not
+ * on the calling thread (`AfPacketPort.open`). The bridge's `openPort`.
+ */
+export async function openOneLater(io: IoBackend, ifname: string, options: PortOptions): Promise<PacketPort> {
+  if (io === 'cap') return openOne(io, ifname, options);
+  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  const { AfPacketPort } = require('../io/afpacket-port') as typeof import('../io/afpacket-port');
+  return AfPacketPort.open(ifname, afPacketOptions(options));
 }
 
 export function openPorts(io: IoBackend, names: PortNames, options: PortOptions = {}): { uplink: PacketPort; primary: PacketPort; backup: PacketPort } {

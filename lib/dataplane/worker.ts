@@ -8,7 +8,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { Bridge } from '../bridge';
-import { openPorts } from '../cli/ports';
+import { openOneLater, openPorts } from '../cli/ports';
 import { Logger } from '../control/logger';
 import { UserFacingError } from '../errors';
 import { LinkWatcher } from '../io/link-watch';
@@ -51,8 +51,11 @@ async function main(init: DataPlaneInit): Promise<void> {
     }
     // Before the ports open: their send thread inherits the policy.
     const scheduling = schedule(init, logger);
-    const ports = openPorts(init.io, init.ports, { vnetHdr: init.vnetHdr, busyPollUs: init.busyPollUs, sendThread: init.sendThread, sendInlineFrames: init.sendInlineFrames, log: logger.log });
-    bridge = new Bridge(ports, { name: init.name, config: init.config, agentSocket: init.agentSocket, log: logger.log, links, startedEvent: 'data-plane-started', scheduling });
+    const portOptions = { vnetHdr: init.vnetHdr, busyPollUs: init.busyPollUs, sendThread: init.sendThread, sendInlineFrames: init.sendInlineFrames, log: logger.log };
+    const ports = openPorts(init.io, init.ports, portOptions);
+    // The new backup's port, named by the agent at a checkpoint: opened on the thread pool, not on this thread.
+    const openPort = (ifname: string) => openOneLater(init.io, ifname, portOptions);
+    bridge = new Bridge(ports, { name: init.name, config: init.config, agentSocket: init.agentSocket, log: logger.log, links, startedEvent: 'data-plane-started', scheduling, openPort });
     await bridge.start();
   } catch (e) {
     links?.close();

@@ -86,8 +86,19 @@ export interface AfPacketSocket {
   close(): void;
 }
 
+/** A socket opened by `open()` and not yet made into a Socket (an opaque native handle). */
+export type AfPacketOpenHandle = { readonly __afpacketOpenHandle: unique symbol };
+
 export interface AfPacketAddon {
-  readonly Socket: new (ifname: string, options: AfPacketSocketOptions, onFrames: (this: AfPacketSocket, count: number) => void) => AfPacketSocket;
+  /** With an interface name, opens on the calling thread; with a handle from `open`, wraps what it opened (options then unused). */
+  readonly Socket: new (ifname: string | AfPacketOpenHandle, options: AfPacketSocketOptions, onFrames: (this: AfPacketSocket, count: number) => void) => AfPacketSocket;
+  /**
+   * Opens the socket, its ring and its binding on libuv's thread pool (the
+   * ring's setup waits for an RCU grace period in the kernel), then calls
+   * back on this thread with a handle for `new Socket`, or the error the
+   * constructor would have thrown.
+   */
+  open(ifname: string, options: AfPacketSocketOptions, callback: (err: Error | null, handle: AfPacketOpenHandle | undefined) => void): void;
   readonly layout: AfPacketLayout;
   readonly vnetHdrLength: number;
   /** Names the calling thread and sets its scheduling policy (see native/afpacket.c; lib/dataplane/scheduling.ts). */

@@ -43,7 +43,7 @@
  */
 import { constants } from 'node:os';
 import { finishChecksum, onesSum } from '../packet/checksum';
-import { AfPacketAddon, AfPacketSocket, loadAfPacketAddon } from './afpacket-native';
+import { AfPacketAddon, AfPacketOpenHandle, AfPacketSocket, AfPacketSocketOptions, loadAfPacketAddon } from './afpacket-native';
 import { BatchReceiver, PacketPort, PortStats, ReceivedFrame, VIRTIO_NET_HDR_F_NEEDS_CSUM, VirtioNetHeader } from './port';
 import { UserFacingError } from '../errors';
 
@@ -216,6 +216,21 @@ function flushQueuedSends(): void {
   for (const port of portsWithQueuedSends) port.flush();
 }
 
+function socketOptions(options: AfPacketPortOptions): AfPacketSocketOptions {
+  return {
+    ringFrames: options.ringFrames ?? 0,
+    frameSize: options.frameSize ?? 0,
+    vnetHdr: options.vnetHdr ?? false,
+    busyPollUs: options.busyPollUs ?? 0,
+    qdiscBypass: options.qdiscBypass ?? false,
+    socketBusyPollUs: options.socketBusyPollUs ?? 0,
+    sweepOnWake: options.sweepOnWake ?? true,
+    sendThread: options.sendThread ?? false,
+    ...(options.sendInlineFrames !== undefined ? { sendInlineFrames: options.sendInlineFrames } : {}),
+    ...(options.filter ? { filter: options.filter } : {}),
+  };
+}
+
 const ZERO_VNET: VirtioNetHeader = { flags: 0, gsoType: 0, hdrLen: 0, gsoSize: 0, csumStart: 0, csumOffset: 0 };
 
 export class AfPacketPort implements PacketPort {
@@ -240,28 +255,18 @@ export class AfPacketPort implements PacketPort {
   private closed = false;
   private sentAfterClose = 0;
 
-  constructor(ifname: string, options: AfPacketPortOptions = {}) {
+  /**
+   * Opens the port at once: the calling thread waits for the kernel's ring
+   * setup (an RCU grace period, tens of ms under load). `AfPacketPort.open`
+   * waits on libuv's thread pool instead.
+   */
+  constructor(ifname: string, options: AfPacketPortOptions = {}, opened?: AfPacketOpenHandle) {
     this.name = ifname;
     this.addon = loadAfPacketAddon();
     this.vnetHdr = options.vnetHdr ?? false;
     this.maxQueuedFrames = Math.max(1, options.maxQueuedFrames ?? 1024);
     try {
-      this.socket = new this.addon.Socket(
-        ifname,
-        {
-          ringFrames: options.ringFrames ?? 0,
-          frameSize: options.frameSize ?? 0,
-          vnetHdr: this.vnetHdr,
-          busyPollUs: options.busyPollUs ?? 0,
-          qdiscBypass: options.qdiscBypass ?? false,
-          socketBusyPollUs: options.socketBusyPollUs ?? 0,
-          sweepOnWake: options.sweepOnWake ?? true,
-          sendThread: options.sendThread ?? false,
-          ...(options.sendInlineFrames !== undefined ? { sendInlineFrames: options.sendInlineFrames } : {}),
-          ...(options.filter ? { filter: options.filter } : {}),
-        },
-        (count) => this.deliver(count),
-      );
+      this.socket = new this.addon.Socket(opened ?? ifname, socketOptions(options), (count) => this.deliver(count));
     } catch (err) {
       throw toAfPacketPortError(ifname, err);
     }
@@ -279,6 +284,34 @@ export class AfPacketPort implements PacketPort {
       this.sendVnet = new Uint8Array(this.maxQueuedFrames * this.addon.vnetHdrLength);
       this.sendVnetView = new DataView(this.sendVnet.buffer);
     }
+  }
+
+  /**
+   * Opens the port without blocking the calling thread: the socket, its ring
+   * and its binding are made on libuv's thread pool, and only the wrapping
+   * runs here. The port is bound when the promise resolves: frames that
+   * arrived since wait in its ring. Rejects with the same typed errors as
+   * the constructor.
+   */
+  static open(ifname: string, options: AfPacketPortOptions = {}): Promise<AfPacketPort> {
+    const addon = loadAfPacketAddon();
+    return new Promise((resolve, reject) => {
+      try {
+        addon.open(ifname, socketOptions(options), (err, handle) => {
+          if (err || !handle) {
+            reject(toAfPacketPortError(ifname, err ?? new Error('open: no handle')));
+            return;
+          }
+          try {
+            resolve(new AfPacketPort(ifname, options, handle));
+          } catch (e) {
+            reject(e);
+          }
+        });
+      } catch (e) {
+        reject(toAfPacketPortError(ifname, e));
+      }
+    });
   }
 
   /** One breath of this port: `count` descriptors are filled; the slots go back when this returns. */

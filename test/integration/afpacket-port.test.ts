@@ -14,6 +14,7 @@ import {
   VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4, completePartialChecksum, toAfPacketPortError,
 } from '../../lib/io/afpacket-port';
 import { run, runQuietly } from '../../lib/lab/exec';
+import { AfPacketOpenHandle, loadAfPacketAddon } from '../../lib/io/afpacket-native';
 import { ETHERTYPE, layoutOf, tcpFrame, udpFrame } from '../support/frames';
 
 const tag = `svmt${process.pid.toString(36)}`;
@@ -561,6 +562,51 @@ describe('AfPacketPort on a veth pair', () => {
     run('ip', ['link', 'add', DOWN, 'type', 'veth', 'peer', 'name', `${DOWN}p`]); // created down
     expect(() => port(DOWN)).toThrow(AfPacketInterfaceDownError);
     expect(() => port(DOWN)).toThrow(new RegExp(`${DOWN}: interface is down`));
+  });
+
+  describe('AfPacketPort.open (the socket is made on libuv\'s thread pool)', () => {
+    test('resolves with a bound port: frames that arrive before anyone reads are in its ring', async () => {
+      const opening = AfPacketPort.open(PAIR.b, { ringFrames: 256 });
+      const b = await opening;
+      open.push(b);
+      expect(b.ring.frames).toBeGreaterThanOrEqual(256);
+      expect(b.mtu).toBe(1500);
+      const a = port(PAIR.a);
+      const sent = [marked('later', 0), marked('later', 1)];
+      for (const f of sent) a.send(f);
+      a.flush();
+      await settle(50);
+      const atB = new Collector(b);
+      await waitFor('2 frames', () => atB.frames.length === 2);
+      expect(atB.buffers).toEqual(sent);
+    });
+
+    test('rejects with the same typed errors as the constructor', async () => {
+      await expect(AfPacketPort.open(`${tag}none`)).rejects.toThrow(AfPacketNoSuchInterfaceError);
+      await expect(AfPacketPort.open(`${tag}none`)).rejects.toThrow(new RegExp(`${tag}none: no such interface`));
+      if (!runQuietly('ip', ['link', 'show', 'dev', DOWN])) run('ip', ['link', 'add', DOWN, 'type', 'veth', 'peer', 'name', `${DOWN}p`]);
+      await expect(AfPacketPort.open(DOWN)).rejects.toThrow(AfPacketInterfaceDownError);
+      await expect(AfPacketPort.open('x'.repeat(16))).rejects.toThrow(/not a valid interface name/);
+    });
+
+    test('a handle is made into one socket only; one never made into a socket is released', async () => {
+      const addon = loadAfPacketAddon();
+      const ifindex = Number(readFileSync(`/sys/class/net/${SECOND.a}/ifindex`, 'utf8').trim());
+      const sockets = () => readFileSync('/proc/net/packet', 'utf8').split('\n').slice(1).filter((l) => Number(l.trim().split(/\s+/)[4]) === ifindex).length;
+      const gc = (() => { setFlagsFromString('--expose-gc'); return runInNewContext('gc') as () => void; })();
+      const before = sockets();
+      const openHandle = () => new Promise<AfPacketOpenHandle>((resolve, reject) => addon.open(SECOND.a, {}, (err, h) => (err ? reject(err) : resolve(h!))));
+      const used = await openHandle();
+      const socket = new addon.Socket(used, {}, () => {});
+      expect(socket.fd).toBeGreaterThan(0);
+      expect(() => new addon.Socket(used, {}, () => {})).toThrow(/already made into a Socket/);
+      socket.close();
+      let dropped: AfPacketOpenHandle | null = await openHandle();
+      expect(sockets()).toBeGreaterThanOrEqual(before + 1);
+      dropped = null;
+      void dropped;
+      await waitFor('both sockets to be released', () => { gc(); return sockets() === before; }, 10_000);
+    });
   });
 
   test('without CAP_NET_RAW, opening a port is a permission error naming the interface', () => {

@@ -24,7 +24,12 @@ interface Rig {
   close(): Promise<void>;
 }
 
-async function rig(canOpen = true, agentVersion = 2): Promise<Rig> {
+/** How the rig's bridge opens ports: at once, through a promise the test settles, or not at all. */
+type Opening = boolean | 'later';
+interface Later { ifname: string; resolve(): void; reject(e: Error): void }
+const later: Later[] = [];
+
+async function rig(canOpen: Opening = true, agentVersion = 2): Promise<Rig> {
   const tmp = tempDir('fence');
   const uplink = new MemoryPort('up0');
   const primary = new MemoryPort('p0');
@@ -34,7 +39,13 @@ async function rig(canOpen = true, agentVersion = 2): Promise<Rig> {
     name: 'fence',
     config: makePipelineConfig({ resync: 'copy' }),
     agentSocket: join(tmp.dir, 'agent.sock'),
-    ...(canOpen ? { openPort: (ifname: string) => { const p = new MemoryPort(ifname); opened.push(p); return p; } } : {}),
+    ...(canOpen === true ? { openPort: (ifname: string) => { const p = new MemoryPort(ifname); opened.push(p); return p; } } : {}),
+    // Like AfPacketPort.open: the port is made elsewhere and handed over later.
+    ...(canOpen === 'later' ? {
+      openPort: (ifname: string) => new Promise<MemoryPort>((resolve, reject) => {
+        later.push({ ifname, resolve: () => { const p = new MemoryPort(ifname); opened.push(p); resolve(p); }, reject });
+      }),
+    } : {}),
   });
   await bridge.start();
   const agent = await LineClient.connect(join(tmp.dir, 'agent.sock'));
@@ -142,5 +153,69 @@ describe('the epoch fence', () => {
     } finally {
       await r.close();
     }
+  });
+
+  describe('a port opened off the data plane (openPort returns a promise)', () => {
+    beforeEach(() => { later.length = 0; });
+
+    it('keeps the checkpoint in flight while the port opens, and runs what the agent said meanwhile after it', async () => {
+      const r = await rig('later');
+      try {
+        r.bridge.pipeline.request('manual', undefined, monotonicUs());
+        const cp = await r.agent.next() as { epoch: number };
+        r.agent.send({ type: 'checkpoint-done', epoch: cp.epoch, ms: 40, bytes: 1, port: 'b1' });
+        await waitFor('the open to start', () => later.length === 1, 3000);
+        expect(later[0].ifname).toBe('b1');
+        // The checkpoint is still in flight: a client frame is read and held for the replicas the answer makes.
+        expect(r.bridge.pipeline.state).toBe('CHECKPOINTING');
+        r.uplink.inject([request]);
+        const got = (p: MemoryPort) => [...p.sent, ...p.pending].some((f) => f.equals(request));
+        expect(got(r.primary) || got(r.oldBackup)).toBe(false);
+        // The primary dies now: that word waits for the open, so it promotes the backup this checkpoint made.
+        r.agent.send({ type: 'primary-down', reason: 'qemu exited' });
+        await new Promise((res) => setTimeout(res, 100));
+        expect(r.bridge.pipeline.replicas.active.name).toBe('p0');
+        later[0].resolve();
+        await waitFor('the failover', () => r.bridge.pipeline.replicas.active.name === 'b1', 3000);
+        expect(r.opened.map((p) => p.name)).toEqual(['b1']);
+        // The held frame went to the backup the checkpoint made, never to the old one.
+        expect(got(r.opened[0])).toBe(true);
+        expect(got(r.oldBackup)).toBe(false);
+        expect(() => r.oldBackup.inject([answer('stale')])).toThrow(/after close/);
+        expect(r.bridge.pipeline.replicator.counters().checkpoints_done).toBe(2);
+      } finally {
+        await r.close();
+      }
+    });
+
+    it('fails the checkpoint when the open fails, and keeps the old backup', async () => {
+      const r = await rig('later');
+      try {
+        r.bridge.pipeline.request('manual', undefined, monotonicUs());
+        const cp = await r.agent.next() as { epoch: number };
+        r.agent.send({ type: 'checkpoint-done', epoch: cp.epoch, ms: 40, bytes: 1, port: 'b1' });
+        await waitFor('the open to start', () => later.length === 1, 3000);
+        later[0].reject(new Error('b1: no such interface'));
+        await waitFor('DEGRADED', () => r.bridge.pipeline.state === 'DEGRADED', 3000);
+        expect(r.bridge.pipeline.replicator.counters().checkpoints_failed).toBe(1);
+        expect(r.bridge.snapshot().ports.find((p) => p.role === 'backup')?.name).toBe('b0');
+        expect(() => r.oldBackup.inject([answer('still attached')])).not.toThrow();
+      } finally {
+        await r.close();
+      }
+    });
+
+    it('closes a port that opens after the bridge stopped', async () => {
+      const r = await rig('later');
+      r.bridge.pipeline.request('manual', undefined, monotonicUs());
+      const cp = await r.agent.next() as { epoch: number };
+      r.agent.send({ type: 'checkpoint-done', epoch: cp.epoch, ms: 40, bytes: 1, port: 'b1' });
+      await waitFor('the open to start', () => later.length === 1, 3000);
+      await r.close();
+      later[0].resolve();
+      await new Promise((res) => setImmediate(res));
+      expect(r.opened).toHaveLength(1);
+      expect(() => r.opened[0].inject([answer('late')])).toThrow(/after close/);
+    });
   });
 });

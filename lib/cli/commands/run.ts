@@ -11,7 +11,7 @@ import { Logger } from '../../control/logger';
 import { BridgeSignals } from '../../control/signals';
 import { defaultAgentSocketPath } from '../../replicate/agent-protocol';
 import { defaultControlSocketPath } from '../../control/control-socket';
-import { IoBackend, openPorts } from '../ports';
+import { IoBackend, openOneLater, openPorts } from '../ports';
 import { UsageError } from '../errors';
 import { LinkWatcher } from '../../io/link-watch';
 import { ThreadedBridge } from '../../dataplane/threaded-bridge';
@@ -162,13 +162,16 @@ export function runCommand(y: Argv): Argv {
         }
       }
       let ports;
+      const portOptions = { vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'], sendThread: sendThreadOf(args['send-thread']), sendInlineFrames: args['send-inline-frames'], log: logger.log };
       try {
-        ports = openPorts(args.io as IoBackend, { uplink: uplink!, primary: primary!, backup: backup! }, { vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'], sendThread: sendThreadOf(args['send-thread']), sendInlineFrames: args['send-inline-frames'], log: logger.log });
+        ports = openPorts(args.io as IoBackend, { uplink: uplink!, primary: primary!, backup: backup! }, portOptions);
       } catch (e) {
         links?.close();
         throw e;
       }
-      const bridge = new Bridge(ports, { name, config, agentSocket, controlSocket, controlGroup, metrics, log: logger.log, links });
+      // An agent that puts each new backup behind a fresh tap (or asks for a fresh socket) names it in checkpoint-done.
+      const openPort = (ifname: string) => openOneLater(args.io as IoBackend, ifname, portOptions);
+      const bridge = new Bridge(ports, { name, config, agentSocket, controlSocket, controlGroup, metrics, log: logger.log, links, openPort });
       try {
         await runUntilStopped(logger, bridge.start(), () => bridge.stop());
       } finally {

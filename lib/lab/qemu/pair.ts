@@ -21,7 +21,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LabAgent, runLabAgent } from '../../agents/lab-agent';
 import { Bridge, LinkEventSource } from '../../bridge';
-import { IoBackend, openOne, openPorts } from '../../cli/ports';
+import { IoBackend, openOneLater, openPorts } from '../../cli/ports';
 import { LogFn, noLog } from '../../control/logger';
 import { LinkWatcher } from '../../io/link-watch';
 import { PacketPort } from '../../io/port';
@@ -418,7 +418,7 @@ export async function startQemuLab(options: QemuLabOptions = {}): Promise<QemuLa
       log,
       links: options.links === 'none' ? undefined : options.links ?? (ownLinks = LinkWatcher.open()),
       // An agent that copies into a fresh VM names its tap (protocol v2): the bridge opens a port there.
-      openPort: (ifname) => openOne(options.io ?? 'afpacket', ifname, { vnetHdr: false }),
+      openPort: (ifname) => openOneLater(options.io ?? 'afpacket', ifname, { vnetHdr: false }),
     });
     await bridge.start();
     const lab: QemuLab = {
