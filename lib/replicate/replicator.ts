@@ -266,7 +266,7 @@ export class Replicator implements Stage {
       this.reprotectFailures++;
       this.retryAtUs = nowUs + this.retryDelayMs * 1000;
       this.retryDelayMs = Math.min(this.retryDelayMs * 2, this.config.retryMaxMs);
-      this.events.stateChanged(this.state, this.state, `reprotect ${epoch} failed: ${error}; retry in ${(this.retryAtUs - nowUs) / 1000} ms`);
+      this.events.stateChanged(this.state, this.state, `reprotect ${epoch} failed: ${error}; retry in ${Math.round((this.retryAtUs - nowUs) / 1000)} ms`);
       return;
     }
     this.failures++;

@@ -1,0 +1,129 @@
+/**
+ * `shadowvm run` and `shadowvm agent qemu` as two processes, the way a host
+ * runs them (systemd's shadowvm@ and shadowvm-agent@), on the QEMU lab's VMs
+ * (root, QEMU): the agent's real copies put each new backup behind a fresh
+ * tap, and the bridge process opens a port there (off its data-plane thread)
+ * before it applies the checkpoint. The lab's own in-process bridge and
+ * agent are stopped first: only the two processes touch the VMs.
+ *
+ * Then the primary QEMU is killed in the middle of a download: the backup
+ * that the agent made, behind the tap the bridge moved to, takes over, and
+ * the download is intact.
+ */
+import { ChildProcess, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { teardownLab } from '../../lib/lab/netns';
+import { until } from '../support/until';
+import { labFetch } from '../support/failover-cycles';
+import { GUEST_BIG_FILE, guestContent } from '../../lib/lab/qemu/guest';
+import { QemuLab, qemuLabConfig, startQemuLab } from '../../lib/lab/qemu/pair';
+import { SHADOWVM_BIN, requireBuiltCli } from '../support/lab-helpers';
+
+const PREFIX = 'qr';
+const content = guestContent();
+jest.setTimeout(240_000);
+
+interface Status {
+  state: string;
+  ports: { name: string; role: string }[];
+  failover: { count: number };
+  checkpoints: { done: number; failed: number } & Record<string, unknown>;
+}
+
+describe('shadowvm run with shadowvm agent qemu, two processes', () => {
+  let lab: QemuLab;
+  let out: string;
+  let bridge: ChildProcess | null = null;
+  let agent: ChildProcess | null = null;
+  let bridgeLog = '';
+  let agentLog = '';
+  let control = '';
+
+  const spawnLogged = (args: string[], onLog: (s: string) => void): ChildProcess => {
+    const child = spawn(SHADOWVM_BIN, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    child.stderr?.on('data', (d: Buffer) => onLog(d.toString()));
+    child.on('exit', (code, signal) => onLog(`[${args[0]} exited: code ${code}, signal ${signal}]\n`));
+    return child;
+  };
+
+  const status = async (): Promise<Status> => {
+    const child = spawn(SHADOWVM_BIN, ['status', '--control', control, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let text = '';
+    child.stdout?.on('data', (d: Buffer) => { text += d.toString(); });
+    const code = await new Promise<number | null>((r) => child.on('exit', r));
+    if (code !== 0) throw new Error(`shadowvm status exited ${code}`);
+    return JSON.parse(text) as Status;
+  };
+  let last: Status | null = null;
+  /** Polls `shadowvm status` until `ok`; on timeout, says what both processes logged. */
+  const waitStatus = async (what: string, ok: (s: Status) => boolean, timeoutMs = 60_000): Promise<Status> => {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      last = await status().catch(() => null);
+      if (last && ok(last)) return last;
+      if (Date.now() > deadline) {
+        throw new Error(`timed out waiting for ${what} (status ${JSON.stringify(last)});\nbridge log:\n${bridgeLog.slice(-5000)}\nagent log:\n${agentLog.slice(-5000)}`);
+      }
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  };
+  const backupPort = (s: Status) => s.ports.find((p) => p.role === 'backup')?.name;
+
+  beforeAll(async () => {
+    if (process.getuid?.() !== 0) throw new Error('run-qemu-agent.test.ts needs root (taps, a network namespace, AF_PACKET, QEMU): run jest as root');
+    requireBuiltCli();
+    out = fs.mkdtempSync(path.join(os.tmpdir(), 'svm-qr-'));
+    lab = await startQemuLab({ prefix: PREFIX, memMiB: 128 });
+    // Only the two processes below may touch the VMs and the taps.
+    await lab.agent.stop();
+    await lab.bridge.stop();
+    control = path.join(lab.runDir, 'run-control.sock');
+    const config = path.join(out, 'bridge.json');
+    fs.writeFileSync(config, JSON.stringify({
+      ports: { uplink: lab.client.hostIf, primary: lab.taps.primary, backup: lab.taps.backup },
+      ...qemuLabConfig(lab.accel.accel, { replicator: { checkpointTimeoutMs: 5000 } as never }),
+    }));
+    bridge = spawnLogged(['run', '--name', PREFIX, '--config', config, '--agent', lab.agentSocket, '--control', control], (s) => { bridgeLog += s; });
+    await until('the bridge process to listen', () => fs.existsSync(control) && fs.existsSync(lab.agentSocket), 30_000);
+    agent = spawnLogged(['agent', 'qemu', '--config', lab.descriptionFile], (s) => { agentLog += s; });
+  }, 300_000);
+
+  afterAll(async () => {
+    agent?.kill('SIGKILL');
+    bridge?.kill('SIGTERM');
+    await lab?.stop();
+    teardownLab(PREFIX);
+    if (out) fs.rmSync(out, { recursive: true, force: true });
+  }, 60_000);
+
+  test('a real copy: the bridge process moves the backup to the tap the agent names, and compares there', async () => {
+    const s = await waitStatus('a copy into a fresh tap', (x) => x.state === 'COMPARING' && backupPort(x) !== lab.taps.backup);
+    expect(backupPort(s)).toMatch(new RegExp(`^${PREFIX}a\\d+$`));
+    expect(bridgeLog).toMatch(/"event":"backup-port-moved"/);
+    expect(bridgeLog).not.toMatch(/cannot open ports/);
+    // The port was opened on the thread pool: how long it took is in the line.
+    expect(bridgeLog).toMatch(/"event":"backup-port-moved"[^\n]*"openMs":/);
+    const body = await labFetch(lab, out, 'hello.txt');
+    expect(body.equals(content.get('hello.txt') as Buffer)).toBe(true);
+  });
+
+  test('SIGKILL of the primary QEMU in the middle of a download: the backup on the new tap takes over, the download is intact', async () => {
+    const before = await waitStatus('comparing', (x) => x.state === 'COMPARING');
+    const survivorTap = backupPort(before)!;
+    const download = labFetch(lab, out, GUEST_BIG_FILE, ['--limit-rate', '1M']);
+    await new Promise((r) => setTimeout(r, 1500));
+    // The primary is still the lab's first VM: a full copy leaves the primary where it was.
+    process.kill(lab.vms.primary.pid, 'SIGKILL');
+    const body = await download;
+    expect(body.equals(content.get(GUEST_BIG_FILE) as Buffer)).toBe(true);
+    const after = await waitStatus('the failover', (x) => x.failover.count === before.failover.count + 1, 30_000);
+    // The backup that took over is one the agent made, behind the tap the bridge had moved to — or, if a
+    // checkpoint moved it again meanwhile, a later one; never the lab's first backup.
+    expect(after.ports.find((p) => p.role === 'primary')?.name).toMatch(new RegExp(`^${PREFIX}a\\d+$`));
+    expect(survivorTap).toMatch(new RegExp(`^${PREFIX}a\\d+$`));
+    await waitStatus('protected again', (x) => x.state === 'COMPARING' && x.ports.some((p) => p.role === 'backup'), 120_000);
+    expect((await labFetch(lab, out, 'hello.txt')).equals(content.get('hello.txt') as Buffer)).toBe(true);
+  });
+});
