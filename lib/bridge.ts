@@ -125,7 +125,6 @@ export class Bridge {
   private silenceDeadlineUs: number | null = null;
   /** While a port opens for a `checkpoint-done`: the agent events that came after it, to run in order. */
   private agentQueue: (() => void)[] | null = null;
-  private portsOpening = 0;
 
   constructor(private readonly ports: BridgePorts, private readonly options: BridgeOptions) {
     this.log = options.log ?? noLog;
@@ -467,15 +466,18 @@ export class Bridge {
     // checkpoint stays in flight, as if the agent had answered that much later.
     const startedUs = this.clockUs();
     this.agentQueue = [];
-    this.portsOpening++;
     const settle = (port: PacketPort | null, error: string | null): void => {
-      this.portsOpening--;
       const waitedMs = (this.clockUs() - startedUs) / 1000;
       if (this.stopped) {
         if (port) void port.close();
       } else {
         this.afterEvent(() => {
-          if (port) {
+          if (port && this.pipeline.replicas.active.id === move.slot) {
+            // A failover while it opened (no wait for the checkpoint's answer: failover.checkpointWaitMs 0) made
+            // that slot the active one: the copy is of a primary that is gone, and the survivor keeps its port.
+            void port.close();
+            this.log('warn', 'backup-port-open-stale', { epoch: m.epoch, port: port.name, openMs: Math.round(waitedMs * 10) / 10, note: 'a failover happened while it opened; closed unused' });
+          } else if (port) {
             this.installStandbyPort(move.slot, port, m.epoch, waitedMs);
             apply();
           } else {

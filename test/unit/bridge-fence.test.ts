@@ -29,7 +29,7 @@ type Opening = boolean | 'later';
 interface Later { ifname: string; resolve(): void; reject(e: Error): void }
 const later: Later[] = [];
 
-async function rig(canOpen: Opening = true, agentVersion = 2): Promise<Rig> {
+async function rig(canOpen: Opening = true, agentVersion = 2, config: Parameters<typeof makePipelineConfig>[0] = {}): Promise<Rig> {
   const tmp = tempDir('fence');
   const uplink = new MemoryPort('up0');
   const primary = new MemoryPort('p0');
@@ -37,7 +37,7 @@ async function rig(canOpen: Opening = true, agentVersion = 2): Promise<Rig> {
   const opened: MemoryPort[] = [];
   const bridge = new Bridge({ uplink, primary, backup: oldBackup }, {
     name: 'fence',
-    config: makePipelineConfig({ resync: 'copy' }),
+    config: makePipelineConfig({ resync: 'copy', ...config }),
     agentSocket: join(tmp.dir, 'agent.sock'),
     ...(canOpen === true ? { openPort: (ifname: string) => { const p = new MemoryPort(ifname); opened.push(p); return p; } } : {}),
     // Like AfPacketPort.open: the port is made elsewhere and handed over later.
@@ -200,6 +200,28 @@ describe('the epoch fence', () => {
         expect(r.bridge.pipeline.replicator.counters().checkpoints_failed).toBe(1);
         expect(r.bridge.snapshot().ports.find((p) => p.role === 'backup')?.name).toBe('b0');
         expect(() => r.oldBackup.inject([answer('still attached')])).not.toThrow();
+      } finally {
+        await r.close();
+      }
+    });
+
+    it('closes the new port unused when a failover made its slot the active one while it opened', async () => {
+      // Without a wait for the checkpoint's answer, a failover asked for meanwhile promotes the old backup at once.
+      const r = await rig('later', 2, { failover: { checkpointWaitMs: 0 } as never });
+      try {
+        r.bridge.pipeline.request('manual', undefined, monotonicUs());
+        const cp = await r.agent.next() as { epoch: number };
+        r.agent.send({ type: 'checkpoint-done', epoch: cp.epoch, ms: 40, bytes: 1, port: 'b1' });
+        await waitFor('the open to start', () => later.length === 1, 3000);
+        expect(r.bridge.requestFailover().promoted).toBe(true);
+        expect(r.bridge.pipeline.replicas.active.name).toBe('b0');
+        later[0].resolve();
+        await waitFor('the late port', () => r.opened.length === 1, 3000);
+        await new Promise((res) => setImmediate(res));
+        // The survivor keeps its port; the copy of the dead primary is never attached.
+        expect(r.bridge.pipeline.replicas.active.name).toBe('b0');
+        expect(() => r.oldBackup.inject([answer('still the active one')])).not.toThrow();
+        expect(() => r.opened[0].inject([answer('late')])).toThrow(/after close/);
       } finally {
         await r.close();
       }
