@@ -49,10 +49,10 @@ const DOWNLOADERS = 3;
 const DOWNLOAD_RATE = '4M';
 const PROBE_EVERY_MS = 1;
 
-interface Options { prefix: string; cpuProf: boolean; metricsPort: number; only: string[] | null; traceGc: boolean; reference: boolean; config: string | null; sendThread: boolean; realtime: string; nodeOptions: string[] }
+interface Options { prefix: string; cpuProf: boolean; metricsPort: number; only: string[] | null; traceGc: boolean; reference: boolean; config: string | null; sendThread: boolean; realtime: string; nodeOptions: string[]; runOptions: string[] }
 
 function parseArgs(argv: string[]): Options {
-  const o: Options = { prefix: 'hs', cpuProf: false, metricsPort: 29900, only: null, traceGc: false, reference: true, config: null, sendThread: true, realtime: 'auto', nodeOptions: [] };
+  const o: Options = { prefix: 'hs', cpuProf: false, metricsPort: 29900, only: null, traceGc: false, reference: true, config: null, sendThread: true, realtime: 'auto', nodeOptions: [], runOptions: [] };
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === '--prefix') o.prefix = argv[++i];
     else if (argv[i] === '--cpu-prof') o.cpuProf = true;
@@ -64,8 +64,9 @@ function parseArgs(argv: string[]): Options {
     else if (argv[i] === '--no-send-thread') o.sendThread = false;
     else if (argv[i] === '--realtime') o.realtime = argv[++i];
     else if (argv[i] === '--node-option') o.nodeOptions.push(argv[++i]);
+    else if (argv[i] === '--run-option') o.runOptions.push(argv[++i]);
     else if (argv[i] === '--help') {
-      process.stdout.write('node dist/bench/soak.js [--prefix hs] [--cpu-prof] [--trace-gc] [--only ATTACK,...] [--no-reference] [--metrics-port 29900] [--config FILE (the bridge settings, as for run --config)] [--no-send-thread] [--realtime auto|on|off (the bridge\'s, as for run --realtime)] [--node-option FLAG (given to the bridge\'s node, repeatable)]\n');
+      process.stdout.write('node dist/bench/soak.js [--prefix hs] [--cpu-prof] [--trace-gc] [--only ATTACK,...] [--no-reference] [--metrics-port 29900] [--config FILE (the bridge settings, as for run --config)] [--no-send-thread] [--realtime auto|on|off (the bridge\'s, as for run --realtime)] [--node-option FLAG (given to the bridge\'s node, repeatable)] [--run-option FLAG (given to shadowvm run, repeatable)]\n');
       process.exit(0);
     } else throw new Error(`unknown option ${argv[i]}`);
   }
@@ -197,7 +198,7 @@ async function startBridge(lab: Lab, o: Options, profDir: string): Promise<Bridg
   const agentSocket = join(lab.runDir, 'run', 'agent.sock');
   const node = [process.execPath, ...(o.cpuProf ? ['--cpu-prof', '--cpu-prof-dir', profDir] : []), ...(o.traceGc ? ['--trace-gc'] : []), ...o.nodeOptions, SHADOWVM];
   const proc = start([...node, 'run', '--name', o.prefix, '--uplink', lab.client.hostIf, '--primary', lab.primary.hostIf, '--backup', lab.backup.hostIf,
-    '--agent', agentSocket, '--control', controlSocket, '--metrics', `127.0.0.1:${o.metricsPort}`, '--resync', 'align', '--no-vnet-hdr', '--log-level', 'warn', ...(o.config ? ['--config', o.config] : []), ...(o.sendThread ? [] : ['--send-thread', 'off']), '--realtime', o.realtime], 'shadowvm run');
+    '--agent', agentSocket, '--control', controlSocket, '--metrics', `127.0.0.1:${o.metricsPort}`, '--resync', 'align', '--no-vnet-hdr', '--log-level', 'warn', ...(o.config ? ['--config', o.config] : []), ...(o.sendThread ? [] : ['--send-thread', 'off']), '--realtime', o.realtime, ...o.runOptions], 'shadowvm run');
   const b: BridgeUnderTest = { proc, agent: null as unknown as Child, controlSocket, agentSocket, metricsPort: o.metricsPort };
   for (let i = 0; i < 200 && !(await status(b, 500)); i++) {
     if (proc.child.exitCode !== null) throw new Error(`shadowvm run exited: ${proc.output}`);

@@ -1584,6 +1584,38 @@ static napi_value js_set_thread_scheduling(napi_env env, napi_callback_info info
   return o;
 }
 
+/*
+ * setTaskScheduling(tid, policy, priority): another thread of this process
+ * (V8's platform helpers, whose work the data plane may wait for). Returns
+ * the errno, 0 when applied.
+ */
+static napi_value js_set_task_scheduling(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  char policy[8] = {0};
+  size_t n = 0;
+  int32_t tid = 0, prio = 0;
+  if (argc < 3 || napi_get_value_int32(env, argv[0], &tid) != napi_ok || tid <= 0 ||
+      napi_get_value_string_utf8(env, argv[1], policy, sizeof policy, &n) != napi_ok ||
+      napi_get_value_int32(env, argv[2], &prio) != napi_ok) {
+    napi_throw_type_error(env, NULL, "setTaskScheduling(tid: number, policy: 'rr' | 'other', priority: number)");
+    return NULL;
+  }
+  int pol;
+  if (strcmp(policy, "rr") == 0) pol = SCHED_RR;
+  else if (strcmp(policy, "other") == 0) pol = SCHED_OTHER, prio = 0;
+  else {
+    napi_throw_range_error(env, NULL, "setTaskScheduling: policy must be 'rr' or 'other'");
+    return NULL;
+  }
+  struct sched_param sp = {.sched_priority = prio};
+  int err = sched_setscheduler((pid_t)tid, pol, &sp) < 0 ? errno : 0;
+  napi_value out;
+  napi_create_uint32(env, (uint32_t)err, &out);
+  return out;
+}
+
 static napi_value layout_object(napi_env env) {
   napi_value o, d, c, f;
   napi_create_object(env, &o);
@@ -1663,6 +1695,9 @@ NAPI_MODULE_INIT() {
   napi_value sched;
   napi_create_function(env, "setThreadScheduling", NAPI_AUTO_LENGTH, js_set_thread_scheduling, NULL, &sched);
   napi_set_named_property(env, exports, "setThreadScheduling", sched);
+  napi_value task_sched;
+  napi_create_function(env, "setTaskScheduling", NAPI_AUTO_LENGTH, js_set_task_scheduling, NULL, &task_sched);
+  napi_set_named_property(env, exports, "setTaskScheduling", task_sched);
   napi_value open_fn;
   napi_create_function(env, "open", NAPI_AUTO_LENGTH, js_open, NULL, &open_fn);
   napi_set_named_property(env, exports, "open", open_fn);

@@ -27,6 +27,8 @@ export interface DataPlaneInit {
   /** The data-plane thread's scheduling (scheduling.ts). */
   realtime: RealtimeMode;
   realtimePriority: number;
+  /** Node's platform threads, listed by the main thread before the data plane started: SCHED_RR with it (empty: none). */
+  helperTids: number[];
 }
 
 export type DataPlaneOp = 'snapshot' | 'checkpoint' | 'failover' | 'flows';

@@ -14,7 +14,7 @@ import { UserFacingError } from '../errors';
 import { LinkWatcher } from '../io/link-watch';
 import { wallClockUs } from '../io/frame-wait';
 import { loadAfPacketAddon } from '../io/afpacket-native';
-import { applyDataPlaneScheduling, DataPlaneScheduling, readRtRuntimeUs, RealtimeRefusedError } from './scheduling';
+import { applyDataPlaneScheduling, applyHelperScheduling, DataPlaneScheduling, readRtRuntimeUs, RealtimeRefusedError } from './scheduling';
 import type { DataPlaneInit, FromDataPlane, ToDataPlane } from './protocol';
 
 /** A carrier watch that cannot open: the same advice as the in-process path. */
@@ -30,7 +30,8 @@ function schedule(init: DataPlaneInit, logger: Logger): DataPlaneScheduling | un
     if (init.realtime === 'auto') logger.log('warn', 'realtime-unavailable', { reason: (e as Error).message });
     return undefined;
   }
-  return applyDataPlaneScheduling(init.realtime, init.realtimePriority, { setThreadScheduling: addon.setThreadScheduling, rtRuntimeUs: () => readRtRuntimeUs(), log: logger.log });
+  const s = applyDataPlaneScheduling(init.realtime, init.realtimePriority, { setThreadScheduling: addon.setThreadScheduling, rtRuntimeUs: () => readRtRuntimeUs(), log: logger.log });
+  return applyHelperScheduling(s, init.helperTids, { setTaskScheduling: addon.setTaskScheduling, log: logger.log });
 }
 
 function post(m: FromDataPlane): void {

@@ -103,6 +103,8 @@ export interface AfPacketAddon {
   readonly vnetHdrLength: number;
   /** Names the calling thread and sets its scheduling policy (see native/afpacket.c; lib/dataplane/scheduling.ts). */
   setThreadScheduling(name: string, policy: 'rr' | 'other', priority: number): { tid: number; errno: number };
+  /** Sets the policy of another thread of this process; returns the errno, 0 when applied. */
+  setTaskScheduling(tid: number, policy: 'rr' | 'other', priority: number): number;
 }
 
 /** The addon could not be loaded: not built, built for another Node, or not Linux. */

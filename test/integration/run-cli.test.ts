@@ -145,13 +145,20 @@ describe('shadowvm run (root, on veth pairs)', () => {
       const byName = (n: string) => threads.filter((t) => t.name === n);
       expect(byName('svm-dataplane')).toEqual([expect.objectContaining({ policy: SCHED_RR, rtPriority: 7 })]);
       expect(byName('svm-send')).toEqual([expect.objectContaining({ policy: SCHED_RR, rtPriority: 7 })]);
+      // Node's platform threads (V8's helpers: the data plane's collections wait for their work) run one step below.
+      const json = await queryControlSocket(join(dir, 'control.sock'), { cmd: 'status' });
+      const helpers = (json.ok ? json.status.dataPlane?.helpers : undefined)!;
+      expect(helpers.priority).toBe(6);
+      expect(helpers.tids.length).toBeGreaterThanOrEqual(4);
+      expect(threads.filter((t) => helpers.tids.includes(t.tid))).toEqual(helpers.tids.map((tid) => expect.objectContaining({ tid, policy: SCHED_RR, rtPriority: 6 })));
       // Everything else, the main thread (control socket, metrics, signals) first, keeps the normal policy.
-      const others = threads.filter((t) => t.name !== 'svm-dataplane' && t.name !== 'svm-send');
+      const others = threads.filter((t) => t.name !== 'svm-dataplane' && t.name !== 'svm-send' && !helpers.tids.includes(t.tid));
       expect(others.find((t) => t.tid === pid)).toEqual(expect.objectContaining({ policy: 0, rtPriority: 0 }));
+      expect(helpers.tids).not.toContain(pid);
       expect(others.every((t) => t.policy === 0)).toBe(true);
 
       const status = await runShadowvm(['status', '--control', join(dir, 'control.sock')]);
-      expect(status.output).toContain(`data plane: thread svm-dataplane (tid ${byName('svm-dataplane')[0].tid}), realtime (SCHED_RR 7)`);
+      expect(status.output).toContain(`data plane: thread svm-dataplane (tid ${byName('svm-dataplane')[0].tid}), realtime (SCHED_RR 7); ${helpers.tids.length} platform thread(s) SCHED_RR 6`);
       const metrics = await httpGet(`http://127.0.0.1:${metricsPort}/metrics`);
       expect(metrics.body).toMatch(/^shadowvm_data_plane_realtime_priority 7$/m);
     } finally {

@@ -1,5 +1,5 @@
 /** `shadowvm run`: the live bridge. */
-import { DEFAULT_REALTIME_PRIORITY } from '../../dataplane/scheduling';
+import { DEFAULT_REALTIME_PRIORITY, platformThreadIds } from '../../dataplane/scheduling';
 import { setFlagsFromString } from 'node:v8';
 import { readFileSync } from 'node:fs';
 import type { Argv } from 'yargs';
@@ -30,12 +30,14 @@ function sendThreadOf(v: 'auto' | 'on' | 'off'): boolean | undefined {
 }
 
 /**
- * Whether V8 may scavenge with its helper threads: as asked, else not when
- * the data plane has its own thread and may be realtime (the helpers run at
- * the normal policy, and a scavenge waits for them).
+ * Whether V8 may scavenge with its helper threads: as asked, else yes unless
+ * the data plane has its own thread, may be realtime, and its helpers stay at
+ * the normal policy (--no-realtime-helpers): a scavenge waits for its
+ * helpers, and the data plane would then wait behind every busy normal
+ * thread of the host.
  */
-export function scavengeHelpers(asked: boolean | undefined, dataPlaneThread: boolean, realtime: 'auto' | 'on' | 'off'): boolean {
-  return asked ?? !(dataPlaneThread && realtime !== 'off');
+export function scavengeHelpers(asked: boolean | undefined, dataPlaneThread: boolean, realtime: 'auto' | 'on' | 'off', realtimeHelpers = true): boolean {
+  return asked ?? !(dataPlaneThread && realtime !== 'off' && !realtimeHelpers);
 }
 
 export const HEAP_GROWING_PERCENT = 20;
@@ -90,7 +92,8 @@ export function runCommand(y: Argv): Argv {
       .option('checkpoint-ms', { type: 'number', describe: 'also checkpoint at least every N ms, as Remus does (replicator.maxIntervalMs; 0: only on divergence)' })
       .option('data-plane-thread', { type: 'boolean', default: true, describe: 'move frames on a thread of their own, apart from the control socket and metrics (--no-data-plane-thread: one thread)' })
       .option('send-inline-frames', { type: 'number', default: 0, describe: 'afpacket, with the send thread: a flush of at most N frames made while that thread is idle is sent by the data plane itself (lower latency at idle; the receiving side\'s stack then runs on the data plane). 0: every send through the thread (soak: no breath over 10 ms; lab: idle ping about 0.1 ms more)' })
-      .option('scavenge-helpers', { type: 'boolean', describe: 'let V8 collect the young generation with its helper threads (default: not with a realtime data plane, whose scavenges would wait for those normal-policy threads; lab bench: about 7% more 1 KiB req/s with them, soak: scavenges up to 13 ms instead of 7)' })
+      .option('realtime-helpers', { type: 'boolean', default: true, describe: 'with a realtime data plane, give Node\'s platform threads (V8\'s helpers, whose collection work the data plane waits for) SCHED_RR one step below it; --no-realtime-helpers leaves them at the normal policy' })
+      .option('scavenge-helpers', { type: 'boolean', describe: 'let V8 collect the young generation with its helper threads (default: yes, except with a realtime data plane and --no-realtime-helpers, whose scavenges would wait for those normal-policy threads; lab bench: about 7% more 1 KiB req/s with them)' })
       .option('initial-old-space-mib', { type: 'number', default: INITIAL_OLD_SPACE_MIB, describe: 'V8\'s first old-generation limit: below it no full collection is needed (0: V8\'s own, a few MiB, whose first collection comes under load and at once, not incrementally)' })
       .option('heap-growing-percent', { type: 'number', default: HEAP_GROWING_PERCENT, describe: 'let the heap grow this many percent over what is live before a full collection (0: V8\'s own, which may double it)' })
       .option('log-level', { choices: ['debug', 'info', 'warn', 'error'] as const, default: 'info' as const }),
@@ -104,10 +107,11 @@ export function runCommand(y: Argv): Argv {
       if (!(Number.isInteger(oldSpace) && oldSpace >= 0 && oldSpace <= 4096)) throw new UsageError(`--initial-old-space-mib must be a whole number from 0 to 4096, got ${String(oldSpace)}`);
       // Read when a heap is made: the data-plane thread's, made after this, has it.
       if (oldSpace > 0) setFlagsFromString(`--initial-old-space-size=${oldSpace}`);
-      // A young-generation collection waits for its helpers, V8's platform threads, which run at the
-      // normal policy: a realtime data plane would wait behind every busy normal thread of the host
-      // (soak, data plane RR: longest scavenge 12.9 and 8.9 ms with helpers, 6.6 and 3.8 ms without). It scavenges alone.
-      if (!scavengeHelpers(args['scavenge-helpers'], args['data-plane-thread'], args.realtime)) setFlagsFromString('--no-parallel-scavenge');
+      // A young-generation collection waits for its helpers, V8's platform threads. At the normal policy a
+      // realtime data plane would wait behind every busy normal thread of the host (soak, data plane RR:
+      // longest scavenge 12.9 and 8.9 ms with helpers, 6.6 and 3.8 ms without): it then scavenges alone.
+      // Realtime helpers (the default) scavenge with it (soak: breaths over 5 ms 0, 0, 0 against 5, 1, 1 alone).
+      if (!scavengeHelpers(args['scavenge-helpers'], args['data-plane-thread'], args.realtime, args['realtime-helpers'])) setFlagsFromString('--no-parallel-scavenge');
       if (!(args['busy-poll-us'] >= 0 && args['busy-poll-us'] <= 10_000)) throw new UsageError('--busy-poll-us must be between 0 and 10000');
       const inline = args['send-inline-frames'];
       if (!(Number.isInteger(inline) && inline >= 0 && inline <= 1024)) throw new UsageError(`--send-inline-frames must be a whole number from 0 to 1024, got ${String(inline)}`);
@@ -146,6 +150,8 @@ export function runCommand(y: Argv): Argv {
             name, config, ports: { uplink: uplink!, primary: primary!, backup: backup! }, io: args.io as IoBackend,
             vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'], sendThread: sendThreadOf(args['send-thread']), sendInlineFrames: args['send-inline-frames'], agentSocket, carrierWatch: args['carrier-watch'], logLevel: args['log-level'],
             realtime: args.realtime, realtimePriority: rtPriority,
+            // Listed before the data-plane thread exists: every other thread now is Node's platform's.
+            helperTids: args['realtime-helpers'] ? platformThreadIds() : [],
           },
           controlSocket, controlGroup, metrics, log: logger.log,
         });

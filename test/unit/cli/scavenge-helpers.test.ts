@@ -1,18 +1,23 @@
 import { scavengeHelpers } from '../../../lib/cli/commands/run';
 
 describe('run: does V8 scavenge with its helper threads?', () => {
-  test('not by default when the data plane has its own thread and may be realtime', () => {
-    expect(scavengeHelpers(undefined, true, 'auto')).toBe(false);
-    expect(scavengeHelpers(undefined, true, 'on')).toBe(false);
+  test('by default, with helpers that run realtime with the data plane (--realtime-helpers, the default)', () => {
+    expect(scavengeHelpers(undefined, true, 'auto')).toBe(true);
+    expect(scavengeHelpers(undefined, true, 'on', true)).toBe(true);
+  });
+
+  test('not by default when the data plane has its own thread, may be realtime, and its helpers stay normal', () => {
+    expect(scavengeHelpers(undefined, true, 'auto', false)).toBe(false);
+    expect(scavengeHelpers(undefined, true, 'on', false)).toBe(false);
   });
 
   test('by default with --realtime off, or with one thread for everything', () => {
-    expect(scavengeHelpers(undefined, true, 'off')).toBe(true);
-    expect(scavengeHelpers(undefined, false, 'auto')).toBe(true);
+    expect(scavengeHelpers(undefined, true, 'off', false)).toBe(true);
+    expect(scavengeHelpers(undefined, false, 'auto', false)).toBe(true);
   });
 
   test('--scavenge-helpers and --no-scavenge-helpers win', () => {
-    expect(scavengeHelpers(true, true, 'on')).toBe(true);
+    expect(scavengeHelpers(true, true, 'on', false)).toBe(true);
     expect(scavengeHelpers(false, false, 'off')).toBe(false);
   });
 });

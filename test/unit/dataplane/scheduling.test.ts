@@ -5,7 +5,10 @@
  * tested on a live bridge in test/integration/run-cli.test.ts.
  */
 import { constants } from 'node:os';
-import { applyDataPlaneScheduling, formatScheduling, RealtimeRefusedError, SchedulingDeps } from '../../../lib/dataplane/scheduling';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { applyDataPlaneScheduling, applyHelperScheduling, formatScheduling, platformThreadIds, RealtimeRefusedError, SchedulingDeps } from '../../../lib/dataplane/scheduling';
 
 function deps(o: { errno?: number; runtime?: number | null } = {}) {
   const calls: [string, string, number][] = [];
@@ -81,3 +84,56 @@ describe('data-plane scheduling (--realtime)', () => {
     expect(formatScheduling(s)).toBe('data plane: thread svm-dataplane (tid 4242), normal policy');
   });
 });
+
+describe('Node\'s platform threads with a realtime data plane (--realtime-helpers)', () => {
+  const rr = { thread: 'svm-dataplane', tid: 4242, policy: 'rr' as const, priority: 10 };
+  function helperDeps(errnoOf: (tid: number) => number = () => 0) {
+    const calls: [number, string, number][] = [];
+    const logs: [string, string][] = [];
+    return {
+      calls, logs,
+      d: { setTaskScheduling: (tid: number, policy: 'rr' | 'other', priority: number) => { calls.push([tid, policy, priority]); return errnoOf(tid); }, log: (level: string, event: string) => { logs.push([level, event]); } },
+    };
+  }
+
+  it('lists every thread of the process but the calling one', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'svm-task-'));
+    try {
+      for (const t of ['100', '101', '103', '102']) mkdirSync(join(dir, t));
+      expect(platformThreadIds(dir, 100)).toEqual([101, 102, 103]);
+      expect(platformThreadIds(join(dir, 'missing'), 100)).toEqual([]);
+    } finally {
+      rmSync(dir, { recursive: true });
+    }
+    // This process has Node's platform threads besides the main one.
+    expect(platformThreadIds().length).toBeGreaterThanOrEqual(1);
+    expect(platformThreadIds()).not.toContain(process.pid);
+  });
+
+  it('moves them to SCHED_RR one step below the data plane, and says so in status', () => {
+    const { d, calls, logs } = helperDeps();
+    const s = applyHelperScheduling(rr, [11, 12, 13, 14], d);
+    expect(calls).toEqual([[11, 'rr', 9], [12, 'rr', 9], [13, 'rr', 9], [14, 'rr', 9]]);
+    expect(s.helpers).toEqual({ tids: [11, 12, 13, 14], priority: 9 });
+    expect(logs).toEqual([]);
+    expect(formatScheduling(s)).toBe('data plane: thread svm-dataplane (tid 4242), realtime (SCHED_RR 10); 4 platform thread(s) SCHED_RR 9');
+    // Priority 1 has no step below: they share it.
+    expect(applyHelperScheduling({ ...rr, priority: 1 }, [11], helperDeps().d).helpers?.priority).toBe(1);
+  });
+
+  it('leaves them alone when the data plane is not realtime, or none were listed', () => {
+    const { d, calls } = helperDeps();
+    expect(applyHelperScheduling({ ...rr, policy: 'other', priority: 0 }, [11, 12], d).helpers).toBeUndefined();
+    expect(applyHelperScheduling(rr, [], d).helpers).toBeUndefined();
+    expect(calls).toEqual([]);
+  });
+
+  it('a thread gone since it was listed is skipped; a refusal is one warning, and the rest still move', () => {
+    const { d, logs } = helperDeps((tid) => (tid === 12 ? constants.errno.ESRCH : tid === 13 ? constants.errno.EPERM : 0));
+    const s = applyHelperScheduling(rr, [11, 12, 13, 14], d);
+    expect(s.helpers?.tids).toEqual([11, 14]);
+    expect(s.helpers?.refused).toBe('tid 13: EPERM');
+    expect(logs).toEqual([['warn', 'realtime-helpers-refused']]);
+  });
+});
+
