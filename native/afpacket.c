@@ -1554,6 +1554,16 @@ static void finalize_state(napi_env env, void *data, void *hint) {
  * without CAP_SYS_NICE or an RT budget in the cgroup); the name is set
  * either way.
  */
+/* 'rr' or 'other' as a kernel policy (the normal policy's priority is 0); -1 for anything else. */
+static int policy_of(const char *policy, int32_t *prio) {
+  if (strcmp(policy, "rr") == 0) return SCHED_RR;
+  if (strcmp(policy, "other") == 0) {
+    *prio = 0;
+    return SCHED_OTHER;
+  }
+  return -1;
+}
+
 static napi_value js_set_thread_scheduling(napi_env env, napi_callback_info info) {
   size_t argc = 3;
   napi_value argv[3];
@@ -1567,10 +1577,8 @@ static napi_value js_set_thread_scheduling(napi_env env, napi_callback_info info
     napi_throw_type_error(env, NULL, "setThreadScheduling(name: string, policy: 'rr' | 'other', priority: number)");
     return NULL;
   }
-  int pol;
-  if (strcmp(policy, "rr") == 0) pol = SCHED_RR;
-  else if (strcmp(policy, "other") == 0) pol = SCHED_OTHER, prio = 0;
-  else {
+  int pol = policy_of(policy, &prio);
+  if (pol < 0) {
     napi_throw_range_error(env, NULL, "setThreadScheduling: policy must be 'rr' or 'other'");
     return NULL;
   }
@@ -1602,10 +1610,8 @@ static napi_value js_set_task_scheduling(napi_env env, napi_callback_info info) 
     napi_throw_type_error(env, NULL, "setTaskScheduling(tid: number, policy: 'rr' | 'other', priority: number)");
     return NULL;
   }
-  int pol;
-  if (strcmp(policy, "rr") == 0) pol = SCHED_RR;
-  else if (strcmp(policy, "other") == 0) pol = SCHED_OTHER, prio = 0;
-  else {
+  int pol = policy_of(policy, &prio);
+  if (pol < 0) {
     napi_throw_range_error(env, NULL, "setTaskScheduling: policy must be 'rr' or 'other'");
     return NULL;
   }
