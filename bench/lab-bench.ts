@@ -41,6 +41,7 @@
 import { setFlagsFromString } from 'node:v8';
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { loadAfPacketAddon } from '../lib/io/afpacket-native';
+import { platformThreadIds } from '../lib/dataplane/scheduling';
 import { join } from 'node:path';
 import { Bridge, TICK_MS } from '../lib/bridge';
 import type { IoBackend } from '../lib/cli/ports';
@@ -75,31 +76,38 @@ const RT_PRIORITY = 10;
  * afpacket-rt: this process runs the bridge on its main thread, so that
  * thread takes SCHED_RR for the run (as run --realtime gives the data-plane
  * thread). A send thread started during the run inherits it; one an earlier
- * mode started at the normal policy gets it with chrt. Scavenges go without
- * helpers for the run, as run does. Returns the undo, which puts every send
- * thread back to the normal policy and the helpers back.
+ * mode started at the normal policy gets it with chrt. V8's helper threads
+ * (this process's platform threads) get SCHED_RR one step below and V8
+ * scavenges with them, as run --realtime-helpers (the default) does; with
+ * `normalHelpers` they stay at the normal policy, and with `scavengeAlone`
+ * scavenges go without them (run --no-realtime-helpers). Returns the undo.
  */
-function realtimeForRun(scavengeAlone: boolean): () => void {
+function realtimeForRun(o: { normalHelpers: boolean; scavengeAlone: boolean }): () => void {
   const addon = loadAfPacketAddon();
   const r = addon.setThreadScheduling('', 'rr', RT_PRIORITY);
   if (r.errno) throw new Error(`afpacket-rt: SCHED_RR refused (errno ${r.errno})`);
   for (const t of sendThreads()) run('chrt', ['-r', '-p', String(RT_PRIORITY), t]);
-  // As run --realtime: V8 scavenges without its (normal-policy) helper threads.
-  if (scavengeAlone) setFlagsFromString('--no-parallel-scavenge');
+  const helpers = o.normalHelpers ? [] : HELPER_TIDS;
+  for (const t of helpers) addon.setTaskScheduling(t, 'rr', RT_PRIORITY - 1);
+  if (o.scavengeAlone) setFlagsFromString('--no-parallel-scavenge');
   return () => {
     addon.setThreadScheduling('', 'other', 0);
     for (const t of sendThreads()) run('chrt', ['-o', '-p', '0', t]);
+    for (const t of helpers) addon.setTaskScheduling(t, 'other', 0);
     setFlagsFromString('--parallel-scavenge');
   };
 }
+
+/** V8's helpers and Node's timer: the threads this process has at its start (before any send thread). */
+const HELPER_TIDS = platformThreadIds();
 
 /** This process's send threads (native/afpacket.c names them svm-send). */
 function sendThreads(): string[] {
   return readdirSync('/proc/self/task').filter((t) => readFileSync(`/proc/self/task/${t}/comm`, 'utf8').trim() === 'svm-send');
 }
 
-type Base = 'kernel' | 'kernel2' | 'afpacket' | 'sink' | 'cap' | 'afpacket-date' | 'afpacket-perport' | 'afpacket-sync' | 'afpacket-spin' | 'afpacket-rt' | 'afpacket-rt-gchelpers';
-const BASES: readonly Base[] = ['kernel', 'kernel2', 'afpacket', 'sink', 'cap', 'afpacket-date', 'afpacket-perport', 'afpacket-sync', 'afpacket-spin', 'afpacket-rt', 'afpacket-rt-gchelpers'];
+type Base = 'kernel' | 'kernel2' | 'afpacket' | 'sink' | 'cap' | 'afpacket-date' | 'afpacket-perport' | 'afpacket-sync' | 'afpacket-spin' | 'afpacket-rt' | 'afpacket-rt-gchelpers' | 'afpacket-rt-normal-helpers';
+const BASES: readonly Base[] = ['kernel', 'kernel2', 'afpacket', 'sink', 'cap', 'afpacket-date', 'afpacket-perport', 'afpacket-sync', 'afpacket-spin', 'afpacket-rt', 'afpacket-rt-gchelpers', 'afpacket-rt-normal-helpers'];
 const BASE_LABELS: Record<Base, string> = {
   kernel: 'KB: kernel bridge, backup left out',
   kernel2: 'KB2: kernel bridge, the backup serves the same load from a second client',
@@ -111,7 +119,8 @@ const BASE_LABELS: Record<Base, string> = {
   'afpacket-sync': 'shadowvm, AF_PACKET, sends made by the data plane itself (sendThread off)',
   'afpacket-spin': `shadowvm, AF_PACKET, polling the rings ${SPIN_US} µs after each breath (busyPollUs)`,
   'afpacket-rt': `shadowvm, AF_PACKET, the data plane and its send thread at SCHED_RR ${RT_PRIORITY} (run --realtime)`,
-  'afpacket-rt-gchelpers': 'afpacket-rt, but V8 scavenges with its helper threads (as before run --realtime scavenged alone)',
+  'afpacket-rt-gchelpers': 'afpacket-rt, but V8\'s helper threads at the normal policy and scavenging with them (run --no-realtime-helpers --scavenge-helpers)',
+  'afpacket-rt-normal-helpers': 'afpacket-rt, but V8\'s helper threads at the normal policy and scavenging alone (run --no-realtime-helpers)',
 };
 const DEFAULT_MODES = ['kernel', 'kernel2', 'afpacket', 'afpacket-rt', 'sink', 'cap', 'afpacket-date', 'kernel-offload', 'afpacket-offload'] as const;
 const OFFLOAD_SUFFIX = '-offload';
@@ -554,8 +563,8 @@ async function runShadow(mode: Mode, round: number, o: Options, say: (s: string)
   let undoRealtime: (() => void) | null = null;
   try {
     // The realtime modes run the data plane as `shadowvm run` does: SCHED_RR, and every send through the send thread.
-    const realtime = mode.base === 'afpacket-rt' || mode.base === 'afpacket-rt-gchelpers';
-    if (realtime) undoRealtime = realtimeForRun(mode.base === 'afpacket-rt');
+    const realtime = mode.base === 'afpacket-rt' || mode.base === 'afpacket-rt-gchelpers' || mode.base === 'afpacket-rt-normal-helpers';
+    if (realtime) undoRealtime = realtimeForRun({ normalHelpers: mode.base !== 'afpacket-rt', scavengeAlone: mode.base === 'afpacket-rt-normal-helpers' });
     const io: IoBackend = mode.base === 'cap' ? 'cap' : 'afpacket';
     bridged = await startBridgedLab({ prefix: o.prefix, io, log: tap.log, config: configOf(mode.base), vnetHdr: mode.offloads, sweepOnWake: mode.base !== 'afpacket-perport', sendThread: mode.base !== 'afpacket-sync', busyPollUs: mode.base === 'afpacket-spin' ? SPIN_US : 0, ...(realtime ? { sendInlineFrames: 0 } : {}) });
     current.bridged = bridged;
