@@ -87,7 +87,19 @@ export interface BridgeOptions {
   startedEvent?: string;
   /** How the data-plane thread is scheduled (run's --realtime), for status and metrics. */
   scheduling?: DataPlaneScheduling;
+  /**
+   * Told which interface holds each role whenever that changes (a failover,
+   * a lost backup, a re-protection, the backup moved to a fresh tap): `run`
+   * keeps it in a file, so that a restarted bridge finds the VMs where they
+   * are now rather than where its config first put them.
+   */
+  onRoles?: (roles: BridgeRoles) => void;
+  /** The backup slot starts with no VM behind it (why, for the log): it is a lost backup from the start, and the agent is asked for one. */
+  noBackupAtStart?: string;
 }
+
+/** Which interface holds each role now (`backup` null: none). */
+export interface BridgeRoles { primary: string; backup: string | null }
 
 export const TICK_MS = 10;
 
@@ -123,6 +135,8 @@ export class Bridge {
   private readonly stalls = new StallCauses(threadSelfView(), wallClockUs);
   private stallLog = { lastUs: 0, quiet: 0 };
   private silenceDeadlineUs: number | null = null;
+  /** The roles last told to `onRoles` (JSON), so that it hears only changes. */
+  private rolesTold = '';
   /** While a port opens for a `checkpoint-done`: the agent events that came after it, to run in order. */
   private agentQueue: (() => void)[] | null = null;
 
@@ -147,6 +161,7 @@ export class Bridge {
       },
       event: (ev) => {
         if (ev.type === 'failover') this.agent?.sendFailover(ev.record.epoch, this.slotPorts[ev.survivor].name);
+        if (ev.type === 'failover' || ev.type === 'backup-lost' || ev.type === 'reprotect') this.rolesMayHaveChanged();
       },
       log: (level, event, fields) => this.log(level, event, fields),
     }, this.clockUs(), false, undefined, [primary.name, backup.name]);
@@ -155,6 +170,8 @@ export class Bridge {
   /** Opens the sockets and starts moving frames. Nothing is left open if it fails. */
   async start(): Promise<void> {
     const o = this.options;
+    // Before an agent can connect (it is asked for a checkpoint at once): without a backup it is asked for one.
+    if (o.noBackupAtStart) this.afterEvent(() => this.pipeline.backupLost(o.noBackupAtStart!, this.clockUs()));
     try {
       if (o.agentSocket) {
         // Agent events run in the order they came: while the new backup's port opens (off this thread), later ones wait.
@@ -537,10 +554,26 @@ export class Bridge {
       this.carrierTimers[slot] = null;
     }
     this.listenToSlot(slot);
+    this.rolesMayHaveChanged();
     old.close().catch((e: Error) => this.log('warn', 'port-close-failed', { port: old.name, error: e.message }));
     const opened = openMs === undefined ? {} : { openMs: Math.round(openMs * 10) / 10 };
     if (same) this.log('info', 'backup-port-reopened', { epoch, port: port.name, ...opened, note: 'the backup was overwritten in place; frames its old state left unread are discarded (epoch fence)' });
     else this.log('info', 'backup-port-moved', { epoch, from: old.name, to: port.name, ...opened, note: 'frames left on the old port are discarded unread (epoch fence)' });
+  }
+
+  /** Tells `onRoles` the roles now, if they changed since it was last told. */
+  private rolesMayHaveChanged(): void {
+    if (!this.options.onRoles) return;
+    const r = this.pipeline.replicas;
+    const roles: BridgeRoles = { primary: r.active.name, backup: r.standby?.name ?? null };
+    const json = JSON.stringify(roles);
+    if (json === this.rolesTold) return;
+    try {
+      this.options.onRoles(roles);
+      this.rolesTold = json;
+    } catch (e) {
+      this.log('warn', 'roles-not-saved', { error: (e as Error).message });
+    }
   }
 
   /** Anything that may release frames outside a breath (timers, agent answers) flushes afterwards. */

@@ -2,6 +2,7 @@
 import { execFileSync } from 'node:child_process';
 import type { LogFn } from '../control/logger';
 import { PacketPort } from '../io/port';
+import { AbsentPort } from '../io/absent-port';
 import type { AfPacketPortOptions } from '../io/afpacket-port';
 import { parseEthtoolFeatures } from '../setup/host-state';
 
@@ -110,14 +111,18 @@ export async function openOneLater(io: IoBackend, ifname: string, options: PortO
   return AfPacketPort.open(ifname, afPacketOptions(options));
 }
 
-export function openPorts(io: IoBackend, names: PortNames, options: PortOptions = {}): { uplink: PacketPort; primary: PacketPort; backup: PacketPort } {
+/** The backup slot's port name when there is no backup interface at start (AbsentPort; not a possible interface name). */
+export const NO_BACKUP_PORT = '(none)';
+
+/** `names.backup` null: no backup interface (an AbsentPort named NO_BACKUP_PORT holds the slot). */
+export function openPorts(io: IoBackend, names: Omit<PortNames, 'backup'> & { backup: string | null }, options: PortOptions = {}): { uplink: PacketPort; primary: PacketPort; backup: PacketPort } {
   const opened: PacketPort[] = [];
   try {
     const uplink = openOne(io, names.uplink, options);
     opened.push(uplink);
     const primary = openOne(io, names.primary, options);
     opened.push(primary);
-    const backup = openOne(io, names.backup, options);
+    const backup = names.backup === null ? new AbsentPort(NO_BACKUP_PORT) : openOne(io, names.backup, options);
     opened.push(backup);
     return { uplink, primary, backup };
   } catch (e) {

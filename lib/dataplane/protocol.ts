@@ -13,7 +13,12 @@ import type { RealtimeMode } from './scheduling';
 export interface DataPlaneInit {
   name: string;
   config: PipelineConfig;
-  ports: { uplink: string; primary: string; backup: string };
+  /** backup null: none at start (the roles file said so): the agent is asked for one. */
+  ports: { uplink: string; primary: string; backup: string | null };
+  /** Where to keep the roles (cli/roles-file.ts), and the interfaces the config named. */
+  roles?: { file: string; configured: { primary: string; backup: string } };
+  /** Why the backup slot starts empty (BridgeOptions.noBackupAtStart). */
+  noBackupAtStart?: string;
   io: IoBackend;
   vnetHdr: boolean;
   busyPollUs: number;

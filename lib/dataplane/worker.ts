@@ -7,8 +7,9 @@
  * calls the main thread makes, which it coalesces (threaded-bridge.ts).
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { Bridge } from '../bridge';
+import { Bridge, BridgeRoles } from '../bridge';
 import { openOneLater, openPorts } from '../cli/ports';
+import { saveRoles } from '../cli/roles-file';
 import { Logger } from '../control/logger';
 import { UserFacingError } from '../errors';
 import { LinkWatcher } from '../io/link-watch';
@@ -56,7 +57,9 @@ async function main(init: DataPlaneInit): Promise<void> {
     const ports = openPorts(init.io, init.ports, portOptions);
     // The new backup's port, named by the agent at a checkpoint: opened on the thread pool, not on this thread.
     const openPort = (ifname: string) => openOneLater(init.io, ifname, portOptions);
-    bridge = new Bridge(ports, { name: init.name, config: init.config, agentSocket: init.agentSocket, log: logger.log, links, startedEvent: 'data-plane-started', scheduling, openPort });
+    const roles = init.roles;
+    const onRoles = roles ? (r: BridgeRoles) => saveRoles(roles.file, init.name, roles.configured, r) : undefined;
+    bridge = new Bridge(ports, { name: init.name, config: init.config, agentSocket: init.agentSocket, log: logger.log, links, startedEvent: 'data-plane-started', scheduling, openPort, onRoles, noBackupAtStart: init.noBackupAtStart });
     await bridge.start();
   } catch (e) {
     links?.close();

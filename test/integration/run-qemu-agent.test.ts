@@ -28,6 +28,8 @@ jest.setTimeout(240_000);
 interface Status {
   state: string;
   ports: { name: string; role: string }[];
+  /** Each VM port and its role now (`ports` is by slot). */
+  replicas: { port: string; role: string }[];
   failover: { count: number };
   checkpoints: { done: number; failed: number } & Record<string, unknown>;
 }
@@ -40,6 +42,7 @@ describe('shadowvm run with shadowvm agent qemu, two processes', () => {
   let bridgeLog = '';
   let agentLog = '';
   let control = '';
+  let bridgeArgs: string[] = [];
 
   const spawnLogged = (args: string[], onLog: (s: string) => void): ChildProcess => {
     const child = spawn(SHADOWVM_BIN, args, { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -69,7 +72,9 @@ describe('shadowvm run with shadowvm agent qemu, two processes', () => {
       await new Promise((r) => setTimeout(r, 200));
     }
   };
-  const backupPort = (s: Status) => s.ports.find((p) => p.role === 'backup')?.name;
+  const backupPort = (s: Status) => s.replicas.find((r) => r.role === 'backup')?.port;
+  const primaryPort = (s: Status) => s.replicas.find((r) => r.role === 'primary')?.port;
+  const hasBackup = (s: Status) => s.replicas.some((r) => r.role === 'backup');
 
   beforeAll(async () => {
     if (process.getuid?.() !== 0) throw new Error('run-qemu-agent.test.ts needs root (taps, a network namespace, AF_PACKET, QEMU): run jest as root');
@@ -85,7 +90,8 @@ describe('shadowvm run with shadowvm agent qemu, two processes', () => {
       ports: { uplink: lab.client.hostIf, primary: lab.taps.primary, backup: lab.taps.backup },
       ...qemuLabConfig(lab.accel.accel, { replicator: { checkpointTimeoutMs: 5000 } as never }),
     }));
-    bridge = spawnLogged(['run', '--name', PREFIX, '--config', config, '--agent', lab.agentSocket, '--control', control], (s) => { bridgeLog += s; });
+    bridgeArgs = ['run', '--name', PREFIX, '--config', config, '--agent', lab.agentSocket, '--control', control];
+    bridge = spawnLogged(bridgeArgs, (s) => { bridgeLog += s; });
     await until('the bridge process to listen', () => fs.existsSync(control) && fs.existsSync(lab.agentSocket), 30_000);
     agent = spawnLogged(['agent', 'qemu', '--config', lab.descriptionFile], (s) => { agentLog += s; });
   }, 300_000);
@@ -121,9 +127,28 @@ describe('shadowvm run with shadowvm agent qemu, two processes', () => {
     const after = await waitStatus('the failover', (x) => x.failover.count === before.failover.count + 1, 30_000);
     // The backup that took over is one the agent made, behind the tap the bridge had moved to — or, if a
     // checkpoint moved it again meanwhile, a later one; never the lab's first backup.
-    expect(after.ports.find((p) => p.role === 'primary')?.name).toMatch(new RegExp(`^${PREFIX}a\\d+$`));
+    expect(primaryPort(after)).toMatch(new RegExp(`^${PREFIX}a\\d+$`));
     expect(survivorTap).toMatch(new RegExp(`^${PREFIX}a\\d+$`));
-    await waitStatus('protected again', (x) => x.state === 'COMPARING' && x.ports.some((p) => p.role === 'backup'), 120_000);
+    await waitStatus('protected again', (x) => x.state === 'COMPARING' && hasBackup(x), 120_000);
+    expect((await labFetch(lab, out, 'hello.txt')).equals(content.get('hello.txt') as Buffer)).toBe(true);
+  });
+
+  test('the bridge process killed and started again (as systemd would): it starts on the taps that hold the roles now, and the pair is protected again', async () => {
+    const before = await waitStatus('protected', (x) => x.state === 'COMPARING' && hasBackup(x));
+    const primaryTap = primaryPort(before)!;
+    // After the failover and the copies, neither configured tap holds a role (both VMs are gone).
+    expect(primaryTap).not.toBe(lab.taps.primary);
+    expect(fs.existsSync(`/sys/class/net/${lab.taps.primary}`)).toBe(false);
+    const exited = new Promise((r) => bridge!.once('exit', r));
+    bridge!.kill('SIGKILL');
+    await exited;
+    bridgeLog = '';
+    bridge = spawnLogged(bridgeArgs, (s) => { bridgeLog += s; });
+    // From its config alone it would look for the first VMs' taps, which are gone, and not start.
+    const after = await waitStatus('protected again after the restart', (x) => x.state === 'COMPARING' && hasBackup(x), 90_000);
+    expect(bridgeLog).toMatch(/"event":"roles-restored"/);
+    expect(primaryPort(after)).toBe(primaryTap);
     expect((await labFetch(lab, out, 'hello.txt')).equals(content.get('hello.txt') as Buffer)).toBe(true);
   });
 });
+

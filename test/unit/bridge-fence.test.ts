@@ -9,6 +9,8 @@
 import { join } from 'node:path';
 import { Bridge } from '../../lib/bridge';
 import { MemoryPort } from '../../lib/io/memory';
+import { AbsentPort } from '../../lib/io/absent-port';
+import { NO_BACKUP_PORT } from '../../lib/cli/ports';
 import { monotonicUs } from '../../lib/clock';
 import { makePipelineConfig } from '../../lib/pipeline';
 import { udpFrame } from '../support/frames';
@@ -240,4 +242,41 @@ describe('the epoch fence', () => {
       expect(() => r.opened[0].inject([answer('late')])).toThrow(/after close/);
     });
   });
+
+  it('a bridge that starts with no backup (a restart the roles file says had none) asks the agent for one and takes the port it names', async () => {
+    const tmp = tempDir('fence-nobackup');
+    const uplink = new MemoryPort('up0');
+    const primary = new MemoryPort('p0');
+    const opened: MemoryPort[] = [];
+    const roles: unknown[] = [];
+    const bridge = new Bridge({ uplink, primary, backup: new AbsentPort(NO_BACKUP_PORT) }, {
+      name: 'fence',
+      config: makePipelineConfig({ resync: 'copy' }),
+      agentSocket: join(tmp.dir, 'agent.sock'),
+      openPort: (ifname: string) => { const p = new MemoryPort(ifname); opened.push(p); return p; },
+      noBackupAtStart: 'no backup at start (test)',
+      onRoles: (r) => roles.push(r),
+    });
+    await bridge.start();
+    const agent = await LineClient.connect(join(tmp.dir, 'agent.sock'));
+    try {
+      expect(bridge.pipeline.replicas.standby).toBeNull();
+      // The primary is served meanwhile, unchecked.
+      uplink.inject([request]);
+      expect(primary.sent.length + primary.pending.length).toBe(1);
+      expect(await agent.next()).toMatchObject({ type: 'hello' });
+      agent.send({ type: 'hello', version: 2, role: 'agent', name: 'fence-agent' });
+      const first = await agent.next() as { type: string; epoch: number };
+      expect(first.type).toBe('reprotect');
+      agent.send({ type: 'checkpoint-done', epoch: first.epoch, ms: 50, bytes: 1 << 20, port: 'b7' });
+      await waitFor('COMPARING with the new backup', () => bridge.pipeline.state === 'COMPARING' && bridge.pipeline.replicas.standby?.name === 'b7', 3000);
+      expect(opened.map((p) => p.name)).toEqual(['b7']);
+      expect(roles[roles.length - 1]).toEqual({ primary: 'p0', backup: 'b7' });
+    } finally {
+      agent.close();
+      await bridge.stop();
+      tmp.remove();
+    }
+  });
 });
+

@@ -3,7 +3,7 @@ import { DEFAULT_REALTIME_PRIORITY, platformThreadIds } from '../../dataplane/sc
 import { setFlagsFromString } from 'node:v8';
 import { readFileSync } from 'node:fs';
 import type { Argv } from 'yargs';
-import { Bridge } from '../../bridge';
+import { Bridge, BridgeRoles } from '../../bridge';
 import { makePipelineConfig } from '../../pipeline/config';
 import { parseHostPort, readConfigFile } from '../config-file';
 import { DEFAULT_REPLICATOR_CONFIG } from '../../replicate/replicator';
@@ -12,6 +12,7 @@ import { BridgeSignals } from '../../control/signals';
 import { defaultAgentSocketPath } from '../../replicate/agent-protocol';
 import { defaultControlSocketPath } from '../../control/control-socket';
 import { IoBackend, openOneLater, openPorts } from '../ports';
+import { restoreRoles, rolesFileOf, saveRoles } from '../roles-file';
 import { UsageError } from '../errors';
 import { LinkWatcher } from '../../io/link-watch';
 import { ThreadedBridge } from '../../dataplane/threaded-bridge';
@@ -141,13 +142,22 @@ export function runCommand(y: Argv): Argv {
       const agentSocket = args['no-agent'] ? undefined : args.agent ?? defaultAgentSocketPath(name);
       const controlSocket = args.control ?? defaultControlSocketPath(name);
       const controlGroup = args['control-group'] !== undefined ? groupByName(args['control-group']) : undefined;
+      // Where the VMs are now, if this pair ran before: an agent that copies into fresh VMs, and every
+      // failover, move the roles to other taps (roles-file.ts).
+      const rolesFile = rolesFileOf(controlSocket);
+      const configured = { primary: primary!, backup: backup! };
+      const restored = restoreRoles(rolesFile, name, configured);
+      if (restored.note) logger.log(restored.changed ? 'warn' : 'info', restored.changed ? 'roles-restored' : 'roles-file', { file: rolesFile, configured, primary: restored.primary, backup: restored.backup, note: restored.note });
+      const ports = { uplink: uplink!, primary: restored.primary, backup: restored.backup };
+      const noBackupAtStart = restored.backup === null ? `no backup at start (${restored.note}): the agent is asked for one` : undefined;
+      const roles = { file: rolesFile, configured };
       if (args['data-plane-thread']) {
         // The data-plane thread creates the agent socket and cannot set the umask itself: every file this
         // process makes is private (sockets are born 0600, their folders 0700; the control group's are chmodded).
         process.umask(0o077);
         const threaded = new ThreadedBridge({
           init: {
-            name, config, ports: { uplink: uplink!, primary: primary!, backup: backup! }, io: args.io as IoBackend,
+            name, config, ports, roles, noBackupAtStart, io: args.io as IoBackend,
             vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'], sendThread: sendThreadOf(args['send-thread']), sendInlineFrames: args['send-inline-frames'], agentSocket, carrierWatch: args['carrier-watch'], logLevel: args['log-level'],
             realtime: args.realtime, realtimePriority: rtPriority,
             // Listed before the data-plane thread exists: every other thread now is Node's platform's.
@@ -167,17 +177,18 @@ export function runCommand(y: Argv): Argv {
           throw new UsageError(`cannot watch link carriers: ${(e as Error).message} (or run with --no-carrier-watch: deaths are then seen only by the agent and the silence detector)`);
         }
       }
-      let ports;
+      let opened;
       const portOptions = { vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'], sendThread: sendThreadOf(args['send-thread']), sendInlineFrames: args['send-inline-frames'], log: logger.log };
       try {
-        ports = openPorts(args.io as IoBackend, { uplink: uplink!, primary: primary!, backup: backup! }, portOptions);
+        opened = openPorts(args.io as IoBackend, ports, portOptions);
       } catch (e) {
         links?.close();
         throw e;
       }
       // An agent that puts each new backup behind a fresh tap (or asks for a fresh socket) names it in checkpoint-done.
       const openPort = (ifname: string) => openOneLater(args.io as IoBackend, ifname, portOptions);
-      const bridge = new Bridge(ports, { name, config, agentSocket, controlSocket, controlGroup, metrics, log: logger.log, links, openPort });
+      const onRoles = (r: BridgeRoles) => saveRoles(rolesFile, name, configured, r);
+      const bridge = new Bridge(opened, { name, config, agentSocket, controlSocket, controlGroup, metrics, log: logger.log, links, openPort, onRoles, noBackupAtStart });
       try {
         await runUntilStopped(logger, bridge.start(), () => bridge.stop());
       } finally {
