@@ -96,18 +96,22 @@ export interface BridgeOptions {
   onRoles?: (roles: BridgeRoles) => void;
   /** The backup slot starts with no VM behind it (why, for the log): it is a lost backup from the start, and the agent is asked for one. */
   noBackupAtStart?: string;
+  /** How long an `openPort` that returns a promise may take before the checkpoint fails (default PORT_OPEN_TIMEOUT_MS). */
+  portOpenTimeoutMs?: number;
 }
 
 /** Which interface holds each role now (`backup` null: none). */
 export interface BridgeRoles { primary: string; backup: string | null }
 
 export const TICK_MS = 10;
+/** At most one `frame-wait-stall` log line this often. */
+export const STALL_LOG_EVERY_US = 10_000_000;
+/** A port opened for `checkpoint-done` that is not there by then fails the checkpoint (the agent's later words wait for it). */
+export const PORT_OPEN_TIMEOUT_MS = 5000;
 
 function openError(ifname: string, e: unknown): string {
   return `cannot open the new backup's port ${ifname}: ${(e as Error)?.message ?? String(e)}`;
 }
-/** At most one `frame-wait-stall` log line this often. */
-export const STALL_LOG_EVERY_US = 10_000_000;
 
 export class Bridge {
   readonly pipeline: ShadowPipeline;
@@ -483,7 +487,20 @@ export class Bridge {
     // checkpoint stays in flight, as if the agent had answered that much later.
     const startedUs = this.clockUs();
     this.agentQueue = [];
+    let settled = false;
+    const timeoutMs = this.options.portOpenTimeoutMs ?? PORT_OPEN_TIMEOUT_MS;
+    // A kernel that never finishes the open must not hold the agent's later words (a primary-down) for good.
+    const timer = setTimeout(() => settle(null, `opening the new backup's port ${move.ifname} took over ${timeoutMs} ms`), timeoutMs);
+    timer.unref?.();
     const settle = (port: PacketPort | null, error: string | null): void => {
+      if (settled) {
+        // Too late: the checkpoint failed meanwhile.
+        if (port) void port.close();
+        if (port) this.log('warn', 'backup-port-open-late', { epoch: m.epoch, port: port.name, openMs: Math.round((this.clockUs() - startedUs) / 100) / 10, note: 'opened after its checkpoint had failed; closed unused' });
+        return;
+      }
+      settled = true;
+      clearTimeout(timer);
       const waitedMs = (this.clockUs() - startedUs) / 1000;
       if (this.stopped) {
         if (port) void port.close();

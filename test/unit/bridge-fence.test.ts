@@ -31,7 +31,7 @@ type Opening = boolean | 'later';
 interface Later { ifname: string; resolve(): void; reject(e: Error): void }
 const later: Later[] = [];
 
-async function rig(canOpen: Opening = true, agentVersion = 2, config: Parameters<typeof makePipelineConfig>[0] = {}): Promise<Rig> {
+async function rig(canOpen: Opening = true, agentVersion = 2, config: Parameters<typeof makePipelineConfig>[0] = {}, portOpenTimeoutMs?: number): Promise<Rig> {
   const tmp = tempDir('fence');
   const uplink = new MemoryPort('up0');
   const primary = new MemoryPort('p0');
@@ -40,6 +40,7 @@ async function rig(canOpen: Opening = true, agentVersion = 2, config: Parameters
   const bridge = new Bridge({ uplink, primary, backup: oldBackup }, {
     name: 'fence',
     config: makePipelineConfig({ resync: 'copy', ...config }),
+    ...(portOpenTimeoutMs ? { portOpenTimeoutMs } : {}),
     agentSocket: join(tmp.dir, 'agent.sock'),
     ...(canOpen === true ? { openPort: (ifname: string) => { const p = new MemoryPort(ifname); opened.push(p); return p; } } : {}),
     // Like AfPacketPort.open: the port is made elsewhere and handed over later.
@@ -223,6 +224,25 @@ describe('the epoch fence', () => {
         // The survivor keeps its port; the copy of the dead primary is never attached.
         expect(r.bridge.pipeline.replicas.active.name).toBe('b0');
         expect(() => r.oldBackup.inject([answer('still the active one')])).not.toThrow();
+        expect(() => r.opened[0].inject([answer('late')])).toThrow(/after close/);
+      } finally {
+        await r.close();
+      }
+    });
+
+    it('an open that never finishes fails the checkpoint in time, runs what waited, and closes the port if it comes late', async () => {
+      const r = await rig('later', 2, {}, 150);
+      try {
+        r.bridge.pipeline.request('manual', undefined, monotonicUs());
+        const cp = await r.agent.next() as { epoch: number };
+        r.agent.send({ type: 'checkpoint-done', epoch: cp.epoch, ms: 40, bytes: 1, port: 'b1' });
+        await waitFor('the open to start', () => later.length === 1, 3000);
+        r.agent.send({ type: 'backup-down', reason: 'qemu exited' });
+        await waitFor('the checkpoint to fail', () => r.bridge.pipeline.replicator.counters().checkpoints_failed === 1, 3000);
+        // The word that waited behind the open ran after it.
+        await waitFor('the backup lost', () => r.bridge.pipeline.replicas.standby === null, 3000);
+        later[0].resolve();
+        await new Promise((res) => setImmediate(res));
         expect(() => r.opened[0].inject([answer('late')])).toThrow(/after close/);
       } finally {
         await r.close();
