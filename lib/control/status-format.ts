@@ -53,9 +53,11 @@ export function formatStatus(s: BridgeSnapshot): string {
   if (s.ports.length === 0) {
     out.push('ports: none');
   } else {
+    // A VM port's role now (after a failover the first backup's port is the primary's), not the slot it started in.
+    const roleNow = new Map((s.replicas ?? []).map((r) => [r.port, r.role]));
     out.push(...formatTable(
-      ['port', 'interface', 'rx frames', 'rx bytes', 'tx frames', 'tx bytes', 'rx drops', 'tx errors'],
-      s.ports.map((p) => [p.role, p.name, String(p.rxFrames), formatBytes(p.rxBytes), String(p.txFrames), formatBytes(p.txBytes), String(p.rxDrops), String(p.txErrors)]),
+      ['role', 'interface', 'rx frames', 'rx bytes', 'tx frames', 'tx bytes', 'rx drops', 'tx errors'],
+      s.ports.map((p) => [p.role === 'uplink' ? 'uplink' : roleNow.get(p.name) ?? p.role, p.name, String(p.rxFrames), formatBytes(p.rxBytes), String(p.txFrames), formatBytes(p.txBytes), String(p.rxDrops), String(p.txErrors)]),
     ));
   }
   out.push('');

@@ -12,6 +12,7 @@ import { MemoryPort } from '../../lib/io/memory';
 import { AbsentPort } from '../../lib/io/absent-port';
 import { NO_BACKUP_PORT } from '../../lib/cli/ports';
 import { monotonicUs } from '../../lib/clock';
+import { formatStatus } from '../../lib/control/status-format';
 import { makePipelineConfig } from '../../lib/pipeline';
 import { udpFrame } from '../support/frames';
 import { LineClient, tempDir, waitFor } from './agents/socket-helpers';
@@ -296,6 +297,22 @@ describe('the epoch fence', () => {
       agent.close();
       await bridge.stop();
       tmp.remove();
+    }
+  });
+
+  it('after a failover, status names each VM port by the role it holds now, not the slot it started in', async () => {
+    const r = await rig();
+    try {
+      expect(r.bridge.requestFailover().promoted).toBe(true);
+      const table = formatStatus(r.bridge.snapshot()).split('\n');
+      expect(table.find((l) => /^role\s+interface/.test(l))).toBeDefined();
+      const row = (ifname: string) => table.find((l) => new RegExp(`^\\S+\\s+${ifname}\\s+\\d`).test(l));
+      // The promoted backup serves as the primary; the first primary's port is dead.
+      expect(row('b0')).toMatch(/^promoted\s+b0\s/);
+      expect(row('p0')).toMatch(/^dead\s+p0\s/);
+      expect(row('up0')).toMatch(/^uplink\s+up0\s/);
+    } finally {
+      await r.close();
     }
   });
 });

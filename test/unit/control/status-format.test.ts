@@ -10,7 +10,7 @@ describe('formatStatus', () => {
   });
 
   it('shows one aligned row per port with rx, tx, drops and errors', () => {
-    const header = lines.find((l) => l.startsWith('port'))!;
+    const header = lines.find((l) => l.startsWith('role'))!;
     const uplink = lines.find((l) => l.startsWith('uplink'))!;
     expect(header).toMatch(/rx frames\s+rx bytes\s+tx frames\s+tx bytes\s+rx drops\s+tx errors$/);
     expect(uplink).toMatch(/^uplink\s+veth-up\s+1000\s+1\.4 MiB\s+990\s+1\.3 MiB\s+2\s+0$/);
