@@ -10,7 +10,7 @@
  * that the agent made, behind the tap the bridge moved to, takes over, and
  * the download is intact.
  */
-import { ChildProcess, spawn } from 'node:child_process';
+import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -20,6 +20,7 @@ import { labFetch } from '../support/failover-cycles';
 import { GUEST_BIG_FILE, guestContent } from '../../lib/lab/qemu/guest';
 import { QemuLab, qemuLabConfig, startQemuLab } from '../../lib/lab/qemu/pair';
 import { SHADOWVM_BIN, requireBuiltCli } from '../support/lab-helpers';
+import { stateFileOf } from '../../lib/agents/qemu-attach';
 
 const PREFIX = 'qr';
 const content = guestContent();
@@ -148,6 +149,28 @@ describe('shadowvm run with shadowvm agent qemu, two processes', () => {
     const after = await waitStatus('protected again after the restart', (x) => x.state === 'COMPARING' && hasBackup(x), 90_000);
     expect(bridgeLog).toMatch(/"event":"roles-restored"/);
     expect(primaryPort(after)).toBe(primaryTap);
+    expect((await labFetch(lab, out, 'hello.txt')).equals(content.get('hello.txt') as Buffer)).toBe(true);
+  });
+
+  test('the backup dies while the bridge is down: the restarted bridge starts without one, and the agent makes it a new one', async () => {
+    const before = await waitStatus('protected', (x) => x.state === 'COMPARING' && hasBackup(x));
+    const primaryTap = primaryPort(before)!;
+    const backupTap = backupPort(before)!;
+    const exited = new Promise((r) => bridge!.once('exit', r));
+    bridge!.kill('SIGKILL');
+    await exited;
+    // The backup QEMU dies meanwhile, and its tap goes with it (the agent's state file says which VM it is).
+    const state = JSON.parse(fs.readFileSync(stateFileOf(lab.descriptionFile), 'utf8')) as { vms: { backup: { pid: number; tap: string } } };
+    expect(state.vms.backup.tap).toBe(backupTap);
+    process.kill(state.vms.backup.pid, 'SIGKILL');
+    await until('the backup QEMU gone', () => !fs.existsSync(`/proc/${state.vms.backup.pid}`), 10_000);
+    if (fs.existsSync(`/sys/class/net/${backupTap}`)) execFileSync('ip', ['link', 'del', backupTap]);
+    bridgeLog = '';
+    bridge = spawnLogged(bridgeArgs, (s) => { bridgeLog += s; });
+    const after = await waitStatus('protected again by a new backup', (x) => x.state === 'COMPARING' && hasBackup(x) && backupPort(x) !== backupTap, 90_000);
+    expect(bridgeLog).toMatch(new RegExp(`"event":"roles-restored".*${backupTap} is gone`));
+    expect(primaryPort(after)).toBe(primaryTap);
+    expect(backupPort(after)).toMatch(new RegExp(`^${PREFIX}a\\d+$`));
     expect((await labFetch(lab, out, 'hello.txt')).equals(content.get('hello.txt') as Buffer)).toBe(true);
   });
 });
