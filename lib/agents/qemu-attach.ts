@@ -142,8 +142,17 @@ export function readQemuAgentConfig(file: string): QemuAgentConfig {
   };
 }
 
-export function stateFileOf(configFile: string): string {
-  return `${configFile}.state`;
+/**
+ * Where the agent keeps which VMs hold the roles now: in systemd's state
+ * directory when it runs as a unit with one (`$STATE_DIRECTORY`, e.g.
+ * /var/lib/shadowvm/NAME: shadowvm-agent@.service has /etc read-only, so a
+ * file next to the config could never be written there), else next to the
+ * config (`FILE.state`).
+ */
+export function stateFileOf(configFile: string, env: NodeJS.ProcessEnv = process.env): string {
+  // systemd may list several directories, separated by ':'; the first is the unit's own.
+  const dir = env.STATE_DIRECTORY?.split(':')[0];
+  return dir ? path.join(dir, `${path.basename(configFile)}.state`) : `${configFile}.state`;
 }
 
 function pidAlive(pid: number): boolean {

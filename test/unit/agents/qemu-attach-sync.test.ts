@@ -4,7 +4,7 @@
  */
 import * as fs from 'node:fs';
 import { join } from 'node:path';
-import { ColoUnavailableError, QemuAgentConfigError, coloQemuFor, readQemuAgentConfig, resolveSync, syncModeOf } from '../../../lib/agents/qemu-attach';
+import { ColoUnavailableError, QemuAgentConfigError, coloQemuFor, readQemuAgentConfig, resolveSync, stateFileOf, syncModeOf } from '../../../lib/agents/qemu-attach';
 import { tempDir } from './socket-helpers';
 
 function writeConfig(dir: string, extra: Record<string, unknown> = {}, template: Record<string, unknown> = {}): string {
@@ -99,3 +99,32 @@ describe('the QEMU agent\'s sync mode', () => {
     });
   });
 });
+
+describe('the QEMU agent\'s state file (which VMs hold the roles now)', () => {
+  it('is next to the config, or in systemd\'s state directory when the unit has one (/etc is read-only there)', () => {
+    expect(stateFileOf('/etc/shadowvm/web1-agent.json', {})).toBe('/etc/shadowvm/web1-agent.json.state');
+    expect(stateFileOf('/etc/shadowvm/web1-agent.json', { STATE_DIRECTORY: '/var/lib/shadowvm/web1' })).toBe('/var/lib/shadowvm/web1/web1-agent.json.state');
+    expect(stateFileOf('/etc/shadowvm/web1-agent.json', { STATE_DIRECTORY: '/var/lib/a:/var/lib/b' })).toBe('/var/lib/a/web1-agent.json.state');
+  });
+
+  it('is read from the state directory at start: a restarted unit attaches to the VMs it names', () => {
+    const d = tempDir('state-dir');
+    const saved = process.env.STATE_DIRECTORY;
+    try {
+      const file = writeConfig(d.dir);
+      const stateDir = join(d.dir, 'state');
+      fs.mkdirSync(stateDir);
+      process.env.STATE_DIRECTORY = stateDir;
+      const vm = { name: 'cw-a1-3', pid: process.pid, tap: 'cwa3', agentQmpSocket: join(d.dir, 'cw-a1-3.agent.qmp') };
+      fs.writeFileSync(join(stateDir, 'lab.json.state'), JSON.stringify({ vms: { primary: vm, backup: null } }));
+      const c = readQemuAgentConfig(file);
+      expect(c.vms.primary.tap).toBe('cwa3');
+      expect(c.vms.backup).toBeNull();
+    } finally {
+      if (saved === undefined) delete process.env.STATE_DIRECTORY;
+      else process.env.STATE_DIRECTORY = saved;
+      d.remove();
+    }
+  });
+});
+
