@@ -162,13 +162,18 @@ describe('the epoch fence', () => {
   describe('a port opened off the data plane (openPort returns a promise)', () => {
     beforeEach(() => { later.length = 0; });
 
+    /** A manual checkpoint, answered done with the new backup behind `b1`; returns once the bridge has begun opening it. */
+    async function answerWithFreshPort(r: Rig): Promise<void> {
+      r.bridge.pipeline.request('manual', undefined, monotonicUs());
+      const cp = await r.agent.next() as { epoch: number };
+      r.agent.send({ type: 'checkpoint-done', epoch: cp.epoch, ms: 40, bytes: 1, port: 'b1' });
+      await waitFor('the open to start', () => later.length === 1, 3000);
+    }
+
     it('keeps the checkpoint in flight while the port opens, and runs what the agent said meanwhile after it', async () => {
       const r = await rig('later');
       try {
-        r.bridge.pipeline.request('manual', undefined, monotonicUs());
-        const cp = await r.agent.next() as { epoch: number };
-        r.agent.send({ type: 'checkpoint-done', epoch: cp.epoch, ms: 40, bytes: 1, port: 'b1' });
-        await waitFor('the open to start', () => later.length === 1, 3000);
+        await answerWithFreshPort(r);
         expect(later[0].ifname).toBe('b1');
         // The checkpoint is still in flight: a client frame is read and held for the replicas the answer makes.
         expect(r.bridge.pipeline.state).toBe('CHECKPOINTING');
@@ -195,10 +200,7 @@ describe('the epoch fence', () => {
     it('fails the checkpoint when the open fails, and keeps the old backup', async () => {
       const r = await rig('later');
       try {
-        r.bridge.pipeline.request('manual', undefined, monotonicUs());
-        const cp = await r.agent.next() as { epoch: number };
-        r.agent.send({ type: 'checkpoint-done', epoch: cp.epoch, ms: 40, bytes: 1, port: 'b1' });
-        await waitFor('the open to start', () => later.length === 1, 3000);
+        await answerWithFreshPort(r);
         later[0].reject(new Error('b1: no such interface'));
         await waitFor('DEGRADED', () => r.bridge.pipeline.state === 'DEGRADED', 3000);
         expect(r.bridge.pipeline.replicator.counters().checkpoints_failed).toBe(1);
@@ -213,10 +215,7 @@ describe('the epoch fence', () => {
       // Without a wait for the checkpoint's answer, a failover asked for meanwhile promotes the old backup at once.
       const r = await rig('later', 2, { failover: { checkpointWaitMs: 0 } as never });
       try {
-        r.bridge.pipeline.request('manual', undefined, monotonicUs());
-        const cp = await r.agent.next() as { epoch: number };
-        r.agent.send({ type: 'checkpoint-done', epoch: cp.epoch, ms: 40, bytes: 1, port: 'b1' });
-        await waitFor('the open to start', () => later.length === 1, 3000);
+        await answerWithFreshPort(r);
         expect(r.bridge.requestFailover().promoted).toBe(true);
         expect(r.bridge.pipeline.replicas.active.name).toBe('b0');
         later[0].resolve();
@@ -234,10 +233,7 @@ describe('the epoch fence', () => {
     it('an open that never finishes fails the checkpoint in time, runs what waited, and closes the port if it comes late', async () => {
       const r = await rig('later', 2, {}, 150);
       try {
-        r.bridge.pipeline.request('manual', undefined, monotonicUs());
-        const cp = await r.agent.next() as { epoch: number };
-        r.agent.send({ type: 'checkpoint-done', epoch: cp.epoch, ms: 40, bytes: 1, port: 'b1' });
-        await waitFor('the open to start', () => later.length === 1, 3000);
+        await answerWithFreshPort(r);
         r.agent.send({ type: 'backup-down', reason: 'qemu exited' });
         await waitFor('the checkpoint to fail', () => r.bridge.pipeline.replicator.counters().checkpoints_failed === 1, 3000);
         // The word that waited behind the open ran after it.
@@ -252,10 +248,7 @@ describe('the epoch fence', () => {
 
     it('closes a port that opens after the bridge stopped', async () => {
       const r = await rig('later');
-      r.bridge.pipeline.request('manual', undefined, monotonicUs());
-      const cp = await r.agent.next() as { epoch: number };
-      r.agent.send({ type: 'checkpoint-done', epoch: cp.epoch, ms: 40, bytes: 1, port: 'b1' });
-      await waitFor('the open to start', () => later.length === 1, 3000);
+      await answerWithFreshPort(r);
       await r.close();
       later[0].resolve();
       await new Promise((res) => setImmediate(res));
