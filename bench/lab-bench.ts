@@ -42,6 +42,7 @@ import { setFlagsFromString } from 'node:v8';
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { loadAfPacketAddon } from '../lib/io/afpacket-native';
 import { platformThreadIds } from '../lib/dataplane/scheduling';
+import { DEFAULT_SEND_INLINE_FRAMES, DEFAULT_SEND_INLINE_MAX_FPS } from '../lib/cli/commands/run';
 import { join } from 'node:path';
 import { Bridge, TICK_MS } from '../lib/bridge';
 import type { IoBackend } from '../lib/cli/ports';
@@ -106,8 +107,8 @@ function sendThreads(): string[] {
   return readdirSync('/proc/self/task').filter((t) => readFileSync(`/proc/self/task/${t}/comm`, 'utf8').trim() === 'svm-send');
 }
 
-type Base = 'kernel' | 'kernel2' | 'afpacket' | 'sink' | 'cap' | 'afpacket-date' | 'afpacket-perport' | 'afpacket-sync' | 'afpacket-spin' | 'afpacket-rt' | 'afpacket-rt-gchelpers' | 'afpacket-rt-normal-helpers' | 'afpacket-rt-inline1';
-const BASES: readonly Base[] = ['kernel', 'kernel2', 'afpacket', 'sink', 'cap', 'afpacket-date', 'afpacket-perport', 'afpacket-sync', 'afpacket-spin', 'afpacket-rt', 'afpacket-rt-gchelpers', 'afpacket-rt-normal-helpers', 'afpacket-rt-inline1'];
+type Base = 'kernel' | 'kernel2' | 'afpacket' | 'sink' | 'cap' | 'afpacket-date' | 'afpacket-perport' | 'afpacket-sync' | 'afpacket-spin' | 'afpacket-rt' | 'afpacket-rt-gchelpers' | 'afpacket-rt-normal-helpers' | 'afpacket-rt-inline1' | 'afpacket-rt-thread';
+const BASES: readonly Base[] = ['kernel', 'kernel2', 'afpacket', 'sink', 'cap', 'afpacket-date', 'afpacket-perport', 'afpacket-sync', 'afpacket-spin', 'afpacket-rt', 'afpacket-rt-gchelpers', 'afpacket-rt-normal-helpers', 'afpacket-rt-inline1', 'afpacket-rt-thread'];
 const BASE_LABELS: Record<Base, string> = {
   kernel: 'KB: kernel bridge, backup left out',
   kernel2: 'KB2: kernel bridge, the backup serves the same load from a second client',
@@ -118,9 +119,10 @@ const BASE_LABELS: Record<Base, string> = {
   'afpacket-perport': 'shadowvm, AF_PACKET, one breath per epoll event (sweepOnWake off)',
   'afpacket-sync': 'shadowvm, AF_PACKET, sends made by the data plane itself (sendThread off)',
   'afpacket-spin': `shadowvm, AF_PACKET, polling the rings ${SPIN_US} µs after each breath (busyPollUs)`,
-  'afpacket-rt': `shadowvm, AF_PACKET, the data plane and its send thread at SCHED_RR ${RT_PRIORITY} (run --realtime)`,
+  'afpacket-rt': `shadowvm, AF_PACKET, the data plane and its send thread at SCHED_RR ${RT_PRIORITY} (run --realtime), inline sends of up to ${DEFAULT_SEND_INLINE_FRAMES} frames while under ${DEFAULT_SEND_INLINE_MAX_FPS} frames/s (run's defaults)`,
   'afpacket-rt-gchelpers': 'afpacket-rt, but V8\'s helper threads at the normal policy and scavenging with them (run --no-realtime-helpers --scavenge-helpers)',
-  'afpacket-rt-inline1': 'afpacket-rt, but a flush of one frame made while the send thread is idle is sent by the data plane itself (run --send-inline-frames 1)',
+  'afpacket-rt-inline1': 'afpacket-rt, but inline sends of one frame at most (run --send-inline-frames 1)',
+  'afpacket-rt-thread': 'afpacket-rt, but every send through the send thread (run --send-inline-frames 0: run\'s default of stops 20-22)',
   'afpacket-rt-normal-helpers': 'afpacket-rt, but V8\'s helper threads at the normal policy and scavenging alone (run --no-realtime-helpers)',
 };
 const DEFAULT_MODES = ['kernel', 'kernel2', 'afpacket', 'afpacket-rt', 'sink', 'cap', 'afpacket-date', 'kernel-offload', 'afpacket-offload'] as const;
@@ -564,10 +566,10 @@ async function runShadow(mode: Mode, round: number, o: Options, say: (s: string)
   let undoRealtime: (() => void) | null = null;
   try {
     // The realtime modes run the data plane as `shadowvm run` does: SCHED_RR, and every send through the send thread.
-    const realtime = mode.base === 'afpacket-rt' || mode.base === 'afpacket-rt-gchelpers' || mode.base === 'afpacket-rt-normal-helpers' || mode.base === 'afpacket-rt-inline1';
+    const realtime = mode.base === 'afpacket-rt' || mode.base === 'afpacket-rt-gchelpers' || mode.base === 'afpacket-rt-normal-helpers' || mode.base === 'afpacket-rt-inline1' || mode.base === 'afpacket-rt-thread';
     if (realtime) undoRealtime = realtimeForRun({ normalHelpers: mode.base === 'afpacket-rt-gchelpers' || mode.base === 'afpacket-rt-normal-helpers', scavengeAlone: mode.base === 'afpacket-rt-normal-helpers' });
     const io: IoBackend = mode.base === 'cap' ? 'cap' : 'afpacket';
-    bridged = await startBridgedLab({ prefix: o.prefix, io, log: tap.log, config: configOf(mode.base), vnetHdr: mode.offloads, sweepOnWake: mode.base !== 'afpacket-perport', sendThread: mode.base !== 'afpacket-sync', busyPollUs: mode.base === 'afpacket-spin' ? SPIN_US : 0, ...(realtime ? { sendInlineFrames: mode.base === 'afpacket-rt-inline1' ? 1 : 0 } : {}) });
+    bridged = await startBridgedLab({ prefix: o.prefix, io, log: tap.log, config: configOf(mode.base), vnetHdr: mode.offloads, sweepOnWake: mode.base !== 'afpacket-perport', sendThread: mode.base !== 'afpacket-sync', busyPollUs: mode.base === 'afpacket-spin' ? SPIN_US : 0, ...(realtime ? { sendInlineFrames: mode.base === 'afpacket-rt-inline1' ? 1 : mode.base === 'afpacket-rt-thread' ? 0 : DEFAULT_SEND_INLINE_FRAMES, inlineSendsMaxFps: DEFAULT_SEND_INLINE_MAX_FPS } : {}) });
     current.bridged = bridged;
     const { lab } = bridged;
     r.ports = describePorts(bridged.bridge);

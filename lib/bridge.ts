@@ -98,12 +98,25 @@ export interface BridgeOptions {
   noBackupAtStart?: string;
   /** How long an `openPort` that returns a promise may take before the checkpoint fails (default PORT_OPEN_TIMEOUT_MS). */
   portOpenTimeoutMs?: number;
+  /**
+   * The rate gate of inline sends (ports with `setInlineSends`: AF_PACKET
+   * with a send thread and sendInlineFrames > 0): at each tick, inline sends
+   * are stopped when the bridge took in more than this many frames a second
+   * since the last tick, and allowed again after INLINE_QUIET_TICKS ticks
+   * under it (50 ms). Light traffic then keeps the latency of sending on
+   * the data plane (no hand-off); under load every send goes through the send
+   * thread, so a busy peer's stack never runs on the data plane. Absent: the
+   * ports' own setting, never changed.
+   */
+  inlineSendsMaxFps?: number;
 }
 
 /** Which interface holds each role now (`backup` null: none). */
 export interface BridgeRoles { primary: string; backup: string | null }
 
 export const TICK_MS = 10;
+/** The inline-send gate opens again after this many quiet ticks in a row (it closes on one busy tick). */
+export const INLINE_QUIET_TICKS = 5;
 /** At most one `frame-wait-stall` log line this often. */
 export const STALL_LOG_EVERY_US = 10_000_000;
 /** A port opened for `checkpoint-done` that is not there by then fails the checkpoint (the agent's later words wait for it). */
@@ -133,6 +146,9 @@ export class Bridge {
   private silenceTimer: NodeJS.Timeout | null = null;
   /** When the data path last read a frame (for the memory give-back's quiet moment). */
   private lastFrameUs = 0;
+  /** Frames taken in since the last tick, and the inline-send gate's state (see BridgeOptions.inlineSendsMaxFps). */
+  private framesSinceTick = 0;
+  private readonly inlineGate = { on: true, quietTicks: INLINE_QUIET_TICKS, lastTickUs: 0, switches: 0, applied: [null, null, null] as (PacketPort | null)[] };
   private readonly giveBack: MemoryGiveBack;
   private readonly frameWait = new FrameWait();
   /** Where the time of each breath over 10 ms went, and when its last log line was written. */
@@ -229,6 +245,7 @@ export class Bridge {
       setImmediate(() => {
         if (this.stopped) return;
         const now = this.clockUs();
+        this.gateInlineSends(now);
         this.afterEvent(() => this.pipeline.tick(now), 'tick');
         this.giveBack.tick(now, this.pipeline.flows.size, this.lastFrameUs);
         for (const r of this.stalls.tick()) this.reportStall(r);
@@ -311,6 +328,7 @@ export class Bridge {
         ...(this.control ? { control_socket: { ...this.control.counters } } : {}),
         ...(this.metrics ? { metrics_server: { ...this.metrics.counters } } : {}),
         memory_give_back: { ...this.giveBack.counters },
+        ...(this.options.inlineSendsMaxFps !== undefined ? { inline_sends: { on: this.inlineGate.on ? 1 : 0, switches: this.inlineGate.switches, max_fps: this.options.inlineSendsMaxFps } } : {}),
       },
       frameWait: { ...this.frameWait.snapshot(), stalls: this.stalls.snapshot() },
       ...(this.options.scheduling ? { dataPlane: this.options.scheduling } : {}),
@@ -322,6 +340,7 @@ export class Bridge {
     const now = this.clockUs();
     const startUs = timed ? wallClockUs() : 0;
     this.lastFrameUs = now;
+    this.framesSinceTick += frames.length;
     for (let i = 0; i < frames.length; i++) each(frames[i], now);
     this.flushAll();
     // A ring is FIFO: the first frame is the batch's oldest.
@@ -332,6 +351,38 @@ export class Bridge {
       if (endUs - oldestUs > FRAME_WAIT_STALL_US) this.stalls.stall(oldestUs, startUs, endUs, frames.length);
     }
     this.armSilenceTimer(now);
+  }
+
+  /**
+   * Once per tick: inline sends off when the frames taken in since the last
+   * tick, per second, are above `inlineSendsMaxFps`; on again after
+   * INLINE_QUIET_TICKS ticks at or below it. Applied
+   * to a port when the gate changes and to a port newly in a role (a moved
+   * backup starts with its own setting).
+   */
+  private gateInlineSends(nowUs: number): void {
+    const max = this.options.inlineSendsMaxFps;
+    if (max === undefined) return;
+    const g = this.inlineGate;
+    const spanUs = g.lastTickUs ? nowUs - g.lastTickUs : TICK_MS * 1000;
+    const fps = spanUs > 0 ? (this.framesSinceTick * 1e6) / spanUs : Infinity;
+    this.framesSinceTick = 0;
+    g.lastTickUs = nowUs;
+    // Off at once on a busy tick; on again only after INLINE_QUIET_TICKS quiet ones in a row, so that
+    // bursty load (a rate-limited download pauses between bursts) does not open it in its gaps.
+    g.quietTicks = fps <= max ? g.quietTicks + 1 : 0;
+    const on = g.quietTicks >= INLINE_QUIET_TICKS;
+    const changed = on !== g.on;
+    if (changed) {
+      g.on = on;
+      g.switches++;
+    }
+    const ports = [this.ports.uplink, this.slotPorts[0], this.slotPorts[1]];
+    for (let i = 0; i < ports.length; i++) {
+      if (!changed && g.applied[i] === ports[i]) continue;
+      ports[i].setInlineSends?.(on);
+      g.applied[i] = ports[i];
+    }
   }
 
   /** Work done on the data plane's thread outside the bridge (a control call's reply, built and serialized), for the stall causes. */

@@ -159,6 +159,7 @@ struct port {
   uint8_t zero_vnet[sizeof(struct virtio_net_hdr)];
   int send_thread;               /* sends go through the env's send thread */
   uint32_t inline_max;           /* ...except a flush of at most this many frames while the thread is idle */
+  int inline_off;                /* setInline(false): no inline flush for now, whatever its size (the bridge's rate gate) */
   uint32_t tx_pending;           /* its jobs queued or being sent (under the sender's mutex) */
 };
 
@@ -1468,7 +1469,7 @@ static napi_value js_send(napi_env env, napi_callback_info info) {
   /* A bound SOCK_RAW packet socket sends to its interface with no address. */
   sender_t *snd = p->send_thread && p->state ? sender_get(p->state) : NULL;
   uint32_t sent;
-  if (snd && n <= p->inline_max && sender_idle(snd)) snd = NULL; /* a small flush with nothing queued: at once, here */
+  if (snd && !p->inline_off && n <= p->inline_max && sender_idle(snd)) snd = NULL; /* a small flush with nothing queued: at once, here */
   if (snd) {
     p->counters[C_TX_QUEUED] += n;
     sender_queue(snd, p, n);
@@ -1501,6 +1502,29 @@ static napi_value js_update_stats(napi_env env, napi_callback_info info) {
   struct tpacket_stats st;
   socklen_t len = sizeof st;
   if (getsockopt(p->fd, SOL_PACKET, PACKET_STATISTICS, &st, &len) == 0) p->counters[C_RX_DROPS] += st.tp_drops;
+  return NULL;
+}
+
+/*
+ * setInline(on): whether a small flush may still be sent inline (see
+ * SYNC_MAX_FRAMES). The bridge turns it off while it moves many frames a
+ * second, when the peer's stack is likely busy and would run on the data
+ * plane, and on again when traffic is light, for the idle latency.
+ */
+static napi_value js_set_inline(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  port_t *p = unwrap(env, info, &argc, argv);
+  if (!p) return NULL;
+  bool on = false;
+  napi_valuetype t = napi_undefined;
+  if (argc >= 1) napi_typeof(env, argv[0], &t);
+  if (t != napi_boolean) {
+    throw_usage(env, "setInline(on): on must be a boolean");
+    return NULL;
+  }
+  napi_get_value_bool(env, argv[0], &on);
+  p->inline_off = !on;
   return NULL;
 }
 
@@ -1691,6 +1715,7 @@ NAPI_MODULE_INIT() {
       {"poll", NULL, js_poll, NULL, NULL, NULL, napi_default_method, NULL},
       {"send", NULL, js_send, NULL, NULL, NULL, napi_default_method, NULL},
       {"updateStats", NULL, js_update_stats, NULL, NULL, NULL, napi_default_method, NULL},
+      {"setInline", NULL, js_set_inline, NULL, NULL, NULL, napi_default_method, NULL},
       {"close", NULL, js_close, NULL, NULL, NULL, napi_default_method, NULL},
   };
   napi_value cls;

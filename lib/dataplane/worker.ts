@@ -59,7 +59,7 @@ async function main(init: DataPlaneInit): Promise<void> {
     const openPort = (ifname: string) => openOneLater(init.io, ifname, portOptions);
     const roles = init.roles;
     const onRoles = roles ? (r: BridgeRoles) => saveRoles(roles.file, init.name, roles.configured, r) : undefined;
-    bridge = new Bridge(ports, { name: init.name, config: init.config, agentSocket: init.agentSocket, log: logger.log, links, startedEvent: 'data-plane-started', scheduling, openPort, onRoles, noBackupAtStart: init.noBackupAtStart });
+    bridge = new Bridge(ports, { name: init.name, config: init.config, agentSocket: init.agentSocket, log: logger.log, links, startedEvent: 'data-plane-started', scheduling, openPort, onRoles, noBackupAtStart: init.noBackupAtStart, inlineSendsMaxFps: init.inlineSendsMaxFps });
     await bridge.start();
   } catch (e) {
     links?.close();

@@ -83,6 +83,8 @@ export interface AfPacketSocket {
   /** Folds PACKET_STATISTICS drops into counters. */
   /** Folds the kernel's drop count in; with `drain` (default true), first waits for this port's queued sends. */
   updateStats(drain?: boolean): void;
+  /** Whether a small flush may be sent inline for now (sendInlineFrames); false: every flush goes to the send thread. */
+  setInline(on: boolean): void;
   close(): void;
 }
 

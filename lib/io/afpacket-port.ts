@@ -107,7 +107,7 @@ export interface AfPacketPortOptions {
    * thread has nothing queued, is sent by the caller itself (no hand-off; a
    * veth peer's answer is in its ring for the same wake-up). Default 8; 0:
    * every send through the thread, so the peer's stack never runs on the
-   * data plane (what `shadowvm run` does).
+   * data plane. `setInlineSends(false)` suspends it (the bridge's rate gate).
    */
   sendInlineFrames?: number;
   /**
@@ -389,6 +389,10 @@ export class AfPacketPort implements PacketPort {
     } finally {
       this.sendQueue.length = 0;
     }
+  }
+
+  setInlineSends(on: boolean): void {
+    if (!this.closed) this.socket.setInline(on);
   }
 
   stats(settled = true): AfPacketPortStats {

@@ -66,6 +66,12 @@ export interface PacketPort {
    */
   stats(settled?: boolean): PortStats;
   close(): Promise<void>;
+  /**
+   * Ports that can send a small flush on the caller's thread (AF_PACKET with
+   * a send thread and sendInlineFrames): whether they may for now. The
+   * bridge's rate gate turns it off while traffic is heavy.
+   */
+  setInlineSends?(on: boolean): void;
 }
 
 export function emptyPortStats(): PortStats {

@@ -37,8 +37,10 @@ export interface BridgedLabOptions {
   sweepOnWake?: boolean;
   /** AF_PACKET: send from a thread of its own (default: on without virtio-net headers; see PortOptions). */
   sendThread?: boolean;
-  /** See PortOptions.sendInlineFrames (default 8 here; `shadowvm run` uses 0). */
+  /** See PortOptions.sendInlineFrames (default 8, as `shadowvm run`). */
   sendInlineFrames?: number;
+  /** See BridgeOptions.inlineSendsMaxFps (absent here: no rate gate; `shadowvm run` gates at DEFAULT_SEND_INLINE_MAX_FPS). */
+  inlineSendsMaxFps?: number;
   /** How long the lab agent's checkpoints take. */
   checkpointMs?: number;
   config?: Partial<PipelineConfig>;
@@ -121,6 +123,7 @@ export async function startBridgedLab(options: BridgedLabOptions = {}): Promise<
       log,
       links: options.links === 'none' ? undefined : options.links ?? (ownLinks = LinkWatcher.open()),
       metrics: options.metrics,
+      ...(options.inlineSendsMaxFps !== undefined ? { inlineSendsMaxFps: options.inlineSendsMaxFps } : {}),
     });
     await bridge.start();
     const reprotect = options.reprotect ?? true;

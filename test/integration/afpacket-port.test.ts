@@ -436,6 +436,33 @@ describe('AfPacketPort on a veth pair', () => {
       await waitFor('5 frames', () => atB.frames.length >= 5);
     });
 
+    test('setInlineSends(false) (the bridge\'s rate gate) sends even one frame through the thread; true again: at once', async () => {
+      const a = port(PAIR.a, threaded);
+      const atB = new Collector(port(PAIR.b));
+      a.setInlineSends(false);
+      for (let i = 0; i < 3; i++) {
+        a.send(marked('gated', i));
+        a.flush();
+      }
+      expect(a.stats()).toMatchObject({ txQueued: 3, txFrames: 3, txSyncUs: 0 });
+      a.setInlineSends(true);
+      a.send(marked('gated', 3));
+      a.flush();
+      expect(a.stats()).toMatchObject({ txQueued: 3, txFrames: 4 });
+      expect(a.stats().txSyncUs).toBeGreaterThan(0);
+      await waitFor('4 frames', () => atB.frames.length >= 4);
+      expect(atB.buffers).toEqual([0, 1, 2, 3].map((i) => marked('gated', i)));
+    });
+
+    test('the native setInline takes a boolean only, and a closed port ignores the gate', async () => {
+      const a = port(PAIR.a, threaded);
+      const socket = (a as unknown as { socket: { setInline(on: unknown): void } }).socket;
+      expect(() => socket.setInline(1)).toThrow(/setInline\(on\): on must be a boolean/);
+      expect(() => socket.setInline(undefined)).toThrow(/on must be a boolean/);
+      await a.close();
+      expect(() => a.setInlineSends(false)).not.toThrow();
+    });
+
     test('frames the sender changes right after their flush go out as they were (the flush copied them)', async () => {
       const a = port(PAIR.a, threaded);
       const atB = new Collector(port(PAIR.b));

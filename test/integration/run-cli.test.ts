@@ -116,6 +116,8 @@ describe('shadowvm run (root, on veth pairs)', () => {
       expect(c.snapshots_taken).toBeLessThan(200); // coalesced: one in flight, reused for 20 ms
       expect(c.call_errors).toBe(0);
       expect(last.status.components.control_socket).toBeDefined();
+      // run's rate gate of inline sends reaches the data-plane thread's bridge (idle here: open).
+      expect(last.status.components.inline_sends).toEqual({ on: 1, switches: 0, max_fps: 2000 });
     } finally {
       bridge.child.kill('SIGTERM');
     }
@@ -126,6 +128,7 @@ describe('shadowvm run (root, on veth pairs)', () => {
       await single.waitFor(/"event":"started"/, 15_000);
       const r = await queryControlSocket(path, { cmd: 'status' });
       expect(r.ok && r.status.components.data_plane_thread).toBeUndefined();
+      expect(r.ok && r.status.components.inline_sends).toMatchObject({ max_fps: 2000 });
       expect(single.output()).not.toContain('"event":"data-plane-thread"');
     } finally {
       single.child.kill('SIGTERM');
@@ -241,6 +244,7 @@ describe('shadowvm run (root, on veth pairs)', () => {
     ['a bad --name', ['--name', 'a/b'], /--name/],
     ['a bad --heap-growing-percent', ['--heap-growing-percent', '-5'], /--heap-growing-percent must be a whole number from 0 to 1000/],
     ['a bad --send-inline-frames', ['--send-inline-frames', '-1'], /--send-inline-frames must be a whole number from 0 to 1024/],
+    ['a bad --send-inline-max-fps', ['--send-inline-max-fps', '1.5'], /--send-inline-max-fps must be a whole number from 0 to 10000000/],
     ['a bad --initial-old-space-mib', ['--initial-old-space-mib', '1.5'], /--initial-old-space-mib must be a whole number from 0 to 4096/],
   ])('exits 2 with one line for %s and leaves no socket behind', async (_what, extra, message) => {
     const args = [...base()];

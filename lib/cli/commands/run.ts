@@ -31,6 +31,18 @@ function sendThreadOf(v: 'auto' | 'on' | 'off'): boolean | undefined {
 }
 
 /**
+ * Inline sends: a flush of at most this many frames, made while the send
+ * thread is idle, goes out from the data plane itself...
+ */
+export const DEFAULT_SEND_INLINE_FRAMES = 8;
+/**
+ * ...while the bridge takes in at most this many frames a second. An idle
+ * ping through the lab is about 600 frames a second in all; the soak's
+ * downloads alone, about 25,000.
+ */
+export const DEFAULT_SEND_INLINE_MAX_FPS = 2000;
+
+/**
  * Whether V8 may scavenge with its helper threads: as asked, else yes unless
  * the data plane has its own thread, may be realtime, and its helpers stay at
  * the normal policy (--no-realtime-helpers): a scavenge waits for its
@@ -92,7 +104,8 @@ export function runCommand(y: Argv): Argv {
       .option('resync', { choices: ['copy', 'align'] as const, describe: 'after a checkpoint: copy (a real agent copied the state) or align (lab agents that cannot)' })
       .option('checkpoint-ms', { type: 'number', describe: 'also checkpoint at least every N ms, as Remus does (replicator.maxIntervalMs; 0: only on divergence)' })
       .option('data-plane-thread', { type: 'boolean', default: true, describe: 'move frames on a thread of their own, apart from the control socket and metrics (--no-data-plane-thread: one thread)' })
-      .option('send-inline-frames', { type: 'number', default: 0, describe: 'afpacket, with the send thread: a flush of at most N frames made while that thread is idle is sent by the data plane itself (lower latency at idle; the receiving side\'s stack then runs on the data plane). 0: every send through the thread (soak: no breath over 10 ms; lab: idle ping about 0.1 ms more)' })
+      .option('send-inline-frames', { type: 'number', default: DEFAULT_SEND_INLINE_FRAMES, describe: 'afpacket, with the send thread: a flush of at most N frames made while that thread is idle and traffic is light (--send-inline-max-fps) is sent by the data plane itself: no hand-off, so lower latency at idle, but the receiving side\'s stack runs on the data plane. 0: every send through the thread' })
+      .option('send-inline-max-fps', { type: 'number', default: DEFAULT_SEND_INLINE_MAX_FPS, describe: 'the rate gate of --send-inline-frames: inline sends stop at the first 10 ms tick with more than this many frames a second taken in, and start again after 5 ticks in a row at or under it; meanwhile every send goes through the send thread, so a busy receiver\'s stack never runs on the data plane' })
       .option('realtime-helpers', { type: 'boolean', default: true, describe: 'with a realtime data plane, give Node\'s platform threads (V8\'s helpers, whose collection work the data plane waits for) SCHED_RR one step below it; --no-realtime-helpers leaves them at the normal policy' })
       .option('scavenge-helpers', { type: 'boolean', describe: 'let V8 collect the young generation with its helper threads (default: yes, except with a realtime data plane and --no-realtime-helpers, whose scavenges would wait for those normal-policy threads; lab bench: about 7% more 1 KiB req/s with them)' })
       .option('initial-old-space-mib', { type: 'number', default: INITIAL_OLD_SPACE_MIB, describe: 'V8\'s first old-generation limit: below it no full collection is needed (0: V8\'s own, a few MiB, whose first collection comes under load and at once, not incrementally)' })
@@ -116,6 +129,8 @@ export function runCommand(y: Argv): Argv {
       if (!(args['busy-poll-us'] >= 0 && args['busy-poll-us'] <= 10_000)) throw new UsageError('--busy-poll-us must be between 0 and 10000');
       const inline = args['send-inline-frames'];
       if (!(Number.isInteger(inline) && inline >= 0 && inline <= 1024)) throw new UsageError(`--send-inline-frames must be a whole number from 0 to 1024, got ${String(inline)}`);
+      const inlineFps = args['send-inline-max-fps'];
+      if (!(Number.isInteger(inlineFps) && inlineFps >= 0 && inlineFps <= 10_000_000)) throw new UsageError(`--send-inline-max-fps must be a whole number from 0 to 10000000, got ${String(inlineFps)}`);
       const rtPriority = args['realtime-priority'];
       if (!(Number.isInteger(rtPriority) && rtPriority >= 1 && rtPriority <= 99)) throw new UsageError(`--realtime-priority must be a whole number from 1 to 99, got ${String(rtPriority)}`);
       if (args.realtime === 'on' && !args['data-plane-thread']) throw new UsageError('--realtime on needs the data-plane thread: with --no-data-plane-thread the control socket and metrics would run at realtime priority too');
@@ -158,7 +173,7 @@ export function runCommand(y: Argv): Argv {
         const threaded = new ThreadedBridge({
           init: {
             name, config, ports, roles, noBackupAtStart, io: args.io as IoBackend,
-            vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'], sendThread: sendThreadOf(args['send-thread']), sendInlineFrames: args['send-inline-frames'], agentSocket, carrierWatch: args['carrier-watch'], logLevel: args['log-level'],
+            vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'], sendThread: sendThreadOf(args['send-thread']), sendInlineFrames: args['send-inline-frames'], inlineSendsMaxFps: inlineFps, agentSocket, carrierWatch: args['carrier-watch'], logLevel: args['log-level'],
             realtime: args.realtime, realtimePriority: rtPriority,
             // Listed before the data-plane thread exists: every other thread now is Node's platform's.
             helperTids: args['realtime-helpers'] ? platformThreadIds() : [],
@@ -188,7 +203,7 @@ export function runCommand(y: Argv): Argv {
       // An agent that puts each new backup behind a fresh tap (or asks for a fresh socket) names it in checkpoint-done.
       const openPort = (ifname: string) => openOneLater(args.io as IoBackend, ifname, portOptions);
       const onRoles = (r: BridgeRoles) => saveRoles(rolesFile, name, configured, r);
-      const bridge = new Bridge(opened, { name, config, agentSocket, controlSocket, controlGroup, metrics, log: logger.log, links, openPort, onRoles, noBackupAtStart });
+      const bridge = new Bridge(opened, { name, config, agentSocket, controlSocket, controlGroup, metrics, log: logger.log, links, openPort, onRoles, noBackupAtStart, inlineSendsMaxFps: inlineFps });
       try {
         await runUntilStopped(logger, bridge.start(), () => bridge.stop());
       } finally {

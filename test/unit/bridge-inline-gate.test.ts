@@ -1,0 +1,108 @@
+/**
+ * The rate gate of inline sends (BridgeOptions.inlineSendsMaxFps, run's
+ * --send-inline-max-fps): at each tick the bridge allows its ports to send a
+ * small flush on the data plane only while it took in few frames a second;
+ * under load every send goes through the send thread. In-memory ports that
+ * record what they were told; the native side of setInlineSends is in
+ * test/integration/afpacket-port.test.ts.
+ */
+import { Bridge, INLINE_QUIET_TICKS, TICK_MS } from '../../lib/bridge';
+import { MemoryPort } from '../../lib/io/memory';
+import { makePipelineConfig } from '../../lib/pipeline';
+import { udpFrame } from '../support/frames';
+import { waitFor } from './agents/socket-helpers';
+
+class GatedPort extends MemoryPort {
+  readonly told: boolean[] = [];
+  setInlineSends(on: boolean): void {
+    this.told.push(on);
+  }
+}
+
+const delay = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+async function rig(inlineSendsMaxFps?: number) {
+  const uplink = new GatedPort('up0'), primary = new GatedPort('p0'), backup = new GatedPort('b0');
+  const bridge = new Bridge({ uplink, primary, backup }, {
+    name: 'gate',
+    config: makePipelineConfig({}),
+    ...(inlineSendsMaxFps !== undefined ? { inlineSendsMaxFps } : {}),
+  });
+  await bridge.start();
+  return { bridge, ports: [uplink, primary, backup] };
+}
+
+const gateOf = (bridge: Bridge) => bridge.snapshot().components.inline_sends;
+
+describe('the rate gate of inline sends', () => {
+  it('allows them while traffic is light, stops them on a burst, and allows them again once it is over', async () => {
+    const { bridge, ports } = await rig(1000);
+    const [uplink] = ports;
+    try {
+      // The first tick tells every port the gate's state (idle: on).
+      await waitFor('first tick', () => ports.every((p) => p.told.length >= 1), 2000);
+      expect(ports.map((p) => p.told)).toEqual([[true], [true], [true]]);
+      expect(gateOf(bridge)).toEqual({ on: 1, switches: 0, max_fps: 1000 });
+
+      // 200 frames at once: at least 200 frames over the tick's 10 ms (20,000 a second; over 1,000
+      // however late the tick runs, up to 200 ms).
+      uplink.inject(Array.from({ length: 200 }, (_, i) => udpFrame({ from: 'client', sport: 40000 + i, payload: `q${i}` })));
+      await waitFor('gate off', () => ports.every((p) => p.told.includes(false)), 2000);
+      expect(ports.map((p) => p.told)).toEqual([[true, false], [true, false], [true, false]]);
+
+      // Quiet again: allowed after INLINE_QUIET_TICKS quiet ticks (not at the first); nothing is told while the state holds.
+      const offAt = Date.now();
+      await waitFor('gate on again', () => ports.every((p) => p.told.length >= 3), 2000);
+      expect(Date.now() - offAt).toBeGreaterThanOrEqual((INLINE_QUIET_TICKS - 1) * TICK_MS);
+      await delay(60);
+      expect(ports.map((p) => p.told)).toEqual([[true, false, true], [true, false, true], [true, false, true]]);
+      expect(gateOf(bridge)).toMatchObject({ on: 1, switches: 2 });
+    } finally {
+      await bridge.stop();
+    }
+  });
+
+  it('bursts with short gaps between them (a rate-limited download) keep it closed through the gaps', async () => {
+    const { bridge, ports } = await rig(1000);
+    const [uplink] = ports;
+    try {
+      await waitFor('first tick', () => ports.every((p) => p.told.length >= 1), 2000);
+      for (let burst = 0; burst < 8; burst++) {
+        uplink.inject(Array.from({ length: 200 }, (_, i) => udpFrame({ from: 'client', sport: 44000 + i, payload: `b${burst}` })));
+        await delay(25); // fewer than INLINE_QUIET_TICKS ticks
+      }
+      expect(ports.map((p) => p.told)).toEqual([[true, false], [true, false], [true, false]]);
+      expect(gateOf(bridge)).toMatchObject({ on: 0, switches: 1 });
+    } finally {
+      await bridge.stop();
+    }
+  });
+
+  it('a few frames a tick stay under the gate: it never closes', async () => {
+    const { bridge, ports } = await rig(2000);
+    const [uplink] = ports;
+    try {
+      // 2 frames every 5 ms: about 400 a second.
+      for (let i = 0; i < 20; i++) {
+        uplink.inject([udpFrame({ from: 'client', sport: 41000 + i, payload: 'ping' }), udpFrame({ from: 'client', sport: 42000 + i, payload: 'ping' })]);
+        await delay(5);
+      }
+      expect(ports.every((p) => p.told.length >= 1 && p.told.every((on) => on))).toBe(true);
+      expect(gateOf(bridge)).toMatchObject({ on: 1, switches: 0 });
+    } finally {
+      await bridge.stop();
+    }
+  });
+
+  it('without the option the ports are never told (their own setting stands), and the snapshot has no gate', async () => {
+    const { bridge, ports } = await rig();
+    try {
+      ports[0].inject(Array.from({ length: 200 }, (_, i) => udpFrame({ from: 'client', sport: 43000 + i, payload: 'x' })));
+      await delay(60);
+      expect(ports.map((p) => p.told)).toEqual([[], [], []]);
+      expect(gateOf(bridge)).toBeUndefined();
+    } finally {
+      await bridge.stop();
+    }
+  });
+});
