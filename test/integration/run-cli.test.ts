@@ -245,6 +245,7 @@ describe('shadowvm run (root, on veth pairs)', () => {
     ['a bad --heap-growing-percent', ['--heap-growing-percent', '-5'], /--heap-growing-percent must be a whole number from 0 to 1000/],
     ['a bad --send-inline-frames', ['--send-inline-frames', '-1'], /--send-inline-frames must be a whole number from 0 to 1024/],
     ['a bad --send-inline-max-fps', ['--send-inline-max-fps', '1.5'], /--send-inline-max-fps must be a whole number from 0 to 10000000/],
+    ['a bad --optimize-after-kib', ['--optimize-after-kib', '2048'], /--optimize-after-kib must be a whole number from 0 to 1024/],
     ['a bad --initial-old-space-mib', ['--initial-old-space-mib', '1.5'], /--initial-old-space-mib must be a whole number from 0 to 4096/],
   ])('exits 2 with one line for %s and leaves no socket behind', async (_what, extra, message) => {
     const args = [...base()];
