@@ -565,11 +565,11 @@ async function runShadow(mode: Mode, round: number, o: Options, say: (s: string)
   let bridged: BridgedLab | null = null;
   let undoRealtime: (() => void) | null = null;
   try {
-    // The realtime modes run the data plane as `shadowvm run` does: SCHED_RR, and every send through the send thread.
+    // The realtime modes run the data plane as `shadowvm run` does: SCHED_RR, its inline-send gate, and its --send-thread auto (off with virtio-net headers).
     const realtime = mode.base === 'afpacket-rt' || mode.base === 'afpacket-rt-gchelpers' || mode.base === 'afpacket-rt-normal-helpers' || mode.base === 'afpacket-rt-inline1' || mode.base === 'afpacket-rt-thread';
     if (realtime) undoRealtime = realtimeForRun({ normalHelpers: mode.base === 'afpacket-rt-gchelpers' || mode.base === 'afpacket-rt-normal-helpers', scavengeAlone: mode.base === 'afpacket-rt-normal-helpers' });
     const io: IoBackend = mode.base === 'cap' ? 'cap' : 'afpacket';
-    bridged = await startBridgedLab({ prefix: o.prefix, io, log: tap.log, config: configOf(mode.base), vnetHdr: mode.offloads, sweepOnWake: mode.base !== 'afpacket-perport', sendThread: mode.base !== 'afpacket-sync', busyPollUs: mode.base === 'afpacket-spin' ? SPIN_US : 0, ...(realtime ? { sendInlineFrames: mode.base === 'afpacket-rt-inline1' ? 1 : mode.base === 'afpacket-rt-thread' ? 0 : DEFAULT_SEND_INLINE_FRAMES, inlineSendsMaxFps: DEFAULT_SEND_INLINE_MAX_FPS } : {}) });
+    bridged = await startBridgedLab({ prefix: o.prefix, io, log: tap.log, config: configOf(mode.base), vnetHdr: mode.offloads, sweepOnWake: mode.base !== 'afpacket-perport', sendThread: mode.base !== 'afpacket-sync' && !(realtime && mode.offloads), busyPollUs: mode.base === 'afpacket-spin' ? SPIN_US : 0, ...(realtime ? { sendInlineFrames: mode.base === 'afpacket-rt-inline1' ? 1 : mode.base === 'afpacket-rt-thread' ? 0 : DEFAULT_SEND_INLINE_FRAMES, inlineSendsMaxFps: DEFAULT_SEND_INLINE_MAX_FPS } : {}) });
     current.bridged = bridged;
     const { lab } = bridged;
     r.ports = describePorts(bridged.bridge);

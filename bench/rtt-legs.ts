@@ -28,9 +28,11 @@
  * inline sends, the data plane), and that figure is the undisturbed one.
  *
  * Modes: `kernel` (a Linux bridge joins client and primary; the backup is
- * left out) and `run` (`shadowvm run` as a process, with `shadowvm agent
- * lab`, as a host runs it), and any `run` variant named NAME=FLAGS
- * (`--mode 'inline8=--send-inline-frames 8'`). Interleaved: ABC ABC.
+ * left out) and `run` (`shadowvm run --no-vnet-hdr` as a process, with
+ * `shadowvm agent lab`, as a host runs it; the lab's namespaces have their
+ * offloads off, and the soak runs it so), and any `run` variant named
+ * NAME=FLAGS (`--mode 'inline8=--send-inline-frames 8'`; `--no-vnet-hdr` is
+ * added unless FLAGS name `--vnet-hdr`). Interleaved: ABC ABC.
  *
  * Needs root, tcpdump, ping. Run:
  *   npx tsc -p tsconfig.json && node dist/bench/rtt-legs.js [--rounds 3] [--count 300] [--interval 0.01]
@@ -163,7 +165,7 @@ async function startRun(lab: Lab, mode: Mode): Promise<{ stop: () => Promise<voi
     for (const c of children.reverse()) if (c.child.exitCode === null && c.child.signalCode === null) { c.child.kill('SIGTERM'); await Promise.race([c.exited, delay(3000)]); if (c.child.exitCode === null) c.child.kill('SIGKILL'); }
   };
   const bridge = start([process.execPath, SHADOWVM, 'run', '--name', lab.prefix, '--uplink', lab.client.hostIf, '--primary', lab.primary.hostIf, '--backup', lab.backup.hostIf,
-    '--agent', agentSocket, '--control', controlSocket, '--no-vnet-hdr', '--log-level', 'warn', ...mode.flags], 'shadowvm run');
+    '--agent', agentSocket, '--control', controlSocket, ...(mode.flags.some((f) => /vnet-hdr/.test(f)) ? [] : ['--no-vnet-hdr']), '--log-level', 'warn', ...mode.flags], 'shadowvm run');
   children.push(bridge);
   const output = () => bridge.output.slice(-2000);
   const state = async () => {

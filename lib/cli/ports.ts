@@ -28,7 +28,7 @@ export interface PortOptions {
    * frame is up to 64 KiB, the copy costs more than the send it moves, and wrk lost 4–11%.
    */
   sendThread?: boolean;
-  /** AF_PACKET with sendThread: see AfPacketPortOptions.sendInlineFrames (default 8 here; run passes 0). */
+  /** AF_PACKET with sendThread: see AfPacketPortOptions.sendInlineFrames (default 8, as run's; run also gates it by rate, BridgeOptions.inlineSendsMaxFps). */
   sendInlineFrames?: number;
   /** Where warnings about a port's set-up go (cap: a ring that offloads make small). */
   log?: LogFn;

@@ -45,8 +45,8 @@ export const DEFAULT_OPTIMIZE_AFTER_KIB = 16;
 export const DEFAULT_SEND_INLINE_FRAMES = 8;
 /**
  * ...while the bridge takes in at most this many frames a second. An idle
- * ping through the lab is about 600 frames a second in all; the soak's
- * downloads alone, about 25,000.
+ * ping through the lab is about 300 frames a second taken in; the soak's
+ * downloads alone, about 20,000.
  */
 export const DEFAULT_SEND_INLINE_MAX_FPS = 2000;
 
@@ -142,8 +142,11 @@ export function runCommand(y: Argv): Argv {
       if (!(args['busy-poll-us'] >= 0 && args['busy-poll-us'] <= 10_000)) throw new UsageError('--busy-poll-us must be between 0 and 10000');
       const inline = args['send-inline-frames'];
       if (!(Number.isInteger(inline) && inline >= 0 && inline <= 1024)) throw new UsageError(`--send-inline-frames must be a whole number from 0 to 1024, got ${String(inline)}`);
-      const inlineFps = args['send-inline-max-fps'];
-      if (!(Number.isInteger(inlineFps) && inlineFps >= 0 && inlineFps <= 10_000_000)) throw new UsageError(`--send-inline-max-fps must be a whole number from 0 to 10000000, got ${String(inlineFps)}`);
+      const maxFps = args['send-inline-max-fps'];
+      if (!(Number.isInteger(maxFps) && maxFps >= 0 && maxFps <= 10_000_000)) throw new UsageError(`--send-inline-max-fps must be a whole number from 0 to 10000000, got ${String(maxFps)}`);
+      // The gate only means something where sends can go through a send thread (afpacket, as openPorts decides it).
+      const sendThreadOn = args.io === 'afpacket' && (sendThreadOf(args['send-thread']) ?? !args['vnet-hdr']);
+      const inlineFps = sendThreadOn && inline > 0 ? maxFps : undefined;
       const rtPriority = args['realtime-priority'];
       if (!(Number.isInteger(rtPriority) && rtPriority >= 1 && rtPriority <= 99)) throw new UsageError(`--realtime-priority must be a whole number from 1 to 99, got ${String(rtPriority)}`);
       if (args.realtime === 'on' && !args['data-plane-thread']) throw new UsageError('--realtime on needs the data-plane thread: with --no-data-plane-thread the control socket and metrics would run at realtime priority too');
