@@ -328,10 +328,10 @@ export class Bridge {
         ...(this.control ? { control_socket: { ...this.control.counters } } : {}),
         ...(this.metrics ? { metrics_server: { ...this.metrics.counters } } : {}),
         memory_give_back: { ...this.giveBack.counters },
-        ...(this.options.inlineSendsMaxFps !== undefined ? { inline_sends: { on: this.inlineGate.on ? 1 : 0, switches: this.inlineGate.switches, max_fps: this.options.inlineSendsMaxFps } } : {}),
       },
       frameWait: { ...this.frameWait.snapshot(), stalls: this.stalls.snapshot() },
       ...(this.options.scheduling ? { dataPlane: this.options.scheduling } : {}),
+      ...(this.options.inlineSendsMaxFps !== undefined ? { inlineSends: { on: this.inlineGate.on, maxFps: this.options.inlineSendsMaxFps, switches: this.inlineGate.switches } } : {}),
     });
   }
 

@@ -112,6 +112,11 @@ export function renderMetrics(s: BridgeSnapshot): string {
   if (s.dataPlane) {
     t.one('shadowvm_data_plane_realtime_priority', 'gauge', 'SCHED_RR priority of the data-plane thread; 0: the normal policy (see run --realtime).', s.dataPlane.policy === 'rr' ? s.dataPlane.priority : 0);
   }
+  if (s.inlineSends) {
+    t.one('shadowvm_inline_sends_allowed', 'gauge', 'Whether a small flush may now go out from the data plane itself (1) or only through the send thread (0): run --send-inline-max-fps.', s.inlineSends.on ? 1 : 0);
+    t.one('shadowvm_inline_sends_max_fps', 'gauge', 'Frames taken in per second above which inline sends stop.', s.inlineSends.maxFps);
+    t.one('shadowvm_inline_sends_switches_total', 'counter', 'Times the inline-send gate opened or closed.', s.inlineSends.switches);
+  }
   if (s.frameWait) {
     t.histogram('shadowvm_frame_wait_seconds', 'Per breath: time from the arrival of its oldest frame in the ring to the end of the breath (every frame handled and sent).', s.frameWait.seconds);
     t.one('shadowvm_frame_wait_max_seconds', 'gauge', 'The longest frame wait in the last 60 s.', s.frameWait.maxLast60sMs / 1000);

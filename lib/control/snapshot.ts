@@ -106,6 +106,17 @@ export interface BridgeSnapshot {
   holdWait?: FrameWaitSnapshot;
   /** The data-plane thread's name, id and scheduling policy (run's --realtime). */
   dataPlane?: DataPlaneScheduling;
+  /** The rate gate of inline sends (run's --send-inline-max-fps), where the ports have a send thread. */
+  inlineSends?: InlineSendsSnapshot;
+}
+
+export interface InlineSendsSnapshot {
+  /** Whether a small flush may now go out from the data plane itself. */
+  on: boolean;
+  /** The gate closes above this many frames a second taken in. */
+  maxFps: number;
+  /** How many times it opened or closed. */
+  switches: number;
 }
 
 export interface MemorySnapshot {
@@ -140,6 +151,7 @@ export interface SnapshotSources {
   components?: Record<string, Record<string, number>>;
   frameWait?: FrameWaitSnapshot;
   dataPlane?: DataPlaneScheduling;
+  inlineSends?: InlineSendsSnapshot;
 }
 
 /**
@@ -190,6 +202,7 @@ export function snapshotOf(pipeline: ShadowPipeline, src: SnapshotSources): Brid
     memory: memoryNow(),
     ...(src.frameWait ? { frameWait: src.frameWait } : {}),
     ...(src.dataPlane ? { dataPlane: { ...src.dataPlane } } : {}),
+    ...(src.inlineSends ? { inlineSends: { ...src.inlineSends } } : {}),
     holdWait: pipeline.held.holdWait.snapshot(),
   };
 }

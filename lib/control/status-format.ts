@@ -41,6 +41,7 @@ export function formatStatus(s: BridgeSnapshot): string {
   const agent = s.agent.connected ? `connected${s.agent.name ? ` (${s.agent.name})` : ''}` : 'not connected';
   out.push(`bridge ${s.name}: ${s.state}, up ${formatDuration(s.uptimeSeconds)}, sync agent ${agent}`);
   if (s.dataPlane) out.push(formatScheduling(s.dataPlane));
+  if (s.inlineSends) out.push(`inline sends: ${s.inlineSends.on ? 'on' : 'off (traffic over the gate)'}; gate ${s.inlineSends.maxFps} frames/s, ${s.inlineSends.switches} switch(es)`);
   if (s.replicas) out.push(`replicas: ${s.replicas.map((r) => `${r.port} ${r.role}`).join(', ')}`);
   const fo = s.failover;
   if (fo && (fo.count || fo.backupsLost || fo.refused || fo.deferred)) {

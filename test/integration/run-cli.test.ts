@@ -117,7 +117,7 @@ describe('shadowvm run (root, on veth pairs)', () => {
       expect(c.call_errors).toBe(0);
       expect(last.status.components.control_socket).toBeDefined();
       // With virtio-net headers (the default) there is no send thread, so no gate of inline sends.
-      expect(last.status.components.inline_sends).toBeUndefined();
+      expect(last.status.inlineSends).toBeUndefined();
     } finally {
       bridge.child.kill('SIGTERM');
     }
@@ -129,7 +129,7 @@ describe('shadowvm run (root, on veth pairs)', () => {
       const r = await queryControlSocket(path, { cmd: 'status' });
       expect(r.ok && r.status.components.data_plane_thread).toBeUndefined();
       // Without them, the send thread is on and run's rate gate of inline sends reaches the bridge (idle: open).
-      expect(r.ok && r.status.components.inline_sends).toEqual({ on: 1, switches: 0, max_fps: 2000 });
+      expect(r.ok && r.status.inlineSends).toEqual({ on: true, switches: 0, maxFps: 2000 });
       expect(single.output()).not.toContain('"event":"data-plane-thread"');
     } finally {
       single.child.kill('SIGTERM');
@@ -154,7 +154,7 @@ describe('shadowvm run (root, on veth pairs)', () => {
       const helpers = (json.ok ? json.status.dataPlane?.helpers : undefined)!;
       expect(helpers.priority).toBe(6);
       // --send-thread on: run's rate gate of inline sends reaches the data-plane thread's bridge.
-      expect(json.ok && json.status.components.inline_sends).toMatchObject({ max_fps: 2000 });
+      expect(json.ok && json.status.inlineSends).toMatchObject({ maxFps: 2000 });
       expect(helpers.tids.length).toBeGreaterThanOrEqual(4);
       expect(threads.filter((t) => helpers.tids.includes(t.tid))).toEqual(helpers.tids.map((tid) => expect.objectContaining({ tid, policy: SCHED_RR, rtPriority: 6 })));
       // Everything else, the main thread (control socket, metrics, signals) first, keeps the normal policy.

@@ -11,6 +11,8 @@ import { MemoryPort } from '../../lib/io/memory';
 import { makePipelineConfig } from '../../lib/pipeline';
 import { udpFrame } from '../support/frames';
 import { waitFor } from './agents/socket-helpers';
+import { renderMetrics } from '../../lib/control/metrics';
+import { formatStatus } from '../../lib/control/status-format';
 
 class GatedPort extends MemoryPort {
   readonly told: boolean[] = [];
@@ -32,7 +34,7 @@ async function rig(inlineSendsMaxFps?: number) {
   return { bridge, ports: [uplink, primary, backup] };
 }
 
-const gateOf = (bridge: Bridge) => bridge.snapshot().components.inline_sends;
+const gateOf = (bridge: Bridge) => bridge.snapshot().inlineSends;
 
 describe('the rate gate of inline sends', () => {
   it('allows them while traffic is light, stops them on a burst, and allows them again once it is over', async () => {
@@ -42,7 +44,7 @@ describe('the rate gate of inline sends', () => {
       // The first tick tells every port the gate's state (idle: on).
       await waitFor('first tick', () => ports.every((p) => p.told.length >= 1), 2000);
       expect(ports.map((p) => p.told)).toEqual([[true], [true], [true]]);
-      expect(gateOf(bridge)).toEqual({ on: 1, switches: 0, max_fps: 1000 });
+      expect(gateOf(bridge)).toEqual({ on: true, switches: 0, maxFps: 1000 });
 
       // 200 frames at once: at least 200 frames over the tick's 10 ms (20,000 a second; over 1,000
       // however late the tick runs, up to 200 ms).
@@ -56,7 +58,7 @@ describe('the rate gate of inline sends', () => {
       expect(Date.now() - offAt).toBeGreaterThanOrEqual((INLINE_QUIET_TICKS - 1) * TICK_MS);
       await delay(60);
       expect(ports.map((p) => p.told)).toEqual([[true, false, true], [true, false, true], [true, false, true]]);
-      expect(gateOf(bridge)).toMatchObject({ on: 1, switches: 2 });
+      expect(gateOf(bridge)).toMatchObject({ on: true, switches: 2 });
     } finally {
       await bridge.stop();
     }
@@ -72,7 +74,14 @@ describe('the rate gate of inline sends', () => {
         await delay(25); // fewer than INLINE_QUIET_TICKS ticks
       }
       expect(ports.map((p) => p.told)).toEqual([[true, false], [true, false], [true, false]]);
-      expect(gateOf(bridge)).toMatchObject({ on: 0, switches: 1 });
+      expect(gateOf(bridge)).toMatchObject({ on: false, switches: 1 });
+      // What an operator sees: a status line, and gauges (not counters) for the state.
+      const snap = bridge.snapshot();
+      expect(formatStatus(snap)).toContain('inline sends: off (traffic over the gate); gate 1000 frames/s, 1 switch(es)');
+      const metrics = renderMetrics(snap);
+      expect(metrics).toMatch(/# TYPE shadowvm_inline_sends_allowed gauge\nshadowvm_inline_sends_allowed(\{[^}]*\})? 0\n/);
+      expect(metrics).toMatch(/\nshadowvm_inline_sends_max_fps(\{[^}]*\})? 1000\n/);
+      expect(metrics).toMatch(/# TYPE shadowvm_inline_sends_switches_total counter\nshadowvm_inline_sends_switches_total(\{[^}]*\})? 1\n/);
     } finally {
       await bridge.stop();
     }
@@ -88,7 +97,7 @@ describe('the rate gate of inline sends', () => {
         await delay(5);
       }
       expect(ports.every((p) => p.told.length >= 1 && p.told.every((on) => on))).toBe(true);
-      expect(gateOf(bridge)).toMatchObject({ on: 1, switches: 0 });
+      expect(gateOf(bridge)).toMatchObject({ on: true, switches: 0 });
     } finally {
       await bridge.stop();
     }
@@ -101,6 +110,8 @@ describe('the rate gate of inline sends', () => {
       await delay(60);
       expect(ports.map((p) => p.told)).toEqual([[], [], []]);
       expect(gateOf(bridge)).toBeUndefined();
+      expect(formatStatus(bridge.snapshot())).not.toContain('inline sends');
+      expect(renderMetrics(bridge.snapshot())).not.toContain('shadowvm_inline_sends');
     } finally {
       await bridge.stop();
     }
