@@ -30,6 +30,8 @@ describe('failover oracle and edge cases in the netns lab', () => {
   let links: LinkWatcher | undefined;
   /** The bridge's log events this file looks for (the lab's whole log would be long). */
   const log = { events: [] as { event: string; fields: Record<string, unknown> }[] };
+  /** The bridge's last log lines of any kind, for the message of a download that fails. */
+  const recent: string[] = [];
   const watched = new Set(['link-flap', 'backup-lost', 'failover', 'carrier-lost', 'failover-deferred', 'checkpoint-done']);
 
   beforeAll(async () => {
@@ -38,7 +40,11 @@ describe('failover oracle and edge cases in the netns lab', () => {
     // Checkpoints that take 200 ms leave room to kill the primary in the middle of one.
     l = await startBridgedLab({
       prefix: PREFIX, links, checkpointMs: 200,
-      log: (_level, event, fields) => { if (watched.has(event)) log.events.push({ event, fields: fields ?? {} }); },
+      log: (level, event, fields) => {
+        if (watched.has(event)) log.events.push({ event, fields: fields ?? {} });
+        recent.push(`${new Date().toISOString()} ${level} ${event} ${JSON.stringify(fields ?? {})}`.slice(0, 600));
+        if (recent.length > 40) recent.shift();
+      },
     });
     const object = fixedSeedBytes(OBJECT_BYTES, 99);
     serveOnBoth(l.servers, OBJECT, object);
@@ -85,7 +91,16 @@ describe('failover oracle and edge cases in the netns lab', () => {
         await runInAsync(lab.lab.client.netns, 'curl', ['-sS', '--max-time', '5', '-o', '/dev/null', `http://${lab.lab.serviceIpv4}/${LAB_FILES.hello}`], 10_000).catch(() => '');
       }
       expect(await waitFor(() => p.failover.failovers > before, 5000, 2)).toBe(true);
-      const bytes = await got;
+      let bytes: Buffer;
+      try {
+        bytes = await got;
+      } catch (e) {
+        // A download that stalls after a failover: say what the bridge saw, so that one occurrence is enough to go on.
+        const flows = await lab.bridge.listFlows(20).catch((x: Error) => x.message);
+        throw new Error(`moment ${i} (seed ${seed}, ${mode} death of ${dead.netns} after ${atMs} ms): the download failed: ${(e as Error).message}\n` +
+          `state ${p.state}, roles ${p.replicas.describe()}, last failover ${JSON.stringify(p.failoverHistory.at(-1))}\n` +
+          `held output ${JSON.stringify(lab.bridge.snapshot().heldOutput)}\nflows ${JSON.stringify(flows).slice(0, 4000)}\nlast log lines:\n${recent.join('\n')}`);
+      }
       const rec = p.failoverHistory.at(-1)!;
       detections.push((rec.promotedUs - rec.detectedUs) / 1000);
       roles.push(rec.survivor);
