@@ -92,11 +92,16 @@ export function openOne(io: IoBackend, ifname: string, options: PortOptions): Pa
   return new AfPacketPort(ifname, afPacketOptions(options));
 }
 
+/** Whether ports opened with these options send through a send thread (AF_PACKET only; on by default without virtio-net headers). */
+export function usesSendThread(io: IoBackend, options: Pick<PortOptions, 'vnetHdr' | 'sendThread'>): boolean {
+  return io === 'afpacket' && (options.sendThread ?? !(options.vnetHdr ?? true));
+}
+
 function afPacketOptions(options: PortOptions): AfPacketPortOptions {
   const vnetHdr = options.vnetHdr ?? true;
   // With virtio-net headers a slot must hold a 64 KiB GSO super-frame: without
   // more slots than the 8 MiB default gives (about 150), bursts overflow the ring.
-  return { vnetHdr, busyPollUs: options.busyPollUs ?? 0, sweepOnWake: options.sweepOnWake ?? true, sendThread: options.sendThread ?? !vnetHdr, ...(options.sendInlineFrames !== undefined ? { sendInlineFrames: options.sendInlineFrames } : {}), ...(vnetHdr ? { ringFrames: VNET_RING_FRAMES } : {}) };
+  return { vnetHdr, busyPollUs: options.busyPollUs ?? 0, sweepOnWake: options.sweepOnWake ?? true, sendThread: usesSendThread('afpacket', options), ...(options.sendInlineFrames !== undefined ? { sendInlineFrames: options.sendInlineFrames } : {}), ...(vnetHdr ? { ringFrames: VNET_RING_FRAMES } : {}) };
 }
 
 /**

@@ -36,6 +36,9 @@ async function rig(inlineSendsMaxFps?: number) {
 
 const gateOf = (bridge: Bridge) => bridge.snapshot().inlineSends;
 
+/** `n` client datagrams from distinct source ports at once: one burst. */
+const burst = (n: number, firstPort: number, payload: string) => Array.from({ length: n }, (_, i) => udpFrame({ from: 'client', sport: firstPort + i, payload }));
+
 describe('the rate gate of inline sends', () => {
   it('allows them while traffic is light, stops them on a burst, and allows them again once it is over', async () => {
     const { bridge, ports } = await rig(1000);
@@ -48,7 +51,7 @@ describe('the rate gate of inline sends', () => {
 
       // 200 frames at once: at least 200 frames over the tick's 10 ms (20,000 a second; over 1,000
       // however late the tick runs, up to 200 ms).
-      uplink.inject(Array.from({ length: 200 }, (_, i) => udpFrame({ from: 'client', sport: 40000 + i, payload: `q${i}` })));
+      uplink.inject(burst(200, 40000, 'q'));
       await waitFor('gate off', () => ports.every((p) => p.told.includes(false)), 2000);
       expect(ports.map((p) => p.told)).toEqual([[true, false], [true, false], [true, false]]);
 
@@ -69,8 +72,8 @@ describe('the rate gate of inline sends', () => {
     const [uplink] = ports;
     try {
       await waitFor('first tick', () => ports.every((p) => p.told.length >= 1), 2000);
-      for (let burst = 0; burst < 8; burst++) {
-        uplink.inject(Array.from({ length: 200 }, (_, i) => udpFrame({ from: 'client', sport: 44000 + i, payload: `b${burst}` })));
+      for (let n = 0; n < 8; n++) {
+        uplink.inject(burst(200, 44000, `b${n}`));
         await delay(25); // fewer than INLINE_QUIET_TICKS ticks
       }
       expect(ports.map((p) => p.told)).toEqual([[true, false], [true, false], [true, false]]);
@@ -93,7 +96,7 @@ describe('the rate gate of inline sends', () => {
     try {
       // 2 frames every 5 ms: about 400 a second.
       for (let i = 0; i < 20; i++) {
-        uplink.inject([udpFrame({ from: 'client', sport: 41000 + i, payload: 'ping' }), udpFrame({ from: 'client', sport: 42000 + i, payload: 'ping' })]);
+        uplink.inject(burst(2, 41000 + 2 * i, 'ping'));
         await delay(5);
       }
       expect(ports.every((p) => p.told.length >= 1 && p.told.every((on) => on))).toBe(true);
@@ -106,7 +109,7 @@ describe('the rate gate of inline sends', () => {
   it('without the option the ports are never told (their own setting stands), and the snapshot has no gate', async () => {
     const { bridge, ports } = await rig();
     try {
-      ports[0].inject(Array.from({ length: 200 }, (_, i) => udpFrame({ from: 'client', sport: 43000 + i, payload: 'x' })));
+      ports[0].inject(burst(200, 43000, 'x'));
       await delay(60);
       expect(ports.map((p) => p.told)).toEqual([[], [], []]);
       expect(gateOf(bridge)).toBeUndefined();

@@ -11,7 +11,7 @@ import { Logger } from '../../control/logger';
 import { BridgeSignals } from '../../control/signals';
 import { defaultAgentSocketPath } from '../../replicate/agent-protocol';
 import { defaultControlSocketPath } from '../../control/control-socket';
-import { IoBackend, openOneLater, openPorts } from '../ports';
+import { IoBackend, openOneLater, openPorts, usesSendThread } from '../ports';
 import { restoreRoles, rolesFileOf, saveRoles } from '../roles-file';
 import { UsageError } from '../errors';
 import { LinkWatcher } from '../../io/link-watch';
@@ -144,8 +144,8 @@ export function runCommand(y: Argv): Argv {
       if (!(Number.isInteger(inline) && inline >= 0 && inline <= 1024)) throw new UsageError(`--send-inline-frames must be a whole number from 0 to 1024, got ${String(inline)}`);
       const maxFps = args['send-inline-max-fps'];
       if (!(Number.isInteger(maxFps) && maxFps >= 0 && maxFps <= 10_000_000)) throw new UsageError(`--send-inline-max-fps must be a whole number from 0 to 10000000, got ${String(maxFps)}`);
-      // The gate only means something where sends can go through a send thread (afpacket, as openPorts decides it).
-      const sendThreadOn = args.io === 'afpacket' && (sendThreadOf(args['send-thread']) ?? !args['vnet-hdr']);
+      // The gate only means something where sends can go through a send thread.
+      const sendThreadOn = usesSendThread(args.io as IoBackend, { vnetHdr: args['vnet-hdr'], sendThread: sendThreadOf(args['send-thread']) });
       const inlineFps = sendThreadOn && inline > 0 ? maxFps : undefined;
       const rtPriority = args['realtime-priority'];
       if (!(Number.isInteger(rtPriority) && rtPriority >= 1 && rtPriority <= 99)) throw new UsageError(`--realtime-priority must be a whole number from 1 to 99, got ${String(rtPriority)}`);
