@@ -10,7 +10,9 @@ import { Bridge, INLINE_QUIET_TICKS, TICK_MS } from '../../lib/bridge';
 import { MemoryPort } from '../../lib/io/memory';
 import { makePipelineConfig } from '../../lib/pipeline';
 import { udpFrame } from '../support/frames';
-import { waitFor } from './agents/socket-helpers';
+import { join } from 'node:path';
+import { monotonicUs } from '../../lib/clock';
+import { LineClient, tempDir, waitFor } from './agents/socket-helpers';
 import { renderMetrics } from '../../lib/control/metrics';
 import { formatStatus } from '../../lib/control/status-format';
 
@@ -117,6 +119,54 @@ describe('the rate gate of inline sends', () => {
       expect(renderMetrics(bridge.snapshot())).not.toContain('shadowvm_inline_sends');
     } finally {
       await bridge.stop();
+    }
+  });
+
+  it('a backup moved to a fresh port by a checkpoint, and the survivor of a failover, get the gate\'s state at the next tick', async () => {
+    const tmp = tempDir('gate');
+    const uplink = new GatedPort('up0'), primary = new GatedPort('p0'), backup = new GatedPort('b0');
+    const opened: GatedPort[] = [];
+    const bridge = new Bridge({ uplink, primary, backup }, {
+      name: 'gate-move',
+      config: makePipelineConfig({ resync: 'copy' }),
+      agentSocket: join(tmp.dir, 'agent.sock'),
+      inlineSendsMaxFps: 1000,
+      openPort: (ifname: string) => { const p = new GatedPort(ifname); opened.push(p); return p; },
+    });
+    await bridge.start();
+    const agent = await LineClient.connect(join(tmp.dir, 'agent.sock'));
+    try {
+      await agent.next();
+      agent.send({ type: 'hello', version: 3, role: 'agent', name: 'gate-agent' });
+      const first = await agent.next() as { epoch: number };
+      agent.send({ type: 'checkpoint-done', epoch: first.epoch, ms: 1, bytes: 0 });
+      await waitFor('COMPARING', () => bridge.pipeline.state === 'COMPARING', 3000);
+      // Busy: the gate closes on the three ports.
+      uplink.inject(burst(200, 45000, 'load'));
+      await waitFor('gate off', () => [uplink, primary, backup].every((p) => p.told.includes(false)), 2000);
+      // Keep it closed while the agent moves the backup to a fresh port.
+      const keepBusy = setInterval(() => uplink.inject(burst(50, 46000, 'more')), 5);
+      try {
+        expect(bridge.pipeline.request('manual', undefined, monotonicUs())).toBe(true);
+        const cp = await agent.next() as { type: string; epoch: number };
+        expect(cp.type).toBe('checkpoint');
+        agent.send({ type: 'checkpoint-done', epoch: cp.epoch, ms: 2, bytes: 1, port: 'b1' });
+        // The new backup starts with its own setting; at the next tick it is told the gate's: closed.
+        await waitFor('the moved backup told', () => opened.length === 1 && opened[0].told.length > 0, 3000);
+        expect(opened[0].told[0]).toBe(false);
+        // The primary dies: the moved backup survives as the new primary and keeps the closed gate.
+        agent.send({ type: 'primary-down', reason: 'test' });
+        await waitFor('failed over', () => bridge.pipeline.failover.failovers === 1, 3000);
+      } finally {
+        clearInterval(keepBusy);
+      }
+      expect(opened[0].told.every((on) => on === false)).toBe(true);
+      // Quiet again: the survivor is opened with the rest.
+      await waitFor('gate on again', () => opened[0].told.at(-1) === true && uplink.told.at(-1) === true, 2000);
+    } finally {
+      agent.close();
+      await bridge.stop();
+      tmp.remove();
     }
   });
 });
