@@ -241,6 +241,8 @@ export class Bridge {
     // phase, after this turn of the loop has read every ring. A timer fires before I/O is polled, so
     // after the process was starved of CPU it would otherwise find the primary's held output "old"
     // while the backup's matching frames sat unread in their ring (a false `timeout` checkpoint).
+    // The gate's first tick measures from here: frames taken in before a late first tick count over the time they came in.
+    this.inlineGate.lastTickUs = this.clockUs();
     this.timer = setInterval(() => {
       setImmediate(() => {
         if (this.stopped) return;
@@ -364,7 +366,7 @@ export class Bridge {
     const max = this.options.inlineSendsMaxFps;
     if (max === undefined) return;
     const g = this.inlineGate;
-    const spanUs = g.lastTickUs ? nowUs - g.lastTickUs : TICK_MS * 1000;
+    const spanUs = nowUs - g.lastTickUs;
     const fps = spanUs > 0 ? (this.framesSinceTick * 1e6) / spanUs : Infinity;
     this.framesSinceTick = 0;
     g.lastTickUs = nowUs;
