@@ -15,7 +15,8 @@ import { fixedSeedBytes, LAB_FILES } from '../../lib/lab/content';
 import { runInAsync } from '../../lib/lab/exec';
 import { DeathMode } from '../../lib/lab/faults';
 import { LinkWatcher } from '../../lib/io/link-watch';
-import { delay, requireRoot, sha256, stopLabAfterAll } from '../support/lab-helpers';
+import { Capture, delay, requireRoot, sha256, startCapture, stopLabAfterAll } from '../support/lab-helpers';
+import { runAsync } from '../../lib/lab/exec';
 import { seededRandom } from '../support/random';
 
 const PREFIX = 'svmor';
@@ -33,6 +34,12 @@ describe('failover oracle and edge cases in the netns lab', () => {
   /** The bridge's last log lines of any kind, for the message of a download that fails. */
   const recent: string[] = [];
   const watched = new Set(['link-flap', 'backup-lost', 'failover', 'carrier-lost', 'failover-deferred', 'checkpoint-done']);
+  /**
+   * Headers of every HTTP frame, kept for a failure's message: what the client
+   * sent and received (its namespace), and what each replica sent (the host
+   * end of its veth; the bridge's own sends bypass the taps there).
+   */
+  const captures: { what: string; capture: Capture }[] = [];
 
   beforeAll(async () => {
     requireRoot('failover-oracle.test.ts');
@@ -48,9 +55,30 @@ describe('failover oracle and edge cases in the netns lab', () => {
     });
     const object = fixedSeedBytes(OBJECT_BYTES, 99);
     serveOnBoth(l.servers, OBJECT, object);
+    const lab = l.lab;
+    const capture = (what: string, iface: string, netns?: string, direction?: 'inout') =>
+      startCapture({ iface, netns, direction, file: join(lab.runDir, `${what.replace(/ /g, '-')}.pcap`), snapLength: 96, filter: 'tcp port 80' })
+        .then((c) => captures.push({ what, capture: c }));
+    await capture('client', lab.client.nsIf, lab.client.netns, 'inout');
+    await capture(`sent by ${lab.primary.hostIf}`, lab.primary.hostIf);
+    await capture(`sent by ${lab.backup.hostIf}`, lab.backup.hostIf);
   }, 60_000);
 
+  afterAll(async () => {
+    for (const c of captures) await c.capture.stop().catch(() => undefined);
+  });
   stopLabAfterAll(PREFIX, () => l);
+
+  /** The last frames of one client port in each capture, as tcpdump prints them. */
+  async function traces(port: number, lines = 30): Promise<string> {
+    const out: string[] = [];
+    for (const c of captures) {
+      const text = await runAsync('tcpdump', ['-r', c.capture.file, '-nn', '-tt', `tcp port ${port}`], 30_000).catch((e: Error) => e.message);
+      const all = text.trimEnd().split('\n');
+      out.push(`${c.what} (${all.length} frames of port ${port}, the last ${Math.min(lines, all.length)}):`, ...all.slice(-lines));
+    }
+    return out.join('\n');
+  }
   afterAll(() => links?.close());
 
   async function download(name: string, rate = '8M'): Promise<Buffer> {
@@ -97,9 +125,14 @@ describe('failover oracle and edge cases in the netns lab', () => {
       } catch (e) {
         // A download that stalls after a failover: say what the bridge saw, so that one occurrence is enough to go on.
         const flows = await lab.bridge.listFlows(20).catch((x: Error) => x.message);
+        // The download's own flow: the newest that carried more than a small answer (a silent death's nudge comes after it).
+        const big = typeof flows === 'string' ? undefined : flows.filter((f) => f.matchedBytes + f.releasedBytes > 10_000).at(-1);
+        const port = Number(/10\.77\.0\.1:(\d+)/.exec(big?.key ?? '')?.[1] ?? 0);
         throw new Error(`moment ${i} (seed ${seed}, ${mode} death of ${dead.netns} after ${atMs} ms): the download failed: ${(e as Error).message}\n` +
           `state ${p.state}, roles ${p.replicas.describe()}, last failover ${JSON.stringify(p.failoverHistory.at(-1))}\n` +
-          `held output ${JSON.stringify(lab.bridge.snapshot().heldOutput)}\nflows ${JSON.stringify(flows).slice(0, 4000)}\nlast log lines:\n${recent.join('\n')}`);
+          `failover counters ${JSON.stringify(p.failover)}\n` +
+          `held output ${JSON.stringify(lab.bridge.snapshot().heldOutput)}\nflows ${JSON.stringify(flows).slice(0, 4000)}\nlast log lines:\n${recent.join('\n')}\n` +
+          (port ? await traces(port) : 'no client port to trace'));
       }
       const rec = p.failoverHistory.at(-1)!;
       detections.push((rec.promotedUs - rec.detectedUs) / 1000);

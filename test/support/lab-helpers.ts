@@ -95,6 +95,10 @@ export interface CaptureOptions {
   direction?: 'in' | 'out' | 'inout';
   /** pcap file to write. */
   file: string;
+  /** `-s`: bytes kept of each frame; whole frames when absent. */
+  snapLength?: number;
+  /** A pcap filter expression; every frame when absent. */
+  filter?: string;
 }
 
 export interface CaptureSummary {
@@ -120,7 +124,7 @@ export function startCapture(o: CaptureOptions, readyTimeoutMs = 10_000): Promis
   // --immediate-mode: with TPACKET_V3, frames otherwise wait in a ring block
   // until it fills or its timeout (1 s) expires, and a SIGINT before that loses them.
   // -B: a 32 MiB ring, so a loaded host (parallel jest workers) does not make the kernel drop.
-  const tcpdump = ['tcpdump', '-i', o.iface, '-Q', o.direction ?? 'in', '-n', '-U', '--immediate-mode', '-B', '32768', '-s0', '-Z', 'root', '-w', o.file];
+  const tcpdump = ['tcpdump', '-i', o.iface, '-Q', o.direction ?? 'in', '-n', '-U', '--immediate-mode', '-B', '32768', '-s', String(o.snapLength ?? 0), '-Z', 'root', '-w', o.file, ...(o.filter ? [o.filter] : [])];
   const argv = o.netns ? ['ip', 'netns', 'exec', o.netns, ...tcpdump] : tcpdump;
   const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
