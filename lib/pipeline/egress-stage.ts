@@ -27,6 +27,7 @@ import { learnFromSyn, newStreamSegment, normalizeTcp, segmentEnd } from '../nor
 import { prefixTcpCopy, translateForClient, trimmedTcpCopy } from '../rewrite/egress';
 import { HeldFrame, HeldQueues, ackMayGo } from '../release/held';
 import { StandbyFrame } from '../release/standby-log';
+import type { TcpEndpointState } from '../flow/tcp-replica';
 import { ReplicaSet, SlotId } from '../failover/roles';
 import { buildTcpAck, buildTcpReset, isProbeReply } from '../failover/frames';
 import type { CheckpointReason, Replicator } from '../replicate/replicator';
@@ -91,10 +92,15 @@ export class EgressStage implements Stage {
   badTcpOptions = 0;
   deadSlotFrames = 0;
   probeReplies = 0;
-  /** After failover: promoted-replica frames the client had already received from the old primary (dropped). */
+  /** After failover: promoted-replica frames the client had already acknowledged (dropped). */
   duplicatesDropped = 0;
-  /** … cut down to the part the client had not received. */
+  /** … cut down to the part the client had not acknowledged. */
   trimmed = 0;
+  /**
+   * … resending bytes released to the client but not acknowledged by it
+   * (sent: the client may never have received them).
+   */
+  resentUnacked = 0;
   translatedFrames = 0;
   flowsCarried = 0;
   /** Resets of no connection (answers to stray segments), released from the primary uncompared. */
@@ -155,6 +161,7 @@ export class EgressStage implements Stage {
       carried_translated: this.translatedFrames,
       carried_duplicates_dropped: this.duplicatesDropped,
       carried_trimmed: this.trimmed,
+      carried_resent_unacked: this.resentUnacked,
       carried_survivor_acks: this.survivorAcks,
       carried_flows_wedged: this.carriedWedged,
       flows_carried: this.flowsCarried,
@@ -554,11 +561,19 @@ export class EgressStage implements Stage {
   // ───────────────────────── after failover ─────────────────────────
 
   /**
-   * A frame of a carried-over flow from the promoted replica: what the client
-   * already received from the old primary is not sent again; the rest goes
-   * out in the client's space.
+   * A frame of a carried-over flow from the promoted replica, sent out in
+   * the client's space. What the client has acknowledged is not sent again.
+   * Bytes the old primary's output reached (released) but the client has
+   * not acknowledged do go: the bridge knows only that it sent them, and a
+   * frame lost on its way to the client leaves a hole that only the
+   * survivor's resend can fill. Dropping them as already received stalled
+   * such a connection for good. They are the bytes the client was sent
+   * (matched, or settled by a checkpoint), so a copy the client has is a
+   * plain duplicate to it. `backlog`: one of the standby frames sent at
+   * the failover, cut at the released point (nothing the client was sent
+   * is resent ahead of need).
    */
-  private fromCarried(f: DecodedFrame, frame: Buffer, flow: ShadowFlow, vnet: VirtioNetHeader | undefined): void {
+  private fromCarried(f: DecodedFrame, frame: Buffer, flow: ShadowFlow, vnet: VirtioNetHeader | undefined, backlog = false): void {
     const c = flow.carried!;
     if (!flow.stream) {
       c.datagramsSeen++;
@@ -576,14 +591,21 @@ export class EgressStage implements Stage {
     const start = seg.position;
     const end = segmentEnd(seg);
     if (c.releasedEnd !== null && end !== start && seqLt(start, c.releasedEnd)) {
-      if (seqLe(end, c.releasedEnd)) {
+      // Below `cut` the client has it: sent (the backlog), or acknowledged (a resend); null: none of it.
+      const cut = backlog ? c.releasedEnd : this.ackedWithin(flow, ep, c, start);
+      if (cut === null) {
+        this.resentUnacked++;
+        this.translateCopy(f, frame, flow, vnet);
+        return;
+      }
+      if (seqLe(end, cut)) {
         this.duplicatesDropped++;
         this.survivorDuplicate(f, flow, c);
         return;
       }
-      // Part of it reached the client from the old primary: send the rest only.
+      // Its beginning is there already: send the rest only.
       const synUnit = seg.syn ? 1 : 0;
-      const skip = Math.min(seqDiff(start, c.releasedEnd) - synUnit, f.payloadLength);
+      const skip = Math.min(seqDiff(start, cut) - synUnit, f.payloadLength);
       const partial = vnet !== undefined && (vnet.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0;
       const out = trimmedTcpCopy(f, Math.max(0, skip), seg.syn ? TcpFlag.SYN : 0, this.trimScratch, partial);
       this.trimmed++;
@@ -591,10 +613,26 @@ export class EgressStage implements Stage {
       this.translateOut(this.trimScratch, out, flow, vnet, null);
       return;
     }
+    this.translateCopy(f, frame, flow, vnet);
+  }
+
+  private translateCopy(f: DecodedFrame, frame: Buffer, flow: ShadowFlow, vnet: VirtioNetHeader | undefined): void {
     const out = this.outCopies.copy(frame);
     const slab = this.outCopies.lastSlab;
     f.rebind(out);
     this.translateOut(f, out, flow, vnet, slab);
+  }
+
+  /**
+   * Where the client's acknowledgment stands in the survivor's stream (a
+   * position), when it lies past `start`; null when the client has
+   * acknowledged nothing of a segment starting there.
+   */
+  private ackedWithin(flow: ShadowFlow, ep: TcpEndpointState, c: CarriedFlow, start: number): number | null {
+    const client = flow.tcp!.client;
+    if (!client.ackSeen) return null;
+    const acked = seqDiff(ep.seqBase, (client.maxAck + c.seqDelta) >>> 0) >>> 0;
+    return seqLt(start, acked) ? acked : null;
   }
 
   /**
@@ -743,7 +781,7 @@ export class EgressStage implements Stage {
     }
     const f = decodeFrame(b.frame, this.frame);
     if (f.error || f.l4 !== 'tcp') return;
-    this.fromCarried(f, b.frame, flow, b.vnet);
+    this.fromCarried(f, b.frame, flow, b.vnet, true);
   }
 
   private makeSolo(flow: ShadowFlow): void {

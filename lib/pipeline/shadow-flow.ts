@@ -321,6 +321,12 @@ export class ShadowFlow implements ReleaseGate {
     }
     this.stream!.started = false;
     this.closedSides = 0;
+    // Where the old connection's output stood means nothing in the new one's
+    // positions: kept, it made the standby log skip the new connection's frames
+    // and, after a failover, its survivor's frames count as already received.
+    this.held.newConnection();
+    this.standbyLog.clear();
+    this.standbyAck = null;
     // The old connection's reset and window say nothing about this one.
     this.clientResetMs = NEVER_MS;
     tcp.windowOpenedMs = NEVER_MS;

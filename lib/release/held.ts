@@ -183,6 +183,12 @@ export class FlowHeldQueue {
     return n;
   }
 
+  /** The 4-tuple carries a new connection: nothing of it has reached the client yet. */
+  newConnection(): void {
+    this.releasedEnd = null;
+    this.releasedMaxAck = null;
+  }
+
   /** Datagram counts restart after a checkpoint. */
   restartCount(): void {
     if (!this.isStream) this.releasedEnd = null;

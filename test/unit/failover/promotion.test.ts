@@ -73,7 +73,7 @@ describe('failover', () => {
     expect(h.p.failoverHistory[0]).toMatchObject({ cause: 'agent', survivor: 'b', flowsCarried: 1, backlogFrames: 1, detectedUs: 15, promotedUs: 20 });
   });
 
-  it('never sends again a byte the client received from the old primary: an overlapping segment is cut', () => {
+  it('never sends again a byte the client acknowledged: an overlapping segment is cut', () => {
     const h = harness();
     handshake(h);
     h.p.fromVm(Bk, fromVm({ seq: B + 1, ack: C + 1, payload: Buffer.concat([bytes(500, 'a'), bytes(500, 'b')]) }), 10);
@@ -86,7 +86,8 @@ describe('failover', () => {
     expect(seqOf(sent[0])).toBe(P + 501);
     expect(payloadOf(sent[0]).equals(bytes(500, 'b'))).toBe(true);
     expect(l4ChecksumIsValid(sent[0])).toBe(true);
-    // The survivor's retransmission of what the client has is dropped; the rest is cut and translated.
+    // The client acknowledges the first 500 bytes: the survivor's resend of them is dropped; the rest is cut and translated.
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 501, flags: 'A' }), 29);
     h.p.fromVm(Bk, fromVm({ seq: B + 1, ack: C + 1, payload: bytes(500, 'a') }), 30);
     expect(h.out.client).toHaveLength(before + 1);
     expect(h.p.failover.duplicatesDropped).toBe(1);
@@ -111,6 +112,71 @@ describe('failover', () => {
     expect(seqOf(f)).toBe(P + 1);
     expect(ackOf(f)).toBe(C + 19);
     expect(payloadOf(f).toString()).toBe('backup says');
+  });
+
+  it('sends the survivor\'s resend of bytes released to the client but never acknowledged: a frame lost on its way leaves a hole only the survivor can fill', () => {
+    const h = harness();
+    handshake(h);
+    for (let i = 0; i < 3; i++) {
+      h.p.fromVm(A, fromVm({ seq: P + 1 + i * 1000, ack: C + 1, payload: bytes(1000, 'abc'[i]) }), 10 + i);
+      h.p.fromVm(Bk, fromVm({ seq: B + 1 + i * 1000, ack: C + 1, payload: bytes(1000, 'abc'[i]) }), 10 + i);
+    }
+    // All three went out; the second never arrived: the client acknowledges the first only (SACKing the third).
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 1001, flags: 'A' }), 20);
+    h.p.failoverNow('carrier', 'test', 21);
+    const before = h.out.client.length;
+    // The survivor heard the same ACK; its retransmission timer resends the second segment.
+    h.p.fromVm(Bk, fromVm({ seq: B + 1001, ack: C + 1, payload: bytes(1000, 'b') }), 300_000);
+    const sent = h.out.client.slice(before);
+    expect(sent).toHaveLength(1);
+    expect(seqOf(sent[0])).toBe(P + 1001);
+    expect(payloadOf(sent[0]).equals(bytes(1000, 'b'))).toBe(true);
+    expect(l4ChecksumIsValid(sent[0])).toBe(true);
+    expect(compare(h).carried_resent_unacked).toBe(1);
+    // One straddling what the client acknowledged is cut there, not at the released point.
+    h.p.fromVm(Bk, fromVm({ seq: B + 501, ack: C + 1, payload: Buffer.concat([bytes(500, 'a'), bytes(1000, 'b')]) }), 300_001);
+    const cut = h.out.client[h.out.client.length - 1];
+    expect(seqOf(cut)).toBe(P + 1001);
+    expect(payloadOf(cut).equals(bytes(1000, 'b'))).toBe(true);
+    // Once the client acknowledges everything, a resend of it is dropped.
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 3001, flags: 'A' }), 300_002);
+    const n = h.out.client.length;
+    h.p.fromVm(Bk, fromVm({ seq: B + 2001, ack: C + 1, payload: bytes(1000, 'c') }), 300_003);
+    expect(h.out.client).toHaveLength(n);
+  });
+
+  it('gives a new connection on a reused 4-tuple its own released point: the backup\'s lead goes out at failover, and its later frames too', () => {
+    const h = harness();
+    const sport = 40100;
+    // The first connection: 20 kB released, then closed by both ends.
+    handshake(h, sport);
+    for (let i = 0; i < 20; i++) {
+      h.p.fromVm(A, fromVm({ dport: sport, seq: P + 1 + i * 1000, ack: C + 1, payload: bytes(1000, 'x') }), 10 + i);
+      h.p.fromVm(Bk, fromVm({ dport: sport, seq: B + 1 + i * 1000, ack: C + 1, payload: bytes(1000, 'x') }), 10 + i);
+    }
+    h.p.fromVm(A, fromVm({ dport: sport, seq: P + 20_001, ack: C + 1, flags: 'FA' }), 40);
+    h.p.fromVm(Bk, fromVm({ dport: sport, seq: B + 20_001, ack: C + 1, flags: 'FA' }), 41);
+    h.p.fromClient(fromClient({ sport, seq: C + 1, ack: P + 20_002, flags: 'FA' }), 42);
+    // The client opens a new one from the same port (new ISNs everywhere): 3 kB, and the backup runs 1 kB ahead.
+    const [c2, p2, b2] = [70_000, 3_000_000, 8_000_000];
+    h.p.fromClient(fromClient({ sport, seq: c2, flags: 'S', options: SYN_OPTS }), 100);
+    h.p.fromVm(A, fromVm({ dport: sport, seq: p2, ack: c2 + 1, flags: 'SA', options: SYN_OPTS }), 101);
+    h.p.fromVm(Bk, fromVm({ dport: sport, seq: b2, ack: c2 + 1, flags: 'SA', options: SYN_OPTS }), 102);
+    h.p.fromClient(fromClient({ sport, seq: c2 + 1, ack: p2 + 1, flags: 'A' }), 103);
+    for (let i = 0; i < 3; i++) {
+      h.p.fromVm(A, fromVm({ dport: sport, seq: p2 + 1 + i * 1000, ack: c2 + 1, payload: bytes(1000, 'n') }), 110 + i);
+      h.p.fromVm(Bk, fromVm({ dport: sport, seq: b2 + 1 + i * 1000, ack: c2 + 1, payload: bytes(1000, 'n') }), 110 + i);
+    }
+    h.p.fromVm(Bk, fromVm({ dport: sport, seq: b2 + 3001, ack: c2 + 1, payload: bytes(1000, 'm') }), 120);
+    const before = h.out.client.length;
+    h.p.failoverNow('carrier', 'test', 130);
+    expect(h.p.failoverHistory[0]).toMatchObject({ flowsCarried: 1, backlogFrames: 1 });
+    const backlog = h.out.client.slice(before);
+    expect(backlog.map(seqOf)).toEqual([p2 + 3001]);
+    expect(payloadOf(backlog[0]).equals(bytes(1000, 'm'))).toBe(true);
+    h.p.fromVm(Bk, fromVm({ dport: sport, seq: b2 + 4001, ack: c2 + 1, payload: bytes(1000, 'o') }), 140);
+    expect(seqOf(h.out.client[h.out.client.length - 1])).toBe(p2 + 4001);
+    expect(h.p.failover.duplicatesDropped).toBe(0);
   });
 
   /** A 1000-byte answer both replicas gave (released), which the client acknowledged; then the primary dies. */
