@@ -20,7 +20,7 @@ import { Lab, buildLab, teardownLab, waitUntilQuiet } from './netns';
 import { runQuietly } from './exec';
 import { Lab as LabT, LabNode } from './netns';
 import { LabServers, startLabServers } from './servers';
-import { DeathMode, killReplica, replicaOfPort, reviveReplicaElsewhere } from './faults';
+import { DeathMode, killReplica, OutagePort, replicaOfPort, reviveReplicaElsewhere } from './faults';
 
 export interface BridgedLabOptions {
   prefix?: string;
@@ -59,6 +59,8 @@ export interface BridgedLabOptions {
   reprotect?: boolean;
   /** Serve Prometheus metrics here (loopback), as `shadowvm run --metrics` does. */
   metrics?: { host: string; port: number };
+  /** Wrap the client-facing port so that `clientLinkOutage` can lose what the bridge sends to the client. */
+  clientLinkFaults?: boolean;
 }
 
 export interface BridgedLab {
@@ -74,6 +76,8 @@ export interface BridgedLab {
   standbyNode(): LabNode | null;
   /** Kills the replica in `node` (abrupt: link down; silent: stopped and blackholed); resolves once it is dead. */
   kill(node: LabNode, mode: DeathMode): Promise<void>;
+  /** With `clientLinkFaults`: every frame the bridge sends to the client for `ms` is lost; returns how many were lost so far. Throws without. */
+  clientLinkOutage(ms: number): number;
   /** Stops agent and bridge and removes every namespace, veth and server. Idempotent. */
   stop(): Promise<void>;
 }
@@ -115,6 +119,7 @@ export async function startBridgedLab(options: BridgedLabOptions = {}): Promise<
     // What cap-ring-small advises (lib/cli/ports.ts): with these offloads on its host ends, libpcap's ring holds ~128 frames.
     if (options.io === 'cap') for (const n of lab.nodes) runQuietly('ethtool', ['-K', n.hostIf, 'tso', 'off', 'gso', 'off', 'gro', 'off']);
     const ports = openPorts(options.io ?? 'afpacket', { uplink: lab.client.hostIf, primary: lab.primary.hostIf, backup: lab.backup.hostIf }, { vnetHdr: options.vnetHdr ?? false, busyPollUs: options.busyPollUs, sweepOnWake: options.sweepOnWake, sendThread: options.sendThread, sendInlineFrames: options.sendInlineFrames, log: options.log });
+    const clientLink = options.clientLinkFaults ? (ports.uplink = new OutagePort(ports.uplink)) : null;
     bridge = new Bridge(ports, {
       name: lab.prefix,
       config: makePipelineConfig({ resync: 'align', ...options.config }),
@@ -147,6 +152,11 @@ export async function startBridgedLab(options: BridgedLabOptions = {}): Promise<
       activeNode: () => nodeOfPort(lab, replicas.active.name),
       standbyNode: () => (replicas.standby ? nodeOfPort(lab, replicas.standby.name) : null),
       kill: (node, mode) => killReplica(lab, node, mode),
+      clientLinkOutage: (ms) => {
+        if (!clientLink) throw new Error('clientLinkOutage needs a lab started with clientLinkFaults');
+        clientLink.outage(ms);
+        return clientLink.dropped;
+      },
     };
   } catch (e) {
     await stop();

@@ -17,6 +17,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { runAsync } from './exec';
 import { LabReplicaRuntime, LabServers, restartReplicaServers } from './servers';
+import type { BatchReceiver, PacketPort, PortStats, VirtioNetHeader } from '../io/port';
 
 export type DeathMode = 'abrupt' | 'silent';
 export const DEATH_MODES: readonly DeathMode[] = ['abrupt', 'silent'];
@@ -93,4 +94,56 @@ export async function reviveReplica(lab: Lab, replica: LabReplicaRuntime): Promi
   while (pidsInNamespace(replica.node.netns).some(processRunning) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
   await restoreReplicaNetwork(lab, replica.node);
   await restartReplicaServers(lab, replica);
+}
+
+/**
+ * A port whose sends can be lost for a while: the lab's lossy link toward
+ * the client (tc and netem do not load on these machines). `outage(ms)`
+ * drops every frame sent through it for that long, as a link that loses
+ * frames would, counted in `dropped` and in `txErrors`. Everything else is
+ * the wrapped port's.
+ */
+export class OutagePort implements PacketPort {
+  readonly name: string;
+  readonly arrivalTimes?: boolean;
+  readonly setInlineSends?: (on: boolean) => void;
+  /** Frames dropped by outages so far. */
+  dropped = 0;
+  private untilMs = 0;
+
+  constructor(private readonly inner: PacketPort, private readonly nowMs: () => number = () => performance.now()) {
+    this.name = inner.name;
+    this.arrivalTimes = inner.arrivalTimes;
+    if (inner.setInlineSends) this.setInlineSends = (on) => inner.setInlineSends!(on);
+  }
+
+  /** Drops every frame sent from now for `ms` milliseconds. */
+  outage(ms: number): void {
+    this.untilMs = Math.max(this.untilMs, this.nowMs() + ms);
+  }
+
+  onBatch(receiver: BatchReceiver): void {
+    this.inner.onBatch(receiver);
+  }
+
+  send(frame: Buffer, vnet?: VirtioNetHeader): void {
+    if (this.untilMs > 0 && this.nowMs() < this.untilMs) {
+      this.dropped++;
+      return;
+    }
+    this.inner.send(frame, vnet);
+  }
+
+  flush(): void {
+    this.inner.flush();
+  }
+
+  stats(settled?: boolean): PortStats {
+    const s = this.inner.stats(settled);
+    return { ...s, txErrors: s.txErrors + this.dropped };
+  }
+
+  close(): Promise<void> {
+    return this.inner.close();
+  }
 }
