@@ -85,6 +85,8 @@ export class FlowRegistry implements Stage {
   evictedOpen = 0;
   /** Of those, the ones that came back: their replicas' offsets were lost with them, so they go on unprotected. */
   resumedUnprotected = 0;
+  /** Flows not compared (carried over, unprotected) whose client opened a new connection on their 4-tuple: replaced by a fresh flow. */
+  reopened = 0;
   /** Keys of open TCP connections evicted from the table (bounded, oldest forgotten first). */
   private readonly evictedKeys = new Map<string, true>();
   /**
@@ -136,7 +138,7 @@ export class FlowRegistry implements Stage {
   counters(): Record<string, number> {
     return {
       created: this.created, evicted: this.table.evictions, active: this.table.size, carried: this.carried, unprotected: this.unprotected,
-      evicted_open: this.evictedOpen, evicted_resumed_unprotected: this.resumedUnprotected,
+      evicted_open: this.evictedOpen, evicted_resumed_unprotected: this.resumedUnprotected, reopened: this.reopened,
       policy_pass_flows: this.policyPass, policy_drop_backup_only_flows: this.policyDropBackupOnly,
     };
   }
@@ -182,6 +184,36 @@ export class FlowRegistry implements Stage {
       }
     }
     return flow;
+  }
+
+  /**
+   * A client SYN on a flow that is not compared: a flow carried over from a
+   * failover, or one left unprotected (no backup at its birth, over its
+   * checkpoint budget, reset as wedged). When the SYN opens a new connection
+   * on the 4-tuple (the client's ISN is not the one this flow began with),
+   * the old flow is done: its translation (carried over: the old
+   * connection's deltas and released point) would make the new connection's
+   * frames count as already received and drop them, and the new one deserves
+   * comparison if there is a backup. It is replaced by a fresh flow, as if
+   * the old one had expired. `pass` and `drop-backup-only` flows keep their
+   * flow (the policy is for the 4-tuple's whole life), as do flows waiting
+   * to reset their ends after a failover (`resetDone`). Returns the entry to
+   * use.
+   */
+  reopen(entry: FlowEntry<ShadowFlow>, f: DecodedFrame, nowUs: number): FlowEntry<ShadowFlow> {
+    const old = entry.state;
+    if (old.mode === 'compare' || old.policy !== 'compare' || old.resetAfterFailover || !old.tcp) return entry;
+    const client = old.tcp.client;
+    if (client.synSeen && client.seqBase === f.tcp.seq) return entry; // its own SYN, again
+    // Unprotected and still no backup: a fresh flow would be the same.
+    if (old.mode === 'solo' && !this.d.replicas.standby) return entry;
+    this.keepReport(old);
+    if (old.mode === 'carried') this.carried--;
+    old.standbyLog.clear();
+    if (old.held.length > 0) old.held.releaseAll();
+    this.table.delete(entry.key);
+    this.reopened++;
+    return this.table.getOrCreate(entry.key, nowUs, (key) => this.newFlow(key, f, 'ingress'));
   }
 
   nonIpFlow(f: DecodedFrame, cls: 'arp' | 'ethertype'): ShadowFlow {

@@ -277,7 +277,8 @@ export class IngressStage implements Stage {
     const flows = d.flows;
     // A SYN that would open a flow spends a token first; the lookup without creating is cheap.
     if (isSyn && !(flags & TcpFlag.ACK) && !flows.ingressLookup.find(f, nowUs) && !this.admitNewFlow(nowUs)) return;
-    const entry = flows.ingressLookup.find(f, nowUs, isSyn ? (key) => flows.newFlow(key, f, 'ingress') : undefined);
+    let entry = flows.ingressLookup.find(f, nowUs, isSyn ? (key) => flows.newFlow(key, f, 'ingress') : undefined);
+    if (entry && isSyn && !(flags & TcpFlag.ACK) && entry.state.mode !== 'compare') entry = flows.reopen(entry, f, nowUs);
     if (!entry) {
       // A flow no VM has spoken in: nothing to translate (the delta is zero).
       if (!this.admitStray('no-flow', nowUs)) return;

@@ -179,6 +179,62 @@ describe('failover', () => {
     expect(h.p.failover.duplicatesDropped).toBe(0);
   });
 
+  /** A connection carried over a failover, then closed by both ends; `reprotect`: a new backup is in place (port a). */
+  function closedCarried(h: ReturnType<typeof harness>, sport: number, reprotect: boolean) {
+    handshake(h, sport);
+    for (let i = 0; i < 5; i++) {
+      h.p.fromVm(A, fromVm({ dport: sport, seq: P + 1 + i * 1000, ack: C + 1, payload: bytes(1000, 'x') }), 10 + i);
+      h.p.fromVm(Bk, fromVm({ dport: sport, seq: B + 1 + i * 1000, ack: C + 1, payload: bytes(1000, 'x') }), 10 + i);
+    }
+    h.p.failoverNow('carrier', 'test', 20);
+    if (reprotect) h.p.checkpointDone(h.out.reprotects[0].epoch, 21);
+    h.p.fromVm(Bk, fromVm({ dport: sport, seq: B + 5001, ack: C + 1, flags: 'FA' }), 30);
+    h.p.fromClient(fromClient({ sport, seq: C + 1, ack: P + 5002, flags: 'FA' }), 31);
+    h.p.fromVm(Bk, fromVm({ dport: sport, seq: B + 5002, ack: C + 2, flags: 'A' }), 32);
+  }
+
+  it('compares a new connection on the 4-tuple of a carried flow that closed, with no translation left over from the old one', () => {
+    const h = harness();
+    const sport = 40200;
+    closedCarried(h, sport, true);
+    expect(h.p.state).toBe('COMPARING');
+    const [n, na, nb] = [h.out.client.length, h.out.a.length, h.out.b.length];
+    // The client reuses its port (the server closed first, or the old connection's TIME_WAIT is over).
+    const [c2, b2, a2] = [3_000_000_000, 2_000_000_000, 77];
+    h.p.fromClient(fromClient({ sport, seq: c2, flags: 'S', options: SYN_OPTS }), 100);
+    expect([h.out.a.length - na, h.out.b.length - nb]).toEqual([1, 1]); // to the new backup as well
+    h.p.fromVm(Bk, fromVm({ dport: sport, seq: b2, ack: c2 + 1, flags: 'SA', options: SYN_OPTS }), 101);
+    h.p.fromVm(A, fromVm({ dport: sport, seq: a2, ack: c2 + 1, flags: 'SA', options: SYN_OPTS }), 102);
+    h.p.fromClient(fromClient({ sport, seq: c2 + 1, ack: b2 + 1, flags: 'A' }), 103);
+    h.p.fromVm(Bk, fromVm({ dport: sport, seq: b2 + 1, ack: c2 + 1, payload: bytes(100, 'n') }), 104);
+    expect(h.out.client).toHaveLength(n + 1); // held until the backup says the same
+    h.p.fromVm(A, fromVm({ dport: sport, seq: a2 + 1, ack: c2 + 1, payload: bytes(100, 'n') }), 105);
+    const sent = h.out.client.slice(n);
+    expect(sent.map(seqOf)).toEqual([b2, b2 + 1]);
+    expect(payloadOf(sent[1]).equals(bytes(100, 'n'))).toBe(true);
+    expect(h.p.failover.duplicatesDropped).toBe(0);
+    expect(h.p.stageCounters().flow.reopened).toBe(1);
+    // A retransmission of the new SYN keeps the new flow.
+    h.p.fromClient(fromClient({ sport, seq: c2, flags: 'S', options: SYN_OPTS }), 106);
+    expect(h.p.stageCounters().flow.reopened).toBe(1);
+  });
+
+  it('lets the survivor alone serve a new connection on the 4-tuple of a closed carried flow before re-protection, untranslated', () => {
+    const h = harness();
+    const sport = 40300;
+    closedCarried(h, sport, false);
+    expect(h.p.state).toBe('FAILED_OVER');
+    const n = h.out.client.length;
+    const [c2, b2] = [3_000_000_000, 2_000_000_000];
+    h.p.fromClient(fromClient({ sport, seq: c2, flags: 'S', options: SYN_OPTS }), 100);
+    h.p.fromVm(Bk, fromVm({ dport: sport, seq: b2, ack: c2 + 1, flags: 'SA', options: SYN_OPTS }), 101);
+    h.p.fromClient(fromClient({ sport, seq: c2 + 1, ack: b2 + 1, flags: 'A' }), 102);
+    expect(ackOf(h.out.b[h.out.b.length - 1])).toBe(b2 + 1);
+    h.p.fromVm(Bk, fromVm({ dport: sport, seq: b2 + 1, ack: c2 + 1, payload: bytes(100, 'n') }), 103);
+    expect(h.out.client.slice(n).map(seqOf)).toEqual([b2, b2 + 1]);
+    expect(h.p.failover.duplicatesDropped).toBe(0);
+  });
+
   /** A 1000-byte answer both replicas gave (released), which the client acknowledged; then the primary dies. */
   function carriedAfterAck(h: ReturnType<typeof harness>) {
     handshake(h);
