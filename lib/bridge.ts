@@ -323,7 +323,7 @@ export class Bridge {
       startedMs: this.startedMs,
       nowMs: Date.now(),
       nowUs: this.clockUs(),
-      ports: roles.map(([role, port]) => ({ role, name: port.name, ...port.stats(false) })),
+      ports: roles.map(([role, port]) => ({ role, name: port.name, ...port.stats(false), ...(port.ring ? { ring: ringOf(port.ring) } : {}) })),
       agent: this.agent ? this.agent.snapshot() : emptyAgentSnapshot(),
       components: {
         ...(this.agent ? { agent_link: { ...this.agent.counters } } : {}),
@@ -660,4 +660,10 @@ export class Bridge {
     this.slotPorts[1].flush();
     this.pipeline.endBreath();
   }
+}
+
+/** A ring's kernel memory: whole blocks, each holding as many slots as fit. */
+function ringOf(r: NonNullable<PacketPort['ring']>): { frames: number; frameSize: number; bytes: number } {
+  const perBlock = Math.max(1, Math.floor(r.blockSize / r.frameSize));
+  return { frames: r.frames, frameSize: r.frameSize, bytes: Math.ceil(r.frames / perBlock) * r.blockSize };
 }

@@ -30,6 +30,12 @@ export interface PortOptions {
   sendThread?: boolean;
   /** AF_PACKET with sendThread: see AfPacketPortOptions.sendInlineFrames (default 8, as run's; run also gates it by rate, BridgeOptions.inlineSendsMaxFps). */
   sendInlineFrames?: number;
+  /**
+   * AF_PACKET only: receive ring slots per port. Absent or 0: VNET_RING_FRAMES
+   * with virtio-net headers (slots of 68 KiB: 34 MiB per port), else 8 MiB
+   * worth of 2 KiB slots. The ring is kernel memory, resident from the start.
+   */
+  ringFrames?: number;
   /** Where warnings about a port's set-up go (cap: a ring that offloads make small). */
   log?: LogFn;
 }
@@ -101,7 +107,7 @@ function afPacketOptions(options: PortOptions): AfPacketPortOptions {
   const vnetHdr = options.vnetHdr ?? true;
   // With virtio-net headers a slot must hold a 64 KiB GSO super-frame: without
   // more slots than the 8 MiB default gives (about 150), bursts overflow the ring.
-  return { vnetHdr, busyPollUs: options.busyPollUs ?? 0, sweepOnWake: options.sweepOnWake ?? true, sendThread: usesSendThread('afpacket', options), ...(options.sendInlineFrames !== undefined ? { sendInlineFrames: options.sendInlineFrames } : {}), ...(vnetHdr ? { ringFrames: VNET_RING_FRAMES } : {}) };
+  return { vnetHdr, busyPollUs: options.busyPollUs ?? 0, sweepOnWake: options.sweepOnWake ?? true, sendThread: usesSendThread('afpacket', options), ...(options.sendInlineFrames !== undefined ? { sendInlineFrames: options.sendInlineFrames } : {}), ...(options.ringFrames ? { ringFrames: options.ringFrames } : vnetHdr ? { ringFrames: VNET_RING_FRAMES } : {}) };
 }
 
 /**

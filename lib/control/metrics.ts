@@ -100,6 +100,8 @@ export function renderMetrics(s: BridgeSnapshot): string {
   t.family('shadowvm_port_tx_frames_total', 'counter', 'Frames sent on a port.', s.ports.map((p) => [port(p), p.txFrames]));
   t.family('shadowvm_port_tx_bytes_total', 'counter', 'Bytes sent on a port.', s.ports.map((p) => [port(p), p.txBytes]));
   t.family('shadowvm_port_rx_drops_total', 'counter', 'Frames the kernel or medium dropped before the bridge saw them.', s.ports.map((p) => [port(p), p.rxDrops]));
+  t.family('shadowvm_port_ring_bytes', 'gauge', 'Kernel memory of a port\'s receive ring, resident in the bridge process.', s.ports.filter((p) => p.ring).map((p) => [port(p), p.ring!.bytes]));
+  t.family('shadowvm_port_ring_frames', 'gauge', 'Slots of a port\'s receive ring.', s.ports.filter((p) => p.ring).map((p) => [port(p), p.ring!.frames]));
   t.family('shadowvm_port_tx_errors_total', 'counter', 'Frames the bridge could not send.', s.ports.map((p) => [port(p), p.txErrors]));
 
   t.one('shadowvm_flows', 'gauge', 'Flows in the flow table.', s.flows.active);

@@ -22,6 +22,8 @@ export interface PortSnapshot extends PortStats {
   role: PortRole;
   /** Interface or capture name. */
   name: string;
+  /** Its receive ring (AF_PACKET): slots, their size, and the kernel memory it holds resident in this process. */
+  ring?: { frames: number; frameSize: number; bytes: number };
 }
 
 export type FrameSide = 'client' | 'primary' | 'backup';

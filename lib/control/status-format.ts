@@ -60,6 +60,11 @@ export function formatStatus(s: BridgeSnapshot): string {
       ['role', 'interface', 'rx frames', 'rx bytes', 'tx frames', 'tx bytes', 'rx drops', 'tx errors'],
       s.ports.map((p) => [p.role === 'uplink' ? 'uplink' : roleNow.get(p.name) ?? p.role, p.name, String(p.rxFrames), formatBytes(p.rxBytes), String(p.txFrames), formatBytes(p.txBytes), String(p.rxDrops), String(p.txErrors)]),
     ));
+    const rings = s.ports.filter((p) => p.ring);
+    if (rings.length) {
+      const total = rings.reduce((n, p) => n + p.ring!.bytes, 0);
+      out.push(`receive rings (kernel memory, resident): ${rings.map((p) => `${p.name} ${p.ring!.frames} × ${formatBytes(p.ring!.frameSize)}`).join(', ')}; ${formatBytes(total)} in all`);
+    }
   }
   out.push('');
   out.push(`flows: ${s.flows.active} active, ${s.flows.created} created, ${s.flows.evicted} evicted`);

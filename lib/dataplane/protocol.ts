@@ -26,6 +26,8 @@ export interface DataPlaneInit {
   sendThread?: boolean;
   /** See PortOptions.sendInlineFrames. */
   sendInlineFrames?: number;
+  /** See PortOptions.ringFrames. */
+  ringFrames?: number;
   /** See BridgeOptions.inlineSendsMaxFps. */
   inlineSendsMaxFps?: number;
   agentSocket?: string;

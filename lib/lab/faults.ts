@@ -106,6 +106,7 @@ export async function reviveReplica(lab: Lab, replica: LabReplicaRuntime): Promi
 export class OutagePort implements PacketPort {
   readonly name: string;
   readonly arrivalTimes?: boolean;
+  readonly ring?: PacketPort['ring'];
   readonly setInlineSends?: (on: boolean) => void;
   /** Frames dropped by outages so far. */
   dropped = 0;
@@ -114,6 +115,7 @@ export class OutagePort implements PacketPort {
   constructor(private readonly inner: PacketPort, private readonly nowMs: () => number = () => performance.now()) {
     this.name = inner.name;
     this.arrivalTimes = inner.arrivalTimes;
+    this.ring = inner.ring;
     if (inner.setInlineSends) this.setInlineSends = (on) => inner.setInlineSends!(on);
   }
 

@@ -118,18 +118,34 @@ describe('shadowvm run (root, on veth pairs)', () => {
       expect(last.status.components.control_socket).toBeDefined();
       // With virtio-net headers (the default) there is no send thread, so no gate of inline sends.
       expect(last.status.inlineSends).toBeUndefined();
+      // Each port's receive ring: 512 slots (rounded up to whole kernel blocks) big enough for a 64 KiB GSO super-frame.
+      for (const p of last.status.ports) {
+        expect(p.ring?.frames).toBeGreaterThanOrEqual(512);
+        expect(p.ring!.frames).toBeLessThan(600);
+        expect(p.ring!.frameSize).toBeGreaterThan(64 << 10);
+        expect(p.ring!.bytes).toBeGreaterThanOrEqual(512 * p.ring!.frameSize);
+      }
     } finally {
       bridge.child.kill('SIGTERM');
     }
     expect(await bridge.exited).toBe(0);
 
-    const single = spawnShadowvm([...base(), '--no-data-plane-thread', '--no-vnet-hdr']);
+    const single = spawnShadowvm([...base(), '--no-data-plane-thread', '--no-vnet-hdr', '--ring-frames', '128']);
     try {
       await single.waitFor(/"event":"started"/, 15_000);
       const r = await queryControlSocket(path, { cmd: 'status' });
       expect(r.ok && r.status.components.data_plane_thread).toBeUndefined();
       // Without them, the send thread is on and run's rate gate of inline sends reaches the bridge (idle: open).
       expect(r.ok && r.status.inlineSends).toEqual({ on: true, switches: 0, maxFps: 2000 });
+      // --ring-frames sizes every port's ring (MTU slots without virtio-net headers).
+      for (const p of r.ok ? r.status.ports : []) {
+        expect(p.ring?.frames).toBeGreaterThanOrEqual(128);
+        expect(p.ring!.frames).toBeLessThan(192); // rounded up to whole blocks
+        expect(p.ring!.frameSize).toBeLessThanOrEqual(4096);
+      }
+      expect(r.ok && r.status.ports).toHaveLength(3);
+      const text = await runShadowvm(['status', '--control', path]);
+      expect(text.output).toMatch(/receive rings \(kernel memory, resident\): .* 128 × /);
       expect(single.output()).not.toContain('"event":"data-plane-thread"');
     } finally {
       single.child.kill('SIGTERM');
@@ -248,6 +264,7 @@ describe('shadowvm run (root, on veth pairs)', () => {
     ['a bad --heap-growing-percent', ['--heap-growing-percent', '-5'], /--heap-growing-percent must be a whole number from 0 to 1000/],
     ['a bad --send-inline-frames', ['--send-inline-frames', '-1'], /--send-inline-frames must be a whole number from 0 to 1024/],
     ['a bad --send-inline-max-fps', ['--send-inline-max-fps', '1.5'], /--send-inline-max-fps must be a whole number from 0 to 10000000/],
+    ['a bad --ring-frames', ['--ring-frames', '10'], /--ring-frames must be 0 \(automatic\) or a whole number from 64 to 1048576/],
     ['a bad --optimize-after-kib', ['--optimize-after-kib', '2048'], /--optimize-after-kib must be a whole number from 0 to 1024/],
     ['a bad --initial-old-space-mib', ['--initial-old-space-mib', '1.5'], /--initial-old-space-mib must be a whole number from 0 to 4096/],
   ])('exits 2 with one line for %s and leaves no socket behind', async (_what, extra, message) => {

@@ -104,6 +104,10 @@ describe('renderMetrics', () => {
     expect(value(families, 'shadowvm_port_rx_frames_total', { port: 'uplink' })).toBe(1000);
     expect(value(families, 'shadowvm_port_tx_errors_total', { port: 'primary' })).toBe(1);
     expect(value(families, 'shadowvm_port_rx_drops_total', { port: 'uplink' })).toBe(2);
+    // Receive rings: only the ports that have one (the backup's here has none, as a cap port).
+    expect(value(families, 'shadowvm_port_ring_bytes', { port: 'uplink' })).toBe(36_700_160);
+    expect(value(families, 'shadowvm_port_ring_frames', { port: 'primary' })).toBe(4096);
+    expect(families.get('shadowvm_port_ring_bytes')!.samples.map((s) => s.labels.port)).toEqual(['uplink', 'primary']);
     expect(families.get('shadowvm_port_rx_frames_total')!.samples.find((s) => s.labels.port === 'primary')!.labels.interface).toBe('tap "p"\\0\nx');
     expect(text).toContain('interface="tap \\"p\\"\\\\0\\nx"');
   });

@@ -17,6 +17,10 @@ describe('formatStatus', () => {
     expect(uplink.length).toBe(header.length);
   });
 
+  it('shows the receive rings and the kernel memory they hold', () => {
+    expect(text).toContain('receive rings (kernel memory, resident): veth-up 527 × 68.0 KiB, tap "p"\\0\nx 4096 × 2.0 KiB; 43.0 MiB in all');
+  });
+
   it('shows flows, compared bytes, mismatches, checkpoints by reason and ingress held', () => {
     expect(text).toContain('flows: 12 active, 40 created, 3 evicted');
     expect(text).toContain('compared: 639.0 KiB matched, 634.8 KiB released, 2 mismatches');
