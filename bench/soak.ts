@@ -192,6 +192,7 @@ async function status(b: BridgeUnderTest, timeoutMs = 5000): Promise<BridgeSnaps
 }
 
 const checkpointsAsked = (s: BridgeSnapshot | null): number => (s ? Object.values(s.checkpoints.requested).reduce((a, n) => a + n, 0) : NaN);
+const rxDropsOf = (s: BridgeSnapshot | null): number => (s ? s.ports.reduce((a, p) => a + p.rxDrops, 0) : NaN);
 
 async function startBridge(lab: Lab, o: Options, profDir: string): Promise<BridgeUnderTest> {
   const controlSocket = join(lab.runDir, 'run', 'control.sock');
@@ -473,7 +474,7 @@ async function measureReference(name: string, what: string, probe: Probe, body: 
   const w = await probeWindow(probe, body);
   return {
     attack: name, what, ...w, bridgeWaitMs: NaN, holdWaitMs: NaN,
-    rssPeakMiB: NaN, rssEndMiB: NaN, hwmMiB: NaN, checkpointsForced: 0, checkpointsByReason: {},
+    rssPeakMiB: NaN, rssEndMiB: NaN, hwmMiB: NaN, checkpointsForced: 0, ringDrops: NaN, checkpointsByReason: {},
     stateAfter: 'kernel bridge', statusAnswered: false,
   };
 }
@@ -536,6 +537,8 @@ interface Row {
   rssEndMiB: number;
   hwmMiB: number;
   checkpointsForced: number;
+  /** Frames the ports' rings had no room for during the attack (rx drops, every port). */
+  ringDrops: number;
   checkpointsByReason: Record<string, number>;
   stateAfter: string;
   statusAnswered: boolean;
@@ -561,25 +564,26 @@ async function measure(name: string, what: string, b: BridgeUnderTest, probe: Pr
     holdWaitMs: (after?.holdWait?.perSecond ?? []).filter(([sec]) => sec >= fromSecond).reduce((m, [, ms]) => Math.max(m, ms), 0),
     rssPeakMiB: Math.max(peak, mem.rssMiB), rssEndMiB: mem.rssMiB, hwmMiB: mem.hwmMiB,
     checkpointsForced: checkpointsAsked(after) - checkpointsAsked(before), checkpointsByReason: byReason,
+    ringDrops: rxDropsOf(after) - rxDropsOf(before),
     stateAfter: after?.state ?? 'no answer', statusAnswered: after !== null,
   };
 }
 
 function table(rows: Row[], reference: Row[]): string[] {
-  const header = ['attack', 'stall ms', 'kernel ref', 'ratio', 'bridge wait', 'hold wait', 'rtt p99', 'lost', 'RSS peak', 'RSS end', 'ckpts', 'state after', 'note'];
+  const header = ['attack', 'stall ms', 'kernel ref', 'ratio', 'bridge wait', 'hold wait', 'rtt p99', 'lost', 'RSS peak', 'RSS end', 'ring drops', 'ckpts', 'state after', 'note'];
   const refOf = (r: Row) => reference.find((x) => x.attack === r.attack);
   // A figure the run could not measure (no reply at all: the bridge died in that attack) prints '-'.
   const fx = (v: number | null | undefined, d: number) => (typeof v === 'number' && Number.isFinite(v) ? v.toFixed(d) : '-');
   const body = rows.map((r) => [
     r.attack, fx(r.stallMs, 1), fx(refOf(r)?.stallMs, 1), refOf(r) ? `${fx(r.stallMs / refOf(r)!.stallMs, 1)}×` : '-',
     fx(r.bridgeWaitMs, 1), fx(r.holdWaitMs, 1), fx(r.probe.p99RttMs, 2), String(Math.max(0, r.probe.sent - r.probe.received)),
-    `${fx(r.rssPeakMiB, 0)} MiB`, `${fx(r.rssEndMiB, 0)} MiB`,
+    `${fx(r.rssPeakMiB, 0)} MiB`, `${fx(r.rssEndMiB, 0)} MiB`, fx(r.ringDrops, 0),
     `${r.checkpointsForced}${Object.keys(r.checkpointsByReason).length ? ` (${Object.entries(r.checkpointsByReason).map(([k, n]) => `${k} ${n}`).join(', ')})` : ''}`,
     r.stateAfter, r.note.length > 90 ? `${r.note.slice(0, 87)}...` : r.note,
   ]);
   const all = [header, ...body];
   const widths = header.map((_, i) => Math.max(...all.map((c) => c[i].length)));
-  const line = (cells: string[]) => cells.map((c, i) => (i === 0 || i >= 11 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ').trimEnd();
+  const line = (cells: string[]) => cells.map((c, i) => (i === 0 || i >= 12 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ').trimEnd();
   return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...body.map(line)];
 }
 

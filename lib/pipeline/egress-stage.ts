@@ -342,6 +342,10 @@ export class EgressStage implements Stage {
       // set them against: after an aligning checkpoint (resync align) a trailing backup catches up below
       // the aligned point, and not counting that made each new primary segment time out in turn.
       if (ep.sndNxt !== sentBefore) flow.backupProgressUs = nowUs;
+    } else if (side === PRIMARY && !seg.rst) {
+      // The furthest the primary has sent, gaps included (a frame its ring had no room for leaves the
+      // comparator's contiguous end behind it): what a client may acknowledge (IngressStage.unaccepted).
+      ep.noteSent(f.tcp.seq, seg.payload.length + (seg.syn ? 1 : 0) + (seg.fin ? 1 : 0));
     }
     if (seg.fin || seg.rst) flow.closedSides |= 1 << side;
     if (flow.recent) flow.remember(side, side === PRIMARY ? bytes : this.copier.copy(frame), nowUs);
@@ -505,7 +509,7 @@ export class EgressStage implements Stage {
     return true;
   }
 
-  unmatchedTooLong(flow: ShadowFlow, nowUs: number, heldSinceUs: number): void {
+  unmatchedTooLong(flow: ShadowFlow, nowUs: number, heldSinceUs: number, oldest?: HeldFrame): void {
     if (flow.datagrams?.expire()) {
       this.onMismatch(flow, nowUs);
       return;
@@ -540,6 +544,8 @@ export class EgressStage implements Stage {
       backupQuietMs: Number.isFinite(flow.backupProgressUs) ? Math.round((nowUs - flow.backupProgressUs) / 100) / 10 : null,
       ...(stream ? { primaryAheadBytes: seqDiff(stream.matched, stream.endOf(PRIMARY)), backupAheadBytes: seqDiff(stream.matched, stream.endOf(BACKUP)) } : {}),
       heldFrames: flow.held.length,
+      // What holds the oldest frame: how far it ends past what may be released, and whether only the ACK rule does.
+      ...(stream && oldest ? { oldestPastMatch: seqDiff(stream.releasable, oldest.end), oldestAckGated: oldest.hasAck && !ackMayGo(oldest, flow) } : {}),
     });
     this.checkpointFor(flow, 'timeout', nowUs);
   }

@@ -381,8 +381,11 @@ export class IngressStage implements Stage {
     const p = tcp.primary;
     if (p.ackSeen && Math.abs(seqDiff(seq, p.maxAck)) > STRAY_WINDOW) return 'out-of-window';
     const stream = flow.stream!;
-    // The primary's stream end counts from its SYN; an ACK past it acknowledges bytes never sent.
-    if (hasAck && p.synSeen && stream.started && this.d.flows.followed(flow) && seqGt((ack - p.seqBase) >>> 0, stream.endOf(PRIMARY))) return 'ack-unsent';
+    // An ACK past the furthest the primary has sent acknowledges bytes never sent. Not past the comparator's
+    // contiguous end: a primary frame the ring dropped leaves that end behind what the client received
+    // (released after it, by a checkpoint), and dropping the client's ACKs then stalled the connection for good.
+    const sent = p.sndNxt !== null ? (p.sndNxt - p.seqBase) >>> 0 : stream.endOf(PRIMARY);
+    if (hasAck && p.synSeen && stream.started && this.d.flows.followed(flow) && seqGt((ack - p.seqBase) >>> 0, sent)) return 'ack-unsent';
     return null;
   }
 

@@ -217,7 +217,7 @@ export class ShadowPipeline {
           if (windowStalled) this.egress.noteWindowStalled(oldest);
           else this.egress.noteTrailing(oldest);
         }
-        else if (flow) this.egress.unmatchedTooLong(flow, nowUs, oldest.heldAtUs);
+        else if (flow) this.egress.unmatchedTooLong(flow, nowUs, oldest.heldAtUs, oldest);
         else this.request('timeout', oldest.queue.flowName, nowUs);
       }
     }

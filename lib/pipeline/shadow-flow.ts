@@ -4,7 +4,7 @@
  * the held output (release/), and the report counters.
  */
 import { FlowProtocol, describeKey } from '../flow/key';
-import { NEVER_MS, TcpConnectionState, WINDOW_FULL_SLACK } from '../flow/tcp-replica';
+import { NEVER_MS, TcpConnectionState, TcpEndpointState, WINDOW_FULL_SLACK } from '../flow/tcp-replica';
 import { DatagramComparator, DEFAULT_DATAGRAM_WINDOW } from '../compare/datagram';
 import { MatchTotals, Mismatch, NO_STREAM_NOISE, StreamNoise, TcpStreamComparator, PRIMARY, BACKUP } from '../compare/tcp-stream';
 import { FlowHeldQueue, HeldQueues, ReleaseGate } from '../release/held';
@@ -371,7 +371,10 @@ export class ShadowFlow implements ReleaseGate {
       b.synSeen = p.synSeen;
       stream.reset(stream.endOf(PRIMARY));
     } else {
-      stream.reset(seqMax(stream.endOf(PRIMARY), stream.endOf(BACKUP)));
+      // The furthest either has sent, gaps included: a frame a ring dropped leaves a side's contiguous end
+      // behind what it sent, and what the primary sent beyond it went to the client with the checkpoint.
+      const sent = (ep: TcpEndpointState, end: number) => (ep.sndNxt !== null ? seqMax(end, (ep.sndNxt - ep.seqBase) >>> 0) : end);
+      stream.reset(seqMax(sent(p, stream.endOf(PRIMARY)), sent(b, stream.endOf(BACKUP))));
     }
   }
 }

@@ -55,6 +55,34 @@ describe('stray client segments', () => {
     expect(h.out.checkpoints).toHaveLength(0);
   });
 
+  it('takes the client\'s ACK of primary output a checkpoint released past a gap (a primary frame its ring dropped), and compares again past it', () => {
+    const h = harness({ resync: 'align' });
+    handshake(h);
+    const seg = (side: 0 | 1, i: number, t: number) =>
+      h.p.fromVm(side, fromVm({ seq: (side === PRIMARY ? P : B) + 1 + i * 1000, ack: C + 1, flags: 'A', payload: Buffer.alloc(1000, 'abcd'[i]) }), t);
+    // The primary says 0, (1 lost in the bridge's ring), 2, 3; the backup only 0: the primary's contiguous end stays at 1000.
+    seg(PRIMARY, 0, 10); seg(PRIMARY, 2, 11); seg(PRIMARY, 3, 12);
+    seg(BACKUP, 0, 13);
+    // Its held frames wait past the limit: a timeout checkpoint, which releases them all.
+    h.p.tick(200_000);
+    expect(h.out.checkpoints.map((c) => c.reason)).toEqual(['timeout']);
+    h.p.checkpointDone(h.out.checkpoints[0].epoch, 210_000);
+    // The primary resends the lost segment; the client, with everything now, acknowledges all of it.
+    seg(PRIMARY, 1, 220_000);
+    const [np, nb] = [h.out.primary.length, h.out.backup.length];
+    h.p.fromClient(fromClient({ seq: C + 1, ack: P + 4001, flags: 'A' }), 230_000);
+    expect(ingress(h).stray_ack_unsent).toBe(0);
+    expect(h.out.primary).toHaveLength(np + 1);
+    expect(h.out.backup).toHaveLength(nb + 1);
+    // Comparison goes on from past the gap: the next segment from both matches and is released, no checkpoint.
+    const nc = h.out.client.length;
+    seg(BACKUP, 1, 231_000); seg(BACKUP, 2, 231_001); seg(BACKUP, 3, 231_002);
+    seg(PRIMARY, 4, 232_000); seg(BACKUP, 4, 232_001);
+    expect(h.out.client.length).toBe(nc + 1);
+    expect(seqOf(h.out.client[nc])).toBe(P + 4001);
+    expect(h.out.checkpoints).toHaveLength(1);
+  });
+
   it('does not judge ACKs on a connection whose output went unfollowed while the bridge was DEGRADED', () => {
     const h = harness({ resync: 'copy' });
     handshake(h);

@@ -37,7 +37,7 @@ describe('a backup that trails the primary', () => {
     expect(timeouts(h)).toBe(1);
     // The timeout says why, once: 5 pieces held since 10 ms, the backup said 3 of them and nothing since 250 ms.
     const late = h.logged.filter((l) => l.event === 'backup-late').map((l) => l.fields);
-    expect(late).toEqual([{ flow: expect.any(String), heldMs: 350, backupQuietMs: 110, primaryAheadBytes: 200, backupAheadBytes: 0, heldFrames: 2 }]);
+    expect(late).toEqual([{ flow: expect.any(String), heldMs: 350, backupQuietMs: 110, primaryAheadBytes: 200, backupAheadBytes: 0, heldFrames: 2, oldestPastMatch: 100, oldestAckGated: false }]);
   });
 
   it('waits at most TRAILING_GRACE times the limit, however steadily the backup trails', () => {
