@@ -10,13 +10,11 @@
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { queryControlSocket } from '../../lib/control/control-socket';
-import type { BridgeSnapshot } from '../../lib/control/snapshot';
 import { fixedSeedBytes } from '../../lib/lab/content';
 import { runInAsync } from '../../lib/lab/exec';
 import { Lab, buildLab, findLabLeftovers, teardownLab, waitUntilQuiet } from '../../lib/lab/netns';
 import { serveOnBoth, startLabServers } from '../../lib/lab/servers';
-import { CliProcess, delay, NO_LEFTOVERS, requireBuiltCli, requireRoot, sha256, spawnShadowvm } from '../support/lab-helpers';
+import { delay, NO_LEFTOVERS, requireBuiltCli, requireRoot, RunWithLabAgent, sha256, startRunWithLabAgent } from '../support/lab-helpers';
 
 const PREFIX = 'svmro';
 const FILE = 'overflow.bin';
@@ -24,32 +22,16 @@ const BYTES = 24 << 20;
 const DOWNLOADS = 3;
 jest.setTimeout(120_000);
 
-async function status(control: string): Promise<BridgeSnapshot | null> {
-  try {
-    const r = await queryControlSocket(control, { cmd: 'status' }, 2000);
-    return r.ok ? r.status : null;
-  } catch {
-    return null;
-  }
-}
-
 describe('shadowvm run whose rings overflow under downloads (netns lab, root)', () => {
   let lab: Lab | undefined;
-  let bridge: CliProcess | undefined;
-  let agent: CliProcess | undefined;
+  let run: RunWithLabAgent | undefined;
 
   afterAll(async () => {
-    if (bridge?.child.pid) {
-      try { process.kill(bridge.child.pid, 'SIGCONT'); } catch { /* gone */ }
+    const pid = run?.bridge.child.pid;
+    if (pid) {
+      try { process.kill(pid, 'SIGCONT'); } catch { /* gone */ }
     }
-    for (const p of [agent, bridge]) {
-      if (p && p.child.exitCode === null) {
-        p.child.kill('SIGTERM');
-        const kill = setTimeout(() => p.child.kill('SIGKILL'), 5000);
-        await p.exited;
-        clearTimeout(kill);
-      }
-    }
+    await run?.stop();
     teardownLab(PREFIX);
     expect(findLabLeftovers(PREFIX)).toEqual(NO_LEFTOVERS);
   }, 30_000);
@@ -62,24 +44,15 @@ describe('shadowvm run whose rings overflow under downloads (netns lab, root)', 
     const content = fixedSeedBytes(BYTES, 0x0f1);
     serveOnBoth(servers, FILE, content);
     await waitUntilQuiet(lab);
-    const control = join(lab.runDir, 'control.sock');
-    const agentSocket = join(lab.runDir, 'agent.sock');
-    bridge = spawnShadowvm(['run', '--name', PREFIX, '--uplink', lab.client.hostIf, '--primary', lab.primary.hostIf, '--backup', lab.backup.hostIf,
-      '--agent', agentSocket, '--control', control, '--resync', 'align', '--log-level', 'info']);
-    await bridge.waitFor(/"event":"(started|data-plane-started)"/, 20_000);
-    agent = spawnShadowvm(['agent', 'lab', '--name', PREFIX, '--socket', agentSocket, '--delay-ms', '5']);
-    let s: BridgeSnapshot | null = null;
-    for (let i = 0; i < 200 && s?.state !== 'COMPARING'; i++) {
-      await delay(50);
-      s = await status(control);
-    }
-    expect(s?.state).toBe('COMPARING');
-    const dropsBefore = s!.ports.reduce((n, p) => n + p.rxDrops, 0);
+    // run's defaults otherwise: virtio-net headers (512-slot rings), a realtime data plane as root.
+    run = await startRunWithLabAgent(lab, PREFIX, ['--log-level', 'info']);
+    const before = await run.status();
+    const dropsBefore = before!.ports.reduce((n, p) => n + p.rxDrops, 0);
 
     const outs = Array.from({ length: DOWNLOADS }, (_, i) => join(lab!.runDir, `download-${i}.bin`));
     const downloads = outs.map((out) => runInAsync(lab!.client.netns, 'curl', ['-sS', '--fail', '--max-time', '60', '--limit-rate', '8M', '-o', out, `http://${lab!.serviceIpv4}/${FILE}`], 70_000));
     for (const d of downloads) d.catch(() => {}); // awaited below
-    const pid = bridge.child.pid!;
+    const pid = run.bridge.child.pid!;
     for (let stop = 0; stop < 2; stop++) {
       await delay(600);
       process.kill(pid, 'SIGSTOP');
@@ -89,7 +62,7 @@ describe('shadowvm run whose rings overflow under downloads (netns lab, root)', 
     await Promise.all(downloads);
     for (const out of outs) expect(sha256(readFileSync(out))).toBe(sha256(content));
 
-    const after = await status(control);
+    const after = await run.status();
     const drops = after!.ports.reduce((n, p) => n + p.rxDrops, 0) - dropsBefore;
     console.log(`ring overflow: ${drops} frame(s) lost in the rings, checkpoints ${JSON.stringify(after!.checkpoints.requested)}; ${DOWNLOADS} downloads of ${BYTES >> 20} MiB intact`);
     // The stops did overflow the rings: otherwise this test showed nothing.

@@ -7,28 +7,17 @@
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { queryControlSocket } from '../../lib/control/control-socket';
-import type { BridgeSnapshot } from '../../lib/control/snapshot';
 import { fixedSeedBytes } from '../../lib/lab/content';
 import { runInAsync } from '../../lib/lab/exec';
 import { killReplica } from '../../lib/lab/faults';
 import { Lab, buildLab, findLabLeftovers, teardownLab, waitUntilQuiet } from '../../lib/lab/netns';
 import { serveOnBoth, startLabServers } from '../../lib/lab/servers';
-import { CliProcess, delay, NO_LEFTOVERS, readThreads, requireBuiltCli, requireRoot, SCHED_RR, sha256, spawnShadowvm } from '../support/lab-helpers';
+import { delay, NO_LEFTOVERS, readThreads, requireBuiltCli, requireRoot, RunWithLabAgent, SCHED_RR, sha256, startRunWithLabAgent } from '../support/lab-helpers';
 
 const PREFIX = 'svmrtf';
 const FILE = 'rt-failover.bin';
 const BYTES = 12 << 20;
 jest.setTimeout(120_000);
-
-async function status(control: string): Promise<BridgeSnapshot | null> {
-  try {
-    const r = await queryControlSocket(control, { cmd: 'status' }, 2000);
-    return r.ok ? r.status : null;
-  } catch {
-    return null;
-  }
-}
 
 /** The policies of `pid`'s threads named `name`. */
 function policiesOf(pid: number, name: string): number[] {
@@ -37,18 +26,10 @@ function policiesOf(pid: number, name: string): number[] {
 
 describe('shadowvm run with a realtime data plane: failover (netns lab, root)', () => {
   let lab: Lab | undefined;
-  let bridge: CliProcess | undefined;
-  let agent: CliProcess | undefined;
+  let run: RunWithLabAgent | undefined;
 
   afterAll(async () => {
-    for (const p of [agent, bridge]) {
-      if (p && p.child.exitCode === null) {
-        p.child.kill('SIGTERM');
-        const kill = setTimeout(() => p.child.kill('SIGKILL'), 5000);
-        await p.exited;
-        clearTimeout(kill);
-      }
-    }
+    await run?.stop();
     teardownLab(PREFIX);
     expect(findLabLeftovers(PREFIX)).toEqual(NO_LEFTOVERS);
   }, 30_000);
@@ -61,20 +42,10 @@ describe('shadowvm run with a realtime data plane: failover (netns lab, root)', 
     const content = fixedSeedBytes(BYTES, 0x4e7);
     serveOnBoth(servers, FILE, content);
     await waitUntilQuiet(lab);
-    const control = join(lab.runDir, 'control.sock');
-    const agentSocket = join(lab.runDir, 'agent.sock');
-    bridge = spawnShadowvm(['run', '--name', PREFIX, '--uplink', lab.client.hostIf, '--primary', lab.primary.hostIf, '--backup', lab.backup.hostIf,
-      '--agent', agentSocket, '--control', control, '--resync', 'align', '--no-vnet-hdr', '--send-thread', 'on', '--log-level', 'info']);
-    await bridge.waitFor(/"event":"started"/, 20_000);
-    agent = spawnShadowvm(['agent', 'lab', '--name', PREFIX, '--socket', agentSocket, '--delay-ms', '5']);
-    let s: BridgeSnapshot | null = null;
-    for (let i = 0; i < 200 && s?.state !== 'COMPARING'; i++) {
-      await delay(50);
-      s = await status(control);
-    }
-    expect(s?.state).toBe('COMPARING');
+    run = await startRunWithLabAgent(lab, PREFIX, ['--no-vnet-hdr', '--send-thread', 'on', '--log-level', 'info']);
+    const s = await run.status();
     expect(s?.dataPlane).toEqual(expect.objectContaining({ policy: 'rr', priority: 10 }));
-    const pid = bridge.child.pid!;
+    const pid = run.bridge.child.pid!;
     expect(policiesOf(pid, 'svm-dataplane')).toEqual([SCHED_RR]);
 
     const out = join(lab.runDir, 'download.bin');
@@ -84,7 +55,7 @@ describe('shadowvm run with a realtime data plane: failover (netns lab, root)', 
     await download;
     expect(sha256(readFileSync(out))).toBe(sha256(content));
 
-    const after = await status(control);
+    const after = await run.status();
     expect(after?.failover.count).toBe(1);
     expect(after?.failover.last?.cause).toBe('carrier');
     expect(after?.failover.last?.flowsCarried).toBeGreaterThanOrEqual(1);

@@ -15,7 +15,9 @@ import { runInAsync } from '../../lib/lab/exec';
 import { join } from 'node:path';
 import type { Bridge } from '../../lib/bridge';
 import type { LogFn, LogLevel } from '../../lib/control/logger';
-import type { LabLeftovers } from '../../lib/lab/netns';
+import type { Lab, LabLeftovers } from '../../lib/lab/netns';
+import { queryControlSocket } from '../../lib/control/control-socket';
+import type { BridgeSnapshot } from '../../lib/control/snapshot';
 import type { FlowReport } from '../../lib/pipeline/shadow-flow';
 
 export const REPO_ROOT = join(__dirname, '..', '..');
@@ -275,4 +277,66 @@ export function readThreads(pid: number): ThreadInfo[] {
     }
   }
   return out;
+}
+
+// ───────────────────────────── run with the lab agent ─────────────────────────────
+
+/** `shadowvm run` and `shadowvm agent lab` as processes of their own, as an administrator starts them. */
+export interface RunWithLabAgent {
+  readonly bridge: CliProcess;
+  readonly agent: CliProcess;
+  readonly control: string;
+  /** The bridge's status, or null when it does not answer within 2 s. */
+  status(): Promise<BridgeSnapshot | null>;
+  /** SIGTERM to both (SIGKILL after 5 s); waits for them to exit. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts `shadowvm run` on `lab`'s host ends (sockets in its run folder,
+ * `--resync align`, then `runArgs`) and the lab agent (5 ms checkpoints);
+ * resolves once the bridge is COMPARING. `runArgs` must make run log at
+ * info, whose `started` line is waited for.
+ */
+export async function startRunWithLabAgent(lab: Lab, name: string, runArgs: readonly string[]): Promise<RunWithLabAgent> {
+  const control = join(lab.runDir, 'control.sock');
+  const agentSocket = join(lab.runDir, 'agent.sock');
+  const bridge = spawnShadowvm(['run', '--name', name, '--uplink', lab.client.hostIf, '--primary', lab.primary.hostIf, '--backup', lab.backup.hostIf,
+    '--agent', agentSocket, '--control', control, '--resync', 'align', ...runArgs]);
+  const status = async (): Promise<BridgeSnapshot | null> => {
+    try {
+      const r = await queryControlSocket(control, { cmd: 'status' }, 2000);
+      return r.ok ? r.status : null;
+    } catch {
+      return null;
+    }
+  };
+  let agent: CliProcess | undefined;
+  const stop = async () => {
+    for (const p of [agent, bridge]) {
+      if (p && p.child.exitCode === null) {
+        p.child.kill('SIGTERM');
+        const kill = setTimeout(() => p.child.kill('SIGKILL'), 5000);
+        await p.exited;
+        clearTimeout(kill);
+      }
+    }
+  };
+  try {
+    await bridge.waitFor(/"event":"started"/, 20_000);
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+  agent = spawnShadowvm(['agent', 'lab', '--name', name, '--socket', agentSocket, '--delay-ms', '5']);
+  let s: BridgeSnapshot | null = null;
+  for (let i = 0; i < 200 && s?.state !== 'COMPARING'; i++) {
+    await delay(50);
+    s = await status();
+  }
+  if (s?.state !== 'COMPARING') {
+    await stop();
+    throw new Error(`shadowvm run did not reach COMPARING (state ${s?.state ?? 'no answer'}): ${bridge.output().slice(-2000)}`);
+  }
+  return { bridge, agent: agent!, control, status, stop };
 }
