@@ -663,7 +663,7 @@ export class Bridge {
 }
 
 /** A ring's kernel memory: whole blocks, each holding as many slots as fit. */
-function ringOf(r: NonNullable<PacketPort['ring']>): { frames: number; frameSize: number; bytes: number } {
+function ringOf(r: NonNullable<PacketPort['ring']>): { frames: number; frameSize: number; bytes: number; large?: { frames: number; frameSize: number } } {
   const perBlock = Math.max(1, Math.floor(r.blockSize / r.frameSize));
-  return { frames: r.frames, frameSize: r.frameSize, bytes: Math.ceil(r.frames / perBlock) * r.blockSize };
+  return { frames: r.frames, frameSize: r.frameSize, bytes: r.bytes ?? Math.ceil(r.frames / perBlock) * r.blockSize, ...(r.large ? { large: { ...r.large } } : {}) };
 }

@@ -4,6 +4,7 @@ import type { LogFn } from '../control/logger';
 import { PacketPort } from '../io/port';
 import { AbsentPort } from '../io/absent-port';
 import type { AfPacketPortOptions } from '../io/afpacket-port';
+import { SplitRingPort, splitRingOptions } from '../io/split-ring-port';
 import { parseEthtoolFeatures } from '../setup/host-state';
 
 export type IoBackend = 'afpacket' | 'cap';
@@ -36,6 +37,12 @@ export interface PortOptions {
    * worth of 2 KiB slots. The ring is kernel memory, resident from the start.
    */
   ringFrames?: number;
+  /**
+   * AF_PACKET with virtio-net headers: read each port through two rings, 2 KiB
+   * slots for MTU-sized frames and a few 68 KiB slots for GSO super-frames
+   * (SplitRingPort), instead of one ring of 68 KiB slots. Ignores ringFrames.
+   */
+  splitRings?: boolean;
   /** Where warnings about a port's set-up go (cap: a ring that offloads make small). */
   log?: LogFn;
 }
@@ -95,7 +102,20 @@ export function openOne(io: IoBackend, ifname: string, options: PortOptions): Pa
   }
   // eslint-disable-next-line @typescript-eslint/no-var-requires
   const { AfPacketPort } = require('../io/afpacket-port') as typeof import('../io/afpacket-port');
-  return new AfPacketPort(ifname, afPacketOptions(options));
+  const o = afPacketOptions(options);
+  if (!splitsRings(options)) return new AfPacketPort(ifname, o);
+  const { small, large } = splitRingOptions(o);
+  const first = new AfPacketPort(ifname, small);
+  try {
+    return new SplitRingPort(first, new AfPacketPort(ifname, large));
+  } catch (e) {
+    void first.close();
+    throw e;
+  }
+}
+
+function splitsRings(options: PortOptions): boolean {
+  return (options.splitRings ?? false) && (options.vnetHdr ?? true);
 }
 
 /** Whether ports opened with these options send through a send thread (AF_PACKET only; on by default without virtio-net headers). */
@@ -119,7 +139,16 @@ export async function openOneLater(io: IoBackend, ifname: string, options: PortO
   if (io === 'cap') return openOne(io, ifname, options);
   // eslint-disable-next-line @typescript-eslint/no-var-requires
   const { AfPacketPort } = require('../io/afpacket-port') as typeof import('../io/afpacket-port');
-  return AfPacketPort.open(ifname, afPacketOptions(options));
+  const o = afPacketOptions(options);
+  if (!splitsRings(options)) return AfPacketPort.open(ifname, o);
+  const { small, large } = splitRingOptions(o);
+  const first = await AfPacketPort.open(ifname, small);
+  try {
+    return new SplitRingPort(first, await AfPacketPort.open(ifname, large));
+  } catch (e) {
+    void first.close();
+    throw e;
+  }
 }
 
 /** The backup slot's port name when there is no backup interface at start (AbsentPort; not a possible interface name). */

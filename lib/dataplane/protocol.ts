@@ -28,6 +28,8 @@ export interface DataPlaneInit {
   sendInlineFrames?: number;
   /** See PortOptions.ringFrames. */
   ringFrames?: number;
+  /** See PortOptions.splitRings. */
+  splitRings?: boolean;
   /** See BridgeOptions.inlineSendsMaxFps. */
   inlineSendsMaxFps?: number;
   agentSocket?: string;

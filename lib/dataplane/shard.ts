@@ -38,9 +38,9 @@ const INSN_BYTES = 8;
 // Classic BPF opcodes (linux/bpf_common.h, linux/filter.h).
 const BPF_LD = 0x00, BPF_LDX = 0x01, BPF_ST = 0x02, BPF_STX = 0x03, BPF_ALU = 0x04, BPF_JMP = 0x05, BPF_RET = 0x06, BPF_MISC = 0x07;
 const BPF_W = 0x00, BPF_H = 0x08, BPF_B = 0x10;
-const BPF_IMM = 0x00, BPF_ABS = 0x20, BPF_IND = 0x40, BPF_MEM = 0x60;
+const BPF_IMM = 0x00, BPF_ABS = 0x20, BPF_IND = 0x40, BPF_MEM = 0x60, BPF_LEN = 0x80;
 const BPF_AND = 0x50, BPF_LSH = 0x60, BPF_RSH = 0x70, BPF_ADD = 0x00, BPF_XOR = 0xa0, BPF_MOD = 0x90;
-const BPF_JA = 0x00, BPF_JEQ = 0x10;
+const BPF_JA = 0x00, BPF_JEQ = 0x10, BPF_JGT = 0x20;
 const BPF_K = 0x00, BPF_X = 0x08;
 const BPF_TAX = 0x00;
 
@@ -265,6 +265,7 @@ export function runFilter(program: Buffer, frame: Uint8Array): number {
       else if (mode === BPF_MEM) v = mem[k & 15];
       else if (mode === BPF_ABS) v = load(size, k);
       else if (mode === BPF_IND) v = load(size, x + k);
+      else if (mode === BPF_LEN) v = frame.length;
       else throw new ShardError(`runFilter: load mode ${mode.toString(16)} not supported`);
       if (v === null) return 0;
       if (cls === BPF_LD) a = v >>> 0; else x = v >>> 0;
@@ -284,6 +285,7 @@ export function runFilter(program: Buffer, frame: Uint8Array): number {
     } else if (cls === BPF_JMP) {
       if ((code & 0xf0) === BPF_JA) pc += k;
       else if ((code & 0xf0) === BPF_JEQ) pc += a === ((code & BPF_X) ? x : k) ? jt : jf;
+      else if ((code & 0xf0) === BPF_JGT) pc += a > ((code & BPF_X) ? x : k) >>> 0 ? jt : jf;
       else throw new ShardError(`runFilter: jump ${(code & 0xf0).toString(16)} not supported`);
     } else if (cls === BPF_RET) return (code & 0x18) === 0x10 ? a : k;
     else if (cls === BPF_MISC) {

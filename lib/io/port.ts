@@ -55,7 +55,15 @@ export interface PacketPort {
   /** True when `timeUs` is the kernel's wall-clock arrival time (AF_PACKET): the bridge then measures how long frames waited for it. */
   readonly arrivalTimes?: boolean;
   /** A receive ring in kernel memory mapped into this process (AF_PACKET): its slots and their size. */
-  readonly ring?: { readonly frames: number; readonly frameSize: number; readonly blockSize: number };
+  readonly ring?: {
+    readonly frames: number;
+    readonly frameSize: number;
+    readonly blockSize: number;
+    /** Kernel memory of every ring the port reads, when not just `frames` slots in blocks of `blockSize`. */
+    readonly bytes?: number;
+    /** A second ring for GSO super-frames (SplitRingPort): its slots and their size. */
+    readonly large?: { readonly frames: number; readonly frameSize: number };
+  };
   onBatch(receiver: BatchReceiver): void;
   /** Queues a frame (by reference: it must not change before `flush`), with its virtio-net header if any. */
   send(frame: Buffer, vnet?: VirtioNetHeader): void;

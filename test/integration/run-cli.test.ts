@@ -153,6 +153,28 @@ describe('shadowvm run (root, on veth pairs)', () => {
     expect(await single.exited).toBe(0);
   });
 
+  it('--split-rings reads each port through two rings: 2 KiB slots for MTU-sized frames and 68 KiB ones for super-frames, in half the memory', async () => {
+    const path = join(dir, 'control.sock');
+    const bridge = spawnShadowvm([...base(), '--split-rings']);
+    try {
+      await bridge.waitFor(/"event":"data-plane-thread"/, 15_000);
+      const r = await queryControlSocket(path, { cmd: 'status' });
+      if (!r.ok) throw new Error(r.error);
+      expect(r.status.ports).toHaveLength(3);
+      for (const p of r.status.ports) {
+        expect(p.ring).toMatchObject({ frames: 4096, frameSize: 2048 });
+        expect(p.ring!.large!.frames).toBeGreaterThanOrEqual(128);
+        expect(p.ring!.large!.frameSize).toBeGreaterThan(64 << 10);
+        expect(p.ring!.bytes).toBeLessThan(20 << 20); // one ring of 512 super-frame slots: 34 MiB
+      }
+      const text = await runShadowvm(['status', '--control', path]);
+      expect(text.output).toMatch(/receive rings \(kernel memory, resident\): \S+ 4096 × 2\.0 KiB \+ \d+ × 64\.\d KiB/);
+    } finally {
+      bridge.child.kill('SIGTERM');
+    }
+    expect(await bridge.exited).toBe(0);
+  });
+
   it('--realtime: the data-plane thread and its send thread run SCHED_RR, the main thread stays normal; status and metrics say so; off leaves every thread normal', async () => {
     const metricsPort = 20000 + (process.pid % 1000);
     const bridge = spawnShadowvm([...base(), '--send-thread', 'on', '--realtime-priority', '7', '--metrics', `127.0.0.1:${metricsPort}`]);

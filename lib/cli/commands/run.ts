@@ -114,6 +114,7 @@ export function runCommand(y: Argv): Argv {
       .option('data-plane-thread', { type: 'boolean', default: true, describe: 'move frames on a thread of their own, apart from the control socket and metrics (--no-data-plane-thread: one thread)' })
       .option('send-inline-frames', { type: 'number', default: DEFAULT_SEND_INLINE_FRAMES, describe: 'afpacket, with the send thread: a flush of at most N frames made while that thread is idle and traffic is light (--send-inline-max-fps) is sent by the data plane itself: no hand-off, so lower latency at idle, but the receiving side\'s stack runs on the data plane. 0: every send through the thread' })
       .option('ring-frames', { type: 'number', default: 0, describe: 'afpacket: receive ring slots per port, kernel memory resident from the start (status shows each ring). 0: 512 with --vnet-hdr (68 KiB slots for GSO super-frames: 34 MiB per port), 8 MiB worth of 2 KiB slots without. Fewer: less memory, but a stalled breath overflows the ring sooner (counted in rx drops)' })
+      .option('split-rings', { type: 'boolean', default: false, describe: 'afpacket with --vnet-hdr: read each port through two rings, 4,096 slots of 2 KiB for frames up to the MTU and 128 of 68 KiB for GSO super-frames (17 MiB a port), instead of one ring of 68 KiB slots (34 MiB a port, 512 slots); --ring-frames does not apply' })
       .option('send-inline-max-fps', { type: 'number', default: DEFAULT_SEND_INLINE_MAX_FPS, describe: 'the rate gate of --send-inline-frames: inline sends stop at the first 10 ms tick with more than this many frames a second taken in, and start again after 5 ticks in a row at or under it; meanwhile every send goes through the send thread, so a busy receiver\'s stack never runs on the data plane' })
       .option('realtime-helpers', { type: 'boolean', default: true, describe: 'with a realtime data plane, give Node\'s platform threads (V8\'s helpers, whose collection work the data plane waits for) SCHED_RR one step below it; --no-realtime-helpers leaves them at the normal policy' })
       .option('scavenge-helpers', { type: 'boolean', describe: 'let V8 collect the young generation with its helper threads (default: yes, except with a realtime data plane and --no-realtime-helpers, whose scavenges would wait for those normal-policy threads; lab bench: about 7% more 1 KiB req/s with them)' })
@@ -194,7 +195,7 @@ export function runCommand(y: Argv): Argv {
         const threaded = new ThreadedBridge({
           init: {
             name, config, ports, roles, noBackupAtStart, io: args.io as IoBackend,
-            vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'], sendThread: sendThreadOf(args['send-thread']), sendInlineFrames: args['send-inline-frames'], ringFrames, inlineSendsMaxFps: inlineFps, agentSocket, carrierWatch: args['carrier-watch'], logLevel: args['log-level'],
+            vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'], sendThread: sendThreadOf(args['send-thread']), sendInlineFrames: args['send-inline-frames'], ringFrames, splitRings: args['split-rings'], inlineSendsMaxFps: inlineFps, agentSocket, carrierWatch: args['carrier-watch'], logLevel: args['log-level'],
             realtime: args.realtime, realtimePriority: rtPriority,
             // Listed before the data-plane thread exists: every other thread now is Node's platform's.
             helperTids: args['realtime-helpers'] ? platformThreadIds() : [],
@@ -214,7 +215,7 @@ export function runCommand(y: Argv): Argv {
         }
       }
       let opened;
-      const portOptions = { vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'], sendThread: sendThreadOf(args['send-thread']), sendInlineFrames: args['send-inline-frames'], ringFrames, log: logger.log };
+      const portOptions = { vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'], sendThread: sendThreadOf(args['send-thread']), sendInlineFrames: args['send-inline-frames'], ringFrames, splitRings: args['split-rings'], log: logger.log };
       try {
         opened = openPorts(args.io as IoBackend, ports, portOptions);
       } catch (e) {

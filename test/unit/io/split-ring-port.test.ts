@@ -1,0 +1,71 @@
+/**
+ * SplitRingPort's pieces: the length filters that put every frame in exactly
+ * one of its two rings (run by the same BPF interpreter the shard filters'
+ * tests use), each ring's options, and a port made of two in-memory ports.
+ */
+import { runFilter } from '../../../lib/dataplane/shard';
+import { LARGE_RING_FRAMES, lengthFilter, SMALL_FRAME_MAX, SMALL_RING_FRAMES, SplitRingPort, splitRingOptions } from '../../../lib/io/split-ring-port';
+import { BatchReceiver, emptyPortStats, PacketPort, PortStats } from '../../../lib/io/port';
+
+class FakePort implements PacketPort {
+  receiver: BatchReceiver | null = null;
+  sent: Buffer[] = [];
+  flushed = 0;
+  closed = false;
+  inline: boolean[] = [];
+  constructor(readonly name: string, readonly ring: PacketPort['ring'], private readonly counts: Partial<PortStats>) {}
+  onBatch(r: BatchReceiver): void { this.receiver = r; }
+  send(frame: Buffer): void { this.sent.push(frame); }
+  flush(): void { this.flushed++; }
+  stats(): PortStats { return { ...emptyPortStats(), ...this.counts }; }
+  setInlineSends(on: boolean): void { this.inline.push(on); }
+  async close(): Promise<void> { this.closed = true; }
+}
+
+describe('the split rings\' length filters', () => {
+  const small = lengthFilter(SMALL_FRAME_MAX, false);
+  const large = lengthFilter(SMALL_FRAME_MAX, true);
+  it.each([60, 1514, SMALL_FRAME_MAX, SMALL_FRAME_MAX + 1, 9018, 65_000])('puts a %i-byte frame in exactly one ring', (len) => {
+    const frame = new Uint8Array(len);
+    const inSmall = runFilter(small, frame) > 0, inLarge = runFilter(large, frame) > 0;
+    expect(inSmall).toBe(len <= SMALL_FRAME_MAX);
+    expect(inLarge).toBe(!inSmall);
+  });
+});
+
+describe('splitRingOptions', () => {
+  it('gives the small ring 2 KiB slots and the large one the default (super-frame) slots, each with its filter; the asked ring size does not apply', () => {
+    const { small, large } = splitRingOptions({ vnetHdr: true, ringFrames: 512, sendThread: true, busyPollUs: 0 });
+    expect(small).toMatchObject({ vnetHdr: true, frameSize: 2048, ringFrames: SMALL_RING_FRAMES, sendThread: true });
+    expect(large).toMatchObject({ vnetHdr: true, ringFrames: LARGE_RING_FRAMES, sendThread: false });
+    expect(large.frameSize).toBeUndefined();
+    expect(Buffer.compare(Buffer.from(small.filter!), lengthFilter(SMALL_FRAME_MAX, false))).toBe(0);
+    expect(Buffer.compare(Buffer.from(large.filter!), lengthFilter(SMALL_FRAME_MAX, true))).toBe(0);
+  });
+});
+
+describe('SplitRingPort', () => {
+  const small = () => new FakePort('tap0', { frames: 4096, frameSize: 2048, blockSize: 1 << 16 }, { rxFrames: 10, rxDrops: 1, txFrames: 7, txSyncMaxUs: 5 } as Partial<PortStats>);
+  const large = () => new FakePort('tap0', { frames: 155, frameSize: 65_632, blockSize: 1 << 17 }, { rxFrames: 3, rxDrops: 2, txFrames: 0, txSyncMaxUs: 9 } as Partial<PortStats>);
+  it('reads both rings into one receiver, sends through the small ring\'s socket, adds up the counters and closes both', async () => {
+    const s = small(), l = large();
+    const p = new SplitRingPort(s, l);
+    const got: number[] = [];
+    p.onBatch((frames) => got.push(frames.length));
+    s.receiver!([{ frame: Buffer.alloc(60), timeUs: 1 }]);
+    l.receiver!([{ frame: Buffer.alloc(30_000), timeUs: 2 }, { frame: Buffer.alloc(30_000), timeUs: 3 }]);
+    expect(got).toEqual([1, 2]);
+    p.send(Buffer.alloc(60));
+    p.flush();
+    expect([s.sent.length, l.sent.length, s.flushed, l.flushed]).toEqual([1, 0, 1, 0]);
+    const st = p.stats() as PortStats & { txSyncMaxUs: number };
+    expect([st.rxFrames, st.rxDrops, st.txFrames, st.txSyncMaxUs]).toEqual([13, 3, 7, 9]);
+    p.setInlineSends(false);
+    expect([s.inline, l.inline]).toEqual([[false], [false]]);
+    expect(p.ring).toMatchObject({ frames: 4096, frameSize: 2048, large: { frames: 155, frameSize: 65_632 } });
+    // Whole blocks: 4096 slots of 2 KiB in 64 KiB blocks, 155 of 65,632 B in 128 KiB blocks (one a block).
+    expect(p.ring.bytes).toBe(4096 * 2048 + 155 * (1 << 17));
+    await p.close();
+    expect([s.closed, l.closed]).toEqual([true, true]);
+  });
+});
