@@ -23,7 +23,7 @@ import { FRAME_WAIT_STALL_US, FrameWait, wallClockUs } from './io/frame-wait';
 import { StallCauses, StallRecord, threadSelfView } from './io/stall-causes';
 import { MemoryGiveBack, fullCollection } from './control/give-back';
 import { readFileSync } from 'node:fs';
-import { PacketPort, ReceivedFrame } from './io/port';
+import { PacketPort, ReceivedFrame, ringBytes } from './io/port';
 import { PipelineConfig } from './pipeline/config';
 import { FailoverDecision, ShadowPipeline } from './pipeline/pipeline';
 import type { FlowReport } from './pipeline/shadow-flow';
@@ -662,8 +662,7 @@ export class Bridge {
   }
 }
 
-/** A ring's kernel memory: whole blocks, each holding as many slots as fit. */
+/** A ring as the snapshot shows it: its slots, their size and its kernel memory. */
 function ringOf(r: NonNullable<PacketPort['ring']>): { frames: number; frameSize: number; bytes: number; large?: { frames: number; frameSize: number } } {
-  const perBlock = Math.max(1, Math.floor(r.blockSize / r.frameSize));
-  return { frames: r.frames, frameSize: r.frameSize, bytes: r.bytes ?? Math.ceil(r.frames / perBlock) * r.blockSize, ...(r.large ? { large: { ...r.large } } : {}) };
+  return { frames: r.frames, frameSize: r.frameSize, bytes: ringBytes(r), ...(r.large ? { large: { ...r.large } } : {}) };
 }

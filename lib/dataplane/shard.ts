@@ -115,8 +115,8 @@ export function shardOf(frame: Uint8Array, count: number): number {
 
 type Insn = { code: number; jt: number | string; jf: number | string; k: number; label?: string };
 
-/** A tiny assembler: instructions with optional labels; jumps name labels, resolved to offsets. */
-class Program {
+/** A tiny classic-BPF assembler: instructions with optional labels; jumps name labels, resolved to offsets (also SplitRingPort's length filters). */
+export class BpfProgram {
   private readonly insns: Insn[] = [];
   private pendingLabel: string | undefined;
 
@@ -183,7 +183,7 @@ class Program {
 export function shardFilter(count: number, index: number): Buffer {
   if (!Number.isInteger(count) || count < 2 || count > MAX_SHARDS) throw new ShardError(`shard count must be 2 to ${MAX_SHARDS}, not ${count}`);
   if (!Number.isInteger(index) || index < 0 || index >= count) throw new ShardError(`shard index must be 0 to ${count - 1}, not ${index}`);
-  const p = new Program();
+  const p = new BpfProgram();
   const ldInd = (size: number, k: number) => p.op(BPF_LD | size | BPF_IND, k);
   const foldPorts = () => p
     // A = sport << 16 | dport  →  A = sport ^ dport, then into the hash.

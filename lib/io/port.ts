@@ -84,6 +84,11 @@ export interface PacketPort {
   setInlineSends?(on: boolean): void;
 }
 
+/** A ring's kernel memory: its own figure if it has one, else whole blocks, each holding as many slots as fit. */
+export function ringBytes(r: NonNullable<PacketPort['ring']>): number {
+  return r.bytes ?? Math.ceil(r.frames / Math.max(1, Math.floor(r.blockSize / r.frameSize))) * r.blockSize;
+}
+
 export function emptyPortStats(): PortStats {
   return { rxFrames: 0, rxBytes: 0, txFrames: 0, txBytes: 0, rxDrops: 0, txErrors: 0 };
 }

@@ -21,7 +21,8 @@
  * it releases a client's TCP reorders.
  */
 import type { AfPacketPortOptions } from './afpacket-port';
-import type { BatchReceiver, PacketPort, PortStats, VirtioNetHeader } from './port';
+import { BatchReceiver, PacketPort, PortStats, ringBytes, VirtioNetHeader } from './port';
+import { BpfProgram } from '../dataplane/shard';
 
 /** Frames up to this length (the kernel's skb length: whole frame, virtio-net header not counted) go to the small ring. */
 export const SMALL_FRAME_MAX = 1920;
@@ -35,21 +36,13 @@ const BPF_LD_W_LEN = 0x80, BPF_JMP_JGT_K = 0x25, BPF_RET_K = 0x06;
 
 /** A classic BPF program accepting frames whose length is at most `max` (`above` false) or above it (`above` true). */
 export function lengthFilter(max: number, above: boolean): Buffer {
-  const insns: [number, number, number, number][] = [
-    [BPF_LD_W_LEN, 0, 0, 0],
-    // len > max: on to accept (above) or past it to drop (at most).
-    [BPF_JMP_JGT_K, above ? 0 : 1, above ? 1 : 0, max],
-    [BPF_RET_K, 0, 0, 0x40000],
-    [BPF_RET_K, 0, 0, 0],
-  ];
-  const out = Buffer.alloc(insns.length * 8);
-  insns.forEach(([code, jt, jf, k], n) => {
-    out.writeUInt16LE(code, n * 8);
-    out.writeUInt8(jt, n * 8 + 2);
-    out.writeUInt8(jf, n * 8 + 3);
-    out.writeUInt32LE(k >>> 0, n * 8 + 4);
-  });
-  return out;
+  return new BpfProgram()
+    .op(BPF_LD_W_LEN)
+    // len > max: on to accept (above), or to drop (at most).
+    .op(BPF_JMP_JGT_K, max, above ? 0 : 'drop', above ? 'drop' : 0)
+    .op(BPF_RET_K, 0x40000)
+    .label('drop').op(BPF_RET_K, 0)
+    .assemble();
 }
 
 /** The options of each ring, from the port's (which must have vnetHdr). */
@@ -69,8 +62,7 @@ export class SplitRingPort implements PacketPort {
   constructor(private readonly small: PacketPort, private readonly large: PacketPort) {
     this.name = small.name;
     const s = small.ring!, l = large.ring!;
-    const bytesOf = (r: NonNullable<PacketPort['ring']>) => Math.ceil(r.frames / Math.max(1, Math.floor(r.blockSize / r.frameSize))) * r.blockSize;
-    this.ring = { frames: s.frames, frameSize: s.frameSize, blockSize: s.blockSize, bytes: bytesOf(s) + bytesOf(l), large: { frames: l.frames, frameSize: l.frameSize } };
+    this.ring = { frames: s.frames, frameSize: s.frameSize, blockSize: s.blockSize, bytes: ringBytes(s) + ringBytes(l), large: { frames: l.frames, frameSize: l.frameSize } };
   }
 
   onBatch(receiver: BatchReceiver): void {
