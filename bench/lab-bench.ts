@@ -17,6 +17,8 @@
  *   afpacket-date:  afpacket with normalize.httpDate on (issue 10's before/after of nginx's Date: headers)
  *   afpacket-perport: afpacket with one breath per epoll event (sweepOnWake off: the wake-up path before
  *                   issue 9's cut), for an A/B in one run
+ *   afpacket-onering: with -offload, each port read through one ring of 68 KiB slots (run --no-split-rings)
+ *                   instead of two (run's default: 2 KiB slots for MTU-sized frames, 68 KiB for super-frames)
  *   <mode>-offload: the namespaces' offloads on (checksum, TSO, GSO); shadowvm exchanges virtio-net headers
  *
  * Every (round, mode) gets a fresh lab built by the same lib/lab code (same
@@ -107,8 +109,8 @@ function sendThreads(): string[] {
   return readdirSync('/proc/self/task').filter((t) => readFileSync(`/proc/self/task/${t}/comm`, 'utf8').trim() === 'svm-send');
 }
 
-type Base = 'kernel' | 'kernel2' | 'afpacket' | 'sink' | 'cap' | 'afpacket-date' | 'afpacket-perport' | 'afpacket-sync' | 'afpacket-spin' | 'afpacket-rt' | 'afpacket-rt-gchelpers' | 'afpacket-rt-normal-helpers' | 'afpacket-rt-inline1' | 'afpacket-rt-thread';
-const BASES: readonly Base[] = ['kernel', 'kernel2', 'afpacket', 'sink', 'cap', 'afpacket-date', 'afpacket-perport', 'afpacket-sync', 'afpacket-spin', 'afpacket-rt', 'afpacket-rt-gchelpers', 'afpacket-rt-normal-helpers', 'afpacket-rt-inline1', 'afpacket-rt-thread'];
+type Base = 'kernel' | 'kernel2' | 'afpacket' | 'sink' | 'cap' | 'afpacket-date' | 'afpacket-perport' | 'afpacket-sync' | 'afpacket-spin' | 'afpacket-rt' | 'afpacket-rt-gchelpers' | 'afpacket-rt-normal-helpers' | 'afpacket-rt-inline1' | 'afpacket-rt-thread' | 'afpacket-onering';
+const BASES: readonly Base[] = ['kernel', 'kernel2', 'afpacket', 'sink', 'cap', 'afpacket-date', 'afpacket-perport', 'afpacket-sync', 'afpacket-spin', 'afpacket-rt', 'afpacket-rt-gchelpers', 'afpacket-rt-normal-helpers', 'afpacket-rt-inline1', 'afpacket-rt-thread', 'afpacket-onering'];
 const BASE_LABELS: Record<Base, string> = {
   kernel: 'KB: kernel bridge, backup left out',
   kernel2: 'KB2: kernel bridge, the backup serves the same load from a second client',
@@ -124,6 +126,7 @@ const BASE_LABELS: Record<Base, string> = {
   'afpacket-rt-inline1': 'afpacket-rt, but inline sends of one frame at most (run --send-inline-frames 1)',
   'afpacket-rt-thread': 'afpacket-rt, but every send through the send thread (run --send-inline-frames 0: run\'s default of stops 20-22)',
   'afpacket-rt-normal-helpers': 'afpacket-rt, but V8\'s helper threads at the normal policy and scavenging alone (run --no-realtime-helpers)',
+  'afpacket-onering': 'shadowvm, AF_PACKET, with offloads one ring of 512 slots of 68 KiB a port (run --no-split-rings; the other modes, as run, read two: 4,096 of 2 KiB and 128 of 68 KiB)',
 };
 const DEFAULT_MODES = ['kernel', 'kernel2', 'afpacket', 'afpacket-rt', 'sink', 'cap', 'afpacket-date', 'kernel-offload', 'afpacket-offload'] as const;
 const OFFLOAD_SUFFIX = '-offload';
@@ -569,7 +572,7 @@ async function runShadow(mode: Mode, round: number, o: Options, say: (s: string)
     const realtime = mode.base === 'afpacket-rt' || mode.base === 'afpacket-rt-gchelpers' || mode.base === 'afpacket-rt-normal-helpers' || mode.base === 'afpacket-rt-inline1' || mode.base === 'afpacket-rt-thread';
     if (realtime) undoRealtime = realtimeForRun({ normalHelpers: mode.base === 'afpacket-rt-gchelpers' || mode.base === 'afpacket-rt-normal-helpers', scavengeAlone: mode.base === 'afpacket-rt-normal-helpers' });
     const io: IoBackend = mode.base === 'cap' ? 'cap' : 'afpacket';
-    bridged = await startBridgedLab({ prefix: o.prefix, io, log: tap.log, config: configOf(mode.base), vnetHdr: mode.offloads, sweepOnWake: mode.base !== 'afpacket-perport', sendThread: mode.base !== 'afpacket-sync' && !(realtime && mode.offloads), busyPollUs: mode.base === 'afpacket-spin' ? SPIN_US : 0, ...(realtime ? { sendInlineFrames: mode.base === 'afpacket-rt-inline1' ? 1 : mode.base === 'afpacket-rt-thread' ? 0 : DEFAULT_SEND_INLINE_FRAMES, inlineSendsMaxFps: DEFAULT_SEND_INLINE_MAX_FPS } : {}) });
+    bridged = await startBridgedLab({ prefix: o.prefix, io, log: tap.log, config: configOf(mode.base), vnetHdr: mode.offloads, sweepOnWake: mode.base !== 'afpacket-perport', sendThread: mode.base !== 'afpacket-sync' && !(realtime && mode.offloads), busyPollUs: mode.base === 'afpacket-spin' ? SPIN_US : 0, splitRings: mode.base !== 'afpacket-onering', ...(realtime ? { sendInlineFrames: mode.base === 'afpacket-rt-inline1' ? 1 : mode.base === 'afpacket-rt-thread' ? 0 : DEFAULT_SEND_INLINE_FRAMES, inlineSendsMaxFps: DEFAULT_SEND_INLINE_MAX_FPS } : {}) });
     current.bridged = bridged;
     const { lab } = bridged;
     r.ports = describePorts(bridged.bridge);
@@ -600,10 +603,23 @@ async function runShadow(mode: Mode, round: number, o: Options, say: (s: string)
 
 // ------------------------------------------------------------------ 100,000 flows: the bridge's RSS
 
+/**
+ * The port configurations the flood measures: `run`'s default (virtio-net
+ * headers, each port read through two rings: 4,096 slots of 2 KiB and 128 of
+ * 68 KiB), one ring of 512 68 KiB slots (`--no-split-rings`), and no virtio-net
+ * headers (8 MiB of 2 KiB slots a port).
+ */
+const FLOOD_PORTS = {
+  default: { args: ['--vnet-hdr'], label: 'run\'s default (--vnet-hdr, split rings)' },
+  'one-ring': { args: ['--vnet-hdr', '--no-split-rings'], label: '--vnet-hdr --no-split-rings' },
+  'no-vnet-hdr': { args: ['--no-vnet-hdr'], label: '--no-vnet-hdr' },
+} as const;
+type FloodPorts = keyof typeof FLOOD_PORTS;
+
 interface FloodResult {
   ok: boolean;
-  /** `run --vnet-hdr` (its default: 512 ring slots of 68 KiB per port) or `--no-vnet-hdr` (2 KiB slots, 8 MiB a port). */
-  vnetHdr: boolean;
+  /** Which of FLOOD_PORTS `run` had. */
+  ports: FloodPorts;
   error?: string;
   flows: number;
   maxFlows: number;
@@ -628,10 +644,10 @@ interface FloodResult {
  * budget, then `flows` flows as bench/flow-flood makes them (half SYNs, half
  * datagrams both replicas echo).
  */
-async function measureFlowMemory(o: Options, say: (s: string) => void, vnetHdr: boolean): Promise<FloodResult> {
+async function measureFlowMemory(o: Options, say: (s: string) => void, ports: FloodPorts): Promise<FloodResult> {
   const maxFlows = 2 ** Math.ceil(Math.log2(o.floodFlows + 1024));
   const r: FloodResult = {
-    ok: false, vnetHdr, flows: o.floodFlows, maxFlows, sent: 0, passes: 0, baselineRssMiB: NaN, peakRssMiB: NaN, rssAfterMiB: NaN, hwmMiB: NaN,
+    ok: false, ports, flows: o.floodFlows, maxFlows, sent: 0, passes: 0, baselineRssMiB: NaN, peakRssMiB: NaN, rssAfterMiB: NaN, hwmMiB: NaN,
     flowsActive: NaN, flowsCreated: NaN, uplinkRxDrops: NaN, leftovers: [],
   };
   const lab = buildLab({ prefix: o.prefix });
@@ -641,7 +657,7 @@ async function measureFlowMemory(o: Options, say: (s: string) => void, vnetHdr: 
     await startLabServers(lab);
     children.push(...prepareFloodReplicas(lab));
     await waitUntilQuiet(lab);
-    const bridge = await startBridgeProcess(lab, o.prefix, { maxFlows, policy: { newFlowsPerSecond: 0 } }, vnetHdr);
+    const bridge = await startBridgeProcess(lab, o.prefix, { maxFlows, policy: { newFlowsPerSecond: 0 } }, FLOOD_PORTS[ports].args);
     children.push(bridge.proc, bridge.agent);
     const pid = bridge.proc.child.pid!;
     await sleep(1000);
@@ -802,14 +818,15 @@ interface Headline {
   timeout_checkpoints: number;
   /** Runs with a timeout storm (≥ TIMEOUT_STORM timeout checkpoints). */
   timeout_storms: { round: number; mode: string; timeouts: number }[];
-  /** With `run`'s default `--vnet-hdr`. */
+  /** With `run`'s default ports (--vnet-hdr, split rings). */
   rss_100k_flows_mib: number;
+  rss_100k_flows_mib_one_ring: number;
   rss_100k_flows_mib_no_vnet_hdr: number;
 }
 
 function headlineOf(results: RunResult[], summary: Summary, floods: FloodResult[]): Headline {
-  const peak = (vnetHdr: boolean) => {
-    const f = floods.find((x) => x.vnetHdr === vnetHdr);
+  const peak = (ports: FloodPorts) => {
+    const f = floods.find((x) => x.ports === ports);
     return f?.ok && f.flows === RSS_TARGET_FLOWS ? f.peakRssMiB : NaN;
   };
   const med = (mode: string, key: string) => summary[mode]?.[key]?.median ?? NaN;
@@ -831,8 +848,9 @@ function headlineOf(results: RunResult[], summary: Summary, floods: FloodResult[
     // Runs that failed before their counters were read count nothing: the per-run lines show them.
     timeout_checkpoints: shadowRuns.length ? timeouts.filter(Number.isFinite).reduce((a, b) => a + b, 0) : NaN,
     timeout_storms: shadowRuns.filter((r) => requested(r, 'timeout') >= TIMEOUT_STORM).map((r) => ({ round: r.round, mode: r.mode, timeouts: requested(r, 'timeout') })),
-    rss_100k_flows_mib: peak(true),
-    rss_100k_flows_mib_no_vnet_hdr: peak(false),
+    rss_100k_flows_mib: peak('default'),
+    rss_100k_flows_mib_one_ring: peak('one-ring'),
+    rss_100k_flows_mib_no_vnet_hdr: peak('no-vnet-hdr'),
   };
 }
 
@@ -864,11 +882,11 @@ function targetLines(h: Headline, results: RunResult[], floods: FloodResult[]): 
     verdict(known(h.c1_p99_ms_rt, h.c1_p99_ms_kb) ? h.c1_p99_ms_rt <= TARGETS.c1P99VsKb * h.c1_p99_ms_kb : null), `KB ${fmt(h.c1_p99_ms_kb, 3)} ms (${fmt(ratioOf(h.c1_p99_ms_rt, h.c1_p99_ms_kb), 2)}×)`]);
   rows.push(['timeout checkpoints, all shadowvm runs', fmt(h.timeout_checkpoints, 0), `${TARGETS.timeoutCheckpoints}`,
     verdict(known(h.timeout_checkpoints) ? h.timeout_checkpoints <= TARGETS.timeoutCheckpoints : null), '']);
-  for (const vnetHdr of [true, false]) {
-    const flood = floods.find((f) => f.vnetHdr === vnetHdr);
-    const value = vnetHdr ? h.rss_100k_flows_mib : h.rss_100k_flows_mib_no_vnet_hdr;
+  for (const ports of Object.keys(FLOOD_PORTS) as FloodPorts[]) {
+    const flood = floods.find((f) => f.ports === ports);
+    const value = ports === 'default' ? h.rss_100k_flows_mib : ports === 'one-ring' ? h.rss_100k_flows_mib_one_ring : h.rss_100k_flows_mib_no_vnet_hdr;
     const otherFlood = flood?.ok && flood.flows !== RSS_TARGET_FLOWS;
-    const how = vnetHdr ? 'run\'s default --vnet-hdr' : '--no-vnet-hdr';
+    const how = FLOOD_PORTS[ports].label;
     rows.push([`RSS MiB, bridge process with ${otherFlood ? `${flood!.flows} (not 100,000)` : '100,000'} flows, ${how}`, fmt(otherFlood ? flood!.peakRssMiB : value, 0), `≤ ${TARGETS.rss100kFlowsMiB}`,
       verdict(known(value) ? value <= TARGETS.rss100kFlowsMiB : null),
       flood ? (flood.ok ? `baseline ${fmt(flood.baselineRssMiB, 0)}, after ${fmt(flood.rssAfterMiB, 0)}; ${flood.flowsActive} flows in the table of ${flood.maxFlows}` : `FAILED: ${flood.error}`) : 'not measured (--flood-flows 0)']);
@@ -975,7 +993,7 @@ function report(results: RunResult[], o: Options, summary: Summary, h: Headline,
   out.push('Runs (shadowvm: checkpoints asked by reason over the whole run, from the first sanity fetch to the end):');
   for (const r of results) out.push(...runLine(r));
   for (const flood of floods) {
-    out.push(`  flood (${flood.vnetHdr ? '--vnet-hdr' : '--no-vnet-hdr'}): ${flood.ok ? 'ok' : `FAILED: ${flood.error}`}; ${flood.sent} frames sent in ${flood.passes} pass(es) for ${flood.flows} flows (half SYNs, half datagrams), maxFlows ${flood.maxFlows}, no SYN budget;`
+    out.push(`  flood (${FLOOD_PORTS[flood.ports].label}): ${flood.ok ? 'ok' : `FAILED: ${flood.error}`}; ${flood.sent} frames sent in ${flood.passes} pass(es) for ${flood.flows} flows (half SYNs, half datagrams), maxFlows ${flood.maxFlows}, no SYN budget;`
       + ` flows created ${flood.flowsCreated}, in the table ${flood.flowsActive}, uplink ring drops ${flood.uplinkRxDrops};`
       + ` VmRSS before ${fmt(flood.baselineRssMiB, 1)} MiB, peak ${fmt(flood.peakRssMiB, 1)}, after ${fmt(flood.rssAfterMiB, 1)} (VmHWM ${fmt(flood.hwmMiB, 1)})${flood.leftovers.length ? `; LEFTOVERS ${flood.leftovers.join(', ')}` : ''}`);
   }
@@ -1021,10 +1039,10 @@ async function main(): Promise<number> {
   }
   const floods: FloodResult[] = [];
   if (o.floodFlows > 0) {
-    // run's default first (--vnet-hdr: rings of 64 KiB slots), then without virtio-net headers.
-    for (const vnetHdr of [true, false]) {
-      say(`flow memory: ${o.floodFlows} flows against a bridge process (${vnetHdr ? '--vnet-hdr' : '--no-vnet-hdr'}):`);
-      const flood = await measureFlowMemory(o, say, vnetHdr);
+    // run's default first, then one ring of super-frame slots, then without virtio-net headers.
+    for (const ports of Object.keys(FLOOD_PORTS) as FloodPorts[]) {
+      say(`flow memory: ${o.floodFlows} flows against a bridge process (${FLOOD_PORTS[ports].label}):`);
+      const flood = await measureFlowMemory(o, say, ports);
       if (flood.error) say(`  failed: ${flood.error}`);
       floods.push(flood);
     }

@@ -161,6 +161,7 @@ struct port {
   uint32_t inline_max;           /* ...except a flush of at most this many frames while the thread is idle */
   int inline_off;                /* setInline(false): no inline flush for now, whatever its size (the bridge's rate gate) */
   uint32_t tx_pending;           /* its jobs queued or being sent (under the sender's mutex) */
+  port_t *leader, *follower;     /* pair(): two rings of one interface, read in one breath (see breath()) */
 };
 
 typedef struct {
@@ -678,6 +679,9 @@ static void release_off_thread(int fd, int ifindex, void *addr, size_t len) {
 
 /* The OS side: stop polling, stop receiving, close. Safe without a JS context. */
 static void teardown_os(port_t *p) {
+  if (p->leader) p->leader->follower = NULL;
+  if (p->follower) p->follower->leader = NULL;
+  p->leader = p->follower = NULL;
   if (p->fd < 0) return;
   sender_drain(p); /* the thread may still be sending on this fd */
   if (p->poll_inited) {
@@ -753,33 +757,67 @@ static void finalize_ring(napi_env env, void *data, void *hint) {
 
 /* ------------------------------------------------------------------ breath */
 
-static void call_js(port_t *p, uint32_t n) {
+/* onFrames(count, leaderFollows): leaderFollows is true for a follower's batch that its leader's call follows (breath()). */
+static void call_js(port_t *p, uint32_t n, int leader_follows) {
   napi_env env = p->env;
-  napi_value fn, recv, argv[1], result;
+  napi_value fn, recv, argv[2], result;
   napi_get_reference_value(env, p->on_frames_ref, &fn);
   napi_get_reference_value(env, p->self_ref, &recv);
   napi_create_uint32(env, n, &argv[0]);
+  napi_get_boolean(env, leader_follows, &argv[1]);
   /* In a wake-up's callback scope a plain call: the scope runs microtasks and ticks once, when it closes. */
-  napi_status st = p->state && p->state->in_wake ? napi_call_function(env, recv, fn, 1, argv, &result)
-                                                 : napi_make_callback(env, p->async, recv, fn, 1, argv, &result);
+  napi_status st = p->state && p->state->in_wake ? napi_call_function(env, recv, fn, 2, argv, &result)
+                                                 : napi_make_callback(env, p->async, recv, fn, 2, argv, &result);
   if (st != napi_ok) raise_pending(env);
 }
 
-/* One breath: drain the ring, one JS call, slots back to the kernel. Returns frames delivered. */
+/* A follower's breath ends: its slots back to the kernel, or its teardown if it was closed meanwhile. */
+static void end_follower(port_t *f) {
+  f->in_breath = 0;
+  if (f->closed) {
+    if (f->ring) teardown(f);
+  } else {
+    release(f);
+  }
+}
+
+/*
+ * One breath: drain the ring, one JS call, slots back to the kernel. Returns
+ * frames delivered.
+ *
+ * A pair (pair(): a SplitRingPort's two rings of one interface) breathes as
+ * one, whichever of the two woke us: both rings are drained, the follower's
+ * batch is handed to JS first (kept there, not processed), then the
+ * leader's, even if empty; JS merges the two by arrival time. Neither ring's
+ * slots go back before both calls have returned. So frames that arrived
+ * before the breath are processed in the order they arrived, whatever ring
+ * holds them.
+ */
 static uint32_t breath(port_t *p) {
+  if (p->leader && p->leader->started && !p->leader->closed && !p->leader->in_breath) p = p->leader;
+  port_t *f = p->follower;
+  if (f && (!f->started || f->closed || f->in_breath)) f = NULL;
   uint32_t n = collect(p);
-  if (n) {
+  uint32_t nf = f ? collect(f) : 0;
+  if (f) f->in_breath = 1; /* a close() from JS waits until the pair's breath is over */
+  if (nf) {
+    f->counters[C_BREATHS]++;
+    call_js(f, nf, 1);
+  }
+  if (n || nf) {
     p->counters[C_BREATHS]++;
     p->in_breath = 1;
-    call_js(p, n);
+    call_js(p, n, 0);
     p->in_breath = 0;
     if (p->closed) {
+      if (f) end_follower(f);
       if (p->ring) teardown(p); /* close() was called inside the callback */
-      return n;
+      return n + nf;
     }
   }
+  if (f) end_follower(f);
   release(p);
-  return n;
+  return n + nf;
 }
 
 /*
@@ -1414,6 +1452,34 @@ static napi_value js_poll(napi_env env, napi_callback_info info) {
   return r;
 }
 
+/*
+ * follow(leader): this socket and `leader` (another open socket of this
+ * environment) breathe as one from now on: see breath(). For two rings of
+ * one interface (a SplitRingPort). Undone when either closes.
+ */
+static napi_value js_follow(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  port_t *p = unwrap(env, info, &argc, argv);
+  if (!p || p->closed) {
+    throw_usage(env, "follow() on a closed socket");
+    return NULL;
+  }
+  void *data = NULL;
+  if (argc < 1 || napi_unwrap(env, argv[0], &data) != napi_ok || !data) {
+    throw_usage(env, "follow(leader): leader must be a Socket");
+    return NULL;
+  }
+  port_t *l = data;
+  if (l == p || l->closed || l->state != p->state || p->leader || p->follower || l->leader || l->follower) {
+    throw_usage(env, "follow(leader): leader must be another open, unpaired Socket of this thread");
+    return NULL;
+  }
+  p->leader = l;
+  l->follower = p;
+  return NULL;
+}
+
 /* send(frames: ArrayBufferView[], count: number, vnetHdrs?: Uint8Array): frames sent */
 static napi_value js_send(napi_env env, napi_callback_info info) {
   size_t argc = 3;
@@ -1714,6 +1780,7 @@ NAPI_MODULE_INIT() {
       {"stop", NULL, js_stop, NULL, NULL, NULL, napi_default_method, NULL},
       {"poll", NULL, js_poll, NULL, NULL, NULL, napi_default_method, NULL},
       {"send", NULL, js_send, NULL, NULL, NULL, napi_default_method, NULL},
+      {"follow", NULL, js_follow, NULL, NULL, NULL, napi_default_method, NULL},
       {"updateStats", NULL, js_update_stats, NULL, NULL, NULL, napi_default_method, NULL},
       {"setInline", NULL, js_set_inline, NULL, NULL, NULL, napi_default_method, NULL},
       {"close", NULL, js_close, NULL, NULL, NULL, napi_default_method, NULL},

@@ -65,17 +65,17 @@ export async function bridgeStatus(controlSocket: string, timeoutMs = 5000): Pro
 
 /**
  * `shadowvm run` on the lab's host ends with these settings (a `--config`
- * file; AF_PACKET, without virtio-net headers unless `vnetHdr`, resync
+ * file; AF_PACKET with `portArgs` (default: without virtio-net headers), resync
  * align) and `shadowvm agent lab` (5 ms checkpoints); resolves once the
  * bridge is COMPARING.
  */
-export async function startBridgeProcess(lab: Lab, name: string, settings: object, vnetHdr = false): Promise<BridgeUnderTest> {
+export async function startBridgeProcess(lab: Lab, name: string, settings: object, portArgs: readonly string[] = ['--no-vnet-hdr']): Promise<BridgeUnderTest> {
   const controlSocket = join(lab.runDir, 'run', 'control.sock');
   const agentSocket = join(lab.runDir, 'run', 'agent.sock');
   const configFile = join(lab.runDir, 'flood-bridge.json');
   writeFileSync(configFile, JSON.stringify(settings));
   const proc = start([process.execPath, SHADOWVM, 'run', '--name', name, '--uplink', lab.client.hostIf, '--primary', lab.primary.hostIf, '--backup', lab.backup.hostIf,
-    '--agent', agentSocket, '--control', controlSocket, '--config', configFile, '--resync', 'align', vnetHdr ? '--vnet-hdr' : '--no-vnet-hdr', '--log-level', 'warn'], 'shadowvm run');
+    '--agent', agentSocket, '--control', controlSocket, '--config', configFile, '--resync', 'align', ...portArgs, '--log-level', 'warn'], 'shadowvm run');
   for (let i = 0; i < 200 && !(await bridgeStatus(controlSocket, 500)); i++) {
     if (proc.child.exitCode !== null) throw new Error(`shadowvm run exited: ${proc.output}`);
     await delay(50);

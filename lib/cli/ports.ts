@@ -32,15 +32,17 @@ export interface PortOptions {
   /** AF_PACKET with sendThread: see AfPacketPortOptions.sendInlineFrames (default 8, as run's; run also gates it by rate, BridgeOptions.inlineSendsMaxFps). */
   sendInlineFrames?: number;
   /**
-   * AF_PACKET only: receive ring slots per port. Absent or 0: VNET_RING_FRAMES
-   * with virtio-net headers (slots of 68 KiB: 34 MiB per port), else 8 MiB
-   * worth of 2 KiB slots. The ring is kernel memory, resident from the start.
+   * AF_PACKET only: receive ring slots per port (with splitRings: of its
+   * small ring). Absent or 0: VNET_RING_FRAMES with virtio-net headers (slots
+   * of 68 KiB: 34 MiB per port), SMALL_RING_FRAMES with split rings, else 8
+   * MiB worth of 2 KiB slots. Rings are kernel memory, resident from the start.
    */
   ringFrames?: number;
   /**
    * AF_PACKET with virtio-net headers: read each port through two rings, 2 KiB
    * slots for MTU-sized frames and a few 68 KiB slots for GSO super-frames
-   * (SplitRingPort), instead of one ring of 68 KiB slots. Ignores ringFrames.
+   * (SplitRingPort), instead of one ring of 68 KiB slots. Default false here;
+   * `shadowvm run` turns it on (--split-rings).
    */
   splitRings?: boolean;
   /** Where warnings about a port's set-up go (cap: a ring that offloads make small). */
@@ -104,7 +106,7 @@ export function openOne(io: IoBackend, ifname: string, options: PortOptions): Pa
   const { AfPacketPort } = require('../io/afpacket-port') as typeof import('../io/afpacket-port');
   const o = afPacketOptions(options);
   if (!splitsRings(options)) return new AfPacketPort(ifname, o);
-  const { small, large } = splitRingOptions(o);
+  const { small, large } = splitRingOptions(o, options.ringFrames);
   const first = new AfPacketPort(ifname, small);
   try {
     return new SplitRingPort(first, new AfPacketPort(ifname, large));
@@ -141,7 +143,7 @@ export async function openOneLater(io: IoBackend, ifname: string, options: PortO
   const { AfPacketPort } = require('../io/afpacket-port') as typeof import('../io/afpacket-port');
   const o = afPacketOptions(options);
   if (!splitsRings(options)) return AfPacketPort.open(ifname, o);
-  const { small, large } = splitRingOptions(o);
+  const { small, large } = splitRingOptions(o, options.ringFrames);
   const first = await AfPacketPort.open(ifname, small);
   try {
     return new SplitRingPort(first, await AfPacketPort.open(ifname, large));

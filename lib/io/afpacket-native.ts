@@ -73,9 +73,15 @@ export interface AfPacketSocket {
   /** The largest frame a slot holds whole. */
   readonly maxFrameLength: number;
   readonly fd: number;
-  /** Deliver breaths from the event loop: onFrames(count) is called with `this` the socket. */
+  /**
+   * Deliver breaths from the event loop: onFrames(count, leaderFollows) is
+   * called with `this` the socket; leaderFollows: a follower's batch, its
+   * leader's call comes next (follow).
+   */
   start(): void;
   stop(): void;
+  /** This socket and `leader` (another open socket of this thread) breathe as one: both rings drained, this one's batch handed over first with leaderFollows, then the leader's. Undone when either closes. */
+  follow(leader: AfPacketSocket): void;
   /** Not started: give the previous batch back, take every waiting frame; returns the batch size. */
   poll(): number;
   /** sendmmsg of `frames[0..count)`; with vnetHdr, `vnetHdrs` holds count × 10 bytes (absent: zero headers). Returns frames sent. */
@@ -93,7 +99,7 @@ export type AfPacketOpenHandle = { readonly __afpacketOpenHandle: unique symbol 
 
 export interface AfPacketAddon {
   /** With an interface name, opens on the calling thread; with a handle from `open`, wraps what it opened (options then unused). */
-  readonly Socket: new (ifname: string | AfPacketOpenHandle, options: AfPacketSocketOptions, onFrames: (this: AfPacketSocket, count: number) => void) => AfPacketSocket;
+  readonly Socket: new (ifname: string | AfPacketOpenHandle, options: AfPacketSocketOptions, onFrames: (this: AfPacketSocket, count: number, leaderFollows: boolean) => void) => AfPacketSocket;
   /**
    * Opens the socket, its ring and its binding on libuv's thread pool (the
    * ring's setup waits for an RCU grace period in the kernel), then calls

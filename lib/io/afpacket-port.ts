@@ -252,6 +252,12 @@ export class AfPacketPort implements PacketPort {
   private readonly sendVnet: Uint8Array | undefined;
   private readonly sendVnetView: DataView | undefined;
   private receiver: BatchReceiver | undefined;
+  /** The port this one follows (`follow`), and a follower's batch waiting for this port's breath. */
+  private leader: AfPacketPort | undefined;
+  private followerFrames: AfPacketFrame[] | undefined;
+  private followerSubUs: number[] = [];
+  /** Per frame of the current batch: its arrival time's nanoseconds below the microsecond. */
+  private subUs: number[] = [];
   private closed = false;
   private sentAfterClose = 0;
 
@@ -266,7 +272,7 @@ export class AfPacketPort implements PacketPort {
     this.vnetHdr = options.vnetHdr ?? false;
     this.maxQueuedFrames = Math.max(1, options.maxQueuedFrames ?? 1024);
     try {
-      this.socket = new this.addon.Socket(opened ?? ifname, socketOptions(options), (count) => this.deliver(count));
+      this.socket = new this.addon.Socket(opened ?? ifname, socketOptions(options), (count, leaderFollows) => this.deliver(count, leaderFollows));
     } catch (err) {
       throw toAfPacketPortError(ifname, err);
     }
@@ -314,16 +320,47 @@ export class AfPacketPort implements PacketPort {
     });
   }
 
-  /** One breath of this port: `count` descriptors are filled; the slots go back when this returns. */
-  private deliver(count: number): void {
+  /**
+   * One breath of this port: `count` descriptors are filled; the slots go
+   * back when this returns. `leaderFollows`: this port follows another
+   * (`follow`) and the leader's breath comes next, in the same native call:
+   * the batch waits for it (its slots stay taken until then).
+   */
+  private deliver(count: number, leaderFollows = false): void {
+    const frames = this.frames(count);
+    const leader = this.leader;
+    if (leaderFollows && leader) {
+      leader.followerFrames = frames;
+      leader.followerSubUs = this.subUs;
+      return;
+    }
+    let batch = frames;
+    const early = this.followerFrames;
+    if (early) {
+      batch = mergeByArrival(early, this.followerSubUs, frames, this.subUs);
+      this.followerFrames = undefined;
+    }
+    try {
+      this.receiver?.(batch);
+    } finally {
+      flushQueuedSends();
+    }
+  }
+
+  /** The frames of the current batch; their arrival times' nanoseconds below the microsecond go to `subUs`. */
+  private frames(count: number): AfPacketFrame[] {
     const { descStride, desc, flags: f } = this.addon.layout;
     const d = this.descriptors;
     const ring = this.ringView;
     const frames: AfPacketFrame[] = new Array(count);
+    const sub = this.subUs;
+    sub.length = count;
     for (let i = 0, at = 0; i < count; i++, at += descStride) {
       const offset = d[at + desc.offset];
       const frame = ring.subarray(offset, offset + d[at + desc.length]);
-      const timeUs = d[at + desc.sec] * 1_000_000 + Math.floor(d[at + desc.nsec] / 1000);
+      const nsec = d[at + desc.nsec];
+      const timeUs = d[at + desc.sec] * 1_000_000 + Math.floor(nsec / 1000);
+      sub[i] = nsec % 1000;
       if (this.vnetHdr) {
         const flags = d[at + desc.flags];
         const lengths = d[at + desc.vnetLength];
@@ -341,11 +378,21 @@ export class AfPacketPort implements PacketPort {
         frames[i] = { frame, timeUs };
       }
     }
-    try {
-      this.receiver?.(frames);
-    } finally {
-      flushQueuedSends();
-    }
+    return frames;
+  }
+
+  /**
+   * From now on this port and `leader` (another AfPacketPort on this
+   * thread, typically a second ring of the same interface) breathe as one:
+   * whichever wakes, both rings are drained and the leader's receiver gets
+   * one batch of the frames of both, in the order they arrived (kernel
+   * timestamps). This port's own receiver then only sees breaths the
+   * leader could not take part in (not started, or closed). Undone when
+   * either port closes.
+   */
+  follow(leader: AfPacketPort): void {
+    this.socket.follow(leader.socket);
+    this.leader = leader;
   }
 
   onBatch(receiver: BatchReceiver): void {
@@ -426,8 +473,28 @@ export class AfPacketPort implements PacketPort {
     this.flush();
     this.closed = true;
     this.receiver = undefined;
+    this.leader = undefined;
+    this.followerFrames = undefined;
     this.socket.close();
   }
+}
+
+/**
+ * Two batches, each in arrival order, as one in arrival order (time, then
+ * the nanoseconds below it); on a tie the second batch's frame first.
+ */
+export function mergeByArrival<T extends ReceivedFrame>(a: readonly T[], aSub: readonly number[], b: readonly T[], bSub: readonly number[]): T[] {
+  if (a.length === 0) return b as T[];
+  if (b.length === 0) return a as T[];
+  const out: T[] = new Array(a.length + b.length);
+  let i = 0, j = 0, k = 0;
+  while (i < a.length && j < b.length) {
+    const ta = a[i].timeUs, tb = b[j].timeUs;
+    out[k++] = ta < tb || (ta === tb && (aSub[i] ?? 0) < (bSub[j] ?? 0)) ? a[i++] : b[j++];
+  }
+  while (i < a.length) out[k++] = a[i++];
+  while (j < b.length) out[k++] = b[j++];
+  return out;
 }
 
 function errnoName(errno: number): string {

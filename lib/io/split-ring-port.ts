@@ -14,13 +14,15 @@
  * afford; these are two TPACKET_V2 rings, each frame in exactly one of them.
  *
  * Sends go through the small ring's socket (it has the virtio-net header).
- * The two rings are read as the kernel signals them: a super-frame and a
- * small frame that arrive within one wake-up may be handed over in the
- * other order. Within a flow that only happens between a response's small
- * and large segments; the comparator puts a stream back in order, and what
- * it releases a client's TCP reorders.
+ * On AF_PACKET the large ring follows the small one (AfPacketPort.follow):
+ * whichever wakes, both are drained in one breath and handed over as one
+ * batch in the order the frames arrived (kernel timestamps), as one ring
+ * would. (Read as each signalled, a response's small header segment and
+ * its super-frames reached the bridge in either order: stop 24 measured 12-
+ * 17% fewer 100 KiB requests a second and timeout checkpoints.) Other
+ * ports are composed as they are, each batch as it comes.
  */
-import type { AfPacketPortOptions } from './afpacket-port';
+import { AfPacketPort, AfPacketPortOptions } from './afpacket-port';
 import { BatchReceiver, PacketPort, PortStats, ringBytes, VirtioNetHeader } from './port';
 import { BpfProgram } from '../dataplane/shard';
 
@@ -45,11 +47,16 @@ export function lengthFilter(max: number, above: boolean): Buffer {
     .assemble();
 }
 
-/** The options of each ring, from the port's (which must have vnetHdr). */
-export function splitRingOptions(options: AfPacketPortOptions): { small: AfPacketPortOptions; large: AfPacketPortOptions } {
+/**
+ * The options of each ring, from the port's (which must have vnetHdr; its
+ * ringFrames and frameSize are the one-ring sizes and do not apply).
+ * `smallFrames`: slots of the small ring if asked (`run --ring-frames`), else
+ * SMALL_RING_FRAMES.
+ */
+export function splitRingOptions(options: AfPacketPortOptions, smallFrames?: number): { small: AfPacketPortOptions; large: AfPacketPortOptions } {
   const { ringFrames: _ignored, frameSize: _alsoIgnored, ...rest } = options;
   return {
-    small: { ...rest, frameSize: SMALL_FRAME_SIZE, ringFrames: SMALL_RING_FRAMES, filter: lengthFilter(SMALL_FRAME_MAX, false) },
+    small: { ...rest, frameSize: SMALL_FRAME_SIZE, ringFrames: smallFrames || SMALL_RING_FRAMES, filter: lengthFilter(SMALL_FRAME_MAX, false) },
     large: { ...rest, ringFrames: LARGE_RING_FRAMES, filter: lengthFilter(SMALL_FRAME_MAX, true), sendThread: false },
   };
 }
@@ -63,7 +70,12 @@ export class SplitRingPort implements PacketPort {
     this.name = small.name;
     const s = small.ring!, l = large.ring!;
     this.ring = { frames: s.frames, frameSize: s.frameSize, blockSize: s.blockSize, bytes: ringBytes(s) + ringBytes(l), large: { frames: l.frames, frameSize: l.frameSize } };
+    this.merged = small instanceof AfPacketPort && large instanceof AfPacketPort;
+    if (this.merged) (large as AfPacketPort).follow(small as AfPacketPort);
   }
+
+  /** Whether the two rings are read as one, in arrival order (both AF_PACKET). */
+  readonly merged: boolean;
 
   onBatch(receiver: BatchReceiver): void {
     this.small.onBatch(receiver);

@@ -14,6 +14,7 @@ import {
   VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4, completePartialChecksum, toAfPacketPortError,
 } from '../../lib/io/afpacket-port';
 import { run, runQuietly } from '../../lib/lab/exec';
+import { lengthFilter, SMALL_FRAME_MAX, SplitRingPort } from '../../lib/io/split-ring-port';
 import { AfPacketOpenHandle, loadAfPacketAddon } from '../../lib/io/afpacket-native';
 import { ETHERTYPE, layoutOf, tcpFrame, udpFrame } from '../support/frames';
 
@@ -580,6 +581,90 @@ describe('AfPacketPort on a veth pair', () => {
       const code = await w.terminate();
       expect([0, 1]).toContain(code);
       await waitFor('500 frames', () => atB.frames.length >= 500);
+    });
+  });
+
+  describe('two rings of one interface read as one (follow; SplitRingPort)', () => {
+    const splitAt = (ifname: string): { small: AfPacketPort; large: AfPacketPort; split: SplitRingPort } => {
+      const small = port(ifname, { frameSize: 2048, ringFrames: 64, filter: lengthFilter(SMALL_FRAME_MAX, false) });
+      const large = port(ifname, { ringFrames: 16, filter: lengthFilter(SMALL_FRAME_MAX, true) });
+      return { small, large, split: new SplitRingPort(small, large) };
+    };
+    /** Alternately small and large (above SMALL_FRAME_MAX) UDP frames, each saying its place. */
+    const mixed = (label: string, n: number): Buffer[] =>
+      Array.from({ length: n }, (_, i) => udpFrame({ payload: Buffer.concat([Buffer.from(`${label} #${i} `), Buffer.alloc(i % 2 ? 4000 : 100, 0x61 + (i % 26))]) }));
+
+    test('frames that wait in both rings are handed over in one batch, in the order they arrived', async () => {
+      const a = port(JUMBO.a);
+      const { split } = splitAt(JUMBO.b);
+      expect(split.merged).toBe(true);
+      const sent = mixed('merge', 24);
+      for (const f of sent) a.send(f);
+      a.flush(); // all 24 are in the rings before the event loop reads either
+      const got: Buffer[] = [];
+      const times: number[] = [];
+      let batches = 0;
+      split.onBatch((batch) => {
+        batches++;
+        for (const f of batch) { got.push(Buffer.from(f.frame)); times.push(f.timeUs); }
+      });
+      await waitFor('24 frames', () => got.length >= 24);
+      await settle(50);
+      // Read ring by ring, the 12 small frames would come first, then the 12 large ones.
+      expect(got).toEqual(sent);
+      expect(batches).toBe(1);
+      expect(times).toEqual([...times].sort((x, y) => x - y));
+      expect(split.stats()).toMatchObject({ rxFrames: 24, rxDrops: 0 });
+    });
+
+    test('keeps the order while frames arrive during reading, breath after breath', async () => {
+      const a = port(JUMBO.a);
+      const { split } = splitAt(JUMBO.b);
+      const got: Buffer[] = [];
+      split.onBatch((batch) => { for (const f of batch) got.push(Buffer.from(f.frame)); });
+      const sent = mixed('stream', 400);
+      for (let i = 0; i < sent.length; i += 8) {
+        for (const f of sent.slice(i, i + 8)) a.send(f);
+        a.flush();
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+      await waitFor('400 frames', () => got.length >= 400);
+      expect(got.map((f) => f.toString('latin1', 42, 56))).toEqual(sent.map((f) => f.toString('latin1', 42, 56)));
+      expect(split.stats().rxDrops).toBe(0);
+    });
+
+    test('when the small ring\'s port closes, the large ring delivers on its own; a pair closed inside its callback delivers nothing more', async () => {
+      const a = port(JUMBO.a);
+      const { small, large, split } = splitAt(JUMBO.b);
+      const got: Buffer[] = [];
+      split.onBatch((batch) => { for (const f of batch) got.push(Buffer.from(f.frame)); });
+      await small.close();
+      const later = mixed('alone', 4);
+      for (const f of later) a.send(f);
+      a.flush();
+      await waitFor('the 2 large frames', () => got.length >= 2);
+      await settle(50);
+      expect(got).toEqual([later[1], later[3]]);
+      await large.close();
+
+      const again = splitAt(JUMBO.b).split;
+      const seen: number[] = [];
+      again.onBatch((batch) => { seen.push(batch.length); void again.close(); });
+      for (const f of mixed('closing', 6)) a.send(f);
+      a.flush();
+      await waitFor('one batch', () => seen.length >= 1);
+      for (const f of mixed('after', 6)) a.send(f);
+      a.flush();
+      await settle(100);
+      expect(seen).toEqual([6]);
+    });
+
+    test('follow refuses a port that is closed, itself or already paired', () => {
+      const { small, large } = splitAt(JUMBO.b);
+      const other = port(JUMBO.b);
+      expect(() => other.follow(small)).toThrow(/unpaired/);
+      expect(() => other.follow(large)).toThrow(/unpaired/);
+      expect(() => other.follow(other)).toThrow(/another open, unpaired/);
     });
   });
 

@@ -1,6 +1,6 @@
 /**
- * `shadowvm run` as an administrator starts it (its defaults: virtio-net
- * headers, a realtime data plane as root) under downloads, stopped twice for
+ * `shadowvm run` as an administrator starts it (virtio-net headers, a
+ * realtime data plane as root; one ring a port) under downloads, stopped twice for
  * 300 ms (SIGSTOP, as a host that starves it would): its receive rings
  * overflow and frames are lost before it sees them, the primary's among
  * them. Every download must still arrive intact: a checkpoint releases the
@@ -44,8 +44,9 @@ describe('shadowvm run whose rings overflow under downloads (netns lab, root)', 
     const content = fixedSeedBytes(BYTES, 0x0f1);
     serveOnBoth(servers, FILE, content);
     await waitUntilQuiet(lab);
-    // run's defaults otherwise: virtio-net headers (512-slot rings), a realtime data plane as root.
-    run = await startRunWithLabAgent(lab, PREFIX, ['--log-level', 'info']);
+    // One ring of 512 super-frame slots a port (--no-split-rings: few slots for MTU-sized frames, so a stop
+    // overflows it); run's defaults otherwise: virtio-net headers, a realtime data plane as root.
+    run = await startRunWithLabAgent(lab, PREFIX, ['--no-split-rings', '--log-level', 'info']);
     const before = await run.status();
     const dropsBefore = before!.ports.reduce((n, p) => n + p.rxDrops, 0);
 
@@ -70,13 +71,13 @@ describe('shadowvm run whose rings overflow under downloads (netns lab, root)', 
     expect(after!.state).toBe('COMPARING');
   });
 
-  it('--split-rings with offloads on (GSO super-frames in the large ring, the rest in the small one): a stopped bridge, and every download intact', async () => {
+  it('split rings (the default) with offloads on (GSO super-frames in the large ring, the rest in the small one): a stopped bridge, and every download intact', async () => {
     const l = lab!;
     await run!.stop();
     const content = fixedSeedBytes(BYTES, 0x0f1);
     // TSO in the servers' namespaces: their segments reach the bridge as super-frames.
     for (const n of [l.primary, l.backup, l.client]) await runInAsync(n.netns, 'ethtool', ['-K', n.nsIf, 'tx', 'on', 'tso', 'on', 'gso', 'on'], 10_000);
-    run = await startRunWithLabAgent(l, PREFIX, ['--split-rings', '--log-level', 'info']);
+    run = await startRunWithLabAgent(l, PREFIX, ['--log-level', 'info']);
     const s = await run.status();
     expect(s!.ports.every((p) => p.ring?.large !== undefined)).toBe(true);
     const outs = Array.from({ length: DOWNLOADS }, (_, i) => join(l.runDir, `split-${i}.bin`));

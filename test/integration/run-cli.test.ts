@@ -118,12 +118,12 @@ describe('shadowvm run (root, on veth pairs)', () => {
       expect(last.status.components.control_socket).toBeDefined();
       // With virtio-net headers (the default) there is no send thread, so no gate of inline sends.
       expect(last.status.inlineSends).toBeUndefined();
-      // Each port's receive ring: 512 slots (rounded up to whole kernel blocks) big enough for a 64 KiB GSO super-frame.
+      // Each port is read through two rings (split rings, the default with virtio-net headers): 4,096 slots of 2 KiB, and 128 big enough for a 64 KiB GSO super-frame.
       for (const p of last.status.ports) {
-        expect(p.ring?.frames).toBeGreaterThanOrEqual(512);
-        expect(p.ring!.frames).toBeLessThan(600);
-        expect(p.ring!.frameSize).toBeGreaterThan(64 << 10);
-        expect(p.ring!.bytes).toBeGreaterThanOrEqual(512 * p.ring!.frameSize);
+        expect(p.ring).toMatchObject({ frames: 4096, frameSize: 2048 });
+        expect(p.ring!.large!.frames).toBeGreaterThanOrEqual(128);
+        expect(p.ring!.large!.frameSize).toBeGreaterThan(64 << 10);
+        expect(p.ring!.bytes).toBeLessThan(20 << 20); // one ring of 512 super-frame slots: 34 MiB
       }
     } finally {
       bridge.child.kill('SIGTERM');
@@ -153,26 +153,42 @@ describe('shadowvm run (root, on veth pairs)', () => {
     expect(await single.exited).toBe(0);
   });
 
-  it('--split-rings reads each port through two rings: 2 KiB slots for MTU-sized frames and 68 KiB ones for super-frames, in half the memory', async () => {
+  it('--no-split-rings reads each port through one ring of 512 super-frame slots; with split rings --ring-frames sizes the small ring', async () => {
     const path = join(dir, 'control.sock');
-    const bridge = spawnShadowvm([...base(), '--split-rings']);
+    const bridge = spawnShadowvm([...base(), '--no-split-rings']);
     try {
       await bridge.waitFor(/"event":"data-plane-thread"/, 15_000);
       const r = await queryControlSocket(path, { cmd: 'status' });
       if (!r.ok) throw new Error(r.error);
       expect(r.status.ports).toHaveLength(3);
       for (const p of r.status.ports) {
-        expect(p.ring).toMatchObject({ frames: 4096, frameSize: 2048 });
-        expect(p.ring!.large!.frames).toBeGreaterThanOrEqual(128);
-        expect(p.ring!.large!.frameSize).toBeGreaterThan(64 << 10);
-        expect(p.ring!.bytes).toBeLessThan(20 << 20); // one ring of 512 super-frame slots: 34 MiB
+        // 512 slots (rounded up to whole kernel blocks), each big enough for a 64 KiB GSO super-frame.
+        expect(p.ring?.frames).toBeGreaterThanOrEqual(512);
+        expect(p.ring!.frames).toBeLessThan(600);
+        expect(p.ring!.frameSize).toBeGreaterThan(64 << 10);
+        expect(p.ring!.large).toBeUndefined();
+        expect(p.ring!.bytes).toBeGreaterThanOrEqual(512 * p.ring!.frameSize);
       }
-      const text = await runShadowvm(['status', '--control', path]);
-      expect(text.output).toMatch(/receive rings \(kernel memory, resident\): \S+ 4096 × 2\.0 KiB \+ \d+ × 64\.\d KiB/);
     } finally {
       bridge.child.kill('SIGTERM');
     }
     expect(await bridge.exited).toBe(0);
+
+    const sized = spawnShadowvm([...base(), '--ring-frames', '1024']);
+    try {
+      await sized.waitFor(/"event":"data-plane-thread"/, 15_000);
+      const r = await queryControlSocket(path, { cmd: 'status' });
+      if (!r.ok) throw new Error(r.error);
+      for (const p of r.status.ports) {
+        expect(p.ring).toMatchObject({ frames: 1024, frameSize: 2048 });
+        expect(p.ring!.large!.frames).toBeGreaterThanOrEqual(128);
+      }
+      const text = await runShadowvm(['status', '--control', path]);
+      expect(text.output).toMatch(/receive rings \(kernel memory, resident\): \S+ 1024 × 2\.0 KiB \+ \d+ × 64\.\d KiB/);
+    } finally {
+      sized.child.kill('SIGTERM');
+    }
+    expect(await sized.exited).toBe(0);
   });
 
   it('--realtime: the data-plane thread and its send thread run SCHED_RR, the main thread stays normal; status and metrics say so; off leaves every thread normal', async () => {

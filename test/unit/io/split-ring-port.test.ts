@@ -6,6 +6,7 @@
 import { runFilter } from '../../../lib/dataplane/shard';
 import { LARGE_RING_FRAMES, lengthFilter, SMALL_FRAME_MAX, SMALL_RING_FRAMES, SplitRingPort, splitRingOptions } from '../../../lib/io/split-ring-port';
 import { BatchReceiver, emptyPortStats, PacketPort, PortStats } from '../../../lib/io/port';
+import { mergeByArrival } from '../../../lib/io/afpacket-port';
 
 class FakePort implements PacketPort {
   receiver: BatchReceiver | null = null;
@@ -34,13 +35,15 @@ describe('the split rings\' length filters', () => {
 });
 
 describe('splitRingOptions', () => {
-  it('gives the small ring 2 KiB slots and the large one the default (super-frame) slots, each with its filter; the asked ring size does not apply', () => {
+  it('gives the small ring 2 KiB slots and the large one the default (super-frame) slots, each with its filter; the one-ring size does not apply, an asked one sizes the small ring', () => {
     const { small, large } = splitRingOptions({ vnetHdr: true, ringFrames: 512, sendThread: true, busyPollUs: 0 });
     expect(small).toMatchObject({ vnetHdr: true, frameSize: 2048, ringFrames: SMALL_RING_FRAMES, sendThread: true });
     expect(large).toMatchObject({ vnetHdr: true, ringFrames: LARGE_RING_FRAMES, sendThread: false });
     expect(large.frameSize).toBeUndefined();
     expect(Buffer.compare(Buffer.from(small.filter!), lengthFilter(SMALL_FRAME_MAX, false))).toBe(0);
     expect(Buffer.compare(Buffer.from(large.filter!), lengthFilter(SMALL_FRAME_MAX, true))).toBe(0);
+    const asked = splitRingOptions({ vnetHdr: true, ringFrames: 512 }, 1024);
+    expect([asked.small.ringFrames, asked.large.ringFrames]).toEqual([1024, LARGE_RING_FRAMES]);
   });
 });
 
@@ -67,5 +70,32 @@ describe('SplitRingPort', () => {
     expect(p.ring.bytes).toBe(4096 * 2048 + 155 * (1 << 17));
     await p.close();
     expect([s.closed, l.closed]).toEqual([true, true]);
+  });
+});
+
+describe('mergeByArrival (a pair of rings read as one)', () => {
+  const f = (timeUs: number, tag: string) => ({ frame: Buffer.from(tag), timeUs });
+  const tags = (frames: readonly { frame: Buffer }[]) => frames.map((x) => x.frame.toString());
+  it('interleaves two batches by arrival time, then by the nanoseconds below the microsecond', () => {
+    const large = [f(10, 'L1'), f(12, 'L2'), f(12, 'L3'), f(30, 'L4')];
+    const small = [f(9, 's1'), f(11, 's2'), f(12, 's3'), f(40, 's4')];
+    // L2 at 12 µs + 100 ns, s3 at 12 µs + 500 ns, L3 at 12 µs + 900 ns.
+    expect(tags(mergeByArrival(large, [0, 100, 900, 0], small, [0, 0, 500, 0]))).toEqual(['s1', 'L1', 's2', 'L2', 's3', 'L3', 'L4', 's4']);
+  });
+  it('on an exact tie puts the second batch\'s frame first; an empty side gives the other batch as it is', () => {
+    expect(tags(mergeByArrival([f(5, 'a')], [7], [f(5, 'b')], [7]))).toEqual(['b', 'a']);
+    const only = [f(1, 'x'), f(2, 'y')];
+    expect(mergeByArrival([], [], only, [0, 0])).toBe(only);
+    expect(mergeByArrival(only, [0, 0], [], [])).toBe(only);
+  });
+  it('keeps every frame of random batches, in time order', () => {
+    for (let round = 0; round < 50; round++) {
+      const make = (n: number, tag: string) => Array.from({ length: n }, () => Math.floor(Math.random() * 100)).sort((x, y) => x - y).map((t, i) => f(t, `${tag}${i}`));
+      const a = make(Math.floor(Math.random() * 20), 'a'), b = make(Math.floor(Math.random() * 20), 'b');
+      const out = mergeByArrival(a, a.map(() => 0), b, b.map(() => 0));
+      expect(out.length).toBe(a.length + b.length);
+      expect(out.map((x) => x.timeUs)).toEqual([...a, ...b].map((x) => x.timeUs).sort((x, y) => x - y));
+      expect(tags(out.filter((x) => x.frame.toString().startsWith('a')))).toEqual(tags(a));
+    }
   });
 });
