@@ -98,6 +98,8 @@ export class SplitRingPort implements PacketPort {
       if (typeof v !== 'number' || typeof sum[k] !== 'number') continue;
       sum[k] = /Max/.test(k) ? Math.max(sum[k] as number, v) : (sum[k] as number) + v;
     }
+    // How many of the frames came through the large ring (GSO super-frames).
+    sum.rxLargeFrames = l.rxFrames;
     return sum as unknown as PortStats;
   }
 
