@@ -101,7 +101,9 @@ export function renderMetrics(s: BridgeSnapshot): string {
   t.family('shadowvm_port_tx_bytes_total', 'counter', 'Bytes sent on a port.', s.ports.map((p) => [port(p), p.txBytes]));
   t.family('shadowvm_port_rx_drops_total', 'counter', 'Frames the kernel or medium dropped before the bridge saw them.', s.ports.map((p) => [port(p), p.rxDrops]));
   t.family('shadowvm_port_ring_bytes', 'gauge', 'Kernel memory of a port\'s receive ring, resident in the bridge process.', s.ports.filter((p) => p.ring).map((p) => [port(p), p.ring!.bytes]));
-  t.family('shadowvm_port_ring_frames', 'gauge', 'Slots of a port\'s receive ring.', s.ports.filter((p) => p.ring).map((p) => [port(p), p.ring!.frames]));
+  t.family('shadowvm_port_ring_frames', 'gauge', 'Slots of a port\'s receive ring (with split rings: of the one for MTU-sized frames).', s.ports.filter((p) => p.ring).map((p) => [port(p), p.ring!.frames]));
+  t.family('shadowvm_port_large_ring_frames', 'gauge', 'Slots of a port\'s second receive ring, for GSO super-frames (split rings).', s.ports.filter((p) => p.ring?.large).map((p) => [port(p), p.ring!.large!.frames]));
+  t.family('shadowvm_port_rx_large_frames_total', 'counter', 'Frames received through a port\'s ring for GSO super-frames (split rings).', s.ports.filter((p) => p.rxLargeFrames !== undefined).map((p) => [port(p), p.rxLargeFrames!]));
   t.family('shadowvm_port_tx_errors_total', 'counter', 'Frames the bridge could not send.', s.ports.map((p) => [port(p), p.txErrors]));
 
   t.one('shadowvm_flows', 'gauge', 'Flows in the flow table.', s.flows.active);

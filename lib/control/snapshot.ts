@@ -24,6 +24,8 @@ export interface PortSnapshot extends PortStats {
   name: string;
   /** Its receive ring (AF_PACKET): slots, their size, and the kernel memory it holds resident in this process. */
   ring?: { frames: number; frameSize: number; bytes: number; large?: { frames: number; frameSize: number } };
+  /** Split rings: how many of rxFrames came through the ring for GSO super-frames. */
+  rxLargeFrames?: number;
 }
 
 export type FrameSide = 'client' | 'primary' | 'backup';

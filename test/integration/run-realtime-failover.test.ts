@@ -101,7 +101,7 @@ describe('shadowvm run with a realtime data plane: failover (netns lab, root)', 
     expect(after?.failover.last?.flowsCarried).toBeGreaterThanOrEqual(1);
     expect(after?.replicas?.find((r) => r.port === l.backup.hostIf)?.role).toBe('primary');
     // The download's segments did come as super-frames: the primary's port had frames in its large ring before it died.
-    const primaryBefore = mid!.ports.find((p) => p.name === l.primary.hostIf) as { rxLargeFrames?: number } | undefined;
+    const primaryBefore = mid!.ports.find((p) => p.name === l.primary.hostIf);
     expect(primaryBefore?.rxLargeFrames).toBeGreaterThan(0);
     console.log(`split rings failover: promoted ${after?.failover.last?.detectionToPromotionMs.toFixed(1)} ms after detection, ${after?.failover.last?.flowsCarried} flow(s) carried, ring drops ${after!.ports.reduce((n, p) => n + p.rxDrops, 0)}`);
   });

@@ -107,6 +107,11 @@ describe('renderMetrics', () => {
     // Receive rings: only the ports that have one (the backup's here has none, as a cap port).
     expect(value(families, 'shadowvm_port_ring_bytes', { port: 'uplink' })).toBe(36_700_160);
     expect(value(families, 'shadowvm_port_ring_frames', { port: 'primary' })).toBe(4096);
+    // Split rings (the primary's here): the second ring's slots, and the frames that came through it.
+    expect(value(families, 'shadowvm_port_large_ring_frames', { port: 'primary' })).toBe(155);
+    expect(families.get('shadowvm_port_large_ring_frames')!.samples.map((s) => s.labels.port)).toEqual(['primary']);
+    expect(value(families, 'shadowvm_port_rx_large_frames_total', { port: 'primary' })).toBe(120);
+    expect(families.get('shadowvm_port_rx_large_frames_total')!.samples).toHaveLength(1);
     expect(families.get('shadowvm_port_ring_bytes')!.samples.map((s) => s.labels.port)).toEqual(['uplink', 'primary']);
     expect(families.get('shadowvm_port_rx_frames_total')!.samples.find((s) => s.labels.port === 'primary')!.labels.interface).toBe('tap "p"\\0\nx');
     expect(text).toContain('interface="tap \\"p\\"\\\\0\\nx"');

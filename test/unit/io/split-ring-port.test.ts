@@ -61,9 +61,9 @@ describe('SplitRingPort', () => {
     p.send(Buffer.alloc(60));
     p.flush();
     expect([s.sent.length, l.sent.length, s.flushed, l.flushed]).toEqual([1, 0, 1, 0]);
-    const st = p.stats() as PortStats & { txSyncMaxUs: number };
+    const st = p.stats() as PortStats & { txSyncMaxUs: number; rxLargeFrames: number };
     expect([st.rxFrames, st.rxDrops, st.txFrames, st.txSyncMaxUs]).toEqual([13, 3, 7, 9]);
-    expect((st as unknown as { rxLargeFrames: number }).rxLargeFrames).toBe(3);
+    expect(st.rxLargeFrames).toBe(3);
     p.setInlineSends(false);
     expect([s.inline, l.inline]).toEqual([[false], [false]]);
     expect(p.ring).toMatchObject({ frames: 4096, frameSize: 2048, large: { frames: 155, frameSize: 65_632 } });
