@@ -56,6 +56,7 @@
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/socket.h>
+#include <sys/utsname.h>
 #include <linux/if_ether.h>
 #include <linux/filter.h>
 #include <linux/if_packet.h>
@@ -161,7 +162,8 @@ struct port {
   uint32_t inline_max;           /* ...except a flush of at most this many frames while the thread is idle */
   int inline_off;                /* setInline(false): no inline flush for now, whatever its size (the bridge's rate gate) */
   uint32_t tx_pending;           /* its jobs queued or being sent (under the sender's mutex) */
-  port_t *leader, *follower;     /* pair(): two rings of one interface, read in one breath (see breath()) */
+  port_t *leader, *follower;     /* follow(): two rings of one interface, read in one breath (see breath()) */
+  uint64_t created;              /* see open_req_t */
 };
 
 typedef struct {
@@ -1032,6 +1034,7 @@ typedef struct {
   unsigned short filter_len;
   /* what open_os made (fd -1 and ring NULL once a Socket owns them) */
   int fd, ifindex;
+  uint64_t created;           /* the order socket() was called in, process-wide (see join_fanout) */
   uint32_t mtu, vnet_len, head_room, block, fpb, block_nr;
   struct tpacket_req req;
   void *ring;
@@ -1094,10 +1097,13 @@ static open_req_t *parse_open(napi_env env, napi_value name, napi_value options)
 }
 
 /* The OS half: socket, checks, options, ring, mapping, bind. No JS; any thread. 0, or -1 with r->err set. */
+static uint64_t sockets_created;
+
 static int open_os(open_req_t *r) {
   /* socket first: without CAP_NET_RAW this is where EPERM comes from. Protocol 0:
    * nothing is received until bind() names the interface and ETH_P_ALL. */
   int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
+  r->created = __atomic_add_fetch(&sockets_created, 1, __ATOMIC_SEQ_CST);
   if (fd < 0) {
     r->err_syscall = "socket(AF_PACKET)";
     r->err = errno;
@@ -1221,6 +1227,7 @@ static napi_value wrap_socket(napi_env env, napi_value self, open_req_t *r, napi
   p->frames_per_block = r->fpb;
   p->busy_ns = (uint64_t)r->busy_us * 1000;
   p->sweep = r->sweep_on_wake;
+  p->created = r->created;
   p->send_thread = r->send_thread;
   p->inline_max = r->inline_max;
   p->poll.data = p;
@@ -1452,14 +1459,76 @@ static napi_value js_poll(napi_env env, napi_callback_info info) {
   return r;
 }
 
+#ifndef PACKET_FANOUT_FLAG_IGNORE_OUTGOING
+#define PACKET_FANOUT_FLAG_IGNORE_OUTGOING 0x4000 /* Linux 6.2; Debian 12's headers predate it */
+#endif
+
 /*
- * follow(leader): this socket and `leader` (another open socket of this
- * environment) breathe as one from now on: see breath(). For two rings of
- * one interface (a SplitRingPort). Undone when either closes.
+ * A fanout group's own hook ignores the frames sent on the interface only
+ * with PACKET_FANOUT_FLAG_IGNORE_OUTGOING (the members' PACKET_IGNORE_OUTGOING
+ * no longer applies once they join). Kernels before 6.2 do not know that flag
+ * and would not refuse it: they would hand the bridge its own frames back.
+ */
+static int fanout_keeps_outgoing_out(void) {
+  struct utsname u;
+  unsigned major = 0, minor = 0;
+  if (uname(&u) != 0 || sscanf(u.release, "%u.%u", &major, &minor) != 2) return 0;
+  return major > 6 || (major == 6 && minor >= 2);
+}
+
+/*
+ * Puts the two sockets of a pair into one PACKET_FANOUT_CBPF group that
+ * gives the follower the frames longer than `bound` (counted from the
+ * network header, as a fanout program sees a received frame) and the leader
+ * the rest, so each frame is offered to one socket instead of both (each
+ * socket's own filter dropped it in the other).
+ *
+ * A member's index in the group is its place in the order the members
+ * joined; when the interface goes down and up the kernel takes them out and
+ * puts them back in the order the sockets were made (its list of packet
+ * sockets, appended to since Linux 5.x). So they join in that order, and the
+ * program names them by it: after a flap the indices are the same.
+ *
+ * The first to join is alone in the group for a moment and takes every
+ * frame, but the other's own hook still takes its frames until it joins, and
+ * each socket's filter drops what is not its own: no frame is lost. Returns
+ * 0, or an errno (a group of one that remains still sorts correctly, with
+ * the other socket's own hook).
+ */
+static int join_fanout(port_t *follower, port_t *leader, uint32_t bound) {
+  port_t *first = follower->created < leader->created ? follower : leader, *second = first == follower ? leader : follower;
+  uint32_t follower_index = first == follower ? 0 : 1;
+  struct sock_filter code[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_LEN, 0),
+      BPF_JUMP(BPF_JMP | BPF_JGT | BPF_K, bound, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, follower_index),
+      BPF_STMT(BPF_RET | BPF_K, 1 - follower_index),
+  };
+  struct sock_fprog prog = {.len = sizeof code / sizeof code[0], .filter = code};
+  uint32_t arg = (uint32_t)(PACKET_FANOUT_CBPF | PACKET_FANOUT_FLAG_UNIQUEID | PACKET_FANOUT_FLAG_IGNORE_OUTGOING) << 16;
+  if (setsockopt(first->fd, SOL_PACKET, PACKET_FANOUT, &arg, sizeof arg) < 0) return errno;
+  uint32_t got = 0;
+  socklen_t len = sizeof got;
+  if (getsockopt(first->fd, SOL_PACKET, PACKET_FANOUT, &got, &len) < 0) return errno;
+  if (setsockopt(first->fd, SOL_PACKET, PACKET_FANOUT_DATA, &prog, sizeof prog) < 0) return errno;
+  arg = (got & 0xffff) | (uint32_t)(PACKET_FANOUT_CBPF | PACKET_FANOUT_FLAG_IGNORE_OUTGOING) << 16;
+  if (setsockopt(second->fd, SOL_PACKET, PACKET_FANOUT, &arg, sizeof arg) < 0) return errno;
+  return 0;
+}
+
+/*
+ * follow(leader, fanoutBound?): this socket and `leader` (another open
+ * socket of this environment) breathe as one from now on: see breath(). For
+ * two rings of one interface (a SplitRingPort). Undone when either closes.
+ * With fanoutBound (frames longer than it, from the network header, are this
+ * socket's) on a kernel that can, the two join one fanout group: see
+ * join_fanout. Returns whether they did (false: not asked; each socket's own
+ * filter sorts the frames, every frame offered to both), or, as a string,
+ * why not.
  */
 static napi_value js_follow(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
+  size_t argc = 2;
+  napi_value argv[2];
   port_t *p = unwrap(env, info, &argc, argv);
   if (!p || p->closed) {
     throw_usage(env, "follow() on a closed socket");
@@ -1475,9 +1544,37 @@ static napi_value js_follow(napi_env env, napi_callback_info info) {
     throw_usage(env, "follow(leader): leader must be another open, unpaired Socket of this thread");
     return NULL;
   }
+  uint32_t bound = 0;
+  int want_fanout = 0;
+  if (argc >= 2) {
+    napi_valuetype t;
+    napi_typeof(env, argv[1], &t);
+    if (t != napi_undefined) {
+      if (t != napi_number || napi_get_value_uint32(env, argv[1], &bound) != napi_ok) {
+        throw_usage(env, "follow(leader, fanoutBound): fanoutBound is a frame length (unsigned integer)");
+        return NULL;
+      }
+      want_fanout = 1;
+    }
+  }
   p->leader = l;
   l->follower = p;
-  return NULL;
+  napi_value result;
+  if (!want_fanout) {
+    napi_get_boolean(env, false, &result);
+  } else if (!fanout_keeps_outgoing_out()) {
+    napi_create_string_utf8(env, "kernel before 6.2: a fanout group would take the frames sent on the interface", NAPI_AUTO_LENGTH, &result);
+  } else {
+    int err = join_fanout(p, l, bound);
+    if (err) {
+      char msg[96];
+      snprintf(msg, sizeof msg, "PACKET_FANOUT: %s", strerror(err));
+      napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &result);
+    } else {
+      napi_get_boolean(env, true, &result);
+    }
+  }
+  return result;
 }
 
 /* send(frames: ArrayBufferView[], count: number, vnetHdrs?: Uint8Array): frames sent */

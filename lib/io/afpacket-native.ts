@@ -80,8 +80,17 @@ export interface AfPacketSocket {
    */
   start(): void;
   stop(): void;
-  /** This socket and `leader` (another open socket of this thread) breathe as one: both rings drained, this one's batch handed over first with leaderFollows, then the leader's. Undone when either closes. */
-  follow(leader: AfPacketSocket): void;
+  /**
+   * This socket and `leader` (another open socket of this thread) breathe as
+   * one: both rings drained, this one's batch handed over first with
+   * leaderFollows, then the leader's. Undone when either closes. With
+   * `fanoutBound` (frames longer than this, counted from the network header,
+   * are this socket's; the others the leader's), the two join one
+   * PACKET_FANOUT_CBPF group so each frame is offered to one of them: true
+   * if they did, false if not asked, else why not (they then read with
+   * their own filters).
+   */
+  follow(leader: AfPacketSocket, fanoutBound?: number): boolean | string;
   /** Not started: give the previous batch back, take every waiting frame; returns the batch size. */
   poll(): number;
   /** sendmmsg of `frames[0..count)`; with vnetHdr, `vnetHdrs` holds count × 10 bytes (absent: zero headers). Returns frames sent. */

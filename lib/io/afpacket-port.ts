@@ -388,11 +388,13 @@ export class AfPacketPort implements PacketPort {
    * one batch of the frames of both, in the order they arrived (kernel
    * timestamps). This port's own receiver then only sees breaths the
    * leader could not take part in (not started, or closed). Undone when
-   * either port closes.
+   * either port closes. `fanoutBound`: see AfPacketSocket.follow; returns
+   * whether the two sockets share a fanout group, or why not.
    */
-  follow(leader: AfPacketPort): void {
-    this.socket.follow(leader.socket);
+  follow(leader: AfPacketPort, fanoutBound?: number): boolean | string {
+    const joined = this.socket.follow(leader.socket, fanoutBound);
     this.leader = leader;
+    return joined;
   }
 
   onBatch(receiver: BatchReceiver): void {

@@ -48,6 +48,14 @@ export function lengthFilter(max: number, above: boolean): Buffer {
 }
 
 /**
+ * The pair's fanout bound (AfPacketPort.follow): a fanout program sees a
+ * received frame from its network header, 14 bytes past the Ethernet header
+ * the rings' own filters count, so the bound is 14 lower and both agree on
+ * every frame.
+ */
+export const FANOUT_BOUND = SMALL_FRAME_MAX - 14;
+
+/**
  * The options of each ring, from the port's (which must have vnetHdr; its
  * ringFrames and frameSize are the one-ring sizes and do not apply).
  * `smallFrames`: slots of the small ring if asked (`run --ring-frames`), else
@@ -71,11 +79,17 @@ export class SplitRingPort implements PacketPort {
     const s = small.ring!, l = large.ring!;
     this.ring = { frames: s.frames, frameSize: s.frameSize, blockSize: s.blockSize, bytes: ringBytes(s) + ringBytes(l), large: { frames: l.frames, frameSize: l.frameSize } };
     this.merged = small instanceof AfPacketPort && large instanceof AfPacketPort;
-    if (this.merged) (large as AfPacketPort).follow(small as AfPacketPort);
+    const joined = this.merged ? (large as AfPacketPort).follow(small as AfPacketPort, FANOUT_BOUND) : false;
+    this.fanout = joined === true;
+    this.fanoutRefused = typeof joined === 'string' ? joined : null;
   }
 
   /** Whether the two rings are read as one, in arrival order (both AF_PACKET). */
   readonly merged: boolean;
+  /** Whether the two sockets share a fanout group (each frame offered to one of them, not both). */
+  readonly fanout: boolean;
+  /** Why not, when it was tried (a kernel before 6.2, an error); null otherwise. */
+  readonly fanoutRefused: string | null;
 
   onBatch(receiver: BatchReceiver): void {
     this.small.onBatch(receiver);

@@ -587,7 +587,7 @@ describe('AfPacketPort on a veth pair', () => {
   describe('two rings of one interface read as one (follow; SplitRingPort)', () => {
     const splitAt = (ifname: string): { small: AfPacketPort; large: AfPacketPort; split: SplitRingPort } => {
       const small = port(ifname, { frameSize: 2048, ringFrames: 64, filter: lengthFilter(SMALL_FRAME_MAX, false) });
-      const large = port(ifname, { ringFrames: 16, filter: lengthFilter(SMALL_FRAME_MAX, true) });
+      const large = port(ifname, { ringFrames: 64, filter: lengthFilter(SMALL_FRAME_MAX, true) });
       return { small, large, split: new SplitRingPort(small, large) };
     };
     /** Alternately small and large (above SMALL_FRAME_MAX) UDP frames, each saying its place. */
@@ -657,6 +657,48 @@ describe('AfPacketPort on a veth pair', () => {
       a.flush();
       await settle(100);
       expect(seen).toEqual([6]);
+    });
+
+    test('on a kernel that can (6.2+), the two sockets share a fanout group: every length at the bound reaches exactly one ring, and what the port sends never comes back', async () => {
+      const a = port(JUMBO.a);
+      const { split } = splitAt(JUMBO.b);
+      const [major, minor] = execFileSync('uname', ['-r'], { encoding: 'utf8' }).split('.').map(Number);
+      const able = major > 6 || (major === 6 && minor >= 2);
+      expect(split.fanout).toBe(able);
+      expect(split.fanoutRefused).toBe(able ? null : expect.stringMatching(/kernel before 6\.2/));
+      const got: Buffer[] = [];
+      split.onBatch((batch) => { for (const f of batch) got.push(Buffer.from(f.frame)); });
+      // Whole frames of 1,890 to 1,950 bytes: the fanout program and the rings' filters must agree on each.
+      const sent = Array.from({ length: 61 }, (_, i) => udpFrame({ payload: Buffer.alloc(1890 + i - 42, 0x30 + (i % 40)) }));
+      expect(sent.map((f) => f.length)).toEqual(Array.from({ length: 61 }, (_, i) => 1890 + i));
+      for (const f of sent) a.send(f);
+      a.flush();
+      await waitFor('61 frames', () => got.length >= 61);
+      await settle(50);
+      expect(got).toEqual(sent);
+      const st = split.stats() as ReturnType<SplitRingPort['stats']> & { rxLargeFrames: number };
+      expect([st.rxFrames, st.rxLargeFrames, st.rxDrops]).toEqual([61, sent.filter((f) => f.length > SMALL_FRAME_MAX).length, 0]);
+      // Frames the port sends leave on the interface and are not read back (the group ignores outgoing frames).
+      const atA = new Collector(a);
+      const out = mixed('outgoing', 20);
+      for (const f of out) split.send(f);
+      split.flush();
+      await waitFor('20 frames at the other end', () => atA.frames.length >= 20);
+      await settle(100);
+      expect(atA.buffers).toEqual(out);
+      expect(split.stats().rxFrames).toBe(61);
+
+      // The interface goes down and up: the kernel puts the group's members back in the order their sockets
+      // were made, which is the order they joined in: every frame still reaches its own ring.
+      run('ip', ['link', 'set', 'dev', JUMBO.b, 'down']);
+      run('ip', ['link', 'set', 'dev', JUMBO.b, 'up']);
+      await waitFor('carrier', () => run('cat', [`/sys/class/net/${JUMBO.b}/carrier`]).trim() === '1');
+      got.length = 0;
+      for (const f of sent) a.send(f);
+      a.flush();
+      await waitFor('61 frames after the flap', () => got.length >= 61);
+      expect(got).toEqual(sent);
+      expect((split.stats() as ReturnType<SplitRingPort['stats']> & { rxLargeFrames: number }).rxLargeFrames).toBe(2 * st.rxLargeFrames);
     });
 
     test('follow refuses a port that is closed, itself or already paired', () => {
