@@ -109,11 +109,18 @@ export function openOne(io: IoBackend, ifname: string, options: PortOptions): Pa
   const { small, large } = splitRingOptions(o, options.ringFrames);
   const first = new AfPacketPort(ifname, small);
   try {
-    return new SplitRingPort(first, new AfPacketPort(ifname, large));
+    return splitPort(ifname, first, new AfPacketPort(ifname, large), options);
   } catch (e) {
     void first.close();
     throw e;
   }
+}
+
+/** The two rings as one port; says so when they could not share a fanout group (each frame then offered to both sockets). */
+function splitPort(ifname: string, small: PacketPort, large: PacketPort, options: PortOptions): SplitRingPort {
+  const port = new SplitRingPort(small, large);
+  if (port.fanoutRefused) options.log?.('info', 'split-rings-no-fanout', { port: ifname, reason: port.fanoutRefused, note: 'each frame is offered to both rings\' sockets and sorted by their filters' });
+  return port;
 }
 
 function splitsRings(options: PortOptions): boolean {
@@ -146,7 +153,7 @@ export async function openOneLater(io: IoBackend, ifname: string, options: PortO
   const { small, large } = splitRingOptions(o, options.ringFrames);
   const first = await AfPacketPort.open(ifname, small);
   try {
-    return new SplitRingPort(first, await AfPacketPort.open(ifname, large));
+    return splitPort(ifname, first, await AfPacketPort.open(ifname, large), options);
   } catch (e) {
     void first.close();
     throw e;
