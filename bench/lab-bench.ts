@@ -17,6 +17,7 @@
  *   afpacket-date:  afpacket with normalize.httpDate on (issue 10's before/after of nginx's Date: headers)
  *   afpacket-perport: afpacket with one breath per epoll event (sweepOnWake off: the wake-up path before
  *                   issue 9's cut), for an A/B in one run
+ *   afpacket-nofanout: with -offload, two rings a port but no fanout group (as on Linux before 6.2)
  *   afpacket-onering: with -offload, each port read through one ring of 68 KiB slots (run --no-split-rings)
  *                   instead of two (run's default: 2 KiB slots for MTU-sized frames, 68 KiB for super-frames)
  *   <mode>-offload: the namespaces' offloads on (checksum, TSO, GSO); shadowvm exchanges virtio-net headers
@@ -109,8 +110,8 @@ function sendThreads(): string[] {
   return readdirSync('/proc/self/task').filter((t) => readFileSync(`/proc/self/task/${t}/comm`, 'utf8').trim() === 'svm-send');
 }
 
-type Base = 'kernel' | 'kernel2' | 'afpacket' | 'sink' | 'cap' | 'afpacket-date' | 'afpacket-perport' | 'afpacket-sync' | 'afpacket-spin' | 'afpacket-rt' | 'afpacket-rt-gchelpers' | 'afpacket-rt-normal-helpers' | 'afpacket-rt-inline1' | 'afpacket-rt-thread' | 'afpacket-onering';
-const BASES: readonly Base[] = ['kernel', 'kernel2', 'afpacket', 'sink', 'cap', 'afpacket-date', 'afpacket-perport', 'afpacket-sync', 'afpacket-spin', 'afpacket-rt', 'afpacket-rt-gchelpers', 'afpacket-rt-normal-helpers', 'afpacket-rt-inline1', 'afpacket-rt-thread', 'afpacket-onering'];
+type Base = 'kernel' | 'kernel2' | 'afpacket' | 'sink' | 'cap' | 'afpacket-date' | 'afpacket-perport' | 'afpacket-sync' | 'afpacket-spin' | 'afpacket-rt' | 'afpacket-rt-gchelpers' | 'afpacket-rt-normal-helpers' | 'afpacket-rt-inline1' | 'afpacket-rt-thread' | 'afpacket-onering' | 'afpacket-nofanout';
+const BASES: readonly Base[] = ['kernel', 'kernel2', 'afpacket', 'sink', 'cap', 'afpacket-date', 'afpacket-perport', 'afpacket-sync', 'afpacket-spin', 'afpacket-rt', 'afpacket-rt-gchelpers', 'afpacket-rt-normal-helpers', 'afpacket-rt-inline1', 'afpacket-rt-thread', 'afpacket-onering', 'afpacket-nofanout'];
 const BASE_LABELS: Record<Base, string> = {
   kernel: 'KB: kernel bridge, backup left out',
   kernel2: 'KB2: kernel bridge, the backup serves the same load from a second client',
@@ -126,6 +127,7 @@ const BASE_LABELS: Record<Base, string> = {
   'afpacket-rt-inline1': 'afpacket-rt, but inline sends of one frame at most (run --send-inline-frames 1)',
   'afpacket-rt-thread': 'afpacket-rt, but every send through the send thread (run --send-inline-frames 0: run\'s default of stops 20-22)',
   'afpacket-rt-normal-helpers': 'afpacket-rt, but V8\'s helper threads at the normal policy and scavenging alone (run --no-realtime-helpers)',
+  'afpacket-nofanout': 'shadowvm, AF_PACKET, with offloads two rings a port whose sockets do not share a fanout group (each frame offered to both, sorted by their filters: run on Linux before 6.2)',
   'afpacket-onering': 'shadowvm, AF_PACKET, with offloads one ring of 512 slots of 68 KiB a port (run --no-split-rings; the other modes, as run, read two: 4,096 of 2 KiB and 128 of 68 KiB)',
 };
 const DEFAULT_MODES = ['kernel', 'kernel2', 'afpacket', 'afpacket-rt', 'sink', 'cap', 'afpacket-date', 'kernel-offload', 'afpacket-offload'] as const;
@@ -572,7 +574,7 @@ async function runShadow(mode: Mode, round: number, o: Options, say: (s: string)
     const realtime = mode.base === 'afpacket-rt' || mode.base === 'afpacket-rt-gchelpers' || mode.base === 'afpacket-rt-normal-helpers' || mode.base === 'afpacket-rt-inline1' || mode.base === 'afpacket-rt-thread';
     if (realtime) undoRealtime = realtimeForRun({ normalHelpers: mode.base === 'afpacket-rt-gchelpers' || mode.base === 'afpacket-rt-normal-helpers', scavengeAlone: mode.base === 'afpacket-rt-normal-helpers' });
     const io: IoBackend = mode.base === 'cap' ? 'cap' : 'afpacket';
-    bridged = await startBridgedLab({ prefix: o.prefix, io, log: tap.log, config: configOf(mode.base), vnetHdr: mode.offloads, sweepOnWake: mode.base !== 'afpacket-perport', sendThread: mode.base !== 'afpacket-sync' && !(realtime && mode.offloads), busyPollUs: mode.base === 'afpacket-spin' ? SPIN_US : 0, splitRings: mode.base !== 'afpacket-onering', ...(realtime ? { sendInlineFrames: mode.base === 'afpacket-rt-inline1' ? 1 : mode.base === 'afpacket-rt-thread' ? 0 : DEFAULT_SEND_INLINE_FRAMES, inlineSendsMaxFps: DEFAULT_SEND_INLINE_MAX_FPS } : {}) });
+    bridged = await startBridgedLab({ prefix: o.prefix, io, log: tap.log, config: configOf(mode.base), vnetHdr: mode.offloads, sweepOnWake: mode.base !== 'afpacket-perport', sendThread: mode.base !== 'afpacket-sync' && !(realtime && mode.offloads), busyPollUs: mode.base === 'afpacket-spin' ? SPIN_US : 0, splitRings: mode.base !== 'afpacket-onering', splitRingsFanout: mode.base !== 'afpacket-nofanout', ...(realtime ? { sendInlineFrames: mode.base === 'afpacket-rt-inline1' ? 1 : mode.base === 'afpacket-rt-thread' ? 0 : DEFAULT_SEND_INLINE_FRAMES, inlineSendsMaxFps: DEFAULT_SEND_INLINE_MAX_FPS } : {}) });
     current.bridged = bridged;
     const { lab } = bridged;
     r.ports = describePorts(bridged.bridge);

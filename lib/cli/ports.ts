@@ -45,6 +45,8 @@ export interface PortOptions {
    * `shadowvm run` turns it on (--split-rings).
    */
   splitRings?: boolean;
+  /** With splitRings: let the two sockets share a fanout group where the kernel can (default true; false: lab-bench's A/B). */
+  splitRingsFanout?: boolean;
   /** Where warnings about a port's set-up go (cap: a ring that offloads make small). */
   log?: LogFn;
 }
@@ -118,7 +120,7 @@ export function openOne(io: IoBackend, ifname: string, options: PortOptions): Pa
 
 /** The two rings as one port; says so when they could not share a fanout group (each frame then offered to both sockets). */
 function splitPort(ifname: string, small: PacketPort, large: PacketPort, options: PortOptions): SplitRingPort {
-  const port = new SplitRingPort(small, large);
+  const port = new SplitRingPort(small, large, options.splitRingsFanout ?? true);
   if (port.fanoutRefused) options.log?.('info', 'split-rings-no-fanout', { port: ifname, reason: port.fanoutRefused, note: 'each frame is offered to both rings\' sockets and sorted by their filters' });
   return port;
 }

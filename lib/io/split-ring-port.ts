@@ -74,12 +74,13 @@ export class SplitRingPort implements PacketPort {
   readonly arrivalTimes = true;
   readonly ring: NonNullable<PacketPort['ring']>;
 
-  constructor(private readonly small: PacketPort, private readonly large: PacketPort) {
+  /** `fanout` false: do not try a fanout group (each frame offered to both sockets; lab-bench's A/B). */
+  constructor(private readonly small: PacketPort, private readonly large: PacketPort, fanout = true) {
     this.name = small.name;
     const s = small.ring!, l = large.ring!;
     this.ring = { frames: s.frames, frameSize: s.frameSize, blockSize: s.blockSize, bytes: ringBytes(s) + ringBytes(l), large: { frames: l.frames, frameSize: l.frameSize } };
     this.merged = small instanceof AfPacketPort && large instanceof AfPacketPort;
-    const joined = this.merged ? (large as AfPacketPort).follow(small as AfPacketPort, FANOUT_BOUND) : false;
+    const joined = this.merged ? (large as AfPacketPort).follow(small as AfPacketPort, fanout ? FANOUT_BOUND : undefined) : false;
     this.fanout = joined === true;
     this.fanoutRefused = typeof joined === 'string' ? joined : null;
   }

@@ -41,6 +41,8 @@ export interface BridgedLabOptions {
   sendInlineFrames?: number;
   /** See PortOptions.splitRings (with vnetHdr: two rings a port). Default false. */
   splitRings?: boolean;
+  /** See PortOptions.splitRingsFanout. */
+  splitRingsFanout?: boolean;
   /** See BridgeOptions.inlineSendsMaxFps (absent here: no rate gate; `shadowvm run` gates at DEFAULT_SEND_INLINE_MAX_FPS). */
   inlineSendsMaxFps?: number;
   /** How long the lab agent's checkpoints take. */
@@ -120,7 +122,7 @@ export async function startBridgedLab(options: BridgedLabOptions = {}): Promise<
     const controlSocket = join(lab.runDir, 'control.sock');
     // What cap-ring-small advises (lib/cli/ports.ts): with these offloads on its host ends, libpcap's ring holds ~128 frames.
     if (options.io === 'cap') for (const n of lab.nodes) runQuietly('ethtool', ['-K', n.hostIf, 'tso', 'off', 'gso', 'off', 'gro', 'off']);
-    const ports = openPorts(options.io ?? 'afpacket', { uplink: lab.client.hostIf, primary: lab.primary.hostIf, backup: lab.backup.hostIf }, { vnetHdr: options.vnetHdr ?? false, busyPollUs: options.busyPollUs, sweepOnWake: options.sweepOnWake, sendThread: options.sendThread, sendInlineFrames: options.sendInlineFrames, splitRings: options.splitRings, log: options.log });
+    const ports = openPorts(options.io ?? 'afpacket', { uplink: lab.client.hostIf, primary: lab.primary.hostIf, backup: lab.backup.hostIf }, { vnetHdr: options.vnetHdr ?? false, busyPollUs: options.busyPollUs, sweepOnWake: options.sweepOnWake, sendThread: options.sendThread, sendInlineFrames: options.sendInlineFrames, splitRings: options.splitRings, splitRingsFanout: options.splitRingsFanout, log: options.log });
     const clientLink = options.clientLinkFaults ? (ports.uplink = new OutagePort(ports.uplink)) : null;
     bridge = new Bridge(ports, {
       name: lab.prefix,
