@@ -1,5 +1,6 @@
 /** Opens the bridge's three ports with the chosen I/O back-end; all or none. */
 import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import type { LogFn } from '../control/logger';
 import { PacketPort } from '../io/port';
 import { AbsentPort } from '../io/absent-port';
@@ -108,19 +109,29 @@ export function openOne(io: IoBackend, ifname: string, options: PortOptions): Pa
   const { AfPacketPort } = require('../io/afpacket-port') as typeof import('../io/afpacket-port');
   const o = afPacketOptions(options);
   if (!splitsRings(options)) return new AfPacketPort(ifname, o);
-  const { small, large } = splitRingOptions(o, options.ringFrames);
+  const { small, large, bound } = splitRingOptions(o, options.ringFrames, mtuOf(ifname));
   const first = new AfPacketPort(ifname, small);
   try {
-    return splitPort(ifname, first, new AfPacketPort(ifname, large), options);
+    return splitPort(ifname, first, new AfPacketPort(ifname, large), bound, options);
   } catch (e) {
     void first.close();
     throw e;
   }
 }
 
+/** The interface's MTU (sysfs); 1500 if it cannot be read (the port's open then says what is wrong with the interface). */
+function mtuOf(ifname: string): number {
+  try {
+    const mtu = Number(readFileSync(`/sys/class/net/${ifname}/mtu`, 'utf8').trim());
+    return Number.isInteger(mtu) && mtu > 0 ? mtu : 1500;
+  } catch {
+    return 1500;
+  }
+}
+
 /** The two rings as one port; says so when they could not share a fanout group (each frame then offered to both sockets). */
-function splitPort(ifname: string, small: PacketPort, large: PacketPort, options: PortOptions): SplitRingPort {
-  const port = new SplitRingPort(small, large, options.splitRingsFanout ?? true);
+function splitPort(ifname: string, small: PacketPort, large: PacketPort, bound: number, options: PortOptions): SplitRingPort {
+  const port = new SplitRingPort(small, large, options.splitRingsFanout ?? true, bound);
   if (port.fanoutRefused) options.log?.('info', 'split-rings-no-fanout', { port: ifname, reason: port.fanoutRefused, note: 'each frame is offered to both rings\' sockets and sorted by their filters' });
   return port;
 }
@@ -152,10 +163,10 @@ export async function openOneLater(io: IoBackend, ifname: string, options: PortO
   const { AfPacketPort } = require('../io/afpacket-port') as typeof import('../io/afpacket-port');
   const o = afPacketOptions(options);
   if (!splitsRings(options)) return AfPacketPort.open(ifname, o);
-  const { small, large } = splitRingOptions(o, options.ringFrames);
+  const { small, large, bound } = splitRingOptions(o, options.ringFrames, mtuOf(ifname));
   const first = await AfPacketPort.open(ifname, small);
   try {
-    return splitPort(ifname, first, await AfPacketPort.open(ifname, large), options);
+    return splitPort(ifname, first, await AfPacketPort.open(ifname, large), bound, options);
   } catch (e) {
     void first.close();
     throw e;

@@ -26,13 +26,26 @@ import { AfPacketPort, AfPacketPortOptions } from './afpacket-port';
 import { BatchReceiver, PacketPort, PortStats, ringBytes, VirtioNetHeader } from './port';
 import { BpfProgram } from '../dataplane/shard';
 
-/** Frames up to this length (the kernel's skb length: whole frame, virtio-net header not counted) go to the small ring. */
+/**
+ * Frames up to this length (the kernel's skb length: whole frame, virtio-net
+ * header not counted) go to the small ring, on an interface whose MTU is at
+ * most SMALL_FRAME_MAX - 22; above, the bound is the MTU's largest frame
+ * (splitBound).
+ */
 export const SMALL_FRAME_MAX = 1920;
-/** The small ring: 2 KiB slots (two a page), 8 MiB. */
+/** The small ring: 8 MiB of slots, 4,096 of 2 KiB (two a page) at an MTU of up to 1,898. */
 export const SMALL_RING_FRAMES = 4096;
+const SMALL_RING_BYTES = 8 << 20;
 const SMALL_FRAME_SIZE = 2048;
 /** The large ring: 68 KiB slots for GSO super-frames, about 8.7 MiB. */
 export const LARGE_RING_FRAMES = 128;
+/** The most an MTU-sized frame carries beyond the MTU: an Ethernet header and two VLAN tags. */
+const FRAME_OVER_MTU = 14 + 8;
+
+/** The small ring's bound for an interface of this MTU: every frame the MTU allows (not a GSO super-frame) fits it. */
+export function splitBound(mtu: number): number {
+  return Math.max(SMALL_FRAME_MAX, mtu + FRAME_OVER_MTU);
+}
 
 const BPF_LD_W_LEN = 0x80, BPF_JMP_JGT_K = 0x25, BPF_RET_K = 0x06;
 
@@ -48,25 +61,33 @@ export function lengthFilter(max: number, above: boolean): Buffer {
 }
 
 /**
- * The pair's fanout bound (AfPacketPort.follow): a fanout program sees a
- * received frame from its network header, 14 bytes past the Ethernet header
- * the rings' own filters count, so the bound is 14 lower and both agree on
- * every frame.
+ * The options of each ring, from the port's (which must have vnetHdr; its
+ * ringFrames and frameSize are the one-ring sizes and do not apply), and the
+ * bound between them. `smallFrames`: slots of the small ring if asked (`run
+ * --ring-frames`), else 8 MiB worth (SMALL_RING_FRAMES at a standard MTU).
+ * `mtu`: the interface's; a jumbo MTU makes the small ring's slots hold its
+ * frames, so only GSO super-frames go to the large ring's few slots.
  */
-export const FANOUT_BOUND = SMALL_FRAME_MAX - 14;
+export function splitRingOptions(options: AfPacketPortOptions, smallFrames?: number, mtu = 1500): { small: AfPacketPortOptions; large: AfPacketPortOptions; bound: number } {
+  const { ringFrames: _ignored, frameSize: _alsoIgnored, ...rest } = options;
+  const bound = splitBound(mtu);
+  // Room for the slot's header, the address, the reserve and the virtio-net header (about 94 bytes) and more.
+  const frameSize = bound === SMALL_FRAME_MAX ? SMALL_FRAME_SIZE : Math.ceil((bound + 128) / 1024) * 1024;
+  return {
+    small: { ...rest, frameSize, ringFrames: smallFrames || Math.floor(SMALL_RING_BYTES / frameSize), filter: lengthFilter(bound, false) },
+    large: { ...rest, ringFrames: LARGE_RING_FRAMES, filter: lengthFilter(bound, true), sendThread: false },
+    bound,
+  };
+}
 
 /**
- * The options of each ring, from the port's (which must have vnetHdr; its
- * ringFrames and frameSize are the one-ring sizes and do not apply).
- * `smallFrames`: slots of the small ring if asked (`run --ring-frames`), else
- * SMALL_RING_FRAMES.
+ * The fanout bound of a pair (AfPacketPort.follow): a fanout program sees a
+ * received frame from its network header, 14 bytes past the Ethernet header
+ * the rings' own filters count, so it is 14 below the rings' bound and both
+ * agree on every frame.
  */
-export function splitRingOptions(options: AfPacketPortOptions, smallFrames?: number): { small: AfPacketPortOptions; large: AfPacketPortOptions } {
-  const { ringFrames: _ignored, frameSize: _alsoIgnored, ...rest } = options;
-  return {
-    small: { ...rest, frameSize: SMALL_FRAME_SIZE, ringFrames: smallFrames || SMALL_RING_FRAMES, filter: lengthFilter(SMALL_FRAME_MAX, false) },
-    large: { ...rest, ringFrames: LARGE_RING_FRAMES, filter: lengthFilter(SMALL_FRAME_MAX, true), sendThread: false },
-  };
+export function fanoutBound(bound: number): number {
+  return bound - 14;
 }
 
 export class SplitRingPort implements PacketPort {
@@ -74,13 +95,16 @@ export class SplitRingPort implements PacketPort {
   readonly arrivalTimes = true;
   readonly ring: NonNullable<PacketPort['ring']>;
 
-  /** `fanout` false: do not try a fanout group (each frame offered to both sockets; lab-bench's A/B). */
-  constructor(private readonly small: PacketPort, private readonly large: PacketPort, fanout = true) {
+  /**
+   * `bound`: the rings' length bound (splitRingOptions); `fanout` false: do
+   * not try a fanout group (each frame offered to both sockets; lab-bench's A/B).
+   */
+  constructor(private readonly small: PacketPort, private readonly large: PacketPort, fanout = true, bound = SMALL_FRAME_MAX) {
     this.name = small.name;
     const s = small.ring!, l = large.ring!;
     this.ring = { frames: s.frames, frameSize: s.frameSize, blockSize: s.blockSize, bytes: ringBytes(s) + ringBytes(l), large: { frames: l.frames, frameSize: l.frameSize } };
     this.merged = small instanceof AfPacketPort && large instanceof AfPacketPort;
-    const joined = this.merged ? (large as AfPacketPort).follow(small as AfPacketPort, fanout ? FANOUT_BOUND : undefined) : false;
+    const joined = this.merged ? (large as AfPacketPort).follow(small as AfPacketPort, fanout ? fanoutBound(bound) : undefined) : false;
     this.fanout = joined === true;
     this.fanoutRefused = typeof joined === 'string' ? joined : null;
   }

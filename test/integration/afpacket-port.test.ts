@@ -15,6 +15,7 @@ import {
 } from '../../lib/io/afpacket-port';
 import { run, runQuietly } from '../../lib/lab/exec';
 import { lengthFilter, SMALL_FRAME_MAX, SplitRingPort } from '../../lib/io/split-ring-port';
+import { openOne } from '../../lib/cli/ports';
 import { AfPacketOpenHandle, loadAfPacketAddon } from '../../lib/io/afpacket-native';
 import { ETHERTYPE, layoutOf, tcpFrame, udpFrame } from '../support/frames';
 
@@ -699,6 +700,24 @@ describe('AfPacketPort on a veth pair', () => {
       await waitFor('61 frames after the flap', () => got.length >= 61);
       expect(got).toEqual(sent);
       expect((split.stats() as ReturnType<SplitRingPort['stats']> & { rxLargeFrames: number }).rxLargeFrames).toBe(2 * st.rxLargeFrames);
+    });
+
+    test('as run opens it on a jumbo-MTU interface (virtio-net headers): MTU-sized frames use the small ring, whose slots hold them', async () => {
+      const a = port(JUMBO.a);
+      const split = openOne('afpacket', JUMBO.b, { vnetHdr: true, splitRings: true }) as SplitRingPort;
+      open.push(split as unknown as AfPacketPort);
+      expect(split).toBeInstanceOf(SplitRingPort);
+      expect(split.ring.frameSize).toBeGreaterThanOrEqual(9022);
+      expect(split.ring.frames).toBeGreaterThan(512);
+      const got: Buffer[] = [];
+      split.onBatch((batch) => { for (const f of batch) got.push(Buffer.from(f.frame)); });
+      const sent = [udpFrame({ payload: Buffer.alloc(9000 - 28, 0x41) }), udpFrame({ vlan: [7], payload: Buffer.alloc(9000 - 28, 0x42) }), marked('jumbo', 1)];
+      for (const f of sent) a.send(f);
+      a.flush();
+      await waitFor('3 frames', () => got.length >= 3);
+      expect(got).toEqual(sent);
+      const st = split.stats() as ReturnType<SplitRingPort['stats']> & { rxLargeFrames: number };
+      expect([st.rxFrames, st.rxLargeFrames, st.rxDrops]).toEqual([3, 0, 0]);
     });
 
     test('follow refuses a port that is closed, itself or already paired', () => {

@@ -4,7 +4,7 @@
  * tests use), each ring's options, and a port made of two in-memory ports.
  */
 import { runFilter } from '../../../lib/dataplane/shard';
-import { LARGE_RING_FRAMES, lengthFilter, SMALL_FRAME_MAX, SMALL_RING_FRAMES, SplitRingPort, splitRingOptions } from '../../../lib/io/split-ring-port';
+import { fanoutBound, LARGE_RING_FRAMES, lengthFilter, SMALL_FRAME_MAX, SMALL_RING_FRAMES, splitBound, SplitRingPort, splitRingOptions } from '../../../lib/io/split-ring-port';
 import { BatchReceiver, emptyPortStats, PacketPort, PortStats } from '../../../lib/io/port';
 import { mergeByArrival } from '../../../lib/io/afpacket-port';
 
@@ -43,7 +43,23 @@ describe('splitRingOptions', () => {
     expect(Buffer.compare(Buffer.from(small.filter!), lengthFilter(SMALL_FRAME_MAX, false))).toBe(0);
     expect(Buffer.compare(Buffer.from(large.filter!), lengthFilter(SMALL_FRAME_MAX, true))).toBe(0);
     const asked = splitRingOptions({ vnetHdr: true, ringFrames: 512 }, 1024);
-    expect([asked.small.ringFrames, asked.large.ringFrames]).toEqual([1024, LARGE_RING_FRAMES]);
+    expect([asked.small.ringFrames, asked.large.ringFrames, asked.bound]).toEqual([1024, LARGE_RING_FRAMES, SMALL_FRAME_MAX]);
+  });
+
+  it('on a jumbo MTU sizes the small ring\'s slots for its frames (8 MiB of them), so only GSO super-frames go to the large ring', () => {
+    expect([splitBound(1500), splitBound(1898), splitBound(1899), splitBound(9000)]).toEqual([SMALL_FRAME_MAX, SMALL_FRAME_MAX, 1921, 9022]);
+    const jumbo = splitRingOptions({ vnetHdr: true }, undefined, 9000);
+    expect(jumbo.bound).toBe(9022);
+    expect(jumbo.small.frameSize).toBeGreaterThanOrEqual(9022 + 94);
+    expect(jumbo.small.ringFrames! * jumbo.small.frameSize!).toBeLessThanOrEqual(8 << 20);
+    expect(jumbo.small.ringFrames).toBeGreaterThan(512); // more slots for MTU-sized frames than one ring of super-frame slots had
+    // A tagged 9,000-byte frame (9,022 bytes) is the small ring's; one byte more, the large one's.
+    expect(runFilter(Buffer.from(jumbo.small.filter!), new Uint8Array(9022))).toBeGreaterThan(0);
+    expect(runFilter(Buffer.from(jumbo.large.filter!), new Uint8Array(9022))).toBe(0);
+    expect(runFilter(Buffer.from(jumbo.large.filter!), new Uint8Array(9023))).toBeGreaterThan(0);
+    expect(fanoutBound(jumbo.bound)).toBe(9008);
+    const standard = splitRingOptions({ vnetHdr: true }, undefined, 1500);
+    expect([standard.small.frameSize, standard.small.ringFrames, standard.bound]).toEqual([2048, SMALL_RING_FRAMES, SMALL_FRAME_MAX]);
   });
 });
 
