@@ -787,7 +787,7 @@ static void end_follower(port_t *f) {
  * One breath: drain the ring, one JS call, slots back to the kernel. Returns
  * frames delivered.
  *
- * A pair (pair(): a SplitRingPort's two rings of one interface) breathes as
+ * A pair (follow(): a SplitRingPort's two rings of one interface) breathes as
  * one, whichever of the two woke us: both rings are drained, the follower's
  * batch is handed to JS first (kept there, not processed), then the
  * leader's, even if empty; JS merges the two by arrival time. Neither ring's
@@ -1486,8 +1486,9 @@ static int fanout_keeps_outgoing_out(void) {
  * A member's index in the group is its place in the order the members
  * joined; when the interface goes down and up the kernel takes them out and
  * puts them back in the order the sockets were made (its list of packet
- * sockets, appended to since Linux 5.x). So they join in that order, and the
- * program names them by it: after a flap the indices are the same.
+ * sockets, which the kernels that get here append to). So they join in that
+ * order, and the program names them by it: after a flap the indices are the
+ * same (afpacket-port.test.ts flaps the interface and checks).
  *
  * The first to join is alone in the group for a moment and takes every
  * frame, but the other's own hook still takes its frames until it joins, and
