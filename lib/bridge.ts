@@ -663,6 +663,6 @@ export class Bridge {
 }
 
 /** A ring as the snapshot shows it: its slots, their size and its kernel memory. */
-function ringOf(r: NonNullable<PacketPort['ring']>): { frames: number; frameSize: number; bytes: number; large?: { frames: number; frameSize: number } } {
+function ringOf(r: NonNullable<PacketPort['ring']>): { frames: number; frameSize: number; bytes: number; large?: { frames: number; frameSize: number; fanout?: boolean } } {
   return { frames: r.frames, frameSize: r.frameSize, bytes: ringBytes(r), ...(r.large ? { large: { ...r.large } } : {}) };
 }

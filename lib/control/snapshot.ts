@@ -23,7 +23,7 @@ export interface PortSnapshot extends PortStats {
   /** Interface or capture name. */
   name: string;
   /** Its receive ring (AF_PACKET): slots, their size, and the kernel memory it holds resident in this process. */
-  ring?: { frames: number; frameSize: number; bytes: number; large?: { frames: number; frameSize: number } };
+  ring?: { frames: number; frameSize: number; bytes: number; large?: { frames: number; frameSize: number; fanout?: boolean } };
   /** Split rings: how many of rxFrames came through the ring for GSO super-frames. */
   rxLargeFrames?: number;
 }

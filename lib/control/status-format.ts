@@ -63,7 +63,7 @@ export function formatStatus(s: BridgeSnapshot): string {
     const rings = s.ports.filter((p) => p.ring);
     if (rings.length) {
       const total = rings.reduce((n, p) => n + p.ring!.bytes, 0);
-      out.push(`receive rings (kernel memory, resident): ${rings.map((p) => `${p.name} ${p.ring!.frames} × ${formatBytes(p.ring!.frameSize)}${p.ring!.large ? ` + ${p.ring!.large.frames} × ${formatBytes(p.ring!.large.frameSize)}` : ''}`).join(', ')}; ${formatBytes(total)} in all`);
+      out.push(`receive rings (kernel memory, resident): ${rings.map((p) => `${p.name} ${p.ring!.frames} × ${formatBytes(p.ring!.frameSize)}${p.ring!.large ? ` + ${p.ring!.large.frames} × ${formatBytes(p.ring!.large.frameSize)}${p.ring!.large.fanout ? ' (fanout)' : ''}` : ''}`).join(', ')}; ${formatBytes(total)} in all`);
     }
   }
   out.push('');

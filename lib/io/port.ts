@@ -61,8 +61,8 @@ export interface PacketPort {
     readonly blockSize: number;
     /** Kernel memory of every ring the port reads, when not just `frames` slots in blocks of `blockSize`. */
     readonly bytes?: number;
-    /** A second ring for GSO super-frames (SplitRingPort): its slots and their size. */
-    readonly large?: { readonly frames: number; readonly frameSize: number };
+    /** A second ring for GSO super-frames (SplitRingPort): its slots, their size, and whether the two rings' sockets share a fanout group. */
+    readonly large?: { readonly frames: number; readonly frameSize: number; readonly fanout?: boolean };
   };
   onBatch(receiver: BatchReceiver): void;
   /** Queues a frame (by reference: it must not change before `flush`), with its virtio-net header if any. */

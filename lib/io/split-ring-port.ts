@@ -102,11 +102,11 @@ export class SplitRingPort implements PacketPort {
   constructor(private readonly small: PacketPort, private readonly large: PacketPort, fanout = true, bound = SMALL_FRAME_MAX) {
     this.name = small.name;
     const s = small.ring!, l = large.ring!;
-    this.ring = { frames: s.frames, frameSize: s.frameSize, blockSize: s.blockSize, bytes: ringBytes(s) + ringBytes(l), large: { frames: l.frames, frameSize: l.frameSize } };
     this.merged = small instanceof AfPacketPort && large instanceof AfPacketPort;
     const joined = this.merged ? (large as AfPacketPort).follow(small as AfPacketPort, fanout ? fanoutBound(bound) : undefined) : false;
     this.fanout = joined === true;
     this.fanoutRefused = typeof joined === 'string' ? joined : null;
+    this.ring = { frames: s.frames, frameSize: s.frameSize, blockSize: s.blockSize, bytes: ringBytes(s) + ringBytes(l), large: { frames: l.frames, frameSize: l.frameSize, fanout: this.fanout } };
   }
 
   /** Whether the two rings are read as one, in arrival order (both AF_PACKET). */

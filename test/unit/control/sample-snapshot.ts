@@ -8,7 +8,7 @@ export function sampleSnapshot(): BridgeSnapshot {
     state: 'CHECKPOINTING',
     ports: [
       { role: 'uplink', name: 'veth-up', rxFrames: 1000, rxBytes: 1_500_000, txFrames: 990, txBytes: 1_400_000, rxDrops: 2, txErrors: 0, ring: { frames: 527, frameSize: 69_632, bytes: 36_700_160 } },
-      { role: 'primary', name: 'tap "p"\\0\nx', rxFrames: 500, rxBytes: 700_000, txFrames: 1000, txBytes: 1_500_000, rxDrops: 0, txErrors: 1, rxLargeFrames: 120, ring: { frames: 4096, frameSize: 2048, bytes: 18_874_368, large: { frames: 155, frameSize: 65_664 } } },
+      { role: 'primary', name: 'tap "p"\\0\nx', rxFrames: 500, rxBytes: 700_000, txFrames: 1000, txBytes: 1_500_000, rxDrops: 0, txErrors: 1, rxLargeFrames: 120, ring: { frames: 4096, frameSize: 2048, bytes: 18_874_368, large: { frames: 155, frameSize: 65_664, fanout: true } } },
       { role: 'backup', name: 'tap-b', rxFrames: 498, rxBytes: 699_000, txFrames: 1000, txBytes: 1_500_000, rxDrops: 0, txErrors: 0 },
     ],
     flows: { active: 12, created: 40, evicted: 3 },

@@ -18,7 +18,7 @@ describe('formatStatus', () => {
   });
 
   it('shows the receive rings and the kernel memory they hold', () => {
-    expect(text).toContain('receive rings (kernel memory, resident): veth-up 527 × 68.0 KiB, tap "p"\\0\nx 4096 × 2.0 KiB + 155 × 64.1 KiB; 53.0 MiB in all');
+    expect(text).toContain('receive rings (kernel memory, resident): veth-up 527 × 68.0 KiB, tap "p"\\0\nx 4096 × 2.0 KiB + 155 × 64.1 KiB (fanout); 53.0 MiB in all');
   });
 
   it('shows flows, compared bytes, mismatches, checkpoints by reason and ingress held', () => {
