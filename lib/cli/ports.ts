@@ -46,7 +46,7 @@ export interface PortOptions {
    * `shadowvm run` turns it on (--split-rings).
    */
   splitRings?: boolean;
-  /** With splitRings: let the two sockets share a fanout group where the kernel can (default true; false: lab-bench's A/B). */
+  /** With splitRings: let the two sockets share a fanout group where the kernel can (default true; run --no-split-rings-fanout, lab-bench's afpacket-nofanout: false). */
   splitRingsFanout?: boolean;
   /** Where warnings about a port's set-up go (cap: a ring that offloads make small). */
   log?: LogFn;

@@ -30,6 +30,8 @@ export interface DataPlaneInit {
   ringFrames?: number;
   /** See PortOptions.splitRings. */
   splitRings?: boolean;
+  /** See PortOptions.splitRingsFanout. */
+  splitRingsFanout?: boolean;
   /** See BridgeOptions.inlineSendsMaxFps. */
   inlineSendsMaxFps?: number;
   agentSocket?: string;

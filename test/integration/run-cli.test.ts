@@ -192,6 +192,20 @@ describe('shadowvm run (root, on veth pairs)', () => {
       sized.child.kill('SIGTERM');
     }
     expect(await sized.exited).toBe(0);
+
+    // --no-split-rings-fanout: two rings, but their sockets in no fanout group (what kernels before 6.2 get).
+    const unshared = spawnShadowvm([...base(), '--no-split-rings-fanout']);
+    try {
+      await unshared.waitFor(/"event":"data-plane-thread"/, 15_000);
+      const r = await queryControlSocket(path, { cmd: 'status' });
+      if (!r.ok) throw new Error(r.error);
+      for (const p of r.status.ports) expect(p.ring!.large).toMatchObject({ fanout: false });
+      const text = await runShadowvm(['status', '--control', path]);
+      expect(text.output).not.toContain('(fanout)');
+    } finally {
+      unshared.child.kill('SIGTERM');
+    }
+    expect(await unshared.exited).toBe(0);
   });
 
   it('--realtime: the data-plane thread and its send thread run SCHED_RR, the main thread stays normal; status and metrics say so; off leaves every thread normal', async () => {

@@ -115,6 +115,7 @@ export function runCommand(y: Argv): Argv {
       .option('send-inline-frames', { type: 'number', default: DEFAULT_SEND_INLINE_FRAMES, describe: 'afpacket, with the send thread: a flush of at most N frames made while that thread is idle and traffic is light (--send-inline-max-fps) is sent by the data plane itself: no hand-off, so lower latency at idle, but the receiving side\'s stack runs on the data plane. 0: every send through the thread' })
       .option('ring-frames', { type: 'number', default: 0, describe: 'afpacket: receive ring slots per port (with split rings: of the ring for MTU-sized frames), kernel memory resident from the start (status shows each ring). 0: 4,096 of 2 KiB with split rings (the default), 512 with --vnet-hdr --no-split-rings (68 KiB slots for GSO super-frames: 34 MiB per port), 8 MiB worth of 2 KiB slots without --vnet-hdr. Fewer: less memory, but a stalled breath overflows the ring sooner (counted in rx drops)' })
       .option('split-rings', { type: 'boolean', default: true, describe: 'afpacket with --vnet-hdr: read each port through two rings read as one, 4,096 slots of 2 KiB for frames up to 1,920 bytes and 128 of 68 KiB for GSO super-frames (18 MiB a port); --no-split-rings: one ring of 68 KiB slots (34 MiB a port for 512 slots)' })
+      .option('split-rings-fanout', { type: 'boolean', default: true, describe: 'split rings on Linux 6.2+: the two rings\' sockets share a PACKET_FANOUT group, so the kernel offers each frame to one of them (status: "(fanout)"); --no-split-rings-fanout: to both, sorted by their filters (what older kernels get)' })
       .option('send-inline-max-fps', { type: 'number', default: DEFAULT_SEND_INLINE_MAX_FPS, describe: 'the rate gate of --send-inline-frames: inline sends stop at the first 10 ms tick with more than this many frames a second taken in, and start again after 5 ticks in a row at or under it; meanwhile every send goes through the send thread, so a busy receiver\'s stack never runs on the data plane' })
       .option('realtime-helpers', { type: 'boolean', default: true, describe: 'with a realtime data plane, give Node\'s platform threads (V8\'s helpers, whose collection work the data plane waits for) SCHED_RR one step below it; --no-realtime-helpers leaves them at the normal policy' })
       .option('scavenge-helpers', { type: 'boolean', describe: 'let V8 collect the young generation with its helper threads (default: yes, except with a realtime data plane and --no-realtime-helpers, whose scavenges would wait for those normal-policy threads; lab bench: about 7% more 1 KiB req/s with them)' })
@@ -195,7 +196,7 @@ export function runCommand(y: Argv): Argv {
         const threaded = new ThreadedBridge({
           init: {
             name, config, ports, roles, noBackupAtStart, io: args.io as IoBackend,
-            vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'], sendThread: sendThreadOf(args['send-thread']), sendInlineFrames: args['send-inline-frames'], ringFrames, splitRings: args['split-rings'], inlineSendsMaxFps: inlineFps, agentSocket, carrierWatch: args['carrier-watch'], logLevel: args['log-level'],
+            vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'], sendThread: sendThreadOf(args['send-thread']), sendInlineFrames: args['send-inline-frames'], ringFrames, splitRings: args['split-rings'], splitRingsFanout: args['split-rings-fanout'], inlineSendsMaxFps: inlineFps, agentSocket, carrierWatch: args['carrier-watch'], logLevel: args['log-level'],
             realtime: args.realtime, realtimePriority: rtPriority,
             // Listed before the data-plane thread exists: every other thread now is Node's platform's.
             helperTids: args['realtime-helpers'] ? platformThreadIds() : [],
@@ -215,7 +216,7 @@ export function runCommand(y: Argv): Argv {
         }
       }
       let opened;
-      const portOptions = { vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'], sendThread: sendThreadOf(args['send-thread']), sendInlineFrames: args['send-inline-frames'], ringFrames, splitRings: args['split-rings'], log: logger.log };
+      const portOptions = { vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'], sendThread: sendThreadOf(args['send-thread']), sendInlineFrames: args['send-inline-frames'], ringFrames, splitRings: args['split-rings'], splitRingsFanout: args['split-rings-fanout'], log: logger.log };
       try {
         opened = openPorts(args.io as IoBackend, ports, portOptions);
       } catch (e) {
