@@ -3,7 +3,8 @@
  * spoofed client addresses and ports) against a live netns-lab bridge while
  * an established HTTP connection stays open and a download runs. A report,
  * not a test; needs root.
- * Run: `npx tsc -p tsconfig.json && node dist/bench/flow-flood.js` (`--prefix rb`, `--flows 200000`, `--per-ms 10`).
+ * Run: `npx tsc -p tsconfig.json && node dist/bench/flow-flood.js` (`--prefix rb`, `--flows 200000`, `--per-ms 10`,
+ * `--run-option FLAG` for the bridge's ports: default run's own, `--vnet-hdr` with split rings; stops 19-24 ran `--no-vnet-hdr`).
  *
  * Half the flows are SYNs to port 80, half datagrams to a UDP echo server
  * (port 7777) in both replicas. The replicas route 198.18.0.0/15 (the
@@ -60,10 +61,10 @@ const REPORT_LIMIT = 100_000;
 const FLOOD_IDLE_MS = 15_000;
 const PIPELINE_SETTINGS = { policy: { ...DEFAULT_PIPELINE_CONFIG.policy, newFlowsPerSecond: 0 }, halfOpenIdleMs: FLOOD_IDLE_MS, datagramIdleMs: FLOOD_IDLE_MS };
 
-interface Options { prefix: string; flows: number; perMs: number; seed: number; giveBackWaitS: number }
+interface Options { prefix: string; flows: number; perMs: number; seed: number; giveBackWaitS: number; runOptions: string[] }
 
 function parseArgs(argv: string[]): Options {
-  const o: Options = { prefix: 'rb', flows: 200_000, perMs: 10, seed: 7, giveBackWaitS: 60 };
+  const o: Options = { prefix: 'rb', flows: 200_000, perMs: 10, seed: 7, giveBackWaitS: 60, runOptions: [] };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const num = () => {
@@ -76,8 +77,9 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--per-ms') o.perMs = num();
     else if (a === '--seed') o.seed = Math.floor(num());
     else if (a === '--give-back-wait-s') o.giveBackWaitS = num();
+    else if (a === '--run-option') o.runOptions.push(argv[++i]);
     else if (a === '--help') {
-      process.stdout.write('node dist/bench/flow-flood.js [--prefix rb] [--flows 200000] [--per-ms 10 (frames per ms)] [--seed 7] [--give-back-wait-s 60]\n');
+      process.stdout.write('node dist/bench/flow-flood.js [--prefix rb] [--flows 200000] [--per-ms 10 (frames per ms)] [--seed 7] [--give-back-wait-s 60] [--run-option FLAG …: the bridge\'s ports; default run\'s own, --vnet-hdr with split rings]\n');
       process.exit(0);
     } else throw new Error(`unknown option ${a}`);
   }
@@ -231,7 +233,7 @@ async function main(): Promise<void> {
     // and echo the flood's datagrams: a datagram flow is made when the replicas speak.
     children.push(...prepareFloodReplicas(lab));
     await waitUntilQuiet(lab);
-    const bridge = await startBridgeProcess(lab, o.prefix, PIPELINE_SETTINGS);
+    const bridge = await startBridgeProcess(lab, o.prefix, PIPELINE_SETTINGS, o.runOptions.length ? o.runOptions : ['--vnet-hdr']);
     children.push(bridge.proc, bridge.agent);
     const pid = bridge.proc.child.pid!;
 
