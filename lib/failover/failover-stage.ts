@@ -88,8 +88,8 @@ export class FailoverStage implements Stage {
     this.silence.noteActive(nowUs);
   }
 
-  noteStandby(nowUs: number, f: DecodedFrame, frame: Buffer): void {
-    this.silence.noteStandby(nowUs);
+  noteStandby(nowUs: number, f: DecodedFrame, frame: Buffer, segments = 1): void {
+    this.silence.noteStandby(nowUs, segments);
     if (nowUs - this.templates.atUs > TEMPLATE_REFRESH_US && (f.l3 === 'ipv4' || f.l3 === 'ipv6')) {
       // Whole frames (decodable), once a second at most.
       if (f.l3 === 'ipv4') this.templates.v4 = Buffer.from(frame);

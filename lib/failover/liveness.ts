@@ -5,7 +5,8 @@
  *
  * SilenceDetector — the active replica says nothing while the standby keeps
  * answering the same (compared) flows. Suspicion starts when the standby has
- * sent `minStandbyFrames` frames since the active replica's last frame, and
+ * sent `minStandbyFrames` frames (counted as on the wire: a GSO super-frame
+ * is as many as its segments) since the active replica's last frame, and
  * the first of them is `silenceMs` old. Then, if a probe target is known, an
  * ICMP echo goes to the active replica alone: any frame from it within
  * `probeTimeoutMs` (the echo reply included) clears it. One lost frame, a
@@ -51,9 +52,14 @@ export class SilenceDetector {
     }
   }
 
-  /** A frame from the standby that says something on a compared flow. */
-  noteStandby(nowUs: number): void {
-    if (this.standbyFrames++ === 0) this.firstStandbyUs = nowUs;
+  /**
+   * A frame from the standby that says something on a compared flow;
+   * `segments`: how many frames it is on the wire (a GSO super-frame is
+   * several), so the standby's saying counts the same with offloads on.
+   */
+  noteStandby(nowUs: number, segments = 1): void {
+    if (this.standbyFrames === 0) this.firstStandbyUs = nowUs;
+    this.standbyFrames += segments;
   }
 
   /** How long the active replica has been silent while the standby talked (µs), 0 if it has not. */

@@ -49,7 +49,8 @@ export const MAX_DIVERGENCES = 256;
 /** What the failover stage learns from the VMs' frames (liveness, addresses). */
 export interface LivenessTap {
   noteActive(nowUs: number): void;
-  noteStandby(nowUs: number, f: DecodedFrame, frame: Buffer): void;
+  /** `segments`: the frames it is on the wire (a GSO super-frame's segments). */
+  noteStandby(nowUs: number, f: DecodedFrame, frame: Buffer, segments?: number): void;
   probeAnswered(): void;
 }
 
@@ -370,7 +371,11 @@ export class EgressStage implements Stage {
     if (side === BACKUP && end !== start) {
       this.logStandby(flow, frame, start, end, vnet);
       // Silence counts only what the backup said *ahead* of the primary; trailing it is normal.
-      if (stream.leading === BACKUP || seqGt(stream.endOf(BACKUP), stream.endOf(PRIMARY))) d.liveness.noteStandby(nowUs, f, frame);
+      if (stream.leading === BACKUP || seqGt(stream.endOf(BACKUP), stream.endOf(PRIMARY))) {
+        // A super-frame counts as its segments: with offloads on, the backup's whole burst is one frame.
+        const segments = vnet && vnet.gsoType !== 0 && vnet.gsoSize > 0 ? Math.max(1, Math.ceil(seg.payload.length / vnet.gsoSize)) : 1;
+        d.liveness.noteStandby(nowUs, f, frame, segments);
+      }
     } else if (side === BACKUP && (f.tcp.flags & TcpFlag.ACK) && !seg.rst) {
       const told = flow.held.releasedMaxAck;
       if (told === null || seqGt(f.tcp.ack, told)) flow.standbyAck = { frame: Buffer.from(frame), vnet };

@@ -19,6 +19,7 @@ import { DeathMode } from '../../lib/lab/faults';
 import { LinkWatcher } from '../../lib/io/link-watch';
 import { Capture, delay, requireRoot, sha256, startCapture, stopLabAfterAll } from '../support/lab-helpers';
 import { runAsync } from '../../lib/lab/exec';
+import { describeDetections, oracleMoments } from '../support/oracle';
 import { seededRandom } from '../support/random';
 
 const PREFIX = 'svmor';
@@ -101,52 +102,22 @@ describe('failover oracle and edge cases in the netns lab', () => {
   test(`the client receives exactly the bytes of a run with no failover, at ${MOMENTS} random moments`, async () => {
     const seed = Number(process.env.SHADOWVM_SEED ?? Math.floor(Math.random() * 2 ** 31));
     console.log(`failover oracle seed ${seed} (replay with SHADOWVM_SEED=${seed})`);
-    const random = seededRandom(seed);
     const reference = await download('reference');
     expect(sha256(reference)).toBe(sha256(fixedSeedBytes(OBJECT_BYTES, 99)));
     const lab = l!;
     const p = lab.bridge.pipeline;
-    const detections: number[] = [];
-    const roles: string[] = [];
-    for (let i = 0; i < MOMENTS; i++) {
-      const mode: DeathMode = random() < 0.5 ? 'abrupt' : 'silent';
-      const atMs = Math.floor(20 + random() * 300);
-      const before = p.failover.failovers;
-      const dead = lab.activeNode();
-      const got = download(`run-${i}`);
-      await delay(atMs);
-      await lab.kill(dead, mode);
-      // A silent death is seen only while the backup has something to say; a download that already ended gives it nothing.
-      if (!(await waitFor(() => p.failover.failovers > before, 3000, 2))) {
-        await runInAsync(lab.lab.client.netns, 'curl', ['-sS', '--max-time', '5', '-o', '/dev/null', `http://${lab.lab.serviceIpv4}/${LAB_FILES.hello}`], 10_000).catch(() => '');
-      }
-      expect(await waitFor(() => p.failover.failovers > before, 5000, 2)).toBe(true);
-      let bytes: Buffer;
-      try {
-        bytes = await got;
-      } catch (e) {
-        // A download that stalls after a failover: say what the bridge saw, so that one occurrence is enough to go on.
-        const flows = await lab.bridge.listFlows(20).catch((x: Error) => x.message);
-        // The download's own flow: the newest that carried more than a small answer (a silent death's nudge comes after it).
-        const big = typeof flows === 'string' ? undefined : flows.filter((f) => f.matchedBytes + f.releasedBytes > 10_000).at(-1);
-        const port = Number(/10\.77\.0\.1:(\d+)/.exec(big?.key ?? '')?.[1] ?? 0);
-        throw new Error(`moment ${i} (seed ${seed}, ${mode} death of ${dead.netns} after ${atMs} ms): the download failed: ${(e as Error).message}\n` +
-          `state ${p.state}, roles ${p.replicas.describe()}, last failover ${JSON.stringify(p.failoverHistory.at(-1))}\n` +
-          `failover counters ${JSON.stringify(p.failover)}\n` +
-          `held output ${JSON.stringify(lab.bridge.snapshot().heldOutput)}\nflows ${JSON.stringify(flows).slice(0, 4000)}\nlast log lines:\n${recent.join('\n')}\n` +
-          (port ? await traces(port) : 'no client port to trace'));
-      }
-      const rec = p.failoverHistory.at(-1)!;
-      detections.push((rec.promotedUs - rec.detectedUs) / 1000);
-      roles.push(rec.survivor);
-      if (!bytes.equals(reference)) {
-        throw new Error(`moment ${i} (seed ${seed}, ${mode} death of ${dead.netns} after ${atMs} ms): ${bytes.length} bytes received, ` +
-          `${bytes.length === reference.length ? 'same length, different content' : `expected ${reference.length}`}`);
-      }
-      await protectedAgain();
-    }
-    detections.sort((a, b) => a - b);
-    console.log(`oracle: ${MOMENTS} failovers, detection→promotion p50 ${detections[MOMENTS >> 1].toFixed(1)} ms, max ${detections[MOMENTS - 1].toFixed(1)} ms; survivors ${roles.slice(0, 10).join(' ')} …`);
+    // A download that stalls after a failover: say what the bridge saw, so that one occurrence is enough to go on.
+    const explain = async (): Promise<string> => {
+      const flows = await lab.bridge.listFlows(20).catch((x: Error) => x.message);
+      // The download's own flow: the newest that carried more than a small answer (a silent death's nudge comes after it).
+      const big = typeof flows === 'string' ? undefined : flows.filter((f) => f.matchedBytes + f.releasedBytes > 10_000).at(-1);
+      const port = Number(/10\.77\.0\.1:(\d+)/.exec(big?.key ?? '')?.[1] ?? 0);
+      return `held output ${JSON.stringify(lab.bridge.snapshot().heldOutput)}\nflows ${JSON.stringify(flows).slice(0, 4000)}\nlast log lines:\n${recent.join('\n')}\n` +
+        (port ? await traces(port) : 'no client port to trace');
+    };
+    const run = await oracleMoments(lab, { moments: MOMENTS, seed, download, reference, explain });
+    const roles = run.survivors;
+    console.log(`oracle: ${MOMENTS} failovers, ${describeDetections(run.detectionsMs)}; survivors ${roles.slice(0, 10).join(' ')} …`);
     expect(p.failover.failovers).toBeGreaterThanOrEqual(MOMENTS);
     // Every failover promoted the other port: A→B→A→B.
     for (let i = 1; i < roles.length; i++) expect(roles[i]).not.toBe(roles[i - 1]);

@@ -59,6 +59,19 @@ describe('silence detection', () => {
     expect(h.out.client.slice(-2).map((f) => decodeFrame(f).payload().toString())).toEqual(['part 1', 'part 2']);
   });
 
+  it('counts a GSO super-frame from the backup as its segments: one burst with offloads on is suspicion enough', () => {
+    const h = harness({ failover: { silenceMs: 20, probeTimeoutMs: 10, minStandbyFrames: 2, carrierHoldMs: 6, announce: false, checkpointWaitMs: 2000 } });
+    established(h);
+    // The backup's answer as one 14,480-byte super-frame (ten 1,448-byte segments on the wire); the primary says nothing more.
+    const vnet = { flags: 0, gsoType: 1, hdrLen: 66, gsoSize: 1448, csumStart: 34, csumOffset: 16 };
+    h.p.fromVm(1, fromVm({ seq: B + 1, ack: C + 6, payload: 'y'.repeat(14_480) }), ms(10), vnet);
+    h.p.tick(ms(31));
+    expect(h.out.a.some((f) => decodeFrame(f).l4 === 'icmp')).toBe(true); // probed: counted as ten frames, not one
+    h.p.tick(ms(42));
+    expect(h.p.state).toBe('FAILED_OVER');
+    expect(h.p.failoverHistory[0]).toMatchObject({ cause: 'silence', detectedUs: ms(10) });
+  });
+
   it('does not fail over when the primary answers the probe (one lost frame, a slow guest)', () => {
     const h = harness();
     established(h);
@@ -113,6 +126,13 @@ describe('SilenceDetector', () => {
     s.noteStandby(ms(60));
     s.noteStandby(ms(61));
     expect(s.tick(ms(80), true)).toBe('dead'); // no probe configured
+  });
+
+  it('counts a frame as the segments it carries (a GSO super-frame)', () => {
+    const s = new SilenceDetector({ silenceMs: 20, probeTimeoutMs: 0, minStandbyFrames: 2 });
+    s.noteStandby(ms(1), 45);
+    expect(s.silentForUs(ms(21))).toBe(ms(20));
+    expect(s.tick(ms(21), true)).toBe('dead');
   });
 });
 
