@@ -7,7 +7,9 @@
  * answering the same (compared) flows. Suspicion starts when the standby has
  * sent `minStandbyFrames` frames (counted as on the wire: a GSO super-frame
  * is as many as its segments) since the active replica's last frame, and
- * the first of them is `silenceMs` old. Then, if a probe target is known, an
+ * the first of them is `silenceMs` old, or when it has sent fewer but the
+ * first is `fewFramesSilenceMs` old (a lone SYN-ACK or small answer, whose
+ * next frame would wait for a retransmission). Then, if a probe target is known, an
  * ICMP echo goes to the active replica alone: any frame from it within
  * `probeTimeoutMs` (the echo reply included) clears it. One lost frame, a
  * slow guest that still has a kernel, or a flow that only the standby
@@ -27,6 +29,13 @@ export interface SilenceConfig {
   /** How long an echo probe may take; 0: no probe (silence alone decides). */
   probeTimeoutMs: number;
   minStandbyFrames: number;
+  /**
+   * With fewer than `minStandbyFrames` from the standby (one SYN-ACK, one
+   * small answer: its next frame waits for the client's retransmission, 200
+   * ms to 1 s later), the silence that counts instead; 0 or absent: only
+   * `minStandbyFrames` frames start a suspicion.
+   */
+  fewFramesSilenceMs?: number;
 }
 
 export class SilenceDetector {
@@ -62,17 +71,24 @@ export class SilenceDetector {
     this.standbyFrames += segments;
   }
 
-  /** How long the active replica has been silent while the standby talked (µs), 0 if it has not. */
+  /** How long the active replica has been silent while the standby talked (µs), 0 if it has not (or not enough to count). */
   silentForUs(nowUs: number): number {
-    return this.standbyFrames >= this.config.minStandbyFrames ? nowUs - this.firstStandbyUs : 0;
+    return this.neededUs() === null ? 0 : nowUs - this.firstStandbyUs;
+  }
+
+  /** The silence that makes a suspicion with what the standby has said so far (µs), null: not enough said. */
+  private neededUs(): number | null {
+    if (this.standbyFrames >= this.config.minStandbyFrames) return this.config.silenceMs * 1000;
+    const few = this.config.fewFramesSilenceMs ?? 0;
+    return this.standbyFrames > 0 && few > 0 ? Math.max(few, this.config.silenceMs) * 1000 : null;
   }
 
   /** When `tick` will next have something to decide (a probe to send or a verdict), or null. */
   deadlineUs(): number | null {
     if (this.config.silenceMs <= 0) return null;
     if (this.probeSentUs >= 0) return this.probeSentUs + this.config.probeTimeoutMs * 1000;
-    if (this.standbyFrames >= this.config.minStandbyFrames) return this.firstStandbyUs + this.config.silenceMs * 1000;
-    return null;
+    const needed = this.neededUs();
+    return needed === null ? null : this.firstStandbyUs + needed;
   }
 
   /** Since when the silence counts (for the failover record). */
@@ -85,7 +101,8 @@ export class SilenceDetector {
     if (this.probeSentUs >= 0) {
       return nowUs - this.probeSentUs >= this.config.probeTimeoutMs * 1000 ? 'dead' : 'quiet';
     }
-    if (this.silentForUs(nowUs) < this.config.silenceMs * 1000) return 'quiet';
+    const needed = this.neededUs();
+    if (needed === null || nowUs - this.firstStandbyUs < needed) return 'quiet';
     if (this.config.probeTimeoutMs > 0 && canProbe) {
       this.probeSentUs = nowUs;
       this.probesSent++;

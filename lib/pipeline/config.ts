@@ -69,8 +69,10 @@ export interface FailoverConfig {
   silenceMs: number;
   /** Then an ICMP echo probe to the primary alone; no frame from it this long: dead (0: no probe). */
   probeTimeoutMs: number;
-  /** Backup frames needed to call the primary silent. */
+  /** Backup frames needed to call the primary silent (a GSO super-frame counts as its segments). */
   minStandbyFrames: number;
+  /** With fewer backup frames than that (a lone SYN-ACK or small answer), the silence that calls the primary silent instead (0: never). */
+  fewFramesSilenceMs: number;
   /** A port whose carrier goes down counts as dead once it has stayed down this long (flaps are ignored). */
   carrierHoldMs: number;
   /** After a promotion, send a gratuitous ARP and an unsolicited neighbour advertisement for the VM's addresses. */
@@ -174,7 +176,7 @@ export const DEFAULT_PIPELINE_CONFIG: PipelineConfig = {
   memoryGiveBack: DEFAULT_GIVE_BACK,
   policy: { arp: 'forward-primary', otherEtherTypes: 'drop', malformedFromVm: 'drop', malformedFromClient: 'forward', strayFromClient: 'primary-only', badTcpFlagsFromClient: 'drop', newFlowsPerSecond: 2000, straysPerSecond: 2000 },
   replicator: DEFAULT_REPLICATOR_CONFIG,
-  failover: { silenceMs: 20, probeTimeoutMs: 10, minStandbyFrames: 2, carrierHoldMs: 7, announce: false, checkpointWaitMs: 2000 },
+  failover: { silenceMs: 20, probeTimeoutMs: 10, minStandbyFrames: 2, fewFramesSilenceMs: 100, carrierHoldMs: 7, announce: false, checkpointWaitMs: 2000 },
   checkpointBudget: { perSource: 20, windowMs: 10_000 },
   compare: { datagramWindow: DEFAULT_DATAGRAM_WINDOW },
   resync: 'copy',
@@ -267,6 +269,7 @@ export const PIPELINE_SETTING_RULES: Record<keyof PipelineConfig, SettingRule> =
       silenceMs: { kind: 'number', min: 0, note: '0: off' },
       probeTimeoutMs: { kind: 'number', min: 0, note: '0: no probe' },
       minStandbyFrames: { kind: 'number', min: 0, integer: true },
+      fewFramesSilenceMs: { ...nonNegativeMs, note: '0: never' },
       carrierHoldMs: nonNegativeMs,
       announce: { kind: 'boolean' },
       checkpointWaitMs: { ...nonNegativeMs, note: '0: promote at once' },

@@ -36,7 +36,7 @@ function established(h: ReturnType<typeof harness>) {
 
 describe('silence detection', () => {
   it('probes a primary that stays silent while the backup answers, and fails over when the probe goes unanswered', () => {
-    const h = harness({ failover: { silenceMs: 20, probeTimeoutMs: 10, minStandbyFrames: 2, carrierHoldMs: 6, announce: false, checkpointWaitMs: 2000 } });
+    const h = harness({ failover: { silenceMs: 20, probeTimeoutMs: 10, minStandbyFrames: 2, fewFramesSilenceMs: 100, carrierHoldMs: 6, announce: false, checkpointWaitMs: 2000 } });
     established(h);
     h.p.fromVm(1, fromVm({ seq: B + 1, ack: C + 6, payload: 'part 1' }), ms(10));
     h.p.fromVm(1, fromVm({ seq: B + 7, ack: C + 6, payload: 'part 2' }), ms(11));
@@ -60,7 +60,7 @@ describe('silence detection', () => {
   });
 
   it('counts a GSO super-frame from the backup as its segments: one burst with offloads on is suspicion enough', () => {
-    const h = harness({ failover: { silenceMs: 20, probeTimeoutMs: 10, minStandbyFrames: 2, carrierHoldMs: 6, announce: false, checkpointWaitMs: 2000 } });
+    const h = harness({ failover: { silenceMs: 20, probeTimeoutMs: 10, minStandbyFrames: 2, fewFramesSilenceMs: 100, carrierHoldMs: 6, announce: false, checkpointWaitMs: 2000 } });
     established(h);
     // The backup's answer as one 14,480-byte super-frame (ten 1,448-byte segments on the wire); the primary says nothing more.
     const vnet = { flags: 0, gsoType: 1, hdrLen: 66, gsoSize: 1448, csumStart: 34, csumOffset: 16 };
@@ -70,6 +70,19 @@ describe('silence detection', () => {
     h.p.tick(ms(42));
     expect(h.p.state).toBe('FAILED_OVER');
     expect(h.p.failoverHistory[0]).toMatchObject({ cause: 'silence', detectedUs: ms(10) });
+  });
+
+  it('a primary that dies before it answers a SYN: the backup\'s lone SYN-ACK is suspicion enough after fewFramesSilenceMs', () => {
+    const h = harness({ failover: { silenceMs: 20, probeTimeoutMs: 10, minStandbyFrames: 2, fewFramesSilenceMs: 100, carrierHoldMs: 6, announce: false, checkpointWaitMs: 2000 } });
+    h.p.fromClient(fromClient({ seq: C, flags: 'S', options: SYN_OPTS }), ms(1));
+    h.p.fromVm(1, fromVm({ seq: B, ack: C + 1, flags: 'SA', options: SYN_OPTS }), ms(2)); // the primary says nothing
+    h.p.tick(ms(90));
+    expect(h.out.a.some((f) => decodeFrame(f).l4 === 'icmp')).toBe(false); // one frame: not yet
+    h.p.tick(ms(103));
+    expect(h.out.a.some((f) => decodeFrame(f).l4 === 'icmp')).toBe(true);
+    h.p.tick(ms(114));
+    expect(h.p.state).toBe('FAILED_OVER');
+    expect(h.p.failoverHistory[0]).toMatchObject({ cause: 'silence', detectedUs: ms(2) });
   });
 
   it('does not fail over when the primary answers the probe (one lost frame, a slow guest)', () => {
@@ -126,6 +139,18 @@ describe('SilenceDetector', () => {
     s.noteStandby(ms(60));
     s.noteStandby(ms(61));
     expect(s.tick(ms(80), true)).toBe('dead'); // no probe configured
+  });
+
+  it('with fewer frames than minStandbyFrames, suspects after fewFramesSilenceMs instead (a lone SYN-ACK), or never with 0', () => {
+    const s = new SilenceDetector({ silenceMs: 20, probeTimeoutMs: 0, minStandbyFrames: 2, fewFramesSilenceMs: 100 });
+    s.noteStandby(ms(1));
+    expect(s.deadlineUs()).toBe(ms(101));
+    expect(s.tick(ms(100), true)).toBe('quiet');
+    expect(s.tick(ms(101), true)).toBe('dead');
+    const never = new SilenceDetector({ silenceMs: 20, probeTimeoutMs: 0, minStandbyFrames: 2, fewFramesSilenceMs: 0 });
+    never.noteStandby(ms(1));
+    expect(never.deadlineUs()).toBeNull();
+    expect(never.tick(ms(5000), true)).toBe('quiet');
   });
 
   it('counts a frame as the segments it carries (a GSO super-frame)', () => {

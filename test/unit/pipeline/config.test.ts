@@ -29,7 +29,7 @@ describe('makePipelineConfig', () => {
     [{ maxFlow: 10 }, 'maxFlow', /allowed keys: maxFlows, flowReports, maxUnmatchedAgeMs, .*captureDivergence, releaseLogMs, normalize, flowPolicy$/],
     [{ normalize: { date: true } }, 'normalize.date', /in normalize: httpDate, httpDateToleranceMs$/],
     [{ policy: { arpp: 'drop' } }, 'policy.arpp', /allowed keys in policy: arp, otherEtherTypes, malformedFromVm/],
-    [{ failover: { silence: 5 } }, 'failover.silence', /allowed keys in failover: silenceMs, probeTimeoutMs, minStandbyFrames, carrierHoldMs, announce, checkpointWaitMs$/],
+    [{ failover: { silence: 5 } }, 'failover.silence', /allowed keys in failover: silenceMs, probeTimeoutMs, minStandbyFrames, fewFramesSilenceMs, carrierHoldMs, announce, checkpointWaitMs$/],
     [{ replicator: { timeoutMs: 5 } }, 'replicator.timeoutMs', /in replicator: checkpointTimeoutMs, maxIntervalMs, retryInitialMs, retryMaxMs, reprotectTimeoutMs$/],
     [{ checkpointBudget: { perClient: 5 } }, 'checkpointBudget.perClient', /in checkpointBudget: perSource, windowMs$/],
     [{ ingressHold: { packets: 5 } }, 'ingressHold.packets', /in ingressHold: bytes, frames$/],
@@ -62,7 +62,7 @@ describe('makePipelineConfig', () => {
     [{ policy: 'drop' }, 'policy', 'must be an object with keys arp, otherEtherTypes, malformedFromVm, malformedFromClient, strayFromClient, badTcpFlagsFromClient, newFlowsPerSecond, straysPerSecond, got "drop"'],
     [{ normalize: { httpDate: 'on' } }, 'normalize.httpDate', 'must be true or false, got "on"'],
     [{ normalize: { httpDateToleranceMs: -1 } }, 'normalize.httpDateToleranceMs', 'must be a number >= 0 and <= 60000, got -1'],
-    [{ failover: [] }, 'failover', 'must be an object with keys silenceMs, probeTimeoutMs, minStandbyFrames, carrierHoldMs, announce, checkpointWaitMs, got []'],
+    [{ failover: [] }, 'failover', 'must be an object with keys silenceMs, probeTimeoutMs, minStandbyFrames, fewFramesSilenceMs, carrierHoldMs, announce, checkpointWaitMs, got []'],
     [{ replicator: { retryInitialMs: 5000, retryMaxMs: 1000 } }, 'replicator.retryMaxMs', 'must be >= replicator.retryInitialMs (5000), got 1000'],
   ])('rejects the bad value in %j, naming the key and what it allows', (partial, path, detail) => {
     const err = rejection(partial);
@@ -73,7 +73,7 @@ describe('makePipelineConfig', () => {
   it('accepts the edges of every range: zero where zero means off, the smallest positive value elsewhere', () => {
     const c = makePipelineConfig({
       maxFlows: 1, maxUnmatchedAgeMs: 0.5,
-      failover: { silenceMs: 0, probeTimeoutMs: 0, minStandbyFrames: 0, carrierHoldMs: 0, announce: true, checkpointWaitMs: 0 },
+      failover: { silenceMs: 0, probeTimeoutMs: 0, minStandbyFrames: 0, fewFramesSilenceMs: 0, carrierHoldMs: 0, announce: true, checkpointWaitMs: 0 },
       checkpointBudget: { perSource: 0, windowMs: 0 },
       replicator: { ...DEFAULT_PIPELINE_CONFIG.replicator, maxIntervalMs: 0, retryInitialMs: 10, retryMaxMs: 10 },
     });
