@@ -256,8 +256,10 @@ export class AfPacketPort implements PacketPort {
   private leader: AfPacketPort | undefined;
   private followerFrames: AfPacketFrame[] | undefined;
   private followerSubUs: number[] = [];
-  /** Per frame of the current batch: its arrival time's nanoseconds below the microsecond. */
+  /** Per frame of the current batch: its arrival time's nanoseconds below the microsecond (kept only by the ports of a pair). */
   private subUs: number[] = [];
+  /** Part of a pair (`follow`): batches may be merged, so `frames` keeps `subUs`. */
+  private paired = false;
   private closed = false;
   private sentAfterClose = 0;
 
@@ -354,13 +356,14 @@ export class AfPacketPort implements PacketPort {
     const ring = this.ringView;
     const frames: AfPacketFrame[] = new Array(count);
     const sub = this.subUs;
-    sub.length = count;
+    const paired = this.paired;
+    if (paired) sub.length = count;
     for (let i = 0, at = 0; i < count; i++, at += descStride) {
       const offset = d[at + desc.offset];
       const frame = ring.subarray(offset, offset + d[at + desc.length]);
       const nsec = d[at + desc.nsec];
       const timeUs = d[at + desc.sec] * 1_000_000 + Math.floor(nsec / 1000);
-      sub[i] = nsec % 1000;
+      if (paired) sub[i] = nsec % 1000;
       if (this.vnetHdr) {
         const flags = d[at + desc.flags];
         const lengths = d[at + desc.vnetLength];
@@ -394,6 +397,7 @@ export class AfPacketPort implements PacketPort {
   follow(leader: AfPacketPort, fanoutBound?: number): boolean | string {
     const joined = this.socket.follow(leader.socket, fanoutBound);
     this.leader = leader;
+    this.paired = leader.paired = true;
     return joined;
   }
 
