@@ -7,6 +7,8 @@ import { AbsentPort } from '../io/absent-port';
 import type { AfPacketPortOptions } from '../io/afpacket-port';
 import { SplitRingPort, splitRingOptions } from '../io/split-ring-port';
 import { parseEthtoolFeatures } from '../setup/host-state';
+import { shardFilter } from '../dataplane/shard';
+import { UserFacingError } from '../errors';
 
 export type IoBackend = 'afpacket' | 'cap';
 
@@ -50,6 +52,31 @@ export interface PortOptions {
   splitRingsFanout?: boolean;
   /** Where warnings about a port's set-up go (cap: a ring that offloads make small). */
   log?: LogFn;
+  /**
+   * Take only the frames of worker `index` of `count` (`run --workers N`:
+   * every worker opens its own ports on the same interfaces): the socket
+   * filter shardFilter(count, index), and on split rings that filter before
+   * each ring's length test. Absent or count 1: every frame. AF_PACKET only:
+   * a cap port refuses a count above 1 (PortShardError).
+   */
+  shard?: PortShard;
+}
+
+export interface PortShard {
+  count: number;
+  index: number;
+}
+
+/** A port that cannot take a shard of the frames was asked to (a worker of several would take every frame). */
+export class PortShardError extends UserFacingError {
+  constructor(readonly ifname: string, readonly io: IoBackend, readonly shard: PortShard) {
+    super(`${io} port ${ifname}: cannot take worker ${shard.index}'s shard of ${shard.count} (libpcap ports have no shard filter: every worker would take every frame); use --io afpacket with more than one worker`);
+  }
+}
+
+/** Whether these options ask for a shard of the frames (a count above 1). */
+function sharded(options: PortOptions): options is PortOptions & { shard: PortShard } {
+  return (options.shard?.count ?? 1) > 1;
 }
 
 /** The offloads that make libpcap size every ring slot for its 64 KiB snapshot rather than for the MTU. */
@@ -98,6 +125,7 @@ export const VNET_RING_FRAMES = 512;
 export function openOne(io: IoBackend, ifname: string, options: PortOptions): PacketPort {
   // Required lazily: each back-end loads native code only when chosen.
   if (io === 'cap') {
+    if (sharded(options)) throw new PortShardError(ifname, io, options.shard);
     // eslint-disable-next-line @typescript-eslint/no-var-requires
     const { CapPort } = require('../io/cap-port') as typeof import('../io/cap-port');
     const port = new CapPort(ifname);
@@ -149,13 +177,21 @@ function afPacketOptions(options: PortOptions): AfPacketPortOptions {
   const vnetHdr = options.vnetHdr ?? true;
   // With virtio-net headers a slot must hold a 64 KiB GSO super-frame: without
   // more slots than the 8 MiB default gives (about 150), bursts overflow the ring.
-  return { vnetHdr, busyPollUs: options.busyPollUs ?? 0, sweepOnWake: options.sweepOnWake ?? true, sendThread: usesSendThread('afpacket', options), ...(options.sendInlineFrames !== undefined ? { sendInlineFrames: options.sendInlineFrames } : {}), ...(options.ringFrames ? { ringFrames: options.ringFrames } : vnetHdr ? { ringFrames: VNET_RING_FRAMES } : {}) };
+  return {
+    vnetHdr, busyPollUs: options.busyPollUs ?? 0, sweepOnWake: options.sweepOnWake ?? true, sendThread: usesSendThread('afpacket', options),
+    ...(options.sendInlineFrames !== undefined ? { sendInlineFrames: options.sendInlineFrames } : {}),
+    ...(options.ringFrames ? { ringFrames: options.ringFrames } : vnetHdr ? { ringFrames: VNET_RING_FRAMES } : {}),
+    // One ring: this filter; split rings: this filter, then each ring's length test (splitRingOptions).
+    ...(sharded(options) ? { filter: shardFilter(options.shard.count, options.shard.index) } : {}),
+  };
 }
 
 /**
  * A port opened while the data plane runs (the new backup's, at a
  * checkpoint): the AF_PACKET ring's setup waits on libuv's thread pool, not
  * on the calling thread (`AfPacketPort.open`). The bridge's `openPort`.
+ * Same options as openOne, shard included: a worker's new backup port takes
+ * that worker's frames only.
  */
 export async function openOneLater(io: IoBackend, ifname: string, options: PortOptions): Promise<PacketPort> {
   if (io === 'cap') return openOne(io, ifname, options);

@@ -3,8 +3,10 @@
  *
  * Every worker opens its own AF_PACKET socket on each of the three ports,
  * with a classic BPF filter (SO_ATTACH_FILTER) that accepts only its shard's
- * frames. The kernel offers each frame to every socket; each filter runs a
- * few dozen instructions and all but one drop it before it is copied.
+ * frames (a split-ring port's two sockets: the shard filter, then the ring's
+ * length test, composed by andFilters). The kernel offers each frame to
+ * every socket; each filter runs a few dozen instructions and all but one
+ * drop it before it is copied.
  *
  * The shard of a frame is symmetric in its endpoints: the XOR of the two
  * addresses and the XOR of the two ports, folded and taken modulo N. So both
@@ -236,6 +238,73 @@ export function shardFilter(count: number, index: number): Buffer {
   p.label('accept').op(BPF_RET | BPF_K, 0xffffffff);
   p.label('drop').op(BPF_RET | BPF_K, 0);
   return p.assemble();
+}
+
+/** Linux's limit on a classic BPF program's length (linux/bpf_common.h BPF_MAXINSNS). */
+export const BPF_MAXINSNS = 4096;
+
+const BPF_RET_K = BPF_RET | BPF_K, BPF_RET_A = BPF_RET | 0x10;
+
+type RawInsn = { code: number; jt: number; jf: number; k: number };
+
+/** The instructions of a program, checked for what composing it relies on (the kernel checks the rest when it is attached): whole, 1 to BPF_MAXINSNS, jumps inside it, a return last. */
+function decodeProgram(program: Uint8Array, which: string): RawInsn[] {
+  const bytes = Buffer.from(program.buffer, program.byteOffset, program.byteLength);
+  const n = bytes.length / INSN_BYTES;
+  if (!Number.isInteger(n) || n < 1 || n > BPF_MAXINSNS) throw new ShardError(`${which} filter: ${bytes.length} bytes is not 1 to ${BPF_MAXINSNS} whole instructions`);
+  const insns: RawInsn[] = [];
+  for (let at = 0; at < n; at++) {
+    const i = { code: bytes.readUInt16LE(at * INSN_BYTES), jt: bytes.readUInt8(at * INSN_BYTES + 2), jf: bytes.readUInt8(at * INSN_BYTES + 3), k: bytes.readUInt32LE(at * INSN_BYTES + 4) };
+    if ((i.code & 0x07) === BPF_JMP) {
+      const far = (i.code & 0xf0) === BPF_JA ? i.k : Math.max(i.jt, i.jf);
+      if (at + 1 + far >= n) throw new ShardError(`${which} filter: the jump at ${at} leaves the program`);
+    }
+    insns.push(i);
+  }
+  const last = insns[n - 1].code;
+  if (last !== BPF_RET_K && last !== BPF_RET_A) throw new ShardError(`${which} filter: does not end with a return`);
+  return insns;
+}
+
+/** Copies `i` (instruction `at` of a program whose instructions are labelled `${prefix}${n}`) into `p`, its jumps by label. */
+function copyInsn(p: BpfProgram, i: RawInsn, at: number, prefix: string): void {
+  const to = (offset: number) => `${prefix}${at + 1 + offset}`;
+  if ((i.code & 0x07) !== BPF_JMP) p.op(i.code, i.k, i.jt, i.jf);
+  else if ((i.code & 0xf0) === BPF_JA) p.ja(to(i.k));
+  else p.op(i.code, i.k, to(i.jt), to(i.jf));
+}
+
+/**
+ * A classic BPF program that accepts a frame when `first` and `second` both
+ * do: a worker's shard and a split ring's length class in one socket filter
+ * (splitRingOptions). `first` runs as it is, except that each of its
+ * accepting returns (RET k with k != 0; RET A when A != 0) goes on to
+ * `second`. Each return is replaced by one instruction, so every jump of
+ * `first` keeps its offset; the new jumps are JAs (32-bit offsets), a RET
+ * A's through a three-instruction test placed after `first`. `second` starts
+ * with A and X at 0, as the kernel starts a program; its scratch memory needs
+ * no reset (the kernel refuses a program that reads M[i] before writing it).
+ * When it accepts, the composition returns what `second` returns: that snap
+ * length, not the smaller of the two (the filters here accept whole frames).
+ * Throws a ShardError if the result is longer than BPF_MAXINSNS.
+ */
+export function andFilters(first: Uint8Array, second: Uint8Array): Buffer {
+  const a = decodeProgram(first, 'first'), b = decodeProgram(second, 'second');
+  const p = new BpfProgram();
+  let tests = 0;
+  a.forEach((i, at) => {
+    p.label(`a${at}`);
+    if (i.code === BPF_RET_K && i.k !== 0) p.ja('second');
+    else if (i.code === BPF_RET_A) p.ja(`a-test${tests++}`);
+    else copyInsn(p, i, at, 'a');
+  });
+  // A RET A accepts when A != 0: fall to the drop only when A == 0.
+  for (let t = 0; t < tests; t++) p.label(`a-test${t}`).op(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 1).op(BPF_RET_K, 0).ja('second');
+  p.label('second').op(BPF_LD | BPF_IMM, 0).op(BPF_LDX | BPF_IMM, 0);
+  b.forEach((i, at) => copyInsn(p.label(`b${at}`), i, at, 'b'));
+  const out = p.assemble();
+  if (out.length / INSN_BYTES > BPF_MAXINSNS) throw new ShardError(`the filters together are ${out.length / INSN_BYTES} instructions, more than the kernel's ${BPF_MAXINSNS}`);
+  return out;
 }
 
 /**

@@ -6,6 +6,11 @@
  *   interface ─┬─ BPF len ≤ SMALL_FRAME_MAX ─► small ring: 2 KiB slots, many (every MTU-sized frame)
  *              └─ BPF len > SMALL_FRAME_MAX ─► large ring: 68 KiB slots, few (GSO super-frames)
  *
+ * A worker's port (`run --workers N`) puts its shard filter before each
+ * ring's length test (andFilters): N pairs on one interface, each ring
+ * taking its worker's frames of its length class. Each pair has its own
+ * fanout group (the kernel makes its id unique: PACKET_FANOUT_FLAG_UNIQUEID).
+ *
  * With one ring, each slot must hold a 64 KiB super-frame: 512 slots cost 34
  * MiB a port and overflow under a few downloads of MTU-sized frames (stop 24:
  * 9,000–16,000 frames dropped a run). TPACKET_V3 would pack frames of every
@@ -24,7 +29,7 @@
  */
 import { AfPacketPort, AfPacketPortOptions } from './afpacket-port';
 import { BatchReceiver, PacketPort, PortStats, ringBytes, VirtioNetHeader } from './port';
-import { BpfProgram } from '../dataplane/shard';
+import { andFilters, BpfProgram } from '../dataplane/shard';
 
 /**
  * Frames up to this length (the kernel's skb length: whole frame, virtio-net
@@ -66,16 +71,19 @@ export function lengthFilter(max: number, above: boolean): Buffer {
  * bound between them. `smallFrames`: slots of the small ring if asked (`run
  * --ring-frames`), else 8 MiB worth (SMALL_RING_FRAMES at a standard MTU).
  * `mtu`: the interface's; a jumbo MTU makes the small ring's slots hold its
- * frames, so only GSO super-frames go to the large ring's few slots.
+ * frames, so only GSO super-frames go to the large ring's few slots. The
+ * port's own `filter` (a worker's shard) applies to both rings: each takes
+ * the frames that filter accepts and that are of its length class.
  */
 export function splitRingOptions(options: AfPacketPortOptions, smallFrames?: number, mtu = 1500): { small: AfPacketPortOptions; large: AfPacketPortOptions; bound: number } {
-  const { ringFrames: _ignored, frameSize: _alsoIgnored, ...rest } = options;
+  const { ringFrames: _ignored, frameSize: _alsoIgnored, filter, ...rest } = options;
   const bound = splitBound(mtu);
+  const ringFilter = (large: boolean) => (filter ? andFilters(filter, lengthFilter(bound, large)) : lengthFilter(bound, large));
   // Room for the slot's header, the address, the reserve and the virtio-net header (about 94 bytes) and more.
   const frameSize = bound === SMALL_FRAME_MAX ? SMALL_FRAME_SIZE : Math.ceil((bound + 128) / 1024) * 1024;
   return {
-    small: { ...rest, frameSize, ringFrames: smallFrames || Math.floor(SMALL_RING_BYTES / frameSize), filter: lengthFilter(bound, false) },
-    large: { ...rest, ringFrames: LARGE_RING_FRAMES, filter: lengthFilter(bound, true), sendThread: false },
+    small: { ...rest, frameSize, ringFrames: smallFrames || Math.floor(SMALL_RING_BYTES / frameSize), filter: ringFilter(false) },
+    large: { ...rest, ringFrames: LARGE_RING_FRAMES, filter: ringFilter(true), sendThread: false },
     bound,
   };
 }

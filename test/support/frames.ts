@@ -618,3 +618,35 @@ export function ipv6WithExtensions(spec: Ipv6ExtensionsSpec): Buffer {
     case 'none': return ipFrame(v6, PROTO.NoNext, Buffer.alloc(0));
   }
 }
+
+// ---------------------------------------------------------------- flows of any size
+
+/** One TCP or UDP flow: addresses, ports, tags. */
+export interface FlowSpec extends IpSpec {
+  udp: boolean;
+  sport: number;
+  dport: number;
+}
+
+/** A random flow: IPv4 or IPv6, TCP or UDP, untagged, one tag or two, random addresses and ports. */
+export function randomFlow(random: () => number): FlowSpec {
+  const int = (max: number) => Math.floor(random() * max);
+  const v6 = random() < 0.5;
+  const tags = int(3);
+  return {
+    v6, udp: random() < 0.5,
+    vlan: tags === 0 ? undefined : tags === 1 ? [1 + int(4094)] : [1 + int(4094), 1 + int(4094)],
+    src: v6 ? `fd77::${int(0x10000).toString(16)}:${int(0x10000).toString(16)}` : `10.${int(256)}.${int(256)}.${int(256)}`,
+    dst: v6 ? `fd78::${int(0x10000).toString(16)}` : `172.16.${int(256)}.${int(256)}`,
+    sport: 1024 + int(64512), dport: [22, 53, 80, 443, 5201][int(5)],
+  };
+}
+
+/** A frame of `flow` exactly `length` bytes long: `payload`, then dots. Throws if its headers and payload do not fit. */
+export function flowFrame(flow: FlowSpec, length: number, payload: Buffer | string = ''): Buffer {
+  const build = (p: Buffer) => (flow.udp ? udpFrame({ ...flow, payload: p }) : tcpFrame({ ...flow, payload: p }));
+  const head = bytesOf(payload);
+  const room = length - build(head).length;
+  if (room < 0) throw new Error(`a ${length}-byte frame cannot hold this flow's headers and a ${head.length}-byte payload`);
+  return build(Buffer.concat([head, Buffer.alloc(room, 0x2e)]));
+}

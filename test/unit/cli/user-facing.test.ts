@@ -14,6 +14,7 @@ import { TeardownIncompleteError } from '../../../lib/setup/apply';
 import { LabCommandError } from '../../../lib/lab/exec';
 import { LabConfigError } from '../../../lib/lab/netns';
 import { QemuLaunchError } from '../../../lib/qemu/process';
+import { PortShardError } from '../../../lib/cli/ports';
 
 describe('UserFacingError', () => {
   it.each<[string, Error]>([
@@ -38,6 +39,7 @@ describe('UserFacingError', () => {
     ['LabCommandError', new LabCommandError(['ip', 'netns'], 1, 'RTNETLINK answers: File exists')],
     ['LabConfigError', new LabConfigError('x')],
     ['QemuLaunchError', new QemuLaunchError('primary', 'x')],
+    ['PortShardError', new PortShardError('eth0', 'cap', { count: 2, index: 1 })],
   ])('%s is one, and keeps its own name', (name, err) => {
     expect(err).toBeInstanceOf(UserFacingError);
     expect(err.name).toBe(name);

@@ -3,9 +3,14 @@
  * into the kernel: the program, run by an interpreter with the kernel's
  * semantics, accepts exactly the frames shardOf assigns to its worker. The
  * netns test (test/integration/shard-filter.test.ts) checks the kernel agrees.
+ * andFilters, a worker's shard and a split ring's length class in one
+ * program, accepts exactly what both accept (test/integration/shard-ports.test.ts
+ * in the kernel).
  */
-import { MAX_SHARDS, ShardError, runFilter, shardFilter, shardOf } from '../../../lib/dataplane/shard';
-import { arpFrame, ipv4Fragment, ipv6WithExtensions, tcpFrame, udpFrame, udpSegment } from '../../support/frames';
+import { andFilters, BPF_MAXINSNS, BpfProgram, MAX_SHARDS, ShardError, runFilter, shardFilter, shardOf } from '../../../lib/dataplane/shard';
+import { lengthFilter, SMALL_FRAME_MAX, splitBound } from '../../../lib/io/split-ring-port';
+import { arpFrame, flowFrame, ipv4Fragment, ipv6WithExtensions, randomFlow, tcpFrame, udpFrame, udpSegment } from '../../support/frames';
+import { seededRandom } from '../../support/random';
 
 /** A deterministic stream of numbers in [0, 1). */
 function seeded(seed: number): () => number {
@@ -116,5 +121,115 @@ describe('shardOf', () => {
   it('gives frames that are not IP to worker 0', () => {
     expect(shardOf(arpFrame({}), 4)).toBe(0);
     expect(shardOf(tcpFrame({ sport: 1, dport: 2 }), 1)).toBe(0);
+  });
+});
+
+/** Frames of random flows at every length class the split rings tell apart, and frames cut short inside their headers. */
+function framesAroundBounds(n: number, seed: number): Buffer[] {
+  const random = seededRandom(seed);
+  const bounds = [SMALL_FRAME_MAX, splitBound(9000)];
+  const out: Buffer[] = [arpFrame({}), Buffer.alloc(0), Buffer.alloc(13)];
+  for (let i = 0; i < n; i++) {
+    const flow = randomFlow(random);
+    const bound = bounds[i % 2];
+    // A third at the bound (± 3 bytes), a third anywhere up to a super-frame, a third cut short.
+    const kind = i % 3;
+    const length = kind === 0 ? bound - 3 + Math.floor(random() * 7) : 100 + Math.floor(random() * 20_000);
+    const frame = flowFrame(flow, length, `frame ${i}`);
+    out.push(kind === 2 ? frame.subarray(0, Math.floor(random() * 80)) : frame);
+  }
+  return out;
+}
+
+const accepts = (program: Buffer, frame: Uint8Array) => runFilter(program, frame) !== 0;
+
+describe('andFilters', () => {
+  const frames = framesAroundBounds(900, 11);
+
+  it('accepts a frame exactly when the shard filter and the length filter both do, for every worker of 2, 3 and 4 and both rings', () => {
+    const wrong: string[] = [];
+    for (const bound of [SMALL_FRAME_MAX, splitBound(9000)]) {
+      for (const count of [2, 3, 4]) {
+        for (let index = 0; index < count; index++) {
+          const shard = shardFilter(count, index);
+          for (const large of [false, true]) {
+            const length = lengthFilter(bound, large);
+            const both = andFilters(shard, length);
+            frames.forEach((f, n) => {
+              const expected = accepts(shard, f) && accepts(length, f);
+              // The same, in the terms a worker reads it: its shard (shardOf) and the ring's side of the bound.
+              const inTerms = shardOf(f, count) === index && (f.length > bound) === large;
+              const got = runFilter(both, f);
+              if ((got !== 0) !== expected || expected !== inTerms || (expected && got !== runFilter(length, f))) wrong.push(`frame ${n} (${f.length} bytes), bound ${bound}, worker ${index}/${count}, large ${large}: ${got}`);
+            });
+          }
+        }
+      }
+    }
+    expect(wrong).toEqual([]);
+  });
+
+  it('gives each frame to exactly one ring of one worker, and a frame too short to shard to none', () => {
+    for (const count of [2, 3, 4]) {
+      const programs = Array.from({ length: count }, (_, i) => [false, true].map((large) => andFilters(shardFilter(count, i), lengthFilter(SMALL_FRAME_MAX, large)))).flat();
+      for (const f of frames) {
+        const takers = programs.filter((p) => accepts(p, f)).length;
+        expect([f.length, takers]).toEqual([f.length, shardOf(f, count) < 0 ? 0 : 1]);
+      }
+    }
+  });
+
+  it('composes in either order', () => {
+    const shard = shardFilter(3, 1), length = lengthFilter(SMALL_FRAME_MAX, true);
+    const lengthFirst = andFilters(length, shard);
+    for (const f of frames) expect(accepts(lengthFirst, f)).toBe(accepts(shard, f) && accepts(length, f));
+  });
+
+  // Opcodes for hand-made programs (linux/filter.h).
+  const LDB_ABS = 0x30, LDH_ABS = 0x28, LDH_IND = 0x48, LD_LEN = 0x80, LDX_IMM = 0x01, AND_K = 0x54, RET_A = 0x16, RET_K = 0x06;
+
+  it('keeps the first program\'s far jumps (conditional up to 255, JA beyond), takes RET A as accepting when A is not 0, and starts the second with A and X at 0', () => {
+    const pad = (p: BpfProgram, n: number) => { for (let i = 0; i < n; i++) p.op(LDX_IMM, 7); return p; };
+    const first = new BpfProgram()
+      .op(LDX_IMM, 7)
+      .op(LDB_ABS, 14)
+      .jeq(0x45, 'v4') // 250 instructions ahead
+      .op(LDB_ABS, 15).jeq(0, 'drop')
+      .ja('tail') // 750 ahead: only a JA reaches that far
+      .label('drop').op(RET_K, 0);
+    pad(first, 246).label('v4').op(LD_LEN).op(AND_K, 3).op(RET_A); // accept unless the length is a multiple of 4
+    pad(first, 500).label('tail').op(RET_K, 0x1234);
+    const a = first.assemble();
+    expect([a.readUInt8(2 * 8 + 2), a.readUInt32LE(5 * 8 + 4)]).toEqual([250, 750]);
+    // The first program leaves X at 7: an indexed load with X at 0 reads the ethertype.
+    const b = new BpfProgram().op(LDH_IND, 12).jeq(0x0800, 'ok').jeq(0x86dd, 'ok').op(RET_K, 0).label('ok').op(LDH_ABS, 12).op(RET_A).assemble();
+    const both = andFilters(a, b);
+    const random = seededRandom(5);
+    let retA = 0, farJump = 0;
+    for (let n = 0; n < 600; n++) {
+      const f = flowFrame(randomFlow(random), 100 + n);
+      if (n % 5 === 0) f[15] = 0;
+      if (n % 7 === 0) f[14] = 0x60;
+      const expected = accepts(a, f) && accepts(b, f);
+      expect(runFilter(both, f)).toBe(expected ? runFilter(b, f) : 0);
+      if (f[14] === 0x45) retA++; else if (f[15] !== 0) farJump++;
+    }
+    expect(Math.min(retA, farJump)).toBeGreaterThan(50);
+  });
+
+  it('refuses programs it cannot compose, and a composition longer than the kernel takes', () => {
+    const ok = lengthFilter(SMALL_FRAME_MAX, false);
+    expect(() => andFilters(new Uint8Array(12), ok)).toThrow(/first filter: 12 bytes is not 1 to 4096 whole instructions/);
+    expect(() => andFilters(ok, ok.subarray(0, 8))).toThrow(/second filter: does not end with a return/);
+    const leaves = Buffer.from(ok);
+    leaves.writeUInt8(5, 8 + 3); // jgt's false branch past the end
+    expect(() => andFilters(leaves, ok)).toThrow(/first filter: the jump at 1 leaves the program/);
+    const long = new BpfProgram();
+    for (let i = 0; i < 2046; i++) long.op(LDX_IMM, 0);
+    const half = long.op(RET_K, 1).assemble(); // 2,047 instructions; two of them and the reset make 4,096
+    expect(andFilters(half, half).length / 8).toBe(BPF_MAXINSNS);
+    const more = Buffer.concat([Buffer.from([LDX_IMM, 0, 0, 0, 0, 0, 0, 0]), half]);
+    expect(() => andFilters(more, half)).toThrow(ShardError);
+    expect(() => andFilters(more, half)).toThrow(/4097 instructions, more than the kernel's 4096/);
   });
 });
