@@ -8,6 +8,7 @@
  */
 export * from './logger';
 export * from './snapshot';
+export * from './snapshot-merge';
 export * from './metrics';
 export * from './unix-socket';
 export * from './control-socket';

@@ -15,7 +15,7 @@ import { CHECKPOINT_REASONS } from '../replicate/replicator';
 import { MISMATCH_KINDS } from '../compare/tcp-stream';
 import { STALL_CAUSES } from '../io/stall-causes';
 import { LogFn, noLog } from './logger';
-import { BridgeSnapshot, REPLICATION_STATES } from './snapshot';
+import { BridgeSnapshot, REPLICATION_STATES, WorkerSummary } from './snapshot';
 import { UserFacingError } from '../errors';
 
 export const METRICS_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8';
@@ -205,8 +205,22 @@ export function renderMetrics(s: BridgeSnapshot): string {
     [[{ direction: 'in' }, s.agent.messagesIn], [{ direction: 'out' }, s.agent.messagesOut]]);
   t.one('shadowvm_agent_protocol_errors_total', 'counter', 'Malformed or out-of-place lines from the sync agent.', s.agent.protocolErrors);
   t.one('shadowvm_agent_heartbeat_timeouts_total', 'counter', 'Times the sync agent fell silent for longer than the heartbeat timeout.', s.agent.heartbeatTimeouts);
+  if (s.workers) renderWorkers(t, s.workers);
   t.one('shadowvm_uptime_seconds', 'gauge', 'Seconds since the bridge started.', s.uptimeSeconds);
   return t.toString();
+}
+
+/** A data plane of several workers (run --workers): the families above are the whole bridge's; these tell the workers apart. */
+function renderWorkers(t: PrometheusText, workers: readonly WorkerSummary[]): void {
+  const worker = (w: WorkerSummary): Labels => ({ worker: String(w.index) });
+  t.family('shadowvm_worker_flows', 'gauge', 'Flows in a data-plane worker\'s flow table.', workers.map((w) => [worker(w), w.flowsActive]));
+  t.family('shadowvm_worker_frames_total', 'counter', 'Frames a data-plane worker\'s pipeline took in, by sending side (client, primary, backup).',
+    workers.flatMap((w) => Object.entries(w.framesIn).map(([side, n]): Sample => [{ ...worker(w), side }, n])));
+  t.family('shadowvm_worker_checkpoint_epoch', 'gauge', 'Epoch of the last checkpoint a data-plane worker asked for (each worker numbers its own).', workers.map((w) => [worker(w), w.checkpointEpoch]));
+  t.family('shadowvm_worker_replication_state', 'gauge', 'A data-plane worker\'s own replication state: 1 for the current one.',
+    workers.flatMap((w) => REPLICATION_STATES.map((state): Sample => [{ ...worker(w), state }, state === w.state ? 1 : 0])));
+  t.family('shadowvm_worker_heap_used_bytes', 'gauge', 'JavaScript heap in use by a data-plane worker\'s thread.',
+    workers.filter((w) => w.heapUsedBytes !== undefined).map((w) => [worker(w), w.heapUsedBytes!]));
 }
 
 // ───────────────────────── HTTP ─────────────────────────

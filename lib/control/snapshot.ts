@@ -112,6 +112,24 @@ export interface BridgeSnapshot {
   dataPlane?: DataPlaneScheduling;
   /** The rate gate of inline sends (run's --send-inline-max-fps), where the ports have a send thread. */
   inlineSends?: InlineSendsSnapshot;
+  /** A data plane of several worker threads (run --workers): each one's summary, worker 0 first (mergeSnapshots). Absent for one data plane. */
+  workers?: WorkerSummary[];
+}
+
+/** One data-plane worker of a bridge whose snapshot is the sum of its workers' (lib/control/snapshot-merge.ts). */
+export interface WorkerSummary {
+  index: number;
+  /** This worker's own replication state. */
+  state: ReplicationState;
+  flowsActive: number;
+  /** Frames its pipeline took in, by the side that sent them (its shard, and for worker 0 what no shard owns). */
+  framesIn: Record<FrameSide, number>;
+  /** Epoch of the last checkpoint this worker asked for (each worker numbers its own). */
+  checkpointEpoch: number;
+  /** Its thread's JavaScript heap in use. */
+  heapUsedBytes?: number;
+  /** Roles this worker reads on another interface than worker 0 does (a port move that has not reached every worker yet): the snapshot's ports carry worker 0's names. */
+  portNames?: Partial<Record<PortRole, string>>;
 }
 
 export interface InlineSendsSnapshot {

@@ -2,7 +2,7 @@
 import { formatScheduling } from '../dataplane/scheduling';
 import { CHECKPOINT_REASONS } from '../replicate/replicator';
 import type { FlowReport } from '../pipeline/shadow-flow';
-import { BridgeSnapshot } from './snapshot';
+import { BridgeSnapshot, WorkerSummary } from './snapshot';
 
 /** 1536 → "1.5 KiB"; below 1 KiB the exact count. */
 export function formatBytes(n: number): string {
@@ -66,6 +66,10 @@ export function formatStatus(s: BridgeSnapshot): string {
       out.push(`receive rings (kernel memory, resident): ${rings.map((p) => `${p.name} ${p.ring!.frames} × ${formatBytes(p.ring!.frameSize)}${p.ring!.large ? ` + ${p.ring!.large.frames} × ${formatBytes(p.ring!.large.frameSize)}${p.ring!.large.fanout ? ' (fanout)' : ''}` : ''}`).join(', ')}; ${formatBytes(total)} in all`);
     }
   }
+  if (s.workers) {
+    out.push('');
+    out.push(...formatWorkers(s.workers, s.ports));
+  }
   out.push('');
   out.push(`flows: ${s.flows.active} active, ${s.flows.created} created, ${s.flows.evicted} evicted`);
   if (s.frameWait && s.frameWait.seconds.count > 0) {
@@ -107,6 +111,17 @@ export function formatStatus(s: BridgeSnapshot): string {
   out.push('');
   out.push(`agent link: ${s.agent.messagesIn} messages in, ${s.agent.messagesOut} out, ${s.agent.protocolErrors} protocol errors, ${s.agent.heartbeatTimeouts} heartbeat timeouts`);
   return out.join('\n');
+}
+
+/** A data plane of several workers: one row each (the rest of the status is the whole bridge's), then any port a worker reads elsewhere than worker 0. */
+function formatWorkers(workers: readonly WorkerSummary[], ports: BridgeSnapshot['ports']): string[] {
+  const rows = workers.map((w) => [
+    String(w.index), w.state, String(w.flowsActive), String(w.framesIn.client + w.framesIn.primary + w.framesIn.backup),
+    `#${w.checkpointEpoch}`, w.heapUsedBytes !== undefined ? formatBytes(w.heapUsedBytes) : '-',
+  ]);
+  const moved = workers.flatMap((w) => Object.entries(w.portNames ?? {}).map(([role, name]) =>
+    `worker ${w.index} reads the ${role} port on ${name}, worker 0 on ${ports.find((p) => p.role === role)?.name ?? '?'} (the name shown above)`));
+  return [...formatTable(['worker', 'state', 'flows', 'frames in', 'checkpoint', 'heap'], rows), ...moved];
 }
 
 /** The `flows` reply as a table, most recent last. */
