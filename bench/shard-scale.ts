@@ -2,32 +2,33 @@
  * shard-scale: what a second data-plane worker buys on this machine, and
  * what one worker costs per request (issue 9, "scale across cores").
  *
- * The netns lab, wrk from the client through shadowvm, with the data plane
- * split by flow over N worker threads (N = 1, 2): each a whole Bridge whose
- * AF_PACKET ports take only its shard's frames (bench/lib/shard-worker.ts,
- * lib/dataplane/shard.ts). The pipeline normalizes HTTP Date headers, so the
- * steady state asks for no checkpoint; any that were asked are reported (the
- * shards do not coordinate checkpoints: a prototype of the data path, not of
- * the product's multi-worker mode). The kernel bridge runs in the same
- * rounds as the reference. Configurations interleave (K 1 2 K 1 2 …);
- * medians with their range.
+ * The netns lab, wrk from the client through `shadowvm run --workers N`
+ * (N = 1, 2) as an administrator runs it: its own process, run's default
+ * ports, the lab agent as a process too. Each worker is a data-plane thread
+ * on its shard of the flows; checkpoints and failovers are one for all (the
+ * coordinator). The pipeline normalizes HTTP Date headers (a --config file),
+ * so the steady state asks for no checkpoint; those asked are reported. The
+ * kernel bridge runs in the same rounds as the reference. Configurations
+ * interleave (K 1 2 K 1 2 …); medians with their range. `--offloads`: TSO
+ * and checksum offload on in the namespaces (super-frames through the
+ * bridge), else off.
  *
- * Run (root): `npx tsc -p tsconfig.json && node dist/bench/shard-scale.js [--rounds 3] [--seconds 5] [--workers 1,2]`
+ * Run (root): `npx tsc -p tsconfig.json && node dist/bench/shard-scale.js [--rounds 3] [--seconds 5] [--workers 1,2] [--offloads]`
  */
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Worker } from 'node:worker_threads';
+import type { BridgeSnapshot } from '../lib/control/snapshot';
 import { buildLab, teardownLab, waitUntilQuiet } from '../lib/lab/netns';
 import type { Lab } from '../lib/lab/netns';
 import { startLabServers } from '../lib/lab/servers';
-import { BENCH_OBJECTS, addKernelBridge, hostCpuBusyUs, readHostCpu, removeKernelBridge, writeBenchObjects } from './lib/lab-setup';
+import { BENCH_OBJECTS, addKernelBridge, hostCpuBusyUs, offloadsOn, readHostCpu, removeKernelBridge, writeBenchObjects } from './lib/lab-setup';
 import { runWrk } from './lib/load-tools';
-import type { ShardWorkerInit, ShardWorkerReply } from './lib/shard-worker';
+import { bridgeStatus, BridgeUnderTest, startBridgeProcess } from './lib/flood-bridge';
 
-interface Options { rounds: number; seconds: number; workers: number[]; prefix: string; kernel: boolean }
+interface Options { rounds: number; seconds: number; workers: number[]; prefix: string; kernel: boolean; offloads: boolean }
 
 function parse(argv: string[]): Options {
-  const o: Options = { rounds: 3, seconds: 5, workers: [1, 2], prefix: 'svmsh', kernel: true };
+  const o: Options = { rounds: 3, seconds: 5, workers: [1, 2], prefix: 'svmsh', kernel: true, offloads: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === '--rounds') o.rounds = Number(argv[++i]);
@@ -35,8 +36,9 @@ function parse(argv: string[]): Options {
     else if (a === '--workers') o.workers = argv[++i].split(',').map(Number);
     else if (a === '--prefix') o.prefix = argv[++i];
     else if (a === '--no-kernel') o.kernel = false;
+    else if (a === '--offloads') o.offloads = true;
     else {
-      process.stderr.write('node dist/bench/shard-scale.js [--rounds 3] [--seconds 5] [--workers 1,2] [--prefix svmsh] [--no-kernel]\n');
+      process.stderr.write('node dist/bench/shard-scale.js [--rounds 3] [--seconds 5] [--workers 1,2] [--prefix svmsh] [--no-kernel] [--offloads]\n');
       process.exit(a === '--help' ? 0 : 2);
     }
   }
@@ -55,97 +57,69 @@ interface Run {
   error?: string;
   small?: Measured;
   large?: Measured;
-  /** Per worker: checkpoints asked by reason, frames by origin, flows. */
-  shards?: { checkpoints: Record<string, number>; frames: Record<string, number>; flows: number; state: string }[];
+  /** The bridge's status at the end: checkpoints by reason, per-worker frames and flows. */
+  checkpoints?: Record<string, number>;
+  workers?: NonNullable<BridgeSnapshot['workers']>;
+  state?: string;
+  rssMiB?: number;
 }
 
-class Shards {
-  private readonly workers: Worker[] = [];
-  private readonly inbox: ShardWorkerReply[][] = [];
-  private readonly waiters: ((m: ShardWorkerReply) => void)[][] = [];
-
-  constructor(private readonly lab: Lab, private readonly count: number) {}
-
-  private next(i: number): Promise<ShardWorkerReply> {
-    const m = this.inbox[i].shift();
-    if (m) return Promise.resolve(m);
-    return new Promise((resolve) => this.waiters[i].push(resolve));
-  }
-
-  async start(): Promise<void> {
-    for (let i = 0; i < this.count; i++) {
-      const init: ShardWorkerInit = {
-        count: this.count, index: i, name: `${this.lab.prefix}-s${i}`,
-        ports: { uplink: this.lab.client.hostIf, primary: this.lab.primary.hostIf, backup: this.lab.backup.hostIf },
-        agentSocket: join(this.lab.runDir, `agent-${i}.sock`),
-      };
-      const w = new Worker(join(__dirname, 'lib', 'shard-worker.js'), { workerData: init, resourceLimits: { maxYoungGenerationSizeMb: 24 } });
-      this.inbox.push([]);
-      this.waiters.push([]);
-      w.on('message', (m: ShardWorkerReply) => {
-        const waiter = this.waiters[i].shift();
-        if (waiter) waiter(m);
-        else this.inbox[i].push(m);
-      });
-      w.on('error', (e) => { const waiter = this.waiters[i].shift(); waiter?.({ type: 'failed', message: e.message }); });
-      this.workers.push(w);
-    }
-    const replies = await Promise.all(this.workers.map((_, i) => this.next(i)));
-    const failed = replies.find((r) => r.type === 'failed');
-    if (failed && failed.type === 'failed') throw new Error(failed.message);
-  }
-
-  async stats(): Promise<NonNullable<Run['shards']>> {
-    this.workers.forEach((w) => w.postMessage({ type: 'stats' }));
-    const replies = await Promise.all(this.workers.map((_, i) => this.next(i)));
-    return replies.map((r) => (r.type === 'stats' ? { checkpoints: r.checkpoints, frames: r.frames, flows: r.flows, state: r.state } : { checkpoints: {}, frames: {}, flows: 0, state: `no stats: ${r.type}` }));
-  }
-
-  async stop(): Promise<void> {
-    this.workers.forEach((w) => w.postMessage({ type: 'stop' }));
-    await Promise.race([Promise.all(this.workers.map((_, i) => this.next(i))), new Promise((r) => setTimeout(r, 5000))]);
-    await Promise.all(this.workers.map((w) => w.terminate()));
-  }
+/** utime + stime of a process, µs (clock ticks of 10 ms: /proc/PID/stat fields 14 and 15). */
+function processCpuUs(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) * 10_000;
 }
 
-async function wrkPhase(lab: Lab, file: string, seconds: number, bridgeCpu: boolean): Promise<Measured> {
+async function wrkPhase(lab: Lab, file: string, seconds: number, bridgePid: number | null): Promise<Measured> {
   const host0 = readHostCpu();
-  const cpu0 = process.cpuUsage();
+  const cpu0 = bridgePid === null ? 0 : processCpuUs(bridgePid);
   const w = await runWrk(lab.client.netns, `http://10.77.0.2/${file}`, { threads: 2, connections: 32, seconds });
-  const cpu = process.cpuUsage(cpu0);
+  const cpu = bridgePid === null ? NaN : processCpuUs(bridgePid) - cpu0;
   const host = hostCpuBusyUs(host0, readHostCpu());
   if (!w.ok) throw new Error(`wrk ${file}: ${w.error}`);
   const errors = w.socketErrors.connect + w.socketErrors.read + w.socketErrors.write + w.socketErrors.timeout + w.non2xx3xx;
-  return {
-    rps: w.requestsPerSecond, machineUsPerReq: host / w.requests, bridgeUsPerReq: bridgeCpu ? (cpu.user + cpu.system) / w.requests : NaN,
-    p99Ms: w.latencyP99Ms, errors,
-  };
+  return { rps: w.requestsPerSecond, machineUsPerReq: host / w.requests, bridgeUsPerReq: cpu / w.requests, p99Ms: w.latencyP99Ms, errors };
 }
 
 async function oneRun(config: string, round: number, o: Options): Promise<Run> {
   const r: Run = { config, round, ok: false };
   const lab = buildLab({ prefix: o.prefix });
-  let shards: Shards | null = null;
+  let bridge: BridgeUnderTest | null = null;
   try {
     const servers = await startLabServers(lab);
     writeBenchObjects(servers);
+    if (o.offloads) for (const node of lab.nodes) await offloadsOn(node);
     await waitUntilQuiet(lab);
     const kernel = config === 'kernel';
     if (kernel) addKernelBridge(lab);
     else {
-      shards = new Shards(lab, Number(config.split(' ')[0]));
-      await shards.start();
+      const workers = Number(config.split(' ')[0]);
+      bridge = await startBridgeProcess(lab, o.prefix, { normalize: { httpDate: true, httpDateToleranceMs: 2000 } }, ['--workers', String(workers)]);
     }
+    const pid = bridge?.proc.child.pid ?? null;
     // A short warm-up: ARP, neighbour entries, the JIT.
     await runWrk(lab.client.netns, `http://10.77.0.2/${BENCH_OBJECTS.small.file}`, { threads: 1, connections: 4, seconds: 1 });
-    r.small = await wrkPhase(lab, BENCH_OBJECTS.small.file, o.seconds, !kernel);
-    r.large = await wrkPhase(lab, BENCH_OBJECTS.large.file, o.seconds, !kernel);
-    if (shards) r.shards = await shards.stats();
+    const before = bridge ? await bridgeStatus(bridge.controlSocket) : null;
+    r.small = await wrkPhase(lab, BENCH_OBJECTS.small.file, o.seconds, pid);
+    r.large = await wrkPhase(lab, BENCH_OBJECTS.large.file, o.seconds, pid);
+    if (bridge) {
+      const s = await bridgeStatus(bridge.controlSocket);
+      if (!s || !before) throw new Error('the bridge did not answer status');
+      r.checkpoints = Object.fromEntries(Object.entries(s.checkpoints.requested).map(([k, v]) => [k, v - (before.checkpoints.requested as Record<string, number>)[k]]));
+      r.workers = s.workers ?? [];
+      r.state = s.state;
+      r.rssMiB = Math.round((s.memory?.rssBytes ?? NaN) / 1048576);
+    }
     r.ok = true;
   } catch (e) {
     r.error = (e as Error).message;
   } finally {
-    await shards?.stop();
+    if (bridge) {
+      for (const c of [bridge.proc, bridge.agent]) if (c.child.exitCode === null) c.child.kill('SIGTERM');
+      await Promise.race([Promise.all([bridge.proc.exited, bridge.agent.exited]), new Promise((res) => setTimeout(res, 5000))]);
+      for (const c of [bridge.proc, bridge.agent]) if (c.child.exitCode === null) c.child.kill('SIGKILL');
+    }
     removeKernelBridge(o.prefix);
     teardownLab(lab);
   }
@@ -166,8 +140,6 @@ function fmt(xs: number[], digits = 0): string {
 
 async function main(): Promise<void> {
   const o = parse(process.argv.slice(2));
-  // The workers' agent sockets are born private (as under `shadowvm run`); a worker thread cannot set the umask.
-  process.umask(0o077);
   const configs = [...(o.kernel ? ['kernel'] : []), ...o.workers.map((n) => `${n} worker${n > 1 ? 's' : ''}`)];
   const startedAt = new Date().toISOString();
   const runs: Run[] = [];
@@ -180,23 +152,20 @@ async function main(): Promise<void> {
     }
   }
   const lines: string[] = [];
-  lines.push(`shard-scale ${startedAt}: ${o.rounds} round(s) of ${configs.join(', ')}, wrk -t2 -c32 -d${o.seconds}s; medians [range]`);
-  lines.push('machine CPU: /proc/stat busy time per request (all cores); bridge CPU: the bench process (every worker, send thread and the main thread) per request');
-  const head = ['config', '1 KiB req/s', '100 KiB req/s', 'machine µs/req 1 KiB', 'machine µs/req 100 KiB', 'bridge µs/req 1 KiB', 'bridge µs/req 100 KiB', 'p99 ms 1 KiB', 'checkpoints asked after start, per run'];
+  lines.push(`shard-scale ${startedAt}: ${o.rounds} round(s) of ${configs.join(', ')}, wrk -t2 -c32 -d${o.seconds}s, offloads ${o.offloads ? 'on' : 'off'} in the namespaces; \`shadowvm run --workers N\` with its default ports; medians [range]`);
+  lines.push('machine CPU: /proc/stat busy time per request (all cores); bridge CPU: the `run` process (every worker, send threads and the main thread) per request');
+  const head = ['config', '1 KiB req/s', '100 KiB req/s', 'machine µs/req 1 KiB', 'machine µs/req 100 KiB', 'bridge µs/req 1 KiB', 'bridge µs/req 100 KiB', 'p99 ms 1 KiB', 'RSS MiB', 'checkpoints asked during wrk, per run'];
   const rows = configs.map((c) => {
     const rs = runs.filter((r) => r.config === c && r.ok);
-    // Beyond each shard's first checkpoint (asked as its agent connects, to leave DEGRADED): by reason.
     const ck = rs.map((r) => {
-      const by: Record<string, number> = {};
-      for (const sh of r.shards ?? []) for (const [k, v] of Object.entries(sh.checkpoints)) by[k] = (by[k] ?? 0) + v - (k === 'manual' ? 1 : 0);
-      const shown = Object.entries(by).filter(([, v]) => v > 0).map(([k, v]) => `${k} ${v}`);
+      const shown = Object.entries(r.checkpoints ?? {}).filter(([, v]) => v > 0).map(([k, v]) => `${k} ${v}`);
       return shown.length ? shown.join(' ') : 'none';
     });
     return [
       c, fmt(rs.map((r) => r.small!.rps)), fmt(rs.map((r) => r.large!.rps)),
       fmt(rs.map((r) => r.small!.machineUsPerReq)), fmt(rs.map((r) => r.large!.machineUsPerReq)),
       fmt(rs.map((r) => r.small!.bridgeUsPerReq)), fmt(rs.map((r) => r.large!.bridgeUsPerReq)),
-      fmt(rs.map((r) => r.small!.p99Ms), 2), c === 'kernel' ? '—' : ck.join('; '),
+      fmt(rs.map((r) => r.small!.p99Ms), 2), c === 'kernel' ? '—' : fmt(rs.map((r) => r.rssMiB ?? NaN)), c === 'kernel' ? '—' : ck.join('; '),
     ];
   });
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
@@ -207,8 +176,8 @@ async function main(): Promise<void> {
     const c = `${n} workers`;
     lines.push(`${c} ÷ 1 worker: 1 KiB ${(med(c, 'small') / med('1 worker', 'small')).toFixed(2)}, 100 KiB ${(med(c, 'large') / med('1 worker', 'large')).toFixed(2)}`);
   }
-  for (const r of runs.filter((x) => x.ok && x.shards && x.shards.length > 1)) {
-    lines.push(`round ${r.round} ${r.config}: frames per worker (client/primary/backup) ${r.shards!.map((s) => `${s.frames.client}/${s.frames.primary}/${s.frames.backup}`).join(' | ')}; states ${r.shards!.map((s) => s.state).join(', ')}`);
+  for (const r of runs.filter((x) => x.ok && x.workers && x.workers.length > 1)) {
+    lines.push(`round ${r.round} ${r.config}: frames per worker (client/primary/backup) ${r.workers!.map((w) => `${w.framesIn.client}/${w.framesIn.primary}/${w.framesIn.backup}`).join(' | ')}; state ${r.state}`);
   }
   for (const r of runs.filter((x) => !x.ok)) lines.push(`round ${r.round} ${r.config}: FAILED: ${r.error}`);
   const text = lines.join('\n');

@@ -25,9 +25,10 @@ import { MemoryGiveBack, fullCollection } from './control/give-back';
 import { readFileSync } from 'node:fs';
 import { PacketPort, ReceivedFrame, ringBytes } from './io/port';
 import { PipelineConfig } from './pipeline/config';
-import { FailoverDecision, ShadowPipeline } from './pipeline/pipeline';
+import { FailoverCause, FailoverDecision, ShadowPipeline, StageEvent } from './pipeline/pipeline';
 import type { FlowReport } from './pipeline/shadow-flow';
-import { AgentLink } from './replicate/agent-client';
+import { AgentLink, AgentLinkLike, AgentLinkListener } from './replicate/agent-client';
+import type { AgentRequestKind, CheckpointReason } from './replicate/replicator';
 import type { CheckpointDoneMessage } from './replicate/agent-protocol';
 import { ControlSocket, ManualCheckpointResult, ManualFailoverResult } from './control/control-socket';
 import { MetricsServer, startMetricsServer } from './control/metrics';
@@ -109,6 +110,14 @@ export interface BridgeOptions {
    * ports' own setting, never changed.
    */
   inlineSendsMaxFps?: number;
+  /**
+   * The agent link, made by the caller instead of listening on
+   * `agentSocket`: a data-plane worker of `run --workers` talks to the agent
+   * through the main thread's coordinator (dataplane/relay-agent-link.ts).
+   */
+  agentLink?: (listener: AgentLinkListener) => AgentLinkLike;
+  /** Told every role change (failover, lost backup, re-protection) with the roles' generation after it: the coordinator of `run --workers` makes the other workers follow. */
+  onRoleChange?: (ev: StageEvent, generation: number) => void;
 }
 
 /** Which interface holds each role now (`backup` null: none). */
@@ -131,7 +140,7 @@ export class Bridge {
   private readonly log: LogFn;
   private readonly clockUs: () => number;
   private readonly startedMs = Date.now();
-  private agent: AgentLink | null = null;
+  private agent: AgentLinkLike | null = null;
   private control: ControlSocket | null = null;
   private metrics: MetricsServer | null = null;
   private timer: NodeJS.Timeout | null = null;
@@ -181,7 +190,10 @@ export class Bridge {
       },
       event: (ev) => {
         if (ev.type === 'failover') this.agent?.sendFailover(ev.record.epoch, this.slotPorts[ev.survivor].name);
-        if (ev.type === 'failover' || ev.type === 'backup-lost' || ev.type === 'reprotect') this.rolesMayHaveChanged();
+        if (ev.type === 'failover' || ev.type === 'backup-lost' || ev.type === 'reprotect') {
+          this.rolesMayHaveChanged();
+          this.options.onRoleChange?.(ev, this.pipeline.replicas.generation);
+        }
       },
       log: (level, event, fields) => this.log(level, event, fields),
     }, this.clockUs(), false, undefined, [primary.name, backup.name]);
@@ -193,10 +205,10 @@ export class Bridge {
     // Before an agent can connect (it is asked for a checkpoint at once): without a backup it is asked for one.
     if (o.noBackupAtStart) this.afterEvent(() => this.pipeline.backupLost(o.noBackupAtStart!, this.clockUs()));
     try {
-      if (o.agentSocket) {
+      if (o.agentSocket || o.agentLink) {
         // Agent events run in the order they came: while the new backup's port opens (off this thread), later ones wait.
         const inOrder = <A extends unknown[]>(fn: (...args: A) => void) => (...args: A): void => this.agentInOrder(() => fn(...args));
-        this.agent = new AgentLink({ socketPath: o.agentSocket, name: o.name, log: this.log }, {
+        const listener: AgentLinkListener = {
           connected: inOrder((hello) => {
             this.log('info', 'agent-connected', { agent: hello.name });
             this.afterEvent(() => this.pipeline.agentConnected(true, this.clockUs()));
@@ -211,7 +223,8 @@ export class Bridge {
           // The agent watches the VMs themselves (QEMU's state, its process): its word is final, no hold.
           primaryDown: inOrder((m) => this.afterEvent(() => this.pipeline.failoverNow('agent', `agent: ${m.reason}`, this.clockUs()))),
           backupDown: inOrder((m) => this.afterEvent(() => this.pipeline.backupLost(`agent: ${m.reason}`, this.clockUs()))),
-        });
+        };
+        this.agent = o.agentLink ? o.agentLink(listener) : new AgentLink({ socketPath: o.agentSocket!, name: o.name, log: this.log }, listener);
         await this.agent.listen();
       }
       if (o.controlSocket) {
@@ -282,6 +295,33 @@ export class Bridge {
     this.afterEvent(() => { requested = this.pipeline.request('manual', undefined, this.clockUs()); });
     const r = this.pipeline.replicator;
     return { requested, epoch: r.epoch, state: r.state, ...(requested ? {} : { note: `not sent: state ${r.state}` }) };
+  }
+
+  /**
+   * `run --workers`: another worker asked the agent for a checkpoint or a
+   * re-protection; this one takes part (Replicator.joinBarrier). In order
+   * with the agent's words (a port opening for a checkpoint-done first).
+   */
+  joinBarrier(kind: AgentRequestKind, reason: CheckpointReason, flow: string, answer: (joined: boolean) => void): void {
+    this.agentInOrder(() => {
+      let joined = false;
+      this.afterEvent(() => { joined = this.pipeline.replicator.joinBarrier(kind, reason, flow, this.clockUs()); });
+      answer(joined);
+    });
+  }
+
+  /**
+   * `run --workers`: another worker changed the roles (promoted the backup,
+   * or lost it) and this one follows, unless it already has (its roles'
+   * generation is there already: it saw the same death itself).
+   */
+  followRoleChange(generation: number, change: { type: 'failover'; cause: FailoverCause; detail: string } | { type: 'backup-lost'; cause: string }): void {
+    this.agentInOrder(() => this.afterEvent(() => {
+      if (this.pipeline.replicas.generation >= generation) return;
+      const now = this.clockUs();
+      if (change.type === 'failover') this.pipeline.failoverNow(change.cause, change.detail, now, now, true);
+      else this.pipeline.backupLost(change.cause, now);
+    }));
   }
 
   /** A planned failover (the control socket's `failover`). */

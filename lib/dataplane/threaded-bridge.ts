@@ -12,6 +12,14 @@
  *
  * If the data-plane thread dies, `exited` settles and run.ts exits non-zero
  * (systemd restarts the bridge).
+ *
+ * `workers` > 1 (`run --workers N`): N data-plane threads, each on its shard
+ * of the flows, and the main thread holds the agent link too, through the
+ * coordinator (coordinator.ts) that makes checkpoints and role changes one
+ * for all. `status` and the metrics show the workers' snapshots merged
+ * (control/snapshot-merge.ts); a manual checkpoint or failover goes to
+ * worker 0, whose barrier or role change the others join; `flows` lists the
+ * newest of all workers'. Any worker that dies ends the process.
  */
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -22,6 +30,9 @@ import { MetricsServer, startMetricsServer } from '../control/metrics';
 import type { BridgeSnapshot } from '../control/snapshot';
 import { UserFacingError } from '../errors';
 import type { FlowReport } from '../pipeline/shadow-flow';
+import { AgentLink } from '../replicate/agent-client';
+import { mergeSnapshots } from '../control/snapshot-merge';
+import { Coordinator } from './coordinator';
 import type { DataPlaneInit, DataPlaneOp, FromDataPlane, ToDataPlane } from './protocol';
 
 /** The data-plane thread's young generation (three semi-spaces' worth: 8 MiB ones). */
@@ -39,6 +50,8 @@ export class DataPlaneStartError extends UserFacingError {}
 
 export interface ThreadedBridgeOptions {
   init: DataPlaneInit;
+  /** Data-plane threads, each on its shard of the flows (default 1: one, as before, with the agent link on it). */
+  workers?: number;
   controlSocket?: string;
   controlGroup?: { gid: number; name: string };
   metrics?: { host: string; port: number; allowRemote?: boolean };
@@ -54,68 +67,140 @@ export interface DataPlaneCounters {
   call_errors: number;
 }
 
+/**
+ * The newest `limit` of several workers' flow lists (each oldest first; flows
+ * carry no birth time): taken from their ends in turn, newest first, and
+ * given back oldest first.
+ */
+export function newestOfEach<T>(lists: readonly (readonly T[])[], limit: number): T[] {
+  const out: T[] = [];
+  for (let back = 1; out.length < limit; back++) {
+    let any = false;
+    for (const l of lists) {
+      if (l.length < back) continue;
+      any = true;
+      if (out.length < limit) out.push(l[l.length - back]);
+    }
+    if (!any) break;
+  }
+  return out.reverse();
+}
+
+/** How often the coordinator's timeouts are checked. */
+const COORDINATOR_TICK_MS = 10;
+
 export class ThreadedBridge {
   readonly counters: DataPlaneCounters = { calls: 0, snapshots_taken: 0, snapshots_shared: 0, call_errors: 0 };
-  /** Settles with the thread's exit code when the data-plane thread ends, for whatever reason. */
+  /** Settles when every data-plane thread has ended, for whatever reason (with the first non-zero code, if any). */
   readonly exited: Promise<number>;
-  /** Settles only if the data-plane thread ends without being asked to (a crash). */
+  /** Settles only if a data-plane thread ends without being asked to (a crash). */
   readonly died: Promise<number>;
   private onDied: ((code: number) => void) | null = null;
   private readonly log: LogFn;
-  private readonly worker: Worker;
+  private readonly workers: Worker[] = [];
+  /** `workers` > 1: the agent link and the barriers are the main thread's. */
+  private readonly coordinator: Coordinator | null = null;
+  private agent: AgentLink | null = null;
+  private coordinatorTimer: NodeJS.Timeout | null = null;
   private control: ControlSocket | null = null;
   private metrics: MetricsServer | null = null;
   private nextId = 1;
-  private readonly pending = new Map<number, { resolve(json: string): void; reject(e: Error): void; timer: NodeJS.Timeout }>();
+  private readonly pending = new Map<number, { worker: number; resolve(json: string): void; reject(e: Error): void; timer: NodeJS.Timeout }>();
   private lastSnapshot: { atMs: number; value: BridgeSnapshot } | null = null;
   private snapshotInFlight: Promise<BridgeSnapshot> | null = null;
   private stopping = false;
-  private onStarted: ((m: FromDataPlane) => void) | null = null;
-  /** The start message, if it came before `start` listened for it. */
-  private early: FromDataPlane | null = null;
+  /** Per worker: its start message, once it came. */
+  private readonly startMessages: (FromDataPlane | null)[] = [];
+  private onStartMessage: (() => void) | null = null;
+  private readonly stoppedWorkers = new Set<number>();
   private onStopped: (() => void) | null = null;
 
   constructor(private readonly options: ThreadedBridgeOptions) {
     this.log = options.log ?? noLog;
-    this.worker = new Worker(options.workerScript ?? join(__dirname, 'worker.js'), {
-      workerData: options.init,
-      // A young generation of 8 MiB semi-spaces: V8 lets it grow to 16 MiB ones, resident once a flood of flows
-      // has filled them. No cost per frame in bench/pipeline (1,447-1,480 ns against 1,315-1,593 ns).
-      resourceLimits: { maxYoungGenerationSizeMb: DATA_PLANE_YOUNG_GENERATION_MB },
-    });
-    this.worker.on('message', (m: FromDataPlane) => this.onMessage(m));
-    this.worker.on('error', (e) => {
-      this.log('error', 'data-plane-failed', { error: e.message, stack: e.stack?.split('\n').slice(0, 6).join(' | ') });
-    });
+    const count = options.workers ?? 1;
+    const init = options.init;
+    if (count > 1) {
+      this.coordinator = new Coordinator({
+        workers: count,
+        post: (i, m) => this.post(i, { type: 'coord', m }),
+        checkpointTimeoutMs: init.config.replicator.checkpointTimeoutMs,
+        reprotectTimeoutMs: init.config.replicator.reprotectTimeoutMs,
+        log: this.log,
+      });
+      if (init.agentSocket) {
+        this.agent = new AgentLink({ socketPath: init.agentSocket, name: init.name, log: this.log }, this.coordinator.listener);
+        this.coordinator.attach(this.agent);
+      }
+    }
+    const exits: Promise<number>[] = [];
     this.died = new Promise((resolve) => { this.onDied = resolve; });
-    this.exited = new Promise((resolve) => this.worker.once('exit', (code) => {
-      for (const [, p] of this.pending) {
-        clearTimeout(p.timer);
-        p.reject(new Error('the data plane has stopped'));
-      }
-      this.pending.clear();
-      this.onStarted?.({ type: 'start-failed', message: `the data-plane thread exited (${code}) while starting`, userFacing: false });
-      this.onStopped?.();
-      if (!this.stopping) {
-        this.log('error', 'data-plane-exited', { code });
-        this.onDied?.(code);
-      }
-      resolve(code);
-    }));
+    for (let index = 0; index < count; index++) {
+      const workerInit: DataPlaneInit = count === 1 ? init : {
+        ...init,
+        shard: { count, index },
+        // The main thread holds the agent socket; worker 0 keeps the roles file.
+        agentSocket: undefined,
+        roles: index === 0 ? init.roles : undefined,
+        // One worker applies the realtime policy's helpers; each data-plane thread its own policy.
+        helperTids: index === 0 ? init.helperTids : [],
+      };
+      const worker = new Worker(options.workerScript ?? join(__dirname, 'worker.js'), {
+        workerData: workerInit,
+        // A young generation of 8 MiB semi-spaces: V8 lets it grow to 16 MiB ones, resident once a flood of flows
+        // has filled them. No cost per frame in bench/pipeline (1,447-1,480 ns against 1,315-1,593 ns).
+        resourceLimits: { maxYoungGenerationSizeMb: DATA_PLANE_YOUNG_GENERATION_MB },
+      });
+      this.workers.push(worker);
+      this.startMessages.push(null);
+      worker.on('message', (m: FromDataPlane) => this.onMessage(index, m));
+      worker.on('error', (e) => {
+        this.log('error', 'data-plane-failed', { ...(count > 1 ? { worker: index } : {}), error: e.message, stack: e.stack?.split('\n').slice(0, 6).join(' | ') });
+      });
+      exits.push(new Promise((resolve) => worker.once('exit', (code) => {
+        for (const [id, p] of this.pending) {
+          if (p.worker !== index) continue;
+          clearTimeout(p.timer);
+          this.pending.delete(id);
+          p.reject(new Error('the data plane has stopped'));
+        }
+        if (!this.startMessages[index]) {
+          this.startMessages[index] = { type: 'start-failed', message: `the data-plane thread exited (${code}) while starting`, userFacing: false };
+          this.onStartMessage?.();
+        }
+        this.stoppedWorkers.add(index);
+        if (this.stoppedWorkers.size === count) this.onStopped?.();
+        if (!this.stopping) {
+          this.log('error', 'data-plane-exited', { ...(count > 1 ? { worker: index } : {}), code });
+          this.onDied?.(code);
+        }
+        resolve(code);
+      })));
+    }
+    this.exited = Promise.all(exits).then((codes) => codes.find((c) => c !== 0) ?? 0);
   }
 
   /** Starts the data plane, then opens the control socket and the metrics server. Nothing is left running if it fails. */
   async start(): Promise<void> {
-    const first = this.early ?? await new Promise<FromDataPlane>((resolve) => { this.onStarted = resolve; });
-    this.onStarted = null;
-    if (first.type !== 'started') {
+    await new Promise<void>((resolve) => {
+      const check = () => { if (this.startMessages.every((m) => m !== null)) resolve(); };
+      this.onStartMessage = check;
+      check();
+    });
+    this.onStartMessage = null;
+    const failed = this.startMessages.find((m) => m!.type !== 'started');
+    if (failed) {
       this.stopping = true; // its end is the failure reported here, not a crash
-      await this.worker.terminate().catch(() => 0);
-      const message = first.type === 'start-failed' ? first.message : 'the data plane did not start';
-      throw first.type === 'start-failed' && first.userFacing ? new DataPlaneStartError(message) : new Error(message);
+      await Promise.all(this.workers.map((w) => w.terminate().catch(() => 0)));
+      const message = failed.type === 'start-failed' ? failed.message : 'the data plane did not start';
+      throw failed.type === 'start-failed' && failed.userFacing ? new DataPlaneStartError(message) : new Error(message);
     }
     const o = this.options;
     try {
+      if (this.agent) await this.agent.listen();
+      if (this.coordinator) {
+        const c = this.coordinator;
+        this.coordinatorTimer = setInterval(() => c.tick(), COORDINATOR_TICK_MS);
+      }
       if (o.controlSocket) {
         this.control = new ControlSocket({
           path: o.controlSocket,
@@ -123,9 +208,9 @@ export class ThreadedBridge {
           log: this.log,
           handlers: {
             status: () => this.snapshot(),
-            checkpoint: async () => JSON.parse(await this.call('checkpoint')) as ManualCheckpointResult,
-            failover: async () => JSON.parse(await this.call('failover')) as ManualFailoverResult,
-            flows: async (limit, match) => JSON.parse(await this.call('flows', { limit, match })) as FlowReport[],
+            checkpoint: async () => JSON.parse(await this.call(0, 'checkpoint')) as ManualCheckpointResult,
+            failover: async () => JSON.parse(await this.call(0, 'failover')) as ManualFailoverResult,
+            flows: (limit, match) => this.flows(limit, match),
           },
         });
         await this.control.listen();
@@ -135,10 +220,11 @@ export class ThreadedBridge {
       await this.stop();
       throw e;
     }
-    this.log('info', 'data-plane-thread', { threadId: this.worker.threadId, note: 'ports, pipeline and agent link on their own thread; control and metrics on the main thread' });
+    const threadIds = this.workers.map((w) => w.threadId);
+    this.log('info', 'data-plane-thread', { threadId: threadIds[0], ...(threadIds.length > 1 ? { workers: threadIds.length, threadIds } : {}), note: 'ports, pipeline and agent link on their own thread; control and metrics on the main thread' });
     // Only now is every socket open: what waits for `started` may use them all.
     const i = o.init;
-    this.log('info', 'started', { name: i.name, uplink: i.ports.uplink, primary: i.ports.primary, backup: i.ports.backup, agentSocket: i.agentSocket ?? null, controlSocket: o.controlSocket ?? null, metrics: o.metrics ? `${o.metrics.host}:${o.metrics.port}` : null });
+    this.log('info', 'started', { name: i.name, uplink: i.ports.uplink, primary: i.ports.primary, backup: i.ports.backup, agentSocket: i.agentSocket ?? null, controlSocket: o.controlSocket ?? null, metrics: o.metrics ? `${o.metrics.host}:${o.metrics.port}` : null, workers: this.workers.length });
   }
 
   /**
@@ -156,7 +242,7 @@ export class ThreadedBridge {
       value = await this.snapshotInFlight;
     } else {
       this.counters.snapshots_taken++;
-      this.snapshotInFlight = this.call('snapshot').then((json) => JSON.parse(json) as BridgeSnapshot);
+      this.snapshotInFlight = this.takeSnapshot();
       try {
         value = await this.snapshotInFlight;
         this.lastSnapshot = { atMs: performance.now(), value };
@@ -169,29 +255,50 @@ export class ThreadedBridge {
       components: {
         ...value.components,
         data_plane_thread: { ...this.counters },
+        ...(this.coordinator ? { workers_coordinator: { ...this.coordinator.counters } } : {}),
+        ...(this.agent ? { agent_link: { ...this.agent.counters } } : {}),
         ...(this.control ? { control_socket: { ...this.control.counters } } : {}),
         ...(this.metrics ? { metrics_server: { ...this.metrics.counters } } : {}),
       },
     };
   }
 
+  private async takeSnapshot(): Promise<BridgeSnapshot> {
+    const parts = await Promise.all(this.workers.map((_, i) => this.call(i, 'snapshot').then((json) => JSON.parse(json) as BridgeSnapshot)));
+    if (parts.length === 1) return parts[0];
+    const merged = mergeSnapshots(parts);
+    // The workers' relays know the agent only by what the coordinator told them: the link itself is here.
+    return this.agent ? { ...merged, agent: this.agent.snapshot() } : merged;
+  }
+
+  /** The newest `limit` flows (those whose key holds `match`) of every worker, oldest first. */
+  private async flows(limit: number, match?: string): Promise<FlowReport[]> {
+    const parts = await Promise.all(this.workers.map((_, i) => this.call(i, 'flows', { limit, match }).then((json) => JSON.parse(json) as FlowReport[])));
+    if (parts.length === 1) return parts[0];
+    return newestOfEach(parts, limit);
+  }
+
   /** Closes the control socket and the metrics server, then stops the data plane (ports closed), bounded. Idempotent. */
   async stop(): Promise<void> {
     if (this.stopping) return this.exited.then(() => undefined);
     this.stopping = true;
-    await Promise.allSettled([this.control?.close(), this.metrics?.close()]);
-    const stopped = new Promise<void>((resolve) => { this.onStopped = resolve; });
-    this.post({ type: 'stop' });
+    if (this.coordinatorTimer) clearInterval(this.coordinatorTimer);
+    await Promise.allSettled([this.control?.close(), this.metrics?.close(), this.agent?.close()]);
+    const stopped = new Promise<void>((resolve) => {
+      this.onStopped = resolve;
+      if (this.stoppedWorkers.size === this.workers.length) resolve();
+    });
+    for (let i = 0; i < this.workers.length; i++) if (!this.stoppedWorkers.has(i)) this.post(i, { type: 'stop' });
     const timer = setTimeout(() => {
       this.log('warn', 'data-plane-stop-slow', { waitedMs: STOP_WAIT_MS, note: 'ending the thread' });
-      void this.worker.terminate();
+      for (const w of this.workers) void w.terminate();
     }, STOP_WAIT_MS);
     await stopped;
     clearTimeout(timer);
     await this.exited;
   }
 
-  private call(op: DataPlaneOp, args: { limit?: number; match?: string } = {}): Promise<string> {
+  private call(worker: number, op: DataPlaneOp, args: { limit?: number; match?: string } = {}): Promise<string> {
     if (this.stopping) return Promise.reject(new Error('the bridge is stopping'));
     const id = this.nextId++;
     this.counters.calls++;
@@ -201,24 +308,27 @@ export class ThreadedBridge {
         this.counters.call_errors++;
         reject(new Error(`the data plane did not answer ${op} within ${CALL_TIMEOUT_MS} ms`));
       }, CALL_TIMEOUT_MS);
-      this.pending.set(id, { resolve, reject, timer });
-      this.post({ type: 'call', id, op, ...args });
+      this.pending.set(id, { worker, resolve, reject, timer });
+      this.post(worker, { type: 'call', id, op, ...args });
     });
   }
 
-  private post(m: ToDataPlane): void {
-    this.worker.postMessage(m);
+  private post(worker: number, m: ToDataPlane): void {
+    if (this.stoppedWorkers.has(worker)) return;
+    this.workers[worker].postMessage(m);
   }
 
-  private onMessage(m: FromDataPlane): void {
+  private onMessage(worker: number, m: FromDataPlane): void {
     switch (m.type) {
       case 'started':
       case 'start-failed':
-        if (this.onStarted) this.onStarted(m);
-        else this.early = m;
+        this.startMessages[worker] = m;
+        this.onStartMessage?.();
         return;
       case 'stopped':
-        this.onStopped?.();
+        return; // its exit follows
+      case 'coord':
+        this.coordinator?.fromWorker(worker, m.m);
         return;
       case 'reply': {
         const p = this.pending.get(m.id);

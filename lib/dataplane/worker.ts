@@ -7,7 +7,7 @@
  * calls the main thread makes, which it coalesces (threaded-bridge.ts).
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { Bridge, BridgeRoles } from '../bridge';
+import { Bridge, BridgeOptions, BridgeRoles } from '../bridge';
 import { openOneLater, openPorts } from '../cli/ports';
 import { saveRoles } from '../cli/roles-file';
 import { Logger } from '../control/logger';
@@ -16,7 +16,8 @@ import { LinkWatcher } from '../io/link-watch';
 import { wallClockUs } from '../io/frame-wait';
 import { loadAfPacketAddon } from '../io/afpacket-native';
 import { applyDataPlaneScheduling, applyHelperScheduling, DataPlaneScheduling, readRtRuntimeUs, RealtimeRefusedError } from './scheduling';
-import type { DataPlaneInit, FromDataPlane, ToDataPlane } from './protocol';
+import type { DataPlaneInit, FromDataPlane, FromWorker, ToDataPlane, ToWorker } from './protocol';
+import { RelayAgentLink } from './relay-agent-link';
 
 /** A carrier watch that cannot open: the same advice as the in-process path. */
 class CarrierWatchError extends UserFacingError {}
@@ -39,10 +40,35 @@ function post(m: FromDataPlane): void {
   parentPort!.postMessage(m);
 }
 
+/** One of `run --workers`' data-plane workers: its agent link is a relay to the coordinator, and it reports its role changes there. */
+function coordinated(index: number, made: (relay: RelayAgentLink) => void): Pick<BridgeOptions, 'agentLink' | 'onRoleChange'> {
+  const toCoordinator = (m: FromWorker) => post({ type: 'coord', m });
+  return {
+    agentLink: (listener) => {
+      const relay = new RelayAgentLink(toCoordinator, listener);
+      made(relay);
+      return relay;
+    },
+    onRoleChange: (ev, generation) => {
+      if (ev.type === 'failover') toCoordinator({ type: 'roles', generation, change: { type: 'failover', cause: ev.record.cause, detail: `worker ${index}: ${ev.record.detail}`, survivor: ev.record.survivor } });
+      else if (ev.type === 'backup-lost') toCoordinator({ type: 'roles', generation, change: { type: 'backup-lost', cause: `worker ${index}: ${ev.cause}` } });
+    },
+  };
+}
+
+function fromCoordinator(bridge: Bridge, relay: RelayAgentLink | null, m: ToWorker): void {
+  switch (m.type) {
+    case 'agent': relay?.receive(m.word); return;
+    case 'join': bridge.joinBarrier(m.kind, m.reason, m.flow, (ok) => post({ type: 'coord', m: { type: 'joined', kind: m.kind, ok } })); return;
+    case 'follow': bridge.followRoleChange(m.generation, m.change);
+  }
+}
+
 async function main(init: DataPlaneInit): Promise<void> {
   const logger = new Logger({ level: init.logLevel, fields: { bridge: init.name } });
   let links: LinkWatcher | undefined;
   let bridge: Bridge;
+  let relay: RelayAgentLink | null = null;
   try {
     if (init.carrierWatch) {
       try {
@@ -53,13 +79,14 @@ async function main(init: DataPlaneInit): Promise<void> {
     }
     // Before the ports open: their send thread inherits the policy.
     const scheduling = schedule(init, logger);
-    const portOptions = { vnetHdr: init.vnetHdr, busyPollUs: init.busyPollUs, sendThread: init.sendThread, sendInlineFrames: init.sendInlineFrames, ringFrames: init.ringFrames, splitRings: init.splitRings, splitRingsFanout: init.splitRingsFanout, log: logger.log };
+    const portOptions = { vnetHdr: init.vnetHdr, busyPollUs: init.busyPollUs, sendThread: init.sendThread, sendInlineFrames: init.sendInlineFrames, ringFrames: init.ringFrames, splitRings: init.splitRings, splitRingsFanout: init.splitRingsFanout, shard: init.shard, log: logger.log };
     const ports = openPorts(init.io, init.ports, portOptions);
     // The new backup's port, named by the agent at a checkpoint: opened on the thread pool, not on this thread.
     const openPort = (ifname: string) => openOneLater(init.io, ifname, portOptions);
     const roles = init.roles;
     const onRoles = roles ? (r: BridgeRoles) => saveRoles(roles.file, init.name, roles.configured, r) : undefined;
-    bridge = new Bridge(ports, { name: init.name, config: init.config, agentSocket: init.agentSocket, log: logger.log, links, startedEvent: 'data-plane-started', scheduling, openPort, onRoles, noBackupAtStart: init.noBackupAtStart, inlineSendsMaxFps: init.inlineSendsMaxFps });
+    const workerOptions = init.shard ? coordinated(init.shard.index, (l) => { relay = l; }) : {};
+    bridge = new Bridge(ports, { name: init.name, config: init.config, agentSocket: init.agentSocket, log: logger.log, links, startedEvent: 'data-plane-started', scheduling, openPort, onRoles, noBackupAtStart: init.noBackupAtStart, inlineSendsMaxFps: init.inlineSendsMaxFps, ...workerOptions });
     await bridge.start();
   } catch (e) {
     links?.close();
@@ -68,6 +95,10 @@ async function main(init: DataPlaneInit): Promise<void> {
     return;
   }
   parentPort!.on('message', async (m: ToDataPlane) => {
+    if (m.type === 'coord') {
+      fromCoordinator(bridge, relay, m.m);
+      return;
+    }
     if (m.type === 'stop') {
       void bridge.stop().finally(() => {
         links?.close();

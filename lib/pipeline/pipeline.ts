@@ -294,9 +294,14 @@ export class ShadowPipeline {
    * not have said what the clients received). Deferred when the bridge
    * itself decided it while a checkpoint is in flight (the agent's answer
    * says which state the backup holds; `runDeferredFailover`).
+   *
+   * `peer`: another data-plane worker of the same bridge promoted the backup
+   * (`run --workers`): the VM is the survivor for every flow, so this worker
+   * follows at once, without deferring or judging the backup stale.
    */
-  failoverNow(cause: FailoverCause, detail: string, nowUs: number, detectedUs = nowUs): FailoverDecision {
+  failoverNow(cause: FailoverCause, detail: string, nowUs: number, detectedUs = nowUs, peer = false): FailoverDecision {
     this.nowUs = nowUs;
+    if (peer) return this.promote(cause, detail, nowUs, detectedUs, true);
     const pending = this.replicator.pending;
     const waitMs = this.config.failover.checkpointWaitMs;
     if (cause !== 'agent' && waitMs > 0 && pending?.kind === 'checkpoint' && this.replicator.agentIsUp && this.replicas.standby) {
@@ -334,10 +339,11 @@ export class ShadowPipeline {
     if (this.replicas.standby) this.promote(d.cause, d.detail, nowUs, d.detectedUs);
   }
 
-  private promote(cause: FailoverCause, detail: string, nowUs: number, detectedUs: number): FailoverDecision {
+  private promote(cause: FailoverCause, detail: string, nowUs: number, detectedUs: number, peer = false): FailoverDecision {
     this.deferredFailover = null;
     const standby = this.replicas.standby;
-    const why = !standby ? 'no backup' : !this.replicator.comparing ? `the backup is stale (state ${this.replicator.state})` : null;
+    // A peer's failover (another data-plane worker promoted this backup: the whole VM) is not this worker's to judge.
+    const why = !standby ? 'no backup' : !peer && !this.replicator.comparing ? `the backup is stale (state ${this.replicator.state})` : null;
     if (why) {
       this.failoverStage.refused++;
       this.outputs.log('warn', 'failover-refused', { cause, detail, why });

@@ -103,6 +103,20 @@ export interface AgentLinkCounters {
   refusedPeer: number;
 }
 
+/** What the bridge uses of an agent link: the UNIX socket's (AgentLink), or a data-plane worker's relay to it (dataplane/relay-agent-link.ts). */
+export interface AgentLinkLike {
+  readonly counters: AgentLinkCounters;
+  /** The connected agent's hello, if any. */
+  readonly agent: HelloMessage | null;
+  listen(): Promise<void>;
+  close(): Promise<void>;
+  snapshot(): AgentSnapshot;
+  sendCheckpoint(req: { epoch: number; reason: CheckpointReason; flow?: string }): boolean;
+  sendFailover(epoch: number, survivor?: string): boolean;
+  sendBackupAttached(epoch: number, port: string): boolean;
+  sendReprotect(epoch: number, backup?: string): boolean;
+}
+
 /** The link is used before `listen()` or after `close()`. */
 export class AgentLinkStateError extends Error {
   constructor(readonly socketPath: string, readonly detail: string) {
@@ -132,7 +146,7 @@ class AgentSession {
   }
 }
 
-export class AgentLink {
+export class AgentLink implements AgentLinkLike {
   readonly counters: AgentLinkCounters = {
     messagesIn: 0,
     messagesOut: 0,

@@ -107,6 +107,8 @@ export class Replicator implements Stage {
   failures = 0;
   reprotects = 0;
   reprotectFailures = 0;
+  /** Checkpoints and re-protections this replicator took part in because another data-plane worker asked (joinBarrier). */
+  joined = 0;
   /** Checkpoints asked for right after a re-protection, for what the survivor took meanwhile. */
   afterReprotect = 0;
   /** Client frames seen when the re-protection in flight was asked for (events.clientFrames). */
@@ -158,6 +160,7 @@ export class Replicator implements Stage {
       checkpoint_pages_moved: this.pagesMoved,
       reprotects_done: this.reprotects,
       reprotects_failed: this.reprotectFailures,
+      barriers_joined: this.joined,
       after_reprotect: this.afterReprotect,
       budget_allowed: this.budget.allowed,
       budget_denied: this.budget.denied,
@@ -218,6 +221,32 @@ export class Replicator implements Stage {
     if (this.history.length > this.historyLimit) this.history.shift();
     this.setState('CHECKPOINTING', `checkpoint ${rec.epoch} requested (${reason}${flow ? `, ${flow}` : ''})`);
     this.events.sendCheckpoint({ epoch: rec.epoch, reason, flow, timeUs: nowUs });
+    return true;
+  }
+
+  /**
+   * Another data-plane worker of the same bridge (`run --workers`) asked the
+   * agent for a checkpoint or a re-protection: this one takes part, holding
+   * its client ingress from now until the answer, whatever its own triggers
+   * and back-off say. True when a request of that kind is outstanding
+   * afterwards (sent now, or already). Not counted in `requested`: `joined`.
+   */
+  joinBarrier(kind: AgentRequestKind, reason: CheckpointReason, flow: string, nowUs: number): boolean {
+    if (this.outstanding) return this.outstanding.kind === kind;
+    if (kind === 'reprotect') {
+      if (!this.needsReprotect || !this.agentUp) return false;
+      this.retryAtUs = nowUs;
+      if (!this.tryReprotect(nowUs)) return false;
+    } else {
+      if (this.needsReprotect || this.state === 'FAILED_OVER' || (this.state === 'DEGRADED' && !this.agentUp)) return false;
+      const rec: CheckpointRecord = { kind: 'checkpoint', epoch: ++this.epoch, reason, flow, timeUs: nowUs, coalesced: 0, outcome: 'pending' };
+      this.outstanding = rec;
+      this.history.push(rec);
+      if (this.history.length > this.historyLimit) this.history.shift();
+      this.setState('CHECKPOINTING', `checkpoint ${rec.epoch} joined (${flow})`);
+      this.events.sendCheckpoint({ epoch: rec.epoch, reason, flow, timeUs: nowUs });
+    }
+    this.joined++;
     return true;
   }
 

@@ -16,6 +16,7 @@ import { restoreRoles, rolesFileOf, saveRoles } from '../roles-file';
 import { UsageError } from '../errors';
 import { LinkWatcher } from '../../io/link-watch';
 import { ThreadedBridge } from '../../dataplane/threaded-bridge';
+import { MAX_SHARDS } from '../../dataplane/shard';
 
 /**
  * How far V8 lets the heap grow over its live size before the next full
@@ -111,6 +112,7 @@ export function runCommand(y: Argv): Argv {
       .option('carrier-watch', { type: 'boolean', default: true, describe: 'promote the backup when the primary\'s port loses carrier (netlink); --no-carrier-watch turns it off' })
       .option('resync', { choices: ['copy', 'align'] as const, describe: 'after a checkpoint: copy (a real agent copied the state) or align (lab agents that cannot)' })
       .option('checkpoint-ms', { type: 'number', describe: 'also checkpoint at least every N ms, as Remus does (replicator.maxIntervalMs; 0: only on divergence)' })
+      .option('workers', { type: 'number', default: 1, describe: 'data-plane threads, each on its share of the flows (the kernel sorts frames by a hash of both ends: a flow, both ways, and both VMs\' answers reach one thread); checkpoints and failovers stay one for all. 1: one thread. Up to the cores the bridge may use; afpacket only' })
       .option('data-plane-thread', { type: 'boolean', default: true, describe: 'move frames on a thread of their own, apart from the control socket and metrics (--no-data-plane-thread: one thread)' })
       .option('send-inline-frames', { type: 'number', default: DEFAULT_SEND_INLINE_FRAMES, describe: 'afpacket, with the send thread: a flush of at most N frames made while that thread is idle and traffic is light (--send-inline-max-fps) is sent by the data plane itself: no hand-off, so lower latency at idle, but the receiving side\'s stack runs on the data plane. 0: every send through the thread' })
       .option('ring-frames', { type: 'number', default: 0, describe: 'afpacket: receive ring slots per port (with split rings: of the ring for MTU-sized frames), kernel memory resident from the start (status shows each ring). 0: 4,096 of 2 KiB with split rings (the default), 512 with --vnet-hdr --no-split-rings (68 KiB slots for GSO super-frames: 34 MiB per port), 8 MiB worth of 2 KiB slots without --vnet-hdr. Fewer: less memory, but a stalled breath overflows the ring sooner (counted in rx drops)' })
@@ -156,6 +158,10 @@ export function runCommand(y: Argv): Argv {
       const inlineFps = sendThreadOn && inline > 0 ? maxFps : undefined;
       const rtPriority = args['realtime-priority'];
       if (!(Number.isInteger(rtPriority) && rtPriority >= 1 && rtPriority <= 99)) throw new UsageError(`--realtime-priority must be a whole number from 1 to 99, got ${String(rtPriority)}`);
+      const workers = args.workers;
+      if (!(Number.isInteger(workers) && workers >= 1 && workers <= MAX_SHARDS)) throw new UsageError(`--workers must be a whole number from 1 to ${MAX_SHARDS}, got ${String(workers)}`);
+      if (workers > 1 && !args['data-plane-thread']) throw new UsageError('--workers above 1 needs the data-plane thread (--no-data-plane-thread runs one thread)');
+      if (workers > 1 && args.io !== 'afpacket') throw new UsageError(`--workers above 1 needs --io afpacket: the ${String(args.io)} ports cannot take a share of the frames`);
       if (args.realtime === 'on' && !args['data-plane-thread']) throw new UsageError('--realtime on needs the data-plane thread: with --no-data-plane-thread the control socket and metrics would run at realtime priority too');
       if (!/^[A-Za-z0-9_.-]{1,32}$/.test(name)) throw new UsageError(`--name must be 1-32 letters, digits, '.', '_' or '-', got ${JSON.stringify(name)}`);
       const file = args.config ? readConfigFile(args.config) : { pipeline: {}, run: { ports: {} } };
@@ -201,7 +207,7 @@ export function runCommand(y: Argv): Argv {
             // Listed before the data-plane thread exists: every other thread now is Node's platform's.
             helperTids: args['realtime-helpers'] ? platformThreadIds() : [],
           },
-          controlSocket, controlGroup, metrics, log: logger.log,
+          workers, controlSocket, controlGroup, metrics, log: logger.log,
         });
         await runUntilStopped(logger, threaded.start(), () => threaded.stop(), threaded.died);
         return;

@@ -118,6 +118,23 @@ describe('shardOf', () => {
     expect(Math.min(...counts)).toBeGreaterThanOrEqual(400);
   });
 
+  it('spreads connections whose ports Linux picked in a row (even ports: connect() prefers them) across the workers', () => {
+    for (const count of [2, 3, 4]) {
+      const counts = new Array<number>(count).fill(0);
+      let run = 0, longest = 0, last = -1;
+      for (let sport = 40000; sport < 42000; sport += 2) {
+        const w = shardOf(tcpFrame({ sport, dport: 80 }), count);
+        counts[w]++;
+        run = w === last ? run + 1 : 1;
+        last = w;
+        longest = Math.max(longest, run);
+      }
+      // Each worker takes its share (±35%), and no long streak of connections lands on one worker.
+      expect(Math.min(...counts)).toBeGreaterThanOrEqual((1000 / count) * 0.65);
+      expect(longest).toBeLessThanOrEqual(12);
+    }
+  });
+
   it('gives frames that are not IP to worker 0', () => {
     expect(shardOf(arpFrame({}), 4)).toBe(0);
     expect(shardOf(tcpFrame({ sport: 1, dport: 2 }), 1)).toBe(0);
