@@ -13,7 +13,8 @@
  * and checksum offload on in the namespaces (super-frames through the
  * bridge), else off.
  *
- * Run (root): `npx tsc -p tsconfig.json && node dist/bench/shard-scale.js [--rounds 3] [--seconds 5] [--workers 1,2] [--offloads]`
+ * Run (root): `npx tsc -p tsconfig.json && node dist/bench/shard-scale.js [--rounds 3] [--seconds 5] [--workers 1,2] [--offloads] [--run-option ARG]…`
+ * (`--run-option` passes ARG on to `run`, e.g. `--run-option --realtime --run-option off`)
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -25,10 +26,10 @@ import { BENCH_OBJECTS, addKernelBridge, hostCpuBusyUs, offloadsOn, readHostCpu,
 import { runWrk } from './lib/load-tools';
 import { bridgeStatus, BridgeUnderTest, startBridgeProcess } from './lib/flood-bridge';
 
-interface Options { rounds: number; seconds: number; workers: number[]; prefix: string; kernel: boolean; offloads: boolean }
+interface Options { rounds: number; seconds: number; workers: number[]; prefix: string; kernel: boolean; offloads: boolean; runArgs: string[] }
 
 function parse(argv: string[]): Options {
-  const o: Options = { rounds: 3, seconds: 5, workers: [1, 2], prefix: 'svmsh', kernel: true, offloads: false };
+  const o: Options = { rounds: 3, seconds: 5, workers: [1, 2], prefix: 'svmsh', kernel: true, offloads: false, runArgs: [] };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === '--rounds') o.rounds = Number(argv[++i]);
@@ -37,8 +38,9 @@ function parse(argv: string[]): Options {
     else if (a === '--prefix') o.prefix = argv[++i];
     else if (a === '--no-kernel') o.kernel = false;
     else if (a === '--offloads') o.offloads = true;
+    else if (a === '--run-option') o.runArgs.push(argv[++i]);
     else {
-      process.stderr.write('node dist/bench/shard-scale.js [--rounds 3] [--seconds 5] [--workers 1,2] [--prefix svmsh] [--no-kernel] [--offloads]\n');
+      process.stderr.write('node dist/bench/shard-scale.js [--rounds 3] [--seconds 5] [--workers 1,2] [--prefix svmsh] [--no-kernel] [--offloads] [--run-option ARG]…\n');
       process.exit(a === '--help' ? 0 : 2);
     }
   }
@@ -95,7 +97,7 @@ async function oneRun(config: string, round: number, o: Options): Promise<Run> {
     if (kernel) addKernelBridge(lab);
     else {
       const workers = Number(config.split(' ')[0]);
-      bridge = await startBridgeProcess(lab, o.prefix, { normalize: { httpDate: true, httpDateToleranceMs: 2000 } }, ['--workers', String(workers)]);
+      bridge = await startBridgeProcess(lab, o.prefix, { normalize: { httpDate: true, httpDateToleranceMs: 2000 } }, ['--workers', String(workers), ...o.runArgs]);
     }
     const pid = bridge?.proc.child.pid ?? null;
     // A short warm-up: ARP, neighbour entries, the JIT.
@@ -152,7 +154,7 @@ async function main(): Promise<void> {
     }
   }
   const lines: string[] = [];
-  lines.push(`shard-scale ${startedAt}: ${o.rounds} round(s) of ${configs.join(', ')}, wrk -t2 -c32 -d${o.seconds}s, offloads ${o.offloads ? 'on' : 'off'} in the namespaces; \`shadowvm run --workers N\` with its default ports; medians [range]`);
+  lines.push(`shard-scale ${startedAt}: ${o.rounds} round(s) of ${configs.join(', ')}, wrk -t2 -c32 -d${o.seconds}s, offloads ${o.offloads ? 'on' : 'off'} in the namespaces; \`shadowvm run --workers N${o.runArgs.length ? ` ${o.runArgs.join(' ')}` : ''}\` (else its defaults); medians [range]`);
   lines.push('machine CPU: /proc/stat busy time per request (all cores); bridge CPU: the `run` process (every worker, send threads and the main thread) per request');
   const head = ['config', '1 KiB req/s', '100 KiB req/s', 'machine µs/req 1 KiB', 'machine µs/req 100 KiB', 'bridge µs/req 1 KiB', 'bridge µs/req 100 KiB', 'p99 ms 1 KiB', 'RSS MiB', 'checkpoints asked during wrk, per run'];
   const rows = configs.map((c) => {

@@ -116,6 +116,8 @@ export interface BridgeOptions {
    * through the main thread's coordinator (dataplane/relay-agent-link.ts).
    */
   agentLink?: (listener: AgentLinkListener) => AgentLinkLike;
+  /** `run --workers`: this bridge is worker `index` of `count`, its ports taking that shard of the frames. */
+  shard?: { count: number; index: number };
   /** Told every role change (failover, lost backup, re-protection) with the roles' generation after it: the coordinator of `run --workers` makes the other workers follow. */
   onRoleChange?: (ev: StageEvent, generation: number) => void;
 }
@@ -197,6 +199,7 @@ export class Bridge {
       },
       log: (level, event, fields) => this.log(level, event, fields),
     }, this.clockUs(), false, undefined, [primary.name, backup.name]);
+    if (options.shard) this.pipeline.setShard(options.shard);
   }
 
   /** Opens the sockets and starts moving frames. Nothing is left open if it fails. */

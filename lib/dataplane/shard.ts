@@ -22,6 +22,11 @@
  *     headers. Those frames hash on the addresses alone, so every fragment
  *     of a datagram goes to one worker, though not necessarily the one its
  *     unfragmented siblings go to;
+ *   - the identifier of ICMP and ICMPv6 echo requests and replies, as if it
+ *     were a port: a ping and its answers meet in one worker, and the
+ *     worker that probes a silent primary picks an identifier whose reply
+ *     comes back to it (failover/frames.ts, probeEchoId). Other ICMP
+ *     messages hash on the addresses alone;
  *   - anything else (ARP, other ethertypes): worker 0.
  *
  * Why per-socket filters and not PACKET_FANOUT: a fanout group picks the
@@ -48,6 +53,9 @@ const BPF_TAX = 0x00;
 
 const ETHERTYPE_IPV4 = 0x0800, ETHERTYPE_IPV6 = 0x86dd, ETHERTYPE_VLAN = 0x8100, ETHERTYPE_QINQ = 0x88a8;
 const PORTED = [6, 17, 132]; // TCP, UDP, SCTP
+const ICMP = 1, ICMPV6 = 58;
+/** Echo request and reply types: ICMP 8 and 0, ICMPv6 128 and 129. Their identifier counts as a port. */
+const ECHO_TYPES: Record<number, readonly number[]> = { [ICMP]: [8, 0], [ICMPV6]: [128, 129] };
 
 /** Largest worker count a filter is made for. */
 export const MAX_SHARDS = 64;
@@ -99,10 +107,15 @@ export function shardOf(frame: Uint8Array, count: number): number {
     if ((frag & 0x3fff) === 0) {
       const proto = u8(l3 + 9);
       if (proto < 0) return -1;
+      const l4 = l3 + (frame[l3] & 0xf) * 4;
       if (PORTED.includes(proto)) {
-        const ports = u32(l3 + (frame[l3] & 0xf) * 4);
+        const ports = u32(l4);
         if (ports < 0) return -1;
         h = (h ^ ((ports >>> 16) ^ (ports & 0xffff))) >>> 0;
+      } else if (proto === ICMP) {
+        const id = echoId(u8, u32, l4, ICMP);
+        if (id < 0) return -1;
+        h = (h ^ id) >>> 0;
       }
     }
   } else if (type === ETHERTYPE_IPV6) {
@@ -118,11 +131,24 @@ export function shardOf(frame: Uint8Array, count: number): number {
       const ports = u32(l3 + 40);
       if (ports < 0) return -1;
       h = (h ^ ((ports >>> 16) ^ (ports & 0xffff))) >>> 0;
+    } else if (next === ICMPV6) {
+      const id = echoId(u8, u32, l3 + 40, ICMPV6);
+      if (id < 0) return -1;
+      h = (h ^ id) >>> 0;
     }
   } else {
     return 0;
   }
   return mix(h) % count;
+}
+
+/** An echo request's or reply's identifier (0 for other ICMP messages); -1: past the frame's end. */
+function echoId(u8: (at: number) => number, u32: (at: number) => number, l4: number, proto: number): number {
+  const type = u8(l4);
+  if (type < 0) return -1;
+  if (!ECHO_TYPES[proto].includes(type)) return 0;
+  const word = u32(l4 + 4);
+  return word < 0 ? -1 : word >>> 16;
 }
 
 type Insn = { code: number; jt: number | string; jf: number | string; k: number; label?: string };
@@ -219,10 +245,23 @@ export function shardFilter(count: number, index: number): Buffer {
   p.label('v4proto');
   ldInd(BPF_B, 23);
   for (const proto of PORTED) p.jeq(proto, 'v4ports');
+  p.jeq(ICMP, 'v4icmp');
   p.ja('mix');
+  // X = the tags' length + the IPv4 header's: the L4 header is at X + 14.
+  const toL4 = () => ldInd(BPF_B, 14).op(BPF_ALU | BPF_AND | BPF_K, 0xf).op(BPF_ALU | BPF_LSH | BPF_K, 2).op(BPF_ALU | BPF_ADD | BPF_X).op(BPF_MISC | BPF_TAX);
   p.label('v4ports');
-  ldInd(BPF_B, 14).op(BPF_ALU | BPF_AND | BPF_K, 0xf).op(BPF_ALU | BPF_LSH | BPF_K, 2).op(BPF_ALU | BPF_ADD | BPF_X).op(BPF_MISC | BPF_TAX);
+  toL4();
   ldInd(BPF_W, 14);
+  foldPorts();
+  p.ja('mix');
+  // An echo request or reply: its identifier (the word's upper half) as the ports.
+  p.label('v4icmp');
+  toL4();
+  ldInd(BPF_B, 14);
+  for (const type of ECHO_TYPES[ICMP]) p.jeq(type, 'v4echo');
+  p.ja('mix');
+  p.label('v4echo');
+  ldInd(BPF_W, 18).op(BPF_ALU | BPF_AND | BPF_K, 0xffff0000);
   foldPorts();
   p.ja('mix');
   // IPv6: the 8 words of both addresses, from 8 of the header (22 of an untagged frame).
@@ -235,6 +274,15 @@ export function shardFilter(count: number, index: number): Buffer {
   p.op(BPF_LDX | BPF_MEM, 0);
   ldInd(BPF_B, 20);
   for (const proto of PORTED) p.jeq(proto, 'v6ports');
+  p.jeq(ICMPV6, 'v6icmp');
+  p.ja('mix');
+  p.label('v6icmp');
+  ldInd(BPF_B, 54);
+  for (const type of ECHO_TYPES[ICMPV6]) p.jeq(type, 'v6echo');
+  p.ja('mix');
+  p.label('v6echo');
+  ldInd(BPF_W, 58).op(BPF_ALU | BPF_AND | BPF_K, 0xffff0000);
+  foldPorts();
   p.ja('mix');
   p.label('v6ports').op(BPF_LDX | BPF_MEM, 0);
   ldInd(BPF_W, 54);

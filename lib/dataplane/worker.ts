@@ -86,7 +86,7 @@ async function main(init: DataPlaneInit): Promise<void> {
     const roles = init.roles;
     const onRoles = roles ? (r: BridgeRoles) => saveRoles(roles.file, init.name, roles.configured, r) : undefined;
     const workerOptions = init.shard ? coordinated(init.shard.index, (l) => { relay = l; }) : {};
-    bridge = new Bridge(ports, { name: init.name, config: init.config, agentSocket: init.agentSocket, log: logger.log, links, startedEvent: 'data-plane-started', scheduling, openPort, onRoles, noBackupAtStart: init.noBackupAtStart, inlineSendsMaxFps: init.inlineSendsMaxFps, ...workerOptions });
+    bridge = new Bridge(ports, { name: init.name, config: init.config, agentSocket: init.agentSocket, log: logger.log, links, startedEvent: 'data-plane-started', scheduling, openPort, onRoles, noBackupAtStart: init.noBackupAtStart, inlineSendsMaxFps: init.inlineSendsMaxFps, shard: init.shard, ...workerOptions });
     await bridge.start();
   } catch (e) {
     links?.close();

@@ -16,7 +16,8 @@ import type { Stage, StageEvent, FailoverRecord } from '../pipeline/events';
 import type { FailoverConfig } from '../pipeline/config';
 import { ReplicaSet, SlotId } from './roles';
 import { SilenceDetector } from './liveness';
-import { buildAnnouncement, buildEchoProbe } from './frames';
+import { buildAnnouncement, buildEchoProbe, buildShardedEchoProbe } from './frames';
+import { shardOf } from '../dataplane/shard';
 
 /** How often the VM frames kept as templates for probes and announcements are renewed. */
 const TEMPLATE_REFRESH_US = 1_000_000;
@@ -41,6 +42,8 @@ export class FailoverStage implements Stage {
   deferred = 0;
   backupsLost = 0;
   probesSent = 0;
+  /** `run --workers`: the data-plane worker this stage runs in; its probes' replies must come back to it. */
+  shard: { count: number; index: number } | null = null;
   probeReplies = 0;
   announcements = 0;
   /** Recent standby frames (VM → client) per IP version: addresses and MACs for probes and announcements. */
@@ -107,7 +110,8 @@ export class FailoverStage implements Stage {
     const template = this.templates.v4 ?? this.templates.v6;
     const verdict = this.silence.tick(nowUs, template !== null);
     if (verdict === 'probe') {
-      const probe = buildEchoProbe(template!, this.probesSent++);
+      const seq = this.probesSent++;
+      const probe = this.shard && this.shard.count > 1 ? buildShardedEchoProbe(template!, seq, this.shard, shardOf) : buildEchoProbe(template!, seq);
       if (probe) this.d.toReplica(this.d.replicas.active.id, probe);
       return;
     }

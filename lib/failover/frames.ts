@@ -20,7 +20,7 @@ const ETHERTYPE_IPV4 = 0x0800;
 const ETHERTYPE_IPV6 = 0x86dd;
 
 /** The echo request, or null when the template is not an IP frame from a VM. */
-export function buildEchoProbe(template: Buffer, sequence: number): Buffer | null {
+export function buildEchoProbe(template: Buffer, sequence: number, echoId = PROBE_ECHO_ID): Buffer | null {
   const t = decodeFrame(template);
   if (t.error || (t.l3 !== 'ipv4' && t.l3 !== 'ipv6')) return null;
   const l2 = t.l3Offset - t.base;
@@ -50,7 +50,7 @@ export function buildEchoProbe(template: Buffer, sequence: number): Buffer | nul
   }
   const icmp = l2 + l3Length;
   out[icmp] = v6 ? 128 : 8;
-  out.writeUInt16BE(PROBE_ECHO_ID, icmp + 4);
+  out.writeUInt16BE(echoId & 0xffff, icmp + 4);
   out.writeUInt16BE(sequence & 0xffff, icmp + 6);
   PROBE_PAYLOAD.copy(out, icmp + 8);
   const d = decodeFrame(out);
@@ -59,11 +59,37 @@ export function buildEchoProbe(template: Buffer, sequence: number): Buffer | nul
   return out;
 }
 
-/** Whether a VM frame is the reply to one of our probes. */
+/** Whether a VM frame is the reply to one of our probes (identifiers PROBE_ECHO_ID to PROBE_ECHO_ID + PROBE_ID_SPAN − 1). */
 export function isProbeReply(f: DecodedFrame): boolean {
-  if (f.l4 === 'icmp') return f.icmp.type === 0 && f.icmp.echoId === PROBE_ECHO_ID;
-  if (f.l4 === 'icmpv6') return f.icmp.type === 129 && f.icmp.echoId === PROBE_ECHO_ID;
+  if (f.l4 === 'icmp') return f.icmp.type === 0 && isProbeId(f.icmp.echoId);
+  if (f.l4 === 'icmpv6') return f.icmp.type === 129 && isProbeId(f.icmp.echoId);
   return false;
+}
+
+/**
+ * The identifiers a probe may carry. One data-plane worker of several
+ * (`run --workers`) sees only the frames of its shard, and an echo's shard
+ * depends on its identifier (dataplane/shard.ts): each worker probes with
+ * an identifier of this span whose reply comes back to it.
+ */
+export const PROBE_ID_SPAN = 1024;
+
+function isProbeId(id: number): boolean {
+  return ((id - PROBE_ECHO_ID) & 0xffff) < PROBE_ID_SPAN;
+}
+
+/**
+ * A probe built from `template` whose reply reaches worker `shard.index` of
+ * `shard.count`: the first identifier of the span that hashes there (its
+ * request and its reply hash alike). Null when the template makes no probe,
+ * or no identifier lands there (for 64 workers, about 1 in 10^7).
+ */
+export function buildShardedEchoProbe(template: Buffer, sequence: number, shard: { count: number; index: number }, shardOf: (frame: Buffer, count: number) => number): Buffer | null {
+  for (let k = 0; k < PROBE_ID_SPAN; k++) {
+    const probe = buildEchoProbe(template, sequence, PROBE_ECHO_ID + k);
+    if (!probe || shardOf(probe, shard.count) === shard.index) return probe;
+  }
+  return null;
 }
 
 /**

@@ -283,6 +283,11 @@ export class ShadowPipeline {
     this.replicator.agentConnected(up, nowUs);
   }
 
+  /** `run --workers`: this pipeline runs in worker `shard.index` of `shard.count` (its liveness probes must be answered to it). */
+  setShard(shard: { count: number; index: number }): void {
+    this.failoverStage.shard = shard;
+  }
+
   /** The failover waiting for the checkpoint in flight, if any (status, tests). */
   get failoverWaiting(): DeferredFailover | null {
     return this.deferredFailover;

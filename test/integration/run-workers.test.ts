@@ -15,7 +15,9 @@ import { runInAsync } from '../../lib/lab/exec';
 import { killReplica } from '../../lib/lab/faults';
 import { Lab, buildLab, findLabLeftovers, teardownLab, waitUntilQuiet } from '../../lib/lab/netns';
 import { serveOnBoth, startLabServers } from '../../lib/lab/servers';
-import { delay, NO_LEFTOVERS, requireBuiltCli, requireRoot, RunWithLabAgent, sha256, startRunWithLabAgent } from '../support/lab-helpers';
+import { AgentSession } from '../../lib/agents/agent-session';
+import type { LabServers } from '../../lib/lab/servers';
+import { CliProcess, delay, NO_LEFTOVERS, requireBuiltCli, requireRoot, RunWithLabAgent, sha256, spawnShadowvm, startRunWithLabAgent } from '../support/lab-helpers';
 
 const PREFIX = 'svmwk';
 const BYTES = 4 << 20;
@@ -24,6 +26,39 @@ jest.setTimeout(150_000);
 
 function coordinatorOf(s: BridgeSnapshot | null): Record<string, number> {
   return s?.components.workers_coordinator ?? {};
+}
+
+async function statusOf(control: string): Promise<BridgeSnapshot | null> {
+  try {
+    const r = await queryControlSocket(control, { cmd: 'status' }, 2000);
+    return r.ok ? r.status : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Polls `control`'s status until `ok` holds (at most `ms`); the last status. */
+async function until(control: string, ok: (s: BridgeSnapshot) => boolean, ms: number): Promise<BridgeSnapshot | null> {
+  let s: BridgeSnapshot | null = null;
+  for (const end = Date.now() + ms; Date.now() < end; await delay(50)) {
+    s = await statusOf(control);
+    if (s && ok(s)) return s;
+  }
+  return s;
+}
+
+/** `count` rate-limited downloads from the client: their files, and a check that every one arrived intact. */
+function downloads(l: Lab, servers: LabServers, tag: string, count: number, seed: number): { done: Promise<void> } {
+  const files = Array.from({ length: count }, (_, i) => ({ name: `${tag}${i}.bin`, content: fixedSeedBytes(BYTES, seed + i) }));
+  for (const f of files) serveOnBoth(servers, f.name, f.content);
+  const outs = files.map((f) => join(l.runDir, `out-${f.name}`));
+  const running = files.map((f, i) => runInAsync(l.client.netns, 'curl', ['-sS', '--fail', '--max-time', '90', '--limit-rate', '1M', '-o', outs[i], `http://${l.serviceIpv4}/${f.name}`], 100_000));
+  return {
+    done: (async () => {
+      await Promise.all(running);
+      for (let i = 0; i < files.length; i++) expect(sha256(readFileSync(outs[i]))).toBe(sha256(files[i].content));
+    })(),
+  };
 }
 
 describe('shadowvm run --workers 2 (netns lab, root)', () => {
@@ -89,6 +124,117 @@ describe('shadowvm run --workers 2 (netns lab, root)', () => {
     expect(follows.filter((line) => line.includes('"change":"failover"'))).toHaveLength(1);
     expect(after!.stages.failover.failovers).toBe(2);
     expect(after?.replicas?.find((p) => p.port === l.backup.hostIf)?.role).toMatch(/primary|promoted/);
+    // The agent heard one failover.
+    expect(r.agent.output().split('\n').filter((line) => line.includes('"event":"lab-agent-failover"'))).toHaveLength(1);
     console.log(`workers failover: ${JSON.stringify(after?.workers)}; coordinator ${JSON.stringify(coordinatorOf(after))}; failover ${JSON.stringify(after?.failover.last)}`);
+  });
+
+  it('the agent dies and comes back (both workers DEGRADED, then one checkpoint for both); the backup dies mid-download (both workers run on unprotected, downloads intact)', async () => {
+    await run?.stop();
+    teardownLab(PREFIX);
+    lab = buildLab({ prefix: PREFIX });
+    const l = lab;
+    const servers = await startLabServers(l);
+    await waitUntilQuiet(l);
+    run = await startRunWithLabAgent(l, PREFIX, ['--workers', '2', '--log-level', 'info']);
+    const r = run;
+    r.agent.child.kill('SIGKILL');
+    const degraded = await until(r.control, (s) => s.workers!.every((w) => w.state === 'DEGRADED'), 10_000);
+    expect(degraded?.workers?.map((w) => w.state)).toEqual(['DEGRADED', 'DEGRADED']);
+    expect(degraded?.agent.connected).toBe(false);
+    const before = coordinatorOf(degraded);
+    const agent = spawnShadowvm(['agent', 'lab', '--name', PREFIX, '--socket', join(l.runDir, 'agent.sock'), '--delay-ms', '5']);
+    try {
+      const back = await until(r.control, (s) => s.state === 'COMPARING' && s.workers!.every((w) => w.state === 'COMPARING'), 10_000);
+      expect(back?.state).toBe('COMPARING');
+      const c = coordinatorOf(back);
+      // Each worker asked to resynchronize as the agent came: one checkpoint for both.
+      expect(c.barriers - before.barriers).toBe(1);
+      expect(c.barriers_joined - before.barriers_joined).toBe(2);
+
+      const d = downloads(l, servers, 'b', 6, 0x900);
+      await delay(1500);
+      await killReplica(l, l.backup, 'abrupt');
+      try {
+        await d.done;
+      } catch (e) {
+        require('node:fs').writeFileSync('/tmp/s26/backup-death-bridge.log', r.bridge.output());
+        throw e;
+      }
+      const after = await until(r.control, (s) => s.failover.backupsLost >= 1, 5000);
+      expect(after?.failover.backupsLost).toBe(1);
+      expect(after?.failover.count).toBe(0);
+      // Both workers lost it (the stage counters add up over the workers): one saw it, the other followed or saw it too.
+      expect(after!.stages.failover.backups_lost).toBe(2);
+      expect(after?.workers?.every((w) => w.state === 'DEGRADED' || w.state === 'COMPARING')).toBe(true);
+      expect(coordinatorOf(after).role_changes - c.role_changes).toBeGreaterThanOrEqual(1);
+      expect(after?.replicas?.find((p) => p.port === l.primary.hostIf)?.role).toBe('primary');
+    } finally {
+      agent.child.kill('SIGTERM');
+      await agent.exited;
+    }
+  });
+
+  it('a v3 agent that gives the backup a fresh socket at each checkpoint: every worker reopens its port, the agent hears one backup-attached per checkpoint, downloads intact', async () => {
+    await run?.stop();
+    run = undefined;
+    teardownLab(PREFIX);
+    lab = buildLab({ prefix: PREFIX });
+    const l = lab;
+    const servers = await startLabServers(l);
+    await waitUntilQuiet(l);
+    const control = join(l.runDir, 'control.sock');
+    const agentSocket = join(l.runDir, 'agent.sock');
+    const bridge: CliProcess = spawnShadowvm(['run', '--name', PREFIX, '--uplink', l.client.hostIf, '--primary', l.primary.hostIf, '--backup', l.backup.hostIf,
+      '--agent', agentSocket, '--control', control, '--resync', 'align', '--workers', '2', '--log-level', 'info']);
+    const attached: number[] = [];
+    const answered: number[] = [];
+    let session: AgentSession | undefined;
+    try {
+      await bridge.waitFor(/"event":"started"/, 20_000);
+      session = new AgentSession({
+        socketPath: agentSocket, name: 'v3-test-agent', version: 3, heartbeatMs: 500, reconnectInitialMs: 50, reconnectMaxMs: 500, logPrefix: 'v3-test-agent', log: () => {},
+      }, {
+        liveness: () => ({ primary: 'up', backup: 'up' }),
+        message: (msg) => {
+          if (msg.type === 'checkpoint' || msg.type === 'reprotect') {
+            const epoch = msg.epoch;
+            // The backup stays behind its interface: a fresh socket on it (COLO's way), after a 20 ms "copy".
+            setTimeout(() => {
+              answered.push(epoch);
+              session!.send({ type: 'checkpoint-done', epoch, ms: 20, bytes: 4096, ...(msg.type === 'checkpoint' ? { port: l.backup.hostIf } : {}) });
+            }, 20);
+          } else if (msg.type === 'backup-attached') {
+            attached.push(msg.epoch);
+          }
+        },
+      });
+      expect((await until(control, (s) => s.state === 'COMPARING', 10_000))?.state).toBe('COMPARING');
+      const d = downloads(l, servers, 'v', 4, 0xa00);
+      for (let i = 0; i < 5; i++) {
+        await delay(300);
+        const reply = await queryControlSocket(control, { cmd: 'checkpoint' }, 5000);
+        expect(reply.ok).toBe(true);
+        await until(control, (s) => s.state === 'COMPARING', 5000);
+      }
+      await d.done;
+      const s = await until(control, (x) => x.state === 'COMPARING', 5000);
+      // Every checkpoint answered with a port was attached once, after both workers reopened their sockets.
+      expect(attached.length).toBeGreaterThanOrEqual(5);
+      expect(new Set(attached).size).toBe(attached.length);
+      expect(attached.every((e) => answered.includes(e))).toBe(true);
+      // (A worker thread's log lines reach the process's stdout through the main thread, a little later.)
+      const reopenedLines = () => bridge.output().split('\n').filter((line) => line.includes('"event":"backup-port-reopened"'));
+      for (let i = 0; i < 40 && reopenedLines().length < 2 * attached.length; i++) await delay(50);
+      const reopened = reopenedLines();
+      if (reopened.length !== 2 * attached.length) require('node:fs').writeFileSync('/tmp/s26/v3-bridge.log', `${JSON.stringify({ answered, attached })}\n${bridge.output()}`);
+      expect(reopened.length).toBe(2 * attached.length);
+      expect(coordinatorOf(s).attach_timeouts).toBe(0);
+      console.log(`v3 agent with 2 workers: ${answered.length} answered, ${attached.length} attached, ${reopened.length} sockets reopened`);
+    } finally {
+      await session?.stop();
+      bridge.child.kill('SIGTERM');
+      await bridge.exited;
+    }
   });
 });

@@ -17,6 +17,7 @@ import { UsageError } from '../errors';
 import { LinkWatcher } from '../../io/link-watch';
 import { ThreadedBridge } from '../../dataplane/threaded-bridge';
 import { MAX_SHARDS } from '../../dataplane/shard';
+import { availableParallelism } from 'node:os';
 
 /**
  * How far V8 lets the heap grow over its live size before the next full
@@ -143,7 +144,10 @@ export function runCommand(y: Argv): Argv {
       // realtime data plane would wait behind every busy normal thread of the host (soak, data plane RR:
       // longest scavenge 12.9 and 8.9 ms with helpers, 6.6 and 3.8 ms without): it then scavenges alone.
       // Realtime helpers (the default) scavenge with it (soak: breaths over 5 ms 0, 0, 0 against 5, 1, 1 alone).
-      if (!scavengeHelpers(args['scavenge-helpers'], args['data-plane-thread'], args.realtime, args['realtime-helpers'])) setFlagsFromString('--no-parallel-scavenge');
+      const workers = args.workers;
+      if (!(Number.isInteger(workers) && workers >= 1 && workers <= MAX_SHARDS)) throw new UsageError(`--workers must be a whole number from 1 to ${MAX_SHARDS}, got ${String(workers)}`);
+      const realtime = realtimeForWorkers(args.realtime, workers, availableParallelism());
+      if (!scavengeHelpers(args['scavenge-helpers'], args['data-plane-thread'], realtime, args['realtime-helpers'])) setFlagsFromString('--no-parallel-scavenge');
       if (!(args['busy-poll-us'] >= 0 && args['busy-poll-us'] <= 10_000)) throw new UsageError('--busy-poll-us must be between 0 and 10000');
       const inline = args['send-inline-frames'];
       if (!(Number.isInteger(inline) && inline >= 0 && inline <= 1024)) throw new UsageError(`--send-inline-frames must be a whole number from 0 to 1024, got ${String(inline)}`);
@@ -158,8 +162,6 @@ export function runCommand(y: Argv): Argv {
       const inlineFps = sendThreadOn && inline > 0 ? maxFps : undefined;
       const rtPriority = args['realtime-priority'];
       if (!(Number.isInteger(rtPriority) && rtPriority >= 1 && rtPriority <= 99)) throw new UsageError(`--realtime-priority must be a whole number from 1 to 99, got ${String(rtPriority)}`);
-      const workers = args.workers;
-      if (!(Number.isInteger(workers) && workers >= 1 && workers <= MAX_SHARDS)) throw new UsageError(`--workers must be a whole number from 1 to ${MAX_SHARDS}, got ${String(workers)}`);
       if (workers > 1 && !args['data-plane-thread']) throw new UsageError('--workers above 1 needs the data-plane thread (--no-data-plane-thread runs one thread)');
       if (workers > 1 && args.io !== 'afpacket') throw new UsageError(`--workers above 1 needs --io afpacket: the ${String(args.io)} ports cannot take a share of the frames`);
       if (args.realtime === 'on' && !args['data-plane-thread']) throw new UsageError('--realtime on needs the data-plane thread: with --no-data-plane-thread the control socket and metrics would run at realtime priority too');
@@ -183,6 +185,7 @@ export function runCommand(y: Argv): Argv {
       const metricsAt = args.metrics ?? file.run.metrics;
       const metrics = metricsAt ? parseHostPort(metricsAt) : undefined;
       const logger = new Logger({ level: args['log-level'], fields: { bridge: name } });
+      if (realtime !== args.realtime) logger.log('warn', 'realtime-off-for-workers', { workers, cpus: availableParallelism(), note: '--realtime auto: as many realtime data-plane threads as CPUs would leave none for the VMs, the host\'s network stack and the control thread; --realtime on to insist' });
       const agentSocket = args['no-agent'] ? undefined : args.agent ?? defaultAgentSocketPath(name);
       const controlSocket = args.control ?? defaultControlSocketPath(name);
       const controlGroup = args['control-group'] !== undefined ? groupByName(args['control-group']) : undefined;
@@ -203,7 +206,7 @@ export function runCommand(y: Argv): Argv {
           init: {
             name, config, ports, roles, noBackupAtStart, io: args.io as IoBackend,
             vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'], sendThread: sendThreadOf(args['send-thread']), sendInlineFrames: args['send-inline-frames'], ringFrames, splitRings: args['split-rings'], splitRingsFanout: args['split-rings-fanout'], inlineSendsMaxFps: inlineFps, agentSocket, carrierWatch: args['carrier-watch'], logLevel: args['log-level'],
-            realtime: args.realtime, realtimePriority: rtPriority,
+            realtime, realtimePriority: rtPriority,
             // Listed before the data-plane thread exists: every other thread now is Node's platform's.
             helperTids: args['realtime-helpers'] ? platformThreadIds() : [],
           },
@@ -240,6 +243,17 @@ export function runCommand(y: Argv): Argv {
       }
     },
   );
+}
+
+/**
+ * `--realtime auto` with `workers` data-plane threads on a host whose bridge
+ * may use `cpus` CPUs: realtime only while a CPU is left over. SCHED_RR on
+ * every CPU starves everything else of the host under load (shard-scale, 2
+ * workers on 2 CPUs: 1 KiB req/s 0.50-0.56 of one worker's with realtime,
+ * 0.69 without). `on` and `off` are the administrator's word.
+ */
+export function realtimeForWorkers(asked: 'auto' | 'on' | 'off', workers: number, cpus: number): 'auto' | 'on' | 'off' {
+  return asked === 'auto' && workers > 1 && workers >= cpus ? 'off' : asked;
 }
 
 /**

@@ -9,7 +9,7 @@
  */
 import { andFilters, BPF_MAXINSNS, BpfProgram, MAX_SHARDS, ShardError, runFilter, shardFilter, shardOf } from '../../../lib/dataplane/shard';
 import { lengthFilter, SMALL_FRAME_MAX, splitBound } from '../../../lib/io/split-ring-port';
-import { arpFrame, flowFrame, ipv4Fragment, ipv6WithExtensions, randomFlow, tcpFrame, udpFrame, udpSegment } from '../../support/frames';
+import { arpFrame, flowFrame, icmpEcho, icmpFrame, ipv4Fragment, ipv6WithExtensions, randomFlow, tcpFrame, udpFrame, udpSegment } from '../../support/frames';
 import { seededRandom } from '../../support/random';
 
 /** A deterministic stream of numbers in [0, 1). */
@@ -29,7 +29,10 @@ function sampleFrames(n: number, seed: number): Buffer[] {
     const sport = 1024 + int(60000), dport = [80, 443, 53, 21][int(4)];
     const vlan = int(4) === 0 ? [int(4000) + 1] : int(8) === 0 ? [100, 200] : undefined;
     const v4 = `10.${int(256)}.${int(256)}.${int(256)}`;
-    switch (int(7)) {
+    switch (int(10)) {
+      case 7: out.push(icmpEcho({ id: int(65536), seq: int(65536), reply: int(2) === 0, vlan, src: v4 })); break;
+      case 8: out.push(icmpEcho({ v6: true, id: int(65536), reply: int(2) === 0 })); break;
+      case 9: out.push(int(2) === 0 ? icmpFrame({ type: 3, code: 1, body: 'unreachable', src: v4 }) : icmpEcho({ id: int(65536) }).subarray(0, 14 + 20 + 6)); break;
       case 0: out.push(tcpFrame({ sport, dport, vlan, src: v4 })); break;
       case 1: out.push(udpFrame({ sport, dport, vlan })); break;
       case 2: out.push(tcpFrame({ v6: true, sport, dport, vlan, src: `fd77::${int(65535).toString(16)}` })); break;
@@ -49,7 +52,9 @@ describe('shardFilter', () => {
       const programs = Array.from({ length: count }, (_, i) => shardFilter(count, i));
       for (const f of frames) {
         const takers = programs.map((p, i) => (runFilter(p, f) !== 0 ? i : -1)).filter((i) => i >= 0);
-        expect(takers).toEqual([shardOf(f, count)]);
+        // Cut short inside what the hash reads (an echo's identifier): no worker, in both.
+        const w = shardOf(f, count);
+        expect(takers).toEqual(w < 0 ? [] : [w]);
       }
     }
   });
@@ -132,6 +137,20 @@ describe('shardOf', () => {
       // Each worker takes its share (±35%), and no long streak of connections lands on one worker.
       expect(Math.min(...counts)).toBeGreaterThanOrEqual((1000 / count) * 0.65);
       expect(longest).toBeLessThanOrEqual(12);
+    }
+  });
+
+  it('puts an echo request and its reply in one worker, by their identifier (IPv4 and IPv6), and spreads identifiers', () => {
+    for (const v6 of [false, true]) {
+      const counts = [0, 0, 0];
+      for (let id = 0; id < 3000; id += 7) {
+        const request = v6 ? icmpEcho({ v6, id, seq: id * 3 }) : icmpEcho({ id, seq: id * 3, src: '10.1.2.3', dst: '10.9.8.7' });
+        const reply = v6 ? icmpEcho({ v6, id, seq: 1, reply: true, src: 'fd77::2', dst: 'fd77::1' }) : icmpEcho({ id, seq: 1, reply: true, src: '10.9.8.7', dst: '10.1.2.3' });
+        const w = shardOf(request, 3);
+        expect(shardOf(reply, 3)).toBe(w);
+        counts[w]++;
+      }
+      expect(Math.min(...counts)).toBeGreaterThan(100);
     }
   });
 

@@ -7,6 +7,7 @@ import { ShadowPipeline, makePipelineConfig, PipelineConfig } from '../../../lib
 import { CarrierDebouncer, SilenceDetector } from '../../../lib/failover/liveness';
 import { buildAnnouncement, buildEchoProbe, isProbeReply, PROBE_ECHO_ID } from '../../../lib/failover/frames';
 import { decodeFrame } from '../../../lib/packet/frame';
+import { shardOf } from '../../../lib/dataplane/shard';
 import { CLIENT_IP, VM_IP, icmpEcho, l4ChecksumIsValid, ipv4HeaderChecksumIsValid, tcpFrame, TcpSpec } from '../../support/frames';
 
 const C = 1000, P = 5000, B = 900_000;
@@ -99,6 +100,31 @@ describe('silence detection', () => {
     expect(h.p.state).toBe('COMPARING');
     expect(h.p.failover.probeReplies).toBe(1);
     expect(h.p.failover.silenceFalseAlarms).toBe(1);
+  });
+
+  it('one worker of several (run --workers): its probe carries an identifier whose reply hashes back to it, and that reply counts', () => {
+    for (const count of [2, 3, 4, 16]) {
+      for (let index = 0; index < count; index++) {
+        const h = harness();
+        h.p.setShard({ count, index });
+        established(h);
+        h.p.fromVm(1, fromVm({ seq: B + 1, ack: C + 6, payload: 'part 1' }), ms(10));
+        h.p.fromVm(1, fromVm({ seq: B + 7, ack: C + 6, payload: 'part 2' }), ms(11));
+        h.p.tick(ms(31));
+        const probe = h.out.a[h.out.a.length - 1];
+        const d = decodeFrame(probe);
+        expect(d.l4).toBe('icmp');
+        const id = d.icmp.echoId;
+        expect(shardOf(probe, count)).toBe(index);
+        // The VM's reply (addresses swapped, same identifier) reaches the same worker, and is taken as the answer.
+        const reply = icmpEcho({ from: 'vm', reply: true, id, seq: 0, payload: 'shadowvm liveness probe ' });
+        expect(shardOf(reply, count)).toBe(index);
+        h.p.fromVm(0, reply, ms(33));
+        h.p.tick(ms(60));
+        expect(h.p.state).toBe('COMPARING');
+        expect(h.p.failover.probeReplies).toBe(1);
+      }
+    }
   });
 
   it('does not call a quiet service silent: without backup output nothing is suspected', () => {
