@@ -5,10 +5,11 @@
  * the reference; then the pair must be protected again. Deaths alternate
  * A→B→A→B. Returns the detection-to-promotion times and the survivors.
  */
-import { BridgedLab, waitFor } from '../../lib/lab/bridged';
+import type { BridgedLab } from '../../lib/lab/bridged';
 import { LAB_FILES } from '../../lib/lab/content';
 import { runInAsync } from '../../lib/lab/exec';
 import { DeathMode } from '../../lib/lab/faults';
+import type { Lab, LabNode } from '../../lib/lab/netns';
 import { delay } from './lab-helpers';
 import { seededRandom } from './random';
 
@@ -20,8 +21,49 @@ export interface OracleRun {
   slow: string[];
 }
 
+/** What the oracle needs of a protected lab: an in-process bridge (bridgedTarget) or `shadowvm run` seen through its control socket. */
+export interface OracleTarget {
+  readonly lab: Lab;
+  failovers(): Promise<number>;
+  /** The last failover: its detection → promotion time and the survivor's port. */
+  lastFailover(): Promise<{ detectionMs: number; survivor: string; record: string } | null>;
+  /** COMPARING with a backup again. */
+  protectedAgain(): Promise<boolean>;
+  activeNode(): Promise<LabNode>;
+  kill(node: LabNode, mode: DeathMode): Promise<void>;
+  /** State and roles, for a failure's message. */
+  describe(): Promise<string>;
+}
+
+/** An in-process bridged lab as the oracle's target. */
+export function bridgedTarget(lab: BridgedLab): OracleTarget {
+  const p = lab.bridge.pipeline;
+  return {
+    lab: lab.lab,
+    failovers: async () => p.failover.failovers,
+    lastFailover: async () => {
+      const rec = p.failoverHistory.at(-1);
+      return rec ? { detectionMs: (rec.promotedUs - rec.detectedUs) / 1000, survivor: rec.survivor, record: JSON.stringify(rec) } : null;
+    },
+    protectedAgain: async () => p.state === 'COMPARING' && p.replicas.standby !== null,
+    activeNode: async () => lab.activeNode(),
+    kill: (node, mode) => lab.kill(node, mode),
+    describe: async () => `state ${p.state}, roles ${p.replicas.describe()}, last failover ${JSON.stringify(p.failoverHistory.at(-1))}\nfailover counters ${JSON.stringify(p.failover)}`,
+  };
+}
+
+/** waitFor for an asynchronous test. */
+async function waitForAsync(test: () => Promise<boolean>, timeoutMs: number, everyMs: number): Promise<boolean> {
+  const until = Date.now() + timeoutMs;
+  while (!(await test())) {
+    if (Date.now() > until) return false;
+    await delay(everyMs);
+  }
+  return true;
+}
+
 export async function oracleMoments(
-  lab: BridgedLab,
+  target: BridgedLab | OracleTarget,
   o: {
     moments: number;
     seed: number;
@@ -29,43 +71,45 @@ export async function oracleMoments(
     reference: Buffer;
     /** More to say when a download fails (the bridge's flows, captures…). */
     explain?: (moment: number) => Promise<string>;
+    /** How often the target is asked (default 2 ms; a control socket wants more). */
+    pollMs?: number;
   },
 ): Promise<OracleRun> {
+  const t = 'bridge' in target ? bridgedTarget(target) : target;
+  const poll = o.pollMs ?? 2;
   const random = seededRandom(o.seed);
-  const p = lab.bridge.pipeline;
   const run: OracleRun = { detectionsMs: [], survivors: [], slow: [] };
   for (let i = 0; i < o.moments; i++) {
     const mode: DeathMode = random() < 0.5 ? 'abrupt' : 'silent';
     const atMs = Math.floor(20 + random() * 300);
-    const before = p.failover.failovers;
-    const dead = lab.activeNode();
+    const before = await t.failovers();
+    const dead = await t.activeNode();
     const what = `moment ${i} (seed ${o.seed}, ${mode} death of ${dead.netns} after ${atMs} ms)`;
+    const failedOver = async () => (await t.failovers()) > before;
     const got = o.download(`run-${i}`);
     await delay(atMs);
-    await lab.kill(dead, mode);
+    await t.kill(dead, mode);
     // A silent death is seen only while the backup has something to say; a download that already ended gives it nothing.
-    if (!(await waitFor(() => p.failover.failovers > before, 3000, 2))) {
-      await runInAsync(lab.lab.client.netns, 'curl', ['-sS', '--max-time', '5', '-o', '/dev/null', `http://${lab.lab.serviceIpv4}/${LAB_FILES.hello}`], 10_000).catch(() => '');
+    if (!(await waitForAsync(failedOver, 3000, poll))) {
+      await runInAsync(t.lab.client.netns, 'curl', ['-sS', '--max-time', '5', '-o', '/dev/null', `http://${t.lab.serviceIpv4}/${LAB_FILES.hello}`], 10_000).catch(() => '');
     }
-    if (!(await waitFor(() => p.failover.failovers > before, 5000, 2))) throw new Error(`${what}: no failover`);
+    if (!(await waitForAsync(failedOver, 5000, poll))) throw new Error(`${what}: no failover`);
     let bytes: Buffer;
     try {
       bytes = await got;
     } catch (e) {
-      throw new Error(`${what}: the download failed: ${(e as Error).message}\n` +
-        `state ${p.state}, roles ${p.replicas.describe()}, last failover ${JSON.stringify(p.failoverHistory.at(-1))}\n` +
-        `failover counters ${JSON.stringify(p.failover)}\n${o.explain ? await o.explain(i) : ''}`);
+      throw new Error(`${what}: the download failed: ${(e as Error).message}\n${await t.describe()}\n${o.explain ? await o.explain(i) : ''}`);
     }
-    const rec = p.failoverHistory.at(-1)!;
-    run.detectionsMs.push((rec.promotedUs - rec.detectedUs) / 1000);
+    const rec = (await t.lastFailover())!;
+    run.detectionsMs.push(rec.detectionMs);
     run.survivors.push(rec.survivor);
-    if (rec.promotedUs - rec.detectedUs > 100_000) run.slow.push(`moment ${i} (${mode}): ${JSON.stringify(rec)}`);
+    if (rec.detectionMs > 100) run.slow.push(`moment ${i} (${mode}): ${rec.record}`);
     if (!bytes.equals(o.reference)) {
       throw new Error(`${what}: ${bytes.length} bytes received, ` +
         `${bytes.length === o.reference.length ? 'same length, different content' : `expected ${o.reference.length}`}`);
     }
-    if (!(await waitFor(() => p.state === 'COMPARING' && p.replicas.standby !== null, 20_000))) {
-      throw new Error(`${what}: not protected again within 20 s (state ${p.state}, roles ${p.replicas.describe()})`);
+    if (!(await waitForAsync(() => t.protectedAgain(), 20_000, Math.max(poll, 10)))) {
+      throw new Error(`${what}: not protected again within 20 s (${await t.describe()})`);
     }
   }
   return run;
