@@ -65,7 +65,7 @@ function fromCoordinator(bridge: Bridge, relay: RelayAgentLink | null, m: ToWork
 }
 
 async function main(init: DataPlaneInit): Promise<void> {
-  const logger = new Logger({ level: init.logLevel, fields: { bridge: init.name } });
+  const logger = new Logger({ level: init.logLevel, fields: { bridge: init.name, ...(init.shard ? { worker: init.shard.index } : {}) } });
   let links: LinkWatcher | undefined;
   let bridge: Bridge;
   let relay: RelayAgentLink | null = null;
