@@ -76,7 +76,9 @@ export function newestOfEach<T>(lists: readonly (readonly T[])[], limit: number)
   const out: T[] = [];
   for (let back = 1; out.length < limit; back++) {
     let any = false;
-    for (const l of lists) {
+    // Last worker first: reversed at the end, a round comes out in the workers' order.
+    for (let w = lists.length - 1; w >= 0; w--) {
+      const l = lists[w];
       if (l.length < back) continue;
       any = true;
       if (out.length < limit) out.push(l[l.length - back]);

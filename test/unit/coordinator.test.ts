@@ -5,6 +5,7 @@
  * others, bounded waits.
  */
 import { ATTACH_TIMEOUT_MS, Coordinator, JOIN_TIMEOUT_MS } from '../../lib/dataplane/coordinator';
+import { newestOfEach } from '../../lib/dataplane/threaded-bridge';
 import type { ToWorker } from '../../lib/dataplane/protocol';
 import type { AgentLinkLike } from '../../lib/replicate/agent-client';
 import type { HelloMessage } from '../../lib/replicate/agent-protocol';
@@ -203,5 +204,15 @@ describe('Coordinator: role changes are one for all workers', () => {
     t.c.listener.primaryDown({ type: 'primary-down', reason: 'qemu exited' });
     t.c.listener.backupDown({ type: 'backup-down', reason: 'qemu exited' });
     expect(t.take().map((p) => p.to)).toEqual([0, 1, 2, 0, 1, 2]);
+  });
+});
+
+describe('newestOfEach: `shadowvm flows` over several workers', () => {
+  it('takes the newest of every worker in turn, and gives them back oldest first', () => {
+    expect(newestOfEach([['a1', 'a2', 'a3'], ['b1']], 3)).toEqual(['a2', 'a3', 'b1']);
+    expect(newestOfEach([['a1', 'a2'], ['b1', 'b2']], 10)).toEqual(['a1', 'b1', 'a2', 'b2']);
+    expect(newestOfEach([[], ['b1', 'b2', 'b3']], 2)).toEqual(['b2', 'b3']);
+    expect(newestOfEach([[], []], 5)).toEqual([]);
+    expect(newestOfEach([['a1']], 0)).toEqual([]);
   });
 });
