@@ -40,6 +40,8 @@ bench: build
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make bench builds network namespaces: run it as root (sudo make bench)"; exit 1; fi
 	@node dist/bench/lab-bench.js
 	@node dist/bench/rtt-legs.js
+	@node dist/bench/shard-scale.js
+	@node dist/bench/shard-scale.js --offloads
 	@node dist/bench/failover.js
 	@node dist/bench/pipeline.js
 	@node dist/bench/soak.js
