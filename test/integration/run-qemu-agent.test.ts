@@ -9,6 +9,9 @@
  * Then the primary QEMU is killed in the middle of a download: the backup
  * that the agent made, behind the tap the bridge moved to, takes over, and
  * the download is intact.
+ *
+ * Twice: with one data-plane worker, and with two (`--workers 2`), where
+ * both workers move their sockets to each new tap and follow the failover.
  */
 import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -35,7 +38,7 @@ interface Status {
   checkpoints: { done: number; failed: number } & Record<string, unknown>;
 }
 
-describe('shadowvm run with shadowvm agent qemu, two processes', () => {
+describe.each([1, 2])('shadowvm run --workers %i with shadowvm agent qemu, two processes', (workers) => {
   let lab: QemuLab;
   let out: string;
   let bridge: ChildProcess | null = null;
@@ -91,7 +94,8 @@ describe('shadowvm run with shadowvm agent qemu, two processes', () => {
       ports: { uplink: lab.client.hostIf, primary: lab.taps.primary, backup: lab.taps.backup },
       ...qemuLabConfig(lab.accel.accel, { replicator: { checkpointTimeoutMs: 5000 } as never }),
     }));
-    bridgeArgs = ['run', '--name', PREFIX, '--config', config, '--agent', lab.agentSocket, '--control', control];
+    // --workers 2: each worker opens its own socket on every new tap, and the agent hears one backup-attached (the coordinator).
+    bridgeArgs = ['run', '--name', PREFIX, '--config', config, '--agent', lab.agentSocket, '--control', control, '--workers', String(workers)];
     bridge = spawnLogged(bridgeArgs, (s) => { bridgeLog += s; });
     await until('the bridge process to listen', () => fs.existsSync(control) && fs.existsSync(lab.agentSocket), 30_000);
     agent = spawnLogged(['agent', 'qemu', '--config', lab.descriptionFile], (s) => { agentLog += s; });
@@ -112,6 +116,8 @@ describe('shadowvm run with shadowvm agent qemu, two processes', () => {
     expect(bridgeLog).not.toMatch(/cannot open ports/);
     // The port was opened on the thread pool: how long it took is in the line.
     expect(bridgeLog).toMatch(/"event":"backup-port-moved"[^\n]*"openMs":/);
+    // Every worker moved its own socket.
+    if (workers > 1) for (let w = 0; w < workers; w++) expect(bridgeLog).toMatch(new RegExp(`"event":"backup-port-moved"[^\\n]*"worker":${w}`));
     const body = await labFetch(lab, out, 'hello.txt');
     expect(body.equals(content.get('hello.txt') as Buffer)).toBe(true);
   });
