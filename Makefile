@@ -42,6 +42,7 @@ bench: build
 	@node dist/bench/rtt-legs.js
 	@node dist/bench/shard-scale.js
 	@node dist/bench/shard-scale.js --offloads
+	@node dist/bench/shard-filter-cost.js
 	@node dist/bench/failover.js
 	@node dist/bench/pipeline.js
 	@node dist/bench/soak.js
