@@ -14,6 +14,7 @@ import {
   ConfigError, PIPELINE_SETTING_RULES, PipelineConfig, SettingRule, checkSettings, makePipelineConfig,
 } from '../pipeline/config';
 import { UsageError } from './errors';
+import { MAX_SHARDS } from '../dataplane/shard';
 
 export function parseHostPort(text: string): { host: string; port: number } {
   const m = /^(\[[^\]]+\]|[^:]+):(\d{1,5})$/.exec(text);
@@ -41,6 +42,8 @@ export interface PortNames {
 export interface RunFileSettings {
   ports: PortNames;
   metrics?: string;
+  /** Data-plane workers (`run --workers`). */
+  workers?: number;
 }
 
 /** Every key a config file may hold. */
@@ -58,6 +61,7 @@ export const CONFIG_FILE_RULES: Record<string, SettingRule> = {
       }
     },
   },
+  workers: { kind: 'number', min: 1, max: MAX_SHARDS, integer: true, note: 'data-plane threads, as run --workers' },
   ...PIPELINE_SETTING_RULES,
 };
 
@@ -69,10 +73,10 @@ export interface ConfigFile {
 /** Checks a parsed config file: unknown keys and bad values are ConfigErrors. */
 export function parseConfigObject(parsed: unknown): ConfigFile {
   checkSettings(parsed, CONFIG_FILE_RULES);
-  const { ports, metrics, ...pipeline } = parsed as { ports?: PortNames; metrics?: string } & Partial<PipelineConfig>;
+  const { ports, metrics, workers, ...pipeline } = parsed as { ports?: PortNames; metrics?: string; workers?: number } & Partial<PipelineConfig>;
   // Cross-setting checks (retry bounds…) happen here too, so that `config check` catches them.
   makePipelineConfig(pipeline);
-  return { pipeline, run: { ports: { ...ports }, ...(metrics !== undefined ? { metrics } : {}) } };
+  return { pipeline, run: { ports: { ...ports }, ...(metrics !== undefined ? { metrics } : {}), ...(workers !== undefined ? { workers } : {}) } };
 }
 
 export function readConfigFile(path: string): ConfigFile {

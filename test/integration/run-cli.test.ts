@@ -282,11 +282,15 @@ describe('shadowvm run (root, on veth pairs)', () => {
     expect(await auto.exited).toBe(0);
   });
 
-  it('--realtime on without the data-plane thread, or a priority out of 1-99, is refused with one line', async () => {
+  it('--realtime on without the data-plane thread, a priority out of 1-99, or --workers out of 1-64 or without its needs, is refused with one line', async () => {
     for (const [extra, pattern] of [
       [['--realtime', 'on', '--no-data-plane-thread'], /--realtime on needs the data-plane thread/],
       [['--realtime-priority', '0'], /--realtime-priority must be a whole number from 1 to 99, got 0/],
       [['--realtime-priority', '100'], /--realtime-priority must be a whole number from 1 to 99, got 100/],
+      [['--workers', '0'], /--workers must be a whole number from 1 to 64, got 0/],
+      [['--workers', '65'], /--workers must be a whole number from 1 to 64, got 65/],
+      [['--workers', '2', '--no-data-plane-thread'], /--workers above 1 needs the data-plane thread/],
+      [['--workers', '2', '--io', 'cap'], /--workers above 1 needs --io afpacket/],
     ] as [string[], RegExp][]) {
       const r = await runShadowvm([...base(), ...extra]);
       expect(r.code).toBe(2);

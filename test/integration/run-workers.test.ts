@@ -6,7 +6,7 @@
  * middle of downloads on both workers, both promote the backup, the agent
  * hears one failover, and every download arrives intact. Needs root.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { queryControlSocket } from '../../lib/control/control-socket';
 import type { BridgeSnapshot } from '../../lib/control/snapshot';
@@ -185,8 +185,11 @@ describe('shadowvm run --workers 2 (netns lab, root)', () => {
     await waitUntilQuiet(l);
     const control = join(l.runDir, 'control.sock');
     const agentSocket = join(l.runDir, 'agent.sock');
+    // The workers from the config file, as a systemd unit (which passes only --config) sets them.
+    const configFile = join(l.runDir, 'workers.json');
+    writeFileSync(configFile, JSON.stringify({ workers: 2 }));
     const bridge: CliProcess = spawnShadowvm(['run', '--name', PREFIX, '--uplink', l.client.hostIf, '--primary', l.primary.hostIf, '--backup', l.backup.hostIf,
-      '--agent', agentSocket, '--control', control, '--resync', 'align', '--workers', '2', '--log-level', 'info']);
+      '--agent', agentSocket, '--control', control, '--resync', 'align', '--config', configFile, '--log-level', 'info']);
     const attached: number[] = [];
     const answered: number[] = [];
     let session: AgentSession | undefined;
@@ -209,7 +212,9 @@ describe('shadowvm run --workers 2 (netns lab, root)', () => {
           }
         },
       });
-      expect((await until(control, (s) => s.state === 'COMPARING', 10_000))?.state).toBe('COMPARING');
+      const started = await until(control, (s) => s.state === 'COMPARING', 10_000);
+      expect(started?.state).toBe('COMPARING');
+      expect(started?.workers?.length).toBe(2);
       const d = downloads(l, servers, 'v', 4, 0xa00);
       for (let i = 0; i < 5; i++) {
         await delay(300);

@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import type { Argv } from 'yargs';
 import { Bridge, BridgeRoles } from '../../bridge';
 import { makePipelineConfig } from '../../pipeline/config';
-import { parseHostPort, readConfigFile } from '../config-file';
+import { parseHostPort, readConfigFile, RunFileSettings } from '../config-file';
 import { DEFAULT_REPLICATOR_CONFIG } from '../../replicate/replicator';
 import { Logger } from '../../control/logger';
 import { BridgeSignals } from '../../control/signals';
@@ -113,7 +113,7 @@ export function runCommand(y: Argv): Argv {
       .option('carrier-watch', { type: 'boolean', default: true, describe: 'promote the backup when the primary\'s port loses carrier (netlink); --no-carrier-watch turns it off' })
       .option('resync', { choices: ['copy', 'align'] as const, describe: 'after a checkpoint: copy (a real agent copied the state) or align (lab agents that cannot)' })
       .option('checkpoint-ms', { type: 'number', describe: 'also checkpoint at least every N ms, as Remus does (replicator.maxIntervalMs; 0: only on divergence)' })
-      .option('workers', { type: 'number', default: 1, describe: 'data-plane threads, each on its share of the flows (the kernel sorts frames by a hash of both ends: a flow, both ways, and both VMs\' answers reach one thread); checkpoints and failovers stay one for all. 1: one thread. Up to the cores the bridge may use; afpacket only' })
+      .option('workers', { type: 'number', describe: 'data-plane threads, each on its share of the flows (the kernel sorts frames by a hash of both ends: a flow, both ways, and both VMs\' answers reach one thread); checkpoints and failovers stay one for all. 1: one thread (the default, or "workers" in --config). Up to the cores the bridge may use; afpacket only' })
       .option('data-plane-thread', { type: 'boolean', default: true, describe: 'move frames on a thread of their own, apart from the control socket and metrics (--no-data-plane-thread: one thread)' })
       .option('send-inline-frames', { type: 'number', default: DEFAULT_SEND_INLINE_FRAMES, describe: 'afpacket, with the send thread: a flush of at most N frames made while that thread is idle and traffic is light (--send-inline-max-fps) is sent by the data plane itself: no hand-off, so lower latency at idle, but the receiving side\'s stack runs on the data plane. 0: every send through the thread' })
       .option('ring-frames', { type: 'number', default: 0, describe: 'afpacket: receive ring slots per port (with split rings: of the ring for MTU-sized frames), kernel memory resident from the start (status shows each ring). 0: 4,096 of 2 KiB with split rings (the default), 512 with --vnet-hdr --no-split-rings (68 KiB slots for GSO super-frames: 34 MiB per port), 8 MiB worth of 2 KiB slots without --vnet-hdr. Fewer: less memory, but a stalled breath overflows the ring sooner (counted in rx drops)' })
@@ -140,14 +140,6 @@ export function runCommand(y: Argv): Argv {
       if (!(Number.isInteger(oldSpace) && oldSpace >= 0 && oldSpace <= 4096)) throw new UsageError(`--initial-old-space-mib must be a whole number from 0 to 4096, got ${String(oldSpace)}`);
       // Read when a heap is made: the data-plane thread's, made after this, has it.
       if (oldSpace > 0) setFlagsFromString(`--initial-old-space-size=${oldSpace}`);
-      // A young-generation collection waits for its helpers, V8's platform threads. At the normal policy a
-      // realtime data plane would wait behind every busy normal thread of the host (soak, data plane RR:
-      // longest scavenge 12.9 and 8.9 ms with helpers, 6.6 and 3.8 ms without): it then scavenges alone.
-      // Realtime helpers (the default) scavenge with it (soak: breaths over 5 ms 0, 0, 0 against 5, 1, 1 alone).
-      const workers = args.workers;
-      if (!(Number.isInteger(workers) && workers >= 1 && workers <= MAX_SHARDS)) throw new UsageError(`--workers must be a whole number from 1 to ${MAX_SHARDS}, got ${String(workers)}`);
-      const realtime = realtimeForWorkers(args.realtime, workers, availableParallelism());
-      if (!scavengeHelpers(args['scavenge-helpers'], args['data-plane-thread'], realtime, args['realtime-helpers'])) setFlagsFromString('--no-parallel-scavenge');
       if (!(args['busy-poll-us'] >= 0 && args['busy-poll-us'] <= 10_000)) throw new UsageError('--busy-poll-us must be between 0 and 10000');
       const inline = args['send-inline-frames'];
       if (!(Number.isInteger(inline) && inline >= 0 && inline <= 1024)) throw new UsageError(`--send-inline-frames must be a whole number from 0 to 1024, got ${String(inline)}`);
@@ -162,11 +154,20 @@ export function runCommand(y: Argv): Argv {
       const inlineFps = sendThreadOn && inline > 0 ? maxFps : undefined;
       const rtPriority = args['realtime-priority'];
       if (!(Number.isInteger(rtPriority) && rtPriority >= 1 && rtPriority <= 99)) throw new UsageError(`--realtime-priority must be a whole number from 1 to 99, got ${String(rtPriority)}`);
+      const file = args.config ? readConfigFile(args.config) : { pipeline: {}, run: { ports: {} } as RunFileSettings };
+      const workers = args.workers ?? file.run.workers ?? 1;
+      if (!(Number.isInteger(workers) && workers >= 1 && workers <= MAX_SHARDS)) throw new UsageError(`--workers must be a whole number from 1 to ${MAX_SHARDS}, got ${String(workers)}`);
+      const realtime = realtimeForWorkers(args.realtime, workers, availableParallelism());
+      // A young-generation collection waits for its helpers, V8's platform threads. At the normal policy a
+      // realtime data plane would wait behind every busy normal thread of the host (soak, data plane RR:
+      // longest scavenge 12.9 and 8.9 ms with helpers, 6.6 and 3.8 ms without): it then scavenges alone.
+      // Realtime helpers (the default) scavenge with it (soak: breaths over 5 ms 0, 0, 0 against 5, 1, 1 alone).
+      // Set before the data-plane threads' heaps are made.
+      if (!scavengeHelpers(args['scavenge-helpers'], args['data-plane-thread'], realtime, args['realtime-helpers'])) setFlagsFromString('--no-parallel-scavenge');
       if (workers > 1 && !args['data-plane-thread']) throw new UsageError('--workers above 1 needs the data-plane thread (--no-data-plane-thread runs one thread)');
       if (workers > 1 && args.io !== 'afpacket') throw new UsageError(`--workers above 1 needs --io afpacket: the ${String(args.io)} ports cannot take a share of the frames`);
       if (args.realtime === 'on' && !args['data-plane-thread']) throw new UsageError('--realtime on needs the data-plane thread: with --no-data-plane-thread the control socket and metrics would run at realtime priority too');
       if (!/^[A-Za-z0-9_.-]{1,32}$/.test(name)) throw new UsageError(`--name must be 1-32 letters, digits, '.', '_' or '-', got ${JSON.stringify(name)}`);
-      const file = args.config ? readConfigFile(args.config) : { pipeline: {}, run: { ports: {} } };
       const checkpointMs = args['checkpoint-ms'];
       if (checkpointMs !== undefined && !(Number.isFinite(checkpointMs) && checkpointMs >= 0)) throw new UsageError(`--checkpoint-ms must be 0 (off) or a positive number of ms, got ${String(checkpointMs)}`);
       const config = makePipelineConfig({

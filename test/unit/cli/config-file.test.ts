@@ -22,6 +22,11 @@ describe('config files', () => {
     expect(cfg.pipeline).toEqual({ maxFlows: 100 });
   });
 
+  it('takes the data-plane workers of `run` (what a systemd unit cannot pass as --workers)', () => {
+    expect(parseConfigObject({ workers: 4, maxFlows: 100 }).run).toEqual({ ports: {}, workers: 4 });
+    expect(parseConfigObject({ workers: 4, maxFlows: 100 }).pipeline).toEqual({ maxFlows: 100 });
+  });
+
   it('rejects an unknown key inside ports, and lists the allowed ones', () => {
     expect(() => parseConfigObject({ ports: { client: 'eth0' } })).toThrow('invalid setting ports.client: unknown key; allowed keys in ports: uplink, primary, backup');
   });
@@ -31,6 +36,9 @@ describe('config files', () => {
     [{ ports: { primary: 'tap/0' } }, 'ports.primary', /no "\/", ":" or white space/],
     [{ ports: { backup: 7 } }, 'ports.backup', /must be a Linux interface name, got 7$/],
     [{ metrics: '9464' }, 'metrics', /HOST:PORT on loopback .*: not HOST:PORT, got "9464"$/],
+    [{ workers: 0 }, 'workers', /got 0/],
+    [{ workers: 1.5 }, 'workers', /whole number|integer/],
+    [{ workers: 65 }, 'workers', /got 65/],
   ])('rejects %j naming %s', (obj, path, detail) => {
     let err: unknown;
     try { parseConfigObject(obj); } catch (e) { err = e; }
