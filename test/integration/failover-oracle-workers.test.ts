@@ -7,7 +7,9 @@
  * again (a lab agent that revives the dead replica). A download is one
  * connection, so one worker carries it and sees the death (or not: a
  * carrier loss reaches both); the other must follow, every time, without
- * telling the agent twice. Needs root.
+ * telling the agent twice. Twice: with the lab's namespaces as built
+ * (offloads off), and with TSO and checksum offload on (super-frames through
+ * the workers' large rings). Needs root.
  */
 import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -28,7 +30,7 @@ const OBJECT = 'oracle-workers.bin';
 const OBJECT_BYTES = 4 << 20;
 jest.setTimeout(300_000);
 
-describe('failover oracle: shadowvm run --workers 2 (netns lab, root)', () => {
+describe.each([false, true])('failover oracle: shadowvm run --workers 2, offloads on in the namespaces: %s (netns lab, root)', (offloads) => {
   let lab: Lab | undefined;
   let bridge: CliProcess | undefined;
   let agent: LabAgent | undefined;
@@ -47,11 +49,14 @@ describe('failover oracle: shadowvm run --workers 2 (netns lab, root)', () => {
     requireRoot('failover-oracle-workers.test.ts');
     requireBuiltCli();
     const seed = Number(process.env.SHADOWVM_SEED ?? Math.floor(Math.random() * 2 ** 31));
-    console.log(`failover oracle (run --workers 2) seed ${seed} (replay with SHADOWVM_SEED=${seed})`);
+    console.log(`failover oracle (run --workers 2, offloads ${offloads ? 'on' : 'off'}) seed ${seed} (replay with SHADOWVM_SEED=${seed})`);
     lab = buildLab({ prefix: PREFIX });
     const l = lab;
     const servers: LabServers = await startLabServers(l);
     serveOnBoth(servers, OBJECT, fixedSeedBytes(OBJECT_BYTES, 0x0a1));
+    // TSO and checksum offload: the servers' answers reach the workers' large rings as super-frames. A replica
+    // brought back after its death keeps them (its link goes down and up; the device stays).
+    if (offloads) for (const n of [l.primary, l.backup, l.client]) await runInAsync(n.netns, 'ethtool', ['-K', n.nsIf, 'tx', 'on', 'sg', 'on', 'tso', 'on', 'gso', 'on'], 10_000);
     await waitUntilQuiet(l);
     const control = join(l.runDir, 'control.sock');
     const agentSocket = join(l.runDir, 'agent.sock');
@@ -107,12 +112,15 @@ describe('failover oracle: shadowvm run --workers 2 (netns lab, root)', () => {
     const follows = bridge.output().split('\n').filter((x) => x.includes('"event":"workers-follow"') && x.includes('"change":"failover"'));
     const causes: Record<string, number> = {};
     for (const x of follows) { const c = /"cause":"([a-z]+)"/.exec(x)?.[1] ?? '?'; causes[c] = (causes[c] ?? 0) + 1; }
-    console.log(`oracle (run --workers 2): ${MOMENTS} failovers (by cause ${JSON.stringify(causes)}), ${describeDetections(run.detectionsMs)}; workers ${JSON.stringify(after.workers)}; coordinator ${JSON.stringify(after.components.workers_coordinator)}`);
+    const large = after.ports.reduce((n, port) => n + (port.rxLargeFrames ?? 0), 0);
+    console.log(`oracle (run --workers 2, offloads ${offloads ? 'on' : 'off'}): ${MOMENTS} failovers, ${large} super-frames through the large rings (by cause ${JSON.stringify(causes)}), ${describeDetections(run.detectionsMs)}; workers ${JSON.stringify(after.workers)}; coordinator ${JSON.stringify(after.components.workers_coordinator)}`);
     if (run.slow.length) console.log(`promotions later than 100 ms after detection:\n${run.slow.join('\n')}`);
+    console.log(`detections ms: ${run.detectionsMs.map((x) => x.toFixed(1)).join(" ")}`);
     expect(after.failover.count).toBe(MOMENTS);
     // Every failover promoted the other port (A→B→A→B), was told to the agent once, and both workers made it.
     for (let i = 1; i < run.survivors.length; i++) expect(run.survivors[i]).not.toBe(run.survivors[i - 1]);
     expect(follows).toHaveLength(MOMENTS);
     expect(after.stages.failover.failovers).toBe(2 * MOMENTS);
+    if (offloads) expect(large).toBeGreaterThan(MOMENTS);
   });
 });
