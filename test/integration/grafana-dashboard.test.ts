@@ -4,18 +4,24 @@
  * bridge's /metrics exports, with label matchers that select at least one of
  * its series; and that scrape passes `promtool check metrics` (root, live
  * netns lab: a download, malformed frames, then a failover, so the families
- * that only exist once something happened exist).
+ * that only exist once something happened exist). The per-worker families
+ * exist only with more than one data-plane worker: a second scrape, of
+ * `shadowvm run --workers 2` on a lab of its own, adds them, and passes
+ * promtool too.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { BridgedLab, startBridgedLab, waitFor } from '../../lib/lab/bridged';
 import { LAB_FILES } from '../../lib/lab/content';
 import { runInAsync } from '../../lib/lab/exec';
-import { REPO_ROOT, delay, requireRoot, stopLabAfterAll } from '../support/lab-helpers';
+import { REPO_ROOT, delay, requireBuiltCli, requireRoot, RunWithLabAgent, startRunWithLabAgent, stopLabAfterAll } from '../support/lab-helpers';
+import { buildLab, teardownLab, waitUntilQuiet } from '../../lib/lab/netns';
+import { startLabServers } from '../../lib/lab/servers';
 import { INJECTOR, fetchText, injectIn, promtoolCheck } from '../support/metrics-helpers';
 import { matches, selectorsOf, seriesOf, Series } from '../support/promql';
 
 const PREFIX = 'rpd';
+const WORKERS_PREFIX = 'rpw';
 const METRICS_PORT = 29950 + (process.pid % 40);
 const DASHBOARD = join(REPO_ROOT, 'deploy', 'grafana', 'shadowvm-dashboard.json');
 /** Labels Prometheus adds at scrape time: not in the exposition text. */
@@ -74,6 +80,7 @@ describe('the Grafana dashboard', () => {
 describe('the Grafana dashboard against a live bridge\'s /metrics', () => {
   let l: BridgedLab | undefined;
   let scrape = '';
+  let workersScrape = '';
   let series: Series[] = [];
 
   beforeAll(async () => {
@@ -91,14 +98,42 @@ describe('the Grafana dashboard against a live bridge\'s /metrics', () => {
     const res = await fetchText(`http://127.0.0.1:${METRICS_PORT}/metrics`);
     expect(res.status).toBe(200);
     scrape = res.body;
-    series = seriesOf(scrape);
-  }, 60_000);
+    workersScrape = await scrapeWorkers();
+    series = [...seriesOf(scrape), ...seriesOf(workersScrape)];
+  }, 90_000);
+
+  /** /metrics of `run --workers 2` on a lab of its own, after a download. */
+  async function scrapeWorkers(): Promise<string> {
+    requireBuiltCli();
+    const lab = buildLab({ prefix: WORKERS_PREFIX });
+    let run: RunWithLabAgent | undefined;
+    try {
+      await startLabServers(lab);
+      await waitUntilQuiet(lab);
+      run = await startRunWithLabAgent(lab, WORKERS_PREFIX, ['--workers', '2', '--metrics', `127.0.0.1:${METRICS_PORT + 40}`, '--log-level', 'info']);
+      await runInAsync(lab.client.netns, 'curl', ['-sS', '--fail', '-o', '/dev/null', `http://${lab.serviceIpv4}/${LAB_FILES.blob}`], 20_000);
+      await delay(1100);
+      const res = await fetchText(`http://127.0.0.1:${METRICS_PORT + 40}/metrics`);
+      expect(res.status).toBe(200);
+      return res.body;
+    } finally {
+      await run?.stop();
+      teardownLab(lab);
+    }
+  }
 
   stopLabAfterAll(PREFIX, () => l);
 
   it('gets a scrape that promtool check metrics accepts without a complaint', async () => {
     const r = await promtoolCheck(scrape);
     expect({ code: r.code, output: r.output.trim() }).toEqual({ code: 0, output: '' });
+  });
+
+  it('gets the same from a bridge of two data-plane workers, with its per-worker series', async () => {
+    const r = await promtoolCheck(workersScrape);
+    expect({ code: r.code, output: r.output.trim() }).toEqual({ code: 0, output: '' });
+    const flows = seriesOf(workersScrape).filter((x) => x.name === 'shadowvm_worker_flows');
+    expect(flows.map((x) => x.labels.worker).sort()).toEqual(['0', '1']);
   });
 
   it('names only metrics the bridge exports, each selector matching at least one series', () => {
