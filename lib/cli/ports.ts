@@ -41,6 +41,8 @@ export interface PortOptions {
    * MiB worth of 2 KiB slots. Rings are kernel memory, resident from the start.
    */
   ringFrames?: number;
+  /** AF_PACKET with splitRings: slots of the large ring (68 KiB each, for GSO super-frames). Absent or 0: LARGE_RING_FRAMES. */
+  largeRingFrames?: number;
   /**
    * AF_PACKET with virtio-net headers: read each port through two rings, 2 KiB
    * slots for MTU-sized frames and a few 68 KiB slots for GSO super-frames
@@ -137,7 +139,7 @@ export function openOne(io: IoBackend, ifname: string, options: PortOptions): Pa
   const { AfPacketPort } = require('../io/afpacket-port') as typeof import('../io/afpacket-port');
   const o = afPacketOptions(options);
   if (!splitsRings(options)) return new AfPacketPort(ifname, o);
-  const { small, large, bound } = splitRingOptions(o, options.ringFrames, mtuOf(ifname));
+  const { small, large, bound } = splitRingOptions(o, options.ringFrames, mtuOf(ifname), options.largeRingFrames);
   const first = new AfPacketPort(ifname, small);
   try {
     return splitPort(ifname, first, new AfPacketPort(ifname, large), bound, options);
@@ -199,7 +201,7 @@ export async function openOneLater(io: IoBackend, ifname: string, options: PortO
   const { AfPacketPort } = require('../io/afpacket-port') as typeof import('../io/afpacket-port');
   const o = afPacketOptions(options);
   if (!splitsRings(options)) return AfPacketPort.open(ifname, o);
-  const { small, large, bound } = splitRingOptions(o, options.ringFrames, mtuOf(ifname));
+  const { small, large, bound } = splitRingOptions(o, options.ringFrames, mtuOf(ifname), options.largeRingFrames);
   const first = await AfPacketPort.open(ifname, small);
   try {
     return splitPort(ifname, first, await AfPacketPort.open(ifname, large), bound, options);

@@ -31,6 +31,8 @@ export interface DataPlaneInit {
   sendInlineFrames?: number;
   /** See PortOptions.ringFrames. */
   ringFrames?: number;
+  /** See PortOptions.largeRingFrames. */
+  largeRingFrames?: number;
   /** See PortOptions.splitRings. */
   splitRings?: boolean;
   /** See PortOptions.splitRingsFanout. */

@@ -79,7 +79,7 @@ async function main(init: DataPlaneInit): Promise<void> {
     }
     // Before the ports open: their send thread inherits the policy.
     const scheduling = schedule(init, logger);
-    const portOptions = { vnetHdr: init.vnetHdr, busyPollUs: init.busyPollUs, sendThread: init.sendThread, sendInlineFrames: init.sendInlineFrames, ringFrames: init.ringFrames, splitRings: init.splitRings, splitRingsFanout: init.splitRingsFanout, shard: init.shard, log: logger.log };
+    const portOptions = { vnetHdr: init.vnetHdr, busyPollUs: init.busyPollUs, sendThread: init.sendThread, sendInlineFrames: init.sendInlineFrames, ringFrames: init.ringFrames, largeRingFrames: init.largeRingFrames, splitRings: init.splitRings, splitRingsFanout: init.splitRingsFanout, shard: init.shard, log: logger.log };
     const ports = openPorts(init.io, init.ports, portOptions);
     // The new backup's port, named by the agent at a checkpoint: opened on the thread pool, not on this thread.
     const openPort = (ifname: string) => openOneLater(init.io, ifname, portOptions);

@@ -69,13 +69,15 @@ export function lengthFilter(max: number, above: boolean): Buffer {
  * The options of each ring, from the port's (which must have vnetHdr; its
  * ringFrames and frameSize are the one-ring sizes and do not apply), and the
  * bound between them. `smallFrames`: slots of the small ring if asked (`run
- * --ring-frames`), else 8 MiB worth (SMALL_RING_FRAMES at a standard MTU).
+ * --ring-frames`), else 8 MiB worth (SMALL_RING_FRAMES at a standard MTU);
+ * `largeFrames`: slots of the large ring if asked (`run --large-ring-frames`),
+ * else LARGE_RING_FRAMES.
  * `mtu`: the interface's; a jumbo MTU makes the small ring's slots hold its
  * frames, so only GSO super-frames go to the large ring's few slots. The
  * port's own `filter` (a worker's shard) applies to both rings: each takes
  * the frames that filter accepts and that are of its length class.
  */
-export function splitRingOptions(options: AfPacketPortOptions, smallFrames?: number, mtu = 1500): { small: AfPacketPortOptions; large: AfPacketPortOptions; bound: number } {
+export function splitRingOptions(options: AfPacketPortOptions, smallFrames?: number, mtu = 1500, largeFrames?: number): { small: AfPacketPortOptions; large: AfPacketPortOptions; bound: number } {
   const { ringFrames: _ignored, frameSize: _alsoIgnored, filter, ...rest } = options;
   const bound = splitBound(mtu);
   const ringFilter = (large: boolean) => (filter ? andFilters(filter, lengthFilter(bound, large)) : lengthFilter(bound, large));
@@ -83,7 +85,7 @@ export function splitRingOptions(options: AfPacketPortOptions, smallFrames?: num
   const frameSize = bound === SMALL_FRAME_MAX ? SMALL_FRAME_SIZE : Math.ceil((bound + 128) / 1024) * 1024;
   return {
     small: { ...rest, frameSize, ringFrames: smallFrames || Math.floor(SMALL_RING_BYTES / frameSize), filter: ringFilter(false) },
-    large: { ...rest, ringFrames: LARGE_RING_FRAMES, filter: ringFilter(true), sendThread: false },
+    large: { ...rest, ringFrames: largeFrames || LARGE_RING_FRAMES, filter: ringFilter(true), sendThread: false },
     bound,
   };
 }

@@ -156,7 +156,7 @@ describe('shadowvm run (root, on veth pairs)', () => {
     expect(await single.exited).toBe(0);
   });
 
-  it('--no-split-rings reads each port through one ring of 512 super-frame slots; with split rings --ring-frames sizes the small ring', async () => {
+  it('--no-split-rings reads each port through one ring of 512 super-frame slots; with split rings --ring-frames sizes the small ring, --large-ring-frames the large one', async () => {
     const path = join(dir, 'control.sock');
     const bridge = spawnShadowvm([...base(), '--no-split-rings']);
     try {
@@ -177,14 +177,16 @@ describe('shadowvm run (root, on veth pairs)', () => {
     }
     expect(await bridge.exited).toBe(0);
 
-    const sized = spawnShadowvm([...base(), '--ring-frames', '1024']);
+    const sized = spawnShadowvm([...base(), '--ring-frames', '1024', '--large-ring-frames', '32']);
     try {
       await sized.waitFor(/"event":"data-plane-thread"/, 15_000);
       const r = await queryControlSocket(path, { cmd: 'status' });
       if (!r.ok) throw new Error(r.error);
       for (const p of r.status.ports) {
         expect(p.ring).toMatchObject({ frames: 1024, frameSize: 2048 });
-        expect(p.ring!.large!.frames).toBeGreaterThanOrEqual(128);
+        // 32 slots, rounded up to whole kernel blocks (128 become 155).
+        expect(p.ring!.large!.frames).toBeGreaterThanOrEqual(32);
+        expect(p.ring!.large!.frames).toBeLessThan(100);
       }
       const text = await runShadowvm(['status', '--control', path]);
       expect(text.output).toMatch(/receive rings \(kernel memory, resident\): \S+ 1024 × 2\.0 KiB \+ \d+ × 64\.\d KiB/);
@@ -288,6 +290,7 @@ describe('shadowvm run (root, on veth pairs)', () => {
       [['--realtime-priority', '0'], /--realtime-priority must be a whole number from 1 to 99, got 0/],
       [['--realtime-priority', '100'], /--realtime-priority must be a whole number from 1 to 99, got 100/],
       [['--workers', '0'], /--workers must be a whole number from 1 to 64, got 0/],
+      [['--large-ring-frames', '4'], /--large-ring-frames must be 0 \(automatic\) or a whole number from 8 to 4096, got 4/],
       [['--workers', '65'], /--workers must be a whole number from 1 to 64, got 65/],
       [['--workers', '2', '--no-data-plane-thread'], /--workers above 1 needs the data-plane thread/],
       [['--workers', '2', '--io', 'cap'], /--workers above 1 needs --io afpacket/],

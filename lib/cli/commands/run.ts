@@ -117,6 +117,7 @@ export function runCommand(y: Argv): Argv {
       .option('data-plane-thread', { type: 'boolean', default: true, describe: 'move frames on a thread of their own, apart from the control socket and metrics (--no-data-plane-thread: one thread)' })
       .option('send-inline-frames', { type: 'number', default: DEFAULT_SEND_INLINE_FRAMES, describe: 'afpacket, with the send thread: a flush of at most N frames made while that thread is idle and traffic is light (--send-inline-max-fps) is sent by the data plane itself: no hand-off, so lower latency at idle, but the receiving side\'s stack runs on the data plane. 0: every send through the thread' })
       .option('ring-frames', { type: 'number', default: 0, describe: 'afpacket: receive ring slots per port (with split rings: of the ring for MTU-sized frames), kernel memory resident from the start (status shows each ring). 0: 4,096 of 2 KiB with split rings (the default), 512 with --vnet-hdr --no-split-rings (68 KiB slots for GSO super-frames: 34 MiB per port), 8 MiB worth of 2 KiB slots without --vnet-hdr. Fewer: less memory, but a stalled breath overflows the ring sooner (counted in rx drops)' })
+      .option('large-ring-frames', { type: 'number', default: 0, describe: 'afpacket with split rings: slots of the ring for GSO super-frames (68 KiB each), per port and per worker. 0: 128 (8.5 MiB a port). Fewer: less kernel memory (each of --workers N has its own rings), less room for a burst of super-frames' })
       .option('split-rings', { type: 'boolean', default: true, describe: 'afpacket with --vnet-hdr: read each port through two rings read as one, 4,096 slots of 2 KiB for frames up to 1,920 bytes and 128 of 68 KiB for GSO super-frames (18 MiB a port); --no-split-rings: one ring of 68 KiB slots (34 MiB a port for 512 slots)' })
       .option('split-rings-fanout', { type: 'boolean', default: true, describe: 'split rings on Linux 6.2+: the two rings\' sockets share a PACKET_FANOUT group, so the kernel offers each frame to one of them (status: "(fanout)"); --no-split-rings-fanout: to both, sorted by their filters (what older kernels get)' })
       .option('send-inline-max-fps', { type: 'number', default: DEFAULT_SEND_INLINE_MAX_FPS, describe: 'the rate gate of --send-inline-frames: inline sends stop at the first 10 ms tick with more than this many frames a second taken in, and start again after 5 ticks in a row at or under it; meanwhile every send goes through the send thread, so a busy receiver\'s stack never runs on the data plane' })
@@ -148,6 +149,10 @@ export function runCommand(y: Argv): Argv {
       const ringFrames = args['ring-frames'];
       if (!(Number.isInteger(ringFrames) && (ringFrames === 0 || (ringFrames >= 64 && ringFrames <= 1_048_576)))) {
         throw new UsageError(`--ring-frames must be 0 (automatic) or a whole number from 64 to 1048576, got ${String(ringFrames)}`);
+      }
+      const largeRingFrames = args['large-ring-frames'];
+      if (!(Number.isInteger(largeRingFrames) && (largeRingFrames === 0 || (largeRingFrames >= 8 && largeRingFrames <= 4096)))) {
+        throw new UsageError(`--large-ring-frames must be 0 (automatic) or a whole number from 8 to 4096, got ${String(largeRingFrames)}`);
       }
       // The gate only means something where sends can go through a send thread.
       const sendThreadOn = usesSendThread(args.io as IoBackend, { vnetHdr: args['vnet-hdr'], sendThread: sendThreadOf(args['send-thread']) });
@@ -206,7 +211,7 @@ export function runCommand(y: Argv): Argv {
         const threaded = new ThreadedBridge({
           init: {
             name, config, ports, roles, noBackupAtStart, io: args.io as IoBackend,
-            vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'], sendThread: sendThreadOf(args['send-thread']), sendInlineFrames: args['send-inline-frames'], ringFrames, splitRings: args['split-rings'], splitRingsFanout: args['split-rings-fanout'], inlineSendsMaxFps: inlineFps, agentSocket, carrierWatch: args['carrier-watch'], logLevel: args['log-level'],
+            vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'], sendThread: sendThreadOf(args['send-thread']), sendInlineFrames: args['send-inline-frames'], ringFrames, largeRingFrames, splitRings: args['split-rings'], splitRingsFanout: args['split-rings-fanout'], inlineSendsMaxFps: inlineFps, agentSocket, carrierWatch: args['carrier-watch'], logLevel: args['log-level'],
             realtime, realtimePriority: rtPriority,
             // Listed before the data-plane thread exists: every other thread now is Node's platform's.
             helperTids: args['realtime-helpers'] ? platformThreadIds() : [],
@@ -226,7 +231,7 @@ export function runCommand(y: Argv): Argv {
         }
       }
       let opened;
-      const portOptions = { vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'], sendThread: sendThreadOf(args['send-thread']), sendInlineFrames: args['send-inline-frames'], ringFrames, splitRings: args['split-rings'], splitRingsFanout: args['split-rings-fanout'], log: logger.log };
+      const portOptions = { vnetHdr: args['vnet-hdr'], busyPollUs: args['busy-poll-us'], sendThread: sendThreadOf(args['send-thread']), sendInlineFrames: args['send-inline-frames'], ringFrames, largeRingFrames, splitRings: args['split-rings'], splitRingsFanout: args['split-rings-fanout'], log: logger.log };
       try {
         opened = openPorts(args.io as IoBackend, ports, portOptions);
       } catch (e) {

@@ -44,6 +44,9 @@ describe('splitRingOptions', () => {
     expect(Buffer.compare(Buffer.from(large.filter!), lengthFilter(SMALL_FRAME_MAX, true))).toBe(0);
     const asked = splitRingOptions({ vnetHdr: true, ringFrames: 512 }, 1024);
     expect([asked.small.ringFrames, asked.large.ringFrames, asked.bound]).toEqual([1024, LARGE_RING_FRAMES, SMALL_FRAME_MAX]);
+    // run --large-ring-frames sizes the large ring (0: the default).
+    expect(splitRingOptions({ vnetHdr: true }, 1024, 1500, 40).large.ringFrames).toBe(40);
+    expect(splitRingOptions({ vnetHdr: true }, 1024, 1500, 0).large.ringFrames).toBe(LARGE_RING_FRAMES);
   });
 
   it('on a jumbo MTU sizes the small ring\'s slots for its frames (8 MiB of them), so only GSO super-frames go to the large ring', () => {
