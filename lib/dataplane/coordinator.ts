@@ -53,7 +53,7 @@ interface Barrier {
   epoch: number | null;
   startedMs: number;
   /** After a checkpoint-done that names a port: which workers have attached it. */
-  attaching: { port: string; epoch: number; attached: Set<number>; sinceMs: number } | null;
+  attaching: { port: string; attached: Set<number>; sinceMs: number } | null;
 }
 
 interface Waiting { worker: number; kind: AgentRequestKind; epoch: number; reason: CheckpointReason; flow?: string; backup?: string }
@@ -167,7 +167,7 @@ export class Coordinator {
     if (b.attaching) {
       if (now - b.attaching.sinceMs > ATTACH_TIMEOUT_MS) {
         this.counters.attach_timeouts++;
-        this.log('warn', 'backup-attach-timeout', { epoch: b.attaching.epoch, port: b.attaching.port, attached: [...b.attaching.attached], note: 'told to the agent without the workers that did not open it' });
+        this.log('warn', 'backup-attach-timeout', { epoch: b.epoch, port: b.attaching.port, attached: [...b.attaching.attached], note: 'told to the agent without the workers that did not open it' });
         this.finishAttach(b);
       }
       return;
@@ -236,7 +236,7 @@ export class Coordinator {
     if (!b || b.epoch !== m.epoch || b.attaching) return; // a late answer to a barrier given up on
     this.toParts(b, (epoch) => ({ ev: 'checkpoint-done', m: { ...m, epoch } }));
     if (m.port !== undefined && b.kind === 'checkpoint' && (this.agent?.agent?.version ?? 1) >= 2) {
-      b.attaching = { port: m.port, epoch: m.epoch, attached: new Set(), sinceMs: this.now() };
+      b.attaching = { port: m.port, attached: new Set(), sinceMs: this.now() };
       return;
     }
     this.endBarrier();
@@ -250,8 +250,7 @@ export class Coordinator {
   }
 
   private finishAttach(b: Barrier): void {
-    const a = b.attaching!;
-    this.agent?.sendBackupAttached(a.epoch, a.port);
+    this.agent?.sendBackupAttached(b.epoch!, b.attaching!.port);
     this.endBarrier();
   }
 

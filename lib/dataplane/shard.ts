@@ -254,16 +254,19 @@ export function shardFilter(count: number, index: number): Buffer {
   ldInd(BPF_W, 14);
   foldPorts();
   p.ja('mix');
-  // An echo request or reply: its identifier (the word's upper half) as the ports.
+  // An echo request or reply whose L4 header is at X + l4: its identifier (the word's upper half) as the ports.
+  const echoIdentifier = (proto: number, l4: number, echo: string) => {
+    ldInd(BPF_B, l4);
+    for (const type of ECHO_TYPES[proto]) p.jeq(type, echo);
+    p.ja('mix');
+    p.label(echo);
+    ldInd(BPF_W, l4 + 4).op(BPF_ALU | BPF_AND | BPF_K, 0xffff0000);
+    foldPorts();
+    p.ja('mix');
+  };
   p.label('v4icmp');
   toL4();
-  ldInd(BPF_B, 14);
-  for (const type of ECHO_TYPES[ICMP]) p.jeq(type, 'v4echo');
-  p.ja('mix');
-  p.label('v4echo');
-  ldInd(BPF_W, 18).op(BPF_ALU | BPF_AND | BPF_K, 0xffff0000);
-  foldPorts();
-  p.ja('mix');
+  echoIdentifier(ICMP, 14, 'v4echo');
   // IPv6: the 8 words of both addresses, from 8 of the header (22 of an untagged frame).
   p.label('v6');
   ldInd(BPF_W, 22).op(BPF_ST, 1);
@@ -277,13 +280,7 @@ export function shardFilter(count: number, index: number): Buffer {
   p.jeq(ICMPV6, 'v6icmp');
   p.ja('mix');
   p.label('v6icmp');
-  ldInd(BPF_B, 54);
-  for (const type of ECHO_TYPES[ICMPV6]) p.jeq(type, 'v6echo');
-  p.ja('mix');
-  p.label('v6echo');
-  ldInd(BPF_W, 58).op(BPF_ALU | BPF_AND | BPF_K, 0xffff0000);
-  foldPorts();
-  p.ja('mix');
+  echoIdentifier(ICMPV6, 54, 'v6echo');
   p.label('v6ports').op(BPF_LDX | BPF_MEM, 0);
   ldInd(BPF_W, 54);
   foldPorts();
