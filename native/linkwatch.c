@@ -34,6 +34,7 @@
  * The poll handle is unref'd: a watcher never keeps the process alive.
  */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <errno.h>
 #include <poll.h>
 #include <stdint.h>
@@ -871,7 +872,21 @@ static void finalize_state(napi_env env, void *data, void *hint) {
   free(s);
 }
 
+/*
+ * A data-plane worker that dies (an exception nothing caught) never calls
+ * close(): cleanup_env closes its watcher, and libuv calls on_poll_closed
+ * only after Node has unloaded this addon with the worker's environment
+ * (`run --workers 1`, whose one worker held the only load: SIGSEGV instead
+ * of exit code 1, every time). Loaded once more with RTLD_NODELETE, it stays
+ * mapped until the process ends, as the AF_PACKET addon does.
+ */
+static void pin_addon(void) {
+  Dl_info info;
+  if (dladdr((void *)&on_poll_closed, &info) && info.dli_fname) dlopen(info.dli_fname, RTLD_LAZY | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
 NAPI_MODULE_INIT() {
+  pin_addon();
   env_state_t *s = calloc(1, sizeof *s);
   if (!s) abort();
   napi_set_instance_data(env, s, finalize_state, NULL);

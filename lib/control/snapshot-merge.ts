@@ -194,7 +194,8 @@ function mostObserved(hs: readonly (HistogramSnapshot | undefined)[]): Histogram
  */
 const CHECKPOINT_RULES: Rules<CheckpointSnapshot> = {
   epoch: first((c) => c.epoch), // each worker numbers its own checkpoints
-  requested: (cs) => addByName(cs.map((c) => c.requested)), // only the worker that asked counts a request (a join is not one)
+  // A join is not a request, but workers that ask at once each count theirs: the coordinator's count, when given, wins.
+  requested: (cs) => addByName(cs.map((c) => c.requested)),
   done: max((c) => c.done),
   failed: max((c) => c.failed),
   coalesced: add((c) => c.coalesced), // triggers: each worker's own
@@ -352,13 +353,16 @@ const BRIDGE_RULES: Rules<BridgeSnapshot> = {
  * The whole bridge's snapshot from its workers' (`snaps[0]` is worker 0's;
  * at least one). `over.state`: the replication state to show, when the main
  * thread knows it for the whole bridge; otherwise the most serious of the
- * workers' (FAILED_OVER, then DEGRADED, CHECKPOINTING, COMPARING). Always
- * carries `workers`, one summary per input; one snapshot in gives it back
- * equal otherwise.
+ * workers' (FAILED_OVER, then DEGRADED, CHECKPOINTING, COMPARING).
+ * `over.requested`: the checkpoints asked of the agent, by reason, when the
+ * main thread counted them (one per barrier: dataplane/coordinator.ts);
+ * otherwise the workers' requests added. Always carries `workers`, one
+ * summary per input; one snapshot in gives it back equal otherwise.
  */
-export function mergeSnapshots(snaps: readonly BridgeSnapshot[], over: { state?: ReplicationState } = {}): BridgeSnapshot {
+export function mergeSnapshots(snaps: readonly BridgeSnapshot[], over: { state?: ReplicationState; requested?: CheckpointSnapshot['requested'] } = {}): BridgeSnapshot {
   if (snaps.length === 0) throw new Error('mergeSnapshots: no worker snapshot to merge');
   const merged = mergeBy(snaps, BRIDGE_RULES);
   if (over.state !== undefined) merged.state = over.state;
+  if (over.requested !== undefined) merged.checkpoints.requested = { ...over.requested };
   return merged;
 }

@@ -281,7 +281,7 @@ function errnoOf(e: unknown): string | undefined {
 }
 
 /** Removes a socket file nobody answers on; a live one is `SocketInUseError`, anything else `SocketPathError`. */
-async function clearStaleSocket(path: string, what: string): Promise<void> {
+export async function clearStaleSocket(path: string, what: string): Promise<void> {
   let before: Stats;
   try {
     before = lstatSync(path);

@@ -31,6 +31,7 @@
 import type { LogFn } from '../control/logger';
 import type { AgentLinkLike, AgentLinkListener } from '../replicate/agent-client';
 import type { CheckpointDoneMessage } from '../replicate/agent-protocol';
+import { CHECKPOINT_REASONS } from '../replicate/replicator';
 import type { AgentRequestKind, CheckpointReason } from '../replicate/replicator';
 import type { AgentWord, FromWorker, RoleChange, ToWorker } from './protocol';
 
@@ -85,6 +86,13 @@ export class Coordinator {
     barriers: 0, barriers_joined: 0, barriers_refused: 0, join_timeouts: 0, barrier_timeouts: 0, attach_timeouts: 0,
     role_changes: 0, role_reports_duplicate: 0, requests_waited: 0,
   };
+  /**
+   * Checkpoints asked of the agent, by the reason of the request that began
+   * each barrier: one for all the workers in it. Each worker's replicator
+   * counts its own request, so two workers that asked at once (both see the
+   * agent connect) would count one checkpoint twice.
+   */
+  readonly checkpointsRequested = Object.fromEntries(CHECKPOINT_REASONS.map((r) => [r, 0])) as Record<CheckpointReason, number>;
   private agent: AgentLinkLike | null = null;
   private barrier: Barrier | null = null;
   private readonly waiting: Waiting[] = [];
@@ -221,6 +229,7 @@ export class Coordinator {
       return;
     }
     this.counters.barriers_joined += joined;
+    if (b.kind === 'checkpoint') this.checkpointsRequested[b.reason]++;
     b.epoch = ++this.epoch;
     const sent = !this.agent ? false
       : b.kind === 'reprotect' ? this.agent.sendReprotect(b.epoch, b.backup)

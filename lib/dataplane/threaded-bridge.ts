@@ -11,7 +11,10 @@
  * metrics, and slow or hostile connections cost only the main thread.
  *
  * If the data-plane thread dies, `exited` settles and run.ts exits non-zero
- * (systemd restarts the bridge).
+ * (systemd restarts the bridge). A thread that dies runs none of its own
+ * stop: Node closes its handles and the addons their sockets, but the agent
+ * socket's file stays, so the main thread removes it if nobody answers there
+ * any more.
  *
  * `workers` > 1 (`run --workers N`): N data-plane threads, each on its shard
  * of the flows, and the main thread holds the agent link too, through the
@@ -32,6 +35,7 @@ import { UserFacingError } from '../errors';
 import type { FlowReport } from '../pipeline/shadow-flow';
 import { AgentLink } from '../replicate/agent-client';
 import { mergeSnapshots } from '../control/snapshot-merge';
+import { clearStaleSocket } from '../control/unix-socket';
 import { Coordinator } from './coordinator';
 import type { DataPlaneInit, DataPlaneOp, FromDataPlane, ToDataPlane } from './protocol';
 
@@ -171,11 +175,16 @@ export class ThreadedBridge {
         }
         this.stoppedWorkers.add(index);
         if (this.stoppedWorkers.size === count) this.onStopped?.();
+        // One worker listens on the agent socket itself once started (more: the main thread does, and closes it at stop).
+        const started = this.startMessages[index]?.type === 'started';
+        const leftBehind = !this.stopping && started && count === 1 && init.agentSocket ? this.removeStaleAgentSocket(init.agentSocket) : null;
         if (!this.stopping) {
           this.log('error', 'data-plane-exited', { ...(count > 1 ? { worker: index } : {}), code });
           this.onDied?.(code);
         }
-        resolve(code);
+        // `exited` (which stop awaits, and run.ts's exit after it) waits for the file to go.
+        if (leftBehind) void leftBehind.then(() => resolve(code));
+        else resolve(code);
       })));
     }
     this.exited = Promise.all(exits).then((codes) => codes.find((c) => c !== 0) ?? 0);
@@ -268,7 +277,8 @@ export class ThreadedBridge {
   private async takeSnapshot(): Promise<BridgeSnapshot> {
     const parts = await Promise.all(this.workers.map((_, i) => this.call(i, 'snapshot').then((json) => JSON.parse(json) as BridgeSnapshot)));
     if (parts.length === 1) return parts[0];
-    const merged = mergeSnapshots(parts);
+    // A barrier is one checkpoint asked of the agent, however many workers asked for it.
+    const merged = mergeSnapshots(parts, this.coordinator ? { requested: this.coordinator.checkpointsRequested } : {});
     // The workers' relays know the agent only by what the coordinator told them: the link itself is here.
     return this.agent ? { ...merged, agent: this.agent.snapshot() } : merged;
   }
@@ -298,6 +308,15 @@ export class ThreadedBridge {
     await stopped;
     clearTimeout(timer);
     await this.exited;
+  }
+
+  /** The agent socket's file, left by a data-plane thread that died, unless another process listens there now. */
+  private async removeStaleAgentSocket(path: string): Promise<void> {
+    try {
+      await clearStaleSocket(path, 'agent socket');
+    } catch (e) {
+      this.log('warn', 'agent-socket-left', { path, error: (e as Error).message });
+    }
   }
 
   private call(worker: number, op: DataPlaneOp, args: { limit?: number; match?: string } = {}): Promise<string> {

@@ -7,7 +7,7 @@
 import { join } from 'node:path';
 import { runAsync } from '../../lib/lab/exec';
 import { findLabLeftovers, labNames, processRunning, teardownLab } from '../../lib/lab/netns';
-import { CliProcess, NO_LEFTOVERS, requireBuiltCli, requireRoot, runShadowvm, spawnShadowvm } from '../support/lab-helpers';
+import { CliProcess, killProcessesAndLabAfterAll, NO_LEFTOVERS, requireBuiltCli, requireRoot, runShadowvm, spawnShadowvm } from '../support/lab-helpers';
 
 const PREFIX = 'svmi5';
 const UP_TIMEOUT_MS = 30_000;
@@ -35,14 +35,7 @@ describe('shadowvm lab up / down', () => {
     teardownLab(PREFIX);
   });
 
-  afterAll(async () => {
-    for (const p of started) {
-      if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
-      await p.exited;
-    }
-    teardownLab(PREFIX);
-    expect(findLabLeftovers(PREFIX)).toEqual(NO_LEFTOVERS);
-  }, 20_000);
+  killProcessesAndLabAfterAll(PREFIX, started, 20_000);
 
   test('a lab up killed with SIGKILL leaves its lab behind, and lab down removes all of it', async () => {
     const up = await labUp();

@@ -17,7 +17,7 @@ import { Lab, buildLab, findLabLeftovers, teardownLab, waitUntilQuiet } from '..
 import { serveOnBoth, startLabServers } from '../../lib/lab/servers';
 import { AgentSession } from '../../lib/agents/agent-session';
 import type { LabServers } from '../../lib/lab/servers';
-import { CliProcess, delay, NO_LEFTOVERS, requireBuiltCli, requireRoot, RunWithLabAgent, sha256, spawnShadowvm, startRunWithLabAgent } from '../support/lab-helpers';
+import { CliProcess, delay, NO_LEFTOVERS, requireBuiltCli, requireRoot, RunWithLabAgent, sha256, spawnShadowvm, startRunWithLabAgent, statusUntil } from '../support/lab-helpers';
 
 const PREFIX = 'svmwk';
 const BYTES = 4 << 20;
@@ -26,25 +26,6 @@ jest.setTimeout(150_000);
 
 function coordinatorOf(s: BridgeSnapshot | null): Record<string, number> {
   return s?.components.workers_coordinator ?? {};
-}
-
-async function statusOf(control: string): Promise<BridgeSnapshot | null> {
-  try {
-    const r = await queryControlSocket(control, { cmd: 'status' }, 2000);
-    return r.ok ? r.status : null;
-  } catch {
-    return null;
-  }
-}
-
-/** Polls `control`'s status until `ok` holds (at most `ms`); the last status. */
-async function until(control: string, ok: (s: BridgeSnapshot) => boolean, ms: number): Promise<BridgeSnapshot | null> {
-  let s: BridgeSnapshot | null = null;
-  for (const end = Date.now() + ms; Date.now() < end; await delay(50)) {
-    s = await statusOf(control);
-    if (s && ok(s)) return s;
-  }
-  return s;
 }
 
 /** `count` rate-limited downloads from the client: their files, and a check that every one arrived intact. */
@@ -139,13 +120,13 @@ describe('shadowvm run --workers 2 (netns lab, root)', () => {
     run = await startRunWithLabAgent(l, PREFIX, ['--workers', '2', '--log-level', 'info']);
     const r = run;
     r.agent.child.kill('SIGKILL');
-    const degraded = await until(r.control, (s) => s.workers!.every((w) => w.state === 'DEGRADED'), 10_000);
+    const degraded = await statusUntil(r.control, (s) => s.workers!.every((w) => w.state === 'DEGRADED'), 10_000);
     expect(degraded?.workers?.map((w) => w.state)).toEqual(['DEGRADED', 'DEGRADED']);
     expect(degraded?.agent.connected).toBe(false);
     const before = coordinatorOf(degraded);
     const agent = spawnShadowvm(['agent', 'lab', '--name', PREFIX, '--socket', join(l.runDir, 'agent.sock'), '--delay-ms', '5']);
     try {
-      const back = await until(r.control, (s) => s.state === 'COMPARING' && s.workers!.every((w) => w.state === 'COMPARING'), 10_000);
+      const back = await statusUntil(r.control, (s) => s.state === 'COMPARING' && s.workers!.every((w) => w.state === 'COMPARING'), 10_000);
       expect(back?.state).toBe('COMPARING');
       const c = coordinatorOf(back);
       // Each worker asked to resynchronize as the agent came: one checkpoint for both.
@@ -161,7 +142,7 @@ describe('shadowvm run --workers 2 (netns lab, root)', () => {
         require('node:fs').writeFileSync('/tmp/s26/backup-death-bridge.log', r.bridge.output());
         throw e;
       }
-      const after = await until(r.control, (s) => s.failover.backupsLost >= 1, 5000);
+      const after = await statusUntil(r.control, (s) => s.failover.backupsLost >= 1, 5000);
       expect(after?.failover.backupsLost).toBe(1);
       expect(after?.failover.count).toBe(0);
       // Both workers lost it (the stage counters add up over the workers): one saw it, the other followed or saw it too.
@@ -212,7 +193,7 @@ describe('shadowvm run --workers 2 (netns lab, root)', () => {
           }
         },
       });
-      const started = await until(control, (s) => s.state === 'COMPARING', 10_000);
+      const started = await statusUntil(control, (s) => s.state === 'COMPARING', 10_000);
       expect(started?.state).toBe('COMPARING');
       expect(started?.workers?.length).toBe(2);
       const d = downloads(l, servers, 'v', 4, 0xa00);
@@ -220,10 +201,10 @@ describe('shadowvm run --workers 2 (netns lab, root)', () => {
         await delay(300);
         const reply = await queryControlSocket(control, { cmd: 'checkpoint' }, 5000);
         expect(reply.ok).toBe(true);
-        await until(control, (s) => s.state === 'COMPARING', 5000);
+        await statusUntil(control, (s) => s.state === 'COMPARING', 5000);
       }
       await d.done;
-      const s = await until(control, (x) => x.state === 'COMPARING', 5000);
+      const s = await statusUntil(control, (x) => x.state === 'COMPARING', 5000);
       // Every checkpoint answered with a port was attached once, after both workers reopened their sockets.
       expect(attached.length).toBeGreaterThanOrEqual(5);
       expect(new Set(attached).size).toBe(attached.length);

@@ -174,8 +174,10 @@ export interface CliProcess {
   exited: Promise<number | string>;
 }
 
-export function spawnShadowvm(args: readonly string[]): CliProcess {
-  return watchChild(spawn(process.execPath, [SHADOWVM_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] }), `shadowvm ${args.join(' ')}`);
+/** `env`: variables added to this process's environment for the child (a preload in NODE_OPTIONS, say). */
+export function spawnShadowvm(args: readonly string[], env?: NodeJS.ProcessEnv): CliProcess {
+  const options = { stdio: ['ignore', 'pipe', 'pipe'] as ('ignore' | 'pipe')[], ...(env ? { env: { ...process.env, ...env } } : {}) };
+  return watchChild(spawn(process.execPath, [SHADOWVM_BIN, ...args], options), `shadowvm ${args.join(' ')}`);
 }
 
 /** A started child's output, exit, and a wait for a pattern in its output (`what` names it in errors). */
@@ -225,6 +227,22 @@ export async function runShadowvm(args: readonly string[], timeoutMs = 30_000): 
   } finally {
     clearTimeout(timer);
   }
+}
+
+/**
+ * Registers the afterAll of a lab test file that starts `shadowvm`
+ * processes: kill those still running (SIGKILL) and wait for them, tear down
+ * by prefix whatever is left, and check that nothing is.
+ */
+export function killProcessesAndLabAfterAll(prefix: string, processes: readonly CliProcess[], timeoutMs = 30_000): void {
+  afterAll(async () => {
+    for (const p of processes) {
+      if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
+      await p.exited;
+    }
+    teardownLab(prefix);
+    expect(findLabLeftovers(prefix)).toEqual(NO_LEFTOVERS);
+  }, timeoutMs);
 }
 
 /**
@@ -281,6 +299,26 @@ export function readThreads(pid: number): ThreadInfo[] {
 
 // ───────────────────────────── run with the lab agent ─────────────────────────────
 
+/** The status of the `shadowvm run` behind `control`, or null when it does not answer within 2 s. */
+export async function statusOf(control: string): Promise<BridgeSnapshot | null> {
+  try {
+    const r = await queryControlSocket(control, { cmd: 'status' }, 2000);
+    return r.ok ? r.status : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Polls `control`'s status until `ok` holds (at most `ms`); the last status. */
+export async function statusUntil(control: string, ok: (s: BridgeSnapshot) => boolean, ms: number): Promise<BridgeSnapshot | null> {
+  let s: BridgeSnapshot | null = null;
+  for (const end = Date.now() + ms; Date.now() < end; await delay(50)) {
+    s = await statusOf(control);
+    if (s && ok(s)) return s;
+  }
+  return s;
+}
+
 /** `shadowvm run` and `shadowvm agent lab` as processes of their own, as an administrator starts them. */
 export interface RunWithLabAgent {
   readonly bridge: CliProcess;
@@ -303,14 +341,7 @@ export async function startRunWithLabAgent(lab: Lab, name: string, runArgs: read
   const agentSocket = join(lab.runDir, 'agent.sock');
   const bridge = spawnShadowvm(['run', '--name', name, '--uplink', lab.client.hostIf, '--primary', lab.primary.hostIf, '--backup', lab.backup.hostIf,
     '--agent', agentSocket, '--control', control, '--resync', 'align', ...runArgs]);
-  const status = async (): Promise<BridgeSnapshot | null> => {
-    try {
-      const r = await queryControlSocket(control, { cmd: 'status' }, 2000);
-      return r.ok ? r.status : null;
-    } catch {
-      return null;
-    }
-  };
+  const status = () => statusOf(control);
   let agent: CliProcess | undefined;
   const stop = async () => {
     for (const p of [agent, bridge]) {

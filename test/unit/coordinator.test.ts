@@ -93,6 +93,27 @@ describe('Coordinator: checkpoints are barriers across the workers', () => {
     expect(t.c.counters.requests_waited).toBe(1);
   });
 
+  it('counts a barrier as one checkpoint requested, under its first request\'s reason, however many workers asked', () => {
+    const t = setup(2);
+    // Both workers ask as the agent connects: one barrier, one checkpoint.
+    t.c.fromWorker(0, { type: 'to-agent', op: 'checkpoint', epoch: 1, reason: 'manual' });
+    t.c.fromWorker(1, { type: 'to-agent', op: 'checkpoint', epoch: 1, reason: 'manual' });
+    expect(t.said).toHaveLength(1);
+    expect(t.c.checkpointsRequested).toEqual({ mismatch: 0, timeout: 0, queue: 0, periodic: 0, manual: 1 });
+    // A request that waited for it is the next checkpoint.
+    t.c.fromWorker(1, { type: 'to-agent', op: 'checkpoint', epoch: 2, reason: 'mismatch' });
+    t.c.listener.checkpointDone({ type: 'checkpoint-done', epoch: 1, ms: 1, bytes: 0 });
+    t.c.fromWorker(0, { type: 'to-agent', op: 'checkpoint', epoch: 2, reason: 'timeout' });
+    expect(t.said).toHaveLength(2);
+    expect(t.c.checkpointsRequested).toEqual({ mismatch: 1, timeout: 0, queue: 0, periodic: 0, manual: 1 });
+    // A re-protection is not a checkpoint.
+    t.c.listener.checkpointDone({ type: 'checkpoint-done', epoch: 2, ms: 1, bytes: 0 });
+    t.c.fromWorker(0, { type: 'to-agent', op: 'reprotect', epoch: 3 });
+    t.c.fromWorker(1, { type: 'to-agent', op: 'reprotect', epoch: 3 });
+    expect(t.said.map((x) => x.op)).toEqual(['checkpoint', 'checkpoint', 'reprotect']);
+    expect(t.c.checkpointsRequested).toEqual({ mismatch: 1, timeout: 0, queue: 0, periodic: 0, manual: 1 });
+  });
+
   it('a worker that does not answer a join is left out after JOIN_TIMEOUT_MS', () => {
     const t = setup(2);
     t.c.fromWorker(0, { type: 'to-agent', op: 'checkpoint', epoch: 1, reason: 'mismatch' });

@@ -101,6 +101,14 @@ describe('mergeSnapshots', () => {
     });
   });
 
+  it('counts the checkpoints requested as told (one per barrier), not as the workers\' requests added', () => {
+    const requested = { mismatch: 3, timeout: 1, queue: 0, periodic: 2, manual: 1 };
+    const told = mergeSnapshots([withWorkerZeroParts(sampleSnapshot()), secondWorker()], { requested });
+    expect(told.checkpoints.requested).toEqual(requested);
+    expect(told.checkpoints.requested).not.toBe(requested);
+    expect(told.checkpoints.done).toBe(merged.checkpoints.done);
+  });
+
   it('shows the most serious state of any worker, unless told the bridge\'s', () => {
     const w = (state: BridgeSnapshot['state']) => ({ ...sampleSnapshot(), state });
     expect(mergeSnapshots([w('COMPARING'), w('COMPARING')]).state).toBe('COMPARING');
