@@ -43,6 +43,7 @@ bench: build
 	@node dist/bench/shard-scale.js
 	@node dist/bench/shard-scale.js --offloads
 	@node dist/bench/shard-filter-cost.js
+	@gcc -O2 -pthread -o dist/bench/handoff-wake bench/handoff-wake.c && dist/bench/handoff-wake
 	@node dist/bench/failover.js
 	@node dist/bench/pipeline.js
 	@node dist/bench/soak.js
