@@ -8,7 +8,10 @@
  *
  * Then the primary QEMU is killed in the middle of a download: the backup
  * that the agent made, behind the tap the bridge moved to, takes over, and
- * the download is intact.
+ * the download is intact. Then the bridge process itself is killed in the
+ * middle of a download and started again on its roles file: the download
+ * survives the gap, the agent's copy at the new bridge's start protects the
+ * pair again.
  *
  * Twice: with one data-plane worker, and with two (`--workers 2`), where
  * both workers move their sockets to each new tap and follow the failover.
@@ -140,12 +143,16 @@ describe.each([1, 2])('shadowvm run --workers %i with shadowvm agent qemu, two p
     expect((await labFetch(lab, out, 'hello.txt')).equals(content.get('hello.txt') as Buffer)).toBe(true);
   });
 
-  test('the bridge process killed and started again (as systemd would): it starts on the taps that hold the roles now, and the pair is protected again', async () => {
+  test('the bridge process killed in the middle of a download and started again (as systemd would): it starts on the taps that hold the roles now, the pair is protected again, and the download is intact', async () => {
     const before = await waitStatus('protected', (x) => x.state === 'COMPARING' && hasBackup(x));
     const primaryTap = primaryPort(before)!;
     // After the failover and the copies, neither configured tap holds a role (both VMs are gone).
     expect(primaryTap).not.toBe(lab.taps.primary);
     expect(fs.existsSync(`/sys/class/net/${lab.taps.primary}`)).toBe(false);
+    // In flight across the death and the restart: TCP retransmits while no bridge runs; the new bridge takes
+    // the flow up in the middle, and the agent's copy at its start makes the backup the primary's twin again.
+    const download = labFetch(lab, out, GUEST_BIG_FILE, ['--limit-rate', '1M']).then((body) => ({ body }), (error: Error) => ({ error }));
+    await new Promise((r) => setTimeout(r, 1500));
     const exited = new Promise((r) => bridge!.once('exit', r));
     bridge!.kill('SIGKILL');
     await exited;
@@ -155,6 +162,9 @@ describe.each([1, 2])('shadowvm run --workers %i with shadowvm agent qemu, two p
     const after = await waitStatus('protected again after the restart', (x) => x.state === 'COMPARING' && hasBackup(x), 90_000);
     expect(bridgeLog).toMatch(/"event":"roles-restored"/);
     expect(primaryPort(after)).toBe(primaryTap);
+    const inFlight = await download;
+    if ('error' in inFlight) throw new Error(`the download in flight failed: ${inFlight.error.message}`);
+    expect(inFlight.body.equals(content.get(GUEST_BIG_FILE) as Buffer)).toBe(true);
     expect((await labFetch(lab, out, 'hello.txt')).equals(content.get('hello.txt') as Buffer)).toBe(true);
   });
 
