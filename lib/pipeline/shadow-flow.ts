@@ -364,16 +364,22 @@ export class ShadowFlow implements ReleaseGate {
     const p = tcp.primary, b = tcp.backup;
     if (p.ackSeen) b.noteAck(p.maxAck);
     if (!stream.started) return;
+    // The furthest a side has sent, gaps included. Its contiguous end can lag: a frame its ring had no room
+    // for, or output forwarded unchecked while DEGRADED (a bridge restarted under traffic). What the primary
+    // sent beyond went to the client with the checkpoint; restarted at the lagging end, comparison would
+    // wait for the gap's bytes forever, and time out at every checkpoint.
+    const sent = (ep: TcpEndpointState, end: number) => (ep.sndNxt !== null ? seqMax(end, (ep.sndNxt - ep.seqBase) >>> 0) : end);
     if (mode === 'copy') {
+      // Before the backup takes the primary's bases: its sndNxt is in its own sequence space.
+      const from = sent(p, stream.endOf(PRIMARY));
       b.seqBase = p.seqBase;
       b.tsBase = p.tsBase;
       b.tsSeen = p.tsSeen;
       b.synSeen = p.synSeen;
-      stream.reset(stream.endOf(PRIMARY));
+      // The copy sends from where the primary was: its own record of what it sent is the primary's now.
+      b.sndNxt = p.sndNxt;
+      stream.reset(from);
     } else {
-      // The furthest either has sent, gaps included: a frame a ring dropped leaves a side's contiguous end
-      // behind what it sent, and what the primary sent beyond it went to the client with the checkpoint.
-      const sent = (ep: TcpEndpointState, end: number) => (ep.sndNxt !== null ? seqMax(end, (ep.sndNxt - ep.seqBase) >>> 0) : end);
       stream.reset(seqMax(sent(p, stream.endOf(PRIMARY)), sent(b, stream.endOf(BACKUP))));
     }
   }
