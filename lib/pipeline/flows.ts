@@ -85,6 +85,8 @@ export class FlowRegistry implements Stage {
   evictedOpen = 0;
   /** Of those, the ones that came back: their replicas' offsets were lost with them, so they go on unprotected. */
   resumedUnprotected = 0;
+  /** TCP connections first seen without their SYN under `resync: align` (begun before this bridge saw them): unprotected. */
+  midstreamUnprotected = 0;
   /** Flows not compared (carried over, unprotected) whose client opened a new connection on their 4-tuple: replaced by a fresh flow. */
   reopened = 0;
   /** Keys of open TCP connections evicted from the table (bounded, oldest forgotten first). */
@@ -138,7 +140,7 @@ export class FlowRegistry implements Stage {
   counters(): Record<string, number> {
     return {
       created: this.created, evicted: this.table.evictions, active: this.table.size, carried: this.carried, unprotected: this.unprotected,
-      evicted_open: this.evictedOpen, evicted_resumed_unprotected: this.resumedUnprotected, reopened: this.reopened,
+      evicted_open: this.evictedOpen, evicted_resumed_unprotected: this.resumedUnprotected, midstream_unprotected: this.midstreamUnprotected, reopened: this.reopened,
       policy_pass_flows: this.policyPass, policy_drop_backup_only_flows: this.policyDropBackupOnly,
     };
   }
@@ -171,9 +173,9 @@ export class FlowRegistry implements Stage {
       this.unprotected++;
       if (action === 'pass') this.policyPass++;
       else this.policyDropBackupOnly++;
-    } else if (this.evictedKeys.size > 0 && f.l4 === 'tcp' && !(f.tcp.flags & TcpFlag.SYN)) {
-      // An evicted connection speaking again: never compared from raw sequence numbers, never passed silently.
-      if (this.evictedKeys.delete(key)) {
+    } else if (f.l4 === 'tcp' && !(f.tcp.flags & TcpFlag.SYN)) {
+      if (this.evictedKeys.size > 0 && this.evictedKeys.delete(key)) {
+        // An evicted connection speaking again: never compared from raw sequence numbers, never passed silently.
         flow.mode = 'solo';
         this.unprotected++;
         this.resumedUnprotected++;
@@ -181,6 +183,15 @@ export class FlowRegistry implements Stage {
         const old = this.evictedHeld.get(key);
         this.evictedHeld.delete(key);
         d.evictedResumed?.(flow, old ? old.releaseAll() : 0);
+      } else if (d.config.resync === 'align') {
+        // A connection that began before this bridge saw it (started or restarted under traffic). With `align`
+        // the backup keeps its own sequence space, which only the SYNs tell: its copy of this connection can
+        // never be compared or fed, and each checkpoint asked for it would be wasted until the client's budget
+        // ran out. It goes on unprotected from the start. (With `copy` the first checkpoint gives the backup
+        // the primary's sequence space, and the flow is compared from then on.)
+        flow.mode = 'solo';
+        this.unprotected++;
+        this.midstreamUnprotected++;
       }
     }
     return flow;

@@ -95,10 +95,13 @@ describe('pipeline fuzz (needs the recorded fixtures)', () => {
     // Reports: more flows than the report limit were seen, and only the most recent are kept.
     expect(pipeline.flowsCreated).toBeGreaterThan(REPORT_LIMIT);
     expect(pipeline.reports.length).toBe(REPORT_LIMIT);
-    // Held output went past the high-water mark (queue checkpoints were asked for) but stayed
+    // Held output reached the high-water mark (queue checkpoints were asked for) but stayed
     // within the mark plus what one frame per input can add while a checkpoint is outstanding.
+    // (Since a copying checkpoint restarts past the primary's gaps, flows whose mutated frames
+    // left holes no longer hold output for good, and the peak is the mark itself: 48, 29 queue
+    // checkpoints with this seed.)
     expect(reasons.get('queue') ?? 0).toBeGreaterThan(0);
-    expect(maxHeldFrames).toBeGreaterThan(TOTAL_HIGH_WATER.frames);
+    expect(maxHeldFrames).toBeGreaterThanOrEqual(TOTAL_HIGH_WATER.frames);
     expect(maxHeldFrames).toBeLessThanOrEqual(TOTAL_HIGH_WATER.frames + maxOutstandingRun);
     expect(maxHeldBytes).toBeLessThanOrEqual(TOTAL_HIGH_WATER.bytes + maxOutstandingRun * maxFrameBytes);
     // Retained after a real collection: flows, held slabs and reports, all bounded above.
