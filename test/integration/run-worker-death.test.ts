@@ -28,11 +28,9 @@
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { BridgeSnapshot } from '../../lib/control/snapshot';
-import { fixedSeedBytes } from '../../lib/lab/content';
-import { runInAsync } from '../../lib/lab/exec';
 import { Lab, buildLab, processRunning, waitUntilQuiet } from '../../lib/lab/netns';
-import { LabServers, serveOnBoth, startLabServers } from '../../lib/lab/servers';
-import { CliProcess, delay, killProcessesAndLabAfterAll, REPO_ROOT, requireBuiltCli, requireRoot, sha256, spawnShadowvm, statusOf, statusUntil } from '../support/lab-helpers';
+import { LabServers, startLabServers } from '../../lib/lab/servers';
+import { CliProcess, delay, killProcessesAndLabAfterAll, labDownloads, REPO_ROOT, requireBuiltCli, requireRoot, spawnShadowvm, statusOf, statusUntil } from '../support/lab-helpers';
 
 const PREFIX = 'svmwd';
 /** The preload, as built (tsc compiles test/ into dist/ with lib/). */
@@ -45,21 +43,6 @@ const EXIT_WITHIN_MS = 3000;
 /** How soon the restarted run must protect again (the agent retries with back-off: up to 1.6 s apart by then). */
 const PROTECTING_WITHIN_MS = 10_000;
 jest.setTimeout(90_000);
-
-/** Rate-limited downloads from the client; `done` checks every one arrived whole and intact. */
-function downloads(l: Lab, servers: LabServers, tag: string, n: { count: number; bytes: number }, seed: number): { done: Promise<void> } {
-  const files = Array.from({ length: n.count }, (_, i) => ({ name: `${tag}${i}.bin`, content: fixedSeedBytes(n.bytes, seed + i) }));
-  for (const f of files) serveOnBoth(servers, f.name, f.content);
-  const outs = files.map((f) => join(l.runDir, `out-${f.name}`));
-  const running = files.map((f, i) => runInAsync(l.client.netns, 'curl', ['-sS', '--fail', '--max-time', '60', '--limit-rate', '1M', '-o', outs[i], `http://${l.serviceIpv4}/${f.name}`], 70_000));
-  return {
-    done: (async () => {
-      const results = await Promise.allSettled(running);
-      expect(results.map((r) => (r.status === 'rejected' ? String(r.reason) : 'ok'))).toEqual(files.map(() => 'ok'));
-      for (let i = 0; i < files.length; i++) expect(sha256(readFileSync(outs[i]))).toBe(sha256(files[i].content));
-    })(),
-  };
-}
 
 /** `p`'s value, or `late` if it takes more than `ms`. */
 async function within<T>(p: Promise<T>, ms: number, late: T): Promise<T> {
@@ -123,7 +106,7 @@ describe('shadowvm run: a data-plane thread dies in the middle of downloads (net
     expect(first!.checkpoints.requested).toEqual(ONE_CHECKPOINT);
     expect(first!.checkpoints.done).toBe(1);
 
-    const inFlight = downloads(l, servers, `w${workers}-`, IN_FLIGHT, 0x300 + 0x10 * workers);
+    const inFlight = labDownloads(l, servers, `w${workers}-`, IN_FLIGHT, 0x300 + 0x10 * workers, 60);
     // Under way, and with two workers on both of them (8 connections all on one worker: odds of 1 in 128).
     const busy = await statusUntil(control, (s) => s.flows.active >= IN_FLIGHT.count && (workers === 1 || s.workers!.every((w) => w.flowsActive > 0)), 5000);
     expect(busy?.workers?.map((w) => w.flowsActive > 0) ?? [true]).toEqual(Array(workers).fill(true));
@@ -169,7 +152,7 @@ describe('shadowvm run: a data-plane thread dies in the middle of downloads (net
     expect(resumed!.stages.flow.midstream_unprotected).toBeGreaterThanOrEqual(IN_FLIGHT.count);
     expect(resumed!.checkpoints.requested.mismatch + resumed!.checkpoints.requested.timeout).toBe(0);
     // New downloads: compared from their handshake (bytes agreed by both VMs), intact.
-    const fresh = downloads(l, servers, `n${workers}-`, AFTER, 0x500 + 0x10 * workers);
+    const fresh = labDownloads(l, servers, `n${workers}-`, AFTER, 0x500 + 0x10 * workers, 60);
     await fresh.done;
     const after = await statusUntil(control, (s) => s.bytesMatched - resumed!.bytesMatched >= AFTER.count * AFTER.bytes, 3000);
     expect(after!.bytesMatched - resumed!.bytesMatched).toBeGreaterThanOrEqual(AFTER.count * AFTER.bytes);

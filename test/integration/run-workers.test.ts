@@ -16,8 +16,7 @@ import { killReplica } from '../../lib/lab/faults';
 import { Lab, buildLab, findLabLeftovers, teardownLab, waitUntilQuiet } from '../../lib/lab/netns';
 import { serveOnBoth, startLabServers } from '../../lib/lab/servers';
 import { AgentSession } from '../../lib/agents/agent-session';
-import type { LabServers } from '../../lib/lab/servers';
-import { CliProcess, delay, NO_LEFTOVERS, requireBuiltCli, requireRoot, RunWithLabAgent, sha256, spawnShadowvm, startRunWithLabAgent, statusUntil } from '../support/lab-helpers';
+import { CliProcess, delay, labDownloads, NO_LEFTOVERS, requireBuiltCli, requireRoot, RunWithLabAgent, sha256, spawnShadowvm, startRunWithLabAgent, statusUntil } from '../support/lab-helpers';
 
 const PREFIX = 'svmwk';
 const BYTES = 4 << 20;
@@ -26,20 +25,6 @@ jest.setTimeout(150_000);
 
 function coordinatorOf(s: BridgeSnapshot | null): Record<string, number> {
   return s?.components.workers_coordinator ?? {};
-}
-
-/** `count` rate-limited downloads from the client: their files, and a check that every one arrived intact. */
-function downloads(l: Lab, servers: LabServers, tag: string, count: number, seed: number): { done: Promise<void> } {
-  const files = Array.from({ length: count }, (_, i) => ({ name: `${tag}${i}.bin`, content: fixedSeedBytes(BYTES, seed + i) }));
-  for (const f of files) serveOnBoth(servers, f.name, f.content);
-  const outs = files.map((f) => join(l.runDir, `out-${f.name}`));
-  const running = files.map((f, i) => runInAsync(l.client.netns, 'curl', ['-sS', '--fail', '--max-time', '90', '--limit-rate', '1M', '-o', outs[i], `http://${l.serviceIpv4}/${f.name}`], 100_000));
-  return {
-    done: (async () => {
-      await Promise.all(running);
-      for (let i = 0; i < files.length; i++) expect(sha256(readFileSync(outs[i]))).toBe(sha256(files[i].content));
-    })(),
-  };
 }
 
 describe('shadowvm run --workers 2 (netns lab, root)', () => {
@@ -133,7 +118,7 @@ describe('shadowvm run --workers 2 (netns lab, root)', () => {
       expect(c.barriers - before.barriers).toBe(1);
       expect(c.barriers_joined - before.barriers_joined).toBe(2);
 
-      const d = downloads(l, servers, 'b', 6, 0x900);
+      const d = labDownloads(l, servers, 'b', { count: 6, bytes: BYTES }, 0x900);
       await delay(1500);
       await killReplica(l, l.backup, 'abrupt');
       try {
@@ -196,7 +181,7 @@ describe('shadowvm run --workers 2 (netns lab, root)', () => {
       const started = await statusUntil(control, (s) => s.state === 'COMPARING', 10_000);
       expect(started?.state).toBe('COMPARING');
       expect(started?.workers?.length).toBe(2);
-      const d = downloads(l, servers, 'v', 4, 0xa00);
+      const d = labDownloads(l, servers, 'v', { count: 4, bytes: BYTES }, 0xa00);
       for (let i = 0; i < 5; i++) {
         await delay(300);
         const reply = await queryControlSocket(control, { cmd: 'checkpoint' }, 5000);

@@ -19,6 +19,8 @@ import type { Lab, LabLeftovers } from '../../lib/lab/netns';
 import { queryControlSocket } from '../../lib/control/control-socket';
 import type { BridgeSnapshot } from '../../lib/control/snapshot';
 import type { FlowReport } from '../../lib/pipeline/shadow-flow';
+import { fixedSeedBytes } from '../../lib/lab/content';
+import { LabServers, serveOnBoth } from '../../lib/lab/servers';
 
 export const REPO_ROOT = join(__dirname, '..', '..');
 export const SHADOWVM_BIN = join(REPO_ROOT, 'bin', 'shadowvm');
@@ -370,4 +372,23 @@ export async function startRunWithLabAgent(lab: Lab, name: string, runArgs: read
     throw new Error(`shadowvm run did not reach COMPARING (state ${s?.state ?? 'no answer'}): ${bridge.output().slice(-2000)}`);
   }
   return { bridge, agent: agent!, control, status, stop };
+}
+
+/**
+ * `n.count` downloads of `n.bytes` each (fixed-seed content served by both replicas), from the lab's client
+ * at 1 MB/s, so that they stay in flight for what a test does meanwhile. `done` settles once all have ended,
+ * and checks that every one succeeded and arrived intact.
+ */
+export function labDownloads(l: Lab, servers: LabServers, tag: string, n: { count: number; bytes: number }, seed: number, maxSeconds = 90): { done: Promise<void> } {
+  const files = Array.from({ length: n.count }, (_, i) => ({ name: `${tag}${i}.bin`, content: fixedSeedBytes(n.bytes, seed + i) }));
+  for (const f of files) serveOnBoth(servers, f.name, f.content);
+  const outs = files.map((f) => join(l.runDir, `out-${f.name}`));
+  const running = files.map((f, i) => runInAsync(l.client.netns, 'curl', ['-sS', '--fail', '--max-time', String(maxSeconds), '--limit-rate', '1M', '-o', outs[i], `http://${l.serviceIpv4}/${f.name}`], (maxSeconds + 10) * 1000));
+  return {
+    done: (async () => {
+      const results = await Promise.allSettled(running);
+      expect(results.map((r) => (r.status === 'rejected' ? String(r.reason) : 'ok'))).toEqual(files.map(() => 'ok'));
+      for (let i = 0; i < files.length; i++) expect(sha256(readFileSync(outs[i]))).toBe(sha256(files[i].content));
+    })(),
+  };
 }
