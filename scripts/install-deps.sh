@@ -15,6 +15,7 @@ need=(
   "/usr/bin/tcpdump:tcpdump"
   "/usr/bin/tshark:tshark"
   "/usr/bin/curl:curl"
+  "/usr/bin/wget:wget"                       # downloads that must stay on the wire: its --limit-rate paces its reading (curl 7.88's overshoots)
   "/usr/sbin/nginx:nginx-light"
   "/usr/sbin/vsftpd:vsftpd"
   "/usr/bin/lftp:lftp"

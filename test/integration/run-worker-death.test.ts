@@ -30,12 +30,15 @@ import { join } from 'node:path';
 import type { BridgeSnapshot } from '../../lib/control/snapshot';
 import { Lab, buildLab, processRunning, waitUntilQuiet } from '../../lib/lab/netns';
 import { LabServers, startLabServers } from '../../lib/lab/servers';
-import { CliProcess, delay, killProcessesAndLabAfterAll, labDownloads, REPO_ROOT, requireBuiltCli, requireRoot, spawnShadowvm, statusOf, statusUntil } from '../support/lab-helpers';
+import { CliProcess, clientBytesReceived, delay, killProcessesAndLabAfterAll, labDownloads, REPO_ROOT, requireBuiltCli, requireRoot, spawnShadowvm, statusOf, statusUntil } from '../support/lab-helpers';
 
 const PREFIX = 'svmwd';
 /** The preload, as built (tsc compiles test/ into dist/ with lib/). */
 const PRELOAD = join(REPO_ROOT, 'dist', 'test', 'support', 'worker-death.js');
-/** In flight across the crash: 6 MiB at 1 MB/s each, so every download spans the death and the restart. */
+/**
+ * In flight across the crash: 6 MiB at 1 MB/s each, so every download spans the death and the restart (checked:
+ * each connection has received part of its file). With curl's --limit-rate, some were over before the death.
+ */
 const IN_FLIGHT = { count: 8, bytes: 6 << 20 };
 const AFTER = { count: 4, bytes: 2 << 20 };
 /** How soon run must have exited after its thread died. */
@@ -113,6 +116,9 @@ describe('shadowvm run: a data-plane thread dies in the middle of downloads (net
     const ports = [l.client.hostIf, l.primary.hostIf, l.backup.hostIf];
     expect(packetSocketsOn(ports)).toBeGreaterThan(0);
     await delay(1000);
+    // Really in flight: each connection has received only part of its file.
+    const received = clientBytesReceived(l);
+    expect(received.filter((b) => b > 0 && b < IN_FLIGHT.bytes)).toHaveLength(IN_FLIGHT.count);
 
     writeFileSync(dieFile, '');
     const diedAt = Date.now();

@@ -16,7 +16,7 @@ import { killReplica } from '../../lib/lab/faults';
 import { Lab, buildLab, findLabLeftovers, teardownLab, waitUntilQuiet } from '../../lib/lab/netns';
 import { serveOnBoth, startLabServers } from '../../lib/lab/servers';
 import { AgentSession } from '../../lib/agents/agent-session';
-import { CliProcess, delay, labDownloads, NO_LEFTOVERS, requireBuiltCli, requireRoot, RunWithLabAgent, sha256, spawnShadowvm, startRunWithLabAgent, statusUntil } from '../support/lab-helpers';
+import { CliProcess, delay, labDownloads, NO_LEFTOVERS, paced, requireBuiltCli, requireRoot, RunWithLabAgent, sha256, spawnShadowvm, startRunWithLabAgent, statusUntil } from '../support/lab-helpers';
 
 const PREFIX = 'svmwk';
 const BYTES = 4 << 20;
@@ -73,7 +73,7 @@ describe('shadowvm run --workers 2 (netns lab, root)', () => {
 
     // Downloads on many flows: the kernel shares them between the workers.
     const outs = files.map((f) => join(l.runDir, `out-${f.name}`));
-    const downloads = files.map((f, i) => runInAsync(l.client.netns, 'curl', ['-sS', '--fail', '--max-time', '90', '--limit-rate', '1M', '-o', outs[i], `http://${l.serviceIpv4}/${f.name}`], 100_000));
+    const downloads = files.map((f, i) => runInAsync(l.client.netns, 'wget', paced(outs[i], `http://${l.serviceIpv4}/${f.name}`, '1m', 90), 100_000));
     await delay(1500);
     const mid = await r.status();
     // Both workers carry flows and frames (8 connections: all on one worker has odds of 1 in 128).

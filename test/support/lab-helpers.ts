@@ -11,7 +11,7 @@ import { findLabLeftovers, teardownLab } from '../../lib/lab/netns';
 import { ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { runInAsync } from '../../lib/lab/exec';
+import { runIn, runInAsync } from '../../lib/lab/exec';
 import { join } from 'node:path';
 import type { Bridge } from '../../lib/bridge';
 import type { LogFn, LogLevel } from '../../lib/control/logger';
@@ -375,15 +375,42 @@ export async function startRunWithLabAgent(lab: Lab, name: string, runArgs: read
 }
 
 /**
+ * wget's arguments for a download that stays on the wire at `rate` (wget's size: `500k`, `1m`): wget reads no
+ * faster, and the sender can run ahead of it only by the client's receive buffer (about 1 MB here). One try, an
+ * error for an HTTP error, `seconds` without progress at most. Not curl: curl 7.88's --limit-rate overshoots by
+ * seconds (in 8 parallel 6 MiB downloads at 1 MB/s, one was done in 0.3 s and others in 2.6-5 s), so a download
+ * meant to be in flight when a test strikes could be over already. Pacing in the server instead (nginx
+ * limit_rate) is no better: it counts in whole seconds from the request's start, so the primary and the backup
+ * send their bursts up to a second apart and the comparator times out on them.
+ */
+export function paced(out: string, url: string, rate: string, seconds: number): string[] {
+  return ['-q', '--tries=1', `--timeout=${seconds}`, `--limit-rate=${rate}`, '-O', out, url];
+}
+
+/** Bytes each TCP connection from the lab's client to the service has received so far (ss), one entry per connection. */
+export function clientBytesReceived(l: Lab, port = 80): number[] {
+  const out = runIn(l.client.netns, 'ss', ['-tinH', 'state', 'established', 'dst', l.serviceIpv4, 'dport', '=', `:${port}`]);
+  const counts: number[] = [];
+  for (const line of out.split('\n')) {
+    if (!line.trim()) continue;
+    // A connection's line starts in column 0 (its state); its details follow, indented.
+    if (!/^\s/.test(line)) counts.push(0);
+    const m = /\bbytes_received:(\d+)/.exec(line);
+    if (m && counts.length > 0) counts[counts.length - 1] = Number(m[1]);
+  }
+  return counts;
+}
+
+/**
  * `n.count` downloads of `n.bytes` each (fixed-seed content served by both replicas), from the lab's client
- * at 1 MB/s, so that they stay in flight for what a test does meanwhile. `done` settles once all have ended,
+ * at 1 MB/s (wget's pacing, see `paced`), so that they stay in flight for what a test does meanwhile. `done` settles once all have ended,
  * and checks that every one succeeded and arrived intact.
  */
 export function labDownloads(l: Lab, servers: LabServers, tag: string, n: { count: number; bytes: number }, seed: number, maxSeconds = 90): { done: Promise<void> } {
   const files = Array.from({ length: n.count }, (_, i) => ({ name: `${tag}${i}.bin`, content: fixedSeedBytes(n.bytes, seed + i) }));
   for (const f of files) serveOnBoth(servers, f.name, f.content);
   const outs = files.map((f) => join(l.runDir, `out-${f.name}`));
-  const running = files.map((f, i) => runInAsync(l.client.netns, 'curl', ['-sS', '--fail', '--max-time', String(maxSeconds), '--limit-rate', '1M', '-o', outs[i], `http://${l.serviceIpv4}/${f.name}`], (maxSeconds + 10) * 1000));
+  const running = files.map((f, i) => runInAsync(l.client.netns, 'wget', paced(outs[i], `http://${l.serviceIpv4}/${f.name}`, '1m', maxSeconds), (maxSeconds + 10) * 1000));
   return {
     done: (async () => {
       const results = await Promise.allSettled(running);
