@@ -24,6 +24,8 @@ import { DeathMode, killReplica, OutagePort, replicaOfPort, reviveReplicaElsewhe
 
 export interface BridgedLabOptions {
   prefix?: string;
+  /** LabOptions.clientReceiveBufferMax. */
+  clientReceiveBufferMax?: number;
   io?: IoBackend;
   /**
    * AF_PACKET virtio-net headers. Off by default here: the lab turns checksum
@@ -102,7 +104,7 @@ export async function waitFor(test: () => boolean, timeoutMs: number, everyMs = 
 
 export async function startBridgedLab(options: BridgedLabOptions = {}): Promise<BridgedLab> {
   const log = options.log ?? noLog;
-  const lab = buildLab({ prefix: options.prefix });
+  const lab = buildLab({ prefix: options.prefix, clientReceiveBufferMax: options.clientReceiveBufferMax });
   let bridge: Bridge | null = null;
   let agent: LabAgent | null = null;
   let ownLinks: LinkWatcher | null = null;

@@ -11,6 +11,7 @@ import { LogFn } from '../control/logger';
 import { BridgedLab, startBridgedLab, waitFor } from './bridged';
 import { LAB_CONTENT_MTIME, LAB_FILES, fixedSeedBytes } from './content';
 import { runInAsync } from './exec';
+import { paced } from './servers';
 import { IoBackend } from '../cli/ports';
 import { openRunLogFile, reportLine, teeLog } from '../report';
 
@@ -137,12 +138,12 @@ async function failoverStep(l: BridgedLab, p: (line: string) => void): Promise<v
   const dead = l.activeNode();
   p(`4. the primary (${dead.netns}) dies in the middle of a ${FAILOVER_BYTES >> 20} MiB download: its link goes down`);
   const started = Date.now();
-  const curl = runInAsync(lab.client.netns, 'curl', ['-sS', '--fail', '--max-time', '60', '--limit-rate', '32M', '-o', out, `http://${lab.serviceIpv4}/${FAILOVER_FILE}`], 70_000);
+  const download = runInAsync(lab.client.netns, 'wget', paced(out, `http://${lab.serviceIpv4}/${FAILOVER_FILE}`, '32m', 60), 70_000);
   await new Promise((r) => setTimeout(r, 700));
   const received = existsSync(out) ? statSync(out).size : 0;
   await l.kill(dead, 'abrupt');
   const promoted = await waitFor(() => pipeline.failover.failovers > 0, 5000, 1);
-  await curl;
+  await download;
   const body = readFileSync(out);
   const rec = pipeline.failoverHistory[pipeline.failoverHistory.length - 1];
   p(`   ${(received / 1048576).toFixed(1)} MiB had arrived when the link went down (${((Date.now() - started) / 1000).toFixed(1)} s download in all)`);

@@ -65,6 +65,14 @@ export interface Lab {
 export interface LabOptions {
   /** Name prefix, ≤ 14 characters [a-z0-9]; default `svm`. Distinct prefixes let labs run in parallel. */
   prefix?: string;
+  /**
+   * The largest TCP receive buffer of the client's namespace (`net.ipv4.tcp_rmem`'s maximum), in bytes; default:
+   * what a new namespace inherits from the host (32 MiB here). A client that reads slowly (wget --limit-rate)
+   * lets the server run ahead of it by this much at wire speed, so a paced download meant to be in flight when a
+   * test strikes may be all on the wire already. Such tests set it small (256 KiB); the bench and the demo keep
+   * the default.
+   */
+  clientReceiveBufferMax?: number;
 }
 
 export const LAB_DEFAULT_PREFIX = 'svm';
@@ -171,6 +179,10 @@ export function setUpNode(node: LabNode, peer: LabNode): void {
 export function buildLab(options: LabOptions = {}): Lab {
   const prefix = options.prefix ?? LAB_DEFAULT_PREFIX;
   const names = labNames(prefix);
+  const rmemMax = options.clientReceiveBufferMax;
+  if (rmemMax !== undefined && (!Number.isInteger(rmemMax) || rmemMax < 4096)) {
+    throw new LabConfigError(`clientReceiveBufferMax ${rmemMax} must be an integer of at least 4096 bytes`);
+  }
   teardownLab(prefix);
   const [client, primary, backup] = describeNodes(prefix);
   try {
@@ -180,6 +192,8 @@ export function buildLab(options: LabOptions = {}): Lab {
     setUpNode(client, primary);
     setUpNode(primary, client);
     setUpNode(backup, client);
+    // The initial size must not exceed the maximum.
+    if (rmemMax !== undefined) runIn(client.netns, 'sysctl', ['-qw', `net.ipv4.tcp_rmem=4096 ${Math.min(131072, rmemMax)} ${rmemMax}`]);
   } catch (err) {
     teardownLab(prefix);
     throw err;

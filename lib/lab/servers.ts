@@ -334,3 +334,17 @@ export async function restartReplicaServers(lab: Lab, replica: LabReplicaRuntime
   for (const p of victims) lab.processes.splice(lab.processes.indexOf(p), 1);
   await startReplica(lab, replica, services, timeoutMs);
 }
+
+/**
+ * wget's arguments for a download that stays on the wire at `rate` (wget's sizes: `500k`, `1m`), for the lab's
+ * tests and demo: wget reads no faster, and the sender runs ahead of it only by what the client's receive buffer
+ * holds (about 1 MB at 1m). One try, an error for an HTTP error, at most `seconds` without progress.
+ *
+ * Not curl: curl 7.88's --limit-rate does not hold (on loopback, 4 MiB at 8M took 0.02 s; 8 parallel 6 MiB at
+ * 1M took 0.3-5.7 s), so a download meant to be in flight when a test strikes could be over already. Pacing in
+ * the server (nginx limit_rate) is no better: it counts whole seconds from each request's start, so the primary
+ * and the backup send their bursts up to a second apart and the comparator times out on them.
+ */
+export function paced(out: string, url: string, rate: string, seconds: number): string[] {
+  return ['-q', '--tries=1', `--timeout=${seconds}`, `--limit-rate=${rate}`, '-O', out, url];
+}

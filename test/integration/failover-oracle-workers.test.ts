@@ -21,7 +21,7 @@ import { runInAsync } from '../../lib/lab/exec';
 import { killReplica, replicaOfPort, reviveReplicaElsewhere } from '../../lib/lab/faults';
 import { Lab, buildLab, findLabLeftovers, teardownLab, waitUntilQuiet } from '../../lib/lab/netns';
 import { LabServers, serveOnBoth, startLabServers } from '../../lib/lab/servers';
-import { CliProcess, delay, NO_LEFTOVERS, requireBuiltCli, requireRoot, sha256, spawnShadowvm } from '../support/lab-helpers';
+import { CliProcess, delay, IN_FLIGHT_RECEIVE_BUFFER, NO_LEFTOVERS, paced, requireBuiltCli, requireRoot, sha256, spawnShadowvm } from '../support/lab-helpers';
 import { describeDetections, oracleMoments, OracleTarget } from '../support/oracle';
 
 const PREFIX = 'svmow';
@@ -50,7 +50,7 @@ describe.each([false, true])('failover oracle: shadowvm run --workers 2, offload
     requireBuiltCli();
     const seed = Number(process.env.SHADOWVM_SEED ?? Math.floor(Math.random() * 2 ** 31));
     console.log(`failover oracle (run --workers 2, offloads ${offloads ? 'on' : 'off'}) seed ${seed} (replay with SHADOWVM_SEED=${seed})`);
-    lab = buildLab({ prefix: PREFIX });
+    lab = buildLab({ prefix: PREFIX, clientReceiveBufferMax: IN_FLIGHT_RECEIVE_BUFFER });
     const l = lab;
     const servers: LabServers = await startLabServers(l);
     serveOnBoth(servers, OBJECT, fixedSeedBytes(OBJECT_BYTES, 0x0a1));
@@ -101,7 +101,7 @@ describe.each([false, true])('failover oracle: shadowvm run --workers 2, offload
     async function download(name: string): Promise<Buffer> {
       const out = join(l.runDir, name);
       rmSync(out, { force: true });
-      await runInAsync(l.client.netns, 'curl', ['-sS', '--fail', '--max-time', '30', '--limit-rate', '8M', '-o', out, `http://${l.serviceIpv4}/${OBJECT}`], 40_000);
+      await runInAsync(l.client.netns, 'wget', paced(out, `http://${l.serviceIpv4}/${OBJECT}`, '8m', 30), 40_000);
       return readFileSync(out);
     }
     const reference = await download('reference');
@@ -113,7 +113,9 @@ describe.each([false, true])('failover oracle: shadowvm run --workers 2, offload
     const causes: Record<string, number> = {};
     for (const x of follows) { const c = /"cause":"([a-z]+)"/.exec(x)?.[1] ?? '?'; causes[c] = (causes[c] ?? 0) + 1; }
     const large = after.ports.reduce((n, port) => n + (port.rxLargeFrames ?? 0), 0);
-    console.log(`oracle (run --workers 2, offloads ${offloads ? 'on' : 'off'}): ${MOMENTS} failovers, ${large} super-frames through the large rings (by cause ${JSON.stringify(causes)}), ${describeDetections(run.detectionsMs)}; workers ${JSON.stringify(after.workers)}; coordinator ${JSON.stringify(after.components.workers_coordinator)}`);
+    console.log(`oracle (run --workers 2, offloads ${offloads ? 'on' : 'off'}): ${MOMENTS} failovers (${run.midDownload} in the middle of the download), ${large} super-frames through the large rings (by cause ${JSON.stringify(causes)}), ${describeDetections(run.detectionsMs)}; workers ${JSON.stringify(after.workers)}; coordinator ${JSON.stringify(after.components.workers_coordinator)}`);
+    // Deaths in the middle of downloads, not between them (wget paces them: see paced()).
+    expect(run.midDownload).toBeGreaterThanOrEqual(Math.ceil(MOMENTS * 0.75));
     if (run.slow.length) console.log(`promotions later than 100 ms after detection:\n${run.slow.join('\n')}`);
     console.log(`detections ms: ${run.detectionsMs.map((x) => x.toFixed(1)).join(" ")}`);
     expect(after.failover.count).toBe(MOMENTS);

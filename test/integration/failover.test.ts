@@ -15,7 +15,7 @@ import { fixedSeedBytes, LAB_FILES } from '../../lib/lab/content';
 import { runInAsync } from '../../lib/lab/exec';
 import { DeathMode } from '../../lib/lab/faults';
 import { LinkWatcher } from '../../lib/io/link-watch';
-import { delay, requireBuiltCli, requireRoot, runShadowvm, sha256, stopLabAfterAll } from '../support/lab-helpers';
+import { delay, IN_FLIGHT_RECEIVE_BUFFER, paced, requireBuiltCli, requireRoot, runShadowvm, sha256, stopLabAfterAll } from '../support/lab-helpers';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 
 const PREFIX = 'svmfo';
@@ -45,7 +45,7 @@ describe('failover in the netns lab', () => {
   beforeAll(async () => {
     requireRoot('failover.test.ts');
     links = LinkWatcher.open();
-    l = await startBridgedLab({ prefix: PREFIX, links, ftpPassivePorts: { min: 30000, max: 30000 } });
+    l = await startBridgedLab({ prefix: PREFIX, clientReceiveBufferMax: IN_FLIGHT_RECEIVE_BUFFER, links, ftpPassivePorts: { min: 30000, max: 30000 } });
     big = fixedSeedBytes(BIG_BYTES, 77);
     const ftp = fixedSeedBytes(FTP_BYTES, 78);
     serveOnBoth(l.servers, BIG, big);
@@ -96,11 +96,11 @@ describe('failover in the netns lab', () => {
       test('a 100 MiB HTTP download across it arrives intact', async () => {
         const lab = l!.lab;
         const out = join(lab.runDir, `big-${mode}`);
-        const curl = runInAsync(lab.client.netns, 'curl', ['-sS', '--fail', '--max-time', '60', '--limit-rate', '40M', '-o', out, `http://${lab.serviceIpv4}/${BIG}`], 70_000);
+        const wget = runInAsync(lab.client.netns, 'wget', paced(out, `http://${lab.serviceIpv4}/${BIG}`, '40m', 60), 70_000);
         await delay(1000);
         const atDeath = existsSync(out) ? statSync(out).size : 0;
         await killActiveAndRecover(mode);
-        await curl;
+        await wget;
         console.log(`${mode}: 100 MiB download, ${atDeath} bytes received when the primary died`);
         expect(atDeath).toBeLessThan(BIG_BYTES);
         const got = readFileSync(out);
@@ -135,14 +135,14 @@ describe('failover in the netns lab', () => {
       const before = p.failover.failovers;
       const survivor = lab.standbyNode()!;
       const out = join(lab.lab.runDir, 'big-manual');
-      const curl = runInAsync(lab.lab.client.netns, 'curl', ['-sS', '--fail', '--max-time', '60', '--limit-rate', '40M', '-o', out, `http://${lab.lab.serviceIpv4}/${BIG}`], 70_000);
+      const wget = runInAsync(lab.lab.client.netns, 'wget', paced(out, `http://${lab.lab.serviceIpv4}/${BIG}`, '40m', 60), 70_000);
       await delay(800);
       const cli = await runShadowvm(['failover', '--control', lab.controlSocket]);
       expect(cli.code).toBe(0);
       expect(cli.output).toContain(`promoted ${survivor.hostIf}`);
       expect(p.failover.failovers).toBe(before + 1);
       expect(p.failoverHistory.at(-1)!.cause).toBe('manual');
-      await curl;
+      await wget;
       expect(sha256(readFileSync(out))).toBe(sha256(big));
       // The old primary was alive: re-protection rebuilds it as the backup all the same.
       await reprotected();

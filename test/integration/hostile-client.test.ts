@@ -15,7 +15,7 @@ import { BridgedLab, startBridgedLab } from '../../lib/lab/bridged';
 import { serveOnBoth } from '../../lib/lab/servers';
 import { fixedSeedBytes } from '../../lib/lab/content';
 import { runInAsync } from '../../lib/lab/exec';
-import { REPO_ROOT, delay, requireBuiltCli, requireRoot, sha256, stopLabAfterAll } from '../support/lab-helpers';
+import { REPO_ROOT, delay, paced, requireBuiltCli, requireRoot, sha256, stopLabAfterAll } from '../support/lab-helpers';
 import { readFileSync } from 'node:fs';
 
 const PREFIX = 'svmhc';
@@ -44,7 +44,7 @@ describe('a client that sends TCP garbage (netns lab)', () => {
     const before = bridge.snapshot().checkpoints;
     const out = join(lab.runDir, 'garbage-download');
     const url = `http://${lab.serviceIpv4}/${FILE}`;
-    const download = runInAsync(lab.client.netns, 'curl', ['-sS', '--fail', '--max-time', '60', '--limit-rate', '3M', '-o', out, url], 70_000);
+    const download = runInAsync(lab.client.netns, 'wget', paced(out, url, '3m', 60), 70_000);
     const TARGET_PORT = 41234;
     const target = runInAsync(lab.client.netns, 'curl', ['-sS', '--max-time', '15', '--local-port', String(TARGET_PORT), '--limit-rate', '2M', '-o', '/dev/null', url], 20_000).catch(() => 'broken');
     await delay(500);

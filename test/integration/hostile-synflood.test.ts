@@ -205,7 +205,7 @@ describe('the new-connection budget under a SYN flood (live lab)', () => {
     const ingress = () => bridge.snapshot().stages.ingress;
     const created = () => bridge.snapshot().stages.flow.created;
     const [createdBefore, overBefore] = [created(), ingress().syn_over_budget];
-    const download = runInAsync(lab.client.netns, 'sh', ['-c', `curl -sS --fail --limit-rate 2M http://${lab.serviceIpv4}/${BIG_FILE} | sha256sum`], 60_000);
+    const download = runInAsync(lab.client.netns, 'sh', ['-c', `wget -q --tries=1 --limit-rate=2m -O - http://${lab.serviceIpv4}/${BIG_FILE} | sha256sum`], 60_000);
     await new Promise((r) => setTimeout(r, 500));
     const t0 = Date.now();
     const flood = JSON.parse((await runInAsync(lab.client.netns, process.execPath,

@@ -14,7 +14,7 @@ import { fixedSeedBytes } from '../../lib/lab/content';
 import { runInAsync } from '../../lib/lab/exec';
 import { Lab, buildLab, findLabLeftovers, teardownLab, waitUntilQuiet } from '../../lib/lab/netns';
 import { serveOnBoth, startLabServers } from '../../lib/lab/servers';
-import { delay, NO_LEFTOVERS, requireBuiltCli, requireRoot, RunWithLabAgent, sha256, startRunWithLabAgent } from '../support/lab-helpers';
+import { delay, NO_LEFTOVERS, paced, requireBuiltCli, requireRoot, RunWithLabAgent, sha256, startRunWithLabAgent } from '../support/lab-helpers';
 
 const PREFIX = 'svmro';
 const FILE = 'overflow.bin';
@@ -51,7 +51,7 @@ describe('shadowvm run whose rings overflow under downloads (netns lab, root)', 
     const dropsBefore = before!.ports.reduce((n, p) => n + p.rxDrops, 0);
 
     const outs = Array.from({ length: DOWNLOADS }, (_, i) => join(lab!.runDir, `download-${i}.bin`));
-    const downloads = outs.map((out) => runInAsync(lab!.client.netns, 'curl', ['-sS', '--fail', '--max-time', '60', '--limit-rate', '8M', '-o', out, `http://${lab!.serviceIpv4}/${FILE}`], 70_000));
+    const downloads = outs.map((out) => runInAsync(lab!.client.netns, 'wget', paced(out, `http://${lab!.serviceIpv4}/${FILE}`, '8m', 60), 70_000));
     for (const d of downloads) d.catch(() => {}); // awaited below
     const pid = run.bridge.child.pid!;
     for (let stop = 0; stop < 2; stop++) {
@@ -81,7 +81,7 @@ describe('shadowvm run whose rings overflow under downloads (netns lab, root)', 
     const s = await run.status();
     expect(s!.ports.every((p) => p.ring?.large !== undefined)).toBe(true);
     const outs = Array.from({ length: DOWNLOADS }, (_, i) => join(l.runDir, `split-${i}.bin`));
-    const downloads = outs.map((out) => runInAsync(l.client.netns, 'curl', ['-sS', '--fail', '--max-time', '60', '--limit-rate', '8M', '-o', out, `http://${l.serviceIpv4}/${FILE}`], 70_000));
+    const downloads = outs.map((out) => runInAsync(l.client.netns, 'wget', paced(out, `http://${l.serviceIpv4}/${FILE}`, '8m', 60), 70_000));
     for (const d of downloads) d.catch(() => {}); // awaited below
     await delay(800);
     process.kill(run.bridge.child.pid!, 'SIGSTOP');

@@ -12,7 +12,7 @@ import { runInAsync } from '../../lib/lab/exec';
 import { killReplica } from '../../lib/lab/faults';
 import { Lab, buildLab, findLabLeftovers, teardownLab, waitUntilQuiet } from '../../lib/lab/netns';
 import { serveOnBoth, startLabServers } from '../../lib/lab/servers';
-import { delay, NO_LEFTOVERS, readThreads, requireBuiltCli, requireRoot, RunWithLabAgent, SCHED_RR, sha256, startRunWithLabAgent } from '../support/lab-helpers';
+import { delay, IN_FLIGHT_RECEIVE_BUFFER, NO_LEFTOVERS, paced, readThreads, requireBuiltCli, requireRoot, RunWithLabAgent, SCHED_RR, sha256, startRunWithLabAgent } from '../support/lab-helpers';
 
 const PREFIX = 'svmrtf';
 const FILE = 'rt-failover.bin';
@@ -37,7 +37,7 @@ describe('shadowvm run with a realtime data plane: failover (netns lab, root)', 
   it('the primary dies mid-download: the realtime data plane promotes the backup, the download arrives intact, the thread stays SCHED_RR', async () => {
     requireRoot('run-realtime-failover.test.ts');
     requireBuiltCli();
-    lab = buildLab({ prefix: PREFIX });
+    lab = buildLab({ prefix: PREFIX, clientReceiveBufferMax: IN_FLIGHT_RECEIVE_BUFFER });
     const servers = await startLabServers(lab);
     const content = fixedSeedBytes(BYTES, 0x4e7);
     serveOnBoth(servers, FILE, content);
@@ -49,7 +49,7 @@ describe('shadowvm run with a realtime data plane: failover (netns lab, root)', 
     expect(policiesOf(pid, 'svm-dataplane')).toEqual([SCHED_RR]);
 
     const out = join(lab.runDir, 'download.bin');
-    const download = runInAsync(lab.client.netns, 'curl', ['-sS', '--fail', '--max-time', '60', '--limit-rate', '4M', '-o', out, `http://${lab.serviceIpv4}/${FILE}`], 70_000);
+    const download = runInAsync(lab.client.netns, 'wget', paced(out, `http://${lab.serviceIpv4}/${FILE}`, '4m', 60), 70_000);
     await delay(1200);
     await killReplica(lab, lab.primary, 'abrupt');
     await download;
@@ -76,7 +76,7 @@ describe('shadowvm run with a realtime data plane: failover (netns lab, root)', 
   it('run\'s default ports (split rings) with offloads on: the primary dies mid-download (super-frames in flight), the download arrives intact', async () => {
     await run?.stop();
     teardownLab(PREFIX);
-    lab = buildLab({ prefix: PREFIX });
+    lab = buildLab({ prefix: PREFIX, clientReceiveBufferMax: IN_FLIGHT_RECEIVE_BUFFER });
     const l = lab;
     const servers = await startLabServers(l);
     const content = fixedSeedBytes(BYTES, 0x5f1);
@@ -89,7 +89,7 @@ describe('shadowvm run with a realtime data plane: failover (netns lab, root)', 
     expect(s!.ports.every((p) => p.ring?.large !== undefined)).toBe(true);
 
     const out = join(l.runDir, 'download-split.bin');
-    const download = runInAsync(l.client.netns, 'curl', ['-sS', '--fail', '--max-time', '60', '--limit-rate', '4M', '-o', out, `http://${l.serviceIpv4}/${FILE}`], 70_000);
+    const download = runInAsync(l.client.netns, 'wget', paced(out, `http://${l.serviceIpv4}/${FILE}`, '4m', 60), 70_000);
     await delay(1200);
     const mid = await run.status();
     await killReplica(l, l.primary, 'abrupt');

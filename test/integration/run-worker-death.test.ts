@@ -30,7 +30,7 @@ import { join } from 'node:path';
 import type { BridgeSnapshot } from '../../lib/control/snapshot';
 import { Lab, buildLab, processRunning, waitUntilQuiet } from '../../lib/lab/netns';
 import { LabServers, startLabServers } from '../../lib/lab/servers';
-import { CliProcess, clientBytesReceived, delay, killProcessesAndLabAfterAll, labDownloads, REPO_ROOT, requireBuiltCli, requireRoot, spawnShadowvm, statusOf, statusUntil } from '../support/lab-helpers';
+import { clientBytesReceived, CliProcess, delay, IN_FLIGHT_RECEIVE_BUFFER, killProcessesAndLabAfterAll, labDownloads, REPO_ROOT, requireBuiltCli, requireRoot, spawnShadowvm, statusOf, statusUntil } from '../support/lab-helpers';
 
 const PREFIX = 'svmwd';
 /** The preload, as built (tsc compiles test/ into dist/ with lib/). */
@@ -79,7 +79,7 @@ describe('shadowvm run: a data-plane thread dies in the middle of downloads (net
     requireRoot('run-worker-death.test.ts');
     requireBuiltCli();
     if (!existsSync(PRELOAD)) throw new Error(`${PRELOAD} is missing: build first (npx tsc -p tsconfig.json)`);
-    lab = buildLab({ prefix: PREFIX });
+    lab = buildLab({ prefix: PREFIX, clientReceiveBufferMax: IN_FLIGHT_RECEIVE_BUFFER });
     servers = await startLabServers(lab);
     await waitUntilQuiet(lab);
   }, 30_000);

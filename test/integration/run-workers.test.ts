@@ -16,7 +16,7 @@ import { killReplica } from '../../lib/lab/faults';
 import { Lab, buildLab, findLabLeftovers, teardownLab, waitUntilQuiet } from '../../lib/lab/netns';
 import { serveOnBoth, startLabServers } from '../../lib/lab/servers';
 import { AgentSession } from '../../lib/agents/agent-session';
-import { CliProcess, delay, labDownloads, NO_LEFTOVERS, paced, requireBuiltCli, requireRoot, RunWithLabAgent, sha256, spawnShadowvm, startRunWithLabAgent, statusUntil } from '../support/lab-helpers';
+import { CliProcess, delay, IN_FLIGHT_RECEIVE_BUFFER, labDownloads, NO_LEFTOVERS, paced, requireBuiltCli, requireRoot, RunWithLabAgent, sha256, spawnShadowvm, startRunWithLabAgent, statusUntil } from '../support/lab-helpers';
 
 const PREFIX = 'svmwk';
 const BYTES = 4 << 20;
@@ -40,7 +40,7 @@ describe('shadowvm run --workers 2 (netns lab, root)', () => {
   it('shares the flows, makes one checkpoint for both workers, and survives the primary\'s death with every download intact', async () => {
     requireRoot('run-workers.test.ts');
     requireBuiltCli();
-    lab = buildLab({ prefix: PREFIX });
+    lab = buildLab({ prefix: PREFIX, clientReceiveBufferMax: IN_FLIGHT_RECEIVE_BUFFER });
     const l = lab;
     const servers = await startLabServers(l);
     const files = Array.from({ length: DOWNLOADS }, (_, i) => ({ name: `w${i}.bin`, content: fixedSeedBytes(BYTES, 0x700 + i) }));
@@ -98,7 +98,7 @@ describe('shadowvm run --workers 2 (netns lab, root)', () => {
   it('the agent dies and comes back (both workers DEGRADED, then one checkpoint for both); the backup dies mid-download (both workers run on unprotected, downloads intact)', async () => {
     await run?.stop();
     teardownLab(PREFIX);
-    lab = buildLab({ prefix: PREFIX });
+    lab = buildLab({ prefix: PREFIX, clientReceiveBufferMax: IN_FLIGHT_RECEIVE_BUFFER });
     const l = lab;
     const servers = await startLabServers(l);
     await waitUntilQuiet(l);
@@ -145,7 +145,7 @@ describe('shadowvm run --workers 2 (netns lab, root)', () => {
     await run?.stop();
     run = undefined;
     teardownLab(PREFIX);
-    lab = buildLab({ prefix: PREFIX });
+    lab = buildLab({ prefix: PREFIX, clientReceiveBufferMax: IN_FLIGHT_RECEIVE_BUFFER });
     const l = lab;
     const servers = await startLabServers(l);
     await waitUntilQuiet(l);

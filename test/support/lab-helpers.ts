@@ -20,7 +20,9 @@ import { queryControlSocket } from '../../lib/control/control-socket';
 import type { BridgeSnapshot } from '../../lib/control/snapshot';
 import type { FlowReport } from '../../lib/pipeline/shadow-flow';
 import { fixedSeedBytes } from '../../lib/lab/content';
-import { LabServers, serveOnBoth } from '../../lib/lab/servers';
+import { LabServers, paced, serveOnBoth } from '../../lib/lab/servers';
+
+export { paced };
 
 export const REPO_ROOT = join(__dirname, '..', '..');
 export const SHADOWVM_BIN = join(REPO_ROOT, 'bin', 'shadowvm');
@@ -375,17 +377,11 @@ export async function startRunWithLabAgent(lab: Lab, name: string, runArgs: read
 }
 
 /**
- * wget's arguments for a download that stays on the wire at `rate` (wget's size: `500k`, `1m`): wget reads no
- * faster, and the sender can run ahead of it only by the client's receive buffer (about 1 MB here). One try, an
- * error for an HTTP error, `seconds` without progress at most. Not curl: curl 7.88's --limit-rate overshoots by
- * seconds (in 8 parallel 6 MiB downloads at 1 MB/s, one was done in 0.3 s and others in 2.6-5 s), so a download
- * meant to be in flight when a test strikes could be over already. Pacing in the server instead (nginx
- * limit_rate) is no better: it counts in whole seconds from the request's start, so the primary and the backup
- * send their bursts up to a second apart and the comparator times out on them.
+ * The client's receive buffer (LabOptions.clientReceiveBufferMax) in labs whose downloads must be in flight when
+ * the test strikes: with wget pacing them (paced), the server runs at most this far ahead of wget's reading.
+ * (With the inherited 32 MiB, 4 MiB at 8 MB/s was all on the wire before a death 20-320 ms in at 9 of 20 moments.)
  */
-export function paced(out: string, url: string, rate: string, seconds: number): string[] {
-  return ['-q', '--tries=1', `--timeout=${seconds}`, `--limit-rate=${rate}`, '-O', out, url];
-}
+export const IN_FLIGHT_RECEIVE_BUFFER = 256 << 10;
 
 /** Bytes each TCP connection from the lab's client to the service has received so far (ss), one entry per connection. */
 export function clientBytesReceived(l: Lab, port = 80): number[] {

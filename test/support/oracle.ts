@@ -10,7 +10,7 @@ import { LAB_FILES } from '../../lib/lab/content';
 import { runInAsync } from '../../lib/lab/exec';
 import { DeathMode } from '../../lib/lab/faults';
 import type { Lab, LabNode } from '../../lib/lab/netns';
-import { delay } from './lab-helpers';
+import { clientBytesReceived, delay } from './lab-helpers';
 import { seededRandom } from './random';
 
 export interface OracleRun {
@@ -19,6 +19,12 @@ export interface OracleRun {
   survivors: string[];
   /** The failover records of promotions later than 100 ms after detection. */
   slow: string[];
+  /**
+   * The moments at which the download was on the wire as the replica died: the client's connection had received
+   * part of the answer, not all of it (ss, just before the death). A test asserts most were, or it tests
+   * failovers between downloads.
+   */
+  midDownload: number;
 }
 
 /** What the oracle needs of a protected lab: an in-process bridge (bridgedTarget) or `shadowvm run` seen through its control socket. */
@@ -78,7 +84,7 @@ export async function oracleMoments(
   const t = 'bridge' in target ? bridgedTarget(target) : target;
   const poll = o.pollMs ?? 2;
   const random = seededRandom(o.seed);
-  const run: OracleRun = { detectionsMs: [], survivors: [], slow: [] };
+  const run: OracleRun = { detectionsMs: [], survivors: [], slow: [], midDownload: 0 };
   for (let i = 0; i < o.moments; i++) {
     const mode: DeathMode = random() < 0.5 ? 'abrupt' : 'silent';
     const atMs = Math.floor(20 + random() * 300);
@@ -88,6 +94,7 @@ export async function oracleMoments(
     const failedOver = async () => (await t.failovers()) > before;
     const got = o.download(`run-${i}`);
     await delay(atMs);
+    if (clientBytesReceived(t.lab).some((b) => b > 0 && b < o.reference.length)) run.midDownload++;
     await t.kill(dead, mode);
     // A silent death is seen only while the backup has something to say; a download that already ended gives it nothing.
     if (!(await waitForAsync(failedOver, 3000, poll))) {
