@@ -171,6 +171,17 @@ export function setUpNode(node: LabNode, peer: LabNode): void {
   }
 }
 
+function checkReceiveBufferMax(bytes: number): void {
+  if (!Number.isInteger(bytes) || bytes < 4096) throw new LabConfigError(`a receive buffer maximum of ${bytes} bytes: it must be an integer of at least 4096`);
+}
+
+/** Sets the largest TCP receive buffer of namespace `netns` (LabOptions.clientReceiveBufferMax). */
+export function setReceiveBufferMax(netns: string, bytes: number): void {
+  checkReceiveBufferMax(bytes);
+  // The initial size must not exceed the maximum.
+  runIn(netns, 'sysctl', ['-qw', `net.ipv4.tcp_rmem=4096 ${Math.min(131072, bytes)} ${bytes}`]);
+}
+
 /**
  * Builds the lab. Leftovers of an earlier lab with the same prefix are
  * removed first; if a step fails, everything built so far is torn down and
@@ -180,9 +191,7 @@ export function buildLab(options: LabOptions = {}): Lab {
   const prefix = options.prefix ?? LAB_DEFAULT_PREFIX;
   const names = labNames(prefix);
   const rmemMax = options.clientReceiveBufferMax;
-  if (rmemMax !== undefined && (!Number.isInteger(rmemMax) || rmemMax < 4096)) {
-    throw new LabConfigError(`clientReceiveBufferMax ${rmemMax} must be an integer of at least 4096 bytes`);
-  }
+  if (rmemMax !== undefined) checkReceiveBufferMax(rmemMax);
   teardownLab(prefix);
   const [client, primary, backup] = describeNodes(prefix);
   try {
@@ -192,8 +201,7 @@ export function buildLab(options: LabOptions = {}): Lab {
     setUpNode(client, primary);
     setUpNode(primary, client);
     setUpNode(backup, client);
-    // The initial size must not exceed the maximum.
-    if (rmemMax !== undefined) runIn(client.netns, 'sysctl', ['-qw', `net.ipv4.tcp_rmem=4096 ${Math.min(131072, rmemMax)} ${rmemMax}`]);
+    if (rmemMax !== undefined) setReceiveBufferMax(client.netns, rmemMax);
   } catch (err) {
     teardownLab(prefix);
     throw err;

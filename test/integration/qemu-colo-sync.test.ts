@@ -17,10 +17,10 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { LogFn } from '../../lib/control/logger';
 import { monotonicUs } from '../../lib/clock';
-import { teardownLab } from '../../lib/lab/netns';
+import { setReceiveBufferMax, teardownLab } from '../../lib/lab/netns';
 import { until } from '../support/until';
-import { ftpDownloadsIdentical } from '../support/lab-helpers';
-import { GUEST_BIG_FILE, guestContent } from '../../lib/lab/qemu/guest';
+import { clientBytesReceived, ftpDownloadsIdentical, IN_FLIGHT_RECEIVE_BUFFER } from '../support/lab-helpers';
+import { GUEST_BIG_BYTES, GUEST_BIG_FILE, guestContent } from '../../lib/lab/qemu/guest';
 import { QemuLab, startQemuLab } from '../../lib/lab/qemu/pair';
 import { qemuSyncAgent } from '../../lib/lab/qemu/agent';
 import { QemuAgent } from '../../lib/agents/qemu-agent';
@@ -28,7 +28,7 @@ import { QemuProcess } from '../../lib/qemu/process';
 import { findColoQemu } from '../../lib/qemu/colo-probe';
 import { failIfColoRequired } from '../support/colo-required';
 import { EventRing } from '../support/event-ring';
-import { failoverCycles, labFetch, protectedAgain as waitProtected } from '../support/failover-cycles';
+import { failoverCycles, labFetch, labFetchPaced, protectedAgain as waitProtected } from '../support/failover-cycles';
 
 // SHADOWVM_LAB_PREFIX: another prefix for the lab's namespaces and taps (runs side by side on one host).
 const PREFIX = process.env.SHADOWVM_LAB_PREFIX ?? 'cw';
@@ -65,6 +65,7 @@ describe('QEMU lab with the QEMU agent (COLO checkpoints)', () => {
     if (process.getuid?.() !== 0) throw new Error('qemu-colo-sync.test.ts needs root (taps, a network namespace, AF_PACKET, QEMU): run jest as root');
     out = fs.mkdtempSync(path.join(os.tmpdir(), 'svm-cw-'));
     lab = await startQemuLab({ prefix: PREFIX, memMiB: 128, agent: factory, log, qemuBinary: PATCHED });
+    setReceiveBufferMax(lab.client.netns, IN_FLIGHT_RECEIVE_BUFFER);
     agent = factory.last as QemuAgent;
   }, 300_000);
 
@@ -80,6 +81,7 @@ describe('QEMU lab with the QEMU agent (COLO checkpoints)', () => {
   const backupPort = () => snap().ports.find((p) => p.role === 'backup')?.name;
 
   const fetch = (urlPath: string, extra: string[] = []) => labFetch(lab, out, urlPath, extra);
+  const fetchPaced = (urlPath: string) => labFetchPaced(lab, out, urlPath, '1m');
   const protectedAgain = (timeoutMs?: number) => waitProtected(lab, timeoutMs);
 
   async function checkpointNow(): Promise<void> {
@@ -173,8 +175,10 @@ describe('QEMU lab with the QEMU agent (COLO checkpoints)', () => {
 
   itColo(name('SIGKILL of the primary QEMU in the middle of a download: the secondary takes over and the download is intact'), async () => {
     const failovers = snap().failover.count;
-    const download = fetch(GUEST_BIG_FILE, ['--limit-rate', '1M']);
+    const download = fetchPaced(GUEST_BIG_FILE);
     await new Promise((r) => setTimeout(r, 1500));
+    // On the wire still (wget paces it, the client's buffer is small): the death strikes the download, not its end.
+    expect(clientBytesReceived(lab).some((b) => b > 0 && b < GUEST_BIG_BYTES)).toBe(true);
     const victim = primaryVm();
     const secondary = backupVm();
     await victim.kill('SIGKILL');
@@ -192,7 +196,7 @@ describe('QEMU lab with the QEMU agent (COLO checkpoints)', () => {
 
   itColo(name('SIGKILL of the primary in the middle of a COLO checkpoint: the secondary takes over, in whichever state it had'), async () => {
     const failovers = snap().failover.count;
-    const download = fetch(GUEST_BIG_FILE, ['--limit-rate', '1M']);
+    const download = fetchPaced(GUEST_BIG_FILE);
     await new Promise((r) => setTimeout(r, 1000));
     await until('no checkpoint in flight', () => lab.bridge.pipeline.state === 'COMPARING' && !snap().checkpoints.pending, 30_000);
     const victim = primaryVm();

@@ -10,12 +10,12 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { LogFn } from '../../lib/control/logger';
 import { monotonicUs } from '../../lib/clock';
-import { teardownLab } from '../../lib/lab/netns';
+import { setReceiveBufferMax, teardownLab } from '../../lib/lab/netns';
 import { until } from '../support/until';
-import { failoverCycles, labFetch, protectedAgain as waitProtected } from '../support/failover-cycles';
-import { ftpDownloadsIdentical } from '../support/lab-helpers';
+import { failoverCycles, labFetch, labFetchPaced, protectedAgain as waitProtected } from '../support/failover-cycles';
+import { clientBytesReceived, ftpDownloadsIdentical, IN_FLIGHT_RECEIVE_BUFFER } from '../support/lab-helpers';
 import { EventRing } from '../support/event-ring';
-import { GUEST_BIG_FILE, guestContent } from '../../lib/lab/qemu/guest';
+import { GUEST_BIG_BYTES, GUEST_BIG_FILE, guestContent } from '../../lib/lab/qemu/guest';
 import { QemuLab, startQemuLab } from '../../lib/lab/qemu/pair';
 import { qemuSyncAgent } from '../../lib/lab/qemu/agent';
 import { QemuAgent } from '../../lib/agents/qemu-agent';
@@ -43,6 +43,7 @@ describe('QEMU lab with the QEMU agent (full copy)', () => {
     if (process.getuid?.() !== 0) throw new Error('qemu-sync.test.ts needs root (taps, a network namespace, AF_PACKET, QEMU): run jest as root');
     out = fs.mkdtempSync(path.join(os.tmpdir(), 'svm-qy-'));
     lab = await startQemuLab({ prefix: PREFIX, memMiB: 128, agent: factory, log });
+    setReceiveBufferMax(lab.client.netns, IN_FLIGHT_RECEIVE_BUFFER);
     agent = factory.last as QemuAgent;
   }, 300_000);
 
@@ -57,6 +58,7 @@ describe('QEMU lab with the QEMU agent (full copy)', () => {
   const backupVm = () => agent.vms.backup as QemuProcess;
 
   const fetch = (urlPath: string, extra: string[] = []) => labFetch(lab, out, urlPath, extra);
+  const fetchPaced = (urlPath: string) => labFetchPaced(lab, out, urlPath, '1m');
   const protectedAgain = (timeoutMs?: number) => waitProtected(lab, timeoutMs);
 
   test('the first checkpoint is a real copy: the backup now runs behind a fresh tap', () => {
@@ -101,8 +103,10 @@ describe('QEMU lab with the QEMU agent (full copy)', () => {
 
   test('SIGKILL of the primary QEMU in the middle of a download: the backup takes over and the download is intact', async () => {
     const failovers = snap().failover.count;
-    const download = fetch(GUEST_BIG_FILE, ['--limit-rate', '1M']);
+    const download = fetchPaced(GUEST_BIG_FILE);
     await new Promise((r) => setTimeout(r, 1500));
+    // On the wire still (wget paces it, the client's buffer is small): the death strikes the download, not its end.
+    expect(clientBytesReceived(lab).some((b) => b > 0 && b < GUEST_BIG_BYTES)).toBe(true);
     const victim = primaryVm();
     await victim.kill('SIGKILL');
     const body = await download;
@@ -115,7 +119,7 @@ describe('QEMU lab with the QEMU agent (full copy)', () => {
 
   test('SIGKILL of the primary in the middle of a checkpoint: the old backup, untouched, takes over', async () => {
     const failovers = snap().failover.count;
-    const download = fetch(GUEST_BIG_FILE, ['--limit-rate', '1M']);
+    const download = fetchPaced(GUEST_BIG_FILE);
     await new Promise((r) => setTimeout(r, 1000));
     // A checkpoint the download itself caused (a Date: header a second apart) must be over first.
     await until('no checkpoint in flight', () => lab.bridge.pipeline.state === 'COMPARING' && !snap().checkpoints.pending, 30_000);

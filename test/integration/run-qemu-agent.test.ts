@@ -20,12 +20,12 @@ import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { teardownLab } from '../../lib/lab/netns';
+import { setReceiveBufferMax, teardownLab } from '../../lib/lab/netns';
 import { until } from '../support/until';
-import { labFetch } from '../support/failover-cycles';
-import { GUEST_BIG_FILE, guestContent } from '../../lib/lab/qemu/guest';
+import { labFetch, labFetchPaced } from '../support/failover-cycles';
+import { GUEST_BIG_BYTES, GUEST_BIG_FILE, guestContent } from '../../lib/lab/qemu/guest';
 import { QemuLab, qemuLabConfig, startQemuLab } from '../../lib/lab/qemu/pair';
-import { SHADOWVM_BIN, requireBuiltCli } from '../support/lab-helpers';
+import { clientBytesReceived, IN_FLIGHT_RECEIVE_BUFFER, requireBuiltCli, SHADOWVM_BIN } from '../support/lab-helpers';
 import { stateFileOf } from '../../lib/agents/qemu-attach';
 
 const PREFIX = 'qr';
@@ -88,6 +88,7 @@ describe.each([1, 2])('shadowvm run --workers %i with shadowvm agent qemu, two p
     requireBuiltCli();
     out = fs.mkdtempSync(path.join(os.tmpdir(), 'svm-qr-'));
     lab = await startQemuLab({ prefix: PREFIX, memMiB: 128 });
+    setReceiveBufferMax(lab.client.netns, IN_FLIGHT_RECEIVE_BUFFER);
     // Only the two processes below may touch the VMs and the taps.
     await lab.agent.stop();
     await lab.bridge.stop();
@@ -128,8 +129,10 @@ describe.each([1, 2])('shadowvm run --workers %i with shadowvm agent qemu, two p
   test('SIGKILL of the primary QEMU in the middle of a download: the backup on the new tap takes over, the download is intact', async () => {
     const before = await waitStatus('comparing', (x) => x.state === 'COMPARING');
     const survivorTap = backupPort(before)!;
-    const download = labFetch(lab, out, GUEST_BIG_FILE, ['--limit-rate', '1M']);
+    const download = labFetchPaced(lab, out, GUEST_BIG_FILE, '1m');
     await new Promise((r) => setTimeout(r, 1500));
+    // On the wire still (wget paces it, the client's buffer is small): the death strikes the download, not its end.
+    expect(clientBytesReceived(lab).some((b) => b > 0 && b < GUEST_BIG_BYTES)).toBe(true);
     // The primary is still the lab's first VM: a full copy leaves the primary where it was.
     process.kill(lab.vms.primary.pid, 'SIGKILL');
     const body = await download;
@@ -151,8 +154,10 @@ describe.each([1, 2])('shadowvm run --workers %i with shadowvm agent qemu, two p
     expect(fs.existsSync(`/sys/class/net/${lab.taps.primary}`)).toBe(false);
     // In flight across the death and the restart: TCP retransmits while no bridge runs; the new bridge takes
     // the flow up in the middle, and the agent's copy at its start makes the backup the primary's twin again.
-    const download = labFetch(lab, out, GUEST_BIG_FILE, ['--limit-rate', '1M']).then((body) => ({ body }), (error: Error) => ({ error }));
+    const download = labFetchPaced(lab, out, GUEST_BIG_FILE, '1m').then((body) => ({ body }), (error: Error) => ({ error }));
     await new Promise((r) => setTimeout(r, 1500));
+    // On the wire still (wget paces it, the client's buffer is small): the death strikes the download, not its end.
+    expect(clientBytesReceived(lab).some((b) => b > 0 && b < GUEST_BIG_BYTES)).toBe(true);
     const exited = new Promise((r) => bridge!.once('exit', r));
     bridge!.kill('SIGKILL');
     await exited;

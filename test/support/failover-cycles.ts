@@ -11,6 +11,7 @@ import type { BridgeSnapshot } from '../../lib/control/snapshot';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { runInAsync } from '../../lib/lab/exec';
+import { paced } from '../../lib/lab/servers';
 import { until } from './until';
 
 export interface CycleLab {
@@ -47,6 +48,15 @@ interface ClientLab {
 export async function labFetch(lab: ClientLab, dir: string, urlPath: string, extra: string[] = []): Promise<Buffer> {
   const file = path.join(dir, `${urlPath.replace(/[^a-z0-9.]/gi, '_')}-${Date.now()}`);
   await runInAsync(lab.client.netns, 'curl', ['-sS', '--fail', '-m', '120', ...extra, '-o', file, `http://${lab.serviceIpv4}/${urlPath}`], 150_000);
+  const body = fs.readFileSync(file);
+  fs.rmSync(file);
+  return body;
+}
+
+/** GET `urlPath` paced at `rate` (wget: see paced()), so that it stays on the wire; the body. */
+export async function labFetchPaced(lab: ClientLab, dir: string, urlPath: string, rate: string): Promise<Buffer> {
+  const file = path.join(dir, `${urlPath.replace(/[^a-z0-9.]/gi, '_')}-${Date.now()}`);
+  await runInAsync(lab.client.netns, 'wget', paced(file, `http://${lab.serviceIpv4}/${urlPath}`, rate, 120), 150_000);
   const body = fs.readFileSync(file);
   fs.rmSync(file);
   return body;

@@ -384,7 +384,7 @@ export async function startRunWithLabAgent(lab: Lab, name: string, runArgs: read
 export const IN_FLIGHT_RECEIVE_BUFFER = 256 << 10;
 
 /** Bytes each TCP connection from the lab's client to the service has received so far (ss), one entry per connection. */
-export function clientBytesReceived(l: Lab, port = 80): number[] {
+export function clientBytesReceived(l: { client: { netns: string }; serviceIpv4: string }, port = 80): number[] {
   const out = runIn(l.client.netns, 'ss', ['-tinH', 'state', 'established', 'dst', l.serviceIpv4, 'dport', '=', `:${port}`]);
   const counts: number[] = [];
   for (const line of out.split('\n')) {
