@@ -112,6 +112,9 @@ http {
     server_name svc.lab;
     root ${contentRoot};
     autoindex on;
+    # ?rate=SIZE (bytes per second; k and m suffixes): nginx sends the answer no faster (limit_rate), as a
+    # download site does; the lab's test of a timer-paced server.
+    if ($arg_rate ~ "^[0-9]+[km]?$") { set $limit_rate $arg_rate; }
   }
 }
 `;
