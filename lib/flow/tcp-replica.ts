@@ -5,7 +5,7 @@
  * middle counts from zero, which is right after a checkpoint (the backup is
  * then an exact copy of the primary).
  */
-import { seqDiff, seqGt } from '../packet/seq';
+import { seqDiff, seqGe, seqGt } from '../packet/seq';
 
 const SYN_SEEN = 1;
 const TS_SEEN = 2;
@@ -68,6 +68,9 @@ export class TcpEndpointState {
 /** "Never" for a time kept in whole ms (far in the past, still a small integer). */
 export const NEVER_MS = -1e9;
 
+/** primaryPauseMs beyond this is kept as this (a small integer; the grace is capped far below it anyway). */
+const MAX_PRIMARY_PAUSE_MS = 3_600_000;
+
 /** A client window with less than this left (bytes) past the primary's stream end counts as full: one MSS. */
 export const WINDOW_FULL_SLACK = 1460;
 
@@ -98,6 +101,57 @@ export class TcpConnectionState {
    * connection). NEVER_MS: not yet.
    */
   windowOpenedMs = NEVER_MS;
+
+  /**
+   * Since when the client has acknowledged everything the primary sent, with nothing of its own to be answered,
+   * whole ms; NEVER_MS while data is in flight or a client's data waits for an answer. See primaryPauseMs.
+   */
+  private idleSinceMs = NEVER_MS;
+  /** When the client last sent an ACK without data, whole ms. */
+  private clientAckMs = NEVER_MS;
+  /**
+   * The longest the primary stayed quiet of its own accord, whole ms: with nothing in flight (the client had
+   * acknowledged all it sent), nothing from the client to answer and no full window to wait on, from the
+   * client's last ACK until the primary's next new data. A sender held by ACKs or by the client's window goes
+   * on as soon as they come (about 0 here); a server that paces its output by the clock (nginx limit_rate)
+   * sleeps on its own timer. See the pipeline's PACED_GRACE.
+   */
+  primaryPauseMs = 0;
+
+  /**
+   * A client ACK without data (primary's sequence space), after noteClientAck. `primaryEnd`: the primary's
+   * stream end (a position from its SYN), null if unknown.
+   */
+  noteClientPureAck(ack: number, nowUs: number, primaryEnd: number | null): void {
+    const ms = Math.floor(nowUs / 1000);
+    this.clientAckMs = ms;
+    // Less than a segment of window left: the primary waits on the reader (or its persist timer), not on itself.
+    if (primaryEnd !== null && this.windowFull(primaryEnd, WINDOW_FULL_SLACK)) {
+      this.idleSinceMs = NEVER_MS;
+      return;
+    }
+    const p = this.primary;
+    const sent = p.sndNxt;
+    // Everything acknowledged, and data among it (not a bare SYN-ACK: a server that speaks first is not pacing).
+    if (this.idleSinceMs === NEVER_MS && sent !== null && seqGe(ack, sent) && (!p.synSeen || seqDiff(p.seqBase, sent) > 1)) this.idleSinceMs = ms;
+  }
+
+  /** Data from the client: the primary's next bytes answer it, so the wait until then is none of its own. */
+  noteClientData(): void {
+    this.idleSinceMs = NEVER_MS;
+  }
+
+  /** The primary sent new data now. */
+  notePrimaryData(nowUs: number): void {
+    const ms = Math.floor(nowUs / 1000);
+    // A pause ended by the client opening a full window was the reader's doing, not the server's.
+    if (this.idleSinceMs !== NEVER_MS && this.windowOpenedMs < this.idleSinceMs) {
+      const pause = ms - Math.max(this.idleSinceMs, this.clientAckMs);
+      if (pause > this.primaryPauseMs) this.primaryPauseMs = Math.min(pause, MAX_PRIMARY_PAUSE_MS);
+    }
+    this.idleSinceMs = NEVER_MS;
+  }
+
 
   /**
    * A client ACK (primary's sequence space) and its window. `primaryEnd`:

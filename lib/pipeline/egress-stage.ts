@@ -112,6 +112,9 @@ export class EgressStage implements Stage {
   /** Held frames older than `maxUnmatchedAgeMs` let wait because the client's window was full (or had just opened). */
   windowStalledWaits = 0;
   private lastWindowStalled: HeldFrame | null = null;
+  /** Held frames older than `maxUnmatchedAgeMs` let wait because the primary itself pauses that long on the flow (a paced server). */
+  pacedWaits = 0;
+  private lastPaced: HeldFrame | null = null;
   flowsLost = 0;
   backlogFrames = 0;
   /** Flows left unprotected because their client's checkpoint budget was spent. */
@@ -176,6 +179,7 @@ export class EgressStage implements Stage {
       stateless_resets: this.statelessResets,
       backup_trailing_waits: this.backupTrailingWaits,
       window_stalled_waits: this.windowStalledWaits,
+      paced_waits: this.pacedWaits,
       prefix_releases: this.prefixReleases,
       prefix_released_bytes: this.prefixReleasedBytes,
       ...Object.fromEntries(MISMATCH_KINDS.map((k) => [mismatchCounter(k), this.mismatchesByKind[k]])),
@@ -346,7 +350,10 @@ export class EgressStage implements Stage {
     } else if (side === PRIMARY && !seg.rst) {
       // The furthest the primary has sent, gaps included (a frame its ring had no room for leaves the
       // comparator's contiguous end behind it): what a client may acknowledge (IngressStage.unaccepted).
+      const sentBefore = ep.sndNxt;
       ep.noteSent(f.tcp.seq, seg.payload.length + (seg.syn ? 1 : 0) + (seg.fin ? 1 : 0));
+      // New data (not a resend): how long the primary paused before it tells a server that paces its output.
+      if (seg.payload.length > 0 && ep.sndNxt !== sentBefore) tcp.notePrimaryData(nowUs);
     }
     if (seg.fin || seg.rst) flow.closedSides |= 1 << side;
     if (flow.recent) flow.remember(side, side === PRIMARY ? bytes : this.copier.copy(frame), nowUs);
@@ -469,6 +476,13 @@ export class EgressStage implements Stage {
     this.windowStalledWaits++;
   }
 
+  /** The oldest held frame waits as long as its primary pauses on the flow (counted once per frame). */
+  notePaced(oldest: HeldFrame): void {
+    if (this.lastPaced === oldest) return;
+    this.lastPaced = oldest;
+    this.pacedWaits++;
+  }
+
   /**
    * The oldest held frame (`oldest`, the head of `flow`'s output) has waited
    * past the limit, and the backup has said only its beginning: the two cut
@@ -549,6 +563,8 @@ export class EgressStage implements Stage {
       backupQuietMs: Number.isFinite(flow.backupProgressUs) ? Math.round((nowUs - flow.backupProgressUs) / 100) / 10 : null,
       ...(stream ? { primaryAheadBytes: seqDiff(stream.matched, stream.endOf(PRIMARY)), backupAheadBytes: seqDiff(stream.matched, stream.endOf(BACKUP)) } : {}),
       heldFrames: flow.held.length,
+      // The primary's longest quiet spell of its own on the flow, when it made the flow count as paced.
+      ...(flow.tcp && flow.tcp.primaryPauseMs * 4000 >= this.d.config.maxUnmatchedAgeMs * 1000 ? { primaryPauseMs: flow.tcp.primaryPauseMs } : {}),
       // What holds the oldest frame: how far it ends past what may be released, and whether only the ACK rule does.
       ...(stream && oldest ? { oldestPastMatch: seqDiff(stream.releasable, oldest.end), oldestAckGated: oldest.hasAck && !ackMayGo(oldest, flow) } : {}),
     });

@@ -315,6 +315,11 @@ export class IngressStage implements Stage {
     if (flags & TcpFlag.RST) flow.clientResetMs = Math.floor(nowUs / 1000);
     // Its window, for the timeout trigger (a full window stops both replicas: pipeline.tick).
     else if (flow.tcp && (flags & TcpFlag.ACK) && !isSyn) flow.tcp.noteClientAck(f.tcp.ack, f.tcp.window, nowUs, flow.stream?.started ? flow.stream.endOf(PRIMARY) : null);
+    // How long the primary then stays quiet of its own accord (TcpConnectionState.primaryPauseMs).
+    if (flow.tcp) {
+      if (f.payloadLength > 0) flow.tcp.noteClientData();
+      else if ((flags & TcpFlag.ACK) && !isSyn && !(flags & TcpFlag.RST)) flow.tcp.noteClientPureAck(f.tcp.ack, nowUs, flow.stream?.started ? flow.stream.endOf(PRIMARY) : null);
+    }
     // The client acknowledged something: no longer a half-open flow that a SYN flood may push out.
     if (flow.tcp && !flow.tcp.client.ackSeen && (f.tcp.flags & TcpFlag.ACK)) flow.tcp.client.ackSeen = true;
     if (flow.mode === 'carried') {

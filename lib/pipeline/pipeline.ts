@@ -66,6 +66,12 @@ export type FailoverDecision = 'promoted' | 'refused' | 'deferred';
 
 /** How many times `maxUnmatchedAgeMs` a trailing but progressing backup (or a flow stalled on the client's window) may take before a `timeout` checkpoint. */
 export const TRAILING_GRACE = 10;
+/**
+ * How many times `maxUnmatchedAgeMs` a backup may be quiet on a stream whose primary went quiet of its own accord
+ * for a quarter of that (a server that paces its output by the clock: TcpConnectionState.primaryPauseMs) before
+ * a `timeout` checkpoint.
+ */
+export const PACED_GRACE = 20;
 
 export class ShadowPipeline {
   readonly replicator: Replicator;
@@ -213,9 +219,19 @@ export class ShadowPipeline {
         if (flow) this.egress.releaseMatchedPrefix(flow, oldest, nowUs);
         const windowStalled = flow?.stalledOnClientWindow(nowUs, limitUs) ?? false;
         const sincePrefix = oldest.prefixAtUs >= 0 && nowUs - oldest.prefixAtUs <= limitUs;
-        if (flow?.stream && (nowUs - flow.backupProgressUs <= limitUs || windowStalled || sincePrefix) && nowUs - oldest.heldAtUs <= limitUs * TRAILING_GRACE) {
+        // A server that paces its output by the clock goes quiet on this stream of its own accord (nginx
+        // limit_rate sends a chunk, then sleeps as long as the chunk takes at the rate); its backup, whose chunks
+        // and timers fall a little differently, may say the same bytes up to a sleep later, whatever the
+        // primary's own sleeps were so far (the paced-server test: 530 ms late after a primary pause of 428 ms,
+        // 216 ms after one of 72). Once the primary has paused so for a quarter of the limit on the flow (the
+        // pause that ends with the held output counts), its backup gets PACED_GRACE times the limit.
+        const paced = (flow?.tcp?.primaryPauseMs ?? 0) * 4000 >= limitUs;
+        const ageUs = nowUs - oldest.heldAtUs;
+        if (flow?.stream && (nowUs - flow.backupProgressUs <= limitUs || windowStalled || sincePrefix) && ageUs <= limitUs * TRAILING_GRACE) {
           if (windowStalled) this.egress.noteWindowStalled(oldest);
           else this.egress.noteTrailing(oldest);
+        } else if (flow?.stream && paced && ageUs <= limitUs * PACED_GRACE) {
+          this.egress.notePaced(oldest);
         }
         else if (flow) this.egress.unmatchedTooLong(flow, nowUs, oldest.heldAtUs, oldest);
         else this.request('timeout', oldest.queue.flowName, nowUs);

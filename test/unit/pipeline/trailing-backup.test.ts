@@ -5,7 +5,7 @@
  * up to TRAILING_GRACE times the limit.
  */
 import { BACKUP, PRIMARY } from '../../../lib/compare';
-import { TRAILING_GRACE } from '../../../lib/pipeline/pipeline';
+import { PACED_GRACE, TRAILING_GRACE } from '../../../lib/pipeline/pipeline';
 import { l4ChecksumIsValid } from '../../support/frames';
 import { B, C, P, SYN_OPTS, ackOf, fromClient, fromVm, handshake, harness, seqOf } from '../../support/pipeline-harness';
 import { decodeFrame } from '../../../lib/packet/frame';
@@ -453,5 +453,98 @@ describe('a new connection on the 4-tuple of one the client reset (port reuse)',
     h.p.tick(130 * MS);
     expect(h.p.stageCounters().compare.client_reset_releases).toBe(0);
     expect(timeouts(h)).toBe(1);
+  });
+});
+
+describe('a server that paces its output by the clock (nginx limit_rate)', () => {
+  /**
+   * The primary sends a piece, the client acknowledges it, and the primary stays quiet 600 ms with the window
+   * open and nothing to answer before the next: a server that paces its output (nginx limit_rate sleeps after
+   * each chunk). Its backup, whose chunks and timers fall a little differently, may say a piece up to a sleep
+   * later than the primary (the paced-server integration test: 1-6 timeouts a round before).
+   */
+  const piece = (base: number, i: number) => fromVm({ seq: base + 1 + 100 * i, ack: C + 1, flags: 'PA', payload: String.fromCharCode(97 + i).repeat(100) });
+  const ackTo = (i: number, t: number, window = 100) => fromClient({ seq: C + 1, ack: P + 1 + 100 * (i + 1), flags: 'A', window });
+  function paced(requestBetween: boolean) {
+    const h = harness({ maxUnmatchedAgeMs: 100 });
+    handshake(h);
+    h.p.fromVm(PRIMARY, piece(P, 0), 10 * MS);
+    h.p.fromVm(BACKUP, piece(B, 0), 12 * MS);
+    h.p.fromClient(ackTo(0, 14), 14 * MS);
+    // A client that sends data (a request) before each piece: the primary's silence was waiting for it.
+    if (requestBetween) h.p.fromClient(fromClient({ seq: C + 1, ack: P + 101, flags: 'PA', payload: 'next' }), 600 * MS);
+    h.p.fromVm(PRIMARY, piece(P, 1), 610 * MS);
+    h.p.fromVm(BACKUP, piece(B, 1), 615 * MS);
+    h.p.fromClient(ackTo(1, 617), 617 * MS);
+    if (requestBetween) h.p.fromClient(fromClient({ seq: C + 5, ack: P + 201, flags: 'PA', payload: 'next' }), 1200 * MS);
+    // The backup says the next piece 650 ms after the primary.
+    h.p.fromVm(PRIMARY, piece(P, 2), 1210 * MS);
+    for (const t of [1320, 1600, 1800]) h.p.tick(t * MS);
+    return h;
+  }
+
+  it('once the primary has paused of its own accord for a quarter of the limit, waits up to PACED_GRACE times the limit for its backup', () => {
+    const h = paced(false);
+    expect(timeouts(h)).toBe(0);
+    expect(h.p.stageCounters().compare.paced_waits).toBe(1);
+    const before = h.out.client.length;
+    h.p.fromVm(BACKUP, piece(B, 2), 1860 * MS);
+    expect(h.out.client.length).toBe(before + 1); // matched at last, and released
+    // The next piece; a backup quiet for longer than PACED_GRACE times the limit: it times out.
+    h.p.fromVm(PRIMARY, piece(P, 3), 1870 * MS);
+    h.p.tick((1870 + 100 * PACED_GRACE - 10) * MS);
+    expect(timeouts(h)).toBe(0);
+    h.p.tick((1870 + 100 * PACED_GRACE + 10) * MS);
+    expect(timeouts(h)).toBe(1);
+    const late = h.logged.filter((l) => l.event === 'backup-late').map((l) => l.fields);
+    expect(late).toEqual([expect.objectContaining({ heldMs: 100 * PACED_GRACE + 10, primaryPauseMs: 596 })]);
+  });
+
+  it('does not count the time the primary waited for the client\'s data as a pause: the limit applies', () => {
+    const h = paced(true);
+    expect(timeouts(h)).toBe(1);
+    expect(h.p.stageCounters().compare.paced_waits).toBe(0);
+  });
+
+  it('does not count the time the primary waited for ACKs (nothing acknowledged yet): the limit applies', () => {
+    const h = harness({ maxUnmatchedAgeMs: 100 });
+    handshake(h);
+    h.p.fromVm(PRIMARY, piece(P, 0), 10 * MS);
+    h.p.fromVm(BACKUP, piece(B, 0), 12 * MS);
+    // No ACK for 600 ms (a long round trip); the primary goes on as soon as it comes.
+    h.p.fromClient(ackTo(0, 610), 610 * MS);
+    h.p.fromVm(PRIMARY, piece(P, 1), 611 * MS);
+    for (const t of [720, 900]) h.p.tick(t * MS);
+    expect(timeouts(h)).toBe(1);
+    expect(h.p.stageCounters().compare.paced_waits).toBe(0);
+  });
+
+  it('does not take quiet spells shorter than a quarter of the limit as pacing: the limit applies', () => {
+    const h = harness({ maxUnmatchedAgeMs: 100 });
+    handshake(h);
+    for (let i = 0; i < 3; i++) {
+      h.p.fromVm(PRIMARY, piece(P, i), (10 + 30 * i) * MS);
+      h.p.fromVm(BACKUP, piece(B, i), (11 + 30 * i) * MS);
+      h.p.fromClient(ackTo(i, 0), (16 + 30 * i) * MS); // then 24 ms quiet
+    }
+    h.p.fromVm(PRIMARY, piece(P, 3), 100 * MS);
+    for (const t of [210, 400]) h.p.tick(t * MS);
+    expect(timeouts(h)).toBe(1);
+    expect(h.p.stageCounters().compare.paced_waits).toBe(0);
+  });
+
+  it('does not count a pause that the client\'s full window imposed (a slow reader): the limit applies', () => {
+    const h = harness({ maxUnmatchedAgeMs: 100 });
+    handshake(h); // window scale 7: the window field counts 128-byte units
+    h.p.fromVm(PRIMARY, piece(P, 0), 10 * MS);
+    h.p.fromVm(BACKUP, piece(B, 0), 12 * MS);
+    // The client acknowledges all, with a window that ends where the primary stands: both wait for the reader.
+    h.p.fromClient(ackTo(0, 20, 0), 20 * MS);
+    // 600 ms later it reads, opens the window, and the primary goes on at once.
+    h.p.fromClient(ackTo(0, 620, 100), 620 * MS);
+    h.p.fromVm(PRIMARY, piece(P, 1), 621 * MS);
+    for (const t of [730, 900]) h.p.tick(t * MS);
+    expect(timeouts(h)).toBe(1);
+    expect(h.p.stageCounters().compare.paced_waits).toBe(0);
   });
 });
