@@ -103,15 +103,14 @@ export class TcpConnectionState {
   windowOpenedMs = NEVER_MS;
 
   /**
-   * Since when the client has acknowledged everything the primary sent, with nothing of its own to be answered,
-   * whole ms; NEVER_MS while data is in flight or a client's data waits for an answer. See primaryPauseMs.
+   * While the client has acknowledged everything the primary sent and has nothing of its own to be answered:
+   * when it last sent an ACK, whole ms; NEVER_MS while data is in flight, a client's data waits for an answer
+   * or the window is full. See primaryPauseMs.
    */
-  private idleSinceMs = NEVER_MS;
-  /** When the client last sent an ACK without data, whole ms. */
-  private clientAckMs = NEVER_MS;
+  private quietSinceMs = NEVER_MS;
   /**
    * The longest the primary stayed quiet of its own accord, whole ms: with nothing in flight (the client had
-   * acknowledged all it sent), nothing from the client to answer and no full window to wait on, from the
+   * acknowledged all it sent), nothing from the client to answer and at least a segment of window, from the
    * client's last ACK until the primary's next new data. A sender held by ACKs or by the client's window goes
    * on as soon as they come (about 0 here); a server that paces its output by the clock (nginx limit_rate)
    * sleeps on its own timer. See the pipeline's PACED_GRACE.
@@ -123,34 +122,37 @@ export class TcpConnectionState {
    * stream end (a position from its SYN), null if unknown.
    */
   noteClientPureAck(ack: number, nowUs: number, primaryEnd: number | null): void {
-    const ms = Math.floor(nowUs / 1000);
-    this.clientAckMs = ms;
     // Less than a segment of window left: the primary waits on the reader (or its persist timer), not on itself.
     if (primaryEnd !== null && this.windowFull(primaryEnd, WINDOW_FULL_SLACK)) {
-      this.idleSinceMs = NEVER_MS;
+      this.quietSinceMs = NEVER_MS;
+      return;
+    }
+    const ms = Math.floor(nowUs / 1000);
+    if (this.quietSinceMs !== NEVER_MS) {
+      this.quietSinceMs = ms; // a later ACK (a window update): the primary's own quiet counts from it
       return;
     }
     const p = this.primary;
     const sent = p.sndNxt;
     // Everything acknowledged, and data among it (not a bare SYN-ACK: a server that speaks first is not pacing).
-    if (this.idleSinceMs === NEVER_MS && sent !== null && seqGe(ack, sent) && (!p.synSeen || seqDiff(p.seqBase, sent) > 1)) this.idleSinceMs = ms;
+    if (sent !== null && seqGe(ack, sent) && (!p.synSeen || seqDiff(p.seqBase, sent) > 1)) this.quietSinceMs = ms;
   }
 
   /** Data from the client: the primary's next bytes answer it, so the wait until then is none of its own. */
   noteClientData(): void {
-    this.idleSinceMs = NEVER_MS;
+    this.quietSinceMs = NEVER_MS;
   }
 
   /** The primary sent new data now. */
   notePrimaryData(nowUs: number): void {
-    const ms = Math.floor(nowUs / 1000);
     // A pause ended by the client opening a full window was the reader's doing, not the server's.
-    if (this.idleSinceMs !== NEVER_MS && this.windowOpenedMs < this.idleSinceMs) {
-      const pause = ms - Math.max(this.idleSinceMs, this.clientAckMs);
+    if (this.quietSinceMs !== NEVER_MS && this.windowOpenedMs < this.quietSinceMs) {
+      const pause = Math.floor(nowUs / 1000) - this.quietSinceMs;
       if (pause > this.primaryPauseMs) this.primaryPauseMs = Math.min(pause, MAX_PRIMARY_PAUSE_MS);
     }
-    this.idleSinceMs = NEVER_MS;
+    this.quietSinceMs = NEVER_MS;
   }
+
 
 
   /**
