@@ -153,8 +153,6 @@ export class TcpConnectionState {
     this.quietSinceMs = NEVER_MS;
   }
 
-
-
   /**
    * A client ACK (primary's sequence space) and its window. `primaryEnd`:
    * the primary's stream end (a position from its SYN), null if unknown.

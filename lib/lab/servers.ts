@@ -345,8 +345,8 @@ export async function restartReplicaServers(lab: Lab, replica: LabReplicaRuntime
  *
  * Not curl: curl 7.88's --limit-rate does not hold (on loopback, 4 MiB at 8M took 0.02 s; 8 parallel 6 MiB at
  * 1M took 0.3-5.7 s), so a download meant to be in flight when a test strikes could be over already. Pacing in
- * the server (nginx limit_rate) is no better: it counts whole seconds from each request's start, so the primary
- * and the backup send their bursts up to a second apart and the comparator times out on them.
+ * the server (nginx limit_rate, `?rate=`) holds too, but the primary's and the backup's chunks then fall up to a
+ * second apart: what paced-server tests, and not what the other tests are about.
  */
 export function paced(out: string, url: string, rate: string, seconds: number): string[] {
   return ['-q', '--tries=1', `--timeout=${seconds}`, `--limit-rate=${rate}`, '-O', out, url];

@@ -112,7 +112,7 @@ export class EgressStage implements Stage {
   /** Held frames older than `maxUnmatchedAgeMs` let wait because the client's window was full (or had just opened). */
   windowStalledWaits = 0;
   private lastWindowStalled: HeldFrame | null = null;
-  /** Held frames older than `maxUnmatchedAgeMs` let wait because the primary itself pauses that long on the flow (a paced server). */
+  /** Held frames older than `maxUnmatchedAgeMs` let wait because the stream's primary pauses of its own accord (a paced server: PACED_GRACE). */
   pacedWaits = 0;
   private lastPaced: HeldFrame | null = null;
   flowsLost = 0;
@@ -476,7 +476,7 @@ export class EgressStage implements Stage {
     this.windowStalledWaits++;
   }
 
-  /** The oldest held frame waits as long as its primary pauses on the flow (counted once per frame). */
+  /** The oldest held frame waits on a paced stream's backup (counted once per frame). */
   notePaced(oldest: HeldFrame): void {
     if (this.lastPaced === oldest) return;
     this.lastPaced = oldest;
