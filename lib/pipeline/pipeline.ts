@@ -67,11 +67,19 @@ export type FailoverDecision = 'promoted' | 'refused' | 'deferred';
 /** How many times `maxUnmatchedAgeMs` a trailing but progressing backup (or a flow stalled on the client's window) may take before a `timeout` checkpoint. */
 export const TRAILING_GRACE = 10;
 /**
- * How many times `maxUnmatchedAgeMs` a backup may be quiet on a stream whose primary went quiet of its own accord
- * for a quarter of that (a server that paces its output by the clock: TcpConnectionState.primaryPauseMs) before
- * a `timeout` checkpoint.
+ * How many times `maxUnmatchedAgeMs` a backup may be quiet, while its output waits, on a stream whose primary went
+ * quiet of its own accord for a quarter of that (a server that paces its output by the clock:
+ * TcpConnectionState.primaryPauseMs) before a `timeout` checkpoint. Quiet counts from the later of the oldest held
+ * frame's arrival and the backup's last new bytes on the stream.
  */
 export const PACED_GRACE = 20;
+/**
+ * How many times `maxUnmatchedAgeMs` output may wait in all on a paced stream whose backup keeps saying more.
+ * nginx lets a paced answer send what whole seconds since the request allow, up to `sendfile_max_chunk` (2 MiB) at
+ * once, then sleeps as long as that took at the rate: one replica may send two seconds' worth in one go while the
+ * other sends it piece by piece, a second boundary later (2.0 s held in CI, backup progressing 1.1 s into it).
+ */
+export const PACED_MAX_AGE = 50;
 
 export class ShadowPipeline {
   readonly replicator: Replicator;
@@ -224,13 +232,15 @@ export class ShadowPipeline {
         // and timers fall a little differently, may say the same bytes up to a sleep later, whatever the
         // primary's own sleeps were so far (the paced-server test: 530 ms late after a primary pause of 428 ms,
         // 216 ms after one of 72). Once the primary has paused so for a quarter of the limit on the flow (the
-        // pause that ends with the held output counts), its backup gets PACED_GRACE times the limit.
+        // pause that ends with the held output counts), its backup may be quiet PACED_GRACE times the limit while
+        // the output waits, and the output may wait PACED_MAX_AGE times the limit in all.
         const paced = (flow?.tcp?.primaryPauseMs ?? 0) * 4000 >= limitUs;
         const ageUs = nowUs - oldest.heldAtUs;
+        const pacedQuietUs = flow ? nowUs - Math.max(oldest.heldAtUs, flow.backupProgressUs) : ageUs;
         if (flow?.stream && (nowUs - flow.backupProgressUs <= limitUs || windowStalled || sincePrefix) && ageUs <= limitUs * TRAILING_GRACE) {
           if (windowStalled) this.egress.noteWindowStalled(oldest);
           else this.egress.noteTrailing(oldest);
-        } else if (flow?.stream && paced && ageUs <= limitUs * PACED_GRACE) {
+        } else if (flow?.stream && paced && pacedQuietUs <= limitUs * PACED_GRACE && ageUs <= limitUs * PACED_MAX_AGE) {
           this.egress.notePaced(oldest);
         }
         else if (flow) this.egress.unmatchedTooLong(flow, nowUs, oldest.heldAtUs, oldest);

@@ -7,12 +7,12 @@
  * the backup's nginx get the same request within microseconds, but their
  * timers fire a few milliseconds apart; when one wakes just before a second
  * ticks over and the other just after, one may send a second's worth of bytes
- * that the other sends only at its next wake-up. The bytes are the same; the
- * backup is late by up to a second. The primary pauses that long itself, with
- * the client's window open and nothing to answer, so the bridge waits for
- * such a backup as long as its primary's longest pause on the flow (plus
- * `maxUnmatchedAgeMs`): with the defaults, no `timeout` checkpoint, and every
- * byte compared. (Before, 1 to 6 timeouts a round, up to a fifth of the bytes
+ * (or two: nginx sends up to 2 MiB at once) that the other sends only at its
+ * next wake-ups. The bytes are the same; the backup is late by a second or
+ * two. The primary pauses of its own accord too, with the client's window open
+ * and nothing to answer, so the bridge takes the stream as paced and waits for
+ * its backup (PACED_GRACE, PACED_MAX_AGE): with the defaults, no `timeout`
+ * checkpoint, and every byte compared. (Before, 1 to 6 timeouts a round, up to a fifth of the bytes
  * released uncompared.) Then the primary dies in the middle of paced
  * downloads: the backup, behind or not, takes over and they arrive intact.
  */

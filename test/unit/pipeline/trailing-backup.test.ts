@@ -5,7 +5,7 @@
  * up to TRAILING_GRACE times the limit.
  */
 import { BACKUP, PRIMARY } from '../../../lib/compare';
-import { PACED_GRACE, TRAILING_GRACE } from '../../../lib/pipeline/pipeline';
+import { PACED_GRACE, PACED_MAX_AGE, TRAILING_GRACE } from '../../../lib/pipeline/pipeline';
 import { l4ChecksumIsValid } from '../../support/frames';
 import { B, C, P, SYN_OPTS, ackOf, fromClient, fromVm, handshake, harness, seqOf } from '../../support/pipeline-harness';
 import { decodeFrame } from '../../../lib/packet/frame';
@@ -498,6 +498,46 @@ describe('a server that paces its output by the clock (nginx limit_rate)', () =>
     expect(timeouts(h)).toBe(1);
     const late = h.logged.filter((l) => l.event === 'backup-late').map((l) => l.fields);
     expect(late).toEqual([expect.objectContaining({ heldMs: 100 * PACED_GRACE + 10, primaryPauseMs: 596 })]);
+  });
+
+  /**
+   * After the pieces of `paced(false)`, the primary sends four pieces at once (nginx sends what the seconds allow,
+   * up to 2 MiB, in one go) and the backup says them one by one, 1.5 s apart (it sends the same piece by piece).
+   */
+  function trickling() {
+    const h = paced(false);
+    h.p.fromVm(BACKUP, piece(B, 2), 1860 * MS);
+    h.p.fromClient(ackTo(2, 1862), 1862 * MS);
+    for (let i = 3; i < 7; i++) h.p.fromVm(PRIMARY, piece(P, i), 1870 * MS);
+    const sayNext = (i: number, t: number) => {
+      h.p.fromVm(BACKUP, piece(B, i), t * MS);
+      h.p.fromClient(ackTo(i, t + 2), (t + 2) * MS);
+    };
+    return { h, sayNext };
+  }
+
+  it('waits for a paced backup that keeps saying more past PACED_GRACE times the limit, up to PACED_MAX_AGE times', () => {
+    const { h, sayNext } = trickling();
+    sayNext(3, 3370);
+    h.p.tick((1870 + 100 * PACED_GRACE + 10) * MS); // piece 4 held past the grace, but the backup spoke 510 ms ago
+    expect(timeouts(h)).toBe(0);
+    sayNext(4, 4870);
+    h.p.tick(5000 * MS);
+    sayNext(5, 6370);
+    h.p.tick((1870 + 100 * PACED_MAX_AGE - 10) * MS);
+    expect(timeouts(h)).toBe(0);
+    expect(h.out.client.length).toBeGreaterThanOrEqual(6); // pieces 0-5 compared and released
+    h.p.tick((1870 + 100 * PACED_MAX_AGE + 10) * MS); // piece 6 has waited PACED_MAX_AGE times the limit
+    expect(timeouts(h)).toBe(1);
+  });
+
+  it('times out a paced backup that stops saying more PACED_GRACE times the limit after its last new bytes', () => {
+    const { h, sayNext } = trickling();
+    sayNext(3, 3370);
+    h.p.tick((3370 + 100 * PACED_GRACE - 10) * MS);
+    expect(timeouts(h)).toBe(0);
+    h.p.tick((3370 + 100 * PACED_GRACE + 10) * MS);
+    expect(timeouts(h)).toBe(1);
   });
 
   it('does not count the time the primary waited for the client\'s data as a pause: the limit applies', () => {
