@@ -175,6 +175,11 @@ export class TcpStreamComparator {
     return side === PRIMARY ? this.endPrimary : this.endBackup;
   }
 
+  /** Segments `side` sent beyond a gap at its end, waiting for the gap to fill (a segment lost before the bridge). */
+  waitingBeyondGap(side: Side): number {
+    return this.outOfOrder === null ? 0 : this.outOfOrder[side].length;
+  }
+
   private setEnd(side: Side, end: number): void {
     if (side === PRIMARY) this.endPrimary = end;
     else this.endBackup = end;

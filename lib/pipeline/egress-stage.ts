@@ -563,6 +563,10 @@ export class EgressStage implements Stage {
       backupQuietMs: Number.isFinite(flow.backupProgressUs) ? Math.round((nowUs - flow.backupProgressUs) / 100) / 10 : null,
       ...(stream ? { primaryAheadBytes: seqDiff(stream.matched, stream.endOf(PRIMARY)), backupAheadBytes: seqDiff(stream.matched, stream.endOf(BACKUP)) } : {}),
       heldFrames: flow.held.length,
+      // A side that lost a segment before the bridge: what it sent beyond the gap waits (up to MAX_OUT_OF_ORDER_SEGMENTS)
+      // until its retransmission timer resends the segment. Nobody acknowledges past the gap, so nothing prompts it sooner.
+      ...(stream && stream.waitingBeyondGap(BACKUP) > 0 ? { backupBeyondGap: stream.waitingBeyondGap(BACKUP) } : {}),
+      ...(stream && stream.waitingBeyondGap(PRIMARY) > 0 ? { primaryBeyondGap: stream.waitingBeyondGap(PRIMARY) } : {}),
       // The primary's longest quiet spell of its own on the flow, when it made the flow count as paced.
       ...(flow.tcp && flow.tcp.primaryPauseMs * 4000 >= this.d.config.maxUnmatchedAgeMs * 1000 ? { primaryPauseMs: flow.tcp.primaryPauseMs } : {}),
       // What holds the oldest frame: how far it ends past what may be released, and whether only the ACK rule does.

@@ -456,6 +456,20 @@ describe('a new connection on the 4-tuple of one the client reset (port reuse)',
   });
 });
 
+describe('a backup that lost a segment before the bridge', () => {
+  it('times out (only its retransmission timer resends the segment), and backup-late says how much waits beyond the gap', () => {
+    const h = harness({ maxUnmatchedAgeMs: 100 });
+    handshake(h);
+    for (let i = 0; i < 4; i++) h.p.fromVm(PRIMARY, seg(P, i), 10 * MS);
+    for (const i of [0, 2, 3]) h.p.fromVm(BACKUP, seg(B, i), 11 * MS); // piece 1 lost
+    h.p.tick(150 * MS);
+    expect(timeouts(h)).toBe(1);
+    const late = h.logged.filter((l) => l.event === 'backup-late').map((l) => l.fields);
+    expect(late).toEqual([expect.objectContaining({ backupBeyondGap: 2 })]);
+    expect(late[0]).not.toHaveProperty('primaryBeyondGap');
+  });
+});
+
 describe('a server that paces its output by the clock (nginx limit_rate)', () => {
   /**
    * The primary sends a piece, the client acknowledges it, and the primary stays quiet 600 ms with the window
