@@ -7,6 +7,7 @@ import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { BridgedLab, startBridgedLab, waitFor } from '../../lib/lab/bridged';
 import { LAB_BLOB_BYTES, LAB_FILES } from '../../lib/lab/content';
+import type { FlowReport } from '../../lib/pipeline/shadow-flow';
 import { runInAsync } from '../../lib/lab/exec';
 import { stopLabAfterAll, flowReports, recordingLog, requireRoot, clientPort, serverPort, sha256File } from '../support/lab-helpers';
 
@@ -19,8 +20,12 @@ describe('HTTP through the bridge', () => {
   /** Body bytes the client received in this file's tests. */
   let downloaded = 0;
   let fetchCount = 0;
-  /** Client ports of the connections the tests opened: the flows to look at afterwards. */
-  const clientPorts = new Set<number>();
+  /**
+   * The client ends of the connections the tests opened (IP version and port): the flows to look at afterwards.
+   * Not the port alone: the kernel may give an IPv4 and an IPv6 connection the same port.
+   */
+  const clientEnds = new Set<string>();
+  const reportEnd = (r: FlowReport) => `${r.key.includes('[') ? 6 : 4}:${clientPort(r)}`;
 
   const bridged = (): BridgedLab => {
     if (!l) throw new Error('the bridged lab did not start (see beforeAll)');
@@ -28,17 +33,17 @@ describe('HTTP through the bridge', () => {
   };
 
   /** One curl run: every URL written to its own file; `-w` reports the connection of each transfer. */
-  async function curl(urls: string[]): Promise<{ files: string[]; transfers: { connects: number; localPort: number; code: number }[] }> {
+  async function curl(urls: string[]): Promise<{ files: string[]; transfers: { connects: number; localIp: string; localPort: number; code: number }[] }> {
     const { lab } = bridged();
     const files = urls.map(() => join(lab.runDir, `download-${++fetchCount}`));
-    const args = ['-sS', '--fail', '-g', '--max-time', '20', '-w', '%{num_connects} %{local_port} %{http_code}\\n'];
+    const args = ['-sS', '--fail', '-g', '--max-time', '20', '-w', '%{num_connects} %{local_ip} %{local_port} %{http_code}\\n'];
     urls.forEach((url, i) => args.push('-o', files[i], url));
     const out = await runInAsync(lab.client.netns, 'curl', args, 30_000);
     const transfers = out.trim().split('\n').map((line) => {
-      const [connects, localPort, code] = line.split(' ').map(Number);
-      return { connects, localPort, code };
+      const [connects, localIp, localPort, code] = line.split(' ');
+      return { connects: Number(connects), localIp, localPort: Number(localPort), code: Number(code) };
     });
-    for (const t of transfers) clientPorts.add(t.localPort);
+    for (const t of transfers) clientEnds.add(`${t.localIp.includes(':') ? 6 : 4}:${t.localPort}`);
     return { files, transfers };
   }
 
@@ -91,8 +96,8 @@ describe('HTTP through the bridge', () => {
     const snap = bridge.snapshot();
     const http = flowReports(bridge).filter((r) => r.protocol === 'tcp' && serverPort(r) === 80);
     // One connection per curl run, each seen by the bridge as one flow.
-    expect(clientPorts.size).toBe(3);
-    expect(http.map((r) => clientPort(r)).sort((a, b) => (a ?? 0) - (b ?? 0))).toEqual([...clientPorts].sort((a, b) => a - b));
+    expect(clientEnds.size).toBe(3);
+    expect(http.map(reportEnd).sort()).toEqual([...clientEnds].sort());
     expect(http.filter((r) => r.mismatches > 0).map((r) => ({ flow: r.key, mismatches: r.mismatchList }))).toEqual([]);
     expect({ mismatches: snap.mismatches, state: snap.state, mismatchCheckpoints: snap.checkpoints.requested.mismatch })
       .toEqual({ mismatches: 0, state: 'COMPARING', mismatchCheckpoints: 0 });
